@@ -1,0 +1,7 @@
+"""BLO Vault: encrypted, access-controlled, audited exchange of intelligence packages.
+
+The core never imports the web framework or the command line; both are thin layers over
+:mod:`vault.service`.
+"""
+
+__version__ = "0.1.0"

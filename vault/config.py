@@ -1,0 +1,117 @@
+"""Settings, read from ``VAULT_*`` environment variables by :func:`load_settings`.
+
+With nothing configured the vault runs on embedded defaults under ``VAULT_DATA_DIR``: SQLite in
+WAL mode, a local-disk object store and development keys generated on first start. Production
+mode (``VAULT_ENV=production``) refuses development keys; see :mod:`vault.keys`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from vault.errors import ConfigError
+
+GiB = 1024**3
+MiB = 1024**2
+
+
+class Settings(BaseSettings):
+    """Every knob of the vault; one instance is built per process and passed down."""
+
+    model_config = SettingsConfigDict(env_prefix="VAULT_", extra="ignore", frozen=True)
+
+    env: Literal["development", "production"] = "development"
+    data_dir: Path = Path("vault-data")
+
+    # Metadata and ledger database; SQLite under data_dir when unset.
+    database_url: str | None = None
+
+    # Object store for ciphertext.
+    store: Literal["local", "minio"] = "local"
+    store_dir: Path | None = None
+    s3_endpoint: str | None = None
+    s3_access_key: SecretStr | None = None
+    s3_secret_key: SecretStr | None = None
+    s3_bucket: str = "blo-vault"
+    s3_secure: bool = True
+    s3_region: str | None = None
+    s3_ca_file: Path | None = None
+    # Days of COMPLIANCE-mode object lock on stored ciphertext; 0 = no lock.
+    s3_object_lock_days: int = Field(default=0, ge=0)
+
+    # Key files. Unset in development: generated under data_dir/dev-keys on first start.
+    kek_file: Path | None = None
+    # Older KEKs still needed to unwrap data keys until `admin rotate-kek` has re-wrapped them.
+    kek_old_files: list[Path] = Field(default_factory=list)
+    jwt_key_file: Path | None = None
+    ledger_key_file: Path | None = None
+
+    # Tokens.
+    token_issuer: str = "blo-vault"
+    token_audience: str = "blo-vault-api"
+    token_ttl_seconds: int = Field(default=900, ge=30, le=86_400)
+
+    # Ledger checkpoints: C2SP origin line and signing cadence.
+    ledger_origin: str = "blo-vault.local/ledger"
+    checkpoint_interval_seconds: int = Field(default=60, ge=1)
+
+    # Limits.
+    max_file_size: int = Field(default=10 * GiB, ge=1)
+    max_package_size: int = Field(default=20 * GiB, ge=1)
+    max_files_per_package: int = Field(default=1000, ge=1)
+    max_metadata_bytes: int = Field(default=64 * 1024, ge=1024)
+
+    # argon2id cost; defaults follow RFC 9106's second recommended option.
+    argon2_time_cost: int = Field(default=3, ge=1)
+    argon2_memory_kib: int = Field(default=64 * 1024, ge=8)
+    argon2_parallelism: int = Field(default=4, ge=1)
+
+    # Casbin model and policy; the packaged copy when unset.
+    policy_dir: Path | None = None
+
+    @field_validator("ledger_origin")
+    @classmethod
+    def _origin_is_one_line(cls, value: str) -> str:
+        if not value or "\n" in value or value != value.strip():
+            raise ValueError("ledger_origin must be one non-empty line without outer spaces")
+        return value
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The database URL in force: the configured one, or SQLite under the data directory."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'vault.db').resolve()}"
+
+    @property
+    def resolved_store_dir(self) -> Path:
+        """Folder of the local object store."""
+        return (self.store_dir or self.data_dir / "objects").resolve()
+
+    @property
+    def resolved_policy_dir(self) -> Path:
+        """Folder holding ``model.conf`` and ``policy.csv``."""
+        if self.policy_dir is not None:
+            return self.policy_dir
+        return default_policy_dir()
+
+
+def default_policy_dir() -> Path:
+    """The packaged policies: inside the wheel, or ``policies/`` of a source checkout."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "_policies", here.parent / "policies"):
+        if (candidate / "model.conf").is_file():
+            return candidate
+    raise ConfigError("no Casbin policy found; set VAULT_POLICY_DIR")
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings from the environment, with explicit overrides winning (used by tests)."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise ConfigError(f"invalid settings: {exc}") from None

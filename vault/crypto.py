@@ -1,0 +1,359 @@
+"""The vault's cryptographic recipe; the only module that calls ``cryptography`` primitives.
+
+Content is sealed with a streaming AEAD in the STREAM construction (Hoang, Reyhanitabar, Rogaway
+and Vizár, as used by Tink's streaming AEAD and by age): the plaintext is cut into fixed-size
+segments, each sealed with AES-256-GCM under a fresh per-file data key with the nonce
+
+    nonce = prefix (7 random bytes) || segment counter (uint32, big endian) || last flag (1 byte)
+
+and the associated data ``header || identity``. The counter makes dropping or reordering
+segments fail; the last flag makes truncation at a segment boundary fail; the identity (the
+file's and package's ids) makes splicing segments or whole objects between files fail.
+
+Sealed stream layout, version 1::
+
+    "BLOV" | 0x01 | segment size (uint32 BE) | nonce prefix (7 bytes)    -- 16-byte header
+    segment 0 ciphertext || tag  ...  segment n-1 ciphertext || tag         -- tag = 16 bytes
+
+Every segment but the last holds exactly ``segment size`` plaintext bytes; the last holds 0 to
+``segment size`` bytes and is empty only when the whole plaintext is. Data keys are wrapped by a
+key-encryption key (KEK) with AES-256-GCM; the KEK's id is stored beside each wrapped key so
+KEKs rotate by re-wrapping alone. Callers never choose nonces and never see which check failed:
+every failure to open is one :class:`~vault.errors.IntegrityError`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from vault.errors import ConfigError, IntegrityError
+
+SEGMENT_SIZE = 64 * 1024
+TAG_SIZE = 16
+KEY_SIZE = 32
+_MAGIC = b"BLOV"
+_STREAM_VERSION = 1
+_PREFIX_SIZE = 7
+_HEADER = struct.Struct(">4sBI7s")
+HEADER_SIZE = _HEADER.size
+# Segments are counted in 32 bits: 2**32 segments of 64 KiB is 256 TiB, far above any limit.
+_MAX_SEGMENTS = 2**32
+_WRAP_VERSION = 1
+_SMALL_VERSION = 1
+_NONCE_SIZE = 12
+
+
+class Readable(Protocol):
+    """Anything with a blocking ``read(n)`` that returns ``b""`` at end of stream."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
+def random_bytes(size: int) -> bytes:
+    """Bytes from the operating system's CSPRNG."""
+    return os.urandom(size)
+
+
+def new_data_key() -> bytes:
+    """A fresh random 256-bit data key (one per stored file or sealed record)."""
+    return os.urandom(KEY_SIZE)
+
+
+def constant_time_equal(a: bytes | str, b: bytes | str) -> bool:
+    """Compare two secrets or digests in time independent of where they differ."""
+    a_bytes = a.encode() if isinstance(a, str) else a
+    b_bytes = b.encode() if isinstance(b, str) else b
+    return hmac.compare_digest(a_bytes, b_bytes)
+
+
+# --- key-encryption keys ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Kek:
+    """A key-encryption key and its public id (derived from the key, so it can't be mislabelled)."""
+
+    key: bytes = field(repr=False)
+
+    def __post_init__(self) -> None:
+        if len(self.key) != KEY_SIZE:
+            raise ConfigError("a KEK must be exactly 32 bytes")
+
+    @property
+    def id(self) -> str:
+        """Stable identifier stored beside every key wrapped under this KEK."""
+        return "kek-" + hashlib.sha256(b"blo-vault kek id\x00" + self.key).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class WrappedKey:
+    """A data key sealed under the KEK named by ``kek_id``."""
+
+    kek_id: str
+    blob: bytes
+
+
+class Keyring:
+    """The current KEK, which wraps new keys, plus older ones still able to unwrap."""
+
+    def __init__(self, *, current: Kek, previous: tuple[Kek, ...] = ()) -> None:
+        self.current = current
+        self._by_id = {k.id: k for k in (*previous, current)}
+
+    @property
+    def ids(self) -> frozenset[str]:
+        """Ids of every KEK this keyring can unwrap with."""
+        return frozenset(self._by_id)
+
+    def wrap(self, data_key: bytes, *, context: bytes) -> WrappedKey:
+        """Seal ``data_key`` under the current KEK, bound to ``context`` (the owner's identity)."""
+        kek = self.current
+        nonce = os.urandom(_NONCE_SIZE)
+        aad = _wrap_aad(kek.id, context)
+        blob = bytes([_WRAP_VERSION]) + nonce + AESGCM(kek.key).encrypt(nonce, data_key, aad)
+        return WrappedKey(kek_id=kek.id, blob=blob)
+
+    def unwrap(self, wrapped: WrappedKey, *, context: bytes) -> bytes:
+        """Open a wrapped data key; raises IntegrityError if it or its context was tampered with."""
+        kek = self._by_id.get(wrapped.kek_id)
+        if kek is None:
+            raise IntegrityError("the key needed to open this item is not available")
+        blob = wrapped.blob
+        if len(blob) != 1 + _NONCE_SIZE + KEY_SIZE + TAG_SIZE or blob[0] != _WRAP_VERSION:
+            raise IntegrityError("stored key is malformed")
+        try:
+            return AESGCM(kek.key).decrypt(
+                blob[1 : 1 + _NONCE_SIZE], blob[1 + _NONCE_SIZE :], _wrap_aad(kek.id, context)
+            )
+        except InvalidTag:
+            raise IntegrityError("stored key failed authentication") from None
+
+    def rewrap(self, wrapped: WrappedKey, *, context: bytes) -> WrappedKey:
+        """Re-seal a wrapped key under the current KEK without touching the content it protects."""
+        return self.wrap(self.unwrap(wrapped, context=context), context=context)
+
+
+def _wrap_aad(kek_id: str, context: bytes) -> bytes:
+    return b"blo-vault/wrap/v1\x00" + kek_id.encode() + b"\x00" + context
+
+
+# --- small records (titles, descriptions, filenames) -----------------------------------------
+
+
+def seal_bytes(key: bytes, plaintext: bytes, *, context: bytes) -> bytes:
+    """Seal a small record in one AES-256-GCM message bound to ``context``."""
+    nonce = os.urandom(_NONCE_SIZE)
+    aad = b"blo-vault/record/v1\x00" + context
+    return bytes([_SMALL_VERSION]) + nonce + AESGCM(key).encrypt(nonce, plaintext, aad)
+
+
+def open_bytes(key: bytes, sealed: bytes, *, context: bytes) -> bytes:
+    """Open a record sealed by :func:`seal_bytes`; IntegrityError on any failure."""
+    if len(sealed) < 1 + _NONCE_SIZE + TAG_SIZE or sealed[0] != _SMALL_VERSION:
+        raise IntegrityError("sealed record is malformed")
+    aad = b"blo-vault/record/v1\x00" + context
+    try:
+        return AESGCM(key).decrypt(sealed[1 : 1 + _NONCE_SIZE], sealed[1 + _NONCE_SIZE :], aad)
+    except InvalidTag:
+        raise IntegrityError("sealed record failed authentication") from None
+
+
+# --- streams ----------------------------------------------------------------------------------
+
+
+def sealed_size(plaintext_size: int, segment_size: int = SEGMENT_SIZE) -> int:
+    """Exact ciphertext length for a plaintext of ``plaintext_size`` bytes."""
+    segments = max(1, -(-plaintext_size // segment_size))
+    return HEADER_SIZE + plaintext_size + segments * TAG_SIZE
+
+
+def _nonce(prefix: bytes, counter: int, last: bool) -> bytes:
+    if counter >= _MAX_SEGMENTS:
+        raise IntegrityError("stream has too many segments")
+    return prefix + counter.to_bytes(4, "big") + (b"\x01" if last else b"\x00")
+
+
+def _read_full(source: Readable, size: int) -> bytes:
+    """Read exactly ``size`` bytes unless the stream ends first (short reads are retried)."""
+    first = source.read(size)
+    if len(first) == size or not first:
+        return first
+    parts = [first]
+    got = len(first)
+    while got < size:
+        more = source.read(size - got)
+        if not more:
+            break
+        parts.append(more)
+        got += len(more)
+    return b"".join(parts)
+
+
+class SealingReader:
+    """Reads plaintext from ``source`` and returns the sealed stream from :meth:`read`.
+
+    Pull-based so any store can consume it like a file. Memory is bounded by two segments plus
+    what one ``read(n)`` asks for. After the end of stream, :attr:`plaintext_size` and
+    :meth:`sha256_hex` describe the plaintext that was sealed. ``max_size`` stops an oversized
+    source early by raising ``limit_error``.
+    """
+
+    def __init__(
+        self,
+        source: Readable,
+        key: bytes,
+        *,
+        identity: bytes,
+        max_size: int | None = None,
+        limit_error: Exception | None = None,
+        segment_size: int = SEGMENT_SIZE,
+    ) -> None:
+        if len(key) != KEY_SIZE:
+            raise ValueError("data key must be 32 bytes")
+        self._source = source
+        self._aead = AESGCM(key)
+        self._segment_size = segment_size
+        self._prefix = os.urandom(_PREFIX_SIZE)
+        self._header = _HEADER.pack(_MAGIC, _STREAM_VERSION, segment_size, self._prefix)
+        self._aad = self._header + identity
+        self._digest = hashlib.sha256()
+        self._counter = 0
+        self._max_size = max_size
+        self._limit_error = limit_error
+        self.plaintext_size = 0
+        self._pending: bytes | None = None
+        self._out = bytearray(self._header)
+        self._done = False
+
+    def _next_plain(self) -> bytes:
+        chunk = _read_full(self._source, self._segment_size)
+        self.plaintext_size += len(chunk)
+        if self._max_size is not None and self.plaintext_size > self._max_size:
+            raise self._limit_error or ValueError("source exceeds the size limit")
+        self._digest.update(chunk)
+        return chunk
+
+    def _seal_next(self) -> None:
+        """Seal one more segment into the output buffer; the lookahead tells if it is last."""
+        if self._pending is None:
+            self._pending = self._next_plain()
+        current = self._pending
+        following = self._next_plain() if len(current) == self._segment_size else b""
+        last = not following
+        nonce = _nonce(self._prefix, self._counter, last)
+        self._out += self._aead.encrypt(nonce, current, self._aad)
+        self._counter += 1
+        self._pending = following
+        if last:
+            self._done = True
+
+    def read(self, size: int = -1, /) -> bytes:
+        """Return up to ``size`` sealed bytes (all that remain when ``size`` < 0)."""
+        while not self._done and (size < 0 or len(self._out) < size):
+            self._seal_next()
+        if size < 0 or size >= len(self._out):
+            data = bytes(self._out)
+            self._out.clear()
+            return data
+        data = bytes(self._out[:size])
+        del self._out[:size]
+        return data
+
+    def sha256_hex(self) -> str:
+        """Hex SHA-256 of all plaintext read so far (the whole file once the stream ended)."""
+        return self._digest.hexdigest()
+
+
+def open_stream(source: Readable, key: bytes, *, identity: bytes) -> Iterator[bytes]:
+    """Yield the plaintext of a sealed stream, one authenticated segment at a time.
+
+    Raises IntegrityError at the first segment that fails, including a stream that ends early,
+    has extra bytes, or was sealed for another identity; plaintext already yielded was
+    authentic, but the caller must discard the whole result on error.
+    """
+    header = _read_full(source, HEADER_SIZE)
+    if len(header) != HEADER_SIZE:
+        raise IntegrityError("sealed object is truncated")
+    magic, version, segment_size, prefix = _HEADER.unpack(header)
+    if magic != _MAGIC or version != _STREAM_VERSION or not 16 <= segment_size <= 2**24:
+        raise IntegrityError("sealed object has an unknown header")
+    aead = AESGCM(key)
+    aad = header + identity
+    sealed_segment = segment_size + TAG_SIZE
+    counter = 0
+    current = _read_full(source, sealed_segment)
+    while True:
+        following = _read_full(source, sealed_segment) if len(current) == sealed_segment else b""
+        last = not following
+        if len(current) < TAG_SIZE:
+            raise IntegrityError("sealed object is truncated")
+        try:
+            plain = aead.decrypt(_nonce(prefix, counter, last), current, aad)
+        except InvalidTag:
+            raise IntegrityError("sealed object failed authentication") from None
+        if last:
+            if not plain and counter > 0:
+                # An empty final segment only exists for an empty plaintext.
+                raise IntegrityError("sealed object has a malformed final segment")
+            yield plain
+            return
+        yield plain
+        counter += 1
+        current = following
+
+
+# --- signing keys (token signing and the ledger's log key) ------------------------------------
+
+
+def new_token_signing_key_pem() -> bytes:
+    """A fresh ECDSA P-256 private key (for ES256 tokens), PKCS#8 PEM."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def token_public_key_pem(private_pem: bytes) -> bytes:
+    """The public half of a P-256 private key, SubjectPublicKeyInfo PEM; ConfigError if unusable."""
+    try:
+        key = serialization.load_pem_private_key(private_pem, password=None)
+    except (ValueError, TypeError):
+        raise ConfigError("token signing key is not a PEM private key") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
+        raise ConfigError("token signing key must be an ECDSA P-256 key")
+    return key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def new_ed25519_private_key() -> ed25519.Ed25519PrivateKey:
+    """A fresh Ed25519 key (the ledger's log key)."""
+    return ed25519.Ed25519PrivateKey.generate()
+
+
+def ed25519_from_seed(seed: bytes) -> ed25519.Ed25519PrivateKey:
+    """Ed25519 private key from its 32-byte seed; ConfigError if malformed."""
+    try:
+        return ed25519.Ed25519PrivateKey.from_private_bytes(seed)
+    except ValueError:
+        raise ConfigError("ledger key must be a 32-byte Ed25519 seed") from None
+
+
+def ed25519_seed(key: ed25519.Ed25519PrivateKey) -> bytes:
+    """The 32-byte seed of an Ed25519 private key."""
+    return key.private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+    )

@@ -1,0 +1,127 @@
+"""Database engine and schema: SQLite (WAL) by default, PostgreSQL in production.
+
+Every SQLite connection gets WAL, foreign keys, ``recursive_triggers`` (without it ``INSERT OR
+REPLACE`` deletes a ledger row without firing the delete trigger) and ``BEGIN IMMEDIATE``
+transactions, so writers queue for the lock instead of failing mid-transaction. Ledger tables
+are append-only in the database itself: triggers abort UPDATE, DELETE (and on PostgreSQL
+TRUNCATE).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import Engine, event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.pool import NullPool
+from sqlmodel import Session, SQLModel, create_engine
+
+from vault import models  # noqa: F401  (registers the tables on SQLModel.metadata)
+from vault.errors import ConfigError, StorageUnavailable
+
+APPEND_ONLY_TABLES = ("ledgerentry",)
+
+_SQLITE_TRIGGERS = [
+    f"""CREATE TRIGGER IF NOT EXISTS {table}_no_{op.lower()} BEFORE {op} ON {table}
+        BEGIN SELECT RAISE(ABORT, '{table} is append-only'); END"""
+    for table in APPEND_ONLY_TABLES
+    for op in ("UPDATE", "DELETE")
+]
+
+_PG_TRIGGERS = [
+    """CREATE OR REPLACE FUNCTION vault_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+       BEGIN RAISE EXCEPTION '% is append-only', TG_TABLE_NAME; END $$""",
+    *(
+        stmt
+        for table in APPEND_ONLY_TABLES
+        for stmt in (
+            f"DROP TRIGGER IF EXISTS {table}_append_only ON {table}",
+            f"""CREATE TRIGGER {table}_append_only BEFORE UPDATE OR DELETE ON {table}
+                FOR EACH ROW EXECUTE FUNCTION vault_append_only()""",
+            f"DROP TRIGGER IF EXISTS {table}_no_truncate ON {table}",
+            f"""CREATE TRIGGER {table}_no_truncate BEFORE TRUNCATE ON {table}
+                FOR EACH STATEMENT EXECUTE FUNCTION vault_append_only()""",
+        )
+    ),
+]
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for ``url`` with the vault's connection settings applied."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return _sqlite_engine(url)
+    if parsed.get_backend_name() == "postgresql":
+        if parsed.drivername == "postgresql":
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        return create_engine(parsed, pool_pre_ping=True, pool_size=10, max_overflow=10)
+    raise ConfigError("VAULT_DATABASE_URL must be a sqlite:// or postgresql:// URL")
+
+
+def _sqlite_engine(url: str) -> Engine:
+    database = make_url(url).database
+    if database and database != ":memory:":
+        path = os.path.abspath(database)
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        if not os.path.exists(path):
+            # Create the file 0600 before SQLite does (it would honour the umask).
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    engine = create_engine(
+        url,
+        connect_args={"check_same_thread": False, "timeout": 30},
+        # One connection per checkout: SQLite connections are cheap and this keeps threads apart.
+        poolclass=NullPool,
+    )
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # We issue BEGIN ourselves (below); pysqlite's implicit transactions would defer it.
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        for pragma in (
+            "PRAGMA journal_mode=WAL",
+            "PRAGMA synchronous=FULL",
+            "PRAGMA foreign_keys=ON",
+            "PRAGMA recursive_triggers=ON",
+            "PRAGMA busy_timeout=30000",
+        ):
+            cursor.execute(pragma)
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def is_postgres(engine: Engine) -> bool:
+    """True for a PostgreSQL engine."""
+    return engine.dialect.name == "postgresql"
+
+
+def create_schema(engine: Engine) -> None:
+    """Create every table and the append-only triggers (idempotent)."""
+    try:
+        SQLModel.metadata.create_all(engine)
+        with engine.begin() as conn:
+            for stmt in _PG_TRIGGERS if is_postgres(engine) else _SQLITE_TRIGGERS:
+                conn.execute(text(stmt))
+    except OperationalError as exc:
+        raise StorageUnavailable(f"database unavailable: {exc.orig}") from None
+
+
+@contextmanager
+def session_scope(engine: Engine) -> Iterator[Session]:
+    """A session whose transaction commits on success and rolls back on any error."""
+    with Session(engine, expire_on_commit=False) as session:
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise

@@ -1,0 +1,141 @@
+"""Loading the vault's keys, and generating development keys on first start.
+
+Three secrets: the key-encryption key (KEK) that wraps every data key, the P-256 key that signs
+access tokens, and the Ed25519 log key that signs ledger checkpoints. In development, missing
+ones are generated under ``<data_dir>/dev-keys`` (mode 0600). Production refuses to start unless
+every key comes from an explicitly configured file (or, for the KEK, ``VAULT_KEK``) outside that
+folder.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from vault import crypto
+from vault.config import Settings
+from vault.errors import ConfigError
+
+DEV_KEY_DIR = "dev-keys"
+_KEK_FILE = "kek.b64"
+_TOKEN_FILE = "token-signing.pem"
+_LEDGER_FILE = "ledger-signing.b64"
+
+
+@dataclass(frozen=True)
+class KeyMaterial:
+    """Everything secret the service needs, loaded once per process."""
+
+    keyring: crypto.Keyring
+    token_private_pem: bytes = field(repr=False)
+    token_public_pem: bytes
+    ledger_key: ed25519.Ed25519PrivateKey = field(repr=False)
+    development: bool
+
+
+def read_kek(path: Path) -> crypto.Kek:
+    """A KEK from a file holding its base64 (one line) or its 32 raw bytes."""
+    raw = _read_secret(path)
+    return crypto.Kek(_decode_32(raw, what=f"KEK in {path}"))
+
+
+def _decode_32(raw: bytes, *, what: str) -> bytes:
+    if len(raw) == 32:
+        return raw
+    try:
+        decoded = base64.b64decode(raw.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise ConfigError(f"{what} is neither 32 raw bytes nor base64") from None
+    if len(decoded) != 32:
+        raise ConfigError(f"{what} must decode to 32 bytes")
+    return decoded
+
+
+def _read_secret(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read key file {path}: {exc.strerror}") from None
+
+
+def _write_new_secret(path: Path, data: bytes) -> None:
+    """Create ``path`` with mode 0600 atomically; if another process won the race, keep theirs."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".new-")
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, path)
+    finally:
+        os.unlink(tmp)
+
+
+def _dev_key(settings: Settings, name: str, make: bytes) -> Path:
+    path = settings.data_dir.resolve() / DEV_KEY_DIR / name
+    if not path.exists():
+        _write_new_secret(path, make)
+    return path
+
+
+def load_keys(settings: Settings) -> KeyMaterial:
+    """Load configured keys; generate development keys for those unset, unless in production."""
+    dev_dir = (settings.data_dir / DEV_KEY_DIR).resolve()
+    development = False
+
+    def configured(path: Path | None, what: str, env_name: str) -> Path | None:
+        if path is None:
+            if settings.env == "production":
+                raise ConfigError(f"production mode refuses development keys: set {env_name}")
+            return None
+        resolved = path.resolve()
+        if settings.env == "production" and resolved.is_relative_to(dev_dir):
+            raise ConfigError(f"production mode refuses the development {what} in {dev_dir}")
+        return resolved
+
+    kek_secret = os.environ.get("VAULT_KEK")
+    if kek_secret:
+        current = crypto.Kek(_decode_32(kek_secret.encode(), what="VAULT_KEK"))
+    else:
+        kek_path = configured(settings.kek_file, "KEK", "VAULT_KEK_FILE or VAULT_KEK")
+        if kek_path is None:
+            development = True
+            kek_path = _dev_key(
+                settings, _KEK_FILE, base64.b64encode(crypto.new_data_key()) + b"\n"
+            )
+        current = read_kek(kek_path)
+    previous = tuple(read_kek(p) for p in settings.kek_old_files)
+
+    token_path = configured(settings.jwt_key_file, "token signing key", "VAULT_JWT_KEY_FILE")
+    if token_path is None:
+        development = True
+        token_path = _dev_key(settings, _TOKEN_FILE, crypto.new_token_signing_key_pem())
+    token_private = _read_secret(token_path)
+    token_public = crypto.token_public_key_pem(token_private)
+
+    ledger_path = configured(settings.ledger_key_file, "ledger key", "VAULT_LEDGER_KEY_FILE")
+    if ledger_path is None:
+        development = True
+        seed = crypto.ed25519_seed(crypto.new_ed25519_private_key())
+        ledger_path = _dev_key(settings, _LEDGER_FILE, base64.b64encode(seed) + b"\n")
+    ledger_key = crypto.ed25519_from_seed(
+        _decode_32(_read_secret(ledger_path), what=f"ledger key in {ledger_path}")
+    )
+
+    return KeyMaterial(
+        keyring=crypto.Keyring(current=current, previous=previous),
+        token_private_pem=token_private,
+        token_public_pem=token_public,
+        ledger_key=ledger_key,
+        development=development,
+    )

@@ -1,0 +1,179 @@
+"""Database tables (SQLModel) and the enumerations they use.
+
+Only what access decisions and listings need is stored in clear: ids, countries, agencies,
+roles, classification, handling code, times and sizes. Titles, descriptions, filenames and
+digests are sealed (see :mod:`vault.crypto`) under a per-package key that is itself wrapped
+by the KEK. Table models never leave the service layer; callers get the dataclasses in
+:mod:`vault.schemas`.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Column, DateTime, Index, LargeBinary, UniqueConstraint
+from sqlalchemy.types import TypeDecorator
+from sqlmodel import Field, SQLModel
+
+
+class Role(enum.StrEnum):
+    """What a user does; see policies/ for what each may do."""
+
+    OFFICER = "officer"
+    SUPERVISOR = "supervisor"
+    AUDITOR = "auditor"
+    ADMIN = "admin"
+
+
+class Classification(enum.StrEnum):
+    """Package classification and user clearance, in increasing order."""
+
+    UNCLASSIFIED = "UNCLASSIFIED"
+    RESTRICTED = "RESTRICTED"
+    CONFIDENTIAL = "CONFIDENTIAL"
+    SECRET = "SECRET"
+
+    @property
+    def rank(self) -> int:
+        """Position in the order UNCLASSIFIED < RESTRICTED < CONFIDENTIAL < SECRET."""
+        return list(Classification).index(self)
+
+
+class Handling(enum.StrEnum):
+    """Europol-style handling codes."""
+
+    H0 = "H0"
+    H1 = "H1"
+    H2 = "H2"
+    H3 = "H3"
+
+
+class ReleaseStatus(enum.StrEnum):
+    """Life of a release: pending approval, in force, refused, or withdrawn."""
+
+    PENDING = "pending"
+    ACTIVE = "active"
+    REJECTED = "rejected"
+    REVOKED = "revoked"
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Stores aware datetimes as UTC and always returns them aware (SQLite drops the zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetimes are not stored")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _time(*, nullable: bool = False, index: bool = False) -> Any:
+    return Field(default=None, sa_column=Column(UTCDateTime(), nullable=nullable, index=index))
+
+
+def _blob(*, nullable: bool = False) -> Any:
+    return Field(default=None, sa_column=Column(LargeBinary, nullable=nullable))
+
+
+class Country(SQLModel, table=True):
+    """A country by ISO 3166-1 alpha-2 code."""
+
+    code: str = Field(primary_key=True, max_length=2)
+    name: str = Field(max_length=200)
+
+
+class Agency(SQLModel, table=True):
+    """A law-enforcement agency of one country."""
+
+    code: str = Field(primary_key=True, max_length=64)
+    country_code: str = Field(foreign_key="country.code", index=True, max_length=2)
+    name: str = Field(max_length=200)
+
+
+class User(SQLModel, table=True):
+    """A person with a role in one agency."""
+
+    id: str = Field(primary_key=True, max_length=32)
+    username: str = Field(unique=True, index=True, max_length=64)
+    agency_code: str = Field(foreign_key="agency.code", index=True, max_length=64)
+    role: Role
+    clearance: Classification = Classification.UNCLASSIFIED
+    password_hash: str = Field(max_length=256)
+    disabled: bool = False
+    created_at: datetime = _time()
+
+
+class Package(SQLModel, table=True):
+    """One unit of shared intelligence. Its title, description and digest are sealed."""
+
+    id: str = Field(primary_key=True, max_length=32)
+    agency_code: str = Field(foreign_key="agency.code", index=True, max_length=64)
+    creator_id: str = Field(foreign_key="user.id", max_length=32)
+    created_at: datetime = _time(index=True)
+    size: int
+    file_count: int
+    classification: Classification = Field(index=True)
+    handling: Handling
+    kek_id: str = Field(max_length=64)
+    wrapped_key: bytes = _blob()
+    sealed_meta: bytes = _blob()
+
+
+class PackageFile(SQLModel, table=True):
+    """One file of a package; its object key is its id; its name and digest are sealed."""
+
+    __table_args__ = (UniqueConstraint("package_id", "position"),)
+
+    id: str = Field(primary_key=True, max_length=32)
+    package_id: str = Field(foreign_key="package.id", index=True, max_length=32)
+    position: int
+    size: int
+    kek_id: str = Field(max_length=64)
+    wrapped_key: bytes = _blob()
+    sealed_meta: bytes = _blob()
+
+
+class Release(SQLModel, table=True):
+    """Permission for a country, or one agency of it, to read a package, optionally timed."""
+
+    __table_args__ = (
+        Index("ix_release_country_active", "country_code", "status", "package_id"),
+        Index("ix_release_agency_active", "agency_code", "status", "package_id"),
+    )
+
+    id: str = Field(primary_key=True, max_length=32)
+    package_id: str = Field(foreign_key="package.id", index=True, max_length=32)
+    country_code: str = Field(foreign_key="country.code", max_length=2)
+    agency_code: str | None = Field(default=None, foreign_key="agency.code", max_length=64)
+    status: ReleaseStatus
+    not_before: datetime | None = _time(nullable=True)
+    expires_at: datetime | None = _time(nullable=True)
+    requested_by: str = Field(foreign_key="user.id", max_length=32)
+    created_at: datetime = _time()
+    decided_by: str | None = Field(default=None, foreign_key="user.id", max_length=32)
+    decided_at: datetime | None = _time(nullable=True)
+
+
+class LedgerEntry(SQLModel, table=True):
+    """One ledger record: exactly the canonical bytes that are hashed (see vault.ledger)."""
+
+    seq: int = Field(primary_key=True)
+    # Unique so two writers that read the same head cannot both commit: the chain can't fork.
+    prev_hash: bytes = Field(sa_column=Column(LargeBinary(32), nullable=False, unique=True))
+    entry: bytes = _blob()

@@ -1,0 +1,195 @@
+"""Public shapes the service returns and accepts; table models never leave the service."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from vault.errors import InvalidInput
+from vault.models import Classification, Handling, ReleaseStatus, Role
+
+_ID = re.compile(r"[0-9a-f]{32}")
+_COUNTRY = re.compile(r"[A-Z]{2}")
+_AGENCY = re.compile(r"[A-Z0-9][A-Z0-9_-]{1,63}")
+_USERNAME = re.compile(r"[a-z0-9][a-z0-9._-]{1,63}")
+MAX_FILENAME_BYTES = 255
+
+
+def check_id(value: str, what: str = "id") -> str:
+    """Return ``value`` if it is a vault id (32 lowercase hex); InvalidInput otherwise."""
+    if not isinstance(value, str) or not _ID.fullmatch(value):
+        raise InvalidInput(f"{what} is not a valid id")
+    return value
+
+
+def check_country(value: str) -> str:
+    """An ISO 3166-1 alpha-2 code, upper case."""
+    if not isinstance(value, str) or not _COUNTRY.fullmatch(value):
+        raise InvalidInput("country codes are ISO 3166-1 alpha-2, e.g. UZ")
+    return value
+
+
+def check_agency(value: str) -> str:
+    """An agency code: upper-case letters, digits, '-' and '_', 2 to 64 characters."""
+    if not isinstance(value, str) or not _AGENCY.fullmatch(value):
+        raise InvalidInput("agency codes are 2-64 of A-Z, 0-9, '-' and '_', e.g. UZ-CUSTOMS")
+    return value
+
+
+def check_username(value: str) -> str:
+    """A username: lower-case letters, digits, '.', '_' and '-', 2 to 64 characters."""
+    if not isinstance(value, str) or not _USERNAME.fullmatch(value):
+        raise InvalidInput("usernames are 2-64 of a-z, 0-9, '.', '_' and '-'")
+    return value
+
+
+def check_filename(name: str) -> str:
+    """A safe base filename: no path parts, NUL or control characters, at most 255 bytes."""
+    if not isinstance(name, str):
+        raise InvalidInput("filename must be text")
+    name = unicodedata.normalize("NFC", name)
+    if name in ("", ".", "..") or "/" in name or "\\" in name:
+        raise InvalidInput("filenames must be plain names without path separators")
+    if any(unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Zl", "Zp") for ch in name):
+        raise InvalidInput("filenames must not contain control characters")
+    if len(name.encode("utf-8", "surrogatepass")) > MAX_FILENAME_BYTES:
+        raise InvalidInput(f"filenames are at most {MAX_FILENAME_BYTES} bytes")
+    if name != name.strip() or name.startswith("-"):
+        raise InvalidInput("filenames must not start with '-' or have outer spaces")
+    return name
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class NewPackage(BaseModel):
+    """What an officer gives when uploading, besides the files."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    title: str = Field(min_length=1, max_length=500)
+    description: str = Field(default="", max_length=20_000)
+    classification: Classification = Classification.UNCLASSIFIED
+    handling: Handling = Handling.H0
+    handling_note: str = Field(default="", max_length=2_000)
+    fields: dict[str, str] = Field(default_factory=dict, max_length=50)
+
+    @field_validator("fields")
+    @classmethod
+    def _short_fields(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, item in value.items():
+            if not 1 <= len(key) <= 64 or len(item) > 1000:
+                raise ValueError("structured fields: names 1-64 characters, values <= 1000")
+        return value
+
+
+class FileInfo(_Out):
+    """A file of a package, as its reader sees it."""
+
+    id: str
+    name: str
+    size: int
+    sha256: str
+
+
+class ReleaseInfo(_Out):
+    """A release of a package to a country or one agency."""
+
+    id: str
+    package_id: str
+    country: str
+    agency: str | None
+    status: ReleaseStatus
+    not_before: datetime | None
+    expires_at: datetime | None
+    created_at: datetime
+
+
+class PackageSummary(_Out):
+    """A package in a listing."""
+
+    id: str
+    title: str
+    classification: Classification
+    handling: Handling
+    agency: str
+    country: str
+    created_at: datetime
+    size: int
+    file_count: int
+
+
+class PackageDetail(PackageSummary):
+    """A package with its description, files and (for the originator) its releases."""
+
+    description: str
+    handling_note: str
+    fields: dict[str, str]
+    digest: str
+    creator: str
+    files: list[FileInfo]
+    releases: list[ReleaseInfo]
+
+
+class Receipt(_Out):
+    """Sequence number of the ledger entry an action caused."""
+
+    receipt: int
+
+
+class PackageList(_Out):
+    """One page of the packages the caller may read."""
+
+    items: list[PackageSummary]
+    limit: int
+    offset: int
+    receipt: int
+
+
+class UploadResult(_Out):
+    """An accepted upload."""
+
+    package: PackageDetail
+    receipt: int
+
+
+class ReleaseResult(_Out):
+    """A release created."""
+
+    release: ReleaseInfo
+    receipt: int
+
+
+class LoginResult(_Out):
+    """A fresh access token."""
+
+    access_token: str
+    token_type: str = "bearer"
+    expires_in: int
+    receipt: int
+
+
+class UserInfo(_Out):
+    """A user, without secrets."""
+
+    id: str
+    username: str
+    agency: str
+    country: str
+    role: Role
+    clearance: Classification
+    disabled: bool
+
+
+class LedgerReport(_Out):
+    """Outcome of verifying the ledger."""
+
+    ok: bool
+    size: int
+    head_hash: str
+    first_bad_seq: int | None = None
+    problem: str | None = None

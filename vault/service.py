@@ -1,0 +1,852 @@
+"""The one entry point the API and the CLI both call.
+
+Each operation authorises through :class:`~vault.authz.Authorizer`, acts, and appends to the
+ledger in the same database transaction as the action. Refusals are appended in a transaction
+of their own and then raised. Items a caller may not know exist are refused with NotFound,
+exactly like items that don't exist.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import hashlib
+import json
+import logging
+import secrets
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine, and_, exists, false, or_
+from sqlalchemy.exc import IntegrityError as DBIntegrityError
+from sqlalchemy.exc import OperationalError
+from sqlmodel import Session, col, select
+
+from vault import crypto
+from vault.authz import (
+    NONE,
+    ORIGINATOR,
+    RELEASED_AGENCY,
+    RELEASED_COUNTRY,
+    SAME_COUNTRY,
+    Authorizer,
+    Facts,
+)
+from vault.config import Settings
+from vault.db import create_schema, make_engine, session_scope
+from vault.errors import (
+    AccessDenied,
+    AuthenticationFailed,
+    Conflict,
+    IntegrityError,
+    InvalidInput,
+    LedgerCorrupt,
+    NotFound,
+    StorageUnavailable,
+    TooLarge,
+    VaultError,
+)
+from vault.keys import KeyMaterial, load_keys
+from vault.ledger import log as ledger
+from vault.ledger.log import Actor
+from vault.models import (
+    Agency,
+    Classification,
+    Country,
+    LedgerEntry,
+    Package,
+    PackageFile,
+    Release,
+    ReleaseStatus,
+    Role,
+    User,
+    utcnow,
+)
+from vault.passwords import Passwords
+from vault.schemas import (
+    FileInfo,
+    LedgerReport,
+    LoginResult,
+    NewPackage,
+    PackageDetail,
+    PackageList,
+    PackageSummary,
+    ReleaseInfo,
+    ReleaseResult,
+    UploadResult,
+    UserInfo,
+    check_agency,
+    check_country,
+    check_filename,
+    check_id,
+    check_username,
+)
+from vault.storage import ObjectStore, open_store
+from vault.tokens import TokenService
+
+log = logging.getLogger("vault.service")
+
+ALLOW, DENY, ERROR = "allow", "deny", "error"
+MAX_PAGE = 200
+
+
+def new_id() -> str:
+    """A fresh opaque id: 128 random bits as 32 lowercase hex characters."""
+    return secrets.token_hex(16)
+
+
+@dataclass(frozen=True)
+class Principal:
+    """An authenticated caller."""
+
+    user_id: str
+    username: str
+    agency: str
+    country: str
+    role: Role
+    clearance: Classification
+
+    @property
+    def actor(self) -> Actor:
+        """The ledger's view of this caller."""
+        return Actor(user=self.username, agency=self.agency, country=self.country)
+
+
+def local_operator() -> Principal:
+    """The operator running admin commands on the server itself (bootstrap, no login)."""
+    return Principal(
+        user_id="",
+        username=f"local:{getpass.getuser()}",
+        agency="",
+        country="",
+        role=Role.ADMIN,
+        clearance=Classification.UNCLASSIFIED,
+    )
+
+
+@dataclass
+class IncomingFile:
+    """One file of an upload: its name and a stream of its plaintext."""
+
+    name: str
+    reader: crypto.Readable
+
+
+@dataclass
+class Download:
+    """An authorised download: metadata now, plaintext as it is read and checked."""
+
+    file: FileInfo
+    package_id: str
+    handling: str
+    receipt: int
+    chunks: Iterator[bytes] = field(repr=False)
+
+
+def _file_identity(package_id: str, file_id: str) -> bytes:
+    return f"blo-vault/file/v1\x00{package_id}\x00{file_id}".encode()
+
+
+def _package_identity(package_id: str) -> bytes:
+    return f"blo-vault/package/v1\x00{package_id}".encode()
+
+
+class Vault:
+    """The vault's service layer: every operation decides, acts and records."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        engine: Engine,
+        store: ObjectStore,
+        keys: KeyMaterial,
+        authz: Authorizer,
+        passwords: Passwords,
+        tokens: TokenService,
+    ) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.store = store
+        self.keys = keys
+        self.authz = authz
+        self.passwords = passwords
+        self.tokens = tokens
+        self._local = threading.local()
+        self._pending_refusals: dict[int, tuple[tuple[Actor, str, str, str], dict[str, str]]] = {}
+
+    @classmethod
+    def open(cls, settings: Settings, *, store: ObjectStore | None = None) -> Vault:
+        """Build the service from settings: database (schema ensured), store, keys, policy."""
+        settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        keys = load_keys(settings)
+        engine = make_engine(settings.resolved_database_url)
+        create_schema(engine)
+        return cls(
+            settings=settings,
+            engine=engine,
+            store=store if store is not None else open_store(settings),
+            keys=keys,
+            authz=Authorizer(policy_dir=settings.resolved_policy_dir),
+            passwords=Passwords(
+                time_cost=settings.argon2_time_cost,
+                memory_kib=settings.argon2_memory_kib,
+                parallelism=settings.argon2_parallelism,
+            ),
+            tokens=TokenService(
+                private_pem=keys.token_private_pem,
+                public_pems=[keys.token_public_pem],
+                issuer=settings.token_issuer,
+                audience=settings.token_audience,
+                ttl_seconds=settings.token_ttl_seconds,
+            ),
+        )
+
+    def close(self) -> None:
+        """Release database connections."""
+        self.engine.dispose()
+
+    # --- plumbing ---------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[Session]:
+        """One database transaction. Refusals raised inside it are recorded after rollback."""
+        depth = getattr(self._local, "depth", 0)
+        self._local.depth = depth + 1
+        try:
+            with session_scope(self.engine) as session:
+                yield session
+        except OperationalError as exc:
+            log.warning("database unavailable: %s", type(exc.orig).__name__)
+            raise StorageUnavailable("the database is unavailable; nothing was changed") from None
+        except VaultError as exc:
+            pending = self._pending_refusals.pop(id(exc), None)
+            if pending is not None and depth == 0:
+                self._local.depth = 0
+                exc.receipt = self._record(*pending[0], **pending[1])
+            elif pending is not None:
+                self._pending_refusals[id(exc)] = pending
+            raise
+        finally:
+            self._local.depth = depth
+
+    def _record(self, actor: Actor, action: str, decision: str, reason: str, **target: str) -> int:
+        """Append one entry in its own transaction (refusals and failures)."""
+        with self._tx() as session:
+            return ledger.append(
+                session,
+                actor=actor,
+                action=action,
+                decision=decision,
+                reason=reason,
+                policy=self.authz.policy_hash,
+                **target,
+            )
+
+    def _refuse(
+        self, exc: VaultError, actor: Actor, action: str, reason: str, **target: str
+    ) -> VaultError:
+        """Record a refusal (after the current transaction, if any) and return ``exc`` to raise.
+
+        Inside a transaction the entry can't be written yet: the action's own transaction is
+        about to roll back, and on SQLite a second writer would wait on it. ``_tx`` writes it
+        once the rollback is done.
+        """
+        args = ((actor, action, DENY, reason), target)
+        if getattr(self._local, "depth", 0):
+            self._pending_refusals[id(exc)] = args
+        else:
+            exc.receipt = self._record(*args[0], **args[1])
+        return exc
+
+    def _require_global(self, principal: Principal, action: str, **target: str) -> None:
+        """Authorise an action that concerns no package (upload, list, manage, ledger)."""
+        facts = Facts(
+            role=principal.role.value,
+            relations=frozenset({NONE}),
+            cleared=True,
+            handling="*",
+            action=action,
+        )
+        if not self.authz.allows(facts):
+            raise self._refuse(
+                AccessDenied(f"your role may not {action}"),
+                principal.actor,
+                action,
+                "role_not_permitted",
+                **target,
+            )
+
+    def _relations(self, session: Session, principal: Principal, package: Package) -> frozenset[str]:
+        """Which relations hold between caller and package, from indexed lookups."""
+        relations = {NONE}
+        if package.agency_code == principal.agency:
+            relations.add(ORIGINATOR)
+        now = utcnow()
+        active = self._active_release_clause(now)
+        hits = session.exec(
+            select(Release.agency_code).where(
+                Release.package_id == package.id,
+                active,
+                or_(
+                    Release.agency_code == principal.agency,
+                    and_(
+                        Release.country_code == principal.country,
+                        col(Release.agency_code).is_(None),
+                    ),
+                ),
+            )
+        ).all()
+        for agency in hits:
+            relations.add(RELEASED_COUNTRY if agency is None else RELEASED_AGENCY)
+        if ORIGINATOR not in relations:
+            origin_country = session.exec(
+                select(Agency.country_code).where(Agency.code == package.agency_code)
+            ).one()
+            if origin_country == principal.country:
+                relations.add(SAME_COUNTRY)
+        return frozenset(relations)
+
+    @staticmethod
+    def _active_release_clause(now: datetime) -> Any:
+        return and_(
+            Release.status == ReleaseStatus.ACTIVE,
+            or_(col(Release.not_before).is_(None), col(Release.not_before) <= now),
+            or_(col(Release.expires_at).is_(None), col(Release.expires_at) > now),
+        )
+
+    def _facts(self, session: Session, principal: Principal, package: Package, action: str) -> Facts:
+        return Facts(
+            role=principal.role.value,
+            relations=self._relations(session, principal, package),
+            cleared=principal.clearance.rank >= package.classification.rank,
+            handling=package.handling.value,
+            action=action,
+        )
+
+    def _load_package_for(
+        self, session: Session, principal: Principal, package_id: str, action: str
+    ) -> tuple[Package, Facts]:
+        """The package if ``action`` is allowed; otherwise a recorded refusal.
+
+        A caller who may not even read the package gets NotFound, as for a missing one; a
+        reader who may not do ``action`` gets AccessDenied.
+        """
+        check_id(package_id, "package id")
+        package = session.get(Package, package_id)
+        if package is None:
+            raise self._refuse(
+                NotFound("package not found"), principal.actor, action, "not_found", package=package_id
+            )
+        facts = self._facts(session, principal, package, action)
+        if self.authz.allows(facts):
+            return package, facts
+        may_read = action == "read" or self.authz.allows(
+            Facts(facts.role, facts.relations, facts.cleared, facts.handling, "read")
+        )
+        exc: VaultError = (
+            AccessDenied(f"you may not {action} this package") if may_read and action != "read"
+            else NotFound("package not found")
+        )
+        raise self._refuse(
+            exc, principal.actor, action, "policy_denied", package=package_id,
+            handling=package.handling.value,
+        )
+
+    # --- identity ---------------------------------------------------------------------------
+
+    def login(self, username: str, password: str) -> LoginResult:
+        """Check a password and issue a token; wrong password and unknown user look alike."""
+        name = username if isinstance(username, str) else ""
+        with self._tx() as session:
+            user = session.exec(select(User).where(User.username == name[:64])).first()
+        ok = self.passwords.verify(user.password_hash if user else None, password)
+        if user is None or not ok or user.disabled:
+            raise self._refuse(
+                AuthenticationFailed("unknown user or wrong password"),
+                Actor(user=name[:64]),
+                "login",
+                "bad_credentials",
+            )
+        with self._tx() as session:
+            principal = self._principal(session, user)
+        receipt = self._record(principal.actor, "login", ALLOW, "ok")
+        return LoginResult(
+            access_token=self.tokens.issue(user.id),
+            expires_in=self.tokens.ttl_seconds,
+            receipt=receipt,
+        )
+
+    @staticmethod
+    def _principal(session: Session, user: User) -> Principal:
+        agency = session.get(Agency, user.agency_code)
+        if agency is None:  # the foreign key makes this impossible short of tampering
+            raise AuthenticationFailed("invalid or expired token")
+        return Principal(
+            user_id=user.id,
+            username=user.username,
+            agency=agency.code,
+            country=agency.country_code,
+            role=user.role,
+            clearance=user.clearance,
+        )
+
+    def authenticate(self, token: str) -> Principal:
+        """The caller a token speaks for; AuthenticationFailed if invalid, or user gone/disabled."""
+        try:
+            claims = self.tokens.verify(token)
+        except AuthenticationFailed as exc:
+            raise self._refuse(exc, Actor(user=""), "authenticate", "bad_token") from None
+        with self._tx() as session:
+            user = session.get(User, claims.subject)
+            principal = None if user is None or user.disabled else self._principal(session, user)
+        if principal is None:
+            raise self._refuse(
+                AuthenticationFailed("invalid or expired token"),
+                Actor(user=user.username if user else ""),
+                "authenticate",
+                "user_disabled" if user else "user_unknown",
+            )
+        return principal
+
+    # --- administration ---------------------------------------------------------------------
+
+    def add_country(self, principal: Principal, code: str, name: str) -> int:
+        """Create a country; returns the ledger receipt."""
+        code = check_country(code)
+        name = _check_name(name)
+        self._require_global(principal, "manage", subject=f"country:{code}")
+        return self._create(principal, Country(code=code, name=name), subject=f"country:{code}")
+
+    def add_agency(self, principal: Principal, code: str, country: str, name: str) -> int:
+        """Create an agency of an existing country; returns the ledger receipt."""
+        code, country, name = check_agency(code), check_country(country), _check_name(name)
+        self._require_global(principal, "manage", subject=f"agency:{code}")
+        with self._tx() as session:
+            if session.get(Country, country) is None:
+                raise InvalidInput(f"unknown country {country}")
+        return self._create(
+            principal, Agency(code=code, country_code=country, name=name), subject=f"agency:{code}"
+        )
+
+    def add_user(
+        self,
+        principal: Principal,
+        *,
+        username: str,
+        agency: str,
+        role: Role,
+        password: str,
+        clearance: Classification = Classification.UNCLASSIFIED,
+    ) -> UserInfo:
+        """Create a user with an argon2id-hashed password."""
+        username, agency = check_username(username), check_agency(agency)
+        self._require_global(principal, "manage", subject=f"user:{username}")
+        password_hash = self.passwords.hash(password)
+        with self._tx() as session:
+            agency_row = session.get(Agency, agency)
+            if agency_row is None:
+                raise InvalidInput(f"unknown agency {agency}")
+            user = User(
+                id=new_id(),
+                username=username,
+                agency_code=agency,
+                role=role,
+                clearance=clearance,
+                password_hash=password_hash,
+                created_at=utcnow(),
+            )
+            country = agency_row.country_code
+        self._create(principal, user, subject=f"user:{username}")
+        return UserInfo(
+            id=user.id, username=username, agency=agency, country=country, role=role,
+            clearance=clearance, disabled=False,
+        )
+
+    def _create(self, principal: Principal, row: Any, *, subject: str) -> int:
+        try:
+            with self._tx() as session:
+                session.add(row)
+                session.flush()
+                return ledger.append(
+                    session, actor=principal.actor, action="manage", decision=ALLOW,
+                    reason="created", policy=self.authz.policy_hash, subject=subject,
+                )
+        except DBIntegrityError:
+            raise Conflict(f"{subject} already exists") from None
+
+    # --- packages ---------------------------------------------------------------------------
+
+    def upload(
+        self, principal: Principal, meta: NewPackage, files: Iterable[IncomingFile]
+    ) -> UploadResult:
+        """Seal and store every file, then record the package and its ledger entry at once.
+
+        Objects are written before the database row; on any failure they are deleted again,
+        so a package is either wholly visible or not at all.
+        """
+        self._require_global(principal, "upload")
+        settings = self.settings
+        package_id = new_id()
+        package_key = crypto.new_data_key()
+        written: list[str] = []
+        rows: list[PackageFile] = []
+        infos: list[FileInfo] = []
+        total = 0
+        try:
+            for position, incoming in enumerate(files):
+                if position >= settings.max_files_per_package:
+                    raise InvalidInput(f"at most {settings.max_files_per_package} files a package")
+                name = check_filename(incoming.name)
+                file_id = new_id()
+                identity = _file_identity(package_id, file_id)
+                data_key = crypto.new_data_key()
+                limit = min(settings.max_file_size, settings.max_package_size - total)
+                reader = crypto.SealingReader(
+                    incoming.reader,
+                    data_key,
+                    identity=identity,
+                    max_size=limit,
+                    limit_error=TooLarge(
+                        "file exceeds the size limit "
+                        f"({settings.max_file_size} a file, {settings.max_package_size} a package)"
+                    ),
+                )
+                written.append(file_id)
+                self.store.put(file_id, reader)
+                digest = reader.sha256_hex()
+                wrapped = self.keys.keyring.wrap(data_key, context=identity)
+                sealed = crypto.seal_bytes(
+                    package_key,
+                    json.dumps({"name": name, "sha256": digest}).encode(),
+                    context=identity,
+                )
+                rows.append(
+                    PackageFile(
+                        id=file_id, package_id=package_id, position=position,
+                        size=reader.plaintext_size, kek_id=wrapped.kek_id,
+                        wrapped_key=wrapped.blob, sealed_meta=sealed,
+                    )
+                )
+                infos.append(FileInfo(id=file_id, name=name, size=reader.plaintext_size, sha256=digest))
+                total += reader.plaintext_size
+            if not rows:
+                raise InvalidInput("a package needs at least one file")
+            digest = _package_digest(infos)
+            identity = _package_identity(package_id)
+            wrapped_pkg = self.keys.keyring.wrap(package_key, context=identity)
+            sealed_meta = crypto.seal_bytes(
+                package_key,
+                json.dumps(
+                    {
+                        "title": meta.title,
+                        "description": meta.description,
+                        "handling_note": meta.handling_note,
+                        "fields": meta.fields,
+                        "digest": digest,
+                    }
+                ).encode(),
+                context=identity,
+            )
+            created = utcnow()
+            package = Package(
+                id=package_id, agency_code=principal.agency, creator_id=principal.user_id,
+                created_at=created, size=total, file_count=len(rows),
+                classification=meta.classification, handling=meta.handling,
+                kek_id=wrapped_pkg.kek_id, wrapped_key=wrapped_pkg.blob, sealed_meta=sealed_meta,
+            )
+            with self._tx() as session:
+                session.add(package)
+                session.flush()
+                session.add_all(rows)
+                session.flush()
+                receipt = ledger.append(
+                    session, actor=principal.actor, action="upload", decision=ALLOW, reason="ok",
+                    policy=self.authz.policy_hash, package=package_id,
+                    handling=meta.handling.value,
+                )
+        except BaseException as exc:
+            for key in written:
+                with contextlib.suppress(Exception):
+                    self.store.delete(key)
+            if isinstance(exc, VaultError | OSError):
+                reason = exc.code if isinstance(exc, VaultError) else "io_error"
+                with contextlib.suppress(VaultError, OperationalError):
+                    exc_receipt = self._record(principal.actor, "upload", ERROR, reason)
+                    if isinstance(exc, VaultError):
+                        exc.receipt = exc_receipt
+            raise
+        detail = PackageDetail(
+            id=package_id, title=meta.title, classification=meta.classification,
+            handling=meta.handling, agency=principal.agency, country=principal.country,
+            created_at=created, size=total, file_count=len(rows), description=meta.description,
+            handling_note=meta.handling_note, fields=meta.fields, digest=digest,
+            creator=principal.username, files=infos, releases=[],
+        )
+        return UploadResult(package=detail, receipt=receipt)
+
+    def list_packages(self, principal: Principal, *, limit: int = 50, offset: int = 0) -> PackageList:
+        """One page of the packages the caller may read, newest first."""
+        if not 1 <= limit <= MAX_PAGE or offset < 0:
+            raise InvalidInput(f"limit must be 1-{MAX_PAGE} and offset >= 0")
+        self._require_global(principal, "list")
+        with self._tx() as session:
+            query = (
+                select(Package, Agency.country_code)
+                .join(Agency, col(Agency.code) == Package.agency_code)
+                .where(self._readable_clause(principal))
+                .order_by(col(Package.created_at).desc(), col(Package.id))
+                .offset(offset)
+                .limit(limit)
+            )
+            found = session.exec(query).all()
+            receipt = ledger.append(
+                session, actor=principal.actor, action="list", decision=ALLOW, reason="ok",
+                policy=self.authz.policy_hash, subject=f"count:{len(found)}",
+            )
+        items = [self._summary(package, country) for package, country in found]
+        return PackageList(items=items, limit=limit, offset=offset, receipt=receipt)
+
+    def _readable_clause(self, principal: Principal) -> Any:
+        """SQL for "the caller may read this package", derived from the policy's classes."""
+        cleared = frozenset(c.value for c in Classification if c.rank <= principal.clearance.rank)
+        classes = self.authz.readable_classes(
+            role=principal.role.value,
+            action="read",
+            cleared_for=cleared,
+            classifications=tuple(c.value for c in Classification),
+        )
+        now = utcnow()
+        active = self._active_release_clause(now)
+        relation_sql = {
+            ORIGINATOR: Package.agency_code == principal.agency,
+            RELEASED_AGENCY: exists().where(
+                Release.package_id == Package.id, Release.agency_code == principal.agency, active
+            ),
+            RELEASED_COUNTRY: exists().where(
+                Release.package_id == Package.id,
+                Release.country_code == principal.country,
+                col(Release.agency_code).is_(None),
+                active,
+            ),
+            SAME_COUNTRY: Agency.country_code == principal.country,
+            NONE: None,
+        }
+        clauses = []
+        for relation, pairs in classes.items():
+            by_class: dict[str, list[str]] = {}
+            for cls, hnd in pairs:
+                by_class.setdefault(cls, []).append(hnd)
+            class_sql = or_(
+                *(
+                    and_(Package.classification == cls, col(Package.handling).in_(hnds))
+                    for cls, hnds in by_class.items()
+                )
+            )
+            rel = relation_sql[relation]
+            clauses.append(class_sql if rel is None else and_(rel, class_sql))
+        return or_(*clauses) if clauses else false()
+
+    def _open_meta(self, package: Package) -> dict[str, Any]:
+        identity = _package_identity(package.id)
+        key = self.keys.keyring.unwrap(
+            crypto.WrappedKey(package.kek_id, package.wrapped_key), context=identity
+        )
+        meta: dict[str, Any] = json.loads(crypto.open_bytes(key, package.sealed_meta, context=identity))
+        meta["_key"] = key
+        return meta
+
+    def _summary(self, package: Package, country: str) -> PackageSummary:
+        meta = self._open_meta(package)
+        return PackageSummary(
+            id=package.id, title=meta["title"], classification=package.classification,
+            handling=package.handling, agency=package.agency_code, country=country,
+            created_at=package.created_at, size=package.size, file_count=package.file_count,
+        )
+
+    def _file_info(self, package_key: bytes, row: PackageFile) -> FileInfo:
+        meta = json.loads(
+            crypto.open_bytes(
+                package_key, row.sealed_meta, context=_file_identity(row.package_id, row.id)
+            )
+        )
+        return FileInfo(id=row.id, name=meta["name"], size=row.size, sha256=meta["sha256"])
+
+    def get_package(self, principal: Principal, package_id: str) -> tuple[PackageDetail, int]:
+        """Details of one package the caller may read, and the ledger receipt."""
+        with self._tx() as session:
+            package, facts = self._load_package_for(session, principal, package_id, "read")
+            files = session.exec(
+                select(PackageFile).where(PackageFile.package_id == package.id)
+                .order_by(col(PackageFile.position))
+            ).all()
+            releases = (
+                session.exec(select(Release).where(Release.package_id == package.id)
+                             .order_by(col(Release.created_at))).all()
+                if ORIGINATOR in facts.relations else []
+            )
+            country = session.exec(
+                select(Agency.country_code).where(Agency.code == package.agency_code)
+            ).one()
+            creator = session.get(User, package.creator_id)
+            receipt = ledger.append(
+                session, actor=principal.actor, action="read", decision=ALLOW, reason="ok",
+                policy=self.authz.policy_hash, package=package.id, handling=package.handling.value,
+            )
+        meta = self._open_meta(package)
+        detail = PackageDetail(
+            id=package.id, title=meta["title"], classification=package.classification,
+            handling=package.handling, agency=package.agency_code, country=country,
+            created_at=package.created_at, size=package.size, file_count=package.file_count,
+            description=meta["description"], handling_note=meta["handling_note"],
+            fields=meta["fields"], digest=meta["digest"],
+            creator=creator.username if creator else "",
+            files=[self._file_info(meta["_key"], row) for row in files],
+            releases=[_release_info(r) for r in releases],
+        )
+        return detail, receipt
+
+    def download(self, principal: Principal, package_id: str, file_id: str) -> Download:
+        """Authorise and record a download, then stream plaintext checked segment by segment.
+
+        The returned iterator raises IntegrityError if the stored object fails authentication
+        or its digest; the caller must then discard everything it received.
+        """
+        check_id(file_id, "file id")
+        with self._tx() as session:
+            package, _ = self._load_package_for(session, principal, package_id, "download")
+            row = session.get(PackageFile, file_id)
+            if row is None or row.package_id != package.id:
+                raise NotFound("file not found")
+            receipt = ledger.append(
+                session, actor=principal.actor, action="download", decision=ALLOW, reason="ok",
+                policy=self.authz.policy_hash, package=package.id, file=file_id,
+                handling=package.handling.value,
+            )
+        meta = self._open_meta(package)
+        info = self._file_info(meta["_key"], row)
+        identity = _file_identity(package.id, row.id)
+        data_key = self.keys.keyring.unwrap(
+            crypto.WrappedKey(row.kek_id, row.wrapped_key), context=identity
+        )
+
+        def chunks() -> Iterator[bytes]:
+            digest = hashlib.sha256()
+            size = 0
+            try:
+                with self.store.open(row.id) as source:
+                    for plain in crypto.open_stream(source, data_key, identity=identity):
+                        digest.update(plain)
+                        size += len(plain)
+                        yield plain
+                if size != info.size or not crypto.constant_time_equal(digest.hexdigest(), info.sha256):
+                    raise IntegrityError("downloaded content does not match its recorded digest")
+            except (IntegrityError, StorageUnavailable, NotFound) as exc:
+                with contextlib.suppress(VaultError, OperationalError):
+                    self._record(
+                        principal.actor, "download", ERROR, exc.code, package=package.id,
+                        file=row.id, handling=package.handling.value,
+                    )
+                if isinstance(exc, NotFound):
+                    raise IntegrityError("stored object is missing") from None
+                raise
+
+        return Download(
+            file=info, package_id=package.id, handling=package.handling.value, receipt=receipt,
+            chunks=chunks(),
+        )
+
+    def release(
+        self,
+        principal: Principal,
+        package_id: str,
+        *,
+        country: str,
+        agency: str | None = None,
+        not_before: datetime | None = None,
+        expires_at: datetime | None = None,
+    ) -> ReleaseResult:
+        """Release a package to a country, or to one agency of it, optionally timed."""
+        country = check_country(country)
+        if agency is not None:
+            agency = check_agency(agency)
+        for moment in (not_before, expires_at):
+            if moment is not None and moment.tzinfo is None:
+                raise InvalidInput("release times must carry a time zone")
+        if not_before and expires_at and expires_at <= not_before:
+            raise InvalidInput("a release must expire after it starts")
+        with self._tx() as session:
+            package, _ = self._load_package_for(session, principal, package_id, "release")
+            if session.get(Country, country) is None:
+                raise InvalidInput(f"unknown country {country}")
+            if agency is not None:
+                agency_row = session.get(Agency, agency)
+                if agency_row is None or agency_row.country_code != country:
+                    raise InvalidInput(f"agency {agency} is not an agency of {country}")
+            release = Release(
+                id=new_id(), package_id=package.id, country_code=country, agency_code=agency,
+                status=ReleaseStatus.ACTIVE, not_before=not_before, expires_at=expires_at,
+                requested_by=principal.user_id, created_at=utcnow(),
+                decided_by=principal.user_id, decided_at=utcnow(),
+            )
+            session.add(release)
+            session.flush()
+            receipt = ledger.append(
+                session, actor=principal.actor, action="release", decision=ALLOW, reason="ok",
+                policy=self.authz.policy_hash, package=package.id, release=release.id,
+                subject=f"country:{country}" + (f" agency:{agency}" if agency else ""),
+                handling=package.handling.value,
+            )
+        return ReleaseResult(release=_release_info(release), receipt=receipt)
+
+    # --- ledger -----------------------------------------------------------------------------
+
+    def verify_ledger(self, principal: Principal) -> LedgerReport:
+        """Walk the whole chain; report the first bad entry instead of raising."""
+        self._require_global(principal, "ledger")
+        with self._tx() as session:
+            rows = ((r.seq, r.prev_hash, r.entry) for r in ledger.iter_rows(session))
+            try:
+                report = ledger.verify_chain(rows)
+            except LedgerCorrupt as exc:
+                return LedgerReport(
+                    ok=False, size=ledger.size(session), head_hash="", first_bad_seq=exc.seq,
+                    problem=exc.message,
+                )
+        return LedgerReport(ok=True, size=report.size, head_hash=report.head_hash)
+
+    def ledger_size(self) -> int:
+        """Number of ledger entries (for health and metrics)."""
+        with self._tx() as session:
+            return ledger.size(session)
+
+    def check_ready(self) -> None:
+        """Raise StorageUnavailable unless database and object store answer."""
+        with self._tx() as session:
+            session.exec(select(LedgerEntry.seq).limit(1)).all()
+        self.store.check()
+
+
+def _check_name(name: str) -> str:
+    if not isinstance(name, str) or not 1 <= len(name.strip()) <= 200 or "\x00" in name:
+        raise InvalidInput("names are 1-200 characters")
+    return name.strip()
+
+
+def _package_digest(files: list[FileInfo]) -> str:
+    """SHA-256 over the files' digests and names, in order: one digest for the package."""
+    h = hashlib.sha256(b"blo-vault package digest v1\x00")
+    for f in files:
+        h.update(f"{f.sha256}\x00{f.name}\x00{f.size}\n".encode())
+    return h.hexdigest()
+
+
+def _release_info(r: Release) -> ReleaseInfo:
+    return ReleaseInfo(
+        id=r.id, package_id=r.package_id, country=r.country_code, agency=r.agency_code,
+        status=r.status, not_before=r.not_before, expires_at=r.expires_at, created_at=r.created_at,
+    )
+

@@ -1,0 +1,109 @@
+"""Access tokens: the one module that touches python-jose.
+
+Tokens are ES256 JWTs. Verification pins the algorithm list to ES256, looks the key up by
+``kid`` among keys we hold (never a key named by the token), and requires exp, iat, nbf, sub,
+aud and iss. Every failure is the same AuthenticationFailed, so a caller can't probe which
+check failed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from jose import jwt
+from jose.exceptions import JOSEError
+
+from vault.errors import AuthenticationFailed
+
+ALGORITHMS = ["ES256"]
+_REQUIRED = ("exp", "iat", "nbf", "sub", "aud", "iss")
+
+
+def key_id(public_pem: bytes) -> str:
+    """Key id of a public key: a hash of its DER encoding, so a kid can't name another key."""
+    der = serialization.load_pem_public_key(public_pem).public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return hashlib.sha256(der).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class TokenClaims:
+    """The verified claims the vault uses."""
+
+    subject: str
+    issued_at: int
+    expires_at: int
+    token_id: str
+
+
+class TokenService:
+    """Issues and verifies the vault's access tokens."""
+
+    def __init__(
+        self,
+        *,
+        private_pem: bytes,
+        public_pems: list[bytes],
+        issuer: str,
+        audience: str,
+        ttl_seconds: int,
+    ) -> None:
+        self._private_pem = private_pem.decode()
+        self._public = {key_id(pem): pem.decode() for pem in public_pems}
+        self._kid = key_id(public_pems[0])
+        self._issuer = issuer
+        self._audience = audience
+        self.ttl_seconds = ttl_seconds
+
+    def issue(self, subject: str, *, now: int | None = None) -> str:
+        """A signed token for ``subject`` valid for the configured lifetime."""
+        issued = int(time.time()) if now is None else now
+        claims = {
+            "sub": subject,
+            "iss": self._issuer,
+            "aud": self._audience,
+            "iat": issued,
+            "nbf": issued,
+            "exp": issued + self.ttl_seconds,
+            "jti": secrets.token_hex(16),
+        }
+        token: str = jwt.encode(
+            claims, self._private_pem, algorithm="ES256", headers={"kid": self._kid}
+        )
+        return token
+
+    def verify(self, token: str) -> TokenClaims:
+        """Verify signature, algorithm, key id and every required claim."""
+        failed = AuthenticationFailed("invalid or expired token")
+        if not isinstance(token, str) or len(token) > 4096 or token.count(".") != 2:
+            raise failed
+        try:
+            header: dict[str, Any] = jwt.get_unverified_header(token)
+        except JOSEError:
+            raise failed from None
+        key = self._public.get(str(header.get("kid", "")))
+        if key is None or header.get("alg") not in ALGORITHMS:
+            raise failed
+        options = {f"require_{name}": True for name in _REQUIRED}
+        options |= {"verify_exp": True, "verify_nbf": True, "verify_iat": True, "leeway": 5}
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                key,
+                algorithms=ALGORITHMS,
+                audience=self._audience,
+                issuer=self._issuer,
+                options=options,
+            )
+        except (JOSEError, ValueError, TypeError):
+            raise failed from None
+        sub, iat, exp = claims.get("sub"), claims.get("iat"), claims.get("exp")
+        if not isinstance(sub, str) or not isinstance(iat, int) or not isinstance(exp, int):
+            raise failed
+        return TokenClaims(subject=sub, issued_at=iat, expires_at=exp, token_id=str(claims.get("jti", "")))
