@@ -503,7 +503,9 @@ def verify_consistency(
         )
     _check_hashes("consistency proof", proof)
 
-    # RFC 9162 §2.1.4.2, steps 2-7, with the RFC's variable names.
+    # RFC 9162 §2.1.4.2, steps 1-7, with the RFC's variable names.
+    if not proof:
+        raise ProofError("consistency proof is empty")
     path = list(proof)
     if old_size & (old_size - 1) == 0:
         path.insert(0, old_root)

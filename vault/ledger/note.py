@@ -14,7 +14,7 @@ import binascii
 import hashlib
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
@@ -170,6 +170,10 @@ class Verifier:
         """The raw 32-byte public key."""
         return _raw_public_key(self.public_key)
 
+    def __hash__(self) -> int:
+        """Hash by name, key ID and raw key (the key object itself is unhashable)."""
+        return hash((self.name, self.key_id, self.public_bytes()))
+
     def vkey(self) -> str:
         """This key as a verifier key string ``name+hexid+base64(0x01 || key)``."""
         return format_verifier_key(self.name, self.public_key)
@@ -181,7 +185,7 @@ class Signer:
 
     name: str
     key_id: int
-    private_key: Ed25519PrivateKey
+    private_key: Ed25519PrivateKey = field(repr=False)
 
     @classmethod
     def from_private_key(cls, name: str, private_key: Ed25519PrivateKey) -> Signer:

@@ -1,0 +1,261 @@
+"""FastAPI application factory. Routes parse, call the service, and shape the reply."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from datetime import datetime
+from typing import Annotated
+from urllib.parse import quote
+
+import anyio.to_thread
+from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
+from fastapi.responses import StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field
+
+from api import errors as api_errors
+from api.multipart import MultipartUpload, boundary_of
+from vault.config import Settings, load_settings
+from vault.errors import AuthenticationFailed
+from vault.schemas import (
+    LedgerReport,
+    LoginResult,
+    PackageDetail,
+    PackageList,
+    ReleaseResult,
+    UploadResult,
+)
+from vault.service import Principal, Vault
+
+RECEIPT = api_errors.RECEIPT_HEADER
+_bearer = HTTPBearer(auto_error=False, description="Token from POST /auth/login")
+
+
+class LoginRequest(BaseModel):
+    """Credentials for a token."""
+
+    model_config = ConfigDict(extra="forbid")
+    username: str = Field(min_length=1, max_length=64)
+    password: str = Field(min_length=1, max_length=1024)
+
+
+class ReleaseRequest(BaseModel):
+    """Whom to release a package to, and optionally when."""
+
+    model_config = ConfigDict(extra="forbid")
+    country: str = Field(min_length=2, max_length=2)
+    agency: str | None = Field(default=None, min_length=2, max_length=64)
+    not_before: datetime | None = None
+    expires_at: datetime | None = None
+
+
+def get_vault(request: Request) -> Vault:
+    """The service instance of this app."""
+    vault: Vault = request.app.state.vault
+    return vault
+
+
+VaultDep = Annotated[Vault, Depends(get_vault)]
+
+
+def current_principal(
+    vault: VaultDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    """The authenticated caller; 401 without a valid bearer token."""
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise AuthenticationFailed("a bearer token is required")
+    return vault.authenticate(credentials.credentials)
+
+
+PrincipalDep = Annotated[Principal, Depends(current_principal)]
+
+
+def _receipt(response: Response, receipt: int) -> None:
+    response.headers[RECEIPT] = str(receipt)
+
+
+router = APIRouter()
+
+
+@router.get("/healthz", tags=["operations"])
+def healthz() -> dict[str, str]:
+    """Liveness: the process answers."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", tags=["operations"])
+def readyz(vault: VaultDep) -> dict[str, str]:
+    """Readiness: database and object store answer."""
+    vault.check_ready()
+    return {"status": "ready"}
+
+
+@router.post("/auth/login", tags=["auth"])
+def login(body: LoginRequest, vault: VaultDep, response: Response) -> LoginResult:
+    """Exchange a username and password for a short-lived bearer token."""
+    result = vault.login(body.username, body.password)
+    _receipt(response, result.receipt)
+    return result
+
+
+@router.get("/packages", tags=["packages"])
+def list_packages(
+    vault: VaultDep,
+    principal: PrincipalDep,
+    response: Response,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
+) -> PackageList:
+    """The packages the caller may read, newest first."""
+    result = vault.list_packages(principal, limit=limit, offset=offset)
+    _receipt(response, result.receipt)
+    return result
+
+
+@router.post(
+    "/packages",
+    status_code=201,
+    tags=["packages"],
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["metadata", "file"],
+                        "properties": {
+                            "metadata": {
+                                "type": "string",
+                                "description": "JSON of NewPackage; must be the first part",
+                            },
+                            "file": {
+                                "type": "array",
+                                "items": {"type": "string", "format": "binary"},
+                            },
+                        },
+                    },
+                    "encoding": {"metadata": {"contentType": "application/json"}},
+                }
+            },
+        }
+    },
+)
+async def upload_package(
+    request: Request,
+    response: Response,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> UploadResult:
+    """Upload a package: a ``metadata`` JSON part, then one ``file`` part per file, streamed."""
+    vault: Vault = request.app.state.vault
+    principal = await anyio.to_thread.run_sync(current_principal, vault, credentials)
+    body = MultipartUpload(
+        request.stream(),
+        boundary_of(request.headers.get("content-type")),
+        max_metadata_bytes=vault.settings.max_metadata_bytes,
+    )
+
+    def run() -> UploadResult:
+        meta = body.metadata()
+        return vault.upload(principal, meta, body.files())
+
+    result = await anyio.to_thread.run_sync(run)
+    _receipt(response, result.receipt)
+    return result
+
+
+@router.get("/packages/{package_id}", tags=["packages"])
+def show_package(
+    package_id: str, vault: VaultDep, principal: PrincipalDep, response: Response
+) -> PackageDetail:
+    """One package the caller may read; 404 if it does not exist or may not be known."""
+    detail, receipt = vault.get_package(principal, package_id)
+    _receipt(response, receipt)
+    return detail
+
+
+@router.get(
+    "/packages/{package_id}/files/{file_id}",
+    tags=["packages"],
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/octet-stream": {}}}},
+)
+def download_file(
+    package_id: str, file_id: str, vault: VaultDep, principal: PrincipalDep
+) -> StreamingResponse:
+    """Stream one file's plaintext; ``X-Content-SHA256`` carries the digest to check."""
+    download = vault.download(principal, package_id, file_id)
+    # Open the first segment before answering, so a tampered header or first segment gets a
+    # proper error status instead of a broken stream.
+    chunks = download.chunks
+    first = next(chunks, b"")
+
+    def body() -> Iterator[bytes]:
+        with contextlib.closing(chunks):
+            yield first
+            yield from chunks
+
+    name = download.file.name
+    ascii_name = name.encode("ascii", "replace").decode().replace('"', "_").replace("?", "_")
+    headers = {
+        "Content-Length": str(download.file.size),
+        "Content-Disposition": f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(name, safe='')}",
+        "X-Content-SHA256": download.file.sha256,
+        "X-Vault-Handling": download.handling,
+        RECEIPT: str(download.receipt),
+        "Cache-Control": "no-store",
+    }
+    return StreamingResponse(body(), media_type="application/octet-stream", headers=headers)
+
+
+@router.post("/packages/{package_id}/releases", status_code=201, tags=["releases"])
+def release_package(
+    package_id: str,
+    body: ReleaseRequest,
+    vault: VaultDep,
+    principal: PrincipalDep,
+    response: Response,
+) -> ReleaseResult:
+    """Release a package to a country, or one agency of it."""
+    result = vault.release(
+        principal,
+        package_id,
+        country=body.country,
+        agency=body.agency,
+        not_before=body.not_before,
+        expires_at=body.expires_at,
+    )
+    _receipt(response, result.receipt)
+    return result
+
+
+@router.get("/ledger/verify", tags=["ledger"])
+def verify_ledger(vault: VaultDep, principal: PrincipalDep) -> LedgerReport:
+    """Verify the ledger's hash chain (auditors and admins)."""
+    return vault.verify_ledger(principal)
+
+
+def create_app(settings: Settings | None = None, *, vault: Vault | None = None) -> FastAPI:
+    """Build the app around a service instance (opened from settings when not given)."""
+    owned = vault is None
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        if owned:
+            app.state.vault.close()
+
+    app = FastAPI(
+        title="BLO Vault",
+        version="0.1.0",
+        description="Encrypted, access-controlled, audited exchange between Border Liaison Offices.",
+        lifespan=lifespan,
+    )
+    app.state.vault = vault if vault is not None else Vault.open(settings or load_settings())
+    api_errors.install(app)
+    app.include_router(router)
+    return app
+
+

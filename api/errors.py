@@ -1,0 +1,84 @@
+"""The one place that maps vault errors to HTTP statuses and the one JSON error shape.
+
+Every error body is ``{"error": {"code": ..., "message": ..., "receipt": ...}}``; ``receipt``
+is the ledger sequence number of the refusal when one was recorded. No stack traces, paths or
+internal names ever reach a client.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from vault import errors
+
+log = logging.getLogger("vault.api")
+
+STATUS: dict[type[errors.VaultError], int] = {
+    errors.TooLarge: 413,
+    errors.InvalidInput: 422,
+    errors.NotFound: 404,
+    errors.Conflict: 409,
+    errors.AuthenticationFailed: 401,
+    errors.AccessDenied: 403,
+    errors.LedgerCorrupt: 500,
+    errors.IntegrityError: 500,
+    errors.StorageUnavailable: 503,
+    errors.ConfigError: 500,
+}
+
+RECEIPT_HEADER = "X-Vault-Receipt"
+
+
+def status_for(exc: errors.VaultError) -> int:
+    """HTTP status of a vault error: the most specific class in STATUS wins."""
+    for cls in type(exc).__mro__:
+        if cls in STATUS:
+            return STATUS[cls]  # type: ignore[index]
+    return 500
+
+
+def error_response(status: int, code: str, message: str, receipt: int | None = None) -> JSONResponse:
+    """The one error shape."""
+    headers = {RECEIPT_HEADER: str(receipt)} if receipt is not None else {}
+    if status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    return JSONResponse(
+        status_code=status,
+        content={"error": {"code": code, "message": message, "receipt": receipt}},
+        headers=headers,
+    )
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers on ``app``."""
+
+    @app.exception_handler(errors.VaultError)
+    async def _vault_error(_request: Request, exc: errors.VaultError) -> JSONResponse:
+        status = status_for(exc)
+        if status >= 500:
+            log.error("request failed: %s (%s)", exc.code, type(exc).__name__)
+        return error_response(status, exc.code, exc.message, exc.receipt)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        # Name the fields but never echo the submitted values back.
+        where = sorted({".".join(str(p) for p in err.get("loc", ())) for err in exc.errors()})
+        return error_response(422, "invalid_input", "invalid request: " + ", ".join(where))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed", 401: "authentication_failed"}.get(
+            exc.status_code, "http_error"
+        )
+        message = exc.detail if isinstance(exc.detail, str) else "request refused"
+        return error_response(exc.status_code, code, message)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error: %s", type(exc).__name__)
+        return error_response(500, "internal_error", "internal error")

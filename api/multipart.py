@@ -1,0 +1,213 @@
+"""Streaming multipart parsing for uploads: nothing is buffered whole or spooled to disk.
+
+FastAPI's ``UploadFile`` spools bodies to a temporary file, which would put plaintext on disk.
+Instead the upload runs in a worker thread that pulls the request body through
+``anyio.from_thread`` and feeds python-multipart's push parser; each file part becomes a
+reader the service seals as it reads.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import anyio.from_thread
+from pydantic import ValidationError
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+from vault.errors import InvalidInput, TooLarge
+from vault.schemas import NewPackage
+from vault.service import IncomingFile
+
+_END = object()
+
+
+def boundary_of(content_type: str | None) -> bytes:
+    """The multipart boundary of a Content-Type header; InvalidInput if absent or not multipart."""
+    if not content_type:
+        raise InvalidInput("upload must be multipart/form-data")
+    kind, params = parse_options_header(content_type)
+    boundary = params.get(b"boundary")
+    if kind != b"multipart/form-data" or not boundary or len(boundary) > 200:
+        raise InvalidInput("upload must be multipart/form-data with a boundary")
+    return boundary
+
+
+class MultipartUpload:
+    """Thread-side view of a streamed multipart body: a metadata part, then file parts."""
+
+    def __init__(
+        self,
+        body: AsyncIterator[bytes],
+        boundary: bytes,
+        *,
+        max_metadata_bytes: int,
+        pull: Callable[[Callable[[], Any]], Any] = anyio.from_thread.run,
+    ) -> None:
+        self._body = body
+        self._pull = pull
+        self._events: collections.deque[tuple[str, Any]] = collections.deque()
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._field = b""
+        self._value = b""
+        self._max_metadata = max_metadata_bytes
+        self._finished = False
+        self._parser = MultipartParser(
+            boundary,
+            callbacks={
+                "on_part_begin": self._on_part_begin,
+                "on_header_field": self._on_header_field,
+                "on_header_value": self._on_header_value,
+                "on_header_end": self._on_header_end,
+                "on_headers_finished": self._on_headers_finished,
+                "on_part_data": self._on_part_data,
+                "on_part_end": self._on_part_end,
+                "on_end": self._on_end,
+            },
+            max_header_count=8,
+            max_header_size=4096,
+        )
+
+    # parser callbacks (run in the worker thread, inside parser.write)
+    def _on_part_begin(self) -> None:
+        self._headers = []
+
+    def _on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self._field += data[start:end]
+
+    def _on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self._value += data[start:end]
+
+    def _on_header_end(self) -> None:
+        self._headers.append((self._field.lower(), self._value))
+        self._field, self._value = b"", b""
+
+    def _on_headers_finished(self) -> None:
+        self._events.append(("part", dict(self._headers)))
+
+    def _on_part_data(self, data: bytes, start: int, end: int) -> None:
+        if end > start:
+            self._events.append(("data", bytes(data[start:end])))
+
+    def _on_part_end(self) -> None:
+        self._events.append(("part_end", None))
+
+    def _on_end(self) -> None:
+        self._events.append(("end", None))
+
+    async def _next_body_chunk(self) -> bytes | object:
+        try:
+            return await self._body.__anext__()
+        except StopAsyncIteration:
+            return _END
+
+    def _next_event(self) -> tuple[str, Any]:
+        while not self._events:
+            if self._finished:
+                raise InvalidInput("multipart body is truncated")
+            chunk = self._pull(self._next_body_chunk)
+            if chunk is _END:
+                self._finished = True
+                continue
+            try:
+                self._parser.write(chunk)
+            except Exception:  # python-multipart raises several types for malformed input
+                raise InvalidInput("malformed multipart body") from None
+        return self._events.popleft()
+
+    def _expect_part(self) -> dict[bytes, bytes] | None:
+        kind, value = self._next_event()
+        if kind == "end":
+            return None
+        if kind != "part":
+            raise InvalidInput("malformed multipart body")
+        headers: dict[bytes, bytes] = value
+        return headers
+
+    def metadata(self) -> NewPackage:
+        """Read the first part, which must be ``metadata`` holding the package's JSON."""
+        headers = self._expect_part()
+        if headers is None or _disposition(headers)[0] != "metadata":
+            raise InvalidInput("the first part of an upload must be 'metadata' (JSON)")
+        raw = bytearray()
+        while (event := self._next_event())[0] == "data":
+            raw += event[1]
+            if len(raw) > self._max_metadata:
+                raise TooLarge("package metadata is too large")
+        if event[0] != "part_end":
+            raise InvalidInput("malformed multipart body")
+        try:
+            return NewPackage.model_validate(json.loads(bytes(raw).decode("utf-8")))
+        except (ValueError, ValidationError) as exc:
+            fields = ""
+            if isinstance(exc, ValidationError):
+                fields = ": " + ", ".join(
+                    sorted({".".join(str(p) for p in e["loc"]) for e in exc.errors()})
+                )
+            raise InvalidInput("invalid package metadata" + fields) from None
+
+    def files(self) -> Iterator[IncomingFile]:
+        """Each following part as an IncomingFile; the service must read one before the next."""
+        while (headers := self._expect_part()) is not None:
+            name, filename = _disposition(headers)
+            if name != "file" or filename is None:
+                raise InvalidInput("after 'metadata', every part must be a 'file' with a filename")
+            reader = _PartReader(self._next_event)
+            yield IncomingFile(name=filename, reader=reader)
+            reader.drain()
+        if not self._finished:
+            # Anything after the closing boundary is ignored by the parser; nothing to read.
+            return
+
+
+class _PartReader:
+    """``read(n)`` over the data events of one part."""
+
+    def __init__(self, next_event: Callable[[], tuple[str, Any]]) -> None:
+        self._next_event = next_event
+        self._buffer = bytearray()
+        self._done = False
+
+    def read(self, size: int = -1, /) -> bytes:
+        while not self._done and (size < 0 or len(self._buffer) < size):
+            kind, value = self._next_event()
+            if kind == "data":
+                self._buffer += value
+            elif kind == "part_end":
+                self._done = True
+            else:
+                raise InvalidInput("malformed multipart body")
+        if size < 0 or size >= len(self._buffer):
+            out = bytes(self._buffer)
+            self._buffer.clear()
+            return out
+        out = bytes(self._buffer[:size])
+        del self._buffer[:size]
+        return out
+
+    def drain(self) -> None:
+        """Skip whatever the consumer left unread (it stops only on error)."""
+        while self.read(1 << 20):
+            pass
+
+
+def _disposition(headers: dict[bytes, bytes]) -> tuple[str, str | None]:
+    raw = headers.get(b"content-disposition")
+    if raw is None:
+        raise InvalidInput("multipart part without Content-Disposition")
+    kind, params = parse_options_header(raw)
+    if kind != b"form-data":
+        raise InvalidInput("multipart parts must be form-data")
+    try:
+        name = params.get(b"name", b"").decode("utf-8")
+        filename_raw = params.get(b"filename*") or params.get(b"filename")
+        filename = None if filename_raw is None else filename_raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidInput("part names and filenames must be valid UTF-8") from None
+    if filename is not None and filename.lower().startswith("utf-8''"):
+        from urllib.parse import unquote
+
+        filename = unquote(filename[7:], errors="strict")
+    return name, filename

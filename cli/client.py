@@ -1,0 +1,204 @@
+"""HTTP client for the vault API (httpx), used by the officer commands."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+
+from cli.errors import BY_CODE
+from vault.crypto import constant_time_equal
+from vault.errors import Conflict, IntegrityError, InvalidInput, StorageUnavailable, VaultError
+from vault.schemas import check_filename
+
+Progress = Callable[[int], None]
+_CHUNK = 1024 * 1024
+
+
+def _raise_for(response: httpx.Response) -> None:
+    if response.is_success:
+        return
+    try:
+        error = response.json()["error"]
+        cls = BY_CODE.get(str(error["code"]), VaultError)
+        exc = cls(str(error["message"]))
+        exc.receipt = error.get("receipt")
+    except (ValueError, KeyError, TypeError):
+        exc = VaultError(f"server answered HTTP {response.status_code}")
+    raise exc
+
+
+class _CountingReader:
+    """A file wrapper that reports bytes read (for progress bars), keeping fileno for length."""
+
+    def __init__(self, handle: IO[bytes], progress: Progress | None) -> None:
+        self._handle = handle
+        self._progress = progress
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._handle.read(size)
+        if self._progress and data:
+            self._progress(len(data))
+        return data
+
+    def fileno(self) -> int:
+        return self._handle.fileno()
+
+
+class ApiClient:
+    """Talks to one vault server with one bearer token."""
+
+    def __init__(
+        self, server: str, token: str | None = None, *, verify: bool | str = True, timeout: float = 60.0
+    ) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(
+            base_url=server.rstrip("/"),
+            headers=headers,
+            verify=verify,
+            timeout=httpx.Timeout(timeout, connect=10.0),
+        )
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._http.close()
+
+    def __enter__(self) -> ApiClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def _request(self, method: str, url: str, **kwargs: Any) -> Any:
+        try:
+            response = self._http.request(method, url, **kwargs)
+        except httpx.TransportError as exc:
+            raise StorageUnavailable(f"cannot reach the vault server: {type(exc).__name__}") from None
+        _raise_for(response)
+        return response.json()
+
+    def login(self, username: str, password: str) -> dict[str, Any]:
+        """POST /auth/login."""
+        result: dict[str, Any] = self._request(
+            "POST", "/auth/login", json={"username": username, "password": password}
+        )
+        return result
+
+    def list_packages(self, *, limit: int = 50, offset: int = 0) -> dict[str, Any]:
+        """GET /packages."""
+        result: dict[str, Any] = self._request(
+            "GET", "/packages", params={"limit": limit, "offset": offset}
+        )
+        return result
+
+    def show(self, package_id: str) -> dict[str, Any]:
+        """GET /packages/{id}."""
+        result: dict[str, Any] = self._request("GET", f"/packages/{_segment(package_id)}")
+        return result
+
+    def release(self, package_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST /packages/{id}/releases."""
+        result: dict[str, Any] = self._request(
+            "POST", f"/packages/{_segment(package_id)}/releases", json=body
+        )
+        return result
+
+    def upload(
+        self, paths: list[Path], metadata: dict[str, Any], progress: Progress | None = None
+    ) -> dict[str, Any]:
+        """POST /packages, streaming each file from disk."""
+        with contextlib.ExitStack() as stack:
+            parts: list[tuple[str, Any]] = [
+                ("metadata", (None, json.dumps(metadata).encode(), "application/json"))
+            ]
+            for path in paths:
+                handle = stack.enter_context(open(path, "rb"))  # noqa: SIM115
+                parts.append(
+                    ("file", (path.name, _CountingReader(handle, progress), "application/octet-stream"))
+                )
+            result: dict[str, Any] = self._request(
+                "POST", "/packages", files=parts, timeout=httpx.Timeout(None, connect=10.0)
+            )
+            return result
+
+    def download(
+        self, package_id: str, dest: Path, *, force: bool = False, progress: Progress | None = None
+    ) -> list[Path]:
+        """Download every file of a package into ``dest``, all or nothing.
+
+        Each file streams into a private temp file beside its destination and is checked
+        against its size and SHA-256; only when every file checked out are they renamed into
+        place. On any failure every temp file is removed, so nothing partial is left.
+        """
+        detail = self.show(package_id)
+        dest.mkdir(parents=True, exist_ok=True)
+        targets = []
+        for item in detail["files"]:
+            name = check_filename(item["name"])
+            target = dest / name
+            if target.exists() and not force:
+                raise Conflict(f"{target} exists (use --force to replace it)")
+            targets.append((item, target))
+        if len({t for _, t in targets}) != len(targets):
+            raise InvalidInput("package has two files with the same name")
+        staged: list[tuple[Path, Path]] = []
+        try:
+            for item, target in targets:
+                tmp = self._fetch(package_id, item, dest, progress)
+                staged.append((tmp, target))
+            for tmp, target in staged:
+                os.replace(tmp, target)
+        finally:
+            for tmp, _ in staged:
+                tmp.unlink(missing_ok=True)
+        return [t for _, t in targets]
+
+    def _fetch(self, package_id: str, item: dict[str, Any], dest: Path, progress: Progress | None) -> Path:
+        fd, name = tempfile.mkstemp(dir=dest, prefix=".blovault-", suffix=".part")
+        tmp = Path(name)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                digest = hashlib.sha256()
+                size = 0
+                url = f"/packages/{_segment(package_id)}/files/{_segment(item['id'])}"
+                for chunk in self._stream(url):
+                    out.write(chunk)
+                    digest.update(chunk)
+                    size += len(chunk)
+                    if progress:
+                        progress(len(chunk))
+                out.flush()
+                os.fsync(out.fileno())
+            if size != item["size"] or not constant_time_equal(digest.hexdigest(), item["sha256"]):
+                raise IntegrityError("downloaded file does not match its recorded digest")
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return tmp
+
+    def _stream(self, url: str) -> Iterator[bytes]:
+        try:
+            with self._http.stream("GET", url, timeout=httpx.Timeout(60.0, connect=10.0)) as response:
+                if not response.is_success:
+                    response.read()
+                    _raise_for(response)
+                yield from response.iter_bytes(_CHUNK)
+        except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
+            # The server aborts the stream when a stored segment fails authentication.
+            raise IntegrityError(f"download was cut off ({type(exc).__name__}); nothing kept") from None
+        except httpx.TransportError as exc:
+            raise StorageUnavailable(f"cannot reach the vault server: {type(exc).__name__}") from None
+
+
+def _segment(value: str) -> str:
+    """Refuse anything that is not a plain id before it goes into a URL path."""
+    if not value.isalnum() or len(value) > 64:
+        raise InvalidInput(f"not a valid id: {value!r}")
+    return value
