@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
 from typing import Annotated
 from urllib.parse import quote
 
+import anyio
 import anyio.to_thread
-from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
@@ -17,8 +19,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from api import errors as api_errors
 from api.multipart import MultipartUpload, boundary_of
 from vault.config import Settings, load_settings
-from vault.errors import AuthenticationFailed
+from vault.errors import AuthenticationFailed, VaultError
 from vault.schemas import (
+    CheckpointInfo,
+    ConsistencyProof,
+    InclusionProof,
+    LedgerEntries,
     LedgerReport,
     LoginResult,
     PackageDetail,
@@ -28,6 +34,7 @@ from vault.schemas import (
 )
 from vault.service import Principal, Vault
 
+log = logging.getLogger("vault.api")
 RECEIPT = api_errors.RECEIPT_HEADER
 _bearer = HTTPBearer(auto_error=False, description="Token from POST /auth/login")
 
@@ -233,8 +240,58 @@ def release_package(
 
 @router.get("/ledger/verify", tags=["ledger"])
 def verify_ledger(vault: VaultDep, principal: PrincipalDep) -> LedgerReport:
-    """Verify the ledger's hash chain (auditors and admins)."""
+    """Verify chain, Merkle tree and signed checkpoints (auditors and admins)."""
     return vault.verify_ledger(principal)
+
+
+@router.get("/ledger/checkpoint", tags=["ledger"])
+def ledger_checkpoint(vault: VaultDep, principal: PrincipalDep) -> CheckpointInfo:
+    """The latest signed checkpoint (C2SP signed note) and the log's verifier key."""
+    return vault.latest_checkpoint(principal)
+
+
+@router.get("/ledger/entries", tags=["ledger"])
+def ledger_entries(
+    vault: VaultDep,
+    principal: PrincipalDep,
+    start: Annotated[int, Query(ge=0, le=2**62)],
+    end: Annotated[int, Query(ge=0, le=2**62)],
+) -> LedgerEntries:
+    """Entries ``[start, end)`` (at most 1000), base64 of their exact bytes."""
+    return vault.ledger_entries(principal, start, end)
+
+
+@router.get("/ledger/proof/inclusion/{seq}", tags=["ledger"])
+def ledger_inclusion(
+    seq: Annotated[int, Path(ge=0, le=2**62)], vault: VaultDep, principal: PrincipalDep
+) -> InclusionProof:
+    """RFC 9162 inclusion proof of an entry against the latest checkpoint."""
+    return vault.inclusion_proof(principal, seq)
+
+
+class ConsistencyRequest(BaseModel):
+    """A checkpoint the caller saved earlier."""
+
+    model_config = ConfigDict(extra="forbid")
+    checkpoint: str = Field(min_length=1, max_length=10_000)
+
+
+@router.post("/ledger/proof/consistency", tags=["ledger"])
+def ledger_consistency(
+    body: ConsistencyRequest, vault: VaultDep, principal: PrincipalDep
+) -> ConsistencyProof:
+    """RFC 9162 consistency proof from a saved checkpoint to the latest one."""
+    return vault.consistency_proof(principal, body.checkpoint)
+
+
+async def _checkpoint_cadence(vault: Vault) -> None:
+    """Sign a checkpoint every interval while the ledger grows (no-op when it has not)."""
+    while True:
+        await anyio.sleep(vault.settings.checkpoint_interval_seconds)
+        try:
+            await anyio.to_thread.run_sync(vault.checkpoint)
+        except VaultError as exc:
+            log.error("checkpoint not signed: %s", exc.message)
 
 
 def create_app(settings: Settings | None = None, *, vault: Vault | None = None) -> FastAPI:
@@ -243,9 +300,15 @@ def create_app(settings: Settings | None = None, *, vault: Vault | None = None) 
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        yield
+        service: Vault = app.state.vault
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(_checkpoint_cadence, service)
+            try:
+                yield
+            finally:
+                tasks.cancel_scope.cancel()
         if owned:
-            app.state.vault.close()
+            service.close()
 
     app = FastAPI(
         title="BLO Vault",

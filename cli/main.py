@@ -325,19 +325,165 @@ def package_release(
 # --- ledger ---------------------------------------------------------------------------------
 
 
-@ledger_app.command("verify")
-def ledger_verify(as_json: JsonOpt = False) -> None:
-    """Verify the ledger in the configured database; exit 1 naming the first bad entry."""
-    with _local_vault() as vault:
-        report = vault.verify_ledger(local_operator())
+@contextmanager
+def _counter(label: str, total: int | None) -> Iterator[Any]:
+    with Progress(
+        "[progress.description]{task.description}", BarColumn(),
+        "{task.completed}/{task.total} entries", console=err, transient=True,
+    ) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda done: bar.update(task, completed=done)
+
+
+def _report_verify(report: dict[str, Any], as_json: bool) -> None:
     if as_json:
-        _print_json(report.model_dump(mode="json"))
-    elif report.ok:
-        out.print(f"ledger intact: {report.size} entries, head {report.head_hash}")
+        _print_json(report)
+    elif report["ok"]:
+        cp = report["checkpoint_size"]
+        signed = f"; latest signed checkpoint covers {cp}" if cp is not None else ""
+        out.print(f"ledger intact: {report['size']} entries, root {report['root']}{signed}",
+                  soft_wrap=True)
     else:
-        err.print(f"ledger NOT intact: first bad entry #{report.first_bad_seq}: {report.problem}")
-    if not report.ok:
+        where = report["first_bad_seq"]
+        err.print(
+            f"ledger NOT intact: first bad entry #{where}: {report['problem']}"
+            if where is not None else f"ledger NOT intact: {report['problem']}",
+            soft_wrap=True, markup=False, highlight=False,
+        )
+    if not report["ok"]:
         raise typer.Exit(1)
+
+
+@ledger_app.command("verify")
+def ledger_verify(
+    export: Annotated[Path | None, typer.Option(help="Verify this export file offline (no server, no database).")] = None,
+    vkey: Annotated[str | None, typer.Option(help="The log's verifier key (required with --export).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Verify chain, Merkle tree and signed checkpoints; exit 1 naming the first bad entry."""
+    if export is not None:
+        from vault.ledger.verify import verify_export
+
+        if not vkey:
+            raise InvalidInput("--export needs --vkey: the key you trust, obtained out of band")
+        try:
+            document = json.loads(export.read_text("utf-8"))
+        except (OSError, ValueError) as exc:
+            raise InvalidInput(f"cannot read export file: {exc}") from None
+        if not isinstance(document, dict):
+            raise InvalidInput("export file is not a JSON object")
+        total = len(document.get("entries") or [])
+        with _counter("verifying", total) as advance:
+            result = verify_export(document, vkey, progress=advance)
+        _report_verify(result.as_dict(), as_json)
+        return
+    with _local_vault() as vault:
+        total = vault.ledger_size()
+        with _counter("verifying", total) as advance:
+            report = vault.verify_ledger(local_operator(), progress=advance)
+    _report_verify(report.model_dump(mode="json"), as_json)
+
+
+@ledger_app.command("export")
+def ledger_export(
+    output: Annotated[Path, typer.Option("-o", "--output", help="File to write.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Write the ledger and its latest signed checkpoint as one JSON document."""
+    tmp = output.with_name(f".{output.name}.part")
+    with _local_vault() as vault:
+        total = vault.ledger_size()
+        try:
+            with tmp.open("w", encoding="utf-8") as handle, _counter("exporting", total) as advance:
+                info = vault.export_ledger(local_operator(), handle, progress=advance)
+            tmp.replace(output)
+        finally:
+            tmp.unlink(missing_ok=True)
+    if as_json:
+        _print_json({"file": str(output), "size": info.size, "vkey": info.vkey})
+    else:
+        out.print(f"exported {info.size} entries to {output}", soft_wrap=True)
+        out.print(f"verifier key: {info.vkey}", soft_wrap=True)
+
+
+@ledger_app.command("checkpoint")
+def ledger_checkpoint(
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Also save the signed note here.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Sign a checkpoint of the ledger now (or show the latest if nothing changed)."""
+    with _local_vault() as vault:
+        info = vault.latest_checkpoint(local_operator())
+    if output is not None:
+        output.write_text(info.note, encoding="utf-8")
+    if as_json:
+        _print_json(info.model_dump(mode="json"))
+    else:
+        sys.stdout.write(info.note)
+
+
+@ledger_app.command("prove")
+def ledger_prove(seq: Annotated[int, typer.Argument(min=0)], as_json: JsonOpt = False) -> None:
+    """Inclusion proof of entry SEQ against the latest checkpoint."""
+    with _local_vault() as vault:
+        proof = vault.inclusion_proof(local_operator(), seq)
+    if as_json:
+        _print_json(proof.model_dump(mode="json"))
+        return
+    out.print(f"entry {seq} is included in the tree of {proof.tree_size} entries (root {proof.root})", soft_wrap=True)
+    for h in proof.hashes:
+        out.print(f"  {h}", soft_wrap=True)
+
+
+@ledger_app.command("consistency")
+def ledger_consistency(
+    old: Annotated[Path, typer.Option(help="A checkpoint saved earlier (signed note file).")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Prove the ledger extends a saved checkpoint; exit 1 if it was rolled back or forked."""
+    try:
+        old_text = old.read_text("utf-8")
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {old}: {exc.strerror}") from None
+    with _local_vault() as vault:
+        proof = vault.consistency_proof(local_operator(), old_text)
+    if as_json:
+        _print_json(proof.model_dump(mode="json"))
+    else:
+        out.print(f"consistent: the ledger of {proof.new_size} entries extends the saved checkpoint of {proof.old_size}", soft_wrap=True)
+
+
+@ledger_app.command("show")
+def ledger_show(
+    actor: Annotated[str | None, typer.Option(help="Username.")] = None,
+    agency: Annotated[str | None, typer.Option(help="Actor's agency code.")] = None,
+    country: Annotated[str | None, typer.Option(help="Actor's country code.")] = None,
+    package: Annotated[str | None, typer.Option(help="Package id.")] = None,
+    action: Annotated[str | None, typer.Option(help="Action, e.g. download.")] = None,
+    decision: Annotated[str | None, typer.Option(help="allow, deny or error.")] = None,
+    since: Annotated[str | None, typer.Option(help="ISO 8601 time with zone.")] = None,
+    until: Annotated[str | None, typer.Option(help="ISO 8601 time with zone.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Search the ledger: who did what to which package, allowed or refused."""
+    start, stop = _parse_time(since, "--since"), _parse_time(until, "--until")
+    wanted = {"actor_user": actor, "actor_agency": agency, "actor_country": country,
+              "package": package, "action": action, "decision": decision}
+    table = Table("seq", "time (UTC)", "actor", "agency", "action", "package", "decision", "reason", "handling")
+    with _local_vault() as vault:
+        for entry in vault.ledger_show(local_operator()):
+            if any(v is not None and getattr(entry, k) != v for k, v in wanted.items()):
+                continue
+            if (start and entry.time < start) or (stop and entry.time >= stop):
+                continue
+            if as_json:
+                sys.stdout.write(json.dumps({**entry.__dict__, "time": entry.time.isoformat()}) + "\n")
+            else:
+                table.add_row(str(entry.seq), entry.time.strftime("%Y-%m-%d %H:%M:%S"), entry.actor_user,
+                              entry.actor_agency, entry.action, entry.package[:12], entry.decision,
+                              entry.reason, entry.handling)
+    if not as_json:
+        out.print(table)
 
 
 # --- entry point ----------------------------------------------------------------------------

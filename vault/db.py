@@ -23,7 +23,7 @@ from sqlmodel import Session, SQLModel, create_engine
 from vault import models  # noqa: F401  (registers the tables on SQLModel.metadata)
 from vault.errors import ConfigError, StorageUnavailable
 
-APPEND_ONLY_TABLES = ("ledgerentry",)
+APPEND_ONLY_TABLES = ("ledgerentry", "ledgernode", "ledgercheckpoint")
 
 _SQLITE_TRIGGERS = [
     f"""CREATE TRIGGER IF NOT EXISTS {table}_no_{op.lower()} BEFORE {op} ON {table}

@@ -177,3 +177,19 @@ class LedgerEntry(SQLModel, table=True):
     # Unique so two writers that read the same head cannot both commit: the chain can't fork.
     prev_hash: bytes = Field(sa_column=Column(LargeBinary(32), nullable=False, unique=True))
     entry: bytes = _blob()
+
+
+class LedgerNode(SQLModel, table=True):
+    """A complete node of the ledger's Merkle tree (level 0 = leaf hashes); written once."""
+
+    level: int = Field(primary_key=True)
+    idx: int = Field(primary_key=True)
+    hash: bytes = Field(sa_column=Column(LargeBinary(32), nullable=False))
+
+
+class LedgerCheckpoint(SQLModel, table=True):
+    """A signed checkpoint (C2SP signed note) of the ledger at ``size`` entries."""
+
+    size: int = Field(primary_key=True)
+    note: str
+    created_at: datetime = _time()

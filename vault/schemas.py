@@ -190,6 +190,47 @@ class LedgerReport(_Out):
 
     ok: bool
     size: int
-    head_hash: str
+    root: str
+    checkpoint_size: int | None
     first_bad_seq: int | None = None
     problem: str | None = None
+
+
+class CheckpointInfo(_Out):
+    """A signed checkpoint and the key that verifies it."""
+
+    origin: str
+    size: int
+    root: str
+    vkey: str
+    note: str
+
+
+class InclusionProof(_Out):
+    """Proof that entry ``leaf_index`` is in the tree of ``tree_size`` entries."""
+
+    leaf_index: int
+    tree_size: int
+    entry: str
+    leaf_hash: str
+    hashes: list[str]
+    root: str
+    checkpoint: str
+
+
+class ConsistencyProof(_Out):
+    """Proof that the tree of ``new_size`` entries extends the tree of ``old_size``."""
+
+    old_size: int
+    new_size: int
+    old_root: str
+    new_root: str
+    hashes: list[str]
+    checkpoint: str
+
+
+class LedgerEntries(_Out):
+    """A range of entries, as base64 of their exact bytes."""
+
+    start: int
+    entries: list[str]

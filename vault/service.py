@@ -8,6 +8,7 @@ exactly like items that don't exist.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import getpass
 import hashlib
@@ -15,10 +16,10 @@ import json
 import logging
 import secrets
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TextIO
 
 from sqlalchemy import Engine, and_, exists, false, or_
 from sqlalchemy.exc import IntegrityError as DBIntegrityError
@@ -51,6 +52,8 @@ from vault.errors import (
 )
 from vault.keys import KeyMaterial, load_keys
 from vault.ledger import log as ledger
+from vault.ledger import merkle, note
+from vault.ledger.entry import Entry, decode
 from vault.ledger.log import Actor
 from vault.models import (
     Agency,
@@ -67,6 +70,10 @@ from vault.models import (
 )
 from vault.passwords import Passwords
 from vault.schemas import (
+    CheckpointInfo,
+    ConsistencyProof,
+    InclusionProof,
+    LedgerEntries,
     FileInfo,
     LedgerReport,
     LoginResult,
@@ -802,21 +809,144 @@ class Vault:
             )
         return ReleaseResult(release=_release_info(release), receipt=receipt)
 
-    # --- ledger -----------------------------------------------------------------------------
+    # --- ledger ---------------------------------------------------------------------------
 
-    def verify_ledger(self, principal: Principal) -> LedgerReport:
-        """Walk the whole chain; report the first bad entry instead of raising."""
-        self._require_global(principal, "ledger")
+    @property
+    def ledger_verifier(self) -> note.Verifier:
+        """The C2SP verifier of the log key (name = the ledger's origin)."""
+        return note.Verifier.from_public_key(
+            self.settings.ledger_origin, self.keys.ledger_key.public_key()
+        )
+
+    @property
+    def ledger_vkey(self) -> str:
+        """The verifier-key string counterparts use to check checkpoints offline."""
+        return self.ledger_verifier.vkey()
+
+    def _ledger_read(self, principal: Principal, what: str) -> int:
+        """Authorise and record an auditor's read of the ledger."""
+        self._require_global(principal, "ledger", subject=what)
+        return self._record(principal.actor, "ledger", ALLOW, "ok", subject=what)
+
+    def verify_ledger(
+        self, principal: Principal, progress: Callable[[int], None] | None = None
+    ) -> LedgerReport:
+        """Verify chain, tree and every signed checkpoint; report the first bad entry.
+
+        Reads nothing but the database and the log's public key, and writes nothing, so it
+        is safe to run against a copy of a suspect database.
+        """
+        self._require_global(principal, "ledger", subject="verify")
         with self._tx() as session:
-            rows = ((r.seq, r.prev_hash, r.entry) for r in ledger.iter_rows(session))
-            try:
-                report = ledger.verify_chain(rows)
-            except LedgerCorrupt as exc:
-                return LedgerReport(
-                    ok=False, size=ledger.size(session), head_hash="", first_bad_seq=exc.seq,
-                    problem=exc.message,
-                )
-        return LedgerReport(ok=True, size=report.size, head_hash=report.head_hash)
+            result = ledger.verify_database(
+                session, origin=self.settings.ledger_origin, verifier=self.ledger_verifier,
+                progress=progress,
+            )
+        return LedgerReport(**result.as_dict())
+
+    def checkpoint(self) -> CheckpointInfo:
+        """Sign a checkpoint of the current tree (or return the latest if nothing changed)."""
+        with self._tx() as session:
+            row = ledger.sign_checkpoint(
+                session, origin=self.settings.ledger_origin, key=self.keys.ledger_key
+            )
+        return self._checkpoint_info(row.note)
+
+    def _checkpoint_info(self, signed: str) -> CheckpointInfo:
+        body = note.open_checkpoint(signed, [self.ledger_verifier], self.settings.ledger_origin)
+        return CheckpointInfo(
+            origin=body.origin, size=body.size, root=_b64(body.root_hash), vkey=self.ledger_vkey,
+            note=signed,
+        )
+
+    def latest_checkpoint(self, principal: Principal) -> CheckpointInfo:
+        """The newest signed checkpoint (signed now if the tree grew since)."""
+        self._ledger_read(principal, "checkpoint")
+        return self.checkpoint()
+
+    def ledger_entries(self, principal: Principal, start: int, end: int) -> LedgerEntries:
+        """Entries ``[start, end)`` as base64 of their exact bytes (at most 1000)."""
+        if not 0 <= start <= end or end - start > 1000:
+            raise InvalidInput("entries: 0 <= start <= end and at most 1000 at a time")
+        self._ledger_read(principal, f"entries:{start}-{end}")
+        with self._tx() as session:
+            items = [_b64(data) for _, data in ledger.iter_entries(session, start=start, stop=end)]
+        return LedgerEntries(start=start, entries=items)
+
+    def inclusion_proof(self, principal: Principal, seq: int) -> InclusionProof:
+        """Prove entry ``seq`` is in the tree of the latest checkpoint (signed now if needed)."""
+        if seq < 0:
+            raise InvalidInput("sequence numbers start at 0")
+        self._ledger_read(principal, f"prove:{seq}")
+        info = self.checkpoint()
+        if seq >= info.size:
+            raise NotFound(f"no ledger entry {seq}")
+        with self._tx() as session:
+            data = ledger.entry_bytes(session, seq)
+            hashes = ledger.inclusion_proof(session, seq, info.size)
+        leaf = merkle.leaf_hash(data)
+        root = base64.b64decode(info.root)
+        try:  # never hand out a proof we could not verify ourselves
+            merkle.verify_inclusion(leaf, seq, info.size, hashes, root)
+        except merkle.ProofError as exc:
+            raise LedgerCorrupt(f"inclusion proof does not verify: {exc}", seq=seq) from None
+        return InclusionProof(
+            leaf_index=seq, tree_size=info.size, entry=_b64(data), leaf_hash=_b64(leaf),
+            hashes=[_b64(h) for h in hashes], root=info.root, checkpoint=info.note,
+        )
+
+    def consistency_proof(self, principal: Principal, old_checkpoint: str) -> ConsistencyProof:
+        """Prove the current ledger extends a checkpoint saved earlier; LedgerCorrupt if not."""
+        try:
+            old = note.open_checkpoint(
+                old_checkpoint, [self.ledger_verifier], self.settings.ledger_origin
+            )
+        except note.NoteError as exc:
+            raise InvalidInput(f"the old checkpoint does not verify with this log's key: {exc}") from None
+        self._ledger_read(principal, f"consistency:{old.size}")
+        info = self.checkpoint()
+        if old.size > info.size:
+            raise LedgerCorrupt(
+                f"the ledger was rolled back: it holds {info.size} entries, the saved "
+                f"checkpoint {old.size}", seq=info.size,
+            )
+        with self._tx() as session:
+            hashes = ledger.consistency_proof(session, old.size, info.size)
+        new_root = base64.b64decode(info.root)
+        try:
+            merkle.verify_consistency(old.size, info.size, old.root_hash, new_root, hashes)
+        except merkle.ProofError as exc:
+            raise LedgerCorrupt(f"the ledger does not extend the saved checkpoint: {exc}") from None
+        return ConsistencyProof(
+            old_size=old.size, new_size=info.size, old_root=_b64(old.root_hash), new_root=info.root,
+            hashes=[_b64(h) for h in hashes], checkpoint=info.note,
+        )
+
+    def export_ledger(
+        self, principal: Principal, out: TextIO, progress: Callable[[int], None] | None = None
+    ) -> CheckpointInfo:
+        """Write the export document (README: "Ledger export format") to ``out``, streamed."""
+        self._ledger_read(principal, "export")
+        info = self.checkpoint()
+        out.write("{\n")
+        out.write(f'  "origin": {json.dumps(info.origin)},\n')
+        out.write(f'  "vkey": {json.dumps(info.vkey)},\n')
+        out.write(f'  "checkpoint": {json.dumps(info.note)},\n')
+        out.write('  "entries": [')
+        with self._tx() as session:
+            for seq, data in ledger.iter_entries(session, stop=info.size):
+                out.write(("\n    " if seq == 0 else ",\n    ") + '"' + _b64(data) + '"')
+                if progress and seq % 4096 == 0:
+                    progress(seq)
+        out.write("\n  ]\n}\n")
+        return info
+
+    def ledger_show(self, principal: Principal) -> Iterator[Entry]:
+        """Every entry, decoded, in order (callers filter); the read is recorded first."""
+        self._ledger_read(principal, "show")
+        with self._tx() as session:
+            for seq, data in ledger.iter_entries(session):
+                yield decode(data, seq_hint=seq)
 
     def ledger_size(self) -> int:
         """Number of ledger entries (for health and metrics)."""
@@ -850,3 +980,7 @@ def _release_info(r: Release) -> ReleaseInfo:
         status=r.status, not_before=r.not_before, expires_at=r.expires_at, created_at=r.created_at,
     )
 
+
+
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode()

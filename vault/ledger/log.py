@@ -1,23 +1,29 @@
-"""The database side of the ledger: append inside the caller's transaction, read, verify.
+"""The database side of the ledger: append inside the caller's transaction, checkpoint, prove.
 
 Appends are serialised: SQLite's ``BEGIN IMMEDIATE`` already holds the one write lock, and on
 PostgreSQL a transaction-scoped advisory lock is taken before reading the head. The unique
 ``prev_hash`` and primary-key ``seq`` are the last line of defence: two writers that somehow
 read the same head can't both commit, so the chain can't fork.
+
+Each append also stores the Merkle tree's newly completed nodes (``LedgerNode``), so roots and
+proofs need O(log n) reads, and signing a checkpoint never re-reads the log.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import text
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy import and_, func, or_, text
 from sqlmodel import Session, col, select
 
-from vault.errors import LedgerCorrupt
-from vault.ledger.entry import GENESIS_PREV, Entry, decode, leaf_hash
-from vault.models import LedgerEntry
+from vault.errors import InvalidInput, LedgerCorrupt
+from vault.ledger import merkle, note
+from vault.ledger.entry import GENESIS_PREV, Entry, leaf_hash
+from vault.ledger.verify import Row, VerifyResult, open_checkpoints, verify_entries
+from vault.models import LedgerCheckpoint, LedgerEntry, LedgerNode, utcnow
 
 # Arbitrary constant naming the ledger's advisory lock on PostgreSQL.
 _PG_LOCK_KEY = 0x424C4F5641554C54 & 0x7FFFFFFFFFFFFFFF
@@ -30,6 +36,32 @@ class Actor:
     user: str
     agency: str = ""
     country: str = ""
+
+
+def _lock(session: Session) -> None:
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK_KEY})
+
+
+def _nodes(session: Session, ids: Sequence[merkle.NodeID]) -> dict[merkle.NodeID, bytes]:
+    """Fetch the named complete nodes in one query."""
+    if not ids:
+        return {}
+    wanted = or_(*(and_(LedgerNode.level == lv, LedgerNode.idx == ix) for lv, ix in set(ids)))
+    rows = session.exec(select(LedgerNode).where(wanted)).all()
+    return {(r.level, r.idx): r.hash for r in rows}
+
+
+def _getter(session: Session, ids: Sequence[merkle.NodeID]) -> merkle.GetNode:
+    found = _nodes(session, ids)
+
+    def get(level: int, idx: int) -> bytes:
+        try:
+            return found[(level, idx)]
+        except KeyError:
+            raise LedgerCorrupt(f"Merkle node ({level}, {idx}) is missing") from None
+
+    return get
 
 
 def append(
@@ -46,10 +78,8 @@ def append(
     subject: str = "",
     handling: str = "",
 ) -> int:
-    """Append one entry in the session's transaction and return its sequence number."""
-    bind = session.get_bind()
-    if bind.dialect.name == "postgresql":
-        session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK_KEY})
+    """Append one entry (and its new tree nodes) in the session's transaction; return its seq."""
+    _lock(session)
     head = session.exec(select(LedgerEntry).order_by(col(LedgerEntry.seq).desc()).limit(1)).first()
     if head is None:
         seq, prev = 0, GENESIS_PREV
@@ -72,61 +102,185 @@ def append(
         policy=policy,
         prev=prev,
     )
-    session.add(LedgerEntry(seq=seq, prev_hash=bytes.fromhex(prev), entry=entry.encode()))
+    data = entry.encode()
+    # Left siblings on the new leaf's path: the only nodes an append reads.
+    siblings = [(lv, (seq >> lv) - 1) for lv in range(seq.bit_length()) if (seq >> lv) & 1]
+    created = merkle.complete_nodes_after_append(seq, leaf_hash(data), _getter(session, siblings))
+    session.add(LedgerEntry(seq=seq, prev_hash=bytes.fromhex(prev), entry=data))
+    session.add_all(LedgerNode(level=n.level, idx=n.idx, hash=n.hash) for n in created)
     session.flush()
     return seq
 
 
 def size(session: Session) -> int:
     """Number of entries."""
-    head = session.exec(select(LedgerEntry.seq).order_by(col(LedgerEntry.seq).desc()).limit(1))
-    last = head.first()
+    last = session.exec(
+        select(LedgerEntry.seq).order_by(col(LedgerEntry.seq).desc()).limit(1)
+    ).first()
     return 0 if last is None else last + 1
 
 
-def iter_rows(session: Session, *, start: int = 0, batch: int = 5000) -> Iterator[LedgerEntry]:
-    """Stored rows in sequence order, fetched in batches."""
+def root(session: Session, tree_size: int) -> bytes:
+    """Merkle root of the first ``tree_size`` entries, from stored nodes."""
+    ids = merkle.root_nodes(tree_size)
+    return merkle.root_at(tree_size, _getter(session, ids))
+
+
+def inclusion_proof(session: Session, index: int, tree_size: int) -> list[bytes]:
+    """RFC 9162 inclusion proof of entry ``index`` in the tree of ``tree_size`` entries."""
+    if not 0 <= index < tree_size:
+        raise InvalidInput(f"entry {index} is not in a tree of {tree_size} entries")
+    plan = merkle.inclusion_proof_nodes(index, tree_size)
+    return merkle.resolve_proof(plan, _getter(session, [i for group in plan for i in group]))
+
+
+def consistency_proof(session: Session, old_size: int, new_size: int) -> list[bytes]:
+    """RFC 9162 consistency proof between two tree sizes."""
+    if not 0 <= old_size <= new_size:
+        raise InvalidInput("a consistency proof needs 0 <= old size <= new size")
+    plan = merkle.consistency_proof_nodes(old_size, new_size)
+    return merkle.resolve_proof(plan, _getter(session, [i for group in plan for i in group]))
+
+
+def entry_bytes(session: Session, seq: int) -> bytes:
+    """The stored bytes of one entry."""
+    row = session.get(LedgerEntry, seq)
+    if row is None:
+        raise InvalidInput(f"no ledger entry {seq}")
+    return row.entry
+
+
+def iter_entries(session: Session, *, start: int = 0, stop: int | None = None, batch: int = 5000) -> Iterator[tuple[int, bytes]]:
+    """``(seq, bytes)`` in sequence order, fetched in batches."""
     next_seq = start
+    while stop is None or next_seq < stop:
+        query = select(LedgerEntry.seq, LedgerEntry.entry).where(col(LedgerEntry.seq) >= next_seq)
+        if stop is not None:
+            query = query.where(col(LedgerEntry.seq) < stop)
+        rows = session.exec(query.order_by(col(LedgerEntry.seq)).limit(batch)).all()
+        if not rows:
+            return
+        yield from ((s, bytes(e)) for s, e in rows)
+        next_seq = rows[-1][0] + 1
+
+
+def _iter_rows(session: Session, batch: int = 5000) -> Iterator[Row]:
+    """Entries joined with their stored leaf nodes, in sequence order."""
+    next_seq = 0
     while True:
-        rows = session.exec(
-            select(LedgerEntry)
+        query = (
+            select(LedgerEntry.seq, LedgerEntry.prev_hash, LedgerEntry.entry, LedgerNode.hash)
+            .select_from(LedgerEntry)
+            .join(
+                LedgerNode,
+                and_(LedgerNode.level == 0, LedgerNode.idx == LedgerEntry.seq),
+                isouter=True,
+            )
             .where(col(LedgerEntry.seq) >= next_seq)
             .order_by(col(LedgerEntry.seq))
             .limit(batch)
-        ).all()
+        )
+        rows = session.exec(query).all()
         if not rows:
             return
-        yield from rows
-        next_seq = rows[-1].seq + 1
+        for seq, prev, data, leaf in rows:
+            yield seq, bytes(prev), bytes(data), None if leaf is None else bytes(leaf)
+        next_seq = rows[-1][0] + 1
 
 
-@dataclass(frozen=True)
-class ChainReport:
-    """Outcome of walking the hash chain."""
+def checkpoint_notes(session: Session) -> list[str]:
+    """Every stored signed checkpoint, oldest first."""
+    return list(
+        session.exec(select(LedgerCheckpoint.note).order_by(col(LedgerCheckpoint.size))).all()
+    )
 
-    size: int
-    head_hash: str
+
+def latest_checkpoint(session: Session) -> LedgerCheckpoint | None:
+    """The checkpoint with the largest tree size."""
+    return session.exec(
+        select(LedgerCheckpoint).order_by(col(LedgerCheckpoint.size).desc()).limit(1)
+    ).first()
 
 
-def verify_chain(rows: Iterator[tuple[int, bytes, bytes]]) -> ChainReport:
-    """Check ``(seq, prev_hash, entry)`` rows: contiguous, well-formed, each linked to the last.
+def sign_checkpoint(
+    session: Session, *, origin: str, key: Ed25519PrivateKey
+) -> LedgerCheckpoint:
+    """Sign the current tree, after proving it extends the last signed one.
 
-    Raises LedgerCorrupt naming the first bad sequence number.
+    Returns the latest checkpoint unchanged when the ledger has not grown. Refuses (with
+    LedgerCorrupt) to sign a tree that a consistency proof can't connect to the last
+    checkpoint, so the log never signs a fork.
     """
-    expected_seq = 0
-    prev = GENESIS_PREV
-    for seq, prev_hash, data in rows:
-        if seq != expected_seq:
+    _lock(session)
+    tree_size = size(session)
+    last = latest_checkpoint(session)
+    verifier = note.Verifier.from_public_key(origin, key.public_key())
+    new_root = root(session, tree_size) if tree_size else merkle.EMPTY_ROOT
+    if last is not None:
+        try:
+            old = note.open_checkpoint(last.note, [verifier], origin=origin)
+        except note.NoteError as exc:
+            raise LedgerCorrupt(f"the last stored checkpoint does not verify: {exc}") from None
+        if old.size > tree_size:
             raise LedgerCorrupt(
-                f"entry {expected_seq} is missing (next stored is {seq})", seq=expected_seq
+                f"the ledger holds {tree_size} entries but checkpoint {old.size} was signed",
+                seq=tree_size,
             )
-        entry = decode(data, seq_hint=seq)
-        if entry.seq != seq:
-            raise LedgerCorrupt(f"entry {seq} claims sequence number {entry.seq}", seq=seq)
-        if entry.prev != prev or prev_hash.hex() != prev:
-            raise LedgerCorrupt(
-                f"entry {seq} does not link to entry {seq - 1} (chain broken)", seq=seq
-            )
-        prev = leaf_hash(data).hex()
-        expected_seq += 1
-    return ChainReport(size=expected_seq, head_hash=prev)
+        if old.size == tree_size:
+            if old.root_hash != new_root:
+                raise LedgerCorrupt("the ledger no longer matches its last checkpoint")
+            return last
+        proof = consistency_proof(session, old.size, tree_size)
+        try:
+            merkle.verify_consistency(old.size, tree_size, old.root_hash, new_root, proof)
+        except merkle.ProofError as exc:
+            raise LedgerCorrupt(f"refusing to sign a tree that forks the log: {exc}") from None
+    body = note.Checkpoint(origin=origin, size=tree_size, root_hash=new_root)
+    signed = note.sign_checkpoint(body, origin, key)
+    row = LedgerCheckpoint(size=tree_size, note=signed, created_at=utcnow())
+    session.add(row)
+    session.flush()
+    return row
+
+
+def leaf_count(session: Session) -> int:
+    """Number of level-0 nodes stored."""
+    return int(
+        session.exec(select(func.count()).select_from(LedgerNode).where(LedgerNode.level == 0)).one()
+    )
+
+
+def verify_database(
+    session: Session,
+    *,
+    origin: str,
+    verifier: note.Verifier,
+    progress: Callable[[int], None] | None = None,
+) -> VerifyResult:
+    """Verify chain, leaves, tree and every stored checkpoint of the database's ledger."""
+    try:
+        checkpoints = open_checkpoints(checkpoint_notes(session), verifier, origin)
+    except note.NoteError as exc:
+        return VerifyResult(
+            ok=False, size=size(session), root="", checkpoint_size=None,
+            problem=f"a stored checkpoint does not verify: {exc}",
+        )
+
+    def stored_root(n: int) -> bytes:
+        try:
+            return root(session, n)
+        except LedgerCorrupt:
+            return b""
+
+    return verify_entries(
+        _iter_rows(session),
+        checkpoints=checkpoints,
+        leaf_count=leaf_count(session),
+        stored_root=stored_root,
+        progress=progress,
+    )
+
+
+def verify_chain(rows: Iterable[tuple[int, bytes, bytes]]) -> VerifyResult:
+    """Chain-only check of ``(seq, prev_hash, entry)`` rows (no tree, no checkpoints)."""
+    return verify_entries(((s, p, e, None) for s, p, e in rows), checkpoints=[])

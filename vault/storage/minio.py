@@ -105,6 +105,7 @@ class _UploadSource:
         self._limit = limit
         self.size = 0
         self.error: BaseException | None = None
+        self._excess = b""
 
     def read(self, size: int = -1, /) -> bytes:
         try:
@@ -123,23 +124,22 @@ class _UploadSource:
         return data
 
     def _fill(self, size: int) -> bytes:
-        if size < 0:
-            chunks = []
-            while chunk := self._source.read(MiB):
-                chunks.append(bytes(chunk))
-            return b"".join(chunks)
-        first = self._source.read(size)
-        if not first or len(first) >= size:
-            return bytes(first)
-        chunks = [bytes(first)]
-        got = len(first)
-        while got < size:
-            more = self._source.read(size - got)
+        """Exactly ``size`` bytes unless the source ends first (all of it when ``size`` < 0)."""
+        chunks = [self._excess] if self._excess else []
+        got = len(self._excess)
+        self._excess = b""
+        while size < 0 or got < size:
+            more = self._source.read(MiB if size < 0 else size - got)
             if not more:
                 break
             chunks.append(bytes(more))
             got += len(more)
-        return b"".join(chunks)
+        data = b"".join(chunks)
+        if 0 <= size < len(data):
+            # A source that returns more than asked: keep the rest for the next read (minio's
+            # read loop would otherwise overshoot its part size and never stop reading).
+            data, self._excess = data[:size], data[size:]
+        return data
 
 
 class _ObjectReader:
@@ -220,6 +220,10 @@ class MinioStore:
             )
         if settings.s3_access_key is None or settings.s3_secret_key is None:
             raise ConfigError("the minio store needs VAULT_S3_ACCESS_KEY and VAULT_S3_SECRET_KEY")
+        if settings.s3_object_lock_days > 0 and not settings.s3_secure:
+            # S3 requires Content-MD5 (or a checksum) on writes that carry retention, and
+            # minio-py only sends Content-MD5 over TLS: over plain HTTP single-part puts fail.
+            raise ConfigError("VAULT_S3_OBJECT_LOCK_DAYS needs VAULT_S3_SECURE=true (HTTPS)")
         ca_file = settings.s3_ca_file
         if ca_file is not None and not ca_file.is_file():
             raise ConfigError("VAULT_S3_CA_FILE does not name a readable file")

@@ -1,0 +1,516 @@
+"""Transfer benchmark: a large file through the service layer vs a raw copy through the same store.
+
+Run::
+
+    python -m bench.bench_transfer --size-mib 1024 [--dir PATH] [--repeat N] [--cache cold|warm]
+
+In one process it builds a throw-away vault (SQLite + LocalDiskStore under a temp folder, one
+country, one agency, one officer), writes a source file of random bytes (before any timing),
+then for each repeat runs, in this order::
+
+    raw upload    store.put(key, open(src, "rb"))                 (1 MiB reads, fsync, rename)
+    raw download  store.open(key).read(1 MiB) until EOF, discarded
+    vault upload  Vault.upload(officer, NewPackage, [IncomingFile(name, open(src, "rb"))])
+    vault download  every chunk of Vault.download(officer, pid, fid).chunks, counted, discarded
+
+Times are wall clock (``time.perf_counter``) around exactly those calls. Outside the timed
+region, before every phase: ``os.sync()``, ``gc.collect()`` and ``malloc_trim(0)`` so no earlier
+phase's writeback or retained heap bleeds into the next. With ``--cache cold`` (the default)
+each stored object, raw and sealed alike, is dropped from the page cache right after its upload
+(``posix_fadvise(POSIX_FADV_DONTNEED)`` on the already fsynced file, so the pages are clean and
+really go), and both downloads read from the disk. With ``--cache warm`` nothing is dropped and
+both downloads read what the upload just left in the page cache. The source file is kept in
+the page cache in both modes (a fast producer, so the vault's own cost is not hidden behind a
+slow source).
+
+Peak RSS growth per phase: the kernel's peak-RSS counter (VmHWM) is reset by writing ``5`` to
+``/proc/self/clear_refs`` just before the phase, and read back after it; a thread also samples
+VmRSS every 5 ms as a cross-check. Growth = max(VmHWM, sampled peak) - VmRSS before the phase.
+(``ru_maxrss`` is not used: it cannot be reset, so it only shows the process-lifetime peak.)
+
+Results: a table on stdout and JSON in ``bench/out/transfer.json`` (or ``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import ctypes.util
+import cProfile
+import gc
+import hashlib
+import io
+import json
+import os
+import platform
+import pstats
+import secrets
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from vault.config import load_settings
+from vault.models import Classification, Role
+from vault.schemas import NewPackage
+from vault.service import IncomingFile, Principal, Vault, local_operator
+
+MiB = 1024 * 1024
+CHUNK = MiB
+# The issue's targets.
+TARGET_RATIO = 1.3
+TARGET_RSS_MIB = 64.0
+# Cheap, still argon2id, password hashing (as the tests use): seeding is not what we measure.
+FAST_ARGON2 = {"argon2_time_cost": 1, "argon2_memory_kib": 1024, "argon2_parallelism": 1}
+PASSWORD = "bench password, not a secret"  # noqa: S105 - throw-away vault
+OUT_DEFAULT = Path(__file__).resolve().parent / "out" / "transfer.json"
+
+
+# --- machine ---------------------------------------------------------------------------------
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def _cpu_flags() -> list[str]:
+    wanted = {"aes", "pclmulqdq", "avx2", "avx512f", "vaes", "vpclmulqdq", "sha_ni"}
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return sorted(wanted & set(line.split(":", 1)[1].split()))
+    return []
+
+
+def _mem_total_gib() -> float:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return round(int(line.split()[1]) / 1024 / 1024, 1)
+    return 0.0
+
+
+def _filesystem(path: Path) -> dict[str, str]:
+    """Device, type and mount options of the mount holding ``path`` (longest prefix wins)."""
+    best: dict[str, str] = {}
+    target = str(path.resolve())
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/mounts").read_text().splitlines():
+            dev, mnt, fstype, opts, *_ = line.split()
+            inside = target == mnt or target.startswith(mnt.rstrip("/") + "/")
+            if inside and len(mnt) >= len(best.get("mount", "")):
+                best = {"device": dev, "mount": mnt, "type": fstype, "options": opts}
+    return best
+
+
+def machine_info(data_dir: Path) -> dict[str, Any]:
+    import cryptography
+    from cryptography.hazmat.backends.openssl import backend
+
+    return {
+        "cpu": _cpu_model(),
+        "cpu_flags": _cpu_flags(),
+        "cores": os.cpu_count(),
+        "ram_gib": _mem_total_gib(),
+        "kernel": platform.release(),
+        "python": sys.version.split()[0],
+        "cryptography": cryptography.__version__,
+        "openssl": backend.openssl_version_text(),
+        "filesystem": _filesystem(data_dir),
+    }
+
+
+# --- memory ----------------------------------------------------------------------------------
+
+
+def _status_kib(name: str) -> int:
+    with open("/proc/self/status", "rb") as f:
+        for line in f:
+            if line.startswith(name.encode()):
+                return int(line.split()[1])
+    raise RuntimeError(f"{name} not in /proc/self/status")
+
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+
+
+def _settle() -> None:
+    """Give back what earlier phases left in Python's and glibc's free lists."""
+    gc.collect()
+    with contextlib.suppress(AttributeError):
+        _libc.malloc_trim(0)
+
+
+def _reset_hwm() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+class RssMonitor:
+    """Peak RSS growth over one phase (VmHWM reset + 5 ms VmRSS sampling)."""
+
+    def __init__(self, interval: float = 0.005) -> None:
+        self.interval = interval
+        self.base_kib = 0
+        self.sampled_peak_kib = 0
+        self.hwm_kib = 0
+        self.hwm_reset = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sampled_peak_kib = max(self.sampled_peak_kib, _status_kib("VmRSS:"))
+
+    def __enter__(self) -> RssMonitor:
+        self.hwm_reset = _reset_hwm()
+        self.base_kib = _status_kib("VmRSS:")
+        self.sampled_peak_kib = self.base_kib
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sampled_peak_kib = max(self.sampled_peak_kib, _status_kib("VmRSS:"))
+        self.hwm_kib = _status_kib("VmHWM:") if self.hwm_reset else 0
+
+    @property
+    def growth_mib(self) -> float:
+        return (max(self.hwm_kib, self.sampled_peak_kib) - self.base_kib) / 1024
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "base_rss_mib": round(self.base_kib / 1024, 1),
+            "peak_hwm_mib": round(self.hwm_kib / 1024, 1) if self.hwm_reset else None,
+            "peak_sampled_mib": round(self.sampled_peak_kib / 1024, 1),
+            "growth_mib": round(self.growth_mib, 1),
+        }
+
+
+# --- world -----------------------------------------------------------------------------------
+
+
+def open_world(data_dir: Path) -> tuple[Vault, Principal]:
+    """A vault on ``data_dir`` with one country, agency and officer; the officer's principal."""
+    settings = load_settings(data_dir=data_dir, **FAST_ARGON2)
+    vault = Vault.open(settings)
+    op = local_operator()
+    vault.add_country(op, "UZ", "Uzbekistan")
+    vault.add_agency(op, "UZ-CUSTOMS", "UZ", "State Customs Committee")
+    vault.add_user(op, username="uz.officer", agency="UZ-CUSTOMS", role=Role.OFFICER,
+                   password=PASSWORD, clearance=Classification.SECRET)
+    principal = vault.authenticate(vault.login("uz.officer", PASSWORD).access_token)
+    return vault, principal
+
+
+def make_source(path: Path, size: int) -> str:
+    """Write ``size`` random bytes (1 MiB os.urandom chunks), fsync; return its SHA-256."""
+    digest = hashlib.sha256()
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            chunk = os.urandom(min(CHUNK, left))
+            f.write(chunk)
+            digest.update(chunk)
+            left -= len(chunk)
+        f.flush()
+        os.fsync(f.fileno())
+    return digest.hexdigest()
+
+
+def warm(path: Path) -> None:
+    """Read a file once so it sits in the page cache."""
+    with open(path, "rb", buffering=0) as f:
+        while f.read(CHUNK):
+            pass
+
+
+def drop_cache(path: Path) -> None:
+    """Drop a (clean, fsynced) file's pages from the page cache."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def object_path(vault: Vault, key: str) -> Path:
+    store = vault.store
+    root = Path(store.root)  # type: ignore[attr-defined] - LocalDiskStore only
+    return root / key[:2] / key[2:4] / key
+
+
+# --- phases ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Phase:
+    name: str
+    seconds: float
+    nbytes: int
+    rss: dict[str, Any]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"phase": self.name, "seconds": round(self.seconds, 4), "bytes": self.nbytes,
+                "mb_per_s": round(self.nbytes / self.seconds / 1e6, 1), "rss": self.rss,
+                **self.extra}
+
+
+@contextlib.contextmanager
+def maybe_profile(target: Path | None) -> Iterator[None]:
+    if target is None:
+        yield
+        return
+    prof = cProfile.Profile()
+    prof.enable()
+    try:
+        yield
+    finally:
+        prof.disable()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        prof.dump_stats(target)
+        buf = io.StringIO()
+        pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(12)
+        print(f"--- cProfile {target.name} (top by tottime) ---")
+        print(buf.getvalue())
+
+
+def timed(name: str, size: int, fn: Callable[[], dict[str, Any]],
+          profile_to: Path | None = None) -> Phase:
+    os.sync()
+    _settle()
+    with RssMonitor() as mon, maybe_profile(profile_to):
+        t0 = time.perf_counter()
+        extra = fn()
+        seconds = time.perf_counter() - t0
+    return Phase(name, seconds, size, mon.as_dict(), extra)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    size = args.size_mib * MiB
+    parent = Path(args.dir) if args.dir else None
+    if parent:
+        parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="blo-bench-", dir=parent))
+    cold = args.cache == "cold"
+    try:
+        vault, officer = open_world(work / "vault-data")
+        store = vault.store
+        src = work / "source.bin"
+        print(f"writing {args.size_mib} MiB source file under {work} ...", flush=True)
+        src_sha = make_source(src, size)
+        warm(src)
+        info = machine_info(work)
+        repeats: list[dict[str, Any]] = []
+        for i in range(args.repeat):
+            rep: dict[str, Any] = {"repeat": i + 1}
+            prof_dir = Path(args.profile) if args.profile and i == 0 else None
+            if not args.vault_only:
+                raw_key = secrets.token_hex(16)
+
+                def raw_up(key: str = raw_key) -> dict[str, Any]:
+                    with open(src, "rb") as f:
+                        n = store.put(key, f)
+                    if n != size:
+                        raise RuntimeError(f"raw put stored {n} bytes, expected {size}")
+                    return {}
+
+                rep["raw_upload"] = timed("raw upload", size, raw_up)
+                if cold:
+                    drop_cache(object_path(vault, raw_key))
+
+                def raw_down(key: str = raw_key) -> dict[str, Any]:
+                    n = 0
+                    with store.open(key) as f:
+                        while chunk := f.read(CHUNK):
+                            n += len(chunk)
+                    if n != size:
+                        raise RuntimeError(f"raw read {n} bytes, expected {size}")
+                    return {}
+
+                rep["raw_download"] = timed("raw download", size, raw_down)
+
+            ids: dict[str, str] = {}
+
+            def vault_up(ids: dict[str, str] = ids, i: int = i) -> dict[str, Any]:
+                with open(src, "rb") as f:
+                    result = vault.upload(
+                        officer, NewPackage(title=f"bench {i + 1}"),
+                        [IncomingFile(name="bench.bin", reader=f)],
+                    )
+                stored = result.package.files[0]
+                ids["package"], ids["file"] = result.package.id, stored.id
+                if stored.size != size or stored.sha256 != src_sha:
+                    raise RuntimeError("vault recorded the wrong size or digest")
+                return {}
+
+            rep["vault_upload"] = timed(
+                "vault upload", size, vault_up,
+                prof_dir / "profile_vault_upload.pstats" if prof_dir else None,
+            )
+            sealed = object_path(vault, ids["file"])
+            rep["vault_upload"].extra["stored_bytes"] = sealed.stat().st_size
+            if cold:
+                drop_cache(sealed)
+
+            def vault_down(ids: dict[str, str] = ids) -> dict[str, Any]:
+                got = vault.download(officer, ids["package"], ids["file"])
+                n = 0
+                for chunk in got.chunks:
+                    n += len(chunk)
+                if n != size or got.file.sha256 != src_sha:
+                    raise RuntimeError(f"vault download gave {n} bytes, expected {size}")
+                return {}
+
+            rep["vault_download"] = timed(
+                "vault download", size, vault_down,
+                prof_dir / "profile_vault_download.pstats" if prof_dir else None,
+            )
+            repeats.append(rep)
+            print(f"repeat {i + 1}/{args.repeat}: " + "  ".join(
+                f"{p.name} {p.seconds:.3f}s ({p.rss['growth_mib']:+.1f} MiB)"
+                for p in rep.values() if isinstance(p, Phase)), flush=True)
+        vault.close()
+    finally:
+        if args.keep:
+            print(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    return summarise(args, info, repeats)
+
+
+# --- report ----------------------------------------------------------------------------------
+
+PHASES = ("raw_upload", "vault_upload", "raw_download", "vault_download")
+
+
+def summarise(args: argparse.Namespace, info: dict[str, Any],
+              repeats: list[dict[str, Any]]) -> dict[str, Any]:
+    size = args.size_mib * MiB
+    summary: dict[str, Any] = {}
+    for key in PHASES:
+        runs = [r[key] for r in repeats if key in r]
+        if not runs:
+            continue
+        secs = [p.seconds for p in runs]
+        med = statistics.median(secs)
+        summary[key] = {
+            "median_s": round(med, 4), "min_s": round(min(secs), 4), "max_s": round(max(secs), 4),
+            "median_mb_per_s": round(size / med / 1e6, 1),
+            "rss_growth_mib_max": round(max(p.rss["growth_mib"] for p in runs), 1),
+            "rss_growth_mib_median": round(statistics.median(p.rss["growth_mib"] for p in runs), 1),
+        }
+    ratios: dict[str, Any] = {}
+    for direction in ("upload", "download"):
+        raw, vlt = f"raw_{direction}", f"vault_{direction}"
+        if raw not in summary:
+            continue
+        pairs = [r[vlt].seconds / r[raw].seconds for r in repeats]
+        ratios[direction] = {
+            "per_pair": [round(x, 3) for x in pairs],
+            "median_of_pairs": round(statistics.median(pairs), 3),
+            "ratio_of_medians": round(summary[vlt]["median_s"] / summary[raw]["median_s"], 3),
+        }
+    targets: dict[str, Any] = {}
+    for direction, r in ratios.items():
+        targets[f"{direction}_ratio<={TARGET_RATIO}"] = r["median_of_pairs"] <= TARGET_RATIO
+    for key in ("vault_upload", "vault_download"):
+        targets[f"{key}_rss_growth<={TARGET_RSS_MIB:g}MiB"] = (
+            summary[key]["rss_growth_mib_max"] <= TARGET_RSS_MIB
+        )
+    return {
+        "benchmark": "transfer",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": "python -m bench.bench_transfer " + " ".join(sys.argv[1:]),
+        "size_mib": args.size_mib,
+        "repeat": args.repeat,
+        "cache": args.cache,
+        "machine": info,
+        "summary": summary,
+        "ratios": ratios,
+        "targets": targets,
+        "runs": [{k: (v.as_dict() if isinstance(v, Phase) else v) for k, v in r.items()}
+                 for r in repeats],
+    }
+
+
+def print_report(result: dict[str, Any]) -> None:
+    m = result["machine"]
+    fs = m["filesystem"]
+    print()
+    print(f"Transfer {result['size_mib']} MiB, {result['repeat']} repeats, cache={result['cache']}"
+          f"  ({result['date']})")
+    print(f"{m['cpu']} x{m['cores']}, {m['ram_gib']} GiB, kernel {m['kernel']}, "
+          f"Python {m['python']}, cryptography {m['cryptography']} / {m['openssl']}, "
+          f"fs {fs.get('type', '?')} on {fs.get('device', '?')}")
+    print()
+    head = f"{'phase':<16}{'median s':>10}{'min s':>9}{'max s':>9}{'MB/s':>9}{'RSS +MiB (max)':>16}"
+    print(head)
+    print("-" * len(head))
+    for key in PHASES:
+        s = result["summary"].get(key)
+        if s:
+            print(f"{key.replace('_', ' '):<16}{s['median_s']:>10.3f}{s['min_s']:>9.3f}"
+                  f"{s['max_s']:>9.3f}{s['median_mb_per_s']:>9.0f}{s['rss_growth_mib_max']:>16.1f}")
+    print()
+    for direction, r in result["ratios"].items():
+        pairs = ", ".join(f"{x:.2f}" for x in r["per_pair"])
+        verdict = "met" if r["median_of_pairs"] <= TARGET_RATIO else "NOT met"
+        print(f"vault/raw {direction:<8} median of pairs {r['median_of_pairs']:.2f} "
+              f"(pairs: {pairs}; ratio of medians {r['ratio_of_medians']:.2f})"
+              f"  target <= {TARGET_RATIO}: {verdict}")
+    for key in ("vault_upload", "vault_download"):
+        g = result["summary"][key]["rss_growth_mib_max"]
+        verdict = "met" if g <= TARGET_RSS_MIB else "NOT met"
+        print(f"{key.replace('_', ' '):<16} peak RSS growth {g:.1f} MiB"
+              f"  target <= {TARGET_RSS_MIB:g} MiB: {verdict}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size-mib", type=int, default=1024, help="file size in MiB (1024)")
+    parser.add_argument("--dir", help="parent folder for the temp data dir (default: system temp)")
+    parser.add_argument("--repeat", type=int, default=3, help="raw/vault pairs to run (3)")
+    parser.add_argument("--cache", choices=("cold", "warm"), default="cold",
+                        help="cold: drop stored objects from the page cache before downloading "
+                             "(default); warm: read them from the page cache")
+    parser.add_argument("--out", default=str(OUT_DEFAULT), help="JSON output file")
+    parser.add_argument("--keep", action="store_true", help="keep the temp data dir")
+    parser.add_argument("--vault-only", action="store_true",
+                        help="skip the raw baseline (for profiling)")
+    parser.add_argument("--profile", metavar="DIR",
+                        help="cProfile the first repeat's vault phases into DIR/*.pstats")
+    args = parser.parse_args(argv)
+    if args.size_mib < 1 or args.repeat < 1:
+        parser.error("--size-mib and --repeat must be >= 1")
+    result = run(args)
+    if not args.vault_only:
+        print_report(result)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nJSON: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

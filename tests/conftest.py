@@ -1,0 +1,215 @@
+"""Shared fixtures: a vault on a temp folder (SQLite, or PostgreSQL when asked), a seeded world
+of countries, agencies and users, an in-process API client, a real server on 127.0.0.1, and
+the CLI run in-process.
+
+Set ``VAULT_TEST_DATABASE_URL`` (e.g. ``postgresql://postgres@127.0.0.1:5432/test``) to run
+PostgreSQL-only tests; add ``VAULT_TEST_BACKEND=postgres`` to run the *whole* suite on it
+(each test gets its own schema, dropped afterwards).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import secrets
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import uvicorn
+from sqlalchemy import create_engine, text
+
+from vault.config import Settings, load_settings
+from vault.models import Classification, Role
+from vault.service import Principal, Vault, local_operator
+
+PASSWORD = "correct horse battery staple"
+PG_URL = os.environ.get("VAULT_TEST_DATABASE_URL")
+ON_POSTGRES = os.environ.get("VAULT_TEST_BACKEND") == "postgres"
+
+requires_postgres = pytest.mark.skipif(
+    not PG_URL, reason="set VAULT_TEST_DATABASE_URL to a PostgreSQL server to run this test"
+)
+
+FAST_ARGON2 = {"argon2_time_cost": 1, "argon2_memory_kib": 1024, "argon2_parallelism": 1}
+
+COUNTRIES = {"UZ": "Uzbekistan", "KZ": "Kazakhstan", "TJ": "Tajikistan", "KG": "Kyrgyzstan"}
+AGENCIES = {
+    "UZ-CUSTOMS": ("UZ", "State Customs Committee"),
+    "UZ-BORDER": ("UZ", "State Border Guard Committee"),
+    "KZ-BORDER": ("KZ", "Border Guard Service"),
+    "KZ-INTERIOR": ("KZ", "Ministry of Interior"),
+    "TJ-CUSTOMS": ("TJ", "Customs Service"),
+}
+# username: (agency, role, clearance)
+USERS = {
+    "uz.officer": ("UZ-CUSTOMS", Role.OFFICER, Classification.SECRET),
+    "uz.border": ("UZ-BORDER", Role.OFFICER, Classification.SECRET),
+    "uz.supervisor": ("UZ-CUSTOMS", Role.SUPERVISOR, Classification.SECRET),
+    "kz.officer": ("KZ-BORDER", Role.OFFICER, Classification.SECRET),
+    "kz.interior": ("KZ-INTERIOR", Role.OFFICER, Classification.SECRET),
+    "tj.officer": ("TJ-CUSTOMS", Role.OFFICER, Classification.SECRET),
+    "uz.auditor": ("UZ-CUSTOMS", Role.AUDITOR, Classification.SECRET),
+    "uz.admin": ("UZ-CUSTOMS", Role.ADMIN, Classification.UNCLASSIFIED),
+}
+
+
+@contextlib.contextmanager
+def postgres_schema_url() -> Iterator[str]:
+    """A fresh schema on the test PostgreSQL server, as a URL whose search_path points at it."""
+    assert PG_URL
+    schema = "t_" + secrets.token_hex(6)
+    admin = create_engine(PG_URL.replace("postgresql://", "postgresql+psycopg://", 1))
+    with admin.begin() as conn:
+        conn.execute(text(f"CREATE SCHEMA {schema}"))
+    sep = "&" if "?" in PG_URL else "?"
+    try:
+        yield f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
+
+
+@pytest.fixture
+def database_url() -> Iterator[str | None]:
+    """None (SQLite under the data dir) unless the whole suite runs on PostgreSQL."""
+    if ON_POSTGRES:
+        with postgres_schema_url() as url:
+            yield url
+    else:
+        yield None
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str | None) -> Settings:
+    """Settings on a fresh data folder with cheap (but still argon2id) password hashing."""
+    return load_settings(data_dir=tmp_path / "vault-data", database_url=database_url, **FAST_ARGON2)
+
+
+@dataclass
+class World:
+    """A seeded vault and its users' principals."""
+
+    vault: Vault
+    settings: Settings
+    users: dict[str, Principal] = field(default_factory=dict)
+
+    def __getitem__(self, username: str) -> Principal:
+        return self.users[username]
+
+
+def seed(vault: Vault) -> dict[str, Principal]:
+    """Countries, agencies and users of the demo world; returns each user's principal."""
+    op = local_operator()
+    for code, name in COUNTRIES.items():
+        vault.add_country(op, code, name)
+    for code, (country, name) in AGENCIES.items():
+        vault.add_agency(op, code, country, name)
+    out = {}
+    for username, (agency, role, clearance) in USERS.items():
+        vault.add_user(op, username=username, agency=agency, role=role, password=PASSWORD,
+                       clearance=clearance)
+        out[username] = vault.authenticate(vault.login(username, PASSWORD).access_token)
+    return out
+
+
+@pytest.fixture
+def world(settings: Settings) -> Iterator[World]:
+    """A vault with the demo world seeded."""
+    vault = Vault.open(settings)
+    try:
+        yield World(vault=vault, settings=settings, users=seed(vault))
+    finally:
+        vault.close()
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@contextlib.contextmanager
+def running_server(vault: Vault) -> Iterator[str]:
+    """Serve ``vault`` with uvicorn on 127.0.0.1 in a thread; stop it on exit."""
+    from api.app import create_app
+
+    port = free_port()
+    config = uvicorn.Config(create_app(vault=vault), host="127.0.0.1", port=port, log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("test server did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture
+def live_server(world: World) -> Iterator[str]:
+    """The seeded vault served over a real socket on 127.0.0.1."""
+    with running_server(world.vault) as url:
+        yield url
+
+
+@dataclass
+class CliResult:
+    """What one CLI run did."""
+
+    code: int
+    stdout: str
+    stderr: str
+
+
+CliRunner = Callable[..., CliResult]
+
+
+@pytest.fixture
+def cli(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> CliRunner:
+    """Run ``blovault`` in-process as a given user (own config dir), with the world's settings."""
+    from cli.main import run
+
+    monkeypatch.setenv("VAULT_DATA_DIR", str(world.settings.data_dir))
+    if world.settings.database_url:
+        monkeypatch.setenv("VAULT_DATABASE_URL", world.settings.database_url)
+    for key, value in FAST_ARGON2.items():
+        monkeypatch.setenv(f"VAULT_{key.upper()}", str(value))
+
+    def invoke(*args: str, user: str = "operator", stdin: str = "") -> CliResult:
+        monkeypatch.setenv("VAULT_CONFIG_DIR", str(tmp_path / "config" / user))
+        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+        capsys.readouterr()
+        code = run([str(a) for a in args])
+        captured = capsys.readouterr()
+        return CliResult(code=code, stdout=captured.out, stderr=captured.err)
+
+    return invoke
+
+
+@pytest.fixture
+def logged_in(cli: CliRunner, live_server: str) -> Callable[[str], None]:
+    """Log a user in through the CLI against the live server."""
+
+    def do(user: str) -> None:
+        result = cli("login", "--server", live_server, "--username", user, "--password-stdin",
+                     user=user, stdin=PASSWORD + "\n")
+        assert result.code == 0, result.stderr
+
+    return do
