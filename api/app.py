@@ -21,6 +21,9 @@ from api.multipart import MultipartUpload, boundary_of
 from vault.config import Settings, load_settings
 from vault.errors import AuthenticationFailed, VaultError
 from vault.schemas import (
+    AuditView,
+    Explanation,
+    Receipt,
     CheckpointInfo,
     ConsistencyProof,
     InclusionProof,
@@ -235,6 +238,91 @@ def release_package(
         expires_at=body.expires_at,
     )
     _receipt(response, result.receipt)
+    return result
+
+
+class ReleaseRequestBody(BaseModel):
+    """Whom a recipient asks the originating agency to release the package to."""
+
+    model_config = ConfigDict(extra="forbid")
+    country: str = Field(min_length=2, max_length=2)
+    agency: str | None = Field(default=None, min_length=2, max_length=64)
+
+
+@router.post("/packages/{package_id}/release-requests", status_code=201, tags=["releases"])
+def request_release(
+    package_id: str, body: ReleaseRequestBody, vault: VaultDep, principal: PrincipalDep,
+    response: Response,
+) -> ReleaseResult:
+    """Ask the originating agency to release the package onward (H2); a supervisor decides."""
+    result = vault.request_release(principal, package_id, country=body.country, agency=body.agency)
+    _receipt(response, result.receipt)
+    return result
+
+
+@router.post("/releases/{release_id}/approve", tags=["releases"])
+def approve_release(
+    release_id: str, vault: VaultDep, principal: PrincipalDep, response: Response
+) -> ReleaseResult:
+    """Approve a pending release (a supervisor of the originating agency, not the requester)."""
+    result = vault.decide_release(principal, release_id, approve=True)
+    _receipt(response, result.receipt)
+    return result
+
+
+@router.post("/releases/{release_id}/reject", tags=["releases"])
+def reject_release(
+    release_id: str, vault: VaultDep, principal: PrincipalDep, response: Response
+) -> ReleaseResult:
+    """Reject a pending release."""
+    result = vault.decide_release(principal, release_id, approve=False)
+    _receipt(response, result.receipt)
+    return result
+
+
+@router.post("/packages/{package_id}/releases/{release_id}/revoke", tags=["releases"])
+def revoke_release(
+    package_id: str, release_id: str, vault: VaultDep, principal: PrincipalDep,
+    response: Response,
+) -> ReleaseResult:
+    """Revoke a release; it stops granting access on the next request."""
+    result = vault.revoke_release(principal, package_id, release_id)
+    _receipt(response, result.receipt)
+    return result
+
+
+@router.post("/packages/{package_id}/acknowledge", tags=["packages"])
+def acknowledge(
+    package_id: str, vault: VaultDep, principal: PrincipalDep, response: Response
+) -> Receipt:
+    """Acknowledge an H3 package's restrictions (needed before the first download)."""
+    receipt = vault.acknowledge(principal, package_id)
+    _receipt(response, receipt)
+    return Receipt(receipt=receipt)
+
+
+@router.get("/packages/{package_id}/audit", tags=["audit"])
+def audit_package(
+    package_id: str, vault: VaultDep, principal: PrincipalDep, response: Response
+) -> AuditView:
+    """Package metadata for auditors: who, when, how sensitive, to whom; never content."""
+    view, receipt = vault.audit_package(principal, package_id)
+    _receipt(response, receipt)
+    return view
+
+
+@router.get("/authz/explain", tags=["audit"])
+def explain(
+    vault: VaultDep,
+    principal: PrincipalDep,
+    response: Response,
+    user: Annotated[str, Query(min_length=1, max_length=64)],
+    package: Annotated[str, Query(min_length=1, max_length=64)],
+    action: Annotated[str, Query(min_length=1, max_length=32)],
+) -> Explanation:
+    """Why a user may or may not do an action to a package (full answer for auditors, admins)."""
+    result, receipt = vault.explain(principal, username=user, package_id=package, action=action)
+    _receipt(response, receipt)
     return result
 
 

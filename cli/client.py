@@ -84,6 +84,11 @@ class ApiClient:
         _raise_for(response)
         return response.json()
 
+    def call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        """Any JSON route; errors raised as the matching VaultError."""
+        result: dict[str, Any] = self._request(method, path, **kwargs)
+        return result
+
     def login(self, username: str, password: str) -> dict[str, Any]:
         """POST /auth/login."""
         result: dict[str, Any] = self._request(

@@ -46,7 +46,16 @@ package_app = typer.Typer(help="Upload, list, show, download and release package
 ledger_app = typer.Typer(help="Verify and inspect the access ledger (compliance).", no_args_is_help=True)
 app.add_typer(admin_app, name="admin")
 app.add_typer(package_app, name="package")
+authz_app = typer.Typer(help="Ask why an access is allowed or denied (auditors, admins).", no_args_is_help=True)
 app.add_typer(ledger_app, name="ledger")
+app.add_typer(authz_app, name="authz")
+
+HANDLING_NOTICE = {
+    "H0": "",
+    "H1": "H1: not for use as evidence without the originator's consent",
+    "H2": "H2: no onward dissemination without the originator's consent",
+    "H3": "H3: other restrictions apply (acknowledged before download)",
+}
 
 out = Console()
 err = Console(stderr=True)
@@ -194,6 +203,54 @@ def add_user(
         err.print(f"user {user.username} ({user.role.value}, {user.agency}) added")
 
 
+@admin_app.command("set-user")
+def set_user(
+    username: str,
+    role: Annotated[Role | None, typer.Option(help="New role.")] = None,
+    clearance: Annotated[Classification | None, typer.Option(help="New clearance.")] = None,
+    disable: Annotated[bool | None, typer.Option("--disable/--enable", help="Disable or re-enable the account.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Change a user's role or clearance, or disable them; effective on their next request."""
+    with _local_vault() as vault:
+        user = vault.set_user(local_operator(), username, role=role, clearance=clearance, disabled=disable)
+    if as_json:
+        _print_json(user.model_dump(mode="json"))
+    else:
+        state = "disabled" if user.disabled else "enabled"
+        err.print(f"user {user.username}: {user.role.value}, {user.clearance.value}, {state}")
+
+
+@admin_app.command("add-rule")
+def add_rule(line: Annotated[str, typer.Argument(help="p, role, relation, clearance, handling, acknowledged, action, effect")]) -> None:
+    """Add a Casbin rule on top of policies/policy.csv (recorded with the new policy hash)."""
+    with _local_vault() as vault:
+        digest = vault.change_rule(local_operator(), line, add=True)
+    err.print(f"rule added; policy version {digest}")
+
+
+@admin_app.command("remove-rule")
+def remove_rule(line: Annotated[str, typer.Argument(help="The rule exactly as added.")]) -> None:
+    """Remove a rule an admin added."""
+    with _local_vault() as vault:
+        digest = vault.change_rule(local_operator(), line, add=False)
+    err.print(f"rule removed; policy version {digest}")
+
+
+@admin_app.command("rules")
+def list_rules(as_json: JsonOpt = False) -> None:
+    """List the rules admins added, and the policy version in force."""
+    with _local_vault() as vault:
+        rules = vault.rules(local_operator())
+        digest = vault.authz.policy_hash
+    if as_json:
+        _print_json({"policy_hash": digest, "rules": rules})
+        return
+    out.print(f"policy version {digest}")
+    for rule in rules:
+        out.print(rule, markup=False, highlight=False)
+
+
 # --- packages -------------------------------------------------------------------------------
 
 
@@ -262,8 +319,10 @@ def package_show(package_id: str, as_json: JsonOpt = False) -> None:
         return
     out.print(f"[bold]{detail['title']}[/]  ({detail['id']})")
     out.print(f"from {detail['agency']} ({detail['country']}), {detail['classification']}, {detail['handling']}")
+    if HANDLING_NOTICE.get(detail["handling"]):
+        out.print(f"[bold yellow]{HANDLING_NOTICE[detail['handling']]}[/]")
     if detail["handling_note"]:
-        out.print(f"handling: {detail['handling_note']}")
+        out.print(f"restrictions: {detail['handling_note']}", markup=False)
     if detail["description"]:
         out.print(detail["description"])
     files = Table("file id", "name", "size", "sha256")
@@ -291,11 +350,14 @@ def package_download(
         total = sum(f["size"] for f in detail["files"])
         with _progress(total, "downloading") as advance:
             written = client.download(package_id, output, force=force, progress=advance)
+    notice = HANDLING_NOTICE.get(detail["handling"], "")
     if as_json:
-        _print_json({"id": package_id, "files": [str(p) for p in written]})
+        _print_json({"id": package_id, "handling": detail["handling"], "files": [str(p) for p in written]})
     else:
+        if notice:
+            err.print(f"[bold yellow]{notice}[/]")
         for path in written:
-            out.print(f"saved {path}")
+            out.print(f"saved {path}", markup=False)
 
 
 @package_app.command("release")
@@ -320,6 +382,116 @@ def package_release(
         _print_json({"id": result["release"]["id"], **result})
     else:
         out.print(f"release {result['release']['id']} ({result['release']['status']}) (ledger #{result['receipt']})")
+
+
+def _print_release(result: dict[str, Any], as_json: bool) -> None:
+    release = result["release"]
+    if as_json:
+        _print_json({"id": release["id"], **result})
+        return
+    note = " - waiting for a supervisor of the originating agency" if release["status"] == "pending" else ""
+    out.print(f"release {release['id']} is {release['status']}{note} (ledger #{result['receipt']})")
+
+
+@package_app.command("request-release")
+def package_request_release(
+    package_id: str,
+    country: Annotated[str, typer.Option(help="Country the release is asked for.")],
+    agency: Annotated[str | None, typer.Option(help="Only this agency of the country.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Ask the originating agency to release a package onward (H2); its supervisor decides."""
+    with _client() as client:
+        result = client.call("POST", f"/packages/{package_id}/release-requests",
+                             json={"country": country, "agency": agency})
+    _print_release(result, as_json)
+
+
+@package_app.command("approve")
+def package_approve(release_id: str, as_json: JsonOpt = False) -> None:
+    """Approve a pending release (supervisor of the originating agency, not the requester)."""
+    with _client() as client:
+        result = client.call("POST", f"/releases/{release_id}/approve")
+    _print_release(result, as_json)
+
+
+@package_app.command("reject")
+def package_reject(release_id: str, as_json: JsonOpt = False) -> None:
+    """Reject a pending release."""
+    with _client() as client:
+        result = client.call("POST", f"/releases/{release_id}/reject")
+    _print_release(result, as_json)
+
+
+@package_app.command("revoke")
+def package_revoke(
+    package_id: str,
+    release: Annotated[str, typer.Option("--release", help="Release id to revoke.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Revoke a release; it stops granting access on the next request."""
+    with _client() as client:
+        result = client.call("POST", f"/packages/{package_id}/releases/{release}/revoke")
+    _print_release(result, as_json)
+
+
+@package_app.command("acknowledge")
+def package_acknowledge(package_id: str, as_json: JsonOpt = False) -> None:
+    """Acknowledge an H3 package's restrictions (required before the first download)."""
+    with _client() as client:
+        detail = client.show(package_id)
+        if not as_json:
+            out.print(f"restrictions: {detail['handling_note'] or '(none stated)'}", markup=False)
+        result = client.call("POST", f"/packages/{package_id}/acknowledge")
+    if as_json:
+        _print_json({"id": package_id, **result})
+    else:
+        out.print(f"acknowledged (ledger #{result['receipt']})")
+
+
+@package_app.command("audit")
+def package_audit(package_id: str, as_json: JsonOpt = False) -> None:
+    """Auditor's view of a package: who, when, how sensitive, released to whom; no content."""
+    with _client() as client:
+        view = client.call("GET", f"/packages/{package_id}/audit")
+    if as_json:
+        _print_json(view)
+        return
+    out.print(f"{view['id']}: from {view['agency']} ({view['country']}), {view['classification']}, "
+              f"{view['handling']}, {view['file_count']} files, {view['size']} bytes")
+    table = Table("release id", "to", "status", "kind", "in force", "requested by", "decided by")
+    for r in view["releases"]:
+        table.add_row(r["id"], f"{r['country']} {r['agency'] or ''}".strip(), r["status"], r["kind"],
+                      "yes" if r["in_force"] else "no", r["requested_by"], r["decided_by"] or "")
+    out.print(table)
+
+
+@authz_app.command("explain")
+def authz_explain(
+    user: Annotated[str, typer.Option(help="Username asked about.")],
+    package: Annotated[str, typer.Option(help="Package id.")],
+    action: Annotated[str, typer.Option(help="Action, e.g. download, release, approve.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Say whether USER may do ACTION to PACKAGE, which rules and facts decided, and the policy version."""
+    with _client() as client:
+        result = client.call("GET", "/authz/explain", params={"user": user, "package": package, "action": action})
+    if as_json:
+        _print_json(result)
+        return
+    verdict = "[green]ALLOW[/]" if result["allowed"] else "[red]DENY[/]"
+    out.print(f"{verdict} {result['user']} {result['action']} {result['package']}")
+    out.print(f"policy version {result['policy_hash']}")
+    if result.get("facts") is not None:
+        for key, value in result["facts"].items():
+            out.print(f"  {key}: {value}", markup=False)
+        out.print(f"  deciding relation: {result['relation'] or '(none)'}")
+        for rule in result["rules"] or []:
+            out.print(f"  rule: p, {', '.join(rule)}", markup=False)
+        for grant in result["grants"] or []:
+            out.print(f"  release in force: {grant}")
+        for n in result["notes"] or []:
+            out.print(f"  note: {n}", markup=False)
 
 
 # --- ledger ---------------------------------------------------------------------------------

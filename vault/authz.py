@@ -3,21 +3,24 @@
 Casbin never sees individual packages or releases (a plain enforcer with a policy line per
 release costs about a second per denied request at 100,000 lines). The service derives a few
 facts per request from indexed lookups -- the caller's role, the relations that hold between
-caller and package, cleared or not, the handling code -- and asks :class:`Authorizer` about that
-small class; the answer for each distinct class is computed by pycasbin once per policy version.
+caller and package, cleared or not, the handling code, acknowledged or not -- and asks
+:class:`Authorizer` about that small class; pycasbin answers each distinct class once per
+policy version and the answer is memoised.
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
+from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 from threading import Lock
 
 import casbin
 
-from vault.errors import ConfigError
+from vault.errors import ConfigError, InvalidInput
 
 # Relations between a caller and a package, strongest first.
 ORIGINATOR = "originator"
@@ -26,6 +29,16 @@ RELEASED_COUNTRY = "released-country"
 SAME_COUNTRY = "same-country"
 NONE = "none"
 RELATIONS = (ORIGINATOR, RELEASED_AGENCY, RELEASED_COUNTRY, SAME_COUNTRY, NONE)
+
+ROLES = ("officer", "supervisor", "auditor", "admin")
+ACTIONS = (
+    "upload", "list", "read", "download", "release", "revoke", "approve", "request-release",
+    "acknowledge", "audit", "explain", "ledger", "manage",
+)
+HANDLINGS = ("H0", "H1", "H2", "H3")
+_RULE_FIELDS = 7  # role, rel, clr, hnd, ack, act, eft
+
+Key = tuple[str, str, str, str, str, str]
 
 
 @dataclass(frozen=True)
@@ -36,7 +49,19 @@ class Facts:
     relations: frozenset[str]
     cleared: bool
     handling: str
+    acknowledged: bool
     action: str
+
+    def key(self, relation: str) -> Key:
+        """The Casbin request for one relation."""
+        return (
+            self.role,
+            relation,
+            "cleared" if self.cleared else "uncleared",
+            self.handling,
+            "yes" if self.acknowledged else "no",
+            self.action,
+        )
 
 
 @dataclass(frozen=True)
@@ -49,25 +74,54 @@ class Decision:
     policy_hash: str
 
 
-class Authorizer:
-    """Loads the Casbin model and policy from a folder and answers decisions."""
+def parse_rule(line: str) -> tuple[str, ...]:
+    """A rule line ``p, role, rel, clr, hnd, ack, act, eft`` checked field by field."""
+    try:
+        fields = next(csv.reader(io.StringIO(line), skipinitialspace=True))
+    except (StopIteration, csv.Error):
+        raise InvalidInput("a rule is one CSV line") from None
+    fields = [f.strip() for f in fields]
+    if len(fields) != 1 + _RULE_FIELDS or fields[0] != "p":
+        raise InvalidInput("a rule is: p, role, relation, clearance, handling, acknowledged, action, effect")
+    _, role, rel, clr, hnd, ack, act, eft = fields
+    checks = [
+        (role, ("*", *ROLES), "role"),
+        (rel, ("*", *RELATIONS), "relation"),
+        (clr, ("*", "cleared", "uncleared"), "clearance"),
+        (hnd, ("*", *HANDLINGS), "handling"),
+        (ack, ("*", "yes", "no"), "acknowledged"),
+        (act, ACTIONS, "action"),
+        (eft, ("allow", "deny"), "effect"),
+    ]
+    for value, allowed, what in checks:
+        if value not in allowed:
+            raise InvalidInput(f"rule {what} must be one of {', '.join(allowed)}")
+    return tuple(fields[1:])
 
-    def __init__(self, *, policy_dir: Path) -> None:
+
+class Authorizer:
+    """Casbin model and policy from a folder, plus rules added by admins; answers decisions."""
+
+    def __init__(self, *, policy_dir: Path, extra_rules: Sequence[tuple[str, ...]] = ()) -> None:
         model = policy_dir / "model.conf"
         policy = policy_dir / "policy.csv"
         try:
             model_bytes, policy_bytes = model.read_bytes(), policy.read_bytes()
         except OSError as exc:
             raise ConfigError(f"cannot read Casbin policy: {exc}") from None
-        self.policy_hash = hashlib.sha256(
-            b"blo-vault policy v1\x00" + model_bytes + b"\x00" + policy_bytes
-        ).hexdigest()
+        digest = hashlib.sha256(b"blo-vault policy v1\x00" + model_bytes + b"\x00" + policy_bytes)
+        for rule in sorted(extra_rules):
+            digest.update(b"\x00" + ",".join(rule).encode())
+        self.policy_hash = digest.hexdigest()
+        self.extra_rules = tuple(extra_rules)
         self._enforcer = casbin.Enforcer(str(model), str(policy))
-        self._memo: dict[tuple[str, str, str, str, str], tuple[bool, tuple[str, ...]]] = {}
+        for rule in extra_rules:
+            self._enforcer.add_policy(*rule)
+        self._memo: dict[Key, tuple[bool, tuple[str, ...]]] = {}
         self._lock = Lock()
 
-    def _ask(self, role: str, relation: str, cleared: bool, handling: str, action: str) -> tuple[bool, tuple[str, ...]]:
-        key = (role, relation, "cleared" if cleared else "uncleared", handling, action)
+    def ask(self, key: Key) -> tuple[bool, tuple[str, ...]]:
+        """Casbin's answer for one attribute class (memoised), and the rule that decided it."""
         hit = self._memo.get(key)
         if hit is None:
             with self._lock:  # pycasbin's enforcer is not documented as thread-safe
@@ -82,9 +136,7 @@ class Authorizer:
         for relation in RELATIONS:
             if relation not in facts.relations:
                 continue
-            allowed, rule = self._ask(
-                facts.role, relation, facts.cleared, facts.handling, facts.action
-            )
+            allowed, rule = self.ask(facts.key(relation))
             if rule:
                 rules.append(rule)
             if allowed:
@@ -93,26 +145,28 @@ class Authorizer:
 
     def allows(self, facts: Facts) -> bool:
         """Shorthand for ``decide(facts).allowed``."""
-        return self.decide(facts).allowed
-
-    @cached_property
-    def all_handlings(self) -> tuple[str, ...]:
-        """Handling codes the listing filter enumerates."""
-        from vault.models import Handling
-
-        return tuple(h.value for h in Handling)
+        for relation in RELATIONS:
+            if relation in facts.relations and self.ask(facts.key(relation))[0]:
+                return True
+        return False
 
     def readable_classes(
-        self, *, role: str, action: str, cleared_for: frozenset[str], classifications: tuple[str, ...]
+        self, *, role: str, action: str, cleared_for: frozenset[str], classifications: Sequence[str]
     ) -> dict[str, list[tuple[str, str]]]:
-        """For listing: per relation, the (classification, handling) pairs the caller may read."""
+        """For listing: per relation, the (classification, handling) pairs the caller may read.
+
+        Listing shows what may be *read*; an H3 package not yet acknowledged is readable (its
+        restrictions are shown so they can be acknowledged), so ``ack`` is taken as "no".
+        """
         out: dict[str, list[tuple[str, str]]] = {}
         for relation in RELATIONS:
             pairs = [
                 (cls, hnd)
                 for cls in classifications
-                for hnd in self.all_handlings
-                if self._ask(role, relation, cls in cleared_for, hnd, action)[0]
+                for hnd in HANDLINGS
+                if self.ask(
+                    (role, relation, "cleared" if cls in cleared_for else "uncleared", hnd, "no", action)
+                )[0]
             ]
             if pairs:
                 out[relation] = pairs

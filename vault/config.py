@@ -70,6 +70,10 @@ class Settings(BaseSettings):
     argon2_memory_kib: int = Field(default=64 * 1024, ge=8)
     argon2_parallelism: int = Field(default=4, ge=1)
 
+    # Releases of packages classified at or above this to another country need a second
+    # person (a supervisor of the originating agency who is not the requester) to approve.
+    four_eyes_from: Literal["UNCLASSIFIED", "RESTRICTED", "CONFIDENTIAL", "SECRET"] = "CONFIDENTIAL"
+
     # Casbin model and policy; the packaged copy when unset.
     policy_dir: Path | None = None
 

@@ -51,7 +51,10 @@ class Handling(enum.StrEnum):
 
 
 class ReleaseStatus(enum.StrEnum):
-    """Life of a release: pending approval, in force, refused, or withdrawn."""
+    """Life of a release: pending approval, in force, refused, or withdrawn.
+
+    Whether an active release is *in force* also depends on its not-before and expiry times.
+    """
 
     PENDING = "pending"
     ACTIVE = "active"
@@ -149,6 +152,14 @@ class PackageFile(SQLModel, table=True):
     sealed_meta: bytes = _blob()
 
 
+class ReleaseKind(enum.StrEnum):
+    """Why a release exists: released directly, awaiting a second person, or asked for."""
+
+    DIRECT = "direct"
+    FOUR_EYES = "four-eyes"
+    ONWARD_REQUEST = "onward-request"
+
+
 class Release(SQLModel, table=True):
     """Permission for a country, or one agency of it, to read a package, optionally timed."""
 
@@ -162,12 +173,32 @@ class Release(SQLModel, table=True):
     country_code: str = Field(foreign_key="country.code", max_length=2)
     agency_code: str | None = Field(default=None, foreign_key="agency.code", max_length=64)
     status: ReleaseStatus
+    kind: ReleaseKind = ReleaseKind.DIRECT
     not_before: datetime | None = _time(nullable=True)
     expires_at: datetime | None = _time(nullable=True)
     requested_by: str = Field(foreign_key="user.id", max_length=32)
     created_at: datetime = _time()
     decided_by: str | None = Field(default=None, foreign_key="user.id", max_length=32)
     decided_at: datetime | None = _time(nullable=True)
+    revoked_by: str | None = Field(default=None, foreign_key="user.id", max_length=32)
+    revoked_at: datetime | None = _time(nullable=True)
+
+
+class Acknowledgement(SQLModel, table=True):
+    """A recipient's acknowledgement of an H3 package's restrictions (before first download)."""
+
+    package_id: str = Field(foreign_key="package.id", primary_key=True, max_length=32)
+    user_id: str = Field(foreign_key="user.id", primary_key=True, max_length=32)
+    created_at: datetime = _time()
+
+
+class PolicyRule(SQLModel, table=True):
+    """A Casbin rule added by an admin, on top of policies/policy.csv."""
+
+    id: str = Field(primary_key=True, max_length=32)
+    rule: str = Field(unique=True, max_length=400)
+    created_by: str = Field(max_length=64)
+    created_at: datetime = _time()
 
 
 class LedgerEntry(SQLModel, table=True):

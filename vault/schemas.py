@@ -9,7 +9,7 @@ from datetime import datetime
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from vault.errors import InvalidInput
-from vault.models import Classification, Handling, ReleaseStatus, Role
+from vault.models import Classification, Handling, ReleaseKind, ReleaseStatus, Role
 
 _ID = re.compile(r"[0-9a-f]{32}")
 _COUNTRY = re.compile(r"[A-Z]{2}")
@@ -104,9 +104,13 @@ class ReleaseInfo(_Out):
     country: str
     agency: str | None
     status: ReleaseStatus
+    kind: ReleaseKind
+    in_force: bool
     not_before: datetime | None
     expires_at: datetime | None
     created_at: datetime
+    requested_by: str
+    decided_by: str | None
 
 
 class PackageSummary(_Out):
@@ -139,6 +143,36 @@ class Receipt(_Out):
     """Sequence number of the ledger entry an action caused."""
 
     receipt: int
+
+
+class AuditView(_Out):
+    """What an auditor sees of a package: who, when, how sensitive, to whom; no titles or content."""
+
+    id: str
+    agency: str
+    country: str
+    classification: Classification
+    handling: Handling
+    created_at: datetime
+    size: int
+    file_count: int
+    file_ids: list[str]
+    releases: list[ReleaseInfo]
+
+
+class Explanation(_Out):
+    """Why a request is allowed or denied (full form for auditors and admins)."""
+
+    allowed: bool
+    user: str
+    package: str
+    action: str
+    policy_hash: str
+    relation: str | None = None
+    facts: dict[str, object] | None = None
+    rules: list[list[str]] | None = None
+    grants: list[str] | None = None
+    notes: list[str] | None = None
 
 
 class PackageList(_Out):

@@ -16,8 +16,9 @@ import json
 import logging
 import secrets
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, TextIO
 
@@ -28,6 +29,7 @@ from sqlmodel import Session, col, select
 
 from vault import crypto
 from vault.authz import (
+    ACTIONS,
     NONE,
     ORIGINATOR,
     RELEASED_AGENCY,
@@ -35,6 +37,7 @@ from vault.authz import (
     SAME_COUNTRY,
     Authorizer,
     Facts,
+    parse_rule,
 )
 from vault.config import Settings
 from vault.db import create_schema, make_engine, session_scope
@@ -59,9 +62,13 @@ from vault.models import (
     Agency,
     Classification,
     Country,
+    Handling,
     LedgerEntry,
+    Acknowledgement,
     Package,
     PackageFile,
+    PolicyRule,
+    ReleaseKind,
     Release,
     ReleaseStatus,
     Role,
@@ -70,6 +77,8 @@ from vault.models import (
 )
 from vault.passwords import Passwords
 from vault.schemas import (
+    AuditView,
+    Explanation,
     CheckpointInfo,
     ConsistencyProof,
     InclusionProof,
@@ -98,6 +107,8 @@ log = logging.getLogger("vault.service")
 
 ALLOW, DENY, ERROR = "allow", "deny", "error"
 MAX_PAGE = 200
+# Rules added by admins in one process are enforced by every other within this many seconds.
+POLICY_REFRESH_SECONDS = 0.5
 
 
 def new_id() -> str:
@@ -179,7 +190,8 @@ class Vault:
         self.engine = engine
         self.store = store
         self.keys = keys
-        self.authz = authz
+        self._authz = authz
+        self._authz_checked = time.monotonic()
         self.passwords = passwords
         self.tokens = tokens
         self._local = threading.local()
@@ -192,12 +204,14 @@ class Vault:
         keys = load_keys(settings)
         engine = make_engine(settings.resolved_database_url)
         create_schema(engine)
+        with session_scope(engine) as session:
+            rules = _load_rules(session)
         return cls(
             settings=settings,
             engine=engine,
             store=store if store is not None else open_store(settings),
             keys=keys,
-            authz=Authorizer(policy_dir=settings.resolved_policy_dir),
+            authz=Authorizer(policy_dir=settings.resolved_policy_dir, extra_rules=rules),
             passwords=Passwords(
                 time_cost=settings.argon2_time_cost,
                 memory_kib=settings.argon2_memory_kib,
@@ -212,6 +226,22 @@ class Vault:
             ),
         )
 
+    @property
+    def authz(self) -> Authorizer:
+        """The authorizer for the policy version in force (admin rules re-read twice a second)."""
+        return self._authz
+
+    def _refresh_policy(self) -> None:
+        """Pick up rules another process added or removed; called outside transactions."""
+        now = time.monotonic()
+        if now - self._authz_checked < POLICY_REFRESH_SECONDS:
+            return
+        self._authz_checked = now
+        with session_scope(self.engine) as session:
+            rules = _load_rules(session)
+        if rules != tuple(sorted(self._authz.extra_rules)):
+            self._authz = Authorizer(policy_dir=self.settings.resolved_policy_dir, extra_rules=rules)
+
     def close(self) -> None:
         """Release database connections."""
         self.engine.dispose()
@@ -222,6 +252,11 @@ class Vault:
     def _tx(self) -> Iterator[Session]:
         """One database transaction. Refusals raised inside it are recorded after rollback."""
         depth = getattr(self._local, "depth", 0)
+        if depth == 0:
+            try:
+                self._refresh_policy()
+            except OperationalError:
+                pass  # the transaction below reports the outage
         self._local.depth = depth + 1
         try:
             with session_scope(self.engine) as session:
@@ -240,17 +275,15 @@ class Vault:
         finally:
             self._local.depth = depth
 
+    def _append(self, session: Session, **fields: Any) -> int:
+        """Append a ledger entry in ``session``'s transaction, stamped with the policy version."""
+        return ledger.append(session, policy=self._authz.policy_hash, **fields)
+
     def _record(self, actor: Actor, action: str, decision: str, reason: str, **target: str) -> int:
         """Append one entry in its own transaction (refusals and failures)."""
         with self._tx() as session:
-            return ledger.append(
-                session,
-                actor=actor,
-                action=action,
-                decision=decision,
-                reason=reason,
-                policy=self.authz.policy_hash,
-                **target,
+            return self._append(
+                session, actor=actor, action=action, decision=decision, reason=reason, **target
             )
 
     def _refuse(
@@ -276,6 +309,7 @@ class Vault:
             relations=frozenset({NONE}),
             cleared=True,
             handling="*",
+            acknowledged=False,
             action=action,
         )
         if not self.authz.allows(facts):
@@ -325,12 +359,18 @@ class Vault:
             or_(col(Release.expires_at).is_(None), col(Release.expires_at) > now),
         )
 
-    def _facts(self, session: Session, principal: Principal, package: Package, action: str) -> Facts:
+    def _facts(
+        self, session: Session, principal: Principal, package: Package, action: str
+    ) -> Facts:
+        acknowledged = False
+        if package.handling == Handling.H3 and principal.user_id:
+            acknowledged = session.get(Acknowledgement, (package.id, principal.user_id)) is not None
         return Facts(
             role=principal.role.value,
             relations=self._relations(session, principal, package),
             cleared=principal.clearance.rank >= package.classification.rank,
             handling=package.handling.value,
+            acknowledged=acknowledged,
             action=action,
         )
 
@@ -339,27 +379,49 @@ class Vault:
     ) -> tuple[Package, Facts]:
         """The package if ``action`` is allowed; otherwise a recorded refusal.
 
-        A caller who may not even read the package gets NotFound, as for a missing one; a
-        reader who may not do ``action`` gets AccessDenied.
+        A caller who may not even read (or, for auditors, audit) the package gets NotFound, as
+        for a missing one; a caller who may see it but not do ``action`` gets AccessDenied
+        saying why.
         """
         check_id(package_id, "package id")
         package = session.get(Package, package_id)
         if package is None:
             raise self._refuse(
-                NotFound("package not found"), principal.actor, action, "not_found", package=package_id
+                NotFound("package not found"), principal.actor, action, "not_found",
+                package=package_id,
             )
         facts = self._facts(session, principal, package, action)
         if self.authz.allows(facts):
             return package, facts
-        may_read = action == "read" or self.authz.allows(
-            Facts(facts.role, facts.relations, facts.cleared, facts.handling, "read")
+        authz = self.authz
+        may_see = any(
+            authz.allows(replace(facts, action=seen)) for seen in ("read", "audit")
         )
-        exc: VaultError = (
-            AccessDenied(f"you may not {action} this package") if may_read and action != "read"
-            else NotFound("package not found")
-        )
+        reason, exc = "policy_denied", None
+        if not may_see:
+            exc = NotFound("package not found")
+        elif facts.handling == "H3" and not facts.acknowledged and authz.allows(
+            replace(facts, acknowledged=True)
+        ):
+            reason = "h3_not_acknowledged"
+            exc = AccessDenied(
+                "H3: acknowledge this package's handling restrictions before downloading "
+                "(blovault package acknowledge ID)"
+            )
+        elif action == "release" and facts.handling == "H2" and ORIGINATOR not in facts.relations:
+            reason = "h2_onward_release"
+            exc = AccessDenied(
+                "H2: no onward release without the originator's consent; ask the originating "
+                "agency instead (blovault package request-release)"
+            )
+        elif not facts.cleared:
+            reason, exc = "clearance_below_classification", AccessDenied(
+                "your clearance is below this package's classification"
+            )
+        else:
+            exc = AccessDenied(f"you may not {action} this package")
         raise self._refuse(
-            exc, principal.actor, action, "policy_denied", package=package_id,
+            exc, principal.actor, action, reason, package=package_id,
             handling=package.handling.value,
         )
 
@@ -473,14 +535,88 @@ class Vault:
             clearance=clearance, disabled=False,
         )
 
+    def set_user(
+        self,
+        principal: Principal,
+        username: str,
+        *,
+        role: Role | None = None,
+        clearance: Classification | None = None,
+        disabled: bool | None = None,
+    ) -> UserInfo:
+        """Change a user's role, clearance or disabled flag; takes effect on their next request."""
+        username = check_username(username)
+        self._require_global(principal, "manage", subject=f"user:{username}")
+        changes = []
+        with self._tx() as session:
+            user = session.exec(select(User).where(User.username == username)).first()
+            if user is None:
+                raise NotFound(f"unknown user {username}")
+            if role is not None and role != user.role:
+                user.role = role
+                changes.append(f"role={role.value}")
+            if clearance is not None and clearance != user.clearance:
+                user.clearance = clearance
+                changes.append(f"clearance={clearance.value}")
+            if disabled is not None and disabled != user.disabled:
+                user.disabled = disabled
+                changes.append("disabled" if disabled else "enabled")
+            if not changes:
+                raise InvalidInput("nothing to change")
+            session.add(user)
+            session.flush()
+            self._append(
+                session, actor=principal.actor, action="manage", decision=ALLOW,
+                reason="changed", subject=f"user:{username} " + " ".join(changes),
+            )
+            info = self._principal(session, user)
+        return UserInfo(
+            id=user.id, username=username, agency=info.agency, country=info.country,
+            role=user.role, clearance=user.clearance, disabled=user.disabled,
+        )
+
+    def rules(self, principal: Principal) -> list[str]:
+        """Rules admins added on top of the policy file."""
+        self._require_global(principal, "manage", subject="rules")
+        return [", ".join(("p", *r)) for r in self.authz.extra_rules]
+
+    def change_rule(self, principal: Principal, line: str, *, add: bool) -> str:
+        """Add or remove an admin rule; the ledger entry carries the resulting policy hash."""
+        rule = parse_rule(line)
+        canonical = ",".join(rule)
+        self._require_global(principal, "manage", subject=f"rule:{canonical}")
+        with self._tx() as session:
+            current = set(_load_rules(session))
+            if add == (rule in current):
+                raise Conflict("that rule is already in force" if add else "no such rule")
+            if add:
+                session.add(PolicyRule(id=new_id(), rule=canonical, created_by=principal.username,
+                                       created_at=utcnow()))
+                current.add(rule)
+            else:
+                existing = session.exec(select(PolicyRule).where(PolicyRule.rule == canonical)).one()
+                session.delete(existing)
+                current.discard(rule)
+            session.flush()
+            authz = Authorizer(
+                policy_dir=self.settings.resolved_policy_dir, extra_rules=tuple(sorted(current))
+            )
+            ledger.append(
+                session, actor=principal.actor, action="manage", decision=ALLOW,
+                reason="rule added" if add else "rule removed", subject=f"rule:{canonical}",
+                policy=authz.policy_hash,
+            )
+        self._authz = authz
+        return authz.policy_hash
+
     def _create(self, principal: Principal, row: Any, *, subject: str) -> int:
         try:
             with self._tx() as session:
                 session.add(row)
                 session.flush()
-                return ledger.append(
+                return self._append(
                     session, actor=principal.actor, action="manage", decision=ALLOW,
-                    reason="created", policy=self.authz.policy_hash, subject=subject,
+                    reason="created", subject=subject,
                 )
         except DBIntegrityError:
             raise Conflict(f"{subject} already exists") from None
@@ -570,9 +706,8 @@ class Vault:
                 session.flush()
                 session.add_all(rows)
                 session.flush()
-                receipt = ledger.append(
-                    session, actor=principal.actor, action="upload", decision=ALLOW, reason="ok",
-                    policy=self.authz.policy_hash, package=package_id,
+                receipt = self._append(
+                    session, actor=principal.actor, action="upload", decision=ALLOW, reason="ok", package=package_id,
                     handling=meta.handling.value,
                 )
         except BaseException as exc:
@@ -610,9 +745,8 @@ class Vault:
                 .limit(limit)
             )
             found = session.exec(query).all()
-            receipt = ledger.append(
-                session, actor=principal.actor, action="list", decision=ALLOW, reason="ok",
-                policy=self.authz.policy_hash, subject=f"count:{len(found)}",
+            receipt = self._append(
+                session, actor=principal.actor, action="list", decision=ALLOW, reason="ok", subject=f"count:{len(found)}",
             )
         items = [self._summary(package, country) for package, country in found]
         return PackageList(items=items, limit=limit, offset=offset, receipt=receipt)
@@ -699,9 +833,8 @@ class Vault:
                 select(Agency.country_code).where(Agency.code == package.agency_code)
             ).one()
             creator = session.get(User, package.creator_id)
-            receipt = ledger.append(
-                session, actor=principal.actor, action="read", decision=ALLOW, reason="ok",
-                policy=self.authz.policy_hash, package=package.id, handling=package.handling.value,
+            receipt = self._append(
+                session, actor=principal.actor, action="read", decision=ALLOW, reason="ok", package=package.id, handling=package.handling.value,
             )
         meta = self._open_meta(package)
         detail = PackageDetail(
@@ -728,9 +861,8 @@ class Vault:
             row = session.get(PackageFile, file_id)
             if row is None or row.package_id != package.id:
                 raise NotFound("file not found")
-            receipt = ledger.append(
-                session, actor=principal.actor, action="download", decision=ALLOW, reason="ok",
-                policy=self.authz.policy_hash, package=package.id, file=file_id,
+            receipt = self._append(
+                session, actor=principal.actor, action="download", decision=ALLOW, reason="ok", package=package.id, file=file_id,
                 handling=package.handling.value,
             )
         meta = self._open_meta(package)
@@ -766,6 +898,35 @@ class Vault:
             chunks=chunks(),
         )
 
+    def _check_target(
+        self, session: Session, country: str, agency: str | None
+    ) -> tuple[str, str | None]:
+        country = check_country(country)
+        if session.get(Country, country) is None:
+            raise InvalidInput(f"unknown country {country}")
+        if agency is not None:
+            agency = check_agency(agency)
+            agency_row = session.get(Agency, agency)
+            if agency_row is None or agency_row.country_code != country:
+                raise InvalidInput(f"agency {agency} is not an agency of {country}")
+        return country, agency
+
+    @staticmethod
+    def _check_window(not_before: datetime | None, expires_at: datetime | None) -> None:
+        for moment in (not_before, expires_at):
+            if moment is not None and moment.tzinfo is None:
+                raise InvalidInput("release times must carry a time zone")
+        if not_before and expires_at and expires_at <= not_before:
+            raise InvalidInput("a release must expire after it starts")
+
+    def _needs_second_person(self, session: Session, package: Package, country: str) -> bool:
+        """Four-eyes: a sensitive package going to another country than its originator's."""
+        threshold = Classification(self.settings.four_eyes_from)
+        origin_country = session.exec(
+            select(Agency.country_code).where(Agency.code == package.agency_code)
+        ).one()
+        return package.classification.rank >= threshold.rank and country != origin_country
+
     def release(
         self,
         principal: Principal,
@@ -776,38 +937,230 @@ class Vault:
         not_before: datetime | None = None,
         expires_at: datetime | None = None,
     ) -> ReleaseResult:
-        """Release a package to a country, or to one agency of it, optionally timed."""
-        country = check_country(country)
-        if agency is not None:
-            agency = check_agency(agency)
-        for moment in (not_before, expires_at):
-            if moment is not None and moment.tzinfo is None:
-                raise InvalidInput("release times must carry a time zone")
-        if not_before and expires_at and expires_at <= not_before:
-            raise InvalidInput("a release must expire after it starts")
+        """Release a package to a country, or one agency of it, optionally timed.
+
+        A release that needs a second person (four-eyes) is created pending; a supervisor of
+        the originating agency other than the requester must approve it.
+        """
+        self._check_window(not_before, expires_at)
         with self._tx() as session:
             package, _ = self._load_package_for(session, principal, package_id, "release")
-            if session.get(Country, country) is None:
-                raise InvalidInput(f"unknown country {country}")
-            if agency is not None:
-                agency_row = session.get(Agency, agency)
-                if agency_row is None or agency_row.country_code != country:
-                    raise InvalidInput(f"agency {agency} is not an agency of {country}")
+            country, agency = self._check_target(session, country, agency)
+            pending = self._needs_second_person(session, package, country)
             release = Release(
                 id=new_id(), package_id=package.id, country_code=country, agency_code=agency,
-                status=ReleaseStatus.ACTIVE, not_before=not_before, expires_at=expires_at,
-                requested_by=principal.user_id, created_at=utcnow(),
-                decided_by=principal.user_id, decided_at=utcnow(),
+                status=ReleaseStatus.PENDING if pending else ReleaseStatus.ACTIVE,
+                kind=ReleaseKind.FOUR_EYES if pending else ReleaseKind.DIRECT,
+                not_before=not_before, expires_at=expires_at, requested_by=principal.user_id,
+                created_at=utcnow(),
+                decided_by=None if pending else principal.user_id,
+                decided_at=None if pending else utcnow(),
             )
+            receipt = self._store_release(session, principal, package, release, "release")
+        return ReleaseResult(release=_release_info(release), receipt=receipt)
+
+    def request_release(
+        self, principal: Principal, package_id: str, *, country: str, agency: str | None = None
+    ) -> ReleaseResult:
+        """A recipient asks the originating agency to release further (H2); pending until decided."""
+        with self._tx() as session:
+            package, _ = self._load_package_for(session, principal, package_id, "request-release")
+            country, agency = self._check_target(session, country, agency)
+            release = Release(
+                id=new_id(), package_id=package.id, country_code=country, agency_code=agency,
+                status=ReleaseStatus.PENDING, kind=ReleaseKind.ONWARD_REQUEST,
+                requested_by=principal.user_id, created_at=utcnow(),
+            )
+            receipt = self._store_release(session, principal, package, release, "request-release")
+        return ReleaseResult(release=_release_info(release), receipt=receipt)
+
+    def _store_release(
+        self, session: Session, principal: Principal, package: Package, release: Release, action: str
+    ) -> int:
+        session.add(release)
+        session.flush()
+        target = f"country:{release.country_code}" + (
+            f" agency:{release.agency_code}" if release.agency_code else ""
+        )
+        return self._append(
+            session, actor=principal.actor, action=action, decision=ALLOW,
+            reason=f"status:{release.status.value}", package=package.id, release=release.id,
+            subject=target, handling=package.handling.value,
+        )
+
+    def _load_release_for(
+        self, session: Session, principal: Principal, release_id: str, action: str,
+        package_id: str | None = None,
+    ) -> tuple[Release, Package]:
+        check_id(release_id, "release id")
+        release = session.get(Release, release_id)
+        if release is None or (package_id is not None and release.package_id != package_id):
+            raise self._refuse(
+                NotFound("release not found"), principal.actor, action, "not_found",
+                release=release_id,
+            )
+        try:
+            package, _ = self._load_package_for(session, principal, release.package_id, action)
+        except NotFound:
+            raise NotFound("release not found") from None
+        return release, package
+
+    def decide_release(self, principal: Principal, release_id: str, *, approve: bool) -> ReleaseResult:
+        """A supervisor of the originating agency approves or rejects a pending release.
+
+        Four-eyes: the person who asked for the release can never be the one who approves it.
+        """
+        action = "approve"
+        with self._tx() as session:
+            release, package = self._load_release_for(session, principal, release_id, action)
+            if release.status != ReleaseStatus.PENDING:
+                raise Conflict(f"release is {release.status.value}, not pending")
+            if release.requested_by == principal.user_id:
+                raise self._refuse(
+                    AccessDenied("four-eyes: a release must be decided by someone other than its requester"),
+                    principal.actor, action, "four_eyes_same_person", package=package.id,
+                    release=release.id, handling=package.handling.value,
+                )
+            release.status = ReleaseStatus.ACTIVE if approve else ReleaseStatus.REJECTED
+            release.decided_by = principal.user_id
+            release.decided_at = utcnow()
             session.add(release)
             session.flush()
-            receipt = ledger.append(
-                session, actor=principal.actor, action="release", decision=ALLOW, reason="ok",
-                policy=self.authz.policy_hash, package=package.id, release=release.id,
-                subject=f"country:{country}" + (f" agency:{agency}" if agency else ""),
-                handling=package.handling.value,
+            receipt = self._append(
+                session, actor=principal.actor, action=action, decision=ALLOW,
+                reason="approved" if approve else "rejected", package=package.id,
+                release=release.id, handling=package.handling.value,
             )
         return ReleaseResult(release=_release_info(release), receipt=receipt)
+
+    def revoke_release(self, principal: Principal, package_id: str, release_id: str) -> ReleaseResult:
+        """Withdraw a release; it stops granting access on the very next request."""
+        with self._tx() as session:
+            release, package = self._load_release_for(
+                session, principal, release_id, "revoke", package_id=check_id(package_id, "package id")
+            )
+            if release.status in (ReleaseStatus.REVOKED, ReleaseStatus.REJECTED):
+                raise Conflict(f"release is already {release.status.value}")
+            release.status = ReleaseStatus.REVOKED
+            release.revoked_by = principal.user_id
+            release.revoked_at = utcnow()
+            session.add(release)
+            session.flush()
+            receipt = self._append(
+                session, actor=principal.actor, action="revoke", decision=ALLOW, reason="ok",
+                package=package.id, release=release.id, handling=package.handling.value,
+            )
+        return ReleaseResult(release=_release_info(release), receipt=receipt)
+
+    def acknowledge(self, principal: Principal, package_id: str) -> int:
+        """Record that the caller accepts an H3 package's stated restrictions."""
+        with self._tx() as session:
+            package, facts = self._load_package_for(session, principal, package_id, "acknowledge")
+            if package.handling != Handling.H3:
+                raise InvalidInput("only H3 packages carry restrictions to acknowledge")
+            if not facts.acknowledged:
+                session.add(
+                    Acknowledgement(package_id=package.id, user_id=principal.user_id, created_at=utcnow())
+                )
+                session.flush()
+            return self._append(
+                session, actor=principal.actor, action="acknowledge", decision=ALLOW,
+                reason="ok" if not facts.acknowledged else "already", package=package.id,
+                handling=package.handling.value,
+            )
+
+    def audit_package(self, principal: Principal, package_id: str) -> tuple[AuditView, int]:
+        """What an auditor may see of a package: no title, description, filenames or content."""
+        with self._tx() as session:
+            package, _ = self._load_package_for(session, principal, package_id, "audit")
+            files = session.exec(
+                select(PackageFile.id).where(PackageFile.package_id == package.id)
+                .order_by(col(PackageFile.position))
+            ).all()
+            releases = session.exec(
+                select(Release).where(Release.package_id == package.id).order_by(col(Release.created_at))
+            ).all()
+            country = session.exec(
+                select(Agency.country_code).where(Agency.code == package.agency_code)
+            ).one()
+            receipt = self._append(
+                session, actor=principal.actor, action="audit", decision=ALLOW, reason="ok",
+                package=package.id, handling=package.handling.value,
+            )
+            view = AuditView(
+                id=package.id, agency=package.agency_code, country=country,
+                classification=package.classification, handling=package.handling,
+                created_at=package.created_at, size=package.size, file_count=package.file_count,
+                file_ids=list(files), releases=[_release_info(r) for r in releases],
+            )
+        return view, receipt
+
+    def explain(self, principal: Principal, *, username: str, package_id: str, action: str) -> tuple[Explanation, int]:
+        """Allow or deny for ``username`` doing ``action`` to a package, and why.
+
+        Auditors and admins get the facts, the rules that decided and the policy version;
+        anyone else may only ask about themselves and gets the bare answer (and 404 for a
+        package they may not know exists).
+        """
+        username = check_username(username)
+        check_id(package_id, "package id")
+        if action not in ACTIONS:
+            raise InvalidInput(f"action must be one of {', '.join(ACTIONS)}")
+        full = self.authz.allows(
+            Facts(principal.role.value, frozenset({NONE}), True, "*", False, "explain")
+        )
+        if not full and username != principal.username:
+            raise self._refuse(
+                AccessDenied("only auditors and admins may ask about other users"),
+                principal.actor, "explain", "role_not_permitted", subject=f"user:{username}",
+            )
+        with self._tx() as session:
+            if not full:
+                self._load_package_for(session, principal, package_id, "read")
+            user = session.exec(select(User).where(User.username == username)).first()
+            if user is None:
+                raise NotFound(f"unknown user {username}")
+            package = session.get(Package, package_id)
+            if package is None:
+                raise NotFound("package not found")
+            subject = self._principal(session, user)
+            facts = self._facts(session, subject, package, action)
+            decision = self.authz.decide(facts)
+            grants = session.exec(
+                select(Release.id).where(
+                    Release.package_id == package.id,
+                    self._active_release_clause(utcnow()),
+                    or_(Release.agency_code == subject.agency,
+                        and_(Release.country_code == subject.country, col(Release.agency_code).is_(None))),
+                )
+            ).all()
+            receipt = self._append(
+                session, actor=principal.actor, action="explain", decision=ALLOW,
+                reason="allow" if decision.allowed else "deny", package=package.id,
+                subject=f"user:{username} action:{action}", handling=package.handling.value,
+            )
+        if not full:
+            return Explanation(
+                allowed=decision.allowed, user=username, package=package_id, action=action,
+                policy_hash=decision.policy_hash,
+            ), receipt
+        notes = []
+        if user.disabled:
+            notes.append("the user is disabled: every request is refused at authentication")
+        if action == "approve":
+            notes.append("four-eyes: the requester of a release can never approve it")
+        return Explanation(
+            allowed=decision.allowed and not user.disabled, user=username, package=package_id,
+            action=action, policy_hash=decision.policy_hash, relation=decision.relation,
+            facts={
+                "role": subject.role.value, "agency": subject.agency, "country": subject.country,
+                "relations": sorted(facts.relations), "clearance": subject.clearance.value,
+                "classification": package.classification.value, "cleared": facts.cleared,
+                "handling": facts.handling, "acknowledged": facts.acknowledged,
+                "originating_agency": package.agency_code,
+            },
+            rules=[list(r) for r in decision.rules], grants=list(grants), notes=notes,
+        ), receipt
 
     # --- ledger ---------------------------------------------------------------------------
 
@@ -975,12 +1328,25 @@ def _package_digest(files: list[FileInfo]) -> str:
 
 
 def _release_info(r: Release) -> ReleaseInfo:
+    now = utcnow()
+    in_force = (
+        r.status == ReleaseStatus.ACTIVE
+        and (r.not_before is None or r.not_before <= now)
+        and (r.expires_at is None or r.expires_at > now)
+    )
     return ReleaseInfo(
         id=r.id, package_id=r.package_id, country=r.country_code, agency=r.agency_code,
-        status=r.status, not_before=r.not_before, expires_at=r.expires_at, created_at=r.created_at,
+        status=r.status, kind=r.kind, in_force=in_force, not_before=r.not_before,
+        expires_at=r.expires_at, created_at=r.created_at, requested_by=r.requested_by,
+        decided_by=r.decided_by,
     )
 
 
 
 def _b64(raw: bytes) -> str:
     return base64.b64encode(raw).decode()
+
+
+def _load_rules(session: Session) -> tuple[tuple[str, ...], ...]:
+    rows = session.exec(select(PolicyRule.rule)).all()
+    return tuple(sorted(parse_rule(r) for r in rows))

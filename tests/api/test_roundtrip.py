@@ -229,7 +229,7 @@ UNICODE_NAMES = [
     "報告 2024.pdf",
     "ñandú – résumé.bin",
     "📦 груз.dat",
-    "O'Brien \"quoted\" name.txt",
+    "O'Brien (copy) name.txt",
     "سند.txt",
 ]
 
