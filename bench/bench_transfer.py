@@ -28,6 +28,13 @@ Peak RSS growth per phase: the kernel's peak-RSS counter (VmHWM) is reset by wri
 VmRSS every 5 ms as a cross-check. Growth = max(VmHWM, sampled peak) - VmRSS before the phase.
 (``ru_maxrss`` is not used: it cannot be reset, so it only shows the process-lifetime peak.)
 
+The machine may be shared (other engineers run test suites on the same 2 cores). Before each
+phase the script waits (``--wait-idle``, default up to 60 s) for a 1 s window in which other
+processes use < 0.15 cores, and records for every phase this process's CPU seconds (user+sys,
+all threads) and the CPU used by everything else during it ("others", in cores, from
+/proc/stat; includes kernel writeback threads and hypervisor steal). Phases with others near
+1.0 were contended and their wall times are not trustworthy.
+
 Results: a table on stdout and JSON in ``bench/out/transfer.json`` (or ``--out``).
 """
 
@@ -35,9 +42,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import cProfile
 import ctypes
 import ctypes.util
-import cProfile
 import gc
 import hashlib
 import io
@@ -70,7 +77,7 @@ TARGET_RATIO = 1.3
 TARGET_RSS_MIB = 64.0
 # Cheap, still argon2id, password hashing (as the tests use): seeding is not what we measure.
 FAST_ARGON2 = {"argon2_time_cost": 1, "argon2_memory_kib": 1024, "argon2_parallelism": 1}
-PASSWORD = "bench password, not a secret"  # noqa: S105 - throw-away vault
+PASSWORD = "bench password, not a secret"
 OUT_DEFAULT = Path(__file__).resolve().parent / "out" / "transfer.json"
 
 
@@ -204,6 +211,68 @@ class RssMonitor:
         }
 
 
+# --- contention (other engineers share this machine) ------------------------------------------
+
+_HZ = os.sysconf("SC_CLK_TCK")
+
+
+def _busy_jiffies() -> int:
+    """Jiffies all CPUs spent not idle (user, nice, system, irq, softirq, steal)."""
+    with open("/proc/stat", "rb") as f:
+        fields = [int(x) for x in f.readline().split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return user + nice + system + irq + softirq + steal
+
+
+def _self_jiffies() -> int:
+    with open("/proc/self/stat", "rb") as f:
+        fields = f.read().rsplit(b")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime, stime
+
+
+class CpuMeter:
+    """This process's CPU seconds, and the CPU (in cores) used by everything else, over a span.
+
+    "Everything else" includes kernel threads working for us (writeback during fsync) and time
+    stolen by the hypervisor, so it is never exactly 0; a value near 1 means another process
+    was taking a whole core from a 2-core benchmark.
+    """
+
+    def __enter__(self) -> CpuMeter:
+        self._t = time.perf_counter()
+        self._busy, self._self = _busy_jiffies(), _self_jiffies()
+        self._times = os.times()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        wall = time.perf_counter() - self._t
+        t = os.times()
+        self.user_s = t.user - self._times.user
+        self.sys_s = t.system - self._times.system
+        others = (_busy_jiffies() - self._busy) - (_self_jiffies() - self._self)
+        self.others_cores = max(0.0, others / _HZ / wall) if wall > 0 else 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        return {
+            "cpu_user_s": round(self.user_s, 3),
+            "cpu_sys_s": round(self.sys_s, 3),
+            "others_cores": round(self.others_cores, 2),
+        }
+
+
+def wait_idle(max_wait: float, threshold: float = 0.15) -> float:
+    """Wait (at most ``max_wait`` s) for a 1 s window where others use < ``threshold`` cores.
+
+    Returns the last window's figure (recorded with each phase).
+    """
+    deadline = time.monotonic() + max_wait
+    while True:
+        with CpuMeter() as meter:
+            time.sleep(1.0)
+        if meter.others_cores < threshold or time.monotonic() >= deadline:
+            return meter.others_cores
+
+
 # --- world -----------------------------------------------------------------------------------
 
 
@@ -214,8 +283,14 @@ def open_world(data_dir: Path) -> tuple[Vault, Principal]:
     op = local_operator()
     vault.add_country(op, "UZ", "Uzbekistan")
     vault.add_agency(op, "UZ-CUSTOMS", "UZ", "State Customs Committee")
-    vault.add_user(op, username="uz.officer", agency="UZ-CUSTOMS", role=Role.OFFICER,
-                   password=PASSWORD, clearance=Classification.SECRET)
+    vault.add_user(
+        op,
+        username="uz.officer",
+        agency="UZ-CUSTOMS",
+        role=Role.OFFICER,
+        password=PASSWORD,
+        clearance=Classification.SECRET,
+    )
     principal = vault.authenticate(vault.login("uz.officer", PASSWORD).access_token)
     return vault, principal
 
@@ -253,9 +328,11 @@ def drop_cache(path: Path) -> None:
 
 
 def object_path(vault: Vault, key: str) -> Path:
-    store = vault.store
-    root = Path(store.root)  # type: ignore[attr-defined] - LocalDiskStore only
-    return root / key[:2] / key[2:4] / key
+    """Where LocalDiskStore keeps ``key`` (root/ab/cd/key); other stores are not supported."""
+    root = getattr(vault.store, "root", None)
+    if root is None:
+        raise SystemExit("this benchmark needs the local-disk store (VAULT_STORE=local)")
+    return Path(root) / key[:2] / key[2:4] / key
 
 
 # --- phases ----------------------------------------------------------------------------------
@@ -270,9 +347,14 @@ class Phase:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"phase": self.name, "seconds": round(self.seconds, 4), "bytes": self.nbytes,
-                "mb_per_s": round(self.nbytes / self.seconds / 1e6, 1), "rss": self.rss,
-                **self.extra}
+        return {
+            "phase": self.name,
+            "seconds": round(self.seconds, 4),
+            "bytes": self.nbytes,
+            "mb_per_s": round(self.nbytes / self.seconds / 1e6, 1),
+            "rss": self.rss,
+            **self.extra,
+        }
 
 
 @contextlib.contextmanager
@@ -294,14 +376,20 @@ def maybe_profile(target: Path | None) -> Iterator[None]:
         print(buf.getvalue())
 
 
-def timed(name: str, size: int, fn: Callable[[], dict[str, Any]],
-          profile_to: Path | None = None) -> Phase:
+IDLE_WAIT = 0.0
+
+
+def timed(
+    name: str, size: int, fn: Callable[[], dict[str, Any]], profile_to: Path | None = None
+) -> Phase:
     os.sync()
     _settle()
-    with RssMonitor() as mon, maybe_profile(profile_to):
+    others_before = wait_idle(IDLE_WAIT) if IDLE_WAIT > 0 else None
+    with RssMonitor() as mon, maybe_profile(profile_to), CpuMeter() as cpu:
         t0 = time.perf_counter()
         extra = fn()
         seconds = time.perf_counter() - t0
+    extra = {**extra, **cpu.as_dict(), "others_cores_before": others_before}
     return Phase(name, seconds, size, mon.as_dict(), extra)
 
 
@@ -354,7 +442,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             def vault_up(ids: dict[str, str] = ids, i: int = i) -> dict[str, Any]:
                 with open(src, "rb") as f:
                     result = vault.upload(
-                        officer, NewPackage(title=f"bench {i + 1}"),
+                        officer,
+                        NewPackage(title=f"bench {i + 1}"),
                         [IncomingFile(name="bench.bin", reader=f)],
                     )
                 stored = result.package.files[0]
@@ -364,7 +453,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 return {}
 
             rep["vault_upload"] = timed(
-                "vault upload", size, vault_up,
+                "vault upload",
+                size,
+                vault_up,
                 prof_dir / "profile_vault_upload.pstats" if prof_dir else None,
             )
             sealed = object_path(vault, ids["file"])
@@ -382,13 +473,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 return {}
 
             rep["vault_download"] = timed(
-                "vault download", size, vault_down,
+                "vault download",
+                size,
+                vault_down,
                 prof_dir / "profile_vault_download.pstats" if prof_dir else None,
             )
             repeats.append(rep)
-            print(f"repeat {i + 1}/{args.repeat}: " + "  ".join(
-                f"{p.name} {p.seconds:.3f}s ({p.rss['growth_mib']:+.1f} MiB)"
-                for p in rep.values() if isinstance(p, Phase)), flush=True)
+            print(
+                f"repeat {i + 1}/{args.repeat}: "
+                + "  ".join(
+                    f"{p.name} {p.seconds:.3f}s ({p.rss['growth_mib']:+.1f} MiB, "
+                    f"others {p.extra['others_cores']:.2f})"
+                    for p in rep.values()
+                    if isinstance(p, Phase)
+                ),
+                flush=True,
+            )
         vault.close()
     finally:
         if args.keep:
@@ -403,8 +503,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 PHASES = ("raw_upload", "vault_upload", "raw_download", "vault_download")
 
 
-def summarise(args: argparse.Namespace, info: dict[str, Any],
-              repeats: list[dict[str, Any]]) -> dict[str, Any]:
+def summarise(
+    args: argparse.Namespace, info: dict[str, Any], repeats: list[dict[str, Any]]
+) -> dict[str, Any]:
     size = args.size_mib * MiB
     summary: dict[str, Any] = {}
     for key in PHASES:
@@ -414,10 +515,16 @@ def summarise(args: argparse.Namespace, info: dict[str, Any],
         secs = [p.seconds for p in runs]
         med = statistics.median(secs)
         summary[key] = {
-            "median_s": round(med, 4), "min_s": round(min(secs), 4), "max_s": round(max(secs), 4),
+            "median_s": round(med, 4),
+            "min_s": round(min(secs), 4),
+            "max_s": round(max(secs), 4),
             "median_mb_per_s": round(size / med / 1e6, 1),
             "rss_growth_mib_max": round(max(p.rss["growth_mib"] for p in runs), 1),
             "rss_growth_mib_median": round(statistics.median(p.rss["growth_mib"] for p in runs), 1),
+            "cpu_s_median": round(
+                statistics.median(p.extra["cpu_user_s"] + p.extra["cpu_sys_s"] for p in runs), 3
+            ),
+            "others_cores_max": round(max(p.extra["others_cores"] for p in runs), 2),
         }
     ratios: dict[str, Any] = {}
     for direction in ("upload", "download"):
@@ -444,12 +551,14 @@ def summarise(args: argparse.Namespace, info: dict[str, Any],
         "size_mib": args.size_mib,
         "repeat": args.repeat,
         "cache": args.cache,
+        "wait_idle_s": args.wait_idle,
         "machine": info,
         "summary": summary,
         "ratios": ratios,
         "targets": targets,
-        "runs": [{k: (v.as_dict() if isinstance(v, Phase) else v) for k, v in r.items()}
-                 for r in repeats],
+        "runs": [
+            {k: (v.as_dict() if isinstance(v, Phase) else v) for k, v in r.items()} for r in repeats
+        ],
     }
 
 
@@ -457,32 +566,46 @@ def print_report(result: dict[str, Any]) -> None:
     m = result["machine"]
     fs = m["filesystem"]
     print()
-    print(f"Transfer {result['size_mib']} MiB, {result['repeat']} repeats, cache={result['cache']}"
-          f"  ({result['date']})")
-    print(f"{m['cpu']} x{m['cores']}, {m['ram_gib']} GiB, kernel {m['kernel']}, "
-          f"Python {m['python']}, cryptography {m['cryptography']} / {m['openssl']}, "
-          f"fs {fs.get('type', '?')} on {fs.get('device', '?')}")
+    print(
+        f"Transfer {result['size_mib']} MiB, {result['repeat']} repeats, cache={result['cache']}"
+        f"  ({result['date']})"
+    )
+    print(
+        f"{m['cpu']} x{m['cores']}, {m['ram_gib']} GiB, kernel {m['kernel']}, "
+        f"Python {m['python']}, cryptography {m['cryptography']} / {m['openssl']}, "
+        f"fs {fs.get('type', '?')} on {fs.get('device', '?')}"
+    )
     print()
-    head = f"{'phase':<16}{'median s':>10}{'min s':>9}{'max s':>9}{'MB/s':>9}{'RSS +MiB (max)':>16}"
+    head = (
+        f"{'phase':<16}{'median s':>10}{'min s':>9}{'max s':>9}{'MB/s':>9}"
+        f"{'CPU s':>8}{'RSS +MiB (max)':>16}{'others (max)':>14}"
+    )
     print(head)
     print("-" * len(head))
     for key in PHASES:
         s = result["summary"].get(key)
         if s:
-            print(f"{key.replace('_', ' '):<16}{s['median_s']:>10.3f}{s['min_s']:>9.3f}"
-                  f"{s['max_s']:>9.3f}{s['median_mb_per_s']:>9.0f}{s['rss_growth_mib_max']:>16.1f}")
+            print(
+                f"{key.replace('_', ' '):<16}{s['median_s']:>10.3f}{s['min_s']:>9.3f}"
+                f"{s['max_s']:>9.3f}{s['median_mb_per_s']:>9.0f}{s['cpu_s_median']:>8.2f}"
+                f"{s['rss_growth_mib_max']:>16.1f}{s['others_cores_max']:>14.2f}"
+            )
     print()
     for direction, r in result["ratios"].items():
         pairs = ", ".join(f"{x:.2f}" for x in r["per_pair"])
         verdict = "met" if r["median_of_pairs"] <= TARGET_RATIO else "NOT met"
-        print(f"vault/raw {direction:<8} median of pairs {r['median_of_pairs']:.2f} "
-              f"(pairs: {pairs}; ratio of medians {r['ratio_of_medians']:.2f})"
-              f"  target <= {TARGET_RATIO}: {verdict}")
+        print(
+            f"vault/raw {direction:<8} median of pairs {r['median_of_pairs']:.2f} "
+            f"(pairs: {pairs}; ratio of medians {r['ratio_of_medians']:.2f})"
+            f"  target <= {TARGET_RATIO}: {verdict}"
+        )
     for key in ("vault_upload", "vault_download"):
         g = result["summary"][key]["rss_growth_mib_max"]
         verdict = "met" if g <= TARGET_RSS_MIB else "NOT met"
-        print(f"{key.replace('_', ' '):<16} peak RSS growth {g:.1f} MiB"
-              f"  target <= {TARGET_RSS_MIB:g} MiB: {verdict}")
+        print(
+            f"{key.replace('_', ' '):<16} peak RSS growth {g:.1f} MiB"
+            f"  target <= {TARGET_RSS_MIB:g} MiB: {verdict}"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -490,16 +613,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size-mib", type=int, default=1024, help="file size in MiB (1024)")
     parser.add_argument("--dir", help="parent folder for the temp data dir (default: system temp)")
     parser.add_argument("--repeat", type=int, default=3, help="raw/vault pairs to run (3)")
-    parser.add_argument("--cache", choices=("cold", "warm"), default="cold",
-                        help="cold: drop stored objects from the page cache before downloading "
-                             "(default); warm: read them from the page cache")
+    parser.add_argument(
+        "--cache",
+        choices=("cold", "warm"),
+        default="cold",
+        help="cold: drop stored objects from the page cache before downloading "
+        "(default); warm: read them from the page cache",
+    )
     parser.add_argument("--out", default=str(OUT_DEFAULT), help="JSON output file")
     parser.add_argument("--keep", action="store_true", help="keep the temp data dir")
-    parser.add_argument("--vault-only", action="store_true",
-                        help="skip the raw baseline (for profiling)")
-    parser.add_argument("--profile", metavar="DIR",
-                        help="cProfile the first repeat's vault phases into DIR/*.pstats")
+    parser.add_argument(
+        "--vault-only", action="store_true", help="skip the raw baseline (for profiling)"
+    )
+    parser.add_argument(
+        "--profile",
+        metavar="DIR",
+        help="cProfile the first repeat's vault phases into DIR/*.pstats",
+    )
+    parser.add_argument(
+        "--wait-idle",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="before each phase, wait up to this long for the machine to be "
+        "quiet (others < 0.15 cores over 1 s); 0 = don't wait (60)",
+    )
     args = parser.parse_args(argv)
+    global IDLE_WAIT
+    IDLE_WAIT = args.wait_idle
     if args.size_mib < 1 or args.repeat < 1:
         parser.error("--size-mib and --repeat must be >= 1")
     result = run(args)

@@ -57,11 +57,13 @@ from typing import Any
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from bench.bench_transfer import (
+    CpuMeter,
     RssMonitor,
     _settle,
     drop_cache,
     machine_info,
     make_source,
+    wait_idle,
     warm,
 )
 from vault import crypto
@@ -77,7 +79,7 @@ IDENTITY = b"blo-vault/file/v1\x00" + b"p" * 32 + b"\x00" + b"f" * 32
 
 
 def read_full(source: Any, size: int) -> bytes:
-    first = source.read(size)
+    first: bytes = source.read(size)
     if len(first) == size or not first:
         return first
     parts, got = [first], len(first)
@@ -135,8 +137,17 @@ class LeanSealer:
     block's sealed bytes from read() (joined, or one segment per call with ``parts=True``).
     """
 
-    def __init__(self, source: Any, key: bytes, *, identity: bytes, segment_size: int = SEG,
-                 hasher: Any = None, block: int = MiB, parts: bool = False) -> None:
+    def __init__(
+        self,
+        source: Any,
+        key: bytes,
+        *,
+        identity: bytes,
+        segment_size: int = SEG,
+        hasher: Any = None,
+        block: int = MiB,
+        parts: bool = False,
+    ) -> None:
         self._source = source
         self._aead = AESGCM(key)
         self._seg = segment_size
@@ -171,7 +182,7 @@ class LeanSealer:
             for j in range(nseg):
                 last = not nxt and j == nseg - 1
                 nonce = prefix + counter.to_bytes(4, "big") + (b"\x01" if last else b"\x00")
-                out.append(aead.encrypt(nonce, view[j * seg:(j + 1) * seg], aad))
+                out.append(aead.encrypt(nonce, view[j * seg : (j + 1) * seg], aad))
                 counter += 1
             yield out
             if not nxt:
@@ -216,14 +227,17 @@ UploadMaker = Callable[[Any, bytes], Any]
 UPLOADS: dict[str, UploadMaker | None] = {
     "raw": None,
     "current": lambda src, key: crypto.SealingReader(src, key, identity=IDENTITY),
-    "current-1m": lambda src, key: crypto.SealingReader(src, key, identity=IDENTITY,
-                                                        segment_size=MiB),
+    "current-1m": lambda src, key: crypto.SealingReader(
+        src, key, identity=IDENTITY, segment_size=MiB
+    ),
     "lean": lambda src, key: LeanSealer(src, key, identity=IDENTITY),
     "lean-parts": lambda src, key: LeanSealer(src, key, identity=IDENTITY, parts=True),
-    "lean-hashthread": lambda src, key: LeanSealer(src, key, identity=IDENTITY,
-                                                   hasher=HashThread()),
-    "lean-hashthread-1m": lambda src, key: LeanSealer(src, key, identity=IDENTITY, segment_size=MiB,
-                                                      hasher=HashThread()),
+    "lean-hashthread": lambda src, key: LeanSealer(
+        src, key, identity=IDENTITY, hasher=HashThread()
+    ),
+    "lean-hashthread-1m": lambda src, key: LeanSealer(
+        src, key, identity=IDENTITY, segment_size=MiB, hasher=HashThread()
+    ),
     "lean-nohash": lambda src, key: LeanSealer(src, key, identity=IDENTITY, hasher=NoHash()),
 }
 
@@ -300,7 +314,7 @@ def dl_prefetch_hashthread(path: Path, key: bytes) -> tuple[int, str]:
             for j in range(nseg):
                 last = nxt is None and j == nseg - 1
                 nonce = prefix + counter.to_bytes(4, "big") + (b"\x01" if last else b"\x00")
-                plains.append(aead.decrypt(nonce, view[j * sealed_seg:(j + 1) * sealed_seg], aad))
+                plains.append(aead.decrypt(nonce, view[j * sealed_seg : (j + 1) * sealed_seg], aad))
                 counter += 1
             h.update(plains)
             n += sum(len(p) for p in plains)
@@ -348,15 +362,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         verified: set[str] = set()
         # -- uploads, rotating the order each round
         for r in range(args.repeat):
-            order = up_names[r % len(up_names):] + up_names[:r % len(up_names)]
+            order = up_names[r % len(up_names) :] + up_names[: r % len(up_names)]
             for name in order:
                 maker = UPLOADS[name]
                 key = os.urandom(32)
                 final = work / "objects" / f"up-{name}-{r}"
                 os.sync()
                 _settle()
-                with RssMonitor() as mon, open(src, "rb") as f:
-                    source = f if maker is None else maker(f, key)
+                wait_idle(args.wait_idle)
+                with RssMonitor() as mon, open(src, "rb") as f, CpuMeter() as cpu:
+                    source: Any = f if maker is None else maker(f, key)
                     t0 = time.perf_counter()
                     stored, loop_s, fsync_s = put_timed(tmp_dir, final, source)
                     total = time.perf_counter() - t0
@@ -369,25 +384,41 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         verify_sealed(final, key, size, src_sha)
                         verified.add(name)
                 results["upload"].setdefault(name, []).append(
-                    {"total_s": total, "loop_s": loop_s, "fsync_s": fsync_s,
-                     "rss_growth_mib": mon.growth_mib, "stored": stored})
+                    {
+                        "total_s": total,
+                        "loop_s": loop_s,
+                        "fsync_s": fsync_s,
+                        "rss_growth_mib": mon.growth_mib,
+                        "stored": stored,
+                        "cpu_s": cpu.user_s + cpu.sys_s,
+                        "others_cores": cpu.others_cores,
+                    }
+                )
                 final.unlink()
-                print(f"  upload   {name:<20} {total:6.3f}s (loop {loop_s:.3f}, fsync {fsync_s:.3f})"
-                      f" RSS +{mon.growth_mib:.1f} MiB", flush=True)
+                print(
+                    f"  upload   {name:<20} {total:6.3f}s (loop {loop_s:.3f}, "
+                    f"fsync {fsync_s:.3f}) cpu {cpu.user_s + cpu.sys_s:.2f}s "
+                    f"others {cpu.others_cores:.2f}"
+                    f" RSS +{mon.growth_mib:.1f} MiB",
+                    flush=True,
+                )
         # -- objects for the downloads (written once, fsynced, dropped from cache before reads)
         keys = {"raw": b"", "sealed": os.urandom(32), "sealed-1m": os.urandom(32)}
         paths = {k: work / "objects" / f"dl-{k}" for k in keys}
         with open(src, "rb") as f:
             put_timed(tmp_dir, paths["raw"], f)
         with open(src, "rb") as f:
-            put_timed(tmp_dir, paths["sealed"],
-                      crypto.SealingReader(f, keys["sealed"], identity=IDENTITY))
+            put_timed(
+                tmp_dir, paths["sealed"], crypto.SealingReader(f, keys["sealed"], identity=IDENTITY)
+            )
         with open(src, "rb") as f:
-            put_timed(tmp_dir, paths["sealed-1m"],
-                      crypto.SealingReader(f, keys["sealed-1m"], identity=IDENTITY,
-                                           segment_size=MiB))
+            put_timed(
+                tmp_dir,
+                paths["sealed-1m"],
+                crypto.SealingReader(f, keys["sealed-1m"], identity=IDENTITY, segment_size=MiB),
+            )
         for r in range(args.repeat):
-            order = dn_names[r % len(dn_names):] + dn_names[:r % len(dn_names)]
+            order = dn_names[r % len(dn_names) :] + dn_names[: r % len(dn_names)]
             for name in order:
                 fn, which = DOWNLOADS[name]
                 path = paths[which]
@@ -395,23 +426,36 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     drop_cache(path)
                 os.sync()
                 _settle()
-                with RssMonitor() as mon:
+                wait_idle(args.wait_idle)
+                with RssMonitor() as mon, CpuMeter() as cpu:
                     t0 = time.perf_counter()
                     n, digest = fn(path, keys[which])
                     total = time.perf_counter() - t0
                 if n != size or (digest and digest != src_sha):
                     raise RuntimeError(f"{name}: wrong size or digest")
                 results["download"].setdefault(name, []).append(
-                    {"total_s": total, "rss_growth_mib": mon.growth_mib})
-                print(f"  download {name:<20} {total:6.3f}s RSS +{mon.growth_mib:.1f} MiB",
-                      flush=True)
+                    {
+                        "total_s": total,
+                        "rss_growth_mib": mon.growth_mib,
+                        "cpu_s": cpu.user_s + cpu.sys_s,
+                        "others_cores": cpu.others_cores,
+                    }
+                )
+                print(
+                    f"  download {name:<20} {total:6.3f}s cpu {cpu.user_s + cpu.sys_s:.2f}s"
+                    f" others {cpu.others_cores:.2f} RSS +{mon.growth_mib:.1f} MiB",
+                    flush=True,
+                )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return summarise(args, info, results)
 
 
-def summarise(args: argparse.Namespace, info: dict[str, Any],
-              results: dict[str, dict[str, list[dict[str, float]]]]) -> dict[str, Any]:
+def summarise(
+    args: argparse.Namespace,
+    info: dict[str, Any],
+    results: dict[str, dict[str, list[dict[str, float]]]],
+) -> dict[str, Any]:
     size = args.size_mib * MiB
     table: dict[str, dict[str, Any]] = {}
     for direction, variants in results.items():
@@ -425,26 +469,40 @@ def summarise(args: argparse.Namespace, info: dict[str, Any],
                 "mb_per_s": round(size / med / 1e6),
                 "vs_raw": round(med / raw, 3),
                 "rss_growth_mib_max": round(max(x["rss_growth_mib"] for x in runs), 1),
+                "cpu_s_median": round(statistics.median(x["cpu_s"] for x in runs), 3),
+                "others_cores_max": round(max(x["others_cores"] for x in runs), 2),
             }
             if direction == "upload":
                 row["loop_median_s"] = round(statistics.median(x["loop_s"] for x in runs), 3)
                 row["fsync_median_s"] = round(statistics.median(x["fsync_s"] for x in runs), 3)
             table[direction][name] = row
-    return {"experiment": "pipeline", "date": datetime.now(UTC).isoformat(timespec="seconds"),
-            "size_mib": args.size_mib, "repeat": args.repeat,
-            "cache": "warm" if args.warm else "cold", "machine": info, "table": table}
+    return {
+        "experiment": "pipeline",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "size_mib": args.size_mib,
+        "repeat": args.repeat,
+        "cache": "warm" if args.warm else "cold",
+        "wait_idle_s": args.wait_idle,
+        "machine": info,
+        "table": table,
+    }
 
 
 def print_table(result: dict[str, Any]) -> None:
     print(f"\n{result['size_mib']} MiB, {result['repeat']} rounds, cache={result['cache']}")
     for direction, rows in result["table"].items():
-        print(f"\n{direction:<20}{'median s':>9}{'MB/s':>7}{'x raw':>7}{'loop s':>8}"
-              f"{'fsync s':>8}{'RSS+MiB':>9}")
+        print(
+            f"\n{direction:<20}{'median s':>9}{'MB/s':>7}{'x raw':>7}{'loop s':>8}"
+            f"{'fsync s':>8}{'CPU s':>7}{'RSS+MiB':>9}{'others':>8}"
+        )
         for name, row in rows.items():
             loop = f"{row['loop_median_s']:.3f}" if "loop_median_s" in row else "-"
             fs = f"{row['fsync_median_s']:.3f}" if "fsync_median_s" in row else "-"
-            print(f"{name:<20}{row['median_s']:>9.3f}{row['mb_per_s']:>7}{row['vs_raw']:>7.2f}"
-                  f"{loop:>8}{fs:>8}{row['rss_growth_mib_max']:>9.1f}")
+            print(
+                f"{name:<20}{row['median_s']:>9.3f}{row['mb_per_s']:>7}{row['vs_raw']:>7.2f}"
+                f"{loop:>8}{fs:>8}{row['cpu_s_median']:>7.2f}{row['rss_growth_mib_max']:>9.1f}"
+                f"{row['others_cores_max']:>8.2f}"
+            )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -455,6 +513,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warm", action="store_true", help="do not drop objects before reads")
     parser.add_argument("--only", nargs="*", help="variant names to run (raw always runs)")
     parser.add_argument("--out", default=str(OUT))
+    parser.add_argument(
+        "--wait-idle",
+        type=float,
+        default=60.0,
+        help="wait up to this long before each run for a quiet machine",
+    )
     args = parser.parse_args(argv)
     result = run(args)
     print_table(result)

@@ -158,6 +158,25 @@ def admin_init() -> None:
         err.print(f"vault initialised: database {vault.engine.url.render_as_string(hide_password=True)}")
 
 
+@admin_app.command("migrate")
+def admin_migrate(
+    grant_app_role: Annotated[str | None, typer.Option(help="PostgreSQL: role the service runs as; gets SELECT/INSERT only on ledger tables.")] = None,
+) -> None:
+    """Upgrade the database schema to this version (run as the schema owner)."""
+    from vault.db import grant_app_role as grant
+    from vault.db import make_engine, migrate
+
+    settings = load_settings()
+    engine = make_engine(settings.resolved_database_url)
+    try:
+        revision = migrate(engine)
+        if grant_app_role:
+            grant(engine, grant_app_role)
+    finally:
+        engine.dispose()
+    err.print(f"schema at revision {revision}" + (f"; role {grant_app_role} granted" if grant_app_role else ""))
+
+
 @admin_app.command("add-country")
 def add_country(
     code: Annotated[str, typer.Argument(help="ISO 3166-1 alpha-2 code, e.g. UZ.")],

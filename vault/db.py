@@ -10,15 +10,21 @@ TRUNCATE).
 from __future__ import annotations
 
 import os
+import re
+from pathlib import Path
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine, event, text
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, Engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import NullPool
-from sqlmodel import Session, SQLModel, create_engine
+from sqlmodel import Session, create_engine
 
 from vault import models  # noqa: F401  (registers the tables on SQLModel.metadata)
 from vault.errors import ConfigError, StorageUnavailable
@@ -104,15 +110,55 @@ def is_postgres(engine: Engine) -> bool:
     return engine.dialect.name == "postgresql"
 
 
-def create_schema(engine: Engine) -> None:
-    """Create every table and the append-only triggers (idempotent)."""
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+
+
+def _alembic_config(connection: Connection) -> AlembicConfig:
+    config = AlembicConfig()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = connection
+    return config
+
+
+def append_only_statements(dialect: str) -> list[str]:
+    """SQL that makes the ledger tables append-only on ``dialect`` (used by migrations)."""
+    return list(_PG_TRIGGERS if dialect == "postgresql" else _SQLITE_TRIGGERS)
+
+
+def migrate(engine: Engine) -> str:
+    """Upgrade the schema to the newest revision; returns it. Run as the schema owner."""
     try:
-        SQLModel.metadata.create_all(engine)
-        with engine.begin() as conn:
-            for stmt in _PG_TRIGGERS if is_postgres(engine) else _SQLITE_TRIGGERS:
-                conn.execute(text(stmt))
+        with engine.begin() as connection:
+            command.upgrade(_alembic_config(connection), "head")
+            return current_revision(connection) or ""
     except OperationalError as exc:
-        raise StorageUnavailable(f"database unavailable: {exc.orig}") from None
+        raise StorageUnavailable(f"database unavailable: {type(exc.orig).__name__}") from None
+
+
+def current_revision(connection: Connection) -> str | None:
+    """The schema revision the database is at (None for an empty database)."""
+    return MigrationContext.configure(connection).get_current_revision()
+
+
+def head_revision() -> str:
+    """The newest schema revision this code knows."""
+    head = ScriptDirectory(str(MIGRATIONS)).get_current_head()
+    assert head is not None
+    return head
+
+
+def check_schema(engine: Engine) -> None:
+    """ConfigError unless the database is at the newest revision (production: no auto-upgrade)."""
+    try:
+        with engine.connect() as connection:
+            current = current_revision(connection)
+    except OperationalError as exc:
+        raise StorageUnavailable(f"database unavailable: {type(exc.orig).__name__}") from None
+    if current != head_revision():
+        raise ConfigError(
+            f"database schema is at {current or 'nothing'}, this vault needs {head_revision()}: "
+            "run 'blovault admin migrate' as the schema owner"
+        )
 
 
 @contextmanager
@@ -125,3 +171,40 @@ def session_scope(engine: Engine) -> Iterator[Session]:
         except BaseException:
             session.rollback()
             raise
+
+
+_ROLE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+
+def grant_app_role(engine: Engine, role: str) -> None:
+    """PostgreSQL: let ``role`` run the service but never change or delete ledger rows.
+
+    The role gets SELECT, INSERT, UPDATE and DELETE on the vault's other tables and only
+    SELECT and INSERT on the ledger tables; the triggers stop even the owner from rewriting
+    history, and this stops the service's own credentials from disabling them.
+    """
+    if not is_postgres(engine):
+        raise ConfigError("database roles exist on PostgreSQL only")
+    if not _ROLE.fullmatch(role):
+        raise ConfigError("role names are lowercase letters, digits and '_'")
+    with engine.begin() as conn:
+        schema = conn.exec_driver_sql("SELECT current_schema()").scalar_one()
+        tables = [
+            row[0]
+            for row in conn.exec_driver_sql(
+                "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
+            )
+        ]
+        conn.exec_driver_sql(f'GRANT USAGE ON SCHEMA "{schema}" TO {role}')
+        conn.exec_driver_sql(f'GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA "{schema}" TO {role}')
+        for table in tables:
+            if table in APPEND_ONLY_TABLES:
+                conn.exec_driver_sql(f'REVOKE ALL ON "{table}" FROM {role}')
+                conn.exec_driver_sql(f'GRANT SELECT, INSERT ON "{table}" TO {role}')
+            elif table == "alembic_version":
+                conn.exec_driver_sql(f'REVOKE ALL ON "{table}" FROM {role}')
+                conn.exec_driver_sql(f'GRANT SELECT ON "{table}" TO {role}')
+            else:
+                conn.exec_driver_sql(
+                    f'GRANT SELECT, INSERT, UPDATE, DELETE ON "{table}" TO {role}'
+                )

@@ -40,7 +40,7 @@ from vault.authz import (
     parse_rule,
 )
 from vault.config import Settings
-from vault.db import create_schema, make_engine, session_scope
+from vault.db import check_schema, make_engine, migrate, session_scope
 from vault.errors import (
     AccessDenied,
     AuthenticationFailed,
@@ -203,7 +203,12 @@ class Vault:
         settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         keys = load_keys(settings)
         engine = make_engine(settings.resolved_database_url)
-        create_schema(engine)
+        if settings.env == "production":
+            # Production never changes its schema on start: the service's database role may
+            # not even be allowed to; `blovault admin migrate` runs as the owner.
+            check_schema(engine)
+        else:
+            migrate(engine)
         with session_scope(engine) as session:
             rules = _load_rules(session)
         return cls(
