@@ -240,6 +240,28 @@ def set_user(
         err.print(f"user {user.username}: {user.role.value}, {user.clearance.value}, {state}")
 
 
+@admin_app.command("rotate-kek")
+def rotate_kek() -> None:
+    """Re-wrap every data key under the current KEK (VAULT_KEK_FILE); old KEKs in VAULT_KEK_OLD_FILES."""
+    with _local_vault() as vault:
+        count = vault.rotate_kek(local_operator())
+        current = vault.keys.keyring.current.id
+    err.print(f"{count} keys re-wrapped under {current}; the old KEK files are no longer needed")
+
+
+@admin_app.command("purge")
+def purge(
+    package_id: str,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Destroy a package for good: its keys first (crypto-shredding), then its objects."""
+    if not yes:
+        typer.confirm(f"Destroy package {package_id} irreversibly?", abort=True)
+    with _local_vault() as vault:
+        receipt = vault.purge(local_operator(), package_id)
+    err.print(f"package {package_id} purged (ledger #{receipt})")
+
+
 @admin_app.command("add-rule")
 def add_rule(line: Annotated[str, typer.Argument(help="p, role, relation, clearance, handling, acknowledged, action, effect")]) -> None:
     """Add a Casbin rule on top of policies/policy.csv (recorded with the new policy hash)."""

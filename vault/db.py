@@ -94,6 +94,8 @@ def _sqlite_engine(url: str) -> Engine:
             "PRAGMA foreign_keys=ON",
             "PRAGMA recursive_triggers=ON",
             "PRAGMA busy_timeout=30000",
+            # Freed pages are zeroed, so destroyed keys (purge, rotation) don't linger in the file.
+            "PRAGMA secure_delete=ON",
         ):
             cursor.execute(pragma)
         cursor.close()

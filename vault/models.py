@@ -136,6 +136,9 @@ class Package(SQLModel, table=True):
     kek_id: str = Field(max_length=64)
     wrapped_key: bytes = _blob()
     sealed_meta: bytes = _blob()
+    # Set when the package was purged: its keys are destroyed and its objects deleted; the row
+    # stays so the ledger's references keep meaning something.
+    purged_at: datetime | None = _time(nullable=True)
 
 
 class PackageFile(SQLModel, table=True):

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, TextIO
 
-from sqlalchemy import Engine, and_, exists, false, or_
+from sqlalchemy import Engine, and_, exists, false, func, or_
 from sqlalchemy.exc import IntegrityError as DBIntegrityError
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, col, select
@@ -40,7 +40,7 @@ from vault.authz import (
     parse_rule,
 )
 from vault.config import Settings
-from vault.db import check_schema, make_engine, migrate, session_scope
+from vault.db import check_schema, is_postgres, make_engine, migrate, session_scope
 from vault.errors import (
     AccessDenied,
     AuthenticationFailed,
@@ -390,7 +390,7 @@ class Vault:
         """
         check_id(package_id, "package id")
         package = session.get(Package, package_id)
-        if package is None:
+        if package is None or package.purged_at is not None:
             raise self._refuse(
                 NotFound("package not found"), principal.actor, action, "not_found",
                 package=package_id,
@@ -614,6 +614,87 @@ class Vault:
         self._authz = authz
         return authz.policy_hash
 
+    def rotate_kek(self, principal: Principal, *, batch: int = 500) -> int:
+        """Re-wrap every data key not under the current KEK; content is not re-encrypted.
+
+        Afterwards the old KEKs are no longer needed. Returns how many keys were re-wrapped.
+        """
+        self._require_global(principal, "manage", subject="kek")
+        keyring = self.keys.keyring
+        current = keyring.current.id
+        done = 0
+        for table, identity in (
+            (Package, lambda row: _package_identity(row.id)),
+            (PackageFile, lambda row: _file_identity(row.package_id, row.id)),
+        ):
+            while True:
+                with self._tx() as session:
+                    rows = session.exec(
+                        select(table)
+                        .where(col(table.kek_id) != current, func.length(col(table.wrapped_key)) > 0)
+                        .limit(batch)
+                    ).all()
+                    for row in rows:
+                        context = identity(row)
+                        fresh = keyring.rewrap(crypto.WrappedKey(row.kek_id, row.wrapped_key), context=context)
+                        row.kek_id, row.wrapped_key = fresh.kek_id, fresh.blob
+                        session.add(row)
+                    done += len(rows)
+                if len(rows) < batch:
+                    break
+        with self._tx() as session:
+            self._append(
+                session, actor=principal.actor, action="manage", decision=ALLOW,
+                reason="kek rotated", subject=f"kek:{current} rewrapped:{done}",
+            )
+        self._compact_database()
+        return done
+
+    def purge(self, principal: Principal, package_id: str) -> int:
+        """Crypto-shred a package: destroy its wrapped keys, then delete its objects.
+
+        Once the keys are gone, even a copy of the ciphertext together with the KEK can't be
+        opened. The row stays as a tombstone (ids only) so ledger entries keep their meaning.
+        """
+        check_id(package_id, "package id")
+        self._require_global(principal, "manage", package=package_id)
+        with self._tx() as session:
+            package = session.get(Package, package_id)
+            if package is None or package.purged_at is not None:
+                raise NotFound("package not found")
+            files = session.exec(select(PackageFile).where(PackageFile.package_id == package_id)).all()
+            package.wrapped_key = b""
+            package.sealed_meta = b""
+            package.purged_at = utcnow()
+            session.add(package)
+            for row in files:
+                row.wrapped_key = b""
+                row.sealed_meta = b""
+                session.add(row)
+            receipt = self._append(
+                session, actor=principal.actor, action="purge", decision=ALLOW, reason="ok",
+                package=package_id, handling=package.handling.value,
+            )
+        for row in files:
+            with contextlib.suppress(StorageUnavailable):
+                self.store.delete(row.id)  # leftovers are unreadable; `admin gc` retries
+        self._compact_database()
+        return receipt
+
+    def _compact_database(self) -> None:
+        """Push destroyed key material out of the WAL (SQLite) or dead tuples (PostgreSQL)."""
+        if is_postgres(self.engine):
+            with self.engine.connect() as conn:
+                conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+                for table in ("package", "packagefile"):
+                    conn.exec_driver_sql(f"VACUUM {table}")
+            return
+        raw = self.engine.raw_connection()
+        try:  # outside any transaction: pysqlite runs in autocommit mode here (see vault.db)
+            raw.cursor().execute("PRAGMA wal_checkpoint(TRUNCATE)").close()
+        finally:
+            raw.close()
+
     def _create(self, principal: Principal, row: Any, *, subject: str) -> int:
         try:
             with self._tx() as session:
@@ -744,7 +825,7 @@ class Vault:
             query = (
                 select(Package, Agency.country_code)
                 .join(Agency, col(Agency.code) == Package.agency_code)
-                .where(self._readable_clause(principal))
+                .where(col(Package.purged_at).is_(None), self._readable_clause(principal))
                 .order_by(col(Package.created_at).desc(), col(Package.id))
                 .offset(offset)
                 .limit(limit)

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-27 22:52:48.770143
+Create Date: 2026-11-27 22:53:32.511720
 """
 
 from __future__ import annotations
@@ -93,6 +93,7 @@ def upgrade() -> None:
     sa.Column('kek_id', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
     sa.Column('wrapped_key', sa.LargeBinary(), nullable=False),
     sa.Column('sealed_meta', sa.LargeBinary(), nullable=False),
+    sa.Column('purged_at', UTCDateTime(), nullable=True),
     sa.ForeignKeyConstraint(['agency_code'], ['agency.code'], ),
     sa.ForeignKeyConstraint(['creator_id'], ['user.id'], ),
     sa.PrimaryKeyConstraint('id')
