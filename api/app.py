@@ -12,12 +12,14 @@ from urllib.parse import quote
 import anyio
 import anyio.to_thread
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Response
-from fastapi.responses import StreamingResponse
+from fastapi.responses import PlainTextResponse, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
 from api import errors as api_errors
 from api.multipart import MultipartUpload, boundary_of
+from api.observability import Metrics, ObservabilityMiddleware
 from vault.config import Settings, load_settings
 from vault.errors import AuthenticationFailed, VaultError
 from vault.schemas import (
@@ -404,9 +406,18 @@ def create_app(settings: Settings | None = None, *, vault: Vault | None = None) 
         description="Encrypted, access-controlled, audited exchange between Border Liaison Offices.",
         lifespan=lifespan,
     )
-    app.state.vault = vault if vault is not None else Vault.open(settings or load_settings())
+    service = vault if vault is not None else Vault.open(settings or load_settings())
+    app.state.vault = service
     api_errors.install(app)
     app.include_router(router)
+    metrics = Metrics(service)
+
+    @app.get("/metrics", tags=["operations"], response_class=PlainTextResponse)
+    def prometheus_metrics() -> PlainTextResponse:
+        """Prometheus metrics of this process (requests, latencies, decisions, ledger, bytes)."""
+        return PlainTextResponse(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    app.add_middleware(ObservabilityMiddleware, router_app=app, metrics=metrics)
     return app
 
 

@@ -113,9 +113,12 @@ def serve(
     workers: Annotated[int, typer.Option(help="Worker processes.")] = 1,
     tls_cert: Annotated[Path | None, typer.Option(help="TLS certificate (PEM).")] = None,
     tls_key: Annotated[Path | None, typer.Option(help="TLS private key (PEM).")] = None,
+    forwarded_allow_ips: Annotated[str, typer.Option(help="Proxies trusted for X-Forwarded-For.")] = "127.0.0.1",
 ) -> None:
     """Run the API server (embedded defaults unless VAULT_* settings say otherwise)."""
     import uvicorn
+
+    from api.observability import LOG_CONFIG
 
     settings = load_settings()
     # Open once here so configuration errors (e.g. development keys in production) stop us
@@ -130,7 +133,12 @@ def serve(
         ssl_certfile=str(tls_cert) if tls_cert else None,
         ssl_keyfile=str(tls_key) if tls_key else None,
         server_header=False,
-        log_level="info",
+        access_log=False,  # api.observability logs each request as JSON instead
+        log_config=LOG_CONFIG,
+        proxy_headers=True,
+        forwarded_allow_ips=forwarded_allow_ips,
+        timeout_keep_alive=5,
+        h11_max_incomplete_event_size=16 * 1024,
     )
 
 
@@ -175,6 +183,17 @@ def admin_migrate(
     finally:
         engine.dispose()
     err.print(f"schema at revision {revision}" + (f"; role {grant_app_role} granted" if grant_app_role else ""))
+
+
+@admin_app.command("gen-keys")
+def gen_keys(
+    out_dir: Annotated[Path, typer.Option("--out-dir", help="Folder for the key files (created 0700).")],
+) -> None:
+    """Generate production key files: KEK, token signing key, ledger log key (mode 0600)."""
+    from vault.keys import generate_key_files
+
+    for env_name, path in generate_key_files(out_dir).items():
+        out.print(f"{env_name}={path}", markup=False, soft_wrap=True)
 
 
 @admin_app.command("add-country")

@@ -81,6 +81,28 @@ def _write_new_secret(path: Path, data: bytes) -> None:
         os.unlink(tmp)
 
 
+def generate_key_files(out_dir: Path) -> dict[str, Path]:
+    """Write a fresh KEK, token signing key and ledger key (mode 0600) for production use.
+
+    Refuses to overwrite: replacing a KEK or ledger key in place would orphan data or forks.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    files = {
+        "VAULT_KEK_FILE": (out_dir / _KEK_FILE, base64.b64encode(crypto.new_data_key()) + b"\n"),
+        "VAULT_JWT_KEY_FILE": (out_dir / _TOKEN_FILE, crypto.new_token_signing_key_pem()),
+        "VAULT_LEDGER_KEY_FILE": (
+            out_dir / _LEDGER_FILE,
+            base64.b64encode(crypto.ed25519_seed(crypto.new_ed25519_private_key())) + b"\n",
+        ),
+    }
+    existing = [str(path) for path, _ in files.values() if path.exists()]
+    if existing:
+        raise ConfigError(f"refusing to overwrite existing key files: {', '.join(existing)}")
+    for path, data in files.values():
+        _write_new_secret(path, data)
+    return {name: path for name, (path, _) in files.items()}
+
+
 def _dev_key(settings: Settings, name: str, make: bytes) -> Path:
     path = settings.data_dir.resolve() / DEV_KEY_DIR / name
     if not path.exists():

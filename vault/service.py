@@ -195,6 +195,8 @@ class Vault:
         self.passwords = passwords
         self.tokens = tokens
         self._local = threading.local()
+        self._counts_lock = threading.Lock()
+        self._decisions: dict[str, int] = {}
         self._pending_refusals: dict[int, tuple[tuple[Actor, str, str, str], dict[str, str]]] = {}
 
     @classmethod
@@ -282,7 +284,26 @@ class Vault:
 
     def _append(self, session: Session, **fields: Any) -> int:
         """Append a ledger entry in ``session``'s transaction, stamped with the policy version."""
-        return ledger.append(session, policy=self._authz.policy_hash, **fields)
+        seq = ledger.append(session, policy=self._authz.policy_hash, **fields)
+        with self._counts_lock:
+            decision = str(fields.get("decision", ""))
+            self._decisions[decision] = self._decisions.get(decision, 0) + 1
+        return seq
+
+    def decision_counts(self) -> dict[str, int]:
+        """Ledger entries this process wrote, by decision (for metrics)."""
+        with self._counts_lock:
+            return dict(self._decisions)
+
+    def stats(self) -> dict[str, int]:
+        """Ledger size, packages and plaintext bytes stored (for metrics)."""
+        with self._tx() as session:
+            packages, size = session.exec(
+                select(func.count(), func.coalesce(func.sum(Package.size), 0)).where(
+                    col(Package.purged_at).is_(None)
+                )
+            ).one()
+            return {"ledger_entries": ledger.size(session), "packages": int(packages), "bytes": int(size)}
 
     def _record(self, actor: Actor, action: str, decision: str, reason: str, **target: str) -> int:
         """Append one entry in its own transaction (refusals and failures)."""

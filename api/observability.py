@@ -1,0 +1,165 @@
+"""Request ids, JSON access logs, security headers and Prometheus metrics, as one ASGI layer.
+
+A pure ASGI middleware (not BaseHTTPMiddleware) so streamed uploads and downloads pass through
+untouched. Logs carry the method, the route template, status, duration and request id; never
+headers, tokens, query strings or bodies.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from vault.service import Vault
+
+access_log = logging.getLogger("vault.access")
+
+SECURITY_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"cross-origin-resource-policy", b"same-origin"),
+    (b"permissions-policy", b"interest-cohort=()"),
+]
+_API_CSP = (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'")
+_DOCS = ("/docs", "/redoc", "/openapi.json")
+
+
+class Metrics:
+    """The app's Prometheus registry."""
+
+    def __init__(self, vault: Vault) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "vault_http_requests_total", "HTTP requests", ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "vault_http_request_seconds", "HTTP request latency (to the last byte sent)",
+            ["method", "route"], registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+        self.registry.register(_VaultCollector(vault))
+
+
+class _VaultCollector(Collector):
+    """Numbers read from the service at scrape time."""
+
+    def __init__(self, vault: Vault) -> None:
+        self._vault = vault
+
+    def collect(self) -> Iterable[Metric]:
+        stats = self._vault.stats()
+        decisions = GaugeMetricFamily(
+            "vault_decisions", "Ledger entries written by this process, by decision",
+            labels=["decision"],
+        )
+        for decision, count in sorted(self._vault.decision_counts().items()):
+            decisions.add_metric([decision], count)
+        yield decisions
+        yield GaugeMetricFamily("vault_ledger_entries", "Entries in the ledger", value=stats["ledger_entries"])
+        yield GaugeMetricFamily("vault_packages", "Packages stored (not purged)", value=stats["packages"])
+        yield GaugeMetricFamily("vault_bytes_stored", "Plaintext bytes of stored packages", value=stats["bytes"])
+
+
+def _route_template(app: Any, scope: Scope) -> str:
+    for route in getattr(app, "routes", ()):
+        match, _ = route.matches(scope)
+        if match == Match.FULL:
+            return str(getattr(route, "path", "?"))
+    return "unmatched"
+
+
+class ObservabilityMiddleware:
+    """Adds a request id, security headers and no-store caching; logs and measures each request."""
+
+    def __init__(self, app: ASGIApp, *, router_app: Any, metrics: Metrics) -> None:
+        self.app = app
+        self.router_app = router_app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        request_id = secrets.token_hex(8)
+        status = 500
+        path = scope.get("path", "")
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = list(message.get("headers", []))
+                names = {k.lower() for k, _ in headers}
+                headers.append((b"x-request-id", request_id.encode()))
+                headers.extend(h for h in SECURITY_HEADERS if h[0] not in names)
+                if not path.startswith(_DOCS):
+                    headers.append(_API_CSP)
+                if b"cache-control" not in names:
+                    headers.append((b"cache-control", b"no-store"))
+                message["headers"] = headers
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            elapsed = time.perf_counter() - started
+            route = _route_template(self.router_app, scope)
+            method = scope.get("method", "")
+            self.metrics.requests.labels(method, route, str(status)).inc()
+            self.metrics.latency.labels(method, route).observe(elapsed)
+            client = scope.get("client")
+            access_log.info(
+                "request",
+                extra={
+                    "request_id": request_id, "method": method, "route": route,
+                    "status": status, "duration_ms": round(elapsed * 1000, 2),
+                    "client": client[0] if client else None,
+                },
+            )
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per log line; extra fields passed with ``extra=`` are included."""
+
+    _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+    converter = time.gmtime
+
+    def format(self, record: logging.LogRecord) -> str:
+        data: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        data.update({k: v for k, v in vars(record).items() if k not in self._STANDARD})
+        if record.exc_info and record.exc_info[0] is not None:
+            # The exception type only: tracebacks may quote values and paths.
+            data["exception"] = record.exc_info[0].__name__
+        return json.dumps(data, default=str)
+
+
+LOG_CONFIG: dict[str, Any] = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"json": {"()": "api.observability.JsonFormatter"}},
+    "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}},
+    "loggers": {
+        "vault": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
+        "uvicorn": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
+        "uvicorn.error": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
+        "uvicorn.access": {"handlers": [], "level": "WARNING", "propagate": False},
+    },
+}
