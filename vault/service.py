@@ -1252,6 +1252,13 @@ class Vault:
                 policy_hash=decision.policy_hash,
             ), receipt
         notes = []
+        if not decision.allowed and not decision.rules:
+            notes.append("no rule allows this for the facts above: denied by default")
+        if facts.relations == frozenset({NONE}):
+            notes.append(
+                f"{subject.agency} is not the originator and no release to {subject.agency} "
+                f"or {subject.country} is in force"
+            )
         if user.disabled:
             notes.append("the user is disabled: every request is refused at authentication")
         if action == "approve":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import io
+import logging
 import os
 import random
 from collections.abc import Callable
@@ -316,6 +317,16 @@ def test_wrong_kek_failure_is_recorded_as_error(
 # --- through the CLI and the live server --------------------------------------------------------
 
 
+@pytest.fixture
+def server_logs_off_stderr(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server runs in this process: send uvicorn's records to pytest's log capture instead
+    of the stderr the CLI's output is read from, so only the CLI's own lines are judged."""
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi"):
+        logger = logging.getLogger(name)
+        monkeypatch.setattr(logger, "handlers", [])
+        monkeypatch.setattr(logger, "propagate", True)
+
+
 @pytest.mark.parametrize("tamper", TAMPERS.values(), ids=TAMPERS.keys())
 def test_cli_download_refused_and_nothing_kept(
     tamper: Tamper,
@@ -324,6 +335,7 @@ def test_cli_download_refused_and_nothing_kept(
     cli: CliRunner,
     logged_in: LoggedIn,
     tmp_path: Path,
+    server_logs_off_stderr: None,
 ) -> None:
     package_id, file_ids, other_ids, _ = victim
     tamper(world, file_ids, other_ids)
@@ -353,6 +365,7 @@ def test_cli_download_into_new_folder_leaves_it_empty(
     cli: CliRunner,
     logged_in: LoggedIn,
     tmp_path: Path,
+    server_logs_off_stderr: None,
 ) -> None:
     package_id, file_ids, other_ids, _ = victim
     flip_later_segment(world, file_ids, other_ids)
@@ -370,6 +383,7 @@ def test_cli_force_does_not_destroy_existing_file_on_failure(
     cli: CliRunner,
     logged_in: LoggedIn,
     tmp_path: Path,
+    server_logs_off_stderr: None,
 ) -> None:
     """With --force, a failed download must still leave the old files as they were."""
     package_id, file_ids, other_ids, _ = victim
