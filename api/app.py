@@ -13,8 +13,8 @@ import anyio
 import anyio.to_thread
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Response
 from fastapi.responses import PlainTextResponse, StreamingResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
 from api import errors as api_errors
@@ -24,16 +24,16 @@ from vault.config import Settings, load_settings
 from vault.errors import AuthenticationFailed, VaultError
 from vault.schemas import (
     AuditView,
-    Explanation,
-    Receipt,
     CheckpointInfo,
     ConsistencyProof,
+    Explanation,
     InclusionProof,
     LedgerEntries,
     LedgerReport,
     LoginResult,
     PackageDetail,
     PackageList,
+    Receipt,
     ReleaseResult,
     UploadResult,
 )
@@ -205,15 +205,19 @@ def download_file(
     first = next(chunks, b"")
 
     def body() -> Iterator[bytes]:
-        with contextlib.closing(chunks):
+        try:
             yield first
             yield from chunks
+        finally:
+            chunks.close()  # closes the store's reader if the client went away
 
     name = download.file.name
     ascii_name = name.encode("ascii", "replace").decode().replace('"', "_").replace("?", "_")
     headers = {
         "Content-Length": str(download.file.size),
-        "Content-Disposition": f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(name, safe='')}",
+        "Content-Disposition": (
+            f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(name, safe='')}"
+        ),
         "X-Content-SHA256": download.file.sha256,
         "X-Vault-Handling": download.handling,
         RECEIPT: str(download.receipt),
@@ -253,7 +257,10 @@ class ReleaseRequestBody(BaseModel):
 
 @router.post("/packages/{package_id}/release-requests", status_code=201, tags=["releases"])
 def request_release(
-    package_id: str, body: ReleaseRequestBody, vault: VaultDep, principal: PrincipalDep,
+    package_id: str,
+    body: ReleaseRequestBody,
+    vault: VaultDep,
+    principal: PrincipalDep,
     response: Response,
 ) -> ReleaseResult:
     """Ask the originating agency to release the package onward (H2); a supervisor decides."""
@@ -284,7 +291,10 @@ def reject_release(
 
 @router.post("/packages/{package_id}/releases/{release_id}/revoke", tags=["releases"])
 def revoke_release(
-    package_id: str, release_id: str, vault: VaultDep, principal: PrincipalDep,
+    package_id: str,
+    release_id: str,
+    vault: VaultDep,
+    principal: PrincipalDep,
     response: Response,
 ) -> ReleaseResult:
     """Revoke a release; it stops granting access on the next request."""
@@ -403,7 +413,7 @@ def create_app(settings: Settings | None = None, *, vault: Vault | None = None) 
     app = FastAPI(
         title="BLO Vault",
         version="0.1.0",
-        description="Encrypted, access-controlled, audited exchange between Border Liaison Offices.",
+        description="Encrypted, access-controlled, audited exchange between Border Liaison Offices",
         lifespan=lifespan,
     )
     service = vault if vault is not None else Vault.open(settings or load_settings())
@@ -419,5 +429,3 @@ def create_app(settings: Settings | None = None, *, vault: Vault | None = None) 
 
     app.add_middleware(ObservabilityMiddleware, router_app=app, metrics=metrics)
     return app
-
-

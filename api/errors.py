@@ -38,11 +38,13 @@ def status_for(exc: errors.VaultError) -> int:
     """HTTP status of a vault error: the most specific class in STATUS wins."""
     for cls in type(exc).__mro__:
         if cls in STATUS:
-            return STATUS[cls]  # type: ignore[index]
+            return STATUS[cls]
     return 500
 
 
-def error_response(status: int, code: str, message: str, receipt: int | None = None) -> JSONResponse:
+def error_response(
+    status: int, code: str, message: str, receipt: int | None = None
+) -> JSONResponse:
     """The one error shape."""
     headers = {RECEIPT_HEADER: str(receipt)} if receipt is not None else {}
     if status == 401:

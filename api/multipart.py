@@ -113,7 +113,7 @@ class MultipartUpload:
                 continue
             try:
                 self._parser.write(chunk)
-            except Exception:  # python-multipart raises several types for malformed input
+            except Exception:  # noqa: BLE001 - python-multipart raises several types here
                 raise InvalidInput("malformed multipart body") from None
         return self._events.popleft()
 

@@ -41,12 +41,16 @@ class Metrics:
     def __init__(self, vault: Vault) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
-            "vault_http_requests_total", "HTTP requests", ["method", "route", "status"],
+            "vault_http_requests_total",
+            "HTTP requests",
+            ["method", "route", "status"],
             registry=self.registry,
         )
         self.latency = Histogram(
-            "vault_http_request_seconds", "HTTP request latency (to the last byte sent)",
-            ["method", "route"], registry=self.registry,
+            "vault_http_request_seconds",
+            "HTTP request latency (to the last byte sent)",
+            ["method", "route"],
+            registry=self.registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )
         self.registry.register(_VaultCollector(vault))
@@ -61,15 +65,22 @@ class _VaultCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         stats = self._vault.stats()
         decisions = GaugeMetricFamily(
-            "vault_decisions", "Ledger entries written by this process, by decision",
+            "vault_decisions",
+            "Ledger entries written by this process, by decision",
             labels=["decision"],
         )
         for decision, count in sorted(self._vault.decision_counts().items()):
             decisions.add_metric([decision], count)
         yield decisions
-        yield GaugeMetricFamily("vault_ledger_entries", "Entries in the ledger", value=stats["ledger_entries"])
-        yield GaugeMetricFamily("vault_packages", "Packages stored (not purged)", value=stats["packages"])
-        yield GaugeMetricFamily("vault_bytes_stored", "Plaintext bytes of stored packages", value=stats["bytes"])
+        yield GaugeMetricFamily(
+            "vault_ledger_entries", "Entries in the ledger", value=stats["ledger_entries"]
+        )
+        yield GaugeMetricFamily(
+            "vault_packages", "Packages stored (not purged)", value=stats["packages"]
+        )
+        yield GaugeMetricFamily(
+            "vault_bytes_stored", "Plaintext bytes of stored packages", value=stats["bytes"]
+        )
 
 
 def _route_template(app: Any, scope: Scope) -> str:
@@ -124,8 +135,11 @@ class ObservabilityMiddleware:
             access_log.info(
                 "request",
                 extra={
-                    "request_id": request_id, "method": method, "route": route,
-                    "status": status, "duration_ms": round(elapsed * 1000, 2),
+                    "request_id": request_id,
+                    "method": method,
+                    "route": route,
+                    "status": status,
+                    "duration_ms": round(elapsed * 1000, 2),
                     "client": client[0] if client else None,
                 },
             )
@@ -135,7 +149,7 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per log line; extra fields passed with ``extra=`` are included."""
 
     _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
-    converter = time.gmtime
+    converter = time.gmtime  # type: ignore[assignment]
 
     def format(self, record: logging.LogRecord) -> str:
         data: dict[str, Any] = {
@@ -155,7 +169,13 @@ LOG_CONFIG: dict[str, Any] = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"json": {"()": "api.observability.JsonFormatter"}},
-    "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}},
+    "handlers": {
+        "stderr": {
+            "class": "logging.StreamHandler",
+            "formatter": "json",
+            "stream": "ext://sys.stderr",
+        }
+    },
     "loggers": {
         "vault": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
         "uvicorn": {"handlers": ["stderr"], "level": "INFO", "propagate": False},

@@ -56,7 +56,12 @@ class ApiClient:
     """Talks to one vault server with one bearer token."""
 
     def __init__(
-        self, server: str, token: str | None = None, *, verify: bool | str = True, timeout: float = 60.0
+        self,
+        server: str,
+        token: str | None = None,
+        *,
+        verify: bool | str = True,
+        timeout: float = 60.0,
     ) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.Client(
@@ -80,7 +85,9 @@ class ApiClient:
         try:
             response = self._http.request(method, url, **kwargs)
         except httpx.TransportError as exc:
-            raise StorageUnavailable(f"cannot reach the vault server: {type(exc).__name__}") from None
+            raise StorageUnavailable(
+                f"cannot reach the vault server: {type(exc).__name__}"
+            ) from None
         _raise_for(response)
         return response.json()
 
@@ -124,9 +131,12 @@ class ApiClient:
                 ("metadata", (None, json.dumps(metadata).encode(), "application/json"))
             ]
             for path in paths:
-                handle = stack.enter_context(open(path, "rb"))  # noqa: SIM115
+                handle = stack.enter_context(open(path, "rb"))
                 parts.append(
-                    ("file", (path.name, _CountingReader(handle, progress), "application/octet-stream"))
+                    (
+                        "file",
+                        (path.name, _CountingReader(handle, progress), "application/octet-stream"),
+                    )
                 )
             result: dict[str, Any] = self._request(
                 "POST", "/packages", files=parts, timeout=httpx.Timeout(None, connect=10.0)
@@ -165,7 +175,9 @@ class ApiClient:
                 tmp.unlink(missing_ok=True)
         return [t for _, t in targets]
 
-    def _fetch(self, package_id: str, item: dict[str, Any], dest: Path, progress: Progress | None) -> Path:
+    def _fetch(
+        self, package_id: str, item: dict[str, Any], dest: Path, progress: Progress | None
+    ) -> Path:
         fd, name = tempfile.mkstemp(dir=dest, prefix=".blovault-", suffix=".part")
         tmp = Path(name)
         try:
@@ -190,16 +202,22 @@ class ApiClient:
 
     def _stream(self, url: str) -> Iterator[bytes]:
         try:
-            with self._http.stream("GET", url, timeout=httpx.Timeout(60.0, connect=10.0)) as response:
+            with self._http.stream(
+                "GET", url, timeout=httpx.Timeout(60.0, connect=10.0)
+            ) as response:
                 if not response.is_success:
                     response.read()
                     _raise_for(response)
                 yield from response.iter_bytes(_CHUNK)
         except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
             # The server aborts the stream when a stored segment fails authentication.
-            raise IntegrityError(f"download was cut off ({type(exc).__name__}); nothing kept") from None
+            raise IntegrityError(
+                f"download was cut off ({type(exc).__name__}); nothing kept"
+            ) from None
         except httpx.TransportError as exc:
-            raise StorageUnavailable(f"cannot reach the vault server: {type(exc).__name__}") from None
+            raise StorageUnavailable(
+                f"cannot reach the vault server: {type(exc).__name__}"
+            ) from None
 
 
 def _segment(value: str) -> str:

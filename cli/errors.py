@@ -18,8 +18,8 @@ EXIT_CODES: dict[type[errors.VaultError], int] = {
 }
 
 # The API's error codes, for turning an HTTP error reply back into the same exception.
-BY_CODE: dict[str, type[errors.VaultError]] = {
-    cls.code: cls for cls in (errors.VaultError, *EXIT_CODES)
+BY_CODE: dict[str, type[errors.VaultError]] = {cls.code: cls for cls in EXIT_CODES} | {
+    errors.VaultError.code: errors.VaultError
 }
 
 
@@ -27,5 +27,5 @@ def exit_code_for(exc: errors.VaultError) -> int:
     """Exit code of a vault error: the most specific class in EXIT_CODES wins; 1 otherwise."""
     for cls in type(exc).__mro__:
         if cls in EXIT_CODES:
-            return EXIT_CODES[cls]  # type: ignore[index]
+            return EXIT_CODES[cls]
     return 1

@@ -36,17 +36,26 @@ from vault.service import Vault, local_operator
 
 app = typer.Typer(
     name="blovault",
-    help="BLO Vault: encrypted, access-controlled, audited exchange between Border Liaison Offices.",
+    help="BLO Vault: encrypted, access-controlled, audited exchange between BLOs.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-admin_app = typer.Typer(help="Bootstrap and manage countries, agencies and users (on this server).", no_args_is_help=True)
-package_app = typer.Typer(help="Upload, list, show, download and release packages.", no_args_is_help=True)
-ledger_app = typer.Typer(help="Verify and inspect the access ledger (compliance).", no_args_is_help=True)
+admin_app = typer.Typer(
+    help="Bootstrap and manage countries, agencies and users (on this server).",
+    no_args_is_help=True,
+)
+package_app = typer.Typer(
+    help="Upload, list, show, download and release packages.", no_args_is_help=True
+)
+ledger_app = typer.Typer(
+    help="Verify and inspect the access ledger (compliance).", no_args_is_help=True
+)
 app.add_typer(admin_app, name="admin")
 app.add_typer(package_app, name="package")
-authz_app = typer.Typer(help="Ask why an access is allowed or denied (auditors, admins).", no_args_is_help=True)
+authz_app = typer.Typer(
+    help="Ask why an access is allowed or denied (auditors, admins).", no_args_is_help=True
+)
 app.add_typer(ledger_app, name="ledger")
 app.add_typer(authz_app, name="authz")
 
@@ -113,7 +122,9 @@ def serve(
     workers: Annotated[int, typer.Option(help="Worker processes.")] = 1,
     tls_cert: Annotated[Path | None, typer.Option(help="TLS certificate (PEM).")] = None,
     tls_key: Annotated[Path | None, typer.Option(help="TLS private key (PEM).")] = None,
-    forwarded_allow_ips: Annotated[str, typer.Option(help="Proxies trusted for X-Forwarded-For.")] = "127.0.0.1",
+    forwarded_allow_ips: Annotated[
+        str, typer.Option(help="Proxies trusted for X-Forwarded-For.")
+    ] = "127.0.0.1",
 ) -> None:
     """Run the API server (embedded defaults unless VAULT_* settings say otherwise)."""
     import uvicorn
@@ -146,14 +157,20 @@ def serve(
 def login(
     server: Annotated[str, typer.Option(help="Vault server URL, e.g. https://vault.example:8443")],
     username: Annotated[str, typer.Option(help="Your username.")],
-    password_stdin: Annotated[bool, typer.Option("--password-stdin", help="Read the password from stdin.")] = False,
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from stdin.")
+    ] = False,
 ) -> None:
     """Log in and keep the token in the config directory (mode 0600)."""
     password = _read_password(password_stdin)
     with ApiClient(server) as client:
         result = client.login(username, password)
-    path = stored.save(stored.StoredSession(server=server, username=username, token=result["access_token"]))
-    err.print(f"logged in as {username}; token kept in {path} (expires in {result['expires_in']} s)")
+    path = stored.save(
+        stored.StoredSession(server=server, username=username, token=result["access_token"])
+    )
+    err.print(
+        f"logged in as {username}; token kept in {path} (expires in {result['expires_in']} s)"
+    )
 
 
 # --- admin ----------------------------------------------------------------------------------
@@ -163,12 +180,19 @@ def login(
 def admin_init() -> None:
     """Create the database schema, data folder and (in development) keys."""
     with _local_vault() as vault:
-        err.print(f"vault initialised: database {vault.engine.url.render_as_string(hide_password=True)}")
+        err.print(
+            f"vault initialised: database {vault.engine.url.render_as_string(hide_password=True)}"
+        )
 
 
 @admin_app.command("migrate")
 def admin_migrate(
-    grant_app_role: Annotated[str | None, typer.Option(help="PostgreSQL: role the service runs as; gets SELECT/INSERT only on ledger tables.")] = None,
+    grant_app_role: Annotated[
+        str | None,
+        typer.Option(
+            help="PostgreSQL: role the service runs as; gets SELECT/INSERT only on ledger tables."
+        ),
+    ] = None,
 ) -> None:
     """Upgrade the database schema to this version (run as the schema owner)."""
     from vault.db import grant_app_role as grant
@@ -182,12 +206,17 @@ def admin_migrate(
             grant(engine, grant_app_role)
     finally:
         engine.dispose()
-    err.print(f"schema at revision {revision}" + (f"; role {grant_app_role} granted" if grant_app_role else ""))
+    err.print(
+        f"schema at revision {revision}"
+        + (f"; role {grant_app_role} granted" if grant_app_role else "")
+    )
 
 
 @admin_app.command("gen-keys")
 def gen_keys(
-    out_dir: Annotated[Path, typer.Option("--out-dir", help="Folder for the key files (created 0700).")],
+    out_dir: Annotated[
+        Path, typer.Option("--out-dir", help="Folder for the key files (created 0700).")
+    ],
 ) -> None:
     """Generate production key files: KEK, token signing key, ledger log key (mode 0600)."""
     from vault.keys import generate_key_files
@@ -224,15 +253,23 @@ def add_user(
     username: Annotated[str, typer.Argument(help="Login name (a-z, 0-9, '.', '_', '-').")],
     agency: Annotated[str, typer.Option(help="Agency code.")],
     role: Annotated[Role, typer.Option(help="Role.")],
-    clearance: Annotated[Classification, typer.Option(help="Highest classification the user may read.")] = Classification.UNCLASSIFIED,
-    password_stdin: Annotated[bool, typer.Option("--password-stdin", help="Read the password from stdin.")] = False,
+    clearance: Annotated[
+        Classification, typer.Option(help="Highest classification the user may read.")
+    ] = Classification.UNCLASSIFIED,
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from stdin.")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Add a user (password prompted twice, or read from stdin)."""
     password = _read_password(password_stdin, confirm=True)
     with _local_vault() as vault:
         user = vault.add_user(
-            local_operator(), username=username, agency=agency, role=role, password=password,
+            local_operator(),
+            username=username,
+            agency=agency,
+            role=role,
+            password=password,
             clearance=clearance,
         )
     if as_json:
@@ -246,12 +283,16 @@ def set_user(
     username: str,
     role: Annotated[Role | None, typer.Option(help="New role.")] = None,
     clearance: Annotated[Classification | None, typer.Option(help="New clearance.")] = None,
-    disable: Annotated[bool | None, typer.Option("--disable/--enable", help="Disable or re-enable the account.")] = None,
+    disable: Annotated[
+        bool | None, typer.Option("--disable/--enable", help="Disable or re-enable the account.")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Change a user's role or clearance, or disable them; effective on their next request."""
     with _local_vault() as vault:
-        user = vault.set_user(local_operator(), username, role=role, clearance=clearance, disabled=disable)
+        user = vault.set_user(
+            local_operator(), username, role=role, clearance=clearance, disabled=disable
+        )
     if as_json:
         _print_json(user.model_dump(mode="json"))
     else:
@@ -261,7 +302,7 @@ def set_user(
 
 @admin_app.command("rotate-kek")
 def rotate_kek() -> None:
-    """Re-wrap every data key under the current KEK (VAULT_KEK_FILE); old KEKs in VAULT_KEK_OLD_FILES."""
+    """Re-wrap every data key under VAULT_KEK_FILE; older KEKs come from VAULT_KEK_OLD_FILES."""
     with _local_vault() as vault:
         count = vault.rotate_kek(local_operator())
         current = vault.keys.keyring.current.id
@@ -282,7 +323,12 @@ def purge(
 
 
 @admin_app.command("add-rule")
-def add_rule(line: Annotated[str, typer.Argument(help="p, role, relation, clearance, handling, acknowledged, action, effect")]) -> None:
+def add_rule(
+    line: Annotated[
+        str,
+        typer.Argument(help="p, role, relation, clearance, handling, acknowledged, action, effect"),
+    ],
+) -> None:
     """Add a Casbin rule on top of policies/policy.csv (recorded with the new policy hash)."""
     with _local_vault() as vault:
         digest = vault.change_rule(local_operator(), line, add=True)
@@ -320,7 +366,9 @@ def _parse_time(value: str | None, what: str) -> datetime | None:
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
-        raise InvalidInput(f"{what}: use ISO 8601 with a zone, e.g. 2026-12-01T00:00:00+05:00") from None
+        raise InvalidInput(
+            f"{what}: use ISO 8601 with a zone, e.g. 2026-12-01T00:00:00+05:00"
+        ) from None
     if moment.tzinfo is None:
         raise InvalidInput(f"{what}: the time must carry a zone, e.g. +05:00 or Z")
     return moment
@@ -328,18 +376,26 @@ def _parse_time(value: str | None, what: str) -> datetime | None:
 
 @package_app.command("upload")
 def package_upload(
-    paths: Annotated[list[Path], typer.Argument(help="Files to upload.", exists=True, dir_okay=False, readable=True)],
+    paths: Annotated[
+        list[Path],
+        typer.Argument(help="Files to upload.", exists=True, dir_okay=False, readable=True),
+    ],
     title: Annotated[str, typer.Option(help="Package title (stored encrypted).")],
     description: Annotated[str, typer.Option(help="Description (stored encrypted).")] = "",
-    classification: Annotated[Classification, typer.Option(help="Classification.")] = Classification.UNCLASSIFIED,
+    classification: Annotated[
+        Classification, typer.Option(help="Classification.")
+    ] = Classification.UNCLASSIFIED,
     handling: Annotated[Handling, typer.Option(help="Handling code.")] = Handling.H0,
     handling_note: Annotated[str, typer.Option(help="H3 restrictions, in words.")] = "",
     as_json: JsonOpt = False,
 ) -> None:
     """Upload files as one package."""
     metadata = {
-        "title": title, "description": description, "classification": classification.value,
-        "handling": handling.value, "handling_note": handling_note,
+        "title": title,
+        "description": description,
+        "classification": classification.value,
+        "handling": handling.value,
+        "handling_note": handling_note,
     }
     total = sum(p.stat().st_size for p in paths)
     with _client() as client, _progress(total, "uploading") as advance:
@@ -347,7 +403,9 @@ def package_upload(
     if as_json:
         _print_json({"id": result["package"]["id"], **result})
     else:
-        out.print(f"uploaded package [bold]{result['package']['id']}[/] (ledger #{result['receipt']})")
+        out.print(
+            f"uploaded package [bold]{result['package']['id']}[/] (ledger #{result['receipt']})"
+        )
 
 
 @package_app.command("list")
@@ -364,8 +422,16 @@ def package_list(
         return
     table = Table("id", "title", "from", "class.", "handling", "files", "size", "created")
     for p in result["items"]:
-        table.add_row(p["id"], p["title"], p["agency"], p["classification"], p["handling"],
-                      str(p["file_count"]), str(p["size"]), p["created_at"][:19])
+        table.add_row(
+            p["id"],
+            p["title"],
+            p["agency"],
+            p["classification"],
+            p["handling"],
+            str(p["file_count"]),
+            str(p["size"]),
+            p["created_at"][:19],
+        )
     out.print(table)
 
 
@@ -378,7 +444,10 @@ def package_show(package_id: str, as_json: JsonOpt = False) -> None:
         _print_json(detail)
         return
     out.print(f"[bold]{detail['title']}[/]  ({detail['id']})")
-    out.print(f"from {detail['agency']} ({detail['country']}), {detail['classification']}, {detail['handling']}")
+    out.print(
+        f"from {detail['agency']} ({detail['country']}), "
+        f"{detail['classification']}, {detail['handling']}"
+    )
     if HANDLING_NOTICE.get(detail["handling"]):
         out.print(f"[bold yellow]{HANDLING_NOTICE[detail['handling']]}[/]")
     if detail["handling_note"]:
@@ -392,8 +461,14 @@ def package_show(package_id: str, as_json: JsonOpt = False) -> None:
     if detail["releases"]:
         rel = Table("release id", "country", "agency", "status", "not before", "expires")
         for r in detail["releases"]:
-            rel.add_row(r["id"], r["country"], r["agency"] or "(all)", r["status"],
-                        str(r["not_before"] or ""), str(r["expires_at"] or ""))
+            rel.add_row(
+                r["id"],
+                r["country"],
+                r["agency"] or "(all)",
+                r["status"],
+                str(r["not_before"] or ""),
+                str(r["expires_at"] or ""),
+            )
         out.print(rel)
 
 
@@ -412,7 +487,9 @@ def package_download(
             written = client.download(package_id, output, force=force, progress=advance)
     notice = HANDLING_NOTICE.get(detail["handling"], "")
     if as_json:
-        _print_json({"id": package_id, "handling": detail["handling"], "files": [str(p) for p in written]})
+        _print_json(
+            {"id": package_id, "handling": detail["handling"], "files": [str(p) for p in written]}
+        )
     else:
         if notice:
             err.print(f"[bold yellow]{notice}[/]")
@@ -425,7 +502,9 @@ def package_release(
     package_id: str,
     country: Annotated[str, typer.Option(help="Country code to release to.")],
     agency: Annotated[str | None, typer.Option(help="Only this agency of the country.")] = None,
-    not_before: Annotated[str | None, typer.Option(help="ISO 8601 time the release starts.")] = None,
+    not_before: Annotated[
+        str | None, typer.Option(help="ISO 8601 time the release starts.")
+    ] = None,
     expires: Annotated[str | None, typer.Option(help="ISO 8601 time the release ends.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -441,7 +520,10 @@ def package_release(
     if as_json:
         _print_json({"id": result["release"]["id"], **result})
     else:
-        out.print(f"release {result['release']['id']} ({result['release']['status']}) (ledger #{result['receipt']})")
+        out.print(
+            f"release {result['release']['id']} ({result['release']['status']}) "
+            f"(ledger #{result['receipt']})"
+        )
 
 
 def _print_release(result: dict[str, Any], as_json: bool) -> None:
@@ -449,7 +531,11 @@ def _print_release(result: dict[str, Any], as_json: bool) -> None:
     if as_json:
         _print_json({"id": release["id"], **result})
         return
-    note = " - waiting for a supervisor of the originating agency" if release["status"] == "pending" else ""
+    note = (
+        " - waiting for a supervisor of the originating agency"
+        if release["status"] == "pending"
+        else ""
+    )
     out.print(f"release {release['id']} is {release['status']}{note} (ledger #{result['receipt']})")
 
 
@@ -462,8 +548,11 @@ def package_request_release(
 ) -> None:
     """Ask the originating agency to release a package onward (H2); its supervisor decides."""
     with _client() as client:
-        result = client.call("POST", f"/packages/{package_id}/release-requests",
-                             json={"country": country, "agency": agency})
+        result = client.call(
+            "POST",
+            f"/packages/{package_id}/release-requests",
+            json={"country": country, "agency": agency},
+        )
     _print_release(result, as_json)
 
 
@@ -517,12 +606,21 @@ def package_audit(package_id: str, as_json: JsonOpt = False) -> None:
     if as_json:
         _print_json(view)
         return
-    out.print(f"{view['id']}: from {view['agency']} ({view['country']}), {view['classification']}, "
-              f"{view['handling']}, {view['file_count']} files, {view['size']} bytes")
+    out.print(
+        f"{view['id']}: from {view['agency']} ({view['country']}), {view['classification']}, "
+        f"{view['handling']}, {view['file_count']} files, {view['size']} bytes"
+    )
     table = Table("release id", "to", "status", "kind", "in force", "requested by", "decided by")
     for r in view["releases"]:
-        table.add_row(r["id"], f"{r['country']} {r['agency'] or ''}".strip(), r["status"], r["kind"],
-                      "yes" if r["in_force"] else "no", r["requested_by"], r["decided_by"] or "")
+        table.add_row(
+            r["id"],
+            f"{r['country']} {r['agency'] or ''}".strip(),
+            r["status"],
+            r["kind"],
+            "yes" if r["in_force"] else "no",
+            r["requested_by"],
+            r["decided_by"] or "",
+        )
     out.print(table)
 
 
@@ -533,9 +631,11 @@ def authz_explain(
     action: Annotated[str, typer.Option(help="Action, e.g. download, release, approve.")],
     as_json: JsonOpt = False,
 ) -> None:
-    """Say whether USER may do ACTION to PACKAGE, which rules and facts decided, and the policy version."""
+    """Say whether USER may do ACTION to PACKAGE, and which rules, facts and policy decided."""
     with _client() as client:
-        result = client.call("GET", "/authz/explain", params={"user": user, "package": package, "action": action})
+        result = client.call(
+            "GET", "/authz/explain", params={"user": user, "package": package, "action": action}
+        )
     if as_json:
         _print_json(result)
         return
@@ -560,8 +660,11 @@ def authz_explain(
 @contextmanager
 def _counter(label: str, total: int | None) -> Iterator[Any]:
     with Progress(
-        "[progress.description]{task.description}", BarColumn(),
-        "{task.completed}/{task.total} entries", console=err, transient=True,
+        "[progress.description]{task.description}",
+        BarColumn(),
+        "{task.completed}/{task.total} entries",
+        console=err,
+        transient=True,
     ) as bar:
         task = bar.add_task(label, total=total)
         yield lambda done: bar.update(task, completed=done)
@@ -573,14 +676,19 @@ def _report_verify(report: dict[str, Any], as_json: bool) -> None:
     elif report["ok"]:
         cp = report["checkpoint_size"]
         signed = f"; latest signed checkpoint covers {cp}" if cp is not None else ""
-        out.print(f"ledger intact: {report['size']} entries, root {report['root']}{signed}",
-                  soft_wrap=True)
+        out.print(
+            f"ledger intact: {report['size']} entries, root {report['root']}{signed}",
+            soft_wrap=True,
+        )
     else:
         where = report["first_bad_seq"]
         err.print(
             f"ledger NOT intact: first bad entry #{where}: {report['problem']}"
-            if where is not None else f"ledger NOT intact: {report['problem']}",
-            soft_wrap=True, markup=False, highlight=False,
+            if where is not None
+            else f"ledger NOT intact: {report['problem']}",
+            soft_wrap=True,
+            markup=False,
+            highlight=False,
         )
     if not report["ok"]:
         raise typer.Exit(1)
@@ -588,8 +696,12 @@ def _report_verify(report: dict[str, Any], as_json: bool) -> None:
 
 @ledger_app.command("verify")
 def ledger_verify(
-    export: Annotated[Path | None, typer.Option(help="Verify this export file offline (no server, no database).")] = None,
-    vkey: Annotated[str | None, typer.Option(help="The log's verifier key (required with --export).")] = None,
+    export: Annotated[
+        Path | None, typer.Option(help="Verify this export file offline (no server, no database).")
+    ] = None,
+    vkey: Annotated[
+        str | None, typer.Option(help="The log's verifier key (required with --export).")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Verify chain, Merkle tree and signed checkpoints; exit 1 naming the first bad entry."""
@@ -640,7 +752,9 @@ def ledger_export(
 
 @ledger_app.command("checkpoint")
 def ledger_checkpoint(
-    output: Annotated[Path | None, typer.Option("-o", "--output", help="Also save the signed note here.")] = None,
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="Also save the signed note here.")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Sign a checkpoint of the ledger now (or show the latest if nothing changed)."""
@@ -662,7 +776,10 @@ def ledger_prove(seq: Annotated[int, typer.Argument(min=0)], as_json: JsonOpt = 
     if as_json:
         _print_json(proof.model_dump(mode="json"))
         return
-    out.print(f"entry {seq} is included in the tree of {proof.tree_size} entries (root {proof.root})", soft_wrap=True)
+    out.print(
+        f"entry {seq} is included in the tree of {proof.tree_size} entries (root {proof.root})",
+        soft_wrap=True,
+    )
     for h in proof.hashes:
         out.print(f"  {h}", soft_wrap=True)
 
@@ -682,7 +799,11 @@ def ledger_consistency(
     if as_json:
         _print_json(proof.model_dump(mode="json"))
     else:
-        out.print(f"consistent: the ledger of {proof.new_size} entries extends the saved checkpoint of {proof.old_size}", soft_wrap=True)
+        out.print(
+            f"consistent: the ledger of {proof.new_size} entries extends "
+            f"the saved checkpoint of {proof.old_size}",
+            soft_wrap=True,
+        )
 
 
 @ledger_app.command("show")
@@ -699,9 +820,25 @@ def ledger_show(
 ) -> None:
     """Search the ledger: who did what to which package, allowed or refused."""
     start, stop = _parse_time(since, "--since"), _parse_time(until, "--until")
-    wanted = {"actor_user": actor, "actor_agency": agency, "actor_country": country,
-              "package": package, "action": action, "decision": decision}
-    table = Table("seq", "time (UTC)", "actor", "agency", "action", "package", "decision", "reason", "handling")
+    wanted = {
+        "actor_user": actor,
+        "actor_agency": agency,
+        "actor_country": country,
+        "package": package,
+        "action": action,
+        "decision": decision,
+    }
+    table = Table(
+        "seq",
+        "time (UTC)",
+        "actor",
+        "agency",
+        "action",
+        "package",
+        "decision",
+        "reason",
+        "handling",
+    )
     with _local_vault() as vault:
         for entry in vault.ledger_show(local_operator()):
             if any(v is not None and getattr(entry, k) != v for k, v in wanted.items()):
@@ -709,11 +846,21 @@ def ledger_show(
             if (start and entry.time < start) or (stop and entry.time >= stop):
                 continue
             if as_json:
-                sys.stdout.write(json.dumps({**entry.__dict__, "time": entry.time.isoformat()}) + "\n")
+                sys.stdout.write(
+                    json.dumps({**entry.__dict__, "time": entry.time.isoformat()}) + "\n"
+                )
             else:
-                table.add_row(str(entry.seq), entry.time.strftime("%Y-%m-%d %H:%M:%S"), entry.actor_user,
-                              entry.actor_agency, entry.action, entry.package[:12], entry.decision,
-                              entry.reason, entry.handling)
+                table.add_row(
+                    str(entry.seq),
+                    entry.time.strftime("%Y-%m-%d %H:%M:%S"),
+                    entry.actor_user,
+                    entry.actor_agency,
+                    entry.action,
+                    entry.package[:12],
+                    entry.decision,
+                    entry.reason,
+                    entry.handling,
+                )
     if not as_json:
         out.print(table)
 
@@ -722,7 +869,7 @@ def ledger_show(
 
 
 def run(argv: list[str]) -> int:
-    """Run the command line with ``argv``; return the exit code (errors as one line, never a traceback)."""
+    """Run the command line with ``argv`` and return the exit code; errors are one line."""
     try:
         result = app(args=argv, prog_name="blovault", standalone_mode=False)
     except click.exceptions.Exit as exc:

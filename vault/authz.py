@@ -32,8 +32,19 @@ RELATIONS = (ORIGINATOR, RELEASED_AGENCY, RELEASED_COUNTRY, SAME_COUNTRY, NONE)
 
 ROLES = ("officer", "supervisor", "auditor", "admin")
 ACTIONS = (
-    "upload", "list", "read", "download", "release", "revoke", "approve", "request-release",
-    "acknowledge", "audit", "explain", "ledger", "manage",
+    "upload",
+    "list",
+    "read",
+    "download",
+    "release",
+    "revoke",
+    "approve",
+    "request-release",
+    "acknowledge",
+    "audit",
+    "explain",
+    "ledger",
+    "manage",
 )
 HANDLINGS = ("H0", "H1", "H2", "H3")
 _RULE_FIELDS = 7  # role, rel, clr, hnd, ack, act, eft
@@ -82,7 +93,9 @@ def parse_rule(line: str) -> tuple[str, ...]:
         raise InvalidInput("a rule is one CSV line") from None
     fields = [f.strip() for f in fields]
     if len(fields) != 1 + _RULE_FIELDS or fields[0] != "p":
-        raise InvalidInput("a rule is: p, role, relation, clearance, handling, acknowledged, action, effect")
+        raise InvalidInput(
+            "a rule is: p, role, relation, clearance, handling, acknowledged, action, effect"
+        )
     _, role, rel, clr, hnd, ack, act, eft = fields
     checks = [
         (role, ("*", *ROLES), "role"),
@@ -165,7 +178,14 @@ class Authorizer:
                 for cls in classifications
                 for hnd in HANDLINGS
                 if self.ask(
-                    (role, relation, "cleared" if cls in cleared_for else "uncleared", hnd, "no", action)
+                    (
+                        role,
+                        relation,
+                        "cleared" if cls in cleared_for else "uncleared",
+                        hnd,
+                        "no",
+                        action,
+                    )
                 )[0]
             ]
             if pairs:

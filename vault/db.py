@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import os
 import re
-from pathlib import Path
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from alembic import command
@@ -207,6 +207,4 @@ def grant_app_role(engine: Engine, role: str) -> None:
                 conn.exec_driver_sql(f'REVOKE ALL ON "{table}" FROM {role}')
                 conn.exec_driver_sql(f'GRANT SELECT ON "{table}" TO {role}')
             else:
-                conn.exec_driver_sql(
-                    f'GRANT SELECT, INSERT, UPDATE, DELETE ON "{table}" TO {role}'
-                )
+                conn.exec_driver_sql(f'GRANT SELECT, INSERT, UPDATE, DELETE ON "{table}" TO {role}')

@@ -146,7 +146,7 @@ class Receipt(_Out):
 
 
 class AuditView(_Out):
-    """What an auditor sees of a package: who, when, how sensitive, to whom; no titles or content."""
+    """An auditor's view of a package: who, when, how sensitive, to whom; no titles or content."""
 
     id: str
     agency: str

@@ -17,7 +17,7 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, TextIO
@@ -59,17 +59,17 @@ from vault.ledger import merkle, note
 from vault.ledger.entry import Entry, decode
 from vault.ledger.log import Actor
 from vault.models import (
+    Acknowledgement,
     Agency,
     Classification,
     Country,
     Handling,
     LedgerEntry,
-    Acknowledgement,
     Package,
     PackageFile,
     PolicyRule,
-    ReleaseKind,
     Release,
+    ReleaseKind,
     ReleaseStatus,
     Role,
     User,
@@ -78,12 +78,12 @@ from vault.models import (
 from vault.passwords import Passwords
 from vault.schemas import (
     AuditView,
-    Explanation,
     CheckpointInfo,
     ConsistencyProof,
+    Explanation,
+    FileInfo,
     InclusionProof,
     LedgerEntries,
-    FileInfo,
     LedgerReport,
     LoginResult,
     NewPackage,
@@ -161,7 +161,7 @@ class Download:
     package_id: str
     handling: str
     receipt: int
-    chunks: Iterator[bytes] = field(repr=False)
+    chunks: Generator[bytes, None, None] = field(repr=False)
 
 
 def _file_identity(package_id: str, file_id: str) -> bytes:
@@ -247,7 +247,9 @@ class Vault:
         with session_scope(self.engine) as session:
             rules = _load_rules(session)
         if rules != tuple(sorted(self._authz.extra_rules)):
-            self._authz = Authorizer(policy_dir=self.settings.resolved_policy_dir, extra_rules=rules)
+            self._authz = Authorizer(
+                policy_dir=self.settings.resolved_policy_dir, extra_rules=rules
+            )
 
     def close(self) -> None:
         """Release database connections."""
@@ -257,13 +259,11 @@ class Vault:
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[Session]:
-        """One database transaction. Refusals raised inside it are recorded after rollback."""
+        """One database transaction; refusals raised inside it are recorded after rollback."""
         depth = getattr(self._local, "depth", 0)
         if depth == 0:
-            try:
+            with contextlib.suppress(OperationalError):  # the transaction below reports it
                 self._refresh_policy()
-            except OperationalError:
-                pass  # the transaction below reports the outage
         self._local.depth = depth + 1
         try:
             with session_scope(self.engine) as session:
@@ -275,7 +275,8 @@ class Vault:
             pending = self._pending_refusals.pop(id(exc), None)
             if pending is not None and depth == 0:
                 self._local.depth = 0
-                exc.receipt = self._record(*pending[0], **pending[1])
+                actor, action, decision, reason = pending[0]
+                exc.receipt = self._record(actor, action, decision, reason, **pending[1])
             elif pending is not None:
                 self._pending_refusals[id(exc)] = pending
             raise
@@ -303,7 +304,11 @@ class Vault:
                     col(Package.purged_at).is_(None)
                 )
             ).one()
-            return {"ledger_entries": ledger.size(session), "packages": int(packages), "bytes": int(size)}
+            return {
+                "ledger_entries": ledger.size(session),
+                "packages": int(packages),
+                "bytes": int(size),
+            }
 
     def _record(self, actor: Actor, action: str, decision: str, reason: str, **target: str) -> int:
         """Append one entry in its own transaction (refusals and failures)."""
@@ -321,11 +326,10 @@ class Vault:
         about to roll back, and on SQLite a second writer would wait on it. ``_tx`` writes it
         once the rollback is done.
         """
-        args = ((actor, action, DENY, reason), target)
         if getattr(self._local, "depth", 0):
-            self._pending_refusals[id(exc)] = args
+            self._pending_refusals[id(exc)] = ((actor, action, DENY, reason), target)
         else:
-            exc.receipt = self._record(*args[0], **args[1])
+            exc.receipt = self._record(actor, action, DENY, reason, **target)
         return exc
 
     def _require_global(self, principal: Principal, action: str, **target: str) -> None:
@@ -347,26 +351,14 @@ class Vault:
                 **target,
             )
 
-    def _relations(self, session: Session, principal: Principal, package: Package) -> frozenset[str]:
+    def _relations(
+        self, session: Session, principal: Principal, package: Package
+    ) -> frozenset[str]:
         """Which relations hold between caller and package, from indexed lookups."""
         relations = {NONE}
         if package.agency_code == principal.agency:
             relations.add(ORIGINATOR)
-        now = utcnow()
-        active = self._active_release_clause(now)
-        hits = session.exec(
-            select(Release.agency_code).where(
-                Release.package_id == package.id,
-                active,
-                or_(
-                    Release.agency_code == principal.agency,
-                    and_(
-                        Release.country_code == principal.country,
-                        col(Release.agency_code).is_(None),
-                    ),
-                ),
-            )
-        ).all()
+        hits = [agency for _, agency in self._grants_in_force(session, principal, package.id)]
         for agency in hits:
             relations.add(RELEASED_COUNTRY if agency is None else RELEASED_AGENCY)
         if ORIGINATOR not in relations:
@@ -377,10 +369,29 @@ class Vault:
                 relations.add(SAME_COUNTRY)
         return frozenset(relations)
 
+    def _grants_in_force(
+        self, session: Session, principal: Principal, package_id: str
+    ) -> list[tuple[str, str | None]]:
+        """Releases of the package in force for the caller: ``(release id, agency or None)``."""
+        rows = session.exec(
+            select(Release.id, Release.agency_code).where(
+                col(Release.package_id) == package_id,
+                self._active_release_clause(utcnow()),
+                or_(
+                    col(Release.agency_code) == principal.agency,
+                    and_(
+                        col(Release.country_code) == principal.country,
+                        col(Release.agency_code).is_(None),
+                    ),
+                ),
+            )
+        ).all()
+        return [(rid, agency) for rid, agency in rows]
+
     @staticmethod
     def _active_release_clause(now: datetime) -> Any:
         return and_(
-            Release.status == ReleaseStatus.ACTIVE,
+            col(Release.status) == ReleaseStatus.ACTIVE,
             or_(col(Release.not_before).is_(None), col(Release.not_before) <= now),
             or_(col(Release.expires_at).is_(None), col(Release.expires_at) > now),
         )
@@ -413,21 +424,25 @@ class Vault:
         package = session.get(Package, package_id)
         if package is None or package.purged_at is not None:
             raise self._refuse(
-                NotFound("package not found"), principal.actor, action, "not_found",
+                NotFound("package not found"),
+                principal.actor,
+                action,
+                "not_found",
                 package=package_id,
             )
         facts = self._facts(session, principal, package, action)
         if self.authz.allows(facts):
             return package, facts
         authz = self.authz
-        may_see = any(
-            authz.allows(replace(facts, action=seen)) for seen in ("read", "audit")
-        )
-        reason, exc = "policy_denied", None
+        may_see = any(authz.allows(replace(facts, action=seen)) for seen in ("read", "audit"))
+        reason = "policy_denied"
+        exc: VaultError
         if not may_see:
             exc = NotFound("package not found")
-        elif facts.handling == "H3" and not facts.acknowledged and authz.allows(
-            replace(facts, acknowledged=True)
+        elif (
+            facts.handling == "H3"
+            and not facts.acknowledged
+            and authz.allows(replace(facts, acknowledged=True))
         ):
             reason = "h3_not_acknowledged"
             exc = AccessDenied(
@@ -441,13 +456,16 @@ class Vault:
                 "agency instead (blovault package request-release)"
             )
         elif not facts.cleared:
-            reason, exc = "clearance_below_classification", AccessDenied(
-                "your clearance is below this package's classification"
-            )
+            reason = "clearance_below_classification"
+            exc = AccessDenied("your clearance is below this package's classification")
         else:
             exc = AccessDenied(f"you may not {action} this package")
         raise self._refuse(
-            exc, principal.actor, action, reason, package=package_id,
+            exc,
+            principal.actor,
+            action,
+            reason,
+            package=package_id,
             handling=package.handling.value,
         )
 
@@ -557,8 +575,13 @@ class Vault:
             country = agency_row.country_code
         self._create(principal, user, subject=f"user:{username}")
         return UserInfo(
-            id=user.id, username=username, agency=agency, country=country, role=role,
-            clearance=clearance, disabled=False,
+            id=user.id,
+            username=username,
+            agency=agency,
+            country=country,
+            role=role,
+            clearance=clearance,
+            disabled=False,
         )
 
     def set_user(
@@ -592,13 +615,22 @@ class Vault:
             session.add(user)
             session.flush()
             self._append(
-                session, actor=principal.actor, action="manage", decision=ALLOW,
-                reason="changed", subject=f"user:{username} " + " ".join(changes),
+                session,
+                actor=principal.actor,
+                action="manage",
+                decision=ALLOW,
+                reason="changed",
+                subject=f"user:{username} " + " ".join(changes),
             )
             info = self._principal(session, user)
         return UserInfo(
-            id=user.id, username=username, agency=info.agency, country=info.country,
-            role=user.role, clearance=user.clearance, disabled=user.disabled,
+            id=user.id,
+            username=username,
+            agency=info.agency,
+            country=info.country,
+            role=user.role,
+            clearance=user.clearance,
+            disabled=user.disabled,
         )
 
     def rules(self, principal: Principal) -> list[str]:
@@ -616,11 +648,19 @@ class Vault:
             if add == (rule in current):
                 raise Conflict("that rule is already in force" if add else "no such rule")
             if add:
-                session.add(PolicyRule(id=new_id(), rule=canonical, created_by=principal.username,
-                                       created_at=utcnow()))
+                session.add(
+                    PolicyRule(
+                        id=new_id(),
+                        rule=canonical,
+                        created_by=principal.username,
+                        created_at=utcnow(),
+                    )
+                )
                 current.add(rule)
             else:
-                existing = session.exec(select(PolicyRule).where(PolicyRule.rule == canonical)).one()
+                existing = session.exec(
+                    select(PolicyRule).where(PolicyRule.rule == canonical)
+                ).one()
                 session.delete(existing)
                 current.discard(rule)
             session.flush()
@@ -628,8 +668,12 @@ class Vault:
                 policy_dir=self.settings.resolved_policy_dir, extra_rules=tuple(sorted(current))
             )
             ledger.append(
-                session, actor=principal.actor, action="manage", decision=ALLOW,
-                reason="rule added" if add else "rule removed", subject=f"rule:{canonical}",
+                session,
+                actor=principal.actor,
+                action="manage",
+                decision=ALLOW,
+                reason="rule added" if add else "rule removed",
+                subject=f"rule:{canonical}",
                 policy=authz.policy_hash,
             )
         self._authz = authz
@@ -644,20 +688,24 @@ class Vault:
         keyring = self.keys.keyring
         current = keyring.current.id
         done = 0
-        for table, identity in (
-            (Package, lambda row: _package_identity(row.id)),
-            (PackageFile, lambda row: _file_identity(row.package_id, row.id)),
-        ):
+        for table in (Package, PackageFile):
             while True:
                 with self._tx() as session:
-                    rows = session.exec(
+                    rows: Sequence[Package | PackageFile] = session.exec(  # type: ignore[assignment]
                         select(table)
-                        .where(col(table.kek_id) != current, func.length(col(table.wrapped_key)) > 0)
+                        .where(col(table.kek_id) != current)
+                        .where(func.length(col(table.wrapped_key)) > 0)
                         .limit(batch)
                     ).all()
                     for row in rows:
-                        context = identity(row)
-                        fresh = keyring.rewrap(crypto.WrappedKey(row.kek_id, row.wrapped_key), context=context)
+                        context = (
+                            _package_identity(row.id)
+                            if isinstance(row, Package)
+                            else _file_identity(row.package_id, row.id)
+                        )
+                        fresh = keyring.rewrap(
+                            crypto.WrappedKey(row.kek_id, row.wrapped_key), context=context
+                        )
                         row.kek_id, row.wrapped_key = fresh.kek_id, fresh.blob
                         session.add(row)
                     done += len(rows)
@@ -665,8 +713,12 @@ class Vault:
                     break
         with self._tx() as session:
             self._append(
-                session, actor=principal.actor, action="manage", decision=ALLOW,
-                reason="kek rotated", subject=f"kek:{current} rewrapped:{done}",
+                session,
+                actor=principal.actor,
+                action="manage",
+                decision=ALLOW,
+                reason="kek rotated",
+                subject=f"kek:{current} rewrapped:{done}",
             )
         self._compact_database()
         return done
@@ -683,7 +735,9 @@ class Vault:
             package = session.get(Package, package_id)
             if package is None or package.purged_at is not None:
                 raise NotFound("package not found")
-            files = session.exec(select(PackageFile).where(PackageFile.package_id == package_id)).all()
+            files = session.exec(
+                select(PackageFile).where(PackageFile.package_id == package_id)
+            ).all()
             package.wrapped_key = b""
             package.sealed_meta = b""
             package.purged_at = utcnow()
@@ -693,8 +747,13 @@ class Vault:
                 row.sealed_meta = b""
                 session.add(row)
             receipt = self._append(
-                session, actor=principal.actor, action="purge", decision=ALLOW, reason="ok",
-                package=package_id, handling=package.handling.value,
+                session,
+                actor=principal.actor,
+                action="purge",
+                decision=ALLOW,
+                reason="ok",
+                package=package_id,
+                handling=package.handling.value,
             )
         for row in files:
             with contextlib.suppress(StorageUnavailable):
@@ -722,8 +781,12 @@ class Vault:
                 session.add(row)
                 session.flush()
                 return self._append(
-                    session, actor=principal.actor, action="manage", decision=ALLOW,
-                    reason="created", subject=subject,
+                    session,
+                    actor=principal.actor,
+                    action="manage",
+                    decision=ALLOW,
+                    reason="created",
+                    subject=subject,
                 )
         except DBIntegrityError:
             raise Conflict(f"{subject} already exists") from None
@@ -776,12 +839,18 @@ class Vault:
                 )
                 rows.append(
                     PackageFile(
-                        id=file_id, package_id=package_id, position=position,
-                        size=reader.plaintext_size, kek_id=wrapped.kek_id,
-                        wrapped_key=wrapped.blob, sealed_meta=sealed,
+                        id=file_id,
+                        package_id=package_id,
+                        position=position,
+                        size=reader.plaintext_size,
+                        kek_id=wrapped.kek_id,
+                        wrapped_key=wrapped.blob,
+                        sealed_meta=sealed,
                     )
                 )
-                infos.append(FileInfo(id=file_id, name=name, size=reader.plaintext_size, sha256=digest))
+                infos.append(
+                    FileInfo(id=file_id, name=name, size=reader.plaintext_size, sha256=digest)
+                )
                 total += reader.plaintext_size
             if not rows:
                 raise InvalidInput("a package needs at least one file")
@@ -803,10 +872,17 @@ class Vault:
             )
             created = utcnow()
             package = Package(
-                id=package_id, agency_code=principal.agency, creator_id=principal.user_id,
-                created_at=created, size=total, file_count=len(rows),
-                classification=meta.classification, handling=meta.handling,
-                kek_id=wrapped_pkg.kek_id, wrapped_key=wrapped_pkg.blob, sealed_meta=sealed_meta,
+                id=package_id,
+                agency_code=principal.agency,
+                creator_id=principal.user_id,
+                created_at=created,
+                size=total,
+                file_count=len(rows),
+                classification=meta.classification,
+                handling=meta.handling,
+                kek_id=wrapped_pkg.kek_id,
+                wrapped_key=wrapped_pkg.blob,
+                sealed_meta=sealed_meta,
             )
             with self._tx() as session:
                 session.add(package)
@@ -814,7 +890,12 @@ class Vault:
                 session.add_all(rows)
                 session.flush()
                 receipt = self._append(
-                    session, actor=principal.actor, action="upload", decision=ALLOW, reason="ok", package=package_id,
+                    session,
+                    actor=principal.actor,
+                    action="upload",
+                    decision=ALLOW,
+                    reason="ok",
+                    package=package_id,
                     handling=meta.handling.value,
                 )
         except BaseException as exc:
@@ -829,15 +910,28 @@ class Vault:
                         exc.receipt = exc_receipt
             raise
         detail = PackageDetail(
-            id=package_id, title=meta.title, classification=meta.classification,
-            handling=meta.handling, agency=principal.agency, country=principal.country,
-            created_at=created, size=total, file_count=len(rows), description=meta.description,
-            handling_note=meta.handling_note, fields=meta.fields, digest=digest,
-            creator=principal.username, files=infos, releases=[],
+            id=package_id,
+            title=meta.title,
+            classification=meta.classification,
+            handling=meta.handling,
+            agency=principal.agency,
+            country=principal.country,
+            created_at=created,
+            size=total,
+            file_count=len(rows),
+            description=meta.description,
+            handling_note=meta.handling_note,
+            fields=meta.fields,
+            digest=digest,
+            creator=principal.username,
+            files=infos,
+            releases=[],
         )
         return UploadResult(package=detail, receipt=receipt)
 
-    def list_packages(self, principal: Principal, *, limit: int = 50, offset: int = 0) -> PackageList:
+    def list_packages(
+        self, principal: Principal, *, limit: int = 50, offset: int = 0
+    ) -> PackageList:
         """One page of the packages the caller may read, newest first."""
         if not 1 <= limit <= MAX_PAGE or offset < 0:
             raise InvalidInput(f"limit must be 1-{MAX_PAGE} and offset >= 0")
@@ -853,7 +947,12 @@ class Vault:
             )
             found = session.exec(query).all()
             receipt = self._append(
-                session, actor=principal.actor, action="list", decision=ALLOW, reason="ok", subject=f"count:{len(found)}",
+                session,
+                actor=principal.actor,
+                action="list",
+                decision=ALLOW,
+                reason="ok",
+                subject=f"count:{len(found)}",
             )
         items = [self._summary(package, country) for package, country in found]
         return PackageList(items=items, limit=limit, offset=offset, receipt=receipt)
@@ -869,18 +968,20 @@ class Vault:
         )
         now = utcnow()
         active = self._active_release_clause(now)
-        relation_sql = {
-            ORIGINATOR: Package.agency_code == principal.agency,
+        relation_sql: dict[str, Any] = {
+            ORIGINATOR: col(Package.agency_code) == principal.agency,
             RELEASED_AGENCY: exists().where(
-                Release.package_id == Package.id, Release.agency_code == principal.agency, active
+                col(Release.package_id) == col(Package.id),
+                col(Release.agency_code) == principal.agency,
+                active,
             ),
             RELEASED_COUNTRY: exists().where(
-                Release.package_id == Package.id,
-                Release.country_code == principal.country,
+                col(Release.package_id) == col(Package.id),
+                col(Release.country_code) == principal.country,
                 col(Release.agency_code).is_(None),
                 active,
             ),
-            SAME_COUNTRY: Agency.country_code == principal.country,
+            SAME_COUNTRY: col(Agency.country_code) == principal.country,
             NONE: None,
         }
         clauses = []
@@ -890,7 +991,7 @@ class Vault:
                 by_class.setdefault(cls, []).append(hnd)
             class_sql = or_(
                 *(
-                    and_(Package.classification == cls, col(Package.handling).in_(hnds))
+                    and_(col(Package.classification) == cls, col(Package.handling).in_(hnds))
                     for cls, hnds in by_class.items()
                 )
             )
@@ -903,16 +1004,24 @@ class Vault:
         key = self.keys.keyring.unwrap(
             crypto.WrappedKey(package.kek_id, package.wrapped_key), context=identity
         )
-        meta: dict[str, Any] = json.loads(crypto.open_bytes(key, package.sealed_meta, context=identity))
+        meta: dict[str, Any] = json.loads(
+            crypto.open_bytes(key, package.sealed_meta, context=identity)
+        )
         meta["_key"] = key
         return meta
 
     def _summary(self, package: Package, country: str) -> PackageSummary:
         meta = self._open_meta(package)
         return PackageSummary(
-            id=package.id, title=meta["title"], classification=package.classification,
-            handling=package.handling, agency=package.agency_code, country=country,
-            created_at=package.created_at, size=package.size, file_count=package.file_count,
+            id=package.id,
+            title=meta["title"],
+            classification=package.classification,
+            handling=package.handling,
+            agency=package.agency_code,
+            country=country,
+            created_at=package.created_at,
+            size=package.size,
+            file_count=package.file_count,
         )
 
     def _file_info(self, package_key: bytes, row: PackageFile) -> FileInfo:
@@ -928,28 +1037,47 @@ class Vault:
         with self._tx() as session:
             package, facts = self._load_package_for(session, principal, package_id, "read")
             files = session.exec(
-                select(PackageFile).where(PackageFile.package_id == package.id)
+                select(PackageFile)
+                .where(PackageFile.package_id == package.id)
                 .order_by(col(PackageFile.position))
             ).all()
             releases = (
-                session.exec(select(Release).where(Release.package_id == package.id)
-                             .order_by(col(Release.created_at))).all()
-                if ORIGINATOR in facts.relations else []
+                session.exec(
+                    select(Release)
+                    .where(Release.package_id == package.id)
+                    .order_by(col(Release.created_at))
+                ).all()
+                if ORIGINATOR in facts.relations
+                else []
             )
             country = session.exec(
                 select(Agency.country_code).where(Agency.code == package.agency_code)
             ).one()
             creator = session.get(User, package.creator_id)
             receipt = self._append(
-                session, actor=principal.actor, action="read", decision=ALLOW, reason="ok", package=package.id, handling=package.handling.value,
+                session,
+                actor=principal.actor,
+                action="read",
+                decision=ALLOW,
+                reason="ok",
+                package=package.id,
+                handling=package.handling.value,
             )
         meta = self._open_meta(package)
         detail = PackageDetail(
-            id=package.id, title=meta["title"], classification=package.classification,
-            handling=package.handling, agency=package.agency_code, country=country,
-            created_at=package.created_at, size=package.size, file_count=package.file_count,
-            description=meta["description"], handling_note=meta["handling_note"],
-            fields=meta["fields"], digest=meta["digest"],
+            id=package.id,
+            title=meta["title"],
+            classification=package.classification,
+            handling=package.handling,
+            agency=package.agency_code,
+            country=country,
+            created_at=package.created_at,
+            size=package.size,
+            file_count=package.file_count,
+            description=meta["description"],
+            handling_note=meta["handling_note"],
+            fields=meta["fields"],
+            digest=meta["digest"],
             creator=creator.username if creator else "",
             files=[self._file_info(meta["_key"], row) for row in files],
             releases=[_release_info(r) for r in releases],
@@ -969,7 +1097,13 @@ class Vault:
             if row is None or row.package_id != package.id:
                 raise NotFound("file not found")
             receipt = self._append(
-                session, actor=principal.actor, action="download", decision=ALLOW, reason="ok", package=package.id, file=file_id,
+                session,
+                actor=principal.actor,
+                action="download",
+                decision=ALLOW,
+                reason="ok",
+                package=package.id,
+                file=file_id,
                 handling=package.handling.value,
             )
         meta = self._open_meta(package)
@@ -979,7 +1113,7 @@ class Vault:
             crypto.WrappedKey(row.kek_id, row.wrapped_key), context=identity
         )
 
-        def chunks() -> Iterator[bytes]:
+        def chunks() -> Generator[bytes, None, None]:
             digest = hashlib.sha256()
             size = 0
             try:
@@ -988,20 +1122,30 @@ class Vault:
                         digest.update(plain)
                         size += len(plain)
                         yield plain
-                if size != info.size or not crypto.constant_time_equal(digest.hexdigest(), info.sha256):
+                if size != info.size or not crypto.constant_time_equal(
+                    digest.hexdigest(), info.sha256
+                ):
                     raise IntegrityError("downloaded content does not match its recorded digest")
             except (IntegrityError, StorageUnavailable, NotFound) as exc:
                 with contextlib.suppress(VaultError, OperationalError):
                     self._record(
-                        principal.actor, "download", ERROR, exc.code, package=package.id,
-                        file=row.id, handling=package.handling.value,
+                        principal.actor,
+                        "download",
+                        ERROR,
+                        exc.code,
+                        package=package.id,
+                        file=row.id,
+                        handling=package.handling.value,
                     )
                 if isinstance(exc, NotFound):
                     raise IntegrityError("stored object is missing") from None
                 raise
 
         return Download(
-            file=info, package_id=package.id, handling=package.handling.value, receipt=receipt,
+            file=info,
+            package_id=package.id,
+            handling=package.handling.value,
+            receipt=receipt,
             chunks=chunks(),
         )
 
@@ -1055,10 +1199,15 @@ class Vault:
             country, agency = self._check_target(session, country, agency)
             pending = self._needs_second_person(session, package, country)
             release = Release(
-                id=new_id(), package_id=package.id, country_code=country, agency_code=agency,
+                id=new_id(),
+                package_id=package.id,
+                country_code=country,
+                agency_code=agency,
                 status=ReleaseStatus.PENDING if pending else ReleaseStatus.ACTIVE,
                 kind=ReleaseKind.FOUR_EYES if pending else ReleaseKind.DIRECT,
-                not_before=not_before, expires_at=expires_at, requested_by=principal.user_id,
+                not_before=not_before,
+                expires_at=expires_at,
+                requested_by=principal.user_id,
                 created_at=utcnow(),
                 decided_by=None if pending else principal.user_id,
                 decided_at=None if pending else utcnow(),
@@ -1069,20 +1218,30 @@ class Vault:
     def request_release(
         self, principal: Principal, package_id: str, *, country: str, agency: str | None = None
     ) -> ReleaseResult:
-        """A recipient asks the originating agency to release further (H2); pending until decided."""
+        """Recipient asks the originating agency to release further (H2); pending until decided."""
         with self._tx() as session:
             package, _ = self._load_package_for(session, principal, package_id, "request-release")
             country, agency = self._check_target(session, country, agency)
             release = Release(
-                id=new_id(), package_id=package.id, country_code=country, agency_code=agency,
-                status=ReleaseStatus.PENDING, kind=ReleaseKind.ONWARD_REQUEST,
-                requested_by=principal.user_id, created_at=utcnow(),
+                id=new_id(),
+                package_id=package.id,
+                country_code=country,
+                agency_code=agency,
+                status=ReleaseStatus.PENDING,
+                kind=ReleaseKind.ONWARD_REQUEST,
+                requested_by=principal.user_id,
+                created_at=utcnow(),
             )
             receipt = self._store_release(session, principal, package, release, "request-release")
         return ReleaseResult(release=_release_info(release), receipt=receipt)
 
     def _store_release(
-        self, session: Session, principal: Principal, package: Package, release: Release, action: str
+        self,
+        session: Session,
+        principal: Principal,
+        package: Package,
+        release: Release,
+        action: str,
     ) -> int:
         session.add(release)
         session.flush()
@@ -1090,20 +1249,33 @@ class Vault:
             f" agency:{release.agency_code}" if release.agency_code else ""
         )
         return self._append(
-            session, actor=principal.actor, action=action, decision=ALLOW,
-            reason=f"status:{release.status.value}", package=package.id, release=release.id,
-            subject=target, handling=package.handling.value,
+            session,
+            actor=principal.actor,
+            action=action,
+            decision=ALLOW,
+            reason=f"status:{release.status.value}",
+            package=package.id,
+            release=release.id,
+            subject=target,
+            handling=package.handling.value,
         )
 
     def _load_release_for(
-        self, session: Session, principal: Principal, release_id: str, action: str,
+        self,
+        session: Session,
+        principal: Principal,
+        release_id: str,
+        action: str,
         package_id: str | None = None,
     ) -> tuple[Release, Package]:
         check_id(release_id, "release id")
         release = session.get(Release, release_id)
         if release is None or (package_id is not None and release.package_id != package_id):
             raise self._refuse(
-                NotFound("release not found"), principal.actor, action, "not_found",
+                NotFound("release not found"),
+                principal.actor,
+                action,
+                "not_found",
                 release=release_id,
             )
         try:
@@ -1112,7 +1284,9 @@ class Vault:
             raise NotFound("release not found") from None
         return release, package
 
-    def decide_release(self, principal: Principal, release_id: str, *, approve: bool) -> ReleaseResult:
+    def decide_release(
+        self, principal: Principal, release_id: str, *, approve: bool
+    ) -> ReleaseResult:
         """A supervisor of the originating agency approves or rejects a pending release.
 
         Four-eyes: the person who asked for the release can never be the one who approves it.
@@ -1124,9 +1298,15 @@ class Vault:
                 raise Conflict(f"release is {release.status.value}, not pending")
             if release.requested_by == principal.user_id:
                 raise self._refuse(
-                    AccessDenied("four-eyes: a release must be decided by someone other than its requester"),
-                    principal.actor, action, "four_eyes_same_person", package=package.id,
-                    release=release.id, handling=package.handling.value,
+                    AccessDenied(
+                        "four-eyes: a release must be decided by someone other than its requester"
+                    ),
+                    principal.actor,
+                    action,
+                    "four_eyes_same_person",
+                    package=package.id,
+                    release=release.id,
+                    handling=package.handling.value,
                 )
             release.status = ReleaseStatus.ACTIVE if approve else ReleaseStatus.REJECTED
             release.decided_by = principal.user_id
@@ -1134,17 +1314,28 @@ class Vault:
             session.add(release)
             session.flush()
             receipt = self._append(
-                session, actor=principal.actor, action=action, decision=ALLOW,
-                reason="approved" if approve else "rejected", package=package.id,
-                release=release.id, handling=package.handling.value,
+                session,
+                actor=principal.actor,
+                action=action,
+                decision=ALLOW,
+                reason="approved" if approve else "rejected",
+                package=package.id,
+                release=release.id,
+                handling=package.handling.value,
             )
         return ReleaseResult(release=_release_info(release), receipt=receipt)
 
-    def revoke_release(self, principal: Principal, package_id: str, release_id: str) -> ReleaseResult:
+    def revoke_release(
+        self, principal: Principal, package_id: str, release_id: str
+    ) -> ReleaseResult:
         """Withdraw a release; it stops granting access on the very next request."""
         with self._tx() as session:
             release, package = self._load_release_for(
-                session, principal, release_id, "revoke", package_id=check_id(package_id, "package id")
+                session,
+                principal,
+                release_id,
+                "revoke",
+                package_id=check_id(package_id, "package id"),
             )
             if release.status in (ReleaseStatus.REVOKED, ReleaseStatus.REJECTED):
                 raise Conflict(f"release is already {release.status.value}")
@@ -1154,8 +1345,14 @@ class Vault:
             session.add(release)
             session.flush()
             receipt = self._append(
-                session, actor=principal.actor, action="revoke", decision=ALLOW, reason="ok",
-                package=package.id, release=release.id, handling=package.handling.value,
+                session,
+                actor=principal.actor,
+                action="revoke",
+                decision=ALLOW,
+                reason="ok",
+                package=package.id,
+                release=release.id,
+                handling=package.handling.value,
             )
         return ReleaseResult(release=_release_info(release), receipt=receipt)
 
@@ -1167,12 +1364,18 @@ class Vault:
                 raise InvalidInput("only H3 packages carry restrictions to acknowledge")
             if not facts.acknowledged:
                 session.add(
-                    Acknowledgement(package_id=package.id, user_id=principal.user_id, created_at=utcnow())
+                    Acknowledgement(
+                        package_id=package.id, user_id=principal.user_id, created_at=utcnow()
+                    )
                 )
                 session.flush()
             return self._append(
-                session, actor=principal.actor, action="acknowledge", decision=ALLOW,
-                reason="ok" if not facts.acknowledged else "already", package=package.id,
+                session,
+                actor=principal.actor,
+                action="acknowledge",
+                decision=ALLOW,
+                reason="ok" if not facts.acknowledged else "already",
+                package=package.id,
                 handling=package.handling.value,
             )
 
@@ -1181,28 +1384,44 @@ class Vault:
         with self._tx() as session:
             package, _ = self._load_package_for(session, principal, package_id, "audit")
             files = session.exec(
-                select(PackageFile.id).where(PackageFile.package_id == package.id)
+                select(PackageFile.id)
+                .where(PackageFile.package_id == package.id)
                 .order_by(col(PackageFile.position))
             ).all()
             releases = session.exec(
-                select(Release).where(Release.package_id == package.id).order_by(col(Release.created_at))
+                select(Release)
+                .where(Release.package_id == package.id)
+                .order_by(col(Release.created_at))
             ).all()
             country = session.exec(
                 select(Agency.country_code).where(Agency.code == package.agency_code)
             ).one()
             receipt = self._append(
-                session, actor=principal.actor, action="audit", decision=ALLOW, reason="ok",
-                package=package.id, handling=package.handling.value,
+                session,
+                actor=principal.actor,
+                action="audit",
+                decision=ALLOW,
+                reason="ok",
+                package=package.id,
+                handling=package.handling.value,
             )
             view = AuditView(
-                id=package.id, agency=package.agency_code, country=country,
-                classification=package.classification, handling=package.handling,
-                created_at=package.created_at, size=package.size, file_count=package.file_count,
-                file_ids=list(files), releases=[_release_info(r) for r in releases],
+                id=package.id,
+                agency=package.agency_code,
+                country=country,
+                classification=package.classification,
+                handling=package.handling,
+                created_at=package.created_at,
+                size=package.size,
+                file_count=package.file_count,
+                file_ids=list(files),
+                releases=[_release_info(r) for r in releases],
             )
         return view, receipt
 
-    def explain(self, principal: Principal, *, username: str, package_id: str, action: str) -> tuple[Explanation, int]:
+    def explain(
+        self, principal: Principal, *, username: str, package_id: str, action: str
+    ) -> tuple[Explanation, int]:
         """Allow or deny for ``username`` doing ``action`` to a package, and why.
 
         Auditors and admins get the facts, the rules that decided and the policy version;
@@ -1219,7 +1438,10 @@ class Vault:
         if not full and username != principal.username:
             raise self._refuse(
                 AccessDenied("only auditors and admins may ask about other users"),
-                principal.actor, "explain", "role_not_permitted", subject=f"user:{username}",
+                principal.actor,
+                "explain",
+                "role_not_permitted",
+                subject=f"user:{username}",
             )
         with self._tx() as session:
             if not full:
@@ -1233,22 +1455,23 @@ class Vault:
             subject = self._principal(session, user)
             facts = self._facts(session, subject, package, action)
             decision = self.authz.decide(facts)
-            grants = session.exec(
-                select(Release.id).where(
-                    Release.package_id == package.id,
-                    self._active_release_clause(utcnow()),
-                    or_(Release.agency_code == subject.agency,
-                        and_(Release.country_code == subject.country, col(Release.agency_code).is_(None))),
-                )
-            ).all()
+            grants = [rid for rid, _ in self._grants_in_force(session, subject, package.id)]
             receipt = self._append(
-                session, actor=principal.actor, action="explain", decision=ALLOW,
-                reason="allow" if decision.allowed else "deny", package=package.id,
-                subject=f"user:{username} action:{action}", handling=package.handling.value,
+                session,
+                actor=principal.actor,
+                action="explain",
+                decision=ALLOW,
+                reason="allow" if decision.allowed else "deny",
+                package=package.id,
+                subject=f"user:{username} action:{action}",
+                handling=package.handling.value,
             )
         if not full:
             return Explanation(
-                allowed=decision.allowed, user=username, package=package_id, action=action,
+                allowed=decision.allowed,
+                user=username,
+                package=package_id,
+                action=action,
                 policy_hash=decision.policy_hash,
             ), receipt
         notes = []
@@ -1264,16 +1487,27 @@ class Vault:
         if action == "approve":
             notes.append("four-eyes: the requester of a release can never approve it")
         return Explanation(
-            allowed=decision.allowed and not user.disabled, user=username, package=package_id,
-            action=action, policy_hash=decision.policy_hash, relation=decision.relation,
+            allowed=decision.allowed and not user.disabled,
+            user=username,
+            package=package_id,
+            action=action,
+            policy_hash=decision.policy_hash,
+            relation=decision.relation,
             facts={
-                "role": subject.role.value, "agency": subject.agency, "country": subject.country,
-                "relations": sorted(facts.relations), "clearance": subject.clearance.value,
-                "classification": package.classification.value, "cleared": facts.cleared,
-                "handling": facts.handling, "acknowledged": facts.acknowledged,
+                "role": subject.role.value,
+                "agency": subject.agency,
+                "country": subject.country,
+                "relations": sorted(facts.relations),
+                "clearance": subject.clearance.value,
+                "classification": package.classification.value,
+                "cleared": facts.cleared,
+                "handling": facts.handling,
+                "acknowledged": facts.acknowledged,
                 "originating_agency": package.agency_code,
             },
-            rules=[list(r) for r in decision.rules], grants=list(grants), notes=notes,
+            rules=[list(r) for r in decision.rules],
+            grants=list(grants),
+            notes=notes,
         ), receipt
 
     # --- ledger ---------------------------------------------------------------------------
@@ -1306,10 +1540,12 @@ class Vault:
         self._require_global(principal, "ledger", subject="verify")
         with self._tx() as session:
             result = ledger.verify_database(
-                session, origin=self.settings.ledger_origin, verifier=self.ledger_verifier,
+                session,
+                origin=self.settings.ledger_origin,
+                verifier=self.ledger_verifier,
                 progress=progress,
             )
-        return LedgerReport(**result.as_dict())
+        return LedgerReport.model_validate(result.as_dict())
 
     def checkpoint(self) -> CheckpointInfo:
         """Sign a checkpoint of the current tree (or return the latest if nothing changed)."""
@@ -1322,7 +1558,10 @@ class Vault:
     def _checkpoint_info(self, signed: str) -> CheckpointInfo:
         body = note.open_checkpoint(signed, [self.ledger_verifier], self.settings.ledger_origin)
         return CheckpointInfo(
-            origin=body.origin, size=body.size, root=_b64(body.root_hash), vkey=self.ledger_vkey,
+            origin=body.origin,
+            size=body.size,
+            root=_b64(body.root_hash),
+            vkey=self.ledger_vkey,
             note=signed,
         )
 
@@ -1358,8 +1597,13 @@ class Vault:
         except merkle.ProofError as exc:
             raise LedgerCorrupt(f"inclusion proof does not verify: {exc}", seq=seq) from None
         return InclusionProof(
-            leaf_index=seq, tree_size=info.size, entry=_b64(data), leaf_hash=_b64(leaf),
-            hashes=[_b64(h) for h in hashes], root=info.root, checkpoint=info.note,
+            leaf_index=seq,
+            tree_size=info.size,
+            entry=_b64(data),
+            leaf_hash=_b64(leaf),
+            hashes=[_b64(h) for h in hashes],
+            root=info.root,
+            checkpoint=info.note,
         )
 
     def consistency_proof(self, principal: Principal, old_checkpoint: str) -> ConsistencyProof:
@@ -1369,13 +1613,16 @@ class Vault:
                 old_checkpoint, [self.ledger_verifier], self.settings.ledger_origin
             )
         except note.NoteError as exc:
-            raise InvalidInput(f"the old checkpoint does not verify with this log's key: {exc}") from None
+            raise InvalidInput(
+                f"the old checkpoint does not verify with this log's key: {exc}"
+            ) from None
         self._ledger_read(principal, f"consistency:{old.size}")
         info = self.checkpoint()
         if old.size > info.size:
             raise LedgerCorrupt(
                 f"the ledger was rolled back: it holds {info.size} entries, the saved "
-                f"checkpoint {old.size}", seq=info.size,
+                f"checkpoint {old.size}",
+                seq=info.size,
             )
         with self._tx() as session:
             hashes = ledger.consistency_proof(session, old.size, info.size)
@@ -1385,8 +1632,12 @@ class Vault:
         except merkle.ProofError as exc:
             raise LedgerCorrupt(f"the ledger does not extend the saved checkpoint: {exc}") from None
         return ConsistencyProof(
-            old_size=old.size, new_size=info.size, old_root=_b64(old.root_hash), new_root=info.root,
-            hashes=[_b64(h) for h in hashes], checkpoint=info.note,
+            old_size=old.size,
+            new_size=info.size,
+            old_root=_b64(old.root_hash),
+            new_root=info.root,
+            hashes=[_b64(h) for h in hashes],
+            checkpoint=info.note,
         )
 
     def export_ledger(
@@ -1449,12 +1700,19 @@ def _release_info(r: Release) -> ReleaseInfo:
         and (r.expires_at is None or r.expires_at > now)
     )
     return ReleaseInfo(
-        id=r.id, package_id=r.package_id, country=r.country_code, agency=r.agency_code,
-        status=r.status, kind=r.kind, in_force=in_force, not_before=r.not_before,
-        expires_at=r.expires_at, created_at=r.created_at, requested_by=r.requested_by,
+        id=r.id,
+        package_id=r.package_id,
+        country=r.country_code,
+        agency=r.agency_code,
+        status=r.status,
+        kind=r.kind,
+        in_force=in_force,
+        not_before=r.not_before,
+        expires_at=r.expires_at,
+        created_at=r.created_at,
+        requested_by=r.requested_by,
         decided_by=r.decided_by,
     )
-
 
 
 def _b64(raw: bytes) -> str:

@@ -90,7 +90,7 @@ class TokenService:
         key = self._public.get(str(header.get("kid", "")))
         if key is None or header.get("alg") not in ALGORITHMS:
             raise failed
-        options = {f"require_{name}": True for name in _REQUIRED}
+        options: dict[str, bool | int] = {f"require_{name}": True for name in _REQUIRED}
         options |= {"verify_exp": True, "verify_nbf": True, "verify_iat": True, "leeway": 5}
         try:
             claims: dict[str, Any] = jwt.decode(
@@ -106,4 +106,6 @@ class TokenService:
         sub, iat, exp = claims.get("sub"), claims.get("iat"), claims.get("exp")
         if not isinstance(sub, str) or not isinstance(iat, int) or not isinstance(exp, int):
             raise failed
-        return TokenClaims(subject=sub, issued_at=iat, expires_at=exp, token_id=str(claims.get("jti", "")))
+        return TokenClaims(
+            subject=sub, issued_at=iat, expires_at=exp, token_id=str(claims.get("jti", ""))
+        )

@@ -2,6 +2,10 @@
 
 Content is generated deterministically into temp files and streamed up; downloads are
 streamed and compared by SHA-256, so no test holds a large file in memory twice.
+
+To stay fast, most tests share one seeded vault and server per module (each test makes its
+own packages and only asserts about them); the refusal tests that must see an untouched store
+share a second one in which nothing is ever stored; the listing test gets its own.
 """
 
 from __future__ import annotations
@@ -21,10 +25,20 @@ import httpx
 import pytest
 from sqlmodel import Session, col, func, select
 
-from tests.conftest import PASSWORD, World
+from tests.conftest import (
+    FAST_ARGON2,
+    ON_POSTGRES,
+    PASSWORD,
+    World,
+    postgres_schema_url,
+    running_server,
+    seed,
+)
+from vault.config import load_settings
 from vault.crypto import SEGMENT_SIZE
 from vault.ledger.entry import Entry, decode
 from vault.models import LedgerEntry, Package, PackageFile
+from vault.service import Vault
 from vault.storage.local import LocalDiskStore
 
 MiB = 1024**2
@@ -50,9 +64,46 @@ def make_file(path: Path, size: int, seed: int) -> str:
     return digest.hexdigest()
 
 
+@contextlib.contextmanager
+def served_world(base: Path) -> Iterator[tuple[World, str]]:
+    """A seeded vault on ``base`` (PostgreSQL when the suite runs on it) and its live server."""
+    with contextlib.ExitStack() as stack:
+        url = stack.enter_context(postgres_schema_url()) if ON_POSTGRES else None
+        settings = load_settings(data_dir=base / "vault-data", database_url=url, **FAST_ARGON2)
+        vault = Vault.open(settings)
+        stack.callback(vault.close)
+        world = World(vault=vault, settings=settings, users=seed(vault))
+        yield world, stack.enter_context(running_server(vault))
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[World, str]]:
+    with served_world(tmp_path_factory.mktemp("shared")) as served:
+        yield served
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[World, str]]:
+    """A vault in which nothing is ever stored (only refused requests are sent to it)."""
+    with served_world(tmp_path_factory.mktemp("pristine")) as served:
+        yield served
+
+
 @pytest.fixture
-def client(live_server: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=live_server, timeout=TIMEOUT) as c:
+def world(shared: tuple[World, str]) -> World:
+    """The module's shared world (overrides the per-test one of conftest)."""
+    return shared[0]
+
+
+@pytest.fixture
+def client(shared: tuple[World, str]) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=shared[1], timeout=TIMEOUT) as c:
+        yield c
+
+
+@pytest.fixture
+def pristine_client(pristine: tuple[World, str]) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=pristine[1], timeout=TIMEOUT) as c:
         yield c
 
 
@@ -267,9 +318,12 @@ def test_filenames_are_stored_in_nfc(world: World, client: httpx.Client, tmp_pat
 # --- who sees what ------------------------------------------------------------------------------
 
 
-def test_listing_shows_only_readable_packages(
-    world: World, client: httpx.Client, tmp_path: Path
-) -> None:
+def test_listing_shows_only_readable_packages(tmp_path: Path) -> None:
+    with served_world(tmp_path) as (_, url), httpx.Client(base_url=url, timeout=TIMEOUT) as client:
+        check_listing(client, tmp_path)
+
+
+def check_listing(client: httpx.Client, tmp_path: Path) -> None:
     uz, kz = token(client, "uz.officer"), token(client, "kz.officer")
     private = small_package(client, uz, tmp_path, "private")
     shared = small_package(client, uz, tmp_path, "shared")
@@ -429,8 +483,10 @@ def test_invalid_ids_are_422(
 )
 @pytest.mark.parametrize("auth", [None, "Bearer not-a-token", "Basic dXo6eA=="])
 def test_missing_or_bad_token_is_401(
-    method: str, path: str, auth: str | None, world: World, client: httpx.Client
+    method: str, path: str, auth: str | None, pristine_client: httpx.Client,
+    pristine: tuple[World, str],
 ) -> None:
+    world, client = pristine[0], pristine_client
     url = path.replace("{id}", secrets.token_hex(16))
     headers = {"Authorization": auth} if auth else {}
     kwargs: dict[str, Any] = {}
@@ -497,8 +553,10 @@ BAD_FILENAMES = {
 @pytest.mark.parametrize("params", BAD_FILENAMES.values(), ids=BAD_FILENAMES.keys())
 @pytest.mark.parametrize("after_good_file", [False, True], ids=["alone", "after-good"])
 def test_bad_filenames_are_422_and_nothing_stored(
-    params: bytes, after_good_file: bool, world: World, client: httpx.Client
+    params: bytes, after_good_file: bool, pristine_client: httpx.Client,
+    pristine: tuple[World, str],
 ) -> None:
+    world, client = pristine[0], pristine_client
     uz = token(client, "uz.officer")
     parts = [(b'filename="good.txt"', b"x" * (S + 10))] if after_good_file else []
     parts.append((params, b"payload"))

@@ -47,7 +47,9 @@ def _nodes(session: Session, ids: Sequence[merkle.NodeID]) -> dict[merkle.NodeID
     """Fetch the named complete nodes in one query."""
     if not ids:
         return {}
-    wanted = or_(*(and_(LedgerNode.level == lv, LedgerNode.idx == ix) for lv, ix in set(ids)))
+    wanted = or_(
+        *(and_(col(LedgerNode.level) == lv, col(LedgerNode.idx) == ix) for lv, ix in set(ids))
+    )
     rows = session.exec(select(LedgerNode).where(wanted)).all()
     return {(r.level, r.idx): r.hash for r in rows}
 
@@ -150,7 +152,9 @@ def entry_bytes(session: Session, seq: int) -> bytes:
     return row.entry
 
 
-def iter_entries(session: Session, *, start: int = 0, stop: int | None = None, batch: int = 5000) -> Iterator[tuple[int, bytes]]:
+def iter_entries(
+    session: Session, *, start: int = 0, stop: int | None = None, batch: int = 5000
+) -> Iterator[tuple[int, bytes]]:
     """``(seq, bytes)`` in sequence order, fetched in batches."""
     next_seq = start
     while stop is None or next_seq < stop:
@@ -173,7 +177,7 @@ def _iter_rows(session: Session, batch: int = 5000) -> Iterator[Row]:
             .select_from(LedgerEntry)
             .join(
                 LedgerNode,
-                and_(LedgerNode.level == 0, LedgerNode.idx == LedgerEntry.seq),
+                and_(col(LedgerNode.level) == 0, col(LedgerNode.idx) == col(LedgerEntry.seq)),
                 isouter=True,
             )
             .where(col(LedgerEntry.seq) >= next_seq)
@@ -202,9 +206,7 @@ def latest_checkpoint(session: Session) -> LedgerCheckpoint | None:
     ).first()
 
 
-def sign_checkpoint(
-    session: Session, *, origin: str, key: Ed25519PrivateKey
-) -> LedgerCheckpoint:
+def sign_checkpoint(session: Session, *, origin: str, key: Ed25519PrivateKey) -> LedgerCheckpoint:
     """Sign the current tree, after proving it extends the last signed one.
 
     Returns the latest checkpoint unchanged when the ledger has not grown. Refuses (with
@@ -246,7 +248,9 @@ def sign_checkpoint(
 def leaf_count(session: Session) -> int:
     """Number of level-0 nodes stored."""
     return int(
-        session.exec(select(func.count()).select_from(LedgerNode).where(LedgerNode.level == 0)).one()
+        session.exec(
+            select(func.count()).select_from(LedgerNode).where(LedgerNode.level == 0)
+        ).one()
     )
 
 
@@ -262,7 +266,10 @@ def verify_database(
         checkpoints = open_checkpoints(checkpoint_notes(session), verifier, origin)
     except note.NoteError as exc:
         return VerifyResult(
-            ok=False, size=size(session), root="", checkpoint_size=None,
+            ok=False,
+            size=size(session),
+            root="",
+            checkpoint_size=None,
             problem=f"a stored checkpoint does not verify: {exc}",
         )
 

@@ -107,7 +107,9 @@ def verify_entries(
                 raise _Bad(seq, f"entry {seq} is malformed")
             if int.from_bytes(data[1:9], "big") != seq:
                 claimed = int.from_bytes(data[1:9], "big")
-                raise _Bad(seq, f"entry {seq} holds the bytes of entry {claimed} (moved or swapped)")
+                raise _Bad(
+                    seq, f"entry {seq} holds the bytes of entry {claimed} (moved or swapped)"
+                )
             leaf = sha256(b"\x00" + data).digest()
             if stored_leaf is not None and stored_leaf != leaf:
                 raise _Bad(seq, f"entry {seq} was altered: its hash does not match its Merkle leaf")
@@ -149,8 +151,12 @@ def verify_entries(
             raise _Bad(None, "the stored Merkle tree nodes do not match the entries")
     except _Bad as bad:
         return VerifyResult(
-            ok=False, size=expected, root="", checkpoint_size=cps[-1].size if cps else None,
-            first_bad_seq=bad.seq, problem=bad.problem,
+            ok=False,
+            size=expected,
+            root="",
+            checkpoint_size=cps[-1].size if cps else None,
+            first_bad_seq=bad.seq,
+            problem=bad.problem,
         )
     return VerifyResult(
         ok=True,
@@ -176,7 +182,11 @@ def verify_export(
         checkpoint = note.open_checkpoint(checkpoint_text, [verifier], origin=origin)
     except (KeyError, ValueError) as exc:
         return VerifyResult(
-            ok=False, size=0, root="", checkpoint_size=None, first_bad_seq=None,
+            ok=False,
+            size=0,
+            root="",
+            checkpoint_size=None,
+            first_bad_seq=None,
             problem=f"export or checkpoint rejected: {exc}",
         )
 
@@ -191,7 +201,10 @@ def verify_export(
     result = verify_entries(rows(), checkpoints=[checkpoint], progress=progress)
     if result.ok and result.size != checkpoint.size:
         return VerifyResult(
-            ok=False, size=result.size, root="", checkpoint_size=checkpoint.size,
+            ok=False,
+            size=result.size,
+            root="",
+            checkpoint_size=checkpoint.size,
             first_bad_seq=checkpoint.size,
             problem=f"the export holds {result.size} entries beyond the checkpoint's "
             f"{checkpoint.size}",
