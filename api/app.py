@@ -18,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
 from api import errors as api_errors
+from api.limits import BodyLimitMiddleware
 from api.multipart import MultipartUpload, boundary_of
 from api.observability import Metrics, ObservabilityMiddleware
 from vault.config import Settings, load_settings
@@ -105,9 +106,10 @@ def readyz(vault: VaultDep) -> dict[str, str]:
 
 
 @router.post("/auth/login", tags=["auth"])
-def login(body: LoginRequest, vault: VaultDep, response: Response) -> LoginResult:
-    """Exchange a username and password for a short-lived bearer token."""
-    result = vault.login(body.username, body.password)
+def login(body: LoginRequest, request: Request, vault: VaultDep, response: Response) -> LoginResult:
+    """Exchange a username and password for a short-lived bearer token (rate-limited)."""
+    client = request.client.host if request.client else ""
+    result = vault.login(body.username, body.password, client=client)
     _receipt(response, result.receipt)
     return result
 
@@ -167,6 +169,7 @@ async def upload_package(
         request.stream(),
         boundary_of(request.headers.get("content-type")),
         max_metadata_bytes=vault.settings.max_metadata_bytes,
+        timeout_seconds=vault.settings.body_timeout_seconds,
     )
 
     def run() -> UploadResult:
@@ -427,5 +430,11 @@ def create_app(settings: Settings | None = None, *, vault: Vault | None = None) 
         """Prometheus metrics of this process (requests, latencies, decisions, ledger, bytes)."""
         return PlainTextResponse(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_json_bytes=service.settings.max_json_bytes,
+        timeout_seconds=service.settings.body_timeout_seconds,
+        streamed={"/packages"},
+    )
     app.add_middleware(ObservabilityMiddleware, router_app=app, metrics=metrics)
     return app

@@ -20,9 +20,11 @@ log = logging.getLogger("vault.api")
 
 STATUS: dict[type[errors.VaultError], int] = {
     errors.TooLarge: 413,
+    errors.RequestTimeout: 408,
     errors.InvalidInput: 422,
     errors.NotFound: 404,
     errors.Conflict: 409,
+    errors.RateLimited: 429,
     errors.AuthenticationFailed: 401,
     errors.AccessDenied: 403,
     errors.LedgerCorrupt: 500,
@@ -64,7 +66,10 @@ def install(app: FastAPI) -> None:
         status = status_for(exc)
         if status >= 500:
             log.error("request failed: %s (%s)", exc.code, type(exc).__name__)
-        return error_response(status, exc.code, exc.message, exc.receipt)
+        response = error_response(status, exc.code, exc.message, exc.receipt)
+        if isinstance(exc, errors.RateLimited):
+            response.headers["Retry-After"] = str(exc.retry_after)
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -13,11 +13,12 @@ import json
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
+import anyio
 import anyio.from_thread
 from pydantic import ValidationError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from vault.errors import InvalidInput, TooLarge
+from vault.errors import InvalidInput, RequestTimeout, TooLarge
 from vault.schemas import NewPackage
 from vault.service import IncomingFile
 
@@ -44,8 +45,10 @@ class MultipartUpload:
         boundary: bytes,
         *,
         max_metadata_bytes: int,
+        timeout_seconds: float,
         pull: Callable[[Callable[[], Any]], Any] = anyio.from_thread.run,
     ) -> None:
+        self._timeout = timeout_seconds
         self._body = body
         self._pull = pull
         self._events: collections.deque[tuple[str, Any]] = collections.deque()
@@ -99,9 +102,12 @@ class MultipartUpload:
 
     async def _next_body_chunk(self) -> bytes | object:
         try:
-            return await self._body.__anext__()
+            with anyio.fail_after(self._timeout):
+                return await self._body.__anext__()
         except StopAsyncIteration:
             return _END
+        except TimeoutError:
+            raise RequestTimeout("request body too slow: nothing received in time") from None
 
     def _next_event(self) -> tuple[str, Any]:
         while not self._events:

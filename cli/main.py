@@ -322,6 +322,26 @@ def purge(
     err.print(f"package {package_id} purged (ledger #{receipt})")
 
 
+@admin_app.command("gc")
+def admin_gc(
+    grace_minutes: Annotated[
+        int, typer.Option(min=0, help="Spare objects younger than this (uploads in flight).")
+    ] = 60,
+    as_json: JsonOpt = False,
+) -> None:
+    """Remove stray objects and interrupted writes no package refers to (recorded in the ledger)."""
+    from datetime import timedelta
+
+    with _local_vault() as vault:
+        objects, temp, receipt = vault.gc(local_operator(), grace=timedelta(minutes=grace_minutes))
+    if as_json:
+        _print_json({"objects_removed": objects, "temp_files_removed": temp, "receipt": receipt})
+    else:
+        err.print(
+            f"removed {objects} stray objects and {temp} interrupted writes (ledger #{receipt})"
+        )
+
+
 @admin_app.command("add-rule")
 def add_rule(
     line: Annotated[

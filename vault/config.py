@@ -65,6 +65,18 @@ class Settings(BaseSettings):
     max_files_per_package: int = Field(default=1000, ge=1)
     max_metadata_bytes: int = Field(default=64 * 1024, ge=1024)
 
+    # Brute force: after this many failures a username (or client address) is locked out,
+    # for lockout_base_seconds doubling with every further failure, up to lockout_max_seconds.
+    login_failures_per_user: int = Field(default=5, ge=1)
+    login_failures_per_address: int = Field(default=20, ge=1)
+    lockout_base_seconds: int = Field(default=30, ge=1)
+    lockout_max_seconds: int = Field(default=3600, ge=1)
+
+    # A request body that sends nothing for this long is cut off (slow-body attacks).
+    body_timeout_seconds: float = Field(default=30.0, gt=0)
+    # JSON request bodies larger than this are refused with 413.
+    max_json_bytes: int = Field(default=64 * 1024, ge=1024)
+
     # argon2id cost; defaults follow RFC 9106's second recommended option.
     argon2_time_cost: int = Field(default=3, ge=1)
     argon2_memory_kib: int = Field(default=64 * 1024, ge=8)

@@ -32,6 +32,12 @@ class TooLarge(InvalidInput):
     code = "too_large"
 
 
+class RequestTimeout(InvalidInput):
+    """The client sent its request too slowly."""
+
+    code = "request_timeout"
+
+
 class NotFound(VaultError):
     """The item does not exist, or the caller may not learn that it exists."""
 
@@ -48,6 +54,16 @@ class AuthenticationFailed(VaultError):
     """No valid credentials or token."""
 
     code = "authentication_failed"
+
+
+class RateLimited(AuthenticationFailed):
+    """Too many failed attempts: refused without checking, until ``retry_after`` seconds pass."""
+
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class AccessDenied(VaultError):

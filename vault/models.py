@@ -195,6 +195,15 @@ class Acknowledgement(SQLModel, table=True):
     created_at: datetime = _time()
 
 
+class LoginThrottle(SQLModel, table=True):
+    """Failed logins per username and per client address, for lockout with back-off."""
+
+    key: str = Field(primary_key=True, max_length=128)
+    failures: int = 0
+    locked_until: datetime | None = _time(nullable=True)
+    last_failure: datetime | None = _time(nullable=True)
+
+
 class PolicyRule(SQLModel, table=True):
     """A Casbin rule added by an admin, on top of policies/policy.csv."""
 

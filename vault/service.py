@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, TextIO
 
 from sqlalchemy import Engine, and_, exists, false, func, or_
@@ -49,6 +49,7 @@ from vault.errors import (
     InvalidInput,
     LedgerCorrupt,
     NotFound,
+    RateLimited,
     StorageUnavailable,
     TooLarge,
     VaultError,
@@ -65,6 +66,7 @@ from vault.models import (
     Country,
     Handling,
     LedgerEntry,
+    LoginThrottle,
     Package,
     PackageFile,
     PolicyRule,
@@ -269,7 +271,7 @@ class Vault:
             with session_scope(self.engine) as session:
                 yield session
         except OperationalError as exc:
-            log.warning("database unavailable: %s", type(exc.orig).__name__)
+            log.warning("database unavailable: %s", (str(exc.orig) or "?").splitlines()[0][:200])
             raise StorageUnavailable("the database is unavailable; nothing was changed") from None
         except VaultError as exc:
             pending = self._pending_refusals.pop(id(exc), None)
@@ -471,27 +473,78 @@ class Vault:
 
     # --- identity ---------------------------------------------------------------------------
 
-    def login(self, username: str, password: str) -> LoginResult:
-        """Check a password and issue a token; wrong password and unknown user look alike."""
-        name = username if isinstance(username, str) else ""
+    def login(self, username: str, password: str, *, client: str = "") -> LoginResult:
+        """Check a password and issue a token.
+
+        Wrong password and unknown user look alike, in answer and in time (a dummy hash is
+        checked), and both count towards lockout of the username and of the client address:
+        after ``login_failures_per_*`` failures each further attempt is refused unchecked for
+        a back-off that doubles with each failure. Every refusal is in the ledger.
+        """
+        name = username[:64] if isinstance(username, str) else ""
+        keys = [f"user:{name}"] + ([f"addr:{client[:64]}"] if client else [])
+        actor = Actor(user=name)
+        now = utcnow()
         with self._tx() as session:
-            user = session.exec(select(User).where(User.username == name[:64])).first()
+            user = session.exec(select(User).where(User.username == name)).first()
+            locks = [
+                row.locked_until
+                for key in keys
+                if (row := session.get(LoginThrottle, key)) is not None
+                and row.locked_until is not None
+                and row.locked_until > now
+            ]
+        if locks:
+            wait = max(1, int((max(locks) - now).total_seconds() + 0.999))
+            raise self._refuse(
+                RateLimited(f"too many failed logins; try again in {wait} s", retry_after=wait),
+                actor,
+                "login",
+                "rate_limited",
+            )
         ok = self.passwords.verify(user.password_hash if user else None, password)
         if user is None or not ok or user.disabled:
-            raise self._refuse(
-                AuthenticationFailed("unknown user or wrong password"),
-                Actor(user=name[:64]),
-                "login",
-                "bad_credentials",
-            )
+            with self._tx() as session:
+                receipt = self._append(
+                    session, actor=actor, action="login", decision=DENY, reason="bad_credentials"
+                )
+                self._count_failure(session, keys, now)
+            raise AuthenticationFailed("unknown user or wrong password", receipt=receipt)
         with self._tx() as session:
             principal = self._principal(session, user)
-        receipt = self._record(principal.actor, "login", ALLOW, "ok")
+            receipt = self._append(
+                session, actor=principal.actor, action="login", decision=ALLOW, reason="ok"
+            )
+            for key in keys:
+                row = session.get(LoginThrottle, key)
+                if row is not None:
+                    session.delete(row)
         return LoginResult(
             access_token=self.tokens.issue(user.id),
             expires_in=self.tokens.ttl_seconds,
             receipt=receipt,
         )
+
+    def _count_failure(self, session: Session, keys: list[str], now: datetime) -> None:
+        """One more failure for each key; lock it once past its threshold (runs under the
+        ledger lock, so concurrent failures can't race on the same row)."""
+        settings = self.settings
+        for key in keys:
+            threshold = (
+                settings.login_failures_per_user
+                if key.startswith("user:")
+                else settings.login_failures_per_address
+            )
+            row = session.get(LoginThrottle, key) or LoginThrottle(key=key, failures=0)
+            row.failures += 1
+            row.last_failure = now
+            if row.failures >= threshold:
+                seconds = min(
+                    settings.lockout_max_seconds,
+                    settings.lockout_base_seconds * 2 ** min(row.failures - threshold, 20),
+                )
+                row.locked_until = now + timedelta(seconds=seconds)
+            session.add(row)
 
     @staticmethod
     def _principal(session: Session, user: User) -> Principal:
@@ -760,6 +813,51 @@ class Vault:
                 self.store.delete(row.id)  # leftovers are unreadable; `admin gc` retries
         self._compact_database()
         return receipt
+
+    def gc(
+        self, principal: Principal, *, grace: timedelta = timedelta(hours=1)
+    ) -> tuple[int, int, int]:
+        """Delete stray objects: those no live package file refers to, older than ``grace``.
+
+        Strays come from uploads cut off between storing objects and committing the package,
+        from processes killed mid-write, and from purges whose deletes failed. ``grace``
+        spares uploads still in flight. Returns (objects removed, temp files removed, receipt).
+        """
+        self._require_global(principal, "manage", subject="gc")
+        cutoff = utcnow() - grace
+        removed = 0
+        batch: list[str] = []
+
+        def flush() -> int:
+            with self._tx() as session:
+                live = set(
+                    session.exec(
+                        select(PackageFile.id)
+                        .join(Package, col(Package.id) == col(PackageFile.package_id))
+                        .where(col(PackageFile.id).in_(batch), col(Package.purged_at).is_(None))
+                    ).all()
+                )
+            count = 0
+            for key in batch:
+                if key not in live:
+                    with contextlib.suppress(NotFound):
+                        if self.store.modified(key) < cutoff:
+                            self.store.delete(key)
+                            count += 1
+            batch.clear()
+            return count
+
+        for key in self.store.keys():  # noqa: SIM118 - a store, not a dict
+            batch.append(key)
+            if len(batch) >= 500:
+                removed += flush()
+        if batch:
+            removed += flush()
+        temp = self.store.sweep_incomplete(cutoff)
+        receipt = self._record(
+            principal.actor, "gc", ALLOW, "ok", subject=f"objects:{removed} temp:{temp}"
+        )
+        return removed, temp, receipt
 
     def _compact_database(self) -> None:
         """Push destroyed key material out of the WAL (SQLite) or dead tuples (PostgreSQL)."""

@@ -61,7 +61,8 @@ def upload(cli: CliRunner, user: str, paths: list[Path], title: str = "Seizure a
     data = ok_json(cli("package", "upload", *paths, "--title", title, "--json", user=user))
     package_id: str = data["id"]
     assert package_id == data["package"]["id"]
-    assert len(package_id) == 32 and all(c in "0123456789abcdef" for c in package_id)
+    assert len(package_id) == 32
+    assert all(c in "0123456789abcdef" for c in package_id)
     assert isinstance(data["receipt"], int)
     return package_id
 
@@ -179,19 +180,38 @@ def test_download_refuses_to_overwrite_without_force(
     before = sorted(p.name for p in out_dir.iterdir())
 
     refused = cli("package", "download", package_id, "-o", out_dir, user="uz.officer")
-    assert_one_line_error(refused, 8)
+    assert refused.code == 8, refused.stderr
+    assert "Traceback" not in refused.stderr
     assert "--force" in refused.stderr
     assert local.read_bytes() == b"my local edits"
     assert sorted(p.name for p in out_dir.iterdir()) == before
 
     forced = ok_json(
-        cli("package", "download", package_id, "-o", out_dir, "--force", "--json", user="uz.officer")
+        cli(
+            "package", "download", package_id, "-o", out_dir, "--force", "--json",
+            user="uz.officer",
+        )
     )
     assert len(forced["files"]) == 2
     for name in names:
         assert sha256_of(out_dir / name) == sources[name][1]
     assert (out_dir / "unrelated.txt").read_bytes() == b"keep me"
     assert sorted(p.name for p in out_dir.iterdir()) == before
+
+
+def test_long_error_messages_stay_on_one_line(
+    cli: CliRunner, logged_in: LoggedIn, tmp_path: Path, sources: dict[str, tuple[Path, str]]
+) -> None:
+    """An error naming a long path is still one line (not wrapped at the console width)."""
+    logged_in("uz.officer")
+    package_id = upload(cli, "uz.officer", [sources["one.bin"][0]])
+    out_dir = tmp_path / ("a-rather-long-folder-name-" * 4) / "downloads"
+    out_dir.mkdir(parents=True)
+    (out_dir / "one.bin").write_bytes(b"local")
+    refused = cli("package", "download", package_id, "-o", out_dir, user="uz.officer")
+    assert len(str(out_dir / "one.bin")) > 120
+    assert_one_line_error(refused, 8)
+    assert str(out_dir / "one.bin") in refused.stderr
 
 
 def test_not_logged_in_is_one_line_error(cli: CliRunner, live_server: str) -> None:

@@ -38,10 +38,18 @@ WRITERS = 8
 _FULL = os.environ.get("VAULT_TEST_LEDGER_WRITES")
 SQLITE_WRITES = int(_FULL or 500)
 PG_THREAD_WRITES = int(_FULL or 250)
-PG_PROCESS_WRITES = int(_FULL or 400)
+PG_PROCESS_WRITES = int(_FULL or 250)
 LIST_EVERY = 25
-WRITER_USERS = ["uz.officer", "uz.border", "uz.supervisor", "kz.officer", "kz.interior",
-                "tj.officer", "uz.officer", "kz.officer"]
+WRITER_USERS = [
+    "uz.officer",
+    "uz.border",
+    "uz.supervisor",
+    "kz.officer",
+    "kz.interior",
+    "tj.officer",
+    "uz.officer",
+    "kz.officer",
+]
 
 
 def write(vault: Vault, principal: Principal, writer: int, count: int) -> list[int]:
@@ -54,8 +62,13 @@ def write(vault: Vault, principal: Principal, writer: int, count: int) -> list[i
         with session_scope(vault.engine) as session:
             receipts.append(
                 ledger.append(
-                    session, actor=principal.actor, action="list", decision="allow", reason="ok",
-                    policy=vault.authz.policy_hash, subject=f"writer:{writer}:{i}",
+                    session,
+                    actor=principal.actor,
+                    action="list",
+                    decision="allow",
+                    reason="ok",
+                    policy=vault.authz.policy_hash,
+                    subject=f"writer:{writer}:{i}",
                 )
             )
     return receipts
@@ -83,8 +96,14 @@ def run_threads(vault: Vault, principals: list[Principal], count: int) -> dict[i
     return results
 
 
-def check(vault: Vault, auditor: Principal, before: int, results: dict[int, list[int]],
-          principals: list[Principal], count: int) -> None:
+def check(
+    vault: Vault,
+    auditor: Principal,
+    before: int,
+    results: dict[int, list[int]],
+    principals: list[Principal],
+    count: int,
+) -> None:
     """No gap, no fork, every receipt true, per-writer order kept, and the ledger verifies."""
     total = before + WRITERS * count
     receipts = sorted(r for rs in results.values() for r in rs)
@@ -139,7 +158,9 @@ def test_threads_on_sqlite(world: World) -> None:
 @requires_postgres
 def test_threads_on_postgres(tmp_path: Path) -> None:
     with postgres_schema_url() as url:
-        vault = Vault.open(load_settings(data_dir=tmp_path / "pg-data", database_url=url, **FAST_ARGON2))
+        vault = Vault.open(
+            load_settings(data_dir=tmp_path / "pg-data", database_url=url, **FAST_ARGON2)
+        )
         try:
             users = seed(vault)
             principals = writers_of(users)
@@ -154,8 +175,14 @@ def test_threads_on_postgres(tmp_path: Path) -> None:
 
 
 def _process_writer(
-    data_dir: str, url: str, principal: Principal, writer: int, count: int,
-    ready: Any, go: Any, results: Any,
+    data_dir: str,
+    url: str,
+    principal: Principal,
+    writer: int,
+    count: int,
+    ready: Any,
+    go: Any,
+    results: Any,
 ) -> None:
     """One writer process: its own Vault on the shared schema, data folder and dev keys."""
     try:
@@ -185,7 +212,16 @@ def test_processes_on_postgres(tmp_path: Path) -> None:
             procs = [
                 ctx.Process(
                     target=_process_writer,
-                    args=(str(data_dir), url, principals[w], w, PG_PROCESS_WRITES, ready, go, results),
+                    args=(
+                        str(data_dir),
+                        url,
+                        principals[w],
+                        w,
+                        PG_PROCESS_WRITES,
+                        ready,
+                        go,
+                        results,
+                    ),
                     daemon=True,
                 )
                 for w in range(WRITERS)
@@ -208,7 +244,9 @@ def test_processes_on_postgres(tmp_path: Path) -> None:
                         writer, _, error = results.get()
                         errors.append((writer, error))
                     assert not errors, errors
-                print(f"postgres: {WRITERS} processes opened in {time.perf_counter() - began:.1f} s")
+                print(
+                    f"postgres: {WRITERS} processes opened in {time.perf_counter() - began:.1f} s"
+                )
                 go.set()
                 began = time.perf_counter()
                 while len(collected) + len(errors) < WRITERS:
@@ -217,8 +255,10 @@ def test_processes_on_postgres(tmp_path: Path) -> None:
                         errors.append((writer, error))
                     else:
                         collected[writer] = seqs
-                print(f"postgres {WRITERS}x{PG_PROCESS_WRITES} processes: "
-                      f"{time.perf_counter() - began:.1f} s")
+                print(
+                    f"postgres {WRITERS}x{PG_PROCESS_WRITES} processes: "
+                    f"{time.perf_counter() - began:.1f} s"
+                )
                 assert not errors, errors
             finally:
                 for p in procs:

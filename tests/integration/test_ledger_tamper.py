@@ -182,9 +182,21 @@ def rechain_from(conn: sqlite3.Connection, start: int) -> None:
 def forged(seq: int, prev: str, *, time_us: int) -> Entry:
     """A well-formed entry nobody made: an admin 'download' that never happened."""
     return Entry(
-        seq=seq, time_us=time_us, actor_user="uz.admin", actor_agency="UZ-CUSTOMS",
-        actor_country="UZ", action="download", package="0" * 32, file="1" * 32, release="",
-        subject="", decision="allow", reason="ok", handling="H0", policy="forged", prev=prev,
+        seq=seq,
+        time_us=time_us,
+        actor_user="uz.admin",
+        actor_agency="UZ-CUSTOMS",
+        actor_country="UZ",
+        action="download",
+        package="0" * 32,
+        file="1" * 32,
+        release="",
+        subject="",
+        decision="allow",
+        reason="ok",
+        handling="H0",
+        policy="forged",
+        prev=prev,
     )
 
 
@@ -220,8 +232,12 @@ def test_clean_ledger_verifies(world: World, cli: CliRunner) -> None:
     code, report = verify_cli(cli)
     assert code == 0, report
     assert report == {
-        "ok": True, "size": built.size, "root": report["root"], "checkpoint_size": built.final,
-        "first_bad_seq": None, "problem": None,
+        "ok": True,
+        "size": built.size,
+        "root": report["root"],
+        "checkpoint_size": built.final,
+        "first_bad_seq": None,
+        "problem": None,
     }
     service = world.vault.verify_ledger(world["uz.auditor"])
     assert service.ok
@@ -243,10 +259,16 @@ def test_clean_ledger_verifies(world: World, cli: CliRunner) -> None:
 @pytest.mark.parametrize("table", APPEND_ONLY)
 def test_triggers_block_update_delete_and_replace(world: World, table: str) -> None:
     build_ledger(world, total=40)
-    key = {"ledgerentry": "seq = 3", "ledgernode": "level = 0 AND idx = 3",
-           "ledgercheckpoint": "size = (SELECT MIN(size) FROM ledgercheckpoint)"}[table]
-    column = {"ledgerentry": "entry = x'00'", "ledgernode": "hash = zeroblob(32)",
-              "ledgercheckpoint": "note = 'forged'"}[table]
+    key = {
+        "ledgerentry": "seq = 3",
+        "ledgernode": "level = 0 AND idx = 3",
+        "ledgercheckpoint": "size = (SELECT MIN(size) FROM ledgercheckpoint)",
+    }[table]
+    column = {
+        "ledgerentry": "entry = x'00'",
+        "ledgernode": "hash = zeroblob(32)",
+        "ledgercheckpoint": "note = 'forged'",
+    }[table]
     with raw_db(world.settings) as conn:
         before = conn.execute(f"SELECT * FROM {table} ORDER BY 1, 2").fetchall()
         with pytest.raises(sqlite3.DatabaseError, match="append-only"):
@@ -281,8 +303,9 @@ def test_vault_connections_block_insert_or_replace(world: World) -> None:
         row = conn.execute(text("SELECT prev_hash FROM ledgerentry WHERE seq = 5")).one()
         with pytest.raises(sa_exc.DatabaseError, match="append-only"):
             conn.execute(
-                text("INSERT OR REPLACE INTO ledgerentry (seq, prev_hash, entry) "
-                     "VALUES (:s, :p, :e)"),
+                text(
+                    "INSERT OR REPLACE INTO ledgerentry (seq, prev_hash, entry) VALUES (:s, :p, :e)"
+                ),
                 {"s": 5, "p": row.prev_hash, "e": b"\x01forged"},
             )
         conn.rollback()
@@ -338,9 +361,7 @@ def test_tail_deleted_under_a_checkpoint(world: World, cli: CliRunner, with_node
         conn.execute("DELETE FROM ledgerentry WHERE seq >= ?", (new_size,))
         if with_nodes:
             # Every node that covers a deleted leaf: its last leaf is at or past new_size.
-            conn.execute(
-                "DELETE FROM ledgernode WHERE ((idx + 1) << level) > ?", (new_size,)
-            )
+            conn.execute("DELETE FROM ledgernode WHERE ((idx + 1) << level) > ?", (new_size,))
     report = assert_bad(world, cli, new_size)
     assert report["size"] == new_size
 

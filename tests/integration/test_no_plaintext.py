@@ -156,8 +156,9 @@ def test_canary_is_nowhere_at_rest_or_in_logs(
         assert HEX_ID.fullmatch(key), key
     for path in all_files(store_root):
         rel = path.relative_to(store_root).parts
-        assert len(rel) == 3 and HEX_ID.fullmatch(rel[2]), rel
-        assert rel[0] == rel[2][:2] and rel[1] == rel[2][2:4], rel
+        assert len(rel) == 3, rel
+        assert HEX_ID.fullmatch(rel[2]), rel
+        assert (rel[0], rel[1]) == (rel[2][:2], rel[2][2:4]), rel
     assert store.stray_temp_files() == []
     with Session(world.vault.engine) as session:
         assert sorted(r.id for r in session.exec(select(PackageFile)).all()) == sorted(keys)

@@ -1,26 +1,42 @@
 """Tampered stored objects: every download is refused with an integrity error, nothing partial
 is kept, and the failure is in the ledger.
 
-The objects are changed on disk under the local store (``root/ab/cd/<id>``), exactly as an
-attacker with access to the object folder could. Checked through the service (IntegrityError
-while iterating ``download(...).chunks``) and through the CLI against a live server (exit code
-6, and the output folder gains no file, not even a temp file).
+The objects are changed on disk under the local store (``root/ab/cd/<id>``), as an attacker
+with access to the object folder could. Checked through the service (IntegrityError while
+iterating ``download(...).chunks``) and through the ``blovault`` CLI against a live server
+(exit code 6, and the output folder gains no file, not even a temp file).
+
+To stay fast, the tests share one seeded vault and server per module; each test uploads its
+own victim packages and only looks at those (and at ledger entries after its start).
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import logging
 import os
 import random
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from sqlmodel import Session, col, select
 
-from tests.conftest import FAST_ARGON2, CliRunner, World
+from tests.conftest import (
+    FAST_ARGON2,
+    ON_POSTGRES,
+    PASSWORD,
+    CliResult,
+    CliRunner,
+    World,
+    postgres_schema_url,
+    running_server,
+    seed,
+)
 from vault.config import load_settings
 from vault.crypto import HEADER_SIZE, SEGMENT_SIZE, TAG_SIZE, sealed_size
 from vault.errors import IntegrityError
@@ -31,23 +47,69 @@ from vault.service import IncomingFile, Principal, Vault
 
 S = SEGMENT_SIZE
 SEALED_SEGMENT = S + TAG_SIZE
-BIG = 3 * S + 123  # four segments, the last one short
-LoggedIn = Callable[[str], None]
-Tamper = Callable[[World, list[str], list[str]], None]
+SIZE = 3 * S + 123  # four segments, the last one short
+USER = "uz.officer"
+
+
+# --- a shared world -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[World, str]]:
+    """One seeded vault (PostgreSQL when the suite runs on it) and its live server."""
+    base = tmp_path_factory.mktemp("tamper")
+    with contextlib.ExitStack() as stack:
+        url = stack.enter_context(postgres_schema_url()) if ON_POSTGRES else None
+        settings = load_settings(data_dir=base / "vault-data", database_url=url, **FAST_ARGON2)
+        vault = Vault.open(settings)
+        stack.callback(vault.close)
+        world = World(vault=vault, settings=settings, users=seed(vault))
+        yield world, stack.enter_context(running_server(vault))
+
+
+@pytest.fixture
+def world(shared: tuple[World, str]) -> World:
+    """The module's shared world (overrides the per-test one of conftest)."""
+    return shared[0]
+
+
+# --- victims and tampers ------------------------------------------------------------------------
 
 
 def content(size: int, seed: int) -> bytes:
     return random.Random(seed).randbytes(size)
 
 
-def upload(world: World, user: str, files: dict[str, bytes], title: str = "Report") -> tuple[str, list[str]]:
-    """Upload through the service; return the package id and its file ids in order."""
+@dataclass
+class Victim:
+    """A two-file package (both four segments long) and a look-alike package."""
+
+    package_id: str
+    file_ids: list[str]
+    plaintexts: list[bytes]
+    other_package_id: str
+    other_file_ids: list[str]
+
+
+def upload(world: World, files: dict[str, bytes]) -> tuple[str, list[str]]:
+    """Upload through the service as USER; return the package id and its file ids in order."""
     result = world.vault.upload(
-        world[user],
-        NewPackage(title=title),
+        world[USER],
+        NewPackage(title="Report"),
         [IncomingFile(name=name, reader=io.BytesIO(data)) for name, data in files.items()],
     )
     return result.package.id, [f.id for f in result.package.files]
+
+
+@pytest.fixture
+def victim(world: World) -> Victim:
+    seed_base = random.SystemRandom().randrange(1 << 30)
+    plaintexts = [content(SIZE, seed_base + i) for i in range(4)]
+    package_id, file_ids = upload(world, {"good.txt": plaintexts[0], "big.bin": plaintexts[1]})
+    other_id, other_ids = upload(world, {"a.txt": plaintexts[2], "b.bin": plaintexts[3]})
+    for file_id in file_ids + other_ids:
+        assert object_path(world, file_id).stat().st_size == sealed_size(SIZE)
+    return Victim(package_id, file_ids, plaintexts[:2], other_id, other_ids)
 
 
 def object_path(world: World, file_id: str) -> Path:
@@ -73,73 +135,84 @@ def flip_at(offset: int) -> Callable[[bytes], bytes]:
     return change
 
 
-def segments_of(data: bytes) -> tuple[bytes, list[bytes]]:
+def split(data: bytes) -> tuple[bytes, list[bytes]]:
     body = data[HEADER_SIZE:]
-    return data[:HEADER_SIZE], [body[i : i + SEALED_SEGMENT] for i in range(0, len(body), SEALED_SEGMENT)]
+    parts = [body[i : i + SEALED_SEGMENT] for i in range(0, len(body), SEALED_SEGMENT)]
+    return data[:HEADER_SIZE], parts
 
 
-# --- the tampers (each gets the world, the victim package's file ids, another package's) -------
+# Each tamper damages the victim's objects and returns the victim files that must now fail.
+Tamper = Callable[[World, Victim], list[str]]
 
 
-def flip_first_segment(world: World, files: list[str], _other: list[str]) -> None:
-    rewrite(world, files[-1], flip_at(HEADER_SIZE + 100))
+def flip_first_segment(world: World, v: Victim) -> list[str]:
+    rewrite(world, v.file_ids[1], flip_at(HEADER_SIZE + 100))
+    return [v.file_ids[1]]
 
 
-def flip_later_segment(world: World, files: list[str], _other: list[str]) -> None:
-    rewrite(world, files[-1], flip_at(HEADER_SIZE + 2 * SEALED_SEGMENT + 100))
+def flip_later_segment(world: World, v: Victim) -> list[str]:
+    rewrite(world, v.file_ids[1], flip_at(HEADER_SIZE + 2 * SEALED_SEGMENT + 100))
+    return [v.file_ids[1]]
 
 
-def flip_last_tag(world: World, files: list[str], _other: list[str]) -> None:
-    rewrite(world, files[-1], lambda d: d[:-1] + bytes([d[-1] ^ 1]))
+def flip_last_tag(world: World, v: Victim) -> list[str]:
+    rewrite(world, v.file_ids[1], lambda d: d[:-1] + bytes([d[-1] ^ 1]))
+    return [v.file_ids[1]]
 
 
-def flip_header(world: World, files: list[str], _other: list[str]) -> None:
-    rewrite(world, files[-1], flip_at(12))
+def flip_header(world: World, v: Victim) -> list[str]:
+    rewrite(world, v.file_ids[1], flip_at(12))
+    return [v.file_ids[1]]
 
 
-def truncate_mid_segment(world: World, files: list[str], _other: list[str]) -> None:
-    rewrite(world, files[-1], lambda d: d[: HEADER_SIZE + 2 * SEALED_SEGMENT + 500])
+def truncate_mid_segment(world: World, v: Victim) -> list[str]:
+    rewrite(world, v.file_ids[1], lambda d: d[: HEADER_SIZE + 2 * SEALED_SEGMENT + 500])
+    return [v.file_ids[1]]
 
 
-def truncate_at_segment_boundary(world: World, files: list[str], _other: list[str]) -> None:
-    rewrite(world, files[-1], lambda d: d[: HEADER_SIZE + 3 * SEALED_SEGMENT])
+def truncate_at_segment_boundary(world: World, v: Victim) -> list[str]:
+    """Drop the last segment entirely."""
+    rewrite(world, v.file_ids[1], lambda d: d[: HEADER_SIZE + 3 * SEALED_SEGMENT])
+    return [v.file_ids[1]]
 
 
-def append_garbage(world: World, files: list[str], _other: list[str]) -> None:
-    rewrite(world, files[-1], lambda d: d + b"\x00" * 32)
+def append_garbage(world: World, v: Victim) -> list[str]:
+    rewrite(world, v.file_ids[1], lambda d: d + b"\x00" * 32)
+    return [v.file_ids[1]]
 
 
-def swap_segments(world: World, files: list[str], _other: list[str]) -> None:
+def swap_segments(world: World, v: Victim) -> list[str]:
     def change(data: bytes) -> bytes:
-        header, parts = segments_of(data)
+        header, parts = split(data)
         parts[1], parts[2] = parts[2], parts[1]
         return header + b"".join(parts)
 
-    rewrite(world, files[-1], change)
+    rewrite(world, v.file_ids[1], change)
+    return [v.file_ids[1]]
 
 
-def swap_objects_between_packages(world: World, files: list[str], other: list[str]) -> None:
-    mine, theirs = object_path(world, files[-1]), object_path(world, other[-1])
-    a, b = mine.read_bytes(), theirs.read_bytes()
-    assert len(a) == len(b) and a != b
-    mine.write_bytes(b)
-    theirs.write_bytes(a)
+def swap_objects(world: World, a: str, b: str) -> None:
+    first, second = object_path(world, a), object_path(world, b)
+    data_a, data_b = first.read_bytes(), second.read_bytes()
+    assert len(data_a) == len(data_b)
+    assert data_a != data_b
+    first.write_bytes(data_b)
+    second.write_bytes(data_a)
 
 
-def swap_objects_within_package(world: World, files: list[str], _other: list[str]) -> None:
-    first, last = object_path(world, files[0]), object_path(world, files[-1])
-    a, b = first.read_bytes(), last.read_bytes()
-    first.write_bytes(b)
-    last.write_bytes(a)
+def swap_objects_between_packages(world: World, v: Victim) -> list[str]:
+    swap_objects(world, v.file_ids[1], v.other_file_ids[1])
+    return [v.file_ids[1]]
 
 
-def delete_object(world: World, files: list[str], _other: list[str]) -> None:
-    object_path(world, files[-1]).unlink()
+def swap_objects_within_package(world: World, v: Victim) -> list[str]:
+    swap_objects(world, v.file_ids[0], v.file_ids[1])
+    return list(v.file_ids)
 
 
-def reasons_for(tamper: Tamper) -> tuple[str, ...]:
-    """The ledger reason of the failure: a missing object may be recorded as not found."""
-    return ("integrity_error", "not_found") if tamper is delete_object else ("integrity_error",)
+def delete_object(world: World, v: Victim) -> list[str]:
+    object_path(world, v.file_ids[1]).unlink()
+    return [v.file_ids[1]]
 
 
 TAMPERS: dict[str, Tamper] = {
@@ -157,20 +230,7 @@ TAMPERS: dict[str, Tamper] = {
 }
 
 
-@pytest.fixture
-def victim(world: World) -> tuple[str, list[str], list[str], dict[str, bytes]]:
-    """A two-file package (a small good file, then a four-segment one) and a look-alike.
-
-    Returns the package id, its file ids, the other package's file ids, and the plaintexts.
-    """
-    files = {"good.txt": content(BIG, seed=1), "big.bin": content(BIG, seed=2)}
-    package_id, file_ids = upload(world, "uz.officer", files)
-    _, other_ids = upload(
-        world, "uz.officer", {"a.txt": content(BIG, seed=3), "b.bin": content(BIG, seed=4)}
-    )
-    for file_id in file_ids + other_ids:
-        assert object_path(world, file_id).stat().st_size == sealed_size(BIG)
-    return package_id, file_ids, other_ids, files
+# --- checks -------------------------------------------------------------------------------------
 
 
 def ledger_entries(world: World) -> list[Entry]:
@@ -180,89 +240,70 @@ def ledger_entries(world: World) -> list[Entry]:
 
 
 def assert_error_recorded(
-    world: World, user: str, package_id: str, file_id: str, after: int,
-    reasons: tuple[str, ...] = ("integrity_error",),
+    world: World, package_id: str, file_ids: list[str], after: int, *, missing: bool = False
 ) -> None:
-    """The ledger holds, after seq ``after``, an 'error' entry for this download."""
+    """After seq ``after`` the ledger holds an 'error' download entry for one of ``file_ids``."""
     errors = [
         e for e in ledger_entries(world)[after:]
-        if e.action == "download" and e.decision == "error"
+        if e.action == "download" and e.decision == "error" and e.package == package_id
     ]
     assert errors, "no error entry was recorded for the failed download"
     entry = errors[-1]
-    assert (entry.package, entry.file, entry.actor_user) == (package_id, file_id, user)
-    assert entry.reason in reasons
+    assert entry.file in file_ids
+    assert (entry.actor_user, entry.actor_agency, entry.actor_country) == (USER, "UZ-CUSTOMS", "UZ")
+    # A deleted object may be recorded by its cause (not found); everything else is integrity.
+    assert entry.reason in (("integrity_error", "not_found") if missing else ("integrity_error",))
 
 
-def drain(vault: Vault, principal: Principal, package_id: str, file_id: str) -> list[bytes]:
-    """Iterate a download to the end, keeping what came out (IntegrityError propagates)."""
-    got: list[bytes] = []
-    for chunk in vault.download(principal, package_id, file_id).chunks:
-        got.append(chunk)
-    return got
+def collect(chunks: Iterator[bytes], into: list[bytes]) -> None:
+    """Append chunks to ``into`` as they come, so what arrived before a failure is kept."""
+    for chunk in chunks:
+        into.append(chunk)
+
+
+def drain(vault: Vault, principal: Principal, package_id: str, file_id: str) -> bytes:
+    """Iterate a whole download (IntegrityError propagates)."""
+    return b"".join(vault.download(principal, package_id, file_id).chunks)
 
 
 # --- through the service ------------------------------------------------------------------------
 
 
-def test_untampered_downloads_succeed(
-    world: World, victim: tuple[str, list[str], list[str], dict[str, bytes]]
-) -> None:
-    """The baseline the tamper cases depart from."""
-    package_id, file_ids, _, files = victim
-    principal = world["uz.officer"]
-    for file_id, data in zip(file_ids, files.values(), strict=True):
-        assert b"".join(drain(world.vault, principal, package_id, file_id)) == data
+def test_untampered_downloads_succeed(world: World, victim: Victim) -> None:
+    """The baseline every tamper case departs from."""
+    for file_id, data in zip(victim.file_ids, victim.plaintexts, strict=True):
+        assert drain(world.vault, world[USER], victim.package_id, file_id) == data
 
 
 @pytest.mark.parametrize("tamper", TAMPERS.values(), ids=TAMPERS.keys())
-def test_service_download_refused(
-    tamper: Tamper, world: World, victim: tuple[str, list[str], list[str], dict[str, bytes]]
-) -> None:
-    package_id, file_ids, other_ids, files = victim
-    tamper(world, file_ids, other_ids)
-    principal = world["uz.officer"]
+def test_service_download_refused(tamper: Tamper, world: World, victim: Victim) -> None:
+    damaged = tamper(world, victim)
     seq_before = len(ledger_entries(world))
+    for file_id in damaged:
+        download = world.vault.download(world[USER], victim.package_id, file_id)
+        got: list[bytes] = []
+        with pytest.raises(IntegrityError):
+            collect(download.chunks, got)
+        # What came out before the failure was authentic, but never the whole file.
+        received = b"".join(got)
+        plaintext = victim.plaintexts[victim.file_ids.index(file_id)]
+        assert len(received) < len(plaintext)
+        assert plaintext.startswith(received)
+        assert_error_recorded(
+            world, victim.package_id, [file_id], seq_before, missing=tamper is delete_object
+        )
 
-    download = world.vault.download(principal, package_id, file_ids[-1])
-    got: list[bytes] = []
+
+def test_swapped_objects_fail_on_both_sides(world: World, victim: Victim) -> None:
+    swap_objects_between_packages(world, victim)
     with pytest.raises(IntegrityError):
-        for chunk in download.chunks:
-            got.append(chunk)
-    # Whatever came out before the failure was authentic, but never the whole file.
-    received = b"".join(got)
-    assert len(received) < BIG
-    assert files["big.bin"].startswith(received)
-    assert_error_recorded(
-        world, "uz.officer", package_id, file_ids[-1], seq_before, reasons_for(tamper)
+        drain(world.vault, world[USER], victim.package_id, victim.file_ids[1])
+    with pytest.raises(IntegrityError):
+        drain(world.vault, world[USER], victim.other_package_id, victim.other_file_ids[1])
+    # The untouched neighbours still open.
+    assert drain(world.vault, world[USER], victim.package_id, victim.file_ids[0]) == (
+        victim.plaintexts[0]
     )
-
-
-def test_service_download_refused_for_the_other_side_of_a_swap(
-    world: World, victim: tuple[str, list[str], list[str], dict[str, bytes]]
-) -> None:
-    package_id, file_ids, other_ids, _ = victim
-    swap_objects_between_packages(world, file_ids, other_ids)
-    with pytest.raises(IntegrityError):
-        drain(world.vault, world["uz.officer"], package_id, file_ids[-1])
-    other_package = world.vault.get_package(world["uz.officer"], package_id)[0]
-    assert other_package.id == package_id
-    with Session(world.vault.engine) as session:
-        from vault.models import PackageFile
-
-        row = session.get(PackageFile, other_ids[-1])
-        assert row is not None
-        other_pkg_id = row.package_id
-    with pytest.raises(IntegrityError):
-        drain(world.vault, world["uz.officer"], other_pkg_id, other_ids[-1])
-
-
-def test_tampered_file_does_not_spoil_its_neighbour(
-    world: World, victim: tuple[str, list[str], list[str], dict[str, bytes]]
-) -> None:
-    package_id, file_ids, other_ids, files = victim
-    flip_later_segment(world, file_ids, other_ids)
-    assert b"".join(drain(world.vault, world["uz.officer"], package_id, file_ids[0])) == files["good.txt"]
 
 
 def write_kek(path: Path) -> Path:
@@ -271,130 +312,146 @@ def write_kek(path: Path) -> Path:
     return path
 
 
-def test_wrong_kek_refuses_download(
-    world: World, victim: tuple[str, list[str], list[str], dict[str, bytes]], tmp_path: Path
-) -> None:
-    package_id, file_ids, _, _ = victim
+@contextlib.contextmanager
+def vault_with_other_kek(world: World, kek_dir: Path) -> Iterator[Vault]:
+    """The same database and objects, opened with a freshly generated KEK file."""
     settings = load_settings(
         data_dir=world.settings.data_dir,
         database_url=world.settings.database_url,
-        kek_file=write_kek(tmp_path / "other-kek.b64"),
+        kek_file=write_kek(kek_dir / "other-kek.b64"),
         **FAST_ARGON2,
     )
     other = Vault.open(settings)
     try:
         assert other.keys.keyring.current.id != world.vault.keys.keyring.current.id
-        with pytest.raises(IntegrityError):
-            drain(other, world["uz.officer"], package_id, file_ids[-1])
+        yield other
     finally:
         other.close()
-    # The right KEK still opens it: nothing was damaged by the failed attempt.
-    assert len(b"".join(drain(world.vault, world["uz.officer"], package_id, file_ids[-1]))) == BIG
+
+
+def test_wrong_kek_refuses_download(world: World, victim: Victim, tmp_path: Path) -> None:
+    with vault_with_other_kek(world, tmp_path) as other:
+        for file_id in victim.file_ids:
+            with pytest.raises(IntegrityError):
+                drain(other, world[USER], victim.package_id, file_id)
+    # The right KEK still opens it: nothing was damaged by the failed attempts.
+    assert drain(world.vault, world[USER], victim.package_id, victim.file_ids[1]) == (
+        victim.plaintexts[1]
+    )
 
 
 def test_wrong_kek_failure_is_recorded_as_error(
-    world: World, victim: tuple[str, list[str], list[str], dict[str, bytes]], tmp_path: Path
+    world: World, victim: Victim, tmp_path: Path
 ) -> None:
-    """A download that fails because the data key can't be unwrapped is a failed download too:
-    the ledger must not end with an 'allow' for it and no 'error'."""
-    package_id, file_ids, _, _ = victim
-    settings = load_settings(
-        data_dir=world.settings.data_dir,
-        database_url=world.settings.database_url,
-        kek_file=write_kek(tmp_path / "other-kek.b64"),
-        **FAST_ARGON2,
-    )
+    """A download that fails because its keys can't be unwrapped is a failed download too: the
+    ledger must not end with an 'allow' for it and no 'error'."""
     seq_before = len(ledger_entries(world))
-    other = Vault.open(settings)
-    try:
-        with pytest.raises(IntegrityError):
-            drain(other, world["uz.officer"], package_id, file_ids[-1])
-    finally:
-        other.close()
-    assert_error_recorded(world, "uz.officer", package_id, file_ids[-1], seq_before)
+    with vault_with_other_kek(world, tmp_path) as other, pytest.raises(IntegrityError):
+        drain(other, world[USER], victim.package_id, victim.file_ids[1])
+    assert_error_recorded(world, victim.package_id, [victim.file_ids[1]], seq_before)
 
 
 # --- through the CLI and the live server --------------------------------------------------------
 
 
 @pytest.fixture
-def server_logs_off_stderr(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The server runs in this process: send uvicorn's records to pytest's log capture instead
-    of the stderr the CLI's output is read from, so only the CLI's own lines are judged."""
+def cli(
+    shared: tuple[World, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> CliRunner:
+    """``blovault`` in-process against the shared world (as conftest's ``cli`` does for its own)."""
+    from cli.main import run
+
+    world = shared[0]
+    monkeypatch.setenv("VAULT_DATA_DIR", str(world.settings.data_dir))
+    if world.settings.database_url:
+        monkeypatch.setenv("VAULT_DATABASE_URL", world.settings.database_url)
+    for key, value in FAST_ARGON2.items():
+        monkeypatch.setenv(f"VAULT_{key.upper()}", str(value))
+    # The server runs in this process: send uvicorn's records to pytest's log capture instead
+    # of the stderr the CLI's output is read from, so only the CLI's own lines are judged.
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi"):
-        logger = logging.getLogger(name)
-        monkeypatch.setattr(logger, "handlers", [])
-        monkeypatch.setattr(logger, "propagate", True)
+        monkeypatch.setattr(logging.getLogger(name), "handlers", [])
+        monkeypatch.setattr(logging.getLogger(name), "propagate", True)
+
+    def invoke(*args: str | Path, user: str = "operator", stdin: str = "") -> CliResult:
+        monkeypatch.setenv("VAULT_CONFIG_DIR", str(tmp_path / "config" / user))
+        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+        capsys.readouterr()
+        code = run([str(a) for a in args])
+        captured = capsys.readouterr()
+        return CliResult(code=code, stdout=captured.out, stderr=captured.err)
+
+    login = invoke("login", "--server", shared[1], "--username", USER, "--password-stdin",
+                   user=USER, stdin=PASSWORD + "\n")
+    assert login.code == 0, login.stderr
+    return invoke
+
+
+def assert_integrity_exit(result: CliResult) -> None:
+    assert result.code == 6, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: "), result.stderr
 
 
 @pytest.mark.parametrize("tamper", TAMPERS.values(), ids=TAMPERS.keys())
 def test_cli_download_refused_and_nothing_kept(
-    tamper: Tamper,
-    world: World,
-    victim: tuple[str, list[str], list[str], dict[str, bytes]],
-    cli: CliRunner,
-    logged_in: LoggedIn,
-    tmp_path: Path,
-    server_logs_off_stderr: None,
+    tamper: Tamper, world: World, victim: Victim, cli: CliRunner, tmp_path: Path
 ) -> None:
-    package_id, file_ids, other_ids, _ = victim
-    tamper(world, file_ids, other_ids)
-    logged_in("uz.officer")
+    damaged = tamper(world, victim)
     out_dir = tmp_path / "downloads"
     out_dir.mkdir()
     (out_dir / "already-here.txt").write_bytes(b"untouched")
     seq_before = len(ledger_entries(world))
 
-    result = cli("package", "download", package_id, "-o", out_dir, user="uz.officer")
+    result = cli("package", "download", victim.package_id, "-o", out_dir, user=USER)
 
-    assert result.code == 6, (result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert_integrity_exit(result)
     # Not the good first file, not the bad one, no temp file: only what was there before.
     assert [p.name for p in out_dir.iterdir()] == ["already-here.txt"]
     assert (out_dir / "already-here.txt").read_bytes() == b"untouched"
     assert_error_recorded(
-        world, "uz.officer", package_id, file_ids[-1], seq_before, reasons_for(tamper)
+        world, victim.package_id, damaged, seq_before, missing=tamper is delete_object
     )
 
 
 def test_cli_download_into_new_folder_leaves_it_empty(
-    world: World,
-    victim: tuple[str, list[str], list[str], dict[str, bytes]],
-    cli: CliRunner,
-    logged_in: LoggedIn,
-    tmp_path: Path,
-    server_logs_off_stderr: None,
+    world: World, victim: Victim, cli: CliRunner, tmp_path: Path
 ) -> None:
-    package_id, file_ids, other_ids, _ = victim
-    flip_later_segment(world, file_ids, other_ids)
-    logged_in("uz.officer")
+    flip_later_segment(world, victim)
     out_dir = tmp_path / "fresh"
-    result = cli("package", "download", package_id, "-o", out_dir, "--json", user="uz.officer")
-    assert result.code == 6, result.stderr
+    result = cli("package", "download", victim.package_id, "-o", out_dir, "--json", user=USER)
+    assert_integrity_exit(result)
     assert result.stdout == ""
     assert not out_dir.exists() or list(out_dir.iterdir()) == []
 
 
-def test_cli_force_does_not_destroy_existing_file_on_failure(
-    world: World,
-    victim: tuple[str, list[str], list[str], dict[str, bytes]],
-    cli: CliRunner,
-    logged_in: LoggedIn,
-    tmp_path: Path,
-    server_logs_off_stderr: None,
+def test_cli_force_keeps_old_files_when_the_download_fails(
+    world: World, victim: Victim, cli: CliRunner, tmp_path: Path
 ) -> None:
-    """With --force, a failed download must still leave the old files as they were."""
-    package_id, file_ids, other_ids, _ = victim
-    logged_in("uz.officer")
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     (out_dir / "good.txt").write_bytes(b"old good")
     (out_dir / "big.bin").write_bytes(b"old big")
-    flip_later_segment(world, file_ids, other_ids)
-    result = cli("package", "download", package_id, "-o", out_dir, "--force", user="uz.officer")
-    assert result.code == 6, result.stderr
+    flip_later_segment(world, victim)
+    result = cli("package", "download", victim.package_id, "-o", out_dir, "--force", user=USER)
+    assert_integrity_exit(result)
     assert sorted(p.name for p in out_dir.iterdir()) == ["big.bin", "good.txt"]
     assert (out_dir / "good.txt").read_bytes() == b"old good"
     assert (out_dir / "big.bin").read_bytes() == b"old big"
+
+
+def test_cli_download_of_untampered_package_works(
+    world: World, victim: Victim, cli: CliRunner, tmp_path: Path
+) -> None:
+    """The CLI baseline: the same package, untouched, downloads whole."""
+    out_dir = tmp_path / "ok"
+    result = cli("package", "download", victim.package_id, "-o", out_dir, user=USER)
+    assert result.code == 0, result.stderr
+    assert (out_dir / "good.txt").read_bytes() == victim.plaintexts[0]
+    assert (out_dir / "big.bin").read_bytes() == victim.plaintexts[1]
+    assert sorted(p.name for p in out_dir.iterdir()) == ["big.bin", "good.txt"]

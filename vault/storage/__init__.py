@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
+from datetime import datetime
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from vault.errors import InvalidInput
@@ -60,6 +61,15 @@ class ObjectStore(Protocol):
 
     def keys(self) -> Iterator[str]:
         """Every key in the store (for garbage collection)."""
+        ...
+
+    def modified(self, key: str) -> datetime:
+        """When the object was last written (aware UTC), so garbage collection can spare
+        objects of uploads still in flight."""
+        ...
+
+    def sweep_incomplete(self, older_than: datetime) -> int:
+        """Remove leftovers of writes interrupted before ``older_than``; return how many."""
         ...
 
     def check(self) -> None:

@@ -6,6 +6,7 @@ import contextlib
 import os
 import tempfile
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -98,6 +99,23 @@ class LocalDiskStore:
     def stray_temp_files(self) -> list[Path]:
         """Temp files left by writes that were killed mid-way."""
         return sorted(self._tmp.iterdir())
+
+    def modified(self, key: str) -> datetime:
+        """Modification time of the object file."""
+        try:
+            return datetime.fromtimestamp(self._path(key).stat().st_mtime, tz=UTC)
+        except FileNotFoundError:
+            raise NotFound("object not found") from None
+
+    def sweep_incomplete(self, older_than: datetime) -> int:
+        """Delete temp files of writes that died (a killed process leaves them behind)."""
+        removed = 0
+        for path in self.stray_temp_files():
+            with contextlib.suppress(FileNotFoundError):
+                if datetime.fromtimestamp(path.stat().st_mtime, tz=UTC) < older_than:
+                    path.unlink()
+                    removed += 1
+        return removed
 
     def check(self) -> None:
         """The folder must exist and be writable."""

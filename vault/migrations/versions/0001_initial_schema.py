@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-27 22:53:32.511720
+Create Date: 2026-11-27 23:00:40.007359
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from alembic import op
 
 from vault.db import append_only_statements
 from vault.models import UTCDateTime
+
 
 revision = "0001"
 down_revision = None
@@ -49,6 +50,14 @@ def upgrade() -> None:
         sa.Column("idx", sa.Integer(), nullable=False),
         sa.Column("hash", sa.LargeBinary(length=32), nullable=False),
         sa.PrimaryKeyConstraint("level", "idx"),
+    )
+    op.create_table(
+        "loginthrottle",
+        sa.Column("key", sqlmodel.sql.sqltypes.AutoString(length=128), nullable=False),
+        sa.Column("failures", sa.Integer(), nullable=False),
+        sa.Column("locked_until", UTCDateTime(), nullable=True),
+        sa.Column("last_failure", UTCDateTime(), nullable=True),
+        sa.PrimaryKeyConstraint("key"),
     )
     op.create_table(
         "policyrule",
@@ -264,6 +273,7 @@ def downgrade() -> None:
 
     op.drop_table("agency")
     op.drop_table("policyrule")
+    op.drop_table("loginthrottle")
     op.drop_table("ledgernode")
     op.drop_table("ledgerentry")
     op.drop_table("ledgercheckpoint")

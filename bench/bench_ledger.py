@@ -1,0 +1,800 @@
+"""Ledger benchmark: durable appends, verification throughput and inclusion-proof latency.
+
+Run::
+
+    python -m bench.bench_ledger [--entries N] [--appends M] [--proofs P] [--pg URL]
+                                 [--dir PATH] [--out FILE] [--no-experiments]
+
+In one process, on throw-away databases under a temp folder (``--dir`` to choose the disk):
+
+appends (SQLite)
+    ``M`` appends, each ``with session_scope(engine): vault.ledger.log.append(...)`` on the
+    vault's own engine (``make_engine``: WAL, ``synchronous=FULL``, ``BEGIN IMMEDIATE``,
+    ``NullPool``), so each is its own committed, fsynced transaction. Baseline: the same entry
+    bytes inserted with plain ``sqlite3`` into a table of the same shape, same pragmas, one
+    ``BEGIN IMMEDIATE``/``INSERT``/``COMMIT`` each on one open connection. Reported as
+    appends/s and vault/raw ratio.
+appends (PostgreSQL, ``--pg URL``)
+    The same through ``make_engine(URL)`` in a fresh schema, vs raw psycopg
+    ``INSERT`` + ``commit()`` per entry on one connection.
+verify
+    A ledger of ``N`` entries (default 1,000,000) is bulk-built into a fresh SQLite database
+    (entry bytes generated and chained in Python, nodes from ``merkle.CompactRange.append``,
+    inserted with ``executemany``; checkpoints signed at N/2 and N with
+    ``log.sign_checkpoint``). Timed: ``verify.verify_entries`` over the N rows already in
+    memory (pure CPU), ``verify.verify_export`` on the equivalent export document, and
+    ``log.verify_database`` (reads included).
+proofs
+    ``P`` random sequence numbers, ``log.inclusion_proof(session, seq, N)`` each timed alone
+    (median, p99); each proof is then verified (not timed).
+experiments (unless ``--no-experiments``)
+    Where the append time goes: raw sqlite3 with a new connection per transaction (what
+    ``NullPool`` does), plus the node rows; ``log.append`` on an engine that keeps its
+    connection (same pragmas), with ``synchronous=NORMAL``, and with 100 appends per commit;
+    a cProfile of vault appends (``bench/out/profile_ledger_append.pstats``).
+
+Results: a table on stdout, JSON in ``bench/out/ledger.json`` (or ``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import cProfile
+import gc
+import json
+import os
+import platform
+import pstats
+import random
+import secrets
+import shutil
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import QueuePool
+from sqlmodel import Session
+
+from vault import db
+from vault.ledger import log, merkle, note
+from vault.ledger.entry import GENESIS_PREV, Entry
+from vault.ledger.verify import verify_entries, verify_export
+from vault.models import LedgerNode
+
+OUT_DEFAULT = Path(__file__).resolve().parent / "out" / "ledger.json"
+PROFILE_OUT = Path(__file__).resolve().parent / "out" / "profile_ledger_append.pstats"
+ORIGIN = "bench.blo-vault.local/ledger"
+TARGET_APPENDS = 3_000.0
+TARGET_VERIFY = 300_000.0
+TARGET_PROOF_MS = 2.0
+ACTOR = log.Actor(user="uz.officer", agency="UZ-CUSTOMS", country="UZ")
+POLICY = "b" * 64
+SQLITE_PRAGMAS = (
+    "PRAGMA journal_mode=WAL",
+    "PRAGMA synchronous=FULL",
+    "PRAGMA foreign_keys=ON",
+    "PRAGMA recursive_triggers=ON",
+    "PRAGMA busy_timeout=30000",
+)
+LEDGER_DDL = (
+    "CREATE TABLE ledgerentry (seq INTEGER NOT NULL PRIMARY KEY, "
+    "prev_hash BLOB NOT NULL UNIQUE, entry BLOB NOT NULL)"
+)
+NODE_DDL = (
+    "CREATE TABLE ledgernode (level INTEGER NOT NULL, idx INTEGER NOT NULL, "
+    "hash BLOB NOT NULL, PRIMARY KEY (level, idx))"
+)
+
+
+# --- machine ---------------------------------------------------------------------------------
+
+
+def _proc_field(path: str, prefix: str) -> str:
+    with contextlib.suppress(OSError):
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(prefix):
+                return line.split(":", 1)[1].strip()
+    return ""
+
+
+def _filesystem(path: Path) -> dict[str, str]:
+    best: dict[str, str] = {}
+    target = str(path.resolve())
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/mounts").read_text().splitlines():
+            dev, mnt, fstype, opts, *_ = line.split()
+            if (target == mnt or target.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(
+                best.get("mount", "")
+            ):
+                best = {"device": dev, "mount": mnt, "type": fstype, "options": opts}
+    return best
+
+
+def fsync_latency_ms(folder: Path, count: int = 200) -> float:
+    """Median time of write(4 KiB) + fdatasync on a file in ``folder``: the disk's floor."""
+    path = folder / "fsync.probe"
+    times = []
+    fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
+    try:
+        block = os.urandom(4096)
+        for _ in range(count):
+            began = time.perf_counter()
+            os.write(fd, block)
+            os.fdatasync(fd)
+            times.append(time.perf_counter() - began)
+    finally:
+        os.close(fd)
+        path.unlink()
+    return statistics.median(times) * 1000
+
+
+def machine_info(folder: Path) -> dict[str, Any]:
+    mem = _proc_field("/proc/meminfo", "MemTotal")
+    return {
+        "cpu": _proc_field("/proc/cpuinfo", "model name") or platform.processor(),
+        "cores": os.cpu_count(),
+        "ram_gib": round(int(mem.split()[0]) / 1024 / 1024, 1) if mem else None,
+        "kernel": platform.release(),
+        "python": sys.version.split()[0],
+        "sqlite": sqlite3.sqlite_version,
+        "filesystem": _filesystem(folder),
+        "fsync_4k_median_ms": round(fsync_latency_ms(folder), 3),
+        "loadavg_at_start": os.getloadavg(),
+    }
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
+
+
+def quiet() -> None:
+    gc.collect()
+
+
+def schema(engine: Engine) -> None:
+    """Bring a fresh database to the vault's schema (migrations when present)."""
+    migrate = getattr(db, "migrate", None)
+    if migrate is not None:
+        migrate(engine)
+    else:  # older layout
+        db.create_schema(engine)  # type: ignore[attr-defined]
+
+
+def sqlite_url(path: Path) -> str:
+    return f"sqlite:///{path}"
+
+
+def raw_sqlite(path: Path, pragmas: tuple[str, ...] = SQLITE_PRAGMAS) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, timeout=30)
+    for pragma in pragmas:
+        conn.execute(pragma)
+    return conn
+
+
+def time_appends(engine: Engine, count: int, *, per_tx: int = 1) -> tuple[float, list[float]]:
+    """``count`` calls of log.append, ``per_tx`` per committed transaction; (rate, latencies)."""
+    latencies = []
+    quiet()
+    began = time.perf_counter()
+    done = 0
+    while done < count:
+        t0 = time.perf_counter()
+        with db.session_scope(engine) as session:
+            for _ in range(min(per_tx, count - done)):
+                log.append(
+                    session,
+                    actor=ACTOR,
+                    action="list",
+                    decision="allow",
+                    reason="ok",
+                    policy=POLICY,
+                    subject="count:0",
+                )
+                done += 1
+        latencies.append(time.perf_counter() - t0)
+    elapsed = time.perf_counter() - began
+    return count / elapsed, latencies
+
+
+def entry_bytes(engine: Engine, start: int, stop: int) -> list[tuple[int, bytes, bytes]]:
+    with Session(engine) as session:
+        rows = list(log.iter_entries(session, start=start, stop=stop))
+    out = []
+    for seq, data in rows:
+        prev = bytes.fromhex(data[-64:].decode())
+        out.append((seq, prev, data))
+    return out
+
+
+def raw_sqlite_appends(
+    path: Path, rows: list[tuple[int, bytes, bytes]], *, reconnect: bool, nodes: bool
+) -> float:
+    """Insert ``rows`` one committed transaction each; optionally a new connection each time
+    (like NullPool) and the node rows a real append also writes."""
+    conn = raw_sqlite(path)
+    conn.execute(LEDGER_DDL)
+    conn.execute(NODE_DDL)
+    rng = merkle.CompactRange()
+    node_rows = [
+        [(n.level, n.idx, n.hash) for n in rng.append(merkle.leaf_hash(d))] for _, _, d in rows
+    ]
+    quiet()
+    began = time.perf_counter()
+    for i, (seq, prev, data) in enumerate(rows):
+        if reconnect:
+            conn.close()
+            conn = raw_sqlite(path)
+        conn.execute("BEGIN IMMEDIATE")
+        if nodes:  # a real append also reads the head and the left siblings first
+            conn.execute("SELECT seq, entry FROM ledgerentry ORDER BY seq DESC LIMIT 1").fetchone()
+        conn.execute(
+            "INSERT INTO ledgerentry (seq, prev_hash, entry) VALUES (?, ?, ?)", (seq, prev, data)
+        )
+        if nodes:
+            conn.executemany(
+                "INSERT INTO ledgernode (level, idx, hash) VALUES (?, ?, ?)", node_rows[i]
+            )
+        conn.execute("COMMIT")
+    elapsed = time.perf_counter() - began
+    conn.close()
+    return len(rows) / elapsed
+
+
+def pooled_sqlite_engine(path: Path, synchronous: str = "FULL") -> Engine:
+    """The vault's SQLite settings, but a pool that keeps its connection (experiment only)."""
+    engine = create_engine(
+        sqlite_url(path),
+        poolclass=QueuePool,
+        pool_size=1,
+        connect_args={"check_same_thread": False, "timeout": 30},
+    )
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None
+        for pragma in SQLITE_PRAGMAS:
+            if pragma.startswith("PRAGMA synchronous"):
+                pragma = f"PRAGMA synchronous={synchronous}"
+            dbapi_conn.execute(pragma)
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+# --- appends ---------------------------------------------------------------------------------
+
+
+def bench_sqlite_appends(work: Path, count: int, experiments: bool) -> dict[str, Any]:
+    path = work / "append.db"
+    engine = db.make_engine(sqlite_url(path))
+    schema(engine)
+    time_appends(engine, 50)  # warm-up: imports, statement caches, the WAL file
+    rate, lat = time_appends(engine, count)
+    rows = entry_bytes(engine, 50, 50 + count)
+    out: dict[str, Any] = {
+        "vault_appends_per_s": round(rate, 1),
+        "vault_latency_ms": {
+            "median": round(statistics.median(lat) * 1e3, 3),
+            "p99": round(pct(lat, 99) * 1e3, 3),
+        },
+    }
+    raw = raw_sqlite_appends(work / "raw.db", rows, reconnect=False, nodes=False)
+    out["raw_appends_per_s"] = round(raw, 1)
+    out["ratio_vault_over_raw"] = round(rate / raw, 3)
+    if experiments:
+        exp: dict[str, float] = {}
+        exp["raw_new_connection_each"] = raw_sqlite_appends(
+            work / "raw2.db", rows, reconnect=True, nodes=False
+        )
+        exp["raw_new_connection_each_plus_head_read_and_nodes"] = raw_sqlite_appends(
+            work / "raw3.db", rows, reconnect=True, nodes=True
+        )
+        exp["raw_one_connection_plus_head_read_and_nodes"] = raw_sqlite_appends(
+            work / "raw4.db", rows, reconnect=False, nodes=True
+        )
+        for label, sync in (
+            ("log_append_kept_connection", "FULL"),
+            ("log_append_kept_connection_sync_normal", "NORMAL"),
+        ):
+            pooled = pooled_sqlite_engine(work / f"{label}.db", sync)
+            schema(pooled)
+            time_appends(pooled, 50)
+            exp[label] = time_appends(pooled, count)[0]
+            pooled.dispose()
+        batched = db.make_engine(sqlite_url(work / "batched.db"))
+        schema(batched)
+        exp["log_append_100_per_commit"] = time_appends(batched, count, per_tx=100)[0]
+        batched.dispose()
+        out["experiments_appends_per_s"] = {k: round(v, 1) for k, v in exp.items()}
+        out["profile"] = profile_appends(engine, min(count, 1000))
+    engine.dispose()
+    return out
+
+
+def profile_appends(engine: Engine, count: int) -> dict[str, Any]:
+    """cProfile ``count`` vault appends; the biggest self-time items, and grouped totals."""
+    prof = cProfile.Profile()
+    prof.enable()
+    time_appends(engine, count)
+    prof.disable()
+    PROFILE_OUT.parent.mkdir(parents=True, exist_ok=True)
+    prof.dump_stats(str(PROFILE_OUT))
+    stats = pstats.Stats(prof)
+    total = stats.total_tt  # type: ignore[attr-defined]
+    groups = {
+        "sqlite commit (fsync)": 0.0,
+        "sqlite connection close": 0.0,
+        "sqlite connect + pragmas": 0.0,
+        "sqlite execute": 0.0,
+    }
+    top = []
+    for (file, _line, func), (_cc, _nc, tt, _ct, _callers) in stats.stats.items():  # type: ignore[attr-defined]
+        name = f"{Path(file).name}:{func}"
+        if func == "<method 'commit' of 'sqlite3.Connection' objects>":
+            groups["sqlite commit (fsync)"] += tt
+        elif func == "<method 'close' of 'sqlite3.Connection' objects>":
+            groups["sqlite connection close"] += tt
+        elif func in ("<built-in method _sqlite3.connect>",):
+            groups["sqlite connect + pragmas"] += tt
+        elif func in (
+            "<method 'execute' of 'sqlite3.Cursor' objects>",
+            "<method 'execute' of 'sqlite3.Connection' objects>",
+        ):
+            groups["sqlite execute"] += tt
+        top.append((tt, name))
+    top.sort(reverse=True)
+    per = {k: round(v / count * 1e3, 3) for k, v in groups.items()}
+    per["python (SQLAlchemy/ORM/merkle/etc.)"] = round(
+        (total - sum(groups.values())) / count * 1e3, 3
+    )
+    return {
+        "appends": count,
+        "ms_per_append_under_profiler": round(total / count * 1e3, 3),
+        "ms_per_append_by_group": per,
+        "top_self_time": [
+            {"ms_per_append": round(tt / count * 1e3, 4), "function": name} for tt, name in top[:12]
+        ],
+        "pstats_file": str(PROFILE_OUT),
+    }
+
+
+@contextlib.contextmanager
+def pg_schema(url: str) -> Iterator[tuple[str, str]]:
+    """A fresh schema; yields (SQLAlchemy URL with search_path, its name). Dropped afterwards."""
+    import psycopg
+
+    name = "bench_" + secrets.token_hex(5)
+    plain = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(plain, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {name}")
+    sep = "&" if "?" in url else "?"
+    try:
+        yield f"{url}{sep}options=-csearch_path%3D{name}", name
+    finally:
+        with psycopg.connect(plain, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA {name} CASCADE")
+
+
+def bench_pg_appends(url: str, count: int) -> dict[str, Any]:
+    import psycopg
+
+    out: dict[str, Any] = {}
+    with pg_schema(url) as (schema_url, _):
+        engine = db.make_engine(schema_url)
+        schema(engine)
+        with engine.connect() as conn:
+            out["server"] = conn.exec_driver_sql("SHOW server_version").scalar()
+            out["synchronous_commit"] = conn.exec_driver_sql("SHOW synchronous_commit").scalar()
+            out["fsync"] = conn.exec_driver_sql("SHOW fsync").scalar()
+        time_appends(engine, 50)
+        rate, lat = time_appends(engine, count)
+        rows = entry_bytes(engine, 50, 50 + count)
+        engine.dispose()
+        out["vault_appends_per_s"] = round(rate, 1)
+        out["vault_latency_ms"] = {
+            "median": round(statistics.median(lat) * 1e3, 3),
+            "p99": round(pct(lat, 99) * 1e3, 3),
+        }
+    with pg_schema(url) as (_, name):
+        plain = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+        with psycopg.connect(plain) as conn:
+            conn.execute(f"SET search_path TO {name}")
+            conn.execute(
+                "CREATE TABLE ledgerentry (seq BIGINT PRIMARY KEY, "
+                "prev_hash BYTEA NOT NULL UNIQUE, entry BYTEA NOT NULL)"
+            )
+            conn.commit()
+            quiet()
+            began = time.perf_counter()
+            for seq, prev, data in rows:
+                conn.execute(
+                    "INSERT INTO ledgerentry (seq, prev_hash, entry) VALUES (%s, %s, %s)",
+                    (seq, prev, data),
+                )
+                conn.commit()
+            raw = len(rows) / (time.perf_counter() - began)
+    out["raw_appends_per_s"] = round(raw, 1)
+    out["ratio_vault_over_raw"] = round(rate / raw, 3)
+    return out
+
+
+# --- a big ledger, built fast -----------------------------------------------------------------
+
+
+def generate(n: int, seed: int = 7) -> tuple[list[bytes], list[bytes]]:
+    """``n`` chained entries (bytes) and their leaf hashes; deterministic content."""
+    rnd = random.Random(seed)
+    users = [
+        ("uz.officer", "UZ-CUSTOMS", "UZ"),
+        ("kz.officer", "KZ-BORDER", "KZ"),
+        ("tj.officer", "TJ-CUSTOMS", "TJ"),
+        ("uz.auditor", "UZ-CUSTOMS", "UZ"),
+    ]
+    actions = ["list", "read", "download", "upload", "release", "ledger"]
+    packages = [rnd.randbytes(16).hex() for _ in range(1000)]
+    prev = GENESIS_PREV
+    t0 = 1_790_000_000_000_000
+    datas, leaves = [], []
+    for seq in range(n):
+        user, agency, country = users[seq % 4]
+        action = actions[seq % 6]
+        pkg = packages[seq % 1000] if action in ("read", "download", "upload", "release") else ""
+        data = Entry(
+            seq,
+            t0 + seq * 1000,
+            user,
+            agency,
+            country,
+            action,
+            pkg,
+            packages[(seq * 7) % 1000] if action == "download" else "",
+            "",
+            "",
+            "deny" if seq % 17 == 0 else "allow",
+            "ok",
+            "H0" if pkg else "",
+            POLICY,
+            prev,
+        ).encode()
+        leaf = merkle.leaf_hash(data)
+        datas.append(data)
+        leaves.append(leaf)
+        prev = leaf.hex()
+    return datas, leaves
+
+
+def bulk_build(
+    path: Path, datas: list[bytes], leaves: list[bytes], key: Ed25519PrivateKey
+) -> float:
+    """Write entries + nodes into a fresh vault schema; checkpoints at N/2 and N. Seconds taken."""
+    began = time.perf_counter()
+    engine = db.make_engine(sqlite_url(path))
+    schema(engine)
+    engine.dispose()
+    rng = merkle.CompactRange()
+    half = len(datas) // 2
+    conn = raw_sqlite(path, ("PRAGMA journal_mode=WAL", "PRAGMA synchronous=OFF"))
+    for lo, hi in ((0, half), (half, len(datas))):
+        conn.execute("BEGIN")
+        batch = 100_000
+        for start in range(lo, hi, batch):
+            stop = min(hi, start + batch)
+            nodes = []
+            for leaf in leaves[start:stop]:
+                nodes.extend((nd.level, nd.idx, nd.hash) for nd in rng.append(leaf))
+            conn.executemany(
+                "INSERT INTO ledgerentry (seq, prev_hash, entry) VALUES (?, ?, ?)",
+                ((s, bytes.fromhex(datas[s][-64:].decode()), datas[s]) for s in range(start, stop)),
+            )
+            conn.executemany("INSERT INTO ledgernode (level, idx, hash) VALUES (?, ?, ?)", nodes)
+        conn.execute("COMMIT")
+        engine = db.make_engine(sqlite_url(path))
+        with db.session_scope(engine) as session:
+            log.sign_checkpoint(session, origin=ORIGIN, key=key)
+        engine.dispose()
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    return time.perf_counter() - began
+
+
+def bench_verify(
+    path: Path, datas: list[bytes], leaves: list[bytes], verifier: note.Verifier
+) -> dict[str, Any]:
+    n = len(datas)
+    engine = db.make_engine(sqlite_url(path))
+    with Session(engine) as session:
+        notes = log.checkpoint_notes(session)
+    checkpoints = [note.open_checkpoint(t, [verifier], ORIGIN) for t in notes]
+    rows = [(s, bytes.fromhex(datas[s][-64:].decode()), datas[s], leaves[s]) for s in range(n)]
+    out: dict[str, Any] = {"entries": n, "checkpoints": [c.size for c in checkpoints]}
+
+    quiet()
+    began = time.perf_counter()
+    result = verify_entries(iter(rows), checkpoints=checkpoints, leaf_count=n)
+    elapsed = time.perf_counter() - began
+    assert result.ok, result
+    out["verify_entries_per_s"] = round(n / elapsed, 0)
+    out["verify_entries_s"] = round(elapsed, 3)
+    del rows
+
+    document = {
+        "origin": ORIGIN,
+        "vkey": verifier.vkey(),
+        "checkpoint": notes[-1],
+        "entries": [base64.b64encode(d).decode() for d in datas],
+    }
+    quiet()
+    began = time.perf_counter()
+    result = verify_export(document, verifier.vkey())
+    elapsed = time.perf_counter() - began
+    assert result.ok, result
+    out["verify_export_per_s"] = round(n / elapsed, 0)
+    del document
+
+    quiet()
+    with Session(engine) as session:
+        began = time.perf_counter()
+        result = log.verify_database(session, origin=ORIGIN, verifier=verifier)
+        elapsed = time.perf_counter() - began
+    assert result.ok, result
+    out["verify_database_per_s"] = round(n / elapsed, 0)
+    out["verify_database_s"] = round(elapsed, 3)
+    engine.dispose()
+    return out
+
+
+def bench_proofs(path: Path, n: int, count: int, root: bytes) -> dict[str, Any]:
+    engine = db.make_engine(sqlite_url(path))
+    rnd = random.Random(11)
+    seqs = [rnd.randrange(n) for _ in range(count)]
+    times, proofs = [], []
+    with Session(engine) as session:
+        for seq in seqs[:50]:  # warm-up: statement cache, page cache
+            log.inclusion_proof(session, seq, n)
+        quiet()
+        for seq in seqs:
+            t0 = time.perf_counter()
+            proof = log.inclusion_proof(session, seq, n)
+            times.append(time.perf_counter() - t0)
+            proofs.append(proof)
+        for seq, proof in zip(seqs, proofs, strict=True):
+            leaf = session.get(LedgerNode, (0, seq))
+            assert leaf is not None
+            merkle.verify_inclusion(leaf.hash, seq, n, proof, root)
+    engine.dispose()
+    return {
+        "tree_size": n,
+        "proofs": count,
+        "median_ms": round(statistics.median(times) * 1e3, 4),
+        "p99_ms": round(pct(times, 99) * 1e3, 4),
+        "max_ms": round(max(times) * 1e3, 4),
+        "hashes_per_proof": len(proofs[0]),
+    }
+
+
+def bench_proof_plan_only(n: int, count: int) -> dict[str, Any]:
+    """The pure part of a proof (planning + SQL building) to split DB time from Python time."""
+    from sqlalchemy import and_, or_, select
+
+    rnd = random.Random(12)
+    seqs = [rnd.randrange(n) for _ in range(count)]
+    times = []
+    for seq in seqs:
+        t0 = time.perf_counter()
+        plan = merkle.inclusion_proof_nodes(seq, n)
+        ids = {i for g in plan for i in g}
+        stmt = select(LedgerNode).where(
+            or_(*(and_(LedgerNode.level == lv, LedgerNode.idx == ix) for lv, ix in ids))
+        )
+        str(stmt.compile())
+        times.append(time.perf_counter() - t0)
+    return {"median_ms": round(statistics.median(times) * 1e3, 4)}
+
+
+def bench_proof_raw(path: Path, n: int, count: int) -> dict[str, Any]:
+    """Experiment: the same proof nodes fetched with one plain sqlite3 query (IN on rowid keys)."""
+    conn = raw_sqlite(path, ("PRAGMA query_only=ON",))
+    rnd = random.Random(11)
+    seqs = [rnd.randrange(n) for _ in range(count)]
+    times = []
+    for seq in seqs:
+        t0 = time.perf_counter()
+        plan = merkle.inclusion_proof_nodes(seq, n)
+        ids = list({i for g in plan for i in g})
+        where = " OR ".join("(level = ? AND idx = ?)" for _ in ids)
+        found = {
+            (lv, ix): h
+            for lv, ix, h in conn.execute(
+                f"SELECT level, idx, hash FROM ledgernode WHERE {where}",
+                [v for pair in ids for v in pair],
+            )
+        }
+        merkle.resolve_proof(plan, lambda lv, ix, found=found: found[(lv, ix)])
+        times.append(time.perf_counter() - t0)
+    conn.close()
+    return {
+        "median_ms": round(statistics.median(times) * 1e3, 4),
+        "p99_ms": round(pct(times, 99) * 1e3, 4),
+    }
+
+
+# --- report ----------------------------------------------------------------------------------
+
+
+def verdict(value: float, target: float, higher_is_better: bool = True) -> str:
+    ok = value >= target if higher_is_better else value <= target
+    return "MET" if ok else "MISSED"
+
+
+def print_table(result: dict[str, Any]) -> None:
+    m = result["machine"]
+    print(
+        f"\nmachine: {m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB, Python {m['python']}, "
+        f"SQLite {m['sqlite']}, fs {m['filesystem'].get('type')} "
+        f"({m['filesystem'].get('device')}), fsync 4 KiB median {m['fsync_4k_median_ms']} ms"
+    )
+    print(f"command: {result['command']}\n")
+    rows = []
+    a = result["sqlite_appends"]
+    rows.append(
+        (
+            "SQLite durable appends/s (vault)",
+            f"{a['vault_appends_per_s']:,.0f}",
+            f">= {TARGET_APPENDS:,.0f}",
+            verdict(a["vault_appends_per_s"], TARGET_APPENDS),
+        )
+    )
+    rows.append(("SQLite raw INSERT+COMMIT/s", f"{a['raw_appends_per_s']:,.0f}", "", ""))
+    rows.append(("SQLite vault / raw", f"{a['ratio_vault_over_raw']:.3f}", "", ""))
+    if "pg_appends" in result:
+        p = result["pg_appends"]
+        rows.append(
+            ("PostgreSQL durable appends/s (vault)", f"{p['vault_appends_per_s']:,.0f}", "", "")
+        )
+        rows.append(("PostgreSQL raw INSERT+commit/s", f"{p['raw_appends_per_s']:,.0f}", "", ""))
+        rows.append(("PostgreSQL vault / raw", f"{p['ratio_vault_over_raw']:.3f}", "", ""))
+    v = result["verify"]
+    rows.append(
+        (
+            f"verify_entries, {v['entries']:,} entries/s",
+            f"{v['verify_entries_per_s']:,.0f}",
+            f">= {TARGET_VERIFY:,.0f}",
+            verdict(v["verify_entries_per_s"], TARGET_VERIFY),
+        )
+    )
+    rows.append(("verify_export entries/s", f"{v['verify_export_per_s']:,.0f}", "", ""))
+    rows.append(
+        (
+            "verify_database entries/s",
+            f"{v['verify_database_per_s']:,.0f}",
+            f">= {TARGET_VERIFY:,.0f}",
+            verdict(v["verify_database_per_s"], TARGET_VERIFY),
+        )
+    )
+    pr = result["proofs"]
+    rows.append(
+        (
+            f"inclusion proof @ {pr['tree_size']:,}: median ms",
+            f"{pr['median_ms']:.3f}",
+            f"<= {TARGET_PROOF_MS}",
+            verdict(pr["median_ms"], TARGET_PROOF_MS, False),
+        )
+    )
+    rows.append(
+        (
+            "inclusion proof: p99 ms",
+            f"{pr['p99_ms']:.3f}",
+            f"<= {TARGET_PROOF_MS}",
+            verdict(pr["p99_ms"], TARGET_PROOF_MS, False),
+        )
+    )
+    width = max(len(r[0]) for r in rows)
+    for name, value, target, ok in rows:
+        print(f"{name:<{width}}  {value:>12}  {target:>10}  {ok}")
+    if "experiments_appends_per_s" in a:
+        print("\nwhere SQLite append time goes (appends/s):")
+        for k, val in a["experiments_appends_per_s"].items():
+            print(f"  {k:<52} {val:>10,.0f}")
+        print("  profile, ms per append by group (under cProfile):")
+        for k, val in a["profile"]["ms_per_append_by_group"].items():
+            print(f"    {k:<50} {val:>8.3f}")
+    if "experiments" in pr:
+        print("\nproof experiments (ms):", pr["experiments"])
+    print(f"\nbulk build of {v['entries']:,} entries: {result['bulk_build_s']:.1f} s")
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    base = Path(args.dir) if args.dir else None
+    work = Path(tempfile.mkdtemp(prefix="bench-ledger-", dir=base))
+    try:
+        result: dict[str, Any] = {
+            "when": datetime.now(UTC).isoformat(timespec="seconds"),
+            "command": " ".join(
+                [Path(sys.executable).name, "-m", "bench.bench_ledger", *sys.argv[1:]]
+            ),
+            "machine": machine_info(work),
+            "targets": {
+                "sqlite_appends_per_s": TARGET_APPENDS,
+                "verify_entries_per_s": TARGET_VERIFY,
+                "proof_ms": TARGET_PROOF_MS,
+            },
+        }
+        print("appends on SQLite ...", flush=True)
+        result["sqlite_appends"] = bench_sqlite_appends(work, args.appends, not args.no_experiments)
+        if args.pg:
+            print("appends on PostgreSQL ...", flush=True)
+            result["pg_appends"] = bench_pg_appends(args.pg, args.appends)
+        print(f"building {args.entries:,} entries ...", flush=True)
+        t0 = time.perf_counter()
+        datas, leaves = generate(args.entries)
+        gen_s = time.perf_counter() - t0
+        key = Ed25519PrivateKey.generate()
+        verifier = note.Verifier.from_public_key(ORIGIN, key.public_key())
+        big = work / "big.db"
+        result["bulk_build_s"] = round(gen_s + bulk_build(big, datas, leaves, key), 1)
+        result["entry_bytes_mean"] = round(sum(map(len, datas)) / len(datas), 1)
+        print("verifying ...", flush=True)
+        result["verify"] = bench_verify(big, datas, leaves, verifier)
+        root = merkle.root_from_leaf_hashes(leaves)
+        del datas, leaves
+        print("proofs ...", flush=True)
+        result["proofs"] = bench_proofs(big, args.entries, args.proofs, root)
+        if not args.no_experiments:
+            result["proofs"]["experiments"] = {
+                "plan_and_sql_build_only": bench_proof_plan_only(args.entries, args.proofs),
+                "raw_sqlite3_fetch_and_resolve": bench_proof_raw(big, args.entries, args.proofs),
+            }
+        return result
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--entries",
+        type=int,
+        default=1_000_000,
+        help="size of the bulk-built ledger for verify and proofs (default 1,000,000)",
+    )
+    parser.add_argument(
+        "--appends", type=int, default=3000, help="durable appends timed per backend (default 3000)"
+    )
+    parser.add_argument("--proofs", type=int, default=2000, help="inclusion proofs timed")
+    parser.add_argument("--pg", metavar="URL", help="also bench PostgreSQL at this URL")
+    parser.add_argument("--dir", help="folder for the temp databases (default: system temp)")
+    parser.add_argument("--out", type=Path, default=OUT_DEFAULT, help="JSON result file")
+    parser.add_argument(
+        "--no-experiments",
+        action="store_true",
+        help="skip the where-does-the-time-go experiments and profile",
+    )
+    args = parser.parse_args(argv)
+    result = run(args)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2, default=str) + "\n", "utf-8")
+    print_table(result)
+    print(f"\nresults: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""The production compose file: valid for docker-compose, and shaped as the README says.
+
+``docker-compose config`` only parses and interpolates; it needs no Docker daemon. The
+structural checks read the YAML directly, so they run even where docker-compose is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from sqlalchemy.engine import make_url
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = ROOT / "docker-compose.yml"
+ENV_EXAMPLE = ROOT / ".env.example"
+HEALTHCHECKED = ("postgres", "minio", "api")
+
+requires_compose = pytest.mark.skipif(
+    shutil.which("docker-compose") is None, reason="docker-compose is not on PATH"
+)
+
+
+def _clean_env() -> dict[str, str]:
+    """The environment without anything the compose file interpolates."""
+    keys = {line.split("=", 1)[0] for line in ENV_EXAMPLE.read_text().splitlines()
+            if "=" in line and not line.lstrip().startswith("#")}
+    return {k: v for k, v in os.environ.items() if k not in keys and not k.startswith("VAULT_")}
+
+
+def _compose(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["docker-compose", "--project-directory", str(ROOT), "-f", str(COMPOSE), *args],
+        cwd=ROOT, env=_clean_env(), capture_output=True, text=True, timeout=60, check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    data = yaml.safe_load(COMPOSE.read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+def _env(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) for item in env)
+    return {str(k): str(v) for k, v in env.items()}
+
+
+@requires_compose
+def test_config_with_env_example_is_valid() -> None:
+    result = _compose("--env-file", str(ENV_EXAMPLE), "config", "-q")
+    assert result.returncode == 0, result.stderr
+
+
+@requires_compose
+def test_config_without_secrets_is_refused(tmp_path: Path) -> None:
+    """Every secret is required (``${VAR:?...}``): an empty env file must not pass."""
+    empty = tmp_path / "empty.env"
+    empty.write_text("")
+    result = _compose("--env-file", str(empty), "config", "-q")
+    assert result.returncode != 0
+    assert "POSTGRES_PASSWORD" in result.stderr or "set " in result.stderr
+
+
+@requires_compose
+def test_interpolated_api_database_url_uses_app_role() -> None:
+    result = _compose("--env-file", str(ENV_EXAMPLE), "config")
+    assert result.returncode == 0, result.stderr
+    resolved = yaml.safe_load(result.stdout)
+    api_env = _env(resolved["services"]["api"])
+    url = make_url(api_env["VAULT_DATABASE_URL"])
+    assert url.username == "vault_app"
+    assert url.password == "change-me-app"  # from .env.example, not the owner's password
+    setup_url = make_url(_env(resolved["services"]["setup"])["VAULT_DATABASE_URL"])
+    assert setup_url.username == "vault_owner"
+    assert setup_url.database == url.database == "vault"
+
+
+@pytest.mark.parametrize("name", HEALTHCHECKED)
+def test_services_declare_healthchecks(compose: dict[str, Any], name: str) -> None:
+    check = compose["services"][name].get("healthcheck")
+    assert check, f"{name} has no healthcheck"
+    assert check.get("test"), f"{name} healthcheck has no test"
+    assert not check.get("disable", False)
+
+
+def test_api_healthcheck_probes_readyz(compose: dict[str, Any]) -> None:
+    test = compose["services"]["api"]["healthcheck"]["test"]
+    assert "/readyz" in " ".join(test if isinstance(test, list) else [test])
+
+
+def test_named_volumes_declared_and_used(compose: dict[str, Any]) -> None:
+    declared = set(compose.get("volumes") or {})
+    assert {"pgdata", "miniodata"} <= declared
+    mounts = {
+        name: [str(v).split(":", 1)[0] for v in svc.get("volumes") or []]
+        for name, svc in compose["services"].items()
+    }
+    assert "pgdata" in mounts["postgres"]
+    assert "miniodata" in mounts["minio"]
+
+
+def test_api_runs_as_app_role_in_production(compose: dict[str, Any]) -> None:
+    api = _env(compose["services"]["api"])
+    url = api["VAULT_DATABASE_URL"]
+    assert url.startswith("postgresql://vault_app:"), url
+    assert "vault_owner" not in url
+    assert api["VAULT_ENV"] == "production"
+    assert api["VAULT_STORE"] == "minio"
+    for key in ("VAULT_KEK_FILE", "VAULT_JWT_KEY_FILE", "VAULT_LEDGER_KEY_FILE"):
+        assert api[key].startswith("/run/secrets/"), key
+
+
+def test_setup_migrates_as_owner_and_grants_app_role(compose: dict[str, Any]) -> None:
+    setup = compose["services"]["setup"]
+    assert _env(setup)["VAULT_DATABASE_URL"].startswith("postgresql://vault_owner:")
+    command = setup["command"]
+    command = " ".join(command) if isinstance(command, list) else command
+    assert "admin migrate --grant-app-role vault_app" in command
+    depends = compose["services"]["api"]["depends_on"]
+    assert depends["setup"]["condition"] == "service_completed_successfully"
+    init = (ROOT / "deploy" / "postgres-init.sh").read_text()
+    assert "CREATE ROLE vault_app LOGIN" in init
+
+
+def test_api_port_binds_loopback_only(compose: dict[str, Any]) -> None:
+    for port in compose["services"]["api"].get("ports") or []:
+        assert str(port).startswith("127.0.0.1:"), port
+    for name in ("postgres", "minio"):
+        assert not compose["services"][name].get("ports"), f"{name} should not publish ports"
