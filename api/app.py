@@ -436,5 +436,5 @@ def create_app(settings: Settings | None = None, *, vault: Vault | None = None) 
         timeout_seconds=service.settings.body_timeout_seconds,
         streamed={"/packages"},
     )
-    app.add_middleware(ObservabilityMiddleware, router_app=app, metrics=metrics)
+    app.add_middleware(ObservabilityMiddleware, metrics=metrics)
     return app

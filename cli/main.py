@@ -66,8 +66,9 @@ HANDLING_NOTICE = {
     "H3": "H3: other restrictions apply (acknowledged before download)",
 }
 
-out = Console()
-err = Console(stderr=True)
+# soft_wrap: messages stay one line whatever the terminal width (scripts grep them).
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 

@@ -22,6 +22,7 @@ from vault.errors import AuthenticationFailed
 
 ALGORITHMS = ["ES256"]
 _REQUIRED = ("exp", "iat", "nbf", "sub", "aud", "iss")
+_LEEWAY_SECONDS = 5
 
 
 def key_id(public_pem: bytes) -> str:
@@ -91,7 +92,12 @@ class TokenService:
         if key is None or header.get("alg") not in ALGORITHMS:
             raise failed
         options: dict[str, bool | int] = {f"require_{name}": True for name in _REQUIRED}
-        options |= {"verify_exp": True, "verify_nbf": True, "verify_iat": True, "leeway": 5}
+        options |= {
+            "verify_exp": True,
+            "verify_nbf": True,
+            "verify_iat": True,
+            "leeway": _LEEWAY_SECONDS,
+        }
         try:
             claims: dict[str, Any] = jwt.decode(
                 token,
@@ -105,6 +111,10 @@ class TokenService:
             raise failed from None
         sub, iat, exp = claims.get("sub"), claims.get("iat"), claims.get("exp")
         if not isinstance(sub, str) or not isinstance(iat, int) or not isinstance(exp, int):
+            raise failed
+        # python-jose only checks that iat is a number; a token "issued" in the future is forged
+        # or from a skewed clock, and would outlive its TTL.
+        if iat > time.time() + _LEEWAY_SECONDS or exp - iat > self.ttl_seconds + _LEEWAY_SECONDS:
             raise failed
         return TokenClaims(
             subject=sub, issued_at=iat, expires_at=exp, token_id=str(claims.get("jti", ""))

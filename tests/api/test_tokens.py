@@ -280,11 +280,6 @@ def test_bad_credentials_are_401(case: Case, tw: TokenWorld) -> None:
     assert entry.package == ""
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG vault/tokens.py TokenService.verify: an 'iat' in the future is accepted "
-    "(python-jose's verify_iat only checks that iat is an integer)",
-)
 def test_iat_in_the_future_beyond_leeway_is_401(tw: TokenWorld) -> None:
     token = signed(tw, iat=FUTURE)
     error = assert_401(tw.client.get(ROUTE, headers={"Authorization": f"Bearer {token}"}))

@@ -237,11 +237,6 @@ def test_h3_download_needs_an_acknowledgement_first(
     assert downloads[0]["seq"] < entry["seq"] < downloads[1]["seq"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG cli/main.py run(): err.print() of 'error: ...' wraps at the console width "
-    "(80 columns when stderr is not a terminal), so long refusals are not one line",
-)
 def test_long_refusals_are_one_line(
     cli: CliRunner, logged_in: LoggedIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

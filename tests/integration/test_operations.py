@@ -198,7 +198,7 @@ ROUTE_BUG = (
 )
 
 
-@pytest.mark.xfail(strict=True, reason=ROUTE_BUG)
+
 def test_metrics_and_logs_label_requests_by_route_template(
     client: httpx.Client, json_log: io.StringIO
 ) -> None:

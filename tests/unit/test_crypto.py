@@ -552,7 +552,7 @@ def test_seal_bytes_round_trip(key: bytes) -> None:
     for plaintext in (b"", b"x", "Сводка о задержании".encode(), content(5000)):
         sealed = seal_bytes(key, plaintext, context=b"ctx")
         assert open_bytes(key, sealed, context=b"ctx") == plaintext
-        if plaintext:
+        if len(plaintext) >= 8:  # shorter ones may occur in random ciphertext by chance
             assert plaintext not in sealed
     assert seal_bytes(key, b"same", context=b"ctx") != seal_bytes(key, b"same", context=b"ctx")
 

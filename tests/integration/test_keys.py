@@ -1,0 +1,519 @@
+"""Keys end to end: KEK rotation, purge (crypto-shredding), production key rules, gen-keys.
+
+README, "Keys and custody": ``admin rotate-kek`` re-wraps every data key under the new KEK
+(old ones in ``VAULT_KEK_OLD_FILES``) without re-encrypting content, after which the old KEK is
+not needed; ``admin purge`` destroys a package's wrapped keys, then its objects. Production
+refuses development keys and never migrates on start.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import os
+import random
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import Engine, text
+from sqlmodel import Session, select
+
+from tests.conftest import (
+    FAST_ARGON2,
+    PASSWORD,
+    postgres_schema_url,
+    requires_postgres,
+    running_server,
+    seed,
+)
+from tests.s3server import moto_s3
+from vault import crypto
+from vault.config import Settings, load_settings
+from vault.db import make_engine, migrate
+from vault.errors import ConfigError, IntegrityError, NotFound
+from vault.keys import DEV_KEY_DIR, generate_key_files, read_kek
+from vault.models import Classification, Package, PackageFile
+from vault.schemas import NewPackage, PackageDetail
+from vault.service import IncomingFile, Principal, Vault, local_operator
+from vault.storage.local import LocalDiskStore
+from vault.storage.minio import MinioStore
+
+S = crypto.SEGMENT_SIZE
+KEY_ENV = ("VAULT_KEK", "VAULT_KEK_FILE", "VAULT_KEK_OLD_FILES", "VAULT_JWT_KEY_FILE",
+           "VAULT_LEDGER_KEY_FILE", "VAULT_ENV", "VAULT_DATABASE_URL", "VAULT_DATA_DIR")
+
+
+@pytest.fixture(autouse=True)
+def _no_key_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keys come only from what each test configures (``VAULT_KEK`` would win over files)."""
+    for name in KEY_ENV:
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=requires_postgres)])
+def backend_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    if request.param == "sqlite":
+        yield None
+    else:
+        with postgres_schema_url() as url:
+            yield url
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+def write_kek(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path.write_bytes(base64.b64encode(os.urandom(32)) + b"\n")
+    path.chmod(0o600)
+    return path
+
+
+def blob(size: int, seed: int) -> bytes:
+    return random.Random(seed).randbytes(size)
+
+
+def put(vault: Vault, who: Principal, title: str, files: dict[str, bytes], **meta: Any) -> PackageDetail:
+    incoming = [IncomingFile(name=n, reader=io.BytesIO(d)) for n, d in files.items()]
+    return vault.upload(who, NewPackage(title=title, **meta), incoming).package
+
+
+def fetch(vault: Vault, who: Principal, package_id: str, file_id: str) -> bytes:
+    return b"".join(vault.download(who, package_id, file_id).chunks)
+
+
+def file_identity(package_id: str, file_id: str) -> bytes:
+    return f"blo-vault/file/v1\x00{package_id}\x00{file_id}".encode()
+
+
+def key_rows(engine: Engine) -> list[tuple[str, str, bytes]]:
+    """(table, kek_id, wrapped_key) of every package and file row."""
+    with Session(engine) as session:
+        rows = [("package", p.kek_id, p.wrapped_key) for p in session.exec(select(Package))]
+        rows += [("file", f.kek_id, f.wrapped_key) for f in session.exec(select(PackageFile))]
+    return rows
+
+
+def sqlite_bytes(data_dir: Path) -> bytes:
+    """The raw bytes of the SQLite database and its WAL and shared-memory files."""
+    parts = []
+    for suffix in ("", "-wal", "-shm"):
+        path = data_dir / f"vault.db{suffix}"
+        if path.exists():
+            parts.append(path.read_bytes())
+    return b"".join(parts)
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+SAMPLE = {
+    "small": {"note.txt": b"15 kg heroin at Oybek"},
+    "multi": {
+        "scan.bin": blob(3 * S + 17, 1),   # several segments and a short last one
+        "exact.bin": blob(S, 2),           # exactly one full segment
+        "tiny.txt": b"x",
+    },
+    "two": {"photo.jpg": blob(2 * S, 3)},
+}
+
+
+def upload_sample(vault: Vault, who: Principal) -> dict[str, tuple[PackageDetail, dict[str, bytes]]]:
+    out = {}
+    for i, (title, files) in enumerate(SAMPLE.items()):
+        classification = Classification.CONFIDENTIAL if i == 2 else Classification.UNCLASSIFIED
+        out[title] = (put(vault, who, f"Package {title}", files, classification=classification),
+                      files)
+    return out
+
+
+# --- KEK rotation ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("via", ["service", "cli"])
+def test_kek_rotation_end_to_end(
+    backend_url: str | None, tmp_path: Path, via: str, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    data_dir = tmp_path / "data"
+    kek_a = write_kek(tmp_path / "keys" / "kek-a.b64")
+    kek_b = write_kek(tmp_path / "keys" / "kek-b.b64")
+    id_a, id_b = read_kek(kek_a).id, read_kek(kek_b).id
+    assert id_a != id_b
+
+    def settings(**keys: Any) -> Settings:
+        return load_settings(data_dir=data_dir, database_url=backend_url, **FAST_ARGON2, **keys)
+
+    # Under KEK A: the world and a few packages, incl. multi-segment files.
+    vault = Vault.open(settings(kek_file=kek_a))
+    try:
+        users = seed(vault)
+        officer = users["uz.officer"]
+        packages = upload_sample(vault, officer)
+        before = key_rows(vault.engine)
+    finally:
+        vault.close()
+    n_keys = len(SAMPLE) + sum(len(files) for files in SAMPLE.values())
+    assert len(before) == n_keys
+    assert {kek for _, kek, _ in before} == {id_a}
+
+    # Only B, before rotation: nothing can be opened (the keys are wrapped under A).
+    vault = Vault.open(settings(kek_file=kek_b))
+    try:
+        detail, _ = packages["multi"]
+        with pytest.raises(IntegrityError):
+            fetch(vault, officer, detail.id, detail.files[0].id)
+        with pytest.raises(IntegrityError):
+            vault.get_package(officer, detail.id)
+    finally:
+        vault.close()
+
+    # Rotate: B current, A old.
+    if via == "service":
+        vault = Vault.open(settings(kek_file=kek_b, kek_old_files=[kek_a]))
+        try:
+            assert vault.rotate_kek(local_operator()) == n_keys
+            assert vault.rotate_kek(local_operator()) == 0  # nothing left under A
+        finally:
+            vault.close()
+    else:
+        from cli.main import run
+
+        monkeypatch.setenv("VAULT_DATA_DIR", str(data_dir))
+        if backend_url:
+            monkeypatch.setenv("VAULT_DATABASE_URL", backend_url)
+        for key, value in FAST_ARGON2.items():
+            monkeypatch.setenv(f"VAULT_{key.upper()}", str(value))
+        monkeypatch.setenv("VAULT_KEK_FILE", str(kek_b))
+        monkeypatch.setenv("VAULT_KEK_OLD_FILES", json.dumps([str(kek_a)]))
+        capsys.readouterr()
+        assert run(["admin", "rotate-kek"]) == 0
+        err = capsys.readouterr().err
+        assert f"{n_keys} keys re-wrapped under {id_b}" in err, err
+
+    # Only B from now on: every row is under B, and everything opens, byte-identical.
+    vault = Vault.open(settings(kek_file=kek_b))
+    try:
+        after = key_rows(vault.engine)
+        assert {kek for _, kek, _ in after} == {id_b}
+        assert all(len(w) == len(b[2]) for w, b in zip((r[2] for r in after), before, strict=True))
+        for title, (detail, files) in packages.items():
+            shown, _ = vault.get_package(officer, detail.id)
+            assert shown.title == f"Package {title}"
+            assert [f.name for f in shown.files] == list(files)
+            for info in shown.files:
+                data = fetch(vault, officer, detail.id, info.id)
+                assert data == files[info.name], f"{title}/{info.name} differs after rotation"
+                assert hashlib.sha256(data).hexdigest() == info.sha256
+        listed = {p.id for p in vault.list_packages(officer).items}
+        assert listed == {d.id for d, _ in packages.values()}
+        rotated = [e for e in vault.ledger_show(local_operator())
+                   if e.action == "manage" and e.reason == "kek rotated"]
+        assert len(rotated) == (2 if via == "service" else 1)
+        assert rotated[0].subject == f"kek:{id_b} rewrapped:{n_keys}"
+        assert vault.verify_ledger(local_operator()).ok
+    finally:
+        vault.close()
+
+    # Rotation really replaced the wrappings: the old KEK alone opens nothing any more.
+    vault = Vault.open(settings(kek_file=kek_a))
+    try:
+        detail, _ = packages["small"]
+        with pytest.raises(IntegrityError):
+            fetch(vault, officer, detail.id, detail.files[0].id)
+    finally:
+        vault.close()
+
+    if backend_url is None:
+        # The wrappings under A were pushed out of the database files (rotate compacts).
+        raw = sqlite_bytes(data_dir)
+        assert all(row[2] in raw for row in after)  # the search does find wrapped keys
+        leftover = [table for table, _, wrapped in before if wrapped in raw]
+        assert not leftover, f"old wrapped keys still in vault.db files: {leftover}"
+
+
+# --- purge (crypto-shredding) ---------------------------------------------------------------------
+
+
+@pytest.fixture(params=["local", "minio"])
+def store_overrides(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
+    if request.param == "local":
+        yield {}
+    else:
+        with moto_s3() as s3:
+            yield s3.target.settings_overrides(bucket=s3.target.new_bucket())
+
+
+def stored_keys(vault: Vault) -> set[str]:
+    store = vault.store
+    assert isinstance(store, LocalDiskStore | MinioStore)
+    return set(store.keys())
+
+
+def test_purge_destroys_keys_then_objects(
+    backend_url: str | None, store_overrides: dict[str, Any], tmp_path: Path
+) -> None:
+    settings = load_settings(data_dir=tmp_path / "data", database_url=backend_url,
+                             **FAST_ARGON2, **store_overrides)
+    vault = Vault.open(settings)
+    try:
+        users = seed(vault)
+        officer, recipient = users["uz.officer"], users["kz.officer"]
+        doomed = put(vault, officer, "Doomed", {"a.bin": blob(2 * S + 3, 7), "b.txt": b"bye"})
+        kept = put(vault, officer, "Kept", {"c.txt": b"stays"})
+        vault.release(officer, doomed.id, country="KZ")
+        vault.release(officer, kept.id, country="KZ")
+        doomed_files = [f.id for f in doomed.files]
+        assert set(doomed_files) | {kept.files[0].id} <= stored_keys(vault)
+
+        with Session(vault.engine) as session:
+            pkg = session.get(Package, doomed.id)
+            assert pkg is not None
+            rows = session.exec(select(PackageFile).where(PackageFile.package_id == doomed.id)).all()
+            secrets_before = [pkg.wrapped_key, pkg.sealed_meta]
+            secrets_before += [r.wrapped_key for r in rows] + [r.sealed_meta for r in rows]
+            wrapped_file = {r.id: (r.kek_id, r.wrapped_key) for r in rows}
+            kept_row = session.get(Package, kept.id)
+            assert kept_row is not None
+            kept_wrapped = kept_row.wrapped_key
+        # A thief's copy of the ciphertext, which (before purge) the KEK does open.
+        target = doomed.files[0]
+        with vault.store.open(target.id) as source:
+            ciphertext = source.read()
+        identity = file_identity(doomed.id, target.id)
+        data_key = vault.keys.keyring.unwrap(crypto.WrappedKey(*wrapped_file[target.id]),
+                                             context=identity)
+        plain = b"".join(crypto.open_stream(io.BytesIO(ciphertext), data_key, identity=identity))
+        assert plain == blob(2 * S + 3, 7)
+        del data_key
+
+        receipt = vault.purge(local_operator(), doomed.id)
+
+        # Objects gone from the store; the other package's stay.
+        left = stored_keys(vault)
+        assert not set(doomed_files) & left
+        assert kept.files[0].id in left
+        for file_id in doomed_files:
+            with pytest.raises(NotFound):
+                vault.store.open(file_id).__enter__()
+
+        # Keys and sealed metadata destroyed in the database; rows stay as tombstones.
+        with Session(vault.engine) as session:
+            pkg = session.get(Package, doomed.id)
+            assert pkg is not None
+            assert pkg.purged_at is not None
+            assert pkg.wrapped_key == b"" and pkg.sealed_meta == b""
+            rows = session.exec(select(PackageFile).where(PackageFile.package_id == doomed.id)).all()
+            assert {r.id for r in rows} == set(doomed_files)
+            assert all(r.wrapped_key == b"" and r.sealed_meta == b"" for r in rows)
+            still = session.get(Package, kept.id)
+            assert still is not None and still.wrapped_key == kept_wrapped
+
+        # The saved ciphertext plus the KEK: no wrapped key left to open it with.
+        kek_id, _ = wrapped_file[target.id]
+        row_now = next(r for r in rows if r.id == target.id)
+        with pytest.raises(IntegrityError):
+            vault.keys.keyring.unwrap(crypto.WrappedKey(kek_id, row_now.wrapped_key),
+                                      context=identity)
+
+        # Invisible to everyone, like a package that never existed.
+        for who in (officer, recipient):
+            assert doomed.id not in {p.id for p in vault.list_packages(who).items}
+            assert kept.id in {p.id for p in vault.list_packages(who).items}
+            with pytest.raises(NotFound):
+                vault.get_package(who, doomed.id)
+            with pytest.raises(NotFound):
+                vault.download(who, doomed.id, doomed_files[0])
+        with pytest.raises(NotFound):
+            vault.audit_package(users["uz.auditor"], doomed.id)
+        with pytest.raises(NotFound):
+            vault.purge(local_operator(), doomed.id)  # already purged
+        with running_server(vault) as url, httpx.Client(base_url=url, timeout=30) as client:
+            token = client.post("/auth/login",
+                                json={"username": "kz.officer", "password": PASSWORD}).json()
+            auth = {"Authorization": f"Bearer {token['access_token']}"}
+            shown = client.get(f"/packages/{doomed.id}", headers=auth)
+            assert shown.status_code == 404
+            assert shown.json()["error"]["code"] == "not_found"
+            got = client.get(f"/packages/{doomed.id}/files/{doomed_files[0]}", headers=auth)
+            assert got.status_code == 404
+            listed = client.get("/packages", headers=auth).json()["items"]
+            assert [p["id"] for p in listed] == [kept.id]
+
+        # The purge is in the ledger, which still verifies.
+        purges = [e for e in vault.ledger_show(local_operator())
+                  if e.action == "purge" and e.package == doomed.id]
+        assert [(e.seq, e.decision) for e in purges] == [(receipt, "allow")]
+        assert vault.verify_ledger(local_operator()).ok
+
+        if backend_url is None:
+            raw = sqlite_bytes(settings.data_dir)
+            assert kept_wrapped in raw  # the search does find wrapped keys
+            found = [i for i, secret in enumerate(secrets_before) if secret in raw]
+            assert not found, "destroyed key material still in vault.db / -wal / -shm"
+    finally:
+        vault.close()
+    if backend_url is None:  # and after the last connection closed
+        raw = sqlite_bytes(settings.data_dir)
+        assert not any(secret in raw for secret in secrets_before)
+
+
+# --- production mode ------------------------------------------------------------------------------
+
+
+def prod_settings(data_dir: Path, keys: dict[str, Path], **extra: Any) -> Settings:
+    mapping = {"VAULT_KEK_FILE": "kek_file", "VAULT_JWT_KEY_FILE": "jwt_key_file",
+               "VAULT_LEDGER_KEY_FILE": "ledger_key_file"}
+    return load_settings(env="production", data_dir=data_dir,
+                         **{mapping[k]: v for k, v in keys.items()}, **FAST_ARGON2, **extra)
+
+
+def test_production_without_key_files_refuses(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    with pytest.raises(ConfigError, match="development keys"):
+        Vault.open(load_settings(env="production", data_dir=data_dir, **FAST_ARGON2))
+    assert not (data_dir / DEV_KEY_DIR).exists(), "production generated development keys"
+
+
+@pytest.mark.parametrize("missing", ["VAULT_KEK_FILE", "VAULT_JWT_KEY_FILE", "VAULT_LEDGER_KEY_FILE"])
+def test_production_with_one_key_missing_names_it(tmp_path: Path, missing: str) -> None:
+    keys = generate_key_files(tmp_path / "secrets")
+    del keys[missing]
+    with pytest.raises(ConfigError, match="development keys") as caught:
+        Vault.open(prod_settings(tmp_path / "data", keys))
+    assert missing in caught.value.message
+    assert not (tmp_path / "data" / DEV_KEY_DIR).exists()
+
+
+@pytest.mark.parametrize("which", ["VAULT_KEK_FILE", "VAULT_JWT_KEY_FILE", "VAULT_LEDGER_KEY_FILE"])
+@pytest.mark.parametrize("how", ["direct", "symlink"])
+def test_production_refuses_development_key_files(tmp_path: Path, which: str, how: str) -> None:
+    data_dir = tmp_path / "data"
+    Vault.open(load_settings(data_dir=data_dir, **FAST_ARGON2)).close()  # dev keys made
+    dev_files = {
+        "VAULT_KEK_FILE": data_dir / DEV_KEY_DIR / "kek.b64",
+        "VAULT_JWT_KEY_FILE": data_dir / DEV_KEY_DIR / "token-signing.pem",
+        "VAULT_LEDGER_KEY_FILE": data_dir / DEV_KEY_DIR / "ledger-signing.b64",
+    }
+    assert all(p.is_file() for p in dev_files.values())
+    keys = generate_key_files(tmp_path / "secrets")
+    dev = dev_files[which]
+    if how == "symlink":  # a path outside the folder that leads into it
+        link = tmp_path / "elsewhere" / dev.name
+        link.parent.mkdir()
+        link.symlink_to(dev)
+        dev = link
+    keys[which] = dev
+    with pytest.raises(ConfigError, match="development"):
+        Vault.open(prod_settings(data_dir, keys))
+
+
+def test_production_with_generated_keys_and_migrated_db_opens(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    keys = generate_key_files(tmp_path / "secrets")
+    settings = prod_settings(data_dir, keys)
+    engine = make_engine(settings.resolved_database_url)
+    try:
+        migrate(engine)
+    finally:
+        engine.dispose()
+    vault = Vault.open(settings)
+    try:
+        assert vault.keys.development is False
+        assert vault.keys.keyring.current.id == read_kek(keys["VAULT_KEK_FILE"]).id
+        users = seed(vault)
+        detail = put(vault, users["uz.officer"], "Prod", {"r.bin": blob(S + 1, 9)})
+        assert fetch(vault, users["uz.officer"], detail.id, detail.files[0].id) == blob(S + 1, 9)
+        assert vault.verify_ledger(local_operator()).ok
+    finally:
+        vault.close()
+    assert not (data_dir / DEV_KEY_DIR).exists()
+
+
+def test_production_with_unmigrated_db_refuses_and_does_not_migrate(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    keys = generate_key_files(tmp_path / "secrets")
+    settings = prod_settings(data_dir, keys)
+    with pytest.raises(ConfigError, match="blovault admin migrate"):
+        Vault.open(settings)
+    engine = make_engine(settings.resolved_database_url)
+    try:
+        with engine.connect() as conn:
+            tables = conn.execute(text("SELECT name FROM sqlite_master WHERE type='table'")).all()
+        assert tables == [], "production created tables on start"
+    finally:
+        engine.dispose()
+
+
+# --- gen-keys and development key files -----------------------------------------------------------
+
+
+def test_gen_keys_cli_writes_0600_files_and_refuses_to_overwrite(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cli.main import run
+
+    out_dir = tmp_path / "secrets"
+    capsys.readouterr()
+    assert run(["admin", "gen-keys", "--out-dir", str(out_dir)]) == 0
+    printed = dict(line.split("=", 1) for line in capsys.readouterr().out.split())
+    assert set(printed) == {"VAULT_KEK_FILE", "VAULT_JWT_KEY_FILE", "VAULT_LEDGER_KEY_FILE"}
+    files = sorted(out_dir.iterdir())
+    assert [f.name for f in files] == ["kek.b64", "ledger-signing.b64", "token-signing.pem"]
+    assert {Path(p).resolve() for p in printed.values()} == {f.resolve() for f in files}
+    for path in files:
+        assert mode(path) == 0o600, f"{path.name} is {oct(mode(path))}"
+    assert mode(out_dir) == 0o700
+    assert len(base64.b64decode(Path(printed["VAULT_KEK_FILE"]).read_bytes().strip())) == 32
+    assert b"PRIVATE KEY" in Path(printed["VAULT_JWT_KEY_FILE"]).read_bytes()
+    contents = {f.name: f.read_bytes() for f in files}
+
+    # The keys work: a production vault opens with them.
+    keys = {name: Path(p) for name, p in printed.items()}
+    settings = prod_settings(tmp_path / "data", keys)
+    engine = make_engine(settings.resolved_database_url)
+    migrate(engine)
+    engine.dispose()
+    Vault.open(settings).close()
+
+    # Refuses to overwrite, all of them or any one of them.
+    assert run(["admin", "gen-keys", "--out-dir", str(out_dir)]) == 9
+    assert "refusing to overwrite" in capsys.readouterr().err
+    assert {f.name: f.read_bytes() for f in out_dir.iterdir()} == contents
+
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    (partial / "kek.b64").write_bytes(b"keep me\n")
+    assert run(["admin", "gen-keys", "--out-dir", str(partial)]) == 9
+    assert [f.name for f in partial.iterdir()] == ["kek.b64"], "wrote some files anyway"
+    assert (partial / "kek.b64").read_bytes() == b"keep me\n"
+
+
+def test_development_keys_are_private(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    vault = Vault.open(load_settings(data_dir=data_dir, **FAST_ARGON2))
+    try:
+        assert vault.keys.development is True
+    finally:
+        vault.close()
+    dev_dir = data_dir / DEV_KEY_DIR
+    files = sorted(p.name for p in dev_dir.iterdir())
+    assert files == ["kek.b64", "ledger-signing.b64", "token-signing.pem"]
+    for name in files:
+        assert mode(dev_dir / name) == 0o600, f"{name} is {oct(mode(dev_dir / name))}"
+    assert mode(dev_dir) == 0o700
+    assert mode(data_dir / "vault.db") == 0o600
+    # A second start reuses them (same KEK id), it does not regenerate.
+    kek_id = read_kek(dev_dir / "kek.b64").id
+    vault = Vault.open(load_settings(data_dir=data_dir, **FAST_ARGON2))
+    try:
+        assert vault.keys.keyring.current.id == kek_id
+    finally:
+        vault.close()
