@@ -23,13 +23,14 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.pool import NullPool
 from sqlmodel import Session, create_engine
 
 from vault import models  # noqa: F401  (registers the tables on SQLModel.metadata)
 from vault.errors import ConfigError, StorageUnavailable
 
 APPEND_ONLY_TABLES = ("ledgerentry", "ledgernode", "ledgercheckpoint")
+# Execution option marking a transaction that only reads (see session_scope).
+READ_ONLY = "vault_read_only"
 
 _SQLITE_TRIGGERS = [
     f"""CREATE TRIGGER IF NOT EXISTS {table}_no_{op.lower()} BEFORE {op} ON {table}
@@ -78,9 +79,11 @@ def _sqlite_engine(url: str) -> Engine:
             os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
     engine = create_engine(
         url,
+        # A pooled connection serves one thread at a time; the pool keeps the per-connection
+        # pragmas below from running on every request.
         connect_args={"check_same_thread": False, "timeout": 30},
-        # One connection per checkout: SQLite connections are cheap and this keeps threads apart.
-        poolclass=NullPool,
+        pool_size=8,
+        max_overflow=32,
     )
 
     @event.listens_for(engine, "connect")
@@ -102,7 +105,10 @@ def _sqlite_engine(url: str) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # Writers take the write lock up front, so two of them never deadlock upgrading a
+        # read lock; read-only transactions (READ_ONLY) take no lock at all and run beside them.
+        readonly = conn.get_execution_options().get(READ_ONLY, False)
+        conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
 
     return engine
 
@@ -164,9 +170,13 @@ def check_schema(engine: Engine) -> None:
 
 
 @contextmanager
-def session_scope(engine: Engine) -> Iterator[Session]:
-    """A session whose transaction commits on success and rolls back on any error."""
-    with Session(engine, expire_on_commit=False) as session:
+def session_scope(engine: Engine, *, readonly: bool = False) -> Iterator[Session]:
+    """A session whose transaction commits on success and rolls back on any error.
+
+    ``readonly`` sessions must not write: on SQLite they take no write lock.
+    """
+    bind = engine.execution_options(**{READ_ONLY: True}) if readonly else engine
+    with Session(bind, expire_on_commit=False) as session:
         try:
             yield session
             session.commit()

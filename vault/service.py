@@ -246,7 +246,7 @@ class Vault:
         if now - self._authz_checked < POLICY_REFRESH_SECONDS:
             return
         self._authz_checked = now
-        with session_scope(self.engine) as session:
+        with session_scope(self.engine, readonly=True) as session:
             rules = _load_rules(session)
         if rules != tuple(sorted(self._authz.extra_rules)):
             self._authz = Authorizer(
@@ -260,15 +260,18 @@ class Vault:
     # --- plumbing ---------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _tx(self) -> Iterator[Session]:
-        """One database transaction; refusals raised inside it are recorded after rollback."""
+    def _tx(self, *, readonly: bool = False) -> Iterator[Session]:
+        """One database transaction; refusals raised inside it are recorded after rollback.
+
+        ``readonly`` transactions must not write (on SQLite they don't queue for the lock).
+        """
         depth = getattr(self._local, "depth", 0)
         if depth == 0:
             with contextlib.suppress(OperationalError):  # the transaction below reports it
                 self._refresh_policy()
         self._local.depth = depth + 1
         try:
-            with session_scope(self.engine) as session:
+            with session_scope(self.engine, readonly=readonly) as session:
                 yield session
         except OperationalError as exc:
             log.warning("database unavailable: %s", (str(exc.orig) or "?").splitlines()[0][:200])
@@ -300,7 +303,7 @@ class Vault:
 
     def stats(self) -> dict[str, int]:
         """Ledger size, packages and plaintext bytes stored (for metrics)."""
-        with self._tx() as session:
+        with self._tx(readonly=True) as session:
             packages, size = session.exec(
                 select(func.count(), func.coalesce(func.sum(Package.size), 0)).where(
                     col(Package.purged_at).is_(None)
@@ -485,7 +488,7 @@ class Vault:
         keys = [f"user:{name}"] + ([f"addr:{client[:64]}"] if client else [])
         actor = Actor(user=name)
         now = utcnow()
-        with self._tx() as session:
+        with self._tx(readonly=True) as session:
             user = session.exec(select(User).where(User.username == name)).first()
             locks = [
                 row.locked_until
@@ -566,7 +569,7 @@ class Vault:
             claims = self.tokens.verify(token)
         except AuthenticationFailed as exc:
             raise self._refuse(exc, Actor(user=""), "authenticate", "bad_token") from None
-        with self._tx() as session:
+        with self._tx(readonly=True) as session:
             user = session.get(User, claims.subject)
             principal = None if user is None or user.disabled else self._principal(session, user)
         if principal is None:
@@ -829,7 +832,7 @@ class Vault:
         batch: list[str] = []
 
         def flush() -> int:
-            with self._tx() as session:
+            with self._tx(readonly=True) as session:
                 live = set(
                     session.exec(
                         select(PackageFile.id)
@@ -1636,7 +1639,7 @@ class Vault:
         is safe to run against a copy of a suspect database.
         """
         self._require_global(principal, "ledger", subject="verify")
-        with self._tx() as session:
+        with self._tx(readonly=True) as session:
             result = ledger.verify_database(
                 session,
                 origin=self.settings.ledger_origin,
@@ -1673,7 +1676,7 @@ class Vault:
         if not 0 <= start <= end or end - start > 1000:
             raise InvalidInput("entries: 0 <= start <= end and at most 1000 at a time")
         self._ledger_read(principal, f"entries:{start}-{end}")
-        with self._tx() as session:
+        with self._tx(readonly=True) as session:
             items = [_b64(data) for _, data in ledger.iter_entries(session, start=start, stop=end)]
         return LedgerEntries(start=start, entries=items)
 
@@ -1685,7 +1688,7 @@ class Vault:
         info = self.checkpoint()
         if seq >= info.size:
             raise NotFound(f"no ledger entry {seq}")
-        with self._tx() as session:
+        with self._tx(readonly=True) as session:
             data = ledger.entry_bytes(session, seq)
             hashes = ledger.inclusion_proof(session, seq, info.size)
         leaf = merkle.leaf_hash(data)
@@ -1722,7 +1725,7 @@ class Vault:
                 f"checkpoint {old.size}",
                 seq=info.size,
             )
-        with self._tx() as session:
+        with self._tx(readonly=True) as session:
             hashes = ledger.consistency_proof(session, old.size, info.size)
         new_root = base64.b64decode(info.root)
         try:
@@ -1749,7 +1752,7 @@ class Vault:
         out.write(f'  "vkey": {json.dumps(info.vkey)},\n')
         out.write(f'  "checkpoint": {json.dumps(info.note)},\n')
         out.write('  "entries": [')
-        with self._tx() as session:
+        with self._tx(readonly=True) as session:
             for seq, data in ledger.iter_entries(session, stop=info.size):
                 out.write(("\n    " if seq == 0 else ",\n    ") + '"' + _b64(data) + '"')
                 if progress and seq % 4096 == 0:
@@ -1760,18 +1763,18 @@ class Vault:
     def ledger_show(self, principal: Principal) -> Iterator[Entry]:
         """Every entry, decoded, in order (callers filter); the read is recorded first."""
         self._ledger_read(principal, "show")
-        with self._tx() as session:
+        with self._tx(readonly=True) as session:
             for seq, data in ledger.iter_entries(session):
                 yield decode(data, seq_hint=seq)
 
     def ledger_size(self) -> int:
         """Number of ledger entries (for health and metrics)."""
-        with self._tx() as session:
+        with self._tx(readonly=True) as session:
             return ledger.size(session)
 
     def check_ready(self) -> None:
         """Raise StorageUnavailable unless database and object store answer."""
-        with self._tx() as session:
+        with self._tx(readonly=True) as session:
             session.exec(select(LedgerEntry.seq).limit(1)).all()
         self.store.check()
 

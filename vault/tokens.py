@@ -23,6 +23,7 @@ from vault.errors import AuthenticationFailed
 ALGORITHMS = ["ES256"]
 _REQUIRED = ("exp", "iat", "nbf", "sub", "aud", "iss")
 _LEEWAY_SECONDS = 5
+_CACHE_SIZE = 10_000
 
 
 def key_id(public_pem: bytes) -> str:
@@ -61,6 +62,7 @@ class TokenService:
         self._issuer = issuer
         self._audience = audience
         self.ttl_seconds = ttl_seconds
+        self._verified: dict[str, TokenClaims] = {}
 
     def issue(self, subject: str, *, now: int | None = None) -> str:
         """A signed token for ``subject`` valid for the configured lifetime."""
@@ -80,10 +82,27 @@ class TokenService:
         return token
 
     def verify(self, token: str) -> TokenClaims:
-        """Verify signature, algorithm, key id and every required claim."""
+        """Verify signature, algorithm, key id and every required claim.
+
+        A token that verified once is remembered until it expires (tokens are immutable), so
+        the ECDSA check runs once per token rather than once per request.
+        """
         failed = AuthenticationFailed("invalid or expired token")
         if not isinstance(token, str) or len(token) > 4096 or token.count(".") != 2:
             raise failed
+        known = self._verified.get(token)
+        if known is not None:
+            if known.expires_at + _LEEWAY_SECONDS < time.time():
+                self._verified.pop(token, None)
+                raise failed
+            return known
+        claims = self._verify_uncached(token, failed)
+        if len(self._verified) >= _CACHE_SIZE:
+            self._verified.clear()  # crude but bounded; a miss only costs one verification
+        self._verified[token] = claims
+        return claims
+
+    def _verify_uncached(self, token: str, failed: AuthenticationFailed) -> TokenClaims:
         try:
             header: dict[str, Any] = jwt.get_unverified_header(token)
         except JOSEError:

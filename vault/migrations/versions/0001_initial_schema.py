@@ -14,7 +14,6 @@ from alembic import op
 from vault.db import append_only_statements
 from vault.models import UTCDateTime
 
-
 revision = "0001"
 down_revision = None
 branch_labels = None
