@@ -348,9 +348,14 @@ def verify_ledger(vault: VaultDep, principal: PrincipalDep) -> LedgerReport:
 
 
 @router.get("/ledger/checkpoint", tags=["ledger"])
-def ledger_checkpoint(vault: VaultDep, principal: PrincipalDep) -> CheckpointInfo:
+def ledger_checkpoint(
+    vault: VaultDep, principal: PrincipalDep, response: Response
+) -> CheckpointInfo:
     """The latest signed checkpoint (C2SP signed note) and the log's verifier key."""
-    return vault.latest_checkpoint(principal)
+    result = vault.latest_checkpoint(principal)
+    if result.receipt is not None:
+        _receipt(response, result.receipt)
+    return result
 
 
 @router.get("/ledger/entries", tags=["ledger"])
@@ -359,17 +364,27 @@ def ledger_entries(
     principal: PrincipalDep,
     start: Annotated[int, Query(ge=0, le=2**62)],
     end: Annotated[int, Query(ge=0, le=2**62)],
+    response: Response,
 ) -> LedgerEntries:
     """Entries ``[start, end)`` (at most 1000), base64 of their exact bytes."""
-    return vault.ledger_entries(principal, start, end)
+    result = vault.ledger_entries(principal, start, end)
+    if result.receipt is not None:
+        _receipt(response, result.receipt)
+    return result
 
 
 @router.get("/ledger/proof/inclusion/{seq}", tags=["ledger"])
 def ledger_inclusion(
-    seq: Annotated[int, Path(ge=0, le=2**62)], vault: VaultDep, principal: PrincipalDep
+    seq: Annotated[int, Path(ge=0, le=2**62)],
+    vault: VaultDep,
+    principal: PrincipalDep,
+    response: Response,
 ) -> InclusionProof:
     """RFC 9162 inclusion proof of an entry against the latest checkpoint."""
-    return vault.inclusion_proof(principal, seq)
+    result = vault.inclusion_proof(principal, seq)
+    if result.receipt is not None:
+        _receipt(response, result.receipt)
+    return result
 
 
 class ConsistencyRequest(BaseModel):
@@ -381,10 +396,16 @@ class ConsistencyRequest(BaseModel):
 
 @router.post("/ledger/proof/consistency", tags=["ledger"])
 def ledger_consistency(
-    body: ConsistencyRequest, vault: VaultDep, principal: PrincipalDep
+    body: ConsistencyRequest,
+    vault: VaultDep,
+    principal: PrincipalDep,
+    response: Response,
 ) -> ConsistencyProof:
     """RFC 9162 consistency proof from a saved checkpoint to the latest one."""
-    return vault.consistency_proof(principal, body.checkpoint)
+    result = vault.consistency_proof(principal, body.checkpoint)
+    if result.receipt is not None:
+        _receipt(response, result.receipt)
+    return result
 
 
 async def _checkpoint_cadence(vault: Vault) -> None:

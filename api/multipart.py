@@ -206,14 +206,11 @@ def _disposition(headers: dict[bytes, bytes]) -> tuple[str, str | None]:
     kind, params = parse_options_header(raw)
     if kind != b"form-data":
         raise InvalidInput("multipart parts must be form-data")
+    # RFC 7578 §4.2: filenames travel as UTF-8 in filename="..."; filename* is not used.
     try:
         name = params.get(b"name", b"").decode("utf-8")
-        filename_raw = params.get(b"filename*") or params.get(b"filename")
+        filename_raw = params.get(b"filename")
         filename = None if filename_raw is None else filename_raw.decode("utf-8")
     except UnicodeDecodeError:
         raise InvalidInput("part names and filenames must be valid UTF-8") from None
-    if filename is not None and filename.lower().startswith("utf-8''"):
-        from urllib.parse import unquote
-
-        filename = unquote(filename[7:], errors="strict")
     return name, filename

@@ -549,27 +549,31 @@ def measure_full(
                     mismatches += 1
     # The whole request's transaction, as Vault._load_package_for runs it (without the ledger
     # refusal a denied request would then append).
-    per_request = []
+    per_request: list[int] = []
+    per_request_ro: list[int] = []
     gc.collect()
-    for q in reqs[:request_subset]:
+    for i, q in enumerate(reqs[:request_subset]):
         principal = principals[q.username]
+        readonly = bool(i % 2)
         t0 = pc()
-        with vault._tx() as session:
+        with vault._tx(readonly=readonly) as session:
             package = session.get(Package, q.package_id)
             facts = vault._facts(session, principal, package, q.action)  # type: ignore[arg-type]
             ok = vault.authz.allows(facts)
         t1 = pc()
-        per_request.append(t1 - t0)
+        (per_request_ro if readonly else per_request).append(t1 - t0)
         if ok != q.allowed:
             mismatches += 1
-    # An empty transaction: what connection + PRAGMAs + BEGIN IMMEDIATE + COMMIT cost alone.
-    empty_tx = []
-    for _ in range(min(2000, request_subset)):
+    # An empty transaction: what checkout (or connect) + BEGIN [IMMEDIATE] + COMMIT cost alone.
+    empty_tx: list[int] = []
+    empty_tx_ro: list[int] = []
+    for i in range(min(4000, request_subset)):
+        readonly = bool(i % 2)
         t0 = pc()
-        with vault._tx() as session:
+        with vault._tx(readonly=readonly) as session:
             session.connection()
         t1 = pc()
-        empty_tx.append(t1 - t0)
+        (empty_tx_ro if readonly else empty_tx).append(t1 - t0)
     allowed_idx = [i for i, q in enumerate(reqs) if q.allowed]
     denied_idx = [i for i, q in enumerate(reqs) if not q.allowed]
     originator = [i for i, q in enumerate(reqs) if "originator" in q.facts.relations]
@@ -590,7 +594,10 @@ def measure_full(
             "vault_facts_h3": summary_us([pieces_facts[i] for i in h3]),
         },
         "per_request_transaction": summary_us(per_request),
+        "per_request_readonly_transaction": summary_us(per_request_ro),
         "empty_transaction": summary_us(empty_tx),
+        "empty_readonly_transaction": summary_us(empty_tx_ro),
+        "engine_pool": type(vault.engine.pool).__name__,
         "mismatches": mismatches,
     }
 
@@ -619,18 +626,51 @@ class StatementCapture:
 
 
 def listing_query(vault: Vault, principal: Principal, limit: int = PAGE) -> Any:
-    """Exactly the statement Vault.list_packages builds."""
+    """The statement Vault.list_packages builds (checked against the service's SQL at run time)."""
     return (
         select(Package, Agency.country_code)
         .join(Agency, col(Agency.code) == Package.agency_code)
-        .where(vault._readable_clause(principal))
+        .where(col(Package.purged_at).is_(None), vault._readable_clause(principal))
         .order_by(col(Package.created_at).desc(), col(Package.id))
         .offset(0)
         .limit(limit)
     )
 
 
-def list_replica(vault: Vault, principal: Principal, *, ledger: bool = True) -> dict[str, int]:
+class TxClock:
+    """Timestamps of the engine's COMMIT (before the DBAPI commit) and DBAPI close (before it).
+
+    With the vault's NullPool, the connection is closed as soon as the session's transaction
+    ends, so ``commit -> close`` is the DBAPI commit (the WAL fsync with synchronous=FULL) and
+    ``close -> end`` is sqlite3's close (the last connection to a WAL database checkpoints and
+    removes the WAL on close). With a pooled engine there is no close: ``commit -> end`` is the
+    DBAPI commit plus returning the connection to the pool.
+    """
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+        self.commit_at = 0
+        self.close_at = 0
+
+    def _commit(self, conn: Any) -> None:
+        self.commit_at = pc()
+
+    def _close(self, dbapi_conn: Any, record: Any) -> None:
+        self.close_at = pc()
+
+    def __enter__(self) -> TxClock:
+        event.listen(self.engine, "commit", self._commit)
+        event.listen(self.engine, "close", self._close)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        event.remove(self.engine, "commit", self._commit)
+        event.remove(self.engine, "close", self._close)
+
+
+def list_replica(
+    vault: Vault, principal: Principal, *, ledger: bool = True, clock: TxClock | None = None,
+) -> dict[str, int]:
     """Vault.list_packages, step for step, with each step timed (ns)."""
     c0 = time.thread_time_ns()
     t0 = pc()
@@ -653,11 +693,17 @@ def list_replica(vault: Vault, principal: Principal, *, ledger: bool = True) -> 
     t6 = pc()
     cpu = time.thread_time_ns() - c0
     assert len(items) == len(found)
-    return {
-        "total": t6 - t0, "total_thread_cpu": cpu, "connect_begin": t1 - t0, "build_clause": t2 - t1, "orm_query": t3 - t2,
-        "ledger_append": t4 - t3, "commit_close": t5 - t4, "decrypt_titles": t6 - t5,
-        "rows": len(found),
+    out = {
+        "total": t6 - t0, "total_thread_cpu": cpu, "connect_begin": t1 - t0, "build_clause": t2 - t1,
+        "orm_query": t3 - t2, "ledger_append": t4 - t3, "commit_close": t5 - t4,
+        "decrypt_titles": t6 - t5, "rows": len(found),
     }
+    if clock is not None and t4 <= clock.commit_at <= clock.close_at <= t5:
+        out["commit_close.dbapi_commit"] = clock.close_at - clock.commit_at
+        out["commit_close.dbapi_close"] = t5 - clock.close_at
+    elif clock is not None and t4 <= clock.commit_at <= t5:  # pooled: returned, not closed
+        out["commit_close.from_dbapi_commit"] = t5 - clock.commit_at
+    return out
 
 
 def _dbapi_connection(engine: Any) -> Any:
@@ -683,9 +729,25 @@ def measure_listing(
             readable = session.execute(
                 sa_select(func.count()).select_from(Package)
                 .join(Agency, col(Agency.code) == Package.agency_code)
-                .where(vault._readable_clause(principals[name]))
+                .where(col(Package.purged_at).is_(None), vault._readable_clause(principals[name]))
             ).scalar_one()
             per_officer[name] = {"first_page_rows": len(rows), "readable_total": int(readable)}
+    # The replica must be the service's statement: compare with what list_packages sends.
+    seen: list[str] = []
+
+    def grab(conn: Any, cursor: Any, statement: str, *rest: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT PACKAGE."):
+            seen.append(statement)
+
+    event.listen(engine, "before_cursor_execute", grab)
+    try:
+        vault.list_packages(principals[officers[0]], limit=PAGE)
+    finally:
+        event.remove(engine, "before_cursor_execute", grab)
+    replica_matches = bool(seen) and seen[0] == captured[officers[0]][0]
+    if not replica_matches:
+        print("  WARNING: the replica's listing SQL differs from Vault.list_packages' SQL "
+              "(the service changed?); the piece-by-piece figures may not apply", flush=True)
     plans: dict[str, list[str]] = {}
     if sqlite:
         raw = _dbapi_connection(engine)
@@ -721,8 +783,9 @@ def measure_listing(
     gc.collect()
     pieces: dict[str, list[int]] = defaultdict(list)
     pieces_by_officer: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
-    for name in order:
-        r = list_replica(vault, principals[name])
+    with TxClock(engine) as clock:
+        replicas = [(name, list_replica(vault, principals[name], clock=clock)) for name in order]
+    for name, r in replicas:
         for k, v in r.items():
             if k != "rows":
                 pieces[k].append(v)
@@ -777,6 +840,7 @@ def measure_listing(
         "sql_only": summary_ms(sql_ns),
         "per_officer": per_officer,
         "query_plans": plans,
+        "replica_sql_matches_service": replica_matches,
         "sql_example": captured[officers[0]][0],
     }
 
@@ -867,15 +931,19 @@ def measure_baseline(
         for kind, make, expect in (("denied", denied_req, False), ("allowed", allowed_req, True)):
             ns: list[int] = []
             spent = 0.0
+            cpu: list[int] = []
             while (spent < budget_s / 2 and len(ns) < 2000) or len(ns) < 5:
                 req = make()
+                c0 = time.thread_time_ns()
                 t0 = pc()
                 ok = enforcer.enforce(*req)
                 t1 = pc()
+                cpu.append(time.thread_time_ns() - c0)
                 assert ok is expect, (req, ok)
                 ns.append(t1 - t0)
                 spent += (t1 - t0) / 1e9
             entry[f"enforcer_{kind}"] = summary_us(ns)
+            entry[f"enforcer_{kind}_thread_cpu"] = summary_us(cpu)
         del enforcer
         gc.collect()
         # FastEnforcer: policy indexed by (obj, act), filtered per request.
@@ -1061,6 +1129,17 @@ def machine_info(data_dir: Path) -> dict[str, Any]:
     return info
 
 
+def source_fingerprints() -> dict[str, str]:
+    """SHA-256 (first 16 hex) of the files measured: the code changes under concurrent edits."""
+    root = Path(__file__).resolve().parent.parent
+    out = {}
+    for rel in ("vault/service.py", "vault/authz.py", "vault/db.py", "vault/models.py",
+                "vault/ledger/log.py", "policies/model.conf", "policies/policy.csv"):
+        with contextlib.suppress(OSError):
+            out[rel] = hashlib.sha256((root / rel).read_bytes()).hexdigest()[:16]
+    return out
+
+
 # --- database --------------------------------------------------------------------------------------
 
 
@@ -1131,6 +1210,7 @@ def main(argv: list[str] | None = None) -> int:
         "targets": {"decision_median_us": TARGET_DECISION_MEDIAN_US, "decision_p99_us": TARGET_DECISION_P99_US,
                     "first_page_ms": TARGET_LIST_MS},
         "machine": machine_info(work),
+        "source_sha256": source_fingerprints(),
     }
     print(f"machine: {report['machine']['cpu']}, {report['machine']['cores']} cores, "
           f"Python {report['machine']['python']}, SQLite {report['machine']['sqlite']}, "
@@ -1254,7 +1334,10 @@ def print_table(r: dict[str, Any]) -> None:
     m = r["machine"]
     print(f"\n{m['cpu']} ({m['cores']} cores), Python {m['python']}, SQLite {m['sqlite']}, "
           f"pycasbin {m.get('pycasbin')}; {r['population']['packages']:,} packages, "
-          f"{r['population']['releases']:,} releases; timer overhead {r['timer_overhead_ns']:.0f} ns")
+          f"{r['population']['releases']:,} releases; timer overhead {r['timer_overhead_ns']:.0f} ns; "
+          f"engine pool {r['b_full_decision']['engine_pool']}")
+    print("contention (other processes' CPU, in cores, during each phase): " + ", ".join(
+        f"{k} {v['others_cores']}" for k, v in r.get("contention", {}).items()))
     print(f"\n{'decision (us)':<66} {'median':>10} {'p99':>10}")
     a, b = r["a_pure_decision"], r["b_full_decision"]
     rows = [
@@ -1273,8 +1356,10 @@ def print_table(r: dict[str, Any]) -> None:
         ("   piece: Vault._facts, caller is originator", b["pieces"]["vault_facts_originator"]),
         ("   piece: Vault._facts, caller not originator", b["pieces"]["vault_facts_not_originator"]),
         ("   piece: Vault._facts, H3 package", b["pieces"]["vault_facts_h3"]),
-        ("   per request in its own Vault._tx (connect, BEGIN IMMEDIATE, COMMIT)", b["per_request_transaction"]),
-        ("   empty Vault._tx alone", b["empty_transaction"]),
+        ("   per request in its own Vault._tx() (BEGIN IMMEDIATE ... COMMIT)", b["per_request_transaction"]),
+        ("   per request in its own Vault._tx(readonly=True) (BEGIN ... COMMIT)", b["per_request_readonly_transaction"]),
+        ("   empty Vault._tx() alone", b["empty_transaction"]),
+        ("   empty Vault._tx(readonly=True) alone", b["empty_readonly_transaction"]),
     ]
     for label, s in rows:
         print(f"{label:<66} {_fmt_us(s)}")
@@ -1284,6 +1369,9 @@ def print_table(r: dict[str, Any]) -> None:
               + f" {_fmt_us(e['enforcer_denied'])}")
         print(f"   plain Enforcer, {int(size):>7,} lines, allowed (n={e['enforcer_allowed']['n']})".ljust(66)
               + f" {_fmt_us(e['enforcer_allowed'])}")
+        print("   ... thread CPU time, denied / allowed (medians)".ljust(66)
+              + f" {e['enforcer_denied_thread_cpu']['median_us']:>10.1f} "
+              f"{e['enforcer_allowed_thread_cpu']['median_us']:>10.1f}")
         print(f"   FastEnforcer,   {int(size):>7,} lines, denied".ljust(66) + f" {_fmt_us(e['fast_enforcer_denied'])}")
         print(f"   FastEnforcer,   {int(size):>7,} lines, allowed".ljust(66) + f" {_fmt_us(e['fast_enforcer_allowed'])}")
         print(f"   (load: Enforcer {e['enforcer_load_s']} s, FastEnforcer {e['fast_enforcer_load_s']} s)")

@@ -3,14 +3,14 @@
 Run::
 
     python -m bench.bench_ledger [--entries N] [--appends M] [--proofs P] [--pg URL]
-                                 [--dir PATH] [--out FILE] [--no-experiments]
+                                 [--dir PATH] [--out FILE] [--no-experiments] [--wait-idle S]
 
 In one process, on throw-away databases under a temp folder (``--dir`` to choose the disk):
 
 appends (SQLite)
     ``M`` appends, each ``with session_scope(engine): vault.ledger.log.append(...)`` on the
-    vault's own engine (``make_engine``: WAL, ``synchronous=FULL``, ``BEGIN IMMEDIATE``,
-    ``NullPool``), so each is its own committed, fsynced transaction. Baseline: the same entry
+    vault's own engine (``make_engine``: WAL, ``synchronous=FULL``, ``BEGIN IMMEDIATE``), so
+    each is its own committed, fsynced transaction. Baseline: the same entry
     bytes inserted with plain ``sqlite3`` into a table of the same shape, same pragmas, one
     ``BEGIN IMMEDIATE``/``INSERT``/``COMMIT`` each on one open connection. Reported as
     appends/s and vault/raw ratio.
@@ -28,10 +28,12 @@ proofs
     ``P`` random sequence numbers, ``log.inclusion_proof(session, seq, N)`` each timed alone
     (median, p99); each proof is then verified (not timed).
 experiments (unless ``--no-experiments``)
-    Where the append time goes: raw sqlite3 with a new connection per transaction (what
-    ``NullPool`` does), plus the node rows; ``log.append`` on an engine that keeps its
-    connection (same pragmas), with ``synchronous=NORMAL``, and with 100 appends per commit;
-    a cProfile of vault appends (``bench/out/profile_ledger_append.pstats``).
+    Where the append time goes: raw sqlite3 with a new connection per transaction, and with
+    the head read and node rows a real append also does; ``log.append`` on a one-connection
+    QueuePool engine with the same pragmas, the same with ``synchronous=NORMAL``, and 100
+    appends per commit; a cProfile of vault appends
+    (``bench/out/profile_ledger_append.pstats``). For proofs: the same node rows fetched with
+    one plain sqlite3 query and resolved, to split database time from Python time.
 
 Results: a table on stdout, JSON in ``bench/out/ledger.json`` (or ``--out``).
 """
@@ -166,6 +168,26 @@ def quiet() -> None:
     gc.collect()
 
 
+IDLE = {"max_wait_s": 0.0, "threshold": 1.0}
+LOAD: dict[str, dict[str, float]] = {}
+
+
+def phase(name: str) -> None:
+    """Start a phase: wait (up to ``--wait-idle`` s) for the 1-minute load to drop; record it.
+
+    The machine may be shared; the load at each phase start goes into the JSON so a reader can
+    tell a quiet run from a contended one.
+    """
+    began = time.monotonic()
+    while os.getloadavg()[0] >= IDLE["threshold"] and time.monotonic() - began < IDLE["max_wait_s"]:
+        time.sleep(5)
+    LOAD[name] = {
+        "loadavg_1m": round(os.getloadavg()[0], 2),
+        "waited_s": round(time.monotonic() - began, 1),
+    }
+    print(f"{name} ... (load {LOAD[name]['loadavg_1m']})", flush=True)
+
+
 def schema(engine: Engine) -> None:
     """Bring a fresh database to the vault's schema (migrations when present)."""
     migrate = getattr(db, "migrate", None)
@@ -186,10 +208,13 @@ def raw_sqlite(path: Path, pragmas: tuple[str, ...] = SQLITE_PRAGMAS) -> sqlite3
     return conn
 
 
-def time_appends(engine: Engine, count: int, *, per_tx: int = 1) -> tuple[float, list[float]]:
+def time_appends(
+    engine: Engine, count: int, *, per_tx: int = 1, collect: bool = True
+) -> tuple[float, list[float]]:
     """``count`` calls of log.append, ``per_tx`` per committed transaction; (rate, latencies)."""
     latencies = []
-    quiet()
+    if collect:
+        quiet()
     began = time.perf_counter()
     done = 0
     while done < count:
@@ -331,9 +356,10 @@ def bench_sqlite_appends(work: Path, count: int, experiments: bool) -> dict[str,
 
 def profile_appends(engine: Engine, count: int) -> dict[str, Any]:
     """cProfile ``count`` vault appends; the biggest self-time items, and grouped totals."""
+    quiet()
     prof = cProfile.Profile()
     prof.enable()
-    time_appends(engine, count)
+    time_appends(engine, count, collect=False)
     prof.disable()
     PROFILE_OUT.parent.mkdir(parents=True, exist_ok=True)
     prof.dump_stats(str(PROFILE_OUT))
@@ -590,25 +616,6 @@ def bench_proofs(path: Path, n: int, count: int, root: bytes) -> dict[str, Any]:
     }
 
 
-def bench_proof_plan_only(n: int, count: int) -> dict[str, Any]:
-    """The pure part of a proof (planning + SQL building) to split DB time from Python time."""
-    from sqlalchemy import and_, or_, select
-
-    rnd = random.Random(12)
-    seqs = [rnd.randrange(n) for _ in range(count)]
-    times = []
-    for seq in seqs:
-        t0 = time.perf_counter()
-        plan = merkle.inclusion_proof_nodes(seq, n)
-        ids = {i for g in plan for i in g}
-        stmt = select(LedgerNode).where(
-            or_(*(and_(LedgerNode.level == lv, LedgerNode.idx == ix) for lv, ix in ids))
-        )
-        str(stmt.compile())
-        times.append(time.perf_counter() - t0)
-    return {"median_ms": round(statistics.median(times) * 1e3, 4)}
-
-
 def bench_proof_raw(path: Path, n: int, count: int) -> dict[str, Any]:
     """Experiment: the same proof nodes fetched with one plain sqlite3 query (IN on rowid keys)."""
     conn = raw_sqlite(path, ("PRAGMA query_only=ON",))
@@ -719,6 +726,10 @@ def print_table(result: dict[str, Any]) -> None:
     if "experiments" in pr:
         print("\nproof experiments (ms):", pr["experiments"])
     print(f"\nbulk build of {v['entries']:,} entries: {result['bulk_build_s']:.1f} s")
+    print(
+        "1-minute load at each phase start:",
+        {k: v["loadavg_1m"] for k, v in result["load_at_phase_start"].items()},
+    )
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -737,12 +748,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "proof_ms": TARGET_PROOF_MS,
             },
         }
-        print("appends on SQLite ...", flush=True)
+        phase("appends on SQLite")
         result["sqlite_appends"] = bench_sqlite_appends(work, args.appends, not args.no_experiments)
         if args.pg:
-            print("appends on PostgreSQL ...", flush=True)
+            phase("appends on PostgreSQL")
             result["pg_appends"] = bench_pg_appends(args.pg, args.appends)
-        print(f"building {args.entries:,} entries ...", flush=True)
+        phase(f"building {args.entries:,} entries")
         t0 = time.perf_counter()
         datas, leaves = generate(args.entries)
         gen_s = time.perf_counter() - t0
@@ -751,17 +762,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         big = work / "big.db"
         result["bulk_build_s"] = round(gen_s + bulk_build(big, datas, leaves, key), 1)
         result["entry_bytes_mean"] = round(sum(map(len, datas)) / len(datas), 1)
-        print("verifying ...", flush=True)
+        phase("verifying")
         result["verify"] = bench_verify(big, datas, leaves, verifier)
         root = merkle.root_from_leaf_hashes(leaves)
         del datas, leaves
-        print("proofs ...", flush=True)
+        phase("proofs")
         result["proofs"] = bench_proofs(big, args.entries, args.proofs, root)
         if not args.no_experiments:
             result["proofs"]["experiments"] = {
-                "plan_and_sql_build_only": bench_proof_plan_only(args.entries, args.proofs),
                 "raw_sqlite3_fetch_and_resolve": bench_proof_raw(big, args.entries, args.proofs),
             }
+        result["load_at_phase_start"] = LOAD
         return result
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -787,7 +798,16 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="skip the where-does-the-time-go experiments and profile",
     )
+    parser.add_argument(
+        "--wait-idle",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="before each phase wait up to this long for the 1-minute load average to drop "
+        "below 1.0 (the machine may be shared)",
+    )
     args = parser.parse_args(argv)
+    IDLE["max_wait_s"] = args.wait_idle
     result = run(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2, default=str) + "\n", "utf-8")

@@ -26,12 +26,10 @@ with ``Vault._facts`` for every request):
     one-raw-sql      the same SQL on the DBAPI cursor (sqlite3) with pre-formatted parameters:
                      the floor for doing it in Python at all
 
-Transaction variants (what one request pays around the lookups, no work inside):
-
-    service-tx       Vault._tx(): NullPool, i.e. a new SQLite connection + 5 PRAGMAs +
-                     BEGIN IMMEDIATE (the write lock, even for reads) + COMMIT + close
-    pooled-tx        the same connect/begin hooks on a pooled engine (connection reused)
-    pooled-deferred  pooled, plain BEGIN (deferred: readers don't take the write lock)
+Transaction variants (what one request pays around the lookups, no work inside): the
+service's write and read-only transactions on its engine as it is now, and, for reference, the
+same hooks on a NullPool engine (a new connection + PRAGMAs per request, as vault/db.py had it
+when this benchmark was started).
 
 Listing variants (query only, in an open transaction, first page of 50 for several officers):
 
@@ -41,8 +39,8 @@ Listing variants (query only, in an open transaction, first page of 50 for sever
     cached-core      the same statement as Core columns (no entity hydration)
     raw-sql          the captured statement on the DBAPI cursor (floor)
 
-plus the ledger commit with ``synchronous=FULL`` (what the vault uses) vs ``NORMAL``, to show
-what the fsync of every listing's ledger entry costs on this disk.
+plus a listing's ledger entry (append + COMMIT) with ``synchronous=FULL`` (what the vault uses)
+vs ``NORMAL``, to show what the fsync of every listing's ledger entry costs on this disk.
 
 Results: a table on stdout, JSON in ``bench/out/experiment_facts.json``.
 """
@@ -320,55 +318,69 @@ def measure_decisions(
 # --- transaction variants --------------------------------------------------------------------
 
 
-def _pooled_engine(url: str, *, immediate: bool) -> Any:
-    """The vault's SQLite connection settings, on SQLAlchemy's default (queue) pool."""
-    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+def _engine_like_vault(url: str, *, poolclass: Any = None) -> Any:
+    """An engine with the vault's SQLite connection hooks (vault.db), optionally another pool."""
+    from vault.db import READ_ONLY
+
+    kwargs: dict[str, Any] = {"poolclass": poolclass} if poolclass is not None else {}
+    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **kwargs)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         dbapi_conn.isolation_level = None
         cursor = dbapi_conn.cursor()
         for pragma in ("PRAGMA journal_mode=WAL", "PRAGMA synchronous=FULL", "PRAGMA foreign_keys=ON",
-                       "PRAGMA recursive_triggers=ON", "PRAGMA busy_timeout=30000"):
+                       "PRAGMA recursive_triggers=ON", "PRAGMA busy_timeout=30000",
+                       "PRAGMA secure_delete=ON"):
             cursor.execute(pragma)
         cursor.close()
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        readonly = conn.get_execution_options().get(READ_ONLY, False)
+        conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
 
     return engine
 
 
 def measure_transactions(vault: Vault, n: int) -> dict[str, Any]:
+    """Empty request transactions, each variant run alone.
+
+    nullpool-*: the vault's engine as it was before the pool (a connection per request). The
+    last connection to a WAL database checkpoints and deletes the WAL when it closes, so the
+    vault's own pool is emptied first (dispose) to reproduce that situation.
+    """
+    from sqlalchemy.pool import NullPool
+
     url = vault.settings.resolved_database_url
-    pooled = _pooled_engine(url, immediate=True)
-    deferred = _pooled_engine(url, immediate=False)
+    out: dict[str, Any] = {}
 
-    def service_tx() -> None:
-        with vault._tx() as session:
-            session.connection()
-
-    def pooled_tx() -> None:
-        with session_scope(pooled) as session:
-            session.connection()
-
-    def deferred_tx() -> None:
-        with session_scope(deferred) as session:
-            session.connection()
-
-    variants = {"service-tx": service_tx, "pooled-tx": pooled_tx, "pooled-deferred": deferred_tx}
-    out: dict[str, list[int]] = defaultdict(list)
-    for fn in variants.values():
+    def run(name: str, fn: Callable[[], None]) -> None:
         fn()
-    for i in range(n):
-        for name, fn in variants.items():
+        ns = []
+        for _ in range(n):
             t0 = pc()
             fn()
-            out[name].append(pc() - t0)
-    pooled.dispose()
-    deferred.dispose()
-    return {k: summary_us(v) for k, v in out.items()}
+            ns.append(pc() - t0)
+        out[name] = summary_us(ns)
+
+    def tx(readonly: bool) -> Callable[[], None]:
+        def go() -> None:
+            with vault._tx(readonly=readonly) as session:
+                session.connection()
+        return go
+
+    run(f"service write tx ({type(vault.engine.pool).__name__}, BEGIN IMMEDIATE)", tx(False))
+    run(f"service read-only tx ({type(vault.engine.pool).__name__}, BEGIN)", tx(True))
+    vault.engine.dispose()
+    nullpool = _engine_like_vault(url, poolclass=NullPool)
+    for readonly in (False, True):
+        def go(readonly: bool = readonly) -> None:
+            with session_scope(nullpool, readonly=readonly) as session:
+                session.connection()
+        run(f"NullPool {'read-only' if readonly else 'write'} tx (connect + PRAGMAs each time)", go)
+    nullpool.dispose()
+    return out
 
 
 # --- listing variants -----------------------------------------------------------------------
@@ -414,7 +426,7 @@ class ListingCache:
             stmt = (
                 select(Package, Agency.country_code)
                 .join(Agency, col(Agency.code) == Package.agency_code)
-                .where(self._where(p))
+                .where(col(Package.purged_at).is_(None), self._where(p))
                 .order_by(col(Package.created_at).desc(), col(Package.id))
                 .offset(bindparam("offset"))
                 .limit(bindparam("limit"))
@@ -431,7 +443,7 @@ class ListingCache:
                 sa_select(t.id, t.agency_code, t.created_at, t.size, t.file_count, t.classification,
                           t.handling, t.kek_id, t.wrapped_key, t.sealed_meta, Agency.country_code)
                 .join_from(Package.__table__, Agency.__table__, Agency.__table__.c.code == t.agency_code)  # type: ignore[attr-defined]
-                .where(self._where(p))
+                .where(t.purged_at.is_(None), self._where(p))
                 .order_by(t.created_at.desc(), t.id)
                 .offset(bindparam("offset"))
                 .limit(bindparam("limit"))
@@ -496,30 +508,43 @@ def measure_listing(vault: Vault, principals: dict[str, Principal], officers: li
 
 
 def measure_ledger_commit(vault: Vault, principal: Principal, n: int) -> dict[str, Any]:
-    """A listing's ledger entry: append + COMMIT with synchronous=FULL vs NORMAL (pooled)."""
+    """A listing's ledger entry in its own write transaction: append, COMMIT, release.
+
+    service             the vault's engine (synchronous=FULL: COMMIT fsyncs the WAL)
+    synchronous=NORMAL  the same hooks with synchronous=NORMAL (no fsync at COMMIT in WAL mode;
+                        durable against a process crash, not against power loss)
+    """
     url = vault.settings.resolved_database_url
     out: dict[str, Any] = {}
-    for mode in ("FULL", "NORMAL"):
-        engine = _pooled_engine(url, immediate=True)
 
-        @event.listens_for(engine, "connect")
-        def _sync(dbapi_conn: Any, _record: Any, mode: str = mode) -> None:
-            dbapi_conn.execute(f"PRAGMA synchronous={mode}")
-
-        append_ns, commit_ns = [], []
+    def run(name: str, engine: Any) -> None:
+        append_ns, commit_ns, close_ns = [], [], []
         for _ in range(n):
-            with Session(engine, expire_on_commit=False) as session:
-                session.connection()
-                t0 = pc()
-                vault._append(session, actor=principal.actor, action="list", decision=ALLOW, reason="ok",
-                              subject="count:50")
-                t1 = pc()
-                session.commit()
-                t2 = pc()
+            session = Session(engine, expire_on_commit=False)
+            session.connection()
+            t0 = pc()
+            vault._append(session, actor=principal.actor, action="list", decision=ALLOW, reason="ok",
+                          subject="count:50")
+            t1 = pc()
+            session.commit()
+            t2 = pc()
+            session.close()
+            t3 = pc()
             append_ns.append(t1 - t0)
             commit_ns.append(t2 - t1)
-        engine.dispose()
-        out[mode] = {"append": summary_ms(append_ns), "commit": summary_ms(commit_ns)}
+            close_ns.append(t3 - t2)
+        out[name] = {"append": summary_ms(append_ns), "commit": summary_ms(commit_ns),
+                     "close": summary_ms(close_ns)}
+
+    run("service (synchronous=FULL)", vault.engine)
+    engine = _engine_like_vault(url)
+
+    @event.listens_for(engine, "connect")
+    def _sync(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.execute("PRAGMA synchronous=NORMAL")
+
+    run("synchronous=NORMAL", engine)
+    engine.dispose()
     return out
 
 
@@ -607,8 +632,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:<46} {s['median_ms']:>9.2f} {s['p99_ms']:>9.2f}")
     print(f"\n{'ledger entry of one listing (ms)':<46} {'median':>9} {'p99':>9}")
     for mode, s in report["ledger_commit"].items():
-        for part in ("append", "commit"):
-            print(f"{mode + ' ' + part:<46} {s[part]['median_ms']:>9.2f} {s[part]['p99_ms']:>9.2f}")
+        for part in ("append", "commit", "close"):
+            print(f"{mode + ': ' + part:<46} {s[part]['median_ms']:>9.2f} {s[part]['p99_ms']:>9.2f}")
     print(f"\nwrote {args.out}")
     return 0
 

@@ -238,6 +238,8 @@ class CheckpointInfo(_Out):
     root: str
     vkey: str
     note: str
+    # Ledger entry recording this read (absent when the server signed on its own).
+    receipt: int | None = None
 
 
 class InclusionProof(_Out):
@@ -250,6 +252,8 @@ class InclusionProof(_Out):
     hashes: list[str]
     root: str
     checkpoint: str
+    # Ledger entry recording this read (absent when the server signed on its own).
+    receipt: int | None = None
 
 
 class ConsistencyProof(_Out):
@@ -261,6 +265,8 @@ class ConsistencyProof(_Out):
     new_root: str
     hashes: list[str]
     checkpoint: str
+    # Ledger entry recording this read (absent when the server signed on its own).
+    receipt: int | None = None
 
 
 class LedgerEntries(_Out):
@@ -268,3 +274,5 @@ class LedgerEntries(_Out):
 
     start: int
     entries: list[str]
+    # Ledger entry recording this read (absent when the server signed on its own).
+    receipt: int | None = None

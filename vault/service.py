@@ -113,6 +113,19 @@ MAX_PAGE = 200
 POLICY_REFRESH_SECONDS = 0.5
 
 
+_PENDING = "_vault_pending_refusal"
+
+
+@dataclass(frozen=True)
+class _Refusal:
+    """A refusal to record once the transaction it happened in has rolled back."""
+
+    actor: Actor
+    action: str
+    reason: str
+    target: dict[str, str]
+
+
 def new_id() -> str:
     """A fresh opaque id: 128 random bits as 32 lowercase hex characters."""
     return secrets.token_hex(16)
@@ -197,9 +210,9 @@ class Vault:
         self.passwords = passwords
         self.tokens = tokens
         self._local = threading.local()
+        self._appender = ledger.GroupAppender(engine)
         self._counts_lock = threading.Lock()
         self._decisions: dict[str, int] = {}
-        self._pending_refusals: dict[int, tuple[tuple[Actor, str, str, str], dict[str, str]]] = {}
 
     @classmethod
     def open(cls, settings: Settings, *, store: ObjectStore | None = None) -> Vault:
@@ -254,7 +267,8 @@ class Vault:
             )
 
     def close(self) -> None:
-        """Release database connections."""
+        """Finish pending ledger appends and release database connections."""
+        self._appender.close()
         self.engine.dispose()
 
     # --- plumbing ---------------------------------------------------------------------------
@@ -277,13 +291,13 @@ class Vault:
             log.warning("database unavailable: %s", (str(exc.orig) or "?").splitlines()[0][:200])
             raise StorageUnavailable("the database is unavailable; nothing was changed") from None
         except VaultError as exc:
-            pending = self._pending_refusals.pop(id(exc), None)
+            pending: _Refusal | None = getattr(exc, _PENDING, None)
             if pending is not None and depth == 0:
+                delattr(exc, _PENDING)
                 self._local.depth = 0
-                actor, action, decision, reason = pending[0]
-                exc.receipt = self._record(actor, action, decision, reason, **pending[1])
-            elif pending is not None:
-                self._pending_refusals[id(exc)] = pending
+                exc.receipt = self._record(
+                    pending.actor, pending.action, DENY, pending.reason, **pending.target
+                )
             raise
         finally:
             self._local.depth = depth
@@ -315,12 +329,20 @@ class Vault:
                 "bytes": int(size),
             }
 
+    def _log(self, **fields: Any) -> int:
+        """Record an access that changes nothing (reads, refusals) through group commit.
+
+        Returns once the entry is committed, so nothing reaches a caller unrecorded.
+        """
+        seq = self._appender.append(ledger.Record(policy=self._authz.policy_hash, **fields))
+        with self._counts_lock:
+            decision = str(fields.get("decision", ""))
+            self._decisions[decision] = self._decisions.get(decision, 0) + 1
+        return seq
+
     def _record(self, actor: Actor, action: str, decision: str, reason: str, **target: str) -> int:
-        """Append one entry in its own transaction (refusals and failures)."""
-        with self._tx() as session:
-            return self._append(
-                session, actor=actor, action=action, decision=decision, reason=reason, **target
-            )
+        """Append one entry on its own (refusals and failures)."""
+        return self._log(actor=actor, action=action, decision=decision, reason=reason, **target)
 
     def _refuse(
         self, exc: VaultError, actor: Actor, action: str, reason: str, **target: str
@@ -332,7 +354,8 @@ class Vault:
         once the rollback is done.
         """
         if getattr(self._local, "depth", 0):
-            self._pending_refusals[id(exc)] = ((actor, action, DENY, reason), target)
+            # Travels with the exception itself, so it can't be lost or reach another caller.
+            setattr(exc, _PENDING, _Refusal(actor, action, reason, target))
         else:
             exc.receipt = self._record(actor, action, DENY, reason, **target)
         return exc
@@ -1037,7 +1060,7 @@ class Vault:
         if not 1 <= limit <= MAX_PAGE or offset < 0:
             raise InvalidInput(f"limit must be 1-{MAX_PAGE} and offset >= 0")
         self._require_global(principal, "list")
-        with self._tx() as session:
+        with self._tx(readonly=True) as session:
             query = (
                 select(Package, Agency.country_code)
                 .join(Agency, col(Agency.code) == Package.agency_code)
@@ -1047,8 +1070,7 @@ class Vault:
                 .limit(limit)
             )
             found = session.exec(query).all()
-            receipt = self._append(
-                session,
+            receipt = self._log(
                 actor=principal.actor,
                 action="list",
                 decision=ALLOW,
@@ -1135,7 +1157,7 @@ class Vault:
 
     def get_package(self, principal: Principal, package_id: str) -> tuple[PackageDetail, int]:
         """Details of one package the caller may read, and the ledger receipt."""
-        with self._tx() as session:
+        with self._tx(readonly=True) as session:
             package, facts = self._load_package_for(session, principal, package_id, "read")
             files = session.exec(
                 select(PackageFile)
@@ -1155,8 +1177,7 @@ class Vault:
                 select(Agency.country_code).where(Agency.code == package.agency_code)
             ).one()
             creator = session.get(User, package.creator_id)
-            receipt = self._append(
-                session,
+            receipt = self._log(
                 actor=principal.actor,
                 action="read",
                 decision=ALLOW,
@@ -1192,13 +1213,12 @@ class Vault:
         or its digest; the caller must then discard everything it received.
         """
         check_id(file_id, "file id")
-        with self._tx() as session:
+        with self._tx(readonly=True) as session:
             package, _ = self._load_package_for(session, principal, package_id, "download")
             row = session.get(PackageFile, file_id)
             if row is None or row.package_id != package.id:
                 raise NotFound("file not found")
-            receipt = self._append(
-                session,
+            receipt = self._log(
                 actor=principal.actor,
                 action="download",
                 decision=ALLOW,
@@ -1207,12 +1227,29 @@ class Vault:
                 file=file_id,
                 handling=package.handling.value,
             )
-        meta = self._open_meta(package)
-        info = self._file_info(meta["_key"], row)
         identity = _file_identity(package.id, row.id)
-        data_key = self.keys.keyring.unwrap(
-            crypto.WrappedKey(row.kek_id, row.wrapped_key), context=identity
-        )
+
+        def record_failure(exc: VaultError) -> None:
+            with contextlib.suppress(VaultError, OperationalError):
+                self._record(
+                    principal.actor,
+                    "download",
+                    ERROR,
+                    exc.code,
+                    package=package.id,
+                    file=row.id,
+                    handling=package.handling.value,
+                )
+
+        try:
+            meta = self._open_meta(package)
+            info = self._file_info(meta["_key"], row)
+            data_key = self.keys.keyring.unwrap(
+                crypto.WrappedKey(row.kek_id, row.wrapped_key), context=identity
+            )
+        except IntegrityError as exc:
+            record_failure(exc)
+            raise
 
         def chunks() -> Generator[bytes, None, None]:
             digest = hashlib.sha256()
@@ -1228,16 +1265,7 @@ class Vault:
                 ):
                     raise IntegrityError("downloaded content does not match its recorded digest")
             except (IntegrityError, StorageUnavailable, NotFound) as exc:
-                with contextlib.suppress(VaultError, OperationalError):
-                    self._record(
-                        principal.actor,
-                        "download",
-                        ERROR,
-                        exc.code,
-                        package=package.id,
-                        file=row.id,
-                        handling=package.handling.value,
-                    )
+                record_failure(exc)
                 if isinstance(exc, NotFound):
                     raise IntegrityError("stored object is missing") from None
                 raise
@@ -1270,6 +1298,8 @@ class Vault:
                 raise InvalidInput("release times must carry a time zone")
         if not_before and expires_at and expires_at <= not_before:
             raise InvalidInput("a release must expire after it starts")
+        if expires_at is not None and expires_at <= utcnow():
+            raise InvalidInput("that release would already have expired")
 
     def _needs_second_person(self, session: Session, package: Package, country: str) -> bool:
         """Four-eyes: a sensitive package going to another country than its originator's."""
@@ -1381,8 +1411,12 @@ class Vault:
             )
         try:
             package, _ = self._load_package_for(session, principal, release.package_id, action)
-        except NotFound:
-            raise NotFound("release not found") from None
+        except NotFound as exc:
+            # The same exception (its refusal is recorded on the way out), worded for a
+            # release so the answer matches a missing release id exactly.
+            exc.message = "release not found"
+            exc.args = (exc.message,)
+            raise
         return release, package
 
     def decide_release(
@@ -1482,7 +1516,7 @@ class Vault:
 
     def audit_package(self, principal: Principal, package_id: str) -> tuple[AuditView, int]:
         """What an auditor may see of a package: no title, description, filenames or content."""
-        with self._tx() as session:
+        with self._tx(readonly=True) as session:
             package, _ = self._load_package_for(session, principal, package_id, "audit")
             files = session.exec(
                 select(PackageFile.id)
@@ -1497,8 +1531,7 @@ class Vault:
             country = session.exec(
                 select(Agency.country_code).where(Agency.code == package.agency_code)
             ).one()
-            receipt = self._append(
-                session,
+            receipt = self._log(
                 actor=principal.actor,
                 action="audit",
                 decision=ALLOW,
@@ -1544,7 +1577,7 @@ class Vault:
                 "role_not_permitted",
                 subject=f"user:{username}",
             )
-        with self._tx() as session:
+        with self._tx(readonly=True) as session:
             if not full:
                 self._load_package_for(session, principal, package_id, "read")
             user = session.exec(select(User).where(User.username == username)).first()
@@ -1557,8 +1590,7 @@ class Vault:
             facts = self._facts(session, subject, package, action)
             decision = self.authz.decide(facts)
             grants = [rid for rid, _ in self._grants_in_force(session, subject, package.id)]
-            receipt = self._append(
-                session,
+            receipt = self._log(
                 actor=principal.actor,
                 action="explain",
                 decision=ALLOW,
@@ -1668,23 +1700,23 @@ class Vault:
 
     def latest_checkpoint(self, principal: Principal) -> CheckpointInfo:
         """The newest signed checkpoint (signed now if the tree grew since)."""
-        self._ledger_read(principal, "checkpoint")
-        return self.checkpoint()
+        receipt = self._ledger_read(principal, "checkpoint")
+        return self.checkpoint().model_copy(update={"receipt": receipt})
 
     def ledger_entries(self, principal: Principal, start: int, end: int) -> LedgerEntries:
         """Entries ``[start, end)`` as base64 of their exact bytes (at most 1000)."""
         if not 0 <= start <= end or end - start > 1000:
             raise InvalidInput("entries: 0 <= start <= end and at most 1000 at a time")
-        self._ledger_read(principal, f"entries:{start}-{end}")
+        receipt = self._ledger_read(principal, f"entries:{start}-{end}")
         with self._tx(readonly=True) as session:
             items = [_b64(data) for _, data in ledger.iter_entries(session, start=start, stop=end)]
-        return LedgerEntries(start=start, entries=items)
+        return LedgerEntries(start=start, entries=items, receipt=receipt)
 
     def inclusion_proof(self, principal: Principal, seq: int) -> InclusionProof:
         """Prove entry ``seq`` is in the tree of the latest checkpoint (signed now if needed)."""
         if seq < 0:
             raise InvalidInput("sequence numbers start at 0")
-        self._ledger_read(principal, f"prove:{seq}")
+        receipt = self._ledger_read(principal, f"prove:{seq}")
         info = self.checkpoint()
         if seq >= info.size:
             raise NotFound(f"no ledger entry {seq}")
@@ -1705,6 +1737,7 @@ class Vault:
             hashes=[_b64(h) for h in hashes],
             root=info.root,
             checkpoint=info.note,
+            receipt=receipt,
         )
 
     def consistency_proof(self, principal: Principal, old_checkpoint: str) -> ConsistencyProof:
@@ -1717,7 +1750,7 @@ class Vault:
             raise InvalidInput(
                 f"the old checkpoint does not verify with this log's key: {exc}"
             ) from None
-        self._ledger_read(principal, f"consistency:{old.size}")
+        receipt = self._ledger_read(principal, f"consistency:{old.size}")
         info = self.checkpoint()
         if old.size > info.size:
             raise LedgerCorrupt(
@@ -1739,6 +1772,7 @@ class Vault:
             new_root=info.root,
             hashes=[_b64(h) for h in hashes],
             checkpoint=info.note,
+            receipt=receipt,
         )
 
     def export_ledger(

@@ -6,7 +6,8 @@ valid bearer token, through schemathesis' in-process ASGI transport (no socket).
 generated request is sent twice when it names something: once as generated, and once with its
 ids (path parameters, ``/authz/explain``'s query, the consistency checkpoint) replaced by real
 ones of the seeded world, so bodies and queries are also fuzzed against existing packages,
-files and releases instead of only being refused as unknown ids.
+files and releases instead of only being refused as unknown ids; an upload is resent with
+well-formed metadata (the generated text as its title) before the generated file parts.
 
 Checks on every response:
 
@@ -149,12 +150,22 @@ def fuzz_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FuzzWorld]:
         yield world
 
 
+def _operations() -> list[tuple[str, str]]:
+    """(method, path) of every route: the module-level router, and /metrics of create_app."""
+    from api.app import router
+
+    found = {(m, r.path) for r in router.routes for m in getattr(r, "methods", ()) or ()}
+    found.add(("GET", "/metrics"))
+    return sorted((m, p) for m, p in found if m not in ("HEAD", "OPTIONS"))
+
+
+OPERATIONS = _operations()
+
+
 @pytest.fixture(scope="module")
 def api_schema(fuzz_world: FuzzWorld) -> Any:
+    """The vault's own OpenAPI schema, served in-process by the app it describes."""
     return schemathesis.openapi.from_asgi("/openapi.json", _without_lifespan(fuzz_world.app))
-
-
-schema = schemathesis.pytest.from_fixture("api_schema")
 
 
 def one_error_shape(ctx: Any, response: Any, case: Any) -> bool | None:
@@ -169,11 +180,15 @@ def one_error_shape(ctx: Any, response: Any, case: Any) -> bool | None:
         f"{response.status_code} answered as {content_type!r}, not the JSON error shape"
     )
     body = json.loads(text)
-    assert isinstance(body, dict) and set(body) == {"error"}, f"not the error shape: {text[:300]}"
+    assert isinstance(body, dict), f"not the error shape: {text[:300]}"
+    assert set(body) == {"error"}, f"not the error shape: {text[:300]}"
     error = body["error"]
-    assert isinstance(error, dict) and set(error) == {"code", "message", "receipt"}, text[:300]
-    assert isinstance(error["code"], str) and error["code"], text[:300]
-    assert isinstance(error["message"], str) and error["message"], text[:300]
+    assert isinstance(error, dict), text[:300]
+    assert set(error) == {"code", "message", "receipt"}, text[:300]
+    assert isinstance(error["code"], str), text[:300]
+    assert error["code"], text[:300]
+    assert isinstance(error["message"], str), text[:300]
+    assert error["message"], text[:300]
     assert error["receipt"] is None or isinstance(error["receipt"], int), text[:300]
     return True
 
@@ -203,26 +218,61 @@ def _with_real_ids(case: Any, world: FuzzWorld) -> bool:
             if value is not None:
                 case.query[name] = value
                 changed = True
+    if case.operation.path == "/packages" and case.method.upper() == "POST":
+        # A well-formed upload: metadata first, as JSON whose title is the generated text,
+        # then the generated file parts (if any).
+        body = case.body if isinstance(case.body, dict) else {}
+        text = body.get("metadata")
+        title = text if isinstance(text, str) and 1 <= len(text) <= 500 else "fuzzed upload"
+        files = body.get("file")
+        case.body = {"metadata": json.dumps({"title": title}), "file": files or []}
+        changed = True
     if case.operation.path == "/ledger/proof/consistency" and isinstance(case.body, dict):
         case.body = {**case.body, "checkpoint": world.checkpoint}
         changed = True
     return changed
 
 
+def test_every_operation_is_fuzzed(api_schema: Any) -> None:
+    """The parametrisation below covers exactly the operations of the served schema."""
+    served = sorted(
+        (op.method.upper(), op.path)
+        for op in (result.ok() for result in api_schema.get_all_operations())
+    )
+    assert served == OPERATIONS
+
+
 @pytest.mark.parametrize("role", list(ROLES))
-@schema.parametrize()
-@settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=list(HealthCheck),
-)
-def test_api_conforms_to_its_schema(case: Any, role: str, fuzz_world: FuzzWorld) -> None:
+@pytest.mark.parametrize(("method", "path"), OPERATIONS, ids=[f"{m} {p}" for m, p in OPERATIONS])
+def test_api_conforms_to_its_schema(
+    method: str, path: str, role: str, api_schema: Any, fuzz_world: FuzzWorld
+) -> None:
+    from hypothesis import given
+    from schemathesis.generation import GenerationMode
+
+    operation = api_schema[path][method]
     headers = {"Authorization": f"Bearer {fuzz_world.tokens[role]}"}
     checks = _checks()
-    response = case.call(headers=headers)
-    case.validate_response(response, checks=checks, headers=headers)
-    if _with_real_ids(case, fuzz_world):
+
+    # Valid and invalid requests from one strategy, so the example budget covers both; an
+    # operation without parameters or body has nothing to make invalid.
+    strategy = operation.as_strategy(generation_mode=GenerationMode.POSITIVE)
+    if list(operation.iter_parameters()) or operation.body:
+        strategy = strategy | operation.as_strategy(generation_mode=GenerationMode.NEGATIVE)
+
+    @given(case=strategy)
+    @settings(
+        max_examples=EXAMPLES,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    def fuzz(case: Any) -> None:
         response = case.call(headers=headers)
         case.validate_response(response, checks=checks, headers=headers)
+        if _with_real_ids(case, fuzz_world):
+            response = case.call(headers=headers)
+            case.validate_response(response, checks=checks, headers=headers)
+
+    fuzz()

@@ -69,7 +69,8 @@ class TokenWorld:
 
 @pytest.fixture(scope="module")
 def tw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TokenWorld]:
-    settings = load_settings(data_dir=tmp_path_factory.mktemp("tokens") / "vault-data", **FAST_ARGON2)
+    data_dir = tmp_path_factory.mktemp("tokens") / "vault-data"
+    settings = load_settings(data_dir=data_dir, **FAST_ARGON2)
     vault = Vault.open(settings)
     try:
         users = seed(vault)
@@ -191,7 +192,10 @@ CASES = [
          "bad_token"),
     Case("expired-just-beyond-leeway",
          bearer(lambda tw: signed(tw, exp=int(time.time()) - 30)), "bad_token"),
-    Case("nbf-in-future", bearer(lambda tw: signed(tw, nbf=FUTURE, exp=FUTURE + 900)), "bad_token"),
+    Case("nbf-in-future",
+         bearer(lambda tw: signed(tw, nbf=int(time.time()) + 300)), "bad_token"),
+    Case("lifetime-longer-than-the-server-issues",
+         bearer(lambda tw: signed(tw, exp=int(time.time()) + 10 * 86_400)), "bad_token"),
     Case("wrong-audience", bearer(lambda tw: signed(tw, aud="someone-else")), "bad_token"),
     Case("wrong-issuer", bearer(lambda tw: signed(tw, iss="evil-vault")), "bad_token"),
     Case("missing-exp", bearer(lambda tw: signed(tw, exp=None)), "bad_token"),
@@ -242,7 +246,8 @@ def assert_401(reply: Any) -> dict[str, Any]:
     assert set(body) == {"error"}
     assert set(body["error"]) == {"code", "message", "receipt"}
     assert body["error"]["code"] == "authentication_failed"
-    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+    assert isinstance(body["error"]["message"], str)
+    assert body["error"]["message"]
     assert "Traceback" not in reply.text
     error: dict[str, Any] = body["error"]
     return error

@@ -79,7 +79,9 @@ def blob(size: int, seed: int) -> bytes:
     return random.Random(seed).randbytes(size)
 
 
-def put(vault: Vault, who: Principal, title: str, files: dict[str, bytes], **meta: Any) -> PackageDetail:
+def put(
+    vault: Vault, who: Principal, title: str, files: dict[str, bytes], **meta: Any
+) -> PackageDetail:
     incoming = [IncomingFile(name=n, reader=io.BytesIO(d)) for n, d in files.items()]
     return vault.upload(who, NewPackage(title=title, **meta), incoming).package
 
@@ -125,7 +127,10 @@ SAMPLE = {
 }
 
 
-def upload_sample(vault: Vault, who: Principal) -> dict[str, tuple[PackageDetail, dict[str, bytes]]]:
+Uploaded = dict[str, tuple[PackageDetail, dict[str, bytes]]]
+
+
+def upload_sample(vault: Vault, who: Principal) -> Uploaded:
     out = {}
     for i, (title, files) in enumerate(SAMPLE.items()):
         classification = Classification.CONFIDENTIAL if i == 2 else Classification.UNCLASSIFIED
@@ -276,7 +281,9 @@ def test_purge_destroys_keys_then_objects(
         with Session(vault.engine) as session:
             pkg = session.get(Package, doomed.id)
             assert pkg is not None
-            rows = session.exec(select(PackageFile).where(PackageFile.package_id == doomed.id)).all()
+            rows = session.exec(
+                select(PackageFile).where(PackageFile.package_id == doomed.id)
+            ).all()
             secrets_before = [pkg.wrapped_key, pkg.sealed_meta]
             secrets_before += [r.wrapped_key for r in rows] + [r.sealed_meta for r in rows]
             wrapped_file = {r.id: (r.kek_id, r.wrapped_key) for r in rows}
@@ -309,12 +316,16 @@ def test_purge_destroys_keys_then_objects(
             pkg = session.get(Package, doomed.id)
             assert pkg is not None
             assert pkg.purged_at is not None
-            assert pkg.wrapped_key == b"" and pkg.sealed_meta == b""
-            rows = session.exec(select(PackageFile).where(PackageFile.package_id == doomed.id)).all()
+            assert pkg.wrapped_key == b""
+            assert pkg.sealed_meta == b""
+            rows = session.exec(
+                select(PackageFile).where(PackageFile.package_id == doomed.id)
+            ).all()
             assert {r.id for r in rows} == set(doomed_files)
             assert all(r.wrapped_key == b"" and r.sealed_meta == b"" for r in rows)
             still = session.get(Package, kept.id)
-            assert still is not None and still.wrapped_key == kept_wrapped
+            assert still is not None
+            assert still.wrapped_key == kept_wrapped
 
         # The saved ciphertext plus the KEK: no wrapped key left to open it with.
         kek_id, _ = wrapped_file[target.id]
@@ -382,7 +393,10 @@ def test_production_without_key_files_refuses(tmp_path: Path) -> None:
     assert not (data_dir / DEV_KEY_DIR).exists(), "production generated development keys"
 
 
-@pytest.mark.parametrize("missing", ["VAULT_KEK_FILE", "VAULT_JWT_KEY_FILE", "VAULT_LEDGER_KEY_FILE"])
+KEY_NAMES = ["VAULT_KEK_FILE", "VAULT_JWT_KEY_FILE", "VAULT_LEDGER_KEY_FILE"]
+
+
+@pytest.mark.parametrize("missing", KEY_NAMES)
 def test_production_with_one_key_missing_names_it(tmp_path: Path, missing: str) -> None:
     keys = generate_key_files(tmp_path / "secrets")
     del keys[missing]
@@ -392,7 +406,7 @@ def test_production_with_one_key_missing_names_it(tmp_path: Path, missing: str) 
     assert not (tmp_path / "data" / DEV_KEY_DIR).exists()
 
 
-@pytest.mark.parametrize("which", ["VAULT_KEK_FILE", "VAULT_JWT_KEY_FILE", "VAULT_LEDGER_KEY_FILE"])
+@pytest.mark.parametrize("which", KEY_NAMES)
 @pytest.mark.parametrize("how", ["direct", "symlink"])
 def test_production_refuses_development_key_files(tmp_path: Path, which: str, how: str) -> None:
     data_dir = tmp_path / "data"

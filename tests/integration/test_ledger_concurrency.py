@@ -155,6 +155,7 @@ def test_threads_on_sqlite(world: World) -> None:
     check(world.vault, world["uz.auditor"], before, results, principals, SQLITE_WRITES)
 
 
+@pytest.mark.postgres
 @requires_postgres
 def test_threads_on_postgres(tmp_path: Path) -> None:
     with postgres_schema_url() as url:
@@ -198,6 +199,7 @@ def _process_writer(
         results.put((writer, [], f"{type(exc).__name__}: {exc}"))
 
 
+@pytest.mark.postgres
 @requires_postgres
 def test_processes_on_postgres(tmp_path: Path) -> None:
     ctx = multiprocessing.get_context("spawn")

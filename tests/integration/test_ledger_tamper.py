@@ -524,3 +524,25 @@ def test_checkpoint_row_signed_by_another_key(world: World, cli: CliRunner) -> N
         )
     report = assert_bad(world, cli, None)
     assert "checkpoint" in str(report["problem"])
+
+
+def test_interior_merkle_node_changed(world: World, cli: CliRunner) -> None:
+    """A stored interior node that no root computation reads, changed.
+
+    The entries are intact, but proofs through that node (and consistency proofs the vault
+    needs to sign its next checkpoint) now come out wrong. ``ledger verify`` checks "chain,
+    leaves, tree": the stored tree no longer matches the entries, so it must say so.
+    """
+    built = build_ledger(world, final_checkpoint=False)
+    # (2, 1) covers leaves 4..7; it sits under the left-most frontier node, so no root reads it.
+    assert merkle.root_nodes(built.size)[0][0] > 2
+    with tampering(world.settings) as conn:
+        conn.execute("UPDATE ledgernode SET hash = ? WHERE level = 2 AND idx = 1", (bytes(32),))
+    # Leaf 1's inclusion proof uses node (2, 1): the vault refuses to hand out a bad proof.
+    result = cli("ledger", "prove", "1", "--json")
+    assert result.code == 1, (result.stdout, result.stderr)
+    code, report = verify_cli(cli)
+    assert code == 1, report
+    assert report["ok"] is False
+    first_bad = report["first_bad_seq"]
+    assert first_bad is None or 4 <= first_bad <= 7, report  # type: ignore[operator]

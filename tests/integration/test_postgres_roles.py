@@ -115,7 +115,9 @@ def _sqlstate(exc: DBAPIError) -> str | None:
 def test_app_role_connects_as_itself_into_the_schema(databases: Databases) -> None:
     with databases.app.connect() as conn:
         user, schema = conn.execute(text("SELECT current_user, current_schema()")).one()
-        superuser = conn.execute(text("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")).scalar_one()
+        superuser = conn.execute(
+            text("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+        ).scalar_one()
     assert user == databases.role
     assert schema.startswith("t_")
     assert superuser is False
@@ -150,13 +152,28 @@ def test_app_role_may_not_rewrite_the_ledger(databases: Databases, table: str, o
         "DROP TABLE ledgerentry",
         "CREATE OR REPLACE FUNCTION vault_append_only() RETURNS trigger LANGUAGE plpgsql "
         "AS $$ BEGIN RETURN NEW; END $$",
-        "GRANT UPDATE ON ledgerentry TO PUBLIC",
         "UPDATE alembic_version SET version_num = 'x'",
     ],
 )
 def test_app_role_may_not_disarm_the_triggers(databases: Databases, sql: str) -> None:
     exc = _refused(databases.app, sql, {})
     assert _sqlstate(exc) == "42501", exc
+
+
+def test_app_role_may_not_grant_itself_more(databases: Databases) -> None:
+    # PostgreSQL only warns ("no privileges were granted") here; what matters is the effect.
+    with databases.app.begin() as conn:
+        conn.execute(text(f"GRANT UPDATE, DELETE, TRUNCATE ON ledgerentry TO {databases.role}"))
+        conn.execute(text("GRANT UPDATE, DELETE, TRUNCATE ON ledgerentry TO PUBLIC"))
+    with databases.app.connect() as conn:
+        for privilege in ("UPDATE", "DELETE", "TRUNCATE"):
+            held = conn.execute(
+                text("SELECT has_table_privilege(current_user, 'ledgerentry', :p)"),
+                {"p": privilege},
+            ).scalar_one()
+            assert held is False, privilege
+    exc = _refused(databases.app, "DELETE FROM ledgerentry", {})
+    assert _sqlstate(exc) == "42501"
 
 
 def test_app_role_may_change_the_other_tables(databases: Databases) -> None:
@@ -168,7 +185,9 @@ def test_app_role_may_change_the_other_tables(databases: Databases) -> None:
 
 @pytest.mark.parametrize("op", list(CHANGES))
 @pytest.mark.parametrize("table", APPEND_ONLY_TABLES)
-def test_even_the_owner_may_not_rewrite_the_ledger(databases: Databases, table: str, op: str) -> None:
+def test_even_the_owner_may_not_rewrite_the_ledger(
+    databases: Databases, table: str, op: str
+) -> None:
     with databases.owner.begin() as conn:
         conn.execute(text(ROWS[table]), _params(0))
     exc = _refused(databases.owner, CHANGES[op][table], _params(1))
@@ -198,7 +217,7 @@ def test_vault_runs_as_app_role(databases: Databases, tmp_path: Path) -> None:
 
             uz, kz = auth("uz.officer"), auth("kz.officer")
             up = client.post("/packages", headers=uz, files=[
-                ("metadata", (None, json.dumps({"title": "As app role"}).encode(), "application/json")),
+                ("metadata", (None, json.dumps({"title": "As app role"}), "application/json")),
                 ("file", ("evidence.bin", content, "application/octet-stream")),
             ])
             assert up.status_code == 201, up.text

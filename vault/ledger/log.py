@@ -11,15 +11,21 @@ proofs need O(log n) reads, and signing a checkpoint never re-reads the log.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import and_, func, or_, text
+from sqlalchemy import Engine, and_, func, insert, or_, text
+from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, col, select
 
-from vault.errors import InvalidInput, LedgerCorrupt
+from vault.db import session_scope
+from vault.errors import InvalidInput, LedgerCorrupt, StorageUnavailable
 from vault.ledger import merkle, note
 from vault.ledger.entry import GENESIS_PREV, Entry, leaf_hash
 from vault.ledger.verify import Row, VerifyResult, open_checkpoints, verify_entries
@@ -66,52 +72,80 @@ def _getter(session: Session, ids: Sequence[merkle.NodeID]) -> merkle.GetNode:
     return get
 
 
-def append(
-    session: Session,
-    *,
-    actor: Actor,
-    action: str,
-    decision: str,
-    reason: str,
-    policy: str,
-    package: str = "",
-    file: str = "",
-    release: str = "",
-    subject: str = "",
-    handling: str = "",
-) -> int:
-    """Append one entry (and its new tree nodes) in the session's transaction; return its seq."""
+@dataclass(frozen=True)
+class Record:
+    """What an entry says, before the log gives it a sequence number, time and link."""
+
+    actor: Actor
+    action: str
+    decision: str
+    reason: str
+    policy: str
+    package: str = ""
+    file: str = ""
+    release: str = ""
+    subject: str = ""
+    handling: str = ""
+
+
+def append(session: Session, **fields: Any) -> int:
+    """Append one entry (see :class:`Record` for the fields) in the session's transaction."""
+    return append_many(session, [Record(**fields)])[0]
+
+
+def append_many(session: Session, records: Sequence[Record]) -> list[int]:
+    """Append entries (and their new tree nodes) in the session's transaction; return seqs.
+
+    Reads the head entry and the tree's frontier once (O(log n) nodes), then builds every
+    entry, link and node in memory and inserts them together, so a batch costs little more
+    than one entry.
+    """
     _lock(session)
-    head = session.exec(select(LedgerEntry).order_by(col(LedgerEntry.seq).desc()).limit(1)).first()
+    head = session.exec(
+        select(LedgerEntry.seq, LedgerEntry.entry).order_by(col(LedgerEntry.seq).desc()).limit(1)
+    ).first()
     if head is None:
-        seq, prev = 0, GENESIS_PREV
+        size_now, prev = 0, GENESIS_PREV
     else:
-        seq, prev = head.seq + 1, leaf_hash(head.entry).hex()
-    entry = Entry(
-        seq=seq,
-        time_us=time.time_ns() // 1000,
-        actor_user=actor.user,
-        actor_agency=actor.agency,
-        actor_country=actor.country,
-        action=action,
-        package=package,
-        file=file,
-        release=release,
-        subject=subject,
-        decision=decision,
-        reason=reason,
-        handling=handling,
-        policy=policy,
-        prev=prev,
+        size_now, prev = head[0] + 1, leaf_hash(bytes(head[1])).hex()
+    ids = merkle.root_nodes(size_now)
+    frontier = merkle.CompactRange.from_hashes(
+        size_now, [h for h in (_getter(session, ids)(lv, ix) for lv, ix in ids)]
     )
-    data = entry.encode()
-    # Left siblings on the new leaf's path: the only nodes an append reads.
-    siblings = [(lv, (seq >> lv) - 1) for lv in range(seq.bit_length()) if (seq >> lv) & 1]
-    created = merkle.complete_nodes_after_append(seq, leaf_hash(data), _getter(session, siblings))
-    session.add(LedgerEntry(seq=seq, prev_hash=bytes.fromhex(prev), entry=data))
-    session.add_all(LedgerNode(level=n.level, idx=n.idx, hash=n.hash) for n in created)
-    session.flush()
-    return seq
+    entries: list[dict[str, Any]] = []
+    nodes: list[dict[str, Any]] = []
+    seqs: list[int] = []
+    now_us = time.time_ns() // 1000
+    for offset, record in enumerate(records):
+        seq = size_now + offset
+        data = Entry(
+            seq=seq,
+            time_us=now_us,
+            actor_user=record.actor.user,
+            actor_agency=record.actor.agency,
+            actor_country=record.actor.country,
+            action=record.action,
+            package=record.package,
+            file=record.file,
+            release=record.release,
+            subject=record.subject,
+            decision=record.decision,
+            reason=record.reason,
+            handling=record.handling,
+            policy=record.policy,
+            prev=prev,
+        ).encode()
+        leaf = leaf_hash(data)
+        entries.append({"seq": seq, "prev_hash": bytes.fromhex(prev), "entry": data})
+        nodes.extend(
+            {"level": n.level, "idx": n.idx, "hash": n.hash} for n in frontier.append(leaf)
+        )
+        prev = leaf.hex()
+        seqs.append(seq)
+    if entries:
+        session.execute(insert(LedgerEntry), entries)
+        session.execute(insert(LedgerNode), nodes)
+    return seqs
 
 
 def size(session: Session) -> int:
@@ -291,3 +325,78 @@ def verify_database(
 def verify_chain(rows: Iterable[tuple[int, bytes, bytes]]) -> VerifyResult:
     """Chain-only check of ``(seq, prev_hash, entry)`` rows (no tree, no checkpoints)."""
     return verify_entries(((s, p, e, None) for s, p, e in rows), checkpoints=[])
+
+
+class GroupAppender:
+    """Group commit for entries that record reads and refusals.
+
+    Concurrent requests queue their records; one thread appends everything queued in a single
+    transaction and one commit (one fsync), then hands each caller its sequence number. The
+    caller waits for the commit, so nothing is returned to a client before its access is on
+    the ledger. Writes that change state (uploads, releases, ...) don't come here: they append
+    in their own transaction, atomically with the change.
+    """
+
+    def __init__(self, engine: Engine, *, max_batch: int = 1000) -> None:
+        self._engine = engine
+        self._max_batch = max_batch
+        self._queue: list[tuple[Record, Future[int]]] = []
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    def append(self, record: Record, *, timeout: float = 60.0) -> int:
+        """Queue one record and wait until it is committed; return its seq.
+
+        Raises StorageUnavailable if the database could not take it.
+        """
+        future: Future[int] = Future()
+        with self._cond:
+            if self._closed:
+                raise StorageUnavailable("the ledger is closed")
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="ledger-group-commit", daemon=True
+                )
+                self._thread.start()
+            self._queue.append((record, future))
+            self._cond.notify()
+        try:
+            return future.result(timeout=timeout)
+        except FutureTimeout:
+            raise StorageUnavailable("the ledger did not answer in time") from None
+
+    def close(self) -> None:
+        """Finish what is queued and stop the thread."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closed:
+                    self._cond.wait()
+                if not self._queue:
+                    return
+                batch = self._queue[: self._max_batch]
+                del self._queue[: self._max_batch]
+            try:
+                with session_scope(self._engine) as session:
+                    seqs = append_many(session, [record for record, _ in batch])
+            except OperationalError as exc:
+                failure: BaseException = StorageUnavailable(
+                    "the database is unavailable; nothing was recorded"
+                )
+                failure.__cause__ = exc
+                for _, future in batch:
+                    future.set_exception(failure)
+            except Exception as exc:  # noqa: BLE001 - every waiter must be woken
+                for _, future in batch:
+                    future.set_exception(exc)
+            else:
+                for (_, future), seq in zip(batch, seqs, strict=True):
+                    future.set_result(seq)

@@ -79,6 +79,7 @@ def verify_entries(
     covered = 0  # entries proved by a checkpoint whose root matched
     expected = 0
     prev_hex = _GENESIS
+    prev_confirmed = False  # the previous entry's hash matched a stored Merkle leaf
     sha256 = hashlib.sha256
 
     def flush() -> None:
@@ -115,15 +116,19 @@ def verify_entries(
                 raise _Bad(seq, f"entry {seq} was altered: its hash does not match its Merkle leaf")
             link = data[-64:]
             if link != prev_hex:
-                if prev_column is not None and prev_column.hex().encode() == link and seq > 0:
+                if seq > 0 and not prev_confirmed:
+                    # Either entry seq-1 was altered or entry seq's link was; the earlier one
+                    # is the first that may be bad (a stored leaf would have settled it).
                     raise _Bad(
                         seq - 1,
-                        f"entry {seq - 1} was altered: entry {seq} links to a different hash",
+                        f"entry {seq - 1} was altered, or entry {seq}'s link to it was: "
+                        f"entry {seq} links to a different hash",
                     )
                 raise _Bad(seq, f"entry {seq} does not link to the entry before it")
             if prev_column is not None and prev_column.hex().encode() != link:
                 raise _Bad(seq, f"entry {seq}'s stored link column disagrees with its bytes")
             prev_hex = leaf.hex().encode()
+            prev_confirmed = stored_leaf is not None
             pending.append(leaf)
             expected += 1
             if len(pending) >= _BATCH:

@@ -1,0 +1,222 @@
+"""Sustained-load driver: N concurrent clients against a running vault on 127.0.0.1.
+
+Starts its own server (``blovault serve``, several workers) on a fresh data folder, seeds a
+small world, then runs ``--clients`` asyncio httpx clients for ``--seconds``, each looping over
+a weighted mix of list, show, download and upload. Prints and writes (bench/out/load.json)
+requests per second, p50/p99 latency per kind, errors, and the server's RSS over time.
+
+    python -m bench.load --clients 50 --seconds 300 --workers 2
+
+Loopback only; the server is stopped at the end. Bounded in time and request count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+PASSWORD = "correct horse battery staple"
+ROOT = Path(__file__).resolve().parent.parent
+BLOVAULT = str(Path(sys.executable).with_name("blovault"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run(env: dict[str, str], *args: str, stdin: str | None = None) -> None:
+    subprocess.run([BLOVAULT, *args], env=env, input=stdin, text=True, check=True,
+                   capture_output=True)
+
+
+def seed(env: dict[str, str]) -> None:
+    run(env, "admin", "init")
+    for code, name in (("UZ", "Uzbekistan"), ("KZ", "Kazakhstan")):
+        run(env, "admin", "add-country", code, "--name", name)
+    run(env, "admin", "add-agency", "UZ-CUSTOMS", "--country", "UZ", "--name", "Customs")
+    run(env, "admin", "add-agency", "KZ-BORDER", "--country", "KZ", "--name", "Border guard")
+    for user, agency in (("uz.officer", "UZ-CUSTOMS"), ("kz.officer", "KZ-BORDER")):
+        run(env, "admin", "add-user", user, "--agency", agency, "--role", "officer",
+            "--password-stdin", stdin=PASSWORD + "\n")
+
+
+def rss_kib(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+def server_pids(root_pid: int) -> list[int]:
+    pids = [root_pid]
+    for child in Path("/proc").iterdir():
+        if child.name.isdigit():
+            try:
+                stat = (child / "stat").read_text().split()
+            except OSError:
+                continue
+            if int(stat[3]) == root_pid:
+                pids.append(int(child.name))
+    return pids
+
+
+async def client_loop(
+    idx: int, base: str, tokens: dict[str, str], package_ids: list[tuple[str, str]],
+    deadline: float, results: dict[str, list[float]], errors: list[str], mix: list[str],
+) -> None:
+    rng = random.Random(idx)
+    user = "kz.officer" if idx % 2 else "uz.officer"
+    headers = {"Authorization": f"Bearer {tokens[user]}"}
+    payload = os.urandom(64 * 1024)
+    async with httpx.AsyncClient(base_url=base, headers=headers, timeout=30) as http:
+        while time.monotonic() < deadline:
+            kind = rng.choice(mix)
+            pid, fid = rng.choice(package_ids)
+            started = time.perf_counter()
+            try:
+                if kind == "list":
+                    r = await http.get("/packages", params={"limit": 50})
+                elif kind == "show":
+                    r = await http.get(f"/packages/{pid}")
+                elif kind == "download":
+                    r = await http.get(f"/packages/{pid}/files/{fid}")
+                else:
+                    files = [("metadata", (None, json.dumps({"title": f"load {idx}"}), "application/json")),
+                             ("file", ("load.bin", payload, "application/octet-stream"))]
+                    r = await http.post("/packages", files=files)
+                ok = r.status_code in (200, 201)
+            except httpx.HTTPError as exc:
+                ok, r = False, None
+                errors.append(f"{kind}: {type(exc).__name__}")
+            elapsed = time.perf_counter() - started
+            if ok:
+                results[kind].append(elapsed)
+            elif r is not None:
+                errors.append(f"{kind}: HTTP {r.status_code}")
+
+
+async def drive(args: argparse.Namespace, base: str, pid: int) -> dict[str, object]:
+    async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+        tokens = {}
+        for user in ("uz.officer", "kz.officer"):
+            r = await http.post("/auth/login", json={"username": user, "password": PASSWORD})
+            r.raise_for_status()
+            tokens[user] = r.json()["access_token"]
+        uz = {"Authorization": f"Bearer {tokens['uz.officer']}"}
+        package_ids = []
+        for i in range(20):
+            files = [("metadata", (None, json.dumps({"title": f"seed {i}"}), "application/json")),
+                     ("file", ("seed.bin", os.urandom(256 * 1024), "application/octet-stream"))]
+            r = await http.post("/packages", files=files, headers=uz)
+            r.raise_for_status()
+            package = r.json()["package"]
+            await http.post(f"/packages/{package['id']}/releases", json={"country": "KZ"}, headers=uz)
+            package_ids.append((package["id"], package["files"][0]["id"]))
+    mix = ["list"] * args.w_list + ["show"] * args.w_show + ["download"] * args.w_download + ["upload"] * args.w_upload
+    results: dict[str, list[float]] = {k: [] for k in ("list", "show", "download", "upload")}
+    errors: list[str] = []
+    memory: list[tuple[float, int]] = []
+    started = time.monotonic()
+    deadline = started + args.seconds
+
+    async def sample_memory() -> None:
+        while time.monotonic() < deadline:
+            memory.append((round(time.monotonic() - started, 1), rss_kib(server_pids(pid))))
+            await asyncio.sleep(5)
+
+    await asyncio.gather(
+        sample_memory(),
+        *(client_loop(i, base, tokens, package_ids, deadline, results, errors, mix)
+          for i in range(args.clients)),
+    )
+    wall = time.monotonic() - started
+    summary: dict[str, object] = {"clients": args.clients, "seconds": round(wall, 1),
+                                  "workers": args.workers, "errors": len(errors),
+                                  "error_kinds": sorted(set(errors))[:20]}
+    total = 0
+    for kind, values in results.items():
+        if not values:
+            continue
+        values.sort()
+        total += len(values)
+        summary[kind] = {
+            "count": len(values), "per_second": round(len(values) / wall, 1),
+            "p50_ms": round(statistics.median(values) * 1000, 2),
+            "p99_ms": round(values[int(len(values) * 0.99) - 1] * 1000, 2),
+        }
+    reads = sum(len(results[k]) for k in ("list", "show"))
+    summary["requests_per_second"] = round(total / wall, 1)
+    summary["metadata_reads_per_second"] = round(reads / wall, 1)
+    summary["server_rss_kib"] = memory
+    return summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--seconds", type=float, default=300)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--database-url", default=None, help="PostgreSQL URL (default SQLite)")
+    parser.add_argument("--w-list", type=int, default=3)
+    parser.add_argument("--w-show", type=int, default=5)
+    parser.add_argument("--w-download", type=int, default=2)
+    parser.add_argument("--w-upload", type=int, default=1)
+    parser.add_argument("--out", default=str(ROOT / "bench" / "out" / "load.json"))
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="vault-load-") as tmp:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("VAULT_")}
+        env |= {"VAULT_DATA_DIR": f"{tmp}/data", "VAULT_ARGON2_TIME_COST": "1",
+                "VAULT_ARGON2_MEMORY_KIB": "1024", "VAULT_ARGON2_PARALLELISM": "1",
+                "VAULT_LOGIN_FAILURES_PER_ADDRESS": "1000"}
+        if args.database_url:
+            env["VAULT_DATABASE_URL"] = args.database_url
+        seed(env)
+        port = free_port()
+        server = subprocess.Popen(
+            [BLOVAULT, "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", str(args.workers)],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )
+        base = f"http://127.0.0.1:{port}"
+        try:
+            for _ in range(100):
+                try:
+                    if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    time.sleep(0.1)
+            summary = asyncio.run(drive(args, base, server.pid))
+        finally:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=30)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(summary, indent=2))
+    printable = {k: v for k, v in summary.items() if k != "server_rss_kib"}
+    print(json.dumps(printable, indent=2))
+    rss = summary["server_rss_kib"]
+    if isinstance(rss, list) and rss:
+        print(f"server RSS: first {rss[0][1] / 1024:.0f} MiB, last {rss[-1][1] / 1024:.0f} MiB, "
+              f"max {max(r for _, r in rss) / 1024:.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()

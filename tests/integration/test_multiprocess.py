@@ -1,0 +1,372 @@
+"""Two real ``blovault serve`` processes sharing one PostgreSQL schema and one S3 bucket.
+
+README, "Growing past one machine": the API is stateless; ledger appends are serialised by a
+PostgreSQL advisory lock, rule changes propagate within 0.5 s, releases and revocations take
+effect on the next request everywhere. Here: concurrent uploads, releases and downloads through
+both processes; one contiguous, verifiable ledger; a revocation through A refuses the recipient
+on B within a second; an admin rule added in a third process is enforced by both within a
+second.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import text
+
+from tests.conftest import (
+    FAST_ARGON2,
+    PASSWORD,
+    free_port,
+    postgres_schema_url,
+    requires_postgres,
+    seed,
+)
+from tests.s3server import moto_s3
+from vault.config import Settings, load_settings
+from vault.crypto import SEGMENT_SIZE
+from vault.ledger.entry import decode
+from vault.service import Vault, local_operator
+
+pytestmark = requires_postgres
+
+BLOVAULT = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "blovault"
+TIMEOUT = httpx.Timeout(60.0, connect=5.0)
+PROPAGATION_BOUND = 1.0  # seconds: the issue's correctness bound, not a benchmark
+RULE = "p, officer, released-country, *, *, *, download, deny"
+Headers = dict[str, str]
+
+
+@dataclass
+class Server:
+    name: str
+    url: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+
+def server_env(settings: Settings) -> dict[str, str]:
+    """The environment a server process reads its settings from (nothing else VAULT_*)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VAULT_")}
+    assert settings.database_url
+    assert settings.s3_endpoint
+    assert settings.s3_access_key
+    assert settings.s3_secret_key
+    env.update({
+        "VAULT_DATA_DIR": str(settings.data_dir),
+        "VAULT_DATABASE_URL": settings.database_url,
+        "VAULT_STORE": "minio",
+        "VAULT_S3_ENDPOINT": settings.s3_endpoint,
+        "VAULT_S3_ACCESS_KEY": settings.s3_access_key.get_secret_value(),
+        "VAULT_S3_SECRET_KEY": settings.s3_secret_key.get_secret_value(),
+        "VAULT_S3_SECURE": "true" if settings.s3_secure else "false",
+        "VAULT_S3_REGION": settings.s3_region or "",
+        "VAULT_S3_BUCKET": settings.s3_bucket,
+        **{f"VAULT_{k.upper()}": str(v) for k, v in FAST_ARGON2.items()},
+    })
+    return env
+
+
+@contextmanager
+def two_servers(settings: Settings, log_dir: Path) -> Iterator[tuple[Server, Server]]:
+    """Start two ``blovault serve`` processes; always terminate (then kill) both."""
+    env = server_env(settings)
+    servers: list[Server] = []
+    try:
+        for name in ("a", "b"):
+            port = free_port()
+            log = log_dir / f"server-{name}.log"
+            with log.open("wb") as out:
+                process = subprocess.Popen(
+                    [str(BLOVAULT), "serve", "--host", "127.0.0.1", "--port", str(port)],
+                    env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                    cwd=log_dir,
+                )
+            servers.append(Server(name, f"http://127.0.0.1:{port}", process, log))
+        deadline = time.monotonic() + 30
+        for server in servers:
+            while True:
+                if server.process.poll() is not None:
+                    pytest.fail(f"server {server.name} exited {server.process.returncode}:\n"
+                                + server.log.read_text(errors="replace")[-3000:])
+                try:
+                    if httpx.get(server.url + "/healthz", timeout=1).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline:
+                    pytest.fail(f"server {server.name} not healthy within 30 s:\n"
+                                + server.log.read_text(errors="replace")[-3000:])
+                time.sleep(0.1)
+        yield servers[0], servers[1]
+    finally:
+        for server in servers:
+            if server.process.poll() is None:
+                server.process.terminate()
+        for server in servers:
+            try:
+                server.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                server.process.kill()
+                server.process.wait(timeout=10)
+
+
+def login(url: str, user: str) -> Headers:
+    reply = httpx.post(url + "/auth/login", json={"username": user, "password": PASSWORD},
+                       timeout=TIMEOUT)
+    assert reply.status_code == 200, reply.text
+    return {"Authorization": f"Bearer {reply.json()['access_token']}"}
+
+
+def upload(url: str, headers: Headers, title: str, files: dict[str, bytes]) -> dict[str, Any]:
+    parts: list[tuple[str, Any]] = [
+        ("metadata", (None, json.dumps({"title": title}).encode(), "application/json"))
+    ]
+    parts += [("file", (n, d, "application/octet-stream")) for n, d in files.items()]
+    reply = httpx.post(url + "/packages", files=parts, headers=headers, timeout=TIMEOUT)
+    assert reply.status_code == 201, reply.text
+    package: dict[str, Any] = reply.json()["package"]
+    return package
+
+
+def poll(until: Callable[[], bool], bound: float) -> float:
+    """Seconds until ``until()`` first holds, polling as fast as requests allow (or inf)."""
+    start = time.monotonic()
+    while time.monotonic() - start < bound * 3:
+        if until():
+            return time.monotonic() - start
+        time.sleep(0.01)
+    return float("inf")
+
+
+@dataclass
+class Cluster:
+    settings: Settings
+    a: Server
+    b: Server
+
+    @property
+    def urls(self) -> tuple[str, str]:
+        return (self.a.url, self.b.url)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """One PostgreSQL schema, one moto S3 bucket, one data dir (dev keys), two servers."""
+    tmp = tmp_path_factory.mktemp("multiprocess")
+    with ExitStack() as stack:
+        db_url = stack.enter_context(postgres_schema_url())
+        s3 = stack.enter_context(moto_s3())
+        settings = load_settings(
+            data_dir=tmp / "data", database_url=db_url, **FAST_ARGON2,
+            **s3.target.settings_overrides(bucket=s3.target.new_bucket()),
+        )
+        # The world, seeded in-process on the same settings (this also makes the dev keys
+        # both servers share, and the bucket).
+        vault = Vault.open(settings)
+        try:
+            seed(vault)
+        finally:
+            vault.close()
+        a, b = stack.enter_context(two_servers(settings, tmp))
+        yield Cluster(settings, a, b)
+    assert a.process.poll() is not None
+    assert b.process.poll() is not None
+
+
+def released_package(cluster: Cluster, uz: Headers, title: str) -> tuple[dict[str, Any], str]:
+    package = upload(cluster.a.url, uz, title, {f"{title}.txt": b"content of " + title.encode()})
+    reply = httpx.post(f"{cluster.b.url}/packages/{package['id']}/releases",
+                       json={"country": "KZ"}, headers=uz, timeout=TIMEOUT)
+    assert reply.status_code == 201, reply.text
+    release_id: str = reply.json()["release"]["id"]
+    return package, release_id
+
+
+def test_two_processes_share_one_vault(cluster: Cluster) -> None:
+    a, b, urls, settings = cluster.a, cluster.b, cluster.urls, cluster.settings
+    # Tokens from either process work on the other (one signing key, one user table).
+    uz = login(a.url, "uz.officer")
+    kz = login(b.url, "kz.officer")
+    assert httpx.get(a.url + "/packages", headers=kz, timeout=TIMEOUT).status_code == 200
+    assert "server" not in httpx.get(b.url + "/healthz").headers  # serve hides uvicorn
+
+    # Concurrent uploads through both.
+    rng = random.Random(20240607)
+    wanted = {
+        f"pkg-{i}": {
+            f"big-{i}.bin": rng.randbytes(rng.randrange(SEGMENT_SIZE + 1, 3 * SEGMENT_SIZE)),
+            f"small-{i}.txt": f"report {i}".encode(),
+        }
+        for i in range(8)
+    }
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        futures = {title: pool.submit(upload, urls[i % 2], uz, title, files)
+                   for i, (title, files) in enumerate(wanted.items())}
+        packages = {title: f.result() for title, f in futures.items()}
+    assert len({p["id"] for p in packages.values()}) == len(wanted)
+
+    # Concurrent releases through both (each through the other process than its upload).
+    def release(i: int, package: dict[str, Any]) -> str:
+        reply = httpx.post(f"{urls[(i + 1) % 2]}/packages/{package['id']}/releases",
+                           json={"country": "KZ"}, headers=uz, timeout=TIMEOUT)
+        assert reply.status_code == 201, reply.text
+        assert reply.json()["release"]["status"] == "active"
+        release_id: str = reply.json()["release"]["id"]
+        return release_id
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        release_ids = dict(zip(packages, pool.map(release, range(len(packages)),
+                                                  packages.values()), strict=True))
+
+    # Concurrent downloads of every file through both processes, byte-identical.
+    jobs = [(url, p["id"], f, wanted[title][f["name"]])
+            for title, p in packages.items() for f in p["files"] for url in urls]
+
+    def download(job: tuple[str, str, dict[str, Any], bytes]) -> None:
+        url, package_id, info, content = job
+        reply = httpx.get(f"{url}/packages/{package_id}/files/{info['id']}", headers=kz,
+                          timeout=TIMEOUT)
+        assert reply.status_code == 200, reply.text
+        assert reply.content == content, f"{info['name']} through {url} differs"
+        assert reply.headers["X-Content-SHA256"] == hashlib.sha256(content).hexdigest()
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(download, jobs))
+    for url in urls:
+        listed = httpx.get(url + "/packages", headers=kz, params={"limit": 50},
+                           timeout=TIMEOUT).json()["items"]
+        assert {p["id"] for p in packages.values()} <= {p["id"] for p in listed}
+
+    # One ledger, contiguous and intact, with every action of both processes in it.
+    vault = Vault.open(settings)
+    try:
+        report = vault.verify_ledger(local_operator())
+        assert report.ok, report
+        with vault.engine.connect() as conn:
+            rows = conn.execute(text("SELECT seq, entry FROM ledgerentry ORDER BY seq")).all()
+        seqs = [seq for seq, _ in rows]
+        assert seqs == list(range(len(seqs)))
+        entries = [decode(bytes(data), seq_hint=seq) for seq, data in rows]
+        assert [e.seq for e in entries] == seqs
+        ours = {p["id"] for p in packages.values()}
+        actions = [(e.action, e.decision) for e in entries if e.package in ours]
+        assert actions.count(("upload", "allow")) == len(wanted)
+        assert actions.count(("release", "allow")) == len(wanted)
+        assert actions.count(("download", "allow")) == len(jobs)
+    finally:
+        vault.close()
+
+    # Revocation through A: the recipient is refused on B within the bound.
+    title = "pkg-0"
+    package, file_id = packages[title], packages[title]["files"][0]["id"]
+    revoked = httpx.post(
+        f"{a.url}/packages/{package['id']}/releases/{release_ids[title]}/revoke",
+        headers=uz, timeout=TIMEOUT,
+    )
+    revoked_at = time.monotonic()
+    assert revoked.status_code == 200, revoked.text
+    assert revoked.json()["release"]["status"] == "revoked"
+
+    def refused_on_b() -> bool:
+        reply = httpx.get(f"{b.url}/packages/{package['id']}/files/{file_id}", headers=kz,
+                          timeout=TIMEOUT)
+        return reply.status_code == 404
+    poll(refused_on_b, PROPAGATION_BOUND)
+    elapsed = time.monotonic() - revoked_at
+    print(f"revocation through A refused on B after {elapsed * 1000:.0f} ms")
+    assert elapsed < PROPAGATION_BOUND, f"B still served a revoked release {elapsed:.3f} s on"
+    for url in urls:
+        shown = httpx.get(f"{url}/packages/{package['id']}", headers=kz, timeout=TIMEOUT)
+        assert shown.status_code == 404
+        assert shown.json()["error"]["code"] == "not_found"
+        listed = httpx.get(url + "/packages", headers=kz, params={"limit": 50},
+                           timeout=TIMEOUT).json()["items"]
+        assert package["id"] not in {p["id"] for p in listed}
+    # Still there for its originator, on both.
+    for url in urls:
+        assert httpx.get(f"{url}/packages/{package['id']}", headers=uz,
+                         timeout=TIMEOUT).status_code == 200
+
+
+def test_server_logs_are_json_without_secrets(cluster: Cluster) -> None:
+    uz = login(cluster.a.url, "uz.officer")
+    title = "LOGCANARY-title"
+    package = upload(cluster.a.url, uz, title, {"LOGCANARY-name.txt": b"LOGCANARY-content"})
+    reply = httpx.get(f"{cluster.a.url}/packages/{package['id']}", headers=uz, timeout=TIMEOUT)
+    assert reply.status_code == 200
+    request_id = reply.headers["x-request-id"]
+    deadline = time.monotonic() + 3
+    while request_id not in cluster.a.log.read_text(errors="replace"):
+        assert time.monotonic() < deadline, "request not logged"
+        time.sleep(0.05)
+    log = cluster.a.log.read_text(errors="replace")
+    lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    line = next(x for x in lines if x.get("request_id") == request_id)
+    assert line["logger"] == "vault.access"
+    assert line["status"] == 200
+    assert line["method"] == "GET"
+    assert package["id"] not in json.dumps(line)  # route template, never the path
+    for secret in (uz["Authorization"].split()[1], "LOGCANARY", PASSWORD):
+        assert secret not in log
+
+
+# Runs last: with the bug below, every later request on both servers fails.
+@pytest.mark.xfail(strict=True, reason=(
+    "bug: vault/service.py change_rule stores the rule as ','.join(parse_rule(line)) without "
+    "the leading 'p', but _load_rules re-parses stored rows with parse_rule, which demands "
+    "'p' -> InvalidInput in every other process (and in this one after 0.5 s, and on restart)"
+))
+def test_admin_rule_is_enforced_by_both_processes_within_a_second(cluster: Cluster) -> None:
+    uz, kz = login(cluster.a.url, "uz.officer"), login(cluster.b.url, "kz.officer")
+    package, _ = released_package(cluster, uz, "rule-target")
+    file_id = package["files"][0]["id"]
+
+    def download_status(url: str) -> int:
+        return httpx.get(f"{url}/packages/{package['id']}/files/{file_id}", headers=kz,
+                         timeout=TIMEOUT).status_code
+    assert [download_status(u) for u in cluster.urls] == [200, 200]
+
+    vault = Vault.open(cluster.settings)
+    try:
+        vault.change_rule(local_operator(), RULE, add=True)
+    finally:
+        vault.close()
+    added_at = time.monotonic()
+    first_refusal: dict[str, float] = {}
+    seen: dict[str, set[int]] = {"a": set(), "b": set()}
+    while len(first_refusal) < 2 and time.monotonic() - added_at < 3 * PROPAGATION_BOUND:
+        for server in (cluster.a, cluster.b):
+            if server.name in first_refusal:
+                continue
+            status = download_status(server.url)
+            seen[server.name].add(status)
+            if status == 403:
+                first_refusal[server.name] = time.monotonic() - added_at
+        time.sleep(0.01)
+    assert set(first_refusal) == {"a", "b"}, f"not enforced everywhere: {first_refusal} {seen}"
+    print(f"rule enforced after (s): {first_refusal}")
+    assert max(first_refusal.values()) < PROPAGATION_BOUND, first_refusal
+    assert all(statuses <= {200, 403} for statuses in seen.values()), seen  # no errors meanwhile
+    for url in cluster.urls:  # the rule denies download only; reading is still allowed
+        assert httpx.get(f"{url}/packages/{package['id']}", headers=kz,
+                         timeout=TIMEOUT).status_code == 200
+    # And a process started afterwards loads the rule too.
+    vault = Vault.open(cluster.settings)
+    try:
+        assert RULE in vault.rules(local_operator())
+    finally:
+        vault.close()
