@@ -211,6 +211,11 @@ def download_file(
         try:
             yield first
             yield from chunks
+        except VaultError as exc:
+            # Headers are gone already: all we can do is cut the connection so the client
+            # never mistakes a partial body for the file (and recorded it in the ledger).
+            log.warning("download cut off: %s", exc.code)
+            raise api_errors.StreamAborted(exc.code) from None
         finally:
             chunks.close()  # closes the store's reader if the client went away
 

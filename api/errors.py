@@ -36,6 +36,10 @@ STATUS: dict[type[errors.VaultError], int] = {
 RECEIPT_HEADER = "X-Vault-Receipt"
 
 
+class StreamAborted(Exception):
+    """A streamed response failed after its headers were sent; the server drops the connection."""
+
+
 def status_for(exc: errors.VaultError) -> int:
     """HTTP status of a vault error: the most specific class in STATUS wins."""
     for cls in type(exc).__mro__:
@@ -87,5 +91,6 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unexpected error: %s", type(exc).__name__)
+        if not isinstance(exc, StreamAborted):  # already logged where it happened
+            log.exception("unexpected error: %s", type(exc).__name__)
         return error_response(500, "internal_error", "internal error")

@@ -237,6 +237,27 @@ def test_unknown_user_looks_exactly_like_a_wrong_password(tmp_path: Path) -> Non
         assert lockout(world, "user:no.such.user") == lockout(world, "user:uz.officer")
 
 
+@pytest.mark.xfail(
+    ON_POSTGRES,
+    strict=True,
+    reason=(
+        "BUG vault/service.py Vault.login (PostgreSQL only): a username containing NUL goes "
+        "straight into 'User.username == name' and the LoginThrottle key; psycopg refuses NUL "
+        "in text (DataError), which is not caught: 500 internal_error instead of the same 401 "
+        "as any unknown user"
+    ),
+)
+def test_username_with_nul_is_an_unknown_user(tmp_path: Path) -> None:
+    with served(
+        tmp_path, login_failures_per_user=1000, login_failures_per_address=1000
+    ) as s:
+        known = s.login("uz.officer", WRONG)
+        for username in ("uz.officer\x00", "a\x00b", "\x00"):
+            with httpx.Client(base_url=s.client.base_url, timeout=TIMEOUT) as fresh:
+                reply = fresh.post("/auth/login", json={"username": username, "password": PASSWORD})
+            assert _comparable(reply) == _comparable(known)
+
+
 def test_unknown_user_verifies_against_a_dummy_hash(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

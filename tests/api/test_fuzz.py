@@ -276,3 +276,35 @@ def test_api_conforms_to_its_schema(
             case.validate_response(response, checks=checks, headers=headers)
 
     fuzz()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "BUG api/app.py / api/errors.py: the OpenAPI schema documents every 422 as FastAPI's "
+        "HTTPValidationError ({'detail': [...]}) while the API answers with the one error shape "
+        "({'error': {code, message, receipt}}); since 'detail' is not required, real error "
+        "bodies still validate, so clients generated from the schema get the wrong model"
+    ),
+)
+def test_schema_documents_the_one_error_shape(fuzz_world: FuzzWorld) -> None:
+    """Every documented error response describes the one error shape, and only it."""
+    import jsonschema
+
+    spec = fuzz_world.app.openapi()
+    real = {"error": {"code": "invalid_input", "message": "invalid request", "receipt": None}}
+    fastapi_default = {"detail": [{"loc": ["body"], "msg": "x", "type": "x"}]}
+    documented = 0
+    for path, methods in spec["paths"].items():
+        for method, operation in methods.items():
+            for status, response in operation["responses"].items():
+                if not status.startswith(("4", "5")):
+                    continue
+                schema = response.get("content", {}).get("application/json", {}).get("schema")
+                assert schema is not None, f"{method.upper()} {path} {status}: no JSON schema"
+                resolver = {"components": spec["components"], **schema}
+                documented += 1
+                jsonschema.validate(real, resolver)
+                with pytest.raises(jsonschema.ValidationError):
+                    jsonschema.validate(fastapi_default, resolver)
+    assert documented
