@@ -210,6 +210,7 @@ class Vault:
         self.passwords = passwords
         self.tokens = tokens
         self._local = threading.local()
+        self._agency_country: dict[str, str] = {}
         self._appender = ledger.GroupAppender(engine)
         self._counts_lock = threading.Lock()
         self._decisions: dict[str, int] = {}
@@ -389,12 +390,11 @@ class Vault:
         hits = [agency for _, agency in self._grants_in_force(session, principal, package.id)]
         for agency in hits:
             relations.add(RELEASED_COUNTRY if agency is None else RELEASED_AGENCY)
-        if ORIGINATOR not in relations:
-            origin_country = session.exec(
-                select(Agency.country_code).where(Agency.code == package.agency_code)
-            ).one()
-            if origin_country == principal.country:
-                relations.add(SAME_COUNTRY)
+        if (
+            ORIGINATOR not in relations
+            and self._country_of(session, package.agency_code) == principal.country
+        ):
+            relations.add(SAME_COUNTRY)
         return frozenset(relations)
 
     def _grants_in_force(
@@ -572,16 +572,22 @@ class Vault:
                 row.locked_until = now + timedelta(seconds=seconds)
             session.add(row)
 
-    @staticmethod
-    def _principal(session: Session, user: User) -> Principal:
-        agency = session.get(Agency, user.agency_code)
-        if agency is None:  # the foreign key makes this impossible short of tampering
-            raise AuthenticationFailed("invalid or expired token")
+    def _country_of(self, session: Session, agency: str) -> str:
+        """An agency's country. Cached: agencies never change country (nothing can change it)."""
+        country = self._agency_country.get(agency)
+        if country is None:
+            found = session.exec(select(Agency.country_code).where(Agency.code == agency)).first()
+            if found is None:  # foreign keys make this impossible short of tampering
+                raise NotFound("unknown agency")
+            country = self._agency_country[agency] = found
+        return country
+
+    def _principal(self, session: Session, user: User) -> Principal:
         return Principal(
             user_id=user.id,
             username=user.username,
-            agency=agency.code,
-            country=agency.country_code,
+            agency=user.agency_code,
+            country=self._country_of(session, user.agency_code),
             role=user.role,
             clearance=user.clearance,
         )
@@ -1173,9 +1179,7 @@ class Vault:
                 if ORIGINATOR in facts.relations
                 else []
             )
-            country = session.exec(
-                select(Agency.country_code).where(Agency.code == package.agency_code)
-            ).one()
+            country = self._country_of(session, package.agency_code)
             creator = session.get(User, package.creator_id)
             receipt = self._log(
                 actor=principal.actor,
@@ -1304,9 +1308,7 @@ class Vault:
     def _needs_second_person(self, session: Session, package: Package, country: str) -> bool:
         """Four-eyes: a sensitive package going to another country than its originator's."""
         threshold = Classification(self.settings.four_eyes_from)
-        origin_country = session.exec(
-            select(Agency.country_code).where(Agency.code == package.agency_code)
-        ).one()
+        origin_country = self._country_of(session, package.agency_code)
         return package.classification.rank >= threshold.rank and country != origin_country
 
     def release(
@@ -1528,9 +1530,7 @@ class Vault:
                 .where(Release.package_id == package.id)
                 .order_by(col(Release.created_at))
             ).all()
-            country = session.exec(
-                select(Agency.country_code).where(Agency.code == package.agency_code)
-            ).one()
+            country = self._country_of(session, package.agency_code)
             receipt = self._log(
                 actor=principal.actor,
                 action="audit",
