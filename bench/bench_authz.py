@@ -135,10 +135,10 @@ CLASSIFICATION_MIX = [  # (value, weight)
 HANDLING_MIX = [(Handling.H0, 0.40), (Handling.H1, 0.30), (Handling.H2, 0.20), (Handling.H3, 0.10)]
 # How a release row looks: (label, weight); "in force" = active and inside its window.
 RELEASE_MIX = [
-    ("active", 0.60),           # in force, no window
-    ("active-until", 0.08),     # in force, expires in the future
-    ("expired", 0.10),          # active but expired
-    ("not-yet-valid", 0.04),    # active, not_before in the future
+    ("active", 0.60),  # in force, no window
+    ("active-until", 0.08),  # in force, expires in the future
+    ("expired", 0.10),  # active but expired
+    ("not-yet-valid", 0.04),  # active, not_before in the future
     ("revoked", 0.10),
     ("pending", 0.05),
     ("rejected", 0.03),
@@ -146,7 +146,10 @@ RELEASE_MIX = [
 AGENCY_SPECIFIC_SHARE = 0.40  # the rest are country-wide releases
 ACK_SHARE = 0.25  # share of in-force H3 grants whose recipient officer acknowledged
 
-OFFICER_ACTIONS = (["read", "download", "release", "acknowledge", "request-release"], [40, 30, 15, 7, 8])
+OFFICER_ACTIONS = (
+    ["read", "download", "release", "acknowledge", "request-release"],
+    [40, 30, 15, 7, 8],
+)
 SUPERVISOR_ACTIONS = (["read", "download", "release", "approve"], [40, 30, 15, 15])
 AUDITOR_ACTIONS = (["audit", "read"], [80, 20])
 
@@ -179,8 +182,9 @@ def seed(vault: Vault) -> dict[str, Principal]:
         vault.add_agency(op, code, cc, f"{COUNTRIES[cc][0]} {AGENCY_KINDS[code.split('-', 1)[1]]}")
     out = {}
     for username, (agency, role, clearance) in users().items():
-        vault.add_user(op, username=username, agency=agency, role=role, password=PASSWORD,
-                       clearance=clearance)
+        vault.add_user(
+            op, username=username, agency=agency, role=role, password=PASSWORD, clearance=clearance
+        )
         out[username] = vault.authenticate(vault.login(username, PASSWORD).access_token)
     return out
 
@@ -212,8 +216,13 @@ def _cum(weights: Sequence[float]) -> list[float]:
 
 
 def populate(
-    vault: Vault, principals: dict[str, Principal], *, n_packages: int, n_releases: int,
-    rng: random.Random, chunk: int = 5000,
+    vault: Vault,
+    principals: dict[str, Principal],
+    *,
+    n_packages: int,
+    n_releases: int,
+    rng: random.Random,
+    chunk: int = 5000,
 ) -> Population:
     """Bulk-insert packages (real sealed metadata), releases and acknowledgements (Core)."""
     keyring = vault.keys.keyring
@@ -222,7 +231,9 @@ def populate(
     by_country_agencies: dict[str, list[str]] = defaultdict(list)
     for a, cc in agency_country.items():
         by_country_agencies[cc].append(a)
-    creator_of = {a: principals[f"{a.lower().replace('-', '.')}.officer"].user_id for a in agency_country}
+    creator_of = {
+        a: principals[f"{a.lower().replace('-', '.')}.officer"].user_id for a in agency_country
+    }
     countries = list(COUNTRIES)
     origin_cum = _cum([COUNTRIES[c][1] for c in countries])
     cls_vals, cls_cum = [c for c, _ in CLASSIFICATION_MIX], _cum([w for _, w in CLASSIFICATION_MIX])
@@ -247,21 +258,32 @@ def populate(
         wrapped = keyring.wrap(package_key, context=identity)
         sealed = crypto.seal_bytes(
             package_key,
-            json.dumps({
-                "title": f"{cc} seizure report #{i}",
-                "description": "synthetic package for the authorization benchmark",
-                "handling_note": "",
-                "fields": {},
-                "digest": hashlib.sha256(pid.encode()).hexdigest(),
-            }).encode(),
+            json.dumps(
+                {
+                    "title": f"{cc} seizure report #{i}",
+                    "description": "synthetic package for the authorization benchmark",
+                    "handling_note": "",
+                    "fields": {},
+                    "digest": hashlib.sha256(pid.encode()).hexdigest(),
+                }
+            ).encode(),
             context=identity,
         )
-        rows.append({
-            "id": pid, "agency_code": agency, "creator_id": creator_of[agency], "created_at": created,
-            "size": 1 + rng.getrandbits(20), "file_count": 1, "classification": classification,
-            "handling": handling, "kek_id": wrapped.kek_id, "wrapped_key": wrapped.blob,
-            "sealed_meta": sealed,
-        })
+        rows.append(
+            {
+                "id": pid,
+                "agency_code": agency,
+                "creator_id": creator_of[agency],
+                "created_at": created,
+                "size": 1 + rng.getrandbits(20),
+                "file_count": 1,
+                "classification": classification,
+                "handling": handling,
+                "kek_id": wrapped.kek_id,
+                "wrapped_key": wrapped.blob,
+                "sealed_meta": sealed,
+            }
+        )
         pop.package_ids.append(pid)
         pop.package_agency.append(agency)
         pop.package_handling.append(handling.value)
@@ -270,7 +292,7 @@ def populate(
     t0 = time.perf_counter()
     with vault.engine.begin() as conn:
         for start in range(0, len(rows), chunk):
-            conn.execute(insert(Package.__table__), rows[start:start + chunk])
+            conn.execute(insert(Package.__table__), rows[start : start + chunk])
     pop.seconds["packages_insert"] = time.perf_counter() - t0
     del rows
 
@@ -298,16 +320,28 @@ def populate(
         origin = agency_country[origin_agency]
         targets, tcum = target_lists[origin]
         cc = rng.choices(targets, cum_weights=tcum)[0]
-        agency = rng.choice(by_country_agencies[cc]) if rng.random() < AGENCY_SPECIFIC_SHARE else None
+        agency = (
+            rng.choice(by_country_agencies[cc]) if rng.random() < AGENCY_SPECIFIC_SHARE else None
+        )
         label = rng.choices(rel_vals, cum_weights=rel_cum)[0]
         status_counts[label] += 1
         requester = creator_of[origin_agency]
         created = package_created[p] + (now - package_created[p]) * rng.random() * 0.5
         row: dict[str, Any] = {
-            "id": _hex_id(rng), "package_id": pid, "country_code": cc, "agency_code": agency,
-            "status": ReleaseStatus.ACTIVE, "kind": ReleaseKind.DIRECT, "not_before": None,
-            "expires_at": None, "requested_by": requester, "created_at": created,
-            "decided_by": requester, "decided_at": created, "revoked_by": None, "revoked_at": None,
+            "id": _hex_id(rng),
+            "package_id": pid,
+            "country_code": cc,
+            "agency_code": agency,
+            "status": ReleaseStatus.ACTIVE,
+            "kind": ReleaseKind.DIRECT,
+            "not_before": None,
+            "expires_at": None,
+            "requested_by": requester,
+            "created_at": created,
+            "decided_by": requester,
+            "decided_at": created,
+            "revoked_by": None,
+            "revoked_at": None,
         }
         if label == "active-until":
             row["expires_at"] = now + timedelta(days=1 + rng.random() * 365)
@@ -316,10 +350,18 @@ def populate(
         elif label == "not-yet-valid":
             row["not_before"] = now + timedelta(days=1 + rng.random() * 60)
         elif label == "revoked":
-            row.update(status=ReleaseStatus.REVOKED, revoked_by=requester, revoked_at=now - timedelta(days=1))
+            row.update(
+                status=ReleaseStatus.REVOKED,
+                revoked_by=requester,
+                revoked_at=now - timedelta(days=1),
+            )
         elif label == "pending":
-            row.update(status=ReleaseStatus.PENDING, decided_by=None, decided_at=None,
-                       kind=rng.choice([ReleaseKind.FOUR_EYES, ReleaseKind.ONWARD_REQUEST]))
+            row.update(
+                status=ReleaseStatus.PENDING,
+                decided_by=None,
+                decided_at=None,
+                kind=rng.choice([ReleaseKind.FOUR_EYES, ReleaseKind.ONWARD_REQUEST]),
+            )
         elif label == "rejected":
             row.update(status=ReleaseStatus.REJECTED, kind=ReleaseKind.FOUR_EYES)
         in_force = label in ("active", "active-until")
@@ -332,10 +374,10 @@ def populate(
     t0 = time.perf_counter()
     with vault.engine.begin() as conn:
         for start in range(0, len(rows), chunk):
-            conn.execute(insert(Release.__table__), rows[start:start + chunk])
+            conn.execute(insert(Release.__table__), rows[start : start + chunk])
         ack_rows = [{"package_id": p, "user_id": u, "created_at": now} for p, u in sorted(acks)]
         for start in range(0, len(ack_rows), chunk):
-            conn.execute(insert(Acknowledgement.__table__), ack_rows[start:start + chunk])
+            conn.execute(insert(Acknowledgement.__table__), ack_rows[start : start + chunk])
     pop.seconds["releases_insert"] = time.perf_counter() - t0
     pop.acks = len(ack_rows)
     pop.counts = dict(status_counts)
@@ -395,7 +437,12 @@ class Req:
 
 
 def sample_requests(
-    vault: Vault, principals: dict[str, Principal], pop: Population, *, n: int, rng: random.Random,
+    vault: Vault,
+    principals: dict[str, Principal],
+    pop: Population,
+    *,
+    n: int,
+    rng: random.Random,
 ) -> tuple[list[Req], dict[str, Any]]:
     """n requests, half allowed and half denied, each package used once (untimed pre-pass)."""
     agency_country = agencies()
@@ -429,7 +476,11 @@ def sample_requests(
             if r < 0.40:
                 p = rng.randrange(len(pop.package_ids))
             elif r < 0.75:
-                pool = to_agency[principal.agency] if rng.random() < 0.4 else to_country[principal.country]
+                pool = (
+                    to_agency[principal.agency]
+                    if rng.random() < 0.4
+                    else to_country[principal.country]
+                )
                 p = rng.choice(pool)
             else:
                 p = rng.choice(own[principal.agency])
@@ -437,8 +488,11 @@ def sample_requests(
                 continue
             role = principal.role
             acts, weights = (
-                AUDITOR_ACTIONS if role == Role.AUDITOR
-                else SUPERVISOR_ACTIONS if role == Role.SUPERVISOR else OFFICER_ACTIONS
+                AUDITOR_ACTIONS
+                if role == Role.AUDITOR
+                else SUPERVISOR_ACTIONS
+                if role == Role.SUPERVISOR
+                else OFFICER_ACTIONS
             )
             action = rng.choices(acts, weights=weights)[0]
             package = session.get(Package, pop.package_ids[p])
@@ -463,13 +517,33 @@ def sample_requests(
         for rel in q.facts.relations:
             relations[rel] += 1
     info = {
-        "requests": len(reqs), "allowed": len(allowed), "denied": len(denied),
-        "candidates_tried": tried, "seconds": round(time.perf_counter() - t0, 2),
+        "requests": len(reqs),
+        "allowed": len(allowed),
+        "denied": len(denied),
+        "candidates_tried": tried,
+        "seconds": round(time.perf_counter() - t0, 2),
         "relations_holding": dict(relations),
-        "distinct_classes": len({(q.facts.role, q.facts.relations, q.facts.cleared, q.facts.handling,
-                                  q.facts.acknowledged, q.facts.action) for q in reqs}),
-        "actions": dict(sorted(defaultdict(int, {a: sum(1 for q in reqs if q.action == a)
-                                                 for a in {q.action for q in reqs}}).items())),
+        "distinct_classes": len(
+            {
+                (
+                    q.facts.role,
+                    q.facts.relations,
+                    q.facts.cleared,
+                    q.facts.handling,
+                    q.facts.acknowledged,
+                    q.facts.action,
+                )
+                for q in reqs
+            }
+        ),
+        "actions": dict(
+            sorted(
+                defaultdict(
+                    int,
+                    {a: sum(1 for q in reqs if q.action == a) for a in {q.action for q in reqs}},
+                ).items()
+            )
+        ),
     }
     _ = agency_country
     return reqs, info
@@ -520,7 +594,11 @@ def measure_pure(vault: Vault, reqs: list[Req]) -> dict[str, Any]:
 
 
 def measure_full(
-    vault: Vault, principals: dict[str, Principal], reqs: list[Req], *, per_session: int = 500,
+    vault: Vault,
+    principals: dict[str, Principal],
+    reqs: list[Req],
+    *,
+    per_session: int = 500,
     request_subset: int = 5000,
 ) -> dict[str, Any]:
     authz = vault.authz
@@ -532,7 +610,7 @@ def measure_full(
     for start in range(0, len(reqs), per_session):
         with session_scope(vault.engine) as session:
             session.connection()  # connect + BEGIN outside the timed region
-            for q in reqs[start:start + per_session]:
+            for q in reqs[start : start + per_session]:
                 principal = principals[q.username]
                 c0 = tt()
                 t0 = pc()
@@ -623,7 +701,9 @@ class StatementCapture:
     def __exit__(self, *exc: object) -> None:
         event.remove(self.engine, "before_cursor_execute", self._hook)
 
-    def _hook(self, conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool) -> None:
+    def _hook(
+        self, conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool
+    ) -> None:
         if self.on:
             self.last = (statement, parameters)
 
@@ -685,7 +765,11 @@ def list_mode() -> str:
 
 
 def list_replica(
-    vault: Vault, principal: Principal, *, ledger: bool = True, clock: TxClock | None = None,
+    vault: Vault,
+    principal: Principal,
+    *,
+    ledger: bool = True,
+    clock: TxClock | None = None,
     mode: str = "group-commit",
 ) -> dict[str, int]:
     """Vault.list_packages, step for step, with each step timed (ns)."""
@@ -700,8 +784,13 @@ def list_replica(
         found = session.exec(query).all()
         t3 = pc()
         if ledger:
-            fields = {"actor": principal.actor, "action": "list", "decision": ALLOW, "reason": "ok",
-                      "subject": f"count:{len(found)}"}
+            fields = {
+                "actor": principal.actor,
+                "action": "list",
+                "decision": ALLOW,
+                "reason": "ok",
+                "subject": f"count:{len(found)}",
+            }
             if mode == "group-commit":
                 vault._log(**fields)  # type: ignore[attr-defined]
             else:
@@ -713,9 +802,15 @@ def list_replica(
     cpu = time.thread_time_ns() - c0
     assert len(items) == len(found)
     out = {
-        "total": t6 - t0, "total_thread_cpu": cpu, "connect_begin": t1 - t0, "build_clause": t2 - t1,
-        "orm_query": t3 - t2, "ledger": t4 - t3, "commit_release": t5 - t4,
-        "decrypt_titles": t6 - t5, "rows": len(found),
+        "total": t6 - t0,
+        "total_thread_cpu": cpu,
+        "connect_begin": t1 - t0,
+        "build_clause": t2 - t1,
+        "orm_query": t3 - t2,
+        "ledger": t4 - t3,
+        "commit_release": t5 - t4,
+        "decrypt_titles": t6 - t5,
+        "rows": len(found),
     }
     if clock is not None and t4 <= clock.commit_at <= clock.close_at <= t5:
         out["commit_release.dbapi_commit"] = clock.close_at - clock.commit_at
@@ -729,7 +824,11 @@ def _dbapi_connection(engine: Any) -> Any:
 
 
 def measure_listing(
-    vault: Vault, principals: dict[str, Principal], *, calls: int, officers: list[str],
+    vault: Vault,
+    principals: dict[str, Principal],
+    *,
+    calls: int,
+    officers: list[str],
 ) -> dict[str, Any]:
     engine = vault.engine
     sqlite = engine.dialect.name == "sqlite"
@@ -744,7 +843,8 @@ def measure_listing(
             assert cap.last is not None
             captured[name] = cap.last
             readable = session.execute(
-                sa_select(func.count()).select_from(Package)
+                sa_select(func.count())
+                .select_from(Package)
                 .join(Agency, col(Agency.code) == Package.agency_code)
                 .where(col(Package.purged_at).is_(None), vault._readable_clause(principals[name]))
             ).scalar_one()
@@ -763,8 +863,11 @@ def measure_listing(
         event.remove(engine, "before_cursor_execute", grab)
     replica_matches = bool(seen) and seen[0] == captured[officers[0]][0]
     if not replica_matches:
-        print("  WARNING: the replica's listing SQL differs from Vault.list_packages' SQL "
-              "(the service changed?); the piece-by-piece figures may not apply", flush=True)
+        print(
+            "  WARNING: the replica's listing SQL differs from Vault.list_packages' SQL "
+            "(the service changed?); the piece-by-piece figures may not apply",
+            flush=True,
+        )
     plans: dict[str, list[str]] = {}
     if sqlite:
         raw = _dbapi_connection(engine)
@@ -802,7 +905,9 @@ def measure_listing(
     pieces_by_officer: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
     mode = list_mode()
     with TxClock(engine) as clock:
-        replicas = [(name, list_replica(vault, principals[name], clock=clock, mode=mode)) for name in order]
+        replicas = [
+            (name, list_replica(vault, principals[name], clock=clock, mode=mode)) for name in order
+        ]
     for name, r in replicas:
         for k, v in r.items():
             if k != "rows":
@@ -839,16 +944,18 @@ def measure_listing(
         raw.close()
     all_service = [t for v in service_ns.values() for t in v]
     for name in officers:
-        per_officer[name].update({
-            "service_list_packages": summary_ms(service_ns[name]),
-            "sql_only": summary_ms(sql_by[name]),
-            "orm_query": summary_ms(pieces_by_officer[name]["orm_query"]),
-            "without_ledger": summary_ms(no_ledger_by[name]),
-            "clearance": principals[name].clearance.value,
-            "country": principals[name].country,
-            "agency": principals[name].agency,
-            "role": principals[name].role.value,
-        })
+        per_officer[name].update(
+            {
+                "service_list_packages": summary_ms(service_ns[name]),
+                "sql_only": summary_ms(sql_by[name]),
+                "orm_query": summary_ms(pieces_by_officer[name]["orm_query"]),
+                "without_ledger": summary_ms(no_ledger_by[name]),
+                "clearance": principals[name].clearance.value,
+                "country": principals[name].country,
+                "agency": principals[name].agency,
+                "role": principals[name].role.value,
+            }
+        )
     return {
         "calls": calls,
         "officers": officers,
@@ -899,8 +1006,14 @@ m = g(r.sub, p.sub) && r.obj == p.obj && r.act == p.act
 
 
 def measure_baseline(
-    pop: Population, principals: dict[str, Principal], work: Path, *, sizes: list[int],
-    budget_s: float, fast_requests: int, rng: random.Random,
+    pop: Population,
+    principals: dict[str, Principal],
+    work: Path,
+    *,
+    sizes: list[int],
+    budget_s: float,
+    fast_requests: int,
+    rng: random.Random,
 ) -> dict[str, Any]:
     """Plain Enforcer and FastEnforcer, one policy line per release grant."""
     model_path = work / "baseline_model.conf"
@@ -914,8 +1027,14 @@ def measure_baseline(
     for u in officers:
         subject_users[f"country:{principals[u].country}"].append(u)
         subject_users[f"agency:{principals[u].agency}"].append(u)
-    user_subjects = {u: {f"country:{principals[u].country}", f"agency:{principals[u].agency}"} for u in officers}
-    results: dict[str, Any] = {"model": BASELINE_MODEL, "lines_are": "every release row, whatever its status or window", "sizes": {}}
+    user_subjects = {
+        u: {f"country:{principals[u].country}", f"agency:{principals[u].agency}"} for u in officers
+    }
+    results: dict[str, Any] = {
+        "model": BASELINE_MODEL,
+        "lines_are": "every release row, whatever its status or window",
+        "sizes": {},
+    }
     for size in sizes:
         size = min(size, len(pop.releases))
         lines = pop.releases[:size]
@@ -983,13 +1102,16 @@ def measure_baseline(
         policy_path.unlink()
         gc.collect()
         results["sizes"][str(size)] = entry
-        print(f"  baseline at {size:>7,} lines: load {entry['enforcer_load_s']} s, "
-              f"denied median {entry['enforcer_denied']['median_us'] / 1000:.1f} ms "
-              f"(n={entry['enforcer_denied']['n']}), allowed median "
-              f"{entry['enforcer_allowed']['median_us'] / 1000:.1f} ms "
-              f"(n={entry['enforcer_allowed']['n']}); FastEnforcer "
-              f"{entry['fast_enforcer_denied']['median_us']:.1f} / "
-              f"{entry['fast_enforcer_allowed']['median_us']:.1f} us", flush=True)
+        print(
+            f"  baseline at {size:>7,} lines: load {entry['enforcer_load_s']} s, "
+            f"denied median {entry['enforcer_denied']['median_us'] / 1000:.1f} ms "
+            f"(n={entry['enforcer_denied']['n']}), allowed median "
+            f"{entry['enforcer_allowed']['median_us'] / 1000:.1f} ms "
+            f"(n={entry['enforcer_allowed']['n']}); FastEnforcer "
+            f"{entry['fast_enforcer_denied']['median_us']:.1f} / "
+            f"{entry['fast_enforcer_allowed']['median_us']:.1f} us",
+            flush=True,
+        )
     return results
 
 
@@ -1012,7 +1134,9 @@ def profile(fn: Callable[[], None], name: str, top: int = 25) -> list[str]:
     return [line for line in out.getvalue().splitlines() if line.strip()]
 
 
-def profile_full_decision(vault: Vault, principals: dict[str, Principal], reqs: list[Req]) -> list[str]:
+def profile_full_decision(
+    vault: Vault, principals: dict[str, Principal], reqs: list[Req]
+) -> list[str]:
     def run() -> None:
         with session_scope(vault.engine) as session:
             for q in reqs:
@@ -1023,7 +1147,9 @@ def profile_full_decision(vault: Vault, principals: dict[str, Principal], reqs: 
     return profile(run, "facts")
 
 
-def profile_listing(vault: Vault, principals: dict[str, Principal], officers: list[str], calls: int) -> list[str]:
+def profile_listing(
+    vault: Vault, principals: dict[str, Principal], officers: list[str], calls: int
+) -> list[str]:
     def run() -> None:
         for i in range(calls):
             vault.list_packages(principals[officers[i % len(officers)]], limit=PAGE)
@@ -1067,8 +1193,11 @@ class CpuMeter:
         self.others_cores = max(0.0, others / _HZ / self.wall_s) if self.wall_s > 0 else 0.0
 
     def as_dict(self) -> dict[str, float]:
-        return {"wall_s": round(self.wall_s, 2), "cpu_s": round(self.cpu_s, 2),
-                "others_cores": round(self.others_cores, 2)}
+        return {
+            "wall_s": round(self.wall_s, 2),
+            "cpu_s": round(self.cpu_s, 2),
+            "others_cores": round(self.others_cores, 2),
+        }
 
 
 WAIT_IDLE_S = 60.0
@@ -1092,8 +1221,11 @@ def phase(report: dict[str, Any], name: str) -> Iterator[None]:
     with CpuMeter() as meter:
         yield
     report.setdefault("contention", {})[name] = {"others_cores_before": before, **meter.as_dict()}
-    print(f"  [{name}: {meter.wall_s:.1f} s wall, {meter.cpu_s:.1f} s CPU, others used "
-          f"{meter.others_cores:.2f} cores (before: {before})]", flush=True)
+    print(
+        f"  [{name}: {meter.wall_s:.1f} s wall, {meter.cpu_s:.1f} s CPU, others used "
+        f"{meter.others_cores:.2f} cores (before: {before})]",
+        flush=True,
+    )
 
 
 # --- machine ------------------------------------------------------------------------------------
@@ -1152,8 +1284,15 @@ def source_fingerprints() -> dict[str, str]:
     """SHA-256 (first 16 hex) of the files measured: the code changes under concurrent edits."""
     root = Path(__file__).resolve().parent.parent
     out = {}
-    for rel in ("vault/service.py", "vault/authz.py", "vault/db.py", "vault/models.py",
-                "vault/ledger/log.py", "policies/model.conf", "policies/policy.csv"):
+    for rel in (
+        "vault/service.py",
+        "vault/authz.py",
+        "vault/db.py",
+        "vault/models.py",
+        "vault/ledger/log.py",
+        "policies/model.conf",
+        "policies/policy.csv",
+    ):
         with contextlib.suppress(OSError):
             out[rel] = hashlib.sha256((root / rel).read_bytes()).hexdigest()[:16]
     return out
@@ -1202,18 +1341,34 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--db", default="sqlite", help="sqlite (default) or a postgresql:// URL")
     ap.add_argument("--requests", type=int, default=20_000, help="decision requests (half allowed)")
     ap.add_argument("--list-calls", type=int, default=200)
-    ap.add_argument("--baseline-sizes", default="10000,100000,300000",
-                    help="policy lines for the plain Enforcer baseline (capped at --releases)")
-    ap.add_argument("--baseline-budget", type=float, default=60.0,
-                    help="seconds of plain-Enforcer enforce() calls per size (>= 5 requests of each kind)")
+    ap.add_argument(
+        "--baseline-sizes",
+        default="10000,100000,300000",
+        help="policy lines for the plain Enforcer baseline (capped at --releases)",
+    )
+    ap.add_argument(
+        "--baseline-budget",
+        type=float,
+        default=60.0,
+        help="seconds of plain-Enforcer enforce() calls per size (>= 5 requests of each kind)",
+    )
     ap.add_argument("--fast-requests", type=int, default=20_000)
     ap.add_argument("--seed", type=int, default=20261127)
-    ap.add_argument("--analyze", action="store_true", help="run ANALYZE after loading (SQLite planner stats)")
+    ap.add_argument(
+        "--analyze", action="store_true", help="run ANALYZE after loading (SQLite planner stats)"
+    )
     ap.add_argument("--no-profile", action="store_true")
     ap.add_argument("--dir", type=Path, default=None, help="parent folder for the throw-away vault")
-    ap.add_argument("--keep", action="store_true", help="keep the vault folder (printed) for experiments")
-    ap.add_argument("--wait-idle", type=float, default=60.0, metavar="SECONDS",
-                    help="before each phase, wait up to this long for a quiet machine (0: don't)")
+    ap.add_argument(
+        "--keep", action="store_true", help="keep the vault folder (printed) for experiments"
+    )
+    ap.add_argument(
+        "--wait-idle",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="before each phase, wait up to this long for a quiet machine (0: don't)",
+    )
     ap.add_argument("--out", type=Path, default=OUT_DEFAULT)
     args = ap.parse_args(argv)
     global WAIT_IDLE_S
@@ -1224,16 +1379,22 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {
         "benchmark": "authz",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": "python -m bench.bench_authz " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": "python -m bench.bench_authz "
+        + " ".join(sys.argv[1:] if argv is None else argv),
         "params": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "targets": {"decision_median_us": TARGET_DECISION_MEDIAN_US, "decision_p99_us": TARGET_DECISION_P99_US,
-                    "first_page_ms": TARGET_LIST_MS},
+        "targets": {
+            "decision_median_us": TARGET_DECISION_MEDIAN_US,
+            "decision_p99_us": TARGET_DECISION_P99_US,
+            "first_page_ms": TARGET_LIST_MS,
+        },
         "machine": machine_info(work),
         "source_sha256": source_fingerprints(),
     }
-    print(f"machine: {report['machine']['cpu']}, {report['machine']['cores']} cores, "
-          f"Python {report['machine']['python']}, SQLite {report['machine']['sqlite']}, "
-          f"pycasbin {report['machine'].get('pycasbin')}")
+    print(
+        f"machine: {report['machine']['cpu']}, {report['machine']['cores']} cores, "
+        f"Python {report['machine']['python']}, SQLite {report['machine']['sqlite']}, "
+        f"pycasbin {report['machine'].get('pycasbin')}"
+    )
     try:
         with database(args.db, work) as url:
             settings = load_settings(data_dir=work / "vault-data", database_url=url, **FAST_ARGON2)
@@ -1242,10 +1403,15 @@ def main(argv: list[str] | None = None) -> int:
                 t0 = time.perf_counter()
                 principals = seed(vault)
                 seed_s = time.perf_counter() - t0
-                print(f"seeded {len(COUNTRIES)} countries, {len(agencies())} agencies, "
-                      f"{len(principals)} users through the service in {seed_s:.1f} s", flush=True)
+                print(
+                    f"seeded {len(COUNTRIES)} countries, {len(agencies())} agencies, "
+                    f"{len(principals)} users through the service in {seed_s:.1f} s",
+                    flush=True,
+                )
                 t0 = time.perf_counter()
-                pop = populate(vault, principals, n_packages=args.packages, n_releases=args.releases, rng=rng)
+                pop = populate(
+                    vault, principals, n_packages=args.packages, n_releases=args.releases, rng=rng
+                )
                 if vault.engine.dialect.name == "sqlite":
                     raw = vault.engine.raw_connection()  # autocommit (isolation_level None)
                     try:
@@ -1264,22 +1430,32 @@ def main(argv: list[str] | None = None) -> int:
                     assert sample is not None and vault._open_meta(sample)["title"].endswith("#0")
                 db_file = settings.data_dir / "vault.db"
                 report["population"] = {
-                    "packages": args.packages, "releases": args.releases, "acknowledgements": pop.acks,
-                    "release_mix": pop.counts, "seconds": {k: round(v, 2) for k, v in pop.seconds.items()},
+                    "packages": args.packages,
+                    "releases": args.releases,
+                    "acknowledgements": pop.acks,
+                    "release_mix": pop.counts,
+                    "seconds": {k: round(v, 2) for k, v in pop.seconds.items()},
                     "seed_seconds": round(seed_s, 2),
-                    "sqlite_file_mib": round(db_file.stat().st_size / 2**20, 1) if db_file.exists() else None,
+                    "sqlite_file_mib": round(db_file.stat().st_size / 2**20, 1)
+                    if db_file.exists()
+                    else None,
                     "analyze": args.analyze,
                 }
-                print(f"populated {args.packages:,} packages + {args.releases:,} releases "
-                      f"(+{pop.acks:,} acks) in {pop.seconds['total']:.1f} s: "
-                      + ", ".join(f"{k} {v:.1f} s" for k, v in pop.seconds.items() if k != "total"),
-                      flush=True)
+                print(
+                    f"populated {args.packages:,} packages + {args.releases:,} releases "
+                    f"(+{pop.acks:,} acks) in {pop.seconds['total']:.1f} s: "
+                    + ", ".join(f"{k} {v:.1f} s" for k, v in pop.seconds.items() if k != "total"),
+                    flush=True,
+                )
 
                 reqs, info = sample_requests(vault, principals, pop, n=args.requests, rng=rng)
                 report["requests"] = info
-                print(f"sampled {info['requests']:,} requests ({info['allowed']:,} allowed / "
-                      f"{info['denied']:,} denied, {info['distinct_classes']} distinct attribute classes) "
-                      f"in {info['seconds']} s", flush=True)
+                print(
+                    f"sampled {info['requests']:,} requests ({info['allowed']:,} allowed / "
+                    f"{info['denied']:,} denied, {info['distinct_classes']} distinct attribute classes) "
+                    f"in {info['seconds']} s",
+                    flush=True,
+                )
                 report["timer_overhead_ns"] = timer_overhead_ns()
 
                 with phase(report, "a_pure_decision"):
@@ -1290,16 +1466,21 @@ def main(argv: list[str] | None = None) -> int:
                 print("b) full decision measured", flush=True)
 
                 officers = [f"{cc.lower()}.customs.officer" for cc in COUNTRIES] + [
-                    "uz.customs.junior", "af.border.junior", "kz.supervisor",
+                    "uz.customs.junior",
+                    "af.border.junior",
+                    "kz.supervisor",
                 ]
                 with phase(report, "d_listing"):
                     report["d_listing"] = measure_listing(
-                        vault, principals, calls=args.list_calls, officers=officers)
+                        vault, principals, calls=args.list_calls, officers=officers
+                    )
                 print("d) listing measured", flush=True)
 
                 decision_ok = (
-                    report["b_full_decision"]["row_facts_decide"]["median_us"] <= TARGET_DECISION_MEDIAN_US
-                    and report["b_full_decision"]["row_facts_decide"]["p99_us"] <= TARGET_DECISION_P99_US
+                    report["b_full_decision"]["row_facts_decide"]["median_us"]
+                    <= TARGET_DECISION_MEDIAN_US
+                    and report["b_full_decision"]["row_facts_decide"]["p99_us"]
+                    <= TARGET_DECISION_P99_US
                 )
                 list_ok = report["d_listing"]["service_list_packages"]["p99_ms"] <= TARGET_LIST_MS
                 if not args.no_profile and (not decision_ok or not list_ok):
@@ -1315,8 +1496,13 @@ def main(argv: list[str] | None = None) -> int:
                 print("c) baseline (plain pycasbin)...", flush=True)
                 with phase(report, "c_baseline"):
                     report["c_baseline"] = measure_baseline(
-                        pop, principals, work, sizes=sizes, budget_s=args.baseline_budget,
-                        fast_requests=args.fast_requests, rng=rng,
+                        pop,
+                        principals,
+                        work,
+                        sizes=sizes,
+                        budget_s=args.baseline_budget,
+                        fast_requests=args.fast_requests,
+                        rng=rng,
                     )
             finally:
                 vault.close()
@@ -1336,14 +1522,17 @@ def main(argv: list[str] | None = None) -> int:
 
 def verdict(r: dict[str, Any]) -> dict[str, Any]:
     a, b, d = r["a_pure_decision"]["decide"], r["b_full_decision"], r["d_listing"]
+
     def ok_dec(s: dict[str, float]) -> bool:
         return s["median_us"] <= TARGET_DECISION_MEDIAN_US and s["p99_us"] <= TARGET_DECISION_P99_US
+
     return {
         "pure_decision_meets_target": ok_dec(a),
         "facts_decide_in_open_session_meets_target": ok_dec(b["facts_decide"]),
         "row_facts_decide_in_open_session_meets_target": ok_dec(b["row_facts_decide"]),
         "per_request_transaction_meets_target": ok_dec(b["per_request_transaction"]),
-        "list_packages_median_meets_target": d["service_list_packages"]["median_ms"] <= TARGET_LIST_MS,
+        "list_packages_median_meets_target": d["service_list_packages"]["median_ms"]
+        <= TARGET_LIST_MS,
         "list_packages_p99_meets_target": d["service_list_packages"]["p99_ms"] <= TARGET_LIST_MS,
         "list_without_ledger_p99_meets_target": d["without_ledger"]["p99_ms"] <= TARGET_LIST_MS,
     }
@@ -1351,12 +1540,16 @@ def verdict(r: dict[str, Any]) -> dict[str, Any]:
 
 def print_table(r: dict[str, Any]) -> None:
     m = r["machine"]
-    print(f"\n{m['cpu']} ({m['cores']} cores), Python {m['python']}, SQLite {m['sqlite']}, "
-          f"pycasbin {m.get('pycasbin')}; {r['population']['packages']:,} packages, "
-          f"{r['population']['releases']:,} releases; timer overhead {r['timer_overhead_ns']:.0f} ns; "
-          f"engine pool {r['b_full_decision']['engine_pool']}")
-    print("contention (other processes' CPU, in cores, during each phase): " + ", ".join(
-        f"{k} {v['others_cores']}" for k, v in r.get("contention", {}).items()))
+    print(
+        f"\n{m['cpu']} ({m['cores']} cores), Python {m['python']}, SQLite {m['sqlite']}, "
+        f"pycasbin {m.get('pycasbin')}; {r['population']['packages']:,} packages, "
+        f"{r['population']['releases']:,} releases; timer overhead {r['timer_overhead_ns']:.0f} ns; "
+        f"engine pool {r['b_full_decision']['engine_pool']}"
+    )
+    print(
+        "contention (other processes' CPU, in cores, during each phase): "
+        + ", ".join(f"{k} {v['others_cores']}" for k, v in r.get("contention", {}).items())
+    )
     print(f"\n{'decision (us)':<66} {'median':>10} {'p99':>10}")
     a, b = r["a_pure_decision"], r["b_full_decision"]
     rows = [
@@ -1364,19 +1557,34 @@ def print_table(r: dict[str, Any]) -> None:
         ("   ... allowed requests", a["decide_allowed"]),
         ("   ... denied requests", a["decide_denied"]),
         ("   Authorizer.allows(facts), memo warm", a["allows"]),
-        (f"   memo miss (first call per class, {a['memo_entries']} classes)", a["memo_miss_first_call"]),
+        (
+            f"   memo miss (first call per class, {a['memo_entries']} classes)",
+            a["memo_miss_first_call"],
+        ),
         ("b) session.get(Package) + Vault._facts + decide (open session)", b["row_facts_decide"]),
         ("   ... allowed requests", b["row_facts_decide_allowed"]),
         ("   ... denied requests", b["row_facts_decide_denied"]),
-        ("   ... same, thread CPU time (immune to being descheduled)", b["row_facts_decide_thread_cpu"]),
+        (
+            "   ... same, thread CPU time (immune to being descheduled)",
+            b["row_facts_decide_thread_cpu"],
+        ),
         ("   Vault._facts + decide (package row already loaded)", b["facts_decide"]),
         ("   piece: session.get(Package)", b["pieces"]["session_get_package"]),
         ("   piece: Vault._facts", b["pieces"]["vault_facts"]),
         ("   piece: Vault._facts, caller is originator", b["pieces"]["vault_facts_originator"]),
-        ("   piece: Vault._facts, caller not originator", b["pieces"]["vault_facts_not_originator"]),
+        (
+            "   piece: Vault._facts, caller not originator",
+            b["pieces"]["vault_facts_not_originator"],
+        ),
         ("   piece: Vault._facts, H3 package", b["pieces"]["vault_facts_h3"]),
-        ("   per request in its own Vault._tx() (BEGIN IMMEDIATE ... COMMIT)", b["per_request_transaction"]),
-        ("   per request in its own Vault._tx(readonly=True) (BEGIN ... COMMIT)", b["per_request_readonly_transaction"]),
+        (
+            "   per request in its own Vault._tx() (BEGIN IMMEDIATE ... COMMIT)",
+            b["per_request_transaction"],
+        ),
+        (
+            "   per request in its own Vault._tx(readonly=True) (BEGIN ... COMMIT)",
+            b["per_request_readonly_transaction"],
+        ),
         ("   empty Vault._tx() alone", b["empty_transaction"]),
         ("   empty Vault._tx(readonly=True) alone", b["empty_readonly_transaction"]),
     ]
@@ -1384,30 +1592,60 @@ def print_table(r: dict[str, Any]) -> None:
         print(f"{label:<66} {_fmt_us(s)}")
     c = r.get("c_baseline", {}).get("sizes", {})
     for size, e in c.items():
-        print(f"c) plain Enforcer, {int(size):>7,} lines, denied (n={e['enforcer_denied']['n']})".ljust(66)
-              + f" {_fmt_us(e['enforcer_denied'])}")
-        print(f"   plain Enforcer, {int(size):>7,} lines, allowed (n={e['enforcer_allowed']['n']})".ljust(66)
-              + f" {_fmt_us(e['enforcer_allowed'])}")
-        print("   ... thread CPU time, denied / allowed (medians)".ljust(66)
-              + f" {e['enforcer_denied_thread_cpu']['median_us']:>10.1f} "
-              f"{e['enforcer_allowed_thread_cpu']['median_us']:>10.1f}")
-        print(f"   FastEnforcer,   {int(size):>7,} lines, denied".ljust(66) + f" {_fmt_us(e['fast_enforcer_denied'])}")
-        print(f"   FastEnforcer,   {int(size):>7,} lines, allowed".ljust(66) + f" {_fmt_us(e['fast_enforcer_allowed'])}")
-        print(f"   (load: Enforcer {e['enforcer_load_s']} s, FastEnforcer {e['fast_enforcer_load_s']} s)")
+        print(
+            f"c) plain Enforcer, {int(size):>7,} lines, denied (n={e['enforcer_denied']['n']})".ljust(
+                66
+            )
+            + f" {_fmt_us(e['enforcer_denied'])}"
+        )
+        print(
+            f"   plain Enforcer, {int(size):>7,} lines, allowed (n={e['enforcer_allowed']['n']})".ljust(
+                66
+            )
+            + f" {_fmt_us(e['enforcer_allowed'])}"
+        )
+        print(
+            "   ... thread CPU time, denied / allowed (medians)".ljust(66)
+            + f" {e['enforcer_denied_thread_cpu']['median_us']:>10.1f} "
+            f"{e['enforcer_allowed_thread_cpu']['median_us']:>10.1f}"
+        )
+        print(
+            f"   FastEnforcer,   {int(size):>7,} lines, denied".ljust(66)
+            + f" {_fmt_us(e['fast_enforcer_denied'])}"
+        )
+        print(
+            f"   FastEnforcer,   {int(size):>7,} lines, allowed".ljust(66)
+            + f" {_fmt_us(e['fast_enforcer_allowed'])}"
+        )
+        print(
+            f"   (load: Enforcer {e['enforcer_load_s']} s, FastEnforcer {e['fast_enforcer_load_s']} s)"
+        )
     d = r["d_listing"]
     print(f"\n{'first page of 50 (us)':<66} {'median':>10} {'p99':>10}")
-    print(f"{'d) Vault.list_packages, all officers (n=' + str(d['calls']) + ')':<66} {_fmt_ms(d['service_list_packages'])}")
-    print(f"{'   without the ledger part (replica, no ledger entry)':<66} {_fmt_ms(d['without_ledger'])}")
-    print(f"   (ledger entry written by: {d.get('ledger_mode')}; replica SQL == service SQL: "
-          f"{d.get('replica_sql_matches_service')})")
+    print(
+        f"{'d) Vault.list_packages, all officers (n=' + str(d['calls']) + ')':<66} {_fmt_ms(d['service_list_packages'])}"
+    )
+    print(
+        f"{'   without the ledger part (replica, no ledger entry)':<66} {_fmt_ms(d['without_ledger'])}"
+    )
+    print(
+        f"   (ledger entry written by: {d.get('ledger_mode')}; replica SQL == service SQL: "
+        f"{d.get('replica_sql_matches_service')})"
+    )
     for k, s in d["replica_pieces"].items():
         print(f"{'   piece: ' + k:<66} {_fmt_ms(s)}")
-    print(f"{'   SQL alone on the DBAPI cursor (same statement, rows fetched)':<66} {_fmt_ms(d['sql_only'])}")
-    print(f"\n{'per officer (ms)':<24} {'cl.':>4} {'readable':>9} {'service':>9} {'no-ledger':>10} {'ORM q':>8} {'SQL':>8}")
+    print(
+        f"{'   SQL alone on the DBAPI cursor (same statement, rows fetched)':<66} {_fmt_ms(d['sql_only'])}"
+    )
+    print(
+        f"\n{'per officer (ms)':<24} {'cl.':>4} {'readable':>9} {'service':>9} {'no-ledger':>10} {'ORM q':>8} {'SQL':>8}"
+    )
     for name, o in d["per_officer"].items():
-        print(f"{name:<24} {o['clearance'][:4]:>4} {o['readable_total']:>9,} "
-              f"{o['service_list_packages']['median_ms']:>9.2f} {o['without_ledger']['median_ms']:>10.2f} "
-              f"{o['orm_query']['median_ms']:>8.2f} {o['sql_only']['median_ms']:>8.2f}")
+        print(
+            f"{name:<24} {o['clearance'][:4]:>4} {o['readable_total']:>9,} "
+            f"{o['service_list_packages']['median_ms']:>9.2f} {o['without_ledger']['median_ms']:>10.2f} "
+            f"{o['orm_query']['median_ms']:>8.2f} {o['sql_only']['median_ms']:>8.2f}"
+        )
     print("\nverdict: " + ", ".join(f"{k}={v}" for k, v in r["verdict"].items()))
 
 

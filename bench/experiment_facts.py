@@ -124,22 +124,42 @@ REL_STMT = select(Release.agency_code).where(
 ORIGIN_STMT = select(Agency.country_code).where(Agency.code == bindparam("agency"))
 
 _REL_AGENCY = exists().where(
-    Release.package_id == Package.id, Release.agency_code == bindparam("agency"), _active(bindparam("now"))
+    Release.package_id == Package.id,
+    Release.agency_code == bindparam("agency"),
+    _active(bindparam("now")),
 )
 _REL_COUNTRY = exists().where(
-    Release.package_id == Package.id, Release.country_code == bindparam("country"),
-    col(Release.agency_code).is_(None), _active(bindparam("now")),
+    Release.package_id == Package.id,
+    Release.country_code == bindparam("country"),
+    col(Release.agency_code).is_(None),
+    _active(bindparam("now")),
 )
-_ACK = exists().where(Acknowledgement.package_id == Package.id, Acknowledgement.user_id == bindparam("uid"))
+_ACK = exists().where(
+    Acknowledgement.package_id == Package.id, Acknowledgement.user_id == bindparam("uid")
+)
 ONE_ORM_STMT = (
-    select(Package, Agency.country_code, _REL_AGENCY.label("ra"), _REL_COUNTRY.label("rc"), _ACK.label("ak"))
+    select(
+        Package,
+        Agency.country_code,
+        _REL_AGENCY.label("ra"),
+        _REL_COUNTRY.label("rc"),
+        _ACK.label("ak"),
+    )
     .join(Agency, col(Agency.code) == Package.agency_code)
     .where(Package.id == bindparam("pid"))
 )
 _pt = Package.__table__.c  # type: ignore[attr-defined]
 ONE_CORE_STMT = (
-    sa_select(_pt.id, _pt.agency_code, _pt.classification, _pt.handling, Agency.country_code,
-              _REL_AGENCY.label("ra"), _REL_COUNTRY.label("rc"), _ACK.label("ak"))
+    sa_select(
+        _pt.id,
+        _pt.agency_code,
+        _pt.classification,
+        _pt.handling,
+        Agency.country_code,
+        _REL_AGENCY.label("ra"),
+        _REL_COUNTRY.label("rc"),
+        _ACK.label("ak"),
+    )
     .join_from(Package.__table__, Agency.__table__, Agency.__table__.c.code == _pt.agency_code)  # type: ignore[attr-defined]
     .where(_pt.id == bindparam("pid"))
 )
@@ -164,8 +184,16 @@ def _sqlite_time(moment: datetime) -> str:
 
 
 def _facts_from(
-    p: Principal, action: str, *, agency: str, origin_country: str, classification: str,
-    handling: str, rel_agency: bool, rel_country: bool, ack: bool,
+    p: Principal,
+    action: str,
+    *,
+    agency: str,
+    origin_country: str,
+    classification: str,
+    handling: str,
+    rel_agency: bool,
+    rel_country: bool,
+    ack: bool,
 ) -> Facts:
     relations = {NONE}
     if agency == p.agency:
@@ -212,15 +240,24 @@ class Variants:
             acknowledged = session.get(Acknowledgement, (package.id, p.user_id)) is not None
         hits = session.exec(
             select(Release.agency_code).where(
-                Release.package_id == package.id, _active(utcnow()),
-                or_(Release.agency_code == p.agency,
-                    and_(Release.country_code == p.country, col(Release.agency_code).is_(None))),
+                Release.package_id == package.id,
+                _active(utcnow()),
+                or_(
+                    Release.agency_code == p.agency,
+                    and_(Release.country_code == p.country, col(Release.agency_code).is_(None)),
+                ),
             )
         ).all()
         return _facts_from(
-            p, action, agency=package.agency_code, origin_country=self._origin(session, package.agency_code),
-            classification=package.classification.value, handling=package.handling.value,
-            rel_agency=any(h is not None for h in hits), rel_country=any(h is None for h in hits), ack=acknowledged,
+            p,
+            action,
+            agency=package.agency_code,
+            origin_country=self._origin(session, package.agency_code),
+            classification=package.classification.value,
+            handling=package.handling.value,
+            rel_agency=any(h is not None for h in hits),
+            rel_country=any(h is None for h in hits),
+            ack=acknowledged,
         )
 
     def prebuilt_orm(self, session: Session, p: Principal, pid: str, action: str) -> Facts:
@@ -230,50 +267,102 @@ class Variants:
         if package.handling == Handling.H3 and p.user_id:
             acknowledged = session.get(Acknowledgement, (package.id, p.user_id)) is not None
         hits = session.exec(
-            REL_STMT, params={"pid": package.id, "now": utcnow(), "agency": p.agency, "country": p.country}
+            REL_STMT,
+            params={"pid": package.id, "now": utcnow(), "agency": p.agency, "country": p.country},
         ).all()
         return _facts_from(
-            p, action, agency=package.agency_code, origin_country=self._origin(session, package.agency_code),
-            classification=package.classification.value, handling=package.handling.value,
-            rel_agency=any(h is not None for h in hits), rel_country=any(h is None for h in hits), ack=acknowledged,
+            p,
+            action,
+            agency=package.agency_code,
+            origin_country=self._origin(session, package.agency_code),
+            classification=package.classification.value,
+            handling=package.handling.value,
+            rel_agency=any(h is not None for h in hits),
+            rel_country=any(h is None for h in hits),
+            ack=acknowledged,
         )
 
     def one_orm_query(self, session: Session, p: Principal, pid: str, action: str) -> Facts:
         package, country, ra, rc, ak = session.execute(
             ONE_ORM_STMT,
-            {"pid": pid, "now": utcnow(), "agency": p.agency, "country": p.country, "uid": p.user_id},
+            {
+                "pid": pid,
+                "now": utcnow(),
+                "agency": p.agency,
+                "country": p.country,
+                "uid": p.user_id,
+            },
         ).one()
         return _facts_from(
-            p, action, agency=package.agency_code, origin_country=country,
-            classification=package.classification.value, handling=package.handling.value,
-            rel_agency=ra, rel_country=rc, ack=ak,
+            p,
+            action,
+            agency=package.agency_code,
+            origin_country=country,
+            classification=package.classification.value,
+            handling=package.handling.value,
+            rel_agency=ra,
+            rel_country=rc,
+            ack=ak,
         )
 
     def one_core_query(self, session: Session, p: Principal, pid: str, action: str) -> Facts:
-        _id, agency, classification, handling, country, ra, rc, ak = session.connection().execute(
-            ONE_CORE_STMT,
-            {"pid": pid, "now": utcnow(), "agency": p.agency, "country": p.country, "uid": p.user_id},
-        ).one()
+        _id, agency, classification, handling, country, ra, rc, ak = (
+            session.connection()
+            .execute(
+                ONE_CORE_STMT,
+                {
+                    "pid": pid,
+                    "now": utcnow(),
+                    "agency": p.agency,
+                    "country": p.country,
+                    "uid": p.user_id,
+                },
+            )
+            .one()
+        )
         return _facts_from(
-            p, action, agency=agency, origin_country=country, classification=classification.value,
-            handling=handling.value, rel_agency=ra, rel_country=rc, ack=ak,
+            p,
+            action,
+            agency=agency,
+            origin_country=country,
+            classification=classification.value,
+            handling=handling.value,
+            rel_agency=ra,
+            rel_country=rc,
+            ack=ak,
         )
 
     def one_raw_sql(self, session: Session, p: Principal, pid: str, action: str) -> Facts:
         cur = session.connection().connection.driver_connection.execute(  # type: ignore[union-attr]
             ONE_RAW_SQL,
-            {"pid": pid, "now": _sqlite_time(utcnow()), "agency": p.agency, "country": p.country,
-             "uid": p.user_id},
+            {
+                "pid": pid,
+                "now": _sqlite_time(utcnow()),
+                "agency": p.agency,
+                "country": p.country,
+                "uid": p.user_id,
+            },
         )
         agency, classification, handling, country, ra, rc, ak = cur.fetchone()
         return _facts_from(
-            p, action, agency=agency, origin_country=country, classification=classification,
-            handling=handling, rel_agency=ra, rel_country=rc, ack=ak,
+            p,
+            action,
+            agency=agency,
+            origin_country=country,
+            classification=classification,
+            handling=handling,
+            rel_agency=ra,
+            rel_country=rc,
+            ack=ak,
         )
 
 
 def measure_decisions(
-    vault: Vault, principals: dict[str, Principal], reqs: list[Req], *, chunk: int = 500,
+    vault: Vault,
+    principals: dict[str, Principal],
+    reqs: list[Req],
+    *,
+    chunk: int = 500,
 ) -> dict[str, Any]:
     v = Variants(vault)
     variants: dict[str, Callable[[Session, Principal, str, str], Facts]] = {
@@ -289,7 +378,11 @@ def measure_decisions(
     # Correctness first: every variant gives the service's facts for every request.
     for name, fn in variants.items():
         with session_scope(vault.engine) as session:
-            bad = [q for q in reqs if fn(session, principals[q.username], q.package_id, q.action) != q.facts]
+            bad = [
+                q
+                for q in reqs
+                if fn(session, principals[q.username], q.package_id, q.action) != q.facts
+            ]
         if bad:
             raise AssertionError(f"{name}: {len(bad)} requests give other facts than the service")
     wall: dict[str, list[int]] = defaultdict(list)
@@ -297,8 +390,8 @@ def measure_decisions(
     names = list(variants)
     gc.collect()
     for i, start in enumerate(range(0, len(reqs), chunk)):
-        batch = reqs[start:start + chunk]
-        rot = names[i % len(names):] + names[:i % len(names)]  # rotate order: fair under drift
+        batch = reqs[start : start + chunk]
+        rot = names[i % len(names) :] + names[: i % len(names)]  # rotate order: fair under drift
         for name in rot:
             fn = variants[name]
             with session_scope(vault.engine) as session:
@@ -312,7 +405,10 @@ def measure_decisions(
                     t1 = pc()
                     cpu[name].append(tt() - c0)
                     wall[name].append(t1 - t0)
-    return {name: {"wall": summary_us(wall[name]), "thread_cpu": summary_us(cpu[name])} for name in names}
+    return {
+        name: {"wall": summary_us(wall[name]), "thread_cpu": summary_us(cpu[name])}
+        for name in names
+    }
 
 
 # --- transaction variants --------------------------------------------------------------------
@@ -329,9 +425,14 @@ def _engine_like_vault(url: str, *, poolclass: Any = None) -> Any:
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         dbapi_conn.isolation_level = None
         cursor = dbapi_conn.cursor()
-        for pragma in ("PRAGMA journal_mode=WAL", "PRAGMA synchronous=FULL", "PRAGMA foreign_keys=ON",
-                       "PRAGMA recursive_triggers=ON", "PRAGMA busy_timeout=30000",
-                       "PRAGMA secure_delete=ON"):
+        for pragma in (
+            "PRAGMA journal_mode=WAL",
+            "PRAGMA synchronous=FULL",
+            "PRAGMA foreign_keys=ON",
+            "PRAGMA recursive_triggers=ON",
+            "PRAGMA busy_timeout=30000",
+            "PRAGMA secure_delete=ON",
+        ):
             cursor.execute(pragma)
         cursor.close()
 
@@ -368,6 +469,7 @@ def measure_transactions(vault: Vault, n: int) -> dict[str, Any]:
         def go() -> None:
             with vault._tx(readonly=readonly) as session:
                 session.connection()
+
         return go
 
     run(f"service write tx ({type(vault.engine.pool).__name__}, BEGIN IMMEDIATE)", tx(False))
@@ -375,9 +477,11 @@ def measure_transactions(vault: Vault, n: int) -> dict[str, Any]:
     vault.engine.dispose()
     nullpool = _engine_like_vault(url, poolclass=NullPool)
     for readonly in (False, True):
+
         def go(readonly: bool = readonly) -> None:
             with session_scope(nullpool, readonly=readonly) as session:
                 session.connection()
+
         run(f"NullPool {'read-only' if readonly else 'write'} tx (connect + PRAGMAs each time)", go)
     nullpool.dispose()
     return out
@@ -440,9 +544,22 @@ class ListingCache:
         if stmt is None:
             t = Package.__table__.c  # type: ignore[attr-defined]
             stmt = (
-                sa_select(t.id, t.agency_code, t.created_at, t.size, t.file_count, t.classification,
-                          t.handling, t.kek_id, t.wrapped_key, t.sealed_meta, Agency.country_code)
-                .join_from(Package.__table__, Agency.__table__, Agency.__table__.c.code == t.agency_code)  # type: ignore[attr-defined]
+                sa_select(
+                    t.id,
+                    t.agency_code,
+                    t.created_at,
+                    t.size,
+                    t.file_count,
+                    t.classification,
+                    t.handling,
+                    t.kek_id,
+                    t.wrapped_key,
+                    t.sealed_meta,
+                    Agency.country_code,
+                )
+                .join_from(
+                    Package.__table__, Agency.__table__, Agency.__table__.c.code == t.agency_code
+                )  # type: ignore[attr-defined]
                 .where(t.purged_at.is_(None), self._where(p))
                 .order_by(t.created_at.desc(), t.id)
                 .offset(bindparam("offset"))
@@ -452,7 +569,9 @@ class ListingCache:
         return stmt
 
 
-def measure_listing(vault: Vault, principals: dict[str, Principal], officers: list[str], calls: int) -> dict[str, Any]:
+def measure_listing(
+    vault: Vault, principals: dict[str, Principal], officers: list[str], calls: int
+) -> dict[str, Any]:
     cache = ListingCache(vault)
     engine = vault.engine
     captured: dict[str, tuple[str, Any]] = {}
@@ -475,7 +594,9 @@ def measure_listing(vault: Vault, principals: dict[str, Principal], officers: li
             captured[name] = cap.last
             params = {"now": now, "offset": 0, "limit": PAGE}
             got_orm = [pk.id for pk, _ in session.execute(cache.orm_stmt(p), params).all()]
-            got_core = [r[0] for r in session.connection().execute(cache.core_stmt(p), params).all()]
+            got_core = [
+                r[0] for r in session.connection().execute(cache.core_stmt(p), params).all()
+            ]
             if not (want == got_orm == got_core):
                 raise AssertionError(f"listing variants disagree for {name}")
     out: dict[str, list[int]] = defaultdict(list)
@@ -495,7 +616,9 @@ def measure_listing(vault: Vault, principals: dict[str, Principal], officers: li
             t3 = pc()
             session.expunge_all()
             t4 = pc()
-            session.connection().execute(cache.core_stmt(p), {"now": utcnow(), "offset": 0, "limit": PAGE}).all()
+            session.connection().execute(
+                cache.core_stmt(p), {"now": utcnow(), "offset": 0, "limit": PAGE}
+            ).all()
             t5 = pc()
             sql, params = captured[name]
             raw.execute(sql, params).fetchall()  # type: ignore[union-attr]
@@ -523,8 +646,14 @@ def measure_ledger_commit(vault: Vault, principal: Principal, n: int) -> dict[st
             session = Session(engine, expire_on_commit=False)
             session.connection()
             t0 = pc()
-            vault._append(session, actor=principal.actor, action="list", decision=ALLOW, reason="ok",
-                          subject="count:50")
+            vault._append(
+                session,
+                actor=principal.actor,
+                action="list",
+                decision=ALLOW,
+                reason="ok",
+                subject="count:50",
+            )
             t1 = pc()
             session.commit()
             t2 = pc()
@@ -533,16 +662,24 @@ def measure_ledger_commit(vault: Vault, principal: Principal, n: int) -> dict[st
             append_ns.append(t1 - t0)
             commit_ns.append(t2 - t1)
             close_ns.append(t3 - t2)
-        out[name] = {"append": summary_ms(append_ns), "commit": summary_ms(commit_ns),
-                     "close": summary_ms(close_ns)}
+        out[name] = {
+            "append": summary_ms(append_ns),
+            "commit": summary_ms(commit_ns),
+            "close": summary_ms(close_ns),
+        }
 
     run("service (synchronous=FULL)", vault.engine)
     if hasattr(vault, "_log"):  # group commit: one caller at a time waits for its own fsync
         ns = []
         for _ in range(n):
             t0 = pc()
-            vault._log(actor=principal.actor, action="list", decision=ALLOW, reason="ok",
-                       subject="count:50")
+            vault._log(
+                actor=principal.actor,
+                action="list",
+                decision=ALLOW,
+                reason="ok",
+                subject="count:50",
+            )
             ns.append(pc() - t0)
         out["service Vault._log (group commit, one caller)"] = {"total": summary_ms(ns)}
     engine = _engine_like_vault(url)
@@ -585,22 +722,33 @@ def main(argv: list[str] | None = None) -> int:
         vault = Vault.open(settings)
         try:
             principals = seed(vault)
-            pop = populate(vault, principals, n_packages=args.packages, n_releases=args.releases, rng=rng)
+            pop = populate(
+                vault, principals, n_packages=args.packages, n_releases=args.releases, rng=rng
+            )
             raw = vault.engine.raw_connection()
             try:
                 raw.cursor().execute("PRAGMA wal_checkpoint(TRUNCATE)")
                 # The raw-SQL variant formats times itself: check it matches SQLAlchemy's storage.
-                stored = raw.cursor().execute("SELECT created_at FROM package WHERE id = ?",
-                                              (pop.package_ids[0],)).fetchone()[0]
+                stored = (
+                    raw.cursor()
+                    .execute("SELECT created_at FROM package WHERE id = ?", (pop.package_ids[0],))
+                    .fetchone()[0]
+                )
             finally:
                 raw.close()
             with session_scope(vault.engine) as session:
                 pk = session.get(Package, pop.package_ids[0])
-                assert pk is not None and _sqlite_time(pk.created_at) == stored, (stored, pk.created_at)
+                assert pk is not None and _sqlite_time(pk.created_at) == stored, (
+                    stored,
+                    pk.created_at,
+                )
             reqs, info = sample_requests(vault, principals, pop, n=args.requests, rng=rng)
             report["requests"] = info
-            print(f"world ready: {args.packages:,} packages, {args.releases:,} releases, "
-                  f"{len(reqs):,} requests", flush=True)
+            print(
+                f"world ready: {args.packages:,} packages, {args.releases:,} releases, "
+                f"{len(reqs):,} requests",
+                flush=True,
+            )
 
             def phase(name: str, fn: Callable[[], Any]) -> Any:
                 before = wait_idle(args.wait_idle) if args.wait_idle > 0 else None
@@ -608,17 +756,30 @@ def main(argv: list[str] | None = None) -> int:
                 with CpuMeter() as m:
                     result = fn()
                 report["contention"][name] = {"others_cores_before": before, **m.as_dict()}
-                print(f"  [{name}: {m.wall_s:.1f} s, others used {m.others_cores:.2f} cores]", flush=True)
+                print(
+                    f"  [{name}: {m.wall_s:.1f} s, others used {m.others_cores:.2f} cores]",
+                    flush=True,
+                )
                 return result
 
-            report["decisions"] = phase("decisions", lambda: measure_decisions(vault, principals, reqs))
-            report["transactions"] = phase("transactions", lambda: measure_transactions(vault, args.tx))
+            report["decisions"] = phase(
+                "decisions", lambda: measure_decisions(vault, principals, reqs)
+            )
+            report["transactions"] = phase(
+                "transactions", lambda: measure_transactions(vault, args.tx)
+            )
             officers = [f"{cc.lower()}.customs.officer" for cc in COUNTRIES] + [
-                "uz.customs.junior", "af.border.junior", "kz.supervisor"]
+                "uz.customs.junior",
+                "af.border.junior",
+                "kz.supervisor",
+            ]
             report["listing_query"] = phase(
-                "listing", lambda: measure_listing(vault, principals, officers, args.list_calls))
+                "listing", lambda: measure_listing(vault, principals, officers, args.list_calls)
+            )
             report["ledger_commit"] = phase(
-                "ledger", lambda: measure_ledger_commit(vault, principals["uz.customs.officer"], 150))
+                "ledger",
+                lambda: measure_ledger_commit(vault, principals["uz.customs.officer"], 150),
+            )
         finally:
             vault.close()
     finally:
@@ -628,10 +789,14 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text(json.dumps(report, indent=2, default=str) + "\n")
     m = report["machine"]
     print(f"\n{m['cpu']} ({m['cores']} cores), Python {m['python']}, SQLite {m['sqlite']}")
-    print(f"\n{'decision: package row + facts + decide (us)':<46} {'median':>9} {'p99':>9} {'cpu med':>9} {'cpu p99':>9}")
+    print(
+        f"\n{'decision: package row + facts + decide (us)':<46} {'median':>9} {'p99':>9} {'cpu med':>9} {'cpu p99':>9}"
+    )
     for name, s in report["decisions"].items():
         w, c = s["wall"], s["thread_cpu"]
-        print(f"{name:<46} {w['median_us']:>9.1f} {w['p99_us']:>9.1f} {c['median_us']:>9.1f} {c['p99_us']:>9.1f}")
+        print(
+            f"{name:<46} {w['median_us']:>9.1f} {w['p99_us']:>9.1f} {c['median_us']:>9.1f} {c['p99_us']:>9.1f}"
+        )
     print(f"\n{'empty transaction per request (us)':<46} {'median':>9} {'p99':>9}")
     for name, s in report["transactions"].items():
         print(f"{name:<46} {s['median_us']:>9.1f} {s['p99_us']:>9.1f}")

@@ -28,6 +28,9 @@ Download variants (object sealed by the current code; cold cache like bench_tran
     raw               read 1 MiB chunks
     current           vault.crypto.open_stream + SHA-256 inline (what Vault.download does)
     hashthread        open_stream + SHA-256 in a worker thread (batches of 16 segments)
+    bigread           read 16 sealed segments (~1 MiB) per read(), decrypt via memoryview
+                      slices, SHA-256 inline
+    bigread-hashthread  bigread + SHA-256 in a worker thread
     prefetch-hashthread  a reader thread reads sealed blocks ahead, main thread decrypts,
                       a hash thread hashes (3 stages on 2 cores)
     nodigest          open_stream only, no whole-file SHA-256 re-check (lower bound)
@@ -286,41 +289,84 @@ def dl_hashthread(path: Path, key: bytes) -> tuple[int, str]:
     return n, h.hexdigest()
 
 
-def dl_prefetch_hashthread(path: Path, key: bytes) -> tuple[int, str]:
-    """Reader thread -> main thread decrypts (same checks as open_stream) -> hash thread."""
-    blocks: queue.Queue[bytes | None] = queue.Queue(maxsize=8)
-    h = HashThread()
+class InlineHash:
+    """SHA-256 in the calling thread, taking single buffers or lists of them."""
+
+    def __init__(self) -> None:
+        self._h = hashlib.sha256()
+
+    def update(self, data: Any) -> None:
+        for piece in data if isinstance(data, list) else [data]:
+            self._h.update(piece)
+
+    def hexdigest(self) -> str:
+        return self._h.hexdigest()
+
+
+def dl_blocks(path: Path, key: bytes, *, prefetch: bool, hash_thread: bool) -> tuple[int, str]:
+    """Read ~1 MiB of sealed segments per read() and decrypt them through memoryviews.
+
+    Same checks as open_stream (counter, last flag, AAD). ``prefetch``: a reader thread reads
+    the blocks ahead through a bounded queue; ``hash_thread``: SHA-256 in a worker thread.
+    """
+    h: Any = HashThread() if hash_thread else InlineHash()
     with open(path, "rb") as f:
         header = read_full(f, crypto.HEADER_SIZE)
         _magic, _version, seg, prefix = crypto._HEADER.unpack(header)
         sealed_seg = seg + TAG
         per_block = max(1, MiB // seg)
+        full = sealed_seg * per_block
+        t: threading.Thread | None = None
+        if prefetch:
+            blocks: queue.Queue[bytes | None] = queue.Queue(maxsize=8)
 
-        def reader() -> None:
-            while data := read_full(f, sealed_seg * per_block):
-                blocks.put(data)
-            blocks.put(None)
+            def reader() -> None:
+                while data := read_full(f, full):
+                    blocks.put(data)
+                blocks.put(None)
 
-        t = threading.Thread(target=reader, daemon=True)
-        t.start()
+            t = threading.Thread(target=reader, daemon=True)
+            t.start()
+
+            def next_block() -> bytes | None:
+                return blocks.get()
+        else:
+
+            def next_block() -> bytes | None:
+                return read_full(f, full) or None
+
         aead, aad = AESGCM(key), header + IDENTITY
         counter, n = 0, 0
-        cur = blocks.get()
+        cur = next_block()
         while cur is not None:
-            nxt = blocks.get() if len(cur) == sealed_seg * per_block else None
+            nxt = next_block() if len(cur) == full else None
             view = memoryview(cur)
             nseg = max(1, -(-len(cur) // sealed_seg))
             plains = []
             for j in range(nseg):
                 last = nxt is None and j == nseg - 1
                 nonce = prefix + counter.to_bytes(4, "big") + (b"\x01" if last else b"\x00")
-                plains.append(aead.decrypt(nonce, view[j * sealed_seg : (j + 1) * sealed_seg], aad))
+                piece = view[j * sealed_seg : (j + 1) * sealed_seg]
+                plains.append(aead.decrypt(nonce, piece, aad))
                 counter += 1
             h.update(plains)
             n += sum(len(p) for p in plains)
             cur = nxt
-        t.join()
+        if t is not None:
+            t.join()
     return n, h.hexdigest()
+
+
+def dl_bigread(path: Path, key: bytes) -> tuple[int, str]:
+    return dl_blocks(path, key, prefetch=False, hash_thread=False)
+
+
+def dl_bigread_hashthread(path: Path, key: bytes) -> tuple[int, str]:
+    return dl_blocks(path, key, prefetch=False, hash_thread=True)
+
+
+def dl_prefetch_hashthread(path: Path, key: bytes) -> tuple[int, str]:
+    return dl_blocks(path, key, prefetch=True, hash_thread=True)
 
 
 DOWNLOADS: dict[str, tuple[Callable[[Path, bytes], tuple[int, str]], str]] = {
@@ -328,6 +374,8 @@ DOWNLOADS: dict[str, tuple[Callable[[Path, bytes], tuple[int, str]], str]] = {
     "raw": (dl_raw, "raw"),
     "current": (dl_current, "sealed"),
     "hashthread": (dl_hashthread, "sealed"),
+    "bigread": (dl_bigread, "sealed"),
+    "bigread-hashthread": (dl_bigread_hashthread, "sealed"),
     "prefetch-hashthread": (dl_prefetch_hashthread, "sealed"),
     "nodigest": (dl_nodigest, "sealed"),
     "current-1m": (dl_current, "sealed-1m"),

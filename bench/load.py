@@ -40,8 +40,9 @@ def free_port() -> int:
 
 
 def run(env: dict[str, str], *args: str, stdin: str | None = None) -> None:
-    subprocess.run([BLOVAULT, *args], env=env, input=stdin, text=True, check=True,
-                   capture_output=True)
+    subprocess.run(
+        [BLOVAULT, *args], env=env, input=stdin, text=True, check=True, capture_output=True
+    )
 
 
 def seed(env: dict[str, str]) -> None:
@@ -51,8 +52,18 @@ def seed(env: dict[str, str]) -> None:
     run(env, "admin", "add-agency", "UZ-CUSTOMS", "--country", "UZ", "--name", "Customs")
     run(env, "admin", "add-agency", "KZ-BORDER", "--country", "KZ", "--name", "Border guard")
     for user, agency in (("uz.officer", "UZ-CUSTOMS"), ("kz.officer", "KZ-BORDER")):
-        run(env, "admin", "add-user", user, "--agency", agency, "--role", "officer",
-            "--password-stdin", stdin=PASSWORD + "\n")
+        run(
+            env,
+            "admin",
+            "add-user",
+            user,
+            "--agency",
+            agency,
+            "--role",
+            "officer",
+            "--password-stdin",
+            stdin=PASSWORD + "\n",
+        )
 
 
 def rss_kib(pids: list[int]) -> int:
@@ -81,8 +92,14 @@ def server_pids(root_pid: int) -> list[int]:
 
 
 async def client_loop(
-    idx: int, base: str, tokens: dict[str, str], package_ids: list[tuple[str, str]],
-    deadline: float, results: dict[str, list[float]], errors: list[str], mix: list[str],
+    idx: int,
+    base: str,
+    tokens: dict[str, str],
+    package_ids: list[tuple[str, str]],
+    deadline: float,
+    results: dict[str, list[float]],
+    errors: list[str],
+    mix: list[str],
 ) -> None:
     rng = random.Random(idx)
     user = "kz.officer" if idx % 2 else "uz.officer"
@@ -101,8 +118,13 @@ async def client_loop(
                 elif kind == "download":
                     r = await http.get(f"/packages/{pid}/files/{fid}")
                 else:
-                    files = [("metadata", (None, json.dumps({"title": f"load {idx}"}), "application/json")),
-                             ("file", ("load.bin", payload, "application/octet-stream"))]
+                    files = [
+                        (
+                            "metadata",
+                            (None, json.dumps({"title": f"load {idx}"}), "application/json"),
+                        ),
+                        ("file", ("load.bin", payload, "application/octet-stream")),
+                    ]
                     r = await http.post("/packages", files=files)
                 ok = r.status_code in (200, 201)
             except httpx.HTTPError as exc:
@@ -125,14 +147,23 @@ async def drive(args: argparse.Namespace, base: str, pid: int) -> dict[str, obje
         uz = {"Authorization": f"Bearer {tokens['uz.officer']}"}
         package_ids = []
         for i in range(20):
-            files = [("metadata", (None, json.dumps({"title": f"seed {i}"}), "application/json")),
-                     ("file", ("seed.bin", os.urandom(256 * 1024), "application/octet-stream"))]
+            files = [
+                ("metadata", (None, json.dumps({"title": f"seed {i}"}), "application/json")),
+                ("file", ("seed.bin", os.urandom(256 * 1024), "application/octet-stream")),
+            ]
             r = await http.post("/packages", files=files, headers=uz)
             r.raise_for_status()
             package = r.json()["package"]
-            await http.post(f"/packages/{package['id']}/releases", json={"country": "KZ"}, headers=uz)
+            await http.post(
+                f"/packages/{package['id']}/releases", json={"country": "KZ"}, headers=uz
+            )
             package_ids.append((package["id"], package["files"][0]["id"]))
-    mix = ["list"] * args.w_list + ["show"] * args.w_show + ["download"] * args.w_download + ["upload"] * args.w_upload
+    mix = (
+        ["list"] * args.w_list
+        + ["show"] * args.w_show
+        + ["download"] * args.w_download
+        + ["upload"] * args.w_upload
+    )
     results: dict[str, list[float]] = {k: [] for k in ("list", "show", "download", "upload")}
     errors: list[str] = []
     memory: list[tuple[float, int]] = []
@@ -146,13 +177,19 @@ async def drive(args: argparse.Namespace, base: str, pid: int) -> dict[str, obje
 
     await asyncio.gather(
         sample_memory(),
-        *(client_loop(i, base, tokens, package_ids, deadline, results, errors, mix)
-          for i in range(args.clients)),
+        *(
+            client_loop(i, base, tokens, package_ids, deadline, results, errors, mix)
+            for i in range(args.clients)
+        ),
     )
     wall = time.monotonic() - started
-    summary: dict[str, object] = {"clients": args.clients, "seconds": round(wall, 1),
-                                  "workers": args.workers, "errors": len(errors),
-                                  "error_kinds": sorted(set(errors))[:20]}
+    summary: dict[str, object] = {
+        "clients": args.clients,
+        "seconds": round(wall, 1),
+        "workers": args.workers,
+        "errors": len(errors),
+        "error_kinds": sorted(set(errors))[:20],
+    }
     total = 0
     for kind, values in results.items():
         if not values:
@@ -160,7 +197,8 @@ async def drive(args: argparse.Namespace, base: str, pid: int) -> dict[str, obje
         values.sort()
         total += len(values)
         summary[kind] = {
-            "count": len(values), "per_second": round(len(values) / wall, 1),
+            "count": len(values),
+            "per_second": round(len(values) / wall, 1),
             "p50_ms": round(statistics.median(values) * 1000, 2),
             "p99_ms": round(values[int(len(values) * 0.99) - 1] * 1000, 2),
         }
@@ -185,16 +223,32 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="vault-load-") as tmp:
         env = {k: v for k, v in os.environ.items() if not k.startswith("VAULT_")}
-        env |= {"VAULT_DATA_DIR": f"{tmp}/data", "VAULT_ARGON2_TIME_COST": "1",
-                "VAULT_ARGON2_MEMORY_KIB": "1024", "VAULT_ARGON2_PARALLELISM": "1",
-                "VAULT_LOGIN_FAILURES_PER_ADDRESS": "1000"}
+        env |= {
+            "VAULT_DATA_DIR": f"{tmp}/data",
+            "VAULT_ARGON2_TIME_COST": "1",
+            "VAULT_ARGON2_MEMORY_KIB": "1024",
+            "VAULT_ARGON2_PARALLELISM": "1",
+            "VAULT_LOGIN_FAILURES_PER_ADDRESS": "1000",
+        }
         if args.database_url:
             env["VAULT_DATABASE_URL"] = args.database_url
         seed(env)
         port = free_port()
         server = subprocess.Popen(
-            [BLOVAULT, "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", str(args.workers)],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            [
+                BLOVAULT,
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                str(args.workers),
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
         base = f"http://127.0.0.1:{port}"
         try:
@@ -214,8 +268,10 @@ def main() -> None:
     print(json.dumps(printable, indent=2))
     rss = summary["server_rss_kib"]
     if isinstance(rss, list) and rss:
-        print(f"server RSS: first {rss[0][1] / 1024:.0f} MiB, last {rss[-1][1] / 1024:.0f} MiB, "
-              f"max {max(r for _, r in rss) / 1024:.0f} MiB")
+        print(
+            f"server RSS: first {rss[0][1] / 1024:.0f} MiB, last {rss[-1][1] / 1024:.0f} MiB, "
+            f"max {max(r for _, r in rss) / 1024:.0f} MiB"
+        )
 
 
 if __name__ == "__main__":

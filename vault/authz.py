@@ -112,6 +112,11 @@ def parse_rule(line: str) -> tuple[str, ...]:
     return tuple(fields[1:])
 
 
+def rule_line(rule: tuple[str, ...]) -> str:
+    """The canonical text of a rule, as :func:`parse_rule` reads it."""
+    return ", ".join(("p", *rule))
+
+
 class Authorizer:
     """Casbin model and policy from a folder, plus rules added by admins; answers decisions."""
 

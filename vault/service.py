@@ -38,6 +38,7 @@ from vault.authz import (
     Authorizer,
     Facts,
     parse_rule,
+    rule_line,
 )
 from vault.config import Settings
 from vault.db import check_schema, is_postgres, make_engine, migrate, session_scope
@@ -306,10 +307,12 @@ class Vault:
     def _append(self, session: Session, **fields: Any) -> int:
         """Append a ledger entry in ``session``'s transaction, stamped with the policy version."""
         seq = ledger.append(session, policy=self._authz.policy_hash, **fields)
-        with self._counts_lock:
-            decision = str(fields.get("decision", ""))
-            self._decisions[decision] = self._decisions.get(decision, 0) + 1
+        self._count_decision(str(fields.get("decision", "")))
         return seq
+
+    def _count_decision(self, decision: str) -> None:
+        with self._counts_lock:
+            self._decisions[decision] = self._decisions.get(decision, 0) + 1
 
     def decision_counts(self) -> dict[str, int]:
         """Ledger entries this process wrote, by decision (for metrics)."""
@@ -336,9 +339,7 @@ class Vault:
         Returns once the entry is committed, so nothing reaches a caller unrecorded.
         """
         seq = self._appender.append(ledger.Record(policy=self._authz.policy_hash, **fields))
-        with self._counts_lock:
-            decision = str(fields.get("decision", ""))
-            self._decisions[decision] = self._decisions.get(decision, 0) + 1
+        self._count_decision(str(fields.get("decision", "")))
         return seq
 
     def _record(self, actor: Actor, action: str, decision: str, reason: str, **target: str) -> int:
@@ -721,12 +722,12 @@ class Vault:
     def rules(self, principal: Principal) -> list[str]:
         """Rules admins added on top of the policy file."""
         self._require_global(principal, "manage", subject="rules")
-        return [", ".join(("p", *r)) for r in self.authz.extra_rules]
+        return [rule_line(r) for r in self.authz.extra_rules]
 
     def change_rule(self, principal: Principal, line: str, *, add: bool) -> str:
         """Add or remove an admin rule; the ledger entry carries the resulting policy hash."""
         rule = parse_rule(line)
-        canonical = ",".join(rule)
+        canonical = rule_line(rule)  # stored exactly so parse_rule reads it back
         self._require_global(principal, "manage", subject=f"rule:{canonical}")
         with self._tx() as session:
             current = set(_load_rules(session))
@@ -752,6 +753,7 @@ class Vault:
             authz = Authorizer(
                 policy_dir=self.settings.resolved_policy_dir, extra_rules=tuple(sorted(current))
             )
+            self._count_decision(ALLOW)
             ledger.append(
                 session,
                 actor=principal.actor,

@@ -19,9 +19,15 @@ Checks on every response:
   server file path.
 
 ``status_code_conformance`` is not run: the schema documents only the success status and 422
-of each operation, while 401/403/404/409/413/429 are part of the API's contract (see the
-README), so it would flag every refusal. Generation is derandomized (reproducible from run to
-run) with no example database, no deadline and a bounded number of examples per operation.
+of each operation, while 401/403/404/408/409/413/429 are answers the API gives by design, so
+it would flag every refusal. Generation is derandomized (reproducible from run to run) with no
+example database, no deadline and a bounded number of examples per operation, valid and
+invalid (schemathesis' positive and negative modes) from one strategy.
+
+Cases come from ``APIOperation.as_strategy()`` under Hypothesis' ``@given``, one pytest item
+per (operation, role), rather than from schemathesis' pytest loader: its lazy
+``schemathesis.pytest.from_fixture`` (4.32.5) sets ``request.node._nodeid``, which pytest 9
+no longer has (AttributeError).
 
 Longer run (e.g. before a release)::
 
@@ -271,7 +277,9 @@ def test_api_conforms_to_its_schema(
     def fuzz(case: Any) -> None:
         response = case.call(headers=headers)
         case.validate_response(response, checks=checks, headers=headers)
-        if _with_real_ids(case, fuzz_world):
+        # Refused at authentication (a negative case broke the Authorization header): the
+        # same request with real ids would only be refused the same way.
+        if response.status_code != 401 and _with_real_ids(case, fuzz_world):
             response = case.call(headers=headers)
             case.validate_response(response, checks=checks, headers=headers)
 
@@ -289,7 +297,7 @@ def test_api_conforms_to_its_schema(
 )
 def test_schema_documents_the_one_error_shape(fuzz_world: FuzzWorld) -> None:
     """Every documented error response describes the one error shape, and only it."""
-    import jsonschema
+    import jsonschema_rs  # schemathesis' own validator
 
     spec = fuzz_world.app.openapi()
     real = {"error": {"code": "invalid_input", "message": "invalid request", "receipt": None}}
@@ -302,9 +310,11 @@ def test_schema_documents_the_one_error_shape(fuzz_world: FuzzWorld) -> None:
                     continue
                 schema = response.get("content", {}).get("application/json", {}).get("schema")
                 assert schema is not None, f"{method.upper()} {path} {status}: no JSON schema"
-                resolver = {"components": spec["components"], **schema}
+                where = f"{method.upper()} {path} {status}"
+                validator = jsonschema_rs.validator_for({"components": spec["components"], **schema})
                 documented += 1
-                jsonschema.validate(real, resolver)
-                with pytest.raises(jsonschema.ValidationError):
-                    jsonschema.validate(fastapi_default, resolver)
+                assert validator.is_valid(real), f"{where}: the real error shape does not validate"
+                assert not validator.is_valid(fastapi_default), (
+                    f"{where}: documents FastAPI's {{'detail': [...]}}, not the one error shape"
+                )
     assert documented

@@ -324,12 +324,6 @@ def test_server_logs_are_json_without_secrets(cluster: Cluster) -> None:
         assert secret not in log
 
 
-# Runs last: with the bug below, every later request on both servers fails.
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: vault/service.py change_rule stores the rule as ','.join(parse_rule(line)) without "
-    "the leading 'p', but _load_rules re-parses stored rows with parse_rule, which demands "
-    "'p' -> InvalidInput in every other process (and in this one after 0.5 s, and on restart)"
-))
 def test_admin_rule_is_enforced_by_both_processes_within_a_second(cluster: Cluster) -> None:
     uz, kz = login(cluster.a.url, "uz.officer"), login(cluster.b.url, "kz.officer")
     package, _ = released_package(cluster, uz, "rule-target")

@@ -32,7 +32,7 @@ from vault.ledger.verify import Row, VerifyResult, open_checkpoints, verify_entr
 from vault.models import LedgerCheckpoint, LedgerEntry, LedgerNode, utcnow
 
 # Arbitrary constant naming the ledger's advisory lock on PostgreSQL.
-_PG_LOCK_KEY = 0x424C4F5641554C54 & 0x7FFFFFFFFFFFFFFF
+_PG_LOCK_KEY = 0x424C4F56  # "BLOV"; the two-int advisory lock form takes 32-bit keys
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,11 @@ class Actor:
 
 def _lock(session: Session) -> None:
     if session.get_bind().dialect.name == "postgresql":
-        session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK_KEY})
+        # One lock per schema: several vaults may share a database in separate schemas.
+        session.execute(
+            text("SELECT pg_advisory_xact_lock(:k, hashtext(current_schema()))"),
+            {"k": _PG_LOCK_KEY},
+        )
 
 
 def _nodes(session: Session, ids: Sequence[merkle.NodeID]) -> dict[merkle.NodeID, bytes]:
