@@ -110,7 +110,7 @@ PAGE = 50
 
 # Cheap, still argon2id, password hashing (as the tests use): seeding is not what we measure.
 FAST_ARGON2 = {"argon2_time_cost": 1, "argon2_memory_kib": 1024, "argon2_parallelism": 1}
-PASSWORD = "bench password, not a secret"  # noqa: S105 - throw-away vault
+PASSWORD = "bench password, not a secret"  # throw-away vault
 OUT_DIR = Path(__file__).resolve().parent / "out"
 OUT_DEFAULT = OUT_DIR / "authz.json"
 
@@ -162,7 +162,7 @@ def agencies() -> dict[str, str]:
 def users() -> dict[str, tuple[str, Role, Classification]]:
     """username -> (agency, role, clearance)."""
     out: dict[str, tuple[str, Role, Classification]] = {}
-    for agency, cc in agencies().items():
+    for agency in agencies():
         stem = agency.lower().replace("-", ".")
         out[f"{stem}.officer"] = (agency, Role.OFFICER, Classification.SECRET)
         out[f"{stem}.junior"] = (agency, Role.OFFICER, Classification.RESTRICTED)
@@ -581,8 +581,12 @@ def measure_pure(vault: Vault, reqs: list[Req]) -> dict[str, Any]:
     mismatches = sum(1 for q in reqs if authz.decide(q.facts).allowed != q.allowed)
     return {
         "decide": summary_us(decide_ns),
-        "decide_allowed": summary_us([t for t, q in zip(decide_ns, reqs) if q.allowed]),
-        "decide_denied": summary_us([t for t, q in zip(decide_ns, reqs) if not q.allowed]),
+        "decide_allowed": summary_us(
+            [t for t, q in zip(decide_ns, reqs, strict=True) if q.allowed]
+        ),
+        "decide_denied": summary_us(
+            [t for t, q in zip(decide_ns, reqs, strict=True) if not q.allowed]
+        ),
         "allows": summary_us(allows_ns),
         "memo_miss_first_call": summary_us(cold),
         "memo_entries": len(fresh._memo),
@@ -1048,12 +1052,14 @@ def measure_baseline(
                 granted[obj].add(sub)
             f.write("\n".join(g_lines) + "\n")
 
-        def allowed_req() -> tuple[str, str, str]:
+        def allowed_req(
+            lines: list[tuple[int, str, str | None, bool]] = lines, size: int = size
+        ) -> tuple[str, str, str]:
             p, cc, agency, _ = lines[rng.randrange(size)]
             sub = f"agency:{agency}" if agency else f"country:{cc}"
             return rng.choice(subject_users[sub]), f"pkg:{pop.package_ids[p]}", "read"
 
-        def denied_req() -> tuple[str, str, str]:
+        def denied_req(granted: dict[str, set[str]] = granted) -> tuple[str, str, str]:
             while True:
                 u = rng.choice(officers)
                 obj = f"pkg:{pop.package_ids[rng.randrange(len(pop.package_ids))]}"
@@ -1298,7 +1304,7 @@ def source_fingerprints() -> dict[str, str]:
     return out
 
 
-# --- database --------------------------------------------------------------------------------------
+# --- database -------------------------------------------------------------------------------------
 
 
 @contextlib.contextmanager
@@ -1427,7 +1433,8 @@ def main(argv: list[str] | None = None) -> int:
                 # Sanity: the sealed metadata opens the way the service opens it.
                 with session_scope(vault.engine) as session:
                     sample = session.get(Package, pop.package_ids[0])
-                    assert sample is not None and vault._open_meta(sample)["title"].endswith("#0")
+                    assert sample is not None
+                    assert vault._open_meta(sample)["title"].endswith("#0")
                 db_file = settings.data_dir / "vault.db"
                 report["population"] = {
                     "packages": args.packages,
@@ -1452,7 +1459,7 @@ def main(argv: list[str] | None = None) -> int:
                 report["requests"] = info
                 print(
                     f"sampled {info['requests']:,} requests ({info['allowed']:,} allowed / "
-                    f"{info['denied']:,} denied, {info['distinct_classes']} distinct attribute classes) "
+                    f"{info['denied']:,} denied, {info['distinct_classes']} distinct attribute classes) "  # noqa: E501
                     f"in {info['seconds']} s",
                     flush=True,
                 )
@@ -1543,7 +1550,7 @@ def print_table(r: dict[str, Any]) -> None:
     print(
         f"\n{m['cpu']} ({m['cores']} cores), Python {m['python']}, SQLite {m['sqlite']}, "
         f"pycasbin {m.get('pycasbin')}; {r['population']['packages']:,} packages, "
-        f"{r['population']['releases']:,} releases; timer overhead {r['timer_overhead_ns']:.0f} ns; "
+        f"{r['population']['releases']:,} releases; timer overhead {r['timer_overhead_ns']:.0f} ns; "  # noqa: E501
         f"engine pool {r['b_full_decision']['engine_pool']}"
     )
     print(
@@ -1593,13 +1600,13 @@ def print_table(r: dict[str, Any]) -> None:
     c = r.get("c_baseline", {}).get("sizes", {})
     for size, e in c.items():
         print(
-            f"c) plain Enforcer, {int(size):>7,} lines, denied (n={e['enforcer_denied']['n']})".ljust(
+            f"c) plain Enforcer, {int(size):>7,} lines, denied (n={e['enforcer_denied']['n']})".ljust(  # noqa: E501
                 66
             )
             + f" {_fmt_us(e['enforcer_denied'])}"
         )
         print(
-            f"   plain Enforcer, {int(size):>7,} lines, allowed (n={e['enforcer_allowed']['n']})".ljust(
+            f"   plain Enforcer, {int(size):>7,} lines, allowed (n={e['enforcer_allowed']['n']})".ljust(  # noqa: E501
                 66
             )
             + f" {_fmt_us(e['enforcer_allowed'])}"
@@ -1618,15 +1625,15 @@ def print_table(r: dict[str, Any]) -> None:
             + f" {_fmt_us(e['fast_enforcer_allowed'])}"
         )
         print(
-            f"   (load: Enforcer {e['enforcer_load_s']} s, FastEnforcer {e['fast_enforcer_load_s']} s)"
+            f"   (load: Enforcer {e['enforcer_load_s']} s, FastEnforcer {e['fast_enforcer_load_s']} s)"  # noqa: E501
         )
     d = r["d_listing"]
     print(f"\n{'first page of 50 (us)':<66} {'median':>10} {'p99':>10}")
     print(
-        f"{'d) Vault.list_packages, all officers (n=' + str(d['calls']) + ')':<66} {_fmt_ms(d['service_list_packages'])}"
+        f"{'d) Vault.list_packages, all officers (n=' + str(d['calls']) + ')':<66} {_fmt_ms(d['service_list_packages'])}"  # noqa: E501
     )
     print(
-        f"{'   without the ledger part (replica, no ledger entry)':<66} {_fmt_ms(d['without_ledger'])}"
+        f"{'   without the ledger part (replica, no ledger entry)':<66} {_fmt_ms(d['without_ledger'])}"  # noqa: E501
     )
     print(
         f"   (ledger entry written by: {d.get('ledger_mode')}; replica SQL == service SQL: "
@@ -1635,15 +1642,15 @@ def print_table(r: dict[str, Any]) -> None:
     for k, s in d["replica_pieces"].items():
         print(f"{'   piece: ' + k:<66} {_fmt_ms(s)}")
     print(
-        f"{'   SQL alone on the DBAPI cursor (same statement, rows fetched)':<66} {_fmt_ms(d['sql_only'])}"
+        f"{'   SQL alone on the DBAPI cursor (same statement, rows fetched)':<66} {_fmt_ms(d['sql_only'])}"  # noqa: E501
     )
     print(
-        f"\n{'per officer (ms)':<24} {'cl.':>4} {'readable':>9} {'service':>9} {'no-ledger':>10} {'ORM q':>8} {'SQL':>8}"
+        f"\n{'per officer (ms)':<24} {'cl.':>4} {'readable':>9} {'service':>9} {'no-ledger':>10} {'ORM q':>8} {'SQL':>8}"  # noqa: E501
     )
     for name, o in d["per_officer"].items():
         print(
             f"{name:<24} {o['clearance'][:4]:>4} {o['readable_total']:>9,} "
-            f"{o['service_list_packages']['median_ms']:>9.2f} {o['without_ledger']['median_ms']:>10.2f} "
+            f"{o['service_list_packages']['median_ms']:>9.2f} {o['without_ledger']['median_ms']:>10.2f} "  # noqa: E501
             f"{o['orm_query']['median_ms']:>8.2f} {o['sql_only']['median_ms']:>8.2f}"
         )
     print("\nverdict: " + ", ".join(f"{k}={v}" for k, v in r["verdict"].items()))

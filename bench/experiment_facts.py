@@ -14,7 +14,8 @@ with ``Vault._facts`` for every request):
 
     service          session.get(Package) + Vault._facts + decide (what the service does now:
                      the release query and the originator-country query are built as SQLAlchemy
-                     expressions on every call, then ORM-executed; H3 adds session.get(Acknowledgement))
+                     expressions on every call, then ORM-executed; H3 adds
+                     session.get(Acknowledgement))
     origin-cache     the same, but the originator's country from an in-process agency->country dict
                      (agencies never change country; a miss falls back to the query)
     prebuilt-orm     statements built once with bindparam() (no per-call expression building),
@@ -583,7 +584,7 @@ def measure_listing(
             import vault.service as service_module
 
             real = service_module.utcnow
-            service_module.utcnow = lambda: now  # type: ignore[assignment]
+            service_module.utcnow = lambda now=now: now  # type: ignore[assignment,misc]
             try:
                 cap.on = True
                 want = [pk.id for pk, _ in session.exec(listing_query(vault, p)).all()]
@@ -738,10 +739,8 @@ def main(argv: list[str] | None = None) -> int:
                 raw.close()
             with session_scope(vault.engine) as session:
                 pk = session.get(Package, pop.package_ids[0])
-                assert pk is not None and _sqlite_time(pk.created_at) == stored, (
-                    stored,
-                    pk.created_at,
-                )
+                assert pk is not None
+                assert _sqlite_time(pk.created_at) == stored, (stored, pk.created_at)
             reqs, info = sample_requests(vault, principals, pop, n=args.requests, rng=rng)
             report["requests"] = info
             print(
@@ -790,12 +789,12 @@ def main(argv: list[str] | None = None) -> int:
     m = report["machine"]
     print(f"\n{m['cpu']} ({m['cores']} cores), Python {m['python']}, SQLite {m['sqlite']}")
     print(
-        f"\n{'decision: package row + facts + decide (us)':<46} {'median':>9} {'p99':>9} {'cpu med':>9} {'cpu p99':>9}"
+        f"\n{'decision: package row + facts + decide (us)':<46} {'median':>9} {'p99':>9} {'cpu med':>9} {'cpu p99':>9}"  # noqa: E501
     )
     for name, s in report["decisions"].items():
         w, c = s["wall"], s["thread_cpu"]
         print(
-            f"{name:<46} {w['median_us']:>9.1f} {w['p99_us']:>9.1f} {c['median_us']:>9.1f} {c['p99_us']:>9.1f}"
+            f"{name:<46} {w['median_us']:>9.1f} {w['p99_us']:>9.1f} {c['median_us']:>9.1f} {c['p99_us']:>9.1f}"  # noqa: E501
         )
     print(f"\n{'empty transaction per request (us)':<46} {'median':>9} {'p99':>9}")
     for name, s in report["transactions"].items():

@@ -22,7 +22,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, TextIO
 
-from sqlalchemy import Engine, and_, exists, false, func, or_
+from sqlalchemy import Engine, and_, bindparam, exists, false, func, or_
+from sqlalchemy import select as sa_select
 from sqlalchemy.exc import IntegrityError as DBIntegrityError
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, col, select
@@ -76,6 +77,7 @@ from vault.models import (
     ReleaseStatus,
     Role,
     User,
+    UTCDateTime,
     utcnow,
 )
 from vault.passwords import Passwords
@@ -125,6 +127,56 @@ class _Refusal:
     action: str
     reason: str
     target: dict[str, str]
+
+
+# Statements built once: SQLAlchemy then reuses their compiled form, and a request pays only
+# for running them. "now" and the caller's ids are bound per request.
+_NOW = bindparam("now", type_=UTCDateTime())
+
+
+def _in_force() -> Any:
+    """SQL: this release grants access at ``:now`` (active and inside its window)."""
+    return and_(
+        col(Release.status) == ReleaseStatus.ACTIVE,
+        or_(col(Release.not_before).is_(None), col(Release.not_before) <= _NOW),
+        or_(col(Release.expires_at).is_(None), col(Release.expires_at) > _NOW),
+    )
+
+
+def _released_to_agency(agency: Any) -> Any:
+    return exists().where(
+        col(Release.package_id) == col(Package.id), col(Release.agency_code) == agency, _in_force()
+    )
+
+
+def _released_to_country(country: Any) -> Any:
+    return exists().where(
+        col(Release.package_id) == col(Package.id),
+        col(Release.country_code) == country,
+        col(Release.agency_code).is_(None),
+        _in_force(),
+    )
+
+
+# One query for everything a decision about one package needs: the package, its
+# originator's country, and whether a release to the caller's agency or country is in force
+# and the caller acknowledged it (H3).
+_PACKAGE_FACTS = (
+    sa_select(
+        Package,
+        col(Agency.country_code),
+        _released_to_agency(bindparam("agency")).label("to_agency"),
+        _released_to_country(bindparam("country")).label("to_country"),
+        exists()
+        .where(
+            col(Acknowledgement.package_id) == col(Package.id),
+            col(Acknowledgement.user_id) == bindparam("uid"),
+        )
+        .label("acknowledged"),
+    )
+    .join(Agency, col(Agency.code) == col(Package.agency_code))
+    .where(col(Package.id) == bindparam("pid"))
+)
 
 
 def new_id() -> str:
@@ -405,7 +457,7 @@ class Vault:
         rows = session.exec(
             select(Release.id, Release.agency_code).where(
                 col(Release.package_id) == package_id,
-                self._active_release_clause(utcnow()),
+                _in_force(),
                 or_(
                     col(Release.agency_code) == principal.agency,
                     and_(
@@ -413,17 +465,10 @@ class Vault:
                         col(Release.agency_code).is_(None),
                     ),
                 ),
-            )
+            ),
+            params={"now": utcnow()},
         ).all()
         return [(rid, agency) for rid, agency in rows]
-
-    @staticmethod
-    def _active_release_clause(now: datetime) -> Any:
-        return and_(
-            col(Release.status) == ReleaseStatus.ACTIVE,
-            or_(col(Release.not_before).is_(None), col(Release.not_before) <= now),
-            or_(col(Release.expires_at).is_(None), col(Release.expires_at) > now),
-        )
 
     def _facts(
         self, session: Session, principal: Principal, package: Package, action: str
@@ -450,8 +495,17 @@ class Vault:
         saying why.
         """
         check_id(package_id, "package id")
-        package = session.get(Package, package_id)
-        if package is None or package.purged_at is not None:
+        row = session.execute(
+            _PACKAGE_FACTS,
+            {
+                "pid": package_id,
+                "now": utcnow(),
+                "agency": principal.agency,
+                "country": principal.country,
+                "uid": principal.user_id,
+            },
+        ).first()
+        if row is None or row[0].purged_at is not None:
             raise self._refuse(
                 NotFound("package not found"),
                 principal.actor,
@@ -459,7 +513,24 @@ class Vault:
                 "not_found",
                 package=package_id,
             )
-        facts = self._facts(session, principal, package, action)
+        package, origin_country, to_agency, to_country, acknowledged = row
+        relations = {NONE}
+        if package.agency_code == principal.agency:
+            relations.add(ORIGINATOR)
+        elif origin_country == principal.country:
+            relations.add(SAME_COUNTRY)
+        if to_agency:
+            relations.add(RELEASED_AGENCY)
+        if to_country:
+            relations.add(RELEASED_COUNTRY)
+        facts = Facts(
+            role=principal.role.value,
+            relations=frozenset(relations),
+            cleared=principal.clearance.rank >= package.classification.rank,
+            handling=package.handling.value,
+            acknowledged=bool(acknowledged) and package.handling == Handling.H3,
+            action=action,
+        )
         if self.authz.allows(facts):
             return package, facts
         authz = self.authz
@@ -1077,7 +1148,7 @@ class Vault:
                 .offset(offset)
                 .limit(limit)
             )
-            found = session.exec(query).all()
+            found = session.exec(query, params={"now": utcnow()}).all()
             receipt = self._log(
                 actor=principal.actor,
                 action="list",
@@ -1097,21 +1168,10 @@ class Vault:
             cleared_for=cleared,
             classifications=tuple(c.value for c in Classification),
         )
-        now = utcnow()
-        active = self._active_release_clause(now)
         relation_sql: dict[str, Any] = {
             ORIGINATOR: col(Package.agency_code) == principal.agency,
-            RELEASED_AGENCY: exists().where(
-                col(Release.package_id) == col(Package.id),
-                col(Release.agency_code) == principal.agency,
-                active,
-            ),
-            RELEASED_COUNTRY: exists().where(
-                col(Release.package_id) == col(Package.id),
-                col(Release.country_code) == principal.country,
-                col(Release.agency_code).is_(None),
-                active,
-            ),
+            RELEASED_AGENCY: _released_to_agency(principal.agency),
+            RELEASED_COUNTRY: _released_to_country(principal.country),
             SAME_COUNTRY: col(Agency.country_code) == principal.country,
             NONE: None,
         }
