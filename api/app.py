@@ -89,7 +89,7 @@ def _receipt(response: Response, receipt: int) -> None:
     response.headers[RECEIPT] = str(receipt)
 
 
-router = APIRouter()
+router = APIRouter(responses=api_errors.ERROR_RESPONSES)
 
 
 @router.get("/healthz", tags=["operations"])

@@ -8,10 +8,12 @@ internal names ever reach a client.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from vault import errors
@@ -34,6 +36,39 @@ STATUS: dict[type[errors.VaultError], int] = {
 }
 
 RECEIPT_HEADER = "X-Vault-Receipt"
+
+
+class ErrorDetail(BaseModel):
+    """What went wrong, in words for people and a code for programs."""
+
+    code: str
+    message: str
+    receipt: int | None = None
+
+
+class ErrorBody(BaseModel):
+    """The one error shape of the API."""
+
+    error: ErrorDetail
+
+
+# Documented on every route, so clients generated from /openapi.json get the real error model
+# (FastAPI would otherwise describe 422 as its own {"detail": [...]}).
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": description}
+    for status, description in (
+        (401, "Not authenticated, or the token is invalid or expired"),
+        (403, "Known to the caller, but not allowed"),
+        (404, "Not found, or not for the caller to know about"),
+        (408, "Request body too slow"),
+        (409, "Conflicts with the current state"),
+        (413, "Request body or file too large"),
+        (422, "Invalid input"),
+        (429, "Too many failed logins"),
+        (431, "Request headers too large"),
+        (503, "Database or object store unavailable"),
+    )
+}
 
 
 class StreamAborted(Exception):

@@ -14,6 +14,8 @@ import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 _BODY_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+MAX_HEADER_BYTES = 16 * 1024
+MAX_HEADER_COUNT = 100
 
 
 async def send_error(send: Send, status: int, code: str, message: str) -> None:
@@ -34,7 +36,8 @@ async def send_error(send: Send, status: int, code: str, message: str) -> None:
 
 
 class BodyLimitMiddleware:
-    """Buffers small request bodies with size and time limits; passes uploads through."""
+    """Refuses oversized header blocks; buffers small request bodies with size and time
+    limits; passes streamed uploads through."""
 
     def __init__(
         self, app: ASGIApp, *, max_json_bytes: int, timeout_seconds: float, streamed: set[str]
@@ -45,6 +48,14 @@ class BodyLimitMiddleware:
         self.streamed = streamed
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and (
+            len(scope["headers"]) > MAX_HEADER_COUNT
+            or sum(len(k) + len(v) + 4 for k, v in scope["headers"]) > MAX_HEADER_BYTES
+        ):
+            # uvicorn's own limit only bites while headers are still arriving; a large header
+            # block delivered in one packet gets through it, so it is checked here as well.
+            await send_error(send, 431, "too_large", "request headers too large")
+            return
         if (
             scope["type"] != "http"
             or scope["method"] not in _BODY_METHODS

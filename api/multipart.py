@@ -17,6 +17,7 @@ import anyio
 import anyio.from_thread
 from pydantic import ValidationError
 from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.requests import ClientDisconnect
 
 from vault.errors import InvalidInput, RequestTimeout, TooLarge
 from vault.schemas import NewPackage
@@ -106,6 +107,8 @@ class MultipartUpload:
                 return await self._body.__anext__()
         except StopAsyncIteration:
             return _END
+        except ClientDisconnect:
+            raise InvalidInput("the client went away before the upload was complete") from None
         except TimeoutError:
             raise RequestTimeout("request body too slow: nothing received in time") from None
 
@@ -146,7 +149,7 @@ class MultipartUpload:
             raise InvalidInput("malformed multipart body")
         try:
             return NewPackage.model_validate(json.loads(bytes(raw).decode("utf-8")))
-        except (ValueError, ValidationError) as exc:
+        except (ValueError, ValidationError, RecursionError) as exc:  # deep nesting too
             fields = ""
             if isinstance(exc, ValidationError):
                 fields = ": " + ", ".join(

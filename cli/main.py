@@ -124,7 +124,11 @@ def serve(
     tls_cert: Annotated[Path | None, typer.Option(help="TLS certificate (PEM).")] = None,
     tls_key: Annotated[Path | None, typer.Option(help="TLS private key (PEM).")] = None,
     forwarded_allow_ips: Annotated[
-        str, typer.Option(help="Proxies trusted for X-Forwarded-For.")
+        str,
+        typer.Option(
+            envvar="FORWARDED_ALLOW_IPS",
+            help="Reverse proxies whose X-Forwarded-For is trusted (comma-separated).",
+        ),
     ] = "127.0.0.1",
 ) -> None:
     """Run the API server (embedded defaults unless VAULT_* settings say otherwise)."""

@@ -14,7 +14,7 @@ from vault.models import Classification, Handling, ReleaseKind, ReleaseStatus, R
 _ID = re.compile(r"[0-9a-f]{32}")
 _COUNTRY = re.compile(r"[A-Z]{2}")
 _AGENCY = re.compile(r"[A-Z0-9][A-Z0-9_-]{1,63}")
-_USERNAME = re.compile(r"[a-z0-9][a-z0-9._-]{1,63}")
+USERNAME = re.compile(r"[a-z0-9][a-z0-9._-]{1,63}")
 MAX_FILENAME_BYTES = 255
 
 
@@ -41,7 +41,7 @@ def check_agency(value: str) -> str:
 
 def check_username(value: str) -> str:
     """A username: lower-case letters, digits, '.', '_' and '-', 2 to 64 characters."""
-    if not isinstance(value, str) or not _USERNAME.fullmatch(value):
+    if not isinstance(value, str) or not USERNAME.fullmatch(value):
         raise InvalidInput("usernames are 2-64 of a-z, 0-9, '.', '_' and '-'")
     return value
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, TextIO
 
-from sqlalchemy import Engine, and_, bindparam, exists, false, func, or_
+from sqlalchemy import Engine, and_, bindparam, exists, false, func, or_, text
 from sqlalchemy import select as sa_select
 from sqlalchemy.exc import IntegrityError as DBIntegrityError
 from sqlalchemy.exc import OperationalError
@@ -82,6 +82,7 @@ from vault.models import (
 )
 from vault.passwords import Passwords
 from vault.schemas import (
+    USERNAME,
     AuditView,
     CheckpointInfo,
     ConsistencyProof,
@@ -580,11 +581,17 @@ class Vault:
         a back-off that doubles with each failure. Every refusal is in the ledger.
         """
         name = username[:64] if isinstance(username, str) else ""
-        keys = [f"user:{name}"] + ([f"addr:{client[:64]}"] if client else [])
+        # Throttle keys hash the name: any string works (PostgreSQL text refuses NUL), and
+        # the table holds no usernames.
+        digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+        keys = [f"user:{digest}"] + ([f"addr:{client[:64]}"] if client else [])
         actor = Actor(user=name)
         now = utcnow()
-        with self._tx(readonly=True) as session:
-            user = session.exec(select(User).where(User.username == name)).first()
+        with self._tx() as session:
+            # The attempt counts as a failure before the password is checked (a success
+            # resets it), under a lock: concurrent guesses can't all slip in before the
+            # first failure is on record.
+            _lock_throttle(session)
             locks = [
                 row.locked_until
                 for key in keys
@@ -592,6 +599,13 @@ class Vault:
                 and row.locked_until is not None
                 and row.locked_until > now
             ]
+            if not locks:
+                self._count_failure(session, keys, now)
+            user = (
+                session.exec(select(User).where(User.username == name)).first()
+                if USERNAME.fullmatch(name)
+                else None
+            )
         if locks:
             wait = max(1, int((max(locks) - now).total_seconds() + 0.999))
             raise self._refuse(
@@ -602,11 +616,9 @@ class Vault:
             )
         ok = self.passwords.verify(user.password_hash if user else None, password)
         if user is None or not ok or user.disabled:
-            with self._tx() as session:
-                receipt = self._append(
-                    session, actor=actor, action="login", decision=DENY, reason="bad_credentials"
-                )
-                self._count_failure(session, keys, now)
+            receipt = self._log(
+                actor=actor, action="login", decision=DENY, reason="bad_credentials"
+            )
             raise AuthenticationFailed("unknown user or wrong password", receipt=receipt)
         with self._tx() as session:
             principal = self._principal(session, user)
@@ -624,8 +636,8 @@ class Vault:
         )
 
     def _count_failure(self, session: Session, keys: list[str], now: datetime) -> None:
-        """One more failure for each key; lock it once past its threshold (runs under the
-        ledger lock, so concurrent failures can't race on the same row)."""
+        """One more failure for each key; lock it once it reaches its threshold (runs under
+        the throttle lock, so concurrent attempts can't race on the same row)."""
         settings = self.settings
         for key in keys:
             threshold = (
@@ -1914,6 +1926,18 @@ def _release_info(r: Release) -> ReleaseInfo:
 
 def _b64(raw: bytes) -> str:
     return base64.b64encode(raw).decode()
+
+
+_PG_THROTTLE_LOCK = 0x424C4F54  # "BLOT"
+
+
+def _lock_throttle(session: Session) -> None:
+    """Serialise login bookkeeping (SQLite's BEGIN IMMEDIATE already does)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(
+            text("SELECT pg_advisory_xact_lock(:k, hashtext(current_schema()))"),
+            {"k": _PG_THROTTLE_LOCK},
+        )
 
 
 def _load_rules(session: Session) -> tuple[tuple[str, ...], ...]:

@@ -286,15 +286,6 @@ def test_api_conforms_to_its_schema(
     fuzz()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG api/app.py / api/errors.py: the OpenAPI schema documents every 422 as FastAPI's "
-        "HTTPValidationError ({'detail': [...]}) while the API answers with the one error shape "
-        "({'error': {code, message, receipt}}); since 'detail' is not required, real error "
-        "bodies still validate, so clients generated from the schema get the wrong model"
-    ),
-)
 def test_schema_documents_the_one_error_shape(fuzz_world: FuzzWorld) -> None:
     """Every documented error response describes the one error shape, and only it."""
     import jsonschema_rs  # schemathesis' own validator

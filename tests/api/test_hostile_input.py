@@ -462,15 +462,6 @@ def test_malformed_multipart_is_refused(
     assert_nothing_stored(served.world, before)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG api/multipart.py MultipartUpload.metadata (line ~149): json.loads of deeply "
-        "nested metadata raises RecursionError, which 'except (ValueError, ValidationError)' "
-        "does not catch: 2000 nested arrays (4 KB, under max_metadata_bytes) get 500 "
-        "internal_error, logged with a traceback, instead of 422"
-    ),
-)
 @pytest.mark.parametrize("depth", [2000])
 def test_deeply_nested_metadata_is_422(depth: int, served: Served) -> None:
     raw = b"[" * depth + b"]" * depth
@@ -579,16 +570,6 @@ def settle(served: Served, route: str, before: float, timeout: float = 10.0) -> 
     assert httpx.get(served.url + "/healthz", timeout=TIMEOUT).status_code == 200
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG api/multipart.py MultipartUpload._next_body_chunk (~line 104): a client that "
-        "disconnects mid-upload raises starlette.requests.ClientDisconnect, which only "
-        "StopAsyncIteration/TimeoutError are caught around; it reaches api/errors.py's "
-        "catch-all, is logged as 'unexpected error' with a traceback (and uvicorn's "
-        "'Exception in ASGI application') and counted as a 500 of POST /packages"
-    ),
-)
 def test_client_disconnect_mid_upload_is_not_a_server_error(served: Served) -> None:
     done, errors = requests_done(served, "/packages"), requests_done(served, "/packages", "5")
     body = _cut(FULL, "in-big-file")
@@ -885,15 +866,6 @@ def test_oversized_header_is_refused(size: int, piece: int | None, served: Serve
     assert_serves(served)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG header size limit (cli/main.py serve: h11_max_incomplete_event_size=16 KiB; the "
-        "test server uses the same h11 default): h11 bounds only *incomplete* data, so a "
-        "header block of up to ~64 KiB that arrives in one read is accepted -- a 60 KiB "
-        "header gets 201 and the upload is stored; the same header sent in pieces gets 400"
-    ),
-)
 def test_oversized_header_in_one_segment_is_refused(served: Served) -> None:
     before = stored(served.world)
     reply = exchange(served.port, _big_header_upload(served, 60 * KiB))
