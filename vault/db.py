@@ -65,7 +65,7 @@ def make_engine(url: str) -> Engine:
     if parsed.get_backend_name() == "postgresql":
         if parsed.drivername == "postgresql":
             parsed = parsed.set(drivername="postgresql+psycopg")
-        return create_engine(parsed, pool_pre_ping=True, pool_size=10, max_overflow=10)
+        return create_engine(parsed, pool_pre_ping=True, pool_size=20, max_overflow=20)
     raise ConfigError("VAULT_DATABASE_URL must be a sqlite:// or postgresql:// URL")
 
 
@@ -82,8 +82,10 @@ def _sqlite_engine(url: str) -> Engine:
         # A pooled connection serves one thread at a time; the pool keeps the per-connection
         # pragmas below from running on every request.
         connect_args={"check_same_thread": False, "timeout": 30},
-        pool_size=8,
-        max_overflow=32,
+        # As many as the server's worker threads (AnyIO's 40, plus the ledger's committer):
+        # connections beyond the pool would be opened and closed on every request.
+        pool_size=48,
+        max_overflow=16,
     )
 
     @event.listens_for(engine, "connect")

@@ -54,14 +54,36 @@ def _lock(session: Session) -> None:
 
 
 def _nodes(session: Session, ids: Sequence[merkle.NodeID]) -> dict[merkle.NodeID, bytes]:
-    """Fetch the named complete nodes in one query."""
+    """Fetch the named complete nodes in one query (an OR of primary-key lookups, which both
+    databases answer from the index; a row-value IN makes SQLite scan the table)."""
     if not ids:
         return {}
     wanted = or_(
         *(and_(col(LedgerNode.level) == lv, col(LedgerNode.idx) == ix) for lv, ix in set(ids))
     )
-    rows = session.exec(select(LedgerNode).where(wanted)).all()
-    return {(r.level, r.idx): r.hash for r in rows}
+    rows = session.execute(
+        select(LedgerNode.level, LedgerNode.idx, LedgerNode.hash).where(wanted)
+    ).all()
+    return {(level, idx): bytes(digest) for level, idx, digest in rows}
+
+
+# The Merkle frontier after the last append, per database: (tree size, last leaf, frontier).
+# Valid only while the database's head is that very leaf at that size, which each append
+# checks first; otherwise (another process appended, a transaction rolled back) it reloads.
+_FRONTIERS: dict[str, tuple[int, bytes, merkle.CompactRange]] = {}
+
+
+def _database_key(session: Session) -> str:
+    return session.connection().engine.url.render_as_string(hide_password=True)
+
+
+def _frontier(session: Session, size_now: int, head_leaf: bytes) -> merkle.CompactRange:
+    cached = _FRONTIERS.get(_database_key(session))
+    if cached is not None and cached[0] == size_now and cached[1] == head_leaf:
+        return cached[2].copy()
+    ids = merkle.root_nodes(size_now)
+    get = _getter(session, ids)
+    return merkle.CompactRange.from_hashes(size_now, [get(lv, ix) for lv, ix in ids])
 
 
 def _getter(session: Session, ids: Sequence[merkle.NodeID]) -> merkle.GetNode:
@@ -109,13 +131,11 @@ def append_many(session: Session, records: Sequence[Record]) -> list[int]:
         select(LedgerEntry.seq, LedgerEntry.entry).order_by(col(LedgerEntry.seq).desc()).limit(1)
     ).first()
     if head is None:
-        size_now, prev = 0, GENESIS_PREV
+        size_now, head_leaf, prev = 0, b"", GENESIS_PREV
     else:
-        size_now, prev = head[0] + 1, leaf_hash(bytes(head[1])).hex()
-    ids = merkle.root_nodes(size_now)
-    frontier = merkle.CompactRange.from_hashes(
-        size_now, [h for h in (_getter(session, ids)(lv, ix) for lv, ix in ids)]
-    )
+        size_now, head_leaf = head[0] + 1, leaf_hash(bytes(head[1]))
+        prev = head_leaf.hex()
+    frontier = _frontier(session, size_now, head_leaf)
     entries: list[dict[str, Any]] = []
     nodes: list[dict[str, Any]] = []
     seqs: list[int] = []
@@ -149,6 +169,7 @@ def append_many(session: Session, records: Sequence[Record]) -> list[int]:
     if entries:
         session.execute(insert(LedgerEntry), entries)
         session.execute(insert(LedgerNode), nodes)
+        _FRONTIERS[_database_key(session)] = (frontier.size, bytes.fromhex(prev), frontier)
     return seqs
 
 
