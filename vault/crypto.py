@@ -203,8 +203,9 @@ def _read_full(source: Readable, size: int) -> bytes:
 class SealingReader:
     """Reads plaintext from ``source`` and returns the sealed stream from :meth:`read`.
 
-    Pull-based so any store can consume it like a file. Memory is bounded by two segments plus
-    what one ``read(n)`` asks for. After the end of stream, :attr:`plaintext_size` and
+    Pull-based so any store can consume it like a file. :meth:`read` hands out whole sealed
+    segments where it can (short reads, as files may give), so sealed bytes are not copied
+    again; memory stays at about two segments. After the end of stream, :attr:`plaintext_size` and
     :meth:`sha256_hex` describe the plaintext that was sealed. ``max_size`` stops an oversized
     source early by raising ``limit_error``.
     """
@@ -233,7 +234,8 @@ class SealingReader:
         self._limit_error = limit_error
         self.plaintext_size = 0
         self._pending: bytes | None = None
-        self._out = bytearray(self._header)
+        self._out = b""  # sealed bytes, handed out from self._pos on
+        self._pos = 0
         self._done = False
 
     def _next_plain(self) -> bytes:
@@ -244,31 +246,42 @@ class SealingReader:
         self._digest.update(chunk)
         return chunk
 
-    def _seal_next(self) -> None:
-        """Seal one more segment into the output buffer; the lookahead tells if it is last."""
+    def _seal_next(self) -> bytes:
+        """Seal one more segment; the lookahead tells whether it is the last."""
         if self._pending is None:
             self._pending = self._next_plain()
         current = self._pending
         following = self._next_plain() if len(current) == self._segment_size else b""
         last = not following
         nonce = _nonce(self._prefix, self._counter, last)
-        self._out += self._aead.encrypt(nonce, current, self._aad)
+        sealed = self._aead.encrypt(nonce, current, self._aad)
+        if self._counter == 0:
+            sealed = self._header + sealed
         self._counter += 1
         self._pending = following
         if last:
             self._done = True
+        return sealed
 
     def read(self, size: int = -1, /) -> bytes:
-        """Return up to ``size`` sealed bytes (all that remain when ``size`` < 0)."""
-        while not self._done and (size < 0 or len(self._out) < size):
-            self._seal_next()
-        if size < 0 or size >= len(self._out):
-            data = bytes(self._out)
-            self._out.clear()
-            return data
-        data = bytes(self._out[:size])
-        del self._out[:size]
-        return data
+        """Return up to ``size`` sealed bytes (all that remain when ``size`` < 0); ``b""`` only
+        at the end."""
+        if size < 0:
+            parts = [self._out[self._pos :]]
+            while not self._done:
+                parts.append(self._seal_next())
+            self._out, self._pos = b"", 0
+            return b"".join(parts)
+        if self._pos >= len(self._out):
+            if self._done or size == 0:
+                return b""
+            self._out, self._pos = self._seal_next(), 0
+        start = self._pos
+        if start == 0 and len(self._out) <= size:
+            self._pos = len(self._out)
+            return self._out  # a whole segment: no copy
+        self._pos = min(len(self._out), start + size)
+        return self._out[start : self._pos]
 
     def sha256_hex(self) -> str:
         """Hex SHA-256 of all plaintext read so far (the whole file once the stream ended)."""
