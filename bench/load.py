@@ -1,11 +1,14 @@
 """Sustained-load driver: N concurrent clients against a running vault on 127.0.0.1.
 
-Starts its own server (``blovault serve``, several workers) on a fresh data folder, seeds a
-small world, then runs ``--clients`` asyncio httpx clients for ``--seconds``, each looping over
-a weighted mix of list, show, download and upload. Prints and writes (bench/out/load.json)
-requests per second, p50/p99 latency per kind, errors, and the server's RSS over time.
+Starts its own servers on a fresh data folder -- ``--servers`` separate ``blovault serve``
+processes on their own ports, as behind a load balancer (uvicorn's ``--workers`` share one
+socket, and long-lived client connections then pile onto whichever worker accepted first) --
+seeds a small world, then runs ``--clients`` asyncio httpx clients, spread over the servers,
+for ``--seconds``, each looping over a weighted mix of list, show, download and upload. Prints
+and writes (bench/out/load.json) requests per second, p50/p99 latency per kind, errors, and the
+servers' RSS over time.
 
-    python -m bench.load --clients 50 --seconds 300 --workers 2
+    python -m bench.load --clients 50 --seconds 300 --servers 2
 
 Loopback only; the server is stopped at the end. Bounded in time and request count.
 """
@@ -93,7 +96,7 @@ def server_pids(root_pid: int) -> list[int]:
 
 async def client_loop(
     idx: int,
-    base: str,
+    bases: list[str],
     tokens: dict[str, str],
     package_ids: list[tuple[str, str]],
     deadline: float,
@@ -102,6 +105,7 @@ async def client_loop(
     mix: list[str],
 ) -> None:
     rng = random.Random(idx)
+    base = bases[idx % len(bases)]
     user = "kz.officer" if idx % 2 else "uz.officer"
     headers = {"Authorization": f"Bearer {tokens[user]}"}
     payload = os.urandom(64 * 1024)
@@ -137,8 +141,8 @@ async def client_loop(
                 errors.append(f"{kind}: HTTP {r.status_code}")
 
 
-async def drive(args: argparse.Namespace, base: str, pid: int) -> dict[str, object]:
-    async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+async def drive(args: argparse.Namespace, bases: list[str], pids: list[int]) -> dict[str, object]:
+    async with httpx.AsyncClient(base_url=bases[0], timeout=30) as http:
         tokens = {}
         for user in ("uz.officer", "kz.officer"):
             r = await http.post("/auth/login", json={"username": user, "password": PASSWORD})
@@ -172,13 +176,14 @@ async def drive(args: argparse.Namespace, base: str, pid: int) -> dict[str, obje
 
     async def sample_memory() -> None:
         while time.monotonic() < deadline:
-            memory.append((round(time.monotonic() - started, 1), rss_kib(server_pids(pid))))
+            every = [p for pid in pids for p in server_pids(pid)]
+            memory.append((round(time.monotonic() - started, 1), rss_kib(every)))
             await asyncio.sleep(5)
 
     await asyncio.gather(
         sample_memory(),
         *(
-            client_loop(i, base, tokens, package_ids, deadline, results, errors, mix)
+            client_loop(i, bases, tokens, package_ids, deadline, results, errors, mix)
             for i in range(args.clients)
         ),
     )
@@ -186,7 +191,9 @@ async def drive(args: argparse.Namespace, base: str, pid: int) -> dict[str, obje
     summary: dict[str, object] = {
         "clients": args.clients,
         "seconds": round(wall, 1),
-        "workers": args.workers,
+        "servers": args.servers,
+        "workers_per_server": args.workers,
+        "database": "postgresql" if args.database_url else "sqlite",
         "errors": len(errors),
         "error_kinds": sorted(set(errors))[:20],
     }
@@ -213,7 +220,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=300)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--servers", type=int, default=2, help="server processes, own ports")
+    parser.add_argument("--workers", type=int, default=1, help="uvicorn workers per server")
     parser.add_argument("--database-url", default=None, help="PostgreSQL URL (default SQLite)")
     parser.add_argument("--w-list", type=int, default=3)
     parser.add_argument("--w-show", type=int, default=5)
@@ -233,35 +241,34 @@ def main() -> None:
         if args.database_url:
             env["VAULT_DATABASE_URL"] = args.database_url
         seed(env)
-        port = free_port()
-        server = subprocess.Popen(
-            [
-                BLOVAULT,
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--workers",
-                str(args.workers),
-            ],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        base = f"http://127.0.0.1:{port}"
+        servers, bases = [], []
+        for _ in range(args.servers):
+            port = free_port()
+            command = [BLOVAULT, "serve", "--host", "127.0.0.1", "--port", str(port)]
+            servers.append(
+                subprocess.Popen(
+                    [*command, "--workers", str(args.workers)],
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+            )
+            bases.append(f"http://127.0.0.1:{port}")
         try:
-            for _ in range(100):
-                try:
-                    if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    time.sleep(0.1)
-            summary = asyncio.run(drive(args, base, server.pid))
+            for base in bases:
+                for _ in range(300):
+                    try:
+                        if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                            break
+                    except httpx.HTTPError:
+                        time.sleep(0.1)
+            summary = asyncio.run(drive(args, bases, [s.pid for s in servers]))
         finally:
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(timeout=30)
+            for server in servers:
+                os.killpg(server.pid, signal.SIGTERM)
+            for server in servers:
+                server.wait(timeout=30)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(summary, indent=2))
     printable = {k: v for k, v in summary.items() if k != "server_rss_kib"}
