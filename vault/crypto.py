@@ -27,7 +27,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import queue
 import struct
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -200,6 +202,45 @@ def _read_full(source: Readable, size: int) -> bytes:
     return b"".join(parts)
 
 
+class BackgroundDigest:
+    """SHA-256 computed on a second thread while the caller reads, seals or opens.
+
+    hashlib releases the GIL for large updates, so on two cores hashing overlaps the rest of a
+    transfer instead of adding to it (SHA-256 is the slowest step: about 1.6 GB/s here, against
+    7 GB/s for AES-GCM). At most ``depth`` pending chunks are held, so memory stays bounded.
+    """
+
+    _STOP = b""
+
+    def __init__(self, *, depth: int = 16) -> None:
+        self._hash = hashlib.sha256()
+        self._queue: queue.Queue[bytes] = queue.Queue(maxsize=depth)
+        self._thread = threading.Thread(target=self._run, name="sha256", daemon=True)
+        self._thread.start()
+        self._result: str | None = None
+
+    def _run(self) -> None:
+        while chunk := self._queue.get():
+            self._hash.update(chunk)
+
+    def update(self, chunk: bytes) -> None:
+        """Queue ``chunk`` (an immutable bytes object) for hashing."""
+        if chunk:
+            self._queue.put(chunk)
+
+    def hexdigest(self) -> str:
+        """Wait for everything queued and return the hex digest (further updates are errors)."""
+        if self._result is None:
+            self._queue.put(self._STOP)
+            self._thread.join()
+            self._result = self._hash.hexdigest()
+        return self._result
+
+    def close(self) -> None:
+        """Stop the thread without a result (the transfer was abandoned)."""
+        self.hexdigest()
+
+
 class SealingReader:
     """Reads plaintext from ``source`` and returns the sealed stream from :meth:`read`.
 
@@ -228,7 +269,7 @@ class SealingReader:
         self._prefix = os.urandom(_PREFIX_SIZE)
         self._header = _HEADER.pack(_MAGIC, _STREAM_VERSION, segment_size, self._prefix)
         self._aad = self._header + identity
-        self._digest = hashlib.sha256()
+        self._digest = BackgroundDigest()
         self._counter = 0
         self._max_size = max_size
         self._limit_error = limit_error
@@ -284,8 +325,12 @@ class SealingReader:
         return self._out[start : self._pos]
 
     def sha256_hex(self) -> str:
-        """Hex SHA-256 of all plaintext read so far (the whole file once the stream ended)."""
+        """Hex SHA-256 of the plaintext, once the stream has ended."""
         return self._digest.hexdigest()
+
+    def close(self) -> None:
+        """Release the hashing thread (call it whether or not the stream was read to the end)."""
+        self._digest.close()
 
 
 def open_stream(source: Readable, key: bytes, *, identity: bytes) -> Iterator[bytes]:

@@ -1044,8 +1044,11 @@ class Vault:
                     ),
                 )
                 written.append(file_id)
-                self.store.put(file_id, reader)
-                digest = reader.sha256_hex()
+                try:
+                    self.store.put(file_id, reader)
+                    digest = reader.sha256_hex()
+                finally:
+                    reader.close()
                 wrapped = self.keys.keyring.wrap(data_key, context=identity)
                 sealed = crypto.seal_bytes(
                     package_key,
@@ -1330,7 +1333,7 @@ class Vault:
             raise
 
         def chunks() -> Generator[bytes, None, None]:
-            digest = hashlib.sha256()
+            digest = crypto.BackgroundDigest()
             size = 0
             try:
                 with self.store.open(row.id) as source:
@@ -1347,6 +1350,8 @@ class Vault:
                 if isinstance(exc, NotFound):
                     raise IntegrityError("stored object is missing") from None
                 raise
+            finally:
+                digest.close()
 
         return Download(
             file=info,
