@@ -7,10 +7,11 @@ engine (every 25th is a full ``Vault.list_packages``). Afterwards the sequence n
 exactly ``0..N-1``, every writer got the receipts it was told, each writer's entries are in its
 own order, and ``verify_ledger`` passes.
 
-The issue asks for 8 writers x 2,000 actions. On the 2-core reference machine that takes far
-longer than this file's ~90 s budget (a durable append costs ~5-10 ms on SQLite and ~6-8 ms
-on PostgreSQL, see bench/bench_ledger.py), so by default each writer does fewer actions;
-``VAULT_TEST_LEDGER_WRITES=2000`` runs the full size.
+The issue asks for 8 writers x 2,000 actions. SQLite runs exactly that. On PostgreSQL the
+appends serialise on one advisory lock and, from 8 processes on 2 cores, convoy behind it
+(~150 appends/s measured, so 8 x 2,000 there takes ~2 minutes), so the PostgreSQL tests run 8 x
+500 by default to keep this file within ~90 s; ``VAULT_TEST_LEDGER_WRITES=2000`` runs the full
+size everywhere (all three tests passed at 8 x 2,000 on the reference machine).
 """
 
 from __future__ import annotations
@@ -36,9 +37,9 @@ from vault.service import Principal, Vault
 
 WRITERS = 8
 _FULL = os.environ.get("VAULT_TEST_LEDGER_WRITES")
-SQLITE_WRITES = int(_FULL or 500)
-PG_THREAD_WRITES = int(_FULL or 250)
-PG_PROCESS_WRITES = int(_FULL or 250)
+SQLITE_WRITES = int(_FULL or 2000)
+PG_THREAD_WRITES = int(_FULL or 500)
+PG_PROCESS_WRITES = int(_FULL or 500)
 LIST_EVERY = 25
 WRITER_USERS = [
     "uz.officer",

@@ -21,11 +21,11 @@ from typing import Any
 import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlmodel import Session
 
-from tests.conftest import FAST_ARGON2, PASSWORD, CliRunner, World, seed
+from tests.conftest import FAST_ARGON2, ON_POSTGRES, PASSWORD, CliRunner, World, seed
 from tests.integration.test_ledger_tamper import (
     build_ledger,
-    entries,
     raw_db,
     tampering,
     upload,
@@ -33,11 +33,14 @@ from tests.integration.test_ledger_tamper import (
 from vault.config import load_settings
 from vault.errors import LedgerCorrupt, VaultError
 from vault.keys import DEV_KEY_DIR
-from vault.ledger import merkle, note
+from vault.ledger import log, merkle, note
 from vault.ledger.entry import GENESIS_PREV, Entry, decode, leaf_hash
 from vault.service import Vault
 
 b64d = base64.b64decode
+sqlite_only = pytest.mark.skipif(
+    ON_POSTGRES, reason="tampers with or copies the SQLite database file directly"
+)
 BLOVAULT = Path(sys.executable).with_name("blovault")
 
 
@@ -158,6 +161,7 @@ def roll_back(conn: sqlite3.Connection, new_size: int, *, checkpoints: bool) -> 
         conn.execute("DELETE FROM ledgercheckpoint WHERE size > ?", (new_size,))
 
 
+@sqlite_only
 def test_rolled_back_ledger_is_refused(world: World, cli: CliRunner, tmp_path: Path) -> None:
     build_ledger(world, final_checkpoint=False)
     old_path = tmp_path / "old.txt"
@@ -187,6 +191,7 @@ def test_rolled_back_ledger_is_refused(world: World, cli: CliRunner, tmp_path: P
     assert cut <= json.loads(verify.stdout)["first_bad_seq"] < old.size
 
 
+@sqlite_only
 @pytest.mark.parametrize("regrow", [False, True], ids=["shorter", "regrown-past-old-size"])
 def test_rollback_that_hid_its_checkpoints_fails_a_saved_checkpoint(
     world: World, cli: CliRunner, tmp_path: Path, regrow: bool
@@ -241,6 +246,7 @@ def test_forked_ledger_with_the_same_keys_fails_consistency(
     assert result.code == 1, (result.stdout, result.stderr)
 
 
+@sqlite_only
 def test_fork_from_a_common_prefix(
     world: World, cli: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -474,9 +480,9 @@ def login(client: httpx.Client, user: str) -> tuple[dict[str, str], int]:
 
 
 def entry_of(world: World, seq: int) -> Entry:
-    with raw_db(world.settings) as conn:
-        rows = entries(conn)
-    return decode(rows[seq][2], seq_hint=seq)
+    """Entry ``seq`` as stored (read through the vault's engine, any backend)."""
+    with Session(world.vault.engine) as session:
+        return decode(log.entry_bytes(session, seq), seq_hint=seq)
 
 
 def test_api_ledger_routes_for_auditor_and_officer(world: World, live_server: str) -> None:

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from tests.conftest import CliRunner, World
+from tests.conftest import ON_POSTGRES, CliRunner, World
 from vault.config import Settings
 from vault.errors import AccessDenied, LedgerCorrupt, NotFound
 from vault.ledger import merkle, note
@@ -31,6 +31,10 @@ from vault.ledger.entry import GENESIS_PREV, Entry, decode, leaf_hash
 from vault.models import Classification, Handling
 from vault.schemas import NewPackage
 from vault.service import IncomingFile
+
+pytestmark = pytest.mark.skipif(
+    ON_POSTGRES, reason="tampers with the SQLite database file directly"
+)
 
 APPEND_ONLY = ("ledgerentry", "ledgernode", "ledgercheckpoint")
 TRIGGERS = [f"{table}_no_{op}" for table in APPEND_ONLY for op in ("update", "delete")]

@@ -116,9 +116,11 @@ def verify_entries(
                 raise _Bad(seq, f"entry {seq} was altered: its hash does not match its Merkle leaf")
             link = data[-64:]
             if link != prev_hex:
-                if seq > 0 and not prev_confirmed:
-                    # Either entry seq-1 was altered or entry seq's link was; the earlier one
-                    # is the first that may be bad (a stored leaf would have settled it).
+                self_consistent = prev_column is not None and prev_column.hex().encode() == link
+                if seq > 0 and (self_consistent or not prev_confirmed):
+                    # Entry seq's bytes and stored link agree, so entry seq-1 changed (its leaf
+                    # too, if that matched); with nothing to settle it, the earlier one is the
+                    # first that may be bad.
                     raise _Bad(
                         seq - 1,
                         f"entry {seq - 1} was altered, or entry {seq}'s link to it was: "
