@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import Engine, and_, func, insert, or_, text
+from sqlalchemy import Engine, and_, bindparam, func, insert, or_, text
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, col, select
 
@@ -53,17 +53,39 @@ def _lock(session: Session) -> None:
         )
 
 
+_NODE_QUERIES: dict[int, Any] = {}
+
+
+def _node_query(count: int) -> Any:
+    """SELECT of ``count`` nodes by primary key: an OR of lookups, which both databases answer
+    from the index (a row-value IN makes SQLite scan the table). Built once per count, so
+    SQLAlchemy compiles it once."""
+    query = _NODE_QUERIES.get(count)
+    if query is None:
+        wanted = or_(
+            *(
+                and_(
+                    col(LedgerNode.level) == bindparam(f"l{i}"),
+                    col(LedgerNode.idx) == bindparam(f"i{i}"),
+                )
+                for i in range(count)
+            )
+        )
+        query = _NODE_QUERIES[count] = select(
+            LedgerNode.level, LedgerNode.idx, LedgerNode.hash
+        ).where(wanted)
+    return query
+
+
 def _nodes(session: Session, ids: Sequence[merkle.NodeID]) -> dict[merkle.NodeID, bytes]:
-    """Fetch the named complete nodes in one query (an OR of primary-key lookups, which both
-    databases answer from the index; a row-value IN makes SQLite scan the table)."""
-    if not ids:
+    """Fetch the named complete nodes in one query."""
+    unique = sorted(set(ids))
+    if not unique:
         return {}
-    wanted = or_(
-        *(and_(col(LedgerNode.level) == lv, col(LedgerNode.idx) == ix) for lv, ix in set(ids))
-    )
-    rows = session.execute(
-        select(LedgerNode.level, LedgerNode.idx, LedgerNode.hash).where(wanted)
-    ).all()
+    params: dict[str, int] = {}
+    for i, (level, idx) in enumerate(unique):
+        params[f"l{i}"], params[f"i{i}"] = level, idx
+    rows = session.execute(_node_query(len(unique)), params).all()
     return {(level, idx): bytes(digest) for level, idx, digest in rows}
 
 
