@@ -327,6 +327,17 @@ def drop_cache(path: Path) -> None:
         os.close(fd)
 
 
+class ChunkedReader:
+    """A file whose read(n) returns at most ``limit`` bytes (models a source with small reads)."""
+
+    def __init__(self, f: Any, limit: int) -> None:
+        self._f, self._limit = f, limit
+
+    def read(self, size: int = -1, /) -> bytes:
+        data: bytes = self._f.read(self._limit if size < 0 else min(size, self._limit))
+        return data
+
+
 def object_path(vault: Vault, key: str) -> Path:
     """Where LocalDiskStore keeps ``key`` (root/ab/cd/key); other stores are not supported."""
     root = getattr(vault.store, "root", None)
@@ -417,7 +428,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
                 def raw_up(key: str = raw_key) -> dict[str, Any]:
                     with open(src, "rb") as f:
-                        n = store.put(key, f)
+                        n = store.put(
+                            key, ChunkedReader(f, args.raw_chunk) if args.raw_chunk else f
+                        )
                     if n != size:
                         raise RuntimeError(f"raw put stored {n} bytes, expected {size}")
                     return {}
@@ -551,6 +564,7 @@ def summarise(
         "size_mib": args.size_mib,
         "repeat": args.repeat,
         "cache": args.cache,
+        "raw_chunk": args.raw_chunk or "file object (put reads 1 MiB)",
         "wait_idle_s": args.wait_idle,
         "machine": info,
         "summary": summary,
@@ -567,8 +581,8 @@ def print_report(result: dict[str, Any]) -> None:
     fs = m["filesystem"]
     print()
     print(
-        f"Transfer {result['size_mib']} MiB, {result['repeat']} repeats, cache={result['cache']}"
-        f"  ({result['date']})"
+        f"Transfer {result['size_mib']} MiB, {result['repeat']} repeats, cache={result['cache']},"
+        f" raw source reads: {result['raw_chunk']}  ({result['date']})"
     )
     print(
         f"{m['cpu']} x{m['cores']}, {m['ram_gib']} GiB, kernel {m['kernel']}, "
@@ -619,6 +633,14 @@ def main(argv: list[str] | None = None) -> int:
         default="cold",
         help="cold: drop stored objects from the page cache before downloading "
         "(default); warm: read them from the page cache",
+    )
+    parser.add_argument(
+        "--raw-chunk",
+        type=int,
+        default=0,
+        metavar="BYTES",
+        help="raw upload: hand store.put a source whose read() returns at most BYTES (so the "
+        "store writes chunks of that size); 0 = the plain file object, i.e. 1 MiB writes (0)",
     )
     parser.add_argument("--out", default=str(OUT_DEFAULT), help="JSON output file")
     parser.add_argument("--keep", action="store_true", help="keep the temp data dir")

@@ -26,7 +26,9 @@ fsync separately; the object is then dropped from the page cache like in bench_t
 Download variants (object sealed by the current code; cold cache like bench_transfer):
 
     raw               read 1 MiB chunks
-    current           vault.crypto.open_stream + SHA-256 inline (what Vault.download does)
+    current           vault.crypto.open_stream + SHA-256 inline (Vault.download before the
+                      concurrent BackgroundDigest change)
+    service-now       open_stream + vault.crypto.BackgroundDigest (Vault.download after it)
     hashthread        open_stream + SHA-256 in a worker thread (batches of 16 segments)
     bigread           read 16 sealed segments (~1 MiB) per read(), decrypt via memoryview
                       slices, SHA-256 inline
@@ -265,6 +267,23 @@ def dl_current(path: Path, key: bytes) -> tuple[int, str]:
     return n, h.hexdigest()
 
 
+def dl_service_now(path: Path, key: bytes) -> tuple[int, str]:
+    """What Vault.download does as of this run: open_stream + crypto.BackgroundDigest if the
+    module has it (added concurrently), else inline SHA-256."""
+    factory = getattr(crypto, "BackgroundDigest", None)
+    if factory is None:
+        return dl_current(path, key)
+    h, n = factory(), 0
+    try:
+        with open(path, "rb") as f:
+            for plain in crypto.open_stream(f, key, identity=IDENTITY):
+                h.update(plain)
+                n += len(plain)
+        return n, h.hexdigest()
+    finally:
+        h.close()
+
+
 def dl_nodigest(path: Path, key: bytes) -> tuple[int, str]:
     n = 0
     with open(path, "rb") as f:
@@ -373,6 +392,7 @@ DOWNLOADS: dict[str, tuple[Callable[[Path, bytes], tuple[int, str]], str]] = {
     # name: (function, which object it reads)
     "raw": (dl_raw, "raw"),
     "current": (dl_current, "sealed"),
+    "service-now": (dl_service_now, "sealed"),
     "hashthread": (dl_hashthread, "sealed"),
     "bigread": (dl_bigread, "sealed"),
     "bigread-hashthread": (dl_bigread_hashthread, "sealed"),
@@ -406,10 +426,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         warm(src)
         info = machine_info(work)
         up_names = [n for n in UPLOADS if not args.only or n == "raw" or n in args.only]
+        if args.skip_upload:
+            up_names = []
         dn_names = [n for n in DOWNLOADS if not args.only or n == "raw" or n in args.only]
         verified: set[str] = set()
         # -- uploads, rotating the order each round
-        for r in range(args.repeat):
+        for r in range(args.repeat if up_names else 0):
             order = up_names[r % len(up_names) :] + up_names[: r % len(up_names)]
             for name in order:
                 maker = UPLOADS[name]
@@ -507,6 +529,8 @@ def summarise(
     size = args.size_mib * MiB
     table: dict[str, dict[str, Any]] = {}
     for direction, variants in results.items():
+        if not variants:
+            continue
         raw = statistics.median(x["total_s"] for x in variants["raw"])
         table[direction] = {}
         for name, runs in variants.items():
@@ -559,6 +583,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--dir")
     parser.add_argument("--warm", action="store_true", help="do not drop objects before reads")
+    parser.add_argument("--skip-upload", action="store_true", help="download variants only")
     parser.add_argument("--only", nargs="*", help="variant names to run (raw always runs)")
     parser.add_argument("--out", default=str(OUT))
     parser.add_argument(

@@ -222,6 +222,7 @@ def open_second_vault(world: World, data_dir: Path) -> Vault:
     return other
 
 
+@sqlite_only  # the second ledger lives in its own SQLite file
 def test_forked_ledger_with_the_same_keys_fails_consistency(
     world: World, cli: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -21,7 +21,7 @@ import httpx
 import pytest
 from sqlmodel import Session, select
 
-from tests.conftest import PASSWORD, World
+from tests.conftest import ON_POSTGRES, PASSWORD, World
 from vault.crypto import SEGMENT_SIZE
 from vault.models import PackageFile
 from vault.storage.local import LocalDiskStore
@@ -125,7 +125,8 @@ def test_canary_is_nowhere_at_rest_or_in_logs(
     data_dir = world.settings.data_dir
     files = all_files(data_dir)
     names = {p.name for p in files}
-    assert "vault.db" in names
+    if not ON_POSTGRES:  # on PostgreSQL the database lives in the server, checked below
+        assert "vault.db" in names
     assert any(p.parent.name == "dev-keys" for p in files)
     store_root = world.settings.resolved_store_dir
     assert len([p for p in files if p.is_relative_to(store_root)]) == 2
@@ -139,6 +140,20 @@ def test_canary_is_nowhere_at_rest_or_in_logs(
     # Nor in any folder name.
     for path in data_dir.rglob("*"):
         assert canary.lower() not in path.name.lower()
+    if ON_POSTGRES:
+        # Every row of every table, as PostgreSQL renders it (bytea as hex).
+        with world.vault.engine.connect() as conn:
+            tables = [
+                row[0]
+                for row in conn.exec_driver_sql(
+                    "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
+                )
+            ]
+            assert "package" in tables
+            for table in tables:
+                for (text,) in conn.exec_driver_sql(f'SELECT t::text FROM "{table}" t'):
+                    assert canary not in text, f"canary in table {table}"
+                    assert canary.encode().hex() not in text, f"canary (bytea) in {table}"
 
     # The server's logs: something was captured (so the check means something), no canary.
     records = server_logs.records
