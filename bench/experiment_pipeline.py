@@ -22,6 +22,10 @@ fsync separately; the object is then dropped from the page cache like in bench_t
                       bounded queue of 8 x 1 MiB blocks
     lean-hashthread-1m  lean-hashthread with 1 MiB segments
     lean-nohash       lean without any SHA-256 (lower bound: what hashing costs)
+    raw-64k           raw, but the source returns 64 KiB per read (so put writes 64 KiB, like
+                      the sealed path does)
+    lean-parts-hashthread  lean-parts + SHA-256 of each 1 MiB plaintext block in a worker thread
+    lean-parts-nohash lean-parts without SHA-256 (lower bound)
 
 Download variants (object sealed by the current code; cold cache like bench_transfer):
 
@@ -229,8 +233,23 @@ def put_timed(tmp_dir: Path, final: Path, source: Any) -> tuple[int, float, floa
 
 
 UploadMaker = Callable[[Any, bytes], Any]
+
+
+class Chunked:
+    """A file whose read(n) returns at most ``limit`` bytes."""
+
+    def __init__(self, f: Any, limit: int) -> None:
+        self._f, self._limit = f, limit
+        self.plaintext_size = 0
+
+    def read(self, size: int = -1, /) -> bytes:
+        data: bytes = self._f.read(self._limit if size < 0 else min(size, self._limit))
+        return data
+
+
 UPLOADS: dict[str, UploadMaker | None] = {
     "raw": None,
+    "raw-64k": lambda src, key: Chunked(src, SEG),
     "current": lambda src, key: crypto.SealingReader(src, key, identity=IDENTITY),
     "current-1m": lambda src, key: crypto.SealingReader(
         src, key, identity=IDENTITY, segment_size=MiB
@@ -244,6 +263,12 @@ UPLOADS: dict[str, UploadMaker | None] = {
         src, key, identity=IDENTITY, segment_size=MiB, hasher=HashThread()
     ),
     "lean-nohash": lambda src, key: LeanSealer(src, key, identity=IDENTITY, hasher=NoHash()),
+    "lean-parts-hashthread": lambda src, key: LeanSealer(
+        src, key, identity=IDENTITY, parts=True, hasher=HashThread()
+    ),
+    "lean-parts-nohash": lambda src, key: LeanSealer(
+        src, key, identity=IDENTITY, parts=True, hasher=NoHash()
+    ),
 }
 
 
@@ -445,7 +470,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     t0 = time.perf_counter()
                     stored, loop_s, fsync_s = put_timed(tmp_dir, final, source)
                     total = time.perf_counter() - t0
-                if maker is not None:
+                if maker is not None and hasattr(source, "sha256_hex"):
                     digest = source.sha256_hex()
                     if (digest and digest != src_sha) or source.plaintext_size != size:
                         raise RuntimeError(f"{name}: wrong digest or size")
