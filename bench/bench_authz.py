@@ -597,6 +597,41 @@ def measure_pure(vault: Vault, reqs: list[Req]) -> dict[str, Any]:
 # --- b) full decision ----------------------------------------------------------------------------
 
 
+def service_path_facts(
+    vault: Vault, session: Any, principal: Principal, package_id: str, action: str
+) -> Facts:
+    """Facts exactly as Vault._load_package_for derives them (its one prebuilt query)."""
+    from vault.service import _PACKAGE_FACTS
+
+    package, origin_country, to_agency, to_country, acknowledged = session.execute(
+        _PACKAGE_FACTS,
+        {
+            "pid": package_id,
+            "now": utcnow(),
+            "agency": principal.agency,
+            "country": principal.country,
+            "uid": principal.user_id,
+        },
+    ).one()
+    relations = {"none"}
+    if package.agency_code == principal.agency:
+        relations.add("originator")
+    elif origin_country == principal.country:
+        relations.add("same-country")
+    if to_agency:
+        relations.add("released-agency")
+    if to_country:
+        relations.add("released-country")
+    return Facts(
+        role=principal.role.value,
+        relations=frozenset(relations),
+        cleared=principal.clearance.rank >= package.classification.rank,
+        handling=package.handling.value,
+        acknowledged=bool(acknowledged) and package.handling.value == "H3",
+        action=action,
+    )
+
+
 def measure_full(
     vault: Vault,
     principals: dict[str, Principal],
@@ -608,6 +643,7 @@ def measure_full(
     authz = vault.authz
     tt = time.thread_time_ns
     with_row, facts_only, pieces_get, pieces_facts, pieces_decide = [], [], [], [], []
+    one_query: list[int] = []
     with_row_cpu: list[int] = []
     mismatches = 0
     gc.collect()
@@ -631,6 +667,14 @@ def measure_full(
                 pieces_facts.append(t2 - t1)
                 pieces_decide.append(t3 - t2)
                 if decision.allowed != q.allowed or facts != q.facts:
+                    mismatches += 1
+                # The service's own path (Vault._load_package_for): one prebuilt query for the
+                # package, its originator's country and the release/acknowledgement flags.
+                t4 = pc()
+                fast = service_path_facts(vault, session, principal, q.package_id, q.action)
+                fast_allowed = authz.decide(fast).allowed
+                one_query.append(pc() - t4)
+                if fast_allowed != q.allowed or fast != q.facts:
                     mismatches += 1
     # The whole request's transaction, as Vault._load_package_for runs it (without the ledger
     # refusal a denied request would then append).
@@ -665,6 +709,7 @@ def measure_full(
     non_orig = [i for i, q in enumerate(reqs) if "originator" not in q.facts.relations]
     h3 = [i for i, q in enumerate(reqs) if q.facts.handling == "H3"]
     return {
+        "service_one_query_facts_decide": summary_us(one_query),
         "row_facts_decide": summary_us(with_row),
         "row_facts_decide_allowed": summary_us([with_row[i] for i in allowed_idx]),
         "row_facts_decide_denied": summary_us([with_row[i] for i in denied_idx]),
@@ -785,7 +830,7 @@ def list_replica(
         t1 = pc()
         query = listing_query(vault, principal)
         t2 = pc()
-        found = session.exec(query).all()
+        found = session.exec(query, params={"now": utcnow()}).all()
         t3 = pc()
         if ledger:
             fields = {
@@ -842,7 +887,9 @@ def measure_listing(
     with StatementCapture(engine) as cap, session_scope(engine) as session:
         for name in officers:
             cap.on = True
-            rows = session.exec(listing_query(vault, principals[name])).all()
+            rows = session.exec(
+                listing_query(vault, principals[name]), params={"now": utcnow()}
+            ).all()
             cap.on = False
             assert cap.last is not None
             captured[name] = cap.last
@@ -850,7 +897,8 @@ def measure_listing(
                 sa_select(func.count())
                 .select_from(Package)
                 .join(Agency, col(Agency.code) == Package.agency_code)
-                .where(col(Package.purged_at).is_(None), vault._readable_clause(principals[name]))
+                .where(col(Package.purged_at).is_(None), vault._readable_clause(principals[name])),
+                {"now": utcnow()},
             ).scalar_one()
             per_officer[name] = {"first_page_rows": len(rows), "readable_total": int(readable)}
     # The replica must be the service's statement: compare with what list_packages sends.

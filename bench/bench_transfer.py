@@ -122,6 +122,17 @@ def _filesystem(path: Path) -> dict[str, str]:
     return best
 
 
+def code_fingerprint() -> dict[str, str]:
+    """SHA-256 (first 12 hex) of the source files on the measured path: the code is edited
+    concurrently, so each result says which version it measured."""
+    root = Path(__file__).resolve().parent.parent
+    out = {}
+    for rel in ("vault/crypto.py", "vault/service.py", "vault/storage/local.py"):
+        with contextlib.suppress(OSError):
+            out[rel] = hashlib.sha256((root / rel).read_bytes()).hexdigest()[:12]
+    return out
+
+
 def machine_info(data_dir: Path) -> dict[str, Any]:
     import cryptography
     from cryptography.hazmat.backends.openssl import backend
@@ -388,6 +399,7 @@ def maybe_profile(target: Path | None) -> Iterator[None]:
 
 
 IDLE_WAIT = 0.0
+CODE: dict[str, str] = {}
 
 
 def timed(
@@ -567,6 +579,7 @@ def summarise(
         "raw_chunk": args.raw_chunk or "file object (put reads 1 MiB)",
         "wait_idle_s": args.wait_idle,
         "machine": info,
+        "code": CODE,
         "summary": summary,
         "ratios": ratios,
         "targets": targets,
@@ -665,6 +678,8 @@ def main(argv: list[str] | None = None) -> int:
     IDLE_WAIT = args.wait_idle
     if args.size_mib < 1 or args.repeat < 1:
         parser.error("--size-mib and --repeat must be >= 1")
+    global CODE
+    CODE = code_fingerprint()
     result = run(args)
     if not args.vault_only:
         print_report(result)
