@@ -231,7 +231,9 @@ def _download_errors(vault: Vault, package_id: str, file_id: str) -> list[Entry]
     return [
         e
         for e in _ledger(vault)
-        if e.action == "download" and e.decision == "error" and e.package == package_id
+        if e.action == "download"
+        and e.decision == "error"
+        and e.package == package_id
         and e.file == file_id
     ]
 
@@ -341,7 +343,10 @@ def _start_server(
     with log.open("wb") as out:
         process = subprocess.Popen(
             [str(BLOVAULT), "serve", "--host", "127.0.0.1", "--port", str(port)],
-            env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
             cwd=log.parent,
         )
     processes.append(process)
@@ -359,15 +364,20 @@ def _start_server(
 
 
 def _login(url: str, user: str = "uz.officer") -> dict[str, str]:
-    reply = httpx.post(url + "/auth/login", json={"username": user, "password": PASSWORD},
-                       timeout=HTTP_TIMEOUT)
+    reply = httpx.post(
+        url + "/auth/login", json={"username": user, "password": PASSWORD}, timeout=HTTP_TIMEOUT
+    )
     assert reply.status_code == 200, reply.text
     return {"Authorization": f"Bearer {reply.json()['access_token']}"}
 
 
 def _run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(BLOVAULT), *args], env=env, capture_output=True, text=True, timeout=60,
+        [str(BLOVAULT), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
         stdin=subprocess.DEVNULL,
     )
 
@@ -393,11 +403,11 @@ def test_server_killed_mid_upload_then_gc(tmp_path: Path) -> None:
 
         def body() -> Iterator[bytes]:
             yield (
-                f"--{boundary}\r\nContent-Disposition: form-data; name=\"metadata\"\r\n"
+                f'--{boundary}\r\nContent-Disposition: form-data; name="metadata"\r\n'
                 "Content-Type: application/json\r\n\r\n"
                 + json.dumps({"title": "killed in flight"})
-                + f"\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
-                "filename=\"big.bin\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+                + f'\r\n--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+                'filename="big.bin"\r\nContent-Type: application/octet-stream\r\n\r\n'
             ).encode()
             chunk = _data(256 * 1024)
             for _ in range(256):  # 64 MiB at most; the server dies long before
@@ -409,11 +419,17 @@ def test_server_killed_mid_upload_then_gc(tmp_path: Path) -> None:
 
         def send() -> None:
             try:
-                outcome.append(httpx.post(
-                    first.url + "/packages", content=body(), timeout=HTTP_TIMEOUT,
-                    headers={**headers,
-                             "Content-Type": f"multipart/form-data; boundary={boundary}"},
-                ))
+                outcome.append(
+                    httpx.post(
+                        first.url + "/packages",
+                        content=body(),
+                        timeout=HTTP_TIMEOUT,
+                        headers={
+                            **headers,
+                            "Content-Type": f"multipart/form-data; boundary={boundary}",
+                        },
+                    )
+                )
             except Exception as exc:  # the outcome is asserted below
                 outcome.append(exc)
 
@@ -464,10 +480,16 @@ def test_server_killed_mid_upload_then_gc(tmp_path: Path) -> None:
         # Recovery: a normal upload and download through the restarted server.
         content = _data(700_000, seed_value=3)
         reply = httpx.post(
-            second.url + "/packages", headers=headers, timeout=HTTP_TIMEOUT,
-            files=[("metadata", (None, json.dumps({"title": "after restart"}).encode(),
-                                 "application/json")),
-                   ("file", ("ok.bin", content, "application/octet-stream"))],
+            second.url + "/packages",
+            headers=headers,
+            timeout=HTTP_TIMEOUT,
+            files=[
+                (
+                    "metadata",
+                    (None, json.dumps({"title": "after restart"}).encode(), "application/json"),
+                ),
+                ("file", ("ok.bin", content, "application/octet-stream")),
+            ],
         )
         assert reply.status_code == 201, reply.text
         package = reply.json()["package"]
@@ -484,9 +506,7 @@ def test_server_killed_mid_upload_then_gc(tmp_path: Path) -> None:
 
         vault = Vault.open(settings)
         try:
-            assert set(vault.store.keys()) == _live_file_ids(vault) == {
-                package["files"][0]["id"]
-            }
+            assert set(vault.store.keys()) == _live_file_ids(vault) == {package["files"][0]["id"]}
             entries = _ledger(vault)
             assert [e.package for e in _uploads(entries, "allow")] == [package["id"]]
             gcs = [e for e in entries if e.action == "gc"]
@@ -543,14 +563,20 @@ def test_sqlite_write_locked(tmp_path: Path) -> None:
         try:
             holder.execute("BEGIN IMMEDIATE")
             with pytest.raises(StorageUnavailable):
-                vault.upload(officer, NewPackage(title="locked out"),
-                             [IncomingFile("a.bin", io.BytesIO(_data(200_000)))])
+                vault.upload(
+                    officer,
+                    NewPackage(title="locked out"),
+                    [IncomingFile("a.bin", io.BytesIO(_data(200_000)))],
+                )
             with running_server(vault) as url:
                 reply = httpx.post(
-                    url + "/packages", headers={"Authorization": f"Bearer {token}"},
+                    url + "/packages",
+                    headers={"Authorization": f"Bearer {token}"},
                     timeout=HTTP_TIMEOUT,
-                    files=[("metadata", (None, b'{"title": "locked out"}', "application/json")),
-                           ("file", ("a.bin", _data(200_000), "application/octet-stream"))],
+                    files=[
+                        ("metadata", (None, b'{"title": "locked out"}', "application/json")),
+                        ("file", ("a.bin", _data(200_000), "application/octet-stream")),
+                    ],
                 )
             assert reply.status_code == 503, reply.text
             assert reply.headers["content-type"].startswith("application/json")
@@ -585,13 +611,19 @@ def test_postgres_unreachable(tmp_path: Path) -> None:
             dead = Vault(
                 settings=settings,
                 engine=make_engine(f"postgresql://postgres@127.0.0.1:{free_port()}/test"),
-                store=vault.store, keys=vault.keys, authz=vault.authz,
-                passwords=vault.passwords, tokens=vault.tokens,
+                store=vault.store,
+                keys=vault.keys,
+                authz=vault.authz,
+                passwords=vault.passwords,
+                tokens=vault.tokens,
             )
             try:
                 with pytest.raises(StorageUnavailable):
-                    dead.upload(officer, NewPackage(title="no database"),
-                                [IncomingFile("a.bin", io.BytesIO(_data(200_000)))])
+                    dead.upload(
+                        officer,
+                        NewPackage(title="no database"),
+                        [IncomingFile("a.bin", io.BytesIO(_data(200_000)))],
+                    )
                 with pytest.raises(StorageUnavailable):
                     dead.list_packages(officer)
                 with running_server(dead) as url:
@@ -600,10 +632,13 @@ def test_postgres_unreachable(tmp_path: Path) -> None:
                     assert ready.headers["content-type"].startswith("application/json")
                     assert "storage_unavailable" in ready.text
                     reply = httpx.post(
-                        url + "/packages", headers={"Authorization": f"Bearer {token}"},
+                        url + "/packages",
+                        headers={"Authorization": f"Bearer {token}"},
                         timeout=HTTP_TIMEOUT,
-                        files=[("metadata", (None, b'{"title": "x"}', "application/json")),
-                               ("file", ("a.bin", b"abc", "application/octet-stream"))],
+                        files=[
+                            ("metadata", (None, b'{"title": "x"}', "application/json")),
+                            ("file", ("a.bin", b"abc", "application/octet-stream")),
+                        ],
                     )
                     assert reply.status_code == 503, reply.text
             finally:
