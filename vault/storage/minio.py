@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, BinaryIO, cast
 import urllib3
 from minio import Minio
 from minio.commonconfig import COMPLIANCE, ENABLED, Filter
+from minio.datatypes import Object
 from minio.error import MinioException, S3Error
 from minio.helpers import check_bucket_name
 from minio.lifecycleconfig import AbortIncompleteMultipartUpload, LifecycleConfig, Rule
@@ -350,17 +351,21 @@ class MinioStore:
             finally:
                 response.release_conn()
 
-    def size(self, key: str) -> int:
-        """Stored size in bytes."""
+    def _stat(self, key: str) -> Object:
+        """The object's metadata; NotFound or StorageUnavailable as for every other call."""
         check_key(key)
         try:
-            stat = self._client.stat_object(bucket_name=self.bucket, object_name=key)
+            return self._client.stat_object(bucket_name=self.bucket, object_name=key)
         except S3Error as exc:
             if _is_not_found(exc):
                 raise NotFound("object not found") from None
-            raise _unavailable(exc, "reading object size") from exc
+            raise _unavailable(exc, "reading object metadata") from exc
         except _STORE_ERRORS as exc:
-            raise _unavailable(exc, "reading object size") from exc
+            raise _unavailable(exc, "reading object metadata") from exc
+
+    def size(self, key: str) -> int:
+        """Stored size in bytes."""
+        stat = self._stat(key)
         if stat.size is None:
             raise StorageUnavailable("object store returned no object size")
         return int(stat.size)
@@ -398,15 +403,7 @@ class MinioStore:
 
     def modified(self, key: str) -> dt.datetime:
         """Last-modified time the store reports for the object."""
-        check_key(key)
-        try:
-            stat = self._client.stat_object(bucket_name=self.bucket, object_name=key)
-        except S3Error as exc:
-            if _is_not_found(exc):
-                raise NotFound("object not found") from None
-            raise _unavailable(exc, "reading object time") from exc
-        except _STORE_ERRORS as exc:
-            raise _unavailable(exc, "reading object time") from exc
+        stat = self._stat(key)
         if stat.last_modified is None:
             raise StorageUnavailable("object store returned no modification time")
         return stat.last_modified.astimezone(dt.UTC)
