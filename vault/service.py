@@ -363,6 +363,31 @@ class Vault:
         self._count_decision(str(fields.get("decision", "")))
         return seq
 
+    def _allowed(
+        self,
+        principal: Principal,
+        action: str,
+        package: Package,
+        *,
+        session: Session | None = None,
+        reason: str = "ok",
+        **target: str,
+    ) -> int:
+        """Record an allowed action on a package, stamped with its handling code: inside
+        ``session``'s transaction when it changes state, else through group commit."""
+        fields: dict[str, Any] = {
+            "actor": principal.actor,
+            "action": action,
+            "decision": ALLOW,
+            "reason": reason,
+            "package": package.id,
+            "handling": package.handling.value,
+            **target,
+        }
+        if session is not None:
+            return self._append(session, **fields)
+        return self._log(**fields)
+
     def _count_decision(self, decision: str) -> None:
         with self._counts_lock:
             self._decisions[decision] = self._decisions.get(decision, 0) + 1
@@ -916,15 +941,7 @@ class Vault:
                 row.wrapped_key = b""
                 row.sealed_meta = b""
                 session.add(row)
-            receipt = self._append(
-                session,
-                actor=principal.actor,
-                action="purge",
-                decision=ALLOW,
-                reason="ok",
-                package=package_id,
-                handling=package.handling.value,
-            )
+            receipt = self._allowed(principal, "purge", package, session=session)
         for row in files:
             with contextlib.suppress(StorageUnavailable):
                 self.store.delete(row.id)  # leftovers are unreadable; `admin gc` retries
@@ -1107,15 +1124,7 @@ class Vault:
                 session.flush()
                 session.add_all(rows)
                 session.flush()
-                receipt = self._append(
-                    session,
-                    actor=principal.actor,
-                    action="upload",
-                    decision=ALLOW,
-                    reason="ok",
-                    package=package_id,
-                    handling=meta.handling.value,
-                )
+                receipt = self._allowed(principal, "upload", package, session=session)
         except BaseException as exc:
             for key in written:
                 with contextlib.suppress(Exception):
@@ -1258,14 +1267,7 @@ class Vault:
             )
             country = self._country_of(session, package.agency_code)
             creator = session.get(User, package.creator_id)
-            receipt = self._log(
-                actor=principal.actor,
-                action="read",
-                decision=ALLOW,
-                reason="ok",
-                package=package.id,
-                handling=package.handling.value,
-            )
+            receipt = self._allowed(principal, "read", package)
         meta = self._open_meta(package)
         detail = PackageDetail(
             id=package.id,
@@ -1299,15 +1301,7 @@ class Vault:
             row = session.get(PackageFile, file_id)
             if row is None or row.package_id != package.id:
                 raise NotFound("file not found")
-            receipt = self._log(
-                actor=principal.actor,
-                action="download",
-                decision=ALLOW,
-                reason="ok",
-                package=package.id,
-                file=file_id,
-                handling=package.handling.value,
-            )
+            receipt = self._allowed(principal, "download", package, file=file_id)
         identity = _file_identity(package.id, row.id)
 
         def record_failure(exc: VaultError) -> None:
@@ -1529,15 +1523,13 @@ class Vault:
             release.decided_at = utcnow()
             session.add(release)
             session.flush()
-            receipt = self._append(
-                session,
-                actor=principal.actor,
-                action=action,
-                decision=ALLOW,
+            receipt = self._allowed(
+                principal,
+                action,
+                package,
+                session=session,
                 reason="approved" if approve else "rejected",
-                package=package.id,
                 release=release.id,
-                handling=package.handling.value,
             )
         return ReleaseResult(release=_release_info(release), receipt=receipt)
 
@@ -1560,15 +1552,8 @@ class Vault:
             release.revoked_at = utcnow()
             session.add(release)
             session.flush()
-            receipt = self._append(
-                session,
-                actor=principal.actor,
-                action="revoke",
-                decision=ALLOW,
-                reason="ok",
-                package=package.id,
-                release=release.id,
-                handling=package.handling.value,
+            receipt = self._allowed(
+                principal, "revoke", package, session=session, release=release.id
             )
         return ReleaseResult(release=_release_info(release), receipt=receipt)
 
@@ -1585,14 +1570,12 @@ class Vault:
                     )
                 )
                 session.flush()
-            return self._append(
-                session,
-                actor=principal.actor,
-                action="acknowledge",
-                decision=ALLOW,
+            return self._allowed(
+                principal,
+                "acknowledge",
+                package,
+                session=session,
                 reason="ok" if not facts.acknowledged else "already",
-                package=package.id,
-                handling=package.handling.value,
             )
 
     def audit_package(self, principal: Principal, package_id: str) -> tuple[AuditView, int]:
@@ -1610,14 +1593,7 @@ class Vault:
                 .order_by(col(Release.created_at))
             ).all()
             country = self._country_of(session, package.agency_code)
-            receipt = self._log(
-                actor=principal.actor,
-                action="audit",
-                decision=ALLOW,
-                reason="ok",
-                package=package.id,
-                handling=package.handling.value,
-            )
+            receipt = self._allowed(principal, "audit", package)
             view = AuditView(
                 id=package.id,
                 agency=package.agency_code,
