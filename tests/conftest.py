@@ -114,8 +114,9 @@ def seed(vault: Vault) -> dict[str, Principal]:
         vault.add_agency(op, code, country, name)
     out = {}
     for username, (agency, role, clearance) in USERS.items():
-        vault.add_user(op, username=username, agency=agency, role=role, password=PASSWORD,
-                       clearance=clearance)
+        vault.add_user(
+            op, username=username, agency=agency, role=role, password=PASSWORD, clearance=clearance
+        )
         out[username] = vault.authenticate(vault.login(username, PASSWORD).access_token)
     return out
 
@@ -144,7 +145,9 @@ def running_server(vault: Vault) -> Iterator[str]:
     from api.app import create_app
 
     port = free_port()
-    config = uvicorn.Config(create_app(vault=vault), host="127.0.0.1", port=port, log_level="warning")
+    config = uvicorn.Config(
+        create_app(vault=vault), host="127.0.0.1", port=port, log_level="warning"
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -181,7 +184,10 @@ CliRunner = Callable[..., CliResult]
 
 @pytest.fixture
 def cli(
-    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    world: World,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> CliRunner:
     """Run ``blovault`` in-process as a given user (own config dir), with the world's settings."""
     from cli.main import run
@@ -208,8 +214,16 @@ def logged_in(cli: CliRunner, live_server: str) -> Callable[[str], None]:
     """Log a user in through the CLI against the live server."""
 
     def do(user: str) -> None:
-        result = cli("login", "--server", live_server, "--username", user, "--password-stdin",
-                     user=user, stdin=PASSWORD + "\n")
+        result = cli(
+            "login",
+            "--server",
+            live_server,
+            "--username",
+            user,
+            "--password-stdin",
+            user=user,
+            stdin=PASSWORD + "\n",
+        )
         assert result.code == 0, result.stderr
 
     return do

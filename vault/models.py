@@ -13,7 +13,7 @@ import enum
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Column, DateTime, Index, LargeBinary, UniqueConstraint
+from sqlalchemy import BigInteger, Column, DateTime, Index, Integer, LargeBinary, UniqueConstraint
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
@@ -213,10 +213,19 @@ class PolicyRule(SQLModel, table=True):
     created_at: datetime = _time()
 
 
+# Ledger positions outgrow 32 bits on a busy log; SQLite's INTEGER is already 64-bit and must
+# stay spelled INTEGER so ``seq`` remains the rowid.
+_POSITION = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def _position(primary_key: bool = True) -> Any:
+    return Field(sa_column=Column(_POSITION, primary_key=primary_key, nullable=False))
+
+
 class LedgerEntry(SQLModel, table=True):
     """One ledger record: exactly the canonical bytes that are hashed (see vault.ledger)."""
 
-    seq: int = Field(primary_key=True)
+    seq: int = _position()
     # Unique so two writers that read the same head cannot both commit: the chain can't fork.
     prev_hash: bytes = Field(sa_column=Column(LargeBinary(32), nullable=False, unique=True))
     entry: bytes = _blob()
@@ -225,14 +234,17 @@ class LedgerEntry(SQLModel, table=True):
 class LedgerNode(SQLModel, table=True):
     """A complete node of the ledger's Merkle tree (level 0 = leaf hashes); written once."""
 
+    # Clustered on (level, idx) in SQLite (no rowid): proofs and verification read by key.
+    __table_args__ = {"sqlite_with_rowid": False}
+
     level: int = Field(primary_key=True)
-    idx: int = Field(primary_key=True)
+    idx: int = _position()
     hash: bytes = Field(sa_column=Column(LargeBinary(32), nullable=False))
 
 
 class LedgerCheckpoint(SQLModel, table=True):
     """A signed checkpoint (C2SP signed note) of the ledger at ``size`` entries."""
 
-    size: int = Field(primary_key=True)
+    size: int = _position()
     note: str
     created_at: datetime = _time()

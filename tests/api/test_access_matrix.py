@@ -100,7 +100,13 @@ GLOBAL_GRANTS: dict[str, set[str]] = {
 }
 # Below the classification these are denied whatever else allows (audit and revoke are not).
 CLEARANCE_GATED = {
-    "read", "download", "release", "revoke", "approve", "acknowledge", "request-release",
+    "read",
+    "download",
+    "release",
+    "revoke",
+    "approve",
+    "acknowledge",
+    "request-release",
 }
 
 
@@ -263,9 +269,7 @@ PACKAGE_KEYS = sorted(
     {c.package_key for c in (*MAIN_CELLS, *H2_CELLS, *H3_CELLS)},
     key=lambda k: (k.classification.rank, k.handling, STATES.index(k.state), k.kind),
 )
-USERS = sorted(
-    {(agency, role, clr) for agency in AGENCIES for role in ROLES for clr in CLEARANCES}
-)
+USERS = sorted({(agency, role, clr) for agency in AGENCIES for role in ROLES for clr in CLEARANCES})
 
 
 # --- building the world -----------------------------------------------------------------------
@@ -358,8 +362,9 @@ def mw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MatrixWorld]:
         }
         for agency, role, clr in USERS:
             name = username(agency, role, clr)
-            info = vault.add_user(op, username=name, agency=agency, role=Role(role),
-                                  password=PASSWORD, clearance=clr)
+            info = vault.add_user(
+                op, username=name, agency=agency, role=Role(role), password=PASSWORD, clearance=clr
+            )
             token = vault.tokens.issue(info.id)
             users[name] = vault.authenticate(token)
             headers[name] = {"Authorization": f"Bearer {token}"}
@@ -382,8 +387,15 @@ def mw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MatrixWorld]:
 # --- requests -----------------------------------------------------------------------------------
 
 
-def request(mw: MatrixWorld, route: str, user: str, package_id: str, *, file_id: str = "",
-            release_id: str = "") -> Any:
+def request(
+    mw: MatrixWorld,
+    route: str,
+    user: str,
+    package_id: str,
+    *,
+    file_id: str = "",
+    release_id: str = "",
+) -> Any:
     client, headers = mw.client, mw.headers[user]
     target = {"country": HARMLESS_TARGET}
     if route == "show":
@@ -410,8 +422,14 @@ def _missing_bodies(mw: MatrixWorld) -> dict[str, dict[str, Any]]:
     user = username("TJ-CUSTOMS", "officer", Classification.SECRET)
     out = {}
     for route in ROUTES:
-        reply = request(mw, route, user, secrets.token_hex(16), file_id=secrets.token_hex(16),
-                        release_id=secrets.token_hex(16))
+        reply = request(
+            mw,
+            route,
+            user,
+            secrets.token_hex(16),
+            file_id=secrets.token_hex(16),
+            release_id=secrets.token_hex(16),
+        )
         assert reply.status_code == 404, (route, reply.text)
         out[route] = reply.json()
     return out
@@ -458,8 +476,15 @@ def expect(user: Principal, key: PackageKey, route: str, *, acked: bool = False)
     return Expectation(ok(action), ok("read") or ok("audit"), action)
 
 
-def check_reply(mw: MatrixWorld, cell_id: str, route: str, user: Principal, pkg: Pkg,
-                exp: Expectation, reply: Any) -> None:
+def check_reply(
+    mw: MatrixWorld,
+    cell_id: str,
+    route: str,
+    user: Principal,
+    pkg: Pkg,
+    exp: Expectation,
+    reply: Any,
+) -> None:
     """Status from the expectation; denials are 403 or a missing-id 404, and in the ledger."""
     where = f"{cell_id}: {user.username} {route} -> {reply.status_code} {reply.text[:200]}"
     if exp.allowed:
@@ -482,13 +507,17 @@ def check_reply(mw: MatrixWorld, cell_id: str, route: str, user: Principal, pkg:
         assert reply.status_code == 404, where
         missing = mw.missing[route]["error"]
         assert (body["error"]["code"], body["error"]["message"]) == (
-            missing["code"], missing["message"],
+            missing["code"],
+            missing["message"],
         ), where
     receipt = body["error"]["receipt"]
     assert isinstance(receipt, int), f"{where}: refusal without a ledger receipt"
     entry = ledger_entry(mw.vault, receipt)
     assert (entry.decision, entry.action, entry.actor_user, entry.package) == (
-        "deny", exp.action, user.username, pkg.id,
+        "deny",
+        exp.action,
+        user.username,
+        pkg.id,
     ), where
 
 
@@ -511,8 +540,14 @@ def test_matrix(cell: Cell, mw: MatrixWorld) -> None:
     user = mw.users[cell.user]
     pkg = mw.packages[cell.package_key]
     exp = expect(user, pkg.key, cell.route)
-    reply = request(mw, cell.route, cell.user, pkg.id, file_id=pkg.file_id,
-                    release_id=mw.cell_releases.get(cell.id, ""))
+    reply = request(
+        mw,
+        cell.route,
+        cell.user,
+        pkg.id,
+        file_id=pkg.file_id,
+        release_id=mw.cell_releases.get(cell.id, ""),
+    )
     check_reply(mw, cell.id, cell.route, user, pkg, exp, reply)
 
 
@@ -524,7 +559,8 @@ def test_h2_onward_release(cell: Cell, mw: MatrixWorld) -> None:
     reply = request(mw, cell.route, cell.user, pkg.id)
     check_reply(mw, cell.id, cell.route, user, pkg, exp, reply)
     recipient_release = (
-        cell.route == "release" and relations_of(user.agency, pkg.key) & RECIPIENT
+        cell.route == "release"
+        and relations_of(user.agency, pkg.key) & RECIPIENT
         and user.role.value in ("officer", "supervisor")
     )
     if recipient_release and user.clearance.rank >= pkg.key.classification.rank:
@@ -580,11 +616,17 @@ def fresh_release(mw: MatrixWorld, pkg: Pkg) -> str:
     """A pending release of ``pkg`` to KG, asked for by uz.officer."""
     rid = secrets.token_hex(16)
     with Session(mw.vault.engine) as session:
-        session.add(Release(
-            id=rid, package_id=pkg.id, country_code=HARMLESS_TARGET, status=ReleaseStatus.PENDING,
-            kind=ReleaseKind.FOUR_EYES, requested_by=mw.users["uz.officer"].user_id,
-            created_at=utcnow(),
-        ))
+        session.add(
+            Release(
+                id=rid,
+                package_id=pkg.id,
+                country_code=HARMLESS_TARGET,
+                status=ReleaseStatus.PENDING,
+                kind=ReleaseKind.FOUR_EYES,
+                requested_by=mw.users["uz.officer"].user_id,
+                created_at=utcnow(),
+            )
+        )
         session.commit()
     return rid
 
@@ -602,7 +644,9 @@ def test_hidden_release_refusals_are_recorded_like_missing_ones(
     assert isinstance(body["receipt"], int), "the refusal has no ledger receipt"
     entry = ledger_entry(mw.vault, body["receipt"])
     assert (entry.decision, entry.action, entry.actor_user) == (
-        "deny", ROUTES[route][0], user,
+        "deny",
+        ROUTES[route][0],
+        user,
     )
 
 
@@ -628,13 +672,16 @@ def test_a_pending_four_eyes_release_grants_nothing_until_approved(mw: MatrixWor
     """The pending rows above, driven through approval over HTTP."""
     uz, sup = mw.headers["uz.officer"], mw.headers["uz.supervisor"]
     kz = username("KZ-BORDER", "officer", Classification.SECRET)
-    pkg = _make_package(mw.vault, mw.users["uz.officer"],
-                        PackageKey(MAIN_CLASS, "H0", "pending", "agency"))
-    made = mw.client.post(f"/packages/{pkg.id}/releases",
-                          json={"country": "KZ", "agency": "KZ-BORDER"}, headers=uz)
+    pkg = _make_package(
+        mw.vault, mw.users["uz.officer"], PackageKey(MAIN_CLASS, "H0", "pending", "agency")
+    )
+    made = mw.client.post(
+        f"/packages/{pkg.id}/releases", json={"country": "KZ", "agency": "KZ-BORDER"}, headers=uz
+    )
     assert made.status_code == 201, made.text
     assert (made.json()["release"]["status"], made.json()["release"]["kind"]) == (
-        "pending", "four-eyes",
+        "pending",
+        "four-eyes",
     )
     rid = made.json()["release"]["id"]
     assert request(mw, "show", kz, pkg.id).status_code == 404

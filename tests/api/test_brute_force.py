@@ -121,7 +121,7 @@ def locked(reply: httpx.Response, world: World, username: str) -> int:
 def lockout(world: World, key: str) -> timedelta | None:
     """How long ``key`` (``user:NAME`` or ``addr:IP``) was last locked for."""
     if key.startswith("user:"):  # stored as a hash of the name (any string, no NUL problems)
-        name = key[len("user:"):]
+        name = key[len("user:") :]
         key = "user:" + hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:32]
     with Session(world.vault.engine) as session:
         row = session.exec(select(LoginThrottle).where(LoginThrottle.key == key)).first()
@@ -136,9 +136,7 @@ def wait_out(seconds: int) -> None:
 
 def test_user_lockout_doubles_and_a_success_resets_it(tmp_path: Path) -> None:
     user = "kz.officer"
-    with served(
-        tmp_path, login_failures_per_user=3, login_failures_per_address=1000
-    ) as s:
+    with served(tmp_path, login_failures_per_user=3, login_failures_per_address=1000) as s:
         world = s.world
         for _ in range(3):
             refused(s.login(user, WRONG), 401, "authentication_failed", world, user)
@@ -176,12 +174,14 @@ def test_user_lockout_doubles_and_a_success_resets_it(tmp_path: Path) -> None:
 
 
 def test_address_lockout_spans_usernames(tmp_path: Path) -> None:
-    with served(
-        tmp_path, login_failures_per_user=1000, login_failures_per_address=4
-    ) as s:
+    with served(tmp_path, login_failures_per_user=1000, login_failures_per_address=4) as s:
         world = s.world
-        attempts = [("uz.officer", WRONG), ("kz.officer", WRONG), ("nobody", WRONG),
-                    ("no.such.user", PASSWORD)]
+        attempts = [
+            ("uz.officer", WRONG),
+            ("kz.officer", WRONG),
+            ("nobody", WRONG),
+            ("no.such.user", PASSWORD),
+        ]
         for username, password in attempts:
             refused(s.login(username, password), 401, "authentication_failed", world, username)
         assert lockout(world, "addr:127.0.0.1") == timedelta(seconds=1)
@@ -209,9 +209,7 @@ def _comparable(reply: httpx.Response) -> tuple[int, dict[str, Any], dict[str, s
 
 
 def test_unknown_user_looks_exactly_like_a_wrong_password(tmp_path: Path) -> None:
-    with served(
-        tmp_path, login_failures_per_user=2, login_failures_per_address=1000
-    ) as s:
+    with served(tmp_path, login_failures_per_user=2, login_failures_per_address=1000) as s:
         world = s.world
         world.vault.set_user(local_operator(), "tj.officer", disabled=True)
         known = s.login("uz.officer", WRONG)
@@ -242,9 +240,7 @@ def test_unknown_user_looks_exactly_like_a_wrong_password(tmp_path: Path) -> Non
 
 
 def test_username_with_nul_is_an_unknown_user(tmp_path: Path) -> None:
-    with served(
-        tmp_path, login_failures_per_user=1000, login_failures_per_address=1000
-    ) as s:
+    with served(tmp_path, login_failures_per_user=1000, login_failures_per_address=1000) as s:
         known = s.login("uz.officer", WRONG)
         replies = []
         for username in ("uz.officer\x00", "a\x00b", "\x00"):
@@ -264,9 +260,7 @@ def test_unknown_user_verifies_against_a_dummy_hash(
 ) -> None:
     """The unknown-user path runs argon2 verify once, on an argon2id hash with the very
     parameters of real password hashes (not a cheap or empty one)."""
-    with served(
-        tmp_path, login_failures_per_user=1000, login_failures_per_address=1000
-    ) as s:
+    with served(tmp_path, login_failures_per_user=1000, login_failures_per_address=1000) as s:
         calls: list[str] = []
         original = argon2.PasswordHasher.verify
 
@@ -275,10 +269,10 @@ def test_unknown_user_verifies_against_a_dummy_hash(
             return original(self, hash, password)
 
         monkeypatch.setattr(argon2.PasswordHasher, "verify", spy)
-        refused(s.login("no.such.user", WRONG), 401, "authentication_failed", s.world,
-                "no.such.user")
-        refused(s.login("uz.officer", WRONG), 401, "authentication_failed", s.world,
-                "uz.officer")
+        refused(
+            s.login("no.such.user", WRONG), 401, "authentication_failed", s.world, "no.such.user"
+        )
+        refused(s.login("uz.officer", WRONG), 401, "authentication_failed", s.world, "uz.officer")
         assert len(calls) == 2
         dummy, real = (argon2.extract_parameters(h) for h in calls)
         assert dummy == real

@@ -128,8 +128,14 @@ def fuzz_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FuzzWorld]:
         users = seed(vault)
         uz = users["uz.officer"]
         plain = _upload(vault, uz, "plain")
-        h3 = _upload(vault, uz, "h3", classification=Classification.RESTRICTED,
-                     handling=Handling.H3, handling_note="read me")
+        h3 = _upload(
+            vault,
+            uz,
+            "h3",
+            classification=Classification.RESTRICTED,
+            handling=Handling.H3,
+            handling_note="read me",
+        )
         secret = _upload(vault, uz, "secret", classification=Classification.CONFIDENTIAL)
         direct = vault.release(uz, plain["id"], country="KZ").release
         vault.release(uz, h3["id"], country="KZ")
@@ -206,8 +212,12 @@ def _checks() -> list[Any]:
         response_schema_conformance,
     )
 
-    return [not_a_server_error, response_schema_conformance, content_type_conformance,
-            one_error_shape]
+    return [
+        not_a_server_error,
+        response_schema_conformance,
+        content_type_conformance,
+        one_error_shape,
+    ]
 
 
 def _with_real_ids(case: Any, world: FuzzWorld) -> bool:

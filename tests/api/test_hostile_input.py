@@ -335,9 +335,7 @@ def multipart(*parts: bytes, boundary: bytes = BOUNDARY, close: bool = True) -> 
 
 def upload_request(served: Served, body: bytes, **kwargs: Any) -> bytes:
     kwargs.setdefault("content_type", MULTIPART)
-    return http_request(
-        "POST", "/packages", token=served.tokens["uz.officer"], body=body, **kwargs
-    )
+    return http_request("POST", "/packages", token=served.tokens["uz.officer"], body=body, **kwargs)
 
 
 # --- error replies ------------------------------------------------------------------------------
@@ -603,8 +601,11 @@ def test_body_longer_than_content_length(where: str, served: Served) -> None:
 def test_json_body_longer_than_content_length(served: Served) -> None:
     body = json.dumps({"username": "uz.officer", "password": PASSWORD}).encode()
     data = http_request(
-        "POST", "/auth/login", body=body + b"GET /healthz HTTP/1.1\r\n\r\n",
-        content_type=b"application/json", content_length=len(body) - 5,
+        "POST",
+        "/auth/login",
+        body=body + b"GET /healthz HTTP/1.1\r\n\r\n",
+        content_type=b"application/json",
+        content_length=len(body) - 5,
     )
     with socket.create_connection(("127.0.0.1", served.port), timeout=30) as sock:
         sock.sendall(data)
@@ -713,7 +714,10 @@ def test_slow_body_times_out(slow_served: Served) -> None:
 
 def test_slow_json_body_times_out(slow_served: Served) -> None:
     data = http_request(
-        "POST", "/auth/login", body=b'{"username": "uz', content_type=b"application/json",
+        "POST",
+        "/auth/login",
+        body=b'{"username": "uz',
+        content_type=b"application/json",
         content_length=100,
     )
     with socket.create_connection(("127.0.0.1", slow_served.port), timeout=30) as sock:
@@ -927,7 +931,8 @@ def test_json_that_is_not_an_object_or_well_typed_is_refused(which: str, served:
     with httpx.Client(base_url=served.url, timeout=TIMEOUT) as client:
         for body in bodies:
             reply = client.post(
-                path, content=body,
+                path,
+                content=body,
                 headers={**served.auth(caller), "content-type": "application/json"},
             )
             assert_error(reply, 422, code="invalid_input")
@@ -1067,9 +1072,12 @@ def test_injection_strings_elsewhere_are_refused_or_inert(served: Served) -> Non
             ],
             headers=served.auth(),
         ).json()["package"]["id"]
-        assert client.post(
-            f"/packages/{shared}/releases", json={"country": "KZ"}, headers=served.auth()
-        ).status_code == 201
+        assert (
+            client.post(
+                f"/packages/{shared}/releases", json={"country": "KZ"}, headers=served.auth()
+            ).status_code
+            == 201
+        )
         before = stored(world)
         wrong_password = client.post(
             "/auth/login", json={"username": "uz.officer", "password": "wrong password!"}
@@ -1281,4 +1289,3 @@ def test_error_bodies_never_leak(served: Served) -> None:
             reply = send(client)
             assert 400 <= reply.status_code < 500, reply.text
             assert_error(reply, reply.status_code)
-

@@ -277,9 +277,7 @@ def test_multi_file_package(world: World, client: httpx.Client, tmp_path: Path) 
 
     # A file id of another package is not a file of this one.
     other = small_package(client, uz, tmp_path, "other")
-    reply = client.get(
-        f"/packages/{package['id']}/files/{other['files'][0]['id']}", headers=uz
-    )
+    reply = client.get(f"/packages/{package['id']}/files/{other['files'][0]['id']}", headers=uz)
     assert_error(reply, 404, "not_found")
 
 
@@ -405,7 +403,8 @@ def test_unreleased_country_gets_404_like_a_missing_id(
         assert entry.actor_country == "TJ"
         assert entry.package == package["id"]
     denials = [
-        e for e in entries
+        e
+        for e in entries
         if e.decision == "deny" and e.actor_country == "TJ" and e.package == package["id"]
     ]
     assert {e.action for e in denials} == {"read", "download"}
@@ -420,7 +419,11 @@ def test_unreleased_country_gets_404_like_a_missing_id(
     assert size == 100
     entry = ledger_entries(world)[int(headers["X-Vault-Receipt"])]
     assert (entry.action, entry.decision, entry.actor_country, entry.package, entry.file) == (
-        "download", "allow", "KZ", package["id"], file_id
+        "download",
+        "allow",
+        "KZ",
+        package["id"],
+        file_id,
     )
 
 
@@ -447,8 +450,13 @@ def test_receipt_header_on_every_response(
         seq = int(reply.headers["X-Vault-Receipt"])
         assert 0 <= seq < len(entries), what
         seen.add(seq)
-        action = {"list": "list", "show": "read", "release": "release", "download": "download",
-                  "refusal": "read"}[what]
+        action = {
+            "list": "list",
+            "show": "read",
+            "release": "release",
+            "download": "download",
+            "refusal": "read",
+        }[what]
         assert entries[seq].action == action, what
         assert entries[seq].actor_user == "uz.officer", what
     assert len(seen) == len(replies)
@@ -495,7 +503,10 @@ def test_invalid_ids_are_422(
 )
 @pytest.mark.parametrize("auth", [None, "Bearer not-a-token", "Basic dXo6eA=="])
 def test_missing_or_bad_token_is_401(
-    method: str, path: str, auth: str | None, pristine_client: httpx.Client,
+    method: str,
+    path: str,
+    auth: str | None,
+    pristine_client: httpx.Client,
     pristine: tuple[World, str],
 ) -> None:
     world, client = pristine[0], pristine_client
@@ -565,7 +576,9 @@ BAD_FILENAMES = {
 @pytest.mark.parametrize("params", BAD_FILENAMES.values(), ids=BAD_FILENAMES.keys())
 @pytest.mark.parametrize("after_good_file", [False, True], ids=["alone", "after-good"])
 def test_bad_filenames_are_422_and_nothing_stored(
-    params: bytes, after_good_file: bool, pristine_client: httpx.Client,
+    params: bytes,
+    after_good_file: bool,
+    pristine_client: httpx.Client,
     pristine: tuple[World, str],
 ) -> None:
     world, client = pristine[0], pristine_client

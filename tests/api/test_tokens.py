@@ -76,8 +76,13 @@ def tw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TokenWorld]:
         users = seed(vault)
         # Users of our own, so disabling one never disturbs another test.
         for name in ("tok.disabled", "tok.victim"):
-            info = vault.add_user(local_operator(), username=name, agency="KZ-BORDER",
-                                  role=Role.OFFICER, password=PASSWORD)
+            info = vault.add_user(
+                local_operator(),
+                username=name,
+                agency="KZ-BORDER",
+                role=Role.OFFICER,
+                password=PASSWORD,
+            )
             users[name] = vault.authenticate(vault.tokens.issue(info.id))
         keys = vault.keys
         with TestClient(create_app(vault=vault)) as client:
@@ -109,8 +114,13 @@ def claims(tw: TokenWorld, user: str = "kz.officer", **changes: Any) -> dict[str
     """Claims as the server issues them; ``name=None`` drops a claim."""
     now = int(time.time())
     base: dict[str, Any] = {
-        "sub": tw.user_id(user), "iss": tw.issuer, "aud": tw.audience,
-        "iat": now, "nbf": now, "exp": now + 600, "jti": secrets.token_hex(16),
+        "sub": tw.user_id(user),
+        "iss": tw.issuer,
+        "aud": tw.audience,
+        "iat": now,
+        "nbf": now,
+        "exp": now + 600,
+        "jti": secrets.token_hex(16),
     }
     base.update(changes)
     return {k: v for k, v in base.items() if v is not None}
@@ -188,14 +198,22 @@ CASES = [
     Case("alg-none", bearer(alg_none), "bad_token"),
     Case("hs256-keyed-with-public-pem", bearer(hs256_with_public_pem), "bad_token"),
     Case("es256-zero-signature", bearer(es256_header_zero_signature), "bad_token"),
-    Case("expired", bearer(lambda tw: signed(tw, iat=LONG_AGO, nbf=LONG_AGO, exp=LONG_AGO + 900)),
-         "bad_token"),
-    Case("expired-just-beyond-leeway",
-         bearer(lambda tw: signed(tw, exp=int(time.time()) - 30)), "bad_token"),
-    Case("nbf-in-future",
-         bearer(lambda tw: signed(tw, nbf=int(time.time()) + 300)), "bad_token"),
-    Case("lifetime-longer-than-the-server-issues",
-         bearer(lambda tw: signed(tw, exp=int(time.time()) + 10 * 86_400)), "bad_token"),
+    Case(
+        "expired",
+        bearer(lambda tw: signed(tw, iat=LONG_AGO, nbf=LONG_AGO, exp=LONG_AGO + 900)),
+        "bad_token",
+    ),
+    Case(
+        "expired-just-beyond-leeway",
+        bearer(lambda tw: signed(tw, exp=int(time.time()) - 30)),
+        "bad_token",
+    ),
+    Case("nbf-in-future", bearer(lambda tw: signed(tw, nbf=int(time.time()) + 300)), "bad_token"),
+    Case(
+        "lifetime-longer-than-the-server-issues",
+        bearer(lambda tw: signed(tw, exp=int(time.time()) + 10 * 86_400)),
+        "bad_token",
+    ),
     Case("wrong-audience", bearer(lambda tw: signed(tw, aud="someone-else")), "bad_token"),
     Case("wrong-issuer", bearer(lambda tw: signed(tw, iss="evil-vault")), "bad_token"),
     Case("missing-exp", bearer(lambda tw: signed(tw, exp=None)), "bad_token"),
@@ -206,14 +224,26 @@ CASES = [
     Case("missing-iss", bearer(lambda tw: signed(tw, iss=None)), "bad_token"),
     Case("sub-not-a-string", bearer(lambda tw: signed(tw, sub=12345)), "bad_token"),
     Case("tampered-sub-keeping-signature", bearer(tampered_sub), "bad_token"),
-    Case("unknown-kid-fresh-key",
-         bearer(lambda tw: es256(claims(tw), fresh_p256_pem(), "0123456789abcdef")), "bad_token"),
-    Case("our-kid-other-key", bearer(lambda tw: es256(claims(tw), fresh_p256_pem(), tw.kid)),
-         "bad_token"),
-    Case("no-kid", bearer(lambda tw: jwt.encode(claims(tw), tw.private_pem.decode(), "ES256")),
-         "bad_token"),
-    Case("deleted-user-random-sub", bearer(lambda tw: signed(tw, sub=secrets.token_hex(16))),
-         "user_unknown"),
+    Case(
+        "unknown-kid-fresh-key",
+        bearer(lambda tw: es256(claims(tw), fresh_p256_pem(), "0123456789abcdef")),
+        "bad_token",
+    ),
+    Case(
+        "our-kid-other-key",
+        bearer(lambda tw: es256(claims(tw), fresh_p256_pem(), tw.kid)),
+        "bad_token",
+    ),
+    Case(
+        "no-kid",
+        bearer(lambda tw: jwt.encode(claims(tw), tw.private_pem.decode(), "ES256")),
+        "bad_token",
+    ),
+    Case(
+        "deleted-user-random-sub",
+        bearer(lambda tw: signed(tw, sub=secrets.token_hex(16))),
+        "user_unknown",
+    ),
     Case("disabled-user", bearer(disabled_user), "user_disabled"),
     Case("garbage", lambda tw: "Bearer garbage", "bad_token"),
     Case("garbage-three-dots", lambda tw: "Bearer a.b.c", "bad_token"),
@@ -292,8 +322,13 @@ def test_iat_in_the_future_beyond_leeway_is_401(tw: TokenWorld) -> None:
 
 
 def test_a_disabled_users_token_stops_working_on_the_next_request(tw: TokenWorld) -> None:
-    info = tw.vault.add_user(local_operator(), username="tok.later", agency="TJ-CUSTOMS",
-                             role=Role.OFFICER, password=PASSWORD)
+    info = tw.vault.add_user(
+        local_operator(),
+        username="tok.later",
+        agency="TJ-CUSTOMS",
+        role=Role.OFFICER,
+        password=PASSWORD,
+    )
     login = tw.client.post("/auth/login", json={"username": "tok.later", "password": PASSWORD})
     headers = {"Authorization": f"Bearer {login.json()['access_token']}"}
     assert tw.client.get(ROUTE, headers=headers).status_code == 200
@@ -301,7 +336,10 @@ def test_a_disabled_users_token_stops_working_on_the_next_request(tw: TokenWorld
     error = assert_401(tw.client.get(ROUTE, headers=headers))
     entry = ledger_entry(tw.vault, error["receipt"])
     assert (entry.action, entry.decision, entry.reason, entry.actor_user) == (
-        "authenticate", "deny", "user_disabled", "tok.later",
+        "authenticate",
+        "deny",
+        "user_disabled",
+        "tok.later",
     )
     # and the disabled user can't get a new token either
     login = tw.client.post("/auth/login", json={"username": "tok.later", "password": PASSWORD})

@@ -56,10 +56,27 @@ def write_source(tmp_path: Path, name: str = "report.txt", data: bytes = CONTENT
     return path
 
 
-def upload(cli: CliRunner, user: str, path: Path, *, classification: str = "UNCLASSIFIED",
-           handling: str = "H0", note: str = "") -> str:
-    args = ["package", "upload", path, "--title", "Seizure at Zhibek Zholy",
-            "--classification", classification, "--handling", handling, "--json"]
+def upload(
+    cli: CliRunner,
+    user: str,
+    path: Path,
+    *,
+    classification: str = "UNCLASSIFIED",
+    handling: str = "H0",
+    note: str = "",
+) -> str:
+    args = [
+        "package",
+        "upload",
+        path,
+        "--title",
+        "Seizure at Zhibek Zholy",
+        "--classification",
+        classification,
+        "--handling",
+        handling,
+        "--json",
+    ]
     if note:
         args += ["--handling-note", note]
     package_id: str = ok_json(cli(*args, user=user))["id"]
@@ -76,8 +93,9 @@ def download(cli: CliRunner, user: str, package_id: str, dest: Path) -> CliResul
     return cli("package", "download", package_id, "-o", dest, "--force", "--json", user=user)
 
 
-def downloaded_ok(cli: CliRunner, user: str, package_id: str, dest: Path,
-                  name: str = "report.txt") -> None:
+def downloaded_ok(
+    cli: CliRunner, user: str, package_id: str, dest: Path, name: str = "report.txt"
+) -> None:
     result = download(cli, user, package_id, dest)
     assert result.code == 0, result.stderr
     assert (dest / name).read_bytes() == CONTENT
@@ -106,8 +124,9 @@ def test_h2_onward_release_needs_the_originators_consent(
     for user in ("uz.officer", "uz.supervisor", "kz.officer", "tj.officer"):
         logged_in(user)
     # RESTRICTED is below the four-eyes threshold, so the first release is direct.
-    package_id = upload(cli, "uz.officer", write_source(tmp_path), classification="RESTRICTED",
-                        handling="H2")
+    package_id = upload(
+        cli, "uz.officer", write_source(tmp_path), classification="RESTRICTED", handling="H2"
+    )
     assert release(cli, "uz.officer", package_id, "--country", "KZ")["status"] == "active"
     downloaded_ok(cli, "kz.officer", package_id, tmp_path / "kz")
 
@@ -121,8 +140,11 @@ def test_h2_onward_release_needs_the_originators_consent(
     refused(cli("package", "show", package_id, user="tj.officer"), 4)
 
     # ... but may ask the originating agency, whose supervisor decides.
-    asked = ok_json(cli("package", "request-release", package_id, "--country", "TJ", "--json",
-                        user="kz.officer"))
+    asked = ok_json(
+        cli(
+            "package", "request-release", package_id, "--country", "TJ", "--json", user="kz.officer"
+        )
+    )
     request_id = asked["id"]
     assert (asked["release"]["status"], asked["release"]["kind"]) == ("pending", "onward-request")
     refused(cli("package", "show", package_id, user="tj.officer"), 4)
@@ -178,8 +200,14 @@ def test_four_eyes_confidential_release_waits_for_a_supervisor(
 def test_four_eyes_a_supervisor_cannot_approve_their_own_release(
     cli: CliRunner, logged_in: LoggedIn, world: World, tmp_path: Path
 ) -> None:
-    world.vault.add_user(local_operator(), username="uz.supervisor2", agency="UZ-CUSTOMS",
-                         role=Role.SUPERVISOR, password=PASSWORD, clearance=Classification.SECRET)
+    world.vault.add_user(
+        local_operator(),
+        username="uz.supervisor2",
+        agency="UZ-CUSTOMS",
+        role=Role.SUPERVISOR,
+        password=PASSWORD,
+        clearance=Classification.SECRET,
+    )
     for user in ("uz.supervisor", "uz.supervisor2", "tj.officer"):
         logged_in(user)
     package_id = upload(cli, "uz.supervisor", write_source(tmp_path), classification="SECRET")
@@ -229,11 +257,15 @@ def test_h3_download_needs_an_acknowledgement_first(
 
     [entry] = ledger(cli, package=package_id, action="acknowledge")
     assert (entry["actor_user"], entry["decision"], entry["reason"], entry["handling"]) == (
-        "kz.officer", "allow", "ok", "H3",
+        "kz.officer",
+        "allow",
+        "ok",
+        "H3",
     )
     downloads = ledger(cli, package=package_id, action="download", actor="kz.officer")
     assert [(e["decision"], e["reason"]) for e in downloads] == [
-        ("deny", "h3_not_acknowledged"), ("allow", "ok"),
+        ("deny", "h3_not_acknowledged"),
+        ("allow", "ok"),
     ]
     assert downloads[0]["seq"] < entry["seq"] < downloads[1]["seq"]
 
@@ -263,8 +295,15 @@ def test_release_window_expires_and_starts_on_time(
     package_id = upload(cli, "uz.officer", write_source(tmp_path))
     switch = datetime.now(UTC) + timedelta(seconds=4)
     to_kz = release(cli, "uz.officer", package_id, "--country", "KZ", "--expires", iso(switch))
-    to_tj = release(cli, "uz.officer", package_id, "--country", "TJ", "--not-before",
-                    iso(switch.astimezone(timezone(timedelta(hours=5)))))  # any zone
+    to_tj = release(
+        cli,
+        "uz.officer",
+        package_id,
+        "--country",
+        "TJ",
+        "--not-before",
+        iso(switch.astimezone(timezone(timedelta(hours=5)))),
+    )  # any zone
     assert (to_kz["in_force"], to_tj["in_force"]) == (True, False)
 
     ok_json(cli("package", "show", package_id, "--json", user="kz.officer"))
@@ -278,16 +317,53 @@ def test_release_window_expires_and_starts_on_time(
 
     # A window that has already ended is refused as invalid, and grants nothing.
     past = datetime.now(UTC) - timedelta(hours=1)
-    refused(cli("package", "release", package_id, "--country", "KZ", "--agency", "KZ-INTERIOR",
-                "--expires", iso(past), user="uz.officer"), 2)
+    refused(
+        cli(
+            "package",
+            "release",
+            package_id,
+            "--country",
+            "KZ",
+            "--agency",
+            "KZ-INTERIOR",
+            "--expires",
+            iso(past),
+            user="uz.officer",
+        ),
+        2,
+    )
     refused(cli("package", "show", package_id, user="kz.interior"), 4)
 
     # Windows that can never open, and times without a zone, are refused as invalid.
     soon = datetime.now(UTC) + timedelta(hours=1)
-    refused(cli("package", "release", package_id, "--country", "KZ", "--not-before", iso(soon),
-                "--expires", iso(soon - timedelta(minutes=1)), user="uz.officer"), 2)
-    refused(cli("package", "release", package_id, "--country", "KZ", "--expires",
-                "2030-01-01T00:00:00", user="uz.officer"), 2)
+    refused(
+        cli(
+            "package",
+            "release",
+            package_id,
+            "--country",
+            "KZ",
+            "--not-before",
+            iso(soon),
+            "--expires",
+            iso(soon - timedelta(minutes=1)),
+            user="uz.officer",
+        ),
+        2,
+    )
+    refused(
+        cli(
+            "package",
+            "release",
+            package_id,
+            "--country",
+            "KZ",
+            "--expires",
+            "2030-01-01T00:00:00",
+            user="uz.officer",
+        ),
+        2,
+    )
 
 
 def test_revocation_takes_effect_on_the_next_request(
@@ -301,8 +377,11 @@ def test_revocation_takes_effect_on_the_next_request(
     # A recipient can't withdraw the originator's release.
     refused(cli("package", "revoke", package_id, "--release", granted["id"], user="kz.officer"), 5)
 
-    revoked = ok_json(cli("package", "revoke", package_id, "--release", granted["id"], "--json",
-                          user="uz.officer"))
+    revoked = ok_json(
+        cli(
+            "package", "revoke", package_id, "--release", granted["id"], "--json", user="uz.officer"
+        )
+    )
     assert (revoked["release"]["status"], revoked["release"]["in_force"]) == ("revoked", False)
     refused(cli("package", "show", package_id, user="kz.officer"), 4)
     refused(download(cli, "kz.officer", package_id, tmp_path / "kz2"), 4)
@@ -323,10 +402,24 @@ def test_authz_explain_for_auditors_and_not_for_officers(
     release(cli, "uz.officer", package_id, "--country", "KZ")
     policy_hash = world.vault.authz.policy_hash
 
-    full = ok_json(cli("authz", "explain", "--user", "kz.officer", "--package", package_id,
-                       "--action", "download", "--json", user="uz.auditor"))
+    full = ok_json(
+        cli(
+            "authz",
+            "explain",
+            "--user",
+            "kz.officer",
+            "--package",
+            package_id,
+            "--action",
+            "download",
+            "--json",
+            user="uz.auditor",
+        )
+    )
     assert (full["allowed"], full["relation"], full["policy_hash"]) == (
-        True, "released-country", policy_hash,
+        True,
+        "released-country",
+        policy_hash,
     )
     facts = full["facts"]
     assert facts["relations"] == ["none", "released-country"]
@@ -336,8 +429,17 @@ def test_authz_explain_for_auditors_and_not_for_officers(
     assert ["officer", "released-country", "*", "*", "*", "download", "allow"] in full["rules"]
     assert len(full["grants"]) == 1
 
-    text = cli("authz", "explain", "--user", "tj.officer", "--package", package_id,
-               "--action", "read", user="uz.auditor")
+    text = cli(
+        "authz",
+        "explain",
+        "--user",
+        "tj.officer",
+        "--package",
+        package_id,
+        "--action",
+        "read",
+        user="uz.auditor",
+    )
     assert text.code == 0, text.stderr
     assert "DENY" in text.stdout
     assert f"policy version {policy_hash}" in text.stdout
@@ -345,14 +447,38 @@ def test_authz_explain_for_auditors_and_not_for_officers(
     assert "deciding relation: (none)" in text.stdout
 
     # An officer may not ask about someone else ...
-    message = refused(cli("authz", "explain", "--user", "kz.officer", "--package", package_id,
-                          "--action", "download", user="uz.officer"), 5)
+    message = refused(
+        cli(
+            "authz",
+            "explain",
+            "--user",
+            "kz.officer",
+            "--package",
+            package_id,
+            "--action",
+            "download",
+            user="uz.officer",
+        ),
+        5,
+    )
     assert "auditors and admins" in message
     [entry] = ledger(cli, action="explain", decision="deny")
     assert (entry["actor_user"], entry["subject"]) == ("uz.officer", "user:kz.officer")
     # ... only about themselves, and then gets the bare answer without facts or rules.
-    own = ok_json(cli("authz", "explain", "--user", "uz.officer", "--package", package_id,
-                      "--action", "release", "--json", user="uz.officer"))
+    own = ok_json(
+        cli(
+            "authz",
+            "explain",
+            "--user",
+            "uz.officer",
+            "--package",
+            package_id,
+            "--action",
+            "release",
+            "--json",
+            user="uz.officer",
+        )
+    )
     assert own["allowed"] is True
     assert own.get("facts") is None
     assert own.get("rules") is None
@@ -374,8 +500,16 @@ def test_disabling_a_user_invalidates_their_existing_token(
     [entry] = [e for e in ledger(cli, action="authenticate") if e["reason"] == "user_disabled"]
     assert (entry["actor_user"], entry["decision"]) == ("kz.officer", "deny")
     # Logging in again doesn't help while disabled ...
-    again = cli("login", "--server", live_server, "--username", "kz.officer", "--password-stdin",
-                user="kz.officer", stdin=PASSWORD + "\n")
+    again = cli(
+        "login",
+        "--server",
+        live_server,
+        "--username",
+        "kz.officer",
+        "--password-stdin",
+        user="kz.officer",
+        stdin=PASSWORD + "\n",
+    )
     refused(again, 3)
     # ... and re-enabling restores access.
     enabled = cli("admin", "set-user", "kz.officer", "--enable", "--json")

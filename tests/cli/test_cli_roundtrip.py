@@ -80,7 +80,10 @@ def sources(tmp_path: Path) -> dict[str, tuple[Path, str]]:
 
 
 def test_cross_border_walkthrough(
-    cli: CliRunner, logged_in: LoggedIn, world: World, tmp_path: Path,
+    cli: CliRunner,
+    logged_in: LoggedIn,
+    world: World,
+    tmp_path: Path,
     sources: dict[str, tuple[Path, str]],
 ) -> None:
     big_path = tmp_path / "src" / BIG[0]
@@ -188,7 +191,13 @@ def test_download_refuses_to_overwrite_without_force(
 
     forced = ok_json(
         cli(
-            "package", "download", package_id, "-o", out_dir, "--force", "--json",
+            "package",
+            "download",
+            package_id,
+            "-o",
+            out_dir,
+            "--force",
+            "--json",
             user="uz.officer",
         )
     )

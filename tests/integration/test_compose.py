@@ -28,15 +28,23 @@ requires_compose = pytest.mark.skipif(
 
 def _clean_env() -> dict[str, str]:
     """The environment without anything the compose file interpolates."""
-    keys = {line.split("=", 1)[0] for line in ENV_EXAMPLE.read_text().splitlines()
-            if "=" in line and not line.lstrip().startswith("#")}
+    keys = {
+        line.split("=", 1)[0]
+        for line in ENV_EXAMPLE.read_text().splitlines()
+        if "=" in line and not line.lstrip().startswith("#")
+    }
     return {k: v for k, v in os.environ.items() if k not in keys and not k.startswith("VAULT_")}
 
 
 def _compose(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["docker-compose", "--project-directory", str(ROOT), "-f", str(COMPOSE), *args],
-        cwd=ROOT, env=_clean_env(), capture_output=True, text=True, timeout=60, check=False,
+        cwd=ROOT,
+        env=_clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
 
 

@@ -45,8 +45,16 @@ from vault.storage.local import LocalDiskStore
 from vault.storage.minio import MinioStore
 
 S = crypto.SEGMENT_SIZE
-KEY_ENV = ("VAULT_KEK", "VAULT_KEK_FILE", "VAULT_KEK_OLD_FILES", "VAULT_JWT_KEY_FILE",
-           "VAULT_LEDGER_KEY_FILE", "VAULT_ENV", "VAULT_DATABASE_URL", "VAULT_DATA_DIR")
+KEY_ENV = (
+    "VAULT_KEK",
+    "VAULT_KEK_FILE",
+    "VAULT_KEK_OLD_FILES",
+    "VAULT_JWT_KEY_FILE",
+    "VAULT_LEDGER_KEY_FILE",
+    "VAULT_ENV",
+    "VAULT_DATABASE_URL",
+    "VAULT_DATA_DIR",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -119,8 +127,8 @@ def mode(path: Path) -> int:
 SAMPLE = {
     "small": {"note.txt": b"15 kg heroin at Oybek"},
     "multi": {
-        "scan.bin": blob(3 * S + 17, 1),   # several segments and a short last one
-        "exact.bin": blob(S, 2),           # exactly one full segment
+        "scan.bin": blob(3 * S + 17, 1),  # several segments and a short last one
+        "exact.bin": blob(S, 2),  # exactly one full segment
         "tiny.txt": b"x",
     },
     "two": {"photo.jpg": blob(2 * S, 3)},
@@ -134,8 +142,10 @@ def upload_sample(vault: Vault, who: Principal) -> Uploaded:
     out = {}
     for i, (title, files) in enumerate(SAMPLE.items()):
         classification = Classification.CONFIDENTIAL if i == 2 else Classification.UNCLASSIFIED
-        out[title] = (put(vault, who, f"Package {title}", files, classification=classification),
-                      files)
+        out[title] = (
+            put(vault, who, f"Package {title}", files, classification=classification),
+            files,
+        )
     return out
 
 
@@ -144,7 +154,10 @@ def upload_sample(vault: Vault, who: Principal) -> Uploaded:
 
 @pytest.mark.parametrize("via", ["service", "cli"])
 def test_kek_rotation_end_to_end(
-    backend_url: str | None, tmp_path: Path, via: str, monkeypatch: pytest.MonkeyPatch,
+    backend_url: str | None,
+    tmp_path: Path,
+    via: str,
+    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     data_dir = tmp_path / "data"
@@ -219,8 +232,11 @@ def test_kek_rotation_end_to_end(
                 assert hashlib.sha256(data).hexdigest() == info.sha256
         listed = {p.id for p in vault.list_packages(officer).items}
         assert listed == {d.id for d, _ in packages.values()}
-        rotated = [e for e in vault.ledger_show(local_operator())
-                   if e.action == "manage" and e.reason == "kek rotated"]
+        rotated = [
+            e
+            for e in vault.ledger_show(local_operator())
+            if e.action == "manage" and e.reason == "kek rotated"
+        ]
         assert len(rotated) == (2 if via == "service" else 1)
         assert rotated[0].subject == f"kek:{id_b} rewrapped:{n_keys}"
         assert vault.verify_ledger(local_operator()).ok
@@ -265,8 +281,9 @@ def stored_keys(vault: Vault) -> set[str]:
 def test_purge_destroys_keys_then_objects(
     backend_url: str | None, store_overrides: dict[str, Any], tmp_path: Path
 ) -> None:
-    settings = load_settings(data_dir=tmp_path / "data", database_url=backend_url,
-                             **FAST_ARGON2, **store_overrides)
+    settings = load_settings(
+        data_dir=tmp_path / "data", database_url=backend_url, **FAST_ARGON2, **store_overrides
+    )
     vault = Vault.open(settings)
     try:
         users = seed(vault)
@@ -295,8 +312,9 @@ def test_purge_destroys_keys_then_objects(
         with vault.store.open(target.id) as source:
             ciphertext = source.read()
         identity = file_identity(doomed.id, target.id)
-        data_key = vault.keys.keyring.unwrap(crypto.WrappedKey(*wrapped_file[target.id]),
-                                             context=identity)
+        data_key = vault.keys.keyring.unwrap(
+            crypto.WrappedKey(*wrapped_file[target.id]), context=identity
+        )
         plain = b"".join(crypto.open_stream(io.BytesIO(ciphertext), data_key, identity=identity))
         assert plain == blob(2 * S + 3, 7)
         del data_key
@@ -331,8 +349,9 @@ def test_purge_destroys_keys_then_objects(
         kek_id, _ = wrapped_file[target.id]
         row_now = next(r for r in rows if r.id == target.id)
         with pytest.raises(IntegrityError):
-            vault.keys.keyring.unwrap(crypto.WrappedKey(kek_id, row_now.wrapped_key),
-                                      context=identity)
+            vault.keys.keyring.unwrap(
+                crypto.WrappedKey(kek_id, row_now.wrapped_key), context=identity
+            )
 
         # Invisible to everyone, like a package that never existed.
         for who in (officer, recipient):
@@ -347,8 +366,9 @@ def test_purge_destroys_keys_then_objects(
         with pytest.raises(NotFound):
             vault.purge(local_operator(), doomed.id)  # already purged
         with running_server(vault) as url, httpx.Client(base_url=url, timeout=30) as client:
-            token = client.post("/auth/login",
-                                json={"username": "kz.officer", "password": PASSWORD}).json()
+            token = client.post(
+                "/auth/login", json={"username": "kz.officer", "password": PASSWORD}
+            ).json()
             auth = {"Authorization": f"Bearer {token['access_token']}"}
             shown = client.get(f"/packages/{doomed.id}", headers=auth)
             assert shown.status_code == 404
@@ -359,8 +379,11 @@ def test_purge_destroys_keys_then_objects(
             assert [p["id"] for p in listed] == [kept.id]
 
         # The purge is in the ledger, which still verifies.
-        purges = [e for e in vault.ledger_show(local_operator())
-                  if e.action == "purge" and e.package == doomed.id]
+        purges = [
+            e
+            for e in vault.ledger_show(local_operator())
+            if e.action == "purge" and e.package == doomed.id
+        ]
         assert [(e.seq, e.decision) for e in purges] == [(receipt, "allow")]
         assert vault.verify_ledger(local_operator()).ok
 
@@ -380,10 +403,18 @@ def test_purge_destroys_keys_then_objects(
 
 
 def prod_settings(data_dir: Path, keys: dict[str, Path], **extra: Any) -> Settings:
-    mapping = {"VAULT_KEK_FILE": "kek_file", "VAULT_JWT_KEY_FILE": "jwt_key_file",
-               "VAULT_LEDGER_KEY_FILE": "ledger_key_file"}
-    return load_settings(env="production", data_dir=data_dir,
-                         **{mapping[k]: v for k, v in keys.items()}, **FAST_ARGON2, **extra)
+    mapping = {
+        "VAULT_KEK_FILE": "kek_file",
+        "VAULT_JWT_KEY_FILE": "jwt_key_file",
+        "VAULT_LEDGER_KEY_FILE": "ledger_key_file",
+    }
+    return load_settings(
+        env="production",
+        data_dir=data_dir,
+        **{mapping[k]: v for k, v in keys.items()},
+        **FAST_ARGON2,
+        **extra,
+    )
 
 
 def test_production_without_key_files_refuses(tmp_path: Path) -> None:

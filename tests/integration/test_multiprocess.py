@@ -65,18 +65,20 @@ def server_env(settings: Settings) -> dict[str, str]:
     assert settings.s3_endpoint
     assert settings.s3_access_key
     assert settings.s3_secret_key
-    env.update({
-        "VAULT_DATA_DIR": str(settings.data_dir),
-        "VAULT_DATABASE_URL": settings.database_url,
-        "VAULT_STORE": "minio",
-        "VAULT_S3_ENDPOINT": settings.s3_endpoint,
-        "VAULT_S3_ACCESS_KEY": settings.s3_access_key.get_secret_value(),
-        "VAULT_S3_SECRET_KEY": settings.s3_secret_key.get_secret_value(),
-        "VAULT_S3_SECURE": "true" if settings.s3_secure else "false",
-        "VAULT_S3_REGION": settings.s3_region or "",
-        "VAULT_S3_BUCKET": settings.s3_bucket,
-        **{f"VAULT_{k.upper()}": str(v) for k, v in FAST_ARGON2.items()},
-    })
+    env.update(
+        {
+            "VAULT_DATA_DIR": str(settings.data_dir),
+            "VAULT_DATABASE_URL": settings.database_url,
+            "VAULT_STORE": "minio",
+            "VAULT_S3_ENDPOINT": settings.s3_endpoint,
+            "VAULT_S3_ACCESS_KEY": settings.s3_access_key.get_secret_value(),
+            "VAULT_S3_SECRET_KEY": settings.s3_secret_key.get_secret_value(),
+            "VAULT_S3_SECURE": "true" if settings.s3_secure else "false",
+            "VAULT_S3_REGION": settings.s3_region or "",
+            "VAULT_S3_BUCKET": settings.s3_bucket,
+            **{f"VAULT_{k.upper()}": str(v) for k, v in FAST_ARGON2.items()},
+        }
+    )
     return env
 
 
@@ -92,7 +94,10 @@ def two_servers(settings: Settings, log_dir: Path) -> Iterator[tuple[Server, Ser
             with log.open("wb") as out:
                 process = subprocess.Popen(
                     [str(BLOVAULT), "serve", "--host", "127.0.0.1", "--port", str(port)],
-                    env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
                     cwd=log_dir,
                 )
             servers.append(Server(name, f"http://127.0.0.1:{port}", process, log))
@@ -100,16 +105,20 @@ def two_servers(settings: Settings, log_dir: Path) -> Iterator[tuple[Server, Ser
         for server in servers:
             while True:
                 if server.process.poll() is not None:
-                    pytest.fail(f"server {server.name} exited {server.process.returncode}:\n"
-                                + server.log.read_text(errors="replace")[-3000:])
+                    pytest.fail(
+                        f"server {server.name} exited {server.process.returncode}:\n"
+                        + server.log.read_text(errors="replace")[-3000:]
+                    )
                 try:
                     if httpx.get(server.url + "/healthz", timeout=1).status_code == 200:
                         break
                 except httpx.TransportError:
                     pass
                 if time.monotonic() > deadline:
-                    pytest.fail(f"server {server.name} not healthy within 30 s:\n"
-                                + server.log.read_text(errors="replace")[-3000:])
+                    pytest.fail(
+                        f"server {server.name} not healthy within 30 s:\n"
+                        + server.log.read_text(errors="replace")[-3000:]
+                    )
                 time.sleep(0.1)
         yield servers[0], servers[1]
     finally:
@@ -125,8 +134,9 @@ def two_servers(settings: Settings, log_dir: Path) -> Iterator[tuple[Server, Ser
 
 
 def login(url: str, user: str) -> Headers:
-    reply = httpx.post(url + "/auth/login", json={"username": user, "password": PASSWORD},
-                       timeout=TIMEOUT)
+    reply = httpx.post(
+        url + "/auth/login", json={"username": user, "password": PASSWORD}, timeout=TIMEOUT
+    )
     assert reply.status_code == 200, reply.text
     return {"Authorization": f"Bearer {reply.json()['access_token']}"}
 
@@ -171,7 +181,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         db_url = stack.enter_context(postgres_schema_url())
         s3 = stack.enter_context(moto_s3())
         settings = load_settings(
-            data_dir=tmp / "data", database_url=db_url, **FAST_ARGON2,
+            data_dir=tmp / "data",
+            database_url=db_url,
+            **FAST_ARGON2,
             **s3.target.settings_overrides(bucket=s3.target.new_bucket()),
         )
         # The world, seeded in-process on the same settings (this also makes the dev keys
@@ -189,8 +201,12 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 def released_package(cluster: Cluster, uz: Headers, title: str) -> tuple[dict[str, Any], str]:
     package = upload(cluster.a.url, uz, title, {f"{title}.txt": b"content of " + title.encode()})
-    reply = httpx.post(f"{cluster.b.url}/packages/{package['id']}/releases",
-                       json={"country": "KZ"}, headers=uz, timeout=TIMEOUT)
+    reply = httpx.post(
+        f"{cluster.b.url}/packages/{package['id']}/releases",
+        json={"country": "KZ"},
+        headers=uz,
+        timeout=TIMEOUT,
+    )
     assert reply.status_code == 201, reply.text
     release_id: str = reply.json()["release"]["id"]
     return package, release_id
@@ -214,32 +230,44 @@ def test_two_processes_share_one_vault(cluster: Cluster) -> None:
         for i in range(8)
     }
     with ThreadPoolExecutor(max_workers=8) as pool:
-        futures = {title: pool.submit(upload, urls[i % 2], uz, title, files)
-                   for i, (title, files) in enumerate(wanted.items())}
+        futures = {
+            title: pool.submit(upload, urls[i % 2], uz, title, files)
+            for i, (title, files) in enumerate(wanted.items())
+        }
         packages = {title: f.result() for title, f in futures.items()}
     assert len({p["id"] for p in packages.values()}) == len(wanted)
 
     # Concurrent releases through both (each through the other process than its upload).
     def release(i: int, package: dict[str, Any]) -> str:
-        reply = httpx.post(f"{urls[(i + 1) % 2]}/packages/{package['id']}/releases",
-                           json={"country": "KZ"}, headers=uz, timeout=TIMEOUT)
+        reply = httpx.post(
+            f"{urls[(i + 1) % 2]}/packages/{package['id']}/releases",
+            json={"country": "KZ"},
+            headers=uz,
+            timeout=TIMEOUT,
+        )
         assert reply.status_code == 201, reply.text
         assert reply.json()["release"]["status"] == "active"
         release_id: str = reply.json()["release"]["id"]
         return release_id
 
     with ThreadPoolExecutor(max_workers=8) as pool:
-        release_ids = dict(zip(packages, pool.map(release, range(len(packages)),
-                                                  packages.values()), strict=True))
+        release_ids = dict(
+            zip(packages, pool.map(release, range(len(packages)), packages.values()), strict=True)
+        )
 
     # Concurrent downloads of every file through both processes, byte-identical.
-    jobs = [(url, p["id"], f, wanted[title][f["name"]])
-            for title, p in packages.items() for f in p["files"] for url in urls]
+    jobs = [
+        (url, p["id"], f, wanted[title][f["name"]])
+        for title, p in packages.items()
+        for f in p["files"]
+        for url in urls
+    ]
 
     def download(job: tuple[str, str, dict[str, Any], bytes]) -> None:
         url, package_id, info, content = job
-        reply = httpx.get(f"{url}/packages/{package_id}/files/{info['id']}", headers=kz,
-                          timeout=TIMEOUT)
+        reply = httpx.get(
+            f"{url}/packages/{package_id}/files/{info['id']}", headers=kz, timeout=TIMEOUT
+        )
         assert reply.status_code == 200, reply.text
         assert reply.content == content, f"{info['name']} through {url} differs"
         assert reply.headers["X-Content-SHA256"] == hashlib.sha256(content).hexdigest()
@@ -247,8 +275,9 @@ def test_two_processes_share_one_vault(cluster: Cluster) -> None:
     with ThreadPoolExecutor(max_workers=8) as pool:
         list(pool.map(download, jobs))
     for url in urls:
-        listed = httpx.get(url + "/packages", headers=kz, params={"limit": 50},
-                           timeout=TIMEOUT).json()["items"]
+        listed = httpx.get(
+            url + "/packages", headers=kz, params={"limit": 50}, timeout=TIMEOUT
+        ).json()["items"]
         assert {p["id"] for p in packages.values()} <= {p["id"] for p in listed}
 
     # One ledger, contiguous and intact, with every action of both processes in it.
@@ -275,16 +304,19 @@ def test_two_processes_share_one_vault(cluster: Cluster) -> None:
     package, file_id = packages[title], packages[title]["files"][0]["id"]
     revoked = httpx.post(
         f"{a.url}/packages/{package['id']}/releases/{release_ids[title]}/revoke",
-        headers=uz, timeout=TIMEOUT,
+        headers=uz,
+        timeout=TIMEOUT,
     )
     revoked_at = time.monotonic()
     assert revoked.status_code == 200, revoked.text
     assert revoked.json()["release"]["status"] == "revoked"
 
     def refused_on_b() -> bool:
-        reply = httpx.get(f"{b.url}/packages/{package['id']}/files/{file_id}", headers=kz,
-                          timeout=TIMEOUT)
+        reply = httpx.get(
+            f"{b.url}/packages/{package['id']}/files/{file_id}", headers=kz, timeout=TIMEOUT
+        )
         return reply.status_code == 404
+
     poll(refused_on_b, PROPAGATION_BOUND)
     elapsed = time.monotonic() - revoked_at
     print(f"revocation through A refused on B after {elapsed * 1000:.0f} ms")
@@ -293,13 +325,16 @@ def test_two_processes_share_one_vault(cluster: Cluster) -> None:
         shown = httpx.get(f"{url}/packages/{package['id']}", headers=kz, timeout=TIMEOUT)
         assert shown.status_code == 404
         assert shown.json()["error"]["code"] == "not_found"
-        listed = httpx.get(url + "/packages", headers=kz, params={"limit": 50},
-                           timeout=TIMEOUT).json()["items"]
+        listed = httpx.get(
+            url + "/packages", headers=kz, params={"limit": 50}, timeout=TIMEOUT
+        ).json()["items"]
         assert package["id"] not in {p["id"] for p in listed}
     # Still there for its originator, on both.
     for url in urls:
-        assert httpx.get(f"{url}/packages/{package['id']}", headers=uz,
-                         timeout=TIMEOUT).status_code == 200
+        assert (
+            httpx.get(f"{url}/packages/{package['id']}", headers=uz, timeout=TIMEOUT).status_code
+            == 200
+        )
 
 
 def test_server_logs_are_json_without_secrets(cluster: Cluster) -> None:
@@ -330,8 +365,10 @@ def test_admin_rule_is_enforced_by_both_processes_within_a_second(cluster: Clust
     file_id = package["files"][0]["id"]
 
     def download_status(url: str) -> int:
-        return httpx.get(f"{url}/packages/{package['id']}/files/{file_id}", headers=kz,
-                         timeout=TIMEOUT).status_code
+        return httpx.get(
+            f"{url}/packages/{package['id']}/files/{file_id}", headers=kz, timeout=TIMEOUT
+        ).status_code
+
     assert [download_status(u) for u in cluster.urls] == [200, 200]
 
     vault = Vault.open(cluster.settings)
@@ -356,8 +393,10 @@ def test_admin_rule_is_enforced_by_both_processes_within_a_second(cluster: Clust
     assert max(first_refusal.values()) < PROPAGATION_BOUND, first_refusal
     assert all(statuses <= {200, 403} for statuses in seen.values()), seen  # no errors meanwhile
     for url in cluster.urls:  # the rule denies download only; reading is still allowed
-        assert httpx.get(f"{url}/packages/{package['id']}", headers=kz,
-                         timeout=TIMEOUT).status_code == 200
+        assert (
+            httpx.get(f"{url}/packages/{package['id']}", headers=kz, timeout=TIMEOUT).status_code
+            == 200
+        )
     # And a process started afterwards loads the rule too.
     vault = Vault.open(cluster.settings)
     try:

@@ -40,8 +40,9 @@ def login(client: httpx.Client, user: str) -> Headers:
     return {"Authorization": f"Bearer {reply.json()['access_token']}"}
 
 
-def upload(client: httpx.Client, headers: Headers, title: str,
-           files: list[tuple[str, bytes]]) -> httpx.Response:
+def upload(
+    client: httpx.Client, headers: Headers, title: str, files: list[tuple[str, bytes]]
+) -> httpx.Response:
     parts: list[tuple[str, Any]] = [
         ("metadata", (None, json.dumps({"title": title}).encode(), "application/json"))
     ]
@@ -121,7 +122,8 @@ def test_readyz_503_when_minio_is_stopped(settings: Settings) -> None:
     with moto_s3() as s3:
         target = s3.target
         store = MinioStore(
-            client=target.client(timeout=2, retries=0), bucket=target.new_bucket(),
+            client=target.client(timeout=2, retries=0),
+            bucket=target.new_bucket(),
             part_size=DEFAULT_MIN_PART_SIZE,
         )
         store.ensure_bucket()
@@ -151,8 +153,9 @@ def test_metrics_requests_latency_decisions_ledger_bytes(
     uz = login(client, "uz.officer")
     tj = login(client, "tj.officer")
     sizes = (1000, 2 * SEGMENT_SIZE + 5)
-    up = upload(client, uz, "Metrics",
-                [(f"f{i}.bin", secrets.token_bytes(n)) for i, n in enumerate(sizes)])
+    up = upload(
+        client, uz, "Metrics", [(f"f{i}.bin", secrets.token_bytes(n)) for i, n in enumerate(sizes)]
+    )
     assert up.status_code == 201, up.text
     package_id = up.json()["package"]["id"]
 
@@ -161,15 +164,24 @@ def test_metrics_requests_latency_decisions_ledger_bytes(
     assert client.get(f"/packages/{package_id}", headers=uz).status_code == 200  # allow
 
     def settled(s: Samples) -> bool:  # the first scrape, the 404 and the 200 are all counted
-        return (sum(matching(s, "vault_http_requests_total", method="GET", status="404")) >= 1
-                and sum(matching(s, "vault_http_requests_total", method="GET")) >= 3)
+        return (
+            sum(matching(s, "vault_http_requests_total", method="GET", status="404")) >= 1
+            and sum(matching(s, "vault_http_requests_total", method="GET")) >= 3
+        )
+
     after = scrape_until(client, settled)
 
     # Decisions this process wrote: exactly one more deny and one more allow.
-    assert sample(after, "vault_decisions", decision="deny") - sample(
-        before, "vault_decisions", decision="deny") == 1
-    assert sample(after, "vault_decisions", decision="allow") - sample(
-        before, "vault_decisions", decision="allow") == 1
+    assert (
+        sample(after, "vault_decisions", decision="deny")
+        - sample(before, "vault_decisions", decision="deny")
+        == 1
+    )
+    assert (
+        sample(after, "vault_decisions", decision="allow")
+        - sample(before, "vault_decisions", decision="allow")
+        == 1
+    )
     assert sample(after, "vault_decisions", decision="allow") >= 4  # seed, logins, upload, read
     denies = sample(after, "vault_decisions", decision="deny")
     assert world.vault.decision_counts()["deny"] == denies
@@ -183,8 +195,9 @@ def test_metrics_requests_latency_decisions_ledger_bytes(
     assert not any(package_id in str(labels) for _, labels in after)
 
     # Latency histogram: for every label set, +Inf bucket == count, and a plausible sum.
-    counts = {labels: v for (n, labels), v in after.items()
-              if n == "vault_http_request_seconds_count"}
+    counts = {
+        labels: v for (n, labels), v in after.items() if n == "vault_http_request_seconds_count"
+    }
     assert sum(v for labels, v in counts.items() if ("method", "GET") in labels) >= 3
     for labels, count in counts.items():
         inf = after[("vault_http_request_seconds_bucket", labels | {("le", "+Inf")})]
@@ -206,14 +219,23 @@ def test_metrics_and_logs_label_requests_by_route_template(
     want = {("POST", "/auth/login", "200"), ("GET", "/packages/{package_id}", "404")}
 
     def settled(s: Samples) -> bool:
-        return all(sample(s, "vault_http_requests_total", method=m, route=r, status=st) >= 1
-                   for m, r, st in want)
+        return all(
+            sample(s, "vault_http_requests_total", method=m, route=r, status=st) >= 1
+            for m, r, st in want
+        )
+
     after = scrape_until(client, settled, timeout=1.0)
     for method, route, status in want:
-        assert sample(after, "vault_http_requests_total", method=method, route=route,
-                      status=status) == 1, (method, route, status)
-    assert sample(after, "vault_http_request_seconds_count", method="GET",
-                  route="/packages/{package_id}") == 1
+        assert (
+            sample(after, "vault_http_requests_total", method=method, route=route, status=status)
+            == 1
+        ), (method, route, status)
+    assert (
+        sample(
+            after, "vault_http_request_seconds_count", method="GET", route="/packages/{package_id}"
+        )
+        == 1
+    )
     lines = [json.loads(x) for x in json_log.getvalue().splitlines() if x.strip()]
     line = next(x for x in lines if x.get("request_id") == missing.headers["x-request-id"])
     assert line["route"] == "/packages/{package_id}"
@@ -350,8 +372,14 @@ def test_json_formatter_keeps_exception_type_only() -> None:
         raise ValueError(f"boom {secret}")
     except ValueError:
         record = logging.getLogger("vault.test").makeRecord(
-            "vault.test", logging.ERROR, __file__, 1, "failed: %s", ("x",),
-            exc_info=__import__("sys").exc_info(), extra={"request_id": "abc", "status": 500},
+            "vault.test",
+            logging.ERROR,
+            __file__,
+            1,
+            "failed: %s",
+            ("x",),
+            exc_info=__import__("sys").exc_info(),
+            extra={"request_id": "abc", "status": 500},
         )
     line = JsonFormatter().format(record)
     assert "\n" not in line

@@ -86,8 +86,9 @@ def databases() -> Iterator[Databases]:
             role_url = make_url(owner_url).set(username=role).render_as_string(hide_password=False)
             app = _engine(role_url)
             try:
-                yield Databases(role=role, owner_url=owner_url, role_url=role_url, owner=owner,
-                                app=app)
+                yield Databases(
+                    role=role, owner_url=owner_url, role_url=role_url, owner=owner, app=app
+                )
             finally:
                 app.dispose()
                 owner.dispose()
@@ -199,9 +200,13 @@ def test_even_the_owner_may_not_rewrite_the_ledger(
 def test_vault_runs_as_app_role(databases: Databases, tmp_path: Path) -> None:
     keys = generate_key_files(tmp_path / "secrets")
     settings = load_settings(
-        env="production", data_dir=tmp_path / "data", database_url=databases.role_url,
-        kek_file=keys["VAULT_KEK_FILE"], jwt_key_file=keys["VAULT_JWT_KEY_FILE"],
-        ledger_key_file=keys["VAULT_LEDGER_KEY_FILE"], **FAST_ARGON2,
+        env="production",
+        data_dir=tmp_path / "data",
+        database_url=databases.role_url,
+        kek_file=keys["VAULT_KEK_FILE"],
+        jwt_key_file=keys["VAULT_JWT_KEY_FILE"],
+        ledger_key_file=keys["VAULT_LEDGER_KEY_FILE"],
+        **FAST_ARGON2,
     )
     vault = Vault.open(settings)
     try:
@@ -210,21 +215,27 @@ def test_vault_runs_as_app_role(databases: Databases, tmp_path: Path) -> None:
         seed(vault)
         content = secrets.token_bytes(2 * SEGMENT_SIZE + 11)
         with running_server(vault) as url, httpx.Client(base_url=url, timeout=60) as client:
+
             def auth(user: str) -> dict[str, str]:
                 reply = client.post("/auth/login", json={"username": user, "password": PASSWORD})
                 assert reply.status_code == 200, reply.text
                 return {"Authorization": f"Bearer {reply.json()['access_token']}"}
 
             uz, kz = auth("uz.officer"), auth("kz.officer")
-            up = client.post("/packages", headers=uz, files=[
-                ("metadata", (None, json.dumps({"title": "As app role"}), "application/json")),
-                ("file", ("evidence.bin", content, "application/octet-stream")),
-            ])
+            up = client.post(
+                "/packages",
+                headers=uz,
+                files=[
+                    ("metadata", (None, json.dumps({"title": "As app role"}), "application/json")),
+                    ("file", ("evidence.bin", content, "application/octet-stream")),
+                ],
+            )
             assert up.status_code == 201, up.text
             package = up.json()["package"]
             file_id = package["files"][0]["id"]
-            released = client.post(f"/packages/{package['id']}/releases", headers=uz,
-                                   json={"country": "KZ"})
+            released = client.post(
+                f"/packages/{package['id']}/releases", headers=uz, json={"country": "KZ"}
+            )
             assert released.status_code == 201, released.text
             for who in (uz, kz):
                 got = client.get(f"/packages/{package['id']}/files/{file_id}", headers=who)

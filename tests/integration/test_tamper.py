@@ -244,7 +244,8 @@ def assert_error_recorded(
 ) -> None:
     """After seq ``after`` the ledger holds an 'error' download entry for one of ``file_ids``."""
     errors = [
-        e for e in ledger_entries(world)[after:]
+        e
+        for e in ledger_entries(world)[after:]
         if e.action == "download" and e.decision == "error" and e.package == package_id
     ]
     assert errors, "no error entry was recorded for the failed download"
@@ -301,8 +302,9 @@ def test_swapped_objects_fail_on_both_sides(world: World, victim: Victim) -> Non
     with pytest.raises(IntegrityError):
         drain(world.vault, world[USER], victim.other_package_id, victim.other_file_ids[1])
     # The untouched neighbours still open.
-    assert drain(world.vault, world[USER], victim.package_id, victim.file_ids[0]) == (
-        victim.plaintexts[0]
+    assert (
+        drain(world.vault, world[USER], victim.package_id, victim.file_ids[0])
+        == (victim.plaintexts[0])
     )
 
 
@@ -335,8 +337,9 @@ def test_wrong_kek_refuses_download(world: World, victim: Victim, tmp_path: Path
             with pytest.raises(IntegrityError):
                 drain(other, world[USER], victim.package_id, file_id)
     # The right KEK still opens it: nothing was damaged by the failed attempts.
-    assert drain(world.vault, world[USER], victim.package_id, victim.file_ids[1]) == (
-        victim.plaintexts[1]
+    assert (
+        drain(world.vault, world[USER], victim.package_id, victim.file_ids[1])
+        == (victim.plaintexts[1])
     )
 
 
@@ -384,8 +387,16 @@ def cli(
         captured = capsys.readouterr()
         return CliResult(code=code, stdout=captured.out, stderr=captured.err)
 
-    login = invoke("login", "--server", shared[1], "--username", USER, "--password-stdin",
-                   user=USER, stdin=PASSWORD + "\n")
+    login = invoke(
+        "login",
+        "--server",
+        shared[1],
+        "--username",
+        USER,
+        "--password-stdin",
+        user=USER,
+        stdin=PASSWORD + "\n",
+    )
     assert login.code == 0, login.stderr
     return invoke
 

@@ -411,7 +411,10 @@ def test_max_size_raises_the_given_error(key: bytes) -> None:
 def test_max_size_allows_exactly_the_limit(size: int, key: bytes) -> None:
     plaintext = content(size)
     reader = SealingReader(
-        io.BytesIO(plaintext), key, identity=IDENTITY, max_size=size,
+        io.BytesIO(plaintext),
+        key,
+        identity=IDENTITY,
+        max_size=size,
         limit_error=TooLarge("too large"),
     )
     sealed = reader.read()
@@ -421,7 +424,10 @@ def test_max_size_allows_exactly_the_limit(size: int, key: bytes) -> None:
 @pytest.mark.parametrize("limit", [S, S + 1, 2 * S - 1])
 def test_max_size_one_over_across_segments(limit: int, key: bytes) -> None:
     reader = SealingReader(
-        io.BytesIO(content(limit + 1)), key, identity=IDENTITY, max_size=limit,
+        io.BytesIO(content(limit + 1)),
+        key,
+        identity=IDENTITY,
+        max_size=limit,
         limit_error=TooLarge("too large"),
     )
     with pytest.raises(TooLarge):

@@ -11,9 +11,10 @@ proofs need O(log n) reads, and signing a checkpoint never re-reads the log.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
@@ -28,7 +29,14 @@ from vault.db import session_scope
 from vault.errors import InvalidInput, LedgerCorrupt, StorageUnavailable
 from vault.ledger import merkle, note
 from vault.ledger.entry import GENESIS_PREV, Entry, leaf_hash
-from vault.ledger.verify import Row, VerifyResult, open_checkpoints, verify_entries
+from vault.ledger.verify import (
+    BLOCK_LEVEL,
+    Row,
+    VerifyResult,
+    open_checkpoints,
+    stored_node_problem,
+    verify_entries,
+)
 from vault.models import LedgerCheckpoint, LedgerEntry, LedgerNode, utcnow
 
 # Arbitrary constant naming the ledger's advisory lock on PostgreSQL.
@@ -249,28 +257,49 @@ def iter_entries(
         next_seq = rows[-1][0] + 1
 
 
-def _iter_rows(session: Session, batch: int = 5000) -> Iterator[Row]:
-    """Entries joined with their stored leaf nodes, in sequence order."""
+# Verification reads every row, so it skips SQLAlchemy's result layer: plain DB-API cursor,
+# rows as tuples, keyset batches. Statements are written with named parameters (":lo").
+_ROWS_SQL = "SELECT seq, prev_hash, entry FROM ledgerentry WHERE seq >= :lo ORDER BY seq LIMIT :n"
+_NODES_SQL = (
+    "SELECT idx, hash FROM ledgernode WHERE level = :level AND idx >= :lo AND idx < :hi"
+    " ORDER BY idx"
+)
+
+
+def _raw_query(session: Session, sql: str) -> Callable[[dict[str, int]], list[Any]]:
+    """``run(params) -> rows`` for one statement on the session's own connection."""
+    connection = session.connection()
+    if connection.dialect.paramstyle == "pyformat":  # psycopg
+        sql = re.sub(r":(\w+)", r"%(\1)s", sql)
+    cursor = connection.connection.cursor()
+
+    def run(params: dict[str, int]) -> list[Any]:
+        cursor.execute(sql, params)
+        return list(cursor.fetchall())
+
+    return run
+
+
+def _iter_rows(session: Session, batch: int = 1 << 14) -> Iterator[Row]:
+    """``(seq, prev_hash, entry)`` in sequence order."""
+    run = _raw_query(session, _ROWS_SQL)
     next_seq = 0
-    while True:
-        query = (
-            select(LedgerEntry.seq, LedgerEntry.prev_hash, LedgerEntry.entry, LedgerNode.hash)
-            .select_from(LedgerEntry)
-            .join(
-                LedgerNode,
-                and_(col(LedgerNode.level) == 0, col(LedgerNode.idx) == col(LedgerEntry.seq)),
-                isouter=True,
-            )
-            .where(col(LedgerEntry.seq) >= next_seq)
-            .order_by(col(LedgerEntry.seq))
-            .limit(batch)
-        )
-        rows = session.exec(query).all()
-        if not rows:
-            return
-        for seq, prev, data, leaf in rows:
-            yield seq, bytes(prev), bytes(data), None if leaf is None else bytes(leaf)
+    while rows := run({"lo": next_seq, "n": batch}):
+        yield from rows
         next_seq = rows[-1][0] + 1
+
+
+class _StoredNodes:
+    """The database's Merkle nodes, read for verification (see NodeSource)."""
+
+    def __init__(self, session: Session) -> None:
+        self._run = _raw_query(session, _NODES_SQL)
+
+    def hashes(self, level: int, lo: int, hi: int) -> list[bytes]:
+        return [bytes(r[1]) for r in self._run({"level": level, "lo": lo, "hi": hi})]
+
+    def indexed(self, level: int, lo: int, hi: int) -> dict[int, bytes]:
+        return {r[0]: bytes(r[1]) for r in self._run({"level": level, "lo": lo, "hi": hi})}
 
 
 def checkpoint_notes(session: Session) -> list[str]:
@@ -341,6 +370,7 @@ def verify_database(
     origin: str,
     verifier: note.Verifier,
     progress: Callable[[int], None] | None = None,
+    block_level: int = BLOCK_LEVEL,
 ) -> VerifyResult:
     """Verify chain, leaves, tree and every stored checkpoint of the database's ledger."""
     try:
@@ -354,21 +384,16 @@ def verify_database(
             problem=f"a stored checkpoint does not verify: {exc}",
         )
 
-    def stored_root(n: int) -> bytes:
-        try:
-            return root(session, n)
-        except LedgerCorrupt:
-            return b""
-
     result = verify_entries(
         _iter_rows(session),
         checkpoints=checkpoints,
+        nodes=_StoredNodes(session),
         leaf_count=leaf_count(session),
-        stored_root=stored_root,
         progress=progress,
+        block_level=block_level,
     )
     if result.ok:
-        bad = _check_stored_tree(session, result.size)
+        bad = _check_stored_tree(session, result.size, from_level=block_level + 1)
         if bad is not None:
             return VerifyResult(
                 ok=False,
@@ -381,58 +406,38 @@ def verify_database(
     return result
 
 
-def _iter_level(session: Session, level: int, batch: int = 20_000) -> Iterator[tuple[int, bytes]]:
-    next_idx = 0
-    while True:
-        rows = session.exec(
-            select(LedgerNode.idx, LedgerNode.hash)
-            .where(col(LedgerNode.level) == level, col(LedgerNode.idx) >= next_idx)
-            .order_by(col(LedgerNode.idx))
-            .limit(batch)
-        ).all()
-        if not rows:
-            return
-        yield from ((idx, bytes(h)) for idx, h in rows)
-        next_idx = rows[-1][0] + 1
+def _level_hashes(session: Session, level: int, lo: int, hi: int) -> list[bytes]:
+    """Stored hashes of nodes ``(level, lo..hi-1)`` in index order (fewer if some are missing)."""
+    return _StoredNodes(session).hashes(level, lo, hi)
 
 
-def _check_stored_tree(session: Session, size: int) -> tuple[int, str] | None:
-    """Every stored interior node must hash its two stored children, and every complete node
-    must be there. With the leaves already checked against the entries, this proves the whole
-    stored tree, so every proof drawn from it is right. Streams level by level (two cursors).
-    Returns (first entry under the bad node, why) or None."""
-    level = 1
+def _check_stored_tree(
+    session: Session, size: int, *, from_level: int = 1, batch: int = 1 << 15
+) -> tuple[int, str] | None:
+    """Every stored node from ``from_level`` up must hash its two stored children, and every
+    complete node must be there. With the levels below already proved against the entries,
+    this proves the whole stored tree, so every proof drawn from it is right. Streams each
+    level in batches: the primary key (level, idx) makes a full batch exactly the nodes
+    lo..hi-1, so only counts and hashes are compared. Returns (first entry under the bad
+    node, why) or None."""
+    level = from_level
     while size >> level:
-        expected = size >> level
-        children = _iter_level(session, level - 1)
-        count = 0
-        for idx, digest in _iter_level(session, level):
-            if idx != count:
-                break
-            left, right = next(children, None), next(children, None)
-            if (
-                left is None
-                or right is None
-                or left[0] != 2 * idx
-                or right[0] != 2 * idx + 1
-                or merkle.node_hash(left[1], right[1]) != digest
-            ):
-                first = idx << level
-                return first, (
-                    f"stored Merkle node ({level}, {idx}) over entries {first}.."
-                    f"{first + (1 << level) - 1} does not match them"
-                )
-            count += 1
-        if count != expected:
-            first = count << level
-            return first, f"stored Merkle node ({level}, {count}) is missing or misplaced"
+        complete = size >> level
+        for lo in range(0, complete, batch):
+            hi = min(complete, lo + batch)
+            children = _level_hashes(session, level - 1, 2 * lo, 2 * hi)
+            stored = _level_hashes(session, level, lo, hi)
+            computed = merkle.parents(children)
+            if stored == computed and len(stored) == hi - lo:
+                continue
+            bad = next(
+                (lo + i for i, (a, b) in enumerate(zip(stored, computed, strict=False)) if a != b),
+                lo + min(len(stored), len(computed)),
+            )
+            present = len(stored) == hi - lo
+            return bad << level, stored_node_problem(level, bad, present)
         level += 1
     return None
-
-
-def verify_chain(rows: Iterable[tuple[int, bytes, bytes]]) -> VerifyResult:
-    """Chain-only check of ``(seq, prev_hash, entry)`` rows (no tree, no checkpoints)."""
-    return verify_entries(((s, p, e, None) for s, p, e in rows), checkpoints=[])
 
 
 class GroupAppender:

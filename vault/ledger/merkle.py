@@ -37,6 +37,7 @@ __all__ = [
     "inclusion_proof_nodes",
     "leaf_hash",
     "node_hash",
+    "parents",
     "resolve_proof",
     "root_at",
     "root_from_leaf_hashes",
@@ -123,17 +124,23 @@ def _fetch(get_node: GetNode, level: int, index: int) -> bytes:
 def _perfect_root(hashes: Sequence[bytes]) -> bytes:
     """Root of a power-of-two run of leaf hashes (also correct for any non-empty run)."""
     level: Sequence[bytes] = hashes
-    prefix = _NODE_PREFIX
-    sha = _sha256
     # One list comprehension per level keeps the per-node work inside C as far as possible;
     # an odd last node is promoted unchanged, which is exactly RFC 6962's split rule.
     while len(level) > 1:
-        it = iter(level)
-        upper = [sha(prefix + left + right).digest() for left, right in zip(it, it, strict=False)]
+        upper = parents(level)
         if len(level) & 1:
             upper.append(level[-1])
         level = upper
     return level[0]
+
+
+def parents(hashes: Sequence[bytes]) -> list[bytes]:
+    """Interior nodes over consecutive pairs (0, 1), (2, 3), ... of one level's hashes; an odd
+    last hash has no complete parent and is left out."""
+    it = iter(hashes)
+    prefix = _NODE_PREFIX
+    sha = _sha256
+    return [sha(prefix + left + right).digest() for left, right in zip(it, it, strict=False)]
 
 
 def root_from_leaf_hashes(hashes: Sequence[bytes]) -> bytes:
@@ -304,6 +311,15 @@ class CompactRange:
             width = 1 << level
             self._push(level, _perfect_root(leaf_hashes[done : done + width]))
             done += width
+
+    def push_subtree(self, level: int, subtree_root: bytes) -> None:
+        """Append the ``2**level`` leaves under ``subtree_root`` at once.
+
+        The range's size must be a multiple of ``2**level`` (the subtree lands aligned)."""
+        _check_hash("subtree root", subtree_root)
+        if level < 0 or self._size & ((1 << level) - 1):
+            raise ProofError(f"a subtree of level {level} can't be appended at size {self._size}")
+        self._push(level, subtree_root)
 
     def _push(self, level: int, subtree_root: bytes) -> None:
         # Precondition: self._size is a multiple of 2**level.

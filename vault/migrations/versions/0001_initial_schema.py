@@ -14,6 +14,9 @@ from alembic import op
 from vault.db import append_only_statements
 from vault.models import UTCDateTime
 
+# 64-bit ledger positions; INTEGER on SQLite so ledgerentry.seq stays the rowid.
+_POSITION = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
 revision = "0001"
 down_revision = None
 branch_labels = None
@@ -30,14 +33,14 @@ def upgrade() -> None:
     )
     op.create_table(
         "ledgercheckpoint",
-        sa.Column("size", sa.Integer(), nullable=False),
+        sa.Column("size", _POSITION, nullable=False),
         sa.Column("note", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column("created_at", UTCDateTime(), nullable=False),
         sa.PrimaryKeyConstraint("size"),
     )
     op.create_table(
         "ledgerentry",
-        sa.Column("seq", sa.Integer(), nullable=False),
+        sa.Column("seq", _POSITION, nullable=False),
         sa.Column("prev_hash", sa.LargeBinary(length=32), nullable=False),
         sa.Column("entry", sa.LargeBinary(), nullable=False),
         sa.PrimaryKeyConstraint("seq"),
@@ -46,9 +49,10 @@ def upgrade() -> None:
     op.create_table(
         "ledgernode",
         sa.Column("level", sa.Integer(), nullable=False),
-        sa.Column("idx", sa.Integer(), nullable=False),
+        sa.Column("idx", _POSITION, nullable=False),
         sa.Column("hash", sa.LargeBinary(length=32), nullable=False),
         sa.PrimaryKeyConstraint("level", "idx"),
+        sqlite_with_rowid=False,
     )
     op.create_table(
         "loginthrottle",
