@@ -41,7 +41,11 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from vault.errors import ConfigError, IntegrityError
 
-SEGMENT_SIZE = 64 * 1024
+# 1 MiB segments, as in Tink's "…_1MB" streaming templates: per-segment work in Python (nonce,
+# slicing, a call into AES-GCM, a queue hand-off) is paid 16 times less often than with 64 KiB,
+# which is what kept large transfers well behind a plain copy. Memory stays at a few segments.
+# The header records the size, so objects sealed with other sizes still open.
+SEGMENT_SIZE = 1024 * 1024
 TAG_SIZE = 16
 KEY_SIZE = 32
 _MAGIC = b"BLOV"
@@ -49,9 +53,8 @@ _STREAM_VERSION = 1
 _PREFIX_SIZE = 7
 _HEADER = struct.Struct(">4sBI7s")
 HEADER_SIZE = _HEADER.size
-# Segments are counted in 32 bits: 2**32 segments of 64 KiB is 256 TiB, far above any limit.
+# Segments are counted in 32 bits: 2**32 segments of 1 MiB is 4 PiB, far above any limit.
 _MAX_SEGMENTS = 2**32
-_SEGMENTS_PER_READ = 16
 _WRAP_VERSION = 1
 _SMALL_VERSION = 1
 _NONCE_SIZE = 12
@@ -363,26 +366,17 @@ def open_stream(source: Readable, key: bytes, *, identity: bytes) -> Iterator[by
     aead = AESGCM(key)
     aad = header + identity
     sealed_segment = segment_size + TAG_SIZE
-    # Read many segments at a time and decrypt from memoryview slices: far fewer read calls
-    # and copies than one read per segment.
-    block = sealed_segment * _SEGMENTS_PER_READ
-    buf = _read_full(source, block)
-    eof = len(buf) < block
-    pos = 0
+    # One read per segment; whether a segment is the last depends on whether another follows,
+    # so the next one is read before the current one is opened (two segments in memory).
+    current = _read_full(source, sealed_segment)
     counter = 0
     while True:
-        # Whether this segment is the last depends on what follows it: keep more than one
-        # sealed segment buffered until the source is exhausted.
-        if not eof and len(buf) - pos <= sealed_segment:
-            more = _read_full(source, block)
-            buf, pos = buf[pos:] + more, 0
-            eof = len(more) < block
-        last = len(buf) - pos <= sealed_segment
-        end = len(buf) if last else pos + sealed_segment
-        if end - pos < TAG_SIZE:
+        following = _read_full(source, sealed_segment) if len(current) == sealed_segment else b""
+        last = not following
+        if len(current) < TAG_SIZE:
             raise IntegrityError("sealed object is truncated")
         try:
-            plain = aead.decrypt(_nonce(prefix, counter, last), memoryview(buf)[pos:end], aad)
+            plain = aead.decrypt(_nonce(prefix, counter, last), current, aad)
         except InvalidTag:
             raise IntegrityError("sealed object failed authentication") from None
         if last:
@@ -393,7 +387,7 @@ def open_stream(source: Readable, key: bytes, *, identity: bytes) -> Iterator[by
             return
         yield plain
         counter += 1
-        pos = end
+        current = following
 
 
 # --- signing keys (token signing and the ledger's log key) ------------------------------------

@@ -79,7 +79,8 @@ def exercise(client: httpx.Client, canary: str) -> dict[str, Any]:
         "handling_note": f"note {canary}",
         "fields": {f"k-{canary}": f"v-{canary}", "vehicle": canary},
     }
-    body = (f"line one {canary}\n" * 5000).encode()  # spans several segments
+    line = f"line one {canary}\n"
+    body = (line * (2 * SEGMENT_SIZE // len(line) + 100)).encode()  # spans three segments
     assert len(body) > 2 * SEGMENT_SIZE
     files: list[tuple[str, Any]] = [
         ("metadata", (None, json.dumps(metadata).encode(), "application/json")),

@@ -259,11 +259,24 @@ def iter_entries(
 
 # Verification reads every row, so it skips SQLAlchemy's result layer: plain DB-API cursor,
 # rows as tuples, keyset batches. Statements are written with named parameters (":lo").
+_ENTRIES_SQL = "SELECT entry FROM ledgerentry WHERE seq >= :lo ORDER BY seq LIMIT :n"
 _ROWS_SQL = "SELECT seq, prev_hash, entry FROM ledgerentry WHERE seq >= :lo ORDER BY seq LIMIT :n"
+_HASHES_SQL = (
+    "SELECT hash FROM ledgernode WHERE level = :level AND idx >= :lo AND idx < :hi ORDER BY idx"
+)
 _NODES_SQL = (
     "SELECT idx, hash FROM ledgernode WHERE level = :level AND idx >= :lo AND idx < :hi"
     " ORDER BY idx"
 )
+_SEQ_RANGE_SQL = "SELECT count(*), min(seq), max(seq) FROM ledgerentry"
+# The first entry whose link column is not the hex link that ends its bytes; the database
+# compares them, so the fast path need not fetch the column at all.
+_LINK_COLUMN_SQL = {
+    "sqlite": "SELECT min(seq) FROM ledgerentry"
+    " WHERE lower(hex(prev_hash)) != CAST(substr(entry, -64) AS TEXT)",
+    "postgresql": "SELECT min(seq) FROM ledgerentry WHERE encode(prev_hash, 'hex')"
+    " != convert_from(substring(entry FROM octet_length(entry) - 63), 'UTF8')",
+}
 
 
 def _raw_query(session: Session, sql: str) -> Callable[[dict[str, int]], list[Any]]:
@@ -280,26 +293,41 @@ def _raw_query(session: Session, sql: str) -> Callable[[dict[str, int]], list[An
     return run
 
 
-def _iter_rows(session: Session, batch: int = 1 << 14) -> Iterator[Row]:
-    """``(seq, prev_hash, entry)`` in sequence order."""
-    run = _raw_query(session, _ROWS_SQL)
-    next_seq = 0
-    while rows := run({"lo": next_seq, "n": batch}):
-        yield from rows
-        next_seq = rows[-1][0] + 1
+class _StoredEntries:
+    """The database's ledger entries, read for verification (see EntrySource)."""
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+        self._entries = _raw_query(session, _ENTRIES_SQL)
+        self._rows = _raw_query(session, _ROWS_SQL)
+
+    def entries(self, lo: int, n: int) -> list[bytes]:
+        return [r[0] for r in self._entries({"lo": lo, "n": n})]
+
+    def rows(self, lo: int, n: int) -> list[Row]:
+        return [(r[0], bytes(r[1]), bytes(r[2])) for r in self._rows({"lo": lo, "n": n})]
+
+    def first_suspect(self) -> int | None:
+        ((count, low, high),) = _raw_query(self._session, _SEQ_RANGE_SQL)({})
+        if count and (low, high) != (0, count - 1):
+            return 0  # sequence numbers are not exactly 0..count-1: check every row
+        dialect = self._session.get_bind().dialect.name
+        ((first,),) = _raw_query(self._session, _LINK_COLUMN_SQL[dialect])({})
+        return None if first is None else int(first)
 
 
 class _StoredNodes:
     """The database's Merkle nodes, read for verification (see NodeSource)."""
 
     def __init__(self, session: Session) -> None:
-        self._run = _raw_query(session, _NODES_SQL)
+        self._hashes = _raw_query(session, _HASHES_SQL)
+        self._nodes = _raw_query(session, _NODES_SQL)
 
     def hashes(self, level: int, lo: int, hi: int) -> list[bytes]:
-        return [bytes(r[1]) for r in self._run({"level": level, "lo": lo, "hi": hi})]
+        return [r[0] for r in self._hashes({"level": level, "lo": lo, "hi": hi})]
 
     def indexed(self, level: int, lo: int, hi: int) -> dict[int, bytes]:
-        return {r[0]: bytes(r[1]) for r in self._run({"level": level, "lo": lo, "hi": hi})}
+        return {r[0]: bytes(r[1]) for r in self._nodes({"level": level, "lo": lo, "hi": hi})}
 
 
 def checkpoint_notes(session: Session) -> list[str]:
@@ -385,7 +413,7 @@ def verify_database(
         )
 
     result = verify_entries(
-        _iter_rows(session),
+        _StoredEntries(session),
         checkpoints=checkpoints,
         nodes=_StoredNodes(session),
         leaf_count=leaf_count(session),

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import struct
 from binascii import a2b_base64
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from itertools import islice
 from typing import Protocol
 
 from vault.ledger import merkle, note
@@ -20,6 +20,61 @@ from vault.ledger.entry import GENESIS_PREV, VERSION
 
 # (seq, stored prev_hash column or None, entry bytes)
 Row = tuple[int, bytes | None, bytes]
+
+
+class EntrySource(Protocol):
+    """Where the entries come from: a database, an export file, a list."""
+
+    def entries(self, lo: int, n: int) -> list[bytes]:
+        """Up to ``n`` entries' bytes in order, from sequence number ``lo`` on (fewer at the
+        end). The fast path reads only these."""
+
+    def rows(self, lo: int, n: int) -> list[Row]:
+        """The same as full rows, with the stored sequence number and link column (None where
+        the source has none), for naming exactly what is wrong."""
+
+    def first_suspect(self) -> int | None:
+        """The lowest sequence number from which stored columns may disagree with the entry
+        bytes (a link column unlike the bytes' link, sequence numbers not exactly 0..n-1), or
+        None. Blocks from there on are walked entry by entry, which checks the columns."""
+
+
+class ListSource:
+    """Entries held in memory, optionally with their link columns."""
+
+    def __init__(self, datas: Sequence[bytes], columns: Sequence[bytes] | None = None) -> None:
+        self._datas = datas
+        self._columns = columns
+
+    def entries(self, lo: int, n: int) -> list[bytes]:
+        return list(self._datas[lo : lo + n])
+
+    def rows(self, lo: int, n: int) -> list[Row]:
+        columns = self._columns
+        return [
+            (seq, None if columns is None else columns[seq], self._datas[seq])
+            for seq in range(lo, min(lo + n, len(self._datas)))
+        ]
+
+    def first_suspect(self) -> int | None:
+        if self._columns is None:
+            return None
+        if len(self._columns) != len(self._datas):
+            return 0
+        try:
+            links = bytes.fromhex(b"".join([d[-64:] for d in self._datas]).decode())
+        except ValueError:
+            links = b""  # some link is not hex: find which below
+        if links == b"".join(self._columns):
+            return None
+        return next(
+            (
+                seq
+                for seq, (column, data) in enumerate(zip(self._columns, self._datas, strict=True))
+                if column.hex().encode() != data[-64:]
+            ),
+            None,
+        )
 
 
 class NodeSource(Protocol):
@@ -85,7 +140,14 @@ def open_checkpoints(
 class _Walk:
     """State of one verification, advanced a block at a time."""
 
-    def __init__(self, checkpoints: Sequence[note.Checkpoint], nodes: NodeSource | None) -> None:
+    def __init__(
+        self,
+        source: EntrySource,
+        checkpoints: Sequence[note.Checkpoint],
+        nodes: NodeSource | None,
+    ) -> None:
+        self.source = source
+        self.suspect = source.first_suspect()
         self.tree = merkle.CompactRange()
         self.cps = sorted(checkpoints, key=lambda c: c.size)
         self.cp_index = 0
@@ -101,15 +163,15 @@ class _Walk:
 
     # ------------------------------------------------------------------ one block, fast
 
-    def block(self, rows: Sequence[Row]) -> None:
+    def block(self, datas: list[bytes]) -> None:
         lo = self.expected
-        n = len(rows)
-        seqs = [r[0] for r in rows]
-        datas = [r[2] for r in rows]
+        n = len(datas)
         leaves = [_sha256(b"\x00" + d).digest() for d in datas]
         stored = self.nodes.hashes(0, lo, lo + n) if self.nodes is not None else None
-        if not self._block_ok(lo, rows, seqs, datas, leaves, stored):
-            self._walk_slowly(rows)  # raises _Bad unless only some stored leaves are absent
+        suspect = self.suspect is not None and self.suspect < lo + n
+        if suspect or not self._block_ok(lo, datas, leaves, stored):
+            # Raises _Bad unless only some stored leaves are absent.
+            self._walk_slowly(self.source.rows(lo, n))
         levels = [leaves]
         while len(levels[-1]) > 1:
             levels.append(merkle.parents(levels[-1]))
@@ -123,34 +185,20 @@ class _Walk:
         self.prev_confirmed = stored is not None and len(stored) == n
 
     def _block_ok(
-        self,
-        lo: int,
-        rows: Sequence[Row],
-        seqs: list[int],
-        datas: list[bytes],
-        leaves: list[bytes],
-        stored: list[bytes] | None,
+        self, lo: int, datas: list[bytes], leaves: list[bytes], stored: list[bytes] | None
     ) -> bool:
-        n = len(rows)
-        if seqs != list(range(lo, lo + n)):
-            return False
+        """Every check of the slow walk, as whole-list comparisons (no per-entry branches)."""
+        n = len(datas)
         if min(map(len, datas)) < _MIN_LEN:
             return False
-        if [d[0] for d in datas] != [VERSION] * n or [d[-68:-64] for d in datas] != [
-            _LINK_MARK
-        ] * n:
+        if [d[0] for d in datas] != [VERSION] * n:
             return False
-        if [d[1:9] for d in datas] != [s.to_bytes(8, "big") for s in seqs]:
+        if [d[-68:-64] for d in datas] != [_LINK_MARK] * n:
+            return False
+        if b"".join([d[1:9] for d in datas]) != struct.pack(f">{n}Q", *range(lo, lo + n)):
             return False
         links = [d[-64:] for d in datas]
-        if links != [self.prev_hex, *(leaf.hex().encode() for leaf in leaves[:-1])]:
-            return False
-        columns = [r[1] for r in rows]
-        if columns[0] is not None:
-            first = self.prev_leaf if lo else bytes.fromhex(GENESIS_PREV)
-            if columns != [first, *leaves[:-1]]:
-                return False
-        elif any(c is not None for c in columns):
+        if links != [self.prev_hex, *[leaf.hex().encode() for leaf in leaves[:-1]]]:
             return False
         return stored is None or stored == leaves
 
@@ -282,7 +330,7 @@ def stored_node_problem(level: int, idx: int, present: bool) -> str:
 
 
 def verify_entries(
-    rows: Iterable[Row],
+    source: EntrySource,
     *,
     checkpoints: Sequence[note.Checkpoint],
     nodes: NodeSource | None = None,
@@ -298,11 +346,10 @@ def verify_entries(
     ``block_level`` are the caller's to check (their children, the block roots, are proved
     here).
     """
-    walk = _Walk(checkpoints, nodes)
-    it = iter(rows)
+    walk = _Walk(source, checkpoints, nodes)
     try:
         walk._checkpoints_inside(0, 0, [[]])
-        while block := list(islice(it, 1 << block_level)):
+        while block := source.entries(walk.expected, 1 << block_level):
             walk.block(block)
             if progress:
                 progress(walk.expected)
@@ -364,15 +411,7 @@ def verify_export(
             problem=f"export or checkpoint rejected: {exc}",
         )
 
-    def rows() -> Iterable[Row]:
-        for seq, item in enumerate(entries):
-            try:
-                data = a2b_base64(item, strict_mode=True)
-            except (ValueError, TypeError):
-                data = b""  # reported as malformed, with its sequence number
-            yield seq, None, data
-
-    result = verify_entries(rows(), checkpoints=[checkpoint], progress=progress)
+    result = verify_entries(_ExportSource(entries), checkpoints=[checkpoint], progress=progress)
     if result.ok and result.size != checkpoint.size:
         return VerifyResult(
             ok=False,
@@ -384,3 +423,26 @@ def verify_export(
             f"{checkpoint.size}",
         )
     return result
+
+
+class _ExportSource:
+    """The base64 entries of an export document, decoded a block at a time (no columns)."""
+
+    def __init__(self, encoded: list[object]) -> None:
+        self._encoded = encoded
+
+    def entries(self, lo: int, n: int) -> list[bytes]:
+        return [_decode(item) for item in self._encoded[lo : lo + n]]
+
+    def rows(self, lo: int, n: int) -> list[Row]:
+        return [(lo + i, None, data) for i, data in enumerate(self.entries(lo, n))]
+
+    def first_suspect(self) -> int | None:
+        return None
+
+
+def _decode(item: object) -> bytes:
+    try:
+        return a2b_base64(item, strict_mode=True)  # type: ignore[arg-type]  # checked below
+    except (ValueError, TypeError):
+        return b""  # reported as malformed, with its sequence number

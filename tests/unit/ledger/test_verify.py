@@ -17,7 +17,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from vault.ledger import merkle, note
 from vault.ledger.entry import GENESIS_PREV, Entry, decode, leaf_hash
-from vault.ledger.verify import BLOCK_LEVEL, Row, VerifyResult, verify_entries, verify_export
+from vault.ledger.verify import (
+    BLOCK_LEVEL,
+    ListSource,
+    VerifyResult,
+    verify_entries,
+    verify_export,
+)
 
 ORIGIN = "test.blo-vault.local/ledger"
 SIZE = 300
@@ -93,19 +99,13 @@ class Ledger:
     checkpoints: list[note.Checkpoint]
     columns: bool = True  # rows carry the prev_hash column, as in the database
 
-    def rows(self) -> list[Row]:
-        return [
-            (
-                decode(d).seq if len(d) > 9 else -1,
-                bytes.fromhex(d[-64:].decode()) if self.columns else None,
-                d,
-            )
-            for d in self.datas
-        ]
+    def source(self) -> ListSource:
+        columns = [bytes.fromhex(d[-64:].decode()) for d in self.datas] if self.columns else None
+        return ListSource(self.datas, columns)
 
     def verify(self, block_level: int) -> VerifyResult:
         return verify_entries(
-            self.rows(),
+            self.source(),
             checkpoints=self.checkpoints,
             nodes=DictNodes(self.nodes),
             leaf_count=sum(1 for level, _ in self.nodes if level == 0),
@@ -220,7 +220,7 @@ def test_export_mode_agrees_across_block_sizes(ledger: Ledger) -> None:
     ledger.columns = False
     ledger.datas[140] = ledger.datas[140][:-1] + b"0"
     verdicts = {
-        level: verify_entries(ledger.rows(), checkpoints=ledger.checkpoints, block_level=level)
+        level: verify_entries(ledger.source(), checkpoints=ledger.checkpoints, block_level=level)
         for level in BLOCK_LEVELS
     }
     assert len(set(verdicts.values())) == 1, verdicts
