@@ -8,6 +8,7 @@ as the local operator.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -727,6 +728,14 @@ def ledger_verify(
     vkey: Annotated[
         str | None, typer.Option(help="The log's verifier key (required with --export).")
     ] = None,
+    jobs: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=64,
+            help="Processes to verify a large database ledger with (default: one per CPU).",
+        ),
+    ] = min(os.cpu_count() or 1, 8),
     as_json: JsonOpt = False,
 ) -> None:
     """Verify chain, Merkle tree and signed checkpoints; exit 1 naming the first bad entry."""
@@ -749,7 +758,7 @@ def ledger_verify(
     with _local_vault() as vault:
         total = vault.ledger_size()
         with _counter("verifying", total) as advance:
-            report = vault.verify_ledger(local_operator(), progress=advance)
+            report = vault.verify_ledger(local_operator(), progress=advance, workers=jobs)
     _report_verify(report.model_dump(mode="json"), as_json)
 
 

@@ -57,6 +57,7 @@ from vault.errors import (
     VaultError,
 )
 from vault.keys import KeyMaterial, load_keys
+from vault.ledger import check as ledger_check
 from vault.ledger import log as ledger
 from vault.ledger import merkle, note
 from vault.ledger.entry import Entry, decode
@@ -1718,20 +1719,26 @@ class Vault:
         return self._record(principal.actor, "ledger", ALLOW, "ok", subject=what)
 
     def verify_ledger(
-        self, principal: Principal, progress: Callable[[int], None] | None = None
+        self,
+        principal: Principal,
+        progress: Callable[[int], None] | None = None,
+        *,
+        workers: int = 1,
     ) -> LedgerReport:
         """Verify chain, tree and every signed checkpoint; report the first bad entry.
 
         Reads nothing but the database and the log's public key, and writes nothing, so it
-        is safe to run against a copy of a suspect database.
+        is safe to run against a copy of a suspect database. ``workers`` > 1 forks processes
+        for a large ledger: only for a command-line process, never inside the server.
         """
         self._require_global(principal, "ledger", subject="verify")
         with self._tx(readonly=True) as session:
-            result = ledger.verify_database(
+            result = ledger_check.verify_database(
                 session,
                 origin=self.settings.ledger_origin,
                 verifier=self.ledger_verifier,
                 progress=progress,
+                workers=workers,
             )
         return LedgerReport.model_validate(result.as_dict())
 

@@ -31,6 +31,7 @@ from sqlalchemy import text
 from tests.conftest import FAST_ARGON2, World, postgres_schema_url, requires_postgres, seed
 from vault.config import load_settings
 from vault.db import session_scope
+from vault.ledger import check as ledger_check
 from vault.ledger import log as ledger
 from vault.ledger.entry import decode
 from vault.service import Principal, Vault
@@ -131,7 +132,21 @@ def check(
     assert report.size == total
     signed = vault.checkpoint()
     assert signed.size >= total
-    assert vault.verify_ledger(auditor).ok
+    final = vault.verify_ledger(auditor)
+    assert final.ok
+    # The same ledger confirmed by three forked processes, each on its own connection.
+    with session_scope(vault.engine, readonly=True) as session:
+        parallel = ledger_check.confirm_in_parallel(
+            session,
+            origin=vault.settings.ledger_origin,
+            verifier=vault.ledger_verifier,
+            workers=3,
+            block_level=8,
+            min_parallel=1,
+        )
+    assert parallel is not None
+    assert (parallel.ok, parallel.size, parallel.root) == (True, final.size, final.root)
+    assert vault.verify_ledger(auditor, workers=3).root == final.root
 
 
 def writers_of(users: dict[str, Principal]) -> list[Principal]:

@@ -27,7 +27,7 @@ from sqlmodel import Session
 from tests.conftest import ON_POSTGRES, CliRunner, World
 from vault.config import Settings
 from vault.errors import AccessDenied, LedgerCorrupt, NotFound
-from vault.ledger import log, merkle, note
+from vault.ledger import check, merkle, note
 from vault.ledger.entry import GENESIS_PREV, Entry, decode, leaf_hash
 from vault.ledger.verify import VerifyResult
 from vault.models import Classification, Handling
@@ -222,16 +222,33 @@ SMALL_BLOCKS = (1, 2, 3)
 
 
 def verify_in_small_blocks(world: World) -> list[VerifyResult]:
+    """The database verifier in small blocks, in one process and in three (forked) processes."""
+    origin, verifier = world.settings.ledger_origin, world.vault.ledger_verifier
     with Session(world.vault.engine) as session:
         return [
-            log.verify_database(
+            check.verify_database(
                 session,
-                origin=world.settings.ledger_origin,
-                verifier=world.vault.ledger_verifier,
+                origin=origin,
+                verifier=verifier,
                 block_level=level,
+                workers=workers,
+                min_parallel=1,
             )
             for level in SMALL_BLOCKS
+            for workers in (1, 3)
         ]
+
+
+def confirmed_in_parallel(world: World) -> VerifyResult | None:
+    with Session(world.vault.engine) as session:
+        return check.confirm_in_parallel(
+            session,
+            origin=world.settings.ledger_origin,
+            verifier=world.vault.ledger_verifier,
+            workers=3,
+            block_level=2,
+            min_parallel=1,
+        )
 
 
 def assert_bad(world: World, cli: CliRunner, first_bad: int | None) -> dict[str, object]:
@@ -252,6 +269,8 @@ def assert_bad(world: World, cli: CliRunner, first_bad: int | None) -> dict[str,
             first_bad,
             report["problem"],
         )
+    # The parallel path never reports damage itself: it declines, and one process names it.
+    assert confirmed_in_parallel(world) is None
     return report
 
 
@@ -276,6 +295,9 @@ def test_clean_ledger_verifies(world: World, cli: CliRunner) -> None:
     assert service.root == report["root"]
     for small in verify_in_small_blocks(world):
         assert (small.ok, small.size, small.root) == (True, built.size, report["root"])
+    parallel = confirmed_in_parallel(world)
+    assert parallel is not None
+    assert (parallel.ok, parallel.size, parallel.root) == (True, built.size, report["root"])
     # The root is the one the final checkpoint signed.
     with raw_db(world.settings) as conn:
         (signed,) = conn.execute(

@@ -11,10 +11,9 @@ proofs need O(log n) reads, and signing a checkpoint never re-reads the log.
 
 from __future__ import annotations
 
-import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
@@ -29,14 +28,6 @@ from vault.db import session_scope
 from vault.errors import InvalidInput, LedgerCorrupt, StorageUnavailable
 from vault.ledger import merkle, note
 from vault.ledger.entry import GENESIS_PREV, Entry, leaf_hash
-from vault.ledger.verify import (
-    BLOCK_LEVEL,
-    Row,
-    VerifyResult,
-    open_checkpoints,
-    stored_node_problem,
-    verify_entries,
-)
 from vault.models import LedgerCheckpoint, LedgerEntry, LedgerNode, utcnow
 
 # Arbitrary constant naming the ledger's advisory lock on PostgreSQL.
@@ -257,79 +248,6 @@ def iter_entries(
         next_seq = rows[-1][0] + 1
 
 
-# Verification reads every row, so it skips SQLAlchemy's result layer: plain DB-API cursor,
-# rows as tuples, keyset batches. Statements are written with named parameters (":lo").
-_ENTRIES_SQL = "SELECT entry FROM ledgerentry WHERE seq >= :lo ORDER BY seq LIMIT :n"
-_ROWS_SQL = "SELECT seq, prev_hash, entry FROM ledgerentry WHERE seq >= :lo ORDER BY seq LIMIT :n"
-_HASHES_SQL = (
-    "SELECT hash FROM ledgernode WHERE level = :level AND idx >= :lo AND idx < :hi ORDER BY idx"
-)
-_NODES_SQL = (
-    "SELECT idx, hash FROM ledgernode WHERE level = :level AND idx >= :lo AND idx < :hi"
-    " ORDER BY idx"
-)
-_SEQ_RANGE_SQL = "SELECT count(*), min(seq), max(seq) FROM ledgerentry"
-# The first entry whose link column is not the hex link that ends its bytes; the database
-# compares them, so the fast path need not fetch the column at all.
-_LINK_COLUMN_SQL = {
-    "sqlite": "SELECT min(seq) FROM ledgerentry"
-    " WHERE lower(hex(prev_hash)) != CAST(substr(entry, -64) AS TEXT)",
-    "postgresql": "SELECT min(seq) FROM ledgerentry WHERE encode(prev_hash, 'hex')"
-    " != convert_from(substring(entry FROM octet_length(entry) - 63), 'UTF8')",
-}
-
-
-def _raw_query(session: Session, sql: str) -> Callable[[dict[str, int]], list[Any]]:
-    """``run(params) -> rows`` for one statement on the session's own connection."""
-    connection = session.connection()
-    if connection.dialect.paramstyle == "pyformat":  # psycopg
-        sql = re.sub(r":(\w+)", r"%(\1)s", sql)
-    cursor = connection.connection.cursor()
-
-    def run(params: dict[str, int]) -> list[Any]:
-        cursor.execute(sql, params)
-        return list(cursor.fetchall())
-
-    return run
-
-
-class _StoredEntries:
-    """The database's ledger entries, read for verification (see EntrySource)."""
-
-    def __init__(self, session: Session) -> None:
-        self._session = session
-        self._entries = _raw_query(session, _ENTRIES_SQL)
-        self._rows = _raw_query(session, _ROWS_SQL)
-
-    def entries(self, lo: int, n: int) -> list[bytes]:
-        return [r[0] for r in self._entries({"lo": lo, "n": n})]
-
-    def rows(self, lo: int, n: int) -> list[Row]:
-        return [(r[0], bytes(r[1]), bytes(r[2])) for r in self._rows({"lo": lo, "n": n})]
-
-    def first_suspect(self) -> int | None:
-        ((count, low, high),) = _raw_query(self._session, _SEQ_RANGE_SQL)({})
-        if count and (low, high) != (0, count - 1):
-            return 0  # sequence numbers are not exactly 0..count-1: check every row
-        dialect = self._session.get_bind().dialect.name
-        ((first,),) = _raw_query(self._session, _LINK_COLUMN_SQL[dialect])({})
-        return None if first is None else int(first)
-
-
-class _StoredNodes:
-    """The database's Merkle nodes, read for verification (see NodeSource)."""
-
-    def __init__(self, session: Session) -> None:
-        self._hashes = _raw_query(session, _HASHES_SQL)
-        self._nodes = _raw_query(session, _NODES_SQL)
-
-    def hashes(self, level: int, lo: int, hi: int) -> list[bytes]:
-        return [r[0] for r in self._hashes({"level": level, "lo": lo, "hi": hi})]
-
-    def indexed(self, level: int, lo: int, hi: int) -> dict[int, bytes]:
-        return {r[0]: bytes(r[1]) for r in self._nodes({"level": level, "lo": lo, "hi": hi})}
-
-
 def checkpoint_notes(session: Session) -> list[str]:
     """Every stored signed checkpoint, oldest first."""
     return list(
@@ -390,82 +308,6 @@ def leaf_count(session: Session) -> int:
             select(func.count()).select_from(LedgerNode).where(LedgerNode.level == 0)
         ).one()
     )
-
-
-def verify_database(
-    session: Session,
-    *,
-    origin: str,
-    verifier: note.Verifier,
-    progress: Callable[[int], None] | None = None,
-    block_level: int = BLOCK_LEVEL,
-) -> VerifyResult:
-    """Verify chain, leaves, tree and every stored checkpoint of the database's ledger."""
-    try:
-        checkpoints = open_checkpoints(checkpoint_notes(session), verifier, origin)
-    except note.NoteError as exc:
-        return VerifyResult(
-            ok=False,
-            size=size(session),
-            root="",
-            checkpoint_size=None,
-            problem=f"a stored checkpoint does not verify: {exc}",
-        )
-
-    result = verify_entries(
-        _StoredEntries(session),
-        checkpoints=checkpoints,
-        nodes=_StoredNodes(session),
-        leaf_count=leaf_count(session),
-        progress=progress,
-        block_level=block_level,
-    )
-    if result.ok:
-        bad = _check_stored_tree(session, result.size, from_level=block_level + 1)
-        if bad is not None:
-            return VerifyResult(
-                ok=False,
-                size=result.size,
-                root="",
-                checkpoint_size=result.checkpoint_size,
-                first_bad_seq=bad[0],
-                problem=bad[1],
-            )
-    return result
-
-
-def _level_hashes(session: Session, level: int, lo: int, hi: int) -> list[bytes]:
-    """Stored hashes of nodes ``(level, lo..hi-1)`` in index order (fewer if some are missing)."""
-    return _StoredNodes(session).hashes(level, lo, hi)
-
-
-def _check_stored_tree(
-    session: Session, size: int, *, from_level: int = 1, batch: int = 1 << 15
-) -> tuple[int, str] | None:
-    """Every stored node from ``from_level`` up must hash its two stored children, and every
-    complete node must be there. With the levels below already proved against the entries,
-    this proves the whole stored tree, so every proof drawn from it is right. Streams each
-    level in batches: the primary key (level, idx) makes a full batch exactly the nodes
-    lo..hi-1, so only counts and hashes are compared. Returns (first entry under the bad
-    node, why) or None."""
-    level = from_level
-    while size >> level:
-        complete = size >> level
-        for lo in range(0, complete, batch):
-            hi = min(complete, lo + batch)
-            children = _level_hashes(session, level - 1, 2 * lo, 2 * hi)
-            stored = _level_hashes(session, level, lo, hi)
-            computed = merkle.parents(children)
-            if stored == computed and len(stored) == hi - lo:
-                continue
-            bad = next(
-                (lo + i for i, (a, b) in enumerate(zip(stored, computed, strict=False)) if a != b),
-                lo + min(len(stored), len(computed)),
-            )
-            present = len(stored) == hi - lo
-            return bad << level, stored_node_problem(level, bad, present)
-        level += 1
-    return None
 
 
 class GroupAppender:

@@ -22,6 +22,27 @@ from vault.ledger.entry import GENESIS_PREV, VERSION
 Row = tuple[int, bytes | None, bytes]
 
 
+@dataclass(frozen=True)
+class Start:
+    """Where a walk over part of a ledger begins: at entry ``seq``, with the Merkle frontier of
+    the entries before it and the leaf hash of entry ``seq - 1`` (both as stored)."""
+
+    seq: int
+    frontier: tuple[bytes, ...]
+    prev_leaf: bytes
+
+
+@dataclass(frozen=True)
+class RangeOutcome:
+    """What a walk over part of a ledger found: whether every check passed, and the frontier
+    and last leaf it computed, which the next part's :class:`Start` must equal."""
+
+    ok: bool
+    size: int
+    frontier: tuple[bytes, ...]
+    last_leaf: bytes | None
+
+
 class EntrySource(Protocol):
     """Where the entries come from: a database, an export file, a list."""
 
@@ -145,21 +166,37 @@ class _Walk:
         source: EntrySource,
         checkpoints: Sequence[note.Checkpoint],
         nodes: NodeSource | None,
+        start: Start | None = None,
     ) -> None:
         self.source = source
         self.suspect = source.first_suspect()
-        self.tree = merkle.CompactRange()
         self.cps = sorted(checkpoints, key=lambda c: c.size)
         self.cp_index = 0
-        self.covered = 0  # entries proved by a checkpoint whose root matched
-        self.expected = 0  # next sequence number
-        self.prev_leaf: bytes | None = None
-        self.prev_hex = _GENESIS
-        self.prev_confirmed = False  # the previous entry's hash matched a stored Merkle leaf
         self.nodes = nodes
+        if start is None:
+            self.tree = merkle.CompactRange()
+            self.expected = 0  # next sequence number
+            self.prev_leaf: bytes | None = None
+            self.prev_hex = _GENESIS
+            self.prev_confirmed = False  # the previous entry's hash matched a stored leaf
+        else:
+            self.tree = merkle.CompactRange.from_hashes(start.seq, start.frontier)
+            self.expected = start.seq
+            self.prev_leaf = start.prev_leaf
+            self.prev_hex = start.prev_leaf.hex().encode()
+            self.prev_confirmed = True
+        self.covered = self.expected  # entries proved by a checkpoint whose root matched
         # The lowest (level, index) stored node found wrong. Reported only when the entries
         # themselves check out, so a changed entry is named rather than a node above it.
         self.bad_node: tuple[int, int, bool] | None = None
+
+    def run(self, block_level: int, progress: Callable[[int], None] | None) -> None:
+        """Every block the source holds, in order."""
+        self._checkpoints_inside(self.expected, 0, [[]])
+        while block := self.source.entries(self.expected, 1 << block_level):
+            self.block(block)
+            if progress:
+                progress(self.expected)
 
     # ------------------------------------------------------------------ one block, fast
 
@@ -348,11 +385,7 @@ def verify_entries(
     """
     walk = _Walk(source, checkpoints, nodes)
     try:
-        walk._checkpoints_inside(0, 0, [[]])
-        while block := source.entries(walk.expected, 1 << block_level):
-            walk.block(block)
-            if progress:
-                progress(walk.expected)
+        walk.run(block_level, progress)
         expected = walk.expected
         if walk.cp_index < len(walk.cps):
             raise _Bad(
@@ -385,6 +418,27 @@ def verify_entries(
         root=base64.b64encode(walk.tree.root()).decode(),
         checkpoint_size=walk.cps[-1].size if walk.cps else None,
     )
+
+
+def verify_range(
+    source: EntrySource,
+    *,
+    start: Start | None,
+    checkpoints: Sequence[note.Checkpoint],
+    nodes: NodeSource,
+    block_level: int = BLOCK_LEVEL,
+    progress: Callable[[int], None] | None = None,
+) -> RangeOutcome:
+    """Check the entries ``source`` holds from ``start`` on (the first entry when None) and
+    every checkpoint given, which must all fall inside. The outcome says only whether all is
+    well: to name what is wrong, verify the whole ledger with :func:`verify_entries`."""
+    walk = _Walk(source, checkpoints, nodes, start)
+    try:
+        walk.run(block_level, progress)
+    except _Bad:
+        return RangeOutcome(False, walk.expected, (), None)
+    ok = walk.bad_node is None and walk.cp_index == len(walk.cps)
+    return RangeOutcome(ok, walk.expected, walk.tree.hashes, walk.prev_leaf)
 
 
 def verify_export(
