@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from dataclasses import astuple, dataclass, fields
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 
 from vault.errors import LedgerCorrupt
@@ -57,10 +57,10 @@ class Entry:
 
     def encode(self) -> bytes:
         """The canonical bytes of this entry."""
-        values = astuple(self)
-        out = [bytes([VERSION]), _U64.pack(values[0]), _U64.pack(values[1])]
-        for value in values[2:]:
-            raw = value.encode("utf-8")
+        out = [_HEAD.pack(VERSION, self.seq, self.time_us)]
+        # Field order is the declaration order above (dataclasses.astuple would deep-copy).
+        for name in _STRING_NAMES:
+            raw = getattr(self, name).encode("utf-8")
             if len(raw) > _MAX_STRING:
                 raise ValueError("ledger entry field too long")
             out.append(_U32.pack(len(raw)))
@@ -68,7 +68,9 @@ class Entry:
         return b"".join(out)
 
 
-_STRING_FIELDS = len(fields(Entry)) - 2
+_STRING_NAMES = tuple(f.name for f in fields(Entry))[2:]
+_STRING_FIELDS = len(_STRING_NAMES)
+_HEAD = struct.Struct(">BQQ")
 
 
 def leaf_hash(entry_bytes: bytes) -> bytes:
