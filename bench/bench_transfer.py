@@ -453,14 +453,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
                 def raw_down(key: str = raw_key) -> dict[str, Any]:
                     n = 0
-                    with store.open(key) as f:
+                    with store.open(key) as f, Sink(work, args.download_to) as sink:
                         while chunk := f.read(CHUNK):
                             n += len(chunk)
+                            sink.write(chunk)
                     if n != size:
                         raise RuntimeError(f"raw read {n} bytes, expected {size}")
                     return {}
 
                 rep["raw_download"] = timed("raw download", size, raw_down)
+                (work / "download.out").unlink(missing_ok=True)
 
             ids: dict[str, str] = {}
 
@@ -491,8 +493,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             def vault_down(ids: dict[str, str] = ids) -> dict[str, Any]:
                 got = vault.download(officer, ids["package"], ids["file"])
                 n = 0
-                for chunk in got.chunks:
-                    n += len(chunk)
+                with Sink(work, args.download_to) as sink:
+                    for chunk in got.chunks:
+                        n += len(chunk)
+                        sink.write(chunk)
                 if n != size or got.file.sha256 != src_sha:
                     raise RuntimeError(f"vault download gave {n} bytes, expected {size}")
                 return {}
@@ -503,6 +507,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 vault_down,
                 prof_dir / "profile_vault_download.pstats" if prof_dir else None,
             )
+            (work / "download.out").unlink(missing_ok=True)
             repeats.append(rep)
             print(
                 f"repeat {i + 1}/{args.repeat}: "
@@ -577,6 +582,7 @@ def summarise(
         "repeat": args.repeat,
         "cache": args.cache,
         "raw_chunk": args.raw_chunk or "file object (put reads 1 MiB)",
+        "download_to": args.download_to,
         "wait_idle_s": args.wait_idle,
         "machine": info,
         "code": CODE,
@@ -595,7 +601,8 @@ def print_report(result: dict[str, Any]) -> None:
     print()
     print(
         f"Transfer {result['size_mib']} MiB, {result['repeat']} repeats, cache={result['cache']},"
-        f" raw source reads: {result['raw_chunk']}  ({result['date']})"
+        f" raw source reads: {result['raw_chunk']},"
+        f" downloads to: {result['download_to']}  ({result['date']})"
     )
     print(
         f"{m['cpu']} x{m['cores']}, {m['ram_gib']} GiB, kernel {m['kernel']}, "
@@ -635,6 +642,31 @@ def print_report(result: dict[str, Any]) -> None:
         )
 
 
+class Sink:
+    """Where a timed download puts its bytes: nowhere, or a file fsynced before the clock
+    stops (then deleted, untimed)."""
+
+    def __init__(self, folder: Path, mode: str) -> None:
+        self._path = folder / "download.out"
+        self._mode = mode
+        self._file: Any = None
+
+    def __enter__(self) -> Sink:
+        if self._mode == "file":
+            self._file = open(self._path, "wb")  # closed in __exit__
+        return self
+
+    def write(self, chunk: bytes) -> None:
+        if self._file is not None:
+            self._file.write(chunk)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._file is not None:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size-mib", type=int, default=1024, help="file size in MiB (1024)")
@@ -654,6 +686,13 @@ def main(argv: list[str] | None = None) -> int:
         metavar="BYTES",
         help="raw upload: hand store.put a source whose read() returns at most BYTES (so the "
         "store writes chunks of that size); 0 = the plain file object, i.e. 1 MiB writes (0)",
+    )
+    parser.add_argument(
+        "--download-to",
+        choices=("nowhere", "file"),
+        default="nowhere",
+        help="nowhere: both downloads discard what they read (default); file: both write it "
+        "to a file in the data dir and fsync it, as a user's download ends",
     )
     parser.add_argument("--out", default=str(OUT_DEFAULT), help="JSON output file")
     parser.add_argument("--keep", action="store_true", help="keep the temp data dir")
