@@ -97,6 +97,11 @@ def error_response(
     )
 
 
+def internal_error() -> JSONResponse:
+    """The answer to an error no handler knew: nothing about it leaves the server."""
+    return error_response(500, "internal_error", "internal error")
+
+
 def install(app: FastAPI) -> None:
     """Register the handlers on ``app``."""
 
@@ -128,4 +133,4 @@ def install(app: FastAPI) -> None:
     async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
         if not isinstance(exc, StreamAborted):  # already logged where it happened
             log.exception("unexpected error: %s", type(exc).__name__)
-        return error_response(500, "internal_error", "internal error")
+        return internal_error()

@@ -19,9 +19,11 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.errors import internal_error
 from vault.service import Vault
 
 access_log = logging.getLogger("vault.access")
+error_log = logging.getLogger("vault.api")
 
 SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
@@ -103,11 +105,13 @@ class ObservabilityMiddleware:
         started = time.perf_counter()
         request_id = secrets.token_hex(8)
         status = 500
+        response_started = False
         path = scope.get("path", "")
 
         async def send_wrapper(message: Message) -> None:
-            nonlocal status
+            nonlocal status, response_started
             if message["type"] == "http.response.start":
+                response_started = True
                 status = message["status"]
                 headers = list(message.get("headers", []))
                 names = {k.lower() for k, _ in headers}
@@ -122,6 +126,18 @@ class ObservabilityMiddleware:
 
         try:
             await self.app(scope, receive, send_wrapper)
+        except Exception as exc:
+            if response_started:
+                raise  # mid-stream: the server cuts the connection; nothing more can be sent
+            # An error no handler knew. Answered here rather than by Starlette's outermost
+            # middleware so the 500 carries the request id and security headers too; logged
+            # by type only (a traceback may quote values and paths) and not re-raised, so the
+            # server doesn't print one either.
+            error_log.error(
+                "unexpected error",
+                extra={"request_id": request_id, "exception": type(exc).__name__},
+            )
+            await internal_error()(scope, receive, send_wrapper)
         finally:
             elapsed = time.perf_counter() - started
             route = _route_template(scope)

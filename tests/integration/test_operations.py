@@ -278,6 +278,46 @@ def test_every_response_carries_request_id_and_security_headers(client: httpx.Cl
     assert len(set(ids)) == len(ids), "request ids must be unique"
 
 
+def test_unexpected_error_is_a_bare_500_with_headers_and_no_detail(
+    world: World,
+    client: httpx.Client,
+    json_log: io.StringIO,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """A bug no handler knows: the one error shape, the usual headers, nothing of the cause
+    in the reply or the logs but its type, and no traceback on the server's output."""
+    uz = login(client, "uz.officer")
+    secret = "/srv/vault-data/secret-" + secrets.token_hex(6)
+
+    def broken(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError(f"bug while reading {secret}")
+
+    monkeypatch.setattr(world.vault, "list_packages", broken)
+    reply = client.get("/packages", headers=uz)
+    assert reply.status_code == 500
+    assert reply.json() == {
+        "error": {"code": "internal_error", "message": "internal error", "receipt": None}
+    }
+    assert REQUEST_ID.fullmatch(reply.headers.get("x-request-id", ""))
+    assert reply.headers.get("x-content-type-options") == "nosniff"
+    assert reply.headers.get("x-frame-options") == "DENY"
+    assert "default-src 'none'" in reply.headers.get("content-security-policy", "")
+    assert reply.headers.get("cache-control") == "no-store"
+    assert secret not in reply.text
+    logged = [json.loads(x) for x in json_log.getvalue().splitlines() if x.strip()]
+    mine = [x for x in logged if x.get("request_id") == reply.headers["x-request-id"]]
+    assert {"unexpected error", "request"} <= {x["message"] for x in mine}
+    assert any(x.get("exception") == "RuntimeError" for x in mine)
+    assert secret not in json_log.getvalue()
+    printed = capfd.readouterr()
+    assert "Traceback" not in printed.err + printed.out
+    assert secret not in printed.err + printed.out
+    # The server is fine afterwards.
+    monkeypatch.undo()
+    assert client.get("/packages", headers=uz).status_code == 200
+
+
 def test_cors_preflight_from_foreign_origin_gets_no_allow_origin(client: httpx.Client) -> None:
     evil = "https://evil.example"
     preflight = client.options(
