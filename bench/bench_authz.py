@@ -20,7 +20,7 @@ Then it measures (``time.perf_counter_ns`` around each call; the table shows med
 a) pure decision    ``Authorizer.decide(facts)`` on precomputed facts, memo warm (and the
                     one-off cost of a memo miss, i.e. pycasbin's enforce_ex on the class policy)
 b) full decision    what the service does for one request, inside an open session:
-                    ``session.get(Package, id)`` + ``Vault._facts`` (releases in force for the
+                    ``session.get(Package, id)`` + ``reference_facts`` (releases in force for the
                     caller's agency/country, originator country, H3 acknowledgement) + decide;
                     also without the package load, and per request in its own transaction
                     (``Vault._tx``: connection, PRAGMAs, BEGIN IMMEDIATE, ..., COMMIT)
@@ -83,7 +83,15 @@ from sqlalchemy.engine import make_url
 from sqlmodel import col, select
 
 from vault import crypto
-from vault.authz import Authorizer, Facts
+from vault.authz import (
+    NONE,
+    ORIGINATOR,
+    RELEASED_AGENCY,
+    RELEASED_COUNTRY,
+    SAME_COUNTRY,
+    Authorizer,
+    Facts,
+)
 from vault.config import load_settings
 from vault.db import session_scope
 from vault.models import (
@@ -98,7 +106,14 @@ from vault.models import (
     Role,
     utcnow,
 )
-from vault.service import ALLOW, Principal, Vault, _package_identity, local_operator
+from vault.service import (
+    ALLOW,
+    Principal,
+    Vault,
+    _package_identity,
+    local_operator,
+    package_facts,
+)
 
 pc = time.perf_counter_ns
 
@@ -497,7 +512,7 @@ def sample_requests(
             action = rng.choices(acts, weights=weights)[0]
             package = session.get(Package, pop.package_ids[p])
             assert package is not None
-            facts = vault._facts(session, principal, package, action)
+            facts = reference_facts(vault, session, principal, package, action)
             ok = vault.authz.decide(facts).allowed
             bucket, limit = (allowed, want) if ok else (denied, n - want)
             if len(bucket) >= limit:
@@ -600,34 +615,37 @@ def measure_pure(vault: Vault, reqs: list[Req]) -> dict[str, Any]:
 def service_path_facts(
     vault: Vault, session: Any, principal: Principal, package_id: str, action: str
 ) -> Facts:
-    """Facts exactly as Vault._load_package_for derives them (its one prebuilt query)."""
-    from vault.service import _PACKAGE_FACTS
+    """Facts as the service derives them (``vault.service.package_facts``, one query)."""
+    found = package_facts(session, principal, package_id, action)
+    assert found is not None
+    return found[1]
 
-    package, origin_country, to_agency, to_country, acknowledged = session.execute(
-        _PACKAGE_FACTS,
-        {
-            "pid": package_id,
-            "now": utcnow(),
-            "agency": principal.agency,
-            "country": principal.country,
-            "uid": principal.user_id,
-        },
-    ).one()
-    relations = {"none"}
+
+def reference_facts(
+    vault: Vault, session: Any, principal: Principal, package: Package, action: str
+) -> Facts:
+    """The same facts from separate indexed lookups (releases in force, the originator's
+    country, the acknowledgement): how the service derived them before its one prebuilt
+    query, kept here as the baseline it is timed against and an independent check of it."""
+    relations = {NONE}
     if package.agency_code == principal.agency:
-        relations.add("originator")
-    elif origin_country == principal.country:
-        relations.add("same-country")
-    if to_agency:
-        relations.add("released-agency")
-    if to_country:
-        relations.add("released-country")
+        relations.add(ORIGINATOR)
+    for _, agency in vault._grants_in_force(session, principal, package.id):
+        relations.add(RELEASED_COUNTRY if agency is None else RELEASED_AGENCY)
+    if (
+        ORIGINATOR not in relations
+        and vault._country_of(session, package.agency_code) == principal.country
+    ):
+        relations.add(SAME_COUNTRY)
+    acknowledged = False
+    if package.handling == Handling.H3 and principal.user_id:
+        acknowledged = session.get(Acknowledgement, (package.id, principal.user_id)) is not None
     return Facts(
         role=principal.role.value,
         relations=frozenset(relations),
         cleared=principal.clearance.rank >= package.classification.rank,
         handling=package.handling.value,
-        acknowledged=bool(acknowledged) and package.handling.value == "H3",
+        acknowledged=acknowledged,
         action=action,
     )
 
@@ -656,7 +674,7 @@ def measure_full(
                 t0 = pc()
                 package = session.get(Package, q.package_id)
                 t1 = pc()
-                facts = vault._facts(session, principal, package, q.action)  # type: ignore[arg-type]
+                facts = reference_facts(vault, session, principal, package, q.action)  # type: ignore[arg-type]
                 t2 = pc()
                 decision = authz.decide(facts)
                 t3 = pc()
@@ -687,7 +705,7 @@ def measure_full(
         t0 = pc()
         with vault._tx(readonly=readonly) as session:
             package = session.get(Package, q.package_id)
-            facts = vault._facts(session, principal, package, q.action)  # type: ignore[arg-type]
+            facts = reference_facts(vault, session, principal, package, q.action)  # type: ignore[arg-type]
             ok = vault.authz.allows(facts)
         t1 = pc()
         (per_request_ro if readonly else per_request).append(t1 - t0)
@@ -1195,7 +1213,7 @@ def profile_full_decision(
         with session_scope(vault.engine) as session:
             for q in reqs:
                 package = session.get(Package, q.package_id)
-                facts = vault._facts(session, principals[q.username], package, q.action)  # type: ignore[arg-type]
+                facts = reference_facts(vault, session, principals[q.username], package, q.action)  # type: ignore[arg-type]
                 vault.authz.decide(facts)
 
     return profile(run, "facts")
@@ -1616,22 +1634,22 @@ def print_table(r: dict[str, Any]) -> None:
             f"   memo miss (first call per class, {a['memo_entries']} classes)",
             a["memo_miss_first_call"],
         ),
-        ("b) session.get(Package) + Vault._facts + decide (open session)", b["row_facts_decide"]),
+        ("b) session.get(Package) + reference_facts + decide", b["row_facts_decide"]),
         ("   ... allowed requests", b["row_facts_decide_allowed"]),
         ("   ... denied requests", b["row_facts_decide_denied"]),
         (
             "   ... same, thread CPU time (immune to being descheduled)",
             b["row_facts_decide_thread_cpu"],
         ),
-        ("   Vault._facts + decide (package row already loaded)", b["facts_decide"]),
+        ("   reference_facts + decide (package row already loaded)", b["facts_decide"]),
         ("   piece: session.get(Package)", b["pieces"]["session_get_package"]),
-        ("   piece: Vault._facts", b["pieces"]["vault_facts"]),
-        ("   piece: Vault._facts, caller is originator", b["pieces"]["vault_facts_originator"]),
+        ("   piece: reference_facts", b["pieces"]["vault_facts"]),
+        ("   piece: reference_facts, caller is originator", b["pieces"]["vault_facts_originator"]),
         (
-            "   piece: Vault._facts, caller not originator",
+            "   piece: reference_facts, caller not originator",
             b["pieces"]["vault_facts_not_originator"],
         ),
-        ("   piece: Vault._facts, H3 package", b["pieces"]["vault_facts_h3"]),
+        ("   piece: reference_facts, H3 package", b["pieces"]["vault_facts_h3"]),
         (
             "   per request in its own Vault._tx() (BEGIN IMMEDIATE ... COMMIT)",
             b["per_request_transaction"],

@@ -10,9 +10,9 @@ Run::
 
 Decision variants (package row + facts + ``Authorizer.decide``; each inside an open session whose
 transaction has already begun, so only the lookups are timed; every variant's facts are compared
-with ``Vault._facts`` for every request):
+with ``reference_facts`` for every request):
 
-    service          session.get(Package) + Vault._facts + decide (what the service does now:
+    service          session.get(Package) + reference_facts + decide (what the service did then:
                      the release query and the originator-country query are built as SQLAlchemy
                      expressions on every call, then ORM-executed; H3 adds
                      session.get(Acknowledgement))
@@ -75,6 +75,7 @@ from bench.bench_authz import (
     listing_query,
     machine_info,
     populate,
+    reference_facts,
     sample_requests,
     seed,
     summary_ms,
@@ -231,7 +232,7 @@ class Variants:
 
     def service(self, session: Session, p: Principal, pid: str, action: str) -> Facts:
         package = session.get(Package, pid)
-        return self.vault._facts(session, p, package, action)  # type: ignore[arg-type]
+        return reference_facts(self.vault, session, p, package, action)  # type: ignore[arg-type]
 
     def origin_cache(self, session: Session, p: Principal, pid: str, action: str) -> Facts:
         package = session.get(Package, pid)
@@ -587,7 +588,12 @@ def measure_listing(
             service_module.utcnow = lambda now=now: now  # type: ignore[assignment,misc]
             try:
                 cap.on = True
-                want = [pk.id for pk, _ in session.exec(listing_query(vault, p)).all()]
+                want = [
+                    pk.id
+                    for pk, _ in session.exec(
+                        listing_query(vault, p), params={"now": utcnow()}
+                    ).all()
+                ]
                 cap.on = False
             finally:
                 service_module.utcnow = real  # type: ignore[assignment]
@@ -609,7 +615,7 @@ def measure_listing(
             p = principals[name]
             # Each ORM variant starts from an empty identity map, as a fresh request's session does.
             t0 = pc()
-            session.exec(listing_query(vault, p)).all()
+            session.exec(listing_query(vault, p), params={"now": utcnow()}).all()
             t1 = pc()
             session.expunge_all()
             t2 = pc()

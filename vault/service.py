@@ -181,6 +181,45 @@ _PACKAGE_FACTS = (
 )
 
 
+def package_facts(
+    session: Session, principal: Principal, package_id: str, action: str
+) -> tuple[Package, Facts] | None:
+    """The package and the facts a decision about ``principal`` doing ``action`` to it rests
+    on, from one query; None if there is no such package. The only place facts are derived:
+    enforcement and ``explain`` both use it, so they can't disagree."""
+    row = session.execute(
+        _PACKAGE_FACTS,
+        {
+            "pid": package_id,
+            "now": utcnow(),
+            "agency": principal.agency,
+            "country": principal.country,
+            "uid": principal.user_id,
+        },
+    ).first()
+    if row is None:
+        return None
+    package, origin_country, to_agency, to_country, acknowledged = row
+    relations = {NONE}
+    if package.agency_code == principal.agency:
+        relations.add(ORIGINATOR)
+    elif origin_country == principal.country:
+        relations.add(SAME_COUNTRY)
+    if to_agency:
+        relations.add(RELEASED_AGENCY)
+    if to_country:
+        relations.add(RELEASED_COUNTRY)
+    facts = Facts(
+        role=principal.role.value,
+        relations=frozenset(relations),
+        cleared=principal.clearance.rank >= package.classification.rank,
+        handling=package.handling.value,
+        acknowledged=bool(acknowledged) and package.handling == Handling.H3,
+        action=action,
+    )
+    return package, facts
+
+
 def new_id() -> str:
     """A fresh opaque id: 128 random bits as 32 lowercase hex characters."""
     return secrets.token_hex(16)
@@ -460,23 +499,6 @@ class Vault:
                 **target,
             )
 
-    def _relations(
-        self, session: Session, principal: Principal, package: Package
-    ) -> frozenset[str]:
-        """Which relations hold between caller and package, from indexed lookups."""
-        relations = {NONE}
-        if package.agency_code == principal.agency:
-            relations.add(ORIGINATOR)
-        hits = [agency for _, agency in self._grants_in_force(session, principal, package.id)]
-        for agency in hits:
-            relations.add(RELEASED_COUNTRY if agency is None else RELEASED_AGENCY)
-        if (
-            ORIGINATOR not in relations
-            and self._country_of(session, package.agency_code) == principal.country
-        ):
-            relations.add(SAME_COUNTRY)
-        return frozenset(relations)
-
     def _grants_in_force(
         self, session: Session, principal: Principal, package_id: str
     ) -> list[tuple[str, str | None]]:
@@ -497,21 +519,6 @@ class Vault:
         ).all()
         return [(rid, agency) for rid, agency in rows]
 
-    def _facts(
-        self, session: Session, principal: Principal, package: Package, action: str
-    ) -> Facts:
-        acknowledged = False
-        if package.handling == Handling.H3 and principal.user_id:
-            acknowledged = session.get(Acknowledgement, (package.id, principal.user_id)) is not None
-        return Facts(
-            role=principal.role.value,
-            relations=self._relations(session, principal, package),
-            cleared=principal.clearance.rank >= package.classification.rank,
-            handling=package.handling.value,
-            acknowledged=acknowledged,
-            action=action,
-        )
-
     def _load_package_for(
         self, session: Session, principal: Principal, package_id: str, action: str
     ) -> tuple[Package, Facts]:
@@ -522,17 +529,8 @@ class Vault:
         saying why.
         """
         check_id(package_id, "package id")
-        row = session.execute(
-            _PACKAGE_FACTS,
-            {
-                "pid": package_id,
-                "now": utcnow(),
-                "agency": principal.agency,
-                "country": principal.country,
-                "uid": principal.user_id,
-            },
-        ).first()
-        if row is None or row[0].purged_at is not None:
+        found = package_facts(session, principal, package_id, action)
+        if found is None or found[0].purged_at is not None:
             raise self._refuse(
                 NotFound("package not found"),
                 principal.actor,
@@ -540,24 +538,7 @@ class Vault:
                 "not_found",
                 package=package_id,
             )
-        package, origin_country, to_agency, to_country, acknowledged = row
-        relations = {NONE}
-        if package.agency_code == principal.agency:
-            relations.add(ORIGINATOR)
-        elif origin_country == principal.country:
-            relations.add(SAME_COUNTRY)
-        if to_agency:
-            relations.add(RELEASED_AGENCY)
-        if to_country:
-            relations.add(RELEASED_COUNTRY)
-        facts = Facts(
-            role=principal.role.value,
-            relations=frozenset(relations),
-            cleared=principal.clearance.rank >= package.classification.rank,
-            handling=package.handling.value,
-            acknowledged=bool(acknowledged) and package.handling == Handling.H3,
-            action=action,
-        )
+        package, facts = found
         if self.authz.allows(facts):
             return package, facts
         authz = self.authz
@@ -1639,11 +1620,11 @@ class Vault:
             user = session.exec(select(User).where(User.username == username)).first()
             if user is None:
                 raise NotFound(f"unknown user {username}")
-            package = session.get(Package, package_id)
-            if package is None:
-                raise NotFound("package not found")
             subject = self._principal(session, user)
-            facts = self._facts(session, subject, package, action)
+            found = package_facts(session, subject, package_id, action)
+            if found is None:
+                raise NotFound("package not found")
+            package, facts = found
             decision = self.authz.decide(facts)
             grants = [rid for rid, _ in self._grants_in_force(session, subject, package.id)]
             receipt = self._log(
