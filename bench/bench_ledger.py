@@ -85,6 +85,15 @@ TARGET_VERIFY = 300_000.0
 TARGET_PROOF_MS = 2.0
 ACTOR = log.Actor(user="uz.officer", agency="UZ-CUSTOMS", country="UZ")
 POLICY = "b" * 64
+# What every timed append records: an allowed listing, as the service writes for reads.
+RECORD: dict[str, Any] = {
+    "actor": ACTOR,
+    "action": "list",
+    "decision": "allow",
+    "reason": "ok",
+    "policy": POLICY,
+    "subject": "count:0",
+}
 SQLITE_PRAGMAS = (
     "PRAGMA journal_mode=WAL",
     "PRAGMA synchronous=FULL",
@@ -224,15 +233,7 @@ def time_appends(
         t0 = time.perf_counter()
         with db.session_scope(engine) as session:
             for _ in range(min(per_tx, count - done)):
-                log.append(
-                    session,
-                    actor=ACTOR,
-                    action="list",
-                    decision="allow",
-                    reason="ok",
-                    policy=POLICY,
-                    subject="count:0",
-                )
+                log.append(session, **RECORD)
                 done += 1
         latencies.append(time.perf_counter() - t0)
     elapsed = time.perf_counter() - began
@@ -244,14 +245,7 @@ def time_group_appends(engine: Engine, count: int, threads: int = 16) -> float:
     group commit (vault.ledger.log.GroupAppender): each call returns only once its entry is
     committed. Returns appends per second."""
     appender = log.GroupAppender(engine)
-    record = log.Record(
-        actor=ACTOR,
-        action="list",
-        decision="allow",
-        reason="ok",
-        policy=POLICY,
-        subject="count:0",
-    )
+    record = log.Record(**RECORD)
     appender.append(record)  # warm-up: starts the committer thread
     per_thread = count // threads
 

@@ -47,6 +47,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             if item.get_closest_marker("postgres"):
                 item.add_marker(_NO_POSTGRES)
 
+
 FAST_ARGON2 = {"argon2_time_cost": 1, "argon2_memory_kib": 1024, "argon2_parallelism": 1}
 
 COUNTRIES = {"UZ": "Uzbekistan", "KZ": "Kazakhstan", "TJ": "Tajikistan", "KG": "Kyrgyzstan"}

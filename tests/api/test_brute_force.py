@@ -306,6 +306,9 @@ def test_unknown_user_takes_as_long_as_a_wrong_password(tmp_path: Path) -> None:
         for name, times in (("wrong password", known), ("unknown user", unknown)):
             spread = statistics.quantiles(times, n=10)
             if spread[-1] > 3 * spread[0]:
+                # On a saturated machine (CI's parallel workers, other tenants) the noise is
+                # larger than any difference this could detect; a pass or fail then means
+                # nothing, so say so, with the figures, instead.
                 pytest.skip(
                     f"machine too noisy to compare timings: {name} p10={spread[0] * 1000:.0f} "
                     f"ms, p90={spread[-1] * 1000:.0f} ms"

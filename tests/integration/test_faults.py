@@ -28,7 +28,6 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,16 +47,16 @@ from tests.conftest import (
     seed,
 )
 from tests.s3server import moto_s3
+from tests.servers import BLOVAULT, Served, spawn, wait_healthy
 from vault.config import Settings, load_settings
 from vault.db import READ_ONLY, make_engine
 from vault.errors import IntegrityError, StorageUnavailable, VaultError
 from vault.ledger.entry import Entry
-from vault.schemas import NewPackage
+from vault.schemas import NewPackage, PackageDetail
 from vault.service import IncomingFile, Principal, Vault, local_operator
 from vault.storage.local import LocalDiskStore
 
 MiB = 1024 * 1024
-BLOVAULT = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "blovault"
 HTTP_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
 
 
@@ -238,14 +237,19 @@ def _download_errors(vault: Vault, package_id: str, file_id: str) -> list[Entry]
     ]
 
 
+def _uploaded(vault: Vault, content: bytes) -> tuple[Principal, PackageDetail, str]:
+    """The seeded officer, and a package of one file holding ``content`` that they uploaded."""
+    officer = seed(vault)["uz.officer"]
+    package = vault.upload(
+        officer, NewPackage(title="big"), [IncomingFile("big.bin", io.BytesIO(content))]
+    ).package
+    return officer, package, package.files[0].id
+
+
 def test_object_store_unreachable_mid_download(tmp_path: Path, database_url: str | None) -> None:
     content = _data(BIG)
     with moto_s3() as s3, _minio_vault(tmp_path, s3, database_url) as vault:
-        officer = seed(vault)["uz.officer"]
-        package = vault.upload(
-            officer, NewPackage(title="big"), [IncomingFile("big.bin", io.BytesIO(content))]
-        ).package
-        file_id = package.files[0].id
+        officer, package, file_id = _uploaded(vault, content)
         download = vault.download(officer, package.id, file_id)
         received = bytearray()
 
@@ -281,11 +285,7 @@ def test_object_store_unreachable_mid_download_cli_keeps_nothing(
     content = _data(BIG, seed_value=11)
     dest = tmp_path / "downloads"
     with moto_s3() as s3, _minio_vault(tmp_path, s3, database_url) as vault:
-        officer = seed(vault)["uz.officer"]
-        package = vault.upload(
-            officer, NewPackage(title="big"), [IncomingFile("big.bin", io.BytesIO(content))]
-        ).package
-        file_id = package.files[0].id
+        officer, package, file_id = _uploaded(vault, content)
         stopped: list[int] = []
 
         def progress(n: int) -> None:
@@ -322,13 +322,6 @@ def test_object_store_unreachable_mid_download_cli_keeps_nothing(
 # --- 3. server process SIGKILLed mid-upload --------------------------------------------------
 
 
-@dataclass
-class Served:
-    url: str
-    process: subprocess.Popen[bytes]
-    log: Path
-
-
 def _server_env(settings: Settings) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("VAULT_")}
     env["VAULT_DATA_DIR"] = str(settings.data_dir)
@@ -339,28 +332,10 @@ def _server_env(settings: Settings) -> dict[str, str]:
 def _start_server(
     env: dict[str, str], log: Path, processes: list[subprocess.Popen[bytes]]
 ) -> Served:
-    port = free_port()
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [str(BLOVAULT), "serve", "--host", "127.0.0.1", "--port", str(port)],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=log.parent,
-        )
-    processes.append(process)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        if process.poll() is not None:
-            pytest.fail(f"server exited {process.returncode}:\n{log.read_text(errors='replace')}")
-        with contextlib.suppress(httpx.TransportError):
-            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                return Served(url, process, log)
-        if time.monotonic() > deadline:
-            pytest.fail(f"server not healthy within 30 s:\n{log.read_text(errors='replace')}")
-        time.sleep(0.1)
+    served = spawn(env, log)
+    processes.append(served.process)
+    wait_healthy(served)
+    return served
 
 
 def _login(url: str, user: str = "uz.officer") -> dict[str, str]:

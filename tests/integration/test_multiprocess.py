@@ -30,12 +30,12 @@ from sqlalchemy import text
 from tests.conftest import (
     FAST_ARGON2,
     PASSWORD,
-    free_port,
     postgres_schema_url,
     requires_postgres,
     seed,
 )
 from tests.s3server import moto_s3
+from tests.servers import Served, spawn, wait_healthy
 from vault.config import Settings, load_settings
 from vault.crypto import SEGMENT_SIZE
 from vault.ledger.entry import decode
@@ -43,7 +43,6 @@ from vault.service import Vault, local_operator
 
 pytestmark = requires_postgres
 
-BLOVAULT = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "blovault"
 TIMEOUT = httpx.Timeout(60.0, connect=5.0)
 PROPAGATION_BOUND = 1.0  # seconds: the issue's correctness bound, not a benchmark
 RULE = "p, officer, released-country, *, *, *, download, deny"
@@ -51,11 +50,10 @@ Headers = dict[str, str]
 
 
 @dataclass
-class Server:
-    name: str
-    url: str
-    process: subprocess.Popen[bytes]
-    log: Path
+class Server(Served):
+    """A served process with the name the test calls it by."""
+
+    name: str = ""
 
 
 def server_env(settings: Settings) -> dict[str, str]:
@@ -89,37 +87,11 @@ def two_servers(settings: Settings, log_dir: Path) -> Iterator[tuple[Server, Ser
     servers: list[Server] = []
     try:
         for name in ("a", "b"):
-            port = free_port()
-            log = log_dir / f"server-{name}.log"
-            with log.open("wb") as out:
-                process = subprocess.Popen(
-                    [str(BLOVAULT), "serve", "--host", "127.0.0.1", "--port", str(port)],
-                    env=env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    cwd=log_dir,
-                )
-            servers.append(Server(name, f"http://127.0.0.1:{port}", process, log))
+            served = spawn(env, log_dir / f"server-{name}.log")
+            servers.append(Server(served.url, served.process, served.log, name))
         deadline = time.monotonic() + 30
         for server in servers:
-            while True:
-                if server.process.poll() is not None:
-                    pytest.fail(
-                        f"server {server.name} exited {server.process.returncode}:\n"
-                        + server.log.read_text(errors="replace")[-3000:]
-                    )
-                try:
-                    if httpx.get(server.url + "/healthz", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline:
-                    pytest.fail(
-                        f"server {server.name} not healthy within 30 s:\n"
-                        + server.log.read_text(errors="replace")[-3000:]
-                    )
-                time.sleep(0.1)
+            wait_healthy(server, f"server {server.name}", deadline)
         yield servers[0], servers[1]
     finally:
         for server in servers:

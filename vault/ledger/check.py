@@ -160,7 +160,7 @@ def verify_database(
     entries. Never pass it from a process with threads that may hold locks (a server).
     """
     try:
-        checkpoints = open_checkpoints(log.checkpoint_notes(session), verifier, origin)
+        checkpoints, db, leaf_count = _prepare(session, origin, verifier)
     except note.NoteError as exc:
         return VerifyResult(
             ok=False,
@@ -169,8 +169,6 @@ def verify_database(
             checkpoint_size=None,
             problem=f"a stored checkpoint does not verify: {exc}",
         )
-    db = _Db.of(session)
-    (leaf_count,) = db.one(_LEAF_COUNT_SQL)
     result = None
     if workers > 1:
         result = _in_parallel(
@@ -212,12 +210,21 @@ def confirm_in_parallel(
     ``block_level``, or None when it could not confirm them (then only a single-process walk
     says what is wrong). For tests and benchmarks; :func:`verify_database` uses it."""
     try:
-        checkpoints = open_checkpoints(log.checkpoint_notes(session), verifier, origin)
+        checkpoints, db, leaf_count = _prepare(session, origin, verifier)
     except note.NoteError:
         return None
+    return _in_parallel(db, checkpoints, workers, min_parallel, block_level, leaf_count, None)
+
+
+def _prepare(
+    session: Session, origin: str, verifier: note.Verifier
+) -> tuple[list[note.Checkpoint], _Db, int]:
+    """The signature-checked checkpoints (NoteError if one fails), the raw connection and the
+    number of stored leaves."""
+    checkpoints = open_checkpoints(log.checkpoint_notes(session), verifier, origin)
     db = _Db.of(session)
     (leaf_count,) = db.one(_LEAF_COUNT_SQL)
-    return _in_parallel(db, checkpoints, workers, min_parallel, block_level, leaf_count, None)
+    return checkpoints, db, leaf_count
 
 
 def _in_parallel(

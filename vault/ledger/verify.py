@@ -310,7 +310,7 @@ class _Walk:
         cps = self.cps
         while self.cp_index < len(cps) and cps[self.cp_index].size <= lo + n:
             size = cps[self.cp_index].size
-            if self._root_after(lo, size - lo, levels) != cps[self.cp_index].root_hash:
+            if self._root_after(size - lo, levels) != cps[self.cp_index].root_hash:
                 raise _Bad(self.covered, self._rewritten(self.covered, size), checked=size)
             self.covered = size
             self.cp_index += 1
@@ -322,7 +322,8 @@ class _Walk:
             f"{size}: the ledger was rewritten after that checkpoint was signed"
         )
 
-    def _root_after(self, lo: int, count: int, levels: list[list[bytes]]) -> bytes:
+    def _root_after(self, count: int, levels: list[list[bytes]]) -> bytes:
+        """Root once the first ``count`` leaves of the current block are appended."""
         tree = self.tree.copy()
         self._extend(tree, count, levels)
         return tree.root()
