@@ -77,6 +77,18 @@ def scrape_until(
         time.sleep(0.02)
 
 
+def logged_lines(json_log: io.StringIO, *request_ids: str, timeout: float = 3.0) -> list[Any]:
+    """The JSON log lines so far, once every request id has its access line: those lines are
+    written after the response is sent, so a client can read the reply before they exist."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = [json.loads(x) for x in json_log.getvalue().splitlines() if x.strip()]
+        done = {x.get("request_id") for x in lines if x.get("logger") == "vault.access"}
+        if set(request_ids) <= done or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.02)
+
+
 @pytest.fixture
 def client(live_server: str) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=live_server, timeout=30) as c:
@@ -236,7 +248,7 @@ def test_metrics_and_logs_label_requests_by_route_template(
         )
         == 1
     )
-    lines = [json.loads(x) for x in json_log.getvalue().splitlines() if x.strip()]
+    lines = logged_lines(json_log, missing.headers["x-request-id"])
     line = next(x for x in lines if x.get("request_id") == missing.headers["x-request-id"])
     assert line["route"] == "/packages/{package_id}"
 
@@ -305,7 +317,7 @@ def test_unexpected_error_is_a_bare_500_with_headers_and_no_detail(
     assert "default-src 'none'" in reply.headers.get("content-security-policy", "")
     assert reply.headers.get("cache-control") == "no-store"
     assert secret not in reply.text
-    logged = [json.loads(x) for x in json_log.getvalue().splitlines() if x.strip()]
+    logged = logged_lines(json_log, reply.headers["x-request-id"])
     mine = [x for x in logged if x.get("request_id") == reply.headers["x-request-id"]]
     assert {"unexpected error", "request"} <= {x["message"] for x in mine}
     assert any(x.get("exception") == "RuntimeError" for x in mine)
@@ -381,15 +393,8 @@ def test_json_logs_carry_request_ids_but_no_secrets(
         client.post("/auth/login", json={"username": "uz.officer", "password": PASSWORD}),
     ]
     assert replies[3].content == b"content " + canary.encode()
-    deadline = time.monotonic() + 3
-    while time.monotonic() < deadline:  # access lines are written after the response is sent
-        logged = json_log.getvalue()
-        if all(r.headers["x-request-id"] in logged for r in replies):
-            break
-        time.sleep(0.02)
-
+    lines = logged_lines(json_log, *(r.headers["x-request-id"] for r in replies))
     text = json_log.getvalue()
-    lines = [json.loads(line) for line in text.splitlines() if line.strip()]
     access = [line for line in lines if line.get("logger") == "vault.access"]
     by_id = {line["request_id"]: line for line in access}
     for reply in replies:
