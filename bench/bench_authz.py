@@ -33,7 +33,8 @@ c) baseline         a plain ``casbin.Enforcer`` with a classic RBAC-with-resourc
                     with ``casbin.FastEnforcer(cache_key_order=[1, 2])`` (index on obj, act)
 d) listing          first page (50) of ``Vault.list_packages`` for officers of each country, as
                     the service runs it, and a replica of it timed piece by piece: checkout +
-                    BEGIN, building ``_readable_clause``, the ORM query, the SQL alone (same
+                    BEGIN, getting the statement (built once per caller class), the query, the
+                    SQL alone (same
                     statement and parameters on the raw DBAPI cursor), the ledger entry (through
                     ``Vault._log``'s group commit, or ``_append`` + the fsync'd COMMIT, whichever
                     the service does: detected from its source), decrypting the 50 titles; plus
@@ -80,7 +81,7 @@ import casbin
 from sqlalchemy import create_engine, event, func, insert, text
 from sqlalchemy import select as sa_select
 from sqlalchemy.engine import make_url
-from sqlmodel import col, select
+from sqlmodel import col
 
 from vault import crypto
 from vault.authz import (
@@ -111,6 +112,7 @@ from vault.service import (
     Principal,
     Vault,
     _package_identity,
+    listing_params,
     local_operator,
     package_facts,
 )
@@ -775,16 +777,10 @@ class StatementCapture:
             self.last = (statement, parameters)
 
 
-def listing_query(vault: Vault, principal: Principal, limit: int = PAGE) -> Any:
-    """The statement Vault.list_packages builds (checked against the service's SQL at run time)."""
-    return (
-        select(Package, Agency.country_code)
-        .join(Agency, col(Agency.code) == Package.agency_code)
-        .where(col(Package.purged_at).is_(None), vault._readable_clause(principal))
-        .order_by(col(Package.created_at).desc(), col(Package.id))
-        .offset(0)
-        .limit(limit)
-    )
+def listing_query(vault: Vault, principal: Principal) -> Any:
+    """The statement Vault.list_packages runs (checked against the service's SQL at run time);
+    its parameters are ``listing_params``."""
+    return vault._listing_statement(principal)
 
 
 class TxClock:
@@ -848,7 +844,11 @@ def list_replica(
         t1 = pc()
         query = listing_query(vault, principal)
         t2 = pc()
-        found = session.exec(query, params={"now": utcnow()}).all()
+        found = (
+            session.connection()
+            .execute(query, listing_params(principal, limit=PAGE, offset=0))
+            .all()
+        )
         t3 = pc()
         if ledger:
             fields = {
@@ -864,7 +864,7 @@ def list_replica(
                 vault._append(session, **fields)
         t4 = pc()
     t5 = pc()
-    items = [vault._summary(package, country) for package, country in found]
+    items = [vault._summary(row, row.country_code) for row in found]
     t6 = pc()
     cpu = time.thread_time_ns() - c0
     assert len(items) == len(found)
@@ -905,8 +905,9 @@ def measure_listing(
     with StatementCapture(engine) as cap, session_scope(engine) as session:
         for name in officers:
             cap.on = True
-            rows = session.exec(
-                listing_query(vault, principals[name]), params={"now": utcnow()}
+            rows = session.execute(
+                listing_query(vault, principals[name]),
+                listing_params(principals[name], limit=PAGE, offset=0),
             ).all()
             cap.on = False
             assert cap.last is not None
@@ -916,7 +917,7 @@ def measure_listing(
                 .select_from(Package)
                 .join(Agency, col(Agency.code) == Package.agency_code)
                 .where(col(Package.purged_at).is_(None), vault._readable_clause(principals[name])),
-                {"now": utcnow()},
+                listing_params(principals[name], limit=PAGE, offset=0),
             ).scalar_one()
             per_officer[name] = {"first_page_rows": len(rows), "readable_total": int(readable)}
     # The replica must be the service's statement: compare with what list_packages sends.

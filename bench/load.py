@@ -3,10 +3,17 @@
 Starts its own servers on a fresh data folder -- ``--servers`` separate ``blovault serve``
 processes on their own ports, as behind a load balancer (uvicorn's ``--workers`` share one
 socket, and long-lived client connections then pile onto whichever worker accepted first) --
-seeds a small world, then runs ``--clients`` asyncio httpx clients, spread over the servers,
-for ``--seconds``, each looping over a weighted mix of list, show, download and upload. Prints
-and writes (bench/out/load.json) requests per second, p50/p99 latency per kind, errors, and the
-servers' RSS over time.
+seeds a small world, then runs ``--clients`` asyncio clients, spread over the servers, for
+``--seconds``, each looping over a weighted mix of list, show, download and upload. Prints and
+writes (bench/out/load.json) requests per second, p50/p99 latency per kind, errors, CPU per
+request of the servers and of the driver, and the servers' RSS over time.
+
+Before the mix, the same clients hammer ``/healthz`` (no authentication, no database) for
+``--baseline-seconds``: the ceiling of the HTTP stack and the driver on this machine, which the
+mix's figures are read against.
+
+The clients use aiohttp (its C HTTP parser costs a third of httpx's CPU per request, and the
+driver shares the machine's cores with the servers); seeding uses httpx.
 
     python -m bench.load --clients 50 --seconds 300 --servers 2
 
@@ -29,6 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import aiohttp
 import httpx
 
 PASSWORD = "correct horse battery staple"
@@ -94,6 +102,31 @@ def server_pids(root_pid: int) -> list[int]:
     return pids
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time the processes have used so far."""
+    ticks = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def driver_cpu_seconds() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    values.sort()
+    return {
+        "p50_ms": round(statistics.median(values) * 1000, 2),
+        "p99_ms": round(values[max(0, int(len(values) * 0.99) - 1)] * 1000, 2),
+    }
+
+
 async def client_loop(
     idx: int,
     bases: list[str],
@@ -109,40 +142,70 @@ async def client_loop(
     user = "kz.officer" if idx % 2 else "uz.officer"
     headers = {"Authorization": f"Bearer {tokens[user]}"}
     payload = os.urandom(64 * 1024)
-    async with httpx.AsyncClient(base_url=base, headers=headers, timeout=30) as http:
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with aiohttp.ClientSession(base_url=base, headers=headers, timeout=timeout) as http:
         while time.monotonic() < deadline:
             kind = rng.choice(mix)
             pid, fid = rng.choice(package_ids)
             started = time.perf_counter()
             try:
                 if kind == "list":
-                    r = await http.get("/packages", params={"limit": 50})
+                    request = http.get("/packages", params={"limit": 50})
                 elif kind == "show":
-                    r = await http.get(f"/packages/{pid}")
+                    request = http.get(f"/packages/{pid}")
                 elif kind == "download":
-                    r = await http.get(f"/packages/{pid}/files/{fid}")
+                    request = http.get(f"/packages/{pid}/files/{fid}")
                 else:
-                    files = [
-                        (
-                            "metadata",
-                            (None, json.dumps({"title": f"load {idx}"}), "application/json"),
-                        ),
-                        ("file", ("load.bin", payload, "application/octet-stream")),
-                    ]
-                    r = await http.post("/packages", files=files)
-                ok = r.status_code in (200, 201)
-            except httpx.HTTPError as exc:
-                ok, r = False, None
+                    form = aiohttp.FormData()
+                    form.add_field(
+                        "metadata",
+                        json.dumps({"title": f"load {idx}"}),
+                        content_type="application/json",
+                    )
+                    form.add_field(
+                        "file",
+                        payload,
+                        filename="load.bin",
+                        content_type="application/octet-stream",
+                    )
+                    request = http.post("/packages", data=form)
+                async with request as reply:
+                    await reply.read()  # the whole body, as a client would
+                    status = reply.status
+            except (aiohttp.ClientError, TimeoutError) as exc:
                 errors.append(f"{kind}: {type(exc).__name__}")
+                continue
             elapsed = time.perf_counter() - started
-            if ok:
+            if status in (200, 201):
                 results[kind].append(elapsed)
-            elif r is not None:
-                errors.append(f"{kind}: HTTP {r.status_code}")
+            else:
+                errors.append(f"{kind}: HTTP {status}")
 
 
-async def drive(args: argparse.Namespace, bases: list[str], pids: list[int]) -> dict[str, object]:
-    async with httpx.AsyncClient(base_url=bases[0], timeout=30) as http:
+async def baseline_loop(
+    idx: int, bases: list[str], deadline: float, latencies: list[float], errors: list[str]
+) -> None:
+    """The no-work route with the same clients: what the stack itself can answer."""
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with aiohttp.ClientSession(base_url=bases[idx % len(bases)], timeout=timeout) as http:
+        while time.monotonic() < deadline:
+            started = time.perf_counter()
+            try:
+                async with http.get("/healthz") as reply:
+                    await reply.read()
+                    status = reply.status
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                errors.append(f"healthz: {type(exc).__name__}")
+                continue
+            if status == 200:
+                latencies.append(time.perf_counter() - started)
+            else:
+                errors.append(f"healthz: HTTP {status}")
+
+
+async def seed_packages(base: str) -> tuple[dict[str, str], list[tuple[str, str]]]:
+    """Log both officers in; upload 20 packages as the Uzbek officer, released to Kazakhstan."""
+    async with httpx.AsyncClient(base_url=base, timeout=30) as http:
         tokens = {}
         for user in ("uz.officer", "kz.officer"):
             r = await http.post("/auth/login", json={"username": user, "password": PASSWORD})
@@ -151,17 +214,59 @@ async def drive(args: argparse.Namespace, bases: list[str], pids: list[int]) -> 
         uz = {"Authorization": f"Bearer {tokens['uz.officer']}"}
         package_ids = []
         for i in range(20):
-            files = [
+            files: list[tuple[str, tuple[str | None, str | bytes, str]]] = [
                 ("metadata", (None, json.dumps({"title": f"seed {i}"}), "application/json")),
                 ("file", ("seed.bin", os.urandom(256 * 1024), "application/octet-stream")),
             ]
             r = await http.post("/packages", files=files, headers=uz)
             r.raise_for_status()
             package = r.json()["package"]
-            await http.post(
+            r = await http.post(
                 f"/packages/{package['id']}/releases", json={"country": "KZ"}, headers=uz
             )
+            r.raise_for_status()
             package_ids.append((package["id"], package["files"][0]["id"]))
+    return tokens, package_ids
+
+
+async def drive(args: argparse.Namespace, bases: list[str], pids: list[int]) -> dict[str, object]:
+    every = [p for pid in pids for p in server_pids(pid)]
+    summary: dict[str, object] = {
+        "clients": args.clients,
+        "servers": args.servers,
+        "workers_per_server": args.workers,
+        "database": "postgresql" if args.database_url else "sqlite",
+        "driver": f"aiohttp {aiohttp.__version__}",
+    }
+    if args.baseline_seconds > 0:
+        latencies: list[float] = []
+        base_errors: list[str] = []
+        server_cpu, driver_cpu = cpu_seconds(every), driver_cpu_seconds()
+        started = time.monotonic()
+        deadline = started + args.baseline_seconds
+        await asyncio.gather(
+            *(
+                baseline_loop(i, bases, deadline, latencies, base_errors)
+                for i in range(args.clients)
+            )
+        )
+        wall = time.monotonic() - started
+        count = len(latencies)
+        summary["baseline_healthz"] = {
+            "seconds": round(wall, 1),
+            "count": count,
+            "per_second": round(count / wall, 1),
+            **percentiles(latencies),
+            "errors": len(base_errors),
+            "server_cpu_ms_per_request": round(
+                (cpu_seconds(every) - server_cpu) / max(count, 1) * 1000, 3
+            ),
+            "driver_cpu_ms_per_request": round(
+                (driver_cpu_seconds() - driver_cpu) / max(count, 1) * 1000, 3
+            ),
+        }
+
+    tokens, package_ids = await seed_packages(bases[0])
     mix = (
         ["list"] * args.w_list
         + ["show"] * args.w_show
@@ -171,12 +276,12 @@ async def drive(args: argparse.Namespace, bases: list[str], pids: list[int]) -> 
     results: dict[str, list[float]] = {k: [] for k in ("list", "show", "download", "upload")}
     errors: list[str] = []
     memory: list[tuple[float, int]] = []
+    server_cpu, driver_cpu = cpu_seconds(every), driver_cpu_seconds()
     started = time.monotonic()
     deadline = started + args.seconds
 
     async def sample_memory() -> None:
         while time.monotonic() < deadline:
-            every = [p for pid in pids for p in server_pids(pid)]
             memory.append((round(time.monotonic() - started, 1), rss_kib(every)))
             await asyncio.sleep(5)
 
@@ -188,12 +293,9 @@ async def drive(args: argparse.Namespace, bases: list[str], pids: list[int]) -> 
         ),
     )
     wall = time.monotonic() - started
-    summary: dict[str, object] = {
-        "clients": args.clients,
+    server_cpu, driver_cpu = cpu_seconds(every) - server_cpu, driver_cpu_seconds() - driver_cpu
+    summary |= {
         "seconds": round(wall, 1),
-        "servers": args.servers,
-        "workers_per_server": args.workers,
-        "database": "postgresql" if args.database_url else "sqlite",
         "errors": len(errors),
         "error_kinds": sorted(set(errors))[:20],
     }
@@ -201,17 +303,20 @@ async def drive(args: argparse.Namespace, bases: list[str], pids: list[int]) -> 
     for kind, values in results.items():
         if not values:
             continue
-        values.sort()
         total += len(values)
         summary[kind] = {
             "count": len(values),
             "per_second": round(len(values) / wall, 1),
-            "p50_ms": round(statistics.median(values) * 1000, 2),
-            "p99_ms": round(values[int(len(values) * 0.99) - 1] * 1000, 2),
+            **percentiles(values),
         }
-    reads = sum(len(results[k]) for k in ("list", "show"))
+    reads = [v for k in ("list", "show") for v in results[k]]
     summary["requests_per_second"] = round(total / wall, 1)
-    summary["metadata_reads_per_second"] = round(reads / wall, 1)
+    summary["metadata_reads_per_second"] = round(len(reads) / wall, 1)
+    if reads:
+        summary["metadata_reads"] = percentiles(reads)
+    summary["server_cpu_cores"] = round(server_cpu / wall, 2)
+    summary["driver_cpu_cores"] = round(driver_cpu / wall, 2)
+    summary["server_cpu_ms_per_request"] = round(server_cpu / max(total, 1) * 1000, 3)
     summary["server_rss_kib"] = memory
     return summary
 
@@ -220,6 +325,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=300)
+    parser.add_argument(
+        "--baseline-seconds",
+        type=float,
+        default=30,
+        help="seconds of /healthz with the same clients first (0: skip)",
+    )
     parser.add_argument("--servers", type=int, default=2, help="server processes, own ports")
     parser.add_argument("--workers", type=int, default=1, help="uvicorn workers per server")
     parser.add_argument("--database-url", default=None, help="PostgreSQL URL (default SQLite)")

@@ -20,9 +20,9 @@ import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO, cast
 
-from sqlalchemy import Engine, and_, bindparam, exists, false, func, or_, text
+from sqlalchemy import Engine, String, and_, bindparam, exists, false, func, or_, text
 from sqlalchemy import select as sa_select
 from sqlalchemy.exc import IntegrityError as DBIntegrityError
 from sqlalchemy.exc import OperationalError
@@ -220,6 +220,108 @@ def package_facts(
     return package, facts
 
 
+class _Sealed(Protocol):
+    """What opening a package's sealed metadata takes: a Package, or a row of its columns."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def kek_id(self) -> str: ...
+    @property
+    def wrapped_key(self) -> bytes: ...
+    @property
+    def sealed_meta(self) -> bytes: ...
+
+
+class _SummaryRow(_Sealed, Protocol):
+    """What a package summary shows, beside the sealed title."""
+
+    @property
+    def classification(self) -> Classification: ...
+    @property
+    def handling(self) -> Handling: ...
+    @property
+    def agency_code(self) -> str: ...
+    @property
+    def created_at(self) -> datetime: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def file_count(self) -> int: ...
+
+
+# The columns a listing reads: a summary's, and the originator's country.
+_SUMMARY_COLUMNS = (
+    col(Package.id),
+    col(Package.kek_id),
+    col(Package.wrapped_key),
+    col(Package.sealed_meta),
+    col(Package.classification),
+    col(Package.handling),
+    col(Package.agency_code),
+    col(Package.created_at),
+    col(Package.size),
+    col(Package.file_count),
+    col(Agency.country_code),
+)
+
+
+class _FileRow(Protocol):
+    """What a file's details take: a PackageFile, or a row of its columns."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def package_id(self) -> str: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def sealed_meta(self) -> bytes: ...
+
+
+# A package's files, in order, as the columns its details show (no ORM entities: reads are
+# the hot path).
+_PACKAGE_FILES = (
+    sa_select(
+        col(PackageFile.id),
+        col(PackageFile.package_id),
+        col(PackageFile.size),
+        col(PackageFile.sealed_meta),
+    )
+    .where(col(PackageFile.package_id) == bindparam("pid"))
+    .order_by(col(PackageFile.position))
+)
+
+_USERNAME = sa_select(col(User.username)).where(col(User.id) == bindparam("uid"))
+
+# Who a token's subject is, now: read on every request, so disabling a user or changing their
+# role or clearance takes effect at once.
+_PRINCIPAL = (
+    sa_select(
+        col(User.id),
+        col(User.username),
+        col(User.agency_code),
+        col(User.role),
+        col(User.clearance),
+        col(User.disabled),
+        col(Agency.country_code),
+    )
+    .join(Agency, col(Agency.code) == col(User.agency_code))
+    .where(col(User.id) == bindparam("uid"))
+)
+
+
+def listing_params(principal: Principal, *, limit: int, offset: int) -> dict[str, Any]:
+    """Bind parameters of ``principal``'s listing statement."""
+    return {
+        "now": utcnow(),
+        "agency": principal.agency,
+        "country": principal.country,
+        "limit": limit,
+        "offset": offset,
+    }
+
+
 def new_id() -> str:
     """A fresh opaque id: 128 random bits as 32 lowercase hex characters."""
     return secrets.token_hex(16)
@@ -305,6 +407,8 @@ class Vault:
         self.tokens = tokens
         self._local = threading.local()
         self._agency_country: dict[str, str] = {}
+        # Listing statements by (role, clearance, policy hash): built once, then only bound.
+        self._listings: dict[tuple[str, str, str], Any] = {}
         self._appender = ledger.GroupAppender(engine)
         self._counts_lock = threading.Lock()
         self._decisions: dict[str, int] = {}
@@ -690,16 +794,22 @@ class Vault:
         except AuthenticationFailed as exc:
             raise self._refuse(exc, Actor(user=""), "authenticate", "bad_token") from None
         with self._tx(readonly=True) as session:
-            user = session.get(User, claims.subject)
-            principal = None if user is None or user.disabled else self._principal(session, user)
-        if principal is None:
+            user = session.connection().execute(_PRINCIPAL, {"uid": claims.subject}).first()
+        if user is None or user.disabled:
             raise self._refuse(
                 AuthenticationFailed("invalid or expired token"),
                 Actor(user=user.username if user else ""),
                 "authenticate",
                 "user_disabled" if user else "user_unknown",
             )
-        return principal
+        return Principal(
+            user_id=user.id,
+            username=user.username,
+            agency=user.agency_code,
+            country=user.country_code,
+            role=user.role,
+            clearance=user.clearance,
+        )
 
     # --- administration ---------------------------------------------------------------------
 
@@ -1146,15 +1256,14 @@ class Vault:
             raise InvalidInput(f"limit must be 1-{MAX_PAGE} and offset >= 0")
         self._require_global(principal, "list")
         with self._tx(readonly=True) as session:
-            query = (
-                select(Package, Agency.country_code)
-                .join(Agency, col(Agency.code) == Package.agency_code)
-                .where(col(Package.purged_at).is_(None), self._readable_clause(principal))
-                .order_by(col(Package.created_at).desc(), col(Package.id))
-                .offset(offset)
-                .limit(limit)
+            found = (
+                session.connection()
+                .execute(
+                    self._listing_statement(principal),
+                    listing_params(principal, limit=limit, offset=offset),
+                )
+                .all()
             )
-            found = session.exec(query, params={"now": utcnow()}).all()
             receipt = self._log(
                 actor=principal.actor,
                 action="list",
@@ -1162,11 +1271,36 @@ class Vault:
                 reason="ok",
                 subject=f"count:{len(found)}",
             )
-        items = [self._summary(package, country) for package, country in found]
+        items = [self._summary(cast(_SummaryRow, row), row.country_code) for row in found]
         return PackageList(items=items, limit=limit, offset=offset, receipt=receipt)
 
+    def _listing_statement(self, principal: Principal) -> Any:
+        """The listing query for ``principal``'s role and clearance under the current policy,
+        with the caller's agency and country, the time and the page as bind parameters
+        (:func:`listing_params`). Built once per (role, clearance, policy): building it took
+        longer than running it."""
+        key = (principal.role.value, principal.clearance.value, self.authz.policy_hash)
+        statement = self._listings.get(key)
+        if statement is None:
+            statement = (
+                sa_select(*_SUMMARY_COLUMNS)
+                .join(Agency, col(Agency.code) == col(Package.agency_code))
+                .where(col(Package.purged_at).is_(None), self._readable_clause(principal))
+                .order_by(col(Package.created_at).desc(), col(Package.id))
+                .offset(bindparam("offset"))
+                .limit(bindparam("limit"))
+            )
+            if len(self._listings) >= 256:  # old policy versions: start afresh
+                self._listings.clear()
+            self._listings[key] = statement
+        return statement
+
     def _readable_clause(self, principal: Principal) -> Any:
-        """SQL for "the caller may read this package", derived from the policy's classes."""
+        """SQL for "the caller may read this package", derived from the policy's classes.
+
+        Depends on the caller's role and clearance only; their agency and country are the bind
+        parameters ``agency`` and ``country``, the time ``now``.
+        """
         cleared = frozenset(c.value for c in Classification if c.rank <= principal.clearance.rank)
         classes = self.authz.readable_classes(
             role=principal.role.value,
@@ -1174,11 +1308,12 @@ class Vault:
             cleared_for=cleared,
             classifications=tuple(c.value for c in Classification),
         )
+        agency, country = bindparam("agency", type_=String()), bindparam("country", type_=String())
         relation_sql: dict[str, Any] = {
-            ORIGINATOR: col(Package.agency_code) == principal.agency,
-            RELEASED_AGENCY: _released_to_agency(principal.agency),
-            RELEASED_COUNTRY: _released_to_country(principal.country),
-            SAME_COUNTRY: col(Agency.country_code) == principal.country,
+            ORIGINATOR: col(Package.agency_code) == agency,
+            RELEASED_AGENCY: _released_to_agency(agency),
+            RELEASED_COUNTRY: _released_to_country(country),
+            SAME_COUNTRY: col(Agency.country_code) == country,
             NONE: None,
         }
         clauses = []
@@ -1196,7 +1331,7 @@ class Vault:
             clauses.append(class_sql if rel is None else and_(rel, class_sql))
         return or_(*clauses) if clauses else false()
 
-    def _open_meta(self, package: Package) -> dict[str, Any]:
+    def _open_meta(self, package: _Sealed) -> dict[str, Any]:
         identity = _package_identity(package.id)
         key = self.keys.keyring.unwrap(
             crypto.WrappedKey(package.kek_id, package.wrapped_key), context=identity
@@ -1207,7 +1342,7 @@ class Vault:
         meta["_key"] = key
         return meta
 
-    def _summary(self, package: Package, country: str) -> PackageSummary:
+    def _summary(self, package: _SummaryRow, country: str) -> PackageSummary:
         meta = self._open_meta(package)
         return PackageSummary(
             id=package.id,
@@ -1221,7 +1356,7 @@ class Vault:
             file_count=package.file_count,
         )
 
-    def _file_info(self, package_key: bytes, row: PackageFile) -> FileInfo:
+    def _file_info(self, package_key: bytes, row: _FileRow) -> FileInfo:
         meta = json.loads(
             crypto.open_bytes(
                 package_key, row.sealed_meta, context=_file_identity(row.package_id, row.id)
@@ -1233,11 +1368,7 @@ class Vault:
         """Details of one package the caller may read, and the ledger receipt."""
         with self._tx(readonly=True) as session:
             package, facts = self._load_package_for(session, principal, package_id, "read")
-            files = session.exec(
-                select(PackageFile)
-                .where(PackageFile.package_id == package.id)
-                .order_by(col(PackageFile.position))
-            ).all()
+            files = session.connection().execute(_PACKAGE_FILES, {"pid": package.id}).all()
             releases = (
                 session.exec(
                     select(Release)
@@ -1248,7 +1379,11 @@ class Vault:
                 else []
             )
             country = self._country_of(session, package.agency_code)
-            creator = session.get(User, package.creator_id)
+            creator = (
+                session.connection()
+                .execute(_USERNAME, {"uid": package.creator_id})
+                .scalar_one_or_none()
+            )
             receipt = self._allowed(principal, "read", package)
         meta = self._open_meta(package)
         detail = PackageDetail(
@@ -1265,8 +1400,8 @@ class Vault:
             handling_note=meta["handling_note"],
             fields=meta["fields"],
             digest=meta["digest"],
-            creator=creator.username if creator else "",
-            files=[self._file_info(meta["_key"], row) for row in files],
+            creator=creator or "",
+            files=[self._file_info(meta["_key"], cast(_FileRow, row)) for row in files],
             releases=[_release_info(r) for r in releases],
         )
         return detail, receipt
