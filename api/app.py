@@ -63,7 +63,7 @@ class ReleaseRequest(BaseModel):
     expires_at: datetime | None = None
 
 
-def get_vault(request: Request) -> Vault:
+async def get_vault(request: Request) -> Vault:
     """The service instance of this app."""
     vault: Vault = request.app.state.vault
     return vault

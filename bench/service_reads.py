@@ -1,0 +1,174 @@
+"""Audited metadata reads through the service layer alone (no HTTP), against raw SQL.
+
+What bounds ``bench.load`` before any web framework: how many authenticated, authorised and
+recorded reads one process does, in 1 and in several threads. Each operation is what one API
+request does: ``Vault.authenticate(token)``, then ``get_package`` (show) or ``list_packages``
+(first page of 50), each recorded in the ledger before it returns.
+
+The raw baseline, in the same process and on the same database file: the SELECTs the service
+sent for one show, captured and replayed on a plain ``sqlite3`` connection, plus one INSERT
+into a scratch table and a COMMIT (WAL, synchronous=FULL, as the ledger's) per operation. It
+is the database work alone, without Python-side decisions, encryption or the Merkle tree.
+
+    python -m bench.service_reads [--seconds 10] [--threads 1,8]
+
+Writes bench/out/service_reads.json. SQLite only (the embedded default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import shutil
+import sqlite3
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
+
+from bench.bench_transfer import PASSWORD, machine_info, open_world
+from vault.schemas import NewPackage
+from vault.service import IncomingFile, Vault
+
+OUT_DEFAULT = Path(__file__).resolve().parent / "out" / "service_reads.json"
+
+
+def timed(fn: Callable[[], object], threads: int, seconds: float) -> dict[str, float]:
+    """Run ``fn`` in ``threads`` threads for ``seconds``; operations per second, CPU per op."""
+    stop = time.monotonic() + seconds
+
+    def worker() -> int:
+        count = 0
+        while time.monotonic() < stop:
+            fn()
+            count += 1
+        return count
+
+    cpu, wall = time.process_time(), time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        futures = [pool.submit(worker) for _ in range(threads)]
+        ops = sum(f.result() for f in futures)  # re-raises what a worker raised
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    return {
+        "threads": threads,
+        "ops": ops,
+        "ops_per_second": round(ops / wall, 1),
+        "cpu_ms_per_op": round(cpu / ops * 1000, 3),
+        "cpu_cores": round(cpu / wall, 2),
+    }
+
+
+def capture_selects(vault: Vault, fn: Callable[[], object]) -> list[tuple[str, Any]]:
+    """The SELECT statements (and parameters) the service sends while ``fn`` runs."""
+    seen: list[tuple[str, Any]] = []
+
+    def grab(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_rest: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT"):
+            seen.append((statement, parameters))
+
+    event.listen(vault.engine, "before_cursor_execute", grab)
+    try:
+        fn()
+    finally:
+        event.remove(vault.engine, "before_cursor_execute", grab)
+    return seen
+
+
+def raw_reads(db: Path, selects: list[tuple[str, Any]]) -> Callable[[], object]:
+    """One operation of the baseline: the captured SELECTs, then INSERT + durable COMMIT."""
+    conn = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("CREATE TABLE IF NOT EXISTS bench_scratch (n INTEGER, entry BLOB)")
+    entry = bytes(300)  # about a ledger entry's size
+    counter = iter(range(1 << 62))
+
+    def op() -> None:
+        conn.execute("BEGIN")
+        for sql, params in selects:
+            conn.execute(sql, params).fetchall()
+        conn.execute("COMMIT")
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("INSERT INTO bench_scratch VALUES (?, ?)", (next(counter), entry))
+        conn.execute("COMMIT")
+
+    return op
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix="blo-reads-"))
+    try:
+        vault, officer = open_world(work / "vault-data")
+        token = vault.login("uz.officer", PASSWORD).access_token
+        packages = [
+            vault.upload(
+                officer,
+                NewPackage(title=f"seed {i}", description="bench"),
+                [IncomingFile(name="a.txt", reader=io.BytesIO(b"x" * 1000))],
+            ).package.id
+            for i in range(args.packages)
+        ]
+        target = packages[len(packages) // 2]
+
+        def show() -> object:
+            return vault.get_package(vault.authenticate(token), target)
+
+        def listing() -> object:
+            return vault.list_packages(vault.authenticate(token), limit=50)
+
+        for _ in range(50):  # warm: statement caches, pool, page cache
+            show()
+            listing()
+        selects = capture_selects(vault, show)
+        result: dict[str, Any] = {
+            "machine": machine_info(work),
+            "packages": len(packages),
+            "seconds_per_phase": args.seconds,
+            "raw_show_statements": len(selects),
+        }
+        raw = timed(raw_reads(work / "vault-data" / "vault.db", selects), 1, args.seconds)
+        result["raw_show"] = raw
+        print(f"raw      1 thread : {raw['ops_per_second']:8.1f} ops/s  {raw['cpu_ms_per_op']} ms")
+        for name, fn in (("show", show), ("list", listing)):
+            for threads in args.threads:
+                got = timed(fn, threads, args.seconds)
+                result[f"service_{name}_{threads}"] = got
+                print(
+                    f"{name:<8} {threads} thread{'s' if threads > 1 else ' '}: "
+                    f"{got['ops_per_second']:8.1f} ops/s  {got['cpu_ms_per_op']} ms CPU/op  "
+                    f"{got['cpu_cores']} cores"
+                )
+        one = result["service_show_1"]
+        result["ratio_show_time_1_thread"] = round(raw["ops_per_second"] / one["ops_per_second"], 2)
+        print(f"show vs raw, one thread: {result['ratio_show_time_1_thread']}x the time")
+        vault.close()
+        return result
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=10, help="per phase (10)")
+    parser.add_argument("--packages", type=int, default=200, help="packages seeded (200)")
+    parser.add_argument(
+        "--threads",
+        type=lambda s: [int(x) for x in s.split(",")],
+        default=[1, 8],
+        help="thread counts, comma-separated (1,8)",
+    )
+    parser.add_argument("--out", default=str(OUT_DEFAULT))
+    args = parser.parse_args()
+    result = run(args)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
