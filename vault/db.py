@@ -195,6 +195,18 @@ def session_scope(engine: Engine, *, readonly: bool = False) -> Iterator[Session
             raise
 
 
+@contextmanager
+def read_scope(engine: Engine) -> Iterator[Connection]:
+    """A read-only transaction on a plain connection: for hot lookups that need no ORM session.
+
+    Takes no write lock on SQLite (see _on_begin); writing through it is a bug.
+    """
+    with engine.connect() as connection:
+        connection.execution_options(**{READ_ONLY: True})
+        with connection.begin():
+            yield connection
+
+
 _ROLE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
 

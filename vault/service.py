@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol, TextIO, cast
 
-from sqlalchemy import Engine, String, and_, bindparam, exists, false, func, or_, text
+from sqlalchemy import Connection, Engine, String, and_, bindparam, exists, false, func, or_, text
 from sqlalchemy import select as sa_select
 from sqlalchemy.exc import IntegrityError as DBIntegrityError
 from sqlalchemy.exc import OperationalError
@@ -42,7 +42,14 @@ from vault.authz import (
     rule_line,
 )
 from vault.config import Settings
-from vault.db import check_schema, is_postgres, make_engine, migrate, session_scope
+from vault.db import (
+    check_schema,
+    is_postgres,
+    make_engine,
+    migrate,
+    read_scope,
+    session_scope,
+)
 from vault.errors import (
     AccessDenied,
     AuthenticationFailed,
@@ -292,6 +299,13 @@ _PACKAGE_FILES = (
     .order_by(col(PackageFile.position))
 )
 
+# A package's releases, oldest first (shown to its originator).
+_PACKAGE_RELEASES = (
+    sa_select(Release)
+    .where(col(Release.package_id) == bindparam("pid"))
+    .order_by(col(Release.created_at))
+)
+
 _USERNAME = sa_select(col(User.username)).where(col(User.id) == bindparam("uid"))
 
 # Who a token's subject is, now: read on every request, so disabling a user or changing their
@@ -320,6 +334,12 @@ def listing_params(principal: Principal, *, limit: int, offset: int) -> dict[str
         "limit": limit,
         "offset": offset,
     }
+
+
+def _unavailable(exc: OperationalError) -> StorageUnavailable:
+    """The error for a database that failed us; the driver's first line goes to the log only."""
+    log.warning("database unavailable: %s", (str(exc.orig) or "?").splitlines()[0][:200])
+    return StorageUnavailable("the database is unavailable; nothing was changed")
 
 
 def new_id() -> str:
@@ -487,8 +507,7 @@ class Vault:
             with session_scope(self.engine, readonly=readonly) as session:
                 yield session
         except OperationalError as exc:
-            log.warning("database unavailable: %s", (str(exc.orig) or "?").splitlines()[0][:200])
-            raise StorageUnavailable("the database is unavailable; nothing was changed") from None
+            raise _unavailable(exc) from None
         except VaultError as exc:
             pending: _Refusal | None = getattr(exc, _PENDING, None)
             if pending is not None and depth == 0:
@@ -500,6 +519,15 @@ class Vault:
             raise
         finally:
             self._local.depth = depth
+
+    @contextlib.contextmanager
+    def _lookup(self) -> Iterator[Connection]:
+        """A read-only transaction without an ORM session, for the per-request lookups."""
+        try:
+            with read_scope(self.engine) as connection:
+                yield connection
+        except OperationalError as exc:
+            raise _unavailable(exc) from None
 
     def _append(self, session: Session, **fields: Any) -> int:
         """Append a ledger entry in ``session``'s transaction, stamped with the policy version."""
@@ -793,8 +821,8 @@ class Vault:
             claims = self.tokens.verify(token)
         except AuthenticationFailed as exc:
             raise self._refuse(exc, Actor(user=""), "authenticate", "bad_token") from None
-        with self._tx(readonly=True) as session:
-            user = session.connection().execute(_PRINCIPAL, {"uid": claims.subject}).first()
+        with self._lookup() as connection:
+            user = connection.execute(_PRINCIPAL, {"uid": claims.subject}).first()
         if user is None or user.disabled:
             raise self._refuse(
                 AuthenticationFailed("invalid or expired token"),
@@ -1370,11 +1398,7 @@ class Vault:
             package, facts = self._load_package_for(session, principal, package_id, "read")
             files = session.connection().execute(_PACKAGE_FILES, {"pid": package.id}).all()
             releases = (
-                session.exec(
-                    select(Release)
-                    .where(Release.package_id == package.id)
-                    .order_by(col(Release.created_at))
-                ).all()
+                session.scalars(_PACKAGE_RELEASES, {"pid": package.id}).all()
                 if ORIGINATOR in facts.relations
                 else []
             )

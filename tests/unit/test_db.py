@@ -1,4 +1,4 @@
-"""session_scope on SQLite: read-only transactions take no write lock, writers take it first."""
+"""Transactions on SQLite: read-only ones take no write lock, writers take it first."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, event, text
 
-from vault.db import make_engine, session_scope
+from vault.db import make_engine, read_scope, session_scope
 
 
 @pytest.fixture
@@ -33,15 +33,28 @@ def test_readonly_begins_deferred_and_writers_immediate(engine: Engine) -> None:
         session.execute(text("SELECT count(*) FROM t"))
     with session_scope(engine) as session:
         session.execute(text("INSERT INTO t VALUES (1)"))
+    with read_scope(engine) as connection:
+        connection.execute(text("SELECT n FROM t"))
     assert seen == [
         "BEGIN",
         "SELECT count(*) FROM t",
         "BEGIN IMMEDIATE",
         "INSERT INTO t VALUES (1)",
+        "BEGIN",
+        "SELECT n FROM t",
     ]
 
 
-def test_readonly_reads_while_a_writer_holds_the_lock(engine: Engine) -> None:
+def count_readonly(engine: Engine, scope: str) -> int:
+    if scope == "session":
+        with session_scope(engine, readonly=True) as session:
+            return int(session.execute(text("SELECT count(*) FROM t")).scalar_one())
+    with read_scope(engine) as connection:
+        return int(connection.execute(text("SELECT count(*) FROM t")).scalar_one())
+
+
+@pytest.mark.parametrize("scope", ["session", "connection"])
+def test_readonly_reads_while_a_writer_holds_the_lock(engine: Engine, scope: str) -> None:
     """A read must not queue behind a writer (BEGIN IMMEDIATE would wait for its lock)."""
     holding, release = threading.Event(), threading.Event()
 
@@ -58,15 +71,14 @@ def test_readonly_reads_while_a_writer_holds_the_lock(engine: Engine) -> None:
         done = threading.Event()
 
         def reader() -> None:
-            with session_scope(engine, readonly=True) as session:
-                # The writer's row is not committed yet: a reader sees the table without it.
-                assert session.execute(text("SELECT count(*) FROM t")).scalar_one() == 0
-            done.set()
+            # The writer's row is not committed yet: a reader sees the table without it.
+            if count_readonly(engine, scope) == 0:
+                done.set()
 
         read = threading.Thread(target=reader)
         read.start()
         # Generous: the reader needs no lock, so only a broken read-only path waits here.
-        assert done.wait(5), "a read-only transaction waited for the writer's lock"
+        assert done.wait(5), "a read-only transaction waited for the writer (or saw its row)"
         read.join()
     finally:
         release.set()
