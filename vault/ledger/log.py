@@ -21,6 +21,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import Engine, and_, bindparam, func, insert, or_, text
+from sqlalchemy import select as sa_select
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, col, select
 
@@ -142,6 +143,12 @@ def append(session: Session, **fields: Any) -> int:
 
 _INSERT_ENTRY = insert(LedgerEntry.__table__)  # type: ignore[attr-defined]
 _INSERT_NODE = insert(LedgerNode.__table__)  # type: ignore[attr-defined]
+# The head entry; built once (building it cost more than running it, per batch).
+_HEAD = (
+    sa_select(col(LedgerEntry.seq), col(LedgerEntry.entry))
+    .order_by(col(LedgerEntry.seq).desc())
+    .limit(1)
+)
 
 
 def append_many(session: Session, records: Sequence[Record]) -> list[int]:
@@ -152,9 +159,7 @@ def append_many(session: Session, records: Sequence[Record]) -> list[int]:
     than one entry.
     """
     _lock(session)
-    head = session.exec(
-        select(LedgerEntry.seq, LedgerEntry.entry).order_by(col(LedgerEntry.seq).desc()).limit(1)
-    ).first()
+    head = session.connection().execute(_HEAD).first()
     if head is None:
         size_now, head_leaf, prev = 0, b"", GENESIS_PREV
     else:
