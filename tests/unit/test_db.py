@@ -1,7 +1,10 @@
-"""Transactions on SQLite: read-only ones take no write lock, writers take it first."""
+"""Transactions on SQLite: read-only ones take no write lock, writers take it first and
+queue for it on an OS lock."""
 
 from __future__ import annotations
 
+import fcntl
+import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,6 +12,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, event, text
 
+from vault import db
 from vault.db import make_engine, read_scope, session_scope
 
 
@@ -83,3 +87,76 @@ def test_readonly_reads_while_a_writer_holds_the_lock(engine: Engine, scope: str
     finally:
         release.set()
         thread.join()
+
+
+def lock_is_free(path: Path) -> bool:
+    """Whether another descriptor could take the writers' lock right now."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
+def test_writers_hold_the_queue_lock_for_their_transaction_only(
+    engine: Engine, tmp_path: Path
+) -> None:
+    lock = tmp_path / "db.sqlite.writer-lock"
+    with session_scope(engine, readonly=True) as session:
+        session.execute(text("SELECT count(*) FROM t"))
+        assert lock_is_free(lock)
+    with session_scope(engine) as session:
+        session.execute(text("INSERT INTO t VALUES (1)"))
+        assert not lock_is_free(lock)
+    assert lock_is_free(lock)
+
+    def failing_write() -> None:
+        with session_scope(engine) as session:
+            session.execute(text("INSERT INTO t VALUES (2)"))
+            raise RuntimeError("rolled back")
+
+    with pytest.raises(RuntimeError):
+        failing_write()
+    assert lock_is_free(lock)
+    assert oct(lock.stat().st_mode & 0o777) == "0o600"
+
+
+def test_a_writer_waits_its_turn_then_goes_ahead(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Queued behind a holder it waits; behind one that never lets go, it gives up queueing
+    after WRITER_QUEUE_SECONDS and writes anyway (SQLite's own lock still guards the data)."""
+    lock = tmp_path / "db.sqlite.writer-lock"
+    with session_scope(engine) as session:  # creates the lock file
+        session.execute(text("INSERT INTO t VALUES (1)"))
+    holder = os.open(lock, os.O_RDWR)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    wrote = threading.Event()
+
+    def writer() -> None:
+        with session_scope(engine) as session:
+            session.execute(text("INSERT INTO t VALUES (2)"))
+        wrote.set()
+
+    thread = threading.Thread(target=writer)
+    try:
+        thread.start()
+        assert not wrote.wait(0.5), "a writer went ahead while another held the queue"
+    finally:
+        os.close(holder)  # releases the lock
+    assert wrote.wait(10)
+    thread.join()
+
+    stuck = os.open(lock, os.O_RDWR)
+    fcntl.flock(stuck, fcntl.LOCK_EX)
+    try:
+        monkeypatch.setattr(db, "WRITER_QUEUE_SECONDS", 0.2)
+        with session_scope(engine) as session:
+            session.execute(text("INSERT INTO t VALUES (3)"))
+    finally:
+        os.close(stuck)
+    with read_scope(engine) as connection:
+        assert connection.execute(text("SELECT count(*) FROM t")).scalar_one() == 3
