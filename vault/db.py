@@ -120,7 +120,10 @@ def _sqlite_engine(url: str) -> Engine:
         # Writers take the write lock up front, so two of them never deadlock upgrading a
         # read lock; read-only transactions (READ_ONLY) take no lock at all and run beside them.
         readonly = conn.get_execution_options().get(READ_ONLY, False)
-        if not readonly and queue is not None:
+        if not readonly and queue is not None and conn.info.get(_QUEUED) is None:
+            # Held until the connection goes back to the pool (every write path of the vault
+            # returns it right after its COMMIT); a second transaction on the same checkout
+            # keeps the turn it has instead of queueing behind itself.
             conn.info[_QUEUED] = queue.enter()
         conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
 

@@ -160,3 +160,26 @@ def test_a_writer_waits_its_turn_then_goes_ahead(
         os.close(stuck)
     with read_scope(engine) as connection:
         assert connection.execute(text("SELECT count(*) FROM t")).scalar_one() == 3
+
+
+def test_two_write_transactions_on_one_checkout_keep_their_turn(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """A second BEGIN on the same connection must not queue behind its own lock."""
+    lock = tmp_path / "db.sqlite.writer-lock"
+    with engine.connect() as connection:
+        with connection.begin():
+            connection.execute(text("INSERT INTO t VALUES (1)"))
+        done = threading.Event()
+
+        def second() -> None:
+            with connection.begin():
+                connection.execute(text("INSERT INTO t VALUES (2)"))
+            done.set()
+
+        thread = threading.Thread(target=second)
+        thread.start()
+        assert done.wait(5), "the second transaction queued behind its own connection"
+        thread.join()
+        assert not lock_is_free(lock)
+    assert lock_is_free(lock)
