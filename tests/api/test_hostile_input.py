@@ -23,6 +23,7 @@ import json
 import socket
 import time
 import unicodedata
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -232,9 +233,14 @@ def _recv(sock: socket.socket) -> bytes:
         return b""
 
 
+# Bytes read past the end of one response (the start of the next), by socket: one recv() can
+# hold the tail of a reply and the head of the one after it.
+_UNREAD: weakref.WeakKeyDictionary[socket.socket, bytes] = weakref.WeakKeyDictionary()
+
+
 def read_reply(sock: socket.socket) -> Reply:
     """Read one response (status line, headers, Content-Length body) or what there is."""
-    buffer = b""
+    buffer = _UNREAD.pop(sock, b"")
     while b"\r\n\r\n" not in buffer:
         chunk = _recv(sock)
         if not chunk:
@@ -253,7 +259,11 @@ def read_reply(sock: socket.socket) -> Reply:
         if not chunk:
             break
         rest += chunk
-    return Reply(status, headers, rest if length < 0 else rest[:length])
+    if length < 0:
+        return Reply(status, headers, rest)
+    if len(rest) > length:
+        _UNREAD[sock] = rest[length:]
+    return Reply(status, headers, rest[:length])
 
 
 def exchange(
