@@ -325,6 +325,32 @@ _PRINCIPAL = (
 )
 
 
+class _UserRow(Protocol):
+    """What a principal is made of: a User, or a row of its columns."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def username(self) -> str: ...
+    @property
+    def agency_code(self) -> str: ...
+    @property
+    def role(self) -> Role: ...
+    @property
+    def clearance(self) -> Classification: ...
+
+
+def _principal_of(user: _UserRow, country: str) -> Principal:
+    return Principal(
+        user_id=user.id,
+        username=user.username,
+        agency=user.agency_code,
+        country=country,
+        role=user.role,
+        clearance=user.clearance,
+    )
+
+
 def listing_params(principal: Principal, *, limit: int, offset: int) -> dict[str, Any]:
     """Bind parameters of ``principal``'s listing statement."""
     return {
@@ -806,14 +832,7 @@ class Vault:
         return country
 
     def _principal(self, session: Session, user: User) -> Principal:
-        return Principal(
-            user_id=user.id,
-            username=user.username,
-            agency=user.agency_code,
-            country=self._country_of(session, user.agency_code),
-            role=user.role,
-            clearance=user.clearance,
-        )
+        return _principal_of(user, self._country_of(session, user.agency_code))
 
     def authenticate(self, token: str) -> Principal:
         """The caller a token speaks for; AuthenticationFailed if invalid, or user gone/disabled."""
@@ -830,14 +849,7 @@ class Vault:
                 "authenticate",
                 "user_disabled" if user else "user_unknown",
             )
-        return Principal(
-            user_id=user.id,
-            username=user.username,
-            agency=user.agency_code,
-            country=user.country_code,
-            role=user.role,
-            clearance=user.clearance,
-        )
+        return _principal_of(cast(_UserRow, user), user.country_code)
 
     # --- administration ---------------------------------------------------------------------
 
