@@ -24,13 +24,14 @@ every failure to open is one :class:`~vault.errors.IntegrityError`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import os
 import queue
 import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -350,12 +351,61 @@ class SealingReader:
         self._digest.close()
 
 
-def open_stream(source: Readable, key: bytes, *, identity: bytes) -> Iterator[bytes]:
+class _ReadAhead:
+    """Reads ``size``-byte blocks from ``source`` on a thread, at most ``depth`` blocks ahead.
+
+    Reading (a page-cache refill from disk, or a socket) releases the GIL, so it runs on one
+    core while the caller decrypts on the other, instead of the two taking turns. A short block
+    is the end; the thread stops there, or at the first error, which :meth:`next` re-raises.
+    :meth:`close` stops and joins the thread, so once it returns nothing touches ``source``
+    again and the caller may close it.
+    """
+
+    def __init__(self, source: Readable, size: int, *, depth: int = 4) -> None:
+        self._queue: queue.Queue[bytes | Exception] = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, args=(source, size), name="read-ahead", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self, source: Readable, size: int) -> None:
+        try:
+            while not self._stop.is_set():
+                block = _read_full(source, size)
+                self._queue.put(block)
+                if len(block) < size:
+                    return
+        except Exception as exc:  # noqa: BLE001 - re-raised by next(), in the reading thread
+            self._queue.put(exc)
+
+    def next(self) -> bytes:
+        """The next block (shorter than ``size`` only at the end)."""
+        item = self._queue.get()
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    def close(self) -> None:
+        """Stop reading and wait for the thread; safe to call at any point, and twice."""
+        self._stop.set()
+        while self._thread.is_alive():
+            # The thread may be blocked handing over a block: take it so the thread sees _stop.
+            with contextlib.suppress(queue.Empty):
+                self._queue.get(timeout=0.05)
+        self._thread.join()
+
+
+def open_stream(source: Readable, key: bytes, *, identity: bytes) -> Generator[bytes, None, None]:
     """Yield the plaintext of a sealed stream, one authenticated segment at a time.
 
     Raises IntegrityError at the first segment that fails, including a stream that ends early,
     has extra bytes, or was sealed for another identity; plaintext already yielded was
-    authentic, but the caller must discard the whole result on error.
+    authentic, but the caller must discard the whole result on error. Errors from reading
+    ``source`` are raised as they are.
+
+    Segments are read ahead on a second thread. Close the generator (``contextlib.closing``)
+    before closing ``source``: closing it stops and joins that thread.
     """
     header = _read_full(source, HEADER_SIZE)
     if len(header) != HEADER_SIZE:
@@ -366,28 +416,32 @@ def open_stream(source: Readable, key: bytes, *, identity: bytes) -> Iterator[by
     aead = AESGCM(key)
     aad = header + identity
     sealed_segment = segment_size + TAG_SIZE
-    # One read per segment; whether a segment is the last depends on whether another follows,
-    # so the next one is read before the current one is opened (two segments in memory).
-    current = _read_full(source, sealed_segment)
-    counter = 0
-    while True:
-        following = _read_full(source, sealed_segment) if len(current) == sealed_segment else b""
-        last = not following
-        if len(current) < TAG_SIZE:
-            raise IntegrityError("sealed object is truncated")
-        try:
-            plain = aead.decrypt(_nonce(prefix, counter, last), current, aad)
-        except InvalidTag:
-            raise IntegrityError("sealed object failed authentication") from None
-        if last:
-            if not plain and counter > 0:
-                # An empty final segment only exists for an empty plaintext.
-                raise IntegrityError("sealed object has a malformed final segment")
+    ahead = _ReadAhead(source, sealed_segment)
+    try:
+        # Whether a segment is the last depends on whether another follows, so the next one
+        # is taken before the current one is opened.
+        current = ahead.next()
+        counter = 0
+        while True:
+            following = ahead.next() if len(current) == sealed_segment else b""
+            last = not following
+            if len(current) < TAG_SIZE:
+                raise IntegrityError("sealed object is truncated")
+            try:
+                plain = aead.decrypt(_nonce(prefix, counter, last), current, aad)
+            except InvalidTag:
+                raise IntegrityError("sealed object failed authentication") from None
+            if last:
+                if not plain and counter > 0:
+                    # An empty final segment only exists for an empty plaintext.
+                    raise IntegrityError("sealed object has a malformed final segment")
+                yield plain
+                return
             yield plain
-            return
-        yield plain
-        counter += 1
-        current = following
+            counter += 1
+            current = following
+    finally:
+        ahead.close()
 
 
 # --- signing keys (token signing and the ledger's log key) ------------------------------------

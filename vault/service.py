@@ -1483,8 +1483,15 @@ class Vault:
             digest = crypto.BackgroundDigest()
             size = 0
             try:
-                with self.store.open(row.id) as source:
-                    for plain in crypto.open_stream(source, data_key, identity=identity):
+                # The plaintext stream is closed (its read-ahead thread joined) before the
+                # object is: the nesting order of this with-statement.
+                with (
+                    self.store.open(row.id) as source,
+                    contextlib.closing(
+                        crypto.open_stream(source, data_key, identity=identity)
+                    ) as plains,
+                ):
+                    for plain in plains:
                         digest.update(plain)
                         size += len(plain)
                         yield plain

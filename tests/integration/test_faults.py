@@ -40,6 +40,7 @@ from cli.client import ApiClient
 from tests.conftest import (
     FAST_ARGON2,
     PASSWORD,
+    World,
     free_port,
     postgres_schema_url,
     requires_postgres,
@@ -317,6 +318,39 @@ def test_object_store_unreachable_mid_download_cli_keeps_nothing(
                 _roundtrip(again, officer)
             finally:
                 again.close()
+
+
+def _open_files_under(root: Path) -> list[str]:
+    """Files this process holds open below ``root`` (from /proc/self/fd)."""
+    held = []
+    for fd in Path("/proc/self/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith(f"{root}{os.sep}"):
+                held.append(target)
+    return held
+
+
+def test_abandoned_download_stops_reading_and_closes_the_object(world: World) -> None:
+    """A client that goes away mid-download: the API closes ``chunks``. By the time that
+    returns, the read-ahead thread is joined and the object file closed."""
+    officer = world["uz.officer"]
+    store = world.vault.store
+    assert isinstance(store, LocalDiskStore)
+    content = _data(8 * MiB, seed_value=12)
+    package = world.vault.upload(
+        officer, NewPackage(title="abandoned"), [IncomingFile("a.bin", io.BytesIO(content))]
+    ).package
+    download = world.vault.download(officer, package.id, package.files[0].id)
+    first = next(download.chunks)
+    assert first == content[: len(first)]
+    assert [t.name for t in threading.enumerate()].count("read-ahead") == 1
+    assert len(_open_files_under(store.root)) == 1
+    download.chunks.close()
+    assert [t.name for t in threading.enumerate()].count("read-ahead") == 0
+    assert _open_files_under(store.root) == []
+    again = world.vault.download(officer, package.id, package.files[0].id)
+    assert b"".join(again.chunks) == content
 
 
 # --- 3. server process SIGKILLed mid-upload --------------------------------------------------

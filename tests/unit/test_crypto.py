@@ -6,11 +6,13 @@ and every tamper the module's docstring promises to catch (each one an Integrity
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import itertools
 import random
 import struct
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -33,7 +35,7 @@ from vault.crypto import (
     seal_bytes,
     sealed_size,
 )
-from vault.errors import ConfigError, IntegrityError, TooLarge
+from vault.errors import ConfigError, IntegrityError, StorageUnavailable, TooLarge
 
 S = SEGMENT_SIZE
 SEALED_SEGMENT = S + TAG_SIZE
@@ -392,6 +394,86 @@ def test_failure_surfaces_after_authentic_segments(four_segments: bytes, key: by
     assert len(got) <= 2
     plain = content(3 * S + 123, seed=7)
     assert b"".join(got) == plain[: len(b"".join(got))]
+
+
+# --- read-ahead ---------------------------------------------------------------------------------
+# open_stream reads segments on a second thread. These pin down what its callers rely on: the
+# thread is gone once the generator is closed (so the store may close the object), it never runs
+# more than a few segments ahead (memory), and a read error reaches the caller as it was raised.
+
+
+class CountingReader:
+    """A source that counts the bytes handed out, refuses reads once closed, and can fail."""
+
+    def __init__(self, data: bytes, *, fail_after: int | None = None) -> None:
+        self._buf = io.BytesIO(data)
+        self._fail_after = fail_after
+        self.delivered = 0
+        self.closed = False
+
+    def read(self, size: int = -1, /) -> bytes:
+        if self.closed:
+            raise AssertionError("read after the source was closed")
+        if self._fail_after is not None and self.delivered >= self._fail_after:
+            raise StorageUnavailable("object store went away")
+        chunk = self._buf.read(size)
+        self.delivered += len(chunk)
+        return chunk
+
+
+def read_ahead_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "read-ahead"]
+
+
+SMALL_SEGMENT = 1024
+MANY = 64  # segments; far more than the read-ahead may hold
+
+
+@pytest.fixture
+def many_segments(key: bytes) -> bytes:
+    plaintext = content(MANY * SMALL_SEGMENT, seed=9)
+    reader = SealingReader(io.BytesIO(plaintext), key, identity=IDENTITY, segment_size=1024)
+    return reader.read()
+
+
+def test_closing_mid_stream_joins_the_reader_before_returning(
+    many_segments: bytes, key: bytes
+) -> None:
+    source = CountingReader(many_segments)
+    opened = open_stream(source, key, identity=IDENTITY)
+    first = next(opened)
+    assert len(first) == SMALL_SEGMENT
+    opened.close()
+    assert read_ahead_threads() == []
+    # Bounded: the header, the two segments in hand and at most five more (four queued, one
+    # waiting to be queued), however long the stream.
+    assert source.delivered <= HEADER_SIZE + 7 * (SMALL_SEGMENT + TAG_SIZE) < len(many_segments)
+    source.closed = True  # what the store does next; the reader must not touch it again
+    with contextlib.closing(open_stream(CountingReader(many_segments), key, identity=IDENTITY)):
+        pass  # never started: no thread to stop
+    assert read_ahead_threads() == []
+
+
+def test_reader_is_gone_after_an_integrity_error(many_segments: bytes, key: bytes) -> None:
+    tampered = flip(many_segments, HEADER_SIZE + 3 * (SMALL_SEGMENT + TAG_SIZE) + 5)
+    got: list[bytes] = []
+    with pytest.raises(IntegrityError):
+        collect(open_stream(CountingReader(tampered), key, identity=IDENTITY), got)
+    assert len(got) == 3
+    assert read_ahead_threads() == []
+
+
+@pytest.mark.parametrize("fail_after", [HEADER_SIZE, HEADER_SIZE + 1, HEADER_SIZE + 10 * 1040])
+def test_read_error_reaches_the_caller_unchanged(
+    fail_after: int, many_segments: bytes, key: bytes
+) -> None:
+    source = CountingReader(many_segments, fail_after=fail_after)
+    got: list[bytes] = []
+    with pytest.raises(StorageUnavailable, match="went away"):
+        collect(open_stream(source, key, identity=IDENTITY), got)
+    assert b"".join(got) == content(MANY * SMALL_SEGMENT, seed=9)[: len(b"".join(got))]
+    assert len(got) < MANY
+    assert read_ahead_threads() == []
 
 
 # --- limits -------------------------------------------------------------------------------------
