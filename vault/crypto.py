@@ -376,7 +376,7 @@ class _ReadAhead:
                 self._queue.put(block)
                 if len(block) < size:
                     return
-        except Exception as exc:  # noqa: BLE001 - re-raised by next(), in the reading thread
+        except Exception as exc:  # noqa: BLE001 - next() re-raises it to the consumer
             self._queue.put(exc)
 
     def next(self) -> bytes:
