@@ -10,6 +10,7 @@ TRUNCATE).
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import re
 import time
@@ -22,7 +23,7 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, event
+from sqlalchemy import Connection, Engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, create_engine
@@ -30,20 +31,37 @@ from sqlmodel import Session, create_engine
 from vault import models  # noqa: F401  (registers the tables on SQLModel.metadata)
 from vault.errors import ConfigError, StorageUnavailable
 
+log = logging.getLogger("vault.db")
+
 APPEND_ONLY_TABLES = ("ledgerentry", "ledgernode", "ledgercheckpoint")
 # Execution option marking a transaction that only reads (see session_scope).
 READ_ONLY = "vault_read_only"
 
-_SQLITE_TRIGGERS = [
-    f"""CREATE TRIGGER IF NOT EXISTS {table}_no_{op.lower()} BEFORE {op} ON {table}
-        BEGIN SELECT RAISE(ABORT, '{table} is append-only'); END"""
+# The guard, by trigger name. Stored as written (SQLite keeps the CREATE text, minus
+# IF NOT EXISTS), which is how append_only_problems recognises an altered one.
+_SQLITE_GUARD = {
+    f"{table}_no_{op.lower()}": (
+        f"CREATE TRIGGER IF NOT EXISTS {table}_no_{op.lower()} BEFORE {op} ON {table}"
+        f" BEGIN SELECT RAISE(ABORT, '{table} is append-only'); END"
+    )
     for table in APPEND_ONLY_TABLES
     for op in ("UPDATE", "DELETE")
+}
+_SQLITE_TRIGGERS = [
+    stmt
+    for name, create in _SQLITE_GUARD.items()
+    for stmt in (f"DROP TRIGGER IF EXISTS {name}", create)
 ]
 
+_PG_GUARD_BODY = "BEGIN RAISE EXCEPTION '% is append-only', TG_TABLE_NAME; END"
+# pg_trigger.tgtype bits: ROW 1, BEFORE 2, DELETE 8, UPDATE 16, TRUNCATE 32.
+_PG_GUARD = {
+    **{f"{table}_append_only": (table, 1 | 2 | 8 | 16) for table in APPEND_ONLY_TABLES},
+    **{f"{table}_no_truncate": (table, 2 | 32) for table in APPEND_ONLY_TABLES},
+}
 _PG_TRIGGERS = [
-    """CREATE OR REPLACE FUNCTION vault_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
-       BEGIN RAISE EXCEPTION '% is append-only', TG_TABLE_NAME; END $$""",
+    f"""CREATE OR REPLACE FUNCTION vault_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+       {_PG_GUARD_BODY} $$""",
     *(
         stmt
         for table in APPEND_ONLY_TABLES
@@ -196,15 +214,74 @@ def _alembic_config(connection: Connection) -> AlembicConfig:
 
 
 def append_only_statements(dialect: str) -> list[str]:
-    """SQL that makes the ledger tables append-only on ``dialect`` (used by migrations)."""
+    """SQL that makes the ledger tables append-only on ``dialect`` (used by migrations, and
+    to restore the guard); replaces triggers of the same names."""
     return list(_PG_TRIGGERS if dialect == "postgresql" else _SQLITE_TRIGGERS)
 
 
+def _words(sql: str) -> str:
+    return " ".join(sql.replace("IF NOT EXISTS ", "").split())
+
+
+def append_only_problems(connection: Connection) -> list[str]:
+    """What is wrong with the ledger tables' append-only triggers; empty when all are intact.
+
+    Someone with the schema owner's rights can drop, disable or rewrite them; ``ledger verify``
+    would still catch a rewritten ledger afterwards, but the vault should not go on appending
+    to tables that no longer refuse rewrites.
+    """
+    problems: list[str] = []
+    if connection.dialect.name == "postgresql":
+        body = connection.execute(
+            text("SELECT prosrc FROM pg_proc WHERE oid = to_regprocedure('vault_append_only()')")
+        ).scalar()
+        if body is None or _words(body) != _words(_PG_GUARD_BODY):
+            problems.append("function vault_append_only() is missing or altered")
+        for name, (table, kind) in _PG_GUARD.items():
+            row = connection.execute(
+                text(
+                    "SELECT t.tgtype, t.tgenabled, t.tgqual IS NULL AS unconditional,"
+                    " t.tgattr::text = '' AS all_columns,"
+                    " t.tgfoid = to_regprocedure('vault_append_only()') AS guard_function"
+                    " FROM pg_trigger t WHERE t.tgrelid = to_regclass(:table) AND t.tgname = :name"
+                ),
+                {"table": table, "name": name},
+            ).one_or_none()
+            if row is None:
+                problems.append(f"trigger {name} is missing")
+            elif row.tgenabled not in ("O", "A"):
+                problems.append(f"trigger {name} is disabled")
+            elif not (
+                row.tgtype == kind and row.unconditional and row.all_columns and row.guard_function
+            ):
+                problems.append(f"trigger {name} was altered")
+        return problems
+    stored: dict[str, str] = {
+        name: sql
+        for name, sql in connection.execute(
+            text("SELECT name, sql FROM sqlite_master WHERE type = 'trigger'")
+        )
+    }
+    for name, create in _SQLITE_GUARD.items():
+        if name not in stored:
+            problems.append(f"trigger {name} is missing")
+        elif _words(stored[name]) != _words(create):
+            problems.append(f"trigger {name} was altered")
+    return problems
+
+
 def migrate(engine: Engine) -> str:
-    """Upgrade the schema to the newest revision; returns it. Run as the schema owner."""
+    """Upgrade the schema to the newest revision and make sure the ledger's append-only guard
+    is in place (restoring it if it was dropped or altered); returns the revision. Run as the
+    schema owner."""
     try:
         with engine.begin() as connection:
             command.upgrade(_alembic_config(connection), "head")
+            problems = append_only_problems(connection)
+            if problems:
+                log.warning("restoring the ledger's append-only guard: %s", "; ".join(problems))
+                for statement in append_only_statements(connection.dialect.name):
+                    connection.execute(text(statement))
             return current_revision(connection) or ""
     except OperationalError as exc:
         raise StorageUnavailable(f"database unavailable: {type(exc.orig).__name__}") from None
@@ -223,16 +300,24 @@ def head_revision() -> str:
 
 
 def check_schema(engine: Engine) -> None:
-    """ConfigError unless the database is at the newest revision (production: no auto-upgrade)."""
+    """ConfigError unless the database is at the newest revision with the ledger's append-only
+    guard intact (production: no auto-upgrade, no repair)."""
     try:
         with engine.connect() as connection:
             current = current_revision(connection)
+            if current != head_revision():
+                raise ConfigError(
+                    f"database schema is at {current or 'nothing'}, this vault needs "
+                    f"{head_revision()}: run 'blovault admin migrate' as the schema owner"
+                )
+            problems = append_only_problems(connection)
     except OperationalError as exc:
         raise StorageUnavailable(f"database unavailable: {type(exc.orig).__name__}") from None
-    if current != head_revision():
+    if problems:
         raise ConfigError(
-            f"database schema is at {current or 'nothing'}, this vault needs {head_revision()}: "
-            "run 'blovault admin migrate' as the schema owner"
+            f"the ledger tables are not append-only ({'; '.join(problems)}): run 'blovault "
+            "admin migrate' as the schema owner to restore the guard, and 'blovault ledger "
+            "verify' to check the ledger"
         )
 
 

@@ -482,6 +482,25 @@ def test_production_with_generated_keys_and_migrated_db_opens(tmp_path: Path) ->
     assert not (data_dir / DEV_KEY_DIR).exists()
 
 
+def test_production_refuses_a_ledger_without_its_append_only_guard(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    settings = prod_settings(data_dir, generate_key_files(tmp_path / "secrets"))
+    engine = make_engine(settings.resolved_database_url)
+    try:
+        migrate(engine)
+        with engine.begin() as conn:
+            conn.execute(text("DROP TRIGGER ledgerentry_no_delete"))
+        with pytest.raises(ConfigError, match="ledgerentry_no_delete is missing"):
+            Vault.open(settings)
+        with engine.connect() as conn:  # and it did not quietly put the trigger back
+            names = conn.execute(text("SELECT name FROM sqlite_master WHERE type='trigger'"))
+            assert "ledgerentry_no_delete" not in set(names.scalars())
+        migrate(engine)  # what the message tells the operator to run
+    finally:
+        engine.dispose()
+    Vault.open(settings).close()
+
+
 def test_production_with_unmigrated_db_refuses_and_does_not_migrate(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     keys = generate_key_files(tmp_path / "secrets")

@@ -26,7 +26,8 @@ from sqlmodel import Session
 
 from tests.conftest import ON_POSTGRES, CliRunner, World
 from vault.config import Settings
-from vault.errors import AccessDenied, LedgerCorrupt, NotFound
+from vault.db import check_schema, migrate
+from vault.errors import AccessDenied, ConfigError, LedgerCorrupt, NotFound
 from vault.ledger import check, merkle, note
 from vault.ledger.entry import GENESIS_PREV, Entry, decode, leaf_hash
 from vault.ledger.verify import VerifyResult
@@ -364,6 +365,60 @@ def test_vault_connections_block_insert_or_replace(world: World) -> None:
                 {"s": 5, "p": row.prev_hash, "e": b"\x01forged"},
             )
         conn.rollback()
+    assert world.vault.verify_ledger(world["uz.auditor"]).ok
+
+
+# Disarming the guard itself. A production vault refuses to start on such a database (it must
+# not go on appending to tables that no longer refuse rewrites); `admin migrate`, which a
+# development vault runs on every start, restores it.
+DISARM = {
+    "dropped": (
+        ["DROP TRIGGER ledgerentry_no_update"],
+        "trigger ledgerentry_no_update is missing",
+    ),
+    "made-conditional": (
+        [
+            "DROP TRIGGER ledgernode_no_delete",
+            "CREATE TRIGGER ledgernode_no_delete BEFORE DELETE ON ledgernode WHEN 0"
+            " BEGIN SELECT RAISE(ABORT, 'ledgernode is append-only'); END",
+        ],
+        "trigger ledgernode_no_delete was altered",
+    ),
+    "made-harmless": (
+        [
+            "DROP TRIGGER ledgercheckpoint_no_update",
+            "CREATE TRIGGER ledgercheckpoint_no_update BEFORE UPDATE ON ledgercheckpoint"
+            " BEGIN SELECT 1; END",
+        ],
+        "trigger ledgercheckpoint_no_update was altered",
+    ),
+}
+
+
+@pytest.mark.parametrize("how", list(DISARM))
+def test_disarmed_guard_refuses_production_and_migrate_restores_it(world: World, how: str) -> None:
+    build_ledger(world, total=30)
+    engine = world.vault.engine
+    check_schema(engine)
+    statements, problem = DISARM[how]
+    with raw_db(world.settings) as conn:
+        for statement in statements:
+            conn.execute(statement)
+    with pytest.raises(ConfigError, match="not append-only") as caught:
+        check_schema(engine)
+    assert problem in caught.value.message
+    migrate(engine)
+    check_schema(engine)
+    rewrite = {
+        "ledgerentry": "UPDATE ledgerentry SET entry = x'00'",
+        "ledgernode": "UPDATE ledgernode SET hash = zeroblob(32)",
+        "ledgercheckpoint": "UPDATE ledgercheckpoint SET note = 'forged'",
+    }
+    with raw_db(world.settings) as conn:
+        for table in APPEND_ONLY:
+            for statement in (rewrite[table], f"DELETE FROM {table}"):
+                with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+                    conn.execute(statement)
     assert world.vault.verify_ledger(world["uz.auditor"]).ok
 
 

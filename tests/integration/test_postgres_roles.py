@@ -33,6 +33,7 @@ from tests.conftest import (
 from vault.config import load_settings
 from vault.crypto import SEGMENT_SIZE
 from vault.db import APPEND_ONLY_TABLES, check_schema, grant_app_role, make_engine, migrate
+from vault.errors import ConfigError
 from vault.keys import generate_key_files
 from vault.service import Vault, local_operator
 
@@ -195,6 +196,52 @@ def test_even_the_owner_may_not_rewrite_the_ledger(
     assert f"{table} is append-only" in str(exc.orig)
     with databases.owner.connect() as conn:
         assert conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one() == 1
+
+
+# The guard can be disarmed by the owner (or a superuser): a vault must notice on start.
+DISARM = {
+    "trigger-dropped": (
+        "DROP TRIGGER ledgerentry_append_only ON ledgerentry",
+        "trigger ledgerentry_append_only is missing",
+    ),
+    "trigger-disabled": (
+        "ALTER TABLE ledgernode DISABLE TRIGGER ledgernode_append_only",
+        "trigger ledgernode_append_only is disabled",
+    ),
+    "trigger-made-conditional": (
+        "DROP TRIGGER ledgercheckpoint_append_only ON ledgercheckpoint;"
+        " CREATE TRIGGER ledgercheckpoint_append_only BEFORE UPDATE OR DELETE ON ledgercheckpoint"
+        " FOR EACH ROW WHEN (false) EXECUTE FUNCTION vault_append_only()",
+        "trigger ledgercheckpoint_append_only was altered",
+    ),
+    "function-rewritten": (
+        "CREATE OR REPLACE FUNCTION vault_append_only() RETURNS trigger LANGUAGE plpgsql"
+        " AS $$ BEGIN RETURN OLD; END $$",
+        "function vault_append_only() is missing or altered",
+    ),
+}
+
+
+@pytest.mark.parametrize("how", list(DISARM))
+def test_disarmed_guard_refuses_production_and_migrate_restores_it(
+    databases: Databases, how: str
+) -> None:
+    check_schema(databases.app)  # intact: passes, read with the app role's rights
+    statement, problem = DISARM[how]
+    with databases.owner.begin() as conn:
+        conn.execute(text(statement))
+    with pytest.raises(ConfigError, match="not append-only") as caught:
+        check_schema(databases.app)
+    assert problem in caught.value.message
+    assert "blovault admin migrate" in caught.value.message
+    migrate(databases.owner)  # as the owner: restores every trigger and the function
+    check_schema(databases.app)
+    for table in APPEND_ONLY_TABLES:
+        with databases.owner.begin() as conn:
+            conn.execute(text(ROWS[table]), _params(0))
+        for op in CHANGES:
+            exc = _refused(databases.owner, CHANGES[op][table], _params(1))
+            assert f"{table} is append-only" in str(exc.orig)
 
 
 def test_vault_runs_as_app_role(databases: Databases, tmp_path: Path) -> None:
