@@ -299,9 +299,10 @@ def head_revision() -> str:
     return head
 
 
-def check_schema(engine: Engine) -> None:
+def check_schema(engine: Engine, *, require_guard: bool = True) -> None:
     """ConfigError unless the database is at the newest revision with the ledger's append-only
-    guard intact (production: no auto-upgrade, no repair)."""
+    guard intact (production: no auto-upgrade, no repair). ``require_guard=False`` only logs a
+    missing guard: for verifying the ledger, which is most needed exactly then."""
     try:
         with engine.connect() as connection:
             current = current_revision(connection)
@@ -314,11 +315,14 @@ def check_schema(engine: Engine) -> None:
     except OperationalError as exc:
         raise StorageUnavailable(f"database unavailable: {type(exc.orig).__name__}") from None
     if problems:
-        raise ConfigError(
+        message = (
             f"the ledger tables are not append-only ({'; '.join(problems)}): run 'blovault "
             "admin migrate' as the schema owner to restore the guard, and 'blovault ledger "
             "verify' to check the ledger"
         )
+        if require_guard:
+            raise ConfigError(message)
+        log.warning("%s", message)
 
 
 @contextmanager

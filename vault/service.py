@@ -460,15 +460,21 @@ class Vault:
         self._decisions: dict[str, int] = {}
 
     @classmethod
-    def open(cls, settings: Settings, *, store: ObjectStore | None = None) -> Vault:
-        """Build the service from settings: database (schema ensured), store, keys, policy."""
+    def open(
+        cls, settings: Settings, *, store: ObjectStore | None = None, require_guard: bool = True
+    ) -> Vault:
+        """Build the service from settings: database (schema ensured), store, keys, policy.
+
+        In production a ledger whose append-only guard is gone stops the start, unless
+        ``require_guard`` is False (``ledger verify``: then it is only logged).
+        """
         settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         keys = load_keys(settings)
         engine = make_engine(settings.resolved_database_url)
         if settings.env == "production":
             # Production never changes its schema on start: the service's database role may
             # not even be allowed to; `blovault admin migrate` runs as the owner.
-            check_schema(engine)
+            check_schema(engine, require_guard=require_guard)
         else:
             migrate(engine)
         with session_scope(engine) as session:

@@ -12,6 +12,7 @@ import base64
 import hashlib
 import io
 import json
+import logging
 import os
 import random
 import stat
@@ -24,6 +25,7 @@ import pytest
 from sqlalchemy import Engine, text
 from sqlmodel import Session, select
 
+from cli.main import run
 from tests.conftest import (
     FAST_ARGON2,
     PASSWORD,
@@ -482,9 +484,15 @@ def test_production_with_generated_keys_and_migrated_db_opens(tmp_path: Path) ->
     assert not (data_dir / DEV_KEY_DIR).exists()
 
 
-def test_production_refuses_a_ledger_without_its_append_only_guard(tmp_path: Path) -> None:
+def test_production_refuses_a_ledger_without_its_append_only_guard(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     data_dir = tmp_path / "data"
-    settings = prod_settings(data_dir, generate_key_files(tmp_path / "secrets"))
+    keys = generate_key_files(tmp_path / "secrets")
+    settings = prod_settings(data_dir, keys)
     engine = make_engine(settings.resolved_database_url)
     try:
         migrate(engine)
@@ -495,6 +503,21 @@ def test_production_refuses_a_ledger_without_its_append_only_guard(tmp_path: Pat
         with engine.connect() as conn:  # and it did not quietly put the trigger back
             names = conn.execute(text("SELECT name FROM sqlite_master WHERE type='trigger'"))
             assert "ledgerentry_no_delete" not in set(names.scalars())
+        # The auditor can still verify it (warned): that is when verifying matters most.
+        env = {
+            "VAULT_ENV": "production",
+            "VAULT_DATA_DIR": str(data_dir),
+            "VAULT_CONFIG_DIR": str(tmp_path / "config"),
+            **{name: str(path) for name, path in keys.items()},
+            **{f"VAULT_{key.upper()}": str(value) for key, value in FAST_ARGON2.items()},
+        }
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        capsys.readouterr()
+        with caplog.at_level(logging.WARNING, logger="vault.db"):
+            assert run(["ledger", "verify", "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["ok"] is True
+        assert "ledgerentry_no_delete is missing" in caplog.text
         migrate(engine)  # what the message tells the operator to run
     finally:
         engine.dispose()
