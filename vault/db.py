@@ -23,7 +23,7 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, event, text
+from sqlalchemy import Connection, Engine, bindparam, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, create_engine
@@ -230,42 +230,51 @@ def append_only_problems(connection: Connection) -> list[str]:
     would still catch a rewritten ledger afterwards, but the vault should not go on appending
     to tables that no longer refuse rewrites.
     """
-    problems: list[str] = []
     if connection.dialect.name == "postgresql":
-        body = connection.execute(
-            text("SELECT prosrc FROM pg_proc WHERE oid = to_regprocedure('vault_append_only()')")
-        ).scalar()
-        if body is None or _words(body) != _words(_PG_GUARD_BODY):
-            problems.append("function vault_append_only() is missing or altered")
-        for name, (table, kind) in _PG_GUARD.items():
-            row = connection.execute(
-                text(
-                    "SELECT t.tgtype, t.tgenabled, t.tgqual IS NULL AS unconditional,"
-                    " t.tgattr::text = '' AS all_columns,"
-                    " t.tgfoid = to_regprocedure('vault_append_only()') AS guard_function"
-                    " FROM pg_trigger t WHERE t.tgrelid = to_regclass(:table) AND t.tgname = :name"
-                ),
-                {"table": table, "name": name},
-            ).one_or_none()
-            if row is None:
-                problems.append(f"trigger {name} is missing")
-            elif row.tgenabled not in ("O", "A"):
-                problems.append(f"trigger {name} is disabled")
-            elif not (
-                row.tgtype == kind and row.unconditional and row.all_columns and row.guard_function
-            ):
-                problems.append(f"trigger {name} was altered")
-        return problems
+        return _pg_guard_problems(connection)
     stored: dict[str, str] = {
         name: sql
         for name, sql in connection.execute(
             text("SELECT name, sql FROM sqlite_master WHERE type = 'trigger'")
         )
     }
+    problems = []
     for name, create in _SQLITE_GUARD.items():
         if name not in stored:
             problems.append(f"trigger {name} is missing")
         elif _words(stored[name]) != _words(create):
+            problems.append(f"trigger {name} was altered")
+    return problems
+
+
+# Every trigger on the ledger tables (the ones this connection's search_path finds), in one
+# round trip.
+_PG_GUARD_TRIGGERS = text(
+    "SELECT c.relname, t.tgname, t.tgtype, t.tgenabled, t.tgqual IS NULL AS unconditional,"
+    " t.tgattr::text = '' AS all_columns,"
+    " t.tgfoid = to_regprocedure('vault_append_only()') AS guard_function"
+    " FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid"
+    " WHERE c.relname IN :tables AND pg_table_is_visible(c.oid)"
+).bindparams(bindparam("tables", value=list(APPEND_ONLY_TABLES), expanding=True))
+
+
+def _pg_guard_problems(connection: Connection) -> list[str]:
+    problems = []
+    body = connection.execute(
+        text("SELECT prosrc FROM pg_proc WHERE oid = to_regprocedure('vault_append_only()')")
+    ).scalar()
+    if body is None or _words(body) != _words(_PG_GUARD_BODY):
+        problems.append("function vault_append_only() is missing or altered")
+    found = {(row.relname, row.tgname): row for row in connection.execute(_PG_GUARD_TRIGGERS)}
+    for name, (table, kind) in _PG_GUARD.items():
+        row = found.get((table, name))
+        if row is None:
+            problems.append(f"trigger {name} is missing")
+        elif row.tgenabled not in ("O", "A"):
+            problems.append(f"trigger {name} is disabled")
+        elif not (
+            row.tgtype == kind and row.unconditional and row.all_columns and row.guard_function
+        ):
             problems.append(f"trigger {name} was altered")
     return problems
 

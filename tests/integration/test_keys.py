@@ -462,7 +462,8 @@ def test_production_refuses_development_key_files(tmp_path: Path, which: str, ho
         Vault.open(prod_settings(data_dir, keys))
 
 
-def test_production_with_generated_keys_and_migrated_db_opens(tmp_path: Path) -> None:
+def migrated_production(tmp_path: Path) -> tuple[Path, dict[str, Path], Settings]:
+    """Generated key files, and production settings on a database the owner has migrated."""
     data_dir = tmp_path / "data"
     keys = generate_key_files(tmp_path / "secrets")
     settings = prod_settings(data_dir, keys)
@@ -471,6 +472,11 @@ def test_production_with_generated_keys_and_migrated_db_opens(tmp_path: Path) ->
         migrate(engine)
     finally:
         engine.dispose()
+    return data_dir, keys, settings
+
+
+def test_production_with_generated_keys_and_migrated_db_opens(tmp_path: Path) -> None:
+    data_dir, keys, settings = migrated_production(tmp_path)
     vault = Vault.open(settings)
     try:
         assert vault.keys.development is False
@@ -490,12 +496,9 @@ def test_production_refuses_a_ledger_without_its_append_only_guard(
     capsys: pytest.CaptureFixture[str],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    data_dir = tmp_path / "data"
-    keys = generate_key_files(tmp_path / "secrets")
-    settings = prod_settings(data_dir, keys)
+    data_dir, keys, settings = migrated_production(tmp_path)
     engine = make_engine(settings.resolved_database_url)
     try:
-        migrate(engine)
         with engine.begin() as conn:
             conn.execute(text("DROP TRIGGER ledgerentry_no_delete"))
         with pytest.raises(ConfigError, match="ledgerentry_no_delete is missing"):
