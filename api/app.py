@@ -445,7 +445,8 @@ def create_app(settings: Settings | None = None, *, vault: Vault | None = None) 
         description="Encrypted, access-controlled, audited exchange between Border Liaison Offices",
         lifespan=lifespan,
     )
-    service = vault if vault is not None else Vault.open(settings or load_settings())
+    # The server never creates a vault: 'blovault admin init' does, once.
+    service = vault if vault is not None else Vault.open(settings or load_settings(), create=False)
     app.state.vault = service
     api_errors.install(app)
     app.include_router(router)

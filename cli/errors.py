@@ -17,6 +17,7 @@ EXIT_CODES: dict[type[errors.VaultError], int] = {
     errors.StorageUnavailable: 7,
     errors.Conflict: 8,
     errors.ConfigError: 9,
+    errors.VaultMissing: 10,
 }
 
 # The API's error codes, for turning an HTTP error reply back into the same exception.

@@ -79,8 +79,12 @@ def _print_json(data: Any) -> None:
 
 
 @contextmanager
-def _local_vault(*, require_guard: bool = True) -> Iterator[Vault]:
-    vault = Vault.open(load_settings(), require_guard=require_guard)
+def _local_vault(
+    *, create: bool = False, repair: bool = True, require_guard: bool = True
+) -> Iterator[Vault]:
+    """The vault the settings point at. Only ``admin init`` may create one; ``ledger verify``
+    passes ``repair=False`` so that the database it inspects is left exactly as it was."""
+    vault = Vault.open(load_settings(), create=create, repair=repair, require_guard=require_guard)
     try:
         yield vault
     finally:
@@ -140,7 +144,7 @@ def serve(
     settings = load_settings()
     # Open once here so configuration errors (e.g. development keys in production) stop us
     # before the server binds, with a clear message.
-    Vault.open(settings).close()
+    Vault.open(settings, create=False).close()
     err.print(f"BLO Vault listening on {'https' if tls_cert else 'http'}://{host}:{port}")
     uvicorn.run(
         "api.asgi:app",
@@ -184,8 +188,10 @@ def login(
 
 @admin_app.command("init")
 def admin_init() -> None:
-    """Create the database schema, data folder and (in development) keys."""
-    with _local_vault() as vault:
+    """Create the database schema, data folder and (in development) keys.
+
+    The only command that creates a vault; on an existing one it upgrades the schema."""
+    with _local_vault(create=True) as vault:
         err.print(
             f"vault initialised: database {vault.engine.url.render_as_string(hide_password=True)}"
         )
@@ -202,9 +208,12 @@ def admin_migrate(
 ) -> None:
     """Upgrade the database schema to this version (run as the schema owner)."""
     from vault.db import grant_app_role as grant
-    from vault.db import make_engine, migrate
+    from vault.db import make_engine, migrate, require_existing
 
     settings = load_settings()
+    # An empty PostgreSQL database is how a production schema starts (as its owner); an
+    # SQLite vault is only ever created by 'admin init'.
+    require_existing(settings.resolved_database_url)
     engine = make_engine(settings.resolved_database_url)
     try:
         revision = migrate(engine)
@@ -757,7 +766,7 @@ def ledger_verify(
         return
     # A production ledger whose append-only guard was removed still gets verified (with a
     # warning): that is when an auditor most needs to see what was done to it.
-    with _local_vault(require_guard=False) as vault:
+    with _local_vault(repair=False, require_guard=False) as vault:
         total = vault.ledger_size()
         with _counter("verifying", total) as advance:
             report = vault.verify_ledger(local_operator(), progress=advance, workers=jobs)

@@ -29,7 +29,7 @@ from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, create_engine
 
 from vault import models  # noqa: F401  (registers the tables on SQLModel.metadata)
-from vault.errors import ConfigError, StorageUnavailable
+from vault.errors import ConfigError, StorageUnavailable, VaultMissing
 
 log = logging.getLogger("vault.db")
 
@@ -87,6 +87,25 @@ def make_engine(url: str) -> Engine:
             parsed = parsed.set(drivername="postgresql+psycopg")
         return create_engine(parsed, pool_pre_ping=True, pool_size=20, max_overflow=20)
     raise ConfigError("VAULT_DATABASE_URL must be a sqlite:// or postgresql:// URL")
+
+
+def require_existing(url: str) -> None:
+    """VaultMissing unless an SQLite ``url`` names a database file that exists.
+
+    Checked before :func:`make_engine`, which creates a missing file: a command run in the
+    wrong folder must say where it looked, not make an empty vault there and report on it.
+    (A PostgreSQL database always exists; its schema is checked once connected.)
+    """
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return
+    database = parsed.database
+    if not database or database == ":memory:" or not os.path.isfile(database):
+        where = os.path.abspath(database) if database and database != ":memory:" else url
+        raise VaultMissing(
+            f"no vault database at {where}: run 'blovault admin init' to create a vault, "
+            "or point VAULT_DATA_DIR (or VAULT_DATABASE_URL) at an existing one"
+        )
 
 
 def _sqlite_engine(url: str) -> Engine:
@@ -299,6 +318,15 @@ def migrate(engine: Engine) -> str:
 def current_revision(connection: Connection) -> str | None:
     """The schema revision the database is at (None for an empty database)."""
     return MigrationContext.configure(connection).get_current_revision()
+
+
+def schema_revision(engine: Engine) -> str | None:
+    """The revision ``engine``'s database is at; None when no vault schema is there."""
+    try:
+        with engine.connect() as connection:
+            return current_revision(connection)
+    except OperationalError as exc:
+        raise StorageUnavailable(f"database unavailable: {type(exc.orig).__name__}") from None
 
 
 def head_revision() -> str:

@@ -98,3 +98,10 @@ class ConfigError(VaultError):
     """The vault is configured wrongly or unsafely (for example development keys in production)."""
 
     code = "config_error"
+
+
+class VaultMissing(ConfigError):
+    """There is no vault where the settings point: nothing was created (only ``admin init``
+    creates one)."""
+
+    code = "vault_missing"

@@ -14,6 +14,7 @@ import binascii
 import contextlib
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from vault import crypto
 from vault.config import Settings
-from vault.errors import ConfigError
+from vault.errors import ConfigError, VaultMissing
 
 DEV_KEY_DIR = "dev-keys"
 _KEK_FILE = "kek.b64"
@@ -103,15 +104,22 @@ def generate_key_files(out_dir: Path) -> dict[str, Path]:
     return {name: path for name, (path, _) in files.items()}
 
 
-def _dev_key(settings: Settings, name: str, make: bytes) -> Path:
+def _dev_key(settings: Settings, name: str, make: Callable[[], bytes], *, create: bool) -> Path:
     path = settings.data_dir.resolve() / DEV_KEY_DIR / name
     if not path.exists():
-        _write_new_secret(path, make)
+        if not create:
+            # A new key here would not open what the old one sealed: never made on the side.
+            raise VaultMissing(
+                f"no development key at {path}: run 'blovault admin init' to create a vault, "
+                "or point VAULT_DATA_DIR at an existing one"
+            )
+        _write_new_secret(path, make())
     return path
 
 
-def load_keys(settings: Settings) -> KeyMaterial:
-    """Load configured keys; generate development keys for those unset, unless in production."""
+def load_keys(settings: Settings, *, create: bool = True) -> KeyMaterial:
+    """Load configured keys; generate development keys for those unset, unless in production
+    or unless ``create`` is False (then a missing development key is VaultMissing)."""
     dev_dir = (settings.data_dir / DEV_KEY_DIR).resolve()
     development = False
 
@@ -133,7 +141,10 @@ def load_keys(settings: Settings) -> KeyMaterial:
         if kek_path is None:
             development = True
             kek_path = _dev_key(
-                settings, _KEK_FILE, base64.b64encode(crypto.new_data_key()) + b"\n"
+                settings,
+                _KEK_FILE,
+                lambda: base64.b64encode(crypto.new_data_key()) + b"\n",
+                create=create,
             )
         current = read_kek(kek_path)
     previous = tuple(read_kek(p) for p in settings.kek_old_files)
@@ -141,15 +152,21 @@ def load_keys(settings: Settings) -> KeyMaterial:
     token_path = configured(settings.jwt_key_file, "token signing key", "VAULT_JWT_KEY_FILE")
     if token_path is None:
         development = True
-        token_path = _dev_key(settings, _TOKEN_FILE, crypto.new_token_signing_key_pem())
+        token_path = _dev_key(
+            settings, _TOKEN_FILE, crypto.new_token_signing_key_pem, create=create
+        )
     token_private = _read_secret(token_path)
     token_public = crypto.token_public_key_pem(token_private)
 
     ledger_path = configured(settings.ledger_key_file, "ledger key", "VAULT_LEDGER_KEY_FILE")
     if ledger_path is None:
         development = True
-        seed = crypto.ed25519_seed(crypto.new_ed25519_private_key())
-        ledger_path = _dev_key(settings, _LEDGER_FILE, base64.b64encode(seed) + b"\n")
+        ledger_path = _dev_key(
+            settings,
+            _LEDGER_FILE,
+            lambda: base64.b64encode(crypto.ed25519_seed(crypto.new_ed25519_private_key())) + b"\n",
+            create=create,
+        )
     ledger_key = crypto.ed25519_from_seed(
         _decode_32(_read_secret(ledger_path), what=f"ledger key in {ledger_path}")
     )

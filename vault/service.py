@@ -48,6 +48,8 @@ from vault.db import (
     make_engine,
     migrate,
     read_scope,
+    require_existing,
+    schema_revision,
     session_scope,
 )
 from vault.errors import (
@@ -62,6 +64,7 @@ from vault.errors import (
     StorageUnavailable,
     TooLarge,
     VaultError,
+    VaultMissing,
 )
 from vault.keys import KeyMaterial, load_keys
 from vault.ledger import check as ledger_check
@@ -461,23 +464,50 @@ class Vault:
 
     @classmethod
     def open(
-        cls, settings: Settings, *, store: ObjectStore | None = None, require_guard: bool = True
+        cls,
+        settings: Settings,
+        *,
+        store: ObjectStore | None = None,
+        create: bool = True,
+        repair: bool = True,
+        require_guard: bool = True,
     ) -> Vault:
-        """Build the service from settings: database (schema ensured), store, keys, policy.
+        """Build the service from settings: database, store, keys, policy.
 
-        In production a ledger whose append-only guard is gone stops the start, unless
-        ``require_guard`` is False (``ledger verify``: then it is only logged).
+        ``create`` lets it make what is missing (data folder, SQLite file, development keys,
+        schema): only ``admin init`` and embedded uses ask for that. Without it a missing
+        vault is VaultMissing naming where it looked, and nothing is written there.
+
+        ``repair`` (development only) upgrades the schema and restores the ledger's
+        append-only guard on open; without it the database is only checked, as production
+        always does, so a command that inspects the vault never changes it. A ledger whose
+        guard is gone stops the start, unless ``require_guard`` is False (``ledger verify``:
+        then it is only logged).
         """
-        settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        keys = load_keys(settings)
-        engine = make_engine(settings.resolved_database_url)
-        if settings.env == "production":
-            # Production never changes its schema on start: the service's database role may
-            # not even be allowed to; `blovault admin migrate` runs as the owner.
-            check_schema(engine, require_guard=require_guard)
+        url = settings.resolved_database_url
+        if create:
+            settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         else:
-            migrate(engine)
-        with session_scope(engine) as session:
+            require_existing(url)
+        engine = make_engine(url)
+        try:
+            # The database first: in the wrong place, that is what the message should name.
+            if not create and schema_revision(engine) is None:
+                raise VaultMissing(
+                    f"no vault schema in {engine.url.render_as_string(hide_password=True)}: "
+                    "run 'blovault admin init' (or 'blovault admin migrate' as its owner)"
+                )
+            keys = load_keys(settings, create=create)
+            if settings.env == "production" or not repair:
+                # Production never changes its schema on start: the service's database role
+                # may not even be allowed to; `blovault admin migrate` runs as the owner.
+                check_schema(engine, require_guard=require_guard)
+            else:
+                migrate(engine)
+        except BaseException:
+            engine.dispose()
+            raise
+        with session_scope(engine, readonly=True) as session:
             rules = _load_rules(session)
         return cls(
             settings=settings,
