@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -395,14 +396,24 @@ def list_rules(as_json: JsonOpt = False) -> None:
 # --- packages -------------------------------------------------------------------------------
 
 
+# "+90m", "+12h", "+1d", "+2w": from now, so a release window can be given without a calendar.
+_RELATIVE = re.compile(r"\+(\d{1,6})([mhdw])")
+_UNIT = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
 def _parse_time(value: str | None, what: str) -> datetime | None:
     if value is None:
         return None
+    relative = _RELATIVE.fullmatch(value.strip())
+    if relative:
+        amount, unit = relative.groups()
+        return datetime.now(UTC) + timedelta(**{_UNIT[unit]: int(amount)})
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
         raise InvalidInput(
-            f"{what}: use ISO 8601 with a zone, e.g. 2026-12-01T00:00:00+05:00"
+            f"{what}: use ISO 8601 with a zone, e.g. 2026-12-01T00:00:00+05:00, or a time "
+            "from now such as +12h or +30d"
         ) from None
     if moment.tzinfo is None:
         raise InvalidInput(f"{what}: the time must carry a zone, e.g. +05:00 or Z")
@@ -538,9 +549,13 @@ def package_release(
     country: Annotated[str, typer.Option(help="Country code to release to.")],
     agency: Annotated[str | None, typer.Option(help="Only this agency of the country.")] = None,
     not_before: Annotated[
-        str | None, typer.Option(help="ISO 8601 time the release starts.")
+        str | None,
+        typer.Option(help="When the release starts: ISO 8601 with a zone, or +12h, +1d, +2w."),
     ] = None,
-    expires: Annotated[str | None, typer.Option(help="ISO 8601 time the release ends.")] = None,
+    expires: Annotated[
+        str | None,
+        typer.Option(help="When the release ends: ISO 8601 with a zone, or +12h, +30d, +2w."),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Release a package to a country, or one agency of it."""

@@ -13,12 +13,14 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, inspect, text
 
 from cli.errors import EXIT_CODES
+from tests.cli.test_cli_access import release, upload, write_source
 from tests.conftest import (
     FAST_ARGON2,
     PG_URL,
@@ -186,3 +188,30 @@ def test_ledger_verify_is_read_only(world: World, cli: CliRunner) -> None:
     # ... and the command whose job it is does restore it.
     assert cli("admin", "migrate").code == 0
     assert _guard_problems_and_size(world)[0] == []
+
+
+def test_release_window_relative_to_now(
+    cli: CliRunner, logged_in: Callable[[str], None], tmp_path: Path
+) -> None:
+    """The README's timed release: '+1d' and '+30d' counted from now, as the server stores."""
+    logged_in("uz.officer")
+    package_id = upload(cli, "uz.officer", write_source(tmp_path))
+    before = datetime.now(UTC)
+    made = release(
+        cli, "uz.officer", package_id, "--country", "TJ", "--not-before", "+1d", "--expires", "+30d"
+    )
+    after = datetime.now(UTC)
+    starts = datetime.fromisoformat(made["not_before"])
+    ends = datetime.fromisoformat(made["expires_at"])
+    assert before + timedelta(days=1) - timedelta(seconds=1) <= starts
+    assert starts <= after + timedelta(days=1)
+    assert before + timedelta(days=30) - timedelta(seconds=1) <= ends
+    assert ends <= after + timedelta(days=30)
+    # Not yet in force: Tajikistan can't see it.
+    logged_in("tj.officer")
+    assert cli("package", "show", package_id, user="tj.officer").code == 4
+    bad = cli(
+        "package", "release", package_id, "--country", "KZ", "--expires", "+1y", user="uz.officer"
+    )
+    assert bad.code == 2
+    assert "+30d" in bad.stderr
