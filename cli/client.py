@@ -17,7 +17,14 @@ import httpx
 from cli import session as stored
 from cli.errors import BY_CODE
 from vault.crypto import constant_time_equal
-from vault.errors import Conflict, IntegrityError, InvalidInput, StorageUnavailable, VaultError
+from vault.errors import (
+    AuthenticationFailed,
+    Conflict,
+    IntegrityError,
+    InvalidInput,
+    StorageUnavailable,
+    VaultError,
+)
 from vault.schemas import check_filename
 
 Progress = Callable[[int], None]
@@ -119,7 +126,14 @@ class ApiClient:
         """
         if self._session is None or not self._session.refresh_token:
             return False
-        self._session = stored.rotate(self._session, self.refresh)
+        try:
+            self._session = stored.rotate(self._session, self.refresh)
+        except AuthenticationFailed as exc:
+            raise AuthenticationFailed(
+                "invalid or expired token, and the session can't be renewed (it has ended): "
+                "run 'blovault login'",
+                receipt=exc.receipt,
+            ) from None
         self._http.headers["Authorization"] = f"Bearer {self._session.token}"
         return True
 

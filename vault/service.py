@@ -1032,9 +1032,7 @@ class Vault:
                 problem = "user_disabled" if user.disabled else None
                 if problem is None and row.revoked_at is not None:
                     problem = "session_revoked"
-                if problem is None and not crypto.constant_time_equal(
-                    row.refresh_hash, presented
-                ):
+                if problem is None and not crypto.constant_time_equal(row.refresh_hash, presented):
                     # Committed before the refusal is raised: the session must stay ended.
                     problem = "refresh_reused"
                     receipt = self._append(

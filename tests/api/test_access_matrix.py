@@ -364,7 +364,7 @@ def mw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MatrixWorld]:
         }
         for agency, role, clr in USERS:
             name = username(agency, role, clr)
-            info = vault.add_user(
+            vault.add_user(
                 op, username=name, agency=agency, role=Role(role), password=PASSWORD, clearance=clr
             )
             token = vault.login(name, PASSWORD).access_token

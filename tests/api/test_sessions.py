@@ -66,7 +66,9 @@ def claims_of(access_token: str) -> dict[str, Any]:
 
 def entries(vault: Vault) -> list[Entry]:
     with Session(vault.engine) as session:
-        rows = session.exec(select(LedgerEntry.seq, LedgerEntry.entry).order_by(col(LedgerEntry.seq)))
+        rows = session.exec(
+            select(LedgerEntry.seq, LedgerEntry.entry).order_by(col(LedgerEntry.seq))
+        ).all()
     return [decode(bytes(entry), seq_hint=seq) for seq, entry in rows]
 
 
@@ -113,7 +115,8 @@ def test_login_starts_a_session_with_a_refresh_token(world: World, client: httpx
     assert body["expires_in"] == world.settings.token_ttl_seconds
     assert body["refresh_expires_in"] == world.settings.session_idle_seconds
     assert body["session_expires_in"] == world.settings.session_max_seconds
-    assert body["refresh_token"] and body["refresh_token"] != body["access_token"]
+    assert body["refresh_token"]
+    assert body["refresh_token"] != body["access_token"]
     sid = claims_of(body["access_token"])["sid"]
     assert body["refresh_token"].startswith(sid + ".")
     login_entry = entry(world.vault, body["receipt"])
@@ -299,9 +302,12 @@ def test_a_password_change_ends_every_session_of_the_user(
     assert client.get("/packages", headers=bearer(fresh)).status_code == 200
     assert client.get("/packages", headers=bearer(bystander)).status_code == 200
     # Only the new password opens a session now.
-    assert client.post(
-        "/auth/login", json={"username": "uz.officer", "password": PASSWORD}
-    ).status_code == 401
+    assert (
+        client.post(
+            "/auth/login", json={"username": "uz.officer", "password": PASSWORD}
+        ).status_code
+        == 401
+    )
     login(client, "uz.officer", NEW_PASSWORD)
 
     story = [e for e in entries(world.vault) if e.seq > here["receipt"]]

@@ -80,7 +80,7 @@ def tw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TokenWorld]:
         users = seed(vault)
         # Users of our own, so disabling one never disturbs another test.
         for name in ("tok.disabled", "tok.victim"):
-            info = vault.add_user(
+            vault.add_user(
                 local_operator(),
                 username=name,
                 agency="KZ-BORDER",

@@ -165,7 +165,7 @@ def test_an_expired_access_token_is_renewed_once_and_the_rotated_tokens_saved(
     assert reply.status_code == 401
     result = cli("package", "list", user="uz.officer")
     assert result.code == 3
-    assert "log in again" in result.stderr
+    assert "run 'blovault login'" in result.stderr
 
 
 def test_an_upload_renews_an_expiring_token_before_it_starts(
