@@ -11,6 +11,8 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import os
+import subprocess
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -29,6 +31,7 @@ from tests.conftest import (
     postgres_schema_url,
     seed,
 )
+from tests.servers import spawn, wait_healthy
 from vault.config import load_settings
 from vault.errors import AuthenticationFailed
 from vault.ledger.entry import Entry, decode
@@ -430,3 +433,49 @@ def test_no_token_or_password_is_in_the_ledger_or_the_database(
         for path in world.settings.data_dir.rglob("vault.db*"):
             raw = path.read_bytes()
             assert [s for s in needles if s in raw] == [], path
+
+
+# --- two server processes -----------------------------------------------------------------------
+
+
+def test_a_session_ended_through_one_server_process_is_refused_by_the_other(
+    tmp_path: Path,
+) -> None:
+    """Sessions live in the database, not in a process: two ``blovault serve`` processes on
+    one database see a logout, a rotation or a reuse at the other's very next request."""
+    with vault_with(tmp_path) as w:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("VAULT_")}
+        env["VAULT_DATA_DIR"] = str(w.settings.data_dir)
+        if w.settings.database_url:
+            env["VAULT_DATABASE_URL"] = w.settings.database_url
+        env.update({f"VAULT_{k.upper()}": str(v) for k, v in FAST_ARGON2.items()})
+        servers = []
+        try:
+            for name in ("a", "b"):
+                servers.append(spawn(env, tmp_path / f"server-{name}.log"))
+            for served in servers:
+                wait_healthy(served)
+            a = httpx.Client(base_url=servers[0].url, timeout=60)
+            b = httpx.Client(base_url=servers[1].url, timeout=60)
+            with a, b:
+                tokens = login(a, "uz.officer")
+                assert b.get("/packages", headers=bearer(tokens)).status_code == 200
+                rotated = refresh(b, tokens["refresh_token"]).json()
+                assert a.get("/packages", headers=bearer(rotated)).status_code == 200
+                # the refresh token B spent is refused by A too
+                assert refresh(a, tokens["refresh_token"]).status_code == 401
+                assert b.get("/packages", headers=bearer(rotated)).status_code == 401
+
+                other = login(b, "uz.officer")
+                assert a.post("/auth/logout", headers=bearer(other)).status_code == 200
+                assert b.get("/packages", headers=bearer(other)).status_code == 401
+                assert refresh(b, other["refresh_token"]).status_code == 401
+        finally:
+            for served in servers:
+                served.process.terminate()
+            for served in servers:
+                try:
+                    served.process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    served.process.kill()
+                    served.process.wait(timeout=10)
