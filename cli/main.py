@@ -167,8 +167,10 @@ def login(
         bool, typer.Option("--password-stdin", help="Read the password from stdin.")
     ] = False,
 ) -> None:
-    """Log in for a session (kept in the config directory, mode 0600) that renews itself
-    until idle too long or the shift's lifetime ends; 'blovault logout' ends it."""
+    """Log in: a session that renews itself until idle too long or the shift is over.
+
+    Kept in the config directory (mode 0600); 'blovault logout' ends it.
+    """
     password = _read_password(password_stdin)
     with ApiClient(server) as client:
         result = client.login(username, password)
@@ -344,7 +346,7 @@ def set_user(
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Change a user's role or clearance, or disable them; effective on their next request."""
+    """Change a user's role or clearance, or disable them; every session of theirs ends."""
     with _local_vault() as vault:
         user = vault.set_user(
             local_operator(), username, role=role, clearance=clearance, disabled=disable

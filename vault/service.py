@@ -785,7 +785,7 @@ class Vault:
     # --- identity ---------------------------------------------------------------------------
 
     def login(self, username: str, password: str, *, client: str = "") -> LoginResult:
-        """Check a password and issue a token.
+        """Check a password and start a session: an access token and a refresh token.
 
         Wrong password and unknown user look alike, in answer and in time (a dummy hash is
         checked), and both count towards lockout of the username and of the client address:
