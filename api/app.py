@@ -107,11 +107,61 @@ def readyz(vault: VaultDep) -> dict[str, str]:
 
 @router.post("/auth/login", tags=["auth"])
 def login(body: LoginRequest, request: Request, vault: VaultDep, response: Response) -> LoginResult:
-    """Exchange a username and password for a short-lived bearer token (rate-limited)."""
+    """Start a session: a short-lived bearer token and a refresh token (rate-limited)."""
     client = request.client.host if request.client else ""
     result = vault.login(body.username, body.password, client=client)
     _receipt(response, result.receipt)
+    _no_store(response)
     return result
+
+
+class RefreshRequest(BaseModel):
+    """The session's current refresh token."""
+
+    model_config = ConfigDict(extra="forbid")
+    refresh_token: str = Field(min_length=1, max_length=200)
+
+
+@router.post("/auth/refresh", tags=["auth"])
+def refresh(body: RefreshRequest, vault: VaultDep, response: Response) -> LoginResult:
+    """A new bearer token and a new refresh token; the one sent is spent. Sending a spent one
+    again ends the whole session (it was copied)."""
+    result = vault.refresh(body.refresh_token)
+    _receipt(response, result.receipt)
+    _no_store(response)
+    return result
+
+
+@router.post("/auth/logout", tags=["auth"])
+def logout(vault: VaultDep, principal: PrincipalDep, response: Response) -> Receipt:
+    """End the caller's session: its bearer and refresh tokens are refused from now on."""
+    receipt = vault.logout(principal)
+    _receipt(response, receipt)
+    return Receipt(receipt=receipt)
+
+
+class PasswordChange(BaseModel):
+    """The caller's current password and the new one."""
+
+    model_config = ConfigDict(extra="forbid")
+    current_password: str = Field(min_length=1, max_length=1024)
+    new_password: str = Field(min_length=1, max_length=1024)
+
+
+@router.post("/auth/password", tags=["auth"])
+def change_password(
+    body: PasswordChange, vault: VaultDep, principal: PrincipalDep, response: Response
+) -> LoginResult:
+    """Change the caller's password. Every session of theirs ends; the answer is a new one."""
+    result = vault.change_password(principal, body.current_password, body.new_password)
+    _receipt(response, result.receipt)
+    _no_store(response)
+    return result
+
+
+def _no_store(response: Response) -> None:
+    # Tokens in a body: no cache or proxy may keep a copy (RFC 6749, section 5.1).
+    response.headers["Cache-Control"] = "no-store"
 
 
 @router.get("/packages", tags=["packages"])

@@ -7,19 +7,31 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
 import httpx
 
+from cli import session as stored
 from cli.errors import BY_CODE
 from vault.crypto import constant_time_equal
-from vault.errors import Conflict, IntegrityError, InvalidInput, StorageUnavailable, VaultError
+from vault.errors import (
+    AuthenticationFailed,
+    Conflict,
+    IntegrityError,
+    InvalidInput,
+    StorageUnavailable,
+    VaultError,
+)
 from vault.schemas import check_filename
 
 Progress = Callable[[int], None]
 _CHUNK = 1024 * 1024
+# An upload's body can't be sent twice, so its access token is renewed before it starts when
+# it has less than this left (a large upload authenticates once, at its start).
+_RENEW_BEFORE_STREAM_SECONDS = 60
 
 
 def _raise_for(response: httpx.Response) -> None:
@@ -53,16 +65,25 @@ class _CountingReader:
 
 
 class ApiClient:
-    """Talks to one vault server with one bearer token."""
+    """Talks to one vault server with one bearer token.
+
+    Given a stored ``session``, a request refused with 401 (the access token expired) is
+    retried once after renewing the tokens with the session's refresh token; the rotated
+    tokens are saved to the session file.
+    """
 
     def __init__(
         self,
         server: str,
         token: str | None = None,
         *,
+        session: stored.StoredSession | None = None,
         verify: bool | str = True,
         timeout: float = 60.0,
     ) -> None:
+        self._session = session
+        if session is not None:
+            token = session.token
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.Client(
             base_url=server.rstrip("/"),
@@ -81,15 +102,67 @@ class ApiClient:
     def __exit__(self, *_: object) -> None:
         self.close()
 
-    def _request(self, method: str, url: str, **kwargs: Any) -> Any:
+    def _send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         try:
-            response = self._http.request(method, url, **kwargs)
+            return self._http.request(method, url, **kwargs)
         except httpx.TransportError as exc:
             raise StorageUnavailable(
                 f"cannot reach the vault server: {type(exc).__name__}"
             ) from None
+
+    def _request(self, method: str, url: str, *, replayable: bool = True, **kwargs: Any) -> Any:
+        response = self._send(method, url, **kwargs)
+        # A 401 comes from authentication, before the route did anything, so sending the
+        # same request again with a renewed token can't do anything twice.
+        if response.status_code == 401 and replayable and self._renew():
+            response = self._send(method, url, **kwargs)
         _raise_for(response)
         return response.json()
+
+    def _renew(self) -> bool:
+        """Renew the access token with the session's refresh token; False without one.
+
+        Raises AuthenticationFailed when the session itself has ended.
+        """
+        if self._session is None or not self._session.refresh_token:
+            return False
+        try:
+            self._session = stored.rotate(self._session, self.refresh)
+        except AuthenticationFailed as exc:
+            raise AuthenticationFailed(
+                "invalid or expired token, and the session can't be renewed (it has ended): "
+                "run 'blovault login'",
+                receipt=exc.receipt,
+            ) from None
+        self._http.headers["Authorization"] = f"Bearer {self._session.token}"
+        return True
+
+    def _renew_if_expiring(self) -> None:
+        """Before a request that can't be replayed: renew a token that is about to expire."""
+        session = self._session
+        if session is not None and session.access_expires_at - time.time() < (
+            _RENEW_BEFORE_STREAM_SECONDS
+        ):
+            self._renew()
+
+    def refresh(self, refresh_token: str) -> dict[str, Any]:
+        """POST /auth/refresh: new tokens for the session; the refresh token sent is spent."""
+        result: dict[str, Any] = self._request(
+            "POST", "/auth/refresh", replayable=False, json={"refresh_token": refresh_token}
+        )
+        return result
+
+    def logout(self) -> dict[str, Any]:
+        """POST /auth/logout: end this session on the server."""
+        result: dict[str, Any] = self._request("POST", "/auth/logout")
+        return result
+
+    def change_password(self, current: str, new: str) -> dict[str, Any]:
+        """POST /auth/password; answers with the caller's new session."""
+        result: dict[str, Any] = self._request(
+            "POST", "/auth/password", json={"current_password": current, "new_password": new}
+        )
+        return result
 
     def call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         """Any JSON route; errors raised as the matching VaultError."""
@@ -99,7 +172,10 @@ class ApiClient:
     def login(self, username: str, password: str) -> dict[str, Any]:
         """POST /auth/login."""
         result: dict[str, Any] = self._request(
-            "POST", "/auth/login", json={"username": username, "password": password}
+            "POST",
+            "/auth/login",
+            replayable=False,
+            json={"username": username, "password": password},
         )
         return result
 
@@ -126,6 +202,7 @@ class ApiClient:
         self, paths: list[Path], metadata: dict[str, Any], progress: Progress | None = None
     ) -> dict[str, Any]:
         """POST /packages, streaming each file from disk."""
+        self._renew_if_expiring()
         with contextlib.ExitStack() as stack:
             parts: list[tuple[str, Any]] = [
                 ("metadata", (None, json.dumps(metadata).encode(), "application/json"))
@@ -139,7 +216,11 @@ class ApiClient:
                     )
                 )
             result: dict[str, Any] = self._request(
-                "POST", "/packages", files=parts, timeout=httpx.Timeout(None, connect=10.0)
+                "POST",
+                "/packages",
+                replayable=False,
+                files=parts,
+                timeout=httpx.Timeout(None, connect=10.0),
             )
             return result
 
@@ -202,13 +283,17 @@ class ApiClient:
 
     def _stream(self, url: str) -> Iterator[bytes]:
         try:
-            with self._http.stream(
-                "GET", url, timeout=httpx.Timeout(60.0, connect=10.0)
-            ) as response:
-                if not response.is_success:
-                    response.read()
-                    _raise_for(response)
-                yield from response.iter_bytes(_CHUNK)
+            for attempt in (1, 2):
+                with self._http.stream(
+                    "GET", url, timeout=httpx.Timeout(60.0, connect=10.0)
+                ) as response:
+                    if response.status_code == 401 and attempt == 1 and self._renew():
+                        continue  # nothing was received yet: ask again with the new token
+                    if not response.is_success:
+                        response.read()
+                        _raise_for(response)
+                    yield from response.iter_bytes(_CHUNK)
+                    return
         except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
             # The server aborts the stream when a stored segment fails authentication.
             raise IntegrityError(

@@ -32,7 +32,7 @@ from cli import session as stored
 from cli.client import ApiClient
 from cli.errors import exit_code_for
 from vault.config import load_settings
-from vault.errors import InvalidInput, VaultError
+from vault.errors import AuthenticationFailed, InvalidInput, StorageUnavailable, VaultError
 from vault.models import Classification, Handling, Role
 from vault.service import Vault, local_operator
 
@@ -94,7 +94,7 @@ def _local_vault(
 
 def _client() -> ApiClient:
     saved = stored.load()
-    return ApiClient(saved.server, saved.token)
+    return ApiClient(saved.server, session=saved)
 
 
 def _read_password(from_stdin: bool, *, confirm: bool = False) -> str:
@@ -172,15 +172,67 @@ def login(
         bool, typer.Option("--password-stdin", help="Read the password from stdin.")
     ] = False,
 ) -> None:
-    """Log in and keep the token in the config directory (mode 0600)."""
+    """Log in: a session that renews itself until idle too long or the shift is over.
+
+    Kept in the config directory (mode 0600); 'blovault logout' ends it.
+    """
     password = _read_password(password_stdin)
     with ApiClient(server) as client:
         result = client.login(username, password)
-    path = stored.save(
-        stored.StoredSession(server=server, username=username, token=result["access_token"])
-    )
+    path = stored.save(stored.from_tokens(server, username, result))
     err.print(
-        f"logged in as {username}; token kept in {path} (expires in {result['expires_in']} s)"
+        f"logged in as {username}; session kept in {path} (ends after "
+        f"{result.get('refresh_expires_in', result['expires_in'])} s idle, at most "
+        f"{result.get('session_expires_in', result['expires_in'])} s)"
+    )
+
+
+@app.command()
+def logout() -> None:
+    """End the session on the server and forget it here (even if the server can't be told)."""
+    saved = stored.load()
+    try:
+        with ApiClient(saved.server, session=saved) as client:
+            client.logout()
+    except AuthenticationFailed:
+        # Already over on the server (timed out, revoked): nothing there to end.
+        stored.delete()
+        err.print("warning: the session had already ended on the server; forgotten here")
+        return
+    except StorageUnavailable:
+        stored.delete()
+        err.print(
+            "warning: the server could not be reached, so the session was NOT ended there: "
+            "it stays usable by whoever holds a copy of its tokens until it times out. "
+            "Forgotten here."
+        )
+        raise
+    stored.delete()
+    err.print(f"logged out {saved.username}; the session has ended")
+
+
+@app.command()
+def passwd(
+    password_stdin: Annotated[
+        bool,
+        typer.Option(
+            "--password-stdin", help="Read the current, then the new password from stdin."
+        ),
+    ] = False,
+) -> None:
+    """Change your password. Every session of yours ends; this one continues in a new one."""
+    saved = stored.load()
+    if password_stdin:
+        current, new = _read_password(True), _read_password(True)
+    else:
+        current = typer.prompt("Current password", hide_input=True)
+        new = typer.prompt("New password", hide_input=True, confirmation_prompt=True)
+    with ApiClient(saved.server, session=saved) as client:
+        result = client.change_password(current, new)
+    stored.save(stored.from_tokens(saved.server, saved.username, result))
+    err.print(
+        f"password changed for {saved.username}; every other session of yours has ended "
+        f"(ledger #{result['receipt']})"
     )
 
 
@@ -304,7 +356,7 @@ def set_user(
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Change a user's role or clearance, or disable them; effective on their next request."""
+    """Change a user's role or clearance, or disable them; every session of theirs ends."""
     with _local_vault() as vault:
         user = vault.set_user(
             local_operator(), username, role=role, clearance=clearance, disabled=disable

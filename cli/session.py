@@ -1,14 +1,30 @@
-"""Where ``blovault login`` keeps the server address and token (mode 0600)."""
+"""Where ``blovault login`` keeps the server address and tokens: ``session.json``, mode 0600,
+in a folder of mode 0700.
+
+The file holds the session's refresh token, which gets new access tokens for the rest of the
+shift: whoever can read it can act as the officer until the session ends. So the folder and
+the file are made private whatever the umask, and a file or folder found open to other users
+is warned about, with the command that fixes it.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+import stat
+import sys
 import tempfile
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from vault.errors import AuthenticationFailed
+
+_NOT_LOGGED_IN = "not logged in: run 'blovault login' first"
 
 
 def config_dir() -> Path:
@@ -22,26 +38,80 @@ def config_dir() -> Path:
 
 @dataclass(frozen=True)
 class StoredSession:
-    """A logged-in session."""
+    """A logged-in session: the access token, and the refresh token that renews it."""
 
     server: str
     username: str
     token: str
+    refresh_token: str = ""
+    # When the access token expires, by this machine's clock (seconds since the epoch).
+    access_expires_at: float = 0.0
+
+
+def from_tokens(server: str, username: str, result: dict[str, Any]) -> StoredSession:
+    """The session a login, refresh or password change answered with."""
+    return StoredSession(
+        server=server,
+        username=username,
+        token=str(result["access_token"]),
+        refresh_token=str(result.get("refresh_token", "")),
+        access_expires_at=time.time() + float(result.get("expires_in", 0)),
+    )
 
 
 def _path() -> Path:
     return config_dir() / "session.json"
 
 
+def _warn(message: str) -> None:
+    sys.stderr.write(f"warning: {message}\n")
+
+
+def _check_private(path: Path, info: os.stat_result, mode: int) -> None:
+    """Warn when ``path`` is open to group or others, or belongs to someone else."""
+    if stat.S_IMODE(info.st_mode) & 0o077:
+        _warn(
+            f"{path} is open to other users (mode {stat.S_IMODE(info.st_mode):04o}); "
+            f"anyone who can read it can use your session: chmod {mode:o} {path}"
+        )
+    if info.st_uid != os.getuid():
+        _warn(f"{path} belongs to another user (uid {info.st_uid}); log in again")
+
+
+def _private_dir(folder: Path) -> None:
+    """Make ``folder`` and any missing parent 0700; warn about an existing ``folder`` that is
+    open to others (not changed: we did not create it)."""
+    missing = []
+    current = folder
+    while not current.exists():
+        missing.append(current)
+        current = current.parent
+    created = set()
+    for path in reversed(missing):
+        try:
+            path.mkdir(mode=0o700)
+        except FileExistsError:
+            continue  # another process made it; not ours to change
+        # mkdir's mode is masked by the umask, and parents would get 0777 & ~umask.
+        os.chmod(path, 0o700)
+        created.add(path)
+    if folder not in created:
+        _check_private(folder, folder.stat(), 0o700)
+
+
 def save(session: StoredSession) -> Path:
-    """Write the session atomically, readable by the owner only."""
+    """Write the session atomically, readable by the owner only, in a private folder."""
     folder = config_dir()
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _private_dir(folder)
+    # mkstemp creates the file 0600 whatever the umask; the rename replaces any older file,
+    # whatever its mode, so the result is always 0600.
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".session-")
     try:
         os.fchmod(fd, 0o600)
         with os.fdopen(fd, "w") as out:
-            json.dump(session.__dict__, out)
+            json.dump(asdict(session), out)
+            out.flush()
+            os.fsync(out.fileno())
         os.replace(tmp, _path())
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -49,10 +119,79 @@ def save(session: StoredSession) -> Path:
     return _path()
 
 
-def load() -> StoredSession:
-    """The saved session; AuthenticationFailed if there is none."""
+def _read(*, check: bool) -> StoredSession:
+    path = _path()
     try:
-        data = json.loads(_path().read_text())
-        return StoredSession(server=data["server"], username=data["username"], token=data["token"])
-    except (OSError, ValueError, KeyError, TypeError):
-        raise AuthenticationFailed("not logged in: run 'blovault login' first") from None
+        # O_NOFOLLOW: a symlink planted in our place is refused, not followed.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        raise AuthenticationFailed(_NOT_LOGGED_IN) from None
+    with os.fdopen(fd) as handle:
+        if check:
+            _check_private(path, os.fstat(handle.fileno()), 0o600)
+            with contextlib.suppress(OSError):
+                _check_private(path.parent, path.parent.stat(), 0o700)
+        try:
+            data = json.load(handle)
+            return StoredSession(
+                server=str(data["server"]),
+                username=str(data["username"]),
+                token=str(data["token"]),
+                refresh_token=str(data.get("refresh_token", "")),
+                access_expires_at=float(data.get("access_expires_at", 0.0)),
+            )
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            raise AuthenticationFailed(_NOT_LOGGED_IN) from None
+
+
+def load() -> StoredSession:
+    """The saved session (warning on stderr if it is open to others); AuthenticationFailed if
+    there is none."""
+    return _read(check=True)
+
+
+def delete() -> bool:
+    """Forget the saved session; True if there was one."""
+    try:
+        _path().unlink()
+    except FileNotFoundError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def _refresh_lock() -> Iterator[None]:
+    """One refresh at a time among this user's blovault processes."""
+    folder = config_dir()
+    _private_dir(folder)
+    fd = os.open(folder / ".refresh-lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def rotate(current: StoredSession, refresh: Callable[[str], dict[str, Any]]) -> StoredSession:
+    """Renew ``current``'s access token with ``refresh`` (POST /auth/refresh) and save the
+    rotated tokens; returns the session to use.
+
+    A refresh token works once, and the server ends the whole session when one is presented
+    twice. Two blovault commands that found the same expired token must therefore not both
+    refresh: under a lock, the second finds the file already rotated and uses that.
+    """
+    with _refresh_lock():
+        try:
+            on_disk = _read(check=False)
+        except AuthenticationFailed:
+            on_disk = None
+        if (
+            on_disk is not None
+            and (on_disk.server, on_disk.username) == (current.server, current.username)
+            and on_disk.refresh_token
+            and on_disk.refresh_token != current.refresh_token
+        ):
+            return on_disk
+        renewed = from_tokens(current.server, current.username, refresh(current.refresh_token))
+        save(renewed)
+        return renewed

@@ -55,6 +55,13 @@ class Settings(BaseSettings):
     token_audience: str = "blo-vault-api"
     token_ttl_seconds: int = Field(default=900, ge=30, le=86_400)
 
+    # Sessions: a login starts one; its refresh token (rotated on every use) gets new access
+    # tokens until the session has gone this long without a refresh, or has lasted this long
+    # in all (a shift), whichever comes first. Logout, a password change and an admin's
+    # disable or role/clearance change end sessions at once.
+    session_idle_seconds: int = Field(default=30 * 60, ge=1, le=7 * 86_400)
+    session_max_seconds: int = Field(default=12 * 3600, ge=1, le=30 * 86_400)
+
     # Ledger checkpoints: C2SP origin line and signing cadence.
     ledger_origin: str = "blo-vault.local/ledger"
     checkpoint_interval_seconds: int = Field(default=60, ge=1)

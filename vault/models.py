@@ -204,6 +204,27 @@ class LoginThrottle(SQLModel, table=True):
     last_failure: datetime | None = _time(nullable=True)
 
 
+class UserSession(SQLModel, table=True):
+    """A login session: what its access tokens (``sid`` claim) and refresh token live by.
+
+    Only a SHA-256 of the current refresh token is kept; the token is 32 random bytes, so the
+    hash can't be reversed or guessed. A session is alive while ``revoked_at`` is unset and
+    neither ``idle_expires_at`` nor ``expires_at`` has passed.
+    """
+
+    id: str = Field(primary_key=True, max_length=32)
+    user_id: str = Field(foreign_key="user.id", index=True, max_length=32)
+    created_at: datetime = _time()
+    refreshed_at: datetime = _time()
+    # The last refresh plus the idle timeout: a session nobody refreshes dies here.
+    idle_expires_at: datetime = _time()
+    # Creation plus the absolute lifetime: no refresh extends it.
+    expires_at: datetime = _time()
+    refresh_hash: bytes = Field(sa_column=Column(LargeBinary(32), nullable=False))
+    revoked_at: datetime | None = _time(nullable=True)
+    revoked_reason: str | None = Field(default=None, max_length=32)
+
+
 class PolicyRule(SQLModel, table=True):
     """A Casbin rule added by an admin, on top of policies/policy.csv."""
 

@@ -199,12 +199,19 @@ class ReleaseResult(_Out):
 
 
 class LoginResult(_Out):
-    """A fresh access token."""
+    """A fresh access token, and the refresh token of its session (login, refresh, password)."""
 
     access_token: str
     token_type: str = "bearer"
+    # Seconds the access token lives.
     expires_in: int
     receipt: int
+    # Single use: each refresh returns a new one, and presenting a used one ends the session.
+    refresh_token: str
+    # Seconds until the session dies unless refreshed (idle timeout) ...
+    refresh_expires_in: int
+    # ... and until it ends whatever happens (absolute lifetime).
+    session_expires_in: int
 
 
 class UserInfo(_Out):

@@ -23,6 +23,7 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol, TextIO, cast
 
 from sqlalchemy import Connection, Engine, String, and_, bindparam, exists, false, func, or_, text
+from sqlalchemy import delete as sa_delete
 from sqlalchemy import select as sa_select
 from sqlalchemy.exc import IntegrityError as DBIntegrityError
 from sqlalchemy.exc import OperationalError
@@ -88,10 +89,11 @@ from vault.models import (
     ReleaseStatus,
     Role,
     User,
+    UserSession,
     UTCDateTime,
     utcnow,
 )
-from vault.passwords import Passwords
+from vault.passwords import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH, Passwords
 from vault.schemas import (
     USERNAME,
     AuditView,
@@ -118,7 +120,13 @@ from vault.schemas import (
     check_username,
 )
 from vault.storage import ObjectStore, open_store
-from vault.tokens import TokenService
+from vault.tokens import (
+    TokenService,
+    new_refresh_token,
+    refresh_session_id,
+    refresh_token_hash,
+    session_reference,
+)
 
 log = logging.getLogger("vault.service")
 
@@ -311,8 +319,10 @@ _PACKAGE_RELEASES = (
 
 _USERNAME = sa_select(col(User.username)).where(col(User.id) == bindparam("uid"))
 
-# Who a token's subject is, now: read on every request, so disabling a user or changing their
-# role or clearance takes effect at once.
+# Who a token's subject is, now, and whether the token's session is still alive: read on every
+# request in one round trip, so disabling a user, changing their role or clearance, or ending
+# their session takes effect at once. The session columns are NULL when the token's session
+# does not exist or belongs to someone else.
 _PRINCIPAL = (
     sa_select(
         col(User.id),
@@ -322,8 +332,18 @@ _PRINCIPAL = (
         col(User.clearance),
         col(User.disabled),
         col(Agency.country_code),
+        col(UserSession.revoked_at),
+        col(UserSession.idle_expires_at),
+        col(UserSession.expires_at),
     )
     .join(Agency, col(Agency.code) == col(User.agency_code))
+    .outerjoin(
+        UserSession,
+        and_(
+            col(UserSession.id) == bindparam("sid"),
+            col(UserSession.user_id) == col(User.id),
+        ),
+    )
     .where(col(User.id) == bindparam("uid"))
 )
 
@@ -343,7 +363,7 @@ class _UserRow(Protocol):
     def clearance(self) -> Classification: ...
 
 
-def _principal_of(user: _UserRow, country: str) -> Principal:
+def _principal_of(user: _UserRow, country: str, session_id: str = "") -> Principal:
     return Principal(
         user_id=user.id,
         username=user.username,
@@ -351,7 +371,26 @@ def _principal_of(user: _UserRow, country: str) -> Principal:
         country=country,
         role=user.role,
         clearance=user.clearance,
+        session_id=session_id,
     )
+
+
+def _session_problem(
+    revoked_at: datetime | None,
+    idle_expires_at: datetime | None,
+    expires_at: datetime | None,
+    now: datetime,
+) -> str | None:
+    """Why a session is dead (a ledger reason), or None while it is alive."""
+    if expires_at is None or idle_expires_at is None:
+        return "session_unknown"
+    if revoked_at is not None:
+        return "session_revoked"
+    if now >= expires_at:
+        return "session_expired"
+    if now >= idle_expires_at:
+        return "session_idle"
+    return None
 
 
 def listing_params(principal: Principal, *, limit: int, offset: int) -> dict[str, Any]:
@@ -386,6 +425,8 @@ class Principal:
     country: str
     role: Role
     clearance: Classification
+    # The session the caller's access token belongs to (empty for the local operator).
+    session_id: str = ""
 
     @property
     def actor(self) -> Actor:
@@ -774,7 +815,7 @@ class Vault:
     # --- identity ---------------------------------------------------------------------------
 
     def login(self, username: str, password: str, *, client: str = "") -> LoginResult:
-        """Check a password and issue a token.
+        """Check a password and start a session: an access token and a refresh token.
 
         Wrong password and unknown user look alike, in answer and in time (a dummy hash is
         checked), and both count towards lockout of the username and of the client address:
@@ -823,18 +864,20 @@ class Vault:
             raise AuthenticationFailed("unknown user or wrong password", receipt=receipt)
         with self._tx() as session:
             principal = self._principal(session, user)
+            started, refresh_token = self._start_session(session, user.id, utcnow())
             receipt = self._append(
-                session, actor=principal.actor, action="login", decision=ALLOW, reason="ok"
+                session,
+                actor=principal.actor,
+                action="login",
+                decision=ALLOW,
+                reason="ok",
+                subject=session_reference(started.id),
             )
             for key in keys:
                 row = session.get(LoginThrottle, key)
                 if row is not None:
                     session.delete(row)
-        return LoginResult(
-            access_token=self.tokens.issue(user.id),
-            expires_in=self.tokens.ttl_seconds,
-            receipt=receipt,
-        )
+        return self._session_tokens(started, refresh_token, receipt)
 
     def _count_failure(self, session: Session, keys: list[str], now: datetime) -> None:
         """One more failure for each key; lock it once it reaches its threshold (runs under
@@ -870,14 +913,18 @@ class Vault:
     def _principal(self, session: Session, user: User) -> Principal:
         return _principal_of(user, self._country_of(session, user.agency_code))
 
-    def authenticate(self, token: str) -> Principal:
-        """The caller a token speaks for; AuthenticationFailed if invalid, or user gone/disabled."""
+    def authenticate(self, token: str, *, now: datetime | None = None) -> Principal:
+        """The caller a token speaks for; AuthenticationFailed if the token is invalid, its
+        user gone or disabled, or its session ended (logout, revocation, idle or absolute
+        timeout). ``now`` is for tests; the token's own times are checked against the clock."""
         try:
             claims = self.tokens.verify(token)
         except AuthenticationFailed as exc:
             raise self._refuse(exc, Actor(user=""), "authenticate", "bad_token") from None
         with self._lookup() as connection:
-            user = connection.execute(_PRINCIPAL, {"uid": claims.subject}).first()
+            user = connection.execute(
+                _PRINCIPAL, {"uid": claims.subject, "sid": claims.session_id}
+            ).first()
         if user is None or user.disabled:
             raise self._refuse(
                 AuthenticationFailed("invalid or expired token"),
@@ -885,7 +932,305 @@ class Vault:
                 "authenticate",
                 "user_disabled" if user else "user_unknown",
             )
-        return _principal_of(cast(_UserRow, user), user.country_code)
+        problem = _session_problem(
+            user.revoked_at, user.idle_expires_at, user.expires_at, now or utcnow()
+        )
+        if problem is not None:
+            raise self._refuse(
+                AuthenticationFailed("invalid or expired token"),
+                Actor(user=user.username, agency=user.agency_code, country=user.country_code),
+                "authenticate",
+                problem,
+                subject=session_reference(claims.session_id),
+            )
+        return _principal_of(cast(_UserRow, user), user.country_code, claims.session_id)
+
+    # --- sessions -----------------------------------------------------------------------------
+
+    def _start_session(
+        self, session: Session, user_id: str, now: datetime
+    ) -> tuple[UserSession, str]:
+        """A new session of ``user_id`` and its first refresh token (only its hash is stored).
+
+        The user's sessions past their absolute lifetime go at the same time: nothing of them
+        can be used any more, and the ledger keeps their story.
+        """
+        session.execute(
+            sa_delete(UserSession).where(
+                col(UserSession.user_id) == user_id, col(UserSession.expires_at) < now
+            )
+        )
+        expires = now + timedelta(seconds=self.settings.session_max_seconds)
+        started = UserSession(
+            id=new_id(),
+            user_id=user_id,
+            created_at=now,
+            refreshed_at=now,
+            idle_expires_at=min(
+                now + timedelta(seconds=self.settings.session_idle_seconds), expires
+            ),
+            expires_at=expires,
+            refresh_hash=b"",
+        )
+        refresh_token = new_refresh_token(started.id)
+        started.refresh_hash = refresh_token_hash(refresh_token)
+        session.add(started)
+        session.flush()
+        return started, refresh_token
+
+    def _session_tokens(self, row: UserSession, refresh_token: str, receipt: int) -> LoginResult:
+        """What a client gets for a session it may use: a new access token and refresh token."""
+        since = row.refreshed_at
+        return LoginResult(
+            access_token=self.tokens.issue(row.user_id, session_id=row.id),
+            expires_in=self.tokens.ttl_seconds,
+            receipt=receipt,
+            refresh_token=refresh_token,
+            refresh_expires_in=int((row.idle_expires_at - since).total_seconds()),
+            session_expires_in=int((row.expires_at - since).total_seconds()),
+        )
+
+    def _end_sessions(
+        self,
+        session: Session,
+        actor: Actor,
+        user: User,
+        reason: str,
+        now: datetime,
+        *,
+        only: str | None = None,
+    ) -> int:
+        """End every live session of ``user`` (or just session ``only``) in ``session``'s
+        transaction, one ledger entry each (by ``actor``, for ``reason``); returns how many."""
+        query = select(UserSession).where(
+            col(UserSession.user_id) == user.id,
+            col(UserSession.revoked_at).is_(None),
+            col(UserSession.expires_at) > now,
+        )
+        if only is not None:
+            query = query.where(col(UserSession.id) == only)
+        rows = session.exec(query.with_for_update()).all()
+        for row in rows:
+            row.revoked_at = now
+            row.revoked_reason = reason
+            session.add(row)
+            self._append(
+                session,
+                actor=actor,
+                action="end-session",
+                decision=ALLOW,
+                reason=reason,
+                subject=f"user:{user.username} {session_reference(row.id)}",
+            )
+        session.flush()
+        return len(rows)
+
+    def refresh(self, refresh_token: str, *, now: datetime | None = None) -> LoginResult:
+        """A new access token and a new refresh token for a live session; the one presented
+        is spent.
+
+        AuthenticationFailed (recorded) if the token is malformed or unknown, or its session
+        has ended, timed out (idle or absolute) or its user was disabled. Presenting a
+        refresh token that was already spent is taken as theft (RFC 9700, section 4.14.2):
+        one of two holders is not the officer, so the whole session ends, for both.
+        ``now`` is for tests.
+        """
+        now = now or utcnow()
+        refused = "invalid or expired refresh token; log in again"
+        session_id = refresh_session_id(refresh_token)
+        if session_id is None:
+            raise self._refuse(
+                AuthenticationFailed(refused), Actor(user=""), "refresh", "bad_refresh_token"
+            )
+        reference = session_reference(session_id)
+        presented = refresh_token_hash(refresh_token)
+        receipt: int | None = None
+        problem: str | None = None
+        with self._tx() as session:
+            found = session.exec(
+                select(UserSession, User)
+                .join(User, col(User.id) == col(UserSession.user_id))
+                .where(col(UserSession.id) == session_id)
+                .with_for_update()
+            ).first()
+            if found is None:
+                actor, problem = Actor(user=""), "session_unknown"
+            else:
+                row, user = found
+                principal = self._principal(session, user)
+                actor = principal.actor
+                problem = "user_disabled" if user.disabled else None
+                if problem is None and row.revoked_at is not None:
+                    problem = "session_revoked"
+                if problem is None and not crypto.constant_time_equal(row.refresh_hash, presented):
+                    # Committed before the refusal is raised: the session must stay ended.
+                    problem = "refresh_reused"
+                    receipt = self._append(
+                        session,
+                        actor=actor,
+                        action="refresh",
+                        decision=DENY,
+                        reason=problem,
+                        subject=reference,
+                    )
+                    self._end_sessions(session, actor, user, problem, now, only=row.id)
+                if problem is None:
+                    problem = _session_problem(None, row.idle_expires_at, row.expires_at, now)
+                if problem is None:
+                    refresh_token = new_refresh_token(row.id)
+                    row.refresh_hash = refresh_token_hash(refresh_token)
+                    row.refreshed_at = now
+                    row.idle_expires_at = min(
+                        now + timedelta(seconds=self.settings.session_idle_seconds),
+                        row.expires_at,
+                    )
+                    session.add(row)
+                    receipt = self._append(
+                        session,
+                        actor=actor,
+                        action="refresh",
+                        decision=ALLOW,
+                        reason="ok",
+                        subject=reference,
+                    )
+                    assert receipt is not None
+                    return self._session_tokens(row, refresh_token, receipt)
+        assert problem is not None  # the one way through without a problem returned above
+        if receipt is None:
+            receipt = self._record(actor, "refresh", DENY, problem, subject=reference)
+        raise AuthenticationFailed(refused, receipt=receipt)
+
+    def logout(self, principal: Principal) -> int:
+        """End the caller's session: its access and refresh tokens are refused from the next
+        request on. Returns the ledger receipt."""
+        now = utcnow()
+        reference = session_reference(principal.session_id)
+        with self._tx() as session:
+            row = session.get(UserSession, principal.session_id, with_for_update=True)
+            if row is None or row.user_id != principal.user_id or row.revoked_at is not None:
+                # authenticate() has just found it alive: only a concurrent logout gets here.
+                raise self._refuse(
+                    AuthenticationFailed("invalid or expired token"),
+                    principal.actor,
+                    "logout",
+                    "session_revoked",
+                    subject=reference,
+                )
+            row.revoked_at = now
+            row.revoked_reason = "logout"
+            session.add(row)
+            return self._append(
+                session,
+                actor=principal.actor,
+                action="logout",
+                decision=ALLOW,
+                reason="ok",
+                subject=reference,
+            )
+
+    def change_password(
+        self, principal: Principal, current_password: str, new_password: str
+    ) -> LoginResult:
+        """Change the caller's own password and end every session of theirs; returns a new
+        session for the caller.
+
+        A wrong current password is refused with AccessDenied and counts towards the login
+        lockout of the username, like a failed login (so a stolen session can't be used to
+        guess the password); while locked out, the change is refused unchecked (RateLimited).
+        Every attempt is recorded, never a password.
+        """
+        actor = principal.actor
+        subject = f"user:{principal.username}"
+        if not MIN_PASSWORD_LENGTH <= len(new_password) <= MAX_PASSWORD_LENGTH:
+            raise self._refuse(
+                InvalidInput(
+                    f"passwords must be {MIN_PASSWORD_LENGTH} to {MAX_PASSWORD_LENGTH} characters"
+                ),
+                actor,
+                "password",
+                "invalid_password",
+                subject=subject,
+            )
+        if crypto.constant_time_equal(
+            current_password.encode("utf-8", "surrogatepass"),
+            new_password.encode("utf-8", "surrogatepass"),
+        ):
+            raise self._refuse(
+                InvalidInput("the new password must differ from the current one"),
+                actor,
+                "password",
+                "invalid_password",
+                subject=subject,
+            )
+        key = _user_throttle_key(principal.username)
+        now = utcnow()
+        with self._tx() as session:
+            # As in login: counted as a failure before the check, under the lock.
+            _lock_throttle(session)
+            throttle = session.get(LoginThrottle, key)
+            locked = (
+                throttle.locked_until
+                if throttle is not None
+                and throttle.locked_until is not None
+                and throttle.locked_until > now
+                else None
+            )
+            if locked is None:
+                self._count_failure(session, [key], now)
+            user = session.get(User, principal.user_id)
+        if locked is not None:
+            wait = max(1, int((locked - now).total_seconds() + 0.999))
+            raise self._refuse(
+                RateLimited(f"too many failed attempts; try again in {wait} s", retry_after=wait),
+                actor,
+                "password",
+                "rate_limited",
+                subject=subject,
+            )
+        if not self.passwords.verify(user.password_hash if user else None, current_password):
+            raise self._refuse(
+                AccessDenied("the current password is wrong"),
+                actor,
+                "password",
+                "bad_credentials",
+                subject=subject,
+            )
+        new_hash = self.passwords.hash(new_password)
+        now = utcnow()
+        with self._tx() as session:
+            user = session.get(User, principal.user_id, with_for_update=True)
+            if user is None or user.disabled:
+                raise self._refuse(
+                    AuthenticationFailed("invalid or expired token"),
+                    actor,
+                    "password",
+                    "user_disabled",
+                    subject=subject,
+                )
+            user.password_hash = new_hash
+            session.add(user)
+            throttle = session.get(LoginThrottle, key)
+            if throttle is not None:
+                session.delete(throttle)
+            self._append(
+                session,
+                actor=actor,
+                action="password",
+                decision=ALLOW,
+                reason="changed",
+                subject=subject,
+            )
+            self._end_sessions(session, actor, user, "password_changed", now)
+            started, refresh_token = self._start_session(session, user.id, now)
+            receipt = self._append(
+                session,
+                actor=actor,
+                action="login",
+                decision=ALLOW,
+                reason="password_changed",
+                subject=session_reference(started.id),
+            )
+        return self._session_tokens(started, refresh_token, receipt)
 
     # --- administration ---------------------------------------------------------------------
 
@@ -955,7 +1300,9 @@ class Vault:
         clearance: Classification | None = None,
         disabled: bool | None = None,
     ) -> UserInfo:
-        """Change a user's role, clearance or disabled flag; takes effect on their next request."""
+        """Change a user's role, clearance or disabled flag; takes effect on their next request.
+
+        Disabling, or changing role or clearance, ends every session of the user."""
         username = check_username(username)
         self._require_global(principal, "manage", subject=f"user:{username}")
         changes = []
@@ -984,6 +1331,22 @@ class Vault:
                 reason="changed",
                 subject=f"user:{username} " + " ".join(changes),
             )
+            # Whoever they were signed in as is over: they sign in again as who they are now
+            # (or not at all). Re-enabling has no session left to end.
+            ending = next(
+                (
+                    reason
+                    for prefix, reason in (
+                        ("disabled", "user_disabled"),
+                        ("role=", "role_changed"),
+                        ("clearance=", "clearance_changed"),
+                    )
+                    if any(change.startswith(prefix) for change in changes)
+                ),
+                None,
+            )
+            if ending is not None:
+                self._end_sessions(session, principal.actor, user, ending, utcnow())
             info = self._principal(session, user)
         return UserInfo(
             id=user.id,
@@ -2126,3 +2489,10 @@ def _lock_throttle(session: Session) -> None:
 def _load_rules(session: Session) -> tuple[tuple[str, ...], ...]:
     rows = session.exec(select(PolicyRule.rule)).all()
     return tuple(sorted(parse_rule(r) for r in rows))
+
+
+def _user_throttle_key(username: str) -> str:
+    """The lockout key of a username: the same key ``login`` counts failures under."""
+    name = username[:64]
+    digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    return f"user:{digest}"

@@ -357,15 +357,17 @@ def mw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MatrixWorld]:
         users = seed(vault)
         op = local_operator()
         headers = {
-            name: {"Authorization": f"Bearer {vault.tokens.issue(p.user_id)}"}
+            name: {
+                "Authorization": f"Bearer {vault.tokens.issue(p.user_id, session_id=p.session_id)}"
+            }
             for name, p in users.items()
         }
         for agency, role, clr in USERS:
             name = username(agency, role, clr)
-            info = vault.add_user(
+            vault.add_user(
                 op, username=name, agency=agency, role=Role(role), password=PASSWORD, clearance=clr
             )
-            token = vault.tokens.issue(info.id)
+            token = vault.login(name, PASSWORD).access_token
             users[name] = vault.authenticate(token)
             headers[name] = {"Authorization": f"Bearer {token}"}
         packages = {}

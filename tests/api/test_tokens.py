@@ -66,6 +66,10 @@ class TokenWorld:
     def user_id(self, username: str) -> str:
         return self.world[username].user_id
 
+    def session_id(self, username: str) -> str:
+        """The live session of ``username`` that forged tokens claim (from the seeding login)."""
+        return self.world[username].session_id
+
 
 @pytest.fixture(scope="module")
 def tw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TokenWorld]:
@@ -76,14 +80,14 @@ def tw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TokenWorld]:
         users = seed(vault)
         # Users of our own, so disabling one never disturbs another test.
         for name in ("tok.disabled", "tok.victim"):
-            info = vault.add_user(
+            vault.add_user(
                 local_operator(),
                 username=name,
                 agency="KZ-BORDER",
                 role=Role.OFFICER,
                 password=PASSWORD,
             )
-            users[name] = vault.authenticate(vault.tokens.issue(info.id))
+            users[name] = vault.authenticate(vault.login(name, PASSWORD).access_token)
         keys = vault.keys
         with TestClient(create_app(vault=vault)) as client:
             yield TokenWorld(
@@ -115,6 +119,7 @@ def claims(tw: TokenWorld, user: str = "kz.officer", **changes: Any) -> dict[str
     now = int(time.time())
     base: dict[str, Any] = {
         "sub": tw.user_id(user),
+        "sid": tw.session_id(user),
         "iss": tw.issuer,
         "aud": tw.audience,
         "iat": now,
@@ -171,7 +176,7 @@ def tampered_sub(tw: TokenWorld) -> str:
 
 
 def disabled_user(tw: TokenWorld) -> str:
-    token = signed(tw, sub=tw.user_id("tok.disabled"))
+    token = signed(tw, sub=tw.user_id("tok.disabled"), sid=tw.session_id("tok.disabled"))
     assert tw.vault.authenticate(token).username == "tok.disabled"  # good until disabled
     tw.vault.set_user(local_operator(), "tok.disabled", disabled=True)
     return token
@@ -223,6 +228,19 @@ CASES = [
     Case("missing-aud", bearer(lambda tw: signed(tw, aud=None)), "bad_token"),
     Case("missing-iss", bearer(lambda tw: signed(tw, iss=None)), "bad_token"),
     Case("sub-not-a-string", bearer(lambda tw: signed(tw, sub=12345)), "bad_token"),
+    # Tokens from before sessions existed: nothing could revoke them.
+    Case("missing-sid", bearer(lambda tw: signed(tw, sid=None)), "bad_token"),
+    Case("sid-not-hex", bearer(lambda tw: signed(tw, sid="x" * 32)), "bad_token"),
+    Case(
+        "sid-of-no-session",
+        bearer(lambda tw: signed(tw, sid=secrets.token_hex(16))),
+        "session_unknown",
+    ),
+    Case(
+        "sid-of-another-users-session",
+        bearer(lambda tw: signed(tw, sid=tw.session_id("tok.victim"))),
+        "session_unknown",
+    ),
     Case("tampered-sub-keeping-signature", bearer(tampered_sub), "bad_token"),
     Case(
         "unknown-kid-fresh-key",
@@ -310,7 +328,9 @@ def test_bad_credentials_are_401(case: Case, tw: TokenWorld) -> None:
     assert isinstance(receipt, int), "a refused token must be recorded in the ledger"
     entry = ledger_entry(tw.vault, receipt)
     assert (entry.action, entry.decision, entry.reason) == ("authenticate", "deny", case.reason)
-    expected_actor = "tok.disabled" if case.reason == "user_disabled" else ""
+    expected_actor = {"user_disabled": "tok.disabled", "session_unknown": "kz.officer"}.get(
+        case.reason, ""
+    )
     assert entry.actor_user == expected_actor
     assert entry.package == ""
 
