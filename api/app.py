@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import hmac
 import logging
+import re
 from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import quote
 
 import anyio
@@ -22,7 +24,8 @@ from api.limits import BodyLimitMiddleware
 from api.multipart import MultipartUpload, boundary_of
 from api.observability import Metrics, ObservabilityMiddleware
 from vault.config import Settings, load_settings
-from vault.errors import AuthenticationFailed, VaultError
+from vault.authz import ACTIONS
+from vault.errors import AuthenticationFailed, NotFound, VaultError
 from vault.schemas import (
     AuditView,
     CheckpointInfo,
@@ -38,11 +41,34 @@ from vault.schemas import (
     ReleaseResult,
     UploadResult,
 )
+from vault.schemas import USERNAME
 from vault.service import Principal, Vault
 
 log = logging.getLogger("vault.api")
 RECEIPT = api_errors.RECEIPT_HEADER
+
+# The forms the service accepts, in the schema too (vault.schemas: check_id, check_username,
+# check_country, check_agency; vault.authz.ACTIONS), so a client generated from /openapi.json
+# can't send a request the schema allows and the service refuses as malformed.
+ID_PATTERN = r"^[0-9a-f]{32}$"
+USERNAME_PATTERN = f"^{USERNAME.pattern}$"
+COUNTRY_PATTERN = r"^[A-Z]{2}$"
+AGENCY_PATTERN = r"^[A-Z0-9][A-Z0-9_-]{1,63}$"
+ACTION_PATTERN = "^(" + "|".join(re.escape(a) for a in ACTIONS) + ")$"
+MAX_ENTRIES = 1000
+
+
+def _id(what: str) -> Any:
+    return Path(pattern=ID_PATTERN, min_length=32, max_length=32, description=f"{what} id")
+
+
+PackageId = Annotated[str, _id("package")]
+FileId = Annotated[str, _id("file")]
+ReleaseId = Annotated[str, _id("release")]
 _bearer = HTTPBearer(auto_error=False, description="Token from POST /auth/login")
+_metrics_bearer = HTTPBearer(
+    auto_error=False, scheme_name="MetricsToken", description="VAULT_METRICS_TOKEN"
+)
 
 
 class LoginRequest(BaseModel):
@@ -57,8 +83,8 @@ class ReleaseRequest(BaseModel):
     """Whom to release a package to, and optionally when."""
 
     model_config = ConfigDict(extra="forbid")
-    country: str = Field(min_length=2, max_length=2)
-    agency: str | None = Field(default=None, min_length=2, max_length=64)
+    country: str = Field(min_length=2, max_length=2, pattern=COUNTRY_PATTERN)
+    agency: str | None = Field(default=None, min_length=2, max_length=64, pattern=AGENCY_PATTERN)
     not_before: datetime | None = None
     expires_at: datetime | None = None
 
@@ -183,7 +209,7 @@ async def upload_package(
 
 @router.get("/packages/{package_id}", tags=["packages"])
 def show_package(
-    package_id: str, vault: VaultDep, principal: PrincipalDep, response: Response
+    package_id: PackageId, vault: VaultDep, principal: PrincipalDep, response: Response
 ) -> PackageDetail:
     """One package the caller may read; 404 if it does not exist or may not be known."""
     detail, receipt = vault.get_package(principal, package_id)
@@ -198,7 +224,7 @@ def show_package(
     responses={200: {"content": {"application/octet-stream": {}}}},
 )
 def download_file(
-    package_id: str, file_id: str, vault: VaultDep, principal: PrincipalDep
+    package_id: PackageId, file_id: FileId, vault: VaultDep, principal: PrincipalDep
 ) -> StreamingResponse:
     """Stream one file's plaintext; ``X-Content-SHA256`` carries the digest to check."""
     download = vault.download(principal, package_id, file_id)
@@ -236,7 +262,7 @@ def download_file(
 
 @router.post("/packages/{package_id}/releases", status_code=201, tags=["releases"])
 def release_package(
-    package_id: str,
+    package_id: PackageId,
     body: ReleaseRequest,
     vault: VaultDep,
     principal: PrincipalDep,
@@ -259,13 +285,13 @@ class ReleaseRequestBody(BaseModel):
     """Whom a recipient asks the originating agency to release the package to."""
 
     model_config = ConfigDict(extra="forbid")
-    country: str = Field(min_length=2, max_length=2)
-    agency: str | None = Field(default=None, min_length=2, max_length=64)
+    country: str = Field(min_length=2, max_length=2, pattern=COUNTRY_PATTERN)
+    agency: str | None = Field(default=None, min_length=2, max_length=64, pattern=AGENCY_PATTERN)
 
 
 @router.post("/packages/{package_id}/release-requests", status_code=201, tags=["releases"])
 def request_release(
-    package_id: str,
+    package_id: PackageId,
     body: ReleaseRequestBody,
     vault: VaultDep,
     principal: PrincipalDep,
@@ -279,7 +305,7 @@ def request_release(
 
 @router.post("/releases/{release_id}/approve", tags=["releases"])
 def approve_release(
-    release_id: str, vault: VaultDep, principal: PrincipalDep, response: Response
+    release_id: ReleaseId, vault: VaultDep, principal: PrincipalDep, response: Response
 ) -> ReleaseResult:
     """Approve a pending release (a supervisor of the originating agency, not the requester)."""
     result = vault.decide_release(principal, release_id, approve=True)
@@ -289,7 +315,7 @@ def approve_release(
 
 @router.post("/releases/{release_id}/reject", tags=["releases"])
 def reject_release(
-    release_id: str, vault: VaultDep, principal: PrincipalDep, response: Response
+    release_id: ReleaseId, vault: VaultDep, principal: PrincipalDep, response: Response
 ) -> ReleaseResult:
     """Reject a pending release."""
     result = vault.decide_release(principal, release_id, approve=False)
@@ -299,8 +325,8 @@ def reject_release(
 
 @router.post("/packages/{package_id}/releases/{release_id}/revoke", tags=["releases"])
 def revoke_release(
-    package_id: str,
-    release_id: str,
+    package_id: PackageId,
+    release_id: ReleaseId,
     vault: VaultDep,
     principal: PrincipalDep,
     response: Response,
@@ -313,7 +339,7 @@ def revoke_release(
 
 @router.post("/packages/{package_id}/acknowledge", tags=["packages"])
 def acknowledge(
-    package_id: str, vault: VaultDep, principal: PrincipalDep, response: Response
+    package_id: PackageId, vault: VaultDep, principal: PrincipalDep, response: Response
 ) -> Receipt:
     """Acknowledge an H3 package's restrictions (needed before the first download)."""
     receipt = vault.acknowledge(principal, package_id)
@@ -323,7 +349,7 @@ def acknowledge(
 
 @router.get("/packages/{package_id}/audit", tags=["audit"])
 def audit_package(
-    package_id: str, vault: VaultDep, principal: PrincipalDep, response: Response
+    package_id: PackageId, vault: VaultDep, principal: PrincipalDep, response: Response
 ) -> AuditView:
     """Package metadata for auditors: who, when, how sensitive, to whom; never content."""
     view, receipt = vault.audit_package(principal, package_id)
@@ -336,9 +362,9 @@ def explain(
     vault: VaultDep,
     principal: PrincipalDep,
     response: Response,
-    user: Annotated[str, Query(min_length=1, max_length=64)],
-    package: Annotated[str, Query(min_length=1, max_length=64)],
-    action: Annotated[str, Query(min_length=1, max_length=32)],
+    user: Annotated[str, Query(min_length=2, max_length=64, pattern=USERNAME_PATTERN)],
+    package: Annotated[str, Query(min_length=32, max_length=32, pattern=ID_PATTERN)],
+    action: Annotated[str, Query(min_length=1, max_length=32, pattern=ACTION_PATTERN)],
 ) -> Explanation:
     """Why a user may or may not do an action to a package (full answer for auditors, admins)."""
     result, receipt = vault.explain(principal, username=user, package_id=package, action=action)
@@ -371,7 +397,12 @@ def ledger_entries(
     end: Annotated[int, Query(ge=0, le=2**62)],
     response: Response,
 ) -> LedgerEntries:
-    """Entries ``[start, end)`` (at most 1000), base64 of their exact bytes."""
+    """Entries ``[start, end)``, base64 of their exact bytes: at most 1000 (a longer range is
+    cut to its first 1000; ask again from ``start`` + the number returned), none if ``end`` is
+    not above ``start``."""
+    # Cut here rather than refused: the range is the schema's contract (two bounded integers),
+    # and a relation between two query parameters can't be stated in it.
+    end = max(start, min(end, start + MAX_ENTRIES))
     result = vault.ledger_entries(principal, start, end)
     if result.receipt is not None:
         _receipt(response, result.receipt)
@@ -451,15 +482,38 @@ def create_app(settings: Settings | None = None, *, vault: Vault | None = None) 
     app.include_router(router)
     metrics = Metrics(service)
 
-    @app.get("/metrics", tags=["operations"], response_class=PlainTextResponse)
-    def prometheus_metrics() -> PlainTextResponse:
-        """Prometheus metrics of this process (requests, latencies, decisions, ledger, bytes)."""
+    @app.get(
+        "/metrics",
+        tags=["operations"],
+        # Not response_class=PlainTextResponse: FastAPI would then document the JSON errors
+        # as text/plain too.
+        response_class=Response,
+        responses={
+            **api_errors.ERROR_RESPONSES,
+            200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {}}},
+        },
+    )
+    def prometheus_metrics(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_metrics_bearer)],
+    ) -> PlainTextResponse:
+        """Prometheus metrics of this process (requests, latencies, decisions, ledger, bytes).
+
+        Needs the bearer token of ``VAULT_METRICS_TOKEN``; 404 when none is configured.
+        """
+        expected = service.settings.metrics_token
+        if expected is None:
+            raise NotFound("metrics are off: no VAULT_METRICS_TOKEN is configured")
+        given = credentials.credentials if credentials is not None else ""
+        if not hmac.compare_digest(given.encode(), expected.get_secret_value().encode()):
+            raise AuthenticationFailed("the metrics token is required")
         return PlainTextResponse(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     app.add_middleware(
         BodyLimitMiddleware,
         max_json_bytes=service.settings.max_json_bytes,
         timeout_seconds=service.settings.body_timeout_seconds,
+        min_rate=service.settings.body_min_rate,
+        rate_window_seconds=service.settings.body_rate_window_seconds,
         streamed={"/packages"},
     )
     app.add_middleware(ObservabilityMiddleware, metrics=metrics)
