@@ -262,6 +262,14 @@ def _checks() -> list[Any]:
     return [*checks, positive_data_acceptance_but_semantic_422, one_error_shape]
 
 
+# Checks that judge the request's data against what its generator meant it to be.
+DATA_CHECKS = {
+    "negative_data_rejection",
+    "positive_data_acceptance",
+    "positive_data_acceptance_but_semantic_422",
+}
+
+
 def _headers(world: FuzzWorld, role: str) -> dict[str, str]:
     token = world.tokens.get(role)
     return {"Authorization": f"Bearer {token}"} if token else {}
@@ -317,6 +325,7 @@ def test_api_conforms_to_its_schema(
     operation = api_schema[path][method]
     headers = _headers(fuzz_world, role)
     checks = _checks()
+    resend_checks = [c for c in checks if c.__name__ not in DATA_CHECKS]
 
     # Valid and invalid requests from one strategy, so the example budget covers both; an
     # operation without parameters or body has nothing to make invalid.
@@ -339,7 +348,9 @@ def test_api_conforms_to_its_schema(
         # same request with real ids would only be refused the same way.
         if response.status_code != 401 and _with_real_ids(case, fuzz_world):
             response = case.call(headers=headers)
-            case.validate_response(response, checks=checks, headers=headers)
+            # The case's own record of which part was made invalid no longer holds once its
+            # ids are replaced: the data checks judge the request as generated, above.
+            case.validate_response(response, checks=resend_checks, headers=headers)
 
     fuzz()
 
