@@ -23,10 +23,11 @@ from api import errors as api_errors
 from api.limits import BodyLimitMiddleware
 from api.multipart import MultipartUpload, boundary_of
 from api.observability import Metrics, ObservabilityMiddleware
-from vault.config import Settings, load_settings
 from vault.authz import ACTIONS
-from vault.errors import AuthenticationFailed, NotFound, VaultError
+from vault.config import Settings, load_settings
+from vault.errors import AuthenticationFailed, InvalidInput, NotFound, VaultError
 from vault.schemas import (
+    USERNAME,
     AuditView,
     CheckpointInfo,
     ConsistencyProof,
@@ -41,7 +42,6 @@ from vault.schemas import (
     ReleaseResult,
     UploadResult,
 )
-from vault.schemas import USERNAME
 from vault.service import Principal, Vault
 
 log = logging.getLogger("vault.api")
@@ -111,11 +111,28 @@ def current_principal(
 PrincipalDep = Annotated[Principal, Depends(current_principal)]
 
 
+def _declared_query(dependant: Any) -> Iterator[str]:
+    """Names of the query parameters a route (or any of its dependencies) declares."""
+    for field in getattr(dependant, "query_params", ()):
+        yield field.alias
+    for sub in getattr(dependant, "dependencies", ()):
+        yield from _declared_query(sub)
+
+
+def known_query_only(request: Request) -> None:
+    """InvalidInput (422) for a query parameter the route does not declare: default deny, so
+    the schema's parameter list is the whole of what a route reads. Names are not echoed."""
+    route = request.scope.get("route")
+    declared = set(_declared_query(getattr(route, "dependant", None)))
+    if any(name not in declared for name in request.query_params):
+        raise InvalidInput("unknown query parameter")
+
+
 def _receipt(response: Response, receipt: int) -> None:
     response.headers[RECEIPT] = str(receipt)
 
 
-router = APIRouter(responses=api_errors.ERROR_RESPONSES)
+router = APIRouter(responses=api_errors.ERROR_RESPONSES, dependencies=[Depends(known_query_only)])
 
 
 @router.get("/healthz", tags=["operations"])
@@ -485,6 +502,7 @@ def create_app(settings: Settings | None = None, *, vault: Vault | None = None) 
     @app.get(
         "/metrics",
         tags=["operations"],
+        dependencies=[Depends(known_query_only)],
         # Not response_class=PlainTextResponse: FastAPI would then document the JSON errors
         # as text/plain too.
         response_class=Response,

@@ -452,3 +452,26 @@ def test_405_carries_allow(limited: Served) -> None:
     assert_error(reply, 405)
     # Two routes on one path: Allow names both methods, not only the first route's.
     assert reply.headers.get("allow") == "GET, POST"
+
+
+# --- 6. the schema is the contract ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "target", ["/packages?limit=5&q=x", "/healthz?verbose=1", "/ledger/verify?start=0"]
+)
+def test_query_parameters_the_schema_does_not_list_are_422(target: str, limited: Served) -> None:
+    reply = httpx.get(limited.url + target, headers=limited.auth("uz.auditor"), timeout=TIMEOUT)
+    body = assert_error(reply, 422, code="invalid_input")
+    assert "x" not in body["error"]["message"].split()  # names are not echoed
+
+
+def test_ledger_range_and_ids_are_in_the_schema(limited: Served) -> None:
+    spec = httpx.get(limited.url + "/openapi.json", timeout=TIMEOUT).json()
+    package = spec["paths"]["/packages/{package_id}"]["get"]["parameters"][0]["schema"]
+    assert package["pattern"] == "^[0-9a-f]{32}$"
+    explain = {p["name"]: p["schema"] for p in spec["paths"]["/authz/explain"]["get"]["parameters"]}
+    assert explain["user"]["pattern"] == "^[a-z0-9][a-z0-9._-]{1,63}$"
+    assert "download" in explain["action"]["pattern"]
+    for status in ("400", "401", "404", "422"):
+        assert status in spec["paths"]["/packages/{package_id}"]["get"]["responses"]
