@@ -39,9 +39,7 @@ MAX_HEADER_BYTES = 16 * 1024
 def server_options(settings: Settings) -> dict[str, Any]:
     """uvicorn options for serving the vault: protocol, proxies, limits and timeouts."""
     return {
-        "http": functools.partial(
-            VaultH11Protocol, header_timeout=settings.header_timeout_seconds
-        ),
+        "http": functools.partial(VaultH11Protocol, header_timeout=settings.header_timeout_seconds),
         # Forwarded headers only from configured proxies; with none, uvicorn's proxy layer is
         # off altogether (FORWARDED_ALLOW_IPS in the environment is then ignored too).
         "proxy_headers": bool(settings.trusted_proxies),
