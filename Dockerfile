@@ -19,6 +19,6 @@ ENV VAULT_ENV=production \
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --retries=5 \
   CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=2)"
-# X-Forwarded-For is trusted only from the addresses in FORWARDED_ALLOW_IPS (default
-# 127.0.0.1): set it to your reverse proxy, or per-address login limits can be dodged.
+# X-Forwarded-For is ignored unless VAULT_TRUSTED_PROXIES names your reverse proxy (IPs or
+# CIDRs); set it when one is in front, or every client looks like the proxy to the lockout.
 CMD ["blovault", "serve", "--host", "0.0.0.0", "--port", "8000", "--workers", "2"]

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import hmac
 import logging
+import re
 from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import quote
 
 import anyio
@@ -21,9 +23,11 @@ from api import errors as api_errors
 from api.limits import BodyLimitMiddleware
 from api.multipart import MultipartUpload, boundary_of
 from api.observability import Metrics, ObservabilityMiddleware
+from vault.authz import ACTIONS
 from vault.config import Settings, load_settings
-from vault.errors import AuthenticationFailed, VaultError
+from vault.errors import AuthenticationFailed, InvalidInput, NotFound, VaultError
 from vault.schemas import (
+    USERNAME,
     AuditView,
     CheckpointInfo,
     ConsistencyProof,
@@ -42,7 +46,29 @@ from vault.service import Principal, Vault
 
 log = logging.getLogger("vault.api")
 RECEIPT = api_errors.RECEIPT_HEADER
+
+# The forms the service accepts, in the schema too (vault.schemas: check_id, check_username,
+# check_country, check_agency; vault.authz.ACTIONS), so a client generated from /openapi.json
+# can't send a request the schema allows and the service refuses as malformed.
+ID_PATTERN = r"^[0-9a-f]{32}$"
+USERNAME_PATTERN = f"^{USERNAME.pattern}$"
+COUNTRY_PATTERN = r"^[A-Z]{2}$"
+AGENCY_PATTERN = r"^[A-Z0-9][A-Z0-9_-]{1,63}$"
+ACTION_PATTERN = "^(" + "|".join(re.escape(a) for a in ACTIONS) + ")$"
+MAX_ENTRIES = 1000
+
+
+def _id(what: str) -> Any:
+    return Path(pattern=ID_PATTERN, min_length=32, max_length=32, description=f"{what} id")
+
+
+PackageId = Annotated[str, _id("package")]
+FileId = Annotated[str, _id("file")]
+ReleaseId = Annotated[str, _id("release")]
 _bearer = HTTPBearer(auto_error=False, description="Token from POST /auth/login")
+_metrics_bearer = HTTPBearer(
+    auto_error=False, scheme_name="MetricsToken", description="VAULT_METRICS_TOKEN"
+)
 
 
 class LoginRequest(BaseModel):
@@ -57,8 +83,8 @@ class ReleaseRequest(BaseModel):
     """Whom to release a package to, and optionally when."""
 
     model_config = ConfigDict(extra="forbid")
-    country: str = Field(min_length=2, max_length=2)
-    agency: str | None = Field(default=None, min_length=2, max_length=64)
+    country: str = Field(min_length=2, max_length=2, pattern=COUNTRY_PATTERN)
+    agency: str | None = Field(default=None, min_length=2, max_length=64, pattern=AGENCY_PATTERN)
     not_before: datetime | None = None
     expires_at: datetime | None = None
 
@@ -85,11 +111,28 @@ def current_principal(
 PrincipalDep = Annotated[Principal, Depends(current_principal)]
 
 
+def _declared_query(dependant: Any) -> Iterator[str]:
+    """Names of the query parameters a route (or any of its dependencies) declares."""
+    for field in getattr(dependant, "query_params", ()):
+        yield field.alias
+    for sub in getattr(dependant, "dependencies", ()):
+        yield from _declared_query(sub)
+
+
+def known_query_only(request: Request) -> None:
+    """InvalidInput (422) for a query parameter the route does not declare: default deny, so
+    the schema's parameter list is the whole of what a route reads. Names are not echoed."""
+    route = request.scope.get("route")
+    declared = set(_declared_query(getattr(route, "dependant", None)))
+    if any(name not in declared for name in request.query_params):
+        raise InvalidInput("unknown query parameter")
+
+
 def _receipt(response: Response, receipt: int) -> None:
     response.headers[RECEIPT] = str(receipt)
 
 
-router = APIRouter(responses=api_errors.ERROR_RESPONSES)
+router = APIRouter(responses=api_errors.ERROR_RESPONSES, dependencies=[Depends(known_query_only)])
 
 
 @router.get("/healthz", tags=["operations"])
@@ -233,7 +276,7 @@ async def upload_package(
 
 @router.get("/packages/{package_id}", tags=["packages"])
 def show_package(
-    package_id: str, vault: VaultDep, principal: PrincipalDep, response: Response
+    package_id: PackageId, vault: VaultDep, principal: PrincipalDep, response: Response
 ) -> PackageDetail:
     """One package the caller may read; 404 if it does not exist or may not be known."""
     detail, receipt = vault.get_package(principal, package_id)
@@ -248,7 +291,7 @@ def show_package(
     responses={200: {"content": {"application/octet-stream": {}}}},
 )
 def download_file(
-    package_id: str, file_id: str, vault: VaultDep, principal: PrincipalDep
+    package_id: PackageId, file_id: FileId, vault: VaultDep, principal: PrincipalDep
 ) -> StreamingResponse:
     """Stream one file's plaintext; ``X-Content-SHA256`` carries the digest to check."""
     download = vault.download(principal, package_id, file_id)
@@ -286,7 +329,7 @@ def download_file(
 
 @router.post("/packages/{package_id}/releases", status_code=201, tags=["releases"])
 def release_package(
-    package_id: str,
+    package_id: PackageId,
     body: ReleaseRequest,
     vault: VaultDep,
     principal: PrincipalDep,
@@ -309,13 +352,13 @@ class ReleaseRequestBody(BaseModel):
     """Whom a recipient asks the originating agency to release the package to."""
 
     model_config = ConfigDict(extra="forbid")
-    country: str = Field(min_length=2, max_length=2)
-    agency: str | None = Field(default=None, min_length=2, max_length=64)
+    country: str = Field(min_length=2, max_length=2, pattern=COUNTRY_PATTERN)
+    agency: str | None = Field(default=None, min_length=2, max_length=64, pattern=AGENCY_PATTERN)
 
 
 @router.post("/packages/{package_id}/release-requests", status_code=201, tags=["releases"])
 def request_release(
-    package_id: str,
+    package_id: PackageId,
     body: ReleaseRequestBody,
     vault: VaultDep,
     principal: PrincipalDep,
@@ -329,7 +372,7 @@ def request_release(
 
 @router.post("/releases/{release_id}/approve", tags=["releases"])
 def approve_release(
-    release_id: str, vault: VaultDep, principal: PrincipalDep, response: Response
+    release_id: ReleaseId, vault: VaultDep, principal: PrincipalDep, response: Response
 ) -> ReleaseResult:
     """Approve a pending release (a supervisor of the originating agency, not the requester)."""
     result = vault.decide_release(principal, release_id, approve=True)
@@ -339,7 +382,7 @@ def approve_release(
 
 @router.post("/releases/{release_id}/reject", tags=["releases"])
 def reject_release(
-    release_id: str, vault: VaultDep, principal: PrincipalDep, response: Response
+    release_id: ReleaseId, vault: VaultDep, principal: PrincipalDep, response: Response
 ) -> ReleaseResult:
     """Reject a pending release."""
     result = vault.decide_release(principal, release_id, approve=False)
@@ -349,8 +392,8 @@ def reject_release(
 
 @router.post("/packages/{package_id}/releases/{release_id}/revoke", tags=["releases"])
 def revoke_release(
-    package_id: str,
-    release_id: str,
+    package_id: PackageId,
+    release_id: ReleaseId,
     vault: VaultDep,
     principal: PrincipalDep,
     response: Response,
@@ -363,7 +406,7 @@ def revoke_release(
 
 @router.post("/packages/{package_id}/acknowledge", tags=["packages"])
 def acknowledge(
-    package_id: str, vault: VaultDep, principal: PrincipalDep, response: Response
+    package_id: PackageId, vault: VaultDep, principal: PrincipalDep, response: Response
 ) -> Receipt:
     """Acknowledge an H3 package's restrictions (needed before the first download)."""
     receipt = vault.acknowledge(principal, package_id)
@@ -373,7 +416,7 @@ def acknowledge(
 
 @router.get("/packages/{package_id}/audit", tags=["audit"])
 def audit_package(
-    package_id: str, vault: VaultDep, principal: PrincipalDep, response: Response
+    package_id: PackageId, vault: VaultDep, principal: PrincipalDep, response: Response
 ) -> AuditView:
     """Package metadata for auditors: who, when, how sensitive, to whom; never content."""
     view, receipt = vault.audit_package(principal, package_id)
@@ -386,9 +429,9 @@ def explain(
     vault: VaultDep,
     principal: PrincipalDep,
     response: Response,
-    user: Annotated[str, Query(min_length=1, max_length=64)],
-    package: Annotated[str, Query(min_length=1, max_length=64)],
-    action: Annotated[str, Query(min_length=1, max_length=32)],
+    user: Annotated[str, Query(min_length=2, max_length=64, pattern=USERNAME_PATTERN)],
+    package: Annotated[str, Query(min_length=32, max_length=32, pattern=ID_PATTERN)],
+    action: Annotated[str, Query(min_length=1, max_length=32, pattern=ACTION_PATTERN)],
 ) -> Explanation:
     """Why a user may or may not do an action to a package (full answer for auditors, admins)."""
     result, receipt = vault.explain(principal, username=user, package_id=package, action=action)
@@ -421,7 +464,12 @@ def ledger_entries(
     end: Annotated[int, Query(ge=0, le=2**62)],
     response: Response,
 ) -> LedgerEntries:
-    """Entries ``[start, end)`` (at most 1000), base64 of their exact bytes."""
+    """Entries ``[start, end)``, base64 of their exact bytes: at most 1000 (a longer range is
+    cut to its first 1000; ask again from ``start`` + the number returned), none if ``end`` is
+    not above ``start``."""
+    # Cut here rather than refused: the range is the schema's contract (two bounded integers),
+    # and a relation between two query parameters can't be stated in it.
+    end = max(start, min(end, start + MAX_ENTRIES))
     result = vault.ledger_entries(principal, start, end)
     if result.receipt is not None:
         _receipt(response, result.receipt)
@@ -502,15 +550,39 @@ def create_app(settings: Settings | None = None, *, vault: Vault | None = None) 
     app.include_router(router)
     metrics = Metrics(service)
 
-    @app.get("/metrics", tags=["operations"], response_class=PlainTextResponse)
-    def prometheus_metrics() -> PlainTextResponse:
-        """Prometheus metrics of this process (requests, latencies, decisions, ledger, bytes)."""
+    @app.get(
+        "/metrics",
+        tags=["operations"],
+        dependencies=[Depends(known_query_only)],
+        # Not response_class=PlainTextResponse: FastAPI would then document the JSON errors
+        # as text/plain too.
+        response_class=Response,
+        responses={
+            **api_errors.ERROR_RESPONSES,
+            200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {}}},
+        },
+    )
+    def prometheus_metrics(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_metrics_bearer)],
+    ) -> PlainTextResponse:
+        """Prometheus metrics of this process (requests, latencies, decisions, ledger, bytes).
+
+        Needs the bearer token of ``VAULT_METRICS_TOKEN``; 404 when none is configured.
+        """
+        expected = service.settings.metrics_token
+        if expected is None:
+            raise NotFound("metrics are off: no VAULT_METRICS_TOKEN is configured")
+        given = credentials.credentials if credentials is not None else ""
+        if not hmac.compare_digest(given.encode(), expected.get_secret_value().encode()):
+            raise AuthenticationFailed("the metrics token is required")
         return PlainTextResponse(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     app.add_middleware(
         BodyLimitMiddleware,
         max_json_bytes=service.settings.max_json_bytes,
         timeout_seconds=service.settings.body_timeout_seconds,
+        min_rate=service.settings.body_min_rate,
+        rate_window_seconds=service.settings.body_rate_window_seconds,
         streamed={"/packages"},
     )
     app.add_middleware(ObservabilityMiddleware, metrics=metrics)

@@ -7,6 +7,7 @@ internal names ever reach a client.
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -15,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from vault import errors
 
@@ -57,6 +59,7 @@ class ErrorBody(BaseModel):
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": description}
     for status, description in (
+        (400, "Malformed request: an unparsable body, Content-Length or framing"),
         (401, "Not authenticated, or the token is invalid or expired"),
         (403, "Known to the caller, but not allowed"),
         (404, "Not found, or not for the caller to know about"),
@@ -83,6 +86,11 @@ def status_for(exc: errors.VaultError) -> int:
     return 500
 
 
+def error_json(code: str, message: str, receipt: int | None = None) -> bytes:
+    """The one error shape as bytes, for answers written below the app (api.limits, api.server)."""
+    return json.dumps({"error": {"code": code, "message": message, "receipt": receipt}}).encode()
+
+
 def error_response(
     status: int, code: str, message: str, receipt: int | None = None
 ) -> JSONResponse:
@@ -102,6 +110,16 @@ def internal_error() -> JSONResponse:
     return error_response(500, "internal_error", "internal error")
 
 
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route of the app answers on the request's path."""
+    allowed = set()
+    for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"):
+        scope = {**request.scope, "method": method}
+        if any(route.matches(scope)[0] is Match.FULL for route in request.app.routes):
+            allowed.add(method)
+    return sorted(allowed)
+
+
 def install(app: FastAPI) -> None:
     """Register the handlers on ``app``."""
 
@@ -113,6 +131,10 @@ def install(app: FastAPI) -> None:
         response = error_response(status, exc.code, exc.message, exc.receipt)
         if isinstance(exc, errors.RateLimited):
             response.headers["Retry-After"] = str(exc.retry_after)
+        if isinstance(exc, errors.RequestTimeout):
+            # The rest of a too-slow body is never read: the connection can't carry another
+            # request, and closing it frees it from the client that trickles.
+            response.headers["Connection"] = "close"
         return response
 
     @app.exception_handler(RequestValidationError)
@@ -122,12 +144,20 @@ def install(app: FastAPI) -> None:
         return error_response(422, "invalid_input", "invalid request: " + ", ".join(where))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed", 401: "authentication_failed"}.get(
             exc.status_code, "http_error"
         )
         message = exc.detail if isinstance(exc.detail, str) else "request refused"
-        return error_response(exc.status_code, code, message)
+        response = error_response(exc.status_code, code, message)
+        # Starlette's headers survive the reshaping.
+        for name, value in (exc.headers or {}).items():
+            response.headers.setdefault(name, value)
+        if exc.status_code == 405:
+            # RFC 9110 §15.5.6: Allow lists every method of the resource. Starlette names only
+            # those of the first route on the path (GET and POST /packages are two routes).
+            response.headers["Allow"] = ", ".join(_allowed_methods(request))
+        return response
 
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:

@@ -11,12 +11,13 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import internal_error
@@ -34,6 +35,12 @@ SECURITY_HEADERS = [
 ]
 _API_CSP = (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'")
 _DOCS = ("/docs", "/redoc", "/openapi.json")
+# Status logged and counted for a request whose client went away before it was answered
+# (nginx's convention; never sent, since there is no one to send it to).
+CLIENT_CLOSED_REQUEST = 499
+# Key in the scope's "extensions" where api.server records a status the HTTP layer itself sent
+# while the app was running (kept here: api.server imports this module, not the reverse).
+ANSWERED = "vault.answered_status"
 
 
 class Metrics:
@@ -84,9 +91,33 @@ class _VaultCollector(Collector):
         )
 
 
+def _flat_routes(routes: Iterable[Any]) -> Iterator[Any]:
+    """The app's routes with included routers opened up (FastAPI >= 0.16x keeps an included
+    router as one entry that matches without naming the route; its ``original_router`` holds
+    them). Without that attribute a route is taken as it is."""
+    for route in routes:
+        inner = getattr(route, "original_router", None)
+        if inner is not None:
+            yield from _flat_routes(inner.routes)
+        else:
+            yield route
+
+
 def _route_template(scope: Scope) -> str:
     """The matched route's path template (the router records the route in the scope)."""
     route = scope.get("route")
+    if route is None:
+        # Refused before routing (a body too slow, malformed or cut short): look it up, so
+        # the refusal counts against the route it was for.
+        app = scope.get("app")
+        route = next(
+            (
+                r
+                for r in _flat_routes(getattr(app, "routes", ()))
+                if r.matches(scope)[0] is Match.FULL
+            ),
+            None,
+        )
     path = getattr(route, "path", None)
     return path if isinstance(path, str) else "unmatched"
 
@@ -106,7 +137,15 @@ class ObservabilityMiddleware:
         request_id = secrets.token_hex(8)
         status = 500
         response_started = False
+        gone_unanswered = False  # the client left before any response was started
         path = scope.get("path", "")
+
+        async def receive_wrapper() -> Message:
+            nonlocal gone_unanswered
+            message = await receive()
+            if message["type"] == "http.disconnect" and not response_started:
+                gone_unanswered = True
+            return message
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status, response_started
@@ -125,7 +164,7 @@ class ObservabilityMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_wrapper)
+            await self.app(scope, receive_wrapper, send_wrapper)
         except Exception as exc:
             if response_started:
                 raise  # mid-stream: the server cuts the connection; nothing more can be sent
@@ -140,6 +179,13 @@ class ObservabilityMiddleware:
             await internal_error()(scope, receive, send_wrapper)
         finally:
             elapsed = time.perf_counter() - started
+            # Count what the client got, not what the app tried to answer: the HTTP layer's
+            # own refusal (e.g. 400 for a malformed chunked body), or nothing at all.
+            answered = scope.get("extensions", {}).get(ANSWERED)
+            if isinstance(answered, int):
+                status = answered
+            elif gone_unanswered:
+                status = CLIENT_CLOSED_REQUEST
             route = _route_template(scope)
             method = scope.get("method", "")
             self.metrics.requests.labels(method, route, str(status)).inc()

@@ -129,23 +129,23 @@ def serve(
     workers: Annotated[int, typer.Option(help="Worker processes.")] = 1,
     tls_cert: Annotated[Path | None, typer.Option(help="TLS certificate (PEM).")] = None,
     tls_key: Annotated[Path | None, typer.Option(help="TLS private key (PEM).")] = None,
-    forwarded_allow_ips: Annotated[
-        str,
-        typer.Option(
-            envvar="FORWARDED_ALLOW_IPS",
-            help="Reverse proxies whose X-Forwarded-For is trusted (comma-separated).",
-        ),
-    ] = "127.0.0.1",
 ) -> None:
-    """Run the API server (embedded defaults unless VAULT_* settings say otherwise)."""
+    """Run the API server (embedded defaults unless VAULT_* settings say otherwise).
+
+    X-Forwarded-For is believed only from the proxies in VAULT_TRUSTED_PROXIES (none by
+    default); header, body and rate limits come from the VAULT_* settings as well.
+    """
     import uvicorn
 
     from api.observability import LOG_CONFIG
+    from api.server import server_options
 
     settings = load_settings()
     # Open once here so configuration errors (e.g. development keys in production) stop us
     # before the server binds, with a clear message.
     Vault.open(settings, create=False).close()
+    if os.environ.get("FORWARDED_ALLOW_IPS") and not settings.trusted_proxies:
+        err.print("FORWARDED_ALLOW_IPS is ignored: set VAULT_TRUSTED_PROXIES to trust a proxy")
     err.print(f"BLO Vault listening on {'https' if tls_cert else 'http'}://{host}:{port}")
     uvicorn.run(
         "api.asgi:app",
@@ -154,13 +154,9 @@ def serve(
         workers=workers,
         ssl_certfile=str(tls_cert) if tls_cert else None,
         ssl_keyfile=str(tls_key) if tls_key else None,
-        server_header=False,
         access_log=False,  # api.observability logs each request as JSON instead
         log_config=LOG_CONFIG,
-        proxy_headers=True,
-        forwarded_allow_ips=forwarded_allow_ips,
-        timeout_keep_alive=5,
-        h11_max_incomplete_event_size=16 * 1024,
+        **server_options(settings),
     )
 
 

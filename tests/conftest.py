@@ -48,6 +48,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
                 item.add_marker(_NO_POSTGRES)
 
 
+# The bearer token GET /metrics needs on the test vaults (VAULT_METRICS_TOKEN).
+METRICS_TOKEN = "metrics-token-for-tests-0123456789"
+METRICS_AUTH = {"Authorization": f"Bearer {METRICS_TOKEN}"}
+
 FAST_ARGON2 = {"argon2_time_cost": 1, "argon2_memory_kib": 1024, "argon2_parallelism": 1}
 
 COUNTRIES = {"UZ": "Uzbekistan", "KZ": "Kazakhstan", "TJ": "Tajikistan", "KG": "Kyrgyzstan"}
@@ -101,7 +105,12 @@ def database_url() -> Iterator[str | None]:
 @pytest.fixture
 def settings(tmp_path: Path, database_url: str | None) -> Settings:
     """Settings on a fresh data folder with cheap (but still argon2id) password hashing."""
-    return load_settings(data_dir=tmp_path / "vault-data", database_url=database_url, **FAST_ARGON2)
+    return load_settings(
+        data_dir=tmp_path / "vault-data",
+        database_url=database_url,
+        metrics_token=METRICS_TOKEN,
+        **FAST_ARGON2,
+    )
 
 
 @dataclass
@@ -154,10 +163,16 @@ def free_port() -> int:
 def running_server(vault: Vault) -> Iterator[str]:
     """Serve ``vault`` with uvicorn on 127.0.0.1 in a thread; stop it on exit."""
     from api.app import create_app
+    from api.server import server_options
 
     port = free_port()
+    # The options `blovault serve` uses, so tests see the production protocol and limits.
     config = uvicorn.Config(
-        create_app(vault=vault), host="127.0.0.1", port=port, log_level="warning"
+        create_app(vault=vault),
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        **server_options(vault.settings),
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)

@@ -7,11 +7,12 @@ mode (``VAULT_ENV=production``) refuses development keys; see :mod:`vault.keys`.
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from vault.errors import ConfigError
 
@@ -83,6 +84,21 @@ class Settings(BaseSettings):
     body_timeout_seconds: float = Field(default=30.0, gt=0)
     # JSON request bodies larger than this are refused with 413.
     max_json_bytes: int = Field(default=64 * 1024, ge=1024)
+    # A body must also average body_min_rate bytes/s over every body_rate_window_seconds the
+    # server spends waiting for it (0: no minimum), so one trickled byte every few seconds is
+    # cut off. A rate, not a total deadline: a 2 GiB upload over a slow link still gets through.
+    body_min_rate: int = Field(default=1024, ge=0)
+    body_rate_window_seconds: float = Field(default=30.0, gt=0)
+    # Request headers not complete this long after the server began waiting for them: 408.
+    header_timeout_seconds: float = Field(default=10.0, gt=0)
+
+    # Reverse proxies (IPs or CIDRs, comma-separated) whose X-Forwarded-For/-Proto are believed.
+    # Empty (the default): forwarded headers are ignored and the client address is the peer of
+    # the socket, so a client can't rotate the header to escape the per-address login lockout.
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    # Bearer token a Prometheus scraper sends for GET /metrics; unset: /metrics answers 404.
+    metrics_token: SecretStr | None = Field(default=None, min_length=16)
 
     # argon2id cost; defaults follow RFC 9106's second recommended option.
     argon2_time_cost: int = Field(default=3, ge=1)
@@ -102,6 +118,17 @@ class Settings(BaseSettings):
         if not value or "\n" in value or value != value.strip():
             raise ValueError("ledger_origin must be one non-empty line without outer spaces")
         return value
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _proxies_are_networks(cls, value: object) -> object:
+        # Checked here rather than left to uvicorn, which takes a mistyped address for a
+        # literal host name that never matches: the proxy would silently not be trusted.
+        if isinstance(value, str):
+            value = [part for part in (p.strip() for p in value.split(",")) if part]
+        if not isinstance(value, list):
+            return value
+        return [str(ipaddress.ip_network(str(item).strip(), strict=False)) for item in value]
 
     @property
     def resolved_database_url(self) -> str:

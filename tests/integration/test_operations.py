@@ -1,7 +1,8 @@
 """Operations surface over a real socket: health, readiness, metrics, headers, logs, CORS.
 
 README, "Operations": ``/healthz`` (process), ``/readyz`` (database and store), ``/metrics``
-(Prometheus: requests, latencies, decisions, ledger size, bytes stored); JSON log lines with
+(Prometheus, behind ``VAULT_METRICS_TOKEN``: requests, latencies, decisions, ledger size,
+bytes stored); JSON log lines with
 request ids that never carry tokens, bodies, titles or filenames.
 """
 
@@ -22,7 +23,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from api.observability import JsonFormatter
-from tests.conftest import PASSWORD, World, running_server
+from tests.conftest import METRICS_AUTH, PASSWORD, World, running_server
 from tests.s3server import moto_s3
 from vault.config import Settings
 from vault.crypto import SEGMENT_SIZE
@@ -51,7 +52,7 @@ def upload(
 
 
 def scrape(client: httpx.Client) -> Samples:
-    reply = client.get("/metrics")
+    reply = client.get("/metrics", headers=METRICS_AUTH)
     assert reply.status_code == 200
     assert reply.headers["content-type"].startswith("text/plain")
     out: Samples = {}
@@ -264,7 +265,8 @@ def test_every_response_carries_request_id_and_security_headers(client: httpx.Cl
     replies = [
         client.get("/healthz"),
         client.get("/readyz"),
-        client.get("/metrics"),
+        client.get("/metrics", headers=METRICS_AUTH),
+        client.get("/metrics"),  # 401: no metrics token
         client.post("/auth/login", json={"username": "uz.officer", "password": "wrong"}),  # 401
         client.post("/auth/login", json={"username": ""}),  # 422
         client.get("/packages"),  # 401: no token
