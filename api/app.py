@@ -26,6 +26,7 @@ from api.observability import Metrics, ObservabilityMiddleware
 from vault.authz import ACTIONS
 from vault.config import Settings, load_settings
 from vault.errors import AuthenticationFailed, InvalidInput, NotFound, VaultError
+from vault.passwords import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
 from vault.schemas import (
     USERNAME,
     AuditView,
@@ -187,8 +188,8 @@ class PasswordChange(BaseModel):
     """The caller's current password and the new one."""
 
     model_config = ConfigDict(extra="forbid")
-    current_password: str = Field(min_length=1, max_length=1024)
-    new_password: str = Field(min_length=1, max_length=1024)
+    current_password: str = Field(min_length=1, max_length=MAX_PASSWORD_LENGTH)
+    new_password: str = Field(min_length=MIN_PASSWORD_LENGTH, max_length=MAX_PASSWORD_LENGTH)
 
 
 @router.post("/auth/password", tags=["auth"])

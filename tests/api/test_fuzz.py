@@ -98,6 +98,7 @@ SEMANTIC_422 = {
     ("POST", "/packages/{package_id}/releases"): "country/agency must exist; times must order",
     ("POST", "/packages/{package_id}/release-requests"): "country/agency must exist",
     ("POST", "/ledger/proof/consistency"): "the checkpoint must verify with the log's key",
+    ("POST", "/auth/password"): "the new password must differ from the current one",
 }
 
 # Operations that end the session they are called with: each case runs in a session of its own,
