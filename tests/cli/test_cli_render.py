@@ -472,3 +472,20 @@ def test_a_hostile_server_cannot_name_files_outside_the_folder(
     assert sorted(names.values()) == sorted(CONTENT.values())
     for name in names:
         assert check_filename(name) == name
+
+
+# --- names an admin gives -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["Afghan\x1b[8mistan", "Afghanistan\u202e", "Afghan\nistan"])
+def test_country_and_agency_names_refuse_what_a_terminal_acts_on(name: str, cli: CliRunner) -> None:
+    for command in (
+        ("admin", "add-country", "AF", "--name", name),
+        ("admin", "add-agency", "KZ-CUSTOMS", "--country", "KZ", "--name", name),
+    ):
+        result = cli(*command)
+        assert result.code == 2, (result.stdout, result.stderr)
+        assert "name: " in result.stderr
+        bad = next(c for c in name if not c.isalpha())
+        assert f"U+{ord(bad):04X}" in result.stderr
+        assert_inert(result.stderr)
