@@ -142,8 +142,9 @@ def check_filename(name: str) -> str:
     name = unicodedata.normalize("NFC", name)
     if name in ("", ".", "..") or "/" in name or "\\" in name:
         raise InvalidInput("filenames must be plain names without path separators")
-    if any(unsafe_char(ch) or unicodedata.category(ch) == "Cf" for ch in name):
-        raise InvalidInput("filenames must not contain control characters")
+    for ch in name:
+        if unsafe_char(ch) or unicodedata.category(ch) == "Cf":
+            raise InvalidInput(f"filenames must not contain control characters (U+{ord(ch):04X})")
     if len(name.encode("utf-8", "surrogatepass")) > MAX_FILENAME_BYTES:
         raise InvalidInput(f"filenames are at most {MAX_FILENAME_BYTES} bytes")
     if name != name.strip() or name.startswith("-"):
