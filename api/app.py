@@ -37,6 +37,7 @@ from vault.schemas import (
     LedgerEntries,
     LedgerReport,
     LoginResult,
+    OneLineText,
     PackageDetail,
     PackageList,
     Receipt,
@@ -76,7 +77,8 @@ class LoginRequest(BaseModel):
     """Credentials for a token."""
 
     model_config = ConfigDict(extra="forbid")
-    username: str = Field(min_length=1, max_length=64)
+    # A refused login records the name it was tried with: no controls may reach the ledger.
+    username: OneLineText = Field(min_length=1, max_length=64)
     password: str = Field(min_length=1, max_length=1024)
 
 

@@ -8,7 +8,8 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+import unicodedata
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -25,13 +26,14 @@ from vault.errors import (
     StorageUnavailable,
     VaultError,
 )
-from vault.schemas import check_filename
+from vault.schemas import MAX_FILENAME_BYTES, check_filename, filename_key, unsafe_char
 
 Progress = Callable[[int], None]
 _CHUNK = 1024 * 1024
 # An upload's body can't be sent twice, so its access token is renewed before it starts when
 # it has less than this left (a large upload authenticates once, at its start).
 _RENEW_BEFORE_STREAM_SECONDS = 60
+_WINDOWS_ILLEGAL = '<>:"|?*\\/'
 
 
 def _raise_for(response: httpx.Response) -> None:
@@ -236,14 +238,13 @@ class ApiClient:
         detail = self.show(package_id)
         dest.mkdir(parents=True, exist_ok=True)
         targets = []
-        for item in detail["files"]:
-            name = check_filename(item["name"])
+        # Names come from the server: made safe and distinct, each a plain name in ``dest``.
+        names = local_names([f["name"] for f in detail["files"]])
+        for item, name in zip(detail["files"], names, strict=True):
             target = dest / name
             if target.exists() and not force:
                 raise Conflict(f"{target} exists (use --force to replace it)")
             targets.append((item, target))
-        if len({t for _, t in targets}) != len(targets):
-            raise InvalidInput("package has two files with the same name")
         staged: list[tuple[Path, Path]] = []
         try:
             for item, target in targets:
@@ -310,3 +311,73 @@ def _segment(value: str) -> str:
     if not value.isalnum() or len(value) > 64:
         raise InvalidInput(f"not a valid id: {value!r}")
     return value
+
+
+def local_names(names: Sequence[object]) -> list[str]:
+    """A safe, distinct local filename for each name a server gave, in order.
+
+    Packages stored before the vault refused them may hold names that clash once case and
+    Unicode normalisation are ignored, or that Windows can't hold; a hostile server may send
+    anything. Each valid name keeps its name the first time it occurs; any other gets
+    unsafe characters replaced by ``_``, a ``_`` before a device name, and `` (2)``,
+    `` (3)``... before its extension until it clashes with no other. Every result passes
+    :func:`check_filename`, so it is a plain name that stays inside the target folder.
+    """
+    texts = [n if isinstance(n, str) else str(n) for n in names]
+    result: list[str | None] = [None] * len(texts)
+    taken: set[str] = set()
+    for i, name in enumerate(texts):  # first: names that are fine as they are
+        with contextlib.suppress(InvalidInput):
+            if check_filename(name) == name and filename_key(name) not in taken:
+                result[i] = name
+                taken.add(filename_key(name))
+    for i, name in enumerate(texts):
+        if result[i] is None:
+            result[i] = _distinct(_usable(name, i), taken)
+            taken.add(filename_key(result[i] or ""))
+    return [r or "" for r in result]
+
+
+def _usable(name: str, position: int) -> str:
+    """``name`` made into one :func:`check_filename` accepts (``file-N`` if nothing is left)."""
+    name = "".join(
+        "_" if ch in _WINDOWS_ILLEGAL or unsafe_char(ch) or unicodedata.category(ch) == "Cf" else ch
+        for ch in unicodedata.normalize("NFC", name)
+    )
+    stem, ext = _split_extension(name)
+    name = _fit(stem, ext)
+    for candidate in (name, "_" + name):  # "_" before a device name such as CON
+        with contextlib.suppress(InvalidInput):
+            if candidate.strip("._"):
+                return check_filename(candidate)
+    return f"file-{position + 1}"
+
+
+def _split_extension(name: str) -> tuple[str, str]:
+    dot = name.rfind(".")
+    if dot > 0 and len(name) - dot <= 16:
+        return name[:dot], name[dot:]
+    return name, ""
+
+
+def _fit(stem: str, suffix: str) -> str:
+    """``stem + suffix`` within the byte limit, without outer spaces, leading dots or '-',
+    or a trailing dot."""
+    room = MAX_FILENAME_BYTES - len(suffix.encode())
+    stem = stem.encode()[:room].decode("utf-8", "ignore")
+    while stem != (trimmed := stem.strip().lstrip(".-").rstrip(".")):
+        stem = trimmed
+    return (stem + suffix).strip().rstrip(".")
+
+
+def _distinct(name: str, taken: set[str]) -> str:
+    if filename_key(name) not in taken:
+        return name
+    stem, ext = _split_extension(name)
+    n = 2
+    while True:
+        candidate = _fit(stem, f" ({n}){ext}")
+        if filename_key(candidate) not in taken:
+            with contextlib.suppress(InvalidInput):
+                return check_filename(candidate)
+        n += 1

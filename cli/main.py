@@ -28,6 +28,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from cli import render
 from cli import session as stored
 from cli.client import ApiClient
 from cli.errors import exit_code_for
@@ -177,9 +178,11 @@ def login(
         result = client.login(username, password)
     path = stored.save(stored.from_tokens(server, username, result))
     err.print(
-        f"logged in as {username}; session kept in {path} (ends after "
-        f"{result.get('refresh_expires_in', result['expires_in'])} s idle, at most "
-        f"{result.get('session_expires_in', result['expires_in'])} s)"
+        render.line(
+            f"logged in as {username}; session kept in {path} (ends after "
+            f"{result.get('refresh_expires_in', result['expires_in'])} s idle, at most "
+            f"{result.get('session_expires_in', result['expires_in'])} s)"
+        )
     )
 
 
@@ -204,7 +207,7 @@ def logout() -> None:
         )
         raise
     stored.delete()
-    err.print(f"logged out {saved.username}; the session has ended")
+    err.print(render.line(f"logged out {saved.username}; the session has ended"))
 
 
 @app.command()
@@ -227,8 +230,10 @@ def passwd(
         result = client.change_password(current, new)
     stored.save(stored.from_tokens(saved.server, saved.username, result))
     err.print(
-        f"password changed for {saved.username}; every other session of yours has ended "
-        f"(ledger #{result['receipt']})"
+        render.line(
+            f"password changed for {saved.username}; every other session of yours has ended "
+            f"(ledger #{result['receipt']})"
+        )
     )
 
 
@@ -438,7 +443,7 @@ def list_rules(as_json: JsonOpt = False) -> None:
         return
     out.print(f"policy version {digest}")
     for rule in rules:
-        out.print(rule, markup=False, highlight=False)
+        out.print(render.text(rule))
 
 
 # --- packages -------------------------------------------------------------------------------
@@ -498,7 +503,11 @@ def package_upload(
         _print_json({"id": result["package"]["id"], **result})
     else:
         out.print(
-            f"uploaded package [bold]{result['package']['id']}[/] (ledger #{result['receipt']})"
+            render.line(
+                "uploaded package ",
+                render.text(result["package"]["id"], style="bold"),
+                f" (ledger #{result['receipt']})",
+            )
         )
 
 
@@ -517,14 +526,19 @@ def package_list(
     table = Table("id", "title", "from", "class.", "handling", "files", "size", "created")
     for p in result["items"]:
         table.add_row(
-            p["id"],
-            p["title"],
-            p["agency"],
-            p["classification"],
-            p["handling"],
-            str(p["file_count"]),
-            str(p["size"]),
-            p["created_at"][:19],
+            *(
+                render.text(value)
+                for value in (
+                    p["id"],
+                    p["title"],
+                    p["agency"],
+                    p["classification"],
+                    p["handling"],
+                    p["file_count"],
+                    p["size"],
+                    str(p["created_at"])[:19],
+                )
+            )
         )
     out.print(table)
 
@@ -537,31 +551,42 @@ def package_show(package_id: str, as_json: JsonOpt = False) -> None:
     if as_json:
         _print_json(detail)
         return
-    out.print(f"[bold]{detail['title']}[/]  ({detail['id']})")
+    out.print(render.line(render.text(detail["title"], style="bold"), f"  ({detail['id']})"))
     out.print(
-        f"from {detail['agency']} ({detail['country']}), "
-        f"{detail['classification']}, {detail['handling']}"
+        render.line(
+            f"from {detail['agency']} ({detail['country']}), "
+            f"{detail['classification']}, {detail['handling']}"
+        )
     )
     if HANDLING_NOTICE.get(detail["handling"]):
-        out.print(f"[bold yellow]{HANDLING_NOTICE[detail['handling']]}[/]")
+        out.print(render.text(HANDLING_NOTICE[detail["handling"]], style="bold yellow"))
     if detail["handling_note"]:
-        out.print(f"restrictions: {detail['handling_note']}", markup=False)
+        out.print(
+            render.line("restrictions: ", render.text(detail["handling_note"], multiline=True))
+        )
     if detail["description"]:
-        out.print(detail["description"])
+        out.print(render.text(detail["description"], multiline=True))
+    for key, value in (detail.get("fields") or {}).items():
+        out.print(render.line(f"{key}: {value}"))
     files = Table("file id", "name", "size", "sha256")
     for f in detail["files"]:
-        files.add_row(f["id"], f["name"], str(f["size"]), f["sha256"])
+        files.add_row(*(render.text(v) for v in (f["id"], f["name"], f["size"], f["sha256"])))
     out.print(files)
     if detail["releases"]:
         rel = Table("release id", "country", "agency", "status", "not before", "expires")
         for r in detail["releases"]:
             rel.add_row(
-                r["id"],
-                r["country"],
-                r["agency"] or "(all)",
-                r["status"],
-                str(r["not_before"] or ""),
-                str(r["expires_at"] or ""),
+                *(
+                    render.text(value)
+                    for value in (
+                        r["id"],
+                        r["country"],
+                        r["agency"] or "(all)",
+                        r["status"],
+                        r["not_before"] or "",
+                        r["expires_at"] or "",
+                    )
+                )
             )
         out.print(rel)
 
@@ -586,9 +611,9 @@ def package_download(
         )
     else:
         if notice:
-            err.print(f"[bold yellow]{notice}[/]")
+            err.print(render.text(notice, style="bold yellow"))
         for path in written:
-            out.print(f"saved {path}", markup=False)
+            out.print(render.line(f"saved {path}"))
 
 
 @package_app.command("release")
@@ -619,8 +644,10 @@ def package_release(
         _print_json({"id": result["release"]["id"], **result})
     else:
         out.print(
-            f"release {result['release']['id']} ({result['release']['status']}) "
-            f"(ledger #{result['receipt']})"
+            render.line(
+                f"release {result['release']['id']} ({result['release']['status']}) "
+                f"(ledger #{result['receipt']})"
+            )
         )
 
 
@@ -634,7 +661,11 @@ def _print_release(result: dict[str, Any], as_json: bool) -> None:
         if release["status"] == "pending"
         else ""
     )
-    out.print(f"release {release['id']} is {release['status']}{note} (ledger #{result['receipt']})")
+    out.print(
+        render.line(
+            f"release {release['id']} is {release['status']}{note} (ledger #{result['receipt']})"
+        )
+    )
 
 
 @package_app.command("request-release")
@@ -688,12 +719,13 @@ def package_acknowledge(package_id: str, as_json: JsonOpt = False) -> None:
     with _client() as client:
         detail = client.show(package_id)
         if not as_json:
-            out.print(f"restrictions: {detail['handling_note'] or '(none stated)'}", markup=False)
+            note = render.text(detail["handling_note"] or "(none stated)", multiline=True)
+            out.print(render.line("restrictions: ", note))
         result = client.call("POST", f"/packages/{package_id}/acknowledge")
     if as_json:
         _print_json({"id": package_id, **result})
     else:
-        out.print(f"acknowledged (ledger #{result['receipt']})")
+        out.print(render.line(f"acknowledged (ledger #{result['receipt']})"))
 
 
 @package_app.command("audit")
@@ -705,19 +737,26 @@ def package_audit(package_id: str, as_json: JsonOpt = False) -> None:
         _print_json(view)
         return
     out.print(
-        f"{view['id']}: from {view['agency']} ({view['country']}), {view['classification']}, "
-        f"{view['handling']}, {view['file_count']} files, {view['size']} bytes"
+        render.line(
+            f"{view['id']}: from {view['agency']} ({view['country']}), {view['classification']}, "
+            f"{view['handling']}, {view['file_count']} files, {view['size']} bytes"
+        )
     )
     table = Table("release id", "to", "status", "kind", "in force", "requested by", "decided by")
     for r in view["releases"]:
         table.add_row(
-            r["id"],
-            f"{r['country']} {r['agency'] or ''}".strip(),
-            r["status"],
-            r["kind"],
-            "yes" if r["in_force"] else "no",
-            r["requested_by"],
-            r["decided_by"] or "",
+            *(
+                render.text(value)
+                for value in (
+                    r["id"],
+                    f"{r['country']} {r['agency'] or ''}".strip(),
+                    r["status"],
+                    r["kind"],
+                    "yes" if r["in_force"] else "no",
+                    r["requested_by"],
+                    r["decided_by"] or "",
+                )
+            )
         )
     out.print(table)
 
@@ -737,19 +776,24 @@ def authz_explain(
     if as_json:
         _print_json(result)
         return
-    verdict = "[green]ALLOW[/]" if result["allowed"] else "[red]DENY[/]"
-    out.print(f"{verdict} {result['user']} {result['action']} {result['package']}")
-    out.print(f"policy version {result['policy_hash']}")
+    verdict = render.text("ALLOW", style="green") if result["allowed"] is True else None
+    out.print(
+        render.line(
+            verdict or render.text("DENY", style="red"),
+            f" {result['user']} {result['action']} {result['package']}",
+        )
+    )
+    out.print(render.line(f"policy version {result['policy_hash']}"))
     if result.get("facts") is not None:
         for key, value in result["facts"].items():
-            out.print(f"  {key}: {value}", markup=False)
-        out.print(f"  deciding relation: {result['relation'] or '(none)'}")
+            out.print(render.line(f"  {key}: {value}"))
+        out.print(render.line(f"  deciding relation: {result['relation'] or '(none)'}"))
         for rule in result["rules"] or []:
-            out.print(f"  rule: p, {', '.join(rule)}", markup=False)
+            out.print(render.line(f"  rule: p, {', '.join(str(r) for r in rule)}"))
         for grant in result["grants"] or []:
-            out.print(f"  release in force: {grant}")
+            out.print(render.line(f"  release in force: {grant}"))
         for n in result["notes"] or []:
-            out.print(f"  note: {n}", markup=False)
+            out.print(render.line(f"  note: {n}"))
 
 
 # --- ledger ---------------------------------------------------------------------------------
@@ -775,18 +819,18 @@ def _report_verify(report: dict[str, Any], as_json: bool) -> None:
         cp = report["checkpoint_size"]
         signed = f"; latest signed checkpoint covers {cp}" if cp is not None else ""
         out.print(
-            f"ledger intact: {report['size']} entries, root {report['root']}{signed}",
+            render.line(f"ledger intact: {report['size']} entries, root {report['root']}{signed}"),
             soft_wrap=True,
         )
     else:
         where = report["first_bad_seq"]
         err.print(
-            f"ledger NOT intact: first bad entry #{where}: {report['problem']}"
-            if where is not None
-            else f"ledger NOT intact: {report['problem']}",
+            render.line(
+                f"ledger NOT intact: first bad entry #{where}: {report['problem']}"
+                if where is not None
+                else f"ledger NOT intact: {report['problem']}"
+            ),
             soft_wrap=True,
-            markup=False,
-            highlight=False,
         )
     if not report["ok"]:
         raise typer.Exit(1)
@@ -959,15 +1003,20 @@ def ledger_show(
                 )
             else:
                 table.add_row(
-                    str(entry.seq),
-                    entry.time.strftime("%Y-%m-%d %H:%M:%S"),
-                    entry.actor_user,
-                    entry.actor_agency,
-                    entry.action,
-                    entry.package[:12],
-                    entry.decision,
-                    entry.reason,
-                    entry.handling,
+                    *(
+                        render.text(value)
+                        for value in (
+                            entry.seq,
+                            entry.time.strftime("%Y-%m-%d %H:%M:%S"),
+                            entry.actor_user,
+                            entry.actor_agency,
+                            entry.action,
+                            entry.package[:12],
+                            entry.decision,
+                            entry.reason,
+                            entry.handling,
+                        )
+                    )
                 )
     if not as_json:
         out.print(table)
@@ -990,13 +1039,13 @@ def run(argv: list[str]) -> int:
         return exc.exit_code
     except VaultError as exc:
         receipt = f" (ledger #{exc.receipt})" if exc.receipt is not None else ""
-        err.print(f"error: {exc.message}{receipt}", highlight=False, markup=False)
+        err.print(render.line(f"error: {exc.message}{receipt}"))
         return exit_code_for(exc)
     except KeyboardInterrupt:
         err.print("interrupted")
         return 130
     except OSError as exc:
-        err.print(f"error: {exc.strerror or exc}", highlight=False, markup=False)
+        err.print(render.line(f"error: {exc.strerror or exc}"))
         return 1
     return result if isinstance(result, int) else 0
 

@@ -117,7 +117,9 @@ from vault.schemas import (
     check_country,
     check_filename,
     check_id,
+    check_text,
     check_username,
+    filename_key,
 )
 from vault.storage import ObjectStore, open_store
 from vault.tokens import (
@@ -1573,10 +1575,18 @@ class Vault:
         infos: list[FileInfo] = []
         total = 0
         try:
+            first_with: dict[str, int] = {}  # filename_key -> position of the file that has it
             for position, incoming in enumerate(files):
                 if position >= settings.max_files_per_package:
                     raise InvalidInput(f"at most {settings.max_files_per_package} files a package")
                 name = check_filename(incoming.name)
+                # One name per file once case and normalisation are ignored, or the package
+                # can't be saved on NTFS or APFS. Positions, not names: names are content.
+                if (other := first_with.setdefault(filename_key(name), position)) != position:
+                    raise InvalidInput(
+                        f"files {other + 1} and {position + 1} have the same name "
+                        "(ignoring case and Unicode normalisation)"
+                    )
                 file_id = new_id()
                 identity = _file_identity(package_id, file_id)
                 data_key = crypto.new_data_key()
@@ -2434,9 +2444,9 @@ class Vault:
 
 
 def _check_name(name: str) -> str:
-    if not isinstance(name, str) or not 1 <= len(name.strip()) <= 200 or "\x00" in name:
+    if not isinstance(name, str) or not 1 <= len(name.strip()) <= 200:
         raise InvalidInput("names are 1-200 characters")
-    return name.strip()
+    return check_text(name.strip(), "name")
 
 
 def _package_digest(files: list[FileInfo]) -> str:

@@ -987,6 +987,7 @@ def _as_filename(text: str) -> str:
         "/" not in name
         and "\\" not in name
         and '"' not in name  # HTML form encoding would send it as %22
+        and not any(c in "<>:|?*" for c in name)  # Windows can't hold these
         and not any(unicodedata.category(c).startswith("C") for c in name)
         and not name.startswith("-")
         and name == name.strip()
@@ -1011,11 +1012,12 @@ def test_injection_strings_are_stored_verbatim_and_change_no_decision(served: Se
         baseline = _explain(client, served, "kz.officer", served.ids["package"], "read")
         uploaded = []
         for text in INJECTIONS:
+            line = text.replace("\n", " ")  # title and structured fields are one line
             meta = {
-                "title": text,
+                "title": line,
                 "description": text,
                 "handling_note": text,
-                "fields": {text[:64]: text, "k": text},
+                "fields": {line[:64]: line, "k": line},
             }
             filename = _as_filename(text)
             reply = client.post(
@@ -1032,10 +1034,10 @@ def test_injection_strings_are_stored_verbatim_and_change_no_decision(served: Se
             shown = client.get(f"/packages/{package['id']}", headers=served.auth())
             assert shown.status_code == 200, shown.text
             detail = shown.json()
-            assert detail["title"] == text
+            assert detail["title"] == line
             assert detail["description"] == text
             assert detail["handling_note"] == text
-            assert detail["fields"] == {text[:64]: text, "k": text}
+            assert detail["fields"] == {line[:64]: line, "k": line}
             assert [f["name"] for f in detail["files"]] == [filename]
             got = client.get(
                 f"/packages/{package['id']}/files/{detail['files'][0]['id']}",
@@ -1058,7 +1060,7 @@ def test_injection_strings_are_stored_verbatim_and_change_no_decision(served: Se
         # Listing: the titles come back exactly; outsiders see none of them.
         listed = client.get("/packages", params={"limit": 200}, headers=served.auth()).json()
         titles = {item["id"]: item["title"] for item in listed["items"]}
-        assert [titles[i] for i in uploaded] == INJECTIONS
+        assert [titles[i] for i in uploaded] == [t.replace("\n", " ") for t in INJECTIONS]
         for outsider in ("kz.officer", "tj.officer"):
             theirs = client.get("/packages", params={"limit": 200}, headers=served.auth(outsider))
             assert not {item["id"] for item in theirs.json()["items"]} & set(uploaded)
@@ -1100,12 +1102,13 @@ def test_injection_strings_elsewhere_are_refused_or_inert(served: Served) -> Non
         expected = assert_error(wrong_password, 401, code="authentication_failed")["error"]
 
         for text in INJECTIONS:
-            # Logins: the same refusal as any wrong password (names over 64 chars: 422).
+            # Logins: the same refusal as any wrong password (names over 64 chars or with a
+            # control character such as a newline: 422).
             for username, password in ((text, PASSWORD), ("uz.officer", text)):
                 reply = client.post(
                     "/auth/login", json={"username": username, "password": password}
                 )
-                if len(username) > 64:
+                if len(username) > 64 or "\n" in username:
                     assert_error(reply, 422)
                     continue
                 error = assert_error(reply, 401, code="authentication_failed")["error"]
