@@ -55,8 +55,16 @@ def from_tokens(server: str, username: str, result: dict[str, Any]) -> StoredSes
         username=username,
         token=str(result["access_token"]),
         refresh_token=str(result.get("refresh_token", "")),
-        access_expires_at=time.time() + float(result.get("expires_in", 0)),
+        access_expires_at=time.time() + _seconds(result.get("expires_in")),
     )
+
+
+def _seconds(value: Any) -> float:
+    """A lifetime from the server's reply; anything that is not a plain number counts as
+    already expired (the token is then renewed when next needed), never as a crash."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < 1e9:
+        return float(value)
+    return 0.0
 
 
 def _path() -> Path:
