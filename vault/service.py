@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import getpass
 import hashlib
+import inspect
 import json
 import logging
 import secrets
@@ -20,7 +22,7 @@ import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any, Protocol, TextIO, cast
+from typing import Any, Protocol, TextIO, TypeVar, cast
 
 from sqlalchemy import Connection, Engine, String, and_, bindparam, exists, false, func, or_, text
 from sqlalchemy import select as sa_select
@@ -429,6 +431,56 @@ def _package_identity(package_id: str) -> bytes:
     return f"blo-vault/package/v1\x00{package_id}".encode()
 
 
+# What an authenticated caller did wrong or may not do: each is a refusal and goes in the
+# ledger. Failures of ours (IntegrityError, StorageUnavailable, ...) are not refusals; the
+# operations that meet them record them as errors where they happen.
+_REFUSALS = (InvalidInput, NotFound, Conflict, AccessDenied)
+# Arguments of an operation that name what it was about, and the ledger field for each.
+_TARGET_ARGUMENTS = (("package_id", "package"), ("release_id", "release"), ("file_id", "file"))
+_Operation = TypeVar("_Operation", bound=Callable[..., Any])
+
+
+def _is_id(value: object) -> bool:
+    try:
+        check_id(value)  # type: ignore[arg-type]
+    except InvalidInput:
+        return False
+    return True
+
+
+def _records_refusals(action: str) -> Callable[[_Operation], _Operation]:
+    """Make a :class:`Vault` operation (principal first) record each refusal it raises that
+    nothing recorded yet: a ``deny`` entry for ``action``, the error's code as reason, and its
+    receipt on the error. One place, so no 409 or 422 of an operation can go unrecorded, and
+    refusals recorded with a finer reason where they were raised are not recorded twice.
+
+    Only ids that are well-formed go into the entry: whatever else a caller typed there (a
+    password, a title) must not land in an append-only log.
+    """
+
+    def decorate(operation: _Operation) -> _Operation:
+        signature = inspect.signature(operation)
+
+        @functools.wraps(operation)
+        def run(self: Vault, principal: Principal, /, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return operation(self, principal, *args, **kwargs)
+            except _REFUSALS as exc:
+                if exc.receipt is None and getattr(exc, _PENDING, None) is None:
+                    arguments = signature.bind_partial(self, principal, *args, **kwargs).arguments
+                    target = {
+                        field: arguments[name]
+                        for name, field in _TARGET_ARGUMENTS
+                        if _is_id(arguments.get(name))
+                    }
+                    self._refuse(exc, principal.actor, action, exc.code, **target)
+                raise
+
+        return cast(_Operation, run)
+
+    return decorate
+
+
 class Vault:
     """The vault's service layer: every operation decides, acts and records."""
 
@@ -684,21 +736,29 @@ class Vault:
         return [(rid, agency) for rid, agency in rows]
 
     def _load_package_for(
-        self, session: Session, principal: Principal, package_id: str, action: str
+        self,
+        session: Session,
+        principal: Principal,
+        package_id: str,
+        action: str,
+        *,
+        record_as: str | None = None,
     ) -> tuple[Package, Facts]:
-        """The package if ``action`` is allowed; otherwise a recorded refusal.
+        """The package if ``action`` is allowed; otherwise a refusal, recorded under
+        ``record_as`` (default: ``action``).
 
         A caller who may not even read (or, for auditors, audit) the package gets NotFound, as
         for a missing one; a caller who may see it but not do ``action`` gets AccessDenied
         saying why.
         """
         check_id(package_id, "package id")
+        recorded = record_as or action
         found = package_facts(session, principal, package_id, action)
         if found is None or found[0].purged_at is not None:
             raise self._refuse(
                 NotFound("package not found"),
                 principal.actor,
-                action,
+                recorded,
                 "not_found",
                 package=package_id,
             )
@@ -735,7 +795,7 @@ class Vault:
         raise self._refuse(
             exc,
             principal.actor,
-            action,
+            recorded,
             reason,
             package=package_id,
             handling=package.handling.value,
@@ -859,6 +919,7 @@ class Vault:
 
     # --- administration ---------------------------------------------------------------------
 
+    @_records_refusals("manage")
     def add_country(self, principal: Principal, code: str, name: str) -> int:
         """Create a country; returns the ledger receipt."""
         code = check_country(code)
@@ -866,6 +927,7 @@ class Vault:
         self._require_global(principal, "manage", subject=f"country:{code}")
         return self._create(principal, Country(code=code, name=name), subject=f"country:{code}")
 
+    @_records_refusals("manage")
     def add_agency(self, principal: Principal, code: str, country: str, name: str) -> int:
         """Create an agency of an existing country; returns the ledger receipt."""
         code, country, name = check_agency(code), check_country(country), _check_name(name)
@@ -877,6 +939,7 @@ class Vault:
             principal, Agency(code=code, country_code=country, name=name), subject=f"agency:{code}"
         )
 
+    @_records_refusals("manage")
     def add_user(
         self,
         principal: Principal,
@@ -916,6 +979,7 @@ class Vault:
             disabled=False,
         )
 
+    @_records_refusals("manage")
     def set_user(
         self,
         principal: Principal,
@@ -965,11 +1029,13 @@ class Vault:
             disabled=user.disabled,
         )
 
+    @_records_refusals("manage")
     def rules(self, principal: Principal) -> list[str]:
         """Rules admins added on top of the policy file."""
         self._require_global(principal, "manage", subject="rules")
         return [rule_line(r) for r in self.authz.extra_rules]
 
+    @_records_refusals("manage")
     def change_rule(self, principal: Principal, line: str, *, add: bool) -> str:
         """Add or remove an admin rule; the ledger entry carries the resulting policy hash."""
         rule = parse_rule(line)
@@ -1012,6 +1078,7 @@ class Vault:
         self._authz = authz
         return authz.policy_hash
 
+    @_records_refusals("manage")
     def rotate_kek(self, principal: Principal, *, batch: int = 500) -> int:
         """Re-wrap every data key not under the current KEK; content is not re-encrypted.
 
@@ -1056,6 +1123,7 @@ class Vault:
         self._compact_database()
         return done
 
+    @_records_refusals("purge")
     def purge(self, principal: Principal, package_id: str) -> int:
         """Crypto-shred a package: destroy its wrapped keys, then delete its objects.
 
@@ -1086,6 +1154,7 @@ class Vault:
         self._compact_database()
         return receipt
 
+    @_records_refusals("gc")
     def gc(
         self, principal: Principal, *, grace: timedelta = timedelta(hours=1)
     ) -> tuple[int, int, int]:
@@ -1163,6 +1232,7 @@ class Vault:
 
     # --- packages ---------------------------------------------------------------------------
 
+    @_records_refusals("upload")
     def upload(
         self, principal: Principal, meta: NewPackage, files: Iterable[IncomingFile]
     ) -> UploadResult:
@@ -1172,6 +1242,30 @@ class Vault:
         so a package is either wholly visible or not at all.
         """
         self._require_global(principal, "upload")
+        # A package above its creator's clearance could then be neither read nor released by
+        # them: refused here (policy: "uncleared ... upload, deny"), before a byte is stored.
+        cleared = principal.clearance.rank >= meta.classification.rank
+        facts = Facts(
+            role=principal.role.value,
+            relations=frozenset({NONE}),
+            cleared=cleared,
+            handling=meta.handling.value,
+            acknowledged=False,
+            action="upload",
+        )
+        if not self.authz.allows(facts):
+            raise self._refuse(
+                AccessDenied(
+                    f"classification {meta.classification.value} is above your clearance "
+                    f"{principal.clearance.value}"
+                    if not cleared
+                    else "you may not upload this package"
+                ),
+                principal.actor,
+                "upload",
+                "clearance_below_classification" if not cleared else "policy_denied",
+                subject=f"classification:{meta.classification.value}",
+            )
         settings = self.settings
         package_id = new_id()
         package_key = crypto.new_data_key()
@@ -1294,6 +1388,7 @@ class Vault:
         )
         return UploadResult(package=detail, receipt=receipt)
 
+    @_records_refusals("list")
     def list_packages(
         self, principal: Principal, *, limit: int = 50, offset: int = 0
     ) -> PackageList:
@@ -1410,6 +1505,7 @@ class Vault:
         )
         return FileInfo(id=row.id, name=meta["name"], size=row.size, sha256=meta["sha256"])
 
+    @_records_refusals("read")
     def get_package(self, principal: Principal, package_id: str) -> tuple[PackageDetail, int]:
         """Details of one package the caller may read, and the ledger receipt."""
         with self._tx(readonly=True) as session:
@@ -1448,6 +1544,7 @@ class Vault:
         )
         return detail, receipt
 
+    @_records_refusals("download")
     def download(self, principal: Principal, package_id: str, file_id: str) -> Download:
         """Authorise and record a download, then stream plaintext checked segment by segment.
 
@@ -1550,6 +1647,7 @@ class Vault:
         origin_country = self._country_of(session, package.agency_code)
         return package.classification.rank >= threshold.rank and country != origin_country
 
+    @_records_refusals("release")
     def release(
         self,
         principal: Principal,
@@ -1587,6 +1685,7 @@ class Vault:
             receipt = self._store_release(session, principal, package, release, "release")
         return ReleaseResult(release=_release_info(release), receipt=receipt)
 
+    @_records_refusals("request-release")
     def request_release(
         self, principal: Principal, package_id: str, *, country: str, agency: str | None = None
     ) -> ReleaseResult:
@@ -1660,6 +1759,7 @@ class Vault:
             raise
         return release, package
 
+    @_records_refusals("approve")
     def decide_release(
         self, principal: Principal, release_id: str, *, approve: bool
     ) -> ReleaseResult:
@@ -1699,6 +1799,7 @@ class Vault:
             )
         return ReleaseResult(release=_release_info(release), receipt=receipt)
 
+    @_records_refusals("revoke")
     def revoke_release(
         self, principal: Principal, package_id: str, release_id: str
     ) -> ReleaseResult:
@@ -1723,6 +1824,7 @@ class Vault:
             )
         return ReleaseResult(release=_release_info(release), receipt=receipt)
 
+    @_records_refusals("acknowledge")
     def acknowledge(self, principal: Principal, package_id: str) -> int:
         """Record that the caller accepts an H3 package's stated restrictions."""
         with self._tx() as session:
@@ -1744,6 +1846,7 @@ class Vault:
                 reason="ok" if not facts.acknowledged else "already",
             )
 
+    @_records_refusals("audit")
     def audit_package(self, principal: Principal, package_id: str) -> tuple[AuditView, int]:
         """What an auditor may see of a package: no title, description, filenames or content."""
         with self._tx(readonly=True) as session:
@@ -1774,14 +1877,16 @@ class Vault:
             )
         return view, receipt
 
+    @_records_refusals("explain")
     def explain(
         self, principal: Principal, *, username: str, package_id: str, action: str
     ) -> tuple[Explanation, int]:
         """Allow or deny for ``username`` doing ``action`` to a package, and why.
 
-        Auditors and admins get the facts, the rules that decided and the policy version;
-        anyone else may only ask about themselves and gets the bare answer (and 404 for a
-        package they may not know exists).
+        Auditors and admins get the facts, the rules that decided and the policy version, for
+        packages the audit view shows them; anyone else may only ask about themselves, about
+        packages they may read, and gets the bare answer. Every other package is NotFound,
+        exactly like a missing one.
         """
         username = check_username(username)
         check_id(package_id, "package id")
@@ -1799,14 +1904,18 @@ class Vault:
                 subject=f"user:{username}",
             )
         with self._tx(readonly=True) as session:
-            if not full:
-                self._load_package_for(session, principal, package_id, "read")
+            # The package first, whoever is asked about: one the caller may not know exists
+            # answers exactly like a missing id. Auditors and admins see what the audit view
+            # shows them (its very check); anyone else what they may read.
+            self._load_package_for(
+                session, principal, package_id, "audit" if full else "read", record_as="explain"
+            )
             user = session.exec(select(User).where(User.username == username)).first()
             if user is None:
                 raise NotFound(f"unknown user {username}")
             subject = self._principal(session, user)
             found = package_facts(session, subject, package_id, action)
-            if found is None:
+            if found is None:  # loaded just above, in this transaction
                 raise NotFound("package not found")
             package, facts = found
             decision = self.authz.decide(facts)
@@ -1883,6 +1992,7 @@ class Vault:
         self._require_global(principal, "ledger", subject=what)
         return self._record(principal.actor, "ledger", ALLOW, "ok", subject=what)
 
+    @_records_refusals("ledger")
     def verify_ledger(
         self,
         principal: Principal,
@@ -1925,11 +2035,13 @@ class Vault:
             note=signed,
         )
 
+    @_records_refusals("ledger")
     def latest_checkpoint(self, principal: Principal) -> CheckpointInfo:
         """The newest signed checkpoint (signed now if the tree grew since)."""
         receipt = self._ledger_read(principal, "checkpoint")
         return self.checkpoint().model_copy(update={"receipt": receipt})
 
+    @_records_refusals("ledger")
     def ledger_entries(self, principal: Principal, start: int, end: int) -> LedgerEntries:
         """Entries ``[start, end)`` as base64 of their exact bytes (at most 1000)."""
         if not 0 <= start <= end or end - start > 1000:
@@ -1939,6 +2051,7 @@ class Vault:
             items = [_b64(data) for _, data in ledger.iter_entries(session, start=start, stop=end)]
         return LedgerEntries(start=start, entries=items, receipt=receipt)
 
+    @_records_refusals("ledger")
     def inclusion_proof(self, principal: Principal, seq: int) -> InclusionProof:
         """Prove entry ``seq`` is in the tree of the latest checkpoint (signed now if needed)."""
         if seq < 0:
@@ -1967,6 +2080,7 @@ class Vault:
             receipt=receipt,
         )
 
+    @_records_refusals("ledger")
     def consistency_proof(self, principal: Principal, old_checkpoint: str) -> ConsistencyProof:
         """Prove the current ledger extends a checkpoint saved earlier; LedgerCorrupt if not."""
         try:
@@ -2002,6 +2116,7 @@ class Vault:
             receipt=receipt,
         )
 
+    @_records_refusals("ledger")
     def export_ledger(
         self, principal: Principal, out: TextIO, progress: Callable[[int], None] | None = None
     ) -> CheckpointInfo:
