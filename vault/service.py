@@ -38,6 +38,7 @@ from vault.authz import (
     RELEASED_AGENCY,
     RELEASED_COUNTRY,
     SAME_COUNTRY,
+    SEPARATION_OF_DUTIES,
     Authorizer,
     Facts,
     parse_rule,
@@ -564,7 +565,7 @@ class Vault:
         self._authz_checked = now
         with session_scope(self.engine, readonly=True) as session:
             rules = _load_rules(session)
-        if rules != tuple(sorted(self._authz.extra_rules)):
+        if rules != self._authz.stored_rules:
             self._authz = Authorizer(
                 policy_dir=self.settings.resolved_policy_dir, extra_rules=rules
             )
@@ -1041,6 +1042,15 @@ class Vault:
         rule = parse_rule(line)
         canonical = rule_line(rule)  # stored exactly so parse_rule reads it back
         self._require_global(principal, "manage", subject=f"rule:{canonical}")
+        if add and self.authz.gives_content_to_no_content_role(rule):
+            # Whoever asks: separation of duties is not a setting an admin can undo.
+            raise self._refuse(
+                AccessDenied(SEPARATION_OF_DUTIES),
+                principal.actor,
+                "manage",
+                "separation_of_duties",
+                subject=f"rule:{canonical}",
+            )
         with self._tx() as session:
             current = set(_load_rules(session))
             if add == (rule in current):

@@ -392,7 +392,7 @@ def test_every_refusal_on_the_package_routes_is_recorded_once(api: Api) -> None:
             problems.append(f"{where}: recorded {recorded}")
         if reply.headers.get("X-Vault-Receipt") != str(receipt):
             problems.append(f"{where}: no receipt header")
-        if "not-an-id" in path and "not-an-id".encode() in recorded.encode():
+        if "not-an-id" in path and b"not-an-id" in recorded.encode():
             problems.append(f"{where}: a malformed id went into the ledger")
     assert not problems, "\n".join(problems)
 
