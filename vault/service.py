@@ -817,7 +817,6 @@ class Vault:
         # the table holds no usernames.
         digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:32]
         keys = [f"user:{digest}"] + ([f"addr:{client[:64]}"] if client else [])
-        actor = Actor(user=name)
         now = utcnow()
         with self._tx() as session:
             # The attempt counts as a failure before the password is checked (a success
@@ -838,6 +837,10 @@ class Vault:
                 if USERNAME.fullmatch(name)
                 else None
             )
+        # A name no account has may be a password typed into the wrong field: the ledger,
+        # which keeps everything forever, gets only a keyed hash of it. The same name always
+        # gives the same hash, so repeated attempts still correlate.
+        actor = Actor(user=name if user is not None else self._pseudonym(name))
         if locks:
             wait = max(1, int((max(locks) - now).total_seconds() + 0.999))
             raise self._refuse(
@@ -866,6 +869,11 @@ class Vault:
             expires_in=self.tokens.ttl_seconds,
             receipt=receipt,
         )
+
+    def _pseudonym(self, name: str) -> str:
+        """How the ledger names a username that no account has."""
+        raw = name.encode("utf-8", "surrogatepass")
+        return "unknown:" + crypto.keyed_digest(self.keys.pseudonym_key, raw)[:32]
 
     def _count_failure(self, session: Session, keys: list[str], now: datetime) -> None:
         """One more failure for each key; lock it once it reaches its threshold (runs under
