@@ -1381,8 +1381,10 @@ class Vault:
                     self.store.delete(key)
             if isinstance(exc, VaultError | OSError):
                 reason = exc.code if isinstance(exc, VaultError) else "io_error"
+                # Bad input (no file, too large, a bad name) is refused; the rest failed.
+                decision = DENY if isinstance(exc, _REFUSALS) else ERROR
                 with contextlib.suppress(VaultError, OperationalError):
-                    exc_receipt = self._record(principal.actor, "upload", ERROR, reason)
+                    exc_receipt = self._record(principal.actor, "upload", decision, reason)
                     if isinstance(exc, VaultError):
                         exc.receipt = exc_receipt
             raise

@@ -212,6 +212,16 @@ def test_upload_above_ones_clearance_is_refused_before_anything_is_stored(api: A
     )
     assert vault.ledger_size() == size_before + 1
     assert sorted(vault.store.keys()) == store_before
+    # A refusal of the upload itself is a deny too (not an "error": nothing failed on our side).
+    empty = api.client.post(
+        "/packages",
+        files=[("metadata", (None, '{"title": "no files"}', "application/json"))],
+        headers=api.headers["uz.low"],
+    )
+    error = refusal(empty, 422)
+    recorded = entry_at(vault, error["receipt"])
+    assert (recorded.actor_user, recorded.action, recorded.decision) == ("uz.low", "upload", "deny")
+    assert vault.ledger_size() == size_before + 2
     # At or below the clearance is fine, and the creator can then read it.
     metadata = '{"title": "at", "classification": "RESTRICTED"}'
     made = api.client.post(
