@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,8 @@ from threading import Lock
 import casbin
 
 from vault.errors import ConfigError, InvalidInput
+
+log = logging.getLogger("vault.authz")
 
 # Relations between a caller and a package, strongest first.
 ORIGINATOR = "originator"
@@ -47,6 +50,15 @@ ACTIONS = (
     "manage",
 )
 HANDLINGS = ("H0", "H1", "H2", "H3")
+# Separation of duties: admins and auditors never see a package's content, title,
+# description or filenames. Those are shown by listing (titles), read (details, filenames)
+# and download (content); every other action shows ids and metadata at most.
+CONTENT_ACTIONS = frozenset({"list", "read", "download"})
+NO_CONTENT_ROLES = ("admin", "auditor")
+SEPARATION_OF_DUTIES = (
+    "separation of duties: admin and auditor may never list, read or download packages; "
+    "a rule allowing that to them (by name, by '*' or through a role they inherit) is refused"
+)
 _RULE_FIELDS = 7  # role, rel, clr, hnd, ack, act, eft
 
 Key = tuple[str, str, str, str, str, str]
@@ -118,7 +130,11 @@ def rule_line(rule: tuple[str, ...]) -> str:
 
 
 class Authorizer:
-    """Casbin model and policy from a folder, plus rules added by admins; answers decisions."""
+    """Casbin model and policy from a folder, plus rules added by admins; answers decisions.
+
+    Raises ConfigError if the policy file lets admins or auditors at content; admin rules
+    that would are not enforced (and logged), whenever they were stored.
+    """
 
     def __init__(self, *, policy_dir: Path, extra_rules: Sequence[tuple[str, ...]] = ()) -> None:
         model = policy_dir / "model.conf"
@@ -127,16 +143,40 @@ class Authorizer:
             model_bytes, policy_bytes = model.read_bytes(), policy.read_bytes()
         except OSError as exc:
             raise ConfigError(f"cannot read Casbin policy: {exc}") from None
+        self._enforcer = casbin.Enforcer(str(model), str(policy))
+        for line in self._enforcer.get_policy():
+            if self.gives_content_to_no_content_role(tuple(line)):
+                raise ConfigError(f"{policy}: {SEPARATION_OF_DUTIES}: {rule_line(tuple(line))}")
+        # What the caller stored, to tell when the stored rules change (see Vault).
+        self.stored_rules = tuple(sorted(extra_rules))
+        enforced = []
+        for rule in self.stored_rules:
+            if self.gives_content_to_no_content_role(rule):
+                # Stored before this check existed, or behind the service's back: never
+                # enforced. A warning, not a refusal to start: the rule only ever widened
+                # access, so dropping it is safe, and an admin can remove it (remove-rule).
+                log.warning("rule not enforced, %s: %s", SEPARATION_OF_DUTIES, rule_line(rule))
+                continue
+            enforced.append(rule)
         digest = hashlib.sha256(b"blo-vault policy v1\x00" + model_bytes + b"\x00" + policy_bytes)
-        for rule in sorted(extra_rules):
+        for rule in enforced:
             digest.update(b"\x00" + ",".join(rule).encode())
         self.policy_hash = digest.hexdigest()
-        self.extra_rules = tuple(extra_rules)
-        self._enforcer = casbin.Enforcer(str(model), str(policy))
-        for rule in extra_rules:
+        self.extra_rules = tuple(enforced)
+        for rule in enforced:
             self._enforcer.add_policy(*rule)
         self._memo: dict[Key, tuple[bool, tuple[str, ...]]] = {}
         self._lock = Lock()
+
+    def gives_content_to_no_content_role(self, rule: tuple[str, ...]) -> bool:
+        """Whether ``rule`` (role, rel, clr, hnd, ack, act, eft) would allow admin or auditor
+        a content action: the matcher's own role test (``*``, or ``g`` with the policy
+        file's inheritance), whatever the other fields say. Deny rules never give anything."""
+        role, action, effect = rule[0], rule[5], rule[6]
+        if effect != "allow" or action not in CONTENT_ACTIONS:
+            return False
+        roles = self._enforcer.get_role_manager()
+        return role == "*" or any(roles.has_link(name, role) for name in NO_CONTENT_ROLES)
 
     def ask(self, key: Key) -> tuple[bool, tuple[str, ...]]:
         """Casbin's answer for one attribute class (memoised), and the rule that decided it."""

@@ -36,9 +36,10 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from vault.errors import ConfigError, IntegrityError
 
@@ -442,6 +443,20 @@ def open_stream(source: Readable, key: bytes, *, identity: bytes) -> Generator[b
             current = following
     finally:
         ahead.close()
+
+
+# --- derived keys and keyed digests ----------------------------------------------------------
+
+
+def derive_key(secret: bytes, *, purpose: bytes) -> bytes:
+    """A 256-bit key for one ``purpose`` from a secret (HKDF-SHA256, RFC 5869): independent of
+    the secret's own use and of every other purpose's key."""
+    return HKDF(algorithm=hashes.SHA256(), length=KEY_SIZE, salt=None, info=purpose).derive(secret)
+
+
+def keyed_digest(key: bytes, data: bytes) -> str:
+    """HMAC-SHA256 of ``data`` under ``key``, as hex: stable, and meaningless without the key."""
+    return hmac.new(key, data, hashlib.sha256).hexdigest()
 
 
 # --- signing keys (token signing and the ledger's log key) ------------------------------------

@@ -39,6 +39,8 @@ class KeyMaterial:
     token_public_pem: bytes
     ledger_key: ed25519.Ed25519PrivateKey = field(repr=False)
     development: bool
+    # Keys the ledger's records of failed logins by unknown usernames (see Vault.login).
+    pseudonym_key: bytes = field(repr=False)
 
 
 def read_kek(path: Path) -> crypto.Kek:
@@ -177,4 +179,11 @@ def load_keys(settings: Settings, *, create: bool = True) -> KeyMaterial:
         token_public_pem=token_public,
         ledger_key=ledger_key,
         development=development,
+        # From the ledger key: the pseudonyms live in the ledger, and that key lives as long
+        # as the ledger does (counterparts verify every checkpoint with it, so it is never
+        # replaced), so a name keeps its pseudonym across restarts and rotations. The KEK is
+        # rotated (rotate-kek) and the token key may be; either would break correlation.
+        pseudonym_key=crypto.derive_key(
+            crypto.ed25519_seed(ledger_key), purpose=b"blo-vault/login-pseudonym/v1"
+        ),
     )

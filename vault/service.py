@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import getpass
 import hashlib
+import inspect
 import json
 import logging
 import secrets
@@ -20,7 +22,7 @@ import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any, Protocol, TextIO, cast
+from typing import Any, Protocol, TextIO, TypeVar, cast
 
 from sqlalchemy import Connection, Engine, String, and_, bindparam, exists, false, func, or_, text
 from sqlalchemy import delete as sa_delete
@@ -37,6 +39,7 @@ from vault.authz import (
     RELEASED_AGENCY,
     RELEASED_COUNTRY,
     SAME_COUNTRY,
+    SEPARATION_OF_DUTIES,
     Authorizer,
     Facts,
     parse_rule,
@@ -475,6 +478,56 @@ def _package_identity(package_id: str) -> bytes:
     return f"blo-vault/package/v1\x00{package_id}".encode()
 
 
+# What an authenticated caller did wrong or may not do: each is a refusal and goes in the
+# ledger. Failures of ours (IntegrityError, StorageUnavailable, ...) are not refusals; the
+# operations that meet them record them as errors where they happen.
+_REFUSALS = (InvalidInput, NotFound, Conflict, AccessDenied)
+# Arguments of an operation that name what it was about, and the ledger field for each.
+_TARGET_ARGUMENTS = (("package_id", "package"), ("release_id", "release"), ("file_id", "file"))
+_Operation = TypeVar("_Operation", bound=Callable[..., Any])
+
+
+def _is_id(value: object) -> bool:
+    try:
+        check_id(value)  # type: ignore[arg-type]
+    except InvalidInput:
+        return False
+    return True
+
+
+def _records_refusals(action: str) -> Callable[[_Operation], _Operation]:
+    """Make a :class:`Vault` operation (principal first) record each refusal it raises that
+    nothing recorded yet: a ``deny`` entry for ``action``, the error's code as reason, and its
+    receipt on the error. One place, so no 409 or 422 of an operation can go unrecorded, and
+    refusals recorded with a finer reason where they were raised are not recorded twice.
+
+    Only ids that are well-formed go into the entry: whatever else a caller typed there (a
+    password, a title) must not land in an append-only log.
+    """
+
+    def decorate(operation: _Operation) -> _Operation:
+        signature = inspect.signature(operation)
+
+        @functools.wraps(operation)
+        def run(self: Vault, principal: Principal, /, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return operation(self, principal, *args, **kwargs)
+            except _REFUSALS as exc:
+                if exc.receipt is None and getattr(exc, _PENDING, None) is None:
+                    arguments = signature.bind_partial(self, principal, *args, **kwargs).arguments
+                    target = {
+                        field: arguments[name]
+                        for name, field in _TARGET_ARGUMENTS
+                        if _is_id(arguments.get(name))
+                    }
+                    self._refuse(exc, principal.actor, action, exc.code, **target)
+                raise
+
+        return cast(_Operation, run)
+
+    return decorate
+
+
 class Vault:
     """The vault's service layer: every operation decides, acts and records."""
 
@@ -585,7 +638,7 @@ class Vault:
         self._authz_checked = now
         with session_scope(self.engine, readonly=True) as session:
             rules = _load_rules(session)
-        if rules != tuple(sorted(self._authz.extra_rules)):
+        if rules != self._authz.stored_rules:
             self._authz = Authorizer(
                 policy_dir=self.settings.resolved_policy_dir, extra_rules=rules
             )
@@ -757,21 +810,29 @@ class Vault:
         return [(rid, agency) for rid, agency in rows]
 
     def _load_package_for(
-        self, session: Session, principal: Principal, package_id: str, action: str
+        self,
+        session: Session,
+        principal: Principal,
+        package_id: str,
+        action: str,
+        *,
+        record_as: str | None = None,
     ) -> tuple[Package, Facts]:
-        """The package if ``action`` is allowed; otherwise a recorded refusal.
+        """The package if ``action`` is allowed; otherwise a refusal, recorded under
+        ``record_as`` (default: ``action``).
 
         A caller who may not even read (or, for auditors, audit) the package gets NotFound, as
         for a missing one; a caller who may see it but not do ``action`` gets AccessDenied
         saying why.
         """
         check_id(package_id, "package id")
+        recorded = record_as or action
         found = package_facts(session, principal, package_id, action)
         if found is None or found[0].purged_at is not None:
             raise self._refuse(
                 NotFound("package not found"),
                 principal.actor,
-                action,
+                recorded,
                 "not_found",
                 package=package_id,
             )
@@ -808,7 +869,7 @@ class Vault:
         raise self._refuse(
             exc,
             principal.actor,
-            action,
+            recorded,
             reason,
             package=package_id,
             handling=package.handling.value,
@@ -829,7 +890,6 @@ class Vault:
         # the table holds no usernames.
         digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:32]
         keys = [f"user:{digest}"] + ([f"addr:{client[:64]}"] if client else [])
-        actor = Actor(user=name)
         now = utcnow()
         with self._tx() as session:
             # The attempt counts as a failure before the password is checked (a success
@@ -850,6 +910,10 @@ class Vault:
                 if USERNAME.fullmatch(name)
                 else None
             )
+        # A name no account has may be a password typed into the wrong field: the ledger,
+        # which keeps everything forever, gets only a keyed hash of it. The same name always
+        # gives the same hash, so repeated attempts still correlate.
+        actor = Actor(user=name if user is not None else self._pseudonym(name))
         if locks:
             wait = max(1, int((max(locks) - now).total_seconds() + 0.999))
             raise self._refuse(
@@ -880,6 +944,11 @@ class Vault:
                 if row is not None:
                     session.delete(row)
         return self._session_tokens(started, refresh_token, receipt)
+
+    def _pseudonym(self, name: str) -> str:
+        """How the ledger names a username that no account has."""
+        raw = name.encode("utf-8", "surrogatepass")
+        return "unknown:" + crypto.keyed_digest(self.keys.pseudonym_key, raw)[:32]
 
     def _count_failure(self, session: Session, keys: list[str], now: datetime) -> None:
         """One more failure for each key; lock it once it reaches its threshold (runs under
@@ -1236,6 +1305,7 @@ class Vault:
 
     # --- administration ---------------------------------------------------------------------
 
+    @_records_refusals("manage")
     def add_country(self, principal: Principal, code: str, name: str) -> int:
         """Create a country; returns the ledger receipt."""
         code = check_country(code)
@@ -1243,6 +1313,7 @@ class Vault:
         self._require_global(principal, "manage", subject=f"country:{code}")
         return self._create(principal, Country(code=code, name=name), subject=f"country:{code}")
 
+    @_records_refusals("manage")
     def add_agency(self, principal: Principal, code: str, country: str, name: str) -> int:
         """Create an agency of an existing country; returns the ledger receipt."""
         code, country, name = check_agency(code), check_country(country), _check_name(name)
@@ -1254,6 +1325,7 @@ class Vault:
             principal, Agency(code=code, country_code=country, name=name), subject=f"agency:{code}"
         )
 
+    @_records_refusals("manage")
     def add_user(
         self,
         principal: Principal,
@@ -1293,6 +1365,7 @@ class Vault:
             disabled=False,
         )
 
+    @_records_refusals("manage")
     def set_user(
         self,
         principal: Principal,
@@ -1360,16 +1433,27 @@ class Vault:
             disabled=user.disabled,
         )
 
+    @_records_refusals("manage")
     def rules(self, principal: Principal) -> list[str]:
         """Rules admins added on top of the policy file."""
         self._require_global(principal, "manage", subject="rules")
         return [rule_line(r) for r in self.authz.extra_rules]
 
+    @_records_refusals("manage")
     def change_rule(self, principal: Principal, line: str, *, add: bool) -> str:
         """Add or remove an admin rule; the ledger entry carries the resulting policy hash."""
         rule = parse_rule(line)
         canonical = rule_line(rule)  # stored exactly so parse_rule reads it back
         self._require_global(principal, "manage", subject=f"rule:{canonical}")
+        if add and self.authz.gives_content_to_no_content_role(rule):
+            # Whoever asks: separation of duties is not a setting an admin can undo.
+            raise self._refuse(
+                AccessDenied(SEPARATION_OF_DUTIES),
+                principal.actor,
+                "manage",
+                "separation_of_duties",
+                subject=f"rule:{canonical}",
+            )
         with self._tx() as session:
             current = set(_load_rules(session))
             if add == (rule in current):
@@ -1407,6 +1491,7 @@ class Vault:
         self._authz = authz
         return authz.policy_hash
 
+    @_records_refusals("manage")
     def rotate_kek(self, principal: Principal, *, batch: int = 500) -> int:
         """Re-wrap every data key not under the current KEK; content is not re-encrypted.
 
@@ -1451,6 +1536,7 @@ class Vault:
         self._compact_database()
         return done
 
+    @_records_refusals("purge")
     def purge(self, principal: Principal, package_id: str) -> int:
         """Crypto-shred a package: destroy its wrapped keys, then delete its objects.
 
@@ -1481,6 +1567,7 @@ class Vault:
         self._compact_database()
         return receipt
 
+    @_records_refusals("gc")
     def gc(
         self, principal: Principal, *, grace: timedelta = timedelta(hours=1)
     ) -> tuple[int, int, int]:
@@ -1558,6 +1645,7 @@ class Vault:
 
     # --- packages ---------------------------------------------------------------------------
 
+    @_records_refusals("upload")
     def upload(
         self, principal: Principal, meta: NewPackage, files: Iterable[IncomingFile]
     ) -> UploadResult:
@@ -1567,6 +1655,30 @@ class Vault:
         so a package is either wholly visible or not at all.
         """
         self._require_global(principal, "upload")
+        # A package above its creator's clearance could then be neither read nor released by
+        # them: refused here (policy: "uncleared ... upload, deny"), before a byte is stored.
+        cleared = principal.clearance.rank >= meta.classification.rank
+        facts = Facts(
+            role=principal.role.value,
+            relations=frozenset({NONE}),
+            cleared=cleared,
+            handling=meta.handling.value,
+            acknowledged=False,
+            action="upload",
+        )
+        if not self.authz.allows(facts):
+            raise self._refuse(
+                AccessDenied(
+                    f"classification {meta.classification.value} is above your clearance "
+                    f"{principal.clearance.value}"
+                    if not cleared
+                    else "you may not upload this package"
+                ),
+                principal.actor,
+                "upload",
+                "clearance_below_classification" if not cleared else "policy_denied",
+                subject=f"classification:{meta.classification.value}",
+            )
         settings = self.settings
         package_id = new_id()
         package_key = crypto.new_data_key()
@@ -1672,8 +1784,10 @@ class Vault:
                     self.store.delete(key)
             if isinstance(exc, VaultError | OSError):
                 reason = exc.code if isinstance(exc, VaultError) else "io_error"
+                # Bad input (no file, too large, a bad name) is refused; the rest failed.
+                decision = DENY if isinstance(exc, _REFUSALS) else ERROR
                 with contextlib.suppress(VaultError, OperationalError):
-                    exc_receipt = self._record(principal.actor, "upload", ERROR, reason)
+                    exc_receipt = self._record(principal.actor, "upload", decision, reason)
                     if isinstance(exc, VaultError):
                         exc.receipt = exc_receipt
             raise
@@ -1697,6 +1811,7 @@ class Vault:
         )
         return UploadResult(package=detail, receipt=receipt)
 
+    @_records_refusals("list")
     def list_packages(
         self, principal: Principal, *, limit: int = 50, offset: int = 0
     ) -> PackageList:
@@ -1813,6 +1928,7 @@ class Vault:
         )
         return FileInfo(id=row.id, name=meta["name"], size=row.size, sha256=meta["sha256"])
 
+    @_records_refusals("read")
     def get_package(self, principal: Principal, package_id: str) -> tuple[PackageDetail, int]:
         """Details of one package the caller may read, and the ledger receipt."""
         with self._tx(readonly=True) as session:
@@ -1851,6 +1967,7 @@ class Vault:
         )
         return detail, receipt
 
+    @_records_refusals("download")
     def download(self, principal: Principal, package_id: str, file_id: str) -> Download:
         """Authorise and record a download, then stream plaintext checked segment by segment.
 
@@ -1953,6 +2070,7 @@ class Vault:
         origin_country = self._country_of(session, package.agency_code)
         return package.classification.rank >= threshold.rank and country != origin_country
 
+    @_records_refusals("release")
     def release(
         self,
         principal: Principal,
@@ -1990,6 +2108,7 @@ class Vault:
             receipt = self._store_release(session, principal, package, release, "release")
         return ReleaseResult(release=_release_info(release), receipt=receipt)
 
+    @_records_refusals("request-release")
     def request_release(
         self, principal: Principal, package_id: str, *, country: str, agency: str | None = None
     ) -> ReleaseResult:
@@ -2063,6 +2182,7 @@ class Vault:
             raise
         return release, package
 
+    @_records_refusals("approve")
     def decide_release(
         self, principal: Principal, release_id: str, *, approve: bool
     ) -> ReleaseResult:
@@ -2102,6 +2222,7 @@ class Vault:
             )
         return ReleaseResult(release=_release_info(release), receipt=receipt)
 
+    @_records_refusals("revoke")
     def revoke_release(
         self, principal: Principal, package_id: str, release_id: str
     ) -> ReleaseResult:
@@ -2126,6 +2247,7 @@ class Vault:
             )
         return ReleaseResult(release=_release_info(release), receipt=receipt)
 
+    @_records_refusals("acknowledge")
     def acknowledge(self, principal: Principal, package_id: str) -> int:
         """Record that the caller accepts an H3 package's stated restrictions."""
         with self._tx() as session:
@@ -2147,6 +2269,7 @@ class Vault:
                 reason="ok" if not facts.acknowledged else "already",
             )
 
+    @_records_refusals("audit")
     def audit_package(self, principal: Principal, package_id: str) -> tuple[AuditView, int]:
         """What an auditor may see of a package: no title, description, filenames or content."""
         with self._tx(readonly=True) as session:
@@ -2177,14 +2300,16 @@ class Vault:
             )
         return view, receipt
 
+    @_records_refusals("explain")
     def explain(
         self, principal: Principal, *, username: str, package_id: str, action: str
     ) -> tuple[Explanation, int]:
         """Allow or deny for ``username`` doing ``action`` to a package, and why.
 
-        Auditors and admins get the facts, the rules that decided and the policy version;
-        anyone else may only ask about themselves and gets the bare answer (and 404 for a
-        package they may not know exists).
+        Auditors and admins get the facts, the rules that decided and the policy version, for
+        packages the audit view shows them; anyone else may only ask about themselves, about
+        packages they may read, and gets the bare answer. Every other package is NotFound,
+        exactly like a missing one.
         """
         username = check_username(username)
         check_id(package_id, "package id")
@@ -2202,14 +2327,18 @@ class Vault:
                 subject=f"user:{username}",
             )
         with self._tx(readonly=True) as session:
-            if not full:
-                self._load_package_for(session, principal, package_id, "read")
+            # The package first, whoever is asked about: one the caller may not know exists
+            # answers exactly like a missing id. Auditors and admins see what the audit view
+            # shows them (its very check); anyone else what they may read.
+            self._load_package_for(
+                session, principal, package_id, "audit" if full else "read", record_as="explain"
+            )
             user = session.exec(select(User).where(User.username == username)).first()
             if user is None:
                 raise NotFound(f"unknown user {username}")
             subject = self._principal(session, user)
             found = package_facts(session, subject, package_id, action)
-            if found is None:
+            if found is None:  # loaded just above, in this transaction
                 raise NotFound("package not found")
             package, facts = found
             decision = self.authz.decide(facts)
@@ -2286,6 +2415,7 @@ class Vault:
         self._require_global(principal, "ledger", subject=what)
         return self._record(principal.actor, "ledger", ALLOW, "ok", subject=what)
 
+    @_records_refusals("ledger")
     def verify_ledger(
         self,
         principal: Principal,
@@ -2328,11 +2458,13 @@ class Vault:
             note=signed,
         )
 
+    @_records_refusals("ledger")
     def latest_checkpoint(self, principal: Principal) -> CheckpointInfo:
         """The newest signed checkpoint (signed now if the tree grew since)."""
         receipt = self._ledger_read(principal, "checkpoint")
         return self.checkpoint().model_copy(update={"receipt": receipt})
 
+    @_records_refusals("ledger")
     def ledger_entries(self, principal: Principal, start: int, end: int) -> LedgerEntries:
         """Entries ``[start, end)`` as base64 of their exact bytes (at most 1000)."""
         if not 0 <= start <= end or end - start > 1000:
@@ -2342,6 +2474,7 @@ class Vault:
             items = [_b64(data) for _, data in ledger.iter_entries(session, start=start, stop=end)]
         return LedgerEntries(start=start, entries=items, receipt=receipt)
 
+    @_records_refusals("ledger")
     def inclusion_proof(self, principal: Principal, seq: int) -> InclusionProof:
         """Prove entry ``seq`` is in the tree of the latest checkpoint (signed now if needed)."""
         if seq < 0:
@@ -2370,6 +2503,7 @@ class Vault:
             receipt=receipt,
         )
 
+    @_records_refusals("ledger")
     def consistency_proof(self, principal: Principal, old_checkpoint: str) -> ConsistencyProof:
         """Prove the current ledger extends a checkpoint saved earlier; LedgerCorrupt if not."""
         try:
@@ -2405,6 +2539,7 @@ class Vault:
             receipt=receipt,
         )
 
+    @_records_refusals("ledger")
     def export_ledger(
         self, principal: Principal, out: TextIO, progress: Callable[[int], None] | None = None
     ) -> CheckpointInfo:

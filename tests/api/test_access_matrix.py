@@ -28,6 +28,12 @@ Denials must be 403 when the caller may see the package (may read or audit it) a
 exactly like a missing id otherwise, and every denial must be in the ledger as a ``deny``
 entry under the receipt the caller was given.
 
+``explain`` is a route of the matrix too. Auditors and admins (the roles the policy lets
+explain globally) ask about another user and get the full answer exactly where the audit view
+answers 200 for them; everywhere else they get the missing-id 404. Other roles may only ask
+about themselves, and only about packages they may read. Where explain answers, its verdict
+must agree with ``expected_allowed`` for the user asked about.
+
 Approve, reject and revoke act on releases made for the cell (to KG, which has no agencies or
 users, so granting or withdrawing them changes nobody's access); release and request-release
 also target KG for the same reason.
@@ -93,10 +99,13 @@ GRANTS: dict[str, dict[str, set[str]]] = {
     "auditor": {rel: {"audit"} for rel in (ORIGINATOR, SAME_COUNTRY, *RECIPIENT)},
     "admin": {rel: {"audit"} for rel in (ORIGINATOR, SAME_COUNTRY)},
 }
-# Actions on no package in particular (relation "none"): officers, and so supervisors, only.
+# Actions on no package in particular (relation "none"): upload and list for officers, and so
+# supervisors; a full explain (about anyone) for auditors and admins.
 GLOBAL_GRANTS: dict[str, set[str]] = {
     "officer": {"upload", "list"},
     "supervisor": {"upload", "list"},
+    "auditor": {"explain"},
+    "admin": {"explain"},
 }
 # Below the classification these are denied whatever else allows (audit and revoke are not).
 CLEARANCE_GATED = {
@@ -203,7 +212,10 @@ ROUTES: dict[str, tuple[str, int]] = {
     "revoke": ("revoke", 200),
     "approve": ("approve", 200),
     "reject": ("approve", 200),
+    "explain": ("explain", 200),  # GET /authz/explain about the package (see expect())
 }
+# Whom auditors and admins ask explain about (others ask about themselves), and what action.
+EXPLAIN_SUBJECT, EXPLAIN_ACTION = "kz.officer", "download"
 RELEASE_ROUTES = ("revoke", "approve", "reject")
 
 
@@ -416,6 +428,14 @@ def request(
         return client.post(f"/packages/{package_id}/releases/{release_id}/revoke", headers=headers)
     if route in ("approve", "reject"):
         return client.post(f"/releases/{release_id}/{route}", headers=headers)
+    if route == "explain":
+        full = "explain" in GLOBAL_GRANTS.get(mw.users[user].role.value, set())
+        params = {
+            "user": EXPLAIN_SUBJECT if full else user,
+            "package": package_id,
+            "action": EXPLAIN_ACTION,
+        }
+        return client.get("/authz/explain", params=params, headers=headers)
     raise AssertionError(route)
 
 
@@ -475,6 +495,11 @@ def expect(user: Principal, key: PackageKey, route: str, *, acked: bool = False)
     def ok(act: str) -> bool:
         return expected_allowed(user.role.value, rels, cleared, key.handling, acked, act)
 
+    if route == "explain":
+        # Full explainers see exactly what the audit view shows them; the others may ask
+        # about themselves, for a package they may read.
+        full = "explain" in GLOBAL_GRANTS.get(user.role.value, set())
+        return Expectation(ok("audit" if full else "read"), ok("read") or ok("audit"), action)
     return Expectation(ok(action), ok("read") or ok("audit"), action)
 
 
@@ -498,6 +523,8 @@ def check_reply(
             assert reply.status_code == success, where
         if route == "download":
             assert reply.content == b"small", where
+        if route == "explain":
+            check_explanation(mw, user, pkg, reply.json(), where)
         return
     body = reply.json()
     assert set(body) == {"error"}, where
@@ -521,6 +548,23 @@ def check_reply(
         user.username,
         pkg.id,
     ), where
+
+
+def check_explanation(
+    mw: MatrixWorld, user: Principal, pkg: Pkg, body: dict[str, Any], where: str
+) -> None:
+    """An explain answer: about the right user and package, with the policy's verdict."""
+    full = "explain" in GLOBAL_GRANTS.get(user.role.value, set())
+    subject = mw.users[EXPLAIN_SUBJECT] if full else user
+    assert (body["user"], body["package"], body["action"]) == (
+        subject.username,
+        pkg.id,
+        EXPLAIN_ACTION,
+    ), where
+    verdict = expect(subject, pkg.key, EXPLAIN_ACTION).allowed
+    assert body["allowed"] is verdict, where
+    # Only full explainers get the facts and rules; the others the bare verdict.
+    assert (body.get("facts") is not None) is full, where
 
 
 # --- tests --------------------------------------------------------------------------------------
@@ -662,12 +706,14 @@ def test_an_unrelated_error_never_carries_someone_elses_refusal(mw: MatrixWorld)
             mw.vault.decide_release(outsider, rid, approve=True)
         with pytest.raises(InvalidInput) as info:  # allowed, but H0 has nothing to acknowledge
             mw.vault.acknowledge(recipient, pkg.id)
-        if info.value.receipt is not None:
-            entry = ledger_entry(mw.vault, info.value.receipt)
-            raise AssertionError(
-                f"kz.officer's InvalidInput carries receipt #{entry.seq}: "
-                f"{entry.actor_user} {entry.action} {entry.decision} {entry.reason}"
-            )
+        # Recorded too, but as kz.officer's own refusal, never as the outsider's.
+        assert info.value.receipt is not None, "kz.officer's refusal was not recorded"
+        entry = ledger_entry(mw.vault, info.value.receipt)
+        assert (entry.actor_user, entry.action, entry.decision) == (
+            "kz.officer",
+            "acknowledge",
+            "deny",
+        ), f"kz.officer's InvalidInput carries receipt #{entry.seq}: {entry}"
 
 
 def test_a_pending_four_eyes_release_grants_nothing_until_approved(mw: MatrixWorld) -> None:

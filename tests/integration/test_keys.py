@@ -365,8 +365,8 @@ def test_purge_destroys_keys_then_objects(
                 vault.download(who, doomed.id, doomed_files[0])
         with pytest.raises(NotFound):
             vault.audit_package(users["uz.auditor"], doomed.id)
-        with pytest.raises(NotFound):
-            vault.purge(local_operator(), doomed.id)  # already purged
+        with pytest.raises(NotFound) as again:
+            vault.purge(local_operator(), doomed.id)  # already purged: refused, and recorded
         with running_server(vault) as url, httpx.Client(base_url=url, timeout=30) as client:
             token = client.post(
                 "/auth/login", json={"username": "kz.officer", "password": PASSWORD}
@@ -386,7 +386,10 @@ def test_purge_destroys_keys_then_objects(
             for e in vault.ledger_show(local_operator())
             if e.action == "purge" and e.package == doomed.id
         ]
-        assert [(e.seq, e.decision) for e in purges] == [(receipt, "allow")]
+        assert [(e.seq, e.decision) for e in purges] == [
+            (receipt, "allow"),
+            (again.value.receipt, "deny"),
+        ]
         assert vault.verify_ledger(local_operator()).ok
 
         if backend_url is None:

@@ -691,3 +691,18 @@ def test_new_data_key_is_random_and_sized() -> None:
     assert len(keys) == 16
     assert all(len(k) == KEY_SIZE for k in keys)
     assert len(crypto.random_bytes(7)) == 7
+
+
+def test_derive_key_matches_rfc5869_test_case_3() -> None:
+    """HKDF-SHA256 with no salt and no info (RFC 5869, A.3); ours is the OKM's first 32 bytes."""
+    okm = bytes.fromhex(
+        "8da4e775a563c18f715f802a063c5a31b8a11f5c5ee1879ec3454e5f3c738d2d9d201395faa4b61a96c8"
+    )
+    assert crypto.derive_key(b"\x0b" * 22, purpose=b"") == okm[:KEY_SIZE]
+    one, other = (crypto.derive_key(b"\x0b" * 22, purpose=p) for p in (b"a", b"b"))
+    assert len({one, other, okm[:KEY_SIZE]}) == 3
+
+
+def test_keyed_digest_matches_rfc4231_test_case_2() -> None:
+    expected = "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+    assert crypto.keyed_digest(b"Jefe", b"what do ya want for nothing?") == expected
