@@ -102,13 +102,20 @@ VaultDep = Annotated[Vault, Depends(get_vault)]
 
 
 def current_principal(
+    request: Request,
     vault: VaultDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
-    """The authenticated caller; 401 without a valid bearer token."""
+    """The authenticated caller; 401 without a valid bearer token.
+
+    Kept on the request too: a refusal raised later in the request (FastAPI's validation of
+    the body or query runs after this) is then recorded against the caller.
+    """
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise AuthenticationFailed("a bearer token is required")
-    return vault.authenticate(credentials.credentials)
+    principal = vault.authenticate(credentials.credentials)
+    request.state.principal = principal
+    return principal
 
 
 PrincipalDep = Annotated[Principal, Depends(current_principal)]
@@ -260,7 +267,7 @@ async def upload_package(
 ) -> UploadResult:
     """Upload a package: a ``metadata`` JSON part, then one ``file`` part per file, streamed."""
     vault: Vault = request.app.state.vault
-    principal = await anyio.to_thread.run_sync(current_principal, vault, credentials)
+    principal = await anyio.to_thread.run_sync(current_principal, request, vault, credentials)
     body = MultipartUpload(
         request.stream(),
         boundary_of(request.headers.get("content-type")),

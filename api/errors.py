@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
@@ -120,12 +121,44 @@ def _allowed_methods(request: Request) -> list[str]:
     return sorted(allowed)
 
 
+async def _record_refusal(request: Request, reason: str) -> int | None:
+    """Record a refusal of an authenticated caller's request that no operation recorded; None
+    for an anonymous request or a bad token (whose refusal authentication records)."""
+    vault = request.app.state.vault
+    principal = getattr(request.state, "principal", None)
+    if principal is None:
+        # Refused before the route authenticated (a router-wide check such as unknown query
+        # parameters): who asked is still known from the token, if it is a valid one.
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            return None
+        try:
+            principal = await run_in_threadpool(vault.authenticate, token.strip())
+        except errors.VaultError:  # a bad token: its refusal is recorded by authenticate
+            return None
+    route = f"{request.method} {getattr(request.scope.get('route'), 'path', request.url.path)}"
+    package_id = request.path_params.get("package_id")
+    # The entry is committed before the answer goes out; the wait is not the event loop's.
+    receipt: int = await run_in_threadpool(
+        vault.record_refused_request,
+        principal,
+        route=route,
+        reason=reason,
+        package_id=package_id if isinstance(package_id, str) else None,
+    )
+    return receipt
+
+
 def install(app: FastAPI) -> None:
     """Register the handlers on ``app``."""
 
     @app.exception_handler(errors.VaultError)
-    async def _vault_error(_request: Request, exc: errors.VaultError) -> JSONResponse:
+    async def _vault_error(request: Request, exc: errors.VaultError) -> JSONResponse:
         status = status_for(exc)
+        if exc.receipt is None and 400 <= status < 500 and status not in (401, 429):
+            # Refused by the API itself (multipart framing, an unknown query parameter),
+            # after the caller was known: recorded like the service's own refusals.
+            exc.receipt = await _record_refusal(request, exc.code)
         if status >= 500:
             log.error("request failed: %s (%s)", exc.code, type(exc).__name__)
         response = error_response(status, exc.code, exc.message, exc.receipt)
@@ -138,10 +171,11 @@ def install(app: FastAPI) -> None:
         return response
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         # Name the fields but never echo the submitted values back.
         where = sorted({".".join(str(p) for p in err.get("loc", ())) for err in exc.errors()})
-        return error_response(422, "invalid_input", "invalid request: " + ", ".join(where))
+        receipt = await _record_refusal(request, errors.InvalidInput.code)
+        return error_response(422, "invalid_input", "invalid request: " + ", ".join(where), receipt)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

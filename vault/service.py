@@ -770,6 +770,18 @@ class Vault:
             exc.receipt = self._record(actor, action, DENY, reason, **target)
         return exc
 
+    def record_refused_request(
+        self, principal: Principal, *, route: str, reason: str, package_id: str | None = None
+    ) -> int:
+        """Record a request of an authenticated caller that the API refused before any
+        operation ran (a malformed body, query or path): every refusal is in the ledger.
+
+        ``route`` is the server's own route template; a package id goes in only when it is
+        well-formed, since whatever else was typed there must not enter an append-only log.
+        """
+        target = {"package": package_id} if package_id is not None and _is_id(package_id) else {}
+        return self._record(principal.actor, "request", DENY, reason, subject=route, **target)
+
     def _require_global(self, principal: Principal, action: str, **target: str) -> None:
         """Authorise an action that concerns no package (upload, list, manage, ledger)."""
         facts = Facts(

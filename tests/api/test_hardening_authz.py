@@ -73,9 +73,13 @@ def api(world: World) -> Iterator[Api]:
         info = world.vault.add_user(
             op, username=name, agency=agency, role=role, password=PASSWORD, clearance=clearance
         )
-        world.users[name] = world.vault.authenticate(world.vault.tokens.issue(info.id))
+        assert info.username == name
+        world.users[name] = world.vault.authenticate(world.vault.login(name, PASSWORD).access_token)
     headers = {
-        name: {"Authorization": f"Bearer {world.vault.tokens.issue(p.user_id)}"}
+        name: {
+            "Authorization": "Bearer "
+            + world.vault.tokens.issue(p.user_id, session_id=p.session_id)
+        }
         for name, p in world.users.items()
     }
     with TestClient(create_app(vault=world.vault)) as client:
@@ -312,7 +316,7 @@ def test_a_content_rule_already_in_the_database_is_not_enforced(
     try:
         assert any("separation of duties" in r.getMessage() for r in caplog.records)
         with TestClient(create_app(vault=reopened)) as client:
-            token = reopened.tokens.issue(admin.user_id)
+            token = reopened.tokens.issue(admin.user_id, session_id=admin.session_id)
             shown = client.get(f"/packages/{package}", headers={"Authorization": f"Bearer {token}"})
             assert shown.status_code in (403, 404), shown.text
         assert reopened.rules(local_operator()) == []
@@ -383,6 +387,12 @@ def test_every_refusal_on_the_package_routes_is_recorded_once(api: Api) -> None:
         ("uz.auditor", "GET", explain_url("kz.officer", "fly", h0), None, 422),
         ("uz.officer", "GET", explain_url("kz.officer", "read", h0), None, 403),
         ("kz.officer", "GET", explain_url("kz.officer", "read", random_id), None, 404),
+        # Refused by the API before any operation runs: the schema, the query's names.
+        ("uz.officer", "POST", f"/packages/{h0}/releases", {"country": "KZZ"}, 422),
+        ("uz.officer", "POST", f"/packages/{h0}/releases", {"agency": "KZ-BORDER"}, 422),
+        ("uz.officer", "GET", "/packages?limit=0", None, 422),
+        ("uz.officer", "GET", "/packages?bogus=1", None, 422),
+        ("uz.auditor", "GET", "/ledger/entries?start=-1&end=2", None, 422),
     ]
     problems = []
     for caller, method, path, body, status in cases:
