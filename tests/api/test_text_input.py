@@ -149,6 +149,21 @@ def snapshot(world: World) -> Snapshot:
     return Snapshot(int(packages), int(files), objects, entries)
 
 
+def assert_refused_and_recorded(
+    reply: httpx.Response, before: Snapshot, after: Snapshot, *, action: str = "request"
+) -> None:
+    """Nothing stored, and exactly one entry added: the refusal, whose receipt the reply
+    carries (refused metadata never reaches the upload operation: the API records it)."""
+    assert (after.packages, after.files, after.objects) == (
+        before.packages,
+        before.files,
+        before.objects,
+    )
+    assert after.ledger[: len(before.ledger)] == before.ledger
+    assert after.ledger[len(before.ledger) :] == ((action, "deny", "invalid_input"),)
+    assert reply.json()["error"]["receipt"] == len(after.ledger) - 1
+
+
 def post_upload(
     client: httpx.Client, meta: dict[str, Any], files: list[tuple[str, bytes]]
 ) -> httpx.Response:
@@ -179,7 +194,7 @@ def test_hostile_character_in_a_text_field_is_refused_naming_field_and_code_poin
     message = error_message(reply)
     assert message.startswith(f"{field}: "), message
     assert f"U+{ord(bad[0]):04X}" in message, message
-    assert snapshot(served.world) == before
+    assert_refused_and_recorded(reply, before, snapshot(served.world))
 
 
 @pytest.mark.parametrize("where", ["key", "value"])
@@ -193,7 +208,7 @@ def test_hostile_character_in_structured_fields_is_refused(
     message = error_message(reply)
     assert message.startswith("fields: "), message
     assert f"U+{ord(bad[0]):04X}" in message, message
-    assert snapshot(served.world) == before
+    assert_refused_and_recorded(reply, before, snapshot(served.world))
 
 
 @pytest.mark.parametrize("bad", ["\n", "\t", "\r\n"])
@@ -201,7 +216,7 @@ def test_title_is_one_line(bad: str, served: Served, client: httpx.Client) -> No
     before = snapshot(served.world)
     reply = post_upload(client, {"title": f"two{bad}lines"}, [("a.txt", b"x")])
     assert "title: " in error_message(reply)
-    assert snapshot(served.world) == before
+    assert_refused_and_recorded(reply, before, snapshot(served.world))
 
 
 def test_multi_line_fields_keep_newlines_and_tabs_and_take_crlf_as_lf(
@@ -232,7 +247,12 @@ def test_login_username_with_escape_is_refused_before_the_ledger(
 ) -> None:
     """A failed login records its username in the ledger; an auditor's terminal shows it."""
     before = snapshot(served.world)
-    reply = client.post("/auth/login", json={"username": "\x1b]0;pwned\x07", "password": "x"})
+    # As a login comes: without a token (so no one to record the refusal against).
+    reply = httpx.post(
+        f"{served.url}/auth/login",
+        json={"username": "\x1b]0;pwned\x07", "password": "x"},
+        timeout=TIMEOUT,
+    )
     assert "U+001B" in error_message(reply)
     assert snapshot(served.world) == before
 
@@ -268,7 +288,7 @@ def test_duplicate_filenames_are_refused_and_nothing_is_left(
         assert after.files == 0
         assert after.objects == ()
         assert after.ledger[: len(before.ledger)] == before.ledger
-        assert after.ledger[len(before.ledger) :] == (("upload", "error", "invalid_input"),)
+        assert after.ledger[len(before.ledger) :] == (("upload", "deny", "invalid_input"),)
         assert reply.json()["error"]["receipt"] == len(after.ledger) - 1
 
 

@@ -32,6 +32,7 @@ from cli.client import local_names
 from tests.conftest import PASSWORD, CliRunner, World
 from vault import crypto
 from vault.errors import AuthenticationFailed, InvalidInput
+from vault.ledger.log import Actor
 from vault.models import Package, PackageFile
 from vault.schemas import check_filename, filename_key
 from vault.service import _file_identity, _package_identity
@@ -62,6 +63,15 @@ def printed(renderable: Any) -> str:
     sink = io.StringIO()
     Console(file=sink, width=200, soft_wrap=True).print(renderable)
     return sink.getvalue()
+
+
+def wide_console(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Give the CLI's consoles room for whole rows. They read COLUMNS once, at import, so
+    under pytest-xdist (no terminal) setting it later would leave them at 80 columns."""
+    from cli import main as cli_main
+
+    for console in (cli_main.out, cli_main.err):
+        monkeypatch.setattr(console, "width", 400)
 
 
 # --- the render functions -----------------------------------------------------------------------
@@ -188,7 +198,7 @@ def test_show_and_list_print_accepted_text_literally(
     world: World,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("COLUMNS", "400")  # one line per table row, so the text is whole
+    wide_console(monkeypatch)  # one line per table row, so the text is whole
     package_id = upload_worst(live_server, world)
     logged_in("uz.officer")
     shown = cli("package", "show", package_id, user="uz.officer")
@@ -219,11 +229,14 @@ def test_show_and_list_print_accepted_text_literally(
 def test_ledger_show_escapes_a_login_name_with_escape_sequences(
     cli: CliRunner, world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The service records a refused login's name as given; an auditor's terminal must not
-    run what is in it."""
-    monkeypatch.setenv("COLUMNS", "400")
+    """Vaults before this one recorded a refused login's name as typed (now an unknown name
+    is a keyed hash); the ledger keeps such entries forever, and an auditor's terminal must
+    not run what is in them."""
+    wide_console(monkeypatch)
+    name = "\x1b]0;pwned\x07\x1b[2J[bold]x"
     with pytest.raises(AuthenticationFailed):
-        world.vault.login("\x1b]0;pwned\x07\x1b[2J[bold]x", "wrong")
+        world.vault.login(name, "wrong")
+    world.vault._record(Actor(user=name), "login", "deny", "bad_credentials")
     result = cli("ledger", "show", "--action", "login", "--decision", "deny")
     assert result.code == 0, result.stderr
     assert_inert(result.stdout)
@@ -428,7 +441,7 @@ def test_a_hostile_server_cannot_reach_the_terminal(
     hostile_server: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("COLUMNS", "400")  # one line per table row, so the text is whole
+    wide_console(monkeypatch)  # one line per table row, so the text is whole
     login = cli(
         "login",
         "--server",
