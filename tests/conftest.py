@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import hypothesis
 import pytest
 import uvicorn
 from sqlalchemy import create_engine, text
@@ -28,6 +29,12 @@ from sqlalchemy import create_engine, text
 from vault.config import Settings, load_settings
 from vault.models import Classification, Role
 from vault.service import Principal, Vault, local_operator
+
+# CI runs the property tests on a fixed seed, so a submission's verdict doesn't depend on the
+# draw; developers' runs explore new examples each time (HYPOTHESIS_PROFILE=ci to reproduce CI).
+hypothesis.settings.register_profile("ci", derandomize=True, database=None)
+if os.environ.get("CI") or os.environ.get("HYPOTHESIS_PROFILE") == "ci":
+    hypothesis.settings.load_profile("ci")
 
 PASSWORD = "correct horse battery staple"
 PG_URL = os.environ.get("VAULT_TEST_DATABASE_URL")

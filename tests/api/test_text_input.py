@@ -357,9 +357,11 @@ ANY_CHAR = st.one_of(
         + ["\n", "\t", "\u200c", "\u200d", "[", "]", "\\", ":", ".", " "]
     ),
 )
-# A filename travels in a multipart header as UTF-8: no surrogates; and httpx writes '"', '\\',
-# CR and LF in it as %22, \\ and %0D/%0A (HTML form encoding), so those are tested by name above.
-NAME_CHAR = ANY_CHAR.filter(lambda c: unicodedata.category(c) != "Cs" and c not in '"\\\r\n')
+# A filename travels in a multipart header as UTF-8: no surrogates; and httpx writes '"', '\\'
+# and every C0 control but ESC in it as %22, \\ and %XX (HTML form encoding), so the server
+# would get another name than the one drawn: those are tested by name above.
+HTTPX_ENCODED = {'"', "\\"} | {chr(c) for c in range(0x20) if c != 0x1B}
+NAME_CHAR = ANY_CHAR.filter(lambda c: unicodedata.category(c) != "Cs" and c not in HTTPX_ENCODED)
 
 
 # Printable text of every script, with the joiners and markup brackets the vault keeps (and

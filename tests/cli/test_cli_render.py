@@ -29,7 +29,7 @@ from sqlmodel import Session, col, select
 
 from cli import render
 from cli.client import local_names
-from tests.conftest import PASSWORD, CliRunner, World
+from tests.conftest import PASSWORD, CliResult, CliRunner, World
 from vault import crypto
 from vault.errors import AuthenticationFailed, InvalidInput
 from vault.ledger.log import Actor
@@ -434,6 +434,13 @@ HOSTILE_COMMANDS = {
 }
 
 
+def login_to(cli: CliRunner, server: str) -> CliResult:
+    """``blovault login`` against ``server`` (the hostile one takes any password)."""
+    return cli(
+        "login", "--server", server, "--username", "kz.officer", "--password-stdin", stdin="x\n"
+    )
+
+
 @pytest.mark.parametrize("command", HOSTILE_COMMANDS.values(), ids=HOSTILE_COMMANDS.keys())
 def test_a_hostile_server_cannot_reach_the_terminal(
     command: tuple[str, ...],
@@ -442,15 +449,7 @@ def test_a_hostile_server_cannot_reach_the_terminal(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     wide_console(monkeypatch)  # one line per table row, so the text is whole
-    login = cli(
-        "login",
-        "--server",
-        hostile_server,
-        "--username",
-        "kz.officer",
-        "--password-stdin",
-        stdin="x\n",
-    )
+    login = login_to(cli, hostile_server)
     assert_inert(login.stdout + login.stderr)
     result = cli(*command)
     assert_inert(result.stdout)
@@ -462,15 +461,7 @@ def test_a_hostile_server_cannot_reach_the_terminal(
 def test_a_hostile_server_cannot_name_files_outside_the_folder(
     cli: CliRunner, hostile_server: str, tmp_path: Path
 ) -> None:
-    login = cli(
-        "login",
-        "--server",
-        hostile_server,
-        "--username",
-        "kz.officer",
-        "--password-stdin",
-        stdin="x\n",
-    )
+    login = login_to(cli, hostile_server)
     assert login.code == 0, login.stderr
     root = tmp_path / "downloads"
     dest = root / "inbox" / "deep"
