@@ -31,6 +31,7 @@ from rich.table import Table
 from cli import session as stored
 from cli.client import ApiClient
 from cli.errors import exit_code_for
+from cli.witness import witness_app
 from vault.config import load_settings
 from vault.errors import InvalidInput, VaultError
 from vault.models import Classification, Handling, Role
@@ -60,6 +61,7 @@ authz_app = typer.Typer(
 )
 app.add_typer(ledger_app, name="ledger")
 app.add_typer(authz_app, name="authz")
+app.add_typer(witness_app, name="witness")
 
 HANDLING_NOTICE = {
     "H0": "",

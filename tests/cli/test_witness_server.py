@@ -1,0 +1,300 @@
+"""``blovault witness init / serve / status``: a real witness process on 127.0.0.1.
+
+Covers the HTTP statuses of c2sp.org/tlog-witness exactly as a log sees them, 32 concurrent
+add-checkpoint requests with mixed old sizes (and a fork mixed in) leaving one consistent
+state, and a witness killed mid-way and restarted keeping its state.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import free_port
+from tests.servers import BLOVAULT, Served, wait_healthy
+from tests.witness_log import LogOperator, Tree, add_body, tree_of
+from vault.ledger.note import parse_note
+from vault.witness.cosignature import CosignatureVerifier
+
+
+@dataclass
+class Cli:
+    code: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def blovault(capsys: pytest.CaptureFixture[str]) -> Callable[..., Cli]:
+    """Run ``blovault`` in-process and capture its output."""
+    from cli.main import run
+
+    def invoke(*args: str) -> Cli:
+        capsys.readouterr()
+        code = run([str(a) for a in args])
+        out = capsys.readouterr()
+        return Cli(code, out.out, out.err)
+
+    return invoke
+
+
+@pytest.fixture
+def log() -> LogOperator:
+    return LogOperator()
+
+
+@pytest.fixture
+def witness_dir(tmp_path: Path, blovault: Callable[..., Cli], log: LogOperator) -> Path:
+    directory = tmp_path / "kz-witness"
+    result = blovault(
+        "witness", "init", "--name", "witness.kz.example/blo", "--log-vkey", log.vkey,
+        "--dir", directory,
+    )  # fmt: skip
+    assert result.code == 0, result.stderr
+    (directory / "vkey").write_text(result.stdout)
+    return directory
+
+
+def _spawn(directory: Path, log_file: Path) -> Served:
+    port = free_port()
+    with log_file.open("ab") as out:
+        process = subprocess.Popen(
+            [str(BLOVAULT), "witness", "serve", "--dir", str(directory),
+             "--host", "127.0.0.1", "--port", str(port)],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=log_file.parent,
+        )  # fmt: skip
+    return Served(f"http://127.0.0.1:{port}", process, log_file)
+
+
+def _stop(served: Served, *, kill: bool = False) -> None:
+    if served.process.poll() is None:
+        served.process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+        try:
+            served.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            served.process.kill()
+            served.process.wait()
+
+
+@pytest.fixture
+def start_witness(tmp_path: Path) -> Iterator[Callable[[Path], Served]]:
+    """Start ``blovault witness serve`` processes; every one started is stopped afterwards."""
+    started: list[Served] = []
+
+    def start(directory: Path) -> Served:
+        served = _spawn(directory, tmp_path / "witness.log")
+        started.append(served)
+        wait_healthy(served, "witness")
+        return served
+
+    yield start
+    for served in started:
+        _stop(served)
+
+
+def post(url: str, body: bytes, client: httpx.Client | None = None) -> httpx.Response:
+    c = client or httpx
+    return c.post(url + "/add-checkpoint", content=body, timeout=60)
+
+
+def verifier_of(directory: Path) -> CosignatureVerifier:
+    return CosignatureVerifier.from_vkey((directory / "vkey").read_text().strip())
+
+
+def cosigned_time(reply: httpx.Response, body: bytes, verifier: CosignatureVerifier) -> int:
+    assert reply.status_code == 200, reply.text
+    text = parse_note(body.decode().split("\n\n", 1)[1]).text
+    (sig,) = parse_note(text + "\n" + reply.text).signatures
+    return verifier.verify(text, sig)
+
+
+def status(blovault: Callable[..., Cli], directory: Path) -> dict[str, object]:
+    result = blovault("witness", "status", "--dir", directory, "--json")
+    assert result.code == 0, result.stderr
+    (only,) = json.loads(result.stdout)["logs"]
+    assert isinstance(only, dict)
+    return only
+
+
+# --------------------------------------------------------------------------- statuses over HTTP
+
+
+def test_statuses_over_http(
+    witness_dir: Path,
+    start_witness: Callable[[Path], Served],
+    log: LogOperator,
+    blovault: Callable[..., Cli],
+) -> None:
+    url = start_witness(witness_dir).url
+    verifier = verifier_of(witness_dir)
+    tree = tree_of(10)
+    body = log.body(0, tree)
+    cosigned_time(post(url, body), body, verifier)
+
+    conflict = post(url, log.body(0, tree))  # old 0, but the witness is at 10
+    assert conflict.status_code == 409
+    assert conflict.headers["content-type"] == "text/x.tlog.size"
+    assert conflict.content == b"10\n"
+
+    fork = tree_of(10, tag="fork")
+    assert post(url, add_body(10, [], log.signed(fork))).status_code == 409
+    assert post(url, add_body(10, [], log.signed(tree, 4))).status_code == 400
+    assert post(url, add_body(10, [bytes(32)] * 3, log.signed(tree_of(16)))).status_code == 422
+    assert post(url, LogOperator("other.example/log").body(0, tree)).status_code == 404
+    assert post(url, LogOperator(log.origin).body(10, tree)).status_code == 403
+    assert post(url, add_body(10, [bytes(32)] * 64, log.signed(tree_of(16)))).status_code == 400
+    assert post(url, add_body(2**63, [], log.signed(tree))).status_code == 400
+    assert post(url, b"old 10\n\ngarbage\n").status_code == 400
+    assert post(url, b"x" * (65 * 1024)).status_code == 413
+    assert httpx.get(url + "/add-checkpoint").status_code == 405
+    assert status(blovault, witness_dir)["size"] == 10
+    assert status(blovault, witness_dir)["root"] == base64.b64encode(tree.root()).decode()
+
+
+# --------------------------------------------------------------------------- concurrency, restarts
+
+
+def test_32_concurrent_requests_leave_one_consistent_state(
+    witness_dir: Path,
+    start_witness: Callable[[Path], Served],
+    log: LogOperator,
+    blovault: Callable[..., Cli],
+) -> None:
+    url = start_witness(witness_dir).url
+    verifier = verifier_of(witness_dir)
+    common = [f"c:{i}".encode() for i in range(8)]
+    branches = {
+        "a": Tree([*common, *(f"a:{i}".encode() for i in range(40))]),
+        "b": Tree([*common, *(f"b:{i}".encode() for i in range(40))]),  # a split view
+    }
+    assert post(url, log.body(0, branches["a"], 8)).status_code == 200
+
+    accepted: list[tuple[str, int, int, bytes]] = []  # branch, old, new, root
+    lock = threading.Lock()
+    errors: list[str] = []
+
+    def client(i: int) -> None:
+        try:
+            attempt(i)
+        except Exception as exc:  # a crashed client must fail the test, not vanish
+            with lock:
+                errors.append(repr(exc))
+
+    def attempt(i: int) -> None:
+        branch = "a" if i % 2 else "b"
+        tree = branches[branch]
+        new = 9 + i  # sizes 9..40
+        old = [0, 8, 9 + i // 2, 9 + (i * 7) % 32][i % 4]  # mixed, mostly wrong at first
+        if old > new:
+            # Old larger than new: refused with 400 whatever the witness holds.
+            reply = post(url, add_body(old, [], log.signed(tree, new)))
+            if reply.status_code != 400:
+                with lock:
+                    errors.append(f"old > new gave {reply.status_code}")
+            return
+        with httpx.Client() as http:
+            for _ in range(40):  # bounded retries, as a log's publisher would do
+                body = add_body(old, tree.proof(old, new) if old else [], log.signed(tree, new))
+                reply = post(url, body, http)
+                if reply.status_code == 200:
+                    cosigned_time(reply, body, verifier)
+                    with lock:
+                        accepted.append((branch, old, new, tree.root(new)))
+                    return
+                if reply.status_code == 409 and reply.headers["content-type"] == "text/x.tlog.size":
+                    old = int(reply.text)
+                    if old > new:
+                        return  # the witness is past this checkpoint already
+                    continue
+                if reply.status_code in (409, 422):
+                    return  # the other branch won: refused, as it must be
+                with lock:
+                    errors.append(f"{reply.status_code} {reply.text}")
+                return
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(32)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not any(t.is_alive() for t in threads)
+    assert errors == []
+    assert accepted
+
+    # One branch only, and the accepted moves form a single chain from 8: no state was rolled
+    # back and no size got two roots.
+    (winner,) = {branch for branch, *_ in accepted}
+    tree = branches[winner]
+    assert all(root == tree.root(new) for _, _, new, root in accepted)
+    moves = sorted((old, new) for _, old, new, _ in accepted if new > old)
+    chain = 8
+    for old, new in moves:
+        assert old == chain, moves
+        chain = new
+    assert all(old == new <= chain for _, old, new, _ in accepted if old == new)
+    final = status(blovault, witness_dir)
+    assert final["size"] == chain
+    assert final["root"] == base64.b64encode(tree.root(chain)).decode()
+
+
+def test_killed_witness_keeps_its_state(
+    witness_dir: Path,
+    start_witness: Callable[[Path], Served],
+    log: LogOperator,
+    blovault: Callable[..., Cli],
+) -> None:
+    first = start_witness(witness_dir)
+    tree = tree_of(30)
+    assert post(first.url, log.body(0, tree, 12)).status_code == 200
+    assert (
+        post(first.url, add_body(12, tree.proof(12, 20), log.signed(tree, 20))).status_code == 200
+    )
+    _stop(first, kill=True)  # no clean shutdown: what was answered 200 must be on disk
+    assert status(blovault, witness_dir)["size"] == 20
+
+    second = start_witness(witness_dir)
+    stale = post(second.url, log.body(12, tree, 30))
+    assert (stale.status_code, stale.text) == (409, "20\n")
+    fork = Tree([*(f"a:{i}".encode() for i in range(12)), *(b"x" for _ in range(8))])
+    assert post(second.url, add_body(12, fork.proof(12), log.signed(fork))).status_code == 409
+    assert post(second.url, add_body(20, [], log.signed(fork))).status_code == 409
+    assert post(second.url, add_body(20, tree.proof(20), log.signed(tree))).status_code == 200
+    assert status(blovault, witness_dir)["size"] == 30
+
+
+# --------------------------------------------------------------------------- CLI errors
+
+
+def test_cli_errors_use_the_exit_codes(
+    tmp_path: Path, blovault: Callable[..., Cli], witness_dir: Path, log: LogOperator
+) -> None:
+    missing = blovault("witness", "status", "--dir", tmp_path / "none")
+    assert missing.code == 10, missing.stderr
+    again = blovault(
+        "witness", "init", "--name", "w.example/x", "--log-vkey", log.vkey, "--dir", witness_dir
+    )
+    assert again.code == 8
+    assert "already exists" in again.stderr
+    bad = blovault(
+        "witness", "init", "--name", "w.example/x", "--log-vkey", "junk", "--dir", tmp_path / "n"
+    )
+    assert bad.code == 2, bad.stderr
+    os.chmod(witness_dir / "witness.key", 0o644)
+    unsafe = blovault("witness", "status", "--dir", witness_dir)
+    assert unsafe.code == 9
+    assert "chmod 600" in unsafe.stderr
+    os.chmod(witness_dir / "witness.key", 0o600)
+    table = blovault("witness", "status", "--dir", witness_dir)
+    assert table.code == 0, table.stderr
+    assert log.origin in table.stdout
+    assert "never" in table.stdout
