@@ -194,15 +194,18 @@ def test_32_concurrent_requests_leave_one_consistent_state(
         branch = "a" if i % 2 else "b"
         tree = branches[branch]
         new = 9 + i  # sizes 9..40
-        old = [0, 8, 9 + i // 2, 9 + (i * 7) % 32][i % 4]  # mixed, mostly wrong at first
+        # Mixed: half start from the size the witness holds (8), so they race each other.
+        old = [8, 0, 8, 9 + (i * 7) % 32][i % 4]
         if old > new:
             # Old larger than new: refused with 400 whatever the witness holds.
+            start.wait(timeout=60)
             reply = post(url, add_body(old, [], log.signed(tree, new)))
             if reply.status_code != 400:
                 with lock:
                     errors.append(f"old > new gave {reply.status_code}")
             return
         with httpx.Client() as http:
+            start.wait(timeout=60)  # all 32 first requests leave together
             for _ in range(40):  # bounded retries, as a log's publisher would do
                 body = add_body(old, tree.proof(old, new) if old else [], log.signed(tree, new))
                 reply = post(url, body, http)
@@ -222,6 +225,7 @@ def test_32_concurrent_requests_leave_one_consistent_state(
                     errors.append(f"{reply.status_code} {reply.text}")
                 return
 
+    start = threading.Barrier(32)
     threads = [threading.Thread(target=client, args=(i,)) for i in range(32)]
     for t in threads:
         t.start()
