@@ -25,6 +25,8 @@ from tests.servers import BLOVAULT, Served, wait_healthy
 from tests.witness_log import LogOperator, Tree, add_body, tree_of
 from vault.ledger.note import parse_note
 from vault.witness.cosignature import CosignatureVerifier
+from vault.witness.policy import parse_policy, verify_witnessed
+from vault.witness.publisher import Publisher, http_post
 
 
 @dataclass
@@ -65,8 +67,8 @@ def witness_dir(tmp_path: Path, blovault: Callable[..., Cli], log: LogOperator) 
     return directory
 
 
-def _spawn(directory: Path, log_file: Path) -> Served:
-    port = free_port()
+def _spawn(directory: Path, log_file: Path, port: int | None = None) -> Served:
+    port = port or free_port()
     with log_file.open("ab") as out:
         process = subprocess.Popen(
             [str(BLOVAULT), "witness", "serve", "--dir", str(directory),
@@ -87,12 +89,12 @@ def _stop(served: Served, *, kill: bool = False) -> None:
 
 
 @pytest.fixture
-def start_witness(tmp_path: Path) -> Iterator[Callable[[Path], Served]]:
+def start_witness(tmp_path: Path) -> Iterator[Callable[..., Served]]:
     """Start ``blovault witness serve`` processes; every one started is stopped afterwards."""
     started: list[Served] = []
 
-    def start(directory: Path) -> Served:
-        served = _spawn(directory, tmp_path / "witness.log")
+    def start(directory: Path, port: int | None = None) -> Served:
+        served = _spawn(directory, tmp_path / "witness.log", port)
         started.append(served)
         wait_healthy(served, "witness")
         return served
@@ -131,7 +133,7 @@ def status(blovault: Callable[..., Cli], directory: Path) -> dict[str, object]:
 
 def test_statuses_over_http(
     witness_dir: Path,
-    start_witness: Callable[[Path], Served],
+    start_witness: Callable[..., Served],
     log: LogOperator,
     blovault: Callable[..., Cli],
 ) -> None:
@@ -166,7 +168,7 @@ def test_statuses_over_http(
 
 def test_32_concurrent_requests_leave_one_consistent_state(
     witness_dir: Path,
-    start_witness: Callable[[Path], Served],
+    start_witness: Callable[..., Served],
     log: LogOperator,
     blovault: Callable[..., Cli],
 ) -> None:
@@ -253,7 +255,7 @@ def test_32_concurrent_requests_leave_one_consistent_state(
 
 def test_killed_witness_keeps_its_state(
     witness_dir: Path,
-    start_witness: Callable[[Path], Served],
+    start_witness: Callable[..., Served],
     log: LogOperator,
     blovault: Callable[..., Cli],
 ) -> None:
@@ -302,3 +304,106 @@ def test_cli_errors_use_the_exit_codes(
     assert table.code == 0, table.stderr
     assert log.origin in table.stdout
     assert "never" in table.stdout
+
+
+# --------------------------------------------------------------------------- the publisher
+
+
+class TreeSource:
+    """The log side for the publisher: a real tree, checkpoints signed with the log key."""
+
+    def __init__(self, log: LogOperator) -> None:
+        self.log = log
+        self.tree = Tree()
+
+    def grow(self, n: int) -> None:
+        for _ in range(n):
+            self.tree.append(f"entry {self.tree.size}".encode())
+
+    def latest_checkpoint(self) -> str:
+        return self.log.signed(self.tree)
+
+    def consistency_proof(self, old_size: int, new_size: int) -> list[bytes]:
+        return self.tree.proof(old_size, new_size)
+
+
+def test_three_witnesses_two_of_three_publisher(
+    tmp_path: Path,
+    start_witness: Callable[..., Served],
+    log: LogOperator,
+    blovault: Callable[..., Cli],
+) -> None:
+    countries = ("KZ", "TJ", "KG")
+    dirs, served = {}, {}
+    for c in countries:
+        dirs[c] = tmp_path / f"{c.lower()}-witness"
+        init = blovault(
+            "witness", "init", "--name", f"witness.{c.lower()}.example/blo",
+            "--log-vkey", log.vkey, "--dir", dirs[c],
+        )  # fmt: skip
+        assert init.code == 0, init.stderr
+        (dirs[c] / "vkey").write_text(init.stdout)
+        served[c] = start_witness(dirs[c])
+    policy = parse_policy(
+        f"log {log.vkey}\n"
+        + "".join(
+            f"witness {c} {(dirs[c] / 'vkey').read_text().strip()} {served[c].url}\n"
+            for c in countries
+        )
+        + "group countries 2 KZ TJ KG\nquorum countries\n"
+    )
+    source = TreeSource(log)
+
+    def make_publisher() -> Publisher:
+        # The witnesses stamp with the real clock; this clock is far ahead so none is "future".
+        return Publisher(policy=policy, source=source, post=http_post(10.0), clock=lambda: 2**40)
+
+    publisher = make_publisher()
+
+    def cosigners(note: str) -> set[str]:
+        return set(verify_witnessed(note, policy, now=2**40).cosigned_at)
+
+    source.grow(5)
+    first = publisher.publish_once()
+    assert first is not None
+    assert cosigners(first) == {"KZ", "TJ", "KG"}
+    assert publisher.publish_once() is None  # nothing new: no round trip needed
+
+    _stop(served["KG"])
+    source.grow(4)
+    second = publisher.publish_once()
+    assert second is not None  # 2 of 3 is enough
+    assert cosigners(second) == {"KZ", "TJ"}
+    lag = {item.name: item for item in publisher.lag()}
+    assert (lag["KG"].size, lag["KZ"].size) == (5, 9)
+    assert lag["KG"].error is not None
+
+    _stop(served["TJ"])
+    source.grow(3)
+    assert publisher.publish_once() is None  # 1 of 3: never published below quorum
+    assert publisher.published == second
+    assert publisher.published_size == 9
+    assert status(blovault, dirs["KZ"])["size"] == 12  # KZ did cosign 12; that alone is not enough
+
+    # Both return on their old ports; KG is caught up from 5, TJ from 9.
+    served["TJ"] = start_witness(dirs["TJ"], int(served["TJ"].url.rsplit(":", 1)[1]))
+    served["KG"] = start_witness(dirs["KG"], int(served["KG"].url.rsplit(":", 1)[1]))
+    third = publisher.publish_once()
+    assert third is not None
+    assert cosigners(third) == {"KZ", "TJ", "KG"}
+    assert {item.size for item in publisher.lag()} == {12}
+
+    # A fresh publisher knows no witness sizes: each answers 409 with its size, it retries
+    # from there, and the same head is cosigned again.
+    fresh = make_publisher()
+    again = fresh.publish_once()
+    assert again is not None
+    assert cosigners(again) == {"KZ", "TJ", "KG"}
+
+    # The operator forks: a tree of the same size with other entries is refused by every
+    # witness, so nothing is published for it.
+    forked = TreeSource(log)
+    forked.tree = tree_of(12, tag="fork")
+    forker = Publisher(policy=policy, source=forked, post=http_post(10.0), clock=lambda: 2**40)
+    assert forker.publish_once() is None
+    assert all(item.error and "409" in item.error for item in forker.lag())
