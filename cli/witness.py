@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import sys
+import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
@@ -16,7 +19,9 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from vault.errors import InvalidInput, StorageUnavailable
 from vault.witness.core import Witness, init_witness
+from vault.witness.policy import Policy, parse_policy, verify_witnessed
 
 witness_app = typer.Typer(
     help="Run a witness that cosigns the vault's checkpoints it has checked (counterparts).",
@@ -122,3 +127,111 @@ def status(
         root = base64.b64encode(h.root_hash).decode()
         _out.print(f"  root          {root}", highlight=False, markup=False)
         _out.print(f"  last cosigned {_when(h.cosigned_at)}", highlight=False, markup=False)
+
+
+PolicyOpt = Annotated[
+    Path,
+    typer.Option(
+        "--policy",
+        envvar="VAULT_WITNESS_POLICY",
+        help="Witness policy file (c2sp.org/tlog-policy: log, witness, group, quorum lines).",
+    ),
+]
+
+
+def _load_policy(path: Path) -> Policy:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InvalidInput(f"cannot read witness policy {path}: {exc.strerror}") from None
+    return parse_policy(data)
+
+
+@witness_app.command("verify")
+def verify(
+    checkpoint: Annotated[Path, typer.Argument(help="A witnessed checkpoint (signed note).")],
+    policy: PolicyOpt,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
+) -> None:
+    """Check offline that a checkpoint is signed by a policy log and meets the policy's quorum.
+
+    Cosignatures dated in the future (beyond 60 s of clock skew) are rejected. Exit 1 if the
+    checkpoint does not meet the policy."""
+    try:
+        note = checkpoint.read_bytes()
+    except OSError as exc:
+        raise InvalidInput(f"cannot read checkpoint {checkpoint}: {exc.strerror}") from None
+    result = verify_witnessed(note, _load_policy(policy), now=int(time.time()))
+    cp = result.checkpoint
+    root = base64.b64encode(cp.root_hash).decode()
+    if as_json:
+        data = {
+            "origin": cp.origin,
+            "size": cp.size,
+            "root": root,
+            "cosigned_at": {name: _when(t) for name, t in sorted(result.cosigned_at.items())},
+        }
+        sys.stdout.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        return
+    _out.print(f"OK {cp.origin} size {cp.size} root {root}", highlight=False, markup=False)
+    for name, t in sorted(result.cosigned_at.items()):
+        _out.print(f"  cosigned by {name} at {_when(t)}", highlight=False, markup=False)
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as out:
+        out.write(text)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, path)
+
+
+@witness_app.command("publish")
+def publish(
+    policy: PolicyOpt,
+    out_file: Annotated[
+        Path | None,
+        typer.Option("--out", help="Where to write the newest witnessed checkpoint."),
+    ] = None,
+    cadence: Annotated[float, typer.Option(help="Seconds between rounds.")] = 10.0,
+    once: Annotated[bool, typer.Option("--once", help="One round, then exit.")] = False,
+) -> None:
+    """Vault side: send the ledger's checkpoints to the policy's witnesses; publish at quorum.
+
+    Runs beside the server, on the vault's database (VAULT_* settings); appends never wait for
+    it. With --once, exit 7 if the quorum was not met."""
+    from vault.config import load_settings
+    from vault.service import Vault
+    from vault.witness.ledger_source import LedgerSource
+    from vault.witness.publisher import Publisher, http_post
+
+    rules = _load_policy(policy)
+    settings = load_settings()
+    vault = Vault.open(settings, create=False)
+    target = out_file or settings.data_dir / "witnessed-checkpoint"
+    try:
+        source = LedgerSource(
+            engine=vault.engine, origin=settings.ledger_origin, key=vault.keys.ledger_key
+        )
+        publisher = Publisher(policy=rules, source=source, post=http_post(5.0))
+        stop = threading.Event()
+        while True:
+            published = publisher.publish_once()
+            if published is not None:
+                _write_atomically(target, published)
+                _err.print(f"published a witnessed checkpoint to {target}", markup=False)
+            for lag in publisher.lag():
+                if lag.error:
+                    _err.print(
+                        f"witness {lag.name} at size {lag.size}: {lag.error}",
+                        highlight=False,
+                        markup=False,
+                    )
+            if once:
+                if published is None and publisher.published is None:
+                    raise StorageUnavailable("the policy's quorum of witnesses was not met")
+                return
+            stop.wait(cadence)
+    finally:
+        vault.close()

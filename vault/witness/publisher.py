@@ -63,6 +63,11 @@ class WitnessLag:
     error: str | None = None
 
 
+def _printable(text: str) -> str:
+    """A witness's reply text made safe to log or print: short, no control characters."""
+    return "".join(ch if ch.isprintable() else "?" for ch in text.strip()[:200])
+
+
 def http_post(timeout: float = 5.0) -> Post:
     """A Post over httpx with a bounded ``timeout`` (seconds) for connect, read and write."""
     client = httpx.Client(timeout=timeout)
@@ -166,7 +171,7 @@ class Publisher:
                 self._record(witness.name, size=old)
                 continue  # tlog-witness: retry from the size the witness names
             if status != 200:
-                self._record(witness.name, error=f"HTTP {status}: {reply[:200].strip()}")
+                self._record(witness.name, error=f"HTTP {status}: {_printable(reply)}")
                 return []
             good = self._verified_lines(witness, text, reply)
             if not good:
