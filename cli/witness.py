@@ -235,3 +235,69 @@ def publish(
             stop.wait(cadence)
     finally:
         vault.close()
+
+
+@witness_app.command("prove")
+def prove(
+    seq: Annotated[int, typer.Argument(help="Ledger entry number.")],
+    checkpoint: Annotated[
+        Path, typer.Option("--checkpoint", help="The witnessed checkpoint to prove against.")
+    ],
+    out_file: Annotated[Path, typer.Option("--out", help="Where to write the .tlog-proof.")],
+    entry_out: Annotated[
+        Path, typer.Option("--entry-out", help="Where to write the entry's exact bytes.")
+    ],
+) -> None:
+    """Vault side: write a C2SP tlog-proof bundle for entry SEQ in a witnessed checkpoint."""
+    from vault.config import load_settings
+    from vault.db import session_scope
+    from vault.ledger import log
+    from vault.ledger.note import NoteError, open_checkpoint
+    from vault.service import Vault
+    from vault.witness.proof import format_tlog_proof
+
+    note = checkpoint.read_text(encoding="utf-8")
+    settings = load_settings()
+    vault = Vault.open(settings, create=False)
+    try:
+        try:
+            cp = open_checkpoint(note, [vault.ledger_verifier], settings.ledger_origin)
+        except NoteError as exc:
+            raise InvalidInput(f"checkpoint is not this log's: {exc}") from None
+        if not 0 <= seq < cp.size:
+            raise InvalidInput(f"entry {seq} is not in the checkpoint of size {cp.size}")
+        with session_scope(vault.engine, readonly=True) as session:
+            entry = log.entry_bytes(session, seq)
+            hashes = log.inclusion_proof(session, seq, cp.size)
+    finally:
+        vault.close()
+    _write_atomically(out_file, format_tlog_proof(seq, hashes, note))
+    entry_out.write_bytes(entry)
+    _err.print(f"wrote {out_file} and {entry_out}", highlight=False, markup=False)
+
+
+@witness_app.command("verify-proof")
+def verify_proof(
+    bundle: Annotated[Path, typer.Argument(help="A .tlog-proof bundle.")],
+    policy: PolicyOpt,
+    entry: Annotated[Path, typer.Option("--entry", help="The entry's exact bytes.")],
+) -> None:
+    """Check offline that ENTRY is in a checkpoint meeting the policy (C2SP tlog-proof).
+
+    Exit 1 if the checkpoint fails the policy or the entry is not at the bundle's index."""
+    from vault.witness.proof import verify_tlog_proof
+
+    try:
+        data, entry_bytes = bundle.read_bytes(), entry.read_bytes()
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {exc.filename}: {exc.strerror}") from None
+    parsed, witnessed = verify_tlog_proof(
+        data, entry_bytes, _load_policy(policy), now=int(time.time())
+    )
+    cp = witnessed.checkpoint
+    _out.print(
+        f"OK entry {parsed.index} is in {cp.origin} at size {cp.size}, cosigned by "
+        + ", ".join(sorted(witnessed.cosigned_at)),
+        highlight=False,
+        markup=False,
+    )

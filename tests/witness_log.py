@@ -39,6 +39,9 @@ class Tree:
     def root(self, size: int | None = None) -> bytes:
         return merkle.root_at(self.size if size is None else size, self._get)
 
+    def inclusion(self, index: int, size: int | None = None) -> list[bytes]:
+        return merkle.inclusion_proof(index, self.size if size is None else size, self._get)
+
     def proof(self, old: int, new: int | None = None) -> list[bytes]:
         return merkle.consistency_proof(old, self.size if new is None else new, self._get)
 

@@ -33,6 +33,19 @@ def test_publish_once_then_verify_with_the_policy(
         )
         result = cli("witness", "publish", "--policy", policy, "--once", "--out", out)
         assert result.code == 0, result.stderr
+    bundle, entry = tmp_path / "e3.tlog-proof", tmp_path / "e3.entry"
+    proved = cli(
+        "witness", "prove", "3", "--checkpoint", out, "--out", bundle, "--entry-out", entry
+    )
+    assert proved.code == 0, proved.stderr
+    assert bundle.read_text().startswith("c2sp.org/tlog-proof@v1\nindex 3\n")
+    included = cli("witness", "verify-proof", bundle, "--policy", policy, "--entry", entry)
+    assert included.code == 0, included.stderr
+    assert "entry 3 is in" in included.stdout
+    entry.write_bytes(entry.read_bytes() + b" ")
+    altered = cli("witness", "verify-proof", bundle, "--policy", policy, "--entry", entry)
+    assert altered.code == 1, altered.stderr
+
     checked = cli("witness", "verify", out, "--policy", policy)
     assert checked.code == 0, checked.stderr
     assert "cosigned by KZ" in checked.stdout
