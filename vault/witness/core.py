@@ -244,11 +244,15 @@ def init_witness(directory: Path, *, name: str, log_vkeys: Iterable[str]) -> Cos
         cosigner = Cosigner.generate(name)
     except NoteError as exc:
         raise InvalidInput(f"witness name: {exc}") from None
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(directory, 0o700)  # mkdir's mode is masked by the umask and ignored if it existed
     key_path, db_path = directory / KEY_FILE, directory / STATE_FILE
     if key_path.exists() or db_path.exists():
         raise Conflict(f"a witness already exists in {directory}")
+    # Only a new or empty directory: init tightens its mode to 0700, which must never happen
+    # to a home or project folder given by mistake.
+    if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
+        raise Conflict(f"{directory} exists and is not an empty directory")
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(directory, 0o700)  # mkdir's mode is masked by the umask
     fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as out:
         out.write(cosigner.skey() + "\n")

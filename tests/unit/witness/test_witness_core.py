@@ -97,6 +97,13 @@ def test_init_and_open_refusals(tmp_path: Path, log: LogOperator) -> None:
         init_witness(tmp_path / "c", name="w.example/x", log_vkeys=[])
     with pytest.raises(VaultMissing):
         Witness.open(tmp_path / "nowhere")
+    busy = tmp_path / "home"
+    busy.mkdir(mode=0o755)
+    (busy / "notes.txt").write_text("mine")
+    with pytest.raises(Conflict, match="not an empty directory"):
+        init_witness(busy, name="w.example/x", log_vkeys=[log.vkey])
+    assert stat.S_IMODE(busy.stat().st_mode) == 0o755
+    assert sorted(p.name for p in busy.iterdir()) == ["notes.txt"]
     init_witness(tmp_path / "d", name="w.example/x", log_vkeys=[log.vkey])
     os.chmod(tmp_path / "d" / "witness.key", 0o640)
     with pytest.raises(ConfigError, match="readable by others"):
