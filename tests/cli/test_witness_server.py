@@ -407,3 +407,65 @@ def test_three_witnesses_two_of_three_publisher(
     forker = Publisher(policy=policy, source=forked, post=http_post(10.0), clock=lambda: 2**40)
     assert forker.publish_once() is None
     assert all(item.error and "409" in item.error for item in forker.lag())
+
+
+def test_witness_killed_during_concurrent_requests_keeps_every_answered_state(
+    witness_dir: Path,
+    start_witness: Callable[..., Served],
+    log: LogOperator,
+    blovault: Callable[..., Cli],
+) -> None:
+    served = start_witness(witness_dir)
+    tree = tree_of(200)
+    accepted: list[int] = []
+    lock = threading.Lock()
+    enough = threading.Event()
+
+    def client(i: int) -> None:
+        # Each client pushes the witness forward in steps of its own, retrying from the size
+        # the witness names, until the witness disappears under it.
+        old, step = 0, 3 + i % 5
+        with httpx.Client() as http:
+            while True:
+                new = min(old + step, tree.size)
+                body = add_body(old, tree.proof(old, new) if old else [], log.signed(tree, new))
+                try:
+                    reply = post(served.url, body, http)
+                except httpx.TransportError:
+                    return
+                if reply.status_code == 200:
+                    with lock:
+                        accepted.append(new)
+                        if len(accepted) >= 8:
+                            enough.set()
+                    old = new
+                elif reply.status_code == 409:
+                    old = int(reply.text)
+                else:
+                    return
+                if old >= tree.size:
+                    return
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    assert enough.wait(timeout=120)
+    _stop(served, kill=True)  # SIGKILL with requests in flight
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads)
+
+    # Every size answered 200 was on disk before the answer: the state is at least the largest
+    # of them (a request committed just before the kill may have lost its reply), and it is
+    # a head of the one honest tree.
+    after = status(blovault, witness_dir)
+    assert isinstance(after["size"], int)
+    assert after["size"] >= max(accepted)
+    assert after["root"] == base64.b64encode(tree.root(after["size"])).decode()
+
+    served = start_witness(witness_dir)
+    stale = post(served.url, log.body(0, tree))
+    assert (stale.status_code, stale.text) == (409, f"{after['size']}\n")
+    reply = post(served.url, log.body(after["size"], tree))
+    assert reply.status_code == 200, reply.text
+    assert status(blovault, witness_dir)["size"] == tree.size
