@@ -8,6 +8,13 @@ whose key has signature type 0x04 (signed-note "Signature types"):
   ``"cosignature/v1\\ntime <timestamp>\\n" || checkpoint body``;
 * verifier key (vkey) = ``name+hexid+base64(0x04 || public key)``.
 
+Where the spec and issue 12 differ: the current tlog-cosignature text says the ML-DSA-44 type
+(0x06, quantum-safe, commits to the cosigner's name) SHOULD be used for new deployments; issue
+12 asks for Ed25519, which the spec still defines and which every existing verifier reads. This
+module implements Ed25519 only. Because its signed message does not commit to the cosigner
+name, one key must never serve two witness names (the spec's MUST; ``witness init`` always
+makes a fresh key).
+
 The spec defines no format for a cosigner's *private* key; the witness keeps its own in the
 form golang.org/x/mod/sumdb/note uses for signer keys, ``PRIVATE+KEY+name+hexid+base64(0x04 ||
 seed)``, so the file says what it is. Parsing errors are :class:`~vault.ledger.note.NoteError`.
