@@ -79,7 +79,7 @@ def spec_verify(vkey: str, body: str, line: str) -> int:
     blob = base64.b64decode(blob64, validate=True)
     if line_name != name or blob[:4] != want_id or len(blob) != 4 + 8 + 64:
         raise ValueError("line is not from this key")
-    (timestamp,) = struct.unpack(">Q", blob[4:12])
+    timestamp = int(struct.unpack(">Q", blob[4:12])[0])
     if timestamp > 2**63 - 1:
         raise ValueError("timestamp out of range")
     message = f"cosignature/v1\ntime {timestamp}\n{body}".encode()
