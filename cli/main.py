@@ -32,6 +32,7 @@ from cli import render
 from cli import session as stored
 from cli.client import ApiClient
 from cli.errors import exit_code_for
+from cli.witness import witness_app
 from vault.config import load_settings
 from vault.errors import AuthenticationFailed, InvalidInput, StorageUnavailable, VaultError
 from vault.models import Classification, Handling, Role
@@ -61,6 +62,7 @@ authz_app = typer.Typer(
 )
 app.add_typer(ledger_app, name="ledger")
 app.add_typer(authz_app, name="authz")
+app.add_typer(witness_app, name="witness")
 
 HANDLING_NOTICE = {
     "H0": "",

@@ -503,3 +503,15 @@ def ed25519_seed(key: ed25519.Ed25519PrivateKey) -> bytes:
     return key.private_bytes(
         serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
     )
+
+
+def ed25519_public_key(raw: bytes) -> ed25519.Ed25519PublicKey:
+    """Ed25519 public key from its 32 raw bytes; ValueError if malformed."""
+    if len(raw) != 32:
+        raise ValueError("an Ed25519 public key is 32 bytes")
+    return ed25519.Ed25519PublicKey.from_public_bytes(raw)
+
+
+def ed25519_public_bytes(key: ed25519.Ed25519PublicKey) -> bytes:
+    """The 32 raw bytes of an Ed25519 public key."""
+    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)

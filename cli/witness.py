@@ -1,0 +1,303 @@
+"""``blovault witness``: run a counterpart country's witness (c2sp.org/tlog-witness).
+
+A witness shares nothing with the vault: its own directory (Ed25519 key, state database), its
+own process. Errors are VaultErrors, turned into one line and an exit code by ``cli.main.run``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import sys
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from vault.errors import InvalidInput, StorageUnavailable
+from vault.witness.core import Witness, init_witness
+from vault.witness.policy import Policy, parse_policy, verify_witnessed
+
+witness_app = typer.Typer(
+    help="Run a witness that cosigns the vault's checkpoints it has checked (counterparts).",
+    no_args_is_help=True,
+)
+
+_out = Console(soft_wrap=True)
+_err = Console(stderr=True, soft_wrap=True)
+
+DirOpt = Annotated[
+    Path,
+    typer.Option(
+        "--dir",
+        envvar="VAULT_WITNESS_DIR",
+        help="Witness directory (key and state; made mode 0700).",
+    ),
+]
+_DEFAULT_DIR = Path("blovault-witness")
+
+
+@witness_app.command("init")
+def init(
+    name: Annotated[
+        str, typer.Option("--name", help="Witness key name, e.g. witness.kz.example/blo.")
+    ],
+    log_vkey: Annotated[
+        list[str],
+        typer.Option("--log-vkey", help="Verifier key of a log to follow (repeatable)."),
+    ],
+    directory: DirOpt = _DEFAULT_DIR,
+) -> None:
+    """Make a witness key (mode 0600) and state database; print the witness's vkey (type 0x04).
+
+    Give the printed vkey to the vault's operator and to everyone who verifies checkpoints."""
+    cosigner = init_witness(directory, name=name, log_vkeys=log_vkey)
+    _err.print(f"witness created in {directory}", highlight=False, markup=False)
+    sys.stdout.write(cosigner.vkey() + "\n")
+
+
+@witness_app.command("serve")
+def serve(
+    directory: DirOpt = _DEFAULT_DIR,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8380,
+) -> None:
+    """Serve POST /add-checkpoint (c2sp.org/tlog-witness) until interrupted."""
+    import uvicorn
+
+    from api.witness import create_witness_app
+
+    # Open before binding, so a missing directory or an unsafe key stops us with its message.
+    witness = Witness.open(directory)
+    _err.print(
+        f"witness {witness.cosigner.name} listening on http://{host}:{port}",
+        highlight=False,
+        markup=False,
+    )
+    uvicorn.run(
+        create_witness_app(witness),
+        host=host,
+        port=port,
+        server_header=False,
+        access_log=False,
+        log_level="warning",
+    )
+
+
+def _when(timestamp: int | None) -> str:
+    if timestamp is None:
+        return "never"
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")
+
+
+@witness_app.command("status")
+def status(
+    directory: DirOpt = _DEFAULT_DIR,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
+) -> None:
+    """Show, per log, the size, root and time of the last checkpoint this witness cosigned."""
+    witness = Witness.open(directory)
+    heads = witness.heads()
+    if as_json:
+        data = {
+            "witness": witness.cosigner.vkey(),
+            "logs": [
+                {
+                    "origin": h.origin,
+                    "size": h.size,
+                    "root": base64.b64encode(h.root_hash).decode(),
+                    "cosigned_at": None if h.cosigned_at is None else _when(h.cosigned_at),
+                }
+                for h in heads
+            ],
+        }
+        sys.stdout.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        return
+    # Plain lines, not a table: a table squeezes origins and roots to the terminal's width,
+    # and people compare these values by eye or with grep.
+    _out.print(f"witness {witness.cosigner.vkey()}", highlight=False, markup=False)
+    for h in heads:
+        _out.print(f"log {h.origin}", highlight=False, markup=False)
+        _out.print(f"  size          {h.size}", highlight=False, markup=False)
+        root = base64.b64encode(h.root_hash).decode()
+        _out.print(f"  root          {root}", highlight=False, markup=False)
+        _out.print(f"  last cosigned {_when(h.cosigned_at)}", highlight=False, markup=False)
+
+
+PolicyOpt = Annotated[
+    Path,
+    typer.Option(
+        "--policy",
+        envvar="VAULT_WITNESS_POLICY",
+        help="Witness policy file (c2sp.org/tlog-policy: log, witness, group, quorum lines).",
+    ),
+]
+
+
+def _load_policy(path: Path) -> Policy:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InvalidInput(f"cannot read witness policy {path}: {exc.strerror}") from None
+    return parse_policy(data)
+
+
+@witness_app.command("verify")
+def verify(
+    checkpoint: Annotated[Path, typer.Argument(help="A witnessed checkpoint (signed note).")],
+    policy: PolicyOpt,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
+) -> None:
+    """Check offline that a checkpoint is signed by a policy log and meets the policy's quorum.
+
+    Cosignatures dated in the future (beyond 60 s of clock skew) are rejected. Exit 1 if the
+    checkpoint does not meet the policy."""
+    try:
+        note = checkpoint.read_bytes()
+    except OSError as exc:
+        raise InvalidInput(f"cannot read checkpoint {checkpoint}: {exc.strerror}") from None
+    result = verify_witnessed(note, _load_policy(policy), now=int(time.time()))
+    cp = result.checkpoint
+    root = base64.b64encode(cp.root_hash).decode()
+    if as_json:
+        data = {
+            "origin": cp.origin,
+            "size": cp.size,
+            "root": root,
+            "cosigned_at": {name: _when(t) for name, t in sorted(result.cosigned_at.items())},
+        }
+        sys.stdout.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        return
+    _out.print(f"OK {cp.origin} size {cp.size} root {root}", highlight=False, markup=False)
+    for name, t in sorted(result.cosigned_at.items()):
+        _out.print(f"  cosigned by {name} at {_when(t)}", highlight=False, markup=False)
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as out:
+        out.write(text)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, path)
+
+
+@witness_app.command("publish")
+def publish(
+    policy: PolicyOpt,
+    out_file: Annotated[
+        Path | None,
+        typer.Option("--out", help="Where to write the newest witnessed checkpoint."),
+    ] = None,
+    cadence: Annotated[float, typer.Option(help="Seconds between rounds.")] = 10.0,
+    once: Annotated[bool, typer.Option("--once", help="One round, then exit.")] = False,
+) -> None:
+    """Vault side: send the ledger's checkpoints to the policy's witnesses; publish at quorum.
+
+    Runs beside the server, on the vault's database (VAULT_* settings); appends never wait for
+    it. With --once, exit 7 if the quorum was not met."""
+    from vault.config import load_settings
+    from vault.service import Vault
+    from vault.witness.ledger_source import LedgerSource
+    from vault.witness.publisher import Publisher, http_post
+
+    rules = _load_policy(policy)
+    settings = load_settings()
+    vault = Vault.open(settings, create=False)
+    target = out_file or settings.data_dir / "witnessed-checkpoint"
+    try:
+        source = LedgerSource(
+            engine=vault.engine, origin=settings.ledger_origin, key=vault.keys.ledger_key
+        )
+        publisher = Publisher(policy=rules, source=source, post=http_post(5.0))
+        stop = threading.Event()
+        while True:
+            published = publisher.publish_once()
+            if published is not None:
+                _write_atomically(target, published)
+                _err.print(f"published a witnessed checkpoint to {target}", markup=False)
+            for lag in publisher.lag():
+                if lag.error:
+                    _err.print(
+                        f"witness {lag.name} at size {lag.size}: {lag.error}",
+                        highlight=False,
+                        markup=False,
+                    )
+            if once:
+                if published is None and publisher.published is None:
+                    raise StorageUnavailable("the policy's quorum of witnesses was not met")
+                return
+            stop.wait(cadence)
+    finally:
+        vault.close()
+
+
+@witness_app.command("prove")
+def prove(
+    seq: Annotated[int, typer.Argument(help="Ledger entry number.")],
+    checkpoint: Annotated[
+        Path, typer.Option("--checkpoint", help="The witnessed checkpoint to prove against.")
+    ],
+    out_file: Annotated[Path, typer.Option("--out", help="Where to write the .tlog-proof.")],
+    entry_out: Annotated[
+        Path, typer.Option("--entry-out", help="Where to write the entry's exact bytes.")
+    ],
+) -> None:
+    """Vault side: write a C2SP tlog-proof bundle for entry SEQ in a witnessed checkpoint."""
+    from vault.config import load_settings
+    from vault.db import session_scope
+    from vault.ledger import log
+    from vault.ledger.note import NoteError, open_checkpoint
+    from vault.service import Vault
+    from vault.witness.proof import format_tlog_proof
+
+    note = checkpoint.read_text(encoding="utf-8")
+    settings = load_settings()
+    vault = Vault.open(settings, create=False)
+    try:
+        try:
+            cp = open_checkpoint(note, [vault.ledger_verifier], settings.ledger_origin)
+        except NoteError as exc:
+            raise InvalidInput(f"checkpoint is not this log's: {exc}") from None
+        if not 0 <= seq < cp.size:
+            raise InvalidInput(f"entry {seq} is not in the checkpoint of size {cp.size}")
+        with session_scope(vault.engine, readonly=True) as session:
+            entry = log.entry_bytes(session, seq)
+            hashes = log.inclusion_proof(session, seq, cp.size)
+    finally:
+        vault.close()
+    _write_atomically(out_file, format_tlog_proof(seq, hashes, note))
+    entry_out.write_bytes(entry)
+    _err.print(f"wrote {out_file} and {entry_out}", highlight=False, markup=False)
+
+
+@witness_app.command("verify-proof")
+def verify_proof(
+    bundle: Annotated[Path, typer.Argument(help="A .tlog-proof bundle.")],
+    policy: PolicyOpt,
+    entry: Annotated[Path, typer.Option("--entry", help="The entry's exact bytes.")],
+) -> None:
+    """Check offline that ENTRY is in a checkpoint meeting the policy (C2SP tlog-proof).
+
+    Exit 1 if the checkpoint fails the policy or the entry is not at the bundle's index."""
+    from vault.witness.proof import verify_tlog_proof
+
+    try:
+        data, entry_bytes = bundle.read_bytes(), entry.read_bytes()
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {exc.filename}: {exc.strerror}") from None
+    parsed, witnessed = verify_tlog_proof(
+        data, entry_bytes, _load_policy(policy), now=int(time.time())
+    )
+    cp = witnessed.checkpoint
+    _out.print(
+        f"OK entry {parsed.index} is in {cp.origin} at size {cp.size}, cosigned by "
+        + ", ".join(sorted(witnessed.cosigned_at)),
+        highlight=False,
+        markup=False,
+    )

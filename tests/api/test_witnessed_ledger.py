@@ -1,0 +1,92 @@
+"""The vault's own ledger published through witnesses: LedgerSource + Publisher against two
+witness servers (the real witness app on uvicorn, 127.0.0.1) under a 2-of-2 policy."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import uvicorn
+
+from api.witness import create_witness_app
+from tests.conftest import World, free_port
+from vault.ledger.note import open_checkpoint
+from vault.witness.core import Witness, init_witness
+from vault.witness.ledger_source import LedgerSource
+from vault.witness.policy import parse_policy, verify_witnessed
+from vault.witness.publisher import Publisher, http_post
+
+FAR_FUTURE = 2**40
+
+
+@contextlib.contextmanager
+def witness_server(witness: Witness) -> Iterator[str]:
+    """Serve ``witness`` on 127.0.0.1 in a thread; stop it on exit."""
+    port = free_port()
+    config = uvicorn.Config(
+        create_witness_app(witness), host="127.0.0.1", port=port, log_level="warning"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("witness server did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def test_vault_ledger_is_published_only_with_both_cosignatures(
+    world: World, tmp_path: Path
+) -> None:
+    vault = world.vault
+    auditor = world["uz.auditor"]
+    log_vkey = vault.ledger_vkey
+    witnesses = []
+    for country in ("kz", "tj"):
+        init_witness(
+            tmp_path / country, name=f"witness.{country}.example/blo", log_vkeys=[log_vkey]
+        )
+        witnesses.append(Witness.open(tmp_path / country))
+    source = LedgerSource(
+        engine=vault.engine, origin=vault.settings.ledger_origin, key=vault.keys.ledger_key
+    )
+    with witness_server(witnesses[0]) as kz_url, witness_server(witnesses[1]) as tj_url:
+        policy = parse_policy(
+            f"log {log_vkey}\n"
+            f"witness KZ {witnesses[0].cosigner.vkey()} {kz_url}\n"
+            f"witness TJ {witnesses[1].cosigner.vkey()} {tj_url}\n"
+            "group both all KZ TJ\nquorum both\n"
+        )
+        publisher = Publisher(
+            policy=policy, source=source, post=http_post(10.0), clock=lambda: FAR_FUTURE
+        )
+        first = publisher.publish_once()
+        assert first is not None
+        size_before = verify_witnessed(first, policy, now=FAR_FUTURE).checkpoint.size
+        for _ in range(5):
+            vault.latest_checkpoint(auditor)  # each read is recorded: the ledger grows
+        second = publisher.publish_once()
+        assert second is not None
+        witnessed = verify_witnessed(second, policy, now=FAR_FUTURE)
+        assert witnessed.checkpoint.size > size_before
+        assert set(witnessed.cosigned_at) == {"KZ", "TJ"}
+        # The witnessed head is the vault's own tree, and the publisher's reads added nothing.
+        own = open_checkpoint(vault.checkpoint().note, [vault.ledger_verifier])
+        assert (own.size, own.root_hash) == (
+            witnessed.checkpoint.size,
+            witnessed.checkpoint.root_hash,
+        )
+        assert witnesses[0].heads()[0].size == own.size
+    # Both witnesses gone: the ledger still grows, nothing is published below quorum.
+    vault.latest_checkpoint(auditor)
+    assert publisher.publish_once() is None
+    assert publisher.published == second
