@@ -19,6 +19,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from cli import render
 from vault.errors import InvalidInput, StorageUnavailable
 from vault.witness.core import Witness, init_witness
 from vault.witness.policy import Policy, parse_policy, verify_witnessed
@@ -122,7 +123,7 @@ def status(
     # and people compare these values by eye or with grep.
     _out.print(f"witness {witness.cosigner.vkey()}", highlight=False, markup=False)
     for h in heads:
-        _out.print(f"log {h.origin}", highlight=False, markup=False)
+        _out.print(render.line(f"log {h.origin}"), highlight=False)
         _out.print(f"  size          {h.size}", highlight=False, markup=False)
         root = base64.b64encode(h.root_hash).decode()
         _out.print(f"  root          {root}", highlight=False, markup=False)
@@ -173,9 +174,10 @@ def verify(
         }
         sys.stdout.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
         return
-    _out.print(f"OK {cp.origin} size {cp.size} root {root}", highlight=False, markup=False)
+    # Origins and witness names come from files a counterpart was handed: shown, never run.
+    _out.print(render.line(f"OK {cp.origin} size {cp.size} root {root}"), highlight=False)
     for name, t in sorted(result.cosigned_at.items()):
-        _out.print(f"  cosigned by {name} at {_when(t)}", highlight=False, markup=False)
+        _out.print(render.line(f"  cosigned by {name} at {_when(t)}"), highlight=False)
 
 
 def _write_atomically(path: Path, text: str) -> None:
@@ -296,8 +298,9 @@ def verify_proof(
     )
     cp = witnessed.checkpoint
     _out.print(
-        f"OK entry {parsed.index} is in {cp.origin} at size {cp.size}, cosigned by "
-        + ", ".join(sorted(witnessed.cosigned_at)),
+        render.line(
+            f"OK entry {parsed.index} is in {cp.origin} at size {cp.size}, cosigned by "
+            + ", ".join(sorted(witnessed.cosigned_at))
+        ),
         highlight=False,
-        markup=False,
     )
