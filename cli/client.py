@@ -227,15 +227,25 @@ class ApiClient:
             return result
 
     def download(
-        self, package_id: str, dest: Path, *, force: bool = False, progress: Progress | None = None
+        self,
+        package_id: str,
+        dest: Path,
+        *,
+        force: bool = False,
+        progress: Progress | None = None,
+        detail: dict[str, Any] | None = None,
     ) -> list[Path]:
         """Download every file of a package into ``dest``, all or nothing.
+
+        ``detail`` is the package as ``show`` answered it, when the caller has it already:
+        every read is a ledger entry, so one download reads the package once.
 
         Each file streams into a private temp file beside its destination and is checked
         against its size and SHA-256; only when every file checked out are they renamed into
         place. On any failure every temp file is removed, so nothing partial is left.
         """
-        detail = self.show(package_id)
+        if detail is None:
+            detail = self.show(package_id)
         dest.mkdir(parents=True, exist_ok=True)
         targets = []
         # Names come from the server: made safe and distinct, each a plain name in ``dest``.

@@ -605,7 +605,9 @@ def package_download(
         detail = client.show(package_id)
         total = sum(f["size"] for f in detail["files"])
         with _progress(total, "downloading") as advance:
-            written = client.download(package_id, output, force=force, progress=advance)
+            written = client.download(
+                package_id, output, force=force, progress=advance, detail=detail
+            )
     notice = HANDLING_NOTICE.get(detail["handling"], "")
     if as_json:
         _print_json(

@@ -516,3 +516,16 @@ def test_disabling_a_user_invalidates_their_existing_token(
     assert ok_json(enabled)["disabled"] is False
     logged_in("kz.officer")
     assert cli("package", "list", user="kz.officer").code == 0
+
+
+def test_a_download_reads_the_package_once(
+    cli: CliRunner, logged_in: Callable[[str], None], tmp_path: Path
+) -> None:
+    """One download is one read of the package's details and one entry per file: the ledger
+    must say what happened, not what the client happened to ask twice."""
+    logged_in("uz.officer")
+    package_id = upload(cli, "uz.officer", write_source(tmp_path))
+    reads_before = len(ledger(cli, package=package_id, action="read"))
+    downloaded_ok(cli, "uz.officer", package_id, tmp_path / "out")
+    assert len(ledger(cli, package=package_id, action="read")) == reads_before + 1
+    assert len(ledger(cli, package=package_id, action="download")) == 1
