@@ -137,6 +137,7 @@ log = logging.getLogger("vault.service")
 
 ALLOW, DENY, ERROR = "allow", "deny", "error"
 MAX_PAGE = 200
+MAX_LEDGER_PAGE = 1000
 # Rules added by admins in one process are enforced by every other within this many seconds.
 POLICY_REFRESH_SECONDS = 0.5
 
@@ -2478,9 +2479,16 @@ class Vault:
 
     @_records_refusals("ledger")
     def ledger_entries(self, principal: Principal, start: int, end: int) -> LedgerEntries:
-        """Entries ``[start, end)`` as base64 of their exact bytes (at most 1000)."""
-        if not 0 <= start <= end or end - start > 1000:
-            raise InvalidInput("entries: 0 <= start <= end and at most 1000 at a time")
+        """Entries ``[start, end)`` as base64 of their exact bytes: at most
+        ``MAX_LEDGER_PAGE`` (a longer range is cut to its first ones; ask again from ``start``
+        plus the number returned), none if ``end`` is not above ``start``.
+
+        Cut rather than refused: the API's schema can state two bounded integers but not a
+        relation between them, and what it promises is what this does.
+        """
+        if start < 0:
+            raise InvalidInput("entries: sequence numbers start at 0")
+        end = max(start, min(end, start + MAX_LEDGER_PAGE))
         receipt = self._ledger_read(principal, f"entries:{start}-{end}")
         with self._tx(readonly=True) as session:
             items = [_b64(data) for _, data in ledger.iter_entries(session, start=start, stop=end)]
