@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import hypothesis
 import pytest
@@ -167,20 +168,10 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_server(vault: Vault) -> Iterator[str]:
-    """Serve ``vault`` with uvicorn on 127.0.0.1 in a thread; stop it on exit."""
-    from api.app import create_app
-    from api.server import server_options
-
+def serving(app: Any, **options: Any) -> Iterator[str]:
+    """Serve the ASGI ``app`` with uvicorn on 127.0.0.1 in a thread; stop it on exit."""
     port = free_port()
-    # The options `blovault serve` uses, so tests see the production protocol and limits.
-    config = uvicorn.Config(
-        create_app(vault=vault),
-        host="127.0.0.1",
-        port=port,
-        log_level="warning",
-        **server_options(vault.settings),
-    )
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **options)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -194,6 +185,17 @@ def running_server(vault: Vault) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+@contextlib.contextmanager
+def running_server(vault: Vault) -> Iterator[str]:
+    """Serve ``vault`` with uvicorn on 127.0.0.1 in a thread; stop it on exit."""
+    from api.app import create_app
+    from api.server import server_options
+
+    # The options `blovault serve` uses, so tests see the production protocol and limits.
+    with serving(create_app(vault=vault), **server_options(vault.settings)) as url:
+        yield url
 
 
 @pytest.fixture

@@ -4,15 +4,11 @@ witness servers (the real witness app on uvicorn, 127.0.0.1) under a 2-of-2 poli
 from __future__ import annotations
 
 import contextlib
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import uvicorn
-
 from api.witness import create_witness_app
-from tests.conftest import World, free_port
+from tests.conftest import World, serving
 from vault.ledger.note import open_checkpoint
 from vault.witness.core import Witness, init_witness
 from vault.witness.ledger_source import LedgerSource
@@ -25,23 +21,8 @@ FAR_FUTURE = 2**40
 @contextlib.contextmanager
 def witness_server(witness: Witness) -> Iterator[str]:
     """Serve ``witness`` on 127.0.0.1 in a thread; stop it on exit."""
-    port = free_port()
-    config = uvicorn.Config(
-        create_witness_app(witness), host="127.0.0.1", port=port, log_level="warning"
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("witness server did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with serving(create_witness_app(witness)) as url:
+        yield url
 
 
 def test_vault_ledger_is_published_only_with_both_cosignatures(
