@@ -536,13 +536,15 @@ def test_api_ledger_routes_for_auditor_and_officer(world: World, live_server: st
         assert consistency["new_size"] > old.size + 5
 
         # An officer may use none of them; each refusal is itself recorded.
-        for method, url, kwargs in [
+        # Each call's httpx.Client.request keywords: a JSON body or none.
+        calls: list[tuple[str, str, dict[str, Any]]] = [
             ("GET", "/ledger/checkpoint", {}),
             ("GET", "/ledger/entries?start=0&end=10", {}),
             ("GET", "/ledger/proof/inclusion/3", {}),
             ("POST", "/ledger/proof/consistency", {"json": {"checkpoint": cp_info["note"]}}),
             ("GET", "/ledger/verify", {}),
-        ]:
+        ]
+        for method, url, kwargs in calls:
             reply = client.request(method, url, headers=officer, **kwargs)
             assert reply.status_code == 403, (url, reply.status_code, reply.text)
             error = reply.json()["error"]
@@ -567,12 +569,14 @@ def test_ledger_reads_over_the_api_carry_their_receipt(world: World, live_server
     with httpx.Client(base_url=live_server, timeout=30) as client:
         auditor, _ = login(client, "uz.auditor")
         cp = client.get("/ledger/checkpoint", headers=auditor).json()["note"]
-        for method, url, kwargs in [
+        # Each call's httpx.Client.request keywords: a JSON body or none.
+        calls: list[tuple[str, str, dict[str, Any]]] = [
             ("GET", "/ledger/checkpoint", {}),
             ("GET", "/ledger/entries?start=0&end=3", {}),
             ("GET", "/ledger/proof/inclusion/1", {}),
             ("POST", "/ledger/proof/consistency", {"json": {"checkpoint": cp}}),
-        ]:
+        ]
+        for method, url, kwargs in calls:
             size_before = world.vault.ledger_size()
             reply = client.request(method, url, headers=auditor, **kwargs)
             assert reply.status_code == 200, reply.text
@@ -594,7 +598,7 @@ def test_every_recording_reply_carries_its_receipt(
         entry = entry_of(world, login_receipt)
         assert (entry.actor_user, entry.action, entry.decision) == ("uz.officer", "login", "allow")
 
-        files = [
+        files: list[tuple[str, tuple[str | None, str | bytes, str]]] = [
             ("metadata", (None, json.dumps({"title": "Receipt check"}), "application/json")),
             ("file", ("r.txt", b"receipt me", "text/plain")),
         ]

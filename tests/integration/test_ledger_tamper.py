@@ -19,6 +19,7 @@ import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -166,7 +167,7 @@ def rebuild_nodes(conn: sqlite3.Connection) -> None:
     """Replace every Merkle node row with those the current entries give (a consistent rewrite)."""
     conn.execute("DELETE FROM ledgernode")
     rng = merkle.CompactRange()
-    rows = []
+    rows: list[tuple[int, int, bytes]] = []
     for _, _, data in entries(conn):
         rows.extend((n.level, n.idx, n.hash) for n in rng.append(leaf_hash(data)))
     conn.executemany("INSERT INTO ledgernode (level, idx, hash) VALUES (?, ?, ?)", rows)
@@ -210,9 +211,20 @@ def forged(seq: int, prev: str, *, time_us: int) -> Entry:
 # --- checking -----------------------------------------------------------------------------------
 
 
-def verify_cli(cli: CliRunner) -> tuple[int, dict[str, object]]:
+class VerifyReport(TypedDict):
+    """What ``blovault ledger verify --json`` prints (``VerifyResult.as_dict()``)."""
+
+    ok: bool
+    size: int
+    root: str
+    checkpoint_size: int | None
+    first_bad_seq: int | None
+    problem: str | None
+
+
+def verify_cli(cli: CliRunner) -> tuple[int, VerifyReport]:
     result = cli("ledger", "verify", "--json")
-    report: dict[str, object] = json.loads(result.stdout)
+    report: VerifyReport = json.loads(result.stdout)
     assert report["ok"] is (result.code == 0), (result.code, report)
     return result.code, report
 
@@ -252,7 +264,7 @@ def confirmed_in_parallel(world: World) -> VerifyResult | None:
         )
 
 
-def assert_bad(world: World, cli: CliRunner, first_bad: int | None) -> dict[str, object]:
+def assert_bad(world: World, cli: CliRunner, first_bad: int | None) -> VerifyReport:
     """The CLI, the service and the verifier in small blocks report the ledger broken at
     ``first_bad``, for the same reason."""
     code, report = verify_cli(cli)
@@ -655,4 +667,4 @@ def test_interior_merkle_node_changed(world: World, cli: CliRunner) -> None:
     assert code == 1, report
     assert report["ok"] is False
     first_bad = report["first_bad_seq"]
-    assert first_bad is None or 4 <= first_bad <= 7, report  # type: ignore[operator]
+    assert first_bad is None or 4 <= first_bad <= 7, report

@@ -28,14 +28,14 @@ import pytest
 from minio import Minio
 from minio.error import S3Error
 
-# tests/ (for the s3server helper) and the repo root (for `vault` without an installed copy)
-# must be importable however pytest is started; pyproject sets no pythonpath.
-for _path in (Path(__file__).resolve().parents[2], Path(__file__).resolve().parents[1]):
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
+# The repo root (for `vault` and `tests` without an installed copy) must be importable however
+# pytest is started; pyproject sets no pythonpath. The helper is imported as `tests.s3server`,
+# the name the other test modules use, so one process loads it once.
+_ROOT = str(Path(__file__).resolve().parents[2])
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
 
-from s3server import S3Target, moto_s3, s3_target  # noqa: E402
-
+from tests.s3server import S3Target, moto_s3, s3_target  # noqa: E402
 from vault.config import Settings, load_settings  # noqa: E402
 from vault.crypto import SealingReader, new_data_key, open_stream, sealed_size  # noqa: E402
 from vault.errors import (  # noqa: E402
