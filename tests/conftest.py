@@ -20,12 +20,13 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import hypothesis
 import pytest
 import uvicorn
 from sqlalchemy import create_engine, text
+from starlette.applications import Starlette
 
 from vault.config import Settings, load_settings
 from vault.models import Classification, Role
@@ -186,7 +187,7 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serving(app: Any, **options: Any) -> Iterator[str]:
+def serving(app: Starlette, **options: Any) -> Iterator[str]:
     """Serve the ASGI ``app`` with uvicorn on 127.0.0.1 in a thread; stop it on exit."""
     port = free_port()
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **options)
@@ -232,7 +233,10 @@ class CliResult:
     stderr: str
 
 
-CliRunner = Callable[..., CliResult]
+class CliRunner(Protocol):
+    """The ``cli`` fixture: run ``blovault`` with ``args`` (each passed through ``str``)."""
+
+    def __call__(self, *args: str | int | Path, user: str = ..., stdin: str = ...) -> CliResult: ...
 
 
 @pytest.fixture
@@ -251,7 +255,7 @@ def cli(
     for key, value in FAST_ARGON2.items():
         monkeypatch.setenv(f"VAULT_{key.upper()}", str(value))
 
-    def invoke(*args: str, user: str = "operator", stdin: str = "") -> CliResult:
+    def invoke(*args: str | int | Path, user: str = "operator", stdin: str = "") -> CliResult:
         monkeypatch.setenv("VAULT_CONFIG_DIR", str(tmp_path / "config" / user))
         monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
         capsys.readouterr()

@@ -271,7 +271,7 @@ def test_unknown_user_verifies_against_a_dummy_hash(
         calls: list[str] = []
         original = argon2.PasswordHasher.verify
 
-        def spy(self: argon2.PasswordHasher, hash: str | bytes, password: str | bytes) -> Any:
+        def spy(self: argon2.PasswordHasher, hash: str | bytes, password: str | bytes) -> bool:
             calls.append(hash if isinstance(hash, str) else hash.decode())
             return original(self, hash, password)
 

@@ -59,7 +59,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -78,7 +78,11 @@ from tests.conftest import (  # noqa: E402
 from vault.config import load_settings  # noqa: E402
 from vault.models import Classification, Handling  # noqa: E402
 from vault.schemas import NewPackage  # noqa: E402
-from vault.service import IncomingFile, Vault  # noqa: E402
+from vault.service import IncomingFile, Principal, Vault  # noqa: E402
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+    from starlette.types import ASGIApp, Receive, Scope, Send
 
 EXAMPLES = int(os.environ.get("VAULT_FUZZ_EXAMPLES", "10"))
 COVERAGE = int(os.environ.get("VAULT_FUZZ_COVERAGE", "60"))
@@ -114,7 +118,7 @@ class FuzzWorld:
     """A seeded vault with a few packages and releases, its app and a token per role."""
 
     vault: Vault
-    app: Any
+    app: FastAPI
     tokens: dict[str, str]
     real: dict[str, list[str]] = field(default_factory=dict)
     checkpoint: str = ""
@@ -135,7 +139,7 @@ class FuzzWorld:
         return values[self.counter % len(values)]
 
 
-def _upload(vault: Vault, who: Any, title: str, **meta: Any) -> dict[str, Any]:
+def _upload(vault: Vault, who: Principal, title: str, **meta: Any) -> dict[str, Any]:
     result = vault.upload(
         who,
         NewPackage(title=title, **meta),
@@ -144,10 +148,10 @@ def _upload(vault: Vault, who: Any, title: str, **meta: Any) -> dict[str, Any]:
     return result.package.model_dump(mode="json")
 
 
-def _without_lifespan(app: Any) -> Any:
+def _without_lifespan(app: ASGIApp) -> ASGIApp:
     """The app, declining ASGI lifespan: no background checkpoint task outlives the module."""
 
-    async def asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def asgi(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             raise RuntimeError("lifespan not used in-process")
         await app(scope, receive, send)

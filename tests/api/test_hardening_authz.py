@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from sqlmodel import Session, col, select
 
-from tests.conftest import FAST_ARGON2, PASSWORD, World
+from tests.conftest import FAST_ARGON2, PASSWORD, CliRunner, World
 from vault.config import default_policy_dir, load_settings
 from vault.errors import AccessDenied, AuthenticationFailed, ConfigError
 from vault.ledger.entry import Entry, decode
@@ -289,7 +289,7 @@ def test_rules_that_give_no_content_to_admins_or_auditors_still_work(line: str, 
     assert vault.rules(local_operator()) == []
 
 
-def test_the_cli_refuses_such_a_rule_too(cli: Any) -> None:
+def test_the_cli_refuses_such_a_rule_too(cli: CliRunner) -> None:
     result = cli("admin", "add-rule", "p, *, originator, *, *, *, read, allow")
     assert result.code == 5, result.stderr  # AccessDenied
     assert "separation of duties" in result.stderr

@@ -690,7 +690,9 @@ def test_oversized_json_is_413(path: str, framing: str, served: Served) -> None:
     body = b'{"username": "' + b"a" * MiB + b'"}'
     before = stored(served.world)
     with httpx.Client(base_url=served.url, timeout=TIMEOUT) as client:
-        content: Any = body if framing == "content-length" else iter([body[:KiB], body[KiB:]])
+        content: bytes | Iterator[bytes] = (
+            body if framing == "content-length" else iter([body[:KiB], body[KiB:]])
+        )
         reply = client.post(
             target,
             content=content,

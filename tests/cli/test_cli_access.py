@@ -65,7 +65,7 @@ def upload(
     handling: str = "H0",
     note: str = "",
 ) -> str:
-    args = [
+    args: list[str | Path] = [
         "package",
         "upload",
         path,

@@ -24,7 +24,7 @@ import httpx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from rich.console import Console
+from rich.console import Console, RenderableType
 from sqlmodel import Session, col, select
 
 from cli import render
@@ -59,7 +59,7 @@ def assert_inert(output: str) -> None:
     assert not bad, f"unsafe characters reach the terminal: {bad}\n{output!r}"
 
 
-def printed(renderable: Any) -> str:
+def printed(renderable: RenderableType) -> str:
     sink = io.StringIO()
     Console(file=sink, width=200, soft_wrap=True).print(renderable)
     return sink.getvalue()

@@ -27,14 +27,15 @@ import sqlite3
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import create_engine, event, text
+from sqlalchemy import Connection, create_engine, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy.pool import ConnectionPoolEntry
 
 from cli.client import ApiClient
 from tests.conftest import (
@@ -47,7 +48,7 @@ from tests.conftest import (
     running_server,
     seed,
 )
-from tests.s3server import moto_s3
+from tests.s3server import MotoS3, moto_s3
 from tests.servers import BLOVAULT, Served, spawn, wait_healthy
 from vault.config import Settings, load_settings
 from vault.db import READ_ONLY, make_engine
@@ -76,7 +77,7 @@ def _uploads(entries: list[Entry], decision: str) -> list[Entry]:
     return [e for e in entries if e.action == "upload" and e.decision == decision]
 
 
-def _reader(vault: Vault) -> Any:
+def _reader(vault: Vault) -> Connection:
     """A connection that takes no write lock (SQLite: plain BEGIN), usable while locked."""
     return vault.engine.execution_options(**{READ_ONLY: True}).connect()
 
@@ -114,7 +115,7 @@ def _roundtrip(vault: Vault, officer: Principal, title: str = "after the fault")
 class _StoppingReader:
     """A plaintext source of ``total`` bytes that calls ``stop`` once ``stop_after`` were read."""
 
-    def __init__(self, total: int, stop_after: int, stop: Any) -> None:
+    def __init__(self, total: int, stop_after: int, stop: Callable[[], None]) -> None:
         self.total = total
         self.stop_after = stop_after
         self._stop = stop
@@ -201,7 +202,7 @@ BIG = 40 * MiB  # well beyond what loopback socket buffers hold, so stopping rea
 
 
 @contextlib.contextmanager
-def _minio_vault(tmp_path: Path, s3: Any, database_url: str | None) -> Iterator[Vault]:
+def _minio_vault(tmp_path: Path, s3: MotoS3, database_url: str | None) -> Iterator[Vault]:
     settings = load_settings(
         data_dir=tmp_path / "data",
         database_url=database_url,
@@ -215,7 +216,7 @@ def _minio_vault(tmp_path: Path, s3: Any, database_url: str | None) -> Iterator[
         vault.close()
 
 
-def _reopen_on(vault: Vault, s3: Any) -> Vault:
+def _reopen_on(vault: Vault, s3: MotoS3) -> Vault:
     """The same vault (data dir, database, bucket) through another S3 endpoint."""
     old = vault.settings
     settings = load_settings(
@@ -408,7 +409,7 @@ def test_server_killed_mid_upload_then_gc(tmp_path: Path) -> None:
         headers = _login(first.url)
 
         boundary = "fault" + secrets.token_hex(12)
-        outcome: list[Any] = []
+        outcome: list[httpx.Response | Exception] = []
 
         def body() -> Iterator[bytes]:
             yield (
@@ -558,7 +559,7 @@ def test_sqlite_write_locked(tmp_path: Path) -> None:
         officer = users["uz.officer"]
 
         @event.listens_for(vault.engine, "connect")
-        def _short_busy_timeout(dbapi_conn: Any, _record: Any) -> None:
+        def _short_busy_timeout(dbapi_conn: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
             cursor = dbapi_conn.cursor()
             cursor.execute("PRAGMA busy_timeout=200")
             cursor.close()

@@ -17,13 +17,15 @@ everywhere.
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.queues
+import multiprocessing.synchronize
 import os
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from queue import Empty
-from typing import Any
+from typing import TypeVar
 
 import pytest
 from sqlalchemy import text
@@ -153,7 +155,10 @@ def writers_of(users: dict[str, Principal]) -> list[Principal]:
     return [users[name] for name in WRITER_USERS]
 
 
-def timed(label: str, fn: Callable[[], Any]) -> Any:
+T = TypeVar("T")
+
+
+def timed(label: str, fn: Callable[[], T]) -> T:
     began = time.perf_counter()
     try:
         return fn()
@@ -197,9 +202,9 @@ def _process_writer(
     principal: Principal,
     writer: int,
     count: int,
-    ready: Any,
-    go: Any,
-    results: Any,
+    ready: multiprocessing.queues.Queue[int],
+    go: multiprocessing.synchronize.Event,
+    results: multiprocessing.queues.Queue[tuple[int, list[int], str | None]],
 ) -> None:
     """One writer process: its own Vault on the shared schema, data folder and dev keys."""
     try:

@@ -15,6 +15,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,7 @@ def b64(raw: bytes) -> str:
     return base64.b64encode(raw).decode()
 
 
-def cli_json(cli: CliRunner, *args: object) -> dict[str, Any]:
+def cli_json(cli: CliRunner, *args: str | int | Path) -> dict[str, Any]:
     result = cli(*args, "--json")
     assert result.code == 0, (args, result.stdout, result.stderr)
     data: dict[str, Any] = json.loads(result.stdout)
@@ -365,7 +366,7 @@ def test_export_verifies_offline_and_tampering_is_caught(
         == cp.root_hash
     )
 
-    def variant(name: str, change: Any) -> Path:
+    def variant(name: str, change: Callable[[dict[str, Any]], None]) -> Path:
         copy = json.loads(json.dumps(doc))
         change(copy)
         path = tmp_path / f"{name}.json"

@@ -78,7 +78,9 @@ def scrape_until(
         time.sleep(0.02)
 
 
-def logged_lines(json_log: io.StringIO, *request_ids: str, timeout: float = 3.0) -> list[Any]:
+def logged_lines(
+    json_log: io.StringIO, *request_ids: str, timeout: float = 3.0
+) -> list[dict[str, Any]]:
     """The JSON log lines so far, once every request id has its access line: those lines are
     written after the response is sent, so a client can read the reply before they exist."""
     deadline = time.monotonic() + timeout

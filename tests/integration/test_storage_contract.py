@@ -45,7 +45,7 @@ from vault.errors import (  # noqa: E402
     StorageUnavailable,
     TooLarge,
 )
-from vault.storage import ObjectStore  # noqa: E402
+from vault.storage import ObjectReader, ObjectStore  # noqa: E402
 from vault.storage.local import LocalDiskStore  # noqa: E402
 from vault.storage.minio import MAX_PARTS, MinioStore, choose_part_size  # noqa: E402
 
@@ -80,7 +80,7 @@ def s3_tls() -> Iterator[S3Target]:
 @dataclass
 class Backend:
     name: str
-    store: Any  # LocalDiskStore | MinioStore
+    store: LocalDiskStore | MinioStore
     client: Minio | None = None
     bucket: str | None = None
 
@@ -139,7 +139,7 @@ def s3_only(request: pytest.FixtureRequest) -> Iterator[Backend]:
 
 @pytest.fixture
 def store(backend: Backend) -> ObjectStore:
-    return backend.store  # type: ignore[no-any-return]
+    return backend.store
 
 
 # --- sources ---------------------------------------------------------------------------------
@@ -200,7 +200,7 @@ def read_back(store: ObjectStore, key: str, chunk: int = 64 * 1024) -> bytes:
     return b"".join(parts)
 
 
-def drain(reader: Any) -> None:
+def drain(reader: ObjectReader) -> None:
     while reader.read(64 * 1024):
         pass
 
@@ -279,7 +279,7 @@ def test_failed_put_leaves_no_object(backend: Backend, good: int, error: BaseExc
         pass
     with pytest.raises(NotFound):
         store.size(key)
-    if backend.name == "local":
+    if isinstance(store, LocalDiskStore):  # the "local" backend
         assert store.stray_temp_files() == []
     else:
         assert key not in backend.pending_uploads()  # the multipart upload was aborted

@@ -379,7 +379,7 @@ def cli(
         monkeypatch.setattr(logging.getLogger(name), "handlers", [])
         monkeypatch.setattr(logging.getLogger(name), "propagate", True)
 
-    def invoke(*args: str | Path, user: str = "operator", stdin: str = "") -> CliResult:
+    def invoke(*args: str | int | Path, user: str = "operator", stdin: str = "") -> CliResult:
         monkeypatch.setenv("VAULT_CONFIG_DIR", str(tmp_path / "config" / user))
         monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
         capsys.readouterr()
