@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
 import hypothesis
 import pytest
@@ -78,6 +78,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 # The bearer token GET /metrics needs on the test vaults (VAULT_METRICS_TOKEN).
 METRICS_TOKEN = "metrics-token-for-tests-0123456789"
 METRICS_AUTH = {"Authorization": f"Bearer {METRICS_TOKEN}"}
+
+# The parts of a multipart upload as httpx takes them: (field, (filename, content, type)).
+MultipartFiles = list[tuple[str, tuple[str | None, bytes | str | IO[bytes], str]]]
 
 FAST_ARGON2 = {"argon2_time_cost": 1, "argon2_memory_kib": 1024, "argon2_parallelism": 1}
 

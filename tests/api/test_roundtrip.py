@@ -29,6 +29,7 @@ from tests.conftest import (
     FAST_ARGON2,
     ON_POSTGRES,
     PASSWORD,
+    MultipartFiles,
     World,
     postgres_schema_url,
     running_server,
@@ -120,7 +121,7 @@ def upload(
     """POST /packages with the files streamed from disk."""
     metadata = {"title": "Seizure report", **meta}
     with contextlib.ExitStack() as stack:
-        parts: list[tuple[str, Any]] = [
+        parts: MultipartFiles = [
             ("metadata", (None, json.dumps(metadata).encode(), "application/json"))
         ]
         for name, path in files:

@@ -6,7 +6,7 @@ import json
 
 import httpx
 
-from tests.conftest import PASSWORD, World
+from tests.conftest import PASSWORD, MultipartFiles, World
 
 
 def _token(client: httpx.Client, user: str) -> dict[str, str]:
@@ -18,7 +18,7 @@ def _token(client: httpx.Client, user: str) -> dict[str, str]:
 def test_upload_release_download_over_http(world: World, live_server: str) -> None:
     with httpx.Client(base_url=live_server) as client:
         uz = _token(client, "uz.officer")
-        files: list[tuple[str, tuple[str | None, str | bytes, str]]] = [
+        files: MultipartFiles = [
             ("metadata", (None, json.dumps({"title": "Seizure at Oybek"}), "application/json")),
             ("file", ("report.txt", b"15 kg heroin", "text/plain")),
         ]

@@ -29,6 +29,7 @@ from tests.conftest import (
     FAST_ARGON2,
     ON_POSTGRES,
     PASSWORD,
+    MultipartFiles,
     World,
     postgres_schema_url,
     running_server,
@@ -167,7 +168,7 @@ def assert_refused_and_recorded(
 def post_upload(
     client: httpx.Client, meta: dict[str, Any], files: list[tuple[str, bytes]]
 ) -> httpx.Response:
-    parts: list[tuple[str, Any]] = [("metadata", (None, json.dumps(meta), "application/json"))]
+    parts: MultipartFiles = [("metadata", (None, json.dumps(meta), "application/json"))]
     parts += [("file", (name, data, "application/octet-stream")) for name, data in files]
     return client.post("/packages", files=parts)
 

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Protocol
 
 import pytest
 from sqlalchemy import create_engine, inspect, text
@@ -50,10 +51,16 @@ LOCAL_COMMANDS = [
 ]
 
 
+class BareCli(Protocol):
+    """The ``bare_cli`` fixture: run the CLI with ``args``; returns (exit code, stdout, stderr)."""
+
+    def __call__(self, *args: str) -> tuple[int, str, str]: ...
+
+
 @pytest.fixture
 def bare_cli(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> Callable[..., tuple[int, str, str]]:
+) -> BareCli:
     """``blovault`` run in-process in an empty folder with no VAULT_* settings at all."""
     from cli.main import run
 
@@ -78,9 +85,7 @@ def bare_cli(
 
 
 @pytest.mark.parametrize("command", LOCAL_COMMANDS, ids=lambda c: " ".join(c[:2]))
-def test_no_command_but_init_creates_a_vault(
-    bare_cli: Callable[..., tuple[int, str, str]], command: tuple[str, ...]
-) -> None:
+def test_no_command_but_init_creates_a_vault(bare_cli: BareCli, command: tuple[str, ...]) -> None:
     folder = Path.cwd()
     code, out, err = bare_cli(*command)
     assert code == MISSING, (code, out, err)
@@ -92,7 +97,7 @@ def test_no_command_but_init_creates_a_vault(
 
 
 def test_admin_init_creates_then_verify_reports(
-    bare_cli: Callable[..., tuple[int, str, str]],
+    bare_cli: BareCli,
 ) -> None:
     code, _, err = bare_cli("admin", "init")
     assert code == 0, err
@@ -108,7 +113,7 @@ def test_admin_init_creates_then_verify_reports(
 
 
 def test_missing_development_key_is_not_made_on_the_side(
-    bare_cli: Callable[..., tuple[int, str, str]],
+    bare_cli: BareCli,
 ) -> None:
     """A new key next to an existing database would not open what the old one sealed."""
     assert bare_cli("admin", "init")[0] == 0
@@ -141,7 +146,7 @@ def test_serve_does_not_create_a_vault(tmp_path: Path) -> None:
 
 @requires_postgres
 def test_empty_postgres_database_is_missing_not_created(
-    bare_cli: Callable[..., tuple[int, str, str]], monkeypatch: pytest.MonkeyPatch
+    bare_cli: BareCli, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     assert PG_URL
     with postgres_schema_url() as url:

@@ -13,9 +13,10 @@ import os
 import signal
 import subprocess
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import httpx
 import pytest
@@ -36,12 +37,24 @@ class Cli:
     stderr: str
 
 
+class Blovault(Protocol):
+    """The ``blovault`` fixture: run the CLI with ``args`` (each passed through ``str``)."""
+
+    def __call__(self, *args: str | Path) -> Cli: ...
+
+
+class StartWitness(Protocol):
+    """The ``start_witness`` fixture: serve ``directory`` (on ``port``, else a free one)."""
+
+    def __call__(self, directory: Path, port: int | None = None) -> Served: ...
+
+
 @pytest.fixture
-def blovault(capsys: pytest.CaptureFixture[str]) -> Callable[..., Cli]:
+def blovault(capsys: pytest.CaptureFixture[str]) -> Blovault:
     """Run ``blovault`` in-process and capture its output."""
     from cli.main import run
 
-    def invoke(*args: str) -> Cli:
+    def invoke(*args: str | Path) -> Cli:
         capsys.readouterr()
         code = run([str(a) for a in args])
         out = capsys.readouterr()
@@ -56,7 +69,7 @@ def log() -> LogOperator:
 
 
 @pytest.fixture
-def witness_dir(tmp_path: Path, blovault: Callable[..., Cli], log: LogOperator) -> Path:
+def witness_dir(tmp_path: Path, blovault: Blovault, log: LogOperator) -> Path:
     directory = tmp_path / "kz-witness"
     result = blovault(
         "witness", "init", "--name", "witness.kz.example/blo", "--log-vkey", log.vkey,
@@ -89,7 +102,7 @@ def _stop(served: Served, *, kill: bool = False) -> None:
 
 
 @pytest.fixture
-def start_witness(tmp_path: Path) -> Iterator[Callable[..., Served]]:
+def start_witness(tmp_path: Path) -> Iterator[StartWitness]:
     """Start ``blovault witness serve`` processes; every one started is stopped afterwards."""
     started: list[Served] = []
 
@@ -120,7 +133,7 @@ def cosigned_time(reply: httpx.Response, body: bytes, verifier: CosignatureVerif
     return verifier.verify(text, sig)
 
 
-def status(blovault: Callable[..., Cli], directory: Path) -> dict[str, object]:
+def status(blovault: Blovault, directory: Path) -> dict[str, object]:
     result = blovault("witness", "status", "--dir", directory, "--json")
     assert result.code == 0, result.stderr
     (only,) = json.loads(result.stdout)["logs"]
@@ -133,9 +146,9 @@ def status(blovault: Callable[..., Cli], directory: Path) -> dict[str, object]:
 
 def test_statuses_over_http(
     witness_dir: Path,
-    start_witness: Callable[..., Served],
+    start_witness: StartWitness,
     log: LogOperator,
-    blovault: Callable[..., Cli],
+    blovault: Blovault,
 ) -> None:
     url = start_witness(witness_dir).url
     verifier = verifier_of(witness_dir)
@@ -168,9 +181,9 @@ def test_statuses_over_http(
 
 def test_32_concurrent_requests_leave_one_consistent_state(
     witness_dir: Path,
-    start_witness: Callable[..., Served],
+    start_witness: StartWitness,
     log: LogOperator,
-    blovault: Callable[..., Cli],
+    blovault: Blovault,
 ) -> None:
     url = start_witness(witness_dir).url
     verifier = verifier_of(witness_dir)
@@ -255,9 +268,9 @@ def test_32_concurrent_requests_leave_one_consistent_state(
 
 def test_killed_witness_keeps_its_state(
     witness_dir: Path,
-    start_witness: Callable[..., Served],
+    start_witness: StartWitness,
     log: LogOperator,
-    blovault: Callable[..., Cli],
+    blovault: Blovault,
 ) -> None:
     first = start_witness(witness_dir)
     tree = tree_of(30)
@@ -282,7 +295,7 @@ def test_killed_witness_keeps_its_state(
 
 
 def test_cli_errors_use_the_exit_codes(
-    tmp_path: Path, blovault: Callable[..., Cli], witness_dir: Path, log: LogOperator
+    tmp_path: Path, blovault: Blovault, witness_dir: Path, log: LogOperator
 ) -> None:
     missing = blovault("witness", "status", "--dir", tmp_path / "none")
     assert missing.code == 10, missing.stderr
@@ -329,9 +342,9 @@ class TreeSource:
 
 def test_three_witnesses_two_of_three_publisher(
     tmp_path: Path,
-    start_witness: Callable[..., Served],
+    start_witness: StartWitness,
     log: LogOperator,
-    blovault: Callable[..., Cli],
+    blovault: Blovault,
 ) -> None:
     countries = ("KZ", "TJ", "KG")
     dirs, served = {}, {}
@@ -411,9 +424,9 @@ def test_three_witnesses_two_of_three_publisher(
 
 def test_witness_killed_during_concurrent_requests_keeps_every_answered_state(
     witness_dir: Path,
-    start_witness: Callable[..., Served],
+    start_witness: StartWitness,
     log: LogOperator,
-    blovault: Callable[..., Cli],
+    blovault: Blovault,
 ) -> None:
     served = start_witness(witness_dir)
     tree = tree_of(200)

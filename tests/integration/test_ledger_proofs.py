@@ -24,7 +24,15 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlmodel import Session
 
-from tests.conftest import FAST_ARGON2, ON_POSTGRES, PASSWORD, CliRunner, World, seed
+from tests.conftest import (
+    FAST_ARGON2,
+    ON_POSTGRES,
+    PASSWORD,
+    CliRunner,
+    MultipartFiles,
+    World,
+    seed,
+)
 from tests.integration.test_ledger_tamper import (
     build_ledger,
     raw_db,
@@ -599,7 +607,7 @@ def test_every_recording_reply_carries_its_receipt(
         entry = entry_of(world, login_receipt)
         assert (entry.actor_user, entry.action, entry.decision) == ("uz.officer", "login", "allow")
 
-        files: list[tuple[str, tuple[str | None, str | bytes, str]]] = [
+        files: MultipartFiles = [
             ("metadata", (None, json.dumps({"title": "Receipt check"}), "application/json")),
             ("file", ("r.txt", b"receipt me", "text/plain")),
         ]

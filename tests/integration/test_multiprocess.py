@@ -30,6 +30,7 @@ from sqlalchemy import text
 from tests.conftest import (
     FAST_ARGON2,
     PASSWORD,
+    MultipartFiles,
     postgres_schema_url,
     requires_postgres,
     seed,
@@ -114,7 +115,7 @@ def login(url: str, user: str) -> Headers:
 
 
 def upload(url: str, headers: Headers, title: str, files: dict[str, bytes]) -> dict[str, Any]:
-    parts: list[tuple[str, Any]] = [
+    parts: MultipartFiles = [
         ("metadata", (None, json.dumps({"title": title}).encode(), "application/json"))
     ]
     parts += [("file", (n, d, "application/octet-stream")) for n, d in files.items()]

@@ -21,7 +21,7 @@ import httpx
 import pytest
 from sqlmodel import Session, select
 
-from tests.conftest import ON_POSTGRES, PASSWORD, World
+from tests.conftest import ON_POSTGRES, PASSWORD, MultipartFiles, World
 from vault.crypto import SEGMENT_SIZE
 from vault.models import PackageFile
 from vault.storage.local import LocalDiskStore
@@ -82,7 +82,7 @@ def exercise(client: httpx.Client, canary: str) -> dict[str, Any]:
     line = f"line one {canary}\n"
     body = (line * (2 * SEGMENT_SIZE // len(line) + 100)).encode()  # spans three segments
     assert len(body) > 2 * SEGMENT_SIZE
-    files: list[tuple[str, Any]] = [
+    files: MultipartFiles = [
         ("metadata", (None, json.dumps(metadata).encode(), "application/json")),
         ("file", (f"{canary}.txt", body, "text/plain")),
         ("file", ("short.txt", canary.encode(), "text/plain")),
@@ -186,7 +186,7 @@ def test_no_canary_after_refused_upload(
     """An upload refused half-way (second filename invalid) leaves no trace of the first file."""
     with httpx.Client(base_url=live_server, timeout=60) as client:
         uz = token(client, "uz.officer")
-        files: list[tuple[str, Any]] = [
+        files: MultipartFiles = [
             ("metadata", (None, json.dumps({"title": canary}).encode(), "application/json")),
             ("file", (f"{canary}.txt", canary.encode() * 10_000, "text/plain")),
             ("file", (f"../{canary}", b"x", "text/plain")),

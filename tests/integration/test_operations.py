@@ -23,7 +23,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from api.observability import JsonFormatter
-from tests.conftest import METRICS_AUTH, PASSWORD, World, running_server
+from tests.conftest import METRICS_AUTH, PASSWORD, MultipartFiles, World, running_server
 from tests.s3server import moto_s3
 from vault.config import Settings
 from vault.crypto import SEGMENT_SIZE
@@ -44,7 +44,7 @@ def login(client: httpx.Client, user: str) -> Headers:
 def upload(
     client: httpx.Client, headers: Headers, title: str, files: list[tuple[str, bytes]]
 ) -> httpx.Response:
-    parts: list[tuple[str, Any]] = [
+    parts: MultipartFiles = [
         ("metadata", (None, json.dumps({"title": title}).encode(), "application/json"))
     ]
     parts += [("file", (name, data, "application/octet-stream")) for name, data in files]

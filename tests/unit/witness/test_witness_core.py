@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -306,7 +307,9 @@ def test_malformed_bodies(witness: Witness, body: bytes) -> None:
         lambda b: b.replace(b"old 0", b"old 0\x00"),
     ],
 )
-def test_mangled_valid_bodies(witness: Witness, log: LogOperator, mangle: object) -> None:
+def test_mangled_valid_bodies(
+    witness: Witness, log: LogOperator, mangle: Callable[[bytes], bytes]
+) -> None:
     body = log.body(0, tree_of(3))
     assert callable(mangle)
     with pytest.raises(InvalidInput):
