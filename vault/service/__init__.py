@@ -21,16 +21,7 @@ from sqlalchemy import Engine
 
 from vault.authz import Authorizer
 from vault.config import Settings
-from vault.db import (
-    check_schema,
-    make_engine,
-    migrate,
-    require_existing,
-    schema_revision,
-    session_scope,
-)
-from vault.errors import VaultMissing
-from vault.keys import KeyMaterial, load_keys
+from vault.keys import KeyMaterial
 from vault.ledger import note
 from vault.ledger.entry import Entry
 from vault.models import Classification, Role
@@ -58,7 +49,6 @@ from vault.service._core import (
     POLICY_REFRESH_SECONDS,
     Core,
     Principal,
-    load_rules,
     local_operator,
     new_id,
 )
@@ -70,7 +60,7 @@ from vault.service.ledger_ops import MAX_LEDGER_PAGE, LedgerService
 from vault.service.packages import MAX_PAGE, Download, IncomingFile, PackageService
 from vault.service.releases import ReleaseService
 from vault.service.sessions import Sessions
-from vault.storage import ObjectStore, open_store
+from vault.storage import ObjectStore
 from vault.tokens import TokenService
 
 __all__ = [
@@ -110,23 +100,17 @@ class Vault:
         passwords: Passwords,
         tokens: TokenService,
     ) -> None:
-        self.core = Core(
-            settings=settings,
-            engine=engine,
-            store=store,
-            keys=keys,
-            authz=authz,
-            passwords=passwords,
-            tokens=tokens,
+        self._attach(
+            Core(
+                settings=settings,
+                engine=engine,
+                store=store,
+                keys=keys,
+                authz=authz,
+                passwords=passwords,
+                tokens=tokens,
+            )
         )
-        sessions = Sessions(self.core)
-        self.access = Access(self.core)
-        self.identity = IdentityService(self.core, sessions)
-        self.admin = AdminService(self.core, sessions)
-        self.packages = PackageService(self.core, self.access)
-        self.releases = ReleaseService(self.core, self.access)
-        self.audit = AuditService(self.core, self.access)
-        self.ledger = LedgerService(self.core)
 
     @classmethod
     def open(
@@ -150,50 +134,29 @@ class Vault:
         guard is gone stops the start, unless ``require_guard`` is False (``ledger verify``:
         then it is only logged).
         """
-        url = settings.resolved_database_url
-        if create:
-            settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        else:
-            require_existing(url)
-        engine = make_engine(url)
-        try:
-            # The database first: in the wrong place, that is what the message should name.
-            if not create and schema_revision(engine) is None:
-                raise VaultMissing(
-                    f"no vault schema in {engine.url.render_as_string(hide_password=True)}: "
-                    "run 'blovault admin init' (or 'blovault admin migrate' as its owner)"
-                )
-            keys = load_keys(settings, create=create)
-            if settings.env == "production" or not repair:
-                # Production never changes its schema on start: the service's database role
-                # may not even be allowed to; `blovault admin migrate` runs as the owner.
-                check_schema(engine, require_guard=require_guard)
-            else:
-                migrate(engine)
-        except BaseException:
-            engine.dispose()
-            raise
-        with session_scope(engine, readonly=True) as session:
-            rules = load_rules(session)
-        return cls(
-            settings=settings,
-            engine=engine,
-            store=store if store is not None else open_store(settings),
-            keys=keys,
-            authz=Authorizer(policy_dir=settings.resolved_policy_dir, extra_rules=rules),
-            passwords=Passwords(
-                time_cost=settings.argon2_time_cost,
-                memory_kib=settings.argon2_memory_kib,
-                parallelism=settings.argon2_parallelism,
-            ),
-            tokens=TokenService(
-                private_pem=keys.token_private_pem,
-                public_pems=[keys.token_public_pem],
-                issuer=settings.token_issuer,
-                audience=settings.token_audience,
-                ttl_seconds=settings.token_ttl_seconds,
-            ),
+        return cls.over(
+            Core.open(
+                settings, store=store, create=create, repair=repair, require_guard=require_guard
+            )
         )
+
+    @classmethod
+    def over(cls, core: Core) -> Vault:
+        """The facade over an existing core (its services built on it)."""
+        vault = cls.__new__(cls)
+        vault._attach(core)
+        return vault
+
+    def _attach(self, core: Core) -> None:
+        self.core = core
+        sessions = Sessions(core)
+        self.access = Access(core)
+        self.identity = IdentityService(core, sessions)
+        self.admin = AdminService(core, sessions)
+        self.packages = PackageService(core, self.access)
+        self.releases = ReleaseService(core, self.access)
+        self.audit = AuditService(core, self.access)
+        self.ledger = LedgerService(core)
 
     def close(self) -> None:
         """Finish pending ledger appends and release database connections."""

@@ -28,7 +28,15 @@ from sqlmodel import Session, select
 
 from vault.authz import NONE, Authorizer, Facts, parse_rule
 from vault.config import Settings
-from vault.db import read_scope, session_scope
+from vault.db import (
+    check_schema,
+    make_engine,
+    migrate,
+    read_scope,
+    require_existing,
+    schema_revision,
+    session_scope,
+)
 from vault.errors import (
     AccessDenied,
     Conflict,
@@ -36,14 +44,15 @@ from vault.errors import (
     NotFound,
     StorageUnavailable,
     VaultError,
+    VaultMissing,
 )
-from vault.keys import KeyMaterial
+from vault.keys import KeyMaterial, load_keys
 from vault.ledger import log as ledger
 from vault.ledger.log import Actor
 from vault.models import Agency, Classification, Package, PolicyRule, Role, User
 from vault.passwords import Passwords
 from vault.schemas import check_id
-from vault.storage import ObjectStore
+from vault.storage import ObjectStore, open_store
 from vault.tokens import TokenService
 
 log = logging.getLogger("vault.service")
@@ -226,6 +235,64 @@ class Core:
         self._appender = ledger.GroupAppender(engine)
         self._counts_lock = threading.Lock()
         self._decisions: dict[str, int] = {}
+
+    @classmethod
+    def open(
+        cls,
+        settings: Settings,
+        *,
+        store: ObjectStore | None = None,
+        create: bool = True,
+        repair: bool = True,
+        require_guard: bool = True,
+    ) -> Core:
+        """Build the core from settings: database, store, keys, policy (see ``Vault.open``:
+        VaultMissing for a missing vault unless ``create``; the schema is only checked
+        unless ``repair`` outside production)."""
+        url = settings.resolved_database_url
+        if create:
+            settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        else:
+            require_existing(url)
+        engine = make_engine(url)
+        try:
+            # The database first: in the wrong place, that is what the message should name.
+            if not create and schema_revision(engine) is None:
+                raise VaultMissing(
+                    f"no vault schema in {engine.url.render_as_string(hide_password=True)}: "
+                    "run 'blovault admin init' (or 'blovault admin migrate' as its owner)"
+                )
+            keys = load_keys(settings, create=create)
+            if settings.env == "production" or not repair:
+                # Production never changes its schema on start: the service's database role
+                # may not even be allowed to; `blovault admin migrate` runs as the owner.
+                check_schema(engine, require_guard=require_guard)
+            else:
+                migrate(engine)
+        except BaseException:
+            engine.dispose()
+            raise
+        with session_scope(engine, readonly=True) as session:
+            rules = load_rules(session)
+        return cls(
+            settings=settings,
+            engine=engine,
+            store=store if store is not None else open_store(settings),
+            keys=keys,
+            authz=Authorizer(policy_dir=settings.resolved_policy_dir, extra_rules=rules),
+            passwords=Passwords(
+                time_cost=settings.argon2_time_cost,
+                memory_kib=settings.argon2_memory_kib,
+                parallelism=settings.argon2_parallelism,
+            ),
+            tokens=TokenService(
+                private_pem=keys.token_private_pem,
+                public_pems=[keys.token_public_pem],
+                issuer=settings.token_issuer,
+                audience=settings.token_audience,
+                ttl_seconds=settings.token_ttl_seconds,
+            ),
+        )
 
     # --- policy -------------------------------------------------------------------------------
 
