@@ -70,6 +70,7 @@ __all__ = [
     "MAX_LEDGER_PAGE",
     "MAX_PAGE",
     "POLICY_REFRESH_SECONDS",
+    "Core",
     "Download",
     "IncomingFile",
     "Principal",

@@ -385,18 +385,28 @@ class Core:
 
     # --- recording ----------------------------------------------------------------------------
 
-    def record_in(self, session: Session, **fields: Any) -> int:
+    def record_in(self, session: Session, *, policy: str | None = None, **fields: Any) -> int:
         """Write a ledger entry in ``session``'s transaction (it commits or rolls back with the
-        action), stamped with the policy version; returns its sequence number."""
-        seq = ledger.append(session, policy=self._authz.policy_hash, **fields)
-        self.count_decision(str(fields.get("decision", "")))
-        return seq
+        action), stamped with the policy version in force (or ``policy``, for a change of
+        policy that takes effect with this transaction); returns its sequence number."""
+        return self._write(self._stamped(fields, policy), session)
 
     def record(self, **fields: Any) -> int:
         """Write a ledger entry for an access that changes nothing (reads, refusals) through
         group commit; returns once it is committed, so nothing reaches a caller unrecorded."""
-        seq = self._appender.append(ledger.Record(policy=self._authz.policy_hash, **fields))
-        self.count_decision(str(fields.get("decision", "")))
+        return self._write(self._stamped(fields), None)
+
+    def _stamped(self, fields: dict[str, Any], policy: str | None = None) -> ledger.Record:
+        return ledger.Record(policy=policy or self._authz.policy_hash, **fields)
+
+    def _write(self, record: ledger.Record, session: Session | None) -> int:
+        """The one place entries are written: in ``session``'s transaction, or (None) through
+        group commit. Counted for metrics."""
+        if session is not None:
+            seq = ledger.append_many(session, [record])[0]
+        else:
+            seq = self._appender.append(record)
+        self._count_decision(record.decision)
         return seq
 
     def record_decision(
@@ -427,9 +437,7 @@ class Core:
             "handling": package.handling.value,
             **target,
         }
-        if session is not None:
-            return self.record_in(session, **fields)
-        return self.record(**fields)
+        return self._write(self._stamped(fields), session)
 
     def record_refusal(
         self, exc: VaultError, actor: Actor, action: str, reason: str, **target: str
@@ -462,7 +470,7 @@ class Core:
             principal.actor, "request", DENY, reason, subject=route, **target
         )
 
-    def count_decision(self, decision: str) -> None:
+    def _count_decision(self, decision: str) -> None:
         """Count one ledger entry this process wrote (for metrics)."""
         with self._counts_lock:
             self._decisions[decision] = self._decisions.get(decision, 0) + 1

@@ -17,7 +17,6 @@ from vault import crypto
 from vault.authz import SEPARATION_OF_DUTIES, Authorizer, parse_rule, rule_line
 from vault.db import is_postgres
 from vault.errors import AccessDenied, Conflict, InvalidInput, NotFound, StorageUnavailable
-from vault.ledger import log as ledger
 from vault.models import (
     Agency,
     Classification,
@@ -232,9 +231,8 @@ class AdminService:
             authz = Authorizer(
                 policy_dir=core.settings.resolved_policy_dir, extra_rules=tuple(sorted(current))
             )
-            # Stamped with the policy it makes, not the one in force: written directly.
-            core.count_decision(ALLOW)
-            ledger.append(
+            # Stamped with the policy it makes, which is in force once this commits.
+            core.record_in(
                 session,
                 actor=principal.actor,
                 action="manage",

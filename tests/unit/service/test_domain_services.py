@@ -16,8 +16,7 @@ from vault.ledger import log as ledger
 from vault.ledger.entry import Entry, decode
 from vault.ledger.log import Actor
 from vault.models import Agency, Classification, Role
-from vault.service import Principal, local_operator
-from vault.service._core import Core
+from vault.service import Core, Principal, local_operator
 from vault.service.admin import AdminService
 from vault.service.identity import IdentityService
 from vault.service.sessions import Sessions
