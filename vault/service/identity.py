@@ -134,10 +134,7 @@ class IdentityService:
             # The attempt counts as a failure before the password is checked (a success
             # resets it), under a lock: concurrent guesses can't all slip in before the
             # first failure is on record.
-            _lock_throttle(session)
-            locks = _active_locks(session, keys, now)
-            if not locks:
-                self._count_failure(session, keys, now)
+            locks = self._count_attempt(session, keys, now)
             user = (
                 session.exec(select(User).where(User.username == name)).first()
                 if USERNAME.fullmatch(name)
@@ -180,6 +177,16 @@ class IdentityService:
         """How the ledger names a username that no account has."""
         raw = name.encode("utf-8", "surrogatepass")
         return "unknown:" + crypto.keyed_digest(self.core.keys.pseudonym_key, raw)[:32]
+
+    def _count_attempt(self, session: Session, keys: list[str], now: datetime) -> list[datetime]:
+        """Until when each of ``keys`` is locked out now; if none is, count this attempt as a
+        failure of each. Under the throttle lock, so concurrent guesses can't all slip in
+        before the first failure is on record."""
+        _lock_throttle(session)
+        locks = _active_locks(session, keys, now)
+        if not locks:
+            self._count_failure(session, keys, now)
+        return locks
 
     def _count_failure(self, session: Session, keys: list[str], now: datetime) -> None:
         """One more failure for each key; lock it once it reaches its threshold (runs under
@@ -380,10 +387,7 @@ class IdentityService:
         now = utcnow()
         with core.tx() as session:
             # As in login: counted as a failure before the check, under the lock.
-            _lock_throttle(session)
-            locks = _active_locks(session, [key], now)
-            if not locks:
-                self._count_failure(session, [key], now)
+            locks = self._count_attempt(session, [key], now)
             user = session.get(User, principal.user_id)
         if locks:
             wait = utc_seconds_until(max(locks), now)
