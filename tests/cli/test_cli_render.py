@@ -35,7 +35,7 @@ from vault.errors import AuthenticationFailed, InvalidInput
 from vault.ledger.log import Actor
 from vault.models import Package, PackageFile
 from vault.schemas import check_filename, filename_key
-from vault.service import _file_identity, _package_identity
+from vault.service.sealed import file_identity, package_identity
 
 LoggedIn = Callable[[str], None]
 BIDI = "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
@@ -236,7 +236,7 @@ def test_ledger_show_escapes_a_login_name_with_escape_sequences(
     name = "\x1b]0;pwned\x07\x1b[2J[bold]x"
     with pytest.raises(AuthenticationFailed):
         world.vault.login(name, "wrong")
-    world.vault._record(Actor(user=name), "login", "deny", "bad_credentials")
+    world.vault.core.record_decision(Actor(user=name), "login", "deny", "bad_credentials")
     result = cli("ledger", "show", "--action", "login", "--decision", "deny")
     assert result.code == 0, result.stderr
     assert_inert(result.stdout)
@@ -255,7 +255,7 @@ def rename_stored_files(world: World, package_id: str, names: list[str]) -> None
         assert package is not None
         key = vault.keys.keyring.unwrap(
             crypto.WrappedKey(package.kek_id, package.wrapped_key),
-            context=_package_identity(package_id),
+            context=package_identity(package_id),
         )
         rows = session.exec(
             select(PackageFile)
@@ -263,7 +263,7 @@ def rename_stored_files(world: World, package_id: str, names: list[str]) -> None
             .order_by(col(PackageFile.position))
         ).all()
         for row, name in zip(rows, names, strict=True):
-            identity = _file_identity(package_id, row.id)
+            identity = file_identity(package_id, row.id)
             meta = json.loads(crypto.open_bytes(key, row.sealed_meta, context=identity))
             meta["name"] = name
             row.sealed_meta = crypto.seal_bytes(key, json.dumps(meta).encode(), context=identity)

@@ -574,7 +574,7 @@ def test_api_ledger_routes_for_auditor_and_officer(world: World, live_server: st
 
 
 def test_ledger_reads_over_the_api_carry_their_receipt(world: World, live_server: str) -> None:
-    """An auditor's ledger read is recorded (see Vault._ledger_read), so its reply names it."""
+    """An auditor's ledger read is recorded (LedgerService.record_read), so its reply names it."""
     with httpx.Client(base_url=live_server, timeout=30) as client:
         auditor, _ = login(client, "uz.auditor")
         cp = client.get("/ledger/checkpoint", headers=auditor).json()["note"]

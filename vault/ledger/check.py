@@ -292,16 +292,8 @@ def _in_parallel(
             if child.is_alive():
                 child.kill()
                 child.join()
-    if len(outcomes) != len(ranges):
+    if not _joined_up(ranges, outcomes, starts):
         return None
-    for (_, hi), outcome, following in zip(ranges, outcomes, [*starts[1:], None], strict=True):
-        if not outcome.ok or outcome.size != hi:
-            return None
-        if following is not None and (outcome.frontier, outcome.last_leaf) != (
-            following.frontier,
-            following.prev_leaf,
-        ):
-            return None
     if progress:
         progress(count)
     root = merkle.CompactRange.from_hashes(count, outcomes[-1].frontier).root()
@@ -314,6 +306,25 @@ def _in_parallel(
 
 
 _FAILED = RangeOutcome(False, 0, (), None)
+
+
+def _joined_up(
+    ranges: Sequence[tuple[int, int]],
+    outcomes: Sequence[RangeOutcome],
+    starts: Sequence[Start | None],
+) -> bool:
+    """Whether every range checked out, up to its end, and ended where the next one starts."""
+    if len(outcomes) != len(ranges):
+        return False
+    for (_, hi), outcome, following in zip(ranges, outcomes, [*starts[1:], None], strict=True):
+        if not outcome.ok or outcome.size != hi:
+            return False
+        if following is not None and (outcome.frontier, outcome.last_leaf) != (
+            following.frontier,
+            following.prev_leaf,
+        ):
+            return False
+    return True
 
 
 def _stored_start(db: _Db, seq: int) -> Start | None:

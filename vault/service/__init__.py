@@ -1,0 +1,447 @@
+"""The one entry point the API, the web pages and the CLI all call.
+
+Each operation authorises through :class:`~vault.authz.Authorizer`, acts, and appends to the
+ledger in the same database transaction as the action. Refusals are appended in a transaction
+of their own and then raised. Items a caller may not know exist are refused with NotFound,
+exactly like items that don't exist.
+
+:class:`Vault` is a facade: it builds one shared :class:`~vault.service._core.Core` and one
+service per domain over it, and delegates each operation to its service. A new operation goes
+in the service of its domain (``identity``, ``admin``, ``packages``, ``releases``, ``audit``,
+``ledger_ops``), with a one-line delegation here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime, timedelta
+from typing import TextIO
+
+from sqlalchemy import Engine
+
+from vault.authz import Authorizer
+from vault.config import Settings
+from vault.keys import KeyMaterial
+from vault.ledger import note
+from vault.ledger.entry import Entry
+from vault.models import Classification, Role
+from vault.passwords import Passwords
+from vault.schemas import (
+    AuditView,
+    CheckpointInfo,
+    ConsistencyProof,
+    Explanation,
+    InclusionProof,
+    LedgerEntries,
+    LedgerReport,
+    LoginResult,
+    NewPackage,
+    PackageDetail,
+    PackageList,
+    ReleaseResult,
+    UploadResult,
+    UserInfo,
+)
+from vault.service._core import (
+    ALLOW,
+    DENY,
+    ERROR,
+    POLICY_REFRESH_SECONDS,
+    Core,
+    Principal,
+    local_operator,
+    new_id,
+)
+from vault.service.access import Access, listing_params, package_facts
+from vault.service.admin import AdminService
+from vault.service.audit import AuditService
+from vault.service.identity import IdentityService
+from vault.service.ledger_ops import MAX_LEDGER_PAGE, LedgerService
+from vault.service.packages import MAX_PAGE, Download, IncomingFile, PackageService
+from vault.service.releases import ReleaseService
+from vault.service.sessions import Sessions
+from vault.storage import ObjectStore
+from vault.tokens import TokenService
+
+__all__ = [
+    "ALLOW",
+    "DENY",
+    "ERROR",
+    "MAX_LEDGER_PAGE",
+    "MAX_PAGE",
+    "POLICY_REFRESH_SECONDS",
+    "Core",
+    "Download",
+    "IncomingFile",
+    "Principal",
+    "Vault",
+    "listing_params",
+    "local_operator",
+    "new_id",
+    "package_facts",
+]
+
+
+class Vault:
+    """The vault's service layer: every operation decides, acts and records.
+
+    The domain services are public attributes (``core``, ``access``, ``identity``, ``admin``,
+    ``packages``, ``releases``, ``audit``, ``ledger``) for callers that measure or test one
+    part; the API and the CLI call the operations below.
+    """
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        engine: Engine,
+        store: ObjectStore,
+        keys: KeyMaterial,
+        authz: Authorizer,
+        passwords: Passwords,
+        tokens: TokenService,
+    ) -> None:
+        self._attach(
+            Core(
+                settings=settings,
+                engine=engine,
+                store=store,
+                keys=keys,
+                authz=authz,
+                passwords=passwords,
+                tokens=tokens,
+            )
+        )
+
+    @classmethod
+    def open(
+        cls,
+        settings: Settings,
+        *,
+        store: ObjectStore | None = None,
+        create: bool = True,
+        repair: bool = True,
+        require_guard: bool = True,
+    ) -> Vault:
+        """Build the service from settings: database, store, keys, policy.
+
+        ``create`` lets it make what is missing (data folder, SQLite file, development keys,
+        schema): only ``admin init`` and embedded uses ask for that. Without it a missing
+        vault is VaultMissing naming where it looked, and nothing is written there.
+
+        ``repair`` (development only) upgrades the schema and restores the ledger's
+        append-only guard on open; without it the database is only checked, as production
+        always does, so a command that inspects the vault never changes it. A ledger whose
+        guard is gone stops the start, unless ``require_guard`` is False (``ledger verify``:
+        then it is only logged).
+        """
+        return cls.over(
+            Core.open(
+                settings, store=store, create=create, repair=repair, require_guard=require_guard
+            )
+        )
+
+    @classmethod
+    def over(cls, core: Core) -> Vault:
+        """The facade over an existing core (its services built on it)."""
+        vault = cls.__new__(cls)
+        vault._attach(core)
+        return vault
+
+    def _attach(self, core: Core) -> None:
+        self.core = core
+        sessions = Sessions(core)
+        self.access = Access(core)
+        self.identity = IdentityService(core, sessions)
+        self.admin = AdminService(core, sessions)
+        self.packages = PackageService(core, self.access)
+        self.releases = ReleaseService(core, self.access)
+        self.audit = AuditService(core, self.access)
+        self.ledger = LedgerService(core)
+
+    def close(self) -> None:
+        """Finish pending ledger appends and release database connections."""
+        self.core.close()
+
+    # --- what the vault is built from -----------------------------------------------------------
+
+    @property
+    def settings(self) -> Settings:
+        """The settings the vault runs with."""
+        return self.core.settings
+
+    @property
+    def engine(self) -> Engine:
+        """The database engine."""
+        return self.core.engine
+
+    @property
+    def store(self) -> ObjectStore:
+        """The object store holding sealed file contents."""
+        return self.core.store
+
+    @property
+    def keys(self) -> KeyMaterial:
+        """The key material (KEKs, ledger and token keys)."""
+        return self.core.keys
+
+    @property
+    def passwords(self) -> Passwords:
+        """The password hasher."""
+        return self.core.passwords
+
+    @property
+    def tokens(self) -> TokenService:
+        """The access-token service."""
+        return self.core.tokens
+
+    @property
+    def authz(self) -> Authorizer:
+        """The authorizer for the policy version in force (admin rules re-read twice a second)."""
+        return self.core.authz
+
+    def decision_counts(self) -> dict[str, int]:
+        """Ledger entries this process wrote, by decision (for metrics)."""
+        return self.core.decision_counts()
+
+    def record_refused_request(
+        self, principal: Principal, *, route: str, reason: str, package_id: str | None = None
+    ) -> int:
+        """Record a request the API refused before any operation ran; the receipt."""
+        return self.core.record_refused_request(
+            principal, route=route, reason=reason, package_id=package_id
+        )
+
+    # --- identity -------------------------------------------------------------------------------
+
+    def login(self, username: str, password: str, *, client: str = "") -> LoginResult:
+        """Check a password and start a session (see IdentityService.login)."""
+        return self.identity.login(username, password, client=client)
+
+    def authenticate(self, token: str, *, now: datetime | None = None) -> Principal:
+        """The caller a token speaks for; AuthenticationFailed otherwise."""
+        return self.identity.authenticate(token, now=now)
+
+    def refresh(self, refresh_token: str, *, now: datetime | None = None) -> LoginResult:
+        """New tokens for a live session; the refresh token presented is spent."""
+        return self.identity.refresh(refresh_token, now=now)
+
+    def logout(self, principal: Principal) -> int:
+        """End the caller's session; returns the ledger receipt."""
+        return self.identity.logout(principal)
+
+    def change_password(
+        self, principal: Principal, current_password: str, new_password: str
+    ) -> LoginResult:
+        """Change the caller's password, end their sessions and start a new one."""
+        return self.identity.change_password(principal, current_password, new_password)
+
+    # --- administration -------------------------------------------------------------------------
+
+    def add_country(self, principal: Principal, code: str, name: str) -> int:
+        """Create a country; returns the ledger receipt."""
+        return self.admin.add_country(principal, code, name)
+
+    def add_agency(self, principal: Principal, code: str, country: str, name: str) -> int:
+        """Create an agency of an existing country; returns the ledger receipt."""
+        return self.admin.add_agency(principal, code, country, name)
+
+    def add_user(
+        self,
+        principal: Principal,
+        *,
+        username: str,
+        agency: str,
+        role: Role,
+        password: str,
+        clearance: Classification = Classification.UNCLASSIFIED,
+    ) -> UserInfo:
+        """Create a user with an argon2id-hashed password."""
+        return self.admin.add_user(
+            principal,
+            username=username,
+            agency=agency,
+            role=role,
+            password=password,
+            clearance=clearance,
+        )
+
+    def set_user(
+        self,
+        principal: Principal,
+        username: str,
+        *,
+        role: Role | None = None,
+        clearance: Classification | None = None,
+        disabled: bool | None = None,
+    ) -> UserInfo:
+        """Change a user's role, clearance or disabled flag; ends their sessions."""
+        return self.admin.set_user(
+            principal, username, role=role, clearance=clearance, disabled=disabled
+        )
+
+    def rules(self, principal: Principal) -> list[str]:
+        """Rules admins added on top of the policy file."""
+        return self.admin.rules(principal)
+
+    def change_rule(self, principal: Principal, line: str, *, add: bool) -> str:
+        """Add or remove an admin rule; returns the resulting policy hash."""
+        return self.admin.change_rule(principal, line, add=add)
+
+    def rotate_kek(self, principal: Principal, *, batch: int = 500) -> int:
+        """Re-wrap every data key not under the current KEK; returns how many."""
+        return self.admin.rotate_kek(principal, batch=batch)
+
+    def purge(self, principal: Principal, package_id: str) -> int:
+        """Crypto-shred a package; returns the ledger receipt."""
+        return self.admin.purge(principal, package_id)
+
+    def gc(
+        self, principal: Principal, *, grace: timedelta = timedelta(hours=1)
+    ) -> tuple[int, int, int]:
+        """Delete stray objects; returns (objects removed, temp files removed, receipt)."""
+        return self.admin.gc(principal, grace=grace)
+
+    # --- packages -------------------------------------------------------------------------------
+
+    def upload(
+        self, principal: Principal, meta: NewPackage, files: Iterable[IncomingFile]
+    ) -> UploadResult:
+        """Seal and store every file, then record the package: all of it or nothing."""
+        return self.packages.upload(principal, meta, files)
+
+    def list_packages(
+        self, principal: Principal, *, limit: int = 50, offset: int = 0
+    ) -> PackageList:
+        """One page of the packages the caller may read, newest first."""
+        return self.packages.list_packages(principal, limit=limit, offset=offset)
+
+    def get_package(self, principal: Principal, package_id: str) -> tuple[PackageDetail, int]:
+        """Details of one package the caller may read, and the ledger receipt."""
+        return self.packages.get_package(principal, package_id)
+
+    def download(self, principal: Principal, package_id: str, file_id: str) -> Download:
+        """Authorise and record a download; plaintext streamed and checked."""
+        return self.packages.download(principal, package_id, file_id)
+
+    # --- releases -------------------------------------------------------------------------------
+
+    def release(
+        self,
+        principal: Principal,
+        package_id: str,
+        *,
+        country: str,
+        agency: str | None = None,
+        not_before: datetime | None = None,
+        expires_at: datetime | None = None,
+    ) -> ReleaseResult:
+        """Release a package to a country, or one agency of it, optionally timed."""
+        return self.releases.release(
+            principal,
+            package_id,
+            country=country,
+            agency=agency,
+            not_before=not_before,
+            expires_at=expires_at,
+        )
+
+    def request_release(
+        self, principal: Principal, package_id: str, *, country: str, agency: str | None = None
+    ) -> ReleaseResult:
+        """Ask the originating agency to release further (H2)."""
+        return self.releases.request_release(principal, package_id, country=country, agency=agency)
+
+    def decide_release(
+        self, principal: Principal, release_id: str, *, approve: bool
+    ) -> ReleaseResult:
+        """Approve or reject a pending release (never by its requester)."""
+        return self.releases.decide_release(principal, release_id, approve=approve)
+
+    def revoke_release(
+        self, principal: Principal, package_id: str, release_id: str
+    ) -> ReleaseResult:
+        """Withdraw a release; it stops granting access on the very next request."""
+        return self.releases.revoke_release(principal, package_id, release_id)
+
+    def acknowledge(self, principal: Principal, package_id: str) -> int:
+        """Record that the caller accepts an H3 package's stated restrictions."""
+        return self.releases.acknowledge(principal, package_id)
+
+    # --- audit ----------------------------------------------------------------------------------
+
+    def audit_package(self, principal: Principal, package_id: str) -> tuple[AuditView, int]:
+        """What an auditor may see of a package: no title, description, filenames or content."""
+        return self.audit.audit_package(principal, package_id)
+
+    def explain(
+        self, principal: Principal, *, username: str, package_id: str, action: str
+    ) -> tuple[Explanation, int]:
+        """Allow or deny for ``username`` doing ``action`` to a package, and why."""
+        return self.audit.explain(
+            principal, username=username, package_id=package_id, action=action
+        )
+
+    # --- ledger ---------------------------------------------------------------------------------
+
+    @property
+    def ledger_verifier(self) -> note.Verifier:
+        """The C2SP verifier of the log key (name = the ledger's origin)."""
+        return self.ledger.verifier
+
+    @property
+    def ledger_vkey(self) -> str:
+        """The verifier-key string counterparts use to check checkpoints offline."""
+        return self.ledger.vkey
+
+    def verify_ledger(
+        self,
+        principal: Principal,
+        progress: Callable[[int], None] | None = None,
+        *,
+        workers: int = 1,
+    ) -> LedgerReport:
+        """Verify chain, tree and every signed checkpoint; report the first bad entry."""
+        return self.ledger.verify_ledger(principal, progress, workers=workers)
+
+    def checkpoint(self) -> CheckpointInfo:
+        """Sign a checkpoint of the current tree (or return the latest if nothing changed)."""
+        return self.ledger.checkpoint()
+
+    def latest_checkpoint(self, principal: Principal) -> CheckpointInfo:
+        """The newest signed checkpoint (signed now if the tree grew since)."""
+        return self.ledger.latest_checkpoint(principal)
+
+    def ledger_entries(self, principal: Principal, start: int, end: int) -> LedgerEntries:
+        """Entries ``[start, end)``, at most MAX_LEDGER_PAGE, as base64."""
+        return self.ledger.ledger_entries(principal, start, end)
+
+    def inclusion_proof(self, principal: Principal, seq: int) -> InclusionProof:
+        """Prove entry ``seq`` is in the tree of the latest checkpoint."""
+        return self.ledger.inclusion_proof(principal, seq)
+
+    def consistency_proof(self, principal: Principal, old_checkpoint: str) -> ConsistencyProof:
+        """Prove the current ledger extends a checkpoint saved earlier; LedgerCorrupt if not."""
+        return self.ledger.consistency_proof(principal, old_checkpoint)
+
+    def export_ledger(
+        self, principal: Principal, out: TextIO, progress: Callable[[int], None] | None = None
+    ) -> CheckpointInfo:
+        """Write the export document to ``out``, streamed."""
+        return self.ledger.export_ledger(principal, out, progress)
+
+    def ledger_show(self, principal: Principal) -> Iterator[Entry]:
+        """Every entry, decoded, in order; the read is recorded first."""
+        return self.ledger.ledger_show(principal)
+
+    def ledger_size(self) -> int:
+        """Number of ledger entries (for health and metrics)."""
+        return self.ledger.ledger_size()
+
+    def stats(self) -> dict[str, int]:
+        """Ledger size, packages and plaintext bytes stored (for metrics)."""
+        return self.ledger.stats()
+
+    def check_ready(self) -> None:
+        """Raise StorageUnavailable unless database and object store answer."""
+        self.ledger.check_ready()

@@ -1,0 +1,503 @@
+"""The one core every domain service shares: transactions, the policy in force, recording
+ledger entries and refusals, and the caches.
+
+There is exactly one :class:`Core` per vault. The refusal protocol counts how deeply
+transactions nest in a thread-local on it: a second core would lose that count when one
+service calls another inside a transaction, and refusals would be written while the action's
+own transaction still holds the database.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import getpass
+import inspect
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol, TypeVar, cast
+
+from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import OperationalError
+from sqlmodel import Session, select
+
+from vault.authz import NONE, Authorizer, Facts, parse_rule
+from vault.config import Settings
+from vault.db import (
+    check_schema,
+    make_engine,
+    migrate,
+    read_scope,
+    require_existing,
+    schema_revision,
+    session_scope,
+)
+from vault.errors import (
+    AccessDenied,
+    Conflict,
+    InvalidInput,
+    NotFound,
+    StorageUnavailable,
+    VaultError,
+    VaultMissing,
+)
+from vault.keys import KeyMaterial, load_keys
+from vault.ledger import log as ledger
+from vault.ledger.log import Actor
+from vault.models import Agency, Classification, Package, PolicyRule, Role, User
+from vault.passwords import Passwords
+from vault.schemas import check_id
+from vault.storage import ObjectStore, open_store
+from vault.tokens import TokenService
+
+log = logging.getLogger("vault.service")
+
+ALLOW, DENY, ERROR = "allow", "deny", "error"
+# Rules added by admins in one process are enforced by every other within this many seconds.
+POLICY_REFRESH_SECONDS = 0.5
+
+_PENDING = "_vault_pending_refusal"
+
+# What an authenticated caller did wrong or may not do: each is a refusal and goes in the
+# ledger. Failures of ours (IntegrityError, StorageUnavailable, ...) are not refusals; the
+# operations that meet them record them as errors where they happen.
+REFUSALS = (InvalidInput, NotFound, Conflict, AccessDenied)
+# Arguments of an operation that name what it was about, and the ledger field for each.
+_TARGET_ARGUMENTS = (("package_id", "package"), ("release_id", "release"), ("file_id", "file"))
+_Operation = TypeVar("_Operation", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class Principal:
+    """An authenticated caller."""
+
+    user_id: str
+    username: str
+    agency: str
+    country: str
+    role: Role
+    clearance: Classification
+    # The session the caller's access token belongs to (empty for the local operator).
+    session_id: str = ""
+
+    @property
+    def actor(self) -> Actor:
+        """The ledger's view of this caller."""
+        return Actor(user=self.username, agency=self.agency, country=self.country)
+
+
+def local_operator() -> Principal:
+    """The operator running admin commands on the server itself (bootstrap, no login)."""
+    return Principal(
+        user_id="",
+        username=f"local:{getpass.getuser()}",
+        agency="",
+        country="",
+        role=Role.ADMIN,
+        clearance=Classification.UNCLASSIFIED,
+    )
+
+
+class UserRow(Protocol):
+    """What a principal is made of: a User, or a row of its columns."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def username(self) -> str: ...
+    @property
+    def agency_code(self) -> str: ...
+    @property
+    def role(self) -> Role: ...
+    @property
+    def clearance(self) -> Classification: ...
+
+
+def principal_of(user: UserRow, country: str, session_id: str = "") -> Principal:
+    """The principal ``user`` of an agency in ``country`` is."""
+    return Principal(
+        user_id=user.id,
+        username=user.username,
+        agency=user.agency_code,
+        country=country,
+        role=user.role,
+        clearance=user.clearance,
+        session_id=session_id,
+    )
+
+
+@dataclass(frozen=True)
+class _Refusal:
+    """A refusal to record once the transaction it happened in has rolled back."""
+
+    actor: Actor
+    action: str
+    reason: str
+    target: dict[str, str]
+
+
+def new_id() -> str:
+    """A fresh opaque id: 128 random bits as 32 lowercase hex characters."""
+    return secrets.token_hex(16)
+
+
+def is_id(value: object) -> bool:
+    """Whether ``value`` is a well-formed id (only those may enter the ledger as targets)."""
+    try:
+        check_id(value)  # type: ignore[arg-type]
+    except InvalidInput:
+        return False
+    return True
+
+
+def unavailable(exc: OperationalError) -> StorageUnavailable:
+    """The error for a database that failed us; the driver's first line goes to the log only."""
+    log.warning("database unavailable: %s", (str(exc.orig) or "?").splitlines()[0][:200])
+    return StorageUnavailable("the database is unavailable; nothing was changed")
+
+
+def load_rules(session: Session) -> tuple[tuple[str, ...], ...]:
+    """The rules admins added, parsed and sorted (the authorizer's ``extra_rules``)."""
+    rows = session.exec(select(PolicyRule.rule)).all()
+    return tuple(sorted(parse_rule(r) for r in rows))
+
+
+class _HasCore(Protocol):
+    core: Core
+
+
+def records_refusals(action: str) -> Callable[[_Operation], _Operation]:
+    """Make a service operation (principal first) record each refusal it raises that nothing
+    recorded yet: a ``deny`` entry for ``action``, the error's code as reason, and its receipt
+    on the error. One place, so no 409 or 422 of an operation can go unrecorded, and refusals
+    recorded with a finer reason where they were raised are not recorded twice.
+
+    Only ids that are well-formed go into the entry: whatever else a caller typed there (a
+    password, a title) must not land in an append-only log.
+    """
+
+    def decorate(operation: _Operation) -> _Operation:
+        signature = inspect.signature(operation)
+
+        @functools.wraps(operation)
+        def run(self: _HasCore, principal: Principal, /, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return operation(self, principal, *args, **kwargs)
+            except REFUSALS as exc:
+                if exc.receipt is None and getattr(exc, _PENDING, None) is None:
+                    arguments = signature.bind_partial(self, principal, *args, **kwargs).arguments
+                    target = {
+                        field: arguments[name]
+                        for name, field in _TARGET_ARGUMENTS
+                        if is_id(arguments.get(name))
+                    }
+                    self.core.record_refusal(exc, principal.actor, action, exc.code, **target)
+                raise
+
+        return cast(_Operation, run)
+
+    return decorate
+
+
+class Core:
+    """What every domain service shares: the database, store, keys, the policy in force, the
+    ledger appender, the caches, and the transaction nesting that refusal recording rests on.
+    """
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        engine: Engine,
+        store: ObjectStore,
+        keys: KeyMaterial,
+        authz: Authorizer,
+        passwords: Passwords,
+        tokens: TokenService,
+    ) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.store = store
+        self.keys = keys
+        self._authz = authz
+        self._authz_checked = time.monotonic()
+        self.passwords = passwords
+        self.tokens = tokens
+        self._local = threading.local()
+        self._agency_country: dict[str, str] = {}
+        # Listing statements by (role, clearance, policy hash): built once, then only bound.
+        self.listings: dict[tuple[str, str, str], Any] = {}
+        self._appender = ledger.GroupAppender(engine)
+        self._counts_lock = threading.Lock()
+        self._decisions: dict[str, int] = {}
+
+    @classmethod
+    def open(
+        cls,
+        settings: Settings,
+        *,
+        store: ObjectStore | None = None,
+        create: bool = True,
+        repair: bool = True,
+        require_guard: bool = True,
+    ) -> Core:
+        """Build the core from settings: database, store, keys, policy (see ``Vault.open``:
+        VaultMissing for a missing vault unless ``create``; the schema is only checked
+        unless ``repair`` outside production)."""
+        url = settings.resolved_database_url
+        if create:
+            settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        else:
+            require_existing(url)
+        engine = make_engine(url)
+        try:
+            # The database first: in the wrong place, that is what the message should name.
+            if not create and schema_revision(engine) is None:
+                raise VaultMissing(
+                    f"no vault schema in {engine.url.render_as_string(hide_password=True)}: "
+                    "run 'blovault admin init' (or 'blovault admin migrate' as its owner)"
+                )
+            keys = load_keys(settings, create=create)
+            if settings.env == "production" or not repair:
+                # Production never changes its schema on start: the service's database role
+                # may not even be allowed to; `blovault admin migrate` runs as the owner.
+                check_schema(engine, require_guard=require_guard)
+            else:
+                migrate(engine)
+        except BaseException:
+            engine.dispose()
+            raise
+        with session_scope(engine, readonly=True) as session:
+            rules = load_rules(session)
+        return cls(
+            settings=settings,
+            engine=engine,
+            store=store if store is not None else open_store(settings),
+            keys=keys,
+            authz=Authorizer(policy_dir=settings.resolved_policy_dir, extra_rules=rules),
+            passwords=Passwords(
+                time_cost=settings.argon2_time_cost,
+                memory_kib=settings.argon2_memory_kib,
+                parallelism=settings.argon2_parallelism,
+            ),
+            tokens=TokenService(
+                private_pem=keys.token_private_pem,
+                public_pems=[keys.token_public_pem],
+                issuer=settings.token_issuer,
+                audience=settings.token_audience,
+                ttl_seconds=settings.token_ttl_seconds,
+            ),
+        )
+
+    # --- policy -------------------------------------------------------------------------------
+
+    @property
+    def authz(self) -> Authorizer:
+        """The authorizer for the policy version in force (admin rules re-read twice a second)."""
+        return self._authz
+
+    def install_policy(self, authz: Authorizer) -> None:
+        """Enforce ``authz`` from now on (after its rules were committed)."""
+        self._authz = authz
+
+    def _refresh_policy(self) -> None:
+        """Pick up rules another process added or removed; called outside transactions."""
+        now = time.monotonic()
+        if now - self._authz_checked < POLICY_REFRESH_SECONDS:
+            return
+        self._authz_checked = now
+        with session_scope(self.engine, readonly=True) as session:
+            rules = load_rules(session)
+        if rules != self._authz.stored_rules:
+            self._authz = Authorizer(
+                policy_dir=self.settings.resolved_policy_dir, extra_rules=rules
+            )
+
+    def require_global(self, principal: Principal, action: str, **target: str) -> None:
+        """Authorise an action that concerns no package (upload, list, manage, ledger); a
+        refusal is recorded and raised as AccessDenied."""
+        facts = Facts(
+            role=principal.role.value,
+            relations=frozenset({NONE}),
+            cleared=True,
+            handling="*",
+            acknowledged=False,
+            action=action,
+        )
+        if not self.authz.allows(facts):
+            raise self.record_refusal(
+                AccessDenied(f"your role may not {action}"),
+                principal.actor,
+                action,
+                "role_not_permitted",
+                **target,
+            )
+
+    def close(self) -> None:
+        """Finish pending ledger appends and release database connections."""
+        self._appender.close()
+        self.engine.dispose()
+
+    # --- transactions -------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def tx(self, *, readonly: bool = False) -> Iterator[Session]:
+        """One database transaction; refusals raised inside it are recorded after rollback.
+
+        ``readonly`` transactions must not write (on SQLite they don't queue for the lock).
+        Transactions nest (per thread): only the outermost one records refusals.
+        """
+        depth = getattr(self._local, "depth", 0)
+        if depth == 0:
+            with contextlib.suppress(OperationalError):  # the transaction below reports it
+                self._refresh_policy()
+        self._local.depth = depth + 1
+        try:
+            with session_scope(self.engine, readonly=readonly) as session:
+                yield session
+        except OperationalError as exc:
+            raise unavailable(exc) from None
+        except VaultError as exc:
+            pending: _Refusal | None = getattr(exc, _PENDING, None)
+            if pending is not None and depth == 0:
+                delattr(exc, _PENDING)
+                self._local.depth = 0
+                exc.receipt = self.record_decision(
+                    pending.actor, pending.action, DENY, pending.reason, **pending.target
+                )
+            raise
+        finally:
+            self._local.depth = depth
+
+    @contextlib.contextmanager
+    def lookup(self) -> Iterator[Connection]:
+        """A read-only transaction without an ORM session, for the per-request lookups."""
+        try:
+            with read_scope(self.engine) as connection:
+                yield connection
+        except OperationalError as exc:
+            raise unavailable(exc) from None
+
+    # --- recording ----------------------------------------------------------------------------
+
+    def record_in(self, session: Session, *, policy: str | None = None, **fields: Any) -> int:
+        """Write a ledger entry in ``session``'s transaction (it commits or rolls back with the
+        action), stamped with the policy version in force (or ``policy``, for a change of
+        policy that takes effect with this transaction); returns its sequence number."""
+        return self._write(self._stamped(fields, policy), session)
+
+    def record(self, **fields: Any) -> int:
+        """Write a ledger entry for an access that changes nothing (reads, refusals) through
+        group commit; returns once it is committed, so nothing reaches a caller unrecorded."""
+        return self._write(self._stamped(fields), None)
+
+    def _stamped(self, fields: dict[str, Any], policy: str | None = None) -> ledger.Record:
+        return ledger.Record(policy=policy or self._authz.policy_hash, **fields)
+
+    def _write(self, record: ledger.Record, session: Session | None) -> int:
+        """The one place entries are written: in ``session``'s transaction, or (None) through
+        group commit. Counted for metrics."""
+        if session is not None:
+            seq = ledger.append_many(session, [record])[0]
+        else:
+            seq = self._appender.append(record)
+        self._count_decision(record.decision)
+        return seq
+
+    def record_decision(
+        self, actor: Actor, action: str, decision: str, reason: str, **target: str
+    ) -> int:
+        """Write one entry on its own (refusals and failures); returns its sequence number."""
+        return self.record(actor=actor, action=action, decision=decision, reason=reason, **target)
+
+    def record_allowed(
+        self,
+        principal: Principal,
+        action: str,
+        package: Package,
+        *,
+        session: Session | None = None,
+        reason: str = "ok",
+        **target: str,
+    ) -> int:
+        """Write the entry of an allowed action on a package, stamped with its handling code:
+        inside ``session``'s transaction when the action changes state, else through group
+        commit. Returns the receipt."""
+        fields: dict[str, Any] = {
+            "actor": principal.actor,
+            "action": action,
+            "decision": ALLOW,
+            "reason": reason,
+            "package": package.id,
+            "handling": package.handling.value,
+            **target,
+        }
+        return self._write(self._stamped(fields), session)
+
+    def record_refusal(
+        self, exc: VaultError, actor: Actor, action: str, reason: str, **target: str
+    ) -> VaultError:
+        """Write a ``deny`` entry for ``exc`` (after the current transaction, if any) and
+        return ``exc`` to raise.
+
+        Inside a transaction the entry can't be written yet: the action's own transaction is
+        about to roll back, and on SQLite a second writer would wait on it. :meth:`tx` writes
+        it once the rollback is done.
+        """
+        if getattr(self._local, "depth", 0):
+            # Travels with the exception itself, so it can't be lost or reach another caller.
+            setattr(exc, _PENDING, _Refusal(actor, action, reason, target))
+        else:
+            exc.receipt = self.record_decision(actor, action, DENY, reason, **target)
+        return exc
+
+    def record_refused_request(
+        self, principal: Principal, *, route: str, reason: str, package_id: str | None = None
+    ) -> int:
+        """Record a request of an authenticated caller that the API refused before any
+        operation ran (a malformed body, query or path): every refusal is in the ledger.
+
+        ``route`` is the server's own route template; a package id goes in only when it is
+        well-formed, since whatever else was typed there must not enter an append-only log.
+        """
+        target = {"package": package_id} if package_id is not None and is_id(package_id) else {}
+        return self.record_decision(
+            principal.actor, "request", DENY, reason, subject=route, **target
+        )
+
+    def _count_decision(self, decision: str) -> None:
+        """Count one ledger entry this process wrote (for metrics)."""
+        with self._counts_lock:
+            self._decisions[decision] = self._decisions.get(decision, 0) + 1
+
+    def decision_counts(self) -> dict[str, int]:
+        """Ledger entries this process wrote, by decision (for metrics)."""
+        with self._counts_lock:
+            return dict(self._decisions)
+
+    # --- lookups shared by the services -------------------------------------------------------
+
+    def country_of(self, session: Session, agency: str) -> str:
+        """An agency's country; NotFound for an unknown agency. Cached: agencies never change
+        country (nothing can change it)."""
+        country = self._agency_country.get(agency)
+        if country is None:
+            found = session.exec(select(Agency.country_code).where(Agency.code == agency)).first()
+            if found is None:  # foreign keys make this impossible short of tampering
+                raise NotFound("unknown agency")
+            country = self._agency_country[agency] = found
+        return country
+
+    def principal_for(self, session: Session, user: User) -> Principal:
+        """The principal ``user`` is (without a session)."""
+        return principal_of(user, self.country_of(session, user.agency_code))
+
+
+def utc_seconds_until(moment: datetime, now: datetime) -> int:
+    """Whole seconds from ``now`` until ``moment``, rounded up, at least 1 (a Retry-After)."""
+    return max(1, int((moment - now).total_seconds() + 0.999))

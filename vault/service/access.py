@@ -1,0 +1,302 @@
+"""Access facts: the one place decisions about packages are derived from, for enforcement,
+``explain`` and listings alike, so they can't disagree."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from sqlalchemy import String, and_, bindparam, exists, false, or_
+from sqlalchemy import select as sa_select
+from sqlmodel import Session, col, select
+
+from vault.authz import (
+    NONE,
+    ORIGINATOR,
+    RELEASED_AGENCY,
+    RELEASED_COUNTRY,
+    SAME_COUNTRY,
+    Authorizer,
+    Facts,
+)
+from vault.errors import AccessDenied, NotFound, VaultError
+from vault.models import (
+    Acknowledgement,
+    Agency,
+    Classification,
+    Handling,
+    Package,
+    Release,
+    ReleaseStatus,
+    UTCDateTime,
+    utcnow,
+)
+from vault.schemas import check_id
+from vault.service._core import Core, Principal
+
+# Statements built once: SQLAlchemy then reuses their compiled form, and a request pays only
+# for running them. "now" and the caller's ids are bound per request.
+_NOW = bindparam("now", type_=UTCDateTime())
+
+
+def _in_force() -> Any:
+    """SQL: this release grants access at ``:now`` (active and inside its window)."""
+    return and_(
+        col(Release.status) == ReleaseStatus.ACTIVE,
+        or_(col(Release.not_before).is_(None), col(Release.not_before) <= _NOW),
+        or_(col(Release.expires_at).is_(None), col(Release.expires_at) > _NOW),
+    )
+
+
+def _released_to_agency(agency: Any) -> Any:
+    return exists().where(
+        col(Release.package_id) == col(Package.id), col(Release.agency_code) == agency, _in_force()
+    )
+
+
+def _released_to_country(country: Any) -> Any:
+    return exists().where(
+        col(Release.package_id) == col(Package.id),
+        col(Release.country_code) == country,
+        col(Release.agency_code).is_(None),
+        _in_force(),
+    )
+
+
+# One query for everything a decision about one package needs: the package, its
+# originator's country, and whether a release to the caller's agency or country is in force
+# and the caller acknowledged it (H3).
+_PACKAGE_FACTS = (
+    sa_select(
+        Package,
+        col(Agency.country_code),
+        _released_to_agency(bindparam("agency")).label("to_agency"),
+        _released_to_country(bindparam("country")).label("to_country"),
+        exists()
+        .where(
+            col(Acknowledgement.package_id) == col(Package.id),
+            col(Acknowledgement.user_id) == bindparam("uid"),
+        )
+        .label("acknowledged"),
+    )
+    .join(Agency, col(Agency.code) == col(Package.agency_code))
+    .where(col(Package.id) == bindparam("pid"))
+)
+
+# The columns a listing reads: a summary's, and the originator's country.
+_SUMMARY_COLUMNS = (
+    col(Package.id),
+    col(Package.kek_id),
+    col(Package.wrapped_key),
+    col(Package.sealed_meta),
+    col(Package.classification),
+    col(Package.handling),
+    col(Package.agency_code),
+    col(Package.created_at),
+    col(Package.size),
+    col(Package.file_count),
+    col(Agency.country_code),
+)
+
+
+def package_facts(
+    session: Session, principal: Principal, package_id: str, action: str
+) -> tuple[Package, Facts] | None:
+    """The package and the facts a decision about ``principal`` doing ``action`` to it rests
+    on, from one query; None if there is no such package. The only place facts are derived:
+    enforcement and ``explain`` both use it, so they can't disagree."""
+    row = session.execute(
+        _PACKAGE_FACTS,
+        {
+            "pid": package_id,
+            "now": utcnow(),
+            "agency": principal.agency,
+            "country": principal.country,
+            "uid": principal.user_id,
+        },
+    ).first()
+    if row is None:
+        return None
+    package, origin_country, to_agency, to_country, acknowledged = row
+    relations = {NONE}
+    if package.agency_code == principal.agency:
+        relations.add(ORIGINATOR)
+    elif origin_country == principal.country:
+        relations.add(SAME_COUNTRY)
+    if to_agency:
+        relations.add(RELEASED_AGENCY)
+    if to_country:
+        relations.add(RELEASED_COUNTRY)
+    facts = Facts(
+        role=principal.role.value,
+        relations=frozenset(relations),
+        cleared=principal.clearance.rank >= package.classification.rank,
+        handling=package.handling.value,
+        acknowledged=bool(acknowledged) and package.handling == Handling.H3,
+        action=action,
+    )
+    return package, facts
+
+
+def listing_params(principal: Principal, *, limit: int, offset: int) -> dict[str, Any]:
+    """Bind parameters of ``principal``'s listing statement."""
+    return {
+        "now": utcnow(),
+        "agency": principal.agency,
+        "country": principal.country,
+        "limit": limit,
+        "offset": offset,
+    }
+
+
+def _refusal_for(authz: Authorizer, facts: Facts, action: str) -> tuple[str, VaultError]:
+    """Why ``facts`` don't allow ``action``: the ledger reason and the error to raise.
+
+    A caller who may not even read (or, for auditors, audit) the package gets NotFound, as
+    for a missing one; a caller who may see it gets AccessDenied saying why.
+    """
+    may_see = any(authz.allows(replace(facts, action=seen)) for seen in ("read", "audit"))
+    if not may_see:
+        return "policy_denied", NotFound("package not found")
+    if (
+        facts.handling == "H3"
+        and not facts.acknowledged
+        and authz.allows(replace(facts, acknowledged=True))
+    ):
+        return "h3_not_acknowledged", AccessDenied(
+            "H3: acknowledge this package's handling restrictions before downloading "
+            "(blovault package acknowledge ID)"
+        )
+    if action == "release" and facts.handling == "H2" and ORIGINATOR not in facts.relations:
+        return "h2_onward_release", AccessDenied(
+            "H2: no onward release without the originator's consent; ask the originating "
+            "agency instead (blovault package request-release)"
+        )
+    if not facts.cleared:
+        return "clearance_below_classification", AccessDenied(
+            "your clearance is below this package's classification"
+        )
+    return "policy_denied", AccessDenied(f"you may not {action} this package")
+
+
+class Access:
+    """Enforcement on packages, the releases in force, and the listing SQL, over one core."""
+
+    def __init__(self, core: Core) -> None:
+        self.core = core
+
+    def load_package_for(
+        self,
+        session: Session,
+        principal: Principal,
+        package_id: str,
+        action: str,
+        *,
+        record_as: str | None = None,
+    ) -> tuple[Package, Facts]:
+        """The package and its facts if ``action`` is allowed; otherwise a refusal, recorded
+        under ``record_as`` (default: ``action``) and raised: NotFound for a caller who may not
+        even read (or, for auditors, audit) the package, as for a missing one; AccessDenied
+        saying why for a caller who may see it but not do ``action``."""
+        check_id(package_id, "package id")
+        recorded = record_as or action
+        found = package_facts(session, principal, package_id, action)
+        if found is None or found[0].purged_at is not None:
+            raise self.core.record_refusal(
+                NotFound("package not found"),
+                principal.actor,
+                recorded,
+                "not_found",
+                package=package_id,
+            )
+        package, facts = found
+        authz = self.core.authz
+        if authz.allows(facts):
+            return package, facts
+        reason, exc = _refusal_for(authz, facts, action)
+        raise self.core.record_refusal(
+            exc,
+            principal.actor,
+            recorded,
+            reason,
+            package=package_id,
+            handling=package.handling.value,
+        )
+
+    def grants_in_force(
+        self, session: Session, principal: Principal, package_id: str
+    ) -> list[tuple[str, str | None]]:
+        """Releases of the package in force for the caller: ``(release id, agency or None)``."""
+        rows = session.exec(
+            select(Release.id, Release.agency_code).where(
+                col(Release.package_id) == package_id,
+                _in_force(),
+                or_(
+                    col(Release.agency_code) == principal.agency,
+                    and_(
+                        col(Release.country_code) == principal.country,
+                        col(Release.agency_code).is_(None),
+                    ),
+                ),
+            ),
+            params={"now": utcnow()},
+        ).all()
+        return [(rid, agency) for rid, agency in rows]
+
+    def listing_statement(self, principal: Principal) -> Any:
+        """The listing query for ``principal``'s role and clearance under the current policy,
+        with the caller's agency and country, the time and the page as bind parameters
+        (:func:`listing_params`). Built once per (role, clearance, policy): building it took
+        longer than running it."""
+        listings = self.core.listings
+        key = (principal.role.value, principal.clearance.value, self.core.authz.policy_hash)
+        statement = listings.get(key)
+        if statement is None:
+            statement = (
+                sa_select(*_SUMMARY_COLUMNS)
+                .join(Agency, col(Agency.code) == col(Package.agency_code))
+                .where(col(Package.purged_at).is_(None), self.readable_clause(principal))
+                .order_by(col(Package.created_at).desc(), col(Package.id))
+                .offset(bindparam("offset"))
+                .limit(bindparam("limit"))
+            )
+            if len(listings) >= 256:  # old policy versions: start afresh
+                listings.clear()
+            listings[key] = statement
+        return statement
+
+    def readable_clause(self, principal: Principal) -> Any:
+        """SQL for "the caller may read this package", derived from the policy's classes.
+
+        Depends on the caller's role and clearance only; their agency and country are the bind
+        parameters ``agency`` and ``country``, the time ``now``.
+        """
+        cleared = frozenset(c.value for c in Classification if c.rank <= principal.clearance.rank)
+        classes = self.core.authz.readable_classes(
+            role=principal.role.value,
+            action="read",
+            cleared_for=cleared,
+            classifications=tuple(c.value for c in Classification),
+        )
+        agency, country = bindparam("agency", type_=String()), bindparam("country", type_=String())
+        relation_sql: dict[str, Any] = {
+            ORIGINATOR: col(Package.agency_code) == agency,
+            RELEASED_AGENCY: _released_to_agency(agency),
+            RELEASED_COUNTRY: _released_to_country(country),
+            SAME_COUNTRY: col(Agency.country_code) == country,
+            NONE: None,
+        }
+        clauses = []
+        for relation, pairs in classes.items():
+            by_class: dict[str, list[str]] = {}
+            for cls, hnd in pairs:
+                by_class.setdefault(cls, []).append(hnd)
+            class_sql = or_(
+                *(
+                    and_(col(Package.classification) == cls, col(Package.handling).in_(hnds))
+                    for cls, hnds in by_class.items()
+                )
+            )
+            rel = relation_sql[relation]
+            clauses.append(class_sql if rel is None else and_(rel, class_sql))
+        return or_(*clauses) if clauses else false()

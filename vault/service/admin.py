@@ -1,0 +1,407 @@
+"""Administration: countries, agencies, users, the admin rules of the policy, KEK rotation,
+purge (crypto-shredding) and garbage collection of stray objects. Administrators manage;
+they never read content."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func
+from sqlalchemy.exc import IntegrityError as DBIntegrityError
+from sqlmodel import col, select
+
+from vault import crypto
+from vault.authz import SEPARATION_OF_DUTIES, Authorizer, parse_rule, rule_line
+from vault.db import is_postgres
+from vault.errors import AccessDenied, Conflict, InvalidInput, NotFound, StorageUnavailable
+from vault.models import (
+    Agency,
+    Classification,
+    Country,
+    Package,
+    PackageFile,
+    PolicyRule,
+    Role,
+    User,
+    utcnow,
+)
+from vault.schemas import (
+    UserInfo,
+    check_agency,
+    check_country,
+    check_id,
+    check_text,
+    check_username,
+)
+from vault.service._core import ALLOW, Core, Principal, load_rules, new_id, records_refusals
+from vault.service.sealed import file_identity, package_identity
+from vault.service.sessions import Sessions
+
+# Who a user's sessions end for, by the change made to them (the first that applies).
+_SESSION_ENDINGS = (
+    ("disabled", "user_disabled"),
+    ("role=", "role_changed"),
+    ("clearance=", "clearance_changed"),
+)
+
+
+def _check_name(name: str) -> str:
+    if not isinstance(name, str) or not 1 <= len(name.strip()) <= 200:
+        raise InvalidInput("names are 1-200 characters")
+    return check_text(name.strip(), "name")
+
+
+class AdminService:
+    """Countries, agencies, users, rules, KEK rotation, purge and gc."""
+
+    def __init__(self, core: Core, sessions: Sessions) -> None:
+        self.core = core
+        self.sessions = sessions
+
+    @records_refusals("manage")
+    def add_country(self, principal: Principal, code: str, name: str) -> int:
+        """Create a country; returns the ledger receipt."""
+        code = check_country(code)
+        name = _check_name(name)
+        self.core.require_global(principal, "manage", subject=f"country:{code}")
+        return self._create(principal, Country(code=code, name=name), subject=f"country:{code}")
+
+    @records_refusals("manage")
+    def add_agency(self, principal: Principal, code: str, country: str, name: str) -> int:
+        """Create an agency of an existing country; returns the ledger receipt."""
+        code, country, name = check_agency(code), check_country(country), _check_name(name)
+        self.core.require_global(principal, "manage", subject=f"agency:{code}")
+        with self.core.tx() as session:
+            if session.get(Country, country) is None:
+                raise InvalidInput(f"unknown country {country}")
+        return self._create(
+            principal, Agency(code=code, country_code=country, name=name), subject=f"agency:{code}"
+        )
+
+    @records_refusals("manage")
+    def add_user(
+        self,
+        principal: Principal,
+        *,
+        username: str,
+        agency: str,
+        role: Role,
+        password: str,
+        clearance: Classification = Classification.UNCLASSIFIED,
+    ) -> UserInfo:
+        """Create a user with an argon2id-hashed password."""
+        username, agency = check_username(username), check_agency(agency)
+        self.core.require_global(principal, "manage", subject=f"user:{username}")
+        password_hash = self.core.passwords.hash(password)
+        with self.core.tx() as session:
+            agency_row = session.get(Agency, agency)
+            if agency_row is None:
+                raise InvalidInput(f"unknown agency {agency}")
+            user = User(
+                id=new_id(),
+                username=username,
+                agency_code=agency,
+                role=role,
+                clearance=clearance,
+                password_hash=password_hash,
+                created_at=utcnow(),
+            )
+            country = agency_row.country_code
+        self._create(principal, user, subject=f"user:{username}")
+        return UserInfo(
+            id=user.id,
+            username=username,
+            agency=agency,
+            country=country,
+            role=role,
+            clearance=clearance,
+            disabled=False,
+        )
+
+    @records_refusals("manage")
+    def set_user(
+        self,
+        principal: Principal,
+        username: str,
+        *,
+        role: Role | None = None,
+        clearance: Classification | None = None,
+        disabled: bool | None = None,
+    ) -> UserInfo:
+        """Change a user's role, clearance or disabled flag; takes effect on their next request.
+
+        Disabling, or changing role or clearance, ends every session of the user."""
+        username = check_username(username)
+        self.core.require_global(principal, "manage", subject=f"user:{username}")
+        changes = []
+        with self.core.tx() as session:
+            user = session.exec(select(User).where(User.username == username)).first()
+            if user is None:
+                raise NotFound(f"unknown user {username}")
+            if role is not None and role != user.role:
+                user.role = role
+                changes.append(f"role={role.value}")
+            if clearance is not None and clearance != user.clearance:
+                user.clearance = clearance
+                changes.append(f"clearance={clearance.value}")
+            if disabled is not None and disabled != user.disabled:
+                user.disabled = disabled
+                changes.append("disabled" if disabled else "enabled")
+            if not changes:
+                raise InvalidInput("nothing to change")
+            session.add(user)
+            session.flush()
+            self.core.record_in(
+                session,
+                actor=principal.actor,
+                action="manage",
+                decision=ALLOW,
+                reason="changed",
+                subject=f"user:{username} " + " ".join(changes),
+            )
+            # Whoever they were signed in as is over: they sign in again as who they are now
+            # (or not at all). Re-enabling has no session left to end.
+            ending = next(
+                (
+                    reason
+                    for prefix, reason in _SESSION_ENDINGS
+                    if any(change.startswith(prefix) for change in changes)
+                ),
+                None,
+            )
+            if ending is not None:
+                self.sessions.end_all(session, principal.actor, user, ending, utcnow())
+            info = self.core.principal_for(session, user)
+        return UserInfo(
+            id=user.id,
+            username=username,
+            agency=info.agency,
+            country=info.country,
+            role=user.role,
+            clearance=user.clearance,
+            disabled=user.disabled,
+        )
+
+    @records_refusals("manage")
+    def rules(self, principal: Principal) -> list[str]:
+        """Rules admins added on top of the policy file."""
+        self.core.require_global(principal, "manage", subject="rules")
+        return [rule_line(r) for r in self.core.authz.extra_rules]
+
+    @records_refusals("manage")
+    def change_rule(self, principal: Principal, line: str, *, add: bool) -> str:
+        """Add or remove an admin rule; the ledger entry carries the resulting policy hash."""
+        core = self.core
+        rule = parse_rule(line)
+        canonical = rule_line(rule)  # stored exactly so parse_rule reads it back
+        core.require_global(principal, "manage", subject=f"rule:{canonical}")
+        if add and core.authz.gives_content_to_no_content_role(rule):
+            # Whoever asks: separation of duties is not a setting an admin can undo.
+            raise core.record_refusal(
+                AccessDenied(SEPARATION_OF_DUTIES),
+                principal.actor,
+                "manage",
+                "separation_of_duties",
+                subject=f"rule:{canonical}",
+            )
+        with core.tx() as session:
+            current = set(load_rules(session))
+            if add == (rule in current):
+                raise Conflict("that rule is already in force" if add else "no such rule")
+            if add:
+                session.add(
+                    PolicyRule(
+                        id=new_id(),
+                        rule=canonical,
+                        created_by=principal.username,
+                        created_at=utcnow(),
+                    )
+                )
+                current.add(rule)
+            else:
+                existing = session.exec(
+                    select(PolicyRule).where(PolicyRule.rule == canonical)
+                ).one()
+                session.delete(existing)
+                current.discard(rule)
+            session.flush()
+            authz = Authorizer(
+                policy_dir=core.settings.resolved_policy_dir, extra_rules=tuple(sorted(current))
+            )
+            # Stamped with the policy it makes, which is in force once this commits.
+            core.record_in(
+                session,
+                actor=principal.actor,
+                action="manage",
+                decision=ALLOW,
+                reason="rule added" if add else "rule removed",
+                subject=f"rule:{canonical}",
+                policy=authz.policy_hash,
+            )
+        core.install_policy(authz)
+        return authz.policy_hash
+
+    @records_refusals("manage")
+    def rotate_kek(self, principal: Principal, *, batch: int = 500) -> int:
+        """Re-wrap every data key not under the current KEK; content is not re-encrypted.
+
+        Afterwards the old KEKs are no longer needed. Returns how many keys were re-wrapped.
+        """
+        self.core.require_global(principal, "manage", subject="kek")
+        current = self.core.keys.keyring.current.id
+        done = 0
+        for table in (Package, PackageFile):
+            while True:
+                rewrapped = self._rewrap_batch(table, current, batch)
+                done += rewrapped
+                if rewrapped < batch:
+                    break
+        with self.core.tx() as session:
+            self.core.record_in(
+                session,
+                actor=principal.actor,
+                action="manage",
+                decision=ALLOW,
+                reason="kek rotated",
+                subject=f"kek:{current} rewrapped:{done}",
+            )
+        self._compact_database()
+        return done
+
+    def _rewrap_batch(self, table: type[Package | PackageFile], current: str, batch: int) -> int:
+        """Re-wrap up to ``batch`` keys of ``table`` not under KEK ``current``, in one
+        transaction; returns how many."""
+        keyring = self.core.keys.keyring
+        with self.core.tx() as session:
+            rows: Sequence[Package | PackageFile] = session.exec(  # type: ignore[assignment]
+                select(table)
+                .where(col(table.kek_id) != current)
+                .where(func.length(col(table.wrapped_key)) > 0)
+                .limit(batch)
+            ).all()
+            for row in rows:
+                context = (
+                    package_identity(row.id)
+                    if isinstance(row, Package)
+                    else file_identity(row.package_id, row.id)
+                )
+                fresh = keyring.rewrap(
+                    crypto.WrappedKey(row.kek_id, row.wrapped_key), context=context
+                )
+                row.kek_id, row.wrapped_key = fresh.kek_id, fresh.blob
+                session.add(row)
+            return len(rows)
+
+    @records_refusals("purge")
+    def purge(self, principal: Principal, package_id: str) -> int:
+        """Crypto-shred a package: destroy its wrapped keys, then delete its objects.
+
+        Once the keys are gone, even a copy of the ciphertext together with the KEK can't be
+        opened. The row stays as a tombstone (ids only) so ledger entries keep their meaning.
+        """
+        check_id(package_id, "package id")
+        self.core.require_global(principal, "manage", package=package_id)
+        with self.core.tx() as session:
+            package = session.get(Package, package_id)
+            if package is None or package.purged_at is not None:
+                raise NotFound("package not found")
+            files = session.exec(
+                select(PackageFile).where(PackageFile.package_id == package_id)
+            ).all()
+            package.wrapped_key = b""
+            package.sealed_meta = b""
+            package.purged_at = utcnow()
+            session.add(package)
+            for row in files:
+                row.wrapped_key = b""
+                row.sealed_meta = b""
+                session.add(row)
+            receipt = self.core.record_allowed(principal, "purge", package, session=session)
+        for row in files:
+            with contextlib.suppress(StorageUnavailable):
+                self.core.store.delete(row.id)  # leftovers are unreadable; `admin gc` retries
+        self._compact_database()
+        return receipt
+
+    @records_refusals("gc")
+    def gc(
+        self, principal: Principal, *, grace: timedelta = timedelta(hours=1)
+    ) -> tuple[int, int, int]:
+        """Delete stray objects: those no live package file refers to, older than ``grace``.
+
+        Strays come from uploads cut off between storing objects and committing the package,
+        from processes killed mid-write, and from purges whose deletes failed. ``grace``
+        spares uploads still in flight. Returns (objects removed, temp files removed, receipt).
+        """
+        core = self.core
+        core.require_global(principal, "manage", subject="gc")
+        cutoff = utcnow() - grace
+        removed = 0
+        batch: list[str] = []
+        for key in core.store.keys():  # noqa: SIM118 - a store, not a dict
+            batch.append(key)
+            if len(batch) >= 500:
+                removed += self._delete_strays(batch, cutoff)
+                batch.clear()
+        if batch:
+            removed += self._delete_strays(batch, cutoff)
+        temp = core.store.sweep_incomplete(cutoff)
+        receipt = core.record_decision(
+            principal.actor, "gc", ALLOW, "ok", subject=f"objects:{removed} temp:{temp}"
+        )
+        return removed, temp, receipt
+
+    def _delete_strays(self, batch: list[str], cutoff: datetime) -> int:
+        """Delete the objects of ``batch`` no live package file refers to, last modified
+        before ``cutoff``; returns how many."""
+        with self.core.tx(readonly=True) as session:
+            live = set(
+                session.exec(
+                    select(PackageFile.id)
+                    .join(Package, col(Package.id) == col(PackageFile.package_id))
+                    .where(col(PackageFile.id).in_(batch), col(Package.purged_at).is_(None))
+                ).all()
+            )
+        count = 0
+        store = self.core.store
+        for key in batch:
+            if key not in live:
+                with contextlib.suppress(NotFound):
+                    if store.modified(key) < cutoff:
+                        store.delete(key)
+                        count += 1
+        return count
+
+    def _compact_database(self) -> None:
+        """Push destroyed key material out of the WAL (SQLite) or dead tuples (PostgreSQL)."""
+        engine = self.core.engine
+        if is_postgres(engine):
+            with engine.connect() as conn:
+                conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+                for table in ("package", "packagefile"):
+                    conn.exec_driver_sql(f"VACUUM {table}")
+            return
+        raw = engine.raw_connection()
+        try:  # outside any transaction: pysqlite runs in autocommit mode here (see vault.db)
+            raw.cursor().execute("PRAGMA wal_checkpoint(TRUNCATE)").close()
+        finally:
+            raw.close()
+
+    def _create(self, principal: Principal, row: Any, *, subject: str) -> int:
+        try:
+            with self.core.tx() as session:
+                session.add(row)
+                session.flush()
+                return self.core.record_in(
+                    session,
+                    actor=principal.actor,
+                    action="manage",
+                    decision=ALLOW,
+                    reason="created",
+                    subject=subject,
+                )
+        except DBIntegrityError:
+            raise Conflict(f"{subject} already exists") from None

@@ -1,0 +1,243 @@
+"""Ledger operations: verification, signed checkpoints, entries, inclusion and consistency
+proofs, export; and the health figures (size, stats, readiness)."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable, Iterator
+from typing import TextIO
+
+from sqlalchemy import func
+from sqlmodel import col, select
+
+from vault.errors import InvalidInput, LedgerCorrupt, NotFound
+from vault.ledger import check as ledger_check
+from vault.ledger import log as ledger
+from vault.ledger import merkle, note
+from vault.ledger.entry import Entry, decode
+from vault.models import LedgerEntry, Package
+from vault.schemas import (
+    CheckpointInfo,
+    ConsistencyProof,
+    InclusionProof,
+    LedgerEntries,
+    LedgerReport,
+)
+from vault.service._core import ALLOW, Core, Principal, records_refusals
+
+MAX_LEDGER_PAGE = 1000
+
+
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode()
+
+
+class LedgerService:
+    """What auditors and counterparts do with the ledger; every read of it is recorded."""
+
+    def __init__(self, core: Core) -> None:
+        self.core = core
+
+    @property
+    def verifier(self) -> note.Verifier:
+        """The C2SP verifier of the log key (name = the ledger's origin)."""
+        return note.Verifier.from_public_key(
+            self.core.settings.ledger_origin, self.core.keys.ledger_key.public_key()
+        )
+
+    @property
+    def vkey(self) -> str:
+        """The verifier-key string counterparts use to check checkpoints offline."""
+        return self.verifier.vkey()
+
+    def record_read(self, principal: Principal, what: str) -> int:
+        """Authorise an auditor's read of the ledger and write its entry; the receipt."""
+        self.core.require_global(principal, "ledger", subject=what)
+        return self.core.record_decision(principal.actor, "ledger", ALLOW, "ok", subject=what)
+
+    @records_refusals("ledger")
+    def verify_ledger(
+        self,
+        principal: Principal,
+        progress: Callable[[int], None] | None = None,
+        *,
+        workers: int = 1,
+    ) -> LedgerReport:
+        """Verify chain, tree and every signed checkpoint; report the first bad entry.
+
+        Reads nothing but the database and the log's public key, and writes nothing, so it
+        is safe to run against a copy of a suspect database. ``workers`` > 1 forks processes
+        for a large ledger: only for a command-line process, never inside the server.
+        """
+        self.core.require_global(principal, "ledger", subject="verify")
+        with self.core.tx(readonly=True) as session:
+            result = ledger_check.verify_database(
+                session,
+                origin=self.core.settings.ledger_origin,
+                verifier=self.verifier,
+                progress=progress,
+                workers=workers,
+            )
+        return LedgerReport.model_validate(result.as_dict())
+
+    def checkpoint(self) -> CheckpointInfo:
+        """Sign a checkpoint of the current tree (or return the latest if nothing changed)."""
+        with self.core.tx() as session:
+            row = ledger.sign_checkpoint(
+                session, origin=self.core.settings.ledger_origin, key=self.core.keys.ledger_key
+            )
+        return self._checkpoint_info(row.note)
+
+    def _checkpoint_info(self, signed: str) -> CheckpointInfo:
+        origin = self.core.settings.ledger_origin
+        body = note.open_checkpoint(signed, [self.verifier], origin)
+        return CheckpointInfo(
+            origin=body.origin,
+            size=body.size,
+            root=_b64(body.root_hash),
+            vkey=self.vkey,
+            note=signed,
+        )
+
+    @records_refusals("ledger")
+    def latest_checkpoint(self, principal: Principal) -> CheckpointInfo:
+        """The newest signed checkpoint (signed now if the tree grew since)."""
+        receipt = self.record_read(principal, "checkpoint")
+        return self.checkpoint().model_copy(update={"receipt": receipt})
+
+    @records_refusals("ledger")
+    def ledger_entries(self, principal: Principal, start: int, end: int) -> LedgerEntries:
+        """Entries ``[start, end)`` as base64 of their exact bytes: at most
+        ``MAX_LEDGER_PAGE`` (a longer range is cut to its first ones; ask again from ``start``
+        plus the number returned), none if ``end`` is not above ``start``.
+
+        Cut rather than refused: the API's schema can state two bounded integers but not a
+        relation between them, and what it promises is what this does.
+        """
+        if start < 0:
+            raise InvalidInput("entries: sequence numbers start at 0")
+        end = max(start, min(end, start + MAX_LEDGER_PAGE))
+        receipt = self.record_read(principal, f"entries:{start}-{end}")
+        with self.core.tx(readonly=True) as session:
+            items = [_b64(data) for _, data in ledger.iter_entries(session, start=start, stop=end)]
+        return LedgerEntries(start=start, entries=items, receipt=receipt)
+
+    @records_refusals("ledger")
+    def inclusion_proof(self, principal: Principal, seq: int) -> InclusionProof:
+        """Prove entry ``seq`` is in the tree of the latest checkpoint (signed now if needed)."""
+        if seq < 0:
+            raise InvalidInput("sequence numbers start at 0")
+        receipt = self.record_read(principal, f"prove:{seq}")
+        info = self.checkpoint()
+        if seq >= info.size:
+            raise NotFound(f"no ledger entry {seq}")
+        with self.core.tx(readonly=True) as session:
+            data = ledger.entry_bytes(session, seq)
+            hashes = ledger.inclusion_proof(session, seq, info.size)
+        leaf = merkle.leaf_hash(data)
+        root = base64.b64decode(info.root)
+        try:  # never hand out a proof we could not verify ourselves
+            merkle.verify_inclusion(leaf, seq, info.size, hashes, root)
+        except merkle.ProofError as exc:
+            raise LedgerCorrupt(f"inclusion proof does not verify: {exc}", seq=seq) from None
+        return InclusionProof(
+            leaf_index=seq,
+            tree_size=info.size,
+            entry=_b64(data),
+            leaf_hash=_b64(leaf),
+            hashes=[_b64(h) for h in hashes],
+            root=info.root,
+            checkpoint=info.note,
+            receipt=receipt,
+        )
+
+    @records_refusals("ledger")
+    def consistency_proof(self, principal: Principal, old_checkpoint: str) -> ConsistencyProof:
+        """Prove the current ledger extends a checkpoint saved earlier; LedgerCorrupt if not."""
+        try:
+            old = note.open_checkpoint(
+                old_checkpoint, [self.verifier], self.core.settings.ledger_origin
+            )
+        except note.NoteError as exc:
+            raise InvalidInput(
+                f"the old checkpoint does not verify with this log's key: {exc}"
+            ) from None
+        receipt = self.record_read(principal, f"consistency:{old.size}")
+        info = self.checkpoint()
+        if old.size > info.size:
+            raise LedgerCorrupt(
+                f"the ledger was rolled back: it holds {info.size} entries, the saved "
+                f"checkpoint {old.size}",
+                seq=info.size,
+            )
+        with self.core.tx(readonly=True) as session:
+            hashes = ledger.consistency_proof(session, old.size, info.size)
+        new_root = base64.b64decode(info.root)
+        try:
+            merkle.verify_consistency(old.size, info.size, old.root_hash, new_root, hashes)
+        except merkle.ProofError as exc:
+            raise LedgerCorrupt(f"the ledger does not extend the saved checkpoint: {exc}") from None
+        return ConsistencyProof(
+            old_size=old.size,
+            new_size=info.size,
+            old_root=_b64(old.root_hash),
+            new_root=info.root,
+            hashes=[_b64(h) for h in hashes],
+            checkpoint=info.note,
+            receipt=receipt,
+        )
+
+    @records_refusals("ledger")
+    def export_ledger(
+        self, principal: Principal, out: TextIO, progress: Callable[[int], None] | None = None
+    ) -> CheckpointInfo:
+        """Write the export document (README: "Ledger export format") to ``out``, streamed."""
+        self.record_read(principal, "export")
+        info = self.checkpoint()
+        out.write("{\n")
+        out.write(f'  "origin": {json.dumps(info.origin)},\n')
+        out.write(f'  "vkey": {json.dumps(info.vkey)},\n')
+        out.write(f'  "checkpoint": {json.dumps(info.note)},\n')
+        out.write('  "entries": [')
+        with self.core.tx(readonly=True) as session:
+            for seq, data in ledger.iter_entries(session, stop=info.size):
+                out.write(("\n    " if seq == 0 else ",\n    ") + '"' + _b64(data) + '"')
+                if progress and seq % 4096 == 0:
+                    progress(seq)
+        out.write("\n  ]\n}\n")
+        return info
+
+    def ledger_show(self, principal: Principal) -> Iterator[Entry]:
+        """Every entry, decoded, in order (callers filter); the read is recorded first."""
+        self.record_read(principal, "show")
+        with self.core.tx(readonly=True) as session:
+            for seq, data in ledger.iter_entries(session):
+                yield decode(data, seq_hint=seq)
+
+    # --- health -------------------------------------------------------------------------------
+
+    def ledger_size(self) -> int:
+        """Number of ledger entries (for health and metrics)."""
+        with self.core.tx(readonly=True) as session:
+            return ledger.size(session)
+
+    def stats(self) -> dict[str, int]:
+        """Ledger size, packages and plaintext bytes stored (for metrics)."""
+        with self.core.tx(readonly=True) as session:
+            packages, size = session.exec(
+                select(func.count(), func.coalesce(func.sum(Package.size), 0)).where(
+                    col(Package.purged_at).is_(None)
+                )
+            ).one()
+            return {
+                "ledger_entries": ledger.size(session),
+                "packages": int(packages),
+                "bytes": int(size),
+            }
+
+    def check_ready(self) -> None:
+        """Raise StorageUnavailable unless database and object store answer."""
+        with self.core.tx(readonly=True) as session:
+            session.exec(select(LedgerEntry.seq).limit(1)).all()
+        self.core.store.check()

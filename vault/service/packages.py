@@ -1,0 +1,455 @@
+"""Packages: upload (seal and store), list, show and download (open and check)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable, Generator, Iterable
+from dataclasses import dataclass, field
+from typing import cast
+
+from sqlalchemy import bindparam
+from sqlalchemy import select as sa_select
+from sqlalchemy.exc import OperationalError
+from sqlmodel import col
+
+from vault import crypto
+from vault.authz import NONE, ORIGINATOR, Facts
+from vault.errors import (
+    AccessDenied,
+    IntegrityError,
+    InvalidInput,
+    NotFound,
+    StorageUnavailable,
+    TooLarge,
+    VaultError,
+)
+from vault.models import Package, PackageFile, Release, User, utcnow
+from vault.schemas import (
+    FileInfo,
+    NewPackage,
+    PackageDetail,
+    PackageList,
+    PackageSummary,
+    UploadResult,
+    check_filename,
+    check_id,
+    filename_key,
+)
+from vault.service import sealed
+from vault.service._core import (
+    ALLOW,
+    DENY,
+    ERROR,
+    REFUSALS,
+    Core,
+    Principal,
+    new_id,
+    records_refusals,
+)
+from vault.service.access import Access, listing_params
+from vault.service.releases import release_info
+from vault.service.sealed import FileRow, OpenedMeta, SealedRow, SummaryRow
+
+MAX_PAGE = 200
+
+# A package's files, in order, as the columns its details show (no ORM entities: reads are
+# the hot path).
+_PACKAGE_FILES = (
+    sa_select(
+        col(PackageFile.id),
+        col(PackageFile.package_id),
+        col(PackageFile.size),
+        col(PackageFile.sealed_meta),
+    )
+    .where(col(PackageFile.package_id) == bindparam("pid"))
+    .order_by(col(PackageFile.position))
+)
+
+# A package's releases, oldest first (shown to its originator).
+_PACKAGE_RELEASES = (
+    sa_select(Release)
+    .where(col(Release.package_id) == bindparam("pid"))
+    .order_by(col(Release.created_at))
+)
+
+_USERNAME = sa_select(col(User.username)).where(col(User.id) == bindparam("uid"))
+
+
+@dataclass
+class IncomingFile:
+    """One file of an upload: its name and a stream of its plaintext."""
+
+    name: str
+    reader: crypto.Readable
+
+
+@dataclass
+class Download:
+    """An authorised download: metadata now, plaintext as it is read and checked."""
+
+    file: FileInfo
+    package_id: str
+    handling: str
+    receipt: int
+    chunks: Generator[bytes, None, None] = field(repr=False)
+
+
+@dataclass
+class _Sealing:
+    """An upload in progress: what is stored so far, to commit or to delete again."""
+
+    package_id: str
+    package_key: bytes
+    written: list[str] = field(default_factory=list)
+    rows: list[PackageFile] = field(default_factory=list)
+    infos: list[FileInfo] = field(default_factory=list)
+    total: int = 0
+    # filename_key -> position of the file that has it
+    first_with: dict[str, int] = field(default_factory=dict)
+
+
+class PackageService:
+    """Upload, list, show and download packages."""
+
+    def __init__(self, core: Core, access: Access) -> None:
+        self.core = core
+        self.access = access
+
+    # --- opening sealed metadata --------------------------------------------------------------
+
+    def open_meta(self, package: SealedRow) -> OpenedMeta:
+        """A package's metadata and, beside it, the package key that opens its files'
+        metadata; IntegrityError if either was tampered with."""
+        return sealed.open_meta(self.core.keys, package)
+
+    def summary(self, package: SummaryRow, country: str) -> PackageSummary:
+        """A package as a listing shows it (title opened); ``country`` is its originator's."""
+        return sealed.summary(self.core.keys, package, country)
+
+    # --- upload -------------------------------------------------------------------------------
+
+    @records_refusals("upload")
+    def upload(
+        self, principal: Principal, meta: NewPackage, files: Iterable[IncomingFile]
+    ) -> UploadResult:
+        """Seal and store every file, then record the package and its ledger entry at once.
+
+        Objects are written before the database row; on any failure they are deleted again,
+        so a package is either wholly visible or not at all.
+        """
+        self._check_upload(principal, meta)
+        sealing = _Sealing(package_id=new_id(), package_key=crypto.new_data_key())
+        try:
+            for position, incoming in enumerate(files):
+                self._seal_file(sealing, position, incoming)
+            if not sealing.rows:
+                raise InvalidInput("a package needs at least one file")
+            package, digest = self._sealed_package(principal, meta, sealing)
+            with self.core.tx() as session:
+                session.add(package)
+                session.flush()
+                session.add_all(sealing.rows)
+                session.flush()
+                receipt = self.core.record_allowed(principal, "upload", package, session=session)
+        except BaseException as exc:
+            self._undo_upload(principal, sealing, exc)
+            raise
+        detail = PackageDetail(
+            id=package.id,
+            title=meta.title,
+            classification=meta.classification,
+            handling=meta.handling,
+            agency=principal.agency,
+            country=principal.country,
+            created_at=package.created_at,
+            size=sealing.total,
+            file_count=len(sealing.rows),
+            description=meta.description,
+            handling_note=meta.handling_note,
+            fields=meta.fields,
+            digest=digest,
+            creator=principal.username,
+            files=sealing.infos,
+            releases=[],
+        )
+        return UploadResult(package=detail, receipt=receipt)
+
+    def _check_upload(self, principal: Principal, meta: NewPackage) -> None:
+        """Refuse (and record) an upload the caller may not make, before a byte is stored."""
+        self.core.require_global(principal, "upload")
+        # A package above its creator's clearance could then be neither read nor released by
+        # them: refused here (policy: "uncleared ... upload, deny").
+        cleared = principal.clearance.rank >= meta.classification.rank
+        facts = Facts(
+            role=principal.role.value,
+            relations=frozenset({NONE}),
+            cleared=cleared,
+            handling=meta.handling.value,
+            acknowledged=False,
+            action="upload",
+        )
+        if not self.core.authz.allows(facts):
+            raise self.core.record_refusal(
+                AccessDenied(
+                    f"classification {meta.classification.value} is above your clearance "
+                    f"{principal.clearance.value}"
+                    if not cleared
+                    else "you may not upload this package"
+                ),
+                principal.actor,
+                "upload",
+                "clearance_below_classification" if not cleared else "policy_denied",
+                subject=f"classification:{meta.classification.value}",
+            )
+
+    def _seal_file(self, sealing: _Sealing, position: int, incoming: IncomingFile) -> None:
+        """Check one file's name, seal and store its content, and add its row to ``sealing``."""
+        settings = self.core.settings
+        if position >= settings.max_files_per_package:
+            raise InvalidInput(f"at most {settings.max_files_per_package} files a package")
+        name = check_filename(incoming.name)
+        # One name per file once case and normalisation are ignored, or the package can't be
+        # saved on NTFS or APFS. Positions, not names: names are content.
+        if (other := sealing.first_with.setdefault(filename_key(name), position)) != position:
+            raise InvalidInput(
+                f"files {other + 1} and {position + 1} have the same name "
+                "(ignoring case and Unicode normalisation)"
+            )
+        file_id = new_id()
+        identity = sealed.file_identity(sealing.package_id, file_id)
+        data_key = crypto.new_data_key()
+        limit = min(settings.max_file_size, settings.max_package_size - sealing.total)
+        reader = crypto.SealingReader(
+            incoming.reader,
+            data_key,
+            identity=identity,
+            max_size=limit,
+            limit_error=TooLarge(
+                "file exceeds the size limit "
+                f"({settings.max_file_size} a file, {settings.max_package_size} a package)"
+            ),
+        )
+        sealing.written.append(file_id)
+        try:
+            self.core.store.put(file_id, reader)
+            digest = reader.sha256_hex()
+        finally:
+            reader.close()
+        wrapped = self.core.keys.keyring.wrap(data_key, context=identity)
+        sealed_name = crypto.seal_bytes(
+            sealing.package_key,
+            json.dumps({"name": name, "sha256": digest}).encode(),
+            context=identity,
+        )
+        size = reader.plaintext_size
+        sealing.rows.append(
+            PackageFile(
+                id=file_id,
+                package_id=sealing.package_id,
+                position=position,
+                size=size,
+                kek_id=wrapped.kek_id,
+                wrapped_key=wrapped.blob,
+                sealed_meta=sealed_name,
+            )
+        )
+        sealing.infos.append(FileInfo(id=file_id, name=name, size=size, sha256=digest))
+        sealing.total += size
+
+    def _sealed_package(
+        self, principal: Principal, meta: NewPackage, sealing: _Sealing
+    ) -> tuple[Package, str]:
+        """The package row, its metadata sealed under the package key; and its digest."""
+        digest = sealed.package_digest(sealing.infos)
+        identity = sealed.package_identity(sealing.package_id)
+        wrapped = self.core.keys.keyring.wrap(sealing.package_key, context=identity)
+        sealed_meta = crypto.seal_bytes(
+            sealing.package_key,
+            json.dumps(
+                {
+                    "title": meta.title,
+                    "description": meta.description,
+                    "handling_note": meta.handling_note,
+                    "fields": meta.fields,
+                    "digest": digest,
+                }
+            ).encode(),
+            context=identity,
+        )
+        package = Package(
+            id=sealing.package_id,
+            agency_code=principal.agency,
+            creator_id=principal.user_id,
+            created_at=utcnow(),
+            size=sealing.total,
+            file_count=len(sealing.rows),
+            classification=meta.classification,
+            handling=meta.handling,
+            kek_id=wrapped.kek_id,
+            wrapped_key=wrapped.blob,
+            sealed_meta=sealed_meta,
+        )
+        return package, digest
+
+    def _undo_upload(self, principal: Principal, sealing: _Sealing, exc: BaseException) -> None:
+        """Delete what a failed upload stored, and record the refusal or failure."""
+        for key in sealing.written:
+            with contextlib.suppress(Exception):
+                self.core.store.delete(key)
+        if isinstance(exc, VaultError | OSError):
+            reason = exc.code if isinstance(exc, VaultError) else "io_error"
+            # Bad input (no file, too large, a bad name) is refused; the rest failed.
+            decision = DENY if isinstance(exc, REFUSALS) else ERROR
+            with contextlib.suppress(VaultError, OperationalError):
+                receipt = self.core.record_decision(principal.actor, "upload", decision, reason)
+                if isinstance(exc, VaultError):
+                    exc.receipt = receipt
+
+    # --- reading ------------------------------------------------------------------------------
+
+    @records_refusals("list")
+    def list_packages(
+        self, principal: Principal, *, limit: int = 50, offset: int = 0
+    ) -> PackageList:
+        """One page of the packages the caller may read, newest first."""
+        if not 1 <= limit <= MAX_PAGE or offset < 0:
+            raise InvalidInput(f"limit must be 1-{MAX_PAGE} and offset >= 0")
+        self.core.require_global(principal, "list")
+        with self.core.tx(readonly=True) as session:
+            found = (
+                session.connection()
+                .execute(
+                    self.access.listing_statement(principal),
+                    listing_params(principal, limit=limit, offset=offset),
+                )
+                .all()
+            )
+            receipt = self.core.record(
+                actor=principal.actor,
+                action="list",
+                decision=ALLOW,
+                reason="ok",
+                subject=f"count:{len(found)}",
+            )
+        items = [self.summary(cast(SummaryRow, row), row.country_code) for row in found]
+        return PackageList(items=items, limit=limit, offset=offset, receipt=receipt)
+
+    @records_refusals("read")
+    def get_package(self, principal: Principal, package_id: str) -> tuple[PackageDetail, int]:
+        """Details of one package the caller may read, and the ledger receipt."""
+        with self.core.tx(readonly=True) as session:
+            package, facts = self.access.load_package_for(session, principal, package_id, "read")
+            files = session.connection().execute(_PACKAGE_FILES, {"pid": package.id}).all()
+            releases = (
+                session.scalars(_PACKAGE_RELEASES, {"pid": package.id}).all()
+                if ORIGINATOR in facts.relations
+                else []
+            )
+            country = self.core.country_of(session, package.agency_code)
+            creator = (
+                session.connection()
+                .execute(_USERNAME, {"uid": package.creator_id})
+                .scalar_one_or_none()
+            )
+            receipt = self.core.record_allowed(principal, "read", package)
+        opened = self.open_meta(package)
+        meta = opened.meta
+        detail = PackageDetail(
+            id=package.id,
+            title=meta["title"],
+            classification=package.classification,
+            handling=package.handling,
+            agency=package.agency_code,
+            country=country,
+            created_at=package.created_at,
+            size=package.size,
+            file_count=package.file_count,
+            description=meta["description"],
+            handling_note=meta["handling_note"],
+            fields=meta["fields"],
+            digest=meta["digest"],
+            creator=creator or "",
+            files=[sealed.file_info(opened.key, cast(FileRow, row)) for row in files],
+            releases=[release_info(r) for r in releases],
+        )
+        return detail, receipt
+
+    @records_refusals("download")
+    def download(self, principal: Principal, package_id: str, file_id: str) -> Download:
+        """Authorise and record a download, then stream plaintext checked segment by segment.
+
+        The returned iterator raises IntegrityError if the stored object fails authentication
+        or its digest; the caller must then discard everything it received.
+        """
+        check_id(file_id, "file id")
+        with self.core.tx(readonly=True) as session:
+            package, _ = self.access.load_package_for(session, principal, package_id, "download")
+            row = session.get(PackageFile, file_id)
+            if row is None or row.package_id != package.id:
+                raise NotFound("file not found")
+            receipt = self.core.record_allowed(principal, "download", package, file=file_id)
+
+        def record_failure(exc: VaultError) -> None:
+            with contextlib.suppress(VaultError, OperationalError):
+                self.core.record_decision(
+                    principal.actor,
+                    "download",
+                    ERROR,
+                    exc.code,
+                    package=package.id,
+                    file=row.id,
+                    handling=package.handling.value,
+                )
+
+        try:
+            info = sealed.file_info(self.open_meta(package).key, row)
+            data_key = self.core.keys.keyring.unwrap(
+                crypto.WrappedKey(row.kek_id, row.wrapped_key),
+                context=sealed.file_identity(package.id, row.id),
+            )
+        except IntegrityError as exc:
+            record_failure(exc)
+            raise
+        return Download(
+            file=info,
+            package_id=package.id,
+            handling=package.handling.value,
+            receipt=receipt,
+            chunks=self._plaintext(row, data_key, info, record_failure),
+        )
+
+    def _plaintext(
+        self,
+        row: PackageFile,
+        data_key: bytes,
+        info: FileInfo,
+        record_failure: Callable[[VaultError], None],
+    ) -> Generator[bytes, None, None]:
+        """The file's plaintext, checked segment by segment and, at the end, against its size
+        and digest; a failure is recorded and raised as IntegrityError."""
+        identity = sealed.file_identity(row.package_id, row.id)
+        digest = crypto.BackgroundDigest()
+        size = 0
+        try:
+            # The plaintext stream is closed (its read-ahead thread joined) before the
+            # object is: the nesting order of this with-statement.
+            with (
+                self.core.store.open(row.id) as source,
+                contextlib.closing(
+                    crypto.open_stream(source, data_key, identity=identity)
+                ) as plains,
+            ):
+                for plain in plains:
+                    digest.update(plain)
+                    size += len(plain)
+                    yield plain
+            if size != info.size or not crypto.constant_time_equal(digest.hexdigest(), info.sha256):
+                raise IntegrityError("downloaded content does not match its recorded digest")
+        except (IntegrityError, StorageUnavailable, NotFound) as exc:
+            record_failure(exc)
+            if isinstance(exc, NotFound):
+                raise IntegrityError("stored object is missing") from None
+            raise
+        finally:
+            digest.close()

@@ -1,0 +1,293 @@
+"""Releases: releasing a package to a country or agency (timed, four-eyes), onward-release
+requests (H2), decisions, revocation, and acknowledging H3 restrictions."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlmodel import Session
+
+from vault.errors import AccessDenied, Conflict, InvalidInput, NotFound
+from vault.models import (
+    Acknowledgement,
+    Agency,
+    Classification,
+    Country,
+    Handling,
+    Package,
+    Release,
+    ReleaseKind,
+    ReleaseStatus,
+    utcnow,
+)
+from vault.schemas import ReleaseInfo, ReleaseResult, check_agency, check_country, check_id
+from vault.service._core import ALLOW, Core, Principal, new_id, records_refusals
+from vault.service.access import Access
+
+
+def release_info(r: Release) -> ReleaseInfo:
+    """What callers see of a release, with whether it grants access now."""
+    now = utcnow()
+    in_force = (
+        r.status == ReleaseStatus.ACTIVE
+        and (r.not_before is None or r.not_before <= now)
+        and (r.expires_at is None or r.expires_at > now)
+    )
+    return ReleaseInfo(
+        id=r.id,
+        package_id=r.package_id,
+        country=r.country_code,
+        agency=r.agency_code,
+        status=r.status,
+        kind=r.kind,
+        in_force=in_force,
+        not_before=r.not_before,
+        expires_at=r.expires_at,
+        created_at=r.created_at,
+        requested_by=r.requested_by,
+        decided_by=r.decided_by,
+    )
+
+
+def _check_window(not_before: datetime | None, expires_at: datetime | None) -> None:
+    for moment in (not_before, expires_at):
+        if moment is not None and moment.tzinfo is None:
+            raise InvalidInput("release times must carry a time zone")
+    if not_before and expires_at and expires_at <= not_before:
+        raise InvalidInput("a release must expire after it starts")
+    if expires_at is not None and expires_at <= utcnow():
+        raise InvalidInput("that release would already have expired")
+
+
+def _check_target(session: Session, country: str, agency: str | None) -> tuple[str, str | None]:
+    country = check_country(country)
+    if session.get(Country, country) is None:
+        raise InvalidInput(f"unknown country {country}")
+    if agency is not None:
+        agency = check_agency(agency)
+        agency_row = session.get(Agency, agency)
+        if agency_row is None or agency_row.country_code != country:
+            raise InvalidInput(f"agency {agency} is not an agency of {country}")
+    return country, agency
+
+
+class ReleaseService:
+    """Release, request, decide, revoke; acknowledge H3 restrictions."""
+
+    def __init__(self, core: Core, access: Access) -> None:
+        self.core = core
+        self.access = access
+
+    def _needs_second_person(self, session: Session, package: Package, country: str) -> bool:
+        """Four-eyes: a sensitive package going to another country than its originator's."""
+        threshold = Classification(self.core.settings.four_eyes_from)
+        origin_country = self.core.country_of(session, package.agency_code)
+        return package.classification.rank >= threshold.rank and country != origin_country
+
+    @records_refusals("release")
+    def release(
+        self,
+        principal: Principal,
+        package_id: str,
+        *,
+        country: str,
+        agency: str | None = None,
+        not_before: datetime | None = None,
+        expires_at: datetime | None = None,
+    ) -> ReleaseResult:
+        """Release a package to a country, or one agency of it, optionally timed.
+
+        A release that needs a second person (four-eyes) is created pending; a supervisor of
+        the originating agency other than the requester must approve it.
+        """
+        _check_window(not_before, expires_at)
+        with self.core.tx() as session:
+            package, _ = self.access.load_package_for(session, principal, package_id, "release")
+            country, agency = _check_target(session, country, agency)
+            pending = self._needs_second_person(session, package, country)
+            release = Release(
+                id=new_id(),
+                package_id=package.id,
+                country_code=country,
+                agency_code=agency,
+                status=ReleaseStatus.PENDING if pending else ReleaseStatus.ACTIVE,
+                kind=ReleaseKind.FOUR_EYES if pending else ReleaseKind.DIRECT,
+                not_before=not_before,
+                expires_at=expires_at,
+                requested_by=principal.user_id,
+                created_at=utcnow(),
+                decided_by=None if pending else principal.user_id,
+                decided_at=None if pending else utcnow(),
+            )
+            receipt = self._store_release(session, principal, package, release, "release")
+        return ReleaseResult(release=release_info(release), receipt=receipt)
+
+    @records_refusals("request-release")
+    def request_release(
+        self, principal: Principal, package_id: str, *, country: str, agency: str | None = None
+    ) -> ReleaseResult:
+        """Recipient asks the originating agency to release further (H2); pending until decided."""
+        with self.core.tx() as session:
+            package, _ = self.access.load_package_for(
+                session, principal, package_id, "request-release"
+            )
+            country, agency = _check_target(session, country, agency)
+            release = Release(
+                id=new_id(),
+                package_id=package.id,
+                country_code=country,
+                agency_code=agency,
+                status=ReleaseStatus.PENDING,
+                kind=ReleaseKind.ONWARD_REQUEST,
+                requested_by=principal.user_id,
+                created_at=utcnow(),
+            )
+            receipt = self._store_release(session, principal, package, release, "request-release")
+        return ReleaseResult(release=release_info(release), receipt=receipt)
+
+    def _store_release(
+        self,
+        session: Session,
+        principal: Principal,
+        package: Package,
+        release: Release,
+        action: str,
+    ) -> int:
+        """Add ``release`` in ``session``'s transaction and record it there; the receipt."""
+        session.add(release)
+        session.flush()
+        target = f"country:{release.country_code}" + (
+            f" agency:{release.agency_code}" if release.agency_code else ""
+        )
+        return self.core.record_in(
+            session,
+            actor=principal.actor,
+            action=action,
+            decision=ALLOW,
+            reason=f"status:{release.status.value}",
+            package=package.id,
+            release=release.id,
+            subject=target,
+            handling=package.handling.value,
+        )
+
+    def _load_release_for(
+        self,
+        session: Session,
+        principal: Principal,
+        release_id: str,
+        action: str,
+        package_id: str | None = None,
+    ) -> tuple[Release, Package]:
+        """The release and its package if ``action`` on the package is allowed; otherwise a
+        recorded refusal, worded for a release."""
+        check_id(release_id, "release id")
+        release = session.get(Release, release_id)
+        if release is None or (package_id is not None and release.package_id != package_id):
+            raise self.core.record_refusal(
+                NotFound("release not found"),
+                principal.actor,
+                action,
+                "not_found",
+                release=release_id,
+            )
+        try:
+            package, _ = self.access.load_package_for(
+                session, principal, release.package_id, action
+            )
+        except NotFound as exc:
+            # The same exception (its refusal is recorded on the way out), worded for a
+            # release so the answer matches a missing release id exactly.
+            exc.message = "release not found"
+            exc.args = (exc.message,)
+            raise
+        return release, package
+
+    @records_refusals("approve")
+    def decide_release(
+        self, principal: Principal, release_id: str, *, approve: bool
+    ) -> ReleaseResult:
+        """A supervisor of the originating agency approves or rejects a pending release.
+
+        Four-eyes: the person who asked for the release can never be the one who approves it.
+        """
+        action = "approve"
+        with self.core.tx() as session:
+            release, package = self._load_release_for(session, principal, release_id, action)
+            if release.status != ReleaseStatus.PENDING:
+                raise Conflict(f"release is {release.status.value}, not pending")
+            if release.requested_by == principal.user_id:
+                raise self.core.record_refusal(
+                    AccessDenied(
+                        "four-eyes: a release must be decided by someone other than its requester"
+                    ),
+                    principal.actor,
+                    action,
+                    "four_eyes_same_person",
+                    package=package.id,
+                    release=release.id,
+                    handling=package.handling.value,
+                )
+            release.status = ReleaseStatus.ACTIVE if approve else ReleaseStatus.REJECTED
+            release.decided_by = principal.user_id
+            release.decided_at = utcnow()
+            session.add(release)
+            session.flush()
+            receipt = self.core.record_allowed(
+                principal,
+                action,
+                package,
+                session=session,
+                reason="approved" if approve else "rejected",
+                release=release.id,
+            )
+        return ReleaseResult(release=release_info(release), receipt=receipt)
+
+    @records_refusals("revoke")
+    def revoke_release(
+        self, principal: Principal, package_id: str, release_id: str
+    ) -> ReleaseResult:
+        """Withdraw a release; it stops granting access on the very next request."""
+        with self.core.tx() as session:
+            release, package = self._load_release_for(
+                session,
+                principal,
+                release_id,
+                "revoke",
+                package_id=check_id(package_id, "package id"),
+            )
+            if release.status in (ReleaseStatus.REVOKED, ReleaseStatus.REJECTED):
+                raise Conflict(f"release is already {release.status.value}")
+            release.status = ReleaseStatus.REVOKED
+            release.revoked_by = principal.user_id
+            release.revoked_at = utcnow()
+            session.add(release)
+            session.flush()
+            receipt = self.core.record_allowed(
+                principal, "revoke", package, session=session, release=release.id
+            )
+        return ReleaseResult(release=release_info(release), receipt=receipt)
+
+    @records_refusals("acknowledge")
+    def acknowledge(self, principal: Principal, package_id: str) -> int:
+        """Record that the caller accepts an H3 package's stated restrictions."""
+        with self.core.tx() as session:
+            package, facts = self.access.load_package_for(
+                session, principal, package_id, "acknowledge"
+            )
+            if package.handling != Handling.H3:
+                raise InvalidInput("only H3 packages carry restrictions to acknowledge")
+            if not facts.acknowledged:
+                session.add(
+                    Acknowledgement(
+                        package_id=package.id, user_id=principal.user_id, created_at=utcnow()
+                    )
+                )
+                session.flush()
+            return self.core.record_allowed(
+                principal,
+                "acknowledge",
+                package,
+                session=session,
+                reason="ok" if not facts.acknowledged else "already",
+            )
