@@ -781,13 +781,12 @@ class StatementCapture:
 
 class TxClock:
     """Timestamps of the engine's COMMIT (before the DBAPI commit) and DBAPI close (before it),
-    to split the replica's ``commit_release`` piece when a NullPool engine closes connections.
+    to split the replica's ``commit_release`` piece if the engine closes its connections.
 
-    With the vault's NullPool, the connection is closed as soon as the session's transaction
-    ends, so ``commit -> close`` is the DBAPI commit (the WAL fsync with synchronous=FULL) and
-    ``close -> end`` is sqlite3's close (the last connection to a WAL database checkpoints and
-    removes the WAL on close). With a pooled engine there is no close: ``commit -> end`` is the
-    DBAPI commit plus returning the connection to the pool.
+    The vault's engine keeps a pool, so there is no close: ``commit -> end`` is the DBAPI
+    commit plus returning the connection to the pool. An engine without a pool (NullPool)
+    closes the connection as soon as the transaction ends; then ``commit -> close`` is the
+    DBAPI commit (the WAL fsync with synchronous=FULL) and ``close -> end`` sqlite3's close.
     """
 
     def __init__(self, engine: Any) -> None:

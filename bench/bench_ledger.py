@@ -30,10 +30,10 @@ proofs
     ``P`` random sequence numbers, ``log.inclusion_proof(session, seq, N)`` each timed alone
     (median, p99); each proof is then verified (not timed).
 experiments (unless ``--no-experiments``)
-    Where the append time goes: raw sqlite3 with a new connection per transaction, and with
-    the head read and node rows a real append also does; ``log.append`` on a one-connection
-    QueuePool engine with the same pragmas, the same with ``synchronous=NORMAL``, and 100
-    appends per commit; a cProfile of vault appends
+    Where the append time goes: raw sqlite3 with a new connection per transaction (what a
+    pool-less engine pays), and with the head read and node rows a real append also does;
+    ``log.append`` on a one-connection pool of this file's own with the vault's pragmas, the
+    same with ``synchronous=NORMAL``, and 100 appends per commit; a cProfile of vault appends
     (``bench/out/profile_ledger_append.pstats``). For proofs: the same node rows fetched with
     one plain sqlite3 query and resolved, to split database time from Python time.
 
@@ -92,7 +92,6 @@ WORKERS = min(os.cpu_count() or 1, 8)  # as `blovault ledger verify` uses by def
 TARGET_APPENDS = 3_000.0
 TARGET_VERIFY = 300_000.0
 TARGET_PROOF_MS = 2.0
-RECORD = LIST_RECORD
 SQLITE_PRAGMAS = (
     "PRAGMA journal_mode=WAL",
     "PRAGMA synchronous=FULL",
@@ -133,7 +132,7 @@ def time_appends(
         t0 = time.perf_counter()
         with db.session_scope(engine) as session:
             for _ in range(min(per_tx, count - done)):
-                log.append(session, **RECORD)
+                log.append(session, **LIST_RECORD)
                 done += 1
         latencies.append(time.perf_counter() - t0)
     elapsed = time.perf_counter() - began
@@ -145,7 +144,7 @@ def time_group_appends(engine: Engine, count: int, threads: int = 16) -> float:
     group commit (vault.ledger.log.GroupAppender): each call returns only once its entry is
     committed. Returns appends per second."""
     appender = log.GroupAppender(engine)
-    record = log.Record(**RECORD)
+    record = log.Record(**LIST_RECORD)
     appender.append(record)  # warm-up: starts the committer thread
     per_thread = count // threads
 
@@ -179,7 +178,7 @@ def raw_sqlite_appends(
     path: Path, rows: list[tuple[int, bytes, bytes]], *, reconnect: bool, nodes: bool
 ) -> float:
     """Insert ``rows`` one committed transaction each; optionally a new connection each time
-    (like NullPool) and the node rows a real append also writes."""
+    (as a pool-less engine does) and the node rows a real append also writes."""
     conn = raw_sqlite(path)
     conn.execute(LEDGER_DDL)
     conn.execute(NODE_DDL)
@@ -210,7 +209,8 @@ def raw_sqlite_appends(
 
 
 def pooled_sqlite_engine(path: Path, synchronous: str = "FULL") -> Engine:
-    """The vault's SQLite settings, but a pool that keeps its connection (experiment only)."""
+    """The vault's SQLite pragmas on a one-connection pool of our own, with ``synchronous``
+    chosen (experiment only: the vault's engine is :func:`vault.db.make_engine`)."""
     engine = create_engine(
         f"sqlite:///{path}",
         poolclass=QueuePool,
@@ -399,7 +399,7 @@ def generate(n: int, seed: int = 7) -> tuple[list[bytes], list[bytes]]:
             "deny" if seq % 17 == 0 else "allow",
             "ok",
             "H0" if pkg else "",
-            RECORD["policy"],
+            LIST_RECORD["policy"],
             prev,
         ).encode()
         leaf = merkle.leaf_hash(data)
