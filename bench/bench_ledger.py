@@ -684,7 +684,7 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="skip the where-does-the-time-go experiments and profile",
     )
-    add_common_arguments(parser, out="ledger.json")
+    add_common_arguments(parser, out="ledger.json", wait_idle=0.0)
     args = parse_arguments(parser, argv, QUICK)
     result = run(args, command_line("bench.bench_ledger", argv))
     print_report(result)

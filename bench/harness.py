@@ -68,23 +68,26 @@ LIST_RECORD: dict[str, Any] = {
 
 
 def add_common_arguments(
-    parser: argparse.ArgumentParser, *, out: str, wait_idle: float = 0.0
+    parser: argparse.ArgumentParser, *, out: str, wait_idle: float | None = None
 ) -> None:
-    """``--quick``, ``--out FILE`` (default ``bench/out/<out>``) and ``--wait-idle SECONDS``."""
+    """``--quick``, ``--out FILE`` (default ``bench/out/<out>``) and, for a benchmark that
+    waits for a quiet machine before its phases, ``--wait-idle SECONDS`` (default
+    ``wait_idle``)."""
     parser.add_argument(
         "--quick",
         action="store_true",
         help="small sizes, seconds not minutes: checks the benchmark runs (CI), measures nothing",
     )
     parser.add_argument("--out", type=Path, default=OUT_DIR / out, help="JSON result file")
-    parser.add_argument(
-        "--wait-idle",
-        type=float,
-        default=wait_idle,
-        metavar="SECONDS",
-        help="before each phase wait up to this long for a quiet machine (others < 0.15 cores "
-        f"over 1 s); 0 = don't wait ({wait_idle:g})",
-    )
+    if wait_idle is not None:
+        parser.add_argument(
+            "--wait-idle",
+            type=float,
+            default=wait_idle,
+            metavar="SECONDS",
+            help="before each phase wait up to this long for a quiet machine (others < 0.15 "
+            f"cores over 1 s); 0 = don't wait ({wait_idle:g})",
+        )
 
 
 def parse_arguments(
