@@ -4,7 +4,7 @@ Run::
 
     python -m bench.bench_authz [--packages 100000] [--releases 300000] [--db sqlite|URL]
                                 [--requests 20000] [--list-calls 200] [--dir PATH] [--keep]
-    python -m bench.bench_authz --quick    # 2,000 packages, 1,000 requests (CI)
+    python -m bench.bench_authz --quick    # 1,000 packages, 400 requests (CI)
 
 In one process it builds a throw-away vault (``--db sqlite``: a fresh SQLite file under a temp
 folder; a ``postgresql://`` URL: a fresh schema on that server, dropped afterwards), seeds
@@ -130,11 +130,11 @@ TARGET_LIST_MS = 20.0
 PAGE = 50
 
 QUICK = {
-    "packages": 2000,
-    "releases": 6000,
-    "requests": 1000,
-    "list_calls": 20,
-    "baseline_sizes": "1000,6000",
+    "packages": 1000,
+    "releases": 3000,
+    "requests": 400,
+    "list_calls": 10,
+    "baseline_sizes": "500,3000",
     "baseline_budget": 1.0,
     "fast_requests": 1000,
     "wait_idle": 0.0,

@@ -157,7 +157,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         policy = start_witnesses(work, vkey, procs)
         source = LedgerSource(engine=engine, origin=ORIGIN, key=key)
         publisher = Publisher(policy=policy, source=source, post=http_post(5.0))
-        append_for(engine, 1.0, None)  # warm-up
+        append_for(engine, min(1.0, args.seconds), None)  # warm-up
         plain_rates: list[float] = []
         witnessed_rates: list[float] = []
         lags: list[float] = []

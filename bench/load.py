@@ -16,7 +16,7 @@ The clients use aiohttp (its C HTTP parser costs a third of httpx's CPU per requ
 driver shares the machine's cores with the servers); uploading the seed packages uses httpx.
 
     python -m bench.load --clients 50 --seconds 300 --servers 2
-    python -m bench.load --quick    # 4 clients, 1 server, 3 s (CI)
+    python -m bench.load --quick    # 4 clients, 1 server, 2 s (CI)
 
 Loopback only; the server is stopped at the end. Bounded in time and request count.
 """
@@ -55,7 +55,7 @@ from bench.harness import (
 from vault.models import Classification, Role
 from vault.service import local_operator
 
-QUICK = {"clients": 4, "seconds": 3.0, "baseline_seconds": 1.0, "servers": 1, "packages": 5}
+QUICK = {"clients": 4, "seconds": 2.0, "baseline_seconds": 0.5, "servers": 1, "packages": 5}
 
 
 def seed(data_dir: Path, database_url: str | None) -> None:
