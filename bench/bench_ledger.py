@@ -4,7 +4,7 @@ Run::
 
     python -m bench.bench_ledger [--entries N] [--appends M] [--proofs P] [--pg URL]
                                  [--dir PATH] [--out FILE] [--no-experiments] [--wait-idle S]
-    python -m bench.bench_ledger --quick    # 10,000 entries, 100 appends: seconds (CI)
+    python -m bench.bench_ledger --quick    # 10,000 entries, 50 appends: seconds (CI)
 
 In one process, on throw-away databases under a temp folder (``--dir`` to choose the disk):
 
@@ -86,7 +86,7 @@ from vault.ledger.entry import GENESIS_PREV, Entry
 from vault.ledger.verify import ListSource, verify_entries, verify_export
 from vault.models import LedgerNode
 
-QUICK = {"entries": 10_000, "appends": 100, "proofs": 200}
+QUICK = {"entries": 10_000, "appends": 50, "proofs": 200}
 PROFILE_OUT = OUT_DIR / "profile_ledger_append.pstats"
 WORKERS = min(os.cpu_count() or 1, 8)  # as `blovault ledger verify` uses by default
 TARGET_APPENDS = 3_000.0
