@@ -36,12 +36,6 @@ def record_read(vault: Vault, **fields: Any) -> int:
     return vault._log(**fields)
 
 
-def record_in(vault: Vault, session: Session, **fields: Any) -> int:
-    """Append a ledger entry inside ``session``'s transaction, stamped with the policy in
-    force, as state-changing operations do. Needs: ``Vault._append``."""
-    return vault._append(session, **fields)
-
-
 def require_global(vault: Vault, principal: Principal, action: str) -> None:
     """Authorise an action that concerns no package (list, upload, ...); AccessDenied if the
     role may not. Needs: ``Vault._require_global``."""
