@@ -4,6 +4,7 @@ Run::
 
     python -m bench.bench_authz [--packages 100000] [--releases 300000] [--db sqlite|URL]
                                 [--requests 20000] [--list-calls 200] [--dir PATH] [--keep]
+    python -m bench.bench_authz --quick    # 1,000 packages, 400 requests (CI)
 
 In one process it builds a throw-away vault (``--db sqlite``: a fresh SQLite file under a temp
 folder; a ``postgresql://`` URL: a fresh schema on that server, dropped afterwards), seeds
@@ -22,8 +23,8 @@ a) pure decision    ``Authorizer.decide(facts)`` on precomputed facts, memo warm
 b) full decision    what the service does for one request, inside an open session:
                     ``session.get(Package, id)`` + ``reference_facts`` (releases in force for the
                     caller's agency/country, originator country, H3 acknowledgement) + decide;
-                    also without the package load, and per request in its own transaction
-                    (``Vault._tx``: connection, PRAGMAs, BEGIN IMMEDIATE, ..., COMMIT)
+                    also without the package load, and per request in its own service
+                    transaction (connection, PRAGMAs, BEGIN IMMEDIATE, ..., COMMIT)
 c) baseline         a plain ``casbin.Enforcer`` with a classic RBAC-with-resources model, one
                     policy line per release grant (``p, country:KZ, pkg:<id>, read`` or
                     ``p, agency:KZ-BORDER, pkg:<id>, read``) and ``g, user, country:KZ`` /
@@ -36,8 +37,7 @@ d) listing          first page (50) of ``Vault.list_packages`` for officers of e
                     BEGIN, getting the statement (built once per caller class), the query, the
                     SQL alone (same
                     statement and parameters on the raw DBAPI cursor), the ledger entry (through
-                    ``Vault._log``'s group commit, or ``_append`` + the fsync'd COMMIT, whichever
-                    the service does: detected from its source), decrypting the 50 titles; plus
+                    the service's group commit, as reads record), decrypting the 50 titles; plus
                     the page without the ledger part. The replica's SQL is compared with what
                     list_packages sends; EXPLAIN QUERY PLAN of the listing query is recorded.
 
@@ -45,6 +45,8 @@ The requests of a) and b) are 20,000 random (user, package, action) triples, hal
 half denied (classified in an untimed pre-pass that also warms the memo and the page cache),
 each package used once so SQLAlchemy's identity map never answers instead of the database.
 When a target is missed, b) and d) are profiled with cProfile (pstats saved in bench/out/).
+The service's pieces it times one by one (its transaction, the listing statement, ...) are the
+domain services' public members, named in ``bench/_internals.py``.
 
 Results: a table on stdout and JSON in ``bench/out/authz.json`` (or ``--out``).
 """
@@ -53,24 +55,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import cProfile
 import gc
 import hashlib
-import inspect
-import io
 import json
 import math
-import os
-import platform
-import pstats
 import random
-import secrets
-import shutil
-import sqlite3
 import sys
-import tempfile
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -78,11 +70,32 @@ from pathlib import Path
 from typing import Any
 
 import casbin
-from sqlalchemy import create_engine, event, func, insert, text
+from sqlalchemy import Table, event, func, insert
 from sqlalchemy import select as sa_select
-from sqlalchemy.engine import make_url
-from sqlmodel import col
+from sqlmodel import SQLModel, col
 
+from bench import _internals as internals
+from bench.harness import (
+    OUT_DIR,
+    PASSWORD,
+    Phases,
+    add_common_arguments,
+    command_line,
+    machine_info,
+    machine_line,
+    open_vault,
+    parse_arguments,
+    percentile,
+    pg_schema,
+    print_table,
+    profile_lines,
+    profiled,
+    source_fingerprint,
+    summary_ms,
+    summary_us,
+    workdir,
+    write_json,
+)
 from vault import crypto
 from vault.authz import (
     NONE,
@@ -93,7 +106,6 @@ from vault.authz import (
     Authorizer,
     Facts,
 )
-from vault.config import load_settings
 from vault.db import session_scope
 from vault.models import (
     Acknowledgement,
@@ -107,15 +119,7 @@ from vault.models import (
     Role,
     utcnow,
 )
-from vault.service import (
-    ALLOW,
-    Principal,
-    Vault,
-    _package_identity,
-    listing_params,
-    local_operator,
-    package_facts,
-)
+from vault.service import Principal, Vault, local_operator
 
 pc = time.perf_counter_ns
 
@@ -125,11 +129,27 @@ TARGET_DECISION_P99_US = 500.0
 TARGET_LIST_MS = 20.0
 PAGE = 50
 
-# Cheap, still argon2id, password hashing (as the tests use): seeding is not what we measure.
-FAST_ARGON2 = {"argon2_time_cost": 1, "argon2_memory_kib": 1024, "argon2_parallelism": 1}
-PASSWORD = "bench password, not a secret"  # throw-away vault
-OUT_DIR = Path(__file__).resolve().parent / "out"
-OUT_DEFAULT = OUT_DIR / "authz.json"
+QUICK = {
+    "packages": 1000,
+    "releases": 3000,
+    "requests": 400,
+    "list_calls": 10,
+    "baseline_sizes": "500,3000",
+    "baseline_budget": 1.0,
+    "fast_requests": 1000,
+    "wait_idle": 0.0,
+    "no_profile": True,
+}
+# The source files on the measured path (a folder counts as its .py files).
+MEASURED = (
+    "vault/service",
+    "vault/authz.py",
+    "vault/db.py",
+    "vault/models.py",
+    "vault/ledger/log.py",
+    "policies/model.conf",
+    "policies/policy.csv",
+)
 
 # --- the world -------------------------------------------------------------------------------
 
@@ -220,15 +240,143 @@ class Population:
     counts: dict[str, int] = field(default_factory=dict)
 
 
+def table_of(model: type[SQLModel]) -> Table:
+    """The Core table behind a SQLModel table class (for bulk ``executemany`` inserts)."""
+    table: Table = model.__table__  # type: ignore[attr-defined]
+    return table
+
+
 def _hex_id(rng: random.Random) -> str:
     return f"{rng.getrandbits(128):032x}"
 
 
-def _cum(weights: Sequence[float]) -> list[float]:
-    out, total = [], 0.0
-    for w in weights:
-        total += w
-        out.append(total)
+def package_row(
+    keyring: Any, rng: random.Random, i: int, cc: str, agency: str, creator: str, now: datetime
+) -> dict[str, Any]:
+    """One Package row sealed with the same calls Vault.upload makes for its record."""
+    pid = _hex_id(rng)
+    identity = internals.package_identity(pid)
+    package_key = crypto.new_data_key()
+    wrapped = keyring.wrap(package_key, context=identity)
+    meta = {
+        "title": f"{cc} seizure report #{i}",
+        "description": "synthetic package for the authorization benchmark",
+        "handling_note": "",
+        "fields": {},
+        "digest": hashlib.sha256(pid.encode()).hexdigest(),
+    }
+    return {
+        "id": pid,
+        "agency_code": agency,
+        "creator_id": creator,
+        "created_at": now - timedelta(seconds=rng.random() * 730 * 86400),
+        "size": 1 + rng.getrandbits(20),
+        "file_count": 1,
+        "classification": _pick(rng, CLASSIFICATION_MIX),
+        "handling": _pick(rng, HANDLING_MIX),
+        "kek_id": wrapped.kek_id,
+        "wrapped_key": wrapped.blob,
+        "sealed_meta": crypto.seal_bytes(package_key, json.dumps(meta).encode(), context=identity),
+    }
+
+
+def release_row(
+    rng: random.Random,
+    label: str,
+    package: dict[str, Any],
+    cc: str,
+    agency: str | None,
+    now: datetime,
+) -> dict[str, Any]:
+    """One Release row of ``package`` to ``cc`` (or ``agency``) in the state ``label`` names."""
+    requester = package["creator_id"]
+    created = package["created_at"] + (now - package["created_at"]) * rng.random() * 0.5
+    row: dict[str, Any] = {
+        "id": _hex_id(rng),
+        "package_id": package["id"],
+        "country_code": cc,
+        "agency_code": agency,
+        "status": ReleaseStatus.ACTIVE,
+        "kind": ReleaseKind.DIRECT,
+        "not_before": None,
+        "expires_at": None,
+        "requested_by": requester,
+        "created_at": created,
+        "decided_by": requester,
+        "decided_at": created,
+        "revoked_by": None,
+        "revoked_at": None,
+    }
+    if label == "active-until":
+        row["expires_at"] = now + timedelta(days=1 + rng.random() * 365)
+    elif label == "expired":
+        row["expires_at"] = now - timedelta(days=1 + rng.random() * 300)
+    elif label == "not-yet-valid":
+        row["not_before"] = now + timedelta(days=1 + rng.random() * 60)
+    elif label == "revoked":
+        row.update(
+            status=ReleaseStatus.REVOKED, revoked_by=requester, revoked_at=now - timedelta(days=1)
+        )
+    elif label == "pending":
+        row.update(
+            status=ReleaseStatus.PENDING,
+            decided_by=None,
+            decided_at=None,
+            kind=rng.choice([ReleaseKind.FOUR_EYES, ReleaseKind.ONWARD_REQUEST]),
+        )
+    elif label == "rejected":
+        row.update(status=ReleaseStatus.REJECTED, kind=ReleaseKind.FOUR_EYES)
+    return row
+
+
+def _pick(rng: random.Random, mix: Sequence[tuple[Any, float]]) -> Any:
+    return rng.choices([v for v, _ in mix], weights=[w for _, w in mix])[0]
+
+
+def release_rows(
+    packages: list[dict[str, Any]],
+    principals: dict[str, Principal],
+    pop: Population,
+    n_releases: int,
+    rng: random.Random,
+) -> tuple[list[dict[str, Any]], set[tuple[str, str]]]:
+    """Release rows over ``packages`` (recorded in ``pop``) and the acknowledgements of H3
+    grants in force, as (package id, user id)."""
+    now = utcnow()
+    agency_country = agencies()
+    by_country = _agencies_by_country()
+    officers = {
+        a: [principals[f"{a.lower().replace('-', '.')}.{k}"].user_id for k in ("officer", "junior")]
+        for a in agency_country
+    }
+    targets = {
+        origin: [(c, COUNTRIES[c][2]) for c in COUNTRIES if c != origin] for origin in COUNTRIES
+    }
+    rows: list[dict[str, Any]] = []
+    acks: set[tuple[str, str]] = set()
+    status_counts: dict[str, int] = defaultdict(int)
+    for _ in range(n_releases):
+        p = rng.randrange(len(packages))
+        cc = _pick(rng, targets[agency_country[pop.package_agency[p]]])
+        agency: str | None = None
+        if rng.random() < AGENCY_SPECIFIC_SHARE:
+            agency = rng.choice(by_country[cc])
+        label = _pick(rng, RELEASE_MIX)
+        status_counts[label] += 1
+        rows.append(release_row(rng, label, packages[p], cc, agency, now))
+        in_force = label in ("active", "active-until")
+        pop.releases.append((p, cc, agency, in_force))
+        if in_force and pop.package_handling[p] == "H3" and rng.random() < ACK_SHARE:
+            who = agency or rng.choice(by_country[cc])
+            acks.add((pop.package_ids[p], rng.choice(officers[who])))
+    pop.counts = dict(status_counts)
+    return rows, acks
+
+
+def _agencies_by_country() -> dict[str, list[str]]:
+    out: dict[str, list[str]] = defaultdict(list)
+    for a, cc in agencies().items():
+        out[cc].append(a)
     return out
 
 
@@ -242,192 +390,45 @@ def populate(
     chunk: int = 5000,
 ) -> Population:
     """Bulk-insert packages (real sealed metadata), releases and acknowledgements (Core)."""
-    keyring = vault.keys.keyring
     now = utcnow()
-    agency_country = agencies()
-    by_country_agencies: dict[str, list[str]] = defaultdict(list)
-    for a, cc in agency_country.items():
-        by_country_agencies[cc].append(a)
-    creator_of = {
-        a: principals[f"{a.lower().replace('-', '.')}.officer"].user_id for a in agency_country
-    }
-    countries = list(COUNTRIES)
-    origin_cum = _cum([COUNTRIES[c][1] for c in countries])
-    cls_vals, cls_cum = [c for c, _ in CLASSIFICATION_MIX], _cum([w for _, w in CLASSIFICATION_MIX])
-    hnd_vals, hnd_cum = [h for h, _ in HANDLING_MIX], _cum([w for _, w in HANDLING_MIX])
-    rel_vals, rel_cum = [r for r, _ in RELEASE_MIX], _cum([w for _, w in RELEASE_MIX])
-
+    by_country = _agencies_by_country()
     pop = Population(package_ids=[], package_agency=[], package_handling=[], releases=[])
-    package_created: list[datetime] = []
-
-    # Packages: the same calls Vault.upload makes for the package record.
     t0 = time.perf_counter()
-    rows: list[dict[str, Any]] = []
+    packages: list[dict[str, Any]] = []
     for i in range(n_packages):
-        pid = _hex_id(rng)
-        cc = rng.choices(countries, cum_weights=origin_cum)[0]
-        agency = rng.choice(by_country_agencies[cc])
-        classification = rng.choices(cls_vals, cum_weights=cls_cum)[0]
-        handling = rng.choices(hnd_vals, cum_weights=hnd_cum)[0]
-        created = now - timedelta(seconds=rng.random() * 730 * 86400)
-        identity = _package_identity(pid)
-        package_key = crypto.new_data_key()
-        wrapped = keyring.wrap(package_key, context=identity)
-        sealed = crypto.seal_bytes(
-            package_key,
-            json.dumps(
-                {
-                    "title": f"{cc} seizure report #{i}",
-                    "description": "synthetic package for the authorization benchmark",
-                    "handling_note": "",
-                    "fields": {},
-                    "digest": hashlib.sha256(pid.encode()).hexdigest(),
-                }
-            ).encode(),
-            context=identity,
-        )
-        rows.append(
-            {
-                "id": pid,
-                "agency_code": agency,
-                "creator_id": creator_of[agency],
-                "created_at": created,
-                "size": 1 + rng.getrandbits(20),
-                "file_count": 1,
-                "classification": classification,
-                "handling": handling,
-                "kek_id": wrapped.kek_id,
-                "wrapped_key": wrapped.blob,
-                "sealed_meta": sealed,
-            }
-        )
-        pop.package_ids.append(pid)
+        cc = _pick(rng, [(c, share) for c, (_, share, _) in COUNTRIES.items()])
+        agency = rng.choice(by_country[cc])
+        creator = principals[f"{agency.lower().replace('-', '.')}.officer"].user_id
+        row = package_row(vault.keys.keyring, rng, i, cc, agency, creator, now)
+        packages.append(row)
+        pop.package_ids.append(row["id"])
         pop.package_agency.append(agency)
-        pop.package_handling.append(handling.value)
-        package_created.append(created)
+        pop.package_handling.append(row["handling"].value)
     pop.seconds["packages_generate_and_seal"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     with vault.engine.begin() as conn:
-        for start in range(0, len(rows), chunk):
-            conn.execute(insert(Package.__table__), rows[start : start + chunk])
+        for start in range(0, len(packages), chunk):
+            conn.execute(insert(table_of(Package)), packages[start : start + chunk])
     pop.seconds["packages_insert"] = time.perf_counter() - t0
-    del rows
-
-    # Releases.
     t0 = time.perf_counter()
-    rows = []
-    acks: set[tuple[str, str]] = set()
-    recipient_officers: dict[str, list[str]] = {
-        a: [principals[f"{a.lower().replace('-', '.')}.{k}"].user_id for k in ("officer", "junior")]
-        for a in agency_country
-    }
-    recv_weights = {c: COUNTRIES[c][2] for c in countries}
-    target_lists = {
-        origin: (
-            [c for c in countries if c != origin],
-            _cum([recv_weights[c] for c in countries if c != origin]),
-        )
-        for origin in countries
-    }
-    status_counts: dict[str, int] = defaultdict(int)
-    for _ in range(n_releases):
-        p = rng.randrange(n_packages)
-        pid = pop.package_ids[p]
-        origin_agency = pop.package_agency[p]
-        origin = agency_country[origin_agency]
-        targets, tcum = target_lists[origin]
-        cc = rng.choices(targets, cum_weights=tcum)[0]
-        agency = (
-            rng.choice(by_country_agencies[cc]) if rng.random() < AGENCY_SPECIFIC_SHARE else None
-        )
-        label = rng.choices(rel_vals, cum_weights=rel_cum)[0]
-        status_counts[label] += 1
-        requester = creator_of[origin_agency]
-        created = package_created[p] + (now - package_created[p]) * rng.random() * 0.5
-        row: dict[str, Any] = {
-            "id": _hex_id(rng),
-            "package_id": pid,
-            "country_code": cc,
-            "agency_code": agency,
-            "status": ReleaseStatus.ACTIVE,
-            "kind": ReleaseKind.DIRECT,
-            "not_before": None,
-            "expires_at": None,
-            "requested_by": requester,
-            "created_at": created,
-            "decided_by": requester,
-            "decided_at": created,
-            "revoked_by": None,
-            "revoked_at": None,
-        }
-        if label == "active-until":
-            row["expires_at"] = now + timedelta(days=1 + rng.random() * 365)
-        elif label == "expired":
-            row["expires_at"] = now - timedelta(days=1 + rng.random() * 300)
-        elif label == "not-yet-valid":
-            row["not_before"] = now + timedelta(days=1 + rng.random() * 60)
-        elif label == "revoked":
-            row.update(
-                status=ReleaseStatus.REVOKED,
-                revoked_by=requester,
-                revoked_at=now - timedelta(days=1),
-            )
-        elif label == "pending":
-            row.update(
-                status=ReleaseStatus.PENDING,
-                decided_by=None,
-                decided_at=None,
-                kind=rng.choice([ReleaseKind.FOUR_EYES, ReleaseKind.ONWARD_REQUEST]),
-            )
-        elif label == "rejected":
-            row.update(status=ReleaseStatus.REJECTED, kind=ReleaseKind.FOUR_EYES)
-        in_force = label in ("active", "active-until")
-        rows.append(row)
-        pop.releases.append((p, cc, agency, in_force))
-        if in_force and pop.package_handling[p] == "H3" and rng.random() < ACK_SHARE:
-            who = agency or rng.choice(by_country_agencies[cc])
-            acks.add((pid, rng.choice(recipient_officers[who])))
+    rows, acks = release_rows(packages, principals, pop, n_releases, rng)
+    del packages
     pop.seconds["releases_generate"] = time.perf_counter() - t0
     t0 = time.perf_counter()
+    ack_rows = [{"package_id": p, "user_id": u, "created_at": now} for p, u in sorted(acks)]
     with vault.engine.begin() as conn:
         for start in range(0, len(rows), chunk):
-            conn.execute(insert(Release.__table__), rows[start : start + chunk])
-        ack_rows = [{"package_id": p, "user_id": u, "created_at": now} for p, u in sorted(acks)]
+            conn.execute(insert(table_of(Release)), rows[start : start + chunk])
         for start in range(0, len(ack_rows), chunk):
-            conn.execute(insert(Acknowledgement.__table__), ack_rows[start : start + chunk])
+            conn.execute(insert(table_of(Acknowledgement)), ack_rows[start : start + chunk])
     pop.seconds["releases_insert"] = time.perf_counter() - t0
     pop.acks = len(ack_rows)
-    pop.counts = dict(status_counts)
     pop.counts["in_force"] = sum(1 for r in pop.releases if r[3])
     pop.counts["agency_specific"] = sum(1 for r in pop.releases if r[2] is not None)
     return pop
 
 
 # --- statistics ------------------------------------------------------------------------------
-
-
-def pct(sorted_ns: Sequence[int], q: float) -> float:
-    """Nearest-rank percentile of a sorted list."""
-    if not sorted_ns:
-        return float("nan")
-    k = max(0, min(len(sorted_ns) - 1, math.ceil(q / 100 * len(sorted_ns)) - 1))
-    return float(sorted_ns[k])
-
-
-def summary_us(ns: Sequence[int]) -> dict[str, float]:
-    """median, p90, p99, mean, min, max in microseconds."""
-    s = sorted(ns)
-    if not s:
-        return {"n": 0}
-    return {
-        "n": len(s),
-        "median_us": round(pct(s, 50) / 1000, 2),
-        "p90_us": round(pct(s, 90) / 1000, 2),
-        "p99_us": round(pct(s, 99) / 1000, 2),
-        "mean_us": round(sum(s) / len(s) / 1000, 2),
-        "min_us": round(s[0] / 1000, 2),
-        "max_us": round(s[-1] / 1000, 2),
-    }
 
 
 def timer_overhead_ns(n: int = 200_000) -> float:
@@ -437,8 +438,7 @@ def timer_overhead_ns(n: int = 200_000) -> float:
         t0 = pc()
         t1 = pc()
         out.append(t1 - t0)
-    out.sort()
-    return pct(out, 50)
+    return percentile(out, 50)
 
 
 # --- requests --------------------------------------------------------------------------------
@@ -453,6 +453,50 @@ class Req:
     facts: Facts
 
 
+@dataclass
+class Pools:
+    """Package indexes by how a caller may relate to them, to draw likely-allowed requests."""
+
+    own: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
+    to_agency: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
+    to_country: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
+
+    @classmethod
+    def of(cls, pop: Population) -> Pools:
+        """The pools of ``pop``: packages each agency owns, and releases by recipient."""
+        pools = cls()
+        for i, a in enumerate(pop.package_agency):
+            pools.own[a].append(i)
+        for p, cc, agency, _ in pop.releases:
+            if agency is None:
+                pools.to_country[cc].append(p)
+            else:
+                pools.to_agency[agency].append(p)
+        return pools
+
+    def draw(self, rng: random.Random, principal: Principal, packages: int) -> int:
+        """Any package (40 %), one released to the caller (35 %) or their agency's own."""
+        r = rng.random()
+        if r < 0.40:
+            return rng.randrange(packages)
+        if r < 0.75:
+            if rng.random() < 0.4:
+                return rng.choice(self.to_agency[principal.agency])
+            return rng.choice(self.to_country[principal.country])
+        return rng.choice(self.own[principal.agency])
+
+
+def _action_for(rng: random.Random, role: Role) -> str:
+    acts, weights = (
+        AUDITOR_ACTIONS
+        if role == Role.AUDITOR
+        else SUPERVISOR_ACTIONS
+        if role == Role.SUPERVISOR
+        else OFFICER_ACTIONS
+    )
+    return rng.choices(acts, weights=weights)[0]
+
+
 def sample_requests(
     vault: Vault,
     principals: dict[str, Principal],
@@ -462,107 +506,48 @@ def sample_requests(
     rng: random.Random,
 ) -> tuple[list[Req], dict[str, Any]]:
     """n requests, half allowed and half denied, each package used once (untimed pre-pass)."""
-    agency_country = agencies()
-    own: dict[str, list[int]] = defaultdict(list)
-    for i, a in enumerate(pop.package_agency):
-        own[a].append(i)
-    to_agency: dict[str, list[int]] = defaultdict(list)
-    to_country: dict[str, list[int]] = defaultdict(list)
-    for p, cc, agency, _ in pop.releases:
-        if agency is None:
-            to_country[cc].append(p)
-        else:
-            to_agency[agency].append(p)
+    pools = Pools.of(pop)
     candidates = [u for u, (_, role, _) in users().items() if role != Role.ADMIN]
-    want = n // 2
-    allowed: list[Req] = []
-    denied: list[Req] = []
+    want = {True: n // 2, False: n - n // 2}
+    found: dict[bool, list[Req]] = {True: [], False: []}
     used: set[int] = set()
     tried = 0
     t0 = time.perf_counter()
-    session_cm = session_scope(vault.engine)
-    session = session_cm.__enter__()
-    try:
-        while len(allowed) < want or len(denied) < n - want:
-            tried += 1
-            if tried > 50 * n:
-                raise RuntimeError("could not sample enough allowed/denied requests")
-            username = rng.choice(candidates)
-            principal = principals[username]
-            r = rng.random()
-            if r < 0.40:
-                p = rng.randrange(len(pop.package_ids))
-            elif r < 0.75:
-                pool = (
-                    to_agency[principal.agency]
-                    if rng.random() < 0.4
-                    else to_country[principal.country]
-                )
-                p = rng.choice(pool)
-            else:
-                p = rng.choice(own[principal.agency])
-            if p in used:
-                continue
-            role = principal.role
-            acts, weights = (
-                AUDITOR_ACTIONS
-                if role == Role.AUDITOR
-                else SUPERVISOR_ACTIONS
-                if role == Role.SUPERVISOR
-                else OFFICER_ACTIONS
-            )
-            action = rng.choices(acts, weights=weights)[0]
-            package = session.get(Package, pop.package_ids[p])
-            assert package is not None
-            facts = reference_facts(vault, session, principal, package, action)
-            ok = vault.authz.decide(facts).allowed
-            bucket, limit = (allowed, want) if ok else (denied, n - want)
-            if len(bucket) >= limit:
-                continue
-            used.add(p)
-            bucket.append(Req(username, package.id, action, ok, facts))
-            if (len(allowed) + len(denied)) % 2000 == 0:
-                session_cm.__exit__(None, None, None)
-                session_cm = session_scope(vault.engine)
-                session = session_cm.__enter__()
-    finally:
-        session_cm.__exit__(None, None, None)
-    reqs = allowed + denied
+    while len(found[True]) < want[True] or len(found[False]) < want[False]:
+        # A fresh session every 2,000 requests, so its identity map stays small.
+        with session_scope(vault.engine) as session:
+            for _ in range(2000):
+                tried += 1
+                if tried > 50 * n:
+                    raise RuntimeError("could not sample enough allowed/denied requests")
+                username = rng.choice(candidates)
+                principal = principals[username]
+                p = pools.draw(rng, principal, len(pop.package_ids))
+                if p in used:
+                    continue
+                action = _action_for(rng, principal.role)
+                package = session.get(Package, pop.package_ids[p])
+                assert package is not None
+                facts = reference_facts(vault, session, principal, package, action)
+                ok = vault.authz.decide(facts).allowed
+                if len(found[ok]) >= want[ok]:
+                    continue
+                used.add(p)
+                found[ok].append(Req(username, package.id, action, ok, facts))
+                if len(found[True]) >= want[True] and len(found[False]) >= want[False]:
+                    break
+    reqs = found[True] + found[False]
     rng.shuffle(reqs)
-    relations: dict[str, int] = defaultdict(int)
-    for q in reqs:
-        for rel in q.facts.relations:
-            relations[rel] += 1
     info = {
         "requests": len(reqs),
-        "allowed": len(allowed),
-        "denied": len(denied),
+        "allowed": len(found[True]),
+        "denied": len(found[False]),
         "candidates_tried": tried,
         "seconds": round(time.perf_counter() - t0, 2),
-        "relations_holding": dict(relations),
-        "distinct_classes": len(
-            {
-                (
-                    q.facts.role,
-                    q.facts.relations,
-                    q.facts.cleared,
-                    q.facts.handling,
-                    q.facts.acknowledged,
-                    q.facts.action,
-                )
-                for q in reqs
-            }
-        ),
-        "actions": dict(
-            sorted(
-                defaultdict(
-                    int,
-                    {a: sum(1 for q in reqs if q.action == a) for a in {q.action for q in reqs}},
-                ).items()
-            )
-        ),
+        "relations_holding": dict(Counter(rel for q in reqs for rel in q.facts.relations)),
+        "distinct_classes": len({q.facts for q in reqs}),
+        "actions": dict(sorted(Counter(q.action for q in reqs).items())),
     }
-    _ = agency_country
     return reqs, info
 
 
@@ -574,15 +559,17 @@ def measure_pure(vault: Vault, reqs: list[Req]) -> dict[str, Any]:
     facts = [q.facts for q in reqs]
     # Cold: a fresh Authorizer (same policy), first sight of each class goes to pycasbin.
     fresh = Authorizer(policy_dir=vault.settings.resolved_policy_dir, extra_rules=authz.extra_rules)
-    cold, warm_first = [], []
+    cold: list[int] = []
+    warm_first: list[int] = []
     for f in facts:
-        before = len(fresh._memo)
+        before = internals.memo_size(fresh)
         t0 = pc()
         fresh.decide(f)
         t1 = pc()
-        (cold if len(fresh._memo) != before else warm_first).append(t1 - t0)
+        (cold if internals.memo_size(fresh) != before else warm_first).append(t1 - t0)
     gc.collect()
-    decide_ns, allows_ns = [], []
+    decide_ns: list[int] = []
+    allows_ns: list[int] = []
     for _ in range(2):  # two passes, keep the second (memo and caches warm)
         decide_ns.clear()
         for f in facts:
@@ -606,7 +593,7 @@ def measure_pure(vault: Vault, reqs: list[Req]) -> dict[str, Any]:
         ),
         "allows": summary_us(allows_ns),
         "memo_miss_first_call": summary_us(cold),
-        "memo_entries": len(fresh._memo),
+        "memo_entries": internals.memo_size(fresh),
         "mismatches": mismatches,
     }
 
@@ -618,7 +605,7 @@ def service_path_facts(
     vault: Vault, session: Any, principal: Principal, package_id: str, action: str
 ) -> Facts:
     """Facts as the service derives them (``vault.service.package_facts``, one query)."""
-    found = package_facts(session, principal, package_id, action)
+    found = internals.package_facts(session, principal, package_id, action)
     assert found is not None
     return found[1]
 
@@ -632,11 +619,11 @@ def reference_facts(
     relations = {NONE}
     if package.agency_code == principal.agency:
         relations.add(ORIGINATOR)
-    for _, agency in vault._grants_in_force(session, principal, package.id):
+    for _, agency in internals.grants_in_force(vault, session, principal, package.id):
         relations.add(RELEASED_COUNTRY if agency is None else RELEASED_AGENCY)
     if (
         ORIGINATOR not in relations
-        and vault._country_of(session, package.agency_code) == principal.country
+        and internals.country_of(vault, session, package.agency_code) == principal.country
     ):
         relations.add(SAME_COUNTRY)
     acknowledged = False
@@ -652,19 +639,14 @@ def reference_facts(
     )
 
 
-def measure_full(
-    vault: Vault,
-    principals: dict[str, Principal],
-    reqs: list[Req],
-    *,
-    per_session: int = 500,
-    request_subset: int = 5000,
-) -> dict[str, Any]:
+def time_in_session(
+    vault: Vault, principals: dict[str, Principal], reqs: list[Req], per_session: int
+) -> tuple[dict[str, list[int]], int]:
+    """Each request's load + facts + decide, timed piece by piece inside an open session, and
+    the service's one-query path; (timings by name, requests whose outcome differed)."""
     authz = vault.authz
     tt = time.thread_time_ns
-    with_row, facts_only, pieces_get, pieces_facts, pieces_decide = [], [], [], [], []
-    one_query: list[int] = []
-    with_row_cpu: list[int] = []
+    t: dict[str, list[int]] = defaultdict(list)
     mismatches = 0
     gc.collect()
     for start in range(0, len(reqs), per_session):
@@ -680,75 +662,94 @@ def measure_full(
                 t2 = pc()
                 decision = authz.decide(facts)
                 t3 = pc()
-                with_row_cpu.append(tt() - c0)
-                with_row.append(t3 - t0)
-                facts_only.append(t3 - t1)
-                pieces_get.append(t1 - t0)
-                pieces_facts.append(t2 - t1)
-                pieces_decide.append(t3 - t2)
+                t["with_row_cpu"].append(tt() - c0)
+                t["with_row"].append(t3 - t0)
+                t["facts_only"].append(t3 - t1)
+                t["get"].append(t1 - t0)
+                t["facts"].append(t2 - t1)
+                t["decide"].append(t3 - t2)
                 if decision.allowed != q.allowed or facts != q.facts:
                     mismatches += 1
-                # The service's own path (Vault._load_package_for): one prebuilt query for the
-                # package, its originator's country and the release/acknowledgement flags.
+                # The service's own path (package_facts): one prebuilt query for the package,
+                # its originator's country and the release/acknowledgement flags.
                 t4 = pc()
                 fast = service_path_facts(vault, session, principal, q.package_id, q.action)
                 fast_allowed = authz.decide(fast).allowed
-                one_query.append(pc() - t4)
+                t["one_query"].append(pc() - t4)
                 if fast_allowed != q.allowed or fast != q.facts:
                     mismatches += 1
-    # The whole request's transaction, as Vault._load_package_for runs it (without the ledger
-    # refusal a denied request would then append).
-    per_request: list[int] = []
-    per_request_ro: list[int] = []
+    return t, mismatches
+
+
+def time_transactions(
+    vault: Vault, principals: dict[str, Principal], reqs: list[Req]
+) -> tuple[dict[str, list[int]], int]:
+    """Each request in a service transaction of its own, alternately read-only, and empty
+    transactions alone; (timings by name, requests whose outcome differed)."""
+    t: dict[str, list[int]] = defaultdict(list)
+    mismatches = 0
     gc.collect()
-    for i, q in enumerate(reqs[:request_subset]):
+    # The whole request's transaction, as the service runs a package operation's check
+    # (without the ledger refusal a denied request would then append).
+    for i, q in enumerate(reqs):
         principal = principals[q.username]
         readonly = bool(i % 2)
         t0 = pc()
-        with vault._tx(readonly=readonly) as session:
+        with internals.transaction(vault, readonly=readonly) as session:
             package = session.get(Package, q.package_id)
             facts = reference_facts(vault, session, principal, package, q.action)  # type: ignore[arg-type]
             ok = vault.authz.allows(facts)
-        t1 = pc()
-        (per_request_ro if readonly else per_request).append(t1 - t0)
+        t["per_request_ro" if readonly else "per_request"].append(pc() - t0)
         if ok != q.allowed:
             mismatches += 1
     # An empty transaction: what checkout (or connect) + BEGIN [IMMEDIATE] + COMMIT cost alone.
-    empty_tx: list[int] = []
-    empty_tx_ro: list[int] = []
-    for i in range(min(4000, request_subset)):
+    for i in range(min(4000, len(reqs))):
         readonly = bool(i % 2)
         t0 = pc()
-        with vault._tx(readonly=readonly) as session:
+        with internals.transaction(vault, readonly=readonly) as session:
             session.connection()
-        t1 = pc()
-        (empty_tx_ro if readonly else empty_tx).append(t1 - t0)
-    allowed_idx = [i for i, q in enumerate(reqs) if q.allowed]
-    denied_idx = [i for i, q in enumerate(reqs) if not q.allowed]
-    originator = [i for i, q in enumerate(reqs) if "originator" in q.facts.relations]
-    non_orig = [i for i, q in enumerate(reqs) if "originator" not in q.facts.relations]
-    h3 = [i for i, q in enumerate(reqs) if q.facts.handling == "H3"]
+        t["empty_ro" if readonly else "empty"].append(pc() - t0)
+    return t, mismatches
+
+
+def measure_full(
+    vault: Vault,
+    principals: dict[str, Principal],
+    reqs: list[Req],
+    *,
+    per_session: int = 500,
+    request_subset: int = 5000,
+) -> dict[str, Any]:
+    """b): what the service does for one request, in an open session and per transaction."""
+    t, mismatches = time_in_session(vault, principals, reqs, per_session)
+    tx, tx_mismatches = time_transactions(vault, principals, reqs[:request_subset])
+
+    def where(timings: list[int], keep: Callable[[Req], bool]) -> dict[str, float]:
+        return summary_us([ns for ns, q in zip(timings, reqs, strict=True) if keep(q)])
+
     return {
-        "service_one_query_facts_decide": summary_us(one_query),
-        "row_facts_decide": summary_us(with_row),
-        "row_facts_decide_allowed": summary_us([with_row[i] for i in allowed_idx]),
-        "row_facts_decide_denied": summary_us([with_row[i] for i in denied_idx]),
-        "row_facts_decide_thread_cpu": summary_us(with_row_cpu),
-        "facts_decide": summary_us(facts_only),
+        "service_one_query_facts_decide": summary_us(t["one_query"]),
+        "row_facts_decide": summary_us(t["with_row"]),
+        "row_facts_decide_allowed": where(t["with_row"], lambda q: q.allowed),
+        "row_facts_decide_denied": where(t["with_row"], lambda q: not q.allowed),
+        "row_facts_decide_thread_cpu": summary_us(t["with_row_cpu"]),
+        "facts_decide": summary_us(t["facts_only"]),
         "pieces": {
-            "session_get_package": summary_us(pieces_get),
-            "vault_facts": summary_us(pieces_facts),
-            "decide": summary_us(pieces_decide),
-            "vault_facts_originator": summary_us([pieces_facts[i] for i in originator]),
-            "vault_facts_not_originator": summary_us([pieces_facts[i] for i in non_orig]),
-            "vault_facts_h3": summary_us([pieces_facts[i] for i in h3]),
+            "session_get_package": summary_us(t["get"]),
+            "vault_facts": summary_us(t["facts"]),
+            "decide": summary_us(t["decide"]),
+            "vault_facts_originator": where(t["facts"], lambda q: ORIGINATOR in q.facts.relations),
+            "vault_facts_not_originator": where(
+                t["facts"], lambda q: ORIGINATOR not in q.facts.relations
+            ),
+            "vault_facts_h3": where(t["facts"], lambda q: q.facts.handling == "H3"),
         },
-        "per_request_transaction": summary_us(per_request),
-        "per_request_readonly_transaction": summary_us(per_request_ro),
-        "empty_transaction": summary_us(empty_tx),
-        "empty_readonly_transaction": summary_us(empty_tx_ro),
+        "per_request_transaction": summary_us(tx["per_request"]),
+        "per_request_readonly_transaction": summary_us(tx["per_request_ro"]),
+        "empty_transaction": summary_us(tx["empty"]),
+        "empty_readonly_transaction": summary_us(tx["empty_ro"]),
         "engine_pool": type(vault.engine.pool).__name__,
-        "mismatches": mismatches,
+        "mismatches": mismatches + tx_mismatches,
     }
 
 
@@ -777,21 +778,14 @@ class StatementCapture:
             self.last = (statement, parameters)
 
 
-def listing_query(vault: Vault, principal: Principal) -> Any:
-    """The statement Vault.list_packages runs (checked against the service's SQL at run time);
-    its parameters are ``listing_params``."""
-    return vault._listing_statement(principal)
-
-
 class TxClock:
     """Timestamps of the engine's COMMIT (before the DBAPI commit) and DBAPI close (before it),
-    to split the replica's ``commit_release`` piece when a NullPool engine closes connections.
+    to split the replica's ``commit_release`` piece if the engine closes its connections.
 
-    With the vault's NullPool, the connection is closed as soon as the session's transaction
-    ends, so ``commit -> close`` is the DBAPI commit (the WAL fsync with synchronous=FULL) and
-    ``close -> end`` is sqlite3's close (the last connection to a WAL database checkpoints and
-    removes the WAL on close). With a pooled engine there is no close: ``commit -> end`` is the
-    DBAPI commit plus returning the connection to the pool.
+    The vault's engine keeps a pool, so there is no close: ``commit -> end`` is the DBAPI
+    commit plus returning the connection to the pool. An engine without a pool (NullPool)
+    closes the connection as soon as the transaction ends; then ``commit -> close`` is the
+    DBAPI commit (the WAL fsync with synchronous=FULL) and ``close -> end`` sqlite3's close.
     """
 
     def __init__(self, engine: Any) -> None:
@@ -815,56 +809,42 @@ class TxClock:
         event.remove(self.engine, "close", self._close)
 
 
-def list_mode() -> str:
-    """How Vault.list_packages records the listing (the service changed while this was written):
-
-    group-commit  a read-only transaction; the ledger entry goes through ``Vault._log`` (a writer
-                  thread appends queued entries in one transaction, one fsync'd COMMIT, and the
-                  caller waits for it)
-    in-tx         a write transaction; ``Vault._append`` inside it, committed (fsync) with it
-    """
-    src = inspect.getsource(Vault.list_packages)
-    return "group-commit" if "self._log(" in src else "in-tx"
-
-
 def list_replica(
     vault: Vault,
     principal: Principal,
     *,
     ledger: bool = True,
     clock: TxClock | None = None,
-    mode: str = "group-commit",
 ) -> dict[str, int]:
-    """Vault.list_packages, step for step, with each step timed (ns)."""
+    """Vault.list_packages, step for step, with each step timed (ns): a read-only transaction
+    whose ledger entry goes through the group commit (a writer thread appends queued entries
+    in one transaction, one fsync'd COMMIT, and the caller waits for it)."""
     c0 = time.thread_time_ns()
     t0 = pc()
-    vault._require_global(principal, "list")
-    with vault._tx(readonly=mode == "group-commit") as session:
+    internals.require_global(vault, principal, "list")
+    with internals.transaction(vault, readonly=True) as session:
         session.connection()  # the service connects lazily at its first query; same work
         t1 = pc()
-        query = listing_query(vault, principal)
+        query = internals.listing_statement(vault, principal)
         t2 = pc()
         found = (
             session.connection()
-            .execute(query, listing_params(principal, limit=PAGE, offset=0))
+            .execute(query, internals.listing_params(principal, limit=PAGE, offset=0))
             .all()
         )
         t3 = pc()
         if ledger:
-            fields = {
-                "actor": principal.actor,
-                "action": "list",
-                "decision": ALLOW,
-                "reason": "ok",
-                "subject": f"count:{len(found)}",
-            }
-            if mode == "group-commit":
-                vault._log(**fields)  # type: ignore[attr-defined]
-            else:
-                vault._append(session, **fields)
+            internals.record_read(
+                vault,
+                actor=principal.actor,
+                action="list",
+                decision="allow",
+                reason="ok",
+                subject=f"count:{len(found)}",
+            )
         t4 = pc()
     t5 = pc()
-    items = [vault._summary(row, row.country_code) for row in found]
+    items = [internals.package_summary(vault, row, row.country_code) for row in found]
     t6 = pc()
     cpu = time.thread_time_ns() - c0
     assert len(items) == len(found)
@@ -890,24 +870,19 @@ def _dbapi_connection(engine: Any) -> Any:
     return raw
 
 
-def measure_listing(
-    vault: Vault,
-    principals: dict[str, Principal],
-    *,
-    calls: int,
-    officers: list[str],
-) -> dict[str, Any]:
-    engine = vault.engine
-    sqlite = engine.dialect.name == "sqlite"
-    per_officer: dict[str, dict[str, Any]] = {}
-    # Untimed: capture each officer's SQL, its plan, and how many packages they may read at all.
+def capture_listings(
+    vault: Vault, principals: dict[str, Principal], officers: list[str]
+) -> tuple[dict[str, tuple[str, Any]], dict[str, dict[str, Any]]]:
+    """Untimed: each officer's listing SQL and parameters as sent to the driver, and how many
+    rows their first page has and how many packages they may read at all."""
     captured: dict[str, tuple[str, Any]] = {}
-    with StatementCapture(engine) as cap, session_scope(engine) as session:
+    per_officer: dict[str, dict[str, Any]] = {}
+    with StatementCapture(vault.engine) as cap, session_scope(vault.engine) as session:
         for name in officers:
+            params = internals.listing_params(principals[name], limit=PAGE, offset=0)
             cap.on = True
             rows = session.execute(
-                listing_query(vault, principals[name]),
-                listing_params(principals[name], limit=PAGE, offset=0),
+                internals.listing_statement(vault, principals[name]), params
             ).all()
             cap.on = False
             assert cap.last is not None
@@ -916,85 +891,64 @@ def measure_listing(
                 sa_select(func.count())
                 .select_from(Package)
                 .join(Agency, col(Agency.code) == Package.agency_code)
-                .where(col(Package.purged_at).is_(None), vault._readable_clause(principals[name])),
-                listing_params(principals[name], limit=PAGE, offset=0),
+                .where(
+                    col(Package.purged_at).is_(None),
+                    internals.readable_clause(vault, principals[name]),
+                ),
+                params,
             ).scalar_one()
             per_officer[name] = {"first_page_rows": len(rows), "readable_total": int(readable)}
-    # The replica must be the service's statement: compare with what list_packages sends.
+    return captured, per_officer
+
+
+def replica_matches(vault: Vault, principal: Principal, sql: str) -> bool:
+    """Whether ``sql`` (the replica's) is what Vault.list_packages sends for ``principal``."""
     seen: list[str] = []
 
     def grab(conn: Any, cursor: Any, statement: str, *rest: Any) -> None:
         if statement.lstrip().upper().startswith("SELECT PACKAGE."):
             seen.append(statement)
 
-    event.listen(engine, "before_cursor_execute", grab)
+    event.listen(vault.engine, "before_cursor_execute", grab)
     try:
-        vault.list_packages(principals[officers[0]], limit=PAGE)
+        vault.list_packages(principal, limit=PAGE)
     finally:
-        event.remove(engine, "before_cursor_execute", grab)
-    replica_matches = bool(seen) and seen[0] == captured[officers[0]][0]
-    if not replica_matches:
-        print(
-            "  WARNING: the replica's listing SQL differs from Vault.list_packages' SQL "
-            "(the service changed?); the piece-by-piece figures may not apply",
-            flush=True,
-        )
+        event.remove(vault.engine, "before_cursor_execute", grab)
+    if bool(seen) and seen[0] == sql:
+        return True
+    print(
+        "  WARNING: the replica's listing SQL differs from Vault.list_packages' SQL "
+        "(the service changed?); the piece-by-piece figures may not apply",
+        flush=True,
+    )
+    return False
+
+
+def query_plans(engine: Any, captured: dict[str, tuple[str, Any]]) -> dict[str, list[str]]:
+    """The database's plan of each captured listing (PostgreSQL: of the first only)."""
     plans: dict[str, list[str]] = {}
-    if sqlite:
-        raw = _dbapi_connection(engine)
-        try:
+    raw = _dbapi_connection(engine)
+    try:
+        if engine.dialect.name == "sqlite":
             for name, (sql, params) in captured.items():
                 plan = raw.cursor().execute("EXPLAIN QUERY PLAN " + sql, params).fetchall()
                 plans[name] = [f"{r[0]}|{r[1]}|{r[3]}" for r in plan]
-        finally:
-            raw.close()
-    else:
-        raw = _dbapi_connection(engine)
-        try:
-            name = officers[0]
-            sql, params = captured[name]
+        else:
+            name, (sql, params) = next(iter(captured.items()))
             cur = raw.cursor()
             cur.execute("EXPLAIN " + sql, params)
             plans[name] = [r[0] for r in cur.fetchall()]
             raw.rollback()
-        finally:
-            raw.close()
+    finally:
+        raw.close()
+    return plans
 
-    order = [officers[i % len(officers)] for i in range(calls)]
-    # 1. The service call itself.
+
+def time_sql_only(
+    engine: Any, captured: dict[str, tuple[str, Any]], order: list[str], rows: dict[str, int]
+) -> dict[str, list[int]]:
+    """The captured statements on the raw DBAPI connection, rows fetched; ns by officer."""
     gc.collect()
-    service_ns: dict[str, list[int]] = defaultdict(list)
-    for name in order:
-        t0 = pc()
-        page = vault.list_packages(principals[name], limit=PAGE)
-        t1 = pc()
-        service_ns[name].append(t1 - t0)
-        assert len(page.items) == per_officer[name]["first_page_rows"]
-    # 2. The replica, timed piece by piece.
-    gc.collect()
-    pieces: dict[str, list[int]] = defaultdict(list)
-    pieces_by_officer: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
-    mode = list_mode()
-    with TxClock(engine) as clock:
-        replicas = [
-            (name, list_replica(vault, principals[name], clock=clock, mode=mode)) for name in order
-        ]
-    for name, r in replicas:
-        for k, v in r.items():
-            if k != "rows":
-                pieces[k].append(v)
-                pieces_by_officer[name][k].append(v)
-    # 3. Without the ledger part (no append; the COMMIT then has nothing to write).
-    gc.collect()
-    no_ledger: list[int] = []
-    no_ledger_by: dict[str, list[int]] = defaultdict(list)
-    for name in order:
-        r = list_replica(vault, principals[name], ledger=False, mode=mode)
-        no_ledger.append(r["total"])
-        no_ledger_by[name].append(r["total"])
-    # 4. The SQL alone: the captured statement on the raw DBAPI connection, rows fetched.
-    gc.collect()
-    sql_ns: list[int] = []
     sql_by: dict[str, list[int]] = defaultdict(list)
     raw = _dbapi_connection(engine)
     try:
@@ -1003,56 +957,87 @@ def measure_listing(
             cur = raw.cursor()
             t0 = pc()
             cur.execute(sql, params)
-            rows = cur.fetchall()
+            found = cur.fetchall()
             t1 = pc()
             cur.close()
-            sql_ns.append(t1 - t0)
             sql_by[name].append(t1 - t0)
-            assert len(rows) == per_officer[name]["first_page_rows"]
-        if not sqlite:
+            assert len(found) == rows[name]
+        if engine.dialect.name != "sqlite":
             raw.rollback()
     finally:
         raw.close()
-    all_service = [t for v in service_ns.values() for t in v]
+    return sql_by
+
+
+def measure_listing(
+    vault: Vault,
+    principals: dict[str, Principal],
+    *,
+    calls: int,
+    officers: list[str],
+) -> dict[str, Any]:
+    """d): the first page as the service serves it, its replica piece by piece, without the
+    ledger part, and its SQL alone; overall and per officer."""
+    captured, per_officer = capture_listings(vault, principals, officers)
+    matches = replica_matches(vault, principals[officers[0]], captured[officers[0]][0])
+    plans = query_plans(vault.engine, captured)
+    order = [officers[i % len(officers)] for i in range(calls)]
+    # 1. The service call itself.
+    gc.collect()
+    service_ns: dict[str, list[int]] = defaultdict(list)
+    for name in order:
+        t0 = pc()
+        page = vault.list_packages(principals[name], limit=PAGE)
+        service_ns[name].append(pc() - t0)
+        assert len(page.items) == per_officer[name]["first_page_rows"]
+    # 2. The replica, timed piece by piece.
+    gc.collect()
+    pieces: dict[str, list[int]] = defaultdict(list)
+    orm_by: dict[str, list[int]] = defaultdict(list)
+    with TxClock(vault.engine) as clock:
+        replicas = [(name, list_replica(vault, principals[name], clock=clock)) for name in order]
+    for name, r in replicas:
+        orm_by[name].append(r["orm_query"])
+        for k, v in r.items():
+            if k != "rows":
+                pieces[k].append(v)
+    # 3. Without the ledger part (no append; the COMMIT then has nothing to write).
+    gc.collect()
+    no_ledger_by: dict[str, list[int]] = defaultdict(list)
+    for name in order:
+        no_ledger_by[name].append(list_replica(vault, principals[name], ledger=False)["total"])
+    # 4. The SQL alone.
+    rows = {name: o["first_page_rows"] for name, o in per_officer.items()}
+    sql_by = time_sql_only(vault.engine, captured, order, rows)
     for name in officers:
+        p = principals[name]
         per_officer[name].update(
             {
                 "service_list_packages": summary_ms(service_ns[name]),
                 "sql_only": summary_ms(sql_by[name]),
-                "orm_query": summary_ms(pieces_by_officer[name]["orm_query"]),
+                "orm_query": summary_ms(orm_by[name]),
                 "without_ledger": summary_ms(no_ledger_by[name]),
-                "clearance": principals[name].clearance.value,
-                "country": principals[name].country,
-                "agency": principals[name].agency,
-                "role": principals[name].role.value,
+                "clearance": p.clearance.value,
+                "country": p.country,
+                "agency": p.agency,
+                "role": p.role.value,
             }
         )
+
+    def every(by: dict[str, list[int]]) -> dict[str, float]:
+        return summary_ms([t for v in by.values() for t in v])
+
     return {
         "calls": calls,
         "officers": officers,
-        "service_list_packages": summary_ms(all_service),
+        "service_list_packages": every(service_ns),
         "replica_pieces": {k: summary_ms(v) for k, v in pieces.items()},
-        "without_ledger": summary_ms(no_ledger),
-        "sql_only": summary_ms(sql_ns),
+        "without_ledger": every(no_ledger_by),
+        "sql_only": every(sql_by),
         "per_officer": per_officer,
         "query_plans": plans,
-        "replica_sql_matches_service": replica_matches,
-        "ledger_mode": mode,
+        "replica_sql_matches_service": matches,
         "sql_example": captured[officers[0]][0],
-    }
-
-
-def summary_ms(ns: Sequence[int]) -> dict[str, float]:
-    s = sorted(ns)
-    if not s:
-        return {"n": 0}
-    return {
-        "n": len(s),
-        "median_ms": round(pct(s, 50) / 1e6, 3),
-        "p90_ms": round(pct(s, 90) / 1e6, 3),
-        "p99_ms": round(pct(s, 99) / 1e6, 3),
-        "mean_ms": round(sum(s) / len(s) / 1e6, 3),
-        "max_ms": round(s[-1] / 1e6, 3),
     }
 
 
@@ -1076,6 +1061,85 @@ m = g(r.sub, p.sub) && r.obj == p.obj && r.act == p.act
 """
 
 
+Request = tuple[str, str, str]
+Grant = tuple[int, str, str | None, bool]
+
+
+class BaselinePolicy:
+    """The classic model's policy for a population: one ``p`` line per release row and
+    ``g`` lines putting each officer in their country and agency; draws requests."""
+
+    def __init__(
+        self, pop: Population, principals: dict[str, Principal], rng: random.Random
+    ) -> None:
+        self.pop, self.rng = pop, rng
+        roles = (Role.OFFICER, Role.SUPERVISOR)
+        self.officers = [u for u, (_, role, _) in users().items() if role in roles]
+        self.subjects = {
+            u: (f"country:{principals[u].country}", f"agency:{principals[u].agency}")
+            for u in self.officers
+        }
+        self.members: dict[str, list[str]] = defaultdict(list)
+        for u, subjects in self.subjects.items():
+            for sub in subjects:
+                self.members[sub].append(u)
+        self.lines: list[Grant] = []
+        self.granted: dict[str, set[str]] = defaultdict(set)  # obj -> subjects
+
+    def write(self, path: Path, lines: list[Grant]) -> None:
+        """Write the policy for the release rows ``lines`` to ``path``."""
+        self.lines = lines
+        self.granted = defaultdict(set)
+        with path.open("w") as f:
+            for p, cc, agency, _ in lines:
+                sub = f"agency:{agency}" if agency else f"country:{cc}"
+                obj = f"pkg:{self.pop.package_ids[p]}"
+                f.write(f"p, {sub}, {obj}, read\n")
+                self.granted[obj].add(sub)
+            for u, subjects in self.subjects.items():
+                f.write("".join(f"g, {u}, {sub}\n" for sub in subjects))
+
+    def allowed(self) -> Request:
+        """A request one of the policy lines allows."""
+        p, cc, agency, _ = self.lines[self.rng.randrange(len(self.lines))]
+        sub = f"agency:{agency}" if agency else f"country:{cc}"
+        return self.rng.choice(self.members[sub]), f"pkg:{self.pop.package_ids[p]}", "read"
+
+    def denied(self) -> Request:
+        """A request no policy line allows."""
+        while True:
+            u = self.rng.choice(self.officers)
+            obj = f"pkg:{self.pop.package_ids[self.rng.randrange(len(self.pop.package_ids))]}"
+            if not (self.granted.get(obj, set()) & set(self.subjects[u])):
+                return u, obj, "read"
+
+
+def time_enforcer(
+    enforce: Callable[..., bool],
+    make: Callable[[], Request],
+    expect: bool,
+    *,
+    budget_s: float,
+    limit: int,
+) -> tuple[list[int], list[int]]:
+    """enforce() on fresh requests for ``budget_s`` (``limit`` at most, 5 at least); wall and
+    thread-CPU ns."""
+    ns: list[int] = []
+    cpu: list[int] = []
+    spent = 0.0
+    while (spent < budget_s and len(ns) < limit) or len(ns) < 5:
+        req = make()
+        c0 = time.thread_time_ns()
+        t0 = pc()
+        ok = enforce(*req)
+        t1 = pc()
+        cpu.append(time.thread_time_ns() - c0)
+        assert ok is expect, (req, ok)
+        ns.append(t1 - t0)
+        spent += (t1 - t0) / 1e9
+    return ns, cpu
+
+
 def measure_baseline(
     pop: Population,
     principals: dict[str, Principal],
@@ -1086,21 +1150,10 @@ def measure_baseline(
     fast_requests: int,
     rng: random.Random,
 ) -> dict[str, Any]:
-    """Plain Enforcer and FastEnforcer, one policy line per release grant."""
+    """c): plain Enforcer and FastEnforcer, one policy line per release grant."""
     model_path = work / "baseline_model.conf"
     model_path.write_text(BASELINE_MODEL)
-    officers = [u for u, (_, role, _) in users().items() if role in (Role.OFFICER, Role.SUPERVISOR)]
-    g_lines = []
-    for u in officers:
-        g_lines.append(f"g, {u}, country:{principals[u].country}")
-        g_lines.append(f"g, {u}, agency:{principals[u].agency}")
-    subject_users: dict[str, list[str]] = defaultdict(list)
-    for u in officers:
-        subject_users[f"country:{principals[u].country}"].append(u)
-        subject_users[f"agency:{principals[u].agency}"].append(u)
-    user_subjects = {
-        u: {f"country:{principals[u].country}", f"agency:{principals[u].agency}"} for u in officers
-    }
+    policy = BaselinePolicy(pop, principals, rng)
     results: dict[str, Any] = {
         "model": BASELINE_MODEL,
         "lines_are": "every release row, whatever its status or window",
@@ -1108,51 +1161,18 @@ def measure_baseline(
     }
     for size in sizes:
         size = min(size, len(pop.releases))
-        lines = pop.releases[:size]
         policy_path = work / f"baseline_policy_{size}.csv"
-        granted: dict[str, set[str]] = defaultdict(set)  # obj -> subjects
-        with policy_path.open("w") as f:
-            for p, cc, agency, _ in lines:
-                sub = f"agency:{agency}" if agency else f"country:{cc}"
-                obj = f"pkg:{pop.package_ids[p]}"
-                f.write(f"p, {sub}, {obj}, read\n")
-                granted[obj].add(sub)
-            f.write("\n".join(g_lines) + "\n")
-
-        def allowed_req(
-            lines: list[tuple[int, str, str | None, bool]] = lines, size: int = size
-        ) -> tuple[str, str, str]:
-            p, cc, agency, _ = lines[rng.randrange(size)]
-            sub = f"agency:{agency}" if agency else f"country:{cc}"
-            return rng.choice(subject_users[sub]), f"pkg:{pop.package_ids[p]}", "read"
-
-        def denied_req(granted: dict[str, set[str]] = granted) -> tuple[str, str, str]:
-            while True:
-                u = rng.choice(officers)
-                obj = f"pkg:{pop.package_ids[rng.randrange(len(pop.package_ids))]}"
-                if not (granted.get(obj, set()) & user_subjects[u]):
-                    return u, obj, "read"
-
+        policy.write(policy_path, pop.releases[:size])
+        kinds = (("denied", policy.denied, False), ("allowed", policy.allowed, True))
         entry: dict[str, Any] = {"lines": size}
-        # Plain Enforcer.
         gc.collect()
         t0 = time.perf_counter()
         enforcer = casbin.Enforcer(str(model_path), str(policy_path))
         entry["enforcer_load_s"] = round(time.perf_counter() - t0, 2)
-        for kind, make, expect in (("denied", denied_req, False), ("allowed", allowed_req, True)):
-            ns: list[int] = []
-            spent = 0.0
-            cpu: list[int] = []
-            while (spent < budget_s / 2 and len(ns) < 2000) or len(ns) < 5:
-                req = make()
-                c0 = time.thread_time_ns()
-                t0 = pc()
-                ok = enforcer.enforce(*req)
-                t1 = pc()
-                cpu.append(time.thread_time_ns() - c0)
-                assert ok is expect, (req, ok)
-                ns.append(t1 - t0)
-                spent += (t1 - t0) / 1e9
+        for kind, make, expect in kinds:
+            ns, cpu = time_enforcer(
+                enforcer.enforce, make, expect, budget_s=budget_s / 2, limit=2000
+            )
             entry[f"enforcer_{kind}"] = summary_us(ns)
             entry[f"enforcer_{kind}_thread_cpu"] = summary_us(cpu)
         del enforcer
@@ -1161,15 +1181,9 @@ def measure_baseline(
         t0 = time.perf_counter()
         fast = casbin.FastEnforcer(str(model_path), str(policy_path), cache_key_order=[1, 2])
         entry["fast_enforcer_load_s"] = round(time.perf_counter() - t0, 2)
-        for kind, make, expect in (("denied", denied_req, False), ("allowed", allowed_req, True)):
-            reqs = [make() for _ in range(fast_requests // 2)]
-            ns = []
-            for req in reqs:
-                t0 = pc()
-                ok = fast.enforce(*req)
-                t1 = pc()
-                assert ok is expect, (req, ok)
-                ns.append(t1 - t0)
+        for kind, make, expect in kinds:
+            limit = fast_requests // 2
+            ns, _ = time_enforcer(fast.enforce, make, expect, budget_s=math.inf, limit=limit)
             entry[f"fast_enforcer_{kind}"] = summary_us(ns)
         del fast
         policy_path.unlink()
@@ -1192,19 +1206,11 @@ def measure_baseline(
 
 
 def profile(fn: Callable[[], None], name: str, top: int = 25) -> list[str]:
-    prof = cProfile.Profile()
-    prof.enable()
-    fn()
-    prof.disable()
-    OUT_DIR.mkdir(parents=True, exist_ok=True)
-    path = OUT_DIR / f"profile_authz_{name}.pstats"
-    prof.dump_stats(str(path))
-    out = io.StringIO()
-    st = pstats.Stats(prof, stream=out)
-    st.sort_stats("tottime").print_stats(top)
-    out.write("\n--- by cumulative time ---\n")
-    st.sort_stats("cumulative").print_stats(top)
-    return [line for line in out.getvalue().splitlines() if line.strip()]
+    """cProfile ``fn`` into bench/out/profile_authz_<name>.pstats; the top lines as text."""
+    with profiled(OUT_DIR / f"profile_authz_{name}.pstats") as prof:
+        fn()
+    assert prof is not None
+    return profile_lines(prof, top)
 
 
 def profile_full_decision(
@@ -1230,184 +1236,11 @@ def profile_listing(
     return profile(run, "list")
 
 
-# --- contention (other engineers share this machine) ----------------------------------------------
-
-_HZ = os.sysconf("SC_CLK_TCK")
-
-
-def _busy_jiffies() -> int:
-    """Jiffies all CPUs spent not idle (user, nice, system, irq, softirq, steal)."""
-    with open("/proc/stat", "rb") as f:
-        fields = [int(x) for x in f.readline().split()[1:9]]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
-    return user + nice + system + irq + softirq + steal
-
-
-def _self_jiffies() -> int:
-    with open("/proc/self/stat", "rb") as f:
-        fields = f.read().rsplit(b")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])  # utime, stime
-
-
-class CpuMeter:
-    """This process's CPU seconds, and the CPU (in cores) everything else used, over a span."""
-
-    def __enter__(self) -> CpuMeter:
-        self._t = time.perf_counter()
-        self._busy, self._self = _busy_jiffies(), _self_jiffies()
-        self._times = os.times()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.wall_s = time.perf_counter() - self._t
-        t = os.times()
-        self.cpu_s = (t.user - self._times.user) + (t.system - self._times.system)
-        others = (_busy_jiffies() - self._busy) - (_self_jiffies() - self._self)
-        self.others_cores = max(0.0, others / _HZ / self.wall_s) if self.wall_s > 0 else 0.0
-
-    def as_dict(self) -> dict[str, float]:
-        return {
-            "wall_s": round(self.wall_s, 2),
-            "cpu_s": round(self.cpu_s, 2),
-            "others_cores": round(self.others_cores, 2),
-        }
-
-
-WAIT_IDLE_S = 60.0
-
-
-def wait_idle(max_wait: float | None = None, threshold: float = 0.25) -> float:
-    """Wait (at most ``max_wait`` s) for a 1 s window where others use < ``threshold`` cores."""
-    deadline = time.monotonic() + (WAIT_IDLE_S if max_wait is None else max_wait)
-    while True:
-        with CpuMeter() as meter:
-            time.sleep(1.0)
-        if meter.others_cores < threshold or time.monotonic() >= deadline:
-            return round(meter.others_cores, 2)
-
-
-@contextlib.contextmanager
-def phase(report: dict[str, Any], name: str) -> Iterator[None]:
-    """Wait for a quiet machine, then record wall/CPU/others' CPU for the phase."""
-    before = wait_idle() if WAIT_IDLE_S > 0 else None
-    gc.collect()
-    with CpuMeter() as meter:
-        yield
-    report.setdefault("contention", {})[name] = {"others_cores_before": before, **meter.as_dict()}
-    print(
-        f"  [{name}: {meter.wall_s:.1f} s wall, {meter.cpu_s:.1f} s CPU, others used "
-        f"{meter.others_cores:.2f} cores (before: {before})]",
-        flush=True,
-    )
-
-
-# --- machine ------------------------------------------------------------------------------------
-
-
-def _cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
-def _mem_total_gib() -> float:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return round(int(line.split()[1]) / 1024 / 1024, 1)
-    return 0.0
-
-
-def _filesystem(path: Path) -> dict[str, str]:
-    best: dict[str, str] = {}
-    target = str(path.resolve())
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/mounts").read_text().splitlines():
-            dev, mnt, fstype, opts, *_ = line.split()
-            inside = target == mnt or target.startswith(mnt.rstrip("/") + "/")
-            if inside and len(mnt) >= len(best.get("mount", "")):
-                best = {"device": dev, "mount": mnt, "type": fstype, "options": opts}
-    return best
-
-
-def machine_info(data_dir: Path) -> dict[str, Any]:
-    import sqlalchemy
-
-    info: dict[str, Any] = {
-        "cpu": _cpu_model(),
-        "cores": os.cpu_count(),
-        "ram_gib": _mem_total_gib(),
-        "kernel": platform.release(),
-        "python": sys.version.split()[0],
-        "sqlite": sqlite3.sqlite_version,
-        "sqlalchemy": sqlalchemy.__version__,
-        "filesystem": _filesystem(data_dir),
-    }
-    with contextlib.suppress(Exception):
-        from importlib.metadata import version
-
-        info["pycasbin"] = version("pycasbin")
-        info["sqlmodel"] = version("sqlmodel")
-    return info
-
-
-def source_fingerprints() -> dict[str, str]:
-    """SHA-256 (first 16 hex) of the files measured: the code changes under concurrent edits."""
-    root = Path(__file__).resolve().parent.parent
-    out = {}
-    for rel in (
-        "vault/service.py",
-        "vault/authz.py",
-        "vault/db.py",
-        "vault/models.py",
-        "vault/ledger/log.py",
-        "policies/model.conf",
-        "policies/policy.csv",
-    ):
-        with contextlib.suppress(OSError):
-            out[rel] = hashlib.sha256((root / rel).read_bytes()).hexdigest()[:16]
-    return out
-
-
-# --- database -------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def database(db: str, work: Path) -> Iterator[str | None]:
-    """None for SQLite under the data dir; for a PostgreSQL URL, a fresh schema dropped after."""
-    if db == "sqlite":
-        yield None
-        return
-    url = make_url(db)
-    if url.get_backend_name() != "postgresql":
-        raise SystemExit("--db is 'sqlite' or a postgresql:// URL")
-    schema = "bench_" + secrets.token_hex(6)
-    admin = create_engine(db.replace("postgresql://", "postgresql+psycopg://", 1))
-    with admin.begin() as conn:
-        conn.execute(text(f"CREATE SCHEMA {schema}"))
-    sep = "&" if "?" in db else "?"
-    try:
-        yield f"{db}{sep}options=-csearch_path%3D{schema}"
-    finally:
-        with admin.begin() as conn:
-            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-        admin.dispose()
-
-
 # --- main -----------------------------------------------------------------------------------------
 
 
-def _fmt_us(s: dict[str, float]) -> str:
-    return f"{s['median_us']:>10.1f} {s['p99_us']:>10.1f}"
-
-
-def _fmt_ms(s: dict[str, float]) -> str:
-    return f"{s['median_ms'] * 1000:>10.1f} {s['p99_ms'] * 1000:>10.1f}"
-
-
-def main(argv: list[str] | None = None) -> int:
+def parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The command line."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--packages", type=int, default=100_000)
     ap.add_argument("--releases", type=int, default=300_000)
@@ -1435,162 +1268,158 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--keep", action="store_true", help="keep the vault folder (printed) for experiments"
     )
-    ap.add_argument(
-        "--wait-idle",
-        type=float,
-        default=60.0,
-        metavar="SECONDS",
-        help="before each phase, wait up to this long for a quiet machine (0: don't)",
-    )
-    ap.add_argument("--out", type=Path, default=OUT_DEFAULT)
-    args = ap.parse_args(argv)
-    global WAIT_IDLE_S
-    WAIT_IDLE_S = args.wait_idle
+    add_common_arguments(ap, out="authz.json", wait_idle=60.0)
+    return parse_arguments(ap, argv, QUICK)
 
-    rng = random.Random(args.seed)
-    work = Path(tempfile.mkdtemp(prefix="bench-authz-", dir=args.dir))
-    report: dict[str, Any] = {
-        "benchmark": "authz",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": "python -m bench.bench_authz "
-        + " ".join(sys.argv[1:] if argv is None else argv),
-        "params": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "targets": {
-            "decision_median_us": TARGET_DECISION_MEDIAN_US,
-            "decision_p99_us": TARGET_DECISION_P99_US,
-            "first_page_ms": TARGET_LIST_MS,
-        },
-        "machine": machine_info(work),
-        "source_sha256": source_fingerprints(),
-    }
+
+@contextlib.contextmanager
+def database(db: str) -> Iterator[str | None]:
+    """None for SQLite under the data dir; for a PostgreSQL URL, a fresh schema dropped after."""
+    if db == "sqlite":
+        yield None
+        return
+    with pg_schema(db) as (url, _):
+        yield url
+
+
+def build_world(
+    vault: Vault, args: argparse.Namespace, rng: random.Random
+) -> tuple[dict[str, Principal], Population, dict[str, Any]]:
+    """Seed through the service, bulk-insert the population; what was built and how long."""
+    t0 = time.perf_counter()
+    principals = seed(vault)
+    seed_s = time.perf_counter() - t0
     print(
-        f"machine: {report['machine']['cpu']}, {report['machine']['cores']} cores, "
-        f"Python {report['machine']['python']}, SQLite {report['machine']['sqlite']}, "
-        f"pycasbin {report['machine'].get('pycasbin')}"
+        f"seeded {len(COUNTRIES)} countries, {len(agencies())} agencies, "
+        f"{len(principals)} users through the service in {seed_s:.1f} s",
+        flush=True,
     )
-    try:
-        with database(args.db, work) as url:
-            settings = load_settings(data_dir=work / "vault-data", database_url=url, **FAST_ARGON2)
-            vault = Vault.open(settings)
+    t0 = time.perf_counter()
+    pop = populate(vault, principals, n_packages=args.packages, n_releases=args.releases, rng=rng)
+    if vault.engine.dialect.name == "sqlite":
+        raw = vault.engine.raw_connection()  # autocommit (isolation_level None)
+        try:
+            if args.analyze:
+                raw.cursor().execute("ANALYZE")
+            raw.cursor().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            raw.close()
+    elif args.analyze:
+        with vault.engine.begin() as conn:
+            conn.exec_driver_sql("ANALYZE")
+    pop.seconds["total"] = time.perf_counter() - t0
+    # Sanity: the sealed metadata opens the way the service opens it.
+    with session_scope(vault.engine) as session:
+        sample = session.get(Package, pop.package_ids[0])
+        assert sample is not None
+        assert internals.open_title(vault, sample).endswith("#0")
+    db_file = vault.settings.data_dir / "vault.db"
+    print(
+        f"populated {args.packages:,} packages + {args.releases:,} releases "
+        f"(+{pop.acks:,} acks) in {pop.seconds['total']:.1f} s: "
+        + ", ".join(f"{k} {v:.1f} s" for k, v in pop.seconds.items() if k != "total"),
+        flush=True,
+    )
+    return (
+        principals,
+        pop,
+        {
+            "packages": args.packages,
+            "releases": args.releases,
+            "acknowledgements": pop.acks,
+            "release_mix": pop.counts,
+            "seconds": {k: round(v, 2) for k, v in pop.seconds.items()},
+            "seed_seconds": round(seed_s, 2),
+            "sqlite_file_mib": round(db_file.stat().st_size / 2**20, 1)
+            if db_file.exists()
+            else None,
+            "analyze": args.analyze,
+        },
+    )
+
+
+def measure(vault: Vault, args: argparse.Namespace, work: Path, report: dict[str, Any]) -> None:
+    """Build the world, then phases a), b), d) and c) into ``report``."""
+    rng = random.Random(args.seed)
+    phases = Phases(args.wait_idle, threshold=0.25)
+    report["contention"] = phases.record
+    principals, pop, report["population"] = build_world(vault, args, rng)
+    reqs, info = sample_requests(vault, principals, pop, n=args.requests, rng=rng)
+    report["requests"] = info
+    print(
+        f"sampled {info['requests']:,} requests ({info['allowed']:,} allowed / "
+        f"{info['denied']:,} denied, {info['distinct_classes']} distinct attribute classes) "
+        f"in {info['seconds']} s",
+        flush=True,
+    )
+    report["timer_overhead_ns"] = timer_overhead_ns()
+    with phases.phase("a_pure_decision"):
+        report["a_pure_decision"] = measure_pure(vault, reqs)
+    with phases.phase("b_full_decision"):
+        report["b_full_decision"] = measure_full(vault, principals, reqs)
+    officers = [f"{cc.lower()}.customs.officer" for cc in COUNTRIES] + [
+        "uz.customs.junior",
+        "af.border.junior",
+        "kz.supervisor",
+    ]
+    with phases.phase("d_listing"):
+        report["d_listing"] = measure_listing(
+            vault, principals, calls=args.list_calls, officers=officers
+        )
+    decision = report["b_full_decision"]["row_facts_decide"]
+    decision_ok = (
+        decision["median_us"] <= TARGET_DECISION_MEDIAN_US
+        and decision["p99_us"] <= TARGET_DECISION_P99_US
+    )
+    list_ok = report["d_listing"]["service_list_packages"]["p99_ms"] <= TARGET_LIST_MS
+    if not args.no_profile and (not decision_ok or not list_ok):
+        report["profile"] = {
+            "facts": profile_full_decision(vault, principals, reqs[:2000]),
+            "list": profile_listing(vault, principals, officers, 45),
+        }
+        print("profiled (bench/out/profile_authz_*.pstats)", flush=True)
+    del reqs
+    sizes = [int(s) for s in args.baseline_sizes.split(",") if s]
+    print("c) baseline (plain pycasbin)...", flush=True)
+    with phases.phase("c_baseline"):
+        report["c_baseline"] = measure_baseline(
+            pop,
+            principals,
+            work,
+            sizes=sizes,
+            budget_s=args.baseline_budget,
+            fast_requests=args.fast_requests,
+            rng=rng,
+        )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark from the command line."""
+    args = parse(argv)
+    with workdir("bench-authz-", args.dir, keep=args.keep) as work:
+        report: dict[str, Any] = {
+            "benchmark": "authz",
+            "date": datetime.now(UTC).isoformat(timespec="seconds"),
+            "command": command_line("bench.bench_authz", argv),
+            "params": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            "targets": {
+                "decision_median_us": TARGET_DECISION_MEDIAN_US,
+                "decision_p99_us": TARGET_DECISION_P99_US,
+                "first_page_ms": TARGET_LIST_MS,
+            },
+            "machine": machine_info(work),
+            "source_sha256": source_fingerprint(*MEASURED),
+        }
+        print(machine_line(report["machine"]), flush=True)
+        with database(args.db) as url:
+            vault = open_vault(work / "vault-data", database_url=url)
             try:
-                t0 = time.perf_counter()
-                principals = seed(vault)
-                seed_s = time.perf_counter() - t0
-                print(
-                    f"seeded {len(COUNTRIES)} countries, {len(agencies())} agencies, "
-                    f"{len(principals)} users through the service in {seed_s:.1f} s",
-                    flush=True,
-                )
-                t0 = time.perf_counter()
-                pop = populate(
-                    vault, principals, n_packages=args.packages, n_releases=args.releases, rng=rng
-                )
-                if vault.engine.dialect.name == "sqlite":
-                    raw = vault.engine.raw_connection()  # autocommit (isolation_level None)
-                    try:
-                        if args.analyze:
-                            raw.cursor().execute("ANALYZE")
-                        raw.cursor().execute("PRAGMA wal_checkpoint(TRUNCATE)")
-                    finally:
-                        raw.close()
-                elif args.analyze:
-                    with vault.engine.begin() as conn:
-                        conn.exec_driver_sql("ANALYZE")
-                pop.seconds["total"] = time.perf_counter() - t0
-                # Sanity: the sealed metadata opens the way the service opens it.
-                with session_scope(vault.engine) as session:
-                    sample = session.get(Package, pop.package_ids[0])
-                    assert sample is not None
-                    assert vault._open_meta(sample)["title"].endswith("#0")
-                db_file = settings.data_dir / "vault.db"
-                report["population"] = {
-                    "packages": args.packages,
-                    "releases": args.releases,
-                    "acknowledgements": pop.acks,
-                    "release_mix": pop.counts,
-                    "seconds": {k: round(v, 2) for k, v in pop.seconds.items()},
-                    "seed_seconds": round(seed_s, 2),
-                    "sqlite_file_mib": round(db_file.stat().st_size / 2**20, 1)
-                    if db_file.exists()
-                    else None,
-                    "analyze": args.analyze,
-                }
-                print(
-                    f"populated {args.packages:,} packages + {args.releases:,} releases "
-                    f"(+{pop.acks:,} acks) in {pop.seconds['total']:.1f} s: "
-                    + ", ".join(f"{k} {v:.1f} s" for k, v in pop.seconds.items() if k != "total"),
-                    flush=True,
-                )
-
-                reqs, info = sample_requests(vault, principals, pop, n=args.requests, rng=rng)
-                report["requests"] = info
-                print(
-                    f"sampled {info['requests']:,} requests ({info['allowed']:,} allowed / "
-                    f"{info['denied']:,} denied, {info['distinct_classes']} distinct attribute classes) "  # noqa: E501
-                    f"in {info['seconds']} s",
-                    flush=True,
-                )
-                report["timer_overhead_ns"] = timer_overhead_ns()
-
-                with phase(report, "a_pure_decision"):
-                    report["a_pure_decision"] = measure_pure(vault, reqs)
-                print("a) pure decision measured", flush=True)
-                with phase(report, "b_full_decision"):
-                    report["b_full_decision"] = measure_full(vault, principals, reqs)
-                print("b) full decision measured", flush=True)
-
-                officers = [f"{cc.lower()}.customs.officer" for cc in COUNTRIES] + [
-                    "uz.customs.junior",
-                    "af.border.junior",
-                    "kz.supervisor",
-                ]
-                with phase(report, "d_listing"):
-                    report["d_listing"] = measure_listing(
-                        vault, principals, calls=args.list_calls, officers=officers
-                    )
-                print("d) listing measured", flush=True)
-
-                decision_ok = (
-                    report["b_full_decision"]["row_facts_decide"]["median_us"]
-                    <= TARGET_DECISION_MEDIAN_US
-                    and report["b_full_decision"]["row_facts_decide"]["p99_us"]
-                    <= TARGET_DECISION_P99_US
-                )
-                list_ok = report["d_listing"]["service_list_packages"]["p99_ms"] <= TARGET_LIST_MS
-                if not args.no_profile and (not decision_ok or not list_ok):
-                    report["profile"] = {
-                        "facts": profile_full_decision(vault, principals, reqs[:2000]),
-                        "list": profile_listing(vault, principals, officers, 45),
-                    }
-                    print("profiled (bench/out/profile_authz_*.pstats)", flush=True)
-                del reqs
-                gc.collect()
-
-                sizes = [int(s) for s in args.baseline_sizes.split(",") if s]
-                print("c) baseline (plain pycasbin)...", flush=True)
-                with phase(report, "c_baseline"):
-                    report["c_baseline"] = measure_baseline(
-                        pop,
-                        principals,
-                        work,
-                        sizes=sizes,
-                        budget_s=args.baseline_budget,
-                        fast_requests=args.fast_requests,
-                        rng=rng,
-                    )
+                measure(vault, args, work, report)
             finally:
                 vault.close()
-    finally:
-        if args.keep:
-            print(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
-
     report["verdict"] = verdict(report)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2, default=str) + "\n")
-    print_table(report)
-    print(f"\nwrote {args.out}")
+    print_report(report)
+    write_json(args.out, report)
     return 0
 
 
@@ -1612,116 +1441,128 @@ def verdict(r: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def print_table(r: dict[str, Any]) -> None:
-    m = r["machine"]
+def _us(label: str, s: dict[str, float]) -> tuple[str, str, str]:
+    return label, f"{s['median_us']:.1f}", f"{s['p99_us']:.1f}"
+
+
+def _ms_as_us(label: str, s: dict[str, float]) -> tuple[str, str, str]:
+    return label, f"{s['median_ms'] * 1000:.1f}", f"{s['p99_ms'] * 1000:.1f}"
+
+
+def decision_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Rows of a) and b), in microseconds."""
+    a, b = r["a_pure_decision"], r["b_full_decision"]
+    classes = a["memo_entries"]
+    return [
+        _us("a) Authorizer.decide(facts), memo warm", a["decide"]),
+        _us("   ... allowed requests", a["decide_allowed"]),
+        _us("   ... denied requests", a["decide_denied"]),
+        _us("   Authorizer.allows(facts), memo warm", a["allows"]),
+        _us(f"   memo miss (first call per class, {classes} classes)", a["memo_miss_first_call"]),
+        _us("b) session.get(Package) + reference_facts + decide", b["row_facts_decide"]),
+        _us("   ... allowed requests", b["row_facts_decide_allowed"]),
+        _us("   ... denied requests", b["row_facts_decide_denied"]),
+        _us("   ... same, thread CPU time", b["row_facts_decide_thread_cpu"]),
+        _us(
+            "   the service's one query (package_facts) + decide",
+            b["service_one_query_facts_decide"],
+        ),
+        _us("   reference_facts + decide (package row already loaded)", b["facts_decide"]),
+        _us("   piece: session.get(Package)", b["pieces"]["session_get_package"]),
+        _us("   piece: reference_facts", b["pieces"]["vault_facts"]),
+        _us(
+            "   piece: reference_facts, caller is originator", b["pieces"]["vault_facts_originator"]
+        ),
+        _us("   piece: reference_facts, not originator", b["pieces"]["vault_facts_not_originator"]),
+        _us("   piece: reference_facts, H3 package", b["pieces"]["vault_facts_h3"]),
+        _us("   per request in its own write transaction", b["per_request_transaction"]),
+        _us(
+            "   per request in its own read-only transaction", b["per_request_readonly_transaction"]
+        ),
+        _us("   empty write transaction alone", b["empty_transaction"]),
+        _us("   empty read-only transaction alone", b["empty_readonly_transaction"]),
+    ]
+
+
+def baseline_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Rows of c), in microseconds."""
+    rows = []
+    for size, e in r.get("c_baseline", {}).get("sizes", {}).items():
+        lines = f"{int(size):>7,} lines"
+        rows += [
+            _us(
+                f"c) plain Enforcer, {lines}, denied (n={e['enforcer_denied']['n']})",
+                e["enforcer_denied"],
+            ),
+            _us(
+                f"   plain Enforcer, {lines}, allowed (n={e['enforcer_allowed']['n']})",
+                e["enforcer_allowed"],
+            ),
+            (
+                "   ... thread CPU time, denied / allowed (medians)",
+                f"{e['enforcer_denied_thread_cpu']['median_us']:.1f}",
+                f"{e['enforcer_allowed_thread_cpu']['median_us']:.1f}",
+            ),
+            _us(f"   FastEnforcer,   {lines}, denied", e["fast_enforcer_denied"]),
+            _us(f"   FastEnforcer,   {lines}, allowed", e["fast_enforcer_allowed"]),
+            (
+                "   load s: Enforcer / FastEnforcer",
+                str(e["enforcer_load_s"]),
+                str(e["fast_enforcer_load_s"]),
+            ),
+        ]
+    return rows
+
+
+def listing_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Rows of d), in microseconds."""
+    d = r["d_listing"]
+    rows = [
+        _ms_as_us(
+            f"d) Vault.list_packages, all officers (n={d['calls']})", d["service_list_packages"]
+        ),
+        _ms_as_us("   without the ledger part (replica, no ledger entry)", d["without_ledger"]),
+    ]
+    rows += [_ms_as_us(f"   piece: {k}", s) for k, s in d["replica_pieces"].items()]
+    rows.append(_ms_as_us("   SQL alone on the DBAPI cursor (rows fetched)", d["sql_only"]))
+    return rows
+
+
+def print_report(r: dict[str, Any]) -> None:
+    """The tables: decisions, baseline, listing, per officer; then the verdict."""
+    print("\n" + machine_line(r["machine"]))
     print(
-        f"\n{m['cpu']} ({m['cores']} cores), Python {m['python']}, SQLite {m['sqlite']}, "
-        f"pycasbin {m.get('pycasbin')}; {r['population']['packages']:,} packages, "
-        f"{r['population']['releases']:,} releases; timer overhead {r['timer_overhead_ns']:.0f} ns; "  # noqa: E501
-        f"engine pool {r['b_full_decision']['engine_pool']}"
+        f"pycasbin {r['machine'].get('pycasbin')}; {r['population']['packages']:,} packages, "
+        f"{r['population']['releases']:,} releases; timer overhead "
+        f"{r['timer_overhead_ns']:.0f} ns; engine pool {r['b_full_decision']['engine_pool']}"
     )
     print(
         "contention (other processes' CPU, in cores, during each phase): "
         + ", ".join(f"{k} {v['others_cores']}" for k, v in r.get("contention", {}).items())
     )
-    print(f"\n{'decision (us)':<66} {'median':>10} {'p99':>10}")
-    a, b = r["a_pure_decision"], r["b_full_decision"]
-    rows = [
-        ("a) Authorizer.decide(facts), memo warm", a["decide"]),
-        ("   ... allowed requests", a["decide_allowed"]),
-        ("   ... denied requests", a["decide_denied"]),
-        ("   Authorizer.allows(facts), memo warm", a["allows"]),
-        (
-            f"   memo miss (first call per class, {a['memo_entries']} classes)",
-            a["memo_miss_first_call"],
-        ),
-        ("b) session.get(Package) + reference_facts + decide", b["row_facts_decide"]),
-        ("   ... allowed requests", b["row_facts_decide_allowed"]),
-        ("   ... denied requests", b["row_facts_decide_denied"]),
-        (
-            "   ... same, thread CPU time (immune to being descheduled)",
-            b["row_facts_decide_thread_cpu"],
-        ),
-        ("   reference_facts + decide (package row already loaded)", b["facts_decide"]),
-        ("   piece: session.get(Package)", b["pieces"]["session_get_package"]),
-        ("   piece: reference_facts", b["pieces"]["vault_facts"]),
-        ("   piece: reference_facts, caller is originator", b["pieces"]["vault_facts_originator"]),
-        (
-            "   piece: reference_facts, caller not originator",
-            b["pieces"]["vault_facts_not_originator"],
-        ),
-        ("   piece: reference_facts, H3 package", b["pieces"]["vault_facts_h3"]),
-        (
-            "   per request in its own Vault._tx() (BEGIN IMMEDIATE ... COMMIT)",
-            b["per_request_transaction"],
-        ),
-        (
-            "   per request in its own Vault._tx(readonly=True) (BEGIN ... COMMIT)",
-            b["per_request_readonly_transaction"],
-        ),
-        ("   empty Vault._tx() alone", b["empty_transaction"]),
-        ("   empty Vault._tx(readonly=True) alone", b["empty_readonly_transaction"]),
-    ]
-    for label, s in rows:
-        print(f"{label:<66} {_fmt_us(s)}")
-    c = r.get("c_baseline", {}).get("sizes", {})
-    for size, e in c.items():
-        print(
-            f"c) plain Enforcer, {int(size):>7,} lines, denied (n={e['enforcer_denied']['n']})".ljust(  # noqa: E501
-                66
+    print()
+    print_table(("decision (us)", "median", "p99"), decision_rows(r) + baseline_rows(r))
+    print()
+    print_table(("first page of 50 (us)", "median", "p99"), listing_rows(r))
+    print(f"   (replica SQL == service SQL: {r['d_listing'].get('replica_sql_matches_service')})")
+    print()
+    print_table(
+        ("per officer (ms)", "cl.", "readable", "service", "no-ledger", "ORM q", "SQL"),
+        [
+            (
+                name,
+                o["clearance"][:4],
+                f"{o['readable_total']:,}",
+                f"{o['service_list_packages']['median_ms']:.2f}",
+                f"{o['without_ledger']['median_ms']:.2f}",
+                f"{o['orm_query']['median_ms']:.2f}",
+                f"{o['sql_only']['median_ms']:.2f}",
             )
-            + f" {_fmt_us(e['enforcer_denied'])}"
-        )
-        print(
-            f"   plain Enforcer, {int(size):>7,} lines, allowed (n={e['enforcer_allowed']['n']})".ljust(  # noqa: E501
-                66
-            )
-            + f" {_fmt_us(e['enforcer_allowed'])}"
-        )
-        print(
-            "   ... thread CPU time, denied / allowed (medians)".ljust(66)
-            + f" {e['enforcer_denied_thread_cpu']['median_us']:>10.1f} "
-            f"{e['enforcer_allowed_thread_cpu']['median_us']:>10.1f}"
-        )
-        print(
-            f"   FastEnforcer,   {int(size):>7,} lines, denied".ljust(66)
-            + f" {_fmt_us(e['fast_enforcer_denied'])}"
-        )
-        print(
-            f"   FastEnforcer,   {int(size):>7,} lines, allowed".ljust(66)
-            + f" {_fmt_us(e['fast_enforcer_allowed'])}"
-        )
-        print(
-            f"   (load: Enforcer {e['enforcer_load_s']} s, FastEnforcer {e['fast_enforcer_load_s']} s)"  # noqa: E501
-        )
-    d = r["d_listing"]
-    print(f"\n{'first page of 50 (us)':<66} {'median':>10} {'p99':>10}")
-    print(
-        f"{'d) Vault.list_packages, all officers (n=' + str(d['calls']) + ')':<66} {_fmt_ms(d['service_list_packages'])}"  # noqa: E501
+            for name, o in r["d_listing"]["per_officer"].items()
+        ],
     )
-    print(
-        f"{'   without the ledger part (replica, no ledger entry)':<66} {_fmt_ms(d['without_ledger'])}"  # noqa: E501
-    )
-    print(
-        f"   (ledger entry written by: {d.get('ledger_mode')}; replica SQL == service SQL: "
-        f"{d.get('replica_sql_matches_service')})"
-    )
-    for k, s in d["replica_pieces"].items():
-        print(f"{'   piece: ' + k:<66} {_fmt_ms(s)}")
-    print(
-        f"{'   SQL alone on the DBAPI cursor (same statement, rows fetched)':<66} {_fmt_ms(d['sql_only'])}"  # noqa: E501
-    )
-    print(
-        f"\n{'per officer (ms)':<24} {'cl.':>4} {'readable':>9} {'service':>9} {'no-ledger':>10} {'ORM q':>8} {'SQL':>8}"  # noqa: E501
-    )
-    for name, o in d["per_officer"].items():
-        print(
-            f"{name:<24} {o['clearance'][:4]:>4} {o['readable_total']:>9,} "
-            f"{o['service_list_packages']['median_ms']:>9.2f} {o['without_ledger']['median_ms']:>10.2f} "  # noqa: E501
-            f"{o['orm_query']['median_ms']:>8.2f} {o['sql_only']['median_ms']:>8.2f}"
-        )
     print("\nverdict: " + ", ".join(f"{k}={v}" for k, v in r["verdict"].items()))
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

@@ -4,6 +4,7 @@ Run::
 
     python -m bench.bench_ledger [--entries N] [--appends M] [--proofs P] [--pg URL]
                                  [--dir PATH] [--out FILE] [--no-experiments] [--wait-idle S]
+    python -m bench.bench_ledger --quick    # 10,000 entries, 50 appends: seconds (CI)
 
 In one process, on throw-away databases under a temp folder (``--dir`` to choose the disk):
 
@@ -29,10 +30,10 @@ proofs
     ``P`` random sequence numbers, ``log.inclusion_proof(session, seq, N)`` each timed alone
     (median, p99); each proof is then verified (not timed).
 experiments (unless ``--no-experiments``)
-    Where the append time goes: raw sqlite3 with a new connection per transaction, and with
-    the head read and node rows a real append also does; ``log.append`` on a one-connection
-    QueuePool engine with the same pragmas, the same with ``synchronous=NORMAL``, and 100
-    appends per commit; a cProfile of vault appends
+    Where the append time goes: raw sqlite3 with a new connection per transaction (what a
+    pool-less engine pays), and with the head read and node rows a real append also does;
+    ``log.append`` on a one-connection pool of this file's own with the vault's pragmas, the
+    same with ``synchronous=NORMAL``, and 100 appends per commit; a cProfile of vault appends
     (``bench/out/profile_ledger_append.pstats``). For proofs: the same node rows fetched with
     one plain sqlite3 query and resolved, to split database time from Python time.
 
@@ -43,57 +44,54 @@ from __future__ import annotations
 
 import argparse
 import base64
-import contextlib
-import cProfile
 import gc
-import json
 import os
-import platform
 import pstats
 import random
-import secrets
-import shutil
 import sqlite3
-import statistics
 import sys
-import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import make_url
 from sqlalchemy.pool import QueuePool
 from sqlmodel import Session
 
+from bench.harness import (
+    LIST_RECORD,
+    ORIGIN,
+    OUT_DIR,
+    Phases,
+    add_common_arguments,
+    command_line,
+    ledger_engine,
+    machine_info,
+    machine_line,
+    parse_arguments,
+    pg_schema,
+    plain_pg_url,
+    print_table,
+    profiled,
+    seconds_ms,
+    workdir,
+    write_json,
+)
 from vault import db
 from vault.ledger import check, log, merkle, note
 from vault.ledger.entry import GENESIS_PREV, Entry
 from vault.ledger.verify import ListSource, verify_entries, verify_export
 from vault.models import LedgerNode
 
-OUT_DEFAULT = Path(__file__).resolve().parent / "out" / "ledger.json"
-PROFILE_OUT = Path(__file__).resolve().parent / "out" / "profile_ledger_append.pstats"
-ORIGIN = "bench.blo-vault.local/ledger"
+QUICK = {"entries": 10_000, "appends": 50, "proofs": 200}
+PROFILE_OUT = OUT_DIR / "profile_ledger_append.pstats"
 WORKERS = min(os.cpu_count() or 1, 8)  # as `blovault ledger verify` uses by default
 TARGET_APPENDS = 3_000.0
 TARGET_VERIFY = 300_000.0
 TARGET_PROOF_MS = 2.0
-ACTOR = log.Actor(user="uz.officer", agency="UZ-CUSTOMS", country="UZ")
-POLICY = "b" * 64
-# What every timed append records: an allowed listing, as the service writes for reads.
-RECORD: dict[str, Any] = {
-    "actor": ACTOR,
-    "action": "list",
-    "decision": "allow",
-    "reason": "ok",
-    "policy": POLICY,
-    "subject": "count:0",
-}
 SQLITE_PRAGMAS = (
     "PRAGMA journal_mode=WAL",
     "PRAGMA synchronous=FULL",
@@ -111,106 +109,7 @@ NODE_DDL = (
 )
 
 
-# --- machine ---------------------------------------------------------------------------------
-
-
-def _proc_field(path: str, prefix: str) -> str:
-    with contextlib.suppress(OSError):
-        for line in Path(path).read_text().splitlines():
-            if line.startswith(prefix):
-                return line.split(":", 1)[1].strip()
-    return ""
-
-
-def _filesystem(path: Path) -> dict[str, str]:
-    best: dict[str, str] = {}
-    target = str(path.resolve())
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/mounts").read_text().splitlines():
-            dev, mnt, fstype, opts, *_ = line.split()
-            if (target == mnt or target.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(
-                best.get("mount", "")
-            ):
-                best = {"device": dev, "mount": mnt, "type": fstype, "options": opts}
-    return best
-
-
-def fsync_latency_ms(folder: Path, count: int = 200) -> float:
-    """Median time of write(4 KiB) + fdatasync on a file in ``folder``: the disk's floor."""
-    path = folder / "fsync.probe"
-    times = []
-    fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
-    try:
-        block = os.urandom(4096)
-        for _ in range(count):
-            began = time.perf_counter()
-            os.write(fd, block)
-            os.fdatasync(fd)
-            times.append(time.perf_counter() - began)
-    finally:
-        os.close(fd)
-        path.unlink()
-    return statistics.median(times) * 1000
-
-
-def machine_info(folder: Path) -> dict[str, Any]:
-    mem = _proc_field("/proc/meminfo", "MemTotal")
-    return {
-        "cpu": _proc_field("/proc/cpuinfo", "model name") or platform.processor(),
-        "cores": os.cpu_count(),
-        "ram_gib": round(int(mem.split()[0]) / 1024 / 1024, 1) if mem else None,
-        "kernel": platform.release(),
-        "python": sys.version.split()[0],
-        "sqlite": sqlite3.sqlite_version,
-        "filesystem": _filesystem(folder),
-        "fsync_4k_median_ms": round(fsync_latency_ms(folder), 3),
-        "loadavg_at_start": os.getloadavg(),
-    }
-
-
 # --- helpers ---------------------------------------------------------------------------------
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
-
-
-def quiet() -> None:
-    gc.collect()
-
-
-IDLE = {"max_wait_s": 0.0, "threshold": 1.0}
-LOAD: dict[str, dict[str, float]] = {}
-
-
-def phase(name: str) -> None:
-    """Start a phase: wait (up to ``--wait-idle`` s) for the 1-minute load to drop; record it.
-
-    The machine may be shared; the load at each phase start goes into the JSON so a reader can
-    tell a quiet run from a contended one.
-    """
-    began = time.monotonic()
-    while os.getloadavg()[0] >= IDLE["threshold"] and time.monotonic() - began < IDLE["max_wait_s"]:
-        time.sleep(5)
-    LOAD[name] = {
-        "loadavg_1m": round(os.getloadavg()[0], 2),
-        "waited_s": round(time.monotonic() - began, 1),
-    }
-    print(f"{name} ... (load {LOAD[name]['loadavg_1m']})", flush=True)
-
-
-def schema(engine: Engine) -> None:
-    """Bring a fresh database to the vault's schema (migrations when present)."""
-    migrate = getattr(db, "migrate", None)
-    if migrate is not None:
-        migrate(engine)
-    else:  # older layout
-        db.create_schema(engine)  # type: ignore[attr-defined]
-
-
-def sqlite_url(path: Path) -> str:
-    return f"sqlite:///{path}"
 
 
 def raw_sqlite(path: Path, pragmas: tuple[str, ...] = SQLITE_PRAGMAS) -> sqlite3.Connection:
@@ -226,14 +125,14 @@ def time_appends(
     """``count`` calls of log.append, ``per_tx`` per committed transaction; (rate, latencies)."""
     latencies = []
     if collect:
-        quiet()
+        gc.collect()
     began = time.perf_counter()
     done = 0
     while done < count:
         t0 = time.perf_counter()
         with db.session_scope(engine) as session:
             for _ in range(min(per_tx, count - done)):
-                log.append(session, **RECORD)
+                log.append(session, **LIST_RECORD)
                 done += 1
         latencies.append(time.perf_counter() - t0)
     elapsed = time.perf_counter() - began
@@ -245,7 +144,7 @@ def time_group_appends(engine: Engine, count: int, threads: int = 16) -> float:
     group commit (vault.ledger.log.GroupAppender): each call returns only once its entry is
     committed. Returns appends per second."""
     appender = log.GroupAppender(engine)
-    record = log.Record(**RECORD)
+    record = log.Record(**LIST_RECORD)
     appender.append(record)  # warm-up: starts the committer thread
     per_thread = count // threads
 
@@ -253,7 +152,7 @@ def time_group_appends(engine: Engine, count: int, threads: int = 16) -> float:
         for _ in range(per_thread):
             appender.append(record)
 
-    quiet()
+    gc.collect()
     began = time.perf_counter()
     workers = [threading.Thread(target=work) for _ in range(threads)]
     for worker in workers:
@@ -279,7 +178,7 @@ def raw_sqlite_appends(
     path: Path, rows: list[tuple[int, bytes, bytes]], *, reconnect: bool, nodes: bool
 ) -> float:
     """Insert ``rows`` one committed transaction each; optionally a new connection each time
-    (like NullPool) and the node rows a real append also writes."""
+    (as a pool-less engine does) and the node rows a real append also writes."""
     conn = raw_sqlite(path)
     conn.execute(LEDGER_DDL)
     conn.execute(NODE_DDL)
@@ -287,7 +186,7 @@ def raw_sqlite_appends(
     node_rows = [
         [(n.level, n.idx, n.hash) for n in rng.append(merkle.leaf_hash(d))] for _, _, d in rows
     ]
-    quiet()
+    gc.collect()
     began = time.perf_counter()
     for i, (seq, prev, data) in enumerate(rows):
         if reconnect:
@@ -310,9 +209,10 @@ def raw_sqlite_appends(
 
 
 def pooled_sqlite_engine(path: Path, synchronous: str = "FULL") -> Engine:
-    """The vault's SQLite settings, but a pool that keeps its connection (experiment only)."""
+    """The vault's SQLite pragmas on a one-connection pool of our own, with ``synchronous``
+    chosen (experiment only: the vault's engine is :func:`vault.db.make_engine`)."""
     engine = create_engine(
-        sqlite_url(path),
+        f"sqlite:///{path}",
         poolclass=QueuePool,
         pool_size=1,
         connect_args={"check_same_thread": False, "timeout": 30},
@@ -338,17 +238,13 @@ def pooled_sqlite_engine(path: Path, synchronous: str = "FULL") -> Engine:
 
 def bench_sqlite_appends(work: Path, count: int, experiments: bool) -> dict[str, Any]:
     path = work / "append.db"
-    engine = db.make_engine(sqlite_url(path))
-    schema(engine)
+    engine = ledger_engine(path)
     time_appends(engine, 50)  # warm-up: imports, statement caches, the WAL file
     rate, lat = time_appends(engine, count)
     rows = entry_bytes(engine, 50, 50 + count)
     out: dict[str, Any] = {
         "vault_appends_per_s": round(rate, 1),
-        "vault_latency_ms": {
-            "median": round(statistics.median(lat) * 1e3, 3),
-            "p99": round(pct(lat, 99) * 1e3, 3),
-        },
+        "vault_latency": seconds_ms(lat),
     }
     raw = raw_sqlite_appends(work / "raw.db", rows, reconnect=False, nodes=False)
     out["raw_appends_per_s"] = round(raw, 1)
@@ -372,12 +268,11 @@ def bench_sqlite_appends(work: Path, count: int, experiments: bool) -> dict[str,
             ("log_append_kept_connection_sync_normal", "NORMAL"),
         ):
             pooled = pooled_sqlite_engine(work / f"{label}.db", sync)
-            schema(pooled)
+            db.migrate(pooled)
             time_appends(pooled, 50)
             exp[label] = time_appends(pooled, count)[0]
             pooled.dispose()
-        batched = db.make_engine(sqlite_url(work / "batched.db"))
-        schema(batched)
+        batched = ledger_engine(work / "batched.db")
         exp["log_append_100_per_commit"] = time_appends(batched, count, per_tx=100)[0]
         batched.dispose()
         out["experiments_appends_per_s"] = {k: round(v, 1) for k, v in exp.items()}
@@ -388,13 +283,10 @@ def bench_sqlite_appends(work: Path, count: int, experiments: bool) -> dict[str,
 
 def profile_appends(engine: Engine, count: int) -> dict[str, Any]:
     """cProfile ``count`` vault appends; the biggest self-time items, and grouped totals."""
-    quiet()
-    prof = cProfile.Profile()
-    prof.enable()
-    time_appends(engine, count, collect=False)
-    prof.disable()
-    PROFILE_OUT.parent.mkdir(parents=True, exist_ok=True)
-    prof.dump_stats(str(PROFILE_OUT))
+    gc.collect()
+    with profiled(PROFILE_OUT) as prof:
+        time_appends(engine, count, collect=False)
+    assert prof is not None
     stats = pstats.Stats(prof)
     total = stats.total_tt  # type: ignore[attr-defined]
     groups = {
@@ -434,30 +326,12 @@ def profile_appends(engine: Engine, count: int) -> dict[str, Any]:
     }
 
 
-@contextlib.contextmanager
-def pg_schema(url: str) -> Iterator[tuple[str, str]]:
-    """A fresh schema; yields (SQLAlchemy URL with search_path, its name). Dropped afterwards."""
-    import psycopg
-
-    name = "bench_" + secrets.token_hex(5)
-    plain = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-    with psycopg.connect(plain, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {name}")
-    sep = "&" if "?" in url else "?"
-    try:
-        yield f"{url}{sep}options=-csearch_path%3D{name}", name
-    finally:
-        with psycopg.connect(plain, autocommit=True) as conn:
-            conn.execute(f"DROP SCHEMA {name} CASCADE")
-
-
 def bench_pg_appends(url: str, count: int) -> dict[str, Any]:
     import psycopg
 
     out: dict[str, Any] = {}
     with pg_schema(url) as (schema_url, _):
-        engine = db.make_engine(schema_url)
-        schema(engine)
+        engine = ledger_engine(schema_url)
         with engine.connect() as conn:
             out["server"] = conn.exec_driver_sql("SHOW server_version").scalar()
             out["synchronous_commit"] = conn.exec_driver_sql("SHOW synchronous_commit").scalar()
@@ -468,28 +342,23 @@ def bench_pg_appends(url: str, count: int) -> dict[str, Any]:
         out["group_commit_16_callers_appends_per_s"] = round(time_group_appends(engine, count), 1)
         engine.dispose()
         out["vault_appends_per_s"] = round(rate, 1)
-        out["vault_latency_ms"] = {
-            "median": round(statistics.median(lat) * 1e3, 3),
-            "p99": round(pct(lat, 99) * 1e3, 3),
-        }
-    with pg_schema(url) as (_, name):
-        plain = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-        with psycopg.connect(plain) as conn:
-            conn.execute(f"SET search_path TO {name}")
+        out["vault_latency"] = seconds_ms(lat)
+    with pg_schema(url) as (_, name), psycopg.connect(plain_pg_url(url)) as conn:
+        conn.execute(f"SET search_path TO {name}")
+        conn.execute(
+            "CREATE TABLE ledgerentry (seq BIGINT PRIMARY KEY, "
+            "prev_hash BYTEA NOT NULL UNIQUE, entry BYTEA NOT NULL)"
+        )
+        conn.commit()
+        gc.collect()
+        began = time.perf_counter()
+        for seq, prev, data in rows:
             conn.execute(
-                "CREATE TABLE ledgerentry (seq BIGINT PRIMARY KEY, "
-                "prev_hash BYTEA NOT NULL UNIQUE, entry BYTEA NOT NULL)"
+                "INSERT INTO ledgerentry (seq, prev_hash, entry) VALUES (%s, %s, %s)",
+                (seq, prev, data),
             )
             conn.commit()
-            quiet()
-            began = time.perf_counter()
-            for seq, prev, data in rows:
-                conn.execute(
-                    "INSERT INTO ledgerentry (seq, prev_hash, entry) VALUES (%s, %s, %s)",
-                    (seq, prev, data),
-                )
-                conn.commit()
-            raw = len(rows) / (time.perf_counter() - began)
+        raw = len(rows) / (time.perf_counter() - began)
     out["raw_appends_per_s"] = round(raw, 1)
     out["ratio_vault_over_raw"] = round(rate / raw, 3)
     return out
@@ -530,7 +399,7 @@ def generate(n: int, seed: int = 7) -> tuple[list[bytes], list[bytes]]:
             "deny" if seq % 17 == 0 else "allow",
             "ok",
             "H0" if pkg else "",
-            POLICY,
+            LIST_RECORD["policy"],
             prev,
         ).encode()
         leaf = merkle.leaf_hash(data)
@@ -545,9 +414,7 @@ def bulk_build(
 ) -> float:
     """Write entries + nodes into a fresh vault schema; checkpoints at N/2 and N. Seconds taken."""
     began = time.perf_counter()
-    engine = db.make_engine(sqlite_url(path))
-    schema(engine)
-    engine.dispose()
+    ledger_engine(path).dispose()
     rng = merkle.CompactRange()
     half = len(datas) // 2
     conn = raw_sqlite(path, ("PRAGMA journal_mode=WAL", "PRAGMA synchronous=OFF"))
@@ -556,7 +423,7 @@ def bulk_build(
         batch = 100_000
         for start in range(lo, hi, batch):
             stop = min(hi, start + batch)
-            nodes = []
+            nodes: list[tuple[int, int, bytes]] = []
             for leaf in leaves[start:stop]:
                 nodes.extend((nd.level, nd.idx, nd.hash) for nd in rng.append(leaf))
             conn.executemany(
@@ -565,7 +432,7 @@ def bulk_build(
             )
             conn.executemany("INSERT INTO ledgernode (level, idx, hash) VALUES (?, ?, ?)", nodes)
         conn.execute("COMMIT")
-        engine = db.make_engine(sqlite_url(path))
+        engine = db.make_engine(f"sqlite:///{path}")
         with db.session_scope(engine) as session:
             log.sign_checkpoint(session, origin=ORIGIN, key=key)
         engine.dispose()
@@ -578,14 +445,14 @@ def bench_verify(
     path: Path, datas: list[bytes], leaves: list[bytes], verifier: note.Verifier
 ) -> dict[str, Any]:
     n = len(datas)
-    engine = db.make_engine(sqlite_url(path))
+    engine = db.make_engine(f"sqlite:///{path}")
     with Session(engine) as session:
         notes = log.checkpoint_notes(session)
     checkpoints = [note.open_checkpoint(t, [verifier], ORIGIN) for t in notes]
     columns = [bytes.fromhex(d[-64:].decode()) for d in datas]
     out: dict[str, Any] = {"entries": n, "checkpoints": [c.size for c in checkpoints]}
 
-    quiet()
+    gc.collect()
     began = time.perf_counter()
     result = verify_entries(ListSource(datas, columns), checkpoints=checkpoints)
     elapsed = time.perf_counter() - began
@@ -594,13 +461,13 @@ def bench_verify(
     out["verify_entries_s"] = round(elapsed, 3)
     del columns
 
-    document = {
+    document: dict[str, object] = {
         "origin": ORIGIN,
         "vkey": verifier.vkey(),
         "checkpoint": notes[-1],
         "entries": [base64.b64encode(d).decode() for d in datas],
     }
-    quiet()
+    gc.collect()
     began = time.perf_counter()
     result = verify_export(document, verifier.vkey())
     elapsed = time.perf_counter() - began
@@ -609,7 +476,7 @@ def bench_verify(
     del document
 
     for workers in (1, WORKERS):
-        quiet()
+        gc.collect()
         with Session(engine) as session:
             began = time.perf_counter()
             result = check.verify_database(
@@ -626,14 +493,14 @@ def bench_verify(
 
 
 def bench_proofs(path: Path, n: int, count: int, root: bytes) -> dict[str, Any]:
-    engine = db.make_engine(sqlite_url(path))
+    engine = db.make_engine(f"sqlite:///{path}")
     rnd = random.Random(11)
     seqs = [rnd.randrange(n) for _ in range(count)]
     times, proofs = [], []
     with Session(engine) as session:
         for seq in seqs[:50]:  # warm-up: statement cache, page cache
             log.inclusion_proof(session, seq, n)
-        quiet()
+        gc.collect()
         for seq in seqs:
             t0 = time.perf_counter()
             proof = log.inclusion_proof(session, seq, n)
@@ -647,9 +514,7 @@ def bench_proofs(path: Path, n: int, count: int, root: bytes) -> dict[str, Any]:
     return {
         "tree_size": n,
         "proofs": count,
-        "median_ms": round(statistics.median(times) * 1e3, 4),
-        "p99_ms": round(pct(times, 99) * 1e3, 4),
-        "max_ms": round(max(times) * 1e3, 4),
+        **seconds_ms(times),
         "hashes_per_proof": len(proofs[0]),
     }
 
@@ -672,13 +537,10 @@ def bench_proof_raw(path: Path, n: int, count: int) -> dict[str, Any]:
                 [v for pair in ids for v in pair],
             )
         }
-        merkle.resolve_proof(plan, lambda lv, ix, found=found: found[(lv, ix)])
+        merkle.resolve_proof(plan, lambda lv, ix: found[(lv, ix)])  # noqa: B023 (called now)
         times.append(time.perf_counter() - t0)
     conn.close()
-    return {
-        "median_ms": round(statistics.median(times) * 1e3, 4),
-        "p99_ms": round(pct(times, 99) * 1e3, 4),
-    }
+    return seconds_ms(times)
 
 
 # --- report ----------------------------------------------------------------------------------
@@ -689,87 +551,56 @@ def verdict(value: float, target: float, higher_is_better: bool = True) -> str:
     return "MET" if ok else "MISSED"
 
 
-def print_table(result: dict[str, Any]) -> None:
-    m = result["machine"]
-    print(
-        f"\nmachine: {m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB, Python {m['python']}, "
-        f"SQLite {m['sqlite']}, fs {m['filesystem'].get('type')} "
-        f"({m['filesystem'].get('device')}), fsync 4 KiB median {m['fsync_4k_median_ms']} ms"
-    )
+def print_report(result: dict[str, Any]) -> None:
+    """The table of results against the targets, then the experiments."""
+    print("\n" + machine_line(result["machine"]))
     print(f"command: {result['command']}\n")
-    rows = []
+    rows: list[tuple[str, str, str, str]] = []
+
+    def row(label: str, value: float, target: float | None = None, higher: bool = True) -> None:
+        shown = f"{value:,.3f}" if value < 100 else f"{value:,.0f}"
+        if target is None:
+            rows.append((label, shown, "", ""))
+        else:
+            sign = ">=" if higher else "<="
+            rows.append((label, shown, f"{sign} {target:,g}", verdict(value, target, higher)))
+
     a = result["sqlite_appends"]
-    rows.append(
-        (
-            "SQLite durable appends/s (vault)",
-            f"{a['vault_appends_per_s']:,.0f}",
-            f">= {TARGET_APPENDS:,.0f}",
-            verdict(a["vault_appends_per_s"], TARGET_APPENDS),
-        )
+    row("SQLite durable appends/s (vault)", a["vault_appends_per_s"], TARGET_APPENDS)
+    row(
+        "SQLite durable appends/s, 16 callers (group commit)",
+        a["group_commit_16_callers_appends_per_s"],
+        TARGET_APPENDS,
     )
-    group = a["group_commit_16_callers_appends_per_s"]
-    rows.append(
-        (
-            "SQLite durable appends/s, 16 callers (group commit)",
-            f"{group:,.0f}",
-            f">= {TARGET_APPENDS:,.0f}",
-            verdict(group, TARGET_APPENDS),
-        )
-    )
-    rows.append(("SQLite raw INSERT+COMMIT/s", f"{a['raw_appends_per_s']:,.0f}", "", ""))
-    rows.append(("SQLite vault / raw", f"{a['ratio_vault_over_raw']:.3f}", "", ""))
+    row("SQLite raw INSERT+COMMIT/s", a["raw_appends_per_s"])
+    row("SQLite vault / raw", a["ratio_vault_over_raw"])
     if "pg_appends" in result:
         p = result["pg_appends"]
-        rows.append(
-            ("PostgreSQL durable appends/s (vault)", f"{p['vault_appends_per_s']:,.0f}", "", "")
+        row("PostgreSQL durable appends/s (vault)", p["vault_appends_per_s"])
+        row(
+            "PostgreSQL durable appends/s, 16 callers (group commit)",
+            p["group_commit_16_callers_appends_per_s"],
         )
-        rows.append(
-            (
-                "PostgreSQL durable appends/s, 16 callers (group commit)",
-                f"{p['group_commit_16_callers_appends_per_s']:,.0f}",
-                "",
-                "",
-            )
-        )
-        rows.append(("PostgreSQL raw INSERT+commit/s", f"{p['raw_appends_per_s']:,.0f}", "", ""))
-        rows.append(("PostgreSQL vault / raw", f"{p['ratio_vault_over_raw']:.3f}", "", ""))
+        row("PostgreSQL raw INSERT+commit/s", p["raw_appends_per_s"])
+        row("PostgreSQL vault / raw", p["ratio_vault_over_raw"])
     v = result["verify"]
-    rows.append(
-        (
-            f"verify_entries, {v['entries']:,} entries/s",
-            f"{v['verify_entries_per_s']:,.0f}",
-            f">= {TARGET_VERIFY:,.0f}",
-            verdict(v["verify_entries_per_s"], TARGET_VERIFY),
-        )
+    row(f"verify_entries, {v['entries']:,} entries/s", v["verify_entries_per_s"], TARGET_VERIFY)
+    row("verify_export entries/s", v["verify_export_per_s"])
+    row("verify_database, 1 process, entries/s", v["verify_database_per_s"], TARGET_VERIFY)
+    row(
+        f"verify_database, {v['verify_workers']} processes",
+        v["verify_database_parallel_per_s"],
+        TARGET_VERIFY,
     )
-    rows.append(("verify_export entries/s", f"{v['verify_export_per_s']:,.0f}", "", ""))
-    for key, label in (
-        ("verify_database_per_s", "verify_database, 1 process, entries/s"),
-        ("verify_database_parallel_per_s", f"verify_database, {v['verify_workers']} processes"),
-    ):
-        rows.append(
-            (label, f"{v[key]:,.0f}", f">= {TARGET_VERIFY:,.0f}", verdict(v[key], TARGET_VERIFY))
-        )
     pr = result["proofs"]
-    rows.append(
-        (
-            f"inclusion proof @ {pr['tree_size']:,}: median ms",
-            f"{pr['median_ms']:.3f}",
-            f"<= {TARGET_PROOF_MS}",
-            verdict(pr["median_ms"], TARGET_PROOF_MS, False),
-        )
+    row(
+        f"inclusion proof @ {pr['tree_size']:,}: median ms",
+        pr["median_ms"],
+        TARGET_PROOF_MS,
+        higher=False,
     )
-    rows.append(
-        (
-            "inclusion proof: p99 ms",
-            f"{pr['p99_ms']:.3f}",
-            f"<= {TARGET_PROOF_MS}",
-            verdict(pr["p99_ms"], TARGET_PROOF_MS, False),
-        )
-    )
-    width = max(len(r[0]) for r in rows)
-    for name, value, target, ok in rows:
-        print(f"{name:<{width}}  {value:>12}  {target:>10}  {ok}")
+    row("inclusion proof: p99 ms", pr["p99_ms"], TARGET_PROOF_MS, higher=False)
+    print_table(("measure", "value", "target", ""), rows)
     if "experiments_appends_per_s" in a:
         print("\nwhere SQLite append time goes (appends/s):")
         for k, val in a["experiments_appends_per_s"].items():
@@ -778,61 +609,63 @@ def print_table(result: dict[str, Any]) -> None:
         for k, val in a["profile"]["ms_per_append_by_group"].items():
             print(f"    {k:<50} {val:>8.3f}")
     if "experiments" in pr:
-        print("\nproof experiments (ms):", pr["experiments"])
+        raw = pr["experiments"]["raw_sqlite3_fetch_and_resolve"]
+        print(f"\nproofs, raw sqlite3 fetch and resolve: median {raw['median_ms']} ms")
     print(f"\nbulk build of {v['entries']:,} entries: {result['bulk_build_s']:.1f} s")
     print(
-        "1-minute load at each phase start:",
-        {k: v["loadavg_1m"] for k, v in result["load_at_phase_start"].items()},
+        "others' CPU (cores) in each phase:",
+        {k: v["others_cores"] for k, v in result["contention"].items()},
     )
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    base = Path(args.dir) if args.dir else None
-    work = Path(tempfile.mkdtemp(prefix="bench-ledger-", dir=base))
-    try:
+def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
+    """Every phase on throw-away databases; the result document."""
+    phases = Phases(args.wait_idle)
+    with workdir("bench-ledger-", args.dir) as work:
         result: dict[str, Any] = {
             "when": datetime.now(UTC).isoformat(timespec="seconds"),
-            "command": " ".join(
-                [Path(sys.executable).name, "-m", "bench.bench_ledger", *sys.argv[1:]]
-            ),
-            "machine": machine_info(work),
+            "command": command,
+            "machine": machine_info(work, fsync=True),
             "targets": {
                 "sqlite_appends_per_s": TARGET_APPENDS,
                 "verify_entries_per_s": TARGET_VERIFY,
                 "proof_ms": TARGET_PROOF_MS,
             },
+            "contention": phases.record,
         }
-        phase("appends on SQLite")
-        result["sqlite_appends"] = bench_sqlite_appends(work, args.appends, not args.no_experiments)
+        with phases.phase("appends on SQLite"):
+            result["sqlite_appends"] = bench_sqlite_appends(
+                work, args.appends, not args.no_experiments
+            )
         if args.pg:
-            phase("appends on PostgreSQL")
-            result["pg_appends"] = bench_pg_appends(args.pg, args.appends)
-        phase(f"building {args.entries:,} entries")
-        t0 = time.perf_counter()
-        datas, leaves = generate(args.entries)
-        gen_s = time.perf_counter() - t0
-        key = Ed25519PrivateKey.generate()
-        verifier = note.Verifier.from_public_key(ORIGIN, key.public_key())
-        big = work / "big.db"
-        result["bulk_build_s"] = round(gen_s + bulk_build(big, datas, leaves, key), 1)
-        result["entry_bytes_mean"] = round(sum(map(len, datas)) / len(datas), 1)
-        phase("verifying")
-        result["verify"] = bench_verify(big, datas, leaves, verifier)
+            with phases.phase("appends on PostgreSQL"):
+                result["pg_appends"] = bench_pg_appends(args.pg, args.appends)
+        with phases.phase(f"building {args.entries:,} entries"):
+            t0 = time.perf_counter()
+            datas, leaves = generate(args.entries)
+            gen_s = time.perf_counter() - t0
+            key = Ed25519PrivateKey.generate()
+            verifier = note.Verifier.from_public_key(ORIGIN, key.public_key())
+            big = work / "big.db"
+            result["bulk_build_s"] = round(gen_s + bulk_build(big, datas, leaves, key), 1)
+            result["entry_bytes_mean"] = round(sum(map(len, datas)) / len(datas), 1)
+        with phases.phase("verifying"):
+            result["verify"] = bench_verify(big, datas, leaves, verifier)
         root = merkle.root_from_leaf_hashes(leaves)
         del datas, leaves
-        phase("proofs")
-        result["proofs"] = bench_proofs(big, args.entries, args.proofs, root)
-        if not args.no_experiments:
-            result["proofs"]["experiments"] = {
-                "raw_sqlite3_fetch_and_resolve": bench_proof_raw(big, args.entries, args.proofs),
-            }
-        result["load_at_phase_start"] = LOAD
+        with phases.phase("proofs"):
+            result["proofs"] = bench_proofs(big, args.entries, args.proofs, root)
+            if not args.no_experiments:
+                result["proofs"]["experiments"] = {
+                    "raw_sqlite3_fetch_and_resolve": bench_proof_raw(
+                        big, args.entries, args.proofs
+                    ),
+                }
         return result
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark from the command line."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--entries",
@@ -846,27 +679,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--proofs", type=int, default=2000, help="inclusion proofs timed")
     parser.add_argument("--pg", metavar="URL", help="also bench PostgreSQL at this URL")
     parser.add_argument("--dir", help="folder for the temp databases (default: system temp)")
-    parser.add_argument("--out", type=Path, default=OUT_DEFAULT, help="JSON result file")
     parser.add_argument(
         "--no-experiments",
         action="store_true",
         help="skip the where-does-the-time-go experiments and profile",
     )
-    parser.add_argument(
-        "--wait-idle",
-        type=float,
-        default=0.0,
-        metavar="SECONDS",
-        help="before each phase wait up to this long for the 1-minute load average to drop "
-        "below 1.0 (the machine may be shared)",
-    )
-    args = parser.parse_args(argv)
-    IDLE["max_wait_s"] = args.wait_idle
-    result = run(args)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2, default=str) + "\n", "utf-8")
-    print_table(result)
-    print(f"\nresults: {args.out}")
+    add_common_arguments(parser, out="ledger.json", wait_idle=0.0)
+    args = parse_arguments(parser, argv, QUICK)
+    result = run(args, command_line("bench.bench_ledger", argv))
+    print_report(result)
+    write_json(args.out, result)
     return 0
 
 

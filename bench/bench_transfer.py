@@ -3,6 +3,7 @@
 Run::
 
     python -m bench.bench_transfer --size-mib 1024 [--dir PATH] [--repeat N] [--cache cold|warm]
+    python -m bench.bench_transfer --quick    # 8 MiB, 2 repeats, no waiting (CI)
 
 In one process it builds a throw-away vault (SQLite + LocalDiskStore under a temp folder, one
 country, one agency, one officer), writes a source file of random bytes (before any timing),
@@ -45,113 +46,49 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import cProfile
 import ctypes
 import ctypes.util
 import gc
 import hashlib
-import io
-import json
 import os
-import platform
-import pstats
-import resource
 import secrets
-import shutil
 import statistics
 import sys
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from vault.config import load_settings
-from vault.models import Classification, Role
+from bench.harness import (
+    CpuMeter,
+    add_common_arguments,
+    command_line,
+    machine_info,
+    machine_line,
+    open_world,
+    parse_arguments,
+    print_table,
+    profile_lines,
+    profiled,
+    source_fingerprint,
+    wait_idle,
+    workdir,
+    write_json,
+)
 from vault.schemas import NewPackage
-from vault.service import IncomingFile, Principal, Vault, local_operator
+from vault.service import IncomingFile, Principal, Vault
 
 MiB = 1024 * 1024
 CHUNK = MiB
 # The issue's targets.
 TARGET_RATIO = 1.3
 TARGET_RSS_MIB = 64.0
-# Cheap, still argon2id, password hashing (as the tests use): seeding is not what we measure.
-FAST_ARGON2 = {"argon2_time_cost": 1, "argon2_memory_kib": 1024, "argon2_parallelism": 1}
-PASSWORD = "bench password, not a secret"
-OUT_DEFAULT = Path(__file__).resolve().parent / "out" / "transfer.json"
-
-
-# --- machine ---------------------------------------------------------------------------------
-
-
-def _cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
-def _cpu_flags() -> list[str]:
-    wanted = {"aes", "pclmulqdq", "avx2", "avx512f", "vaes", "vpclmulqdq", "sha_ni"}
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return sorted(wanted & set(line.split(":", 1)[1].split()))
-    return []
-
-
-def _mem_total_gib() -> float:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return round(int(line.split()[1]) / 1024 / 1024, 1)
-    return 0.0
-
-
-def _filesystem(path: Path) -> dict[str, str]:
-    """Device, type and mount options of the mount holding ``path`` (longest prefix wins)."""
-    best: dict[str, str] = {}
-    target = str(path.resolve())
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/mounts").read_text().splitlines():
-            dev, mnt, fstype, opts, *_ = line.split()
-            inside = target == mnt or target.startswith(mnt.rstrip("/") + "/")
-            if inside and len(mnt) >= len(best.get("mount", "")):
-                best = {"device": dev, "mount": mnt, "type": fstype, "options": opts}
-    return best
-
-
-def code_fingerprint() -> dict[str, str]:
-    """SHA-256 (first 12 hex) of the source files on the measured path: the code is edited
-    concurrently, so each result says which version it measured."""
-    root = Path(__file__).resolve().parent.parent
-    out = {}
-    for rel in ("vault/crypto.py", "vault/service.py", "vault/storage/local.py"):
-        with contextlib.suppress(OSError):
-            out[rel] = hashlib.sha256((root / rel).read_bytes()).hexdigest()[:12]
-    return out
-
-
-def machine_info(data_dir: Path) -> dict[str, Any]:
-    import cryptography
-    from cryptography.hazmat.backends.openssl import backend
-
-    return {
-        "cpu": _cpu_model(),
-        "cpu_flags": _cpu_flags(),
-        "cores": os.cpu_count(),
-        "ram_gib": _mem_total_gib(),
-        "kernel": platform.release(),
-        "python": sys.version.split()[0],
-        "cryptography": cryptography.__version__,
-        "openssl": backend.openssl_version_text(),
-        "filesystem": _filesystem(data_dir),
-    }
+QUICK = {"size_mib": 8, "repeat": 2, "wait_idle": 0.0, "settle": 0.0}
+# The source files on the measured path (a folder counts as its .py files).
+MEASURED = ("vault/crypto.py", "vault/service", "vault/storage/local.py")
 
 
 # --- memory ----------------------------------------------------------------------------------
@@ -226,92 +163,7 @@ class RssMonitor:
         }
 
 
-# --- contention (other engineers share this machine) ------------------------------------------
-
-_HZ = os.sysconf("SC_CLK_TCK")
-
-
-def _busy_jiffies() -> int:
-    """Jiffies all CPUs spent not idle (user, nice, system, irq, softirq, steal)."""
-    with open("/proc/stat", "rb") as f:
-        fields = [int(x) for x in f.readline().split()[1:9]]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
-    return user + nice + system + irq + softirq + steal
-
-
-def _self_jiffies() -> int:
-    with open("/proc/self/stat", "rb") as f:
-        fields = f.read().rsplit(b")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])  # utime, stime
-
-
-class CpuMeter:
-    """This process's CPU seconds, and the CPU (in cores) used by everything else, over a span.
-
-    "Everything else" includes kernel threads working for us (writeback during fsync) and time
-    stolen by the hypervisor, so it is never exactly 0; a value near 1 means another process
-    was taking a whole core from a 2-core benchmark.
-    """
-
-    def __enter__(self) -> CpuMeter:
-        self._t = time.perf_counter()
-        self._busy, self._self = _busy_jiffies(), _self_jiffies()
-        self._times = os.times()
-        self._faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        wall = time.perf_counter() - self._t
-        t = os.times()
-        self.user_s = t.user - self._times.user
-        self.sys_s = t.system - self._times.system
-        # Page faults cost kernel time, and more on a VM whose freed pages went back to the host.
-        self.minor_faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - self._faults
-        others = (_busy_jiffies() - self._busy) - (_self_jiffies() - self._self)
-        self.others_cores = max(0.0, others / _HZ / wall) if wall > 0 else 0.0
-
-    def as_dict(self) -> dict[str, float]:
-        return {
-            "cpu_user_s": round(self.user_s, 3),
-            "cpu_sys_s": round(self.sys_s, 3),
-            "others_cores": round(self.others_cores, 2),
-            "minor_faults": self.minor_faults,
-        }
-
-
-def wait_idle(max_wait: float, threshold: float = 0.15) -> float:
-    """Wait (at most ``max_wait`` s) for a 1 s window where others use < ``threshold`` cores.
-
-    Returns the last window's figure (recorded with each phase).
-    """
-    deadline = time.monotonic() + max_wait
-    while True:
-        with CpuMeter() as meter:
-            time.sleep(1.0)
-        if meter.others_cores < threshold or time.monotonic() >= deadline:
-            return meter.others_cores
-
-
 # --- world -----------------------------------------------------------------------------------
-
-
-def open_world(data_dir: Path) -> tuple[Vault, Principal]:
-    """A vault on ``data_dir`` with one country, agency and officer; the officer's principal."""
-    settings = load_settings(data_dir=data_dir, **FAST_ARGON2)
-    vault = Vault.open(settings)
-    op = local_operator()
-    vault.add_country(op, "UZ", "Uzbekistan")
-    vault.add_agency(op, "UZ-CUSTOMS", "UZ", "State Customs Committee")
-    vault.add_user(
-        op,
-        username="uz.officer",
-        agency="UZ-CUSTOMS",
-        role=Role.OFFICER,
-        password=PASSWORD,
-        clearance=Classification.SECRET,
-    )
-    principal = vault.authenticate(vault.login("uz.officer", PASSWORD).access_token)
-    return vault, principal
 
 
 def make_source(path: Path, size: int) -> str:
@@ -405,145 +257,145 @@ class Phase:
         }
 
 
-@contextlib.contextmanager
-def maybe_profile(target: Path | None) -> Iterator[None]:
-    if target is None:
-        yield
-        return
-    prof = cProfile.Profile()
-    prof.enable()
-    try:
-        yield
-    finally:
-        prof.disable()
-        target.parent.mkdir(parents=True, exist_ok=True)
-        prof.dump_stats(target)
-        buf = io.StringIO()
-        pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(12)
-        print(f"--- cProfile {target.name} (top by tottime) ---")
-        print(buf.getvalue())
-
-
-IDLE_WAIT = 0.0
-CODE: dict[str, str] = {}
-
-
 def timed(
-    name: str, size: int, fn: Callable[[], dict[str, Any]], profile_to: Path | None = None
+    name: str,
+    size: int,
+    fn: Callable[[], dict[str, Any]],
+    args: argparse.Namespace,
+    profile_to: Path | None = None,
 ) -> Phase:
+    """Run one phase after a sync, a heap trim and (``--wait-idle``) a quiet second; its
+    time, peak RSS growth and CPU."""
     os.sync()
     _settle()
-    others_before = wait_idle(IDLE_WAIT) if IDLE_WAIT > 0 else None
-    with RssMonitor() as mon, maybe_profile(profile_to), CpuMeter() as cpu:
+    others_before = wait_idle(args.wait_idle)
+    with RssMonitor() as mon, profiled(profile_to) as prof, CpuMeter() as cpu:
         t0 = time.perf_counter()
         extra = fn()
         seconds = time.perf_counter() - t0
+    if prof is not None and profile_to is not None:
+        print(f"--- cProfile {profile_to.name} (top by tottime) ---")
+        print("\n".join(profile_lines(prof, 12)))
     extra = {**extra, **cpu.as_dict(), "others_cores_before": others_before}
     return Phase(name, seconds, size, mon.as_dict(), extra)
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+@dataclass
+class Transfer:
+    """What every repeat of one run shares: the vault, its officer and the source file."""
+
+    args: argparse.Namespace
+    vault: Vault
+    officer: Principal
+    work: Path
+    src: Path
+    src_sha: str
+    size: int
+
+
+def uploads(t: Transfer, i: int, rep: dict[str, Any]) -> dict[str, str]:
+    """Repeat ``i``'s raw and vault uploads into ``rep``; the vault package and file ids."""
+    args, size = t.args, t.size
+    raw_key = secrets.token_hex(16)
+    ids: dict[str, str] = {"raw": raw_key}
+    prof_dir = Path(args.profile) if args.profile and i == 0 else None
+
+    def raw_up() -> dict[str, Any]:
+        with open(t.src, "rb") as f:
+            n = t.vault.store.put(
+                raw_key, ChunkedReader(f, args.raw_chunk) if args.raw_chunk else f
+            )
+        if n != size:
+            raise RuntimeError(f"raw put stored {n} bytes, expected {size}")
+        return {}
+
+    def vault_up() -> dict[str, Any]:
+        with open(t.src, "rb") as f:
+            result = t.vault.upload(
+                t.officer,
+                NewPackage(title=f"bench {i + 1}"),
+                [IncomingFile(name="bench.bin", reader=f)],
+            )
+        stored = result.package.files[0]
+        ids["package"], ids["file"] = result.package.id, stored.id
+        if stored.size != size or stored.sha256 != t.src_sha:
+            raise RuntimeError("vault recorded the wrong size or digest")
+        return {}
+
+    # Uploads, like downloads below, alternate which goes first and wait --settle seconds
+    # before starting: an upload that right follows freeing 1 GiB (a deleted download.out, a
+    # dropped cache) gets pages the host has not taken back yet. With --download-to file and
+    # a fixed order, the raw upload always came right after the deletion and ran 5x faster
+    # than in any other run (0.62 s against 3.3 s).
+    for which in ["raw", "vault"] if i % 2 == 0 else ["vault", "raw"]:
+        time.sleep(args.settle)
+        if which == "raw" and not args.vault_only:
+            rep["raw_upload"] = timed("raw upload", size, raw_up, args)
+        elif which == "vault":
+            profile_to = prof_dir / "profile_vault_upload.pstats" if prof_dir else None
+            rep["vault_upload"] = timed("vault upload", size, vault_up, args, profile_to)
+    rep["vault_upload"].extra["stored_bytes"] = object_path(t.vault, ids["file"]).stat().st_size
+    return ids
+
+
+def downloads(t: Transfer, i: int, rep: dict[str, Any], ids: dict[str, str]) -> None:
+    """Repeat ``i``'s raw and vault downloads into ``rep``."""
+    args, size = t.args, t.size
+    sealed = object_path(t.vault, ids["file"])
+    prof_dir = Path(args.profile) if args.profile and i == 0 else None
+
+    def cold_start(path: Path) -> None:
+        if args.cache == "cold":
+            drop_cache(path)
+            time.sleep(args.settle)
+
+    def vault_down() -> dict[str, Any]:
+        got = t.vault.download(t.officer, ids["package"], ids["file"])
+        n = 0
+        with Sink(t.work, args.download_to) as sink:
+            for chunk in got.chunks:
+                n += len(chunk)
+                sink.write(chunk)
+        if n != size or got.file.sha256 != t.src_sha:
+            raise RuntimeError(f"vault download gave {n} bytes, expected {size}")
+        return {}
+
+    # Both downloads run after both uploads, each from the cache state cold_start leaves, and
+    # which goes first alternates: on this VM refilling the page cache costs more or less
+    # depending on what ran just before, so a fixed order would bias the ratio. With
+    # --raw-object sealed the raw download reads the vault's own object, so only the vault's
+    # own work differs.
+    order = ["vault"]
+    if not args.vault_only:
+        order = ["raw", "vault"] if i % 2 == 0 else ["vault", "raw"]
+    raw_key = ids["file"] if args.raw_object == "sealed" else ids["raw"]
+    raw_size = sealed.stat().st_size if args.raw_object == "sealed" else size
+    for which in order:
+        if which == "raw":
+            cold_start(object_path(t.vault, raw_key))
+            reader = raw_reader(t.vault.store, raw_key, raw_size, t.work, args)
+            rep["raw_download"] = timed("raw download", raw_size, reader, args)
+        else:
+            cold_start(sealed)
+            profile_to = prof_dir / "profile_vault_download.pstats" if prof_dir else None
+            rep["vault_download"] = timed("vault download", size, vault_down, args, profile_to)
+        (t.work / "download.out").unlink(missing_ok=True)
+
+
+def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """Every repeat in one throw-away vault under ``work``; the result document."""
     size = args.size_mib * MiB
-    parent = Path(args.dir) if args.dir else None
-    if parent:
-        parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="blo-bench-", dir=parent))
-    cold = args.cache == "cold"
+    vault, officer = open_world(work / "vault-data")
     try:
-        vault, officer = open_world(work / "vault-data")
-        store = vault.store
         src = work / "source.bin"
         print(f"writing {args.size_mib} MiB source file under {work} ...", flush=True)
-        src_sha = make_source(src, size)
+        t = Transfer(args, vault, officer, work, src, make_source(src, size), size)
         warm(src)
         info = machine_info(work)
         repeats: list[dict[str, Any]] = []
         for i in range(args.repeat):
             rep: dict[str, Any] = {"repeat": i + 1}
-            prof_dir = Path(args.profile) if args.profile and i == 0 else None
-            raw_key = secrets.token_hex(16)
-            ids: dict[str, str] = {}
-
-            def raw_up(key: str = raw_key) -> dict[str, Any]:
-                with open(src, "rb") as f:
-                    n = store.put(key, ChunkedReader(f, args.raw_chunk) if args.raw_chunk else f)
-                if n != size:
-                    raise RuntimeError(f"raw put stored {n} bytes, expected {size}")
-                return {}
-
-            def vault_up(ids: dict[str, str] = ids, i: int = i) -> dict[str, Any]:
-                with open(src, "rb") as f:
-                    result = vault.upload(
-                        officer,
-                        NewPackage(title=f"bench {i + 1}"),
-                        [IncomingFile(name="bench.bin", reader=f)],
-                    )
-                stored = result.package.files[0]
-                ids["package"], ids["file"] = result.package.id, stored.id
-                if stored.size != size or stored.sha256 != src_sha:
-                    raise RuntimeError("vault recorded the wrong size or digest")
-                return {}
-
-            # Uploads, like downloads below, alternate which goes first and wait --settle
-            # seconds before starting: an upload that right follows freeing 1 GiB (a deleted
-            # download.out, a dropped cache) gets pages the host has not taken back yet. With
-            # --download-to file and a fixed order, the raw upload always came right after the
-            # deletion and ran 5x faster than in any other run (0.62 s against 3.3 s).
-            for which in ["raw", "vault"] if i % 2 == 0 else ["vault", "raw"]:
-                time.sleep(args.settle)
-                if which == "raw" and not args.vault_only:
-                    rep["raw_upload"] = timed("raw upload", size, raw_up)
-                elif which == "vault":
-                    rep["vault_upload"] = timed(
-                        "vault upload",
-                        size,
-                        vault_up,
-                        prof_dir / "profile_vault_upload.pstats" if prof_dir else None,
-                    )
-            sealed = object_path(vault, ids["file"])
-            rep["vault_upload"].extra["stored_bytes"] = sealed.stat().st_size
-
-            def cold_start(path: Path, cold: bool = cold) -> None:
-                if cold:
-                    drop_cache(path)
-                    time.sleep(args.settle)
-
-            def vault_down(ids: dict[str, str] = ids) -> dict[str, Any]:
-                got = vault.download(officer, ids["package"], ids["file"])
-                n = 0
-                with Sink(work, args.download_to) as sink:
-                    for chunk in got.chunks:
-                        n += len(chunk)
-                        sink.write(chunk)
-                if n != size or got.file.sha256 != src_sha:
-                    raise RuntimeError(f"vault download gave {n} bytes, expected {size}")
-                return {}
-
-            # Both downloads run after both uploads, each from the cache state cold_start leaves,
-            # and which goes first alternates: on this VM refilling the page cache costs more
-            # or less depending on what ran just before, so a fixed order would bias the ratio.
-            # With --raw-object sealed the raw download reads the vault's own object, so only
-            # the vault's own work differs.
-            downloads = ["vault"]
-            if not args.vault_only:
-                downloads = ["raw", "vault"] if i % 2 == 0 else ["vault", "raw"]
-            raw_key = ids["file"] if args.raw_object == "sealed" else raw_key
-            raw_size = sealed.stat().st_size if args.raw_object == "sealed" else size
-            for which in downloads:
-                if which == "raw":
-                    cold_start(object_path(vault, raw_key))
-                    rep["raw_download"] = timed(
-                        "raw download", raw_size, raw_reader(store, raw_key, raw_size, work, args)
-                    )
-                else:
-                    cold_start(sealed)
-                    rep["vault_download"] = timed(
-                        "vault download",
-                        size,
-                        vault_down,
-                        prof_dir / "profile_vault_download.pstats" if prof_dir else None,
-                    )
-                (work / "download.out").unlink(missing_ok=True)
+            downloads(t, i, rep, uploads(t, i, rep))
             repeats.append(rep)
             print(
                 f"repeat {i + 1}/{args.repeat}: "
@@ -555,12 +407,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 ),
                 flush=True,
             )
-        vault.close()
     finally:
-        if args.keep:
-            print(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        vault.close()
     return summarise(args, info, repeats)
 
 
@@ -613,7 +461,6 @@ def summarise(
     return {
         "benchmark": "transfer",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": "python -m bench.bench_transfer " + " ".join(sys.argv[1:]),
         "size_mib": args.size_mib,
         "repeat": args.repeat,
         "cache": args.cache,
@@ -623,7 +470,6 @@ def summarise(
         "download_to": args.download_to,
         "wait_idle_s": args.wait_idle,
         "machine": info,
-        "code": CODE,
         "summary": summary,
         "ratios": ratios,
         "targets": targets,
@@ -634,34 +480,30 @@ def summarise(
 
 
 def print_report(result: dict[str, Any]) -> None:
-    m = result["machine"]
-    fs = m["filesystem"]
+    """Medians per phase, the ratios and the memory targets."""
     print()
     print(
         f"Transfer {result['size_mib']} MiB, {result['repeat']} repeats, cache={result['cache']},"
         f" raw source reads: {result['raw_chunk']},"
         f" downloads to: {result['download_to']}  ({result['date']})"
     )
-    print(
-        f"{m['cpu']} x{m['cores']}, {m['ram_gib']} GiB, kernel {m['kernel']}, "
-        f"Python {m['python']}, cryptography {m['cryptography']} / {m['openssl']}, "
-        f"fs {fs.get('type', '?')} on {fs.get('device', '?')}"
-    )
-    print()
-    head = (
-        f"{'phase':<16}{'median s':>10}{'min s':>9}{'max s':>9}{'MB/s':>9}"
-        f"{'CPU s':>8}{'RSS +MiB (max)':>16}{'others (max)':>14}"
-    )
-    print(head)
-    print("-" * len(head))
-    for key in PHASES:
-        s = result["summary"].get(key)
-        if s:
-            print(
-                f"{key.replace('_', ' '):<16}{s['median_s']:>10.3f}{s['min_s']:>9.3f}"
-                f"{s['max_s']:>9.3f}{s['median_mb_per_s']:>9.0f}{s['cpu_s_median']:>8.2f}"
-                f"{s['rss_growth_mib_max']:>16.1f}{s['others_cores_max']:>14.2f}"
-            )
+    print(machine_line(result["machine"]) + "\n")
+    rows = [
+        (
+            key.replace("_", " "),
+            f"{s['median_s']:.3f}",
+            f"{s['min_s']:.3f}",
+            f"{s['max_s']:.3f}",
+            f"{s['median_mb_per_s']:.0f}",
+            f"{s['cpu_s_median']:.2f}",
+            f"{s['rss_growth_mib_max']:.1f}",
+            f"{s['others_cores_max']:.2f}",
+        )
+        for key in PHASES
+        if (s := result["summary"].get(key))
+    ]
+    header = ("phase", "median s", "min s", "max s", "MB/s", "CPU s", "RSS +MiB (max)", "others")
+    print_table(header, rows)
     print()
     for direction, r in result["ratios"].items():
         pairs = ", ".join(f"{x:.2f}" for x in r["per_pair"])
@@ -705,7 +547,8 @@ class Sink:
             self._file.close()
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark from the command line."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size-mib", type=int, default=1024, help="file size in MiB (1024)")
     parser.add_argument("--dir", help="parent folder for the temp data dir (default: system temp)")
@@ -748,7 +591,6 @@ def main(argv: list[str] | None = None) -> int:
         help="nowhere: both downloads discard what they read (default); file: both write it "
         "to a file in the data dir and fsync it, as a user's download ends",
     )
-    parser.add_argument("--out", default=str(OUT_DEFAULT), help="JSON output file")
     parser.add_argument("--keep", action="store_true", help="keep the temp data dir")
     parser.add_argument(
         "--vault-only", action="store_true", help="skip the raw baseline (for profiling)"
@@ -758,30 +600,20 @@ def main(argv: list[str] | None = None) -> int:
         metavar="DIR",
         help="cProfile the first repeat's vault phases into DIR/*.pstats",
     )
-    parser.add_argument(
-        "--wait-idle",
-        type=float,
-        default=60.0,
-        metavar="SECONDS",
-        help="before each phase, wait up to this long for the machine to be "
-        "quiet (others < 0.15 cores over 1 s); 0 = don't wait (60)",
-    )
-    args = parser.parse_args(argv)
-    global IDLE_WAIT
-    IDLE_WAIT = args.wait_idle
+    add_common_arguments(parser, out="transfer.json", wait_idle=60.0)
+    args = parse_arguments(parser, argv, QUICK)
     if args.size_mib < 1 or args.repeat < 1:
         parser.error("--size-mib and --repeat must be >= 1")
-    global CODE
-    CODE = code_fingerprint()
-    result = run(args)
+    code = source_fingerprint(*MEASURED)
+    with workdir("blo-bench-", args.dir, keep=args.keep) as work:
+        result = run(args, work)
+    result["code"] = code
+    result["command"] = command_line("bench.bench_transfer", argv)
     if not args.vault_only:
         print_report(result)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nJSON: {out}")
+    write_json(args.out, result)
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

@@ -13,9 +13,10 @@ Before the mix, the same clients hammer ``/healthz`` (no authentication, no data
 mix's figures are read against.
 
 The clients use aiohttp (its C HTTP parser costs a third of httpx's CPU per request, and the
-driver shares the machine's cores with the servers); seeding uses httpx.
+driver shares the machine's cores with the servers); uploading the seed packages uses httpx.
 
     python -m bench.load --clients 50 --seconds 300 --servers 2
+    python -m bench.load --quick    # 4 clients, 1 server, 2 s (CI)
 
 Loopback only; the server is stopped at the end. Bounded in time and request count.
 """
@@ -28,53 +29,56 @@ import json
 import os
 import random
 import signal
-import socket
-import statistics
 import subprocess
 import sys
-import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import httpx
 
-PASSWORD = "correct horse battery staple"
-ROOT = Path(__file__).resolve().parent.parent
-BLOVAULT = str(Path(sys.executable).with_name("blovault"))
+from bench.harness import (
+    BLOVAULT,
+    PASSWORD,
+    add_common_arguments,
+    command_line,
+    free_port,
+    open_vault,
+    parse_arguments,
+    print_table,
+    seconds_ms,
+    workdir,
+    write_json,
+)
+from vault.models import Classification, Role
+from vault.service import local_operator
+
+QUICK = {"clients": 4, "seconds": 2.0, "baseline_seconds": 0.5, "servers": 1, "packages": 5}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def run(env: dict[str, str], *args: str, stdin: str | None = None) -> None:
-    subprocess.run(
-        [BLOVAULT, *args], env=env, input=stdin, text=True, check=True, capture_output=True
-    )
-
-
-def seed(env: dict[str, str]) -> None:
-    run(env, "admin", "init")
-    for code, name in (("UZ", "Uzbekistan"), ("KZ", "Kazakhstan")):
-        run(env, "admin", "add-country", code, "--name", name)
-    run(env, "admin", "add-agency", "UZ-CUSTOMS", "--country", "UZ", "--name", "Customs")
-    run(env, "admin", "add-agency", "KZ-BORDER", "--country", "KZ", "--name", "Border guard")
-    for user, agency in (("uz.officer", "UZ-CUSTOMS"), ("kz.officer", "KZ-BORDER")):
-        run(
-            env,
-            "admin",
-            "add-user",
-            user,
-            "--agency",
-            agency,
-            "--role",
-            "officer",
-            "--password-stdin",
-            stdin=PASSWORD + "\n",
-        )
+def seed(data_dir: Path, database_url: str | None) -> None:
+    """Two countries, an agency and an officer in each, through the service (in this
+    process: seven CLI processes took longer than a quick run's load)."""
+    vault = open_vault(data_dir, database_url=database_url)
+    try:
+        op = local_operator()
+        for code, name in (("UZ", "Uzbekistan"), ("KZ", "Kazakhstan")):
+            vault.add_country(op, code, name)
+        vault.add_agency(op, "UZ-CUSTOMS", "UZ", "Customs")
+        vault.add_agency(op, "KZ-BORDER", "KZ", "Border guard")
+        for user, agency in (("uz.officer", "UZ-CUSTOMS"), ("kz.officer", "KZ-BORDER")):
+            vault.add_user(
+                op,
+                username=user,
+                agency=agency,
+                role=Role.OFFICER,
+                password=PASSWORD,
+                clearance=Classification.SECRET,
+            )
+    finally:
+        vault.close()
 
 
 def rss_kib(pids: list[int]) -> int:
@@ -120,11 +124,9 @@ def driver_cpu_seconds() -> float:
 
 
 def percentiles(values: list[float]) -> dict[str, float]:
-    values.sort()
-    return {
-        "p50_ms": round(statistics.median(values) * 1000, 2),
-        "p99_ms": round(values[max(0, int(len(values) * 0.99) - 1)] * 1000, 2),
-    }
+    """Median and p99 latency in milliseconds."""
+    summary = seconds_ms(values)
+    return {"p50_ms": summary.get("median_ms", 0.0), "p99_ms": summary.get("p99_ms", 0.0)}
 
 
 async def client_loop(
@@ -203,8 +205,9 @@ async def baseline_loop(
                 errors.append(f"healthz: HTTP {status}")
 
 
-async def seed_packages(base: str) -> tuple[dict[str, str], list[tuple[str, str]]]:
-    """Log both officers in; upload 20 packages as the Uzbek officer, released to Kazakhstan."""
+async def seed_packages(base: str, count: int) -> tuple[dict[str, str], list[tuple[str, str]]]:
+    """Log both officers in; upload ``count`` packages as the Uzbek officer, released to
+    Kazakhstan."""
     async with httpx.AsyncClient(base_url=base, timeout=30) as http:
         tokens = {}
         for user in ("uz.officer", "kz.officer"):
@@ -213,7 +216,7 @@ async def seed_packages(base: str) -> tuple[dict[str, str], list[tuple[str, str]
             tokens[user] = r.json()["access_token"]
         uz = {"Authorization": f"Bearer {tokens['uz.officer']}"}
         package_ids = []
-        for i in range(20):
+        for i in range(count):
             files: list[tuple[str, tuple[str | None, str | bytes, str]]] = [
                 ("metadata", (None, json.dumps({"title": f"seed {i}"}), "application/json")),
                 ("file", ("seed.bin", os.urandom(256 * 1024), "application/octet-stream")),
@@ -229,9 +232,39 @@ async def seed_packages(base: str) -> tuple[dict[str, str], list[tuple[str, str]
     return tokens, package_ids
 
 
-async def drive(args: argparse.Namespace, bases: list[str], pids: list[int]) -> dict[str, object]:
+async def healthz_baseline(
+    args: argparse.Namespace, bases: list[str], every: list[int]
+) -> dict[str, object]:
+    """``/healthz`` from the same clients for ``--baseline-seconds``: the stack's ceiling."""
+    latencies: list[float] = []
+    errors: list[str] = []
+    server_cpu, driver_cpu = cpu_seconds(every), driver_cpu_seconds()
+    started = time.monotonic()
+    deadline = started + args.baseline_seconds
+    await asyncio.gather(
+        *(baseline_loop(i, bases, deadline, latencies, errors) for i in range(args.clients))
+    )
+    wall = time.monotonic() - started
+    count = len(latencies)
+    return {
+        "seconds": round(wall, 1),
+        "count": count,
+        "per_second": round(count / wall, 1),
+        **percentiles(latencies),
+        "errors": len(errors),
+        "server_cpu_ms_per_request": round(
+            (cpu_seconds(every) - server_cpu) / max(count, 1) * 1000, 3
+        ),
+        "driver_cpu_ms_per_request": round(
+            (driver_cpu_seconds() - driver_cpu) / max(count, 1) * 1000, 3
+        ),
+    }
+
+
+async def drive(args: argparse.Namespace, bases: list[str], pids: list[int]) -> dict[str, Any]:
+    """The baseline, then the weighted mix from every client; the summary document."""
     every = [p for pid in pids for p in server_pids(pid)]
-    summary: dict[str, object] = {
+    summary: dict[str, Any] = {
         "clients": args.clients,
         "servers": args.servers,
         "workers_per_server": args.workers,
@@ -239,34 +272,8 @@ async def drive(args: argparse.Namespace, bases: list[str], pids: list[int]) -> 
         "driver": f"aiohttp {aiohttp.__version__}",
     }
     if args.baseline_seconds > 0:
-        latencies: list[float] = []
-        base_errors: list[str] = []
-        server_cpu, driver_cpu = cpu_seconds(every), driver_cpu_seconds()
-        started = time.monotonic()
-        deadline = started + args.baseline_seconds
-        await asyncio.gather(
-            *(
-                baseline_loop(i, bases, deadline, latencies, base_errors)
-                for i in range(args.clients)
-            )
-        )
-        wall = time.monotonic() - started
-        count = len(latencies)
-        summary["baseline_healthz"] = {
-            "seconds": round(wall, 1),
-            "count": count,
-            "per_second": round(count / wall, 1),
-            **percentiles(latencies),
-            "errors": len(base_errors),
-            "server_cpu_ms_per_request": round(
-                (cpu_seconds(every) - server_cpu) / max(count, 1) * 1000, 3
-            ),
-            "driver_cpu_ms_per_request": round(
-                (driver_cpu_seconds() - driver_cpu) / max(count, 1) * 1000, 3
-            ),
-        }
-
-    tokens, package_ids = await seed_packages(bases[0])
+        summary["baseline_healthz"] = await healthz_baseline(args, bases, every)
+    tokens, package_ids = await seed_packages(bases[0], args.packages)
     mix = (
         ["list"] * args.w_list
         + ["show"] * args.w_show
@@ -283,7 +290,7 @@ async def drive(args: argparse.Namespace, bases: list[str], pids: list[int]) -> 
     async def sample_memory() -> None:
         while time.monotonic() < deadline:
             memory.append((round(time.monotonic() - started, 1), rss_kib(every)))
-            await asyncio.sleep(5)
+            await asyncio.sleep(min(5.0, args.seconds / 2))
 
     await asyncio.gather(
         sample_memory(),
@@ -321,7 +328,65 @@ async def drive(args: argparse.Namespace, bases: list[str], pids: list[int]) -> 
     return summary
 
 
-def main() -> None:
+Server = tuple[subprocess.Popen[bytes], str]
+
+
+def start_servers(args: argparse.Namespace, env: dict[str, str]) -> list[Server]:
+    """``--servers`` servers on their own loopback ports, answering; (process group, URL)."""
+    servers: list[Server] = []
+    for _ in range(args.servers):
+        port = free_port()
+        command = [BLOVAULT, "serve", "--host", "127.0.0.1", "--port", str(port)]
+        proc = subprocess.Popen(
+            [*command, "--workers", str(args.workers)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        servers.append((proc, f"http://127.0.0.1:{port}"))
+    for _, base in servers:
+        for _ in range(300):
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+    return servers
+
+
+def stop_servers(servers: list[Server]) -> None:
+    """Stop every server's process group (uvicorn and its workers) and reap it."""
+    for proc, _ in servers:
+        os.killpg(proc.pid, signal.SIGTERM)
+    for proc, _ in servers:
+        proc.wait(timeout=30)
+
+
+def print_report(summary: dict[str, Any]) -> None:
+    """One row per request kind, then the CPU and memory figures."""
+    rows = []
+    for kind in ("baseline_healthz", "list", "show", "download", "upload", "metadata_reads"):
+        if isinstance(figures := summary.get(kind), dict):
+            per_second = figures.get("per_second", summary["metadata_reads_per_second"])
+            rows.append((kind, per_second, figures["p50_ms"], figures["p99_ms"]))
+    print_table(("requests", "per second", "p50 ms", "p99 ms"), rows)
+    print(
+        f"{summary['requests_per_second']} requests/s over {summary['seconds']} s, "
+        f"{summary['errors']} errors {summary['error_kinds']}; server CPU "
+        f"{summary['server_cpu_cores']} cores, {summary['server_cpu_ms_per_request']} ms/request;"
+        f" driver CPU {summary['driver_cpu_cores']} cores"
+    )
+    rss = summary["server_rss_kib"]
+    if rss:
+        print(
+            f"server RSS: first {rss[0][1] / 1024:.0f} MiB, last {rss[-1][1] / 1024:.0f} MiB, "
+            f"max {max(r for _, r in rss) / 1024:.0f} MiB"
+        )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the load test from the command line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=300)
@@ -334,13 +399,14 @@ def main() -> None:
     parser.add_argument("--servers", type=int, default=2, help="server processes, own ports")
     parser.add_argument("--workers", type=int, default=1, help="uvicorn workers per server")
     parser.add_argument("--database-url", default=None, help="PostgreSQL URL (default SQLite)")
+    parser.add_argument("--packages", type=int, default=20, help="packages seeded (20)")
     parser.add_argument("--w-list", type=int, default=3)
     parser.add_argument("--w-show", type=int, default=5)
     parser.add_argument("--w-download", type=int, default=2)
     parser.add_argument("--w-upload", type=int, default=1)
-    parser.add_argument("--out", default=str(ROOT / "bench" / "out" / "load.json"))
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="vault-load-") as tmp:
+    add_common_arguments(parser, out="load.json")
+    args = parse_arguments(parser, argv, QUICK)
+    with workdir("vault-load-") as tmp:
         env = {k: v for k, v in os.environ.items() if not k.startswith("VAULT_")}
         env |= {
             "VAULT_DATA_DIR": f"{tmp}/data",
@@ -351,46 +417,19 @@ def main() -> None:
         }
         if args.database_url:
             env["VAULT_DATABASE_URL"] = args.database_url
-        seed(env)
-        servers, bases = [], []
-        for _ in range(args.servers):
-            port = free_port()
-            command = [BLOVAULT, "serve", "--host", "127.0.0.1", "--port", str(port)]
-            servers.append(
-                subprocess.Popen(
-                    [*command, "--workers", str(args.workers)],
-                    env=env,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                    start_new_session=True,
-                )
-            )
-            bases.append(f"http://127.0.0.1:{port}")
+        seed(tmp / "data", args.database_url)
+        servers = start_servers(args, env)
         try:
-            for base in bases:
-                for _ in range(300):
-                    try:
-                        if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                            break
-                    except httpx.HTTPError:
-                        time.sleep(0.1)
-            summary = asyncio.run(drive(args, bases, [s.pid for s in servers]))
+            summary = asyncio.run(
+                drive(args, [base for _, base in servers], [p.pid for p, _ in servers])
+            )
         finally:
-            for server in servers:
-                os.killpg(server.pid, signal.SIGTERM)
-            for server in servers:
-                server.wait(timeout=30)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(summary, indent=2))
-    printable = {k: v for k, v in summary.items() if k != "server_rss_kib"}
-    print(json.dumps(printable, indent=2))
-    rss = summary["server_rss_kib"]
-    if isinstance(rss, list) and rss:
-        print(
-            f"server RSS: first {rss[0][1] / 1024:.0f} MiB, last {rss[-1][1] / 1024:.0f} MiB, "
-            f"max {max(r for _, r in rss) / 1024:.0f} MiB"
-        )
+            stop_servers(servers)
+    summary["command"] = command_line("bench.load", argv)
+    print_report(summary)
+    write_json(args.out, summary)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -11,6 +11,7 @@ into a scratch table and a COMMIT (WAL, synchronous=FULL, as the ledger's) per o
 is the database work alone, without Python-side decisions, encryption or the Merkle tree.
 
     python -m bench.service_reads [--seconds 10] [--threads 1,8]
+    python -m bench.service_reads --quick    # 0.5 s phases, 20 packages (CI)
 
 Writes bench/out/service_reads.json. SQLite only (the embedded default).
 """
@@ -19,23 +20,32 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
-import shutil
 import sqlite3
-import tempfile
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event
 
-from bench.bench_transfer import PASSWORD, machine_info, open_world
+from bench.harness import (
+    PASSWORD,
+    add_common_arguments,
+    command_line,
+    machine_info,
+    machine_line,
+    open_world,
+    parse_arguments,
+    print_table,
+    workdir,
+    write_json,
+)
 from vault.schemas import NewPackage
 from vault.service import IncomingFile, Vault
 
-OUT_DEFAULT = Path(__file__).resolve().parent / "out" / "service_reads.json"
+QUICK = {"seconds": 0.5, "packages": 20, "threads": [1, 2]}
 
 
 def timed(fn: Callable[[], object], threads: int, seconds: float) -> dict[str, float]:
@@ -100,10 +110,10 @@ def raw_reads(db: Path, selects: list[tuple[str, Any]]) -> Callable[[], object]:
     return op
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    work = Path(tempfile.mkdtemp(prefix="blo-reads-"))
+def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """Seed a vault, then time the raw baseline and the service's show and list."""
+    vault, officer = open_world(work / "vault-data")
     try:
-        vault, officer = open_world(work / "vault-data")
         token = vault.login("uz.officer", PASSWORD).access_token
         packages = [
             vault.upload(
@@ -133,26 +143,32 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         }
         raw = timed(raw_reads(work / "vault-data" / "vault.db", selects), 1, args.seconds)
         result["raw_show"] = raw
-        print(f"raw      1 thread : {raw['ops_per_second']:8.1f} ops/s  {raw['cpu_ms_per_op']} ms")
         for name, fn in (("show", show), ("list", listing)):
             for threads in args.threads:
-                got = timed(fn, threads, args.seconds)
-                result[f"service_{name}_{threads}"] = got
-                print(
-                    f"{name:<8} {threads} thread{'s' if threads > 1 else ' '}: "
-                    f"{got['ops_per_second']:8.1f} ops/s  {got['cpu_ms_per_op']} ms CPU/op  "
-                    f"{got['cpu_cores']} cores"
-                )
-        one = result["service_show_1"]
-        result["ratio_show_time_1_thread"] = round(raw["ops_per_second"] / one["ops_per_second"], 2)
-        print(f"show vs raw, one thread: {result['ratio_show_time_1_thread']}x the time")
-        vault.close()
-        return result
+                result[f"service_{name}_{threads}"] = timed(fn, threads, args.seconds)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        vault.close()
+    one = result["service_show_1"]
+    result["ratio_show_time_1_thread"] = round(raw["ops_per_second"] / one["ops_per_second"], 2)
+    return result
 
 
-def main() -> None:
+def print_report(result: dict[str, Any]) -> None:
+    """One row per measured operation and thread count, then the ratio."""
+    print(machine_line(result["machine"]))
+    rows = []
+    for key, f in result.items():
+        if key == "raw_show" or key.startswith("service_"):
+            label = "raw show" if key == "raw_show" else key.split("_")[1]
+            rows.append(
+                (label, f["threads"], f["ops_per_second"], f["cpu_ms_per_op"], f["cpu_cores"])
+            )
+    print_table(("operation", "threads", "ops/s", "CPU ms/op", "cores"), rows)
+    print(f"show vs raw, one thread: {result['ratio_show_time_1_thread']}x the time")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark from the command line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10, help="per phase (10)")
     parser.add_argument("--packages", type=int, default=200, help="packages seeded (200)")
@@ -162,13 +178,15 @@ def main() -> None:
         default=[1, 8],
         help="thread counts, comma-separated (1,8)",
     )
-    parser.add_argument("--out", default=str(OUT_DEFAULT))
-    args = parser.parse_args()
-    result = run(args)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
-    print(f"wrote {args.out}")
+    add_common_arguments(parser, out="service_reads.json")
+    args = parse_arguments(parser, argv, QUICK)
+    with workdir("blo-reads-") as work:
+        result = run(args, work)
+    result["command"] = command_line("bench.service_reads", argv)
+    print_report(result)
+    write_json(args.out, result)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

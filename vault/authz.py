@@ -178,6 +178,12 @@ class Authorizer:
         roles = self._enforcer.get_role_manager()
         return role == "*" or any(roles.has_link(name, role) for name in NO_CONTENT_ROLES)
 
+    @property
+    def memo_size(self) -> int:
+        """How many attribute classes have been decided and remembered (a miss shows as
+        growth; the authorization benchmark reports it)."""
+        return len(self._memo)
+
     def ask(self, key: Key) -> tuple[bool, tuple[str, ...]]:
         """Casbin's answer for one attribute class (memoised), and the rule that decided it."""
         hit = self._memo.get(key)
