@@ -76,6 +76,7 @@ from vault.ledger import log as ledger
 from vault.ledger import merkle, note
 from vault.ledger.entry import Entry, decode
 from vault.ledger.log import Actor
+from vault.listing import PackageFilter
 from vault.models import (
     Acknowledgement,
     Agency,
@@ -1826,18 +1827,27 @@ class Vault:
 
     @_records_refusals("list")
     def list_packages(
-        self, principal: Principal, *, limit: int = 50, offset: int = 0
+        self,
+        principal: Principal,
+        *,
+        limit: int = 50,
+        offset: int = 0,
+        filters: PackageFilter | None = None,
     ) -> PackageList:
-        """One page of the packages the caller may read, newest first."""
+        """One page of the packages the caller may read, newest first (narrowed by
+        ``filters``: the web interface's list)."""
         if not 1 <= limit <= MAX_PAGE or offset < 0:
             raise InvalidInput(f"limit must be 1-{MAX_PAGE} and offset >= 0")
         self._require_global(principal, "list")
+        statement, narrowing = self._listing_statement(principal), dict[str, Any]()
+        if filters is not None:
+            statement, narrowing = filters.apply(statement)
         with self._tx(readonly=True) as session:
             found = (
                 session.connection()
                 .execute(
-                    self._listing_statement(principal),
-                    listing_params(principal, limit=limit, offset=offset),
+                    statement,
+                    listing_params(principal, limit=limit, offset=offset) | narrowing,
                 )
                 .all()
             )
@@ -2590,6 +2600,41 @@ class Vault:
         """Number of ledger entries (for health and metrics)."""
         with self._tx(readonly=True) as session:
             return ledger.size(session)
+
+    # --- web interface (issue 11) ---------------------------------------------------------
+
+    @_records_refusals("list")
+    def pending_releases(self, principal: Principal) -> tuple[list[ReleaseInfo], int]:
+        """The pending releases of the caller's agency's packages that the policy lets them
+        decide (a supervisor's inbox), oldest first, and the ledger receipt of the look."""
+        self._require_global(principal, "list")
+        with self._tx(readonly=True) as session:
+            found = session.exec(
+                select(Release, Package)
+                .join(Package, col(Package.id) == col(Release.package_id))
+                .where(
+                    col(Release.status) == ReleaseStatus.PENDING,
+                    col(Package.agency_code) == principal.agency,
+                    col(Package.purged_at).is_(None),
+                )
+                .order_by(col(Release.created_at))
+            ).all()
+            mine = [
+                _release_info(release)
+                for release, package in found
+                if self.authz.allows(
+                    Facts(
+                        role=principal.role.value,
+                        relations=frozenset({ORIGINATOR}),
+                        cleared=principal.clearance.rank >= package.classification.rank,
+                        handling=package.handling.value,
+                        acknowledged=False,
+                        action="approve",
+                    )
+                )
+            ]
+        receipt = self._record(principal.actor, "list", ALLOW, "ok", subject=f"pending:{len(mine)}")
+        return mine, receipt
 
     def check_ready(self) -> None:
         """Raise StorageUnavailable unless database and object store answer."""
