@@ -13,14 +13,10 @@ from fastapi.responses import RedirectResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.errors import status_for
+from api.web.i18n import N_
 from api.web.context import PREFIX, SignInRequired, Visit, visit
 from api.web.security import is_page
 from vault import errors
-
-
-def N_(message: str) -> str:  # the gettext convention for "translate later"
-    """Mark a message for the catalogues; translated where it is shown."""
-    return message
 
 
 # By error code. A package one may not know exists and a random id both say "not_found".

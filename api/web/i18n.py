@@ -1,14 +1,15 @@
 """Languages and time zones of the pages.
 
-Every language is one gettext catalogue under ``locale/<code>/LC_MESSAGES/messages.po``
-(compiled to ``messages.mo`` beside it); the languages offered are the folders found there,
-named by Babel in their own language. Adding Uzbek, Kazakh or Tajik is one new catalogue.
+Every language is one gettext catalogue, ``locale/<code>/LC_MESSAGES/messages.po``, compiled
+in memory when the app starts; the languages offered are the catalogues found there, named by
+Babel in their own language. Adding Uzbek, Kazakh or Tajik is one new catalogue.
 Times are stored in UTC and shown in the reader's zone.
 """
 
 from __future__ import annotations
 
 import gettext
+import io
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -17,6 +18,8 @@ from zoneinfo import ZoneInfo
 
 from babel import Locale, UnknownLocaleError
 from babel.dates import format_datetime
+from babel.messages.mofile import write_mo
+from babel.messages.pofile import read_po
 from babel.support import Translations
 
 LOCALE_DIR = Path(__file__).parent / "locale"
@@ -31,6 +34,32 @@ _COUNTRY_ZONE = {
     "KG": "Asia/Bishkek",
     "TM": "Asia/Ashgabat",
 }
+
+
+def N_(message: str) -> str:  # the gettext convention for "translate later"
+    """Mark a message for the catalogues; translated where it is shown."""
+    return message
+
+
+# Words the templates translate from data (markings, roles, release states, decisions): named
+# here so extraction puts them in every catalogue.
+DATA_WORDS = (
+    N_("UNCLASSIFIED"),
+    N_("RESTRICTED"),
+    N_("CONFIDENTIAL"),
+    N_("SECRET"),
+    N_("officer"),
+    N_("supervisor"),
+    N_("auditor"),
+    N_("admin"),
+    N_("pending"),
+    N_("active"),
+    N_("rejected"),
+    N_("revoked"),
+    N_("allow"),
+    N_("deny"),
+    N_("error"),
+)
 
 
 def zone_for(country: str, chosen: str | None) -> str:
@@ -66,17 +95,21 @@ class Language:
 
 
 class Languages:
-    """The catalogues found under ``LOCALE_DIR``, loaded once."""
+    """The catalogues found under ``LOCALE_DIR``, read once when the app is built.
+
+    The ``.po`` files are compiled in memory: a catalogue is the one file a translator edits,
+    with no build step, so a fresh ``pip install -e .`` serves every language there is.
+    """
 
     def __init__(self, directory: Path = LOCALE_DIR) -> None:
         self.by_code: dict[str, Language] = {}
-        for folder in sorted(p for p in directory.iterdir() if (p / "LC_MESSAGES").is_dir()):
+        for po in sorted(directory.glob(f"*/LC_MESSAGES/{DOMAIN}.po")):
+            code = po.parent.parent.name
             try:
-                name = Locale.parse(folder.name).get_display_name(folder.name) or folder.name
+                name = Locale.parse(code).get_display_name(code) or code
             except (ValueError, UnknownLocaleError):
                 continue  # not a language code: not a catalogue
-            translations = Translations.load(str(directory), [folder.name], DOMAIN)
-            self.by_code[folder.name] = Language(folder.name, name.capitalize(), translations)
+            self.by_code[code] = Language(code, name.capitalize(), compile_catalogue(po))
         if DEFAULT_LANGUAGE not in self.by_code:
             self.by_code[DEFAULT_LANGUAGE] = Language(DEFAULT_LANGUAGE, "English", Translations())
 
@@ -90,6 +123,16 @@ class Languages:
             if primary in self.by_code:
                 return self.by_code[primary]
         return self.by_code[DEFAULT_LANGUAGE]
+
+
+def compile_catalogue(po: Path) -> Translations:
+    """A ``.po`` catalogue as translations (fuzzy entries left out, as msgfmt does)."""
+    with po.open("rb") as source:
+        catalogue = read_po(source, locale=po.parent.parent.name)
+    compiled = io.BytesIO()
+    write_mo(compiled, catalogue)
+    compiled.seek(0)
+    return Translations(compiled, domain=DOMAIN)
 
 
 def _preferred(header: str) -> list[str]:
