@@ -20,6 +20,7 @@ from babel import Locale, UnknownLocaleError
 from babel.dates import format_datetime
 from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
+from babel.numbers import format_decimal
 from babel.support import Translations
 
 LOCALE_DIR = Path(__file__).parent / "locale"
@@ -85,7 +86,7 @@ class Language:
     def ngettext(self, singular: str, plural: str, n: int, **values: Any) -> str:
         """The form of a message for ``n``, placeholders filled (``n`` among them)."""
         text: str = self.translations.ngettext(singular, plural, n)
-        return text % {"n": n, **values}
+        return text % {"n": format_decimal(n, locale=self.code), **values}
 
     def datetime(self, moment: datetime | None, zone: str) -> str:
         """A time in ``zone``, in this language's usual form; empty for None."""

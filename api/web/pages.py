@@ -12,11 +12,12 @@ from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
 from api.downloads import download_response
+from api.errors import status_for
 from api.multipart import MultipartUpload, boundary_of
 from api.web.context import PREFIX, Posted, PostedSignedIn, SignedIn, VisitDep, check_csrf, visit
 from api.web.forms import PAGE_SIZE, choice, day_start, local_time, optional
 from api.web.i18n import ZONES
-from vault.errors import InvalidInput
+from vault.errors import AuthenticationFailed, InvalidInput, RateLimited
 from vault.listing import PackageFilter
 from vault.models import Classification, Handling, Role
 from vault.schemas import NewPackage
@@ -42,7 +43,7 @@ def root(current: VisitDep) -> Response:
 @router.get(PREFIX + "/signin")
 def signin_form(current: VisitDep) -> Response:
     """The sign-in form."""
-    return current.render("signin.html")
+    return current.render("signin.html", refused=None, seconds=0)
 
 
 @router.post(PREFIX + "/signin")
@@ -54,7 +55,14 @@ def signin(
 ) -> Response:
     """Sign in through the service's login (same lockout and ledger records as the API)."""
     client = request.client.host if request.client else ""
-    tokens = current.vault.login(username, password, client=client)
+    try:
+        tokens = current.vault.login(username, password, client=client)
+    except AuthenticationFailed as exc:
+        # The form again, with the reason in the reader's language (and 401 or 429).
+        seconds = exc.retry_after if isinstance(exc, RateLimited) else 0
+        return current.render(
+            "signin.html", status=status_for(exc), refused=exc.code, seconds=seconds
+        )
     current.restart().hold(tokens)
     current.principal = current.vault.authenticate(tokens.access_token)
     return current.redirect(_home(current.principal.role))
