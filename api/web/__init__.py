@@ -6,6 +6,8 @@ files, their error pages and their security headers to the vault's app.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
@@ -16,7 +18,7 @@ from api.web.security import PageSecurityMiddleware
 
 __all__ = ["PREFIX", "UPLOAD_PATH", "install"]
 
-STATIC_DIR = pages.__file__.rsplit("/", 1)[0] + "/static"
+STATIC_DIR = Path(__file__).parent / "static"
 
 
 def install(app: FastAPI) -> None:

@@ -48,6 +48,7 @@ class Web:
         env = Environment(
             loader=FileSystemLoader(TEMPLATES),
             autoescape=True,
+            auto_reload=False,  # templates ship with the code: no stat() on every page
             undefined=StrictUndefined,
             trim_blocks=True,
             lstrip_blocks=True,
