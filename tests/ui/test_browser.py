@@ -13,6 +13,7 @@ languages (into docs/screenshots/ when VAULT_UI_SCREENSHOTS names that folder).
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import re
@@ -149,12 +150,14 @@ def no_dialog(driver: WebDriver) -> None:
 
 
 def shot(driver: WebDriver, folder: Path, name: str) -> None:
-    """A screenshot of the whole page."""
+    """A screenshot of the whole page, below the fold too (Chromium's own capture)."""
     folder.mkdir(parents=True, exist_ok=True)
-    height = driver.execute_script("return document.documentElement.scrollHeight")
-    driver.set_window_size(1280, min(max(int(height), 700), 2000))
-    driver.save_screenshot(str(folder / f"{name}.png"))
-    driver.set_window_size(1280, 1000)
+    size = driver.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
+    clip = {"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1}
+    image = driver.execute_cdp_cmd(
+        "Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True, "clip": clip}
+    )
+    (folder / f"{name}.png").write_bytes(base64.b64decode(image["data"]))
 
 
 def sha256(path: Path) -> str:

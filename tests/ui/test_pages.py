@@ -420,3 +420,46 @@ def test_role_pages_answer_as_the_api_does_for_every_role(world: World) -> None:
                 assert web.status_code == api.status_code, (username, page, api.status_code)
                 seen.add(api.status_code)
     assert {200, 403} <= seen  # both answers occur: the comparison could fail
+
+
+def test_h3_restrictions_are_acknowledged_before_the_first_download(
+    world: World, browser: Browser
+) -> None:
+    package_id = upload(world, handling=Handling.H3, handling_note="Only for the Oybek post.")
+    world.vault.release(world["uz.officer"], package_id, country="KZ")
+    file_id = world.vault.get_package(world["uz.officer"], package_id)[0].files[0].id
+    browser.sign_in("kz.officer")
+    page = browser.client.get(f"/ui/packages/{package_id}").text
+    assert "Only for the Oybek post." in page
+    assert 'id="acknowledge"' in page
+    assert f"/files/{file_id}" not in page
+    assert browser.client.get(f"/ui/packages/{package_id}/files/{file_id}").status_code == 403
+    answer = browser.post(f"/ui/packages/{package_id}/acknowledge", {}, csrf_from="/ui/packages")
+    assert answer.status_code == 303  # type: ignore[attr-defined]
+    page = browser.client.get(f"/ui/packages/{package_id}").text
+    assert 'id="acknowledge"' not in page
+    assert f"/files/{file_id}" in page
+    download = browser.client.get(f"/ui/packages/{package_id}/files/{file_id}")
+    assert download.status_code == 200
+    assert download.content == b"15 kg heroin at Bekabad"
+    assert download.headers["x-vault-handling"] == "H3"
+    assert download.headers["content-disposition"].startswith('attachment; filename="report.txt"')
+
+
+def test_list_filters_narrow_through_the_service(world: World, browser: Browser) -> None:
+    upload(world, title="restricted one", classification=Classification.RESTRICTED)
+    upload(world, title="secret one", classification=Classification.SECRET, handling=Handling.H2)
+    browser.sign_in("uz.officer")
+    everything = browser.client.get("/ui/packages").text
+    assert "restricted one" in everything
+    assert "secret one" in everything
+    assert 'id="banner-top">SECRET<' in everything
+    only = browser.client.get("/ui/packages?classification=RESTRICTED").text
+    assert "restricted one" in only
+    assert "secret one" not in only
+    assert 'id="banner-top">RESTRICTED<' in only
+    assert "secret one" in browser.client.get("/ui/packages?handling=H2&country=UZ").text
+    assert "No packages." in browser.client.get("/ui/packages?country=KZ").text
+    assert "No packages." in browser.client.get("/ui/packages?since=2099-01-01").text
+    assert "secret one" in browser.client.get("/ui/packages?until=2099-01-01").text
+    assert browser.client.get("/ui/packages?classification=TOP").status_code == 422
