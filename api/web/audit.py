@@ -3,14 +3,15 @@ title, filename or content) and the administrators' page, which points to the CL
 
 from __future__ import annotations
 
+import base64
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from api.web.context import PREFIX, SignedIn
+from api.web.context import PREFIX, SignedIn, Visit
 from api.web.forms import PAGE_SIZE, day_start, optional
 from vault.authz import ACTIONS
-from vault.ledger.entry import Entry
+from vault.ledger.entry import Entry, decode
 
 router = APIRouter(include_in_schema=False)
 DECISIONS = ("allow", "deny", "error")
@@ -25,8 +26,11 @@ def ledger(
     since: Annotated[str, Query(max_length=10)] = "",
     until: Annotated[str, Query(max_length=10)] = "",
     page: Annotated[int, Query(ge=1, le=10**6)] = 1,
+    upto: Annotated[int, Query(ge=0, le=2**62)] = 0,
 ) -> Response:
-    """Ledger entries, newest first, filtered by decision, actor, package and day."""
+    """Ledger entries, newest first, filtered by decision, actor, package and day; pages count
+    back from ``upto`` (the ledger's size when page 1 was shown), so the entries recorded
+    meanwhile, such as these reads, don't shift them."""
     start, end = day_start(since, current.zone), day_start(until, current.zone, after=True)
     wanted_actor, wanted_package = optional(actor), optional(package)
 
@@ -39,24 +43,43 @@ def ledger(
             and (end is None or entry.time < end)
         )
 
-    # The service records the read, then streams the entries; filtering is the caller's.
-    matching = [entry for entry in current.vault.ledger_show(current.user) if keep(entry)]
-    matching.reverse()
     first = (page - 1) * PAGE_SIZE
-    query = {
-        "decision": decision,
-        "actor": actor,
-        "package": package,
-        "since": since,
-        "until": until,
-    }
+    if not any((decision, wanted_actor, wanted_package, start, end)):
+        # Unfiltered: read just this page's entries, newest first, not the whole ledger.
+        size = upto or current.vault.ledger_size()
+        stop = max(0, size - first)
+        got = current.vault.ledger_entries(current.user, max(0, stop - PAGE_SIZE), stop)
+        entries = [
+            decode(base64.b64decode(raw), seq_hint=got.start + i)
+            for i, raw in enumerate(got.entries)
+        ]
+        return _ledger_page(current, entries[::-1], size, page, first + PAGE_SIZE < size, size)
+    # Filtered: the service records the read and streams every entry; the filter is ours.
+    size = upto or current.vault.ledger_size()
+    matching = [
+        entry
+        for entry in current.vault.ledger_show(current.user)
+        if entry.seq < size and keep(entry)
+    ]
+    matching.reverse()
+    more = len(matching) > first + PAGE_SIZE
+    shown = matching[first : first + PAGE_SIZE]
+    return _ledger_page(current, shown, len(matching), page, more, size)
+
+
+def _ledger_page(
+    current: Visit, entries: list[Entry], total: int, page: int, more: bool, upto: int
+) -> Response:
+    query = current.request.query_params
+    names = ("decision", "actor", "package", "since", "until")
+    wanted = {name: query.get(name, "") for name in names} | {"upto": str(upto)}
     return current.render(
         "ledger.html",
-        entries=matching[first : first + PAGE_SIZE],
-        total=len(matching),
+        entries=entries,
+        total=total,
         page=page,
-        more=len(matching) > first + PAGE_SIZE,
-        query=query,
+        more=more,
+        query=wanted,
         decisions=DECISIONS,
     )
 

@@ -4,6 +4,7 @@ route that does the same thing, for every role and relation)."""
 
 from __future__ import annotations
 
+import html
 import io
 import re
 import secrets
@@ -463,3 +464,27 @@ def test_list_filters_narrow_through_the_service(world: World, browser: Browser)
     assert "No packages." in browser.client.get("/ui/packages?since=2099-01-01").text
     assert "secret one" in browser.client.get("/ui/packages?until=2099-01-01").text
     assert browser.client.get("/ui/packages?classification=TOP").status_code == 422
+
+
+def test_ledger_page_newest_first_paged_and_filtered(world: World, browser: Browser) -> None:
+    upload(world)
+    browser.sign_in("uz.auditor")
+    first = browser.client.get("/ui/audit/ledger").text
+    rows = [int(n) for n in re.findall(r'<tr class="decision-[a-z]+">\s*<td>(\d+)</td>', first)]
+    assert len(rows) == 25
+    assert rows == sorted(rows, reverse=True)
+    # Its own read of page 1 is the newest entry the page could show.
+    assert rows[0] == world.vault.ledger_size() - 2
+    older_link = re.search(r'rel="next" href="([^"]+)"', first)
+    assert older_link
+    second = browser.client.get("/ui/audit/ledger" + html.unescape(older_link.group(1))).text
+    older = [int(n) for n in re.findall(r'<tr class="decision-[a-z]+">\s*<td>(\d+)</td>', second)]
+    assert older[0] == rows[-1] - 1  # the page before, however many reads came since
+    uploads = browser.client.get("/ui/audit/ledger?actor=uz.officer&decision=allow").text
+    actors = re.findall(
+        r'<tr class="decision-([a-z]+)">\s*<td>\d+</td>\s*<td>[^<]*</td>\s*<td>([^<]*)</td>',
+        uploads,
+    )
+    assert actors
+    assert all(d == "allow" and a.startswith("uz.officer") for d, a in actors)
+    assert "Oybek seizure report" not in uploads
