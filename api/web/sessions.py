@@ -64,10 +64,18 @@ class WebSession:
 
 
 class SessionStore:
-    """The web sessions of this process, by the hash of their cookie value (bounded: the
-    least recently seen go first, and any unused for ``idle_seconds``)."""
+    """The web sessions of this process, by the hash of their cookie value (bounded: beyond
+    ``max_sessions`` the least recently seen that never signed in go first, then the least
+    recently seen; any unused for ``idle_seconds`` is gone)."""
 
-    def __init__(self, *, idle_seconds: float, max_sessions: int = 20_000) -> None:
+    def __init__(
+        self,
+        *,
+        idle_seconds: float,
+        max_sessions: int = 20_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._clock = clock
         self._idle = idle_seconds
         self._max = max_sessions
         self._sessions: OrderedDict[bytes, WebSession] = OrderedDict()
@@ -80,18 +88,26 @@ class SessionStore:
     def new(self, *, lang: str | None = None, tz: str | None = None) -> tuple[str, WebSession]:
         """A fresh session and the cookie value that refers to it."""
         cookie = secrets.token_urlsafe(32)
-        session = WebSession(csrf=secrets.token_urlsafe(32), lang=lang, tz=tz)
+        session = WebSession(
+            csrf=secrets.token_urlsafe(32), lang=lang, tz=tz, last_seen=self._clock()
+        )
         with self._lock:
             self._sessions[self._key(cookie)] = session
             while len(self._sessions) > self._max:
-                self._sessions.popitem(last=False)
+                # Sessions that never signed in go first: a flood of cookie-less requests
+                # must not sign officers out.
+                victim = next(
+                    (key for key, held in self._sessions.items() if not held.signed_in),
+                    next(iter(self._sessions)),
+                )
+                del self._sessions[victim]
         return cookie, session
 
     def get(self, cookie: str | None) -> WebSession | None:
         """The live session a cookie refers to, or None."""
         if not cookie:
             return None
-        key, now = self._key(cookie), time.monotonic()
+        key, now = self._key(cookie), self._clock()
         with self._lock:
             session = self._sessions.get(key)
             if session is None:
