@@ -60,6 +60,19 @@ DATA_WORDS = (
     N_("allow"),
     N_("deny"),
     N_("error"),
+    # The facts an explanation lists, and yes or no.
+    N_("role"),
+    N_("agency"),
+    N_("country"),
+    N_("relations"),
+    N_("clearance"),
+    N_("classification"),
+    N_("cleared"),
+    N_("handling"),
+    N_("acknowledged"),
+    N_("originating_agency"),
+    N_("yes"),
+    N_("no"),
 )
 
 

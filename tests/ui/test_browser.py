@@ -24,6 +24,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from selenium import webdriver
+from selenium.common.exceptions import (
+    NoAlertPresentException,
+    NoSuchElementException,
+    StaleElementReferenceException,
+)
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.action_chains import ActionChains
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.conftest import PASSWORD, World, running_server
 
@@ -36,20 +48,6 @@ pytestmark = [
         reason="no Chromium here: install Debian's chromium and chromium-driver (.ci/run does)",
     ),
 ]
-
-if CHROMIUM and CHROMEDRIVER:
-    from selenium import webdriver
-    from selenium.common.exceptions import (
-        NoAlertPresentException,
-        NoSuchElementException,
-        StaleElementReferenceException,
-    )
-    from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.action_chains import ActionChains
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.common.keys import Keys
-    from selenium.webdriver.remote.webdriver import WebDriver
-    from selenium.webdriver.support.ui import WebDriverWait
 
 BIG = 50 * 1024 * 1024
 FIRST_VISIT_BUDGET = 100 * 1000
@@ -95,22 +93,33 @@ def chromium(language: str, downloads: Path) -> WebDriver:
     return driver
 
 
-@pytest.fixture
-def browsers(tmp_path: Path) -> Iterator[Callable[[str], WebDriver]]:
-    """Start browsers on demand (each its own profile); all quit at the end."""
-    started: list[WebDriver] = []
+class Browsers:
+    """Browsers started on demand, each with its own profile and download folder."""
 
-    def start(language: str) -> WebDriver:
-        folder = tmp_path / f"downloads-{len(started)}"
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.started: list[tuple[WebDriver, Path]] = []
+
+    def __call__(self, language: str) -> WebDriver:
+        folder = self.root / f"downloads-{len(self.started)}"
         folder.mkdir()
         driver = chromium(language, folder)
-        started.append(driver)
+        self.started.append((driver, folder))
         return driver
 
+    def downloads(self, driver: WebDriver) -> Path:
+        """Where ``driver`` saves what it downloads."""
+        return next(folder for started, folder in self.started if started is driver)
+
+
+@pytest.fixture
+def browsers(tmp_path: Path) -> Iterator[Browsers]:
+    """Start browsers on demand; all quit at the end."""
+    started = Browsers(tmp_path)
     try:
-        yield start
+        yield started
     finally:
-        for driver in started:
+        for driver, _ in started.started:
             driver.quit()
 
 
@@ -198,9 +207,7 @@ def upload(
     return str(driver.current_url)
 
 
-def test_cross_border_story(
-    world: World, browsers: Callable[[str], WebDriver], tmp_path: Path
-) -> None:
+def test_cross_border_story(world: World, browsers: Browsers, tmp_path: Path) -> None:
     screenshots = Path(os.environ.get("VAULT_UI_SCREENSHOTS") or tmp_path / "screenshots")
     big = tmp_path / "oybek-seizure-scan.bin"
     with big.open("wb") as f:
@@ -257,9 +264,7 @@ def test_cross_border_story(
         notice = kz.find_element(By.CSS_SELECTOR, "p.handling").text
         assert notice.startswith("H1: не использовать в качестве доказательства")
         shot(kz, screenshots / "ru", "package")
-        folder = Path(
-            kz.execute_cdp_cmd("Browser.getVersion", {}) and str(tmp_path / "downloads-1")
-        )
+        folder = browsers.downloads(kz)
         for link in kz.find_elements(By.CSS_SELECTOR, "a.filename"):
             link.send_keys(Keys.ENTER)
         assert sha256(downloaded(folder, big.name)) == sha256(big)
