@@ -54,24 +54,16 @@ def populate(vault: Vault, n: int) -> None:
     vault.add_country(op, "KZ", "Kazakhstan")
     vault.add_agency(op, "UZ-CUSTOMS", "UZ", "State Customs Committee")
     vault.add_agency(op, "KZ-BORDER", "KZ", "Border Guard Service")
-    creator = vault.add_user(
-        op,
-        username="uz.officer",
-        agency="UZ-CUSTOMS",
-        role=Role.OFFICER,
-        password=PASSWORD,
-        clearance=Classification.SECRET,
-    )
-    vault.add_user(
-        op,
-        username="kz.officer",
-        agency="KZ-BORDER",
-        role=Role.OFFICER,
-        password=PASSWORD,
-        clearance=Classification.SECRET,
-    )
+    for username, agency in (("uz.officer", "UZ-CUSTOMS"), ("kz.officer", "KZ-BORDER")):
+        vault.add_user(
+            op,
+            username=username,
+            agency=agency,
+            role=Role.OFFICER,
+            password=PASSWORD,
+            clearance=Classification.SECRET,
+        )
     creator_id = vault.authenticate(vault.login("uz.officer", PASSWORD).access_token).user_id
-    del creator
     now = utcnow()
     packages: list[dict[str, Any]] = []
     releases: list[dict[str, Any]] = []
