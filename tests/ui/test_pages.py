@@ -488,3 +488,47 @@ def test_ledger_page_newest_first_paged_and_filtered(world: World, browser: Brow
     assert actors
     assert all(d == "allow" and a.startswith("uz.officer") for d, a in actors)
     assert "Oybek seizure report" not in uploads
+
+
+def test_request_release_reject_and_revoke_through_the_pages(world: World) -> None:
+    from api.app import create_app
+
+    package_id = upload(world, handling=Handling.H2)
+    world.vault.release(world["uz.officer"], package_id, country="KZ")
+    app = create_app(vault=world.vault)
+    with TestClient(app) as kz_client, TestClient(app) as sup_client:
+        kz, sup = Browser(kz_client), Browser(sup_client)
+        kz.sign_in("kz.officer")
+        page = kz.client.get(f"/ui/packages/{package_id}").text
+        assert 'id="request-release"' in page
+        assert 'id="release"' not in page
+        asked = kz.post(
+            f"/ui/packages/{package_id}/release-requests",
+            {"country": "tj"},
+            csrf_from="/ui/account",
+        )
+        assert asked.status_code == 303  # type: ignore[attr-defined]
+        sup.sign_in("uz.supervisor")
+        inbox = sup.client.get("/ui/inbox").text
+        assert package_id in inbox
+        release_id = re.search(r'action="/ui/releases/([0-9a-f]{32})/reject"', inbox)
+        assert release_id
+        rejected = sup.post(f"/ui/releases/{release_id.group(1)}/reject", {}, csrf_from="/ui/inbox")
+        assert rejected.status_code == 303  # type: ignore[attr-defined]
+        assert "Nothing is waiting." in sup.client.get("/ui/inbox").text
+        releases = world.vault.get_package(world["uz.officer"], package_id)[0].releases
+        assert {(r.country, r.status.value) for r in releases} == {
+            ("KZ", "active"),
+            ("TJ", "rejected"),
+        }
+        kz_release = next(r.id for r in releases if r.country == "KZ")
+        revoked = sup.post(
+            f"/ui/packages/{package_id}/releases/{kz_release}/revoke", {}, csrf_from="/ui/inbox"
+        )
+        assert revoked.status_code == 303  # type: ignore[attr-defined]
+        assert kz.client.get(f"/ui/packages/{package_id}").status_code == 404
+    # An officer's inbox is empty: only those the policy lets approve see pending releases.
+    with TestClient(app) as client:
+        officer = Browser(client)
+        officer.sign_in("kz.officer")
+        assert "Nothing is waiting." in officer.client.get("/ui/inbox").text
