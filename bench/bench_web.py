@@ -34,11 +34,12 @@ from typing import Any
 import httpx
 import uvicorn
 from sqlalchemy import insert
+from sqlmodel import SQLModel
 
 from api.app import create_app
 from vault import crypto
 from vault.config import load_settings
-from vault.models import Classification, Handling, Package, Release, ReleaseStatus, Role, utcnow
+from vault.models import Classification, Handling, ReleaseStatus, Role, utcnow
 from vault.service import Vault, _package_identity, local_operator
 
 PASSWORD = "bench password, not a secret"  # throw-away vault
@@ -110,9 +111,13 @@ def populate(vault: Vault, n: int) -> None:
             )
     with vault.engine.begin() as conn:
         for start in range(0, n, 5000):
-            conn.execute(insert(Package.__table__), packages[start : start + 5000])
+            conn.execute(
+                insert(SQLModel.metadata.tables["package"]), packages[start : start + 5000]
+            )
         for start in range(0, len(releases), 5000):
-            conn.execute(insert(Release.__table__), releases[start : start + 5000])
+            conn.execute(
+                insert(SQLModel.metadata.tables["release"]), releases[start : start + 5000]
+            )
 
 
 def percentile(values: list[float], q: float) -> float:

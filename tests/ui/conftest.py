@@ -7,6 +7,7 @@ import re
 import warnings
 from collections.abc import Iterator
 
+import httpx
 import pytest
 
 from tests.conftest import PASSWORD, World
@@ -46,11 +47,12 @@ class Browser:
         assert answer.status_code == 303, answer.text
         assert "/signin" not in answer.headers["location"]
 
-    def post(self, path: str, data: dict[str, str], *, csrf_from: str) -> object:
+    def post(self, path: str, data: dict[str, str], *, csrf_from: str) -> httpx.Response:
         """Post a form with the session's CSRF token (read from ``csrf_from``)."""
-        return self.client.post(
+        answer: httpx.Response = self.client.post(
             path, data={"csrf": self.csrf(csrf_from), **data}, follow_redirects=False
         )
+        return answer
 
 
 @pytest.fixture

@@ -63,7 +63,7 @@ def test_post_without_csrf_token_is_refused_and_changes_nothing(
             f"/ui/packages/{package_id}/releases", {"country": "KZ"}, csrf_from="/ui/packages"
         ).status_code
         == 303
-    )  # type: ignore[attr-defined]
+    )
 
 
 def test_upload_without_csrf_token_stores_nothing(world: World, browser: Browser) -> None:
@@ -93,6 +93,7 @@ def test_sign_in_needs_the_session_csrf_token(world: World, browser: Browser) ->
 
 def _cookie(browser: Browser) -> str:
     value = browser.client.cookies.get("vault_session")
+    assert isinstance(value, str)
     assert value
     return value
 
@@ -100,7 +101,8 @@ def _cookie(browser: Browser) -> str:
 def _with_cookie(client: TestClient, cookie: str) -> int:
     client.cookies.clear()
     client.cookies.set("vault_session", cookie)
-    return client.get("/ui/packages", follow_redirects=False).status_code
+    status: int = client.get("/ui/packages", follow_redirects=False).status_code
+    return status
 
 
 def test_old_cookie_no_longer_works_after_sign_out(browser: Browser) -> None:
@@ -144,7 +146,7 @@ def test_password_change_in_the_page_keeps_this_browser_and_ends_the_others(
             {"current_password": PASSWORD, "new_password": "a brand new passphrase"},
             csrf_from="/ui/account",
         )
-        assert answer.status_code == 200  # type: ignore[attr-defined]
+        assert answer.status_code == 200
         assert browser.client.get("/ui/packages", follow_redirects=False).status_code == 200
         assert other.client.get("/ui/packages", follow_redirects=False).status_code == 303
     world.vault.login("uz.officer", "a brand new passphrase")
@@ -327,7 +329,7 @@ def test_accept_language_chooses_russian_and_the_session_choice_wins(
     assert 'lang="ru"' in page
     assert "Asia/Tashkent" in page
     answer = browser.post("/ui/preferences", {"lang": "en"}, csrf_from="/ui/account")
-    assert answer.status_code == 303  # type: ignore[attr-defined]
+    assert answer.status_code == 303
     assert "Packages I may read" in browser.client.get("/ui/packages").text
 
 
@@ -436,7 +438,7 @@ def test_h3_restrictions_are_acknowledged_before_the_first_download(
     assert f"/files/{file_id}" not in page
     assert browser.client.get(f"/ui/packages/{package_id}/files/{file_id}").status_code == 403
     answer = browser.post(f"/ui/packages/{package_id}/acknowledge", {}, csrf_from="/ui/packages")
-    assert answer.status_code == 303  # type: ignore[attr-defined]
+    assert answer.status_code == 303
     page = browser.client.get(f"/ui/packages/{package_id}").text
     assert 'id="acknowledge"' not in page
     assert f"/files/{file_id}" in page
@@ -507,7 +509,7 @@ def test_request_release_reject_and_revoke_through_the_pages(world: World) -> No
             {"country": "tj"},
             csrf_from="/ui/account",
         )
-        assert asked.status_code == 303  # type: ignore[attr-defined]
+        assert asked.status_code == 303
         sup.sign_in("uz.supervisor")
         inbox = sup.client.get("/ui/inbox").text
         assert package_id in inbox
@@ -519,7 +521,7 @@ def test_request_release_reject_and_revoke_through_the_pages(world: World) -> No
         release_id = re.search(r'action="/ui/releases/([0-9a-f]{32})/reject"', inbox)
         assert release_id
         rejected = sup.post(f"/ui/releases/{release_id.group(1)}/reject", {}, csrf_from="/ui/inbox")
-        assert rejected.status_code == 303  # type: ignore[attr-defined]
+        assert rejected.status_code == 303
         assert "Nothing is waiting." in sup.client.get("/ui/inbox").text
         releases = world.vault.get_package(world["uz.officer"], package_id)[0].releases
         assert {(r.country, r.status.value) for r in releases} == {
@@ -530,5 +532,5 @@ def test_request_release_reject_and_revoke_through_the_pages(world: World) -> No
         revoked = sup.post(
             f"/ui/packages/{package_id}/releases/{kz_release}/revoke", {}, csrf_from="/ui/inbox"
         )
-        assert revoked.status_code == 303  # type: ignore[attr-defined]
+        assert revoked.status_code == 303
         assert kz.client.get(f"/ui/packages/{package_id}").status_code == 404
