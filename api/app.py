@@ -9,7 +9,6 @@ import re
 from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
 from typing import Annotated, Any
-from urllib.parse import quote
 
 import anyio
 import anyio.to_thread
@@ -20,6 +19,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
 from api import errors as api_errors
+from api import web
+from api.downloads import download_response
 from api.limits import BodyLimitMiddleware
 from api.multipart import MultipartUpload, boundary_of
 from api.observability import Metrics, ObservabilityMiddleware
@@ -303,37 +304,7 @@ def download_file(
     package_id: PackageId, file_id: FileId, vault: VaultDep, principal: PrincipalDep
 ) -> StreamingResponse:
     """Stream one file's plaintext; ``X-Content-SHA256`` carries the digest to check."""
-    download = vault.download(principal, package_id, file_id)
-    # Open the first segment before answering, so a tampered header or first segment gets a
-    # proper error status instead of a broken stream.
-    chunks = download.chunks
-    first = next(chunks, b"")
-
-    def body() -> Iterator[bytes]:
-        try:
-            yield first
-            yield from chunks
-        except VaultError as exc:
-            # Headers are gone already: all we can do is cut the connection so the client
-            # never mistakes a partial body for the file (and recorded it in the ledger).
-            log.warning("download cut off: %s", exc.code)
-            raise api_errors.StreamAborted(exc.code) from None
-        finally:
-            chunks.close()  # closes the store's reader if the client went away
-
-    name = download.file.name
-    ascii_name = name.encode("ascii", "replace").decode().replace('"', "_").replace("?", "_")
-    headers = {
-        "Content-Length": str(download.file.size),
-        "Content-Disposition": (
-            f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(name, safe='')}"
-        ),
-        "X-Content-SHA256": download.file.sha256,
-        "X-Vault-Handling": download.handling,
-        RECEIPT: str(download.receipt),
-        "Cache-Control": "no-store",
-    }
-    return StreamingResponse(body(), media_type="application/octet-stream", headers=headers)
+    return download_response(vault.download(principal, package_id, file_id))
 
 
 @router.post("/packages/{package_id}/releases", status_code=201, tags=["releases"])
@@ -554,6 +525,7 @@ def create_app(settings: Settings | None = None, *, vault: Vault | None = None) 
     app.state.vault = service
     api_errors.install(app)
     app.include_router(router)
+    web.install(app)  # the pages (api/web): their routes, static files and security headers
     metrics = Metrics(service)
 
     @app.get(
@@ -589,7 +561,7 @@ def create_app(settings: Settings | None = None, *, vault: Vault | None = None) 
         timeout_seconds=service.settings.body_timeout_seconds,
         min_rate=service.settings.body_min_rate,
         rate_window_seconds=service.settings.body_rate_window_seconds,
-        streamed={"/packages"},
+        streamed={"/packages", web.UPLOAD_PATH},
     )
     app.add_middleware(ObservabilityMiddleware, metrics=metrics)
     return app

@@ -159,13 +159,40 @@ class MultipartUpload:
 
     def files(self) -> Iterator[IncomingFile]:
         """Each following part as an IncomingFile; the service must read one before the next."""
+        yield from self._files_from(self._expect_part())
+
+    def form(self) -> tuple[dict[str, str], Iterator[IncomingFile]]:
+        """An HTML form's text fields, which must come first (at most ``max_metadata_bytes``
+        in all), and then its file parts as :meth:`files` gives them (the web upload)."""
+        fields: dict[str, str] = {}
+        size = 0
         while (headers := self._expect_part()) is not None:
+            name, filename = _disposition(headers)
+            if filename is not None:
+                break
+            raw = bytearray()
+            while (event := self._next_event())[0] == "data":
+                raw += event[1]
+                size += len(event[1])
+                if size > self._max_metadata:
+                    raise TooLarge("package metadata is too large")
+            if event[0] != "part_end" or name in fields:
+                raise InvalidInput("malformed form")
+            try:
+                fields[name] = bytes(raw).decode("utf-8")
+            except UnicodeDecodeError:
+                raise InvalidInput("form fields must be valid UTF-8") from None
+        return fields, self._files_from(headers)
+
+    def _files_from(self, headers: dict[bytes, bytes] | None) -> Iterator[IncomingFile]:
+        while headers is not None:
             name, filename = _disposition(headers)
             if name != "file" or filename is None:
                 raise InvalidInput("after 'metadata', every part must be a 'file' with a filename")
             reader = _PartReader(self._next_event)
             yield IncomingFile(name=filename, reader=reader)
             reader.drain()
+            headers = self._expect_part()
         if not self._finished:
             # Anything after the closing boundary is ignored by the parser; nothing to read.
             return

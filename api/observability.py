@@ -156,7 +156,8 @@ class ObservabilityMiddleware:
                 names = {k.lower() for k, _ in headers}
                 headers.append((b"x-request-id", request_id.encode()))
                 headers.extend(h for h in SECURITY_HEADERS if h[0] not in names)
-                if not path.startswith(_DOCS):
+                # The web pages (api/web) set their own policy, which must be the only one.
+                if not path.startswith(_DOCS) and b"content-security-policy" not in names:
                     headers.append(_API_CSP)
                 if b"cache-control" not in names:
                     headers.append((b"cache-control", b"no-store"))

@@ -24,6 +24,7 @@ from vault.config import Settings
 from vault.keys import KeyMaterial
 from vault.ledger import note
 from vault.ledger.entry import Entry
+from vault.listing import PackageFilter
 from vault.models import Classification, Role
 from vault.passwords import Passwords
 from vault.schemas import (
@@ -38,6 +39,7 @@ from vault.schemas import (
     NewPackage,
     PackageDetail,
     PackageList,
+    ReleaseInfo,
     ReleaseResult,
     UploadResult,
     UserInfo,
@@ -311,10 +313,16 @@ class Vault:
         return self.packages.upload(principal, meta, files)
 
     def list_packages(
-        self, principal: Principal, *, limit: int = 50, offset: int = 0
+        self,
+        principal: Principal,
+        *,
+        limit: int = 50,
+        offset: int = 0,
+        filters: PackageFilter | None = None,
     ) -> PackageList:
-        """One page of the packages the caller may read, newest first."""
-        return self.packages.list_packages(principal, limit=limit, offset=offset)
+        """One page of the packages the caller may read, newest first (narrowed by
+        ``filters``)."""
+        return self.packages.list_packages(principal, limit=limit, offset=offset, filters=filters)
 
     def get_package(self, principal: Principal, package_id: str) -> tuple[PackageDetail, int]:
         """Details of one package the caller may read, and the ledger receipt."""
@@ -367,6 +375,10 @@ class Vault:
     def acknowledge(self, principal: Principal, package_id: str) -> int:
         """Record that the caller accepts an H3 package's stated restrictions."""
         return self.releases.acknowledge(principal, package_id)
+
+    def pending_releases(self, principal: Principal) -> tuple[list[ReleaseInfo], int]:
+        """A supervisor's inbox: pending releases of their agency's packages they may decide."""
+        return self.releases.pending_releases(principal)
 
     # --- audit ----------------------------------------------------------------------------------
 

@@ -6,7 +6,7 @@ import contextlib
 import json
 from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any, cast
 
 from sqlalchemy import bindparam
 from sqlalchemy import select as sa_select
@@ -24,6 +24,7 @@ from vault.errors import (
     TooLarge,
     VaultError,
 )
+from vault.listing import PackageFilter
 from vault.models import Package, PackageFile, Release, User, utcnow
 from vault.schemas import (
     FileInfo,
@@ -310,18 +311,27 @@ class PackageService:
 
     @records_refusals("list")
     def list_packages(
-        self, principal: Principal, *, limit: int = 50, offset: int = 0
+        self,
+        principal: Principal,
+        *,
+        limit: int = 50,
+        offset: int = 0,
+        filters: PackageFilter | None = None,
     ) -> PackageList:
-        """One page of the packages the caller may read, newest first."""
+        """One page of the packages the caller may read, newest first (narrowed by
+        ``filters``: the web interface's list)."""
         if not 1 <= limit <= MAX_PAGE or offset < 0:
             raise InvalidInput(f"limit must be 1-{MAX_PAGE} and offset >= 0")
         self.core.require_global(principal, "list")
+        statement, narrowing = self.access.listing_statement(principal), dict[str, Any]()
+        if filters is not None:
+            statement, narrowing = filters.apply(statement)
         with self.core.tx(readonly=True) as session:
             found = (
                 session.connection()
                 .execute(
-                    self.access.listing_statement(principal),
-                    listing_params(principal, limit=limit, offset=offset),
+                    statement,
+                    listing_params(principal, limit=limit, offset=offset) | narrowing,
                 )
                 .all()
             )

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlmodel import Session
+from sqlmodel import Session, col, select
 
+from vault.authz import ORIGINATOR, Facts
 from vault.errors import AccessDenied, Conflict, InvalidInput, NotFound
 from vault.models import (
     Acknowledgement,
@@ -291,3 +292,38 @@ class ReleaseService:
                 session=session,
                 reason="ok" if not facts.acknowledged else "already",
             )
+
+    @records_refusals("list")
+    def pending_releases(self, principal: Principal) -> tuple[list[ReleaseInfo], int]:
+        """The pending releases of the caller's agency's packages that the policy lets them
+        decide (a supervisor's inbox), oldest first, and the ledger receipt of the look."""
+        self.core.require_global(principal, "list")
+        with self.core.tx(readonly=True) as session:
+            found = session.exec(
+                select(Release, Package)
+                .join(Package, col(Package.id) == col(Release.package_id))
+                .where(
+                    col(Release.status) == ReleaseStatus.PENDING,
+                    col(Package.agency_code) == principal.agency,
+                    col(Package.purged_at).is_(None),
+                )
+                .order_by(col(Release.created_at))
+            ).all()
+            mine = [
+                release_info(release)
+                for release, package in found
+                if self.core.authz.allows(
+                    Facts(
+                        role=principal.role.value,
+                        relations=frozenset({ORIGINATOR}),
+                        cleared=principal.clearance.rank >= package.classification.rank,
+                        handling=package.handling.value,
+                        acknowledged=False,
+                        action="approve",
+                    )
+                )
+            ]
+        receipt = self.core.record_decision(
+            principal.actor, "list", ALLOW, "ok", subject=f"pending:{len(mine)}"
+        )
+        return mine, receipt

@@ -1,0 +1,105 @@
+"""Errors on the pages: the API's one mapping of vault errors to HTTP statuses, shown as a
+page in the reader's language. The message is chosen by the error's code (the service's
+English messages are for logs and the API), so every error reads in every language."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, cast
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import RedirectResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from api.errors import status_for
+from api.web.context import PREFIX, SignInRequired, Visit, visit
+from api.web.i18n import N_
+from api.web.security import is_page
+from vault import errors
+
+# By error code. A package one may not know exists and a random id both say "not_found".
+MESSAGES = {
+    "not_found": N_("Not found. There is nothing here, or nothing you may see."),
+    "access_denied": N_("You may not do this."),
+    "csrf_refused": N_("The form was stale or came from elsewhere. Nothing was changed."),
+    "authentication_failed": N_("Unknown user or wrong password."),
+    "rate_limited": N_("Too many failed attempts. Try again in %(seconds)s s."),
+    "invalid_input": N_("Some of what was entered is not valid. Nothing was changed."),
+    "too_large": N_("Too large: the file or package is over the size limit."),
+    "request_timeout": N_("The upload was too slow and was stopped. Nothing was stored."),
+    "conflict": N_("This can't be done in the current state (it may have been done already)."),
+    "integrity_error": N_("Stored data failed its integrity check. Nothing was sent."),
+    "ledger_corrupt": N_("Stored data failed its integrity check. Nothing was sent."),
+    "storage_unavailable": N_("The vault is unavailable just now. Nothing was changed."),
+    "config_error": N_("The vault is misconfigured. Tell the administrator."),
+    "vault_missing": N_("The vault is misconfigured. Tell the administrator."),
+}
+
+
+def error_page(
+    request: Request, status: int, code: str, receipt: int | None, **values: Any
+) -> Response:
+    """The error page for ``code`` in the reader's language."""
+    current: Visit = getattr(request.state, "visit", None) or visit(request)
+    message = MESSAGES.get(
+        code, MESSAGES["invalid_input"] if status < 500 else MESSAGES["storage_unavailable"]
+    )
+    return current.render(
+        "error.html",
+        status=status,
+        message=current.language.gettext(message, **values),
+        receipt=receipt,
+        code=code,
+    )
+
+
+async def _delegate(handler: Any, request: Request, exc: Exception) -> Response:
+    """Answer through the API's own handler (sync or async)."""
+    result = handler(request, exc)
+    if inspect.isawaitable(result):
+        result = await result
+    return cast(Response, result)
+
+
+def install(app: FastAPI) -> None:
+    """Answer errors on the pages with pages; the API's handlers keep everything else."""
+    api_vault_error = app.exception_handlers[errors.VaultError]
+    api_invalid = app.exception_handlers[RequestValidationError]
+    api_http = app.exception_handlers[StarletteHTTPException]
+
+    def on_page(request: Request) -> bool:
+        return is_page(request.url.path, PREFIX)
+
+    async def vault_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, errors.VaultError)
+        if not on_page(request):
+            return await _delegate(api_vault_error, request, exc)
+        values = {"seconds": exc.retry_after} if isinstance(exc, errors.RateLimited) else {}
+        return error_page(request, status_for(exc), exc.code, exc.receipt, **values)
+
+    async def invalid(request: Request, exc: Exception) -> Response:
+        if not on_page(request):
+            return await _delegate(api_invalid, request, exc)
+        return error_page(request, 422, "invalid_input", None)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        if not on_page(request):
+            return await _delegate(api_http, request, exc)
+        return error_page(
+            request,
+            exc.status_code,
+            "not_found" if exc.status_code == 404 else "invalid_input",
+            None,
+        )
+
+    async def sign_in(request: Request, exc: Exception) -> Response:
+        current: Visit | None = getattr(request.state, "visit", None)
+        response = RedirectResponse(PREFIX + "/signin", status_code=303)
+        return current.finish(response) if current else response
+
+    app.add_exception_handler(errors.VaultError, vault_error)
+    app.add_exception_handler(RequestValidationError, invalid)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(SignInRequired, sign_in)
