@@ -22,7 +22,7 @@ from rich.console import Console
 from cli import render
 from vault.errors import InvalidInput, StorageUnavailable
 from vault.witness.core import Witness, init_witness
-from vault.witness.policy import Policy, parse_policy, verify_witnessed
+from vault.witness.policy import Policy, load_policy, verify_witnessed
 
 witness_app = typer.Typer(
     help="Run a witness that cosigns the vault's checkpoints it has checked (counterparts).",
@@ -141,11 +141,7 @@ PolicyOpt = Annotated[
 
 
 def _load_policy(path: Path) -> Policy:
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise InvalidInput(f"cannot read witness policy {path}: {exc.strerror}") from None
-    return parse_policy(data)
+    return load_policy(path)
 
 
 @witness_app.command("verify")

@@ -116,6 +116,8 @@ from vault.schemas import (
     ReleaseResult,
     UploadResult,
     UserInfo,
+    WitnessedCheckpointInfo,
+    WitnessStatus,
     check_agency,
     check_country,
     check_filename,
@@ -132,6 +134,8 @@ from vault.tokens import (
     refresh_token_hash,
     session_reference,
 )
+from vault.witness import published
+from vault.witness.running import PublishingThread
 
 log = logging.getLogger("vault.service")
 
@@ -486,6 +490,7 @@ _REFUSALS = (InvalidInput, NotFound, Conflict, AccessDenied)
 # Arguments of an operation that name what it was about, and the ledger field for each.
 _TARGET_ARGUMENTS = (("package_id", "package"), ("release_id", "release"), ("file_id", "file"))
 _Operation = TypeVar("_Operation", bound=Callable[..., Any])
+_T = TypeVar("_T")
 
 
 def _is_id(value: object) -> bool:
@@ -2566,10 +2571,12 @@ class Vault:
         """Write the export document (README: "Ledger export format") to ``out``, streamed."""
         self._ledger_read(principal, "export")
         info = self.checkpoint()
+        witnessed = self._witnessed_note(info.size)
         out.write("{\n")
         out.write(f'  "origin": {json.dumps(info.origin)},\n')
         out.write(f'  "vkey": {json.dumps(info.vkey)},\n')
         out.write(f'  "checkpoint": {json.dumps(info.note)},\n')
+        out.write(f'  "witnessed_checkpoint": {json.dumps(witnessed)},\n')
         out.write('  "entries": [')
         with self._tx(readonly=True) as session:
             for seq, data in ledger.iter_entries(session, stop=info.size):
@@ -2578,6 +2585,62 @@ class Vault:
                     progress(seq)
         out.write("\n  ]\n}\n")
         return info
+
+    # --- witnesses: the witnessed checkpoint, its proofs, the server's publisher -----------
+
+    def witness_publisher(self) -> PublishingThread | None:
+        """The witness publisher VAULT_WITNESS_POLICY asks for (the server starts it), or None."""
+        return PublishingThread.from_settings(
+            self.settings, engine=self.engine, key=self.keys.ledger_key
+        )
+
+    def _witnessed_read(
+        self, principal: Principal, subject: str, read: Callable[[Session], _T]
+    ) -> tuple[_T, int]:
+        """Authorise a read of witnessed data as a ledger read, run it, then record it (a
+        NotFound from ``read`` is recorded as the refusal instead)."""
+        self._require_global(principal, "ledger", subject=subject)
+        with self._tx(readonly=True) as session:
+            result = read(session)
+        return result, self._record(principal.actor, "ledger", ALLOW, "ok", subject=subject)
+
+    @_records_refusals("ledger")
+    def witnessed_checkpoint(self, principal: Principal) -> WitnessedCheckpointInfo:
+        """The newest checkpoint a quorum of witnesses cosigned; NotFound if none yet."""
+        info, receipt = self._witnessed_read(
+            principal,
+            "witnessed-checkpoint",
+            lambda s: published.witnessed_info(
+                s, self.ledger_verifier, self.settings.ledger_origin
+            ),
+        )
+        return info.model_copy(update={"receipt": receipt})
+
+    @_records_refusals("ledger")
+    def tlog_proof(self, principal: Principal, seq: int) -> tuple[str, bytes, int]:
+        """A C2SP tlog-proof bundle of entry ``seq`` in the witnessed checkpoint, the entry's
+        bytes and the receipt; NotFound if nothing is witnessed or the entry not yet."""
+        if seq < 0:
+            raise InvalidInput("sequence numbers start at 0")
+        (bundle, entry), receipt = self._witnessed_read(
+            principal,
+            f"tlog-proof:{seq}",
+            lambda s: published.tlog_proof(
+                s, seq, self.ledger_verifier, self.settings.ledger_origin
+            ),
+        )
+        return bundle, entry, receipt
+
+    def _witnessed_note(self, size: int) -> str | None:
+        """The witnessed checkpoint's note if it covers at most ``size`` entries (for export)."""
+        with self._tx(readonly=True) as session:
+            row = published.latest_witnessed(session)
+        return row.note if row is not None and row.size <= size else None
+
+    def witness_status(self) -> WitnessStatus:
+        """Ledger size, witnessed size and each witness's lag (metrics, ``ledger status``)."""
+        with self._tx(readonly=True) as session:
+            return published.witness_status(session, now=utcnow())
 
     def ledger_show(self, principal: Principal) -> Iterator[Entry]:
         """Every entry, decoded, in order (callers filter); the read is recorded first."""
