@@ -176,7 +176,7 @@ def verify(
         _out.print(render.line(f"  cosigned by {name} at {_when(t)}"), highlight=False)
 
 
-def _write_atomically(path: Path, text: str) -> None:
+def write_atomically(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with tmp.open("w", encoding="utf-8") as out:
         out.write(text)
@@ -217,7 +217,7 @@ def publish(
         while True:
             published = publisher.publish_once()
             if published is not None:
-                _write_atomically(target, published)
+                write_atomically(target, published)
                 _err.print(f"published a witnessed checkpoint to {target}", markup=False)
             for lag in publisher.lag():
                 if lag.error:
@@ -269,7 +269,7 @@ def prove(
             hashes = log.inclusion_proof(session, seq, cp.size)
     finally:
         vault.close()
-    _write_atomically(out_file, format_tlog_proof(seq, hashes, note))
+    write_atomically(out_file, format_tlog_proof(seq, hashes, note))
     entry_out.write_bytes(entry)
     _err.print(f"wrote {out_file} and {entry_out}", highlight=False, markup=False)
 
