@@ -99,6 +99,10 @@ class PublishingThread:
             on_close=client.close,
         )
 
+    def lag(self) -> list[WitnessLag]:
+        """What the publisher knows of each witness (see Publisher.lag)."""
+        return self._publisher.lag()
+
     def round(self) -> str | None:
         """One publishing round; the checkpoint it published (None below quorum or if idle)."""
         published = self._publisher.publish_once()
