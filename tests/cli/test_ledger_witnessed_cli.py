@@ -9,6 +9,7 @@ publishing round (:class:`PublishingThread`, as the server runs it) stores into 
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import time
@@ -21,7 +22,9 @@ import pytest
 
 from tests.api.test_witnessed_ledger import witness_server
 from tests.conftest import CliRunner, World
-from vault.ledger.note import parse_note
+from tests.witness_log import Tree
+from vault.ledger.entry import leaf_hash
+from vault.ledger.note import Checkpoint, parse_note, sign_checkpoint
 from vault.witness.core import Witness, init_witness
 from vault.witness.ledger_source import LedgerSource
 from vault.witness.policy import Policy, parse_policy
@@ -167,6 +170,43 @@ def test_verify_export_with_the_policy(
     origin, size, _root = text.splitlines()
     code, stderr = verify_with(f"{origin}\n{size}\n{'A' * 43}=\n\n" + signatures)
     assert code == 1
+
+
+def _rewritten_history(document: dict[str, object], world: World) -> dict[str, object]:
+    """The split view an operator holding the log key can build: entry 2 changed (its time),
+    every later entry's link to it rewritten, a fresh log-signed checkpoint over the result.
+    Self-consistent and signed; only the witnesses' cosignatures of the real tree are not."""
+    entries = [base64.b64decode(e) for e in document["entries"]]  # type: ignore[attr-defined]
+    changed = bytearray(entries[2])
+    changed[16] ^= 1  # a microsecond of entry 2's time
+    entries[2] = bytes(changed)
+    for seq in range(3, len(entries)):
+        entries[seq] = entries[seq][:-64] + leaf_hash(entries[seq - 1]).hex().encode()
+    origin = world.settings.ledger_origin
+    note = sign_checkpoint(
+        Checkpoint(origin, len(entries), Tree(entries).root()), origin, world.vault.keys.ledger_key
+    )
+    return {
+        **document,
+        "checkpoint": note,
+        "entries": [base64.b64encode(e).decode() for e in entries],
+    }
+
+
+def test_a_rewritten_history_passes_the_log_key_but_not_the_policy(
+    world: World, cli: CliRunner, witnessed: Witnessed, tmp_path: Path
+) -> None:
+    assert witnessed.publishing.round() is not None
+    forged = _rewritten_history(_export(cli, tmp_path / "export.json"), world)
+    path = tmp_path / "forged.json"
+    path.write_text(json.dumps(forged))
+    # The log key alone vouches for the operator's other history: this is the split view.
+    alone = cli("ledger", "verify", "--export", path, "--vkey", world.vault.ledger_vkey)
+    assert alone.code == 0, alone.stderr
+    # The witnesses cosigned the real tree: with the policy the rewrite is caught.
+    checked = cli("ledger", "verify", "--export", path, "--policy", witnessed.policy_file)
+    assert checked.code == 1
+    assert "do not match the signed checkpoint" in checked.stderr
 
 
 def test_tlog_proof_bundle_and_consistency_with_the_policy(
