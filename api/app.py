@@ -44,6 +44,7 @@ from vault.schemas import (
     Receipt,
     ReleaseResult,
     UploadResult,
+    WitnessedCheckpointInfo,
 )
 from vault.service import Principal, Vault
 
@@ -467,6 +468,18 @@ def ledger_inclusion(
     return result
 
 
+@router.get("/ledger/witnessed-checkpoint", tags=["ledger"])
+def ledger_witnessed_checkpoint(
+    vault: VaultDep, principal: PrincipalDep, response: Response
+) -> WitnessedCheckpointInfo:
+    """The newest checkpoint a quorum of witnesses cosigned (VAULT_WITNESS_POLICY): the
+    log-signed note with the witnesses' cosignature lines. 404 until one is published."""
+    result = vault.witnessed_checkpoint(principal)
+    if result.receipt is not None:
+        _receipt(response, result.receipt)
+    return result
+
+
 class ConsistencyRequest(BaseModel):
     """A checkpoint the caller saved earlier."""
 
@@ -505,12 +518,16 @@ def create_app(settings: Settings | None = None, *, vault: Vault | None = None) 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         service: Vault = app.state.vault
+        if publisher is not None:
+            publisher.start()
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(_checkpoint_cadence, service)
             try:
                 yield
             finally:
                 tasks.cancel_scope.cancel()
+                if publisher is not None:
+                    await anyio.to_thread.run_sync(publisher.stop)
         if owned:
             service.close()
 
@@ -523,6 +540,8 @@ def create_app(settings: Settings | None = None, *, vault: Vault | None = None) 
     # The server never creates a vault: 'blovault admin init' does, once.
     service = vault if vault is not None else Vault.open(settings or load_settings(), create=False)
     app.state.vault = service
+    # Built here, not in the lifespan, so a bad VAULT_WITNESS_POLICY stops the start at once.
+    publisher = service.witness_publisher()
     api_errors.install(app)
     app.include_router(router)
     web.install(app)  # the pages (api/web): their routes, static files and security headers

@@ -89,6 +89,52 @@ class _VaultCollector(Collector):
         yield GaugeMetricFamily(
             "vault_bytes_stored", "Plaintext bytes of stored packages", value=stats["bytes"]
         )
+        yield from _witness_metrics(self._vault)
+
+
+def _witness_metrics(vault: Vault) -> Iterator[Metric]:
+    """Lag of the witnesses (VAULT_WITNESS_POLICY), as the server's publisher last saw it."""
+    status = vault.witness_status()
+    if status.witnessed_size is not None and status.witnessed_at is not None:
+        yield GaugeMetricFamily(
+            "vault_witnessed_checkpoint_size",
+            "Entries covered by the newest checkpoint a quorum of witnesses cosigned",
+            value=status.witnessed_size,
+        )
+        yield GaugeMetricFamily(
+            "vault_witnessed_checkpoint_published_timestamp_seconds",
+            "When the newest witnessed checkpoint was published (Unix time)",
+            value=status.witnessed_at.timestamp(),
+        )
+    families = {
+        "size": GaugeMetricFamily(
+            "vault_witness_cosigned_size",
+            "Tree size of the last checkpoint each witness cosigned",
+            labels=["witness"],
+        ),
+        "behind": GaugeMetricFamily(
+            "vault_witness_behind_entries",
+            "Ledger entries not yet covered by each witness's last cosignature",
+            labels=["witness"],
+        ),
+        "age": GaugeMetricFamily(
+            "vault_witness_cosignature_age_seconds",
+            "Seconds since each witness's last cosignature",
+            labels=["witness"],
+        ),
+        "up": GaugeMetricFamily(
+            "vault_witness_up",
+            "1 if the witness's last round succeeded, 0 if it failed",
+            labels=["witness"],
+        ),
+    }
+    for lag in status.witnesses:
+        families["size"].add_metric([lag.name], lag.size)
+        families["behind"].add_metric([lag.name], lag.behind)
+        if lag.age_seconds is not None:
+            families["age"].add_metric([lag.name], lag.age_seconds)
+        families["up"].add_metric([lag.name], 0 if lag.error else 1)
+    yield from families.values()
 
 
 def _flat_routes(routes: Iterable[Any]) -> Iterator[Any]:

@@ -28,7 +28,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from cli import render
+from cli import ledger_witness, render
 from cli import session as stored
 from cli.client import ApiClient
 from cli.errors import exit_code_for
@@ -63,6 +63,7 @@ authz_app = typer.Typer(
 app.add_typer(ledger_app, name="ledger")
 app.add_typer(authz_app, name="authz")
 app.add_typer(witness_app, name="witness")
+ledger_witness.register(ledger_app)
 
 HANDLING_NOTICE = {
     "H0": "",
@@ -846,7 +847,14 @@ def ledger_verify(
         Path | None, typer.Option(help="Verify this export file offline (no server, no database).")
     ] = None,
     vkey: Annotated[
-        str | None, typer.Option(help="The log's verifier key (required with --export).")
+        str | None, typer.Option(help="The log's verifier key (with --export, unless --policy).")
+    ] = None,
+    policy: Annotated[
+        Path | None,
+        typer.Option(
+            help="Witness policy (tlog-policy): the export's witnessed checkpoint "
+            "must meet its quorum, and the log key is taken from it."
+        ),
     ] = None,
     jobs: Annotated[
         int,
@@ -862,7 +870,7 @@ def ledger_verify(
     if export is not None:
         from vault.ledger.verify import verify_export
 
-        if not vkey:
+        if not vkey and policy is None:
             raise InvalidInput("--export needs --vkey: the key you trust, obtained out of band")
         try:
             document = json.loads(export.read_text("utf-8"))
@@ -871,10 +879,19 @@ def ledger_verify(
         if not isinstance(document, dict):
             raise InvalidInput("export file is not a JSON object")
         total = len(document.get("entries") or [])
+        if policy is not None:
+            with _counter("verifying", total) as advance:
+                checked = ledger_witness.verify_export(document, policy, vkey, advance)
+            _report_verify(checked.as_dict(), as_json)
+            ledger_witness.report_witnessed(checked, as_json)
+            return
+        assert vkey is not None
         with _counter("verifying", total) as advance:
             result = verify_export(document, vkey, progress=advance)
         _report_verify(result.as_dict(), as_json)
         return
+    if policy is not None:
+        raise InvalidInput("--policy checks an export: give --export FILE too")
     # A production ledger whose append-only guard was removed still gets verified (with a
     # warning): that is when an auditor most needs to see what was done to it.
     with _local_vault(repair=False, require_guard=False) as vault:
@@ -911,9 +928,15 @@ def ledger_checkpoint(
     output: Annotated[
         Path | None, typer.Option("-o", "--output", help="Also save the signed note here.")
     ] = None,
+    witnessed: Annotated[
+        bool, typer.Option("--witnessed", help="The newest one a quorum of witnesses cosigned.")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Sign a checkpoint of the ledger now (or show the latest if nothing changed)."""
+    if witnessed:
+        ledger_witness.write_witnessed_checkpoint(output, as_json)
+        return
     with _local_vault() as vault:
         info = vault.latest_checkpoint(local_operator())
     if output is not None:
@@ -925,8 +948,26 @@ def ledger_checkpoint(
 
 
 @ledger_app.command("prove")
-def ledger_prove(seq: Annotated[int, typer.Argument(min=0)], as_json: JsonOpt = False) -> None:
-    """Inclusion proof of entry SEQ against the latest checkpoint."""
+def ledger_prove(
+    seq: Annotated[int, typer.Argument(min=0)],
+    as_json: JsonOpt = False,
+    fmt: Annotated[
+        ledger_witness.ProofFormat,
+        typer.Option(
+            "--format", help="tlog-proof: a C2SP bundle against the witnessed checkpoint."
+        ),
+    ] = ledger_witness.ProofFormat.TEXT,
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="tlog-proof: write the bundle here.")
+    ] = None,
+    entry_out: Annotated[
+        Path | None, typer.Option(help="tlog-proof: write the entry's exact bytes here.")
+    ] = None,
+) -> None:
+    """Inclusion proof of entry SEQ against the latest checkpoint (or the witnessed one)."""
+    if fmt is ledger_witness.ProofFormat.TLOG_PROOF:
+        ledger_witness.prove_tlog(seq, output, entry_out)
+        return
     with _local_vault() as vault:
         proof = vault.inclusion_proof(local_operator(), seq)
     if as_json:
@@ -944,12 +985,18 @@ def ledger_prove(seq: Annotated[int, typer.Argument(min=0)], as_json: JsonOpt = 
 def ledger_consistency(
     old: Annotated[Path, typer.Option(help="A checkpoint saved earlier (signed note file).")],
     as_json: JsonOpt = False,
+    policy: Annotated[
+        Path | None,
+        typer.Option(help="Witness policy: the saved checkpoint must meet its quorum too."),
+    ] = None,
 ) -> None:
     """Prove the ledger extends a saved checkpoint; exit 1 if it was rolled back or forked."""
     try:
         old_text = old.read_text("utf-8")
     except OSError as exc:
         raise InvalidInput(f"cannot read {old}: {exc.strerror}") from None
+    if policy is not None:
+        ledger_witness.check_witnessed(old_text, policy)
     with _local_vault() as vault:
         proof = vault.consistency_proof(local_operator(), old_text)
     if as_json:

@@ -22,7 +22,7 @@ from rich.console import Console
 from cli import render
 from vault.errors import InvalidInput, StorageUnavailable
 from vault.witness.core import Witness, init_witness
-from vault.witness.policy import Policy, parse_policy, verify_witnessed
+from vault.witness.policy import load_policy, verify_witnessed
 
 witness_app = typer.Typer(
     help="Run a witness that cosigns the vault's checkpoints it has checked (counterparts).",
@@ -140,14 +140,6 @@ PolicyOpt = Annotated[
 ]
 
 
-def _load_policy(path: Path) -> Policy:
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise InvalidInput(f"cannot read witness policy {path}: {exc.strerror}") from None
-    return parse_policy(data)
-
-
 @witness_app.command("verify")
 def verify(
     checkpoint: Annotated[Path, typer.Argument(help="A witnessed checkpoint (signed note).")],
@@ -162,7 +154,7 @@ def verify(
         note = checkpoint.read_bytes()
     except OSError as exc:
         raise InvalidInput(f"cannot read checkpoint {checkpoint}: {exc.strerror}") from None
-    result = verify_witnessed(note, _load_policy(policy), now=int(time.time()))
+    result = verify_witnessed(note, load_policy(policy), now=int(time.time()))
     cp = result.checkpoint
     root = base64.b64encode(cp.root_hash).decode()
     if as_json:
@@ -180,7 +172,7 @@ def verify(
         _out.print(render.line(f"  cosigned by {name} at {_when(t)}"), highlight=False)
 
 
-def _write_atomically(path: Path, text: str) -> None:
+def write_atomically(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with tmp.open("w", encoding="utf-8") as out:
         out.write(text)
@@ -194,47 +186,46 @@ def publish(
     policy: PolicyOpt,
     out_file: Annotated[
         Path | None,
-        typer.Option("--out", help="Where to write the newest witnessed checkpoint."),
+        typer.Option("--out", help="Also write each witnessed checkpoint published to this file."),
     ] = None,
     cadence: Annotated[float, typer.Option(help="Seconds between rounds.")] = 10.0,
     once: Annotated[bool, typer.Option("--once", help="One round, then exit.")] = False,
 ) -> None:
-    """Vault side: send the ledger's checkpoints to the policy's witnesses; publish at quorum.
+    """Vault side, by hand: the server's publishing rounds (VAULT_WITNESS_POLICY) from here.
 
-    Runs beside the server, on the vault's database (VAULT_* settings); appends never wait for
-    it. With --once, exit 7 if the quorum was not met."""
+    Sends the ledger's checkpoints to the policy's witnesses and stores the cosigned one in
+    the vault's database at quorum, exactly as ``blovault serve`` does with
+    VAULT_WITNESS_POLICY set; for a first test of a policy, or a vault served without one.
+    With --once, exit 7 if the quorum was not met."""
     from vault.config import load_settings
     from vault.service import Vault
-    from vault.witness.ledger_source import LedgerSource
-    from vault.witness.publisher import Publisher, http_post
 
-    rules = _load_policy(policy)
-    settings = load_settings()
+    settings = load_settings(witness_policy=policy)
     vault = Vault.open(settings, create=False)
-    target = out_file or settings.data_dir / "witnessed-checkpoint"
     try:
-        source = LedgerSource(
-            engine=vault.engine, origin=settings.ledger_origin, key=vault.keys.ledger_key
-        )
-        publisher = Publisher(policy=rules, source=source, post=http_post(5.0))
+        publishing = vault.witness_publisher()
+        assert publishing is not None  # a policy is set
         stop = threading.Event()
-        while True:
-            published = publisher.publish_once()
-            if published is not None:
-                _write_atomically(target, published)
-                _err.print(f"published a witnessed checkpoint to {target}", markup=False)
-            for lag in publisher.lag():
-                if lag.error:
-                    _err.print(
-                        f"witness {lag.name} at size {lag.size}: {lag.error}",
-                        highlight=False,
-                        markup=False,
-                    )
-            if once:
-                if published is None and publisher.published is None:
-                    raise StorageUnavailable("the policy's quorum of witnesses was not met")
-                return
-            stop.wait(cadence)
+        try:
+            while True:
+                published = publishing.round()
+                if published is not None:
+                    if out_file is not None:
+                        write_atomically(out_file, published)
+                    _err.print("published a witnessed checkpoint", markup=False)
+                for lag in publishing.lag():
+                    if lag.error:
+                        _err.print(
+                            render.line(f"witness {lag.name} at size {lag.size}: {lag.error}"),
+                            highlight=False,
+                        )
+                if once:
+                    if published is None:
+                        raise StorageUnavailable("the policy's quorum of witnesses was not met")
+                    return
+                stop.wait(cadence)
+        finally:
+            publishing.stop()
     finally:
         vault.close()
 
@@ -273,7 +264,7 @@ def prove(
             hashes = log.inclusion_proof(session, seq, cp.size)
     finally:
         vault.close()
-    _write_atomically(out_file, format_tlog_proof(seq, hashes, note))
+    write_atomically(out_file, format_tlog_proof(seq, hashes, note))
     entry_out.write_bytes(entry)
     _err.print(f"wrote {out_file} and {entry_out}", highlight=False, markup=False)
 
@@ -294,7 +285,7 @@ def verify_proof(
     except OSError as exc:
         raise InvalidInput(f"cannot read {exc.filename}: {exc.strerror}") from None
     parsed, witnessed = verify_tlog_proof(
-        data, entry_bytes, _load_policy(policy), now=int(time.time())
+        data, entry_bytes, load_policy(policy), now=int(time.time())
     )
     cp = witnessed.checkpoint
     _out.print(

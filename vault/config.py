@@ -67,6 +67,15 @@ class Settings(BaseSettings):
     ledger_origin: str = "blo-vault.local/ledger"
     checkpoint_interval_seconds: int = Field(default=60, ge=1)
 
+    # Witnesses (c2sp.org/tlog-witness): a C2SP tlog-policy file naming this log, the
+    # counterparts' witnesses with their URLs, and the quorum. When set, the server sends each
+    # witness the newest checkpoint every witness_cadence_seconds (if the log grew) and
+    # publishes the cosigned checkpoint once the quorum is met; appends never wait for it.
+    witness_policy: Path | None = None
+    witness_cadence_seconds: float = Field(default=10.0, gt=0, le=86_400)
+    # Per request to a witness (connect, send, answer): a slow witness only delays publication.
+    witness_timeout_seconds: float = Field(default=5.0, gt=0, le=300)
+
     # Limits.
     max_file_size: int = Field(default=10 * GiB, ge=1)
     max_package_size: int = Field(default=20 * GiB, ge=1)

@@ -269,3 +269,31 @@ class LedgerCheckpoint(SQLModel, table=True):
     size: int = _position()
     note: str
     created_at: datetime = _time()
+
+
+class WitnessedCheckpointRecord(SQLModel, table=True):
+    """The newest checkpoint whose cosignatures met the witness policy's quorum (one row).
+
+    ``note`` is the log-signed checkpoint with the witnesses' cosignature lines under it, as
+    counterparts verify it with their own copy of the policy. Replaced only by a checkpoint at
+    least as large, so two publishers can't move it backwards.
+    """
+
+    __tablename__ = "witnessedcheckpoint"
+
+    id: int = Field(default=1, primary_key=True)
+    size: int = _position(primary_key=False)
+    note: str
+    published_at: datetime = _time()
+
+
+class WitnessLagRecord(SQLModel, table=True):
+    """What the vault's publisher last heard from one witness of the policy (its lag)."""
+
+    __tablename__ = "witnesslag"
+
+    name: str = Field(primary_key=True, max_length=255)
+    size: int = _position(primary_key=False)
+    cosigned_at: datetime | None = _time(nullable=True)
+    error: str | None = Field(default=None, max_length=300)
+    checked_at: datetime = _time()

@@ -353,6 +353,35 @@ class CheckpointInfo(_Out):
     receipt: int | None = None
 
 
+class WitnessedCheckpointInfo(CheckpointInfo):
+    """The newest checkpoint a quorum of witnesses cosigned: ``note`` carries the log's
+    signature and the cosignature lines; counterparts check it with their own policy."""
+
+    published_at: datetime
+
+
+class WitnessLag(_Out):
+    """How far one witness of the policy is behind: the size and time of its last cosignature
+    the vault's publisher knows of, and the error of its last failed round (None if fine)."""
+
+    name: str
+    size: int
+    behind: int
+    cosigned_at: datetime | None
+    age_seconds: float | None
+    error: str | None
+    checked_at: datetime
+
+
+class WitnessStatus(_Out):
+    """The ledger's size and what the witnesses have cosigned of it (``ledger status``)."""
+
+    ledger_size: int
+    witnessed_size: int | None
+    witnessed_at: datetime | None
+    witnesses: list[WitnessLag]
+
+
 class InclusionProof(_Out):
     """Proof that entry ``leaf_index`` is in the tree of ``tree_size`` entries."""
 

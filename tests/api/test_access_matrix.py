@@ -738,3 +738,24 @@ def test_a_pending_four_eyes_release_grants_nothing_until_approved(mw: MatrixWor
     approved = mw.client.post(f"/releases/{rid}/approve", headers=sup)
     assert approved.status_code == 200, approved.text
     assert request(mw, "download", kz, pkg.id, file_id=pkg.file_id).content == b"small"
+
+
+# --- ledger doors that concern no package -----------------------------------------------------
+
+# route -> the route whose access rule it shares. The witnessed checkpoint is a ledger read
+# like the signed one (policy action "ledger"); nothing is witnessed in this world, so where
+# the signed checkpoint answers 200 the witnessed one answers 404, recorded all the same.
+LEDGER_DOORS = {"/ledger/witnessed-checkpoint": "/ledger/checkpoint"}
+
+
+@pytest.mark.parametrize("role", ROLES)
+@pytest.mark.parametrize("door", sorted(LEDGER_DOORS))
+def test_ledger_doors_follow_the_signed_checkpoint(door: str, role: str, mw: MatrixWorld) -> None:
+    user = username(ORIGIN_AGENCY, role, Classification.SECRET)
+    like = mw.client.get(LEDGER_DOORS[door], headers=mw.headers[user])
+    reply = mw.client.get(door, headers=mw.headers[user])
+    assert like.status_code in (200, 403), like.text
+    assert reply.status_code == (404 if like.status_code == 200 else 403), reply.text
+    entry = ledger_entry(mw.vault, reply.json()["error"]["receipt"])
+    assert (entry.actor_user, entry.action, entry.decision) == (user, "ledger", "deny")
+    assert entry.reason == ("not_found" if like.status_code == 200 else "role_not_permitted")

@@ -4,16 +4,22 @@ witness servers (the real witness app on uvicorn, 127.0.0.1) under a 2-of-2 poli
 from __future__ import annotations
 
 import contextlib
+import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+
+import httpx
 
 from api.witness import create_witness_app
 from tests.conftest import World, serving
 from vault.ledger.note import open_checkpoint
 from vault.witness.core import Witness, init_witness
+from vault.witness.cosignature import Cosigner
 from vault.witness.ledger_source import LedgerSource
 from vault.witness.policy import parse_policy, verify_witnessed
 from vault.witness.publisher import Publisher, http_post
+from vault.witness.running import PublishingThread
 
 FAR_FUTURE = 2**40
 
@@ -71,3 +77,51 @@ def test_vault_ledger_is_published_only_with_both_cosignatures(
     vault.latest_checkpoint(auditor)
     assert publisher.publish_once() is None
     assert publisher.published == second
+
+
+def test_appends_never_wait_for_a_witness_that_hangs(world: World) -> None:
+    """A witness that takes the connection and never answers holds up only its round: the
+    ledger takes appends (recorded reads) meanwhile, and nothing is published."""
+    vault, auditor = world.vault, world["uz.auditor"]
+    hanging = Cosigner.generate("witness.hang.example/blo")
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        connected: list[socket.socket] = []
+        accepted = threading.Event()
+
+        def accept() -> None:
+            conn, _ = listener.accept()
+            connected.append(conn)
+            accepted.set()
+
+        threading.Thread(target=accept, daemon=True).start()
+        policy = parse_policy(
+            f"log {vault.ledger_vkey}\n"
+            f"witness HANG {hanging.vkey()} http://127.0.0.1:{port}\nquorum HANG\n"
+        )
+        source = LedgerSource(
+            engine=vault.engine, origin=vault.settings.ledger_origin, key=vault.keys.ledger_key
+        )
+        with httpx.Client(timeout=120) as client:
+            publishing = PublishingThread(
+                engine=vault.engine,
+                publisher=Publisher(policy=policy, source=source, post=http_post(client=client)),
+                cadence=1.0,
+            )
+            round_thread = threading.Thread(target=publishing.round)
+            round_thread.start()
+            assert accepted.wait(60), "the round never reached the witness"
+            before = vault.ledger_size()
+            for _ in range(20):
+                vault.latest_checkpoint(auditor)
+            assert vault.ledger_size() == before + 20
+            assert round_thread.is_alive()  # the round is still waiting for the witness
+            for conn in connected:
+                conn.close()  # the witness goes away: its round ends with an error
+            round_thread.join(timeout=60)
+            assert not round_thread.is_alive()
+    status = vault.witness_status()
+    assert status.witnessed_size is None
+    (lag,) = status.witnesses
+    assert lag.name == "HANG"
+    assert lag.error is not None

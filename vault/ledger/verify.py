@@ -443,9 +443,16 @@ def verify_range(
 
 
 def verify_export(
-    document: dict[str, object], vkey: str, progress: Callable[[int], None] | None = None
+    document: dict[str, object],
+    vkey: str,
+    progress: Callable[[int], None] | None = None,
+    *,
+    extra: Sequence[note.Checkpoint] = (),
 ) -> VerifyResult:
-    """Verify an export document (see README, "Ledger export format") against ``vkey`` only."""
+    """Verify an export document (see README, "Ledger export format") against ``vkey`` only.
+
+    ``extra`` checkpoints, already verified by the caller (a witnessed one), must match the
+    entries too: each one's root is checked at its size."""
     try:
         verifier = note.parse_verifier_key(vkey)
         origin = document["origin"]
@@ -466,7 +473,9 @@ def verify_export(
             problem=f"export or checkpoint rejected: {exc}",
         )
 
-    result = verify_entries(_ExportSource(entries), checkpoints=[checkpoint], progress=progress)
+    result = verify_entries(
+        _ExportSource(entries), checkpoints=[checkpoint, *extra], progress=progress
+    )
     if result.ok and result.size != checkpoint.size:
         return VerifyResult(
             ok=False,

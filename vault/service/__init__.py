@@ -43,6 +43,8 @@ from vault.schemas import (
     ReleaseResult,
     UploadResult,
     UserInfo,
+    WitnessedCheckpointInfo,
+    WitnessStatus,
 )
 from vault.service._core import (
     ALLOW,
@@ -64,6 +66,7 @@ from vault.service.releases import ReleaseService
 from vault.service.sessions import Sessions
 from vault.storage import ObjectStore
 from vault.tokens import TokenService
+from vault.witness.running import PublishingThread
 
 __all__ = [
     "ALLOW",
@@ -445,6 +448,24 @@ class Vault:
     def ledger_show(self, principal: Principal) -> Iterator[Entry]:
         """Every entry, decoded, in order; the read is recorded first."""
         return self.ledger.ledger_show(principal)
+
+    # --- witnesses ------------------------------------------------------------------------------
+
+    def witness_publisher(self) -> PublishingThread | None:
+        """The witness publisher VAULT_WITNESS_POLICY asks for (the server starts it), or None."""
+        return self.ledger.witness_publisher()
+
+    def witnessed_checkpoint(self, principal: Principal) -> WitnessedCheckpointInfo:
+        """The newest checkpoint a quorum of witnesses cosigned; NotFound if none yet."""
+        return self.ledger.witnessed_checkpoint(principal)
+
+    def tlog_proof(self, principal: Principal, seq: int) -> tuple[str, bytes, int]:
+        """A C2SP tlog-proof bundle of entry ``seq``, the entry's bytes and the receipt."""
+        return self.ledger.tlog_proof(principal, seq)
+
+    def witness_status(self) -> WitnessStatus:
+        """Ledger size, witnessed size and each witness's lag (metrics, ``ledger status``)."""
+        return self.ledger.witness_status()
 
     def ledger_size(self) -> int:
         """Number of ledger entries (for health and metrics)."""

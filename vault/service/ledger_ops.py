@@ -6,25 +6,31 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Callable, Iterator
-from typing import TextIO
+from typing import TextIO, TypeVar
 
 from sqlalchemy import func
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
 
 from vault.errors import InvalidInput, LedgerCorrupt, NotFound
 from vault.ledger import check as ledger_check
 from vault.ledger import log as ledger
 from vault.ledger import merkle, note
 from vault.ledger.entry import Entry, decode
-from vault.models import LedgerEntry, Package
+from vault.models import LedgerEntry, Package, utcnow
 from vault.schemas import (
     CheckpointInfo,
     ConsistencyProof,
     InclusionProof,
     LedgerEntries,
     LedgerReport,
+    WitnessedCheckpointInfo,
+    WitnessStatus,
 )
 from vault.service._core import ALLOW, Core, Principal, records_refusals
+from vault.witness import published
+from vault.witness.running import PublishingThread
+
+_T = TypeVar("_T")
 
 MAX_LEDGER_PAGE = 1000
 
@@ -195,10 +201,12 @@ class LedgerService:
         """Write the export document (README: "Ledger export format") to ``out``, streamed."""
         self.record_read(principal, "export")
         info = self.checkpoint()
+        witnessed = self._witnessed_note(info.size)
         out.write("{\n")
         out.write(f'  "origin": {json.dumps(info.origin)},\n')
         out.write(f'  "vkey": {json.dumps(info.vkey)},\n')
         out.write(f'  "checkpoint": {json.dumps(info.note)},\n')
+        out.write(f'  "witnessed_checkpoint": {json.dumps(witnessed)},\n')
         out.write('  "entries": [')
         with self.core.tx(readonly=True) as session:
             for seq, data in ledger.iter_entries(session, stop=info.size):
@@ -207,6 +215,59 @@ class LedgerService:
                     progress(seq)
         out.write("\n  ]\n}\n")
         return info
+
+    # --- witnesses: the witnessed checkpoint, its proofs, the server's publisher -----------
+
+    def witness_publisher(self) -> PublishingThread | None:
+        """The witness publisher VAULT_WITNESS_POLICY asks for (the server starts it), or None."""
+        return PublishingThread.from_settings(
+            self.core.settings, engine=self.core.engine, key=self.core.keys.ledger_key
+        )
+
+    def _witnessed_read(
+        self, principal: Principal, subject: str, read: Callable[[Session], _T]
+    ) -> tuple[_T, int]:
+        """Authorise a read of witnessed data as a ledger read, run it, then record it (a
+        NotFound from ``read`` is recorded as the refusal instead)."""
+        self.core.require_global(principal, "ledger", subject=subject)
+        with self.core.tx(readonly=True) as session:
+            result = read(session)
+        receipt = self.core.record_decision(principal.actor, "ledger", ALLOW, "ok", subject=subject)
+        return result, receipt
+
+    @records_refusals("ledger")
+    def witnessed_checkpoint(self, principal: Principal) -> WitnessedCheckpointInfo:
+        """The newest checkpoint a quorum of witnesses cosigned; NotFound if none yet."""
+        info, receipt = self._witnessed_read(
+            principal,
+            "witnessed-checkpoint",
+            lambda s: published.witnessed_info(s, self.verifier, self.core.settings.ledger_origin),
+        )
+        return info.model_copy(update={"receipt": receipt})
+
+    @records_refusals("ledger")
+    def tlog_proof(self, principal: Principal, seq: int) -> tuple[str, bytes, int]:
+        """A C2SP tlog-proof bundle of entry ``seq`` in the witnessed checkpoint, the entry's
+        bytes and the receipt; NotFound if nothing is witnessed or the entry not yet."""
+        if seq < 0:
+            raise InvalidInput("sequence numbers start at 0")
+        (bundle, entry), receipt = self._witnessed_read(
+            principal,
+            f"tlog-proof:{seq}",
+            lambda s: published.tlog_proof(s, seq, self.verifier, self.core.settings.ledger_origin),
+        )
+        return bundle, entry, receipt
+
+    def _witnessed_note(self, size: int) -> str | None:
+        """The witnessed checkpoint's note if it covers at most ``size`` entries (for export)."""
+        with self.core.tx(readonly=True) as session:
+            row = published.latest_witnessed(session)
+        return row.note if row is not None and row.size <= size else None
+
+    def witness_status(self) -> WitnessStatus:
+        """Ledger size, witnessed size and each witness's lag (metrics, ``ledger status``)."""
+        with self.core.tx(readonly=True) as session:
+            return published.witness_status(session, now=utcnow())
 
     def ledger_show(self, principal: Principal) -> Iterator[Entry]:
         """Every entry, decoded, in order (callers filter); the read is recorded first."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from vault.errors import InvalidInput, LedgerCorrupt
 from vault.ledger.note import (
@@ -33,6 +34,7 @@ __all__ = [
     "PolicyWitness",
     "QuorumNotMet",
     "WitnessedCheckpoint",
+    "load_policy",
     "parse_policy",
     "verify_witnessed",
 ]
@@ -179,6 +181,15 @@ def parse_policy(data: bytes | str) -> Policy:
     if quorum is None:
         raise InvalidInput("witness policy has no quorum line")
     return Policy(tuple(logs), witnesses, groups, quorum)
+
+
+def load_policy(path: Path) -> Policy:
+    """Read and parse the policy file at ``path``; InvalidInput naming it if unreadable."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InvalidInput(f"cannot read witness policy {path}: {exc.strerror}") from None
+    return parse_policy(data)
 
 
 @dataclass(frozen=True)

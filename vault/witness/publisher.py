@@ -68,9 +68,10 @@ def _printable(text: str) -> str:
     return "".join(ch if ch.isprintable() else "?" for ch in text.strip()[:200])
 
 
-def http_post(timeout: float = 5.0) -> Post:
-    """A Post over httpx with a bounded ``timeout`` (seconds) for connect, read and write."""
-    client = httpx.Client(timeout=timeout)
+def http_post(timeout: float = 5.0, *, client: httpx.Client | None = None) -> Post:
+    """A Post over httpx with a bounded ``timeout`` (seconds) for connect, read and write;
+    on ``client`` if given (its owner closes it), else on a client of its own."""
+    client = client if client is not None else httpx.Client(timeout=timeout)
 
     def post(url: str, body: bytes) -> tuple[int, str, str]:
         reply = client.post(url, content=body)
