@@ -10,6 +10,7 @@ import tempfile
 import time
 import unicodedata
 from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -166,11 +167,6 @@ class ApiClient:
         )
         return result
 
-    def call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
-        """Any JSON route; errors raised as the matching VaultError."""
-        result: dict[str, Any] = self._request(method, path, **kwargs)
-        return result
-
     def login(self, username: str, password: str) -> dict[str, Any]:
         """POST /auth/login."""
         result: dict[str, Any] = self._request(
@@ -193,10 +189,70 @@ class ApiClient:
         result: dict[str, Any] = self._request("GET", f"/packages/{_segment(package_id)}")
         return result
 
-    def release(self, package_id: str, body: dict[str, Any]) -> dict[str, Any]:
-        """POST /packages/{id}/releases."""
+    def release(
+        self,
+        package_id: str,
+        *,
+        country: str,
+        agency: str | None = None,
+        not_before: datetime | None = None,
+        expires_at: datetime | None = None,
+    ) -> dict[str, Any]:
+        """POST /packages/{id}/releases: release to a country, or one agency, perhaps timed."""
+        body = {
+            "country": country,
+            "agency": agency,
+            "not_before": not_before.isoformat() if not_before else None,
+            "expires_at": expires_at.isoformat() if expires_at else None,
+        }
         result: dict[str, Any] = self._request(
             "POST", f"/packages/{_segment(package_id)}/releases", json=body
+        )
+        return result
+
+    def request_release(
+        self, package_id: str, *, country: str, agency: str | None = None
+    ) -> dict[str, Any]:
+        """POST /packages/{id}/release-requests: ask the originator to release onward."""
+        result: dict[str, Any] = self._request(
+            "POST",
+            f"/packages/{_segment(package_id)}/release-requests",
+            json={"country": country, "agency": agency},
+        )
+        return result
+
+    def approve_release(self, release_id: str) -> dict[str, Any]:
+        """POST /releases/{id}/approve."""
+        result: dict[str, Any] = self._request("POST", f"/releases/{_segment(release_id)}/approve")
+        return result
+
+    def reject_release(self, release_id: str) -> dict[str, Any]:
+        """POST /releases/{id}/reject."""
+        result: dict[str, Any] = self._request("POST", f"/releases/{_segment(release_id)}/reject")
+        return result
+
+    def revoke_release(self, package_id: str, release_id: str) -> dict[str, Any]:
+        """POST /packages/{id}/releases/{release_id}/revoke."""
+        url = f"/packages/{_segment(package_id)}/releases/{_segment(release_id)}/revoke"
+        result: dict[str, Any] = self._request("POST", url)
+        return result
+
+    def acknowledge(self, package_id: str) -> dict[str, Any]:
+        """POST /packages/{id}/acknowledge: accept an H3 package's restrictions."""
+        result: dict[str, Any] = self._request(
+            "POST", f"/packages/{_segment(package_id)}/acknowledge"
+        )
+        return result
+
+    def audit(self, package_id: str) -> dict[str, Any]:
+        """GET /packages/{id}/audit: the auditor's view of a package, without content."""
+        result: dict[str, Any] = self._request("GET", f"/packages/{_segment(package_id)}/audit")
+        return result
+
+    def explain(self, *, user: str, package: str, action: str) -> dict[str, Any]:
+        """GET /authz/explain: whether ``user`` may do ``action`` to ``package``, and why."""
+        result: dict[str, Any] = self._request(
+            "GET", "/authz/explain", params={"user": user, "package": package, "action": action}
         )
         return result
 
@@ -276,8 +332,7 @@ class ApiClient:
             with os.fdopen(fd, "wb") as out:
                 digest = hashlib.sha256()
                 size = 0
-                url = f"/packages/{_segment(package_id)}/files/{_segment(item['id'])}"
-                for chunk in self._stream(url):
+                for chunk in self.file_chunks(package_id, item["id"]):
                     out.write(chunk)
                     digest.update(chunk)
                     size += len(chunk)
@@ -291,6 +346,10 @@ class ApiClient:
             tmp.unlink(missing_ok=True)
             raise
         return tmp
+
+    def file_chunks(self, package_id: str, file_id: str) -> Iterator[bytes]:
+        """GET /packages/{id}/files/{file_id}: the file's plaintext, in chunks as they arrive."""
+        return self._stream(f"/packages/{_segment(package_id)}/files/{_segment(file_id)}")
 
     def _stream(self, url: str) -> Iterator[bytes]:
         try:

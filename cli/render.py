@@ -5,13 +5,30 @@ someone tried to log in with: every character a terminal acts on, or that hides 
 text (the set :func:`vault.schemas.unsafe_char` names), is shown as a visible escape such as
 ``\\x1b`` or ``\\u202e``, and the result is a :class:`rich.text.Text`, which rich never reads
 as markup (``[bold]``) or emoji codes (``:smile:``).
+
+Every command prints through the two consoles here, ``out`` (stdout: results) and ``err``
+(stderr: messages, progress bars), and writes ``--json`` replies with :func:`print_json`.
 """
 
 from __future__ import annotations
 
+import json
+import sys
+from typing import Any
+
+from rich.console import Console
 from rich.text import Text
 
 from vault.schemas import unsafe_char
+
+# soft_wrap: messages stay one line whatever the terminal width (scripts grep them).
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+
+def print_json(data: Any) -> None:
+    """Write ``data`` to stdout as indented JSON with sorted keys (``--json`` output)."""
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def _visible(ch: str) -> str:

@@ -24,7 +24,7 @@ import typer
 from rich.console import Console
 
 from cli import render
-from cli import witness as witness_cli
+from cli.commands import witness as witness_cli
 from vault.config import load_settings
 from vault.schemas import WitnessStatus
 from vault.service import Vault, local_operator

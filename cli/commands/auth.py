@@ -1,0 +1,93 @@
+"""``blovault login``, ``logout`` and ``passwd``: the officer's session with a server."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from cli import render
+from cli import session as stored
+from cli.client import ApiClient
+from cli.commands._common import read_password
+from cli.render import err
+from vault.errors import AuthenticationFailed, StorageUnavailable
+
+# Unnamed: ``cli.main`` merges its commands into the top level.
+app = typer.Typer()
+
+
+@app.command()
+def login(
+    server: Annotated[str, typer.Option(help="Vault server URL, e.g. https://vault.example:8443")],
+    username: Annotated[str, typer.Option(help="Your username.")],
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from stdin.")
+    ] = False,
+) -> None:
+    """Log in: a session that renews itself until idle too long or the shift is over.
+
+    Kept in the config directory (mode 0600); 'blovault logout' ends it.
+    """
+    password = read_password(password_stdin)
+    with ApiClient(server) as client:
+        result = client.login(username, password)
+    path = stored.save(stored.from_tokens(server, username, result))
+    err.print(
+        render.line(
+            f"logged in as {username}; session kept in {path} (ends after "
+            f"{result.get('refresh_expires_in', result['expires_in'])} s idle, at most "
+            f"{result.get('session_expires_in', result['expires_in'])} s)"
+        )
+    )
+
+
+@app.command()
+def logout() -> None:
+    """End the session on the server and forget it here (even if the server can't be told)."""
+    saved = stored.load()
+    try:
+        with ApiClient(saved.server, session=saved) as client:
+            client.logout()
+    except AuthenticationFailed:
+        # Already over on the server (timed out, revoked): nothing there to end.
+        stored.delete()
+        err.print("warning: the session had already ended on the server; forgotten here")
+        return
+    except StorageUnavailable:
+        stored.delete()
+        err.print(
+            "warning: the server could not be reached, so the session was NOT ended there: "
+            "it stays usable by whoever holds a copy of its tokens until it times out. "
+            "Forgotten here."
+        )
+        raise
+    stored.delete()
+    err.print(render.line(f"logged out {saved.username}; the session has ended"))
+
+
+@app.command()
+def passwd(
+    password_stdin: Annotated[
+        bool,
+        typer.Option(
+            "--password-stdin", help="Read the current, then the new password from stdin."
+        ),
+    ] = False,
+) -> None:
+    """Change your password. Every session of yours ends; this one continues in a new one."""
+    saved = stored.load()
+    if password_stdin:
+        current, new = read_password(True), read_password(True)
+    else:
+        current = typer.prompt("Current password", hide_input=True)
+        new = typer.prompt("New password", hide_input=True, confirmation_prompt=True)
+    with ApiClient(saved.server, session=saved) as client:
+        result = client.change_password(current, new)
+    stored.save(stored.from_tokens(saved.server, saved.username, result))
+    err.print(
+        render.line(
+            f"password changed for {saved.username}; every other session of yours has ended "
+            f"(ledger #{result['receipt']})"
+        )
+    )

@@ -1,0 +1,175 @@
+"""``blovault package`` upload, list, show and download; the group also carries the release
+commands (:mod:`cli.commands.release`) and the auditor's view (:mod:`cli.commands.audit`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from cli import render
+from cli.commands import audit, release
+from cli.commands._common import JsonOpt, api_client, transfer_progress
+from cli.render import err, out, print_json
+from vault.models import Classification, Handling
+
+app = typer.Typer(help="Upload, list, show, download and release packages.", no_args_is_help=True)
+
+HANDLING_NOTICE = {
+    "H0": "",
+    "H1": "H1: not for use as evidence without the originator's consent",
+    "H2": "H2: no onward dissemination without the originator's consent",
+    "H3": "H3: other restrictions apply (acknowledged before download)",
+}
+
+
+@app.command("upload")
+def package_upload(
+    paths: Annotated[
+        list[Path],
+        typer.Argument(help="Files to upload.", exists=True, dir_okay=False, readable=True),
+    ],
+    title: Annotated[str, typer.Option(help="Package title (stored encrypted).")],
+    description: Annotated[str, typer.Option(help="Description (stored encrypted).")] = "",
+    classification: Annotated[
+        Classification, typer.Option(help="Classification.")
+    ] = Classification.UNCLASSIFIED,
+    handling: Annotated[Handling, typer.Option(help="Handling code.")] = Handling.H0,
+    handling_note: Annotated[str, typer.Option(help="H3 restrictions, in words.")] = "",
+    as_json: JsonOpt = False,
+) -> None:
+    """Upload files as one package."""
+    metadata = {
+        "title": title,
+        "description": description,
+        "classification": classification.value,
+        "handling": handling.value,
+        "handling_note": handling_note,
+    }
+    total = sum(p.stat().st_size for p in paths)
+    with api_client() as client, transfer_progress(total, "uploading") as advance:
+        result = client.upload(paths, metadata, advance)
+    if as_json:
+        print_json({"id": result["package"]["id"], **result})
+    else:
+        out.print(
+            render.line(
+                "uploaded package ",
+                render.text(result["package"]["id"], style="bold"),
+                f" (ledger #{result['receipt']})",
+            )
+        )
+
+
+@app.command("list")
+def package_list(
+    limit: Annotated[int, typer.Option(min=1, max=200)] = 50,
+    offset: Annotated[int, typer.Option(min=0)] = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """List the packages you may read."""
+    with api_client() as client:
+        result = client.list_packages(limit=limit, offset=offset)
+    if as_json:
+        print_json(result)
+        return
+    table = Table("id", "title", "from", "class.", "handling", "files", "size", "created")
+    for p in result["items"]:
+        table.add_row(
+            *(
+                render.text(value)
+                for value in (
+                    p["id"],
+                    p["title"],
+                    p["agency"],
+                    p["classification"],
+                    p["handling"],
+                    p["file_count"],
+                    p["size"],
+                    str(p["created_at"])[:19],
+                )
+            )
+        )
+    out.print(table)
+
+
+@app.command("show")
+def package_show(package_id: str, as_json: JsonOpt = False) -> None:
+    """Show one package."""
+    with api_client() as client:
+        detail = client.show(package_id)
+    if as_json:
+        print_json(detail)
+        return
+    out.print(render.line(render.text(detail["title"], style="bold"), f"  ({detail['id']})"))
+    out.print(
+        render.line(
+            f"from {detail['agency']} ({detail['country']}), "
+            f"{detail['classification']}, {detail['handling']}"
+        )
+    )
+    if HANDLING_NOTICE.get(detail["handling"]):
+        out.print(render.text(HANDLING_NOTICE[detail["handling"]], style="bold yellow"))
+    if detail["handling_note"]:
+        out.print(
+            render.line("restrictions: ", render.text(detail["handling_note"], multiline=True))
+        )
+    if detail["description"]:
+        out.print(render.text(detail["description"], multiline=True))
+    for key, value in (detail.get("fields") or {}).items():
+        out.print(render.line(f"{key}: {value}"))
+    files = Table("file id", "name", "size", "sha256")
+    for f in detail["files"]:
+        files.add_row(*(render.text(v) for v in (f["id"], f["name"], f["size"], f["sha256"])))
+    out.print(files)
+    if detail["releases"]:
+        rel = Table("release id", "country", "agency", "status", "not before", "expires")
+        for r in detail["releases"]:
+            rel.add_row(
+                *(
+                    render.text(value)
+                    for value in (
+                        r["id"],
+                        r["country"],
+                        r["agency"] or "(all)",
+                        r["status"],
+                        r["not_before"] or "",
+                        r["expires_at"] or "",
+                    )
+                )
+            )
+        out.print(rel)
+
+
+@app.command("download")
+def package_download(
+    package_id: str,
+    output: Annotated[Path, typer.Option("-o", "--output", help="Destination folder.")] = Path("."),
+    force: Annotated[bool, typer.Option(help="Replace existing files.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Download every file of a package; each is checked against its digest before it is kept."""
+    with api_client() as client:
+        detail = client.show(package_id)
+        total = sum(f["size"] for f in detail["files"])
+        with transfer_progress(total, "downloading") as advance:
+            written = client.download(
+                package_id, output, force=force, progress=advance, detail=detail
+            )
+    notice = HANDLING_NOTICE.get(detail["handling"], "")
+    if as_json:
+        print_json(
+            {"id": package_id, "handling": detail["handling"], "files": [str(p) for p in written]}
+        )
+    else:
+        if notice:
+            err.print(render.text(notice, style="bold yellow"))
+        for path in written:
+            out.print(render.line(f"saved {path}"))
+
+
+# Merged after the commands above: the help lists them in this order.
+app.add_typer(release.app)
+app.add_typer(audit.package_app)
