@@ -31,6 +31,17 @@ def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def print_json_line(data: Any) -> None:
+    """Write ``data`` to stdout as one line of JSON (a stream of records, one per line)."""
+    sys.stdout.write(json.dumps(data) + "\n")
+
+
+def print_verbatim(text: str) -> None:
+    """Write ``text`` to stdout byte for byte: only for text the vault itself produced and
+    whose exact bytes matter, such as a signed note."""
+    sys.stdout.write(text)
+
+
 def _visible(ch: str) -> str:
     # unicode_escape writes \x1b, \u202e, \U000e0041, \n, and a lone surrogate as \ud800.
     return ch.encode("unicode_escape").decode("ascii")
@@ -51,3 +62,8 @@ def line(*parts: str | Text) -> Text:
     """One line of text: ``str`` parts cleaned (one line), ``Text`` parts (already cleaned,
     perhaps styled) kept; so a server value in an f-string is safe too."""
     return Text.assemble(*(clean(p) if isinstance(p, str) else p for p in parts))
+
+
+def cells(*values: object) -> list[Text]:
+    """One table row: each value cleaned (one line), in order."""
+    return [text(value) for value in values]

@@ -35,17 +35,14 @@ def package_audit(package_id: str, as_json: JsonOpt = False) -> None:
     table = Table("release id", "to", "status", "kind", "in force", "requested by", "decided by")
     for r in view["releases"]:
         table.add_row(
-            *(
-                render.text(value)
-                for value in (
-                    r["id"],
-                    f"{r['country']} {r['agency'] or ''}".strip(),
-                    r["status"],
-                    r["kind"],
-                    "yes" if r["in_force"] else "no",
-                    r["requested_by"],
-                    r["decided_by"] or "",
-                )
+            *render.cells(
+                r["id"],
+                f"{r['country']} {r['agency'] or ''}".strip(),
+                r["status"],
+                r["kind"],
+                "yes" if r["in_force"] else "no",
+                r["requested_by"],
+                r["decided_by"] or "",
             )
         )
     out.print(table)

@@ -8,18 +8,21 @@ from __future__ import annotations
 
 import json
 import os
-import sys
+from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from cli import render
 from cli.commands import ledger_witness
 from cli.commands._common import JsonOpt, entry_counter, local_vault, parse_time
-from cli.render import err, out, print_json
+from cli.render import err, out, print_json, print_json_line, print_verbatim
 from vault.errors import InvalidInput
+from vault.ledger.entry import Entry
 from vault.service import local_operator
 
 app = typer.Typer(help="Verify and inspect the access ledger (compliance).", no_args_is_help=True)
@@ -157,7 +160,7 @@ def ledger_checkpoint(
     if as_json:
         print_json(info.model_dump(mode="json"))
     else:
-        sys.stdout.write(info.note)
+        print_verbatim(info.note)
 
 
 @app.command("prove")
@@ -222,6 +225,47 @@ def ledger_consistency(
         )
 
 
+_SHOW_COLUMNS = (
+    "seq",
+    "time (UTC)",
+    "actor",
+    "agency",
+    "action",
+    "package",
+    "decision",
+    "reason",
+    "handling",
+)
+
+
+def _entry_filter(
+    wanted: dict[str, str | None], start: datetime | None, stop: datetime | None
+) -> Callable[[Entry], bool]:
+    """Whether an entry has every ``wanted`` field value given and a time in [start, stop)."""
+
+    def keep(entry: Entry) -> bool:
+        if any(v is not None and getattr(entry, k) != v for k, v in wanted.items()):
+            return False
+        return not ((start and entry.time < start) or (stop and entry.time >= stop))
+
+    return keep
+
+
+def _entry_row(entry: Entry) -> list[Text]:
+    """The cells of one entry in ``ledger show``'s table (_SHOW_COLUMNS)."""
+    return render.cells(
+        entry.seq,
+        entry.time.strftime("%Y-%m-%d %H:%M:%S"),
+        entry.actor_user,
+        entry.actor_agency,
+        entry.action,
+        entry.package[:12],
+        entry.decision,
+        entry.reason,
+        entry.handling,
+    )
+
+
 @app.command("show")
 def ledger_show(
     actor: Annotated[str | None, typer.Option(help="Username.")] = None,
@@ -244,43 +288,13 @@ def ledger_show(
         "action": action,
         "decision": decision,
     }
-    table = Table(
-        "seq",
-        "time (UTC)",
-        "actor",
-        "agency",
-        "action",
-        "package",
-        "decision",
-        "reason",
-        "handling",
-    )
+    keep = _entry_filter(wanted, start, stop)
+    table = Table(*_SHOW_COLUMNS)
     with local_vault() as vault:
-        for entry in vault.ledger_show(local_operator()):
-            if any(v is not None and getattr(entry, k) != v for k, v in wanted.items()):
-                continue
-            if (start and entry.time < start) or (stop and entry.time >= stop):
-                continue
+        for entry in filter(keep, vault.ledger_show(local_operator())):
             if as_json:
-                sys.stdout.write(
-                    json.dumps({**entry.__dict__, "time": entry.time.isoformat()}) + "\n"
-                )
+                print_json_line({**entry.__dict__, "time": entry.time.isoformat()})
             else:
-                table.add_row(
-                    *(
-                        render.text(value)
-                        for value in (
-                            entry.seq,
-                            entry.time.strftime("%Y-%m-%d %H:%M:%S"),
-                            entry.actor_user,
-                            entry.actor_agency,
-                            entry.action,
-                            entry.package[:12],
-                            entry.decision,
-                            entry.reason,
-                            entry.handling,
-                        )
-                    )
-                )
+                table.add_row(*_entry_row(entry))
     if not as_json:
         out.print(table)

@@ -78,18 +78,15 @@ def package_list(
     table = Table("id", "title", "from", "class.", "handling", "files", "size", "created")
     for p in result["items"]:
         table.add_row(
-            *(
-                render.text(value)
-                for value in (
-                    p["id"],
-                    p["title"],
-                    p["agency"],
-                    p["classification"],
-                    p["handling"],
-                    p["file_count"],
-                    p["size"],
-                    str(p["created_at"])[:19],
-                )
+            *render.cells(
+                p["id"],
+                p["title"],
+                p["agency"],
+                p["classification"],
+                p["handling"],
+                p["file_count"],
+                p["size"],
+                str(p["created_at"])[:19],
             )
         )
     out.print(table)
@@ -122,22 +119,19 @@ def package_show(package_id: str, as_json: JsonOpt = False) -> None:
         out.print(render.line(f"{key}: {value}"))
     files = Table("file id", "name", "size", "sha256")
     for f in detail["files"]:
-        files.add_row(*(render.text(v) for v in (f["id"], f["name"], f["size"], f["sha256"])))
+        files.add_row(*render.cells(f["id"], f["name"], f["size"], f["sha256"]))
     out.print(files)
     if detail["releases"]:
         rel = Table("release id", "country", "agency", "status", "not before", "expires")
         for r in detail["releases"]:
             rel.add_row(
-                *(
-                    render.text(value)
-                    for value in (
-                        r["id"],
-                        r["country"],
-                        r["agency"] or "(all)",
-                        r["status"],
-                        r["not_before"] or "",
-                        r["expires_at"] or "",
-                    )
+                *render.cells(
+                    r["id"],
+                    r["country"],
+                    r["agency"] or "(all)",
+                    r["status"],
+                    r["not_before"] or "",
+                    r["expires_at"] or "",
                 )
             )
         out.print(rel)

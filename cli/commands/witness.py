@@ -7,9 +7,7 @@ own process. Errors are VaultErrors, turned into one line and an exit code by ``
 from __future__ import annotations
 
 import base64
-import json
 import os
-import sys
 import threading
 import time
 from datetime import UTC, datetime
@@ -17,7 +15,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
 from cli import render
 from vault.errors import InvalidInput, StorageUnavailable
@@ -29,8 +26,7 @@ witness_app = typer.Typer(
     no_args_is_help=True,
 )
 
-_out = Console(soft_wrap=True)
-_err = Console(stderr=True, soft_wrap=True)
+_out, _err = render.out, render.err
 
 DirOpt = Annotated[
     Path,
@@ -59,7 +55,7 @@ def init(
     Give the printed vkey to the vault's operator and to everyone who verifies checkpoints."""
     cosigner = init_witness(directory, name=name, log_vkeys=log_vkey)
     _err.print(f"witness created in {directory}", highlight=False, markup=False)
-    sys.stdout.write(cosigner.vkey() + "\n")
+    render.print_verbatim(cosigner.vkey() + "\n")
 
 
 @witness_app.command("serve")
@@ -117,7 +113,7 @@ def status(
                 for h in heads
             ],
         }
-        sys.stdout.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        render.print_json(data)
         return
     # Plain lines, not a table: a table squeezes origins and roots to the terminal's width,
     # and people compare these values by eye or with grep.
@@ -164,7 +160,7 @@ def verify(
             "root": root,
             "cosigned_at": {name: _when(t) for name, t in sorted(result.cosigned_at.items())},
         }
-        sys.stdout.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        render.print_json(data)
         return
     # Origins and witness names come from files a counterpart was handed: shown, never run.
     _out.print(render.line(f"OK {cp.origin} size {cp.size} root {root}"), highlight=False)
