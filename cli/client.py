@@ -257,9 +257,24 @@ class ApiClient:
         return result
 
     def upload(
-        self, paths: list[Path], metadata: dict[str, Any], progress: Progress | None = None
+        self,
+        paths: list[Path],
+        *,
+        title: str,
+        description: str = "",
+        classification: str = "UNCLASSIFIED",
+        handling: str = "H0",
+        handling_note: str = "",
+        progress: Progress | None = None,
     ) -> dict[str, Any]:
-        """POST /packages, streaming each file from disk."""
+        """POST /packages: one package of ``paths``, each file streamed from disk."""
+        metadata = {
+            "title": title,
+            "description": description,
+            "classification": classification,
+            "handling": handling,
+            "handling_note": handling_note,
+        }
         self._renew_if_expiring()
         with contextlib.ExitStack() as stack:
             parts: list[tuple[str, Any]] = [

@@ -41,16 +41,17 @@ def package_upload(
     as_json: JsonOpt = False,
 ) -> None:
     """Upload files as one package."""
-    metadata = {
-        "title": title,
-        "description": description,
-        "classification": classification.value,
-        "handling": handling.value,
-        "handling_note": handling_note,
-    }
     total = sum(p.stat().st_size for p in paths)
     with api_client() as client, transfer_progress(total, "uploading") as advance:
-        result = client.upload(paths, metadata, advance)
+        result = client.upload(
+            paths,
+            title=title,
+            description=description,
+            classification=classification.value,
+            handling=handling.value,
+            handling_note=handling_note,
+            progress=advance,
+        )
     if as_json:
         print_json({"id": result["package"]["id"], **result})
     else:
