@@ -122,6 +122,11 @@ class ApiClient:
         _raise_for(response)
         return response.json()
 
+    def _reply(self, method: str, url: str, **kwargs: Any) -> dict[str, Any]:
+        """A route's JSON object (see ``_request``)."""
+        result: dict[str, Any] = self._request(method, url, **kwargs)
+        return result
+
     def _renew(self) -> bool:
         """Renew the access token with the session's refresh token; False without one.
 
@@ -150,44 +155,36 @@ class ApiClient:
 
     def refresh(self, refresh_token: str) -> dict[str, Any]:
         """POST /auth/refresh: new tokens for the session; the refresh token sent is spent."""
-        result: dict[str, Any] = self._request(
+        return self._reply(
             "POST", "/auth/refresh", replayable=False, json={"refresh_token": refresh_token}
         )
-        return result
 
     def logout(self) -> dict[str, Any]:
         """POST /auth/logout: end this session on the server."""
-        result: dict[str, Any] = self._request("POST", "/auth/logout")
-        return result
+        return self._reply("POST", "/auth/logout")
 
     def change_password(self, current: str, new: str) -> dict[str, Any]:
         """POST /auth/password; answers with the caller's new session."""
-        result: dict[str, Any] = self._request(
+        return self._reply(
             "POST", "/auth/password", json={"current_password": current, "new_password": new}
         )
-        return result
 
     def login(self, username: str, password: str) -> dict[str, Any]:
         """POST /auth/login."""
-        result: dict[str, Any] = self._request(
+        return self._reply(
             "POST",
             "/auth/login",
             replayable=False,
             json={"username": username, "password": password},
         )
-        return result
 
     def list_packages(self, *, limit: int = 50, offset: int = 0) -> dict[str, Any]:
         """GET /packages."""
-        result: dict[str, Any] = self._request(
-            "GET", "/packages", params={"limit": limit, "offset": offset}
-        )
-        return result
+        return self._reply("GET", "/packages", params={"limit": limit, "offset": offset})
 
     def show(self, package_id: str) -> dict[str, Any]:
         """GET /packages/{id}."""
-        result: dict[str, Any] = self._request("GET", f"/packages/{_segment(package_id)}")
-        return result
+        return self._reply("GET", f"/packages/{_segment(package_id)}")
 
     def release(
         self,
@@ -205,56 +202,44 @@ class ApiClient:
             "not_before": not_before.isoformat() if not_before else None,
             "expires_at": expires_at.isoformat() if expires_at else None,
         }
-        result: dict[str, Any] = self._request(
-            "POST", f"/packages/{_segment(package_id)}/releases", json=body
-        )
-        return result
+        return self._reply("POST", f"/packages/{_segment(package_id)}/releases", json=body)
 
     def request_release(
         self, package_id: str, *, country: str, agency: str | None = None
     ) -> dict[str, Any]:
         """POST /packages/{id}/release-requests: ask the originator to release onward."""
-        result: dict[str, Any] = self._request(
+        return self._reply(
             "POST",
             f"/packages/{_segment(package_id)}/release-requests",
             json={"country": country, "agency": agency},
         )
-        return result
 
     def approve_release(self, release_id: str) -> dict[str, Any]:
         """POST /releases/{id}/approve."""
-        result: dict[str, Any] = self._request("POST", f"/releases/{_segment(release_id)}/approve")
-        return result
+        return self._reply("POST", f"/releases/{_segment(release_id)}/approve")
 
     def reject_release(self, release_id: str) -> dict[str, Any]:
         """POST /releases/{id}/reject."""
-        result: dict[str, Any] = self._request("POST", f"/releases/{_segment(release_id)}/reject")
-        return result
+        return self._reply("POST", f"/releases/{_segment(release_id)}/reject")
 
     def revoke_release(self, package_id: str, release_id: str) -> dict[str, Any]:
         """POST /packages/{id}/releases/{release_id}/revoke."""
         url = f"/packages/{_segment(package_id)}/releases/{_segment(release_id)}/revoke"
-        result: dict[str, Any] = self._request("POST", url)
-        return result
+        return self._reply("POST", url)
 
     def acknowledge(self, package_id: str) -> dict[str, Any]:
         """POST /packages/{id}/acknowledge: accept an H3 package's restrictions."""
-        result: dict[str, Any] = self._request(
-            "POST", f"/packages/{_segment(package_id)}/acknowledge"
-        )
-        return result
+        return self._reply("POST", f"/packages/{_segment(package_id)}/acknowledge")
 
     def audit(self, package_id: str) -> dict[str, Any]:
         """GET /packages/{id}/audit: the auditor's view of a package, without content."""
-        result: dict[str, Any] = self._request("GET", f"/packages/{_segment(package_id)}/audit")
-        return result
+        return self._reply("GET", f"/packages/{_segment(package_id)}/audit")
 
     def explain(self, *, user: str, package: str, action: str) -> dict[str, Any]:
         """GET /authz/explain: whether ``user`` may do ``action`` to ``package``, and why."""
-        result: dict[str, Any] = self._request(
+        return self._reply(
             "GET", "/authz/explain", params={"user": user, "package": package, "action": action}
         )
-        return result
 
     def upload(
         self,
@@ -288,14 +273,13 @@ class ApiClient:
                         (path.name, _CountingReader(handle, progress), "application/octet-stream"),
                     )
                 )
-            result: dict[str, Any] = self._request(
+            return self._reply(
                 "POST",
                 "/packages",
                 replayable=False,
                 files=parts,
                 timeout=httpx.Timeout(None, connect=10.0),
             )
-            return result
 
     def download(
         self,
