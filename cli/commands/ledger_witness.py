@@ -11,23 +11,19 @@ the vault work on the configured database through the service facade, as the loc
 from __future__ import annotations
 
 import enum
-import json
-import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
 from cli import render
 from cli.commands import witness as witness_cli
-from vault.config import load_settings
+from cli.commands._common import local_vault
 from vault.schemas import WitnessStatus
-from vault.service import Vault, local_operator
+from vault.service import local_operator
 from vault.witness.export import WitnessedExport, verify_export_with_policy
 from vault.witness.policy import WitnessedCheckpoint, load_policy, verify_witnessed
 
@@ -40,8 +36,7 @@ __all__ = [
     "write_witnessed_checkpoint",
 ]
 
-_out = Console(soft_wrap=True)
-_err = Console(stderr=True, soft_wrap=True)
+_out, _err = render.out, render.err
 
 
 class ProofFormat(enum.StrEnum):
@@ -51,35 +46,26 @@ class ProofFormat(enum.StrEnum):
     TLOG_PROOF = "tlog-proof"
 
 
-@contextmanager
-def _vault() -> Iterator[Vault]:
-    vault = Vault.open(load_settings(), create=False)
-    try:
-        yield vault
-    finally:
-        vault.close()
-
-
 def write_witnessed_checkpoint(output: Path | None, as_json: bool) -> None:
     """``ledger checkpoint --witnessed``: print (and save) the witnessed checkpoint."""
-    with _vault() as vault:
+    with local_vault() as vault:
         info = vault.witnessed_checkpoint(local_operator())
     if output is not None:
         output.write_text(info.note, encoding="utf-8")
     if as_json:
-        sys.stdout.write(json.dumps(info.model_dump(mode="json"), indent=2, sort_keys=True) + "\n")
+        render.print_json(info.model_dump(mode="json"))
     else:
-        sys.stdout.write(info.note)
+        render.print_verbatim(info.note)
 
 
 def prove_tlog(seq: int, output: Path | None, entry_out: Path | None) -> None:
     """``ledger prove SEQ --format tlog-proof``: the bundle of SEQ in the witnessed checkpoint."""
-    with _vault() as vault:
+    with local_vault() as vault:
         bundle, entry, receipt = vault.tlog_proof(local_operator(), seq)
     if entry_out is not None:
         entry_out.write_bytes(entry)
     if output is None:
-        sys.stdout.write(bundle)
+        render.print_verbatim(bundle)
     else:
         witness_cli.write_atomically(output, bundle)
         _err.print(f"wrote {output} (ledger #{receipt})", highlight=False, markup=False)
@@ -162,11 +148,11 @@ def status(
 ) -> None:
     """Ledger size, the witnessed checkpoint, and each witness's lag (size and age of its last
     cosignature, and the error of its last round), as the server's publisher recorded them."""
-    with _vault() as vault:
+    with local_vault() as vault:
         result = vault.witness_status()
     if as_json:
         data: dict[str, Any] = result.model_dump(mode="json")
-        sys.stdout.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        render.print_json(data)
     else:
         _print_status(result)
 
