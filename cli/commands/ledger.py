@@ -54,6 +54,31 @@ def _report_verify(report: dict[str, Any], as_json: bool) -> None:
         raise typer.Exit(1)
 
 
+def _verify_export_file(export: Path, vkey: str | None, policy: Path | None, as_json: bool) -> None:
+    """``ledger verify --export``: check an export file offline, with a key or a policy."""
+    from vault.ledger.verify import verify_export
+
+    if not vkey and policy is None:
+        raise InvalidInput("--export needs --vkey: the key you trust, obtained out of band")
+    try:
+        document = json.loads(export.read_text("utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InvalidInput(f"cannot read export file: {exc}") from None
+    if not isinstance(document, dict):
+        raise InvalidInput("export file is not a JSON object")
+    total = len(document.get("entries") or [])
+    if policy is not None:
+        with entry_counter("verifying", total) as advance:
+            checked = ledger_witness.verify_export(document, policy, vkey, advance)
+        _report_verify(checked.as_dict(), as_json)
+        ledger_witness.report_witnessed(checked, as_json)
+        return
+    assert vkey is not None
+    with entry_counter("verifying", total) as advance:
+        result = verify_export(document, vkey, progress=advance)
+    _report_verify(result.as_dict(), as_json)
+
+
 @app.command("verify")
 def ledger_verify(
     export: Annotated[
@@ -81,27 +106,7 @@ def ledger_verify(
 ) -> None:
     """Verify chain, Merkle tree and signed checkpoints; exit 1 naming the first bad entry."""
     if export is not None:
-        from vault.ledger.verify import verify_export
-
-        if not vkey and policy is None:
-            raise InvalidInput("--export needs --vkey: the key you trust, obtained out of band")
-        try:
-            document = json.loads(export.read_text("utf-8"))
-        except (OSError, ValueError) as exc:
-            raise InvalidInput(f"cannot read export file: {exc}") from None
-        if not isinstance(document, dict):
-            raise InvalidInput("export file is not a JSON object")
-        total = len(document.get("entries") or [])
-        if policy is not None:
-            with entry_counter("verifying", total) as advance:
-                checked = ledger_witness.verify_export(document, policy, vkey, advance)
-            _report_verify(checked.as_dict(), as_json)
-            ledger_witness.report_witnessed(checked, as_json)
-            return
-        assert vkey is not None
-        with entry_counter("verifying", total) as advance:
-            result = verify_export(document, vkey, progress=advance)
-        _report_verify(result.as_dict(), as_json)
+        _verify_export_file(export, vkey, policy, as_json)
         return
     if policy is not None:
         raise InvalidInput("--policy checks an export: give --export FILE too")
