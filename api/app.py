@@ -23,6 +23,7 @@ from api import errors as api_errors
 from api.limits import BodyLimitMiddleware
 from api.multipart import MultipartUpload, boundary_of
 from api.observability import Metrics, ObservabilityMiddleware
+from vault import __version__
 from vault.authz import ACTIONS
 from vault.config import Settings, load_settings
 from vault.errors import AuthenticationFailed, InvalidInput, NotFound, VaultError
@@ -45,6 +46,14 @@ from vault.schemas import (
     UploadResult,
 )
 from vault.service import Principal, Vault
+
+__all__ = [
+    "PrincipalDep",
+    "VaultDep",
+    "create_app",
+    "current_principal",
+    "get_vault",
+]
 
 log = logging.getLogger("vault.api")
 RECEIPT = api_errors.RECEIPT_HEADER
@@ -545,7 +554,7 @@ def create_app(settings: Settings | None = None, *, vault: Vault | None = None) 
 
     app = FastAPI(
         title="BLO Vault",
-        version="0.1.0",
+        version=__version__,
         description="Encrypted, access-controlled, audited exchange between Border Liaison Offices",
         lifespan=lifespan,
     )

@@ -2,4 +2,8 @@
 
 from api.app import create_app
 
+__all__ = [
+    "app",
+]
+
 app = create_app()

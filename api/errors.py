@@ -21,6 +21,20 @@ from starlette.routing import Match
 
 from vault import errors
 
+__all__ = [
+    "ERROR_RESPONSES",
+    "RECEIPT_HEADER",
+    "STATUS",
+    "ErrorBody",
+    "ErrorDetail",
+    "StreamAborted",
+    "error_json",
+    "error_response",
+    "install",
+    "internal_error",
+    "status_for",
+]
+
 log = logging.getLogger("vault.api")
 
 STATUS: dict[type[errors.VaultError], int] = {

@@ -23,6 +23,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api.errors import error_json
 from vault.errors import RequestTimeout
 
+__all__ = [
+    "MAX_HEADER_BYTES",
+    "MAX_HEADER_COUNT",
+    "BodyLimitMiddleware",
+    "PacedReceive",
+    "send_error",
+]
+
 _BODY_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 MAX_HEADER_BYTES = 16 * 1024
 MAX_HEADER_COUNT = 100

@@ -23,6 +23,18 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api.errors import internal_error
 from vault.service import Vault
 
+__all__ = [
+    "ANSWERED",
+    "CLIENT_CLOSED_REQUEST",
+    "LOG_CONFIG",
+    "SECURITY_HEADERS",
+    "JsonFormatter",
+    "Metrics",
+    "ObservabilityMiddleware",
+    "access_log",
+    "error_log",
+]
+
 access_log = logging.getLogger("vault.access")
 error_log = logging.getLogger("vault.api")
 

@@ -31,6 +31,12 @@ from api.errors import error_json
 from api.observability import ANSWERED, SECURITY_HEADERS
 from vault.config import Settings
 
+__all__ = [
+    "MAX_HEADER_BYTES",
+    "VaultH11Protocol",
+    "server_options",
+]
+
 log = logging.getLogger("vault.api")
 
 MAX_HEADER_BYTES = 16 * 1024

@@ -28,6 +28,12 @@ from vault.errors import (
 )
 from vault.schemas import MAX_FILENAME_BYTES, check_filename, filename_key, unsafe_char
 
+__all__ = [
+    "ApiClient",
+    "Progress",
+    "local_names",
+]
+
 Progress = Callable[[int], None]
 _CHUNK = 1024 * 1024
 # An upload's body can't be sent twice, so its access token is renewed before it starts when

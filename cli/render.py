@@ -13,6 +13,12 @@ from rich.text import Text
 
 from vault.schemas import unsafe_char
 
+__all__ = [
+    "clean",
+    "line",
+    "text",
+]
+
 
 def _visible(ch: str) -> str:
     # unicode_escape writes \x1b, \u202e, \U000e0041, \n, and a lone surrogate as \ud800.
