@@ -19,10 +19,10 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
-from api import errors as api_errors
-from api.limits import BodyLimitMiddleware
-from api.multipart import MultipartUpload, boundary_of
-from api.observability import Metrics, ObservabilityMiddleware
+from blo_vault.api import errors as api_errors
+from blo_vault.api.limits import BodyLimitMiddleware
+from blo_vault.api.multipart import MultipartUpload, boundary_of
+from blo_vault.api.observability import Metrics, ObservabilityMiddleware
 from vault import __version__
 from vault.authz import ACTIONS
 from vault.config import Settings, load_settings

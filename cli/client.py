@@ -15,8 +15,8 @@ from typing import IO, Any
 
 import httpx
 
-from cli import session as stored
-from cli.errors import BY_CODE
+from blo_vault.cli import session as stored
+from blo_vault.cli.errors import BY_CODE
 from vault.crypto import constant_time_equal
 from vault.errors import (
     AuthenticationFailed,

@@ -28,11 +28,11 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from cli import render
-from cli import session as stored
-from cli.client import ApiClient
-from cli.errors import exit_code_for
-from cli.witness import witness_app
+from blo_vault.cli import render
+from blo_vault.cli import session as stored
+from blo_vault.cli.client import ApiClient
+from blo_vault.cli.errors import exit_code_for
+from blo_vault.cli.witness import witness_app
 from vault.config import load_settings
 from vault.errors import AuthenticationFailed, InvalidInput, StorageUnavailable, VaultError
 from vault.models import Classification, Handling, Role
@@ -140,8 +140,8 @@ def serve(
     """
     import uvicorn
 
-    from api.observability import LOG_CONFIG
-    from api.server import server_options
+    from blo_vault.api.observability import LOG_CONFIG
+    from blo_vault.api.server import server_options
 
     settings = load_settings()
     # Open once here so configuration errors (e.g. development keys in production) stop us
@@ -151,13 +151,13 @@ def serve(
         err.print("FORWARDED_ALLOW_IPS is ignored: set VAULT_TRUSTED_PROXIES to trust a proxy")
     err.print(f"BLO Vault listening on {'https' if tls_cert else 'http'}://{host}:{port}")
     uvicorn.run(
-        "api.asgi:app",
+        "blo_vault.api.asgi:app",
         host=host,
         port=port,
         workers=workers,
         ssl_certfile=str(tls_cert) if tls_cert else None,
         ssl_keyfile=str(tls_key) if tls_key else None,
-        access_log=False,  # api.observability logs each request as JSON instead
+        access_log=False,  # blo_vault.api.observability logs each request as JSON instead
         log_config=LOG_CONFIG,
         **server_options(settings),
     )

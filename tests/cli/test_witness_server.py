@@ -39,7 +39,7 @@ class Cli:
 @pytest.fixture
 def blovault(capsys: pytest.CaptureFixture[str]) -> Callable[..., Cli]:
     """Run ``blovault`` in-process and capture its output."""
-    from cli.main import run
+    from blo_vault.cli.main import run
 
     def invoke(*args: str) -> Cli:
         capsys.readouterr()

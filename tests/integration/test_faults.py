@@ -36,7 +36,7 @@ import pytest
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import make_url
 
-from cli.client import ApiClient
+from blo_vault.cli.client import ApiClient
 from tests.conftest import (
     FAST_ARGON2,
     PASSWORD,
