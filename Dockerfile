@@ -1,17 +1,26 @@
 # BLO Vault API image. Build: docker build -t blo-vault .
 FROM python:3.11-slim AS build
 WORKDIR /src
-COPY pyproject.toml README.md ./
+# The build backend as locked too (requirements-build.lock), used in place of an isolated
+# build environment that would take whatever setuptools is newest.
+COPY requirements-build.lock ./
+RUN pip install --no-cache-dir --require-hashes -r requirements-build.lock
+COPY pyproject.toml setup.py README.md ./
 COPY vault vault
 COPY api api
 COPY cli cli
 COPY policies policies
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+# The wheel installs vault and blo_vault (api/ and cli/ as blo_vault.api and blo_vault.cli).
+RUN pip wheel --no-cache-dir --no-deps --no-build-isolation --wheel-dir /wheels .
 
 FROM python:3.11-slim
 RUN useradd --system --uid 10001 --home-dir /var/lib/blo-vault --create-home vault
+# Dependencies exactly as locked, every file checked against its hash (scripts/lock updates the
+# lock); a layer of their own, so a code change doesn't reinstall them.
+COPY requirements.lock /tmp/requirements.lock
+RUN pip install --no-cache-dir --require-hashes -r /tmp/requirements.lock && rm /tmp/requirements.lock
 COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
+RUN pip install --no-cache-dir --no-deps /wheels/*.whl && rm -rf /wheels
 USER vault
 ENV VAULT_ENV=production \
     VAULT_DATA_DIR=/var/lib/blo-vault \

@@ -1,5 +1,5 @@
 """The vault's HTTP API: FastAPI routes, thin over :mod:`vault.service`."""
 
-from api.app import create_app
+from blo_vault.api.app import create_app
 
 __all__ = ["create_app"]

@@ -18,12 +18,13 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
-from api import errors as api_errors
-from api import web
-from api.downloads import download_response
-from api.limits import BodyLimitMiddleware
-from api.multipart import MultipartUpload, boundary_of
-from api.observability import Metrics, ObservabilityMiddleware
+from blo_vault.api import errors as api_errors
+from blo_vault.api import web
+from blo_vault.api.downloads import download_response
+from blo_vault.api.limits import BodyLimitMiddleware
+from blo_vault.api.multipart import MultipartUpload, boundary_of
+from blo_vault.api.observability import Metrics, ObservabilityMiddleware
+from vault import __version__
 from vault.authz import ACTIONS
 from vault.config import Settings, load_settings
 from vault.errors import AuthenticationFailed, InvalidInput, NotFound, VaultError
@@ -47,6 +48,14 @@ from vault.schemas import (
     WitnessedCheckpointInfo,
 )
 from vault.service import Principal, Vault
+
+__all__ = [
+    "PrincipalDep",
+    "VaultDep",
+    "create_app",
+    "current_principal",
+    "get_vault",
+]
 
 log = logging.getLogger("vault.api")
 RECEIPT = api_errors.RECEIPT_HEADER
@@ -533,7 +542,7 @@ def create_app(settings: Settings | None = None, *, vault: Vault | None = None) 
 
     app = FastAPI(
         title="BLO Vault",
-        version="0.1.0",
+        version=__version__,
         description="Encrypted, access-controlled, audited exchange between Border Liaison Offices",
         lifespan=lifespan,
     )

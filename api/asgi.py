@@ -1,5 +1,9 @@
-"""ASGI entry point for servers (``uvicorn api.asgi:app``): settings from the environment."""
+"""ASGI entry point for servers (``uvicorn blo_vault.api.asgi:app``); settings from the env."""
 
-from api.app import create_app
+from blo_vault.api.app import create_app
+
+__all__ = [
+    "app",
+]
 
 app = create_app()

@@ -10,7 +10,7 @@ from urllib.parse import quote
 
 from fastapi.responses import StreamingResponse
 
-from api import errors as api_errors
+from blo_vault.api import errors as api_errors
 from vault.errors import VaultError
 from vault.service import Download
 

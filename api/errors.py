@@ -21,6 +21,20 @@ from starlette.routing import Match
 
 from vault import errors
 
+__all__ = [
+    "ERROR_RESPONSES",
+    "RECEIPT_HEADER",
+    "STATUS",
+    "ErrorBody",
+    "ErrorDetail",
+    "StreamAborted",
+    "error_json",
+    "error_response",
+    "install",
+    "internal_error",
+    "status_for",
+]
+
 log = logging.getLogger("vault.api")
 
 STATUS: dict[type[errors.VaultError], int] = {
@@ -88,7 +102,8 @@ def status_for(exc: errors.VaultError) -> int:
 
 
 def error_json(code: str, message: str, receipt: int | None = None) -> bytes:
-    """The one error shape as bytes, for answers written below the app (api.limits, api.server)."""
+    """The one error shape as bytes, for answers written below the app (the limits and server
+    modules)."""
     return json.dumps({"error": {"code": code, "message": message, "receipt": receipt}}).encode()
 
 

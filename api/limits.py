@@ -20,8 +20,16 @@ import time
 import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.errors import error_json
+from blo_vault.api.errors import error_json
 from vault.errors import RequestTimeout
+
+__all__ = [
+    "MAX_HEADER_BYTES",
+    "MAX_HEADER_COUNT",
+    "BodyLimitMiddleware",
+    "PacedReceive",
+    "send_error",
+]
 
 _BODY_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 MAX_HEADER_BYTES = 16 * 1024
@@ -29,7 +37,7 @@ MAX_HEADER_COUNT = 100
 
 
 async def send_error(send: Send, status: int, code: str, message: str) -> None:
-    """Answer with the API's JSON error shape (see api.errors) and close the connection."""
+    """Answer with the API's JSON error shape (blo_vault.api.errors) and close the connection."""
     body = error_json(code, message)
     await send(
         {

@@ -23,6 +23,11 @@ from vault.errors import InvalidInput, RequestTimeout, TooLarge
 from vault.schemas import NewPackage
 from vault.service import IncomingFile
 
+__all__ = [
+    "MultipartUpload",
+    "boundary_of",
+]
+
 _END = object()
 
 

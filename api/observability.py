@@ -20,8 +20,20 @@ from prometheus_client.registry import Collector
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.errors import internal_error
+from blo_vault.api.errors import internal_error
 from vault.service import Vault
+
+__all__ = [
+    "ANSWERED",
+    "CLIENT_CLOSED_REQUEST",
+    "LOG_CONFIG",
+    "SECURITY_HEADERS",
+    "JsonFormatter",
+    "Metrics",
+    "ObservabilityMiddleware",
+    "access_log",
+    "error_log",
+]
 
 access_log = logging.getLogger("vault.access")
 error_log = logging.getLogger("vault.api")
@@ -38,8 +50,8 @@ _DOCS = ("/docs", "/redoc", "/openapi.json")
 # Status logged and counted for a request whose client went away before it was answered
 # (nginx's convention; never sent, since there is no one to send it to).
 CLIENT_CLOSED_REQUEST = 499
-# Key in the scope's "extensions" where api.server records a status the HTTP layer itself sent
-# while the app was running (kept here: api.server imports this module, not the reverse).
+# Key in the scope's "extensions" where blo_vault.api.server records a status the HTTP layer
+# itself sent while the app was running (kept here: that module imports this one, not the reverse).
 ANSWERED = "vault.answered_status"
 
 
@@ -274,7 +286,7 @@ class JsonFormatter(logging.Formatter):
 LOG_CONFIG: dict[str, Any] = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"json": {"()": "api.observability.JsonFormatter"}},
+    "formatters": {"json": {"()": "blo_vault.api.observability.JsonFormatter"}},
     "handlers": {
         "stderr": {
             "class": "logging.StreamHandler",

@@ -6,7 +6,7 @@ happen here, in a small subclass of uvicorn's h11 protocol:
 
 * a deadline for the request *headers* (uvicorn has none: headers trickled a byte every few
   seconds would hold a connection forever); the body's pace is checked by the app
-  (``api.limits``), which sees it as it arrives;
+  (``blo_vault.api.limits``), which sees it as it arrives;
 * the refusals the server sends before or beside the app (a bad request line, headers too
   large, a malformed chunked body, headers too slow) carry the API's one JSON error shape
   instead of uvicorn's plain text, and a refusal in the middle of a request's body is handed
@@ -27,9 +27,15 @@ from typing import Any
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from api.errors import error_json
-from api.observability import ANSWERED, SECURITY_HEADERS
+from blo_vault.api.errors import error_json
+from blo_vault.api.observability import ANSWERED, SECURITY_HEADERS
 from vault.config import Settings
+
+__all__ = [
+    "MAX_HEADER_BYTES",
+    "VaultH11Protocol",
+    "server_options",
+]
 
 log = logging.getLogger("vault.api")
 

@@ -34,8 +34,8 @@ import uvicorn
 from sqlalchemy import insert
 from sqlmodel import SQLModel
 
-from api.app import create_app
 from bench import harness
+from blo_vault.api.app import create_app
 from vault import crypto
 from vault.models import Classification, Handling, ReleaseStatus, Role, utcnow
 from vault.service import Vault, local_operator

@@ -16,8 +16,8 @@ from typing import IO, Any
 
 import httpx
 
-from cli import session as stored
-from cli.errors import BY_CODE
+from blo_vault.cli import session as stored
+from blo_vault.cli.errors import BY_CODE
 from vault.crypto import constant_time_equal
 from vault.errors import (
     AuthenticationFailed,
@@ -28,6 +28,12 @@ from vault.errors import (
     VaultError,
 )
 from vault.schemas import MAX_FILENAME_BYTES, check_filename, filename_key, unsafe_char
+
+__all__ = [
+    "ApiClient",
+    "Progress",
+    "local_names",
+]
 
 Progress = Callable[[int], None]
 _CHUNK = 1024 * 1024

@@ -4,6 +4,12 @@ from __future__ import annotations
 
 from vault import errors
 
+__all__ = [
+    "BY_CODE",
+    "EXIT_CODES",
+    "exit_code_for",
+]
+
 EXIT_CODES: dict[type[errors.VaultError], int] = {
     errors.LedgerCorrupt: 1,
     errors.InvalidInput: 2,

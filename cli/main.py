@@ -13,13 +13,14 @@ import sys
 import click
 import typer
 
-from cli import render
-from cli.commands import admin, audit, auth, ledger, package, server, witness
-from cli.errors import exit_code_for
-from cli.render import err, out
+from blo_vault.cli import render
+from blo_vault.cli.commands import admin, audit, auth, ledger, package, server, witness
+from blo_vault.cli.errors import exit_code_for
+from blo_vault.cli.render import err, out
 from vault.errors import VaultError
 
-# ``out`` and ``err`` are the consoles of cli.render, named here for callers that size them.
+# ``out`` and ``err`` are the consoles of blo_vault.cli.render, named here for callers that
+# size them.
 __all__ = ["app", "err", "main", "out", "run"]
 
 app = typer.Typer(

@@ -22,6 +22,18 @@ from rich.text import Text
 from vault.schemas import unsafe_char
 
 # soft_wrap: messages stay one line whatever the terminal width (scripts grep them).
+__all__ = [
+    "cells",
+    "clean",
+    "err",
+    "line",
+    "out",
+    "print_json",
+    "print_json_line",
+    "print_verbatim",
+    "text",
+]
+
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 

@@ -24,6 +24,16 @@ from typing import Any
 
 from vault.errors import AuthenticationFailed
 
+__all__ = [
+    "StoredSession",
+    "config_dir",
+    "delete",
+    "from_tokens",
+    "load",
+    "rotate",
+    "save",
+]
+
 _NOT_LOGGED_IN = "not logged in: run 'blovault login' first"
 
 

@@ -212,8 +212,8 @@ def serving(app: Starlette, **options: Any) -> Iterator[str]:
 @contextlib.contextmanager
 def running_server(vault: Vault) -> Iterator[str]:
     """Serve ``vault`` with uvicorn on 127.0.0.1 in a thread; stop it on exit."""
-    from api.app import create_app
-    from api.server import server_options
+    from blo_vault.api.app import create_app
+    from blo_vault.api.server import server_options
 
     # The options `blovault serve` uses, so tests see the production protocol and limits.
     with serving(create_app(vault=vault), **server_options(vault.settings)) as url:
@@ -250,7 +250,7 @@ def cli(
     capsys: pytest.CaptureFixture[str],
 ) -> CliRunner:
     """Run ``blovault`` in-process as a given user (own config dir), with the world's settings."""
-    from cli.main import run
+    from blo_vault.cli.main import run
 
     monkeypatch.setenv("VAULT_DATA_DIR", str(world.settings.data_dir))
     if world.settings.database_url:

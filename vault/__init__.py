@@ -4,4 +4,5 @@ The core never imports the web framework or the command line; both are thin laye
 :mod:`vault.service`.
 """
 
+# The one place the version is written: the build reads it (pyproject.toml) and so does the API.
 __version__ = "0.1.0"

@@ -23,6 +23,27 @@ import casbin
 
 from vault.errors import ConfigError, InvalidInput
 
+__all__ = [
+    "ACTIONS",
+    "CONTENT_ACTIONS",
+    "HANDLINGS",
+    "NONE",
+    "NO_CONTENT_ROLES",
+    "ORIGINATOR",
+    "RELATIONS",
+    "RELEASED_AGENCY",
+    "RELEASED_COUNTRY",
+    "ROLES",
+    "SAME_COUNTRY",
+    "SEPARATION_OF_DUTIES",
+    "Authorizer",
+    "Decision",
+    "Facts",
+    "Key",
+    "parse_rule",
+    "rule_line",
+]
+
 log = logging.getLogger("vault.authz")
 
 # Relations between a caller and a package, strongest first.

@@ -16,6 +16,14 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from vault.errors import ConfigError
 
+__all__ = [
+    "GiB",
+    "MiB",
+    "Settings",
+    "default_policy_dir",
+    "load_settings",
+]
+
 GiB = 1024**3
 MiB = 1024**2
 

@@ -43,6 +43,35 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from vault.errors import ConfigError, IntegrityError
 
+__all__ = [
+    "HEADER_SIZE",
+    "KEY_SIZE",
+    "SEGMENT_SIZE",
+    "TAG_SIZE",
+    "BackgroundDigest",
+    "Kek",
+    "Keyring",
+    "Readable",
+    "SealingReader",
+    "WrappedKey",
+    "constant_time_equal",
+    "derive_key",
+    "ed25519_from_seed",
+    "ed25519_public_bytes",
+    "ed25519_public_key",
+    "ed25519_seed",
+    "keyed_digest",
+    "new_data_key",
+    "new_ed25519_private_key",
+    "new_token_signing_key_pem",
+    "open_bytes",
+    "open_stream",
+    "random_bytes",
+    "seal_bytes",
+    "sealed_size",
+    "token_public_key_pem",
+]
+
 # 1 MiB segments, as in Tink's "…_1MB" streaming templates: per-segment work in Python (nonce,
 # slicing, a call into AES-GCM, a queue hand-off) is paid 16 times less often than with 64 KiB,
 # which is what kept large transfers well behind a plain copy. Memory stays at a few segments.
@@ -124,10 +153,16 @@ class Keyring:
         """Ids of every KEK this keyring can unwrap with."""
         return frozenset(self._by_id)
 
-    def wrap(self, data_key: bytes, *, context: bytes) -> WrappedKey:
-        """Seal ``data_key`` under the current KEK, bound to ``context`` (the owner's identity)."""
+    def wrap(
+        self, data_key: bytes, *, context: bytes, unsafe_fixed_nonce: bytes | None = None
+    ) -> WrappedKey:
+        """Seal ``data_key`` under the current KEK, bound to ``context`` (the owner's identity).
+
+        ``unsafe_fixed_nonce`` exists only for known-answer tests: a nonce used twice under one
+        KEK breaks AES-GCM, so production code never passes it.
+        """
         kek = self.current
-        nonce = os.urandom(_NONCE_SIZE)
+        nonce = _nonce_or_random(unsafe_fixed_nonce, _NONCE_SIZE)
         aad = _wrap_aad(kek.id, context)
         blob = bytes([_WRAP_VERSION]) + nonce + AESGCM(kek.key).encrypt(nonce, data_key, aad)
         return WrappedKey(kek_id=kek.id, blob=blob)
@@ -152,6 +187,15 @@ class Keyring:
         return self.wrap(self.unwrap(wrapped, context=context), context=context)
 
 
+def _nonce_or_random(fixed: bytes | None, size: int) -> bytes:
+    """A fresh random nonce, or the fixed one a known-answer test asked for (checked for size)."""
+    if fixed is None:
+        return os.urandom(size)
+    if len(fixed) != size:
+        raise ValueError(f"a fixed nonce here must be {size} bytes")
+    return fixed
+
+
 def _wrap_aad(kek_id: str, context: bytes) -> bytes:
     return b"blo-vault/wrap/v1\x00" + kek_id.encode() + b"\x00" + context
 
@@ -159,9 +203,14 @@ def _wrap_aad(kek_id: str, context: bytes) -> bytes:
 # --- small records (titles, descriptions, filenames) -----------------------------------------
 
 
-def seal_bytes(key: bytes, plaintext: bytes, *, context: bytes) -> bytes:
-    """Seal a small record in one AES-256-GCM message bound to ``context``."""
-    nonce = os.urandom(_NONCE_SIZE)
+def seal_bytes(
+    key: bytes, plaintext: bytes, *, context: bytes, unsafe_fixed_nonce: bytes | None = None
+) -> bytes:
+    """Seal a small record in one AES-256-GCM message bound to ``context``.
+
+    ``unsafe_fixed_nonce`` is for known-answer tests only (see :meth:`Keyring.wrap`).
+    """
+    nonce = _nonce_or_random(unsafe_fixed_nonce, _NONCE_SIZE)
     aad = b"blo-vault/record/v1\x00" + context
     return bytes([_SMALL_VERSION]) + nonce + AESGCM(key).encrypt(nonce, plaintext, aad)
 
@@ -267,7 +316,8 @@ class SealingReader:
     segments where it can (short reads, as files may give), so sealed bytes are not copied
     again; memory stays at about two segments. After the end of stream, :attr:`plaintext_size` and
     :meth:`sha256_hex` describe the plaintext that was sealed. ``max_size`` stops an oversized
-    source early by raising ``limit_error``.
+    source early by raising ``limit_error``. ``unsafe_fixed_prefix`` (the 7-byte nonce prefix)
+    is for known-answer tests only: a prefix used twice under one data key breaks AES-GCM.
     """
 
     def __init__(
@@ -279,13 +329,14 @@ class SealingReader:
         max_size: int | None = None,
         limit_error: Exception | None = None,
         segment_size: int = SEGMENT_SIZE,
+        unsafe_fixed_prefix: bytes | None = None,
     ) -> None:
         if len(key) != KEY_SIZE:
             raise ValueError("data key must be 32 bytes")
         self._source = source
         self._aead = AESGCM(key)
         self._segment_size = segment_size
-        self._prefix = os.urandom(_PREFIX_SIZE)
+        self._prefix = _nonce_or_random(unsafe_fixed_prefix, _PREFIX_SIZE)
         self._header = _HEADER.pack(_MAGIC, _STREAM_VERSION, segment_size, self._prefix)
         self._aad = self._header + identity
         self._digest = BackgroundDigest()

@@ -31,6 +31,26 @@ from sqlmodel import Session, create_engine
 from vault import models  # noqa: F401  (registers the tables on SQLModel.metadata)
 from vault.errors import ConfigError, StorageUnavailable, VaultMissing
 
+__all__ = [
+    "APPEND_ONLY_TABLES",
+    "MIGRATIONS",
+    "READ_ONLY",
+    "WRITER_QUEUE_SECONDS",
+    "append_only_problems",
+    "append_only_statements",
+    "check_schema",
+    "current_revision",
+    "grant_app_role",
+    "head_revision",
+    "is_postgres",
+    "make_engine",
+    "migrate",
+    "read_scope",
+    "require_existing",
+    "schema_revision",
+    "session_scope",
+]
+
 log = logging.getLogger("vault.db")
 
 APPEND_ONLY_TABLES = ("ledgerentry", "ledgernode", "ledgercheckpoint")

@@ -7,6 +7,23 @@ HTTP status in one place (``api/errors.py``) and the CLI maps it to an exit code
 
 from __future__ import annotations
 
+__all__ = [
+    "AccessDenied",
+    "AuthenticationFailed",
+    "ConfigError",
+    "Conflict",
+    "IntegrityError",
+    "InvalidInput",
+    "LedgerCorrupt",
+    "NotFound",
+    "RateLimited",
+    "RequestTimeout",
+    "StorageUnavailable",
+    "TooLarge",
+    "VaultError",
+    "VaultMissing",
+]
+
 
 class VaultError(Exception):
     """Base class: a failure with a stable machine code and a message safe to show a user."""

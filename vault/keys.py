@@ -24,6 +24,14 @@ from vault import crypto
 from vault.config import Settings
 from vault.errors import ConfigError, VaultMissing
 
+__all__ = [
+    "DEV_KEY_DIR",
+    "KeyMaterial",
+    "generate_key_files",
+    "load_keys",
+    "read_kek",
+]
+
 DEV_KEY_DIR = "dev-keys"
 _KEK_FILE = "kek.b64"
 _TOKEN_FILE = "token-signing.pem"

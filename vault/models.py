@@ -17,6 +17,29 @@ from sqlalchemy import BigInteger, Column, DateTime, Index, Integer, LargeBinary
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
+__all__ = [
+    "Acknowledgement",
+    "Agency",
+    "Classification",
+    "Country",
+    "Handling",
+    "LedgerCheckpoint",
+    "LedgerEntry",
+    "LedgerNode",
+    "LoginThrottle",
+    "Package",
+    "PackageFile",
+    "PolicyRule",
+    "Release",
+    "ReleaseKind",
+    "ReleaseStatus",
+    "Role",
+    "UTCDateTime",
+    "User",
+    "UserSession",
+    "utcnow",
+]
+
 
 class Role(enum.StrEnum):
     """What a user does; see policies/ for what each may do."""

@@ -7,6 +7,12 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 
 from vault.errors import InvalidInput
 
+__all__ = [
+    "MAX_PASSWORD_LENGTH",
+    "MIN_PASSWORD_LENGTH",
+    "Passwords",
+]
+
 MIN_PASSWORD_LENGTH = 12
 MAX_PASSWORD_LENGTH = 1024
 

@@ -12,6 +12,39 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationIn
 from vault.errors import InvalidInput
 from vault.models import Classification, Handling, ReleaseKind, ReleaseStatus, Role
 
+__all__ = [
+    "MAX_FILENAME_BYTES",
+    "USERNAME",
+    "AuditView",
+    "CheckpointInfo",
+    "ConsistencyProof",
+    "Explanation",
+    "FileInfo",
+    "InclusionProof",
+    "LedgerEntries",
+    "LedgerReport",
+    "LoginResult",
+    "MultiLineText",
+    "NewPackage",
+    "OneLineText",
+    "PackageDetail",
+    "PackageList",
+    "PackageSummary",
+    "Receipt",
+    "ReleaseInfo",
+    "ReleaseResult",
+    "UploadResult",
+    "UserInfo",
+    "check_agency",
+    "check_country",
+    "check_filename",
+    "check_id",
+    "check_text",
+    "check_username",
+    "filename_key",
+    "unsafe_char",
+]
+
 _ID = re.compile(r"[0-9a-f]{32}")
 _COUNTRY = re.compile(r"[A-Z]{2}")
 _AGENCY = re.compile(r"[A-Z0-9][A-Z0-9_-]{1,63}")

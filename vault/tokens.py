@@ -26,6 +26,17 @@ from jose.exceptions import JOSEError
 
 from vault.errors import AuthenticationFailed
 
+__all__ = [
+    "ALGORITHMS",
+    "TokenClaims",
+    "TokenService",
+    "key_id",
+    "new_refresh_token",
+    "refresh_session_id",
+    "refresh_token_hash",
+    "session_reference",
+]
+
 ALGORITHMS = ["ES256"]
 _REQUIRED = ("exp", "iat", "nbf", "sub", "aud", "iss")
 _SESSION_ID = re.compile(r"[0-9a-f]{32}")

@@ -11,10 +11,10 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from api.web import audit, errors, pages
-from api.web.context import PREFIX, STATIC_PREFIX, Web
-from api.web.pages import UPLOAD_PATH
-from api.web.security import PageSecurityMiddleware
+from blo_vault.api.web import audit, errors, pages
+from blo_vault.api.web.context import PREFIX, STATIC_PREFIX, Web
+from blo_vault.api.web.pages import UPLOAD_PATH
+from blo_vault.api.web.security import PageSecurityMiddleware
 
 __all__ = ["PREFIX", "UPLOAD_PATH", "install"]
 

@@ -8,8 +8,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from api.web.context import PREFIX, SignedIn, Visit
-from api.web.forms import PAGE_SIZE, day_start, optional
+from blo_vault.api.web.context import PREFIX, SignedIn, Visit
+from blo_vault.api.web.forms import PAGE_SIZE, day_start, optional
 from vault.authz import ACTIONS
 from vault.ledger.entry import Entry, decode
 

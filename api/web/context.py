@@ -12,8 +12,8 @@ from fastapi import Depends, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-from api.web.i18n import Language, Languages, zone_for
-from api.web.sessions import SessionStore, WebSession
+from blo_vault.api.web.i18n import Language, Languages, zone_for
+from blo_vault.api.web.sessions import SessionStore, WebSession
 from vault.errors import AccessDenied, AuthenticationFailed
 from vault.models import Classification
 from vault.service import Principal, Vault

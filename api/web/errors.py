@@ -12,10 +12,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import RedirectResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api.errors import status_for
-from api.web.context import PREFIX, SignInRequired, Visit, visit
-from api.web.i18n import N_
-from api.web.security import is_page
+from blo_vault.api.errors import status_for
+from blo_vault.api.web.context import PREFIX, SignInRequired, Visit, visit
+from blo_vault.api.web.i18n import N_
+from blo_vault.api.web.security import is_page
 from vault import errors
 
 # By error code. A package one may not know exists and a random id both say "not_found".

@@ -11,12 +11,20 @@ from fastapi import APIRouter, Form, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
-from api.downloads import download_response
-from api.errors import status_for
-from api.multipart import MultipartUpload, boundary_of
-from api.web.context import PREFIX, Posted, PostedSignedIn, SignedIn, VisitDep, check_csrf, visit
-from api.web.forms import PAGE_SIZE, choice, day_start, local_time, optional
-from api.web.i18n import ZONES
+from blo_vault.api.downloads import download_response
+from blo_vault.api.errors import status_for
+from blo_vault.api.multipart import MultipartUpload, boundary_of
+from blo_vault.api.web.context import (
+    PREFIX,
+    Posted,
+    PostedSignedIn,
+    SignedIn,
+    VisitDep,
+    check_csrf,
+    visit,
+)
+from blo_vault.api.web.forms import PAGE_SIZE, choice, day_start, local_time, optional
+from blo_vault.api.web.i18n import ZONES
 from vault.errors import AuthenticationFailed, InvalidInput, RateLimited
 from vault.listing import PackageFilter
 from vault.models import Classification, Handling, Role

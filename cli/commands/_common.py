@@ -13,9 +13,9 @@ from typing import Annotated
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
-from cli import session as stored
-from cli.client import ApiClient
-from cli.render import err
+from blo_vault.cli import session as stored
+from blo_vault.cli.client import ApiClient
+from blo_vault.cli.render import err
 from vault.config import load_settings
 from vault.errors import InvalidInput
 from vault.service import Vault

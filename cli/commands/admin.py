@@ -12,9 +12,9 @@ from typing import Annotated
 
 import typer
 
-from cli import render
-from cli.commands._common import JsonOpt, local_vault, read_password
-from cli.render import err, out, print_json
+from blo_vault.cli import render
+from blo_vault.cli.commands._common import JsonOpt, local_vault, read_password
+from blo_vault.cli.render import err, out, print_json
 from vault.config import load_settings
 from vault.models import Classification, Role
 from vault.service import local_operator

@@ -7,11 +7,11 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from cli import render
-from cli.commands._common import JsonOpt, api_client
-from cli.render import out, print_json
+from blo_vault.cli import render
+from blo_vault.cli.commands._common import JsonOpt, api_client
+from blo_vault.cli.render import out, print_json
 
-# Unnamed: ``cli.commands.package`` merges its command into the package group.
+# Unnamed: ``blo_vault.cli.commands.package`` merges its command into the package group.
 package_app = typer.Typer()
 authz_app = typer.Typer(
     help="Ask why an access is allowed or denied (auditors, admins).", no_args_is_help=True

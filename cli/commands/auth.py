@@ -6,14 +6,14 @@ from typing import Annotated
 
 import typer
 
-from cli import render
-from cli import session as stored
-from cli.client import ApiClient
-from cli.commands._common import read_password
-from cli.render import err
+from blo_vault.cli import render
+from blo_vault.cli import session as stored
+from blo_vault.cli.client import ApiClient
+from blo_vault.cli.commands._common import read_password
+from blo_vault.cli.render import err
 from vault.errors import AuthenticationFailed, StorageUnavailable
 
-# Unnamed: ``cli.main`` merges its commands into the top level.
+# Unnamed: ``blo_vault.cli.main`` merges its commands into the top level.
 app = typer.Typer()
 
 

@@ -17,10 +17,10 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from cli import render
-from cli.commands import ledger_witness
-from cli.commands._common import JsonOpt, entry_counter, local_vault, parse_time
-from cli.render import err, out, print_json, print_json_line, print_verbatim
+from blo_vault.cli import render
+from blo_vault.cli.commands import ledger_witness
+from blo_vault.cli.commands._common import JsonOpt, entry_counter, local_vault, parse_time
+from blo_vault.cli.render import err, out, print_json, print_json_line, print_verbatim
 from vault.errors import InvalidInput
 from vault.ledger.entry import Entry
 from vault.service import local_operator

@@ -19,9 +19,9 @@ from typing import Annotated, Any
 
 import typer
 
-from cli import render
-from cli.commands import witness as witness_cli
-from cli.commands._common import local_vault
+from blo_vault.cli import render
+from blo_vault.cli.commands import witness as witness_cli
+from blo_vault.cli.commands._common import local_vault
 from vault.schemas import WitnessStatus
 from vault.service import local_operator
 from vault.witness.export import WitnessedExport, verify_export_with_policy

@@ -1,5 +1,6 @@
 """``blovault package`` upload, list, show and download; the group also carries the release
-commands (:mod:`cli.commands.release`) and the auditor's view (:mod:`cli.commands.audit`)."""
+commands (:mod:`blo_vault.cli.commands.release`) and the auditor's view
+(:mod:`blo_vault.cli.commands.audit`)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from cli import render
-from cli.commands import audit, release
-from cli.commands._common import JsonOpt, api_client, transfer_progress
-from cli.render import err, out, print_json
+from blo_vault.cli import render
+from blo_vault.cli.commands import audit, release
+from blo_vault.cli.commands._common import JsonOpt, api_client, transfer_progress
+from blo_vault.cli.render import err, out, print_json
 from vault.models import Classification, Handling
 
 app = typer.Typer(help="Upload, list, show, download and release packages.", no_args_is_help=True)

@@ -7,11 +7,11 @@ from typing import Annotated, Any
 
 import typer
 
-from cli import render
-from cli.commands._common import JsonOpt, api_client, parse_time
-from cli.render import out, print_json
+from blo_vault.cli import render
+from blo_vault.cli.commands._common import JsonOpt, api_client, parse_time
+from blo_vault.cli.render import out, print_json
 
-# Unnamed: ``cli.commands.package`` merges these commands into its group.
+# Unnamed: ``blo_vault.cli.commands.package`` merges these commands into its group.
 app = typer.Typer()
 
 

@@ -8,11 +8,11 @@ from typing import Annotated
 
 import typer
 
-from cli.render import err
+from blo_vault.cli.render import err
 from vault.config import load_settings
 from vault.service import Vault
 
-# Unnamed: ``cli.main`` merges its command into the top level.
+# Unnamed: ``blo_vault.cli.main`` merges its command into the top level.
 app = typer.Typer()
 
 
@@ -31,8 +31,8 @@ def serve(
     """
     import uvicorn
 
-    from api.observability import LOG_CONFIG
-    from api.server import server_options
+    from blo_vault.api.observability import LOG_CONFIG
+    from blo_vault.api.server import server_options
 
     settings = load_settings()
     # Open once here so configuration errors (e.g. development keys in production) stop us
@@ -42,13 +42,13 @@ def serve(
         err.print("FORWARDED_ALLOW_IPS is ignored: set VAULT_TRUSTED_PROXIES to trust a proxy")
     err.print(f"BLO Vault listening on {'https' if tls_cert else 'http'}://{host}:{port}")
     uvicorn.run(
-        "api.asgi:app",
+        "blo_vault.api.asgi:app",
         host=host,
         port=port,
         workers=workers,
         ssl_certfile=str(tls_cert) if tls_cert else None,
         ssl_keyfile=str(tls_key) if tls_key else None,
-        access_log=False,  # api.observability logs each request as JSON instead
+        access_log=False,  # blo_vault.api.observability logs each request as JSON instead
         log_config=LOG_CONFIG,
         **server_options(settings),
     )

@@ -1,7 +1,8 @@
 """``blovault witness``: run a counterpart country's witness (c2sp.org/tlog-witness).
 
 A witness shares nothing with the vault: its own directory (Ed25519 key, state database), its
-own process. Errors are VaultErrors, turned into one line and an exit code by ``cli.main.run``.
+own process. Errors are VaultErrors, turned into one line and an exit code by
+``blo_vault.cli.main.run``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Annotated
 
 import typer
 
-from cli import render
+from blo_vault.cli import render
 from vault.errors import InvalidInput, StorageUnavailable
 from vault.witness.core import Witness, init_witness
 from vault.witness.policy import load_policy, verify_witnessed
@@ -67,7 +68,7 @@ def serve(
     """Serve POST /add-checkpoint (c2sp.org/tlog-witness) until interrupted."""
     import uvicorn
 
-    from api.witness import create_witness_app
+    from blo_vault.api.witness import create_witness_app
 
     # Open before binding, so a missing directory or an unsafe key stops us with its message.
     witness = Witness.open(directory)

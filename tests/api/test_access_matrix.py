@@ -76,7 +76,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # starlette: the httpx-backed TestClient is deprecated
     from fastapi.testclient import TestClient
 
-from api.app import create_app
+from blo_vault.api.app import create_app
 
 # --- the policy, stated independently ---------------------------------------------------------
 

@@ -161,7 +161,7 @@ def _without_lifespan(app: ASGIApp) -> ASGIApp:
 
 @pytest.fixture(scope="module")
 def fuzz_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FuzzWorld]:
-    from api.app import create_app
+    from blo_vault.api.app import create_app
 
     base: Path = tmp_path_factory.mktemp("fuzz")
     with contextlib.ExitStack() as stack:
@@ -218,7 +218,7 @@ def fuzz_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FuzzWorld]:
 
 def _operations() -> list[tuple[str, str]]:
     """(method, path) of every operation of the served schema."""
-    from api.app import create_app
+    from blo_vault.api.app import create_app
 
     with contextlib.ExitStack() as stack:
         import tempfile

@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 import pytest
 
-from api.observability import JsonFormatter
+from blo_vault.api.observability import JsonFormatter
 from tests.api.test_hostile_input import (
     FULL,
     Reply,

@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from sqlmodel import Session, col, func, select
 
-from cli.client import ApiClient
+from blo_vault.cli.client import ApiClient
 from tests.conftest import (
     FAST_ARGON2,
     ON_POSTGRES,

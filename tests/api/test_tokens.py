@@ -38,7 +38,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # starlette: httpx-backed TestClient is deprecated
     from fastapi.testclient import TestClient
 
-from api.app import create_app
+from blo_vault.api.app import create_app
 
 ROUTE = "/packages"
 GENERIC = "invalid or expired token"  # the one message for every bad token (tokens.py)

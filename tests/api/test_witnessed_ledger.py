@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from api.witness import create_witness_app
+from blo_vault.api.witness import create_witness_app
 from tests.conftest import World, serving
 from vault.ledger.note import open_checkpoint
 from vault.witness.core import Witness, init_witness

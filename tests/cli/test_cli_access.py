@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from cli import main as cli_main
+from blo_vault.cli import main as cli_main
 from tests.conftest import PASSWORD, CliResult, CliRunner, World
 from vault.models import Classification, Role
 from vault.service import local_operator

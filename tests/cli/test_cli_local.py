@@ -20,7 +20,7 @@ from typing import Protocol
 import pytest
 from sqlalchemy import create_engine, inspect, text
 
-from cli.errors import EXIT_CODES
+from blo_vault.cli.errors import EXIT_CODES
 from tests.cli.test_cli_access import release, upload, write_source
 from tests.conftest import (
     FAST_ARGON2,
@@ -62,7 +62,7 @@ def bare_cli(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> BareCli:
     """``blovault`` run in-process in an empty folder with no VAULT_* settings at all."""
-    from cli.main import run
+    from blo_vault.cli.main import run
 
     folder = tmp_path / "elsewhere"
     folder.mkdir()

@@ -27,8 +27,8 @@ from hypothesis import strategies as st
 from rich.console import Console, RenderableType
 from sqlmodel import Session, col, select
 
-from cli import render
-from cli.client import local_names
+from blo_vault.cli import render
+from blo_vault.cli.client import local_names
 from tests.conftest import PASSWORD, CliResult, CliRunner, World
 from vault import crypto
 from vault.errors import AuthenticationFailed, InvalidInput
@@ -68,7 +68,7 @@ def printed(renderable: RenderableType) -> str:
 def wide_console(monkeypatch: pytest.MonkeyPatch) -> None:
     """Give the CLI's consoles room for whole rows. They read COLUMNS once, at import, so
     under pytest-xdist (no terminal) setting it later would leave them at 80 columns."""
-    from cli import main as cli_main
+    from blo_vault.cli import main as cli_main
 
     for console in (cli_main.out, cli_main.err):
         monkeypatch.setattr(console, "width", 400)

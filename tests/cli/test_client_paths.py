@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from cli.client import ApiClient
+from blo_vault.cli.client import ApiClient
 from tests.conftest import free_port
 from vault.errors import InvalidInput, StorageUnavailable
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from cli import session as stored
+from blo_vault.cli import session as stored
 
 
 @pytest.fixture

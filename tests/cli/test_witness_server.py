@@ -52,7 +52,7 @@ class StartWitness(Protocol):
 @pytest.fixture
 def blovault(capsys: pytest.CaptureFixture[str]) -> Blovault:
     """Run ``blovault`` in-process and capture its output."""
-    from cli.main import run
+    from blo_vault.cli.main import run
 
     def invoke(*args: str | Path) -> Cli:
         capsys.readouterr()

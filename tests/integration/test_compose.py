@@ -144,3 +144,16 @@ def test_api_port_binds_loopback_only(compose: dict[str, Any]) -> None:
         assert str(port).startswith("127.0.0.1:"), port
     for name in ("postgres", "minio"):
         assert not compose["services"][name].get("ports"), f"{name} should not publish ports"
+
+
+def test_every_image_is_pinned_to_a_tag_other_than_latest(compose: dict[str, Any]) -> None:
+    images = {
+        name: service["image"]
+        for name, service in compose["services"].items()
+        if "image" in service
+    }
+    assert images, "no service names an image"
+    for name, image in images.items():
+        _, _, tag = image.rpartition("/")[2].partition(":")
+        assert tag not in ("", "latest"), f"{name} runs {image}: pin a release tag"
+    assert images["minio"].split(":", 1)[1].startswith("RELEASE.")

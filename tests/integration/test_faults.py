@@ -37,7 +37,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.pool import ConnectionPoolEntry
 
-from cli.client import ApiClient
+from blo_vault.cli.client import ApiClient
 from tests.conftest import (
     FAST_ARGON2,
     PASSWORD,

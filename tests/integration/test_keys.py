@@ -25,7 +25,7 @@ import pytest
 from sqlalchemy import Engine, text
 from sqlmodel import Session, select
 
-from cli.main import run
+from blo_vault.cli.main import run
 from tests.conftest import (
     FAST_ARGON2,
     PASSWORD,
@@ -204,7 +204,7 @@ def test_kek_rotation_end_to_end(
         finally:
             vault.close()
     else:
-        from cli.main import run
+        from blo_vault.cli.main import run
 
         monkeypatch.setenv("VAULT_DATA_DIR", str(data_dir))
         if backend_url:
@@ -551,7 +551,7 @@ def test_production_with_unmigrated_db_refuses_and_does_not_migrate(tmp_path: Pa
 def test_gen_keys_cli_writes_0600_files_and_refuses_to_overwrite(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from cli.main import run
+    from blo_vault.cli.main import run
 
     out_dir = tmp_path / "secrets"
     capsys.readouterr()

@@ -22,7 +22,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from api.observability import JsonFormatter
+from blo_vault.api.observability import JsonFormatter
 from tests.conftest import METRICS_AUTH, PASSWORD, MultipartFiles, World, running_server
 from tests.s3server import moto_s3
 from vault.config import Settings

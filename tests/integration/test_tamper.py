@@ -365,7 +365,7 @@ def cli(
     capsys: pytest.CaptureFixture[str],
 ) -> CliRunner:
     """``blovault`` in-process against the shared world (as conftest's ``cli`` does for its own)."""
-    from cli.main import run
+    from blo_vault.cli.main import run
 
     world = shared[0]
     monkeypatch.setenv("VAULT_DATA_DIR", str(world.settings.data_dir))

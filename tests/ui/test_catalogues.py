@@ -10,7 +10,7 @@ import pytest
 from babel.messages.extract import extract_from_dir
 from babel.messages.pofile import read_po
 
-from api.web.i18n import LOCALE_DIR, Languages
+from blo_vault.api.web.i18n import LOCALE_DIR, Languages
 
 WEB = Path(__file__).parents[2] / "api" / "web"
 KEYWORDS = {"_": None, "gettext": None, "ngettext": (1, 2), "N_": None}

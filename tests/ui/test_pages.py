@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from api.web.security import CSP
+from blo_vault.api.web.security import CSP
 from tests.conftest import PASSWORD, USERS, World
 from tests.ui.conftest import Browser
 from vault.models import Classification, Handling, Role
@@ -153,7 +153,7 @@ def test_password_change_in_the_page_keeps_this_browser_and_ends_the_others(
 
 
 def test_cookie_attributes_over_tls_and_plain_http(world: World) -> None:
-    from api.app import create_app
+    from blo_vault.api.app import create_app
 
     app = create_app(vault=world.vault)
     with TestClient(app, base_url="https://testserver") as tls:
@@ -223,7 +223,7 @@ def _pages(world: World) -> dict[str, list[str]]:
 
 
 def test_security_headers_and_no_inline_code_on_every_page(world: World) -> None:
-    from api.app import create_app
+    from blo_vault.api.app import create_app
 
     app = create_app(vault=world.vault)
     for user, paths in _pages(world).items():
@@ -250,7 +250,7 @@ def test_security_headers_and_no_inline_code_on_every_page(world: World) -> None
 
 
 def test_every_form_control_has_a_label(world: World) -> None:
-    from api.app import create_app
+    from blo_vault.api.app import create_app
 
     app = create_app(vault=world.vault)
     for user, paths in _pages(world).items():
@@ -352,7 +352,7 @@ def test_errors_and_dates_are_russian_too(world: World, browser: Browser) -> Non
 def test_pages_answer_as_the_api_does_for_every_role_and_relation(world: World) -> None:
     """Each package page against the JSON route doing the same, for each user: a page is
     allowed (200) exactly where the API is, and not found (404) exactly where it is."""
-    from api.app import create_app
+    from blo_vault.api.app import create_app
 
     released = upload(world, title="to KZ", handling=Handling.H0)
     world.vault.release(world["uz.officer"], released, country="KZ")
@@ -394,7 +394,7 @@ def test_role_pages_answer_as_the_api_does_for_every_role(world: World) -> None:
     """The pages that concern no one package (ledger, checkpoint, explain, list, upload form)
     against the JSON route doing the same, for every user: refused exactly where the API
     refuses, with the same status."""
-    from api.app import create_app
+    from blo_vault.api.app import create_app
 
     package_id = upload(world)
     world.vault.release(world["uz.officer"], package_id, country="KZ")
@@ -493,7 +493,7 @@ def test_ledger_page_newest_first_paged_and_filtered(world: World, browser: Brow
 
 
 def test_request_release_reject_and_revoke_through_the_pages(world: World) -> None:
-    from api.app import create_app
+    from blo_vault.api.app import create_app
 
     package_id = upload(world, handling=Handling.H2)
     world.vault.release(world["uz.officer"], package_id, country="KZ")

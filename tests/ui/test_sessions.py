@@ -3,7 +3,7 @@ sessions that never signed in can't push out the signed-in ones."""
 
 from __future__ import annotations
 
-from api.web.sessions import SessionStore
+from blo_vault.api.web.sessions import SessionStore
 from vault.schemas import LoginResult
 
 

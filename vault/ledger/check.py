@@ -40,6 +40,12 @@ from vault.ledger.verify import (
     verify_range,
 )
 
+__all__ = [
+    "MIN_PARALLEL",
+    "confirm_in_parallel",
+    "verify_database",
+]
+
 # Below this many entries one process is quicker than forking.
 MIN_PARALLEL = 1 << 16
 

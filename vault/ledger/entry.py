@@ -23,6 +23,14 @@ from datetime import UTC, datetime
 
 from vault.errors import LedgerCorrupt
 
+__all__ = [
+    "GENESIS_PREV",
+    "VERSION",
+    "Entry",
+    "decode",
+    "leaf_hash",
+]
+
 VERSION = 1
 GENESIS_PREV = "0" * 64
 _U64 = struct.Struct(">Q")

@@ -31,6 +31,24 @@ from vault.ledger import merkle, note
 from vault.ledger.entry import GENESIS_PREV, Entry, leaf_hash
 from vault.models import LedgerCheckpoint, LedgerEntry, LedgerNode, utcnow
 
+__all__ = [
+    "Actor",
+    "GroupAppender",
+    "Record",
+    "append",
+    "append_many",
+    "checkpoint_notes",
+    "consistency_proof",
+    "entry_bytes",
+    "inclusion_proof",
+    "iter_entries",
+    "latest_checkpoint",
+    "leaf_count",
+    "root",
+    "sign_checkpoint",
+    "size",
+]
+
 # Arbitrary constant naming the ledger's advisory lock on PostgreSQL.
 _PG_LOCK_KEY = 0x424C4F56  # "BLOV"; the two-int advisory lock form takes 32-bit keys
 

@@ -18,6 +18,22 @@ from typing import Protocol
 from vault.ledger import merkle, note
 from vault.ledger.entry import GENESIS_PREV, VERSION
 
+__all__ = [
+    "BLOCK_LEVEL",
+    "EntrySource",
+    "ListSource",
+    "NodeSource",
+    "RangeOutcome",
+    "Row",
+    "Start",
+    "VerifyResult",
+    "open_checkpoints",
+    "stored_node_problem",
+    "verify_entries",
+    "verify_export",
+    "verify_range",
+]
+
 # (seq, stored prev_hash column or None, entry bytes)
 Row = tuple[int, bytes | None, bytes]
 

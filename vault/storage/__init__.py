@@ -15,6 +15,13 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from vault.errors import InvalidInput
 
+__all__ = [
+    "ObjectReader",
+    "ObjectStore",
+    "check_key",
+    "open_store",
+]
+
 if TYPE_CHECKING:
     from vault.config import Settings
     from vault.crypto import Readable

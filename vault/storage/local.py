@@ -13,6 +13,10 @@ from typing import TYPE_CHECKING, BinaryIO
 from vault.errors import NotFound, StorageUnavailable
 from vault.storage import check_key
 
+__all__ = [
+    "LocalDiskStore",
+]
+
 if TYPE_CHECKING:
     from vault.crypto import Readable
 

@@ -37,6 +37,20 @@ from vault.crypto import sealed_size
 from vault.errors import ConfigError, InvalidInput, NotFound, StorageUnavailable, TooLarge
 from vault.storage import check_key
 
+__all__ = [
+    "CONNECT_TIMEOUT_SECONDS",
+    "CONTENT_TYPE",
+    "DEFAULT_MIN_PART_SIZE",
+    "MAX_PARTS",
+    "MAX_PART_SIZE",
+    "MIN_PART_SIZE",
+    "READ_TIMEOUT_SECONDS",
+    "RETRIES",
+    "MiB",
+    "MinioStore",
+    "choose_part_size",
+]
+
 if TYPE_CHECKING:
     from vault.config import Settings
     from vault.crypto import Readable
