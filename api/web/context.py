@@ -12,6 +12,7 @@ from fastapi import Depends, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
+from blo_vault.api.web import codes
 from blo_vault.api.web.i18n import Language, Languages, zone_for
 from blo_vault.api.web.sessions import SessionStore, WebSession
 from vault.errors import AccessDenied, AuthenticationFailed
@@ -130,6 +131,10 @@ class Visit:
             _=self.language.gettext,
             ngettext=self.language.ngettext,
             when=lambda moment: self.language.datetime(moment, self.zone),
+            action_text=lambda code: codes.action_text(self.language, code),
+            reason_text=lambda code: codes.reason_text(self.language, code),
+            relation_text=lambda code: codes.relation_text(self.language, code),
+            note_text=lambda note: codes.note_text(self.language, note),
             lang=self.language,
             languages=self.web.languages.by_code.values(),
             zone=self.zone,
