@@ -18,7 +18,9 @@ from blo_vault.api.web.security import PageSecurityMiddleware
 
 __all__ = ["PREFIX", "UPLOAD_PATH", "install"]
 
-STATIC_DIR = Path(__file__).parent / "static"
+# Resolved: an editable install links each file into build/__editable__, and StaticFiles
+# refuses (404) a file whose real path is outside its directory.
+STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 
 def install(app: FastAPI) -> None:

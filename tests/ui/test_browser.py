@@ -304,7 +304,9 @@ def test_cross_border_story(world: World, browsers: Browsers, tmp_path: Path) ->
         assert rows.count("download") >= 2
         shot(auditor, screenshots / "en", "ledger")
         auditor.get(base + "/ui/audit/ledger?actor=tj.officer&decision=deny")
-        assert "not_found" in auditor.find_element(By.CSS_SELECTOR, "table.ledger").text
+        refusals = auditor.find_element(By.CSS_SELECTOR, "table.ledger").text
+        assert "denied by policy" in refusals  # the reason's words, not its code
+        assert "policy_denied" not in refusals
         first_id = package_url.rsplit("/", 1)[1]
         auditor.get(f"{base}/ui/audit/explain?user=tj.officer&package={first_id}&action=read")
         assert auditor.find_element(By.ID, "verdict").text == "deny"
