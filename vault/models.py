@@ -248,6 +248,25 @@ class UserSession(SQLModel, table=True):
     revoked_reason: str | None = Field(default=None, max_length=32)
 
 
+class WebSession(SQLModel, table=True):
+    """A browser's session with the web interface (api/web), shared by every server worker
+    and kept across restarts (see vault/websessions.py).
+
+    Keyed by the SHA-256 of the cookie value. What the session holds (CSRF token, the service
+    session's tokens, language, zone) is sealed under a key derived from the cookie, which only
+    the browser has: this table alone opens nothing. Times are seconds since the epoch.
+    """
+
+    key: bytes = Field(sa_column=Column(LargeBinary(32), primary_key=True))
+    sealed: bytes = Field(sa_column=Column(LargeBinary(), nullable=False))
+    signed_in: bool = False
+    # Bumped on every change of ``sealed``: a worker renewing the tokens claims the row by it,
+    # so two workers never spend the same refresh token (which would end the session).
+    version: int = 0
+    created: float
+    last_seen: float = Field(index=True)
+
+
 class PolicyRule(SQLModel, table=True):
     """A Casbin rule added by an admin, on top of policies/policy.csv."""
 

@@ -101,11 +101,11 @@ def preferences(
     if lang:
         if lang not in current.web.languages.by_code:
             raise InvalidInput("not one of the languages offered")
-        current.session.lang = lang
+        current.session.remember(lang=lang)
     if tz:
         if tz not in ZONES:
             raise InvalidInput("not one of the time zones offered")
-        current.session.tz = tz
+        current.session.remember(tz=tz)
     back = PREFIX + "/account" if current.principal else PREFIX + "/signin"
     return current.redirect(back)
 

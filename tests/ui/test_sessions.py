@@ -1,10 +1,40 @@
-"""The web session store: cookies name sessions by hash, idle ones end, and a flood of
-sessions that never signed in can't push out the signed-in ones."""
+"""The web session store (in the vault's database): cookies name sessions by hash, idle ones
+end, and a flood of sessions that never signed in can't push out the signed-in ones."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import pytest
+
 from blo_vault.api.web.sessions import SessionStore
+from tests.conftest import World
 from vault.schemas import LoginResult
+from vault.websessions import WebSessionStore
+
+Stores = Callable[..., SessionStore]
+
+
+@pytest.fixture
+def stores(world: World) -> Stores:
+    """Session stores over the world's database, with the options a test names."""
+
+    def make(
+        *,
+        idle_seconds: float = 60,
+        max_sessions: int = 20_000,
+        clock: Callable[[], float] | None = None,
+    ) -> SessionStore:
+        rows = WebSessionStore(
+            world.vault.engine,
+            idle_seconds=idle_seconds,
+            lifetime_seconds=3600,
+            max_sessions=max_sessions,
+            **({"clock": clock} if clock else {}),
+        )
+        return SessionStore(rows, **({"clock": clock} if clock else {}))
+
+    return make
 
 
 def tokens() -> LoginResult:
@@ -18,38 +48,39 @@ def tokens() -> LoginResult:
     )
 
 
-def test_unknown_cookie_and_dropped_session_find_nothing() -> None:
-    store = SessionStore(idle_seconds=60)
+def test_unknown_cookie_and_dropped_session_find_nothing(stores: Stores) -> None:
+    store = stores(idle_seconds=60)
     cookie, session = store.new(lang="ru")
-    assert store.get(cookie) is session
+    assert store.get(cookie) == session
     assert store.get(cookie + "x") is None
     assert store.get("") is None
     store.drop(cookie)
     assert store.get(cookie) is None
 
 
-def test_idle_session_ends() -> None:
+def test_idle_session_ends(stores: Stores) -> None:
     now = [1000.0]
-    store = SessionStore(idle_seconds=60, clock=lambda: now[0])
+    store = stores(idle_seconds=60, clock=lambda: now[0])
     cookie, session = store.new()
     now[0] += 59
-    assert store.get(cookie) is session  # seen: its idle time starts again
+    assert store.get(cookie) == session  # seen: its idle time starts again
     now[0] += 61
     assert store.get(cookie) is None
 
 
-def test_anonymous_flood_does_not_evict_signed_in_sessions() -> None:
-    store = SessionStore(idle_seconds=60, max_sessions=10)
+def test_anonymous_flood_does_not_evict_signed_in_sessions(stores: Stores) -> None:
+    store = stores(idle_seconds=60, max_sessions=10)
     cookie, session = store.new()
     session.hold(tokens())
     for _ in range(100):
         store.new()
-    assert store.get(cookie) is session
+    assert store.get(cookie) == session
     assert session.signed_in
+    assert store.rows.count() <= 10
 
 
-def test_csrf_token_is_checked_exactly() -> None:
-    _, session = SessionStore(idle_seconds=60).new()
+def test_csrf_token_is_checked_exactly(stores: Stores) -> None:
+    _, session = stores(idle_seconds=60).new()
     assert session.csrf_ok(session.csrf)
     assert not session.csrf_ok(session.csrf[:-1])
     assert not session.csrf_ok("")
