@@ -3,12 +3,13 @@ end, and a flood of sessions that never signed in can't push out the signed-in o
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import pytest
 
 from blo_vault.api.web.sessions import SessionStore
-from tests.conftest import World
+from tests.conftest import PASSWORD, World
 from vault.schemas import LoginResult
 from vault.websessions import WebSessionStore
 
@@ -84,3 +85,20 @@ def test_csrf_token_is_checked_exactly(stores: Stores) -> None:
     assert session.csrf_ok(session.csrf)
     assert not session.csrf_ok(session.csrf[:-1])
     assert not session.csrf_ok("")
+
+
+def test_two_workers_renew_the_tokens_once(world: World, stores: Stores) -> None:
+    now = [time.time()]
+    first, second = (stores(idle_seconds=7200, clock=lambda: now[0]) for _ in "12")
+    cookie, session = first.new()
+    session.hold(world.vault.login("uz.officer", PASSWORD))
+    in_first, in_second = first.get(cookie), second.get(cookie)
+    assert in_first is not None
+    assert in_second is not None
+    now[0] += 3600  # both hold an access token due for renewal
+    renewed = in_first.access(world.vault.refresh)
+    # The second loses the claim and takes the first's tokens: spending the refresh token
+    # again would have ended the session (taken as theft).
+    assert in_second.access(world.vault.refresh) == renewed
+    assert renewed != session.access_token
+    assert world.vault.authenticate(renewed).username == "uz.officer"
