@@ -18,7 +18,6 @@ from blo_vault.api.web.sessions import SessionStore, WebSession
 from vault.errors import AccessDenied, AuthenticationFailed
 from vault.models import Classification
 from vault.service import Principal, Vault
-from vault.websessions import WebSessionStore
 
 PREFIX = "/ui"
 STATIC_PREFIX = PREFIX + "/static"
@@ -55,13 +54,8 @@ class Web:
             trim_blocks=True,
             lstrip_blocks=True,
         )
-        rows = WebSessionStore(
-            vault.engine,
-            idle_seconds=vault.settings.session_idle_seconds,
-            lifetime_seconds=vault.settings.session_max_seconds,
-        )
         return cls(
-            sessions=SessionStore(rows),
+            sessions=SessionStore(vault.web_sessions()),
             languages=Languages(),
             templates=env,
         )

@@ -66,6 +66,7 @@ from vault.service.releases import ReleaseService
 from vault.service.sessions import Sessions
 from vault.storage import ObjectStore
 from vault.tokens import TokenService
+from vault.websessions import WebSessionStore
 from vault.witness.running import PublishingThread
 
 __all__ = [
@@ -448,6 +449,20 @@ class Vault:
     def ledger_show(self, principal: Principal) -> Iterator[Entry]:
         """Every entry, decoded, in order; the read is recorded first."""
         return self.ledger.ledger_show(principal)
+
+    # --- the web interface's browser sessions -------------------------------------------------
+
+    def web_sessions(self) -> WebSessionStore:
+        """The pages' session store, in this vault's database. It only maps a cookie to the
+        sealed state the pages keep (service tokens, CSRF token, language); every page still
+        authenticates those tokens here, so sign-out, disabling and role changes take effect on
+        the next request. Sessions idle out and expire with the service's own."""
+        settings = self.core.settings
+        return WebSessionStore(
+            self.core.engine,
+            idle_seconds=settings.session_idle_seconds,
+            lifetime_seconds=settings.session_max_seconds,
+        )
 
     # --- witnesses ------------------------------------------------------------------------------
 
