@@ -1,0 +1,1 @@
+"""Seizure records inside packages, and statistics over the records a caller may read."""
