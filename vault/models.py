@@ -10,7 +10,7 @@ by the KEK. Table models never leave the service layer; callers get the dataclas
 from __future__ import annotations
 
 import enum
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from sqlalchemy import BigInteger, Column, DateTime, Index, Integer, LargeBinary, UniqueConstraint
@@ -22,6 +22,7 @@ __all__ = [
     "Agency",
     "Classification",
     "Country",
+    "CrossingPoint",
     "Handling",
     "LedgerCheckpoint",
     "LedgerEntry",
@@ -29,6 +30,7 @@ __all__ = [
     "LoginThrottle",
     "Package",
     "PackageFile",
+    "PackageRecords",
     "PolicyRule",
     "Release",
     "ReleaseKind",
@@ -339,3 +341,28 @@ class WitnessLagRecord(SQLModel, table=True):
     cosigned_at: datetime | None = _time(nullable=True)
     error: str | None = Field(default=None, max_length=300)
     checked_at: datetime = _time()
+
+
+class CrossingPoint(SQLModel, table=True):
+    """A border-crossing point registered by an admin, and the date its BLO opened (issue 16).
+
+    Reference data, public like countries: the seizure records that name it are sealed."""
+
+    __tablename__ = "crossingpoint"
+
+    code: str = Field(primary_key=True, max_length=32)
+    country_code: str = Field(foreign_key="country.code", index=True, max_length=2)
+    name: str = Field(max_length=200)
+    blo_opened: date
+
+
+class PackageRecords(SQLModel, table=True):
+    """A package's seizure records: one sealed blob under the package key (nothing in clear
+    but the package id, so not even how many records a package holds). ``version`` keys the
+    statistics cache; it changes if the blob ever does."""
+
+    __tablename__ = "packagerecords"
+
+    package_id: str = Field(primary_key=True, foreign_key="package.id", max_length=32)
+    version: int = 1
+    sealed: bytes = _blob()

@@ -13,8 +13,8 @@ in the service of its domain (``identity``, ``admin``, ``packages``, ``releases`
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
-from datetime import datetime, timedelta
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from datetime import date, datetime, timedelta
 from typing import TextIO
 
 from sqlalchemy import Engine
@@ -46,6 +46,8 @@ from vault.schemas import (
     WitnessedCheckpointInfo,
     WitnessStatus,
 )
+from vault.seizures.figures import BeforeAfter, SeizureStats
+from vault.seizures.schema import CrossingPointInfo, SeizureRecord
 from vault.service._core import (
     ALLOW,
     DENY,
@@ -63,6 +65,7 @@ from vault.service.identity import IdentityService
 from vault.service.ledger_ops import MAX_LEDGER_PAGE, LedgerService
 from vault.service.packages import MAX_PAGE, Download, IncomingFile, PackageService
 from vault.service.releases import ReleaseService
+from vault.service.seizures import SeizureService
 from vault.service.sessions import Sessions
 from vault.storage import ObjectStore
 from vault.tokens import TokenService
@@ -92,8 +95,8 @@ class Vault:
     """The vault's service layer: every operation decides, acts and records.
 
     The domain services are public attributes (``core``, ``access``, ``identity``, ``admin``,
-    ``packages``, ``releases``, ``audit``, ``ledger``) for callers that measure or test one
-    part; the API and the CLI call the operations below.
+    ``packages``, ``releases``, ``audit``, ``ledger``, ``seizures``) for callers that measure
+    or test one part; the API and the CLI call the operations below.
     """
 
     def __init__(
@@ -164,6 +167,7 @@ class Vault:
         self.releases = ReleaseService(core, self.access)
         self.audit = AuditService(core, self.access)
         self.ledger = LedgerService(core)
+        self.seizures = SeizureService(core, self.access)
 
     def close(self) -> None:
         """Finish pending ledger appends and release database connections."""
@@ -311,10 +315,16 @@ class Vault:
     # --- packages -------------------------------------------------------------------------------
 
     def upload(
-        self, principal: Principal, meta: NewPackage, files: Iterable[IncomingFile]
+        self,
+        principal: Principal,
+        meta: NewPackage,
+        files: Iterable[IncomingFile],
+        *,
+        records: Sequence[SeizureRecord] = (),
     ) -> UploadResult:
-        """Seal and store every file, then record the package: all of it or nothing."""
-        return self.packages.upload(principal, meta, files)
+        """Seal and store every file (and the seizure records), then record the package: all
+        of it or nothing."""
+        return self.packages.upload(principal, meta, files, records=records)
 
     def list_packages(
         self,
@@ -396,6 +406,43 @@ class Vault:
         """Allow or deny for ``username`` doing ``action`` to a package, and why."""
         return self.audit.explain(
             principal, username=username, package_id=package_id, action=action
+        )
+
+    # --- seizure records and statistics (issue 16) ---------------------------------------------
+
+    def add_crossing_point(
+        self, principal: Principal, code: str, *, country: str, name: str, blo_opened: date
+    ) -> int:
+        """Register a border-crossing point and its BLO opening date; the ledger receipt."""
+        return self.seizures.add_crossing_point(
+            principal, code, country=country, name=name, blo_opened=blo_opened
+        )
+
+    def crossing_points(self, principal: Principal) -> list[CrossingPointInfo]:
+        """Every registered crossing point (code, country, name, blo_opened), by code."""
+        return self.seizures.crossing_points(principal)
+
+    def seizure_stats(
+        self,
+        principal: Principal,
+        *,
+        by: Sequence[str],
+        date_from: date | None = None,
+        date_to: date | None = None,
+    ) -> tuple[SeizureStats, int]:
+        """Seizure totals over exactly the records the caller may read; the ledger receipt."""
+        return self.seizures.seizure_stats(principal, by=by, date_from=date_from, date_to=date_to)
+
+    def seizure_before_after(
+        self,
+        principal: Principal,
+        *,
+        crossing_point: str | None = None,
+        window_days: int | None = None,
+    ) -> tuple[list[BeforeAfter], int]:
+        """Readable totals in equal windows around each BLO opening date; the receipt."""
+        return self.seizures.seizure_before_after(
+            principal, crossing_point=crossing_point, window_days=window_days
         )
 
     # --- ledger ---------------------------------------------------------------------------------

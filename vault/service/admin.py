@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func
+from sqlalchemy import delete, func
 from sqlalchemy.exc import IntegrityError as DBIntegrityError
 from sqlmodel import col, select
 
@@ -23,6 +23,7 @@ from vault.models import (
     Country,
     Package,
     PackageFile,
+    PackageRecords,
     PolicyRule,
     Role,
     User,
@@ -319,6 +320,10 @@ class AdminService:
                 row.wrapped_key = b""
                 row.sealed_meta = b""
                 session.add(row)
+            # Unreadable without the package key already; deleted so no ciphertext lingers.
+            session.execute(
+                delete(PackageRecords).where(col(PackageRecords.package_id) == package_id)
+            )
             receipt = self.core.record_allowed(principal, "purge", package, session=session)
         for row in files:
             with contextlib.suppress(StorageUnavailable):

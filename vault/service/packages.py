@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -37,6 +37,8 @@ from vault.schemas import (
     check_id,
     filename_key,
 )
+from vault.seizures.schema import SeizureRecord
+from vault.seizures.store import records_row
 from vault.service import sealed
 from vault.service._core import (
     ALLOW,
@@ -132,12 +134,18 @@ class PackageService:
 
     @records_refusals("upload")
     def upload(
-        self, principal: Principal, meta: NewPackage, files: Iterable[IncomingFile]
+        self,
+        principal: Principal,
+        meta: NewPackage,
+        files: Iterable[IncomingFile],
+        *,
+        records: Sequence[SeizureRecord] = (),
     ) -> UploadResult:
         """Seal and store every file, then record the package and its ledger entry at once.
 
         Objects are written before the database row; on any failure they are deleted again,
-        so a package is either wholly visible or not at all.
+        so a package is either wholly visible or not at all. ``records`` (validated seizure
+        records) are sealed under the package key in the same transaction.
         """
         self._check_upload(principal, meta)
         sealing = _Sealing(package_id=new_id(), package_key=crypto.new_data_key())
@@ -151,6 +159,8 @@ class PackageService:
                 session.add(package)
                 session.flush()
                 session.add_all(sealing.rows)
+                if records:
+                    session.add(records_row(session, package.id, sealing.package_key, records))
                 session.flush()
                 receipt = self.core.record_allowed(principal, "upload", package, session=session)
         except BaseException as exc:

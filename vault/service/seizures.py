@@ -1,0 +1,253 @@
+"""Seizure statistics over exactly the records the caller may read, and the crossing points
+they are recorded at (issue 16).
+
+Which packages count is decided fresh on every request, by the same readable-clause SQL as
+the package listing: a release revoked, expired or not yet in force, a purge, a change of
+role or clearance all change the figures on the very next request. Only what never changes
+for a package is cached: its records' day totals, keyed by package id and records version.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import bindparam
+from sqlalchemy import select as sa_select
+from sqlalchemy.exc import IntegrityError as DBIntegrityError
+from sqlmodel import col
+
+from vault import crypto
+from vault.authz import NONE, Facts
+from vault.errors import AccessDenied, Conflict, InvalidInput, NotFound
+from vault.models import Agency, Country, CrossingPoint, Package, PackageRecords, utcnow
+from vault.schemas import check_country, check_text
+from vault.seizures import aggregate
+from vault.seizures.figures import BeforeAfter, SeizureStats
+from vault.seizures.schema import CrossingPointInfo, check_crossing_point
+from vault.seizures.store import DayTotals, open_day_totals
+from vault.service._core import ALLOW, Core, Principal, records_refusals
+from vault.service.access import Access
+from vault.service.sealed import package_identity
+
+STATS_ACTION = "stats.read"
+# Day totals of this many packages are kept (least recently used dropped first): 20,000
+# packages of 100 records take about 100 MB at most.
+CACHE_PACKAGES = 20_000
+_MISS_BATCH = 500
+
+# The sealed records and package keys of the packages whose totals are not cached yet.
+_SEALED_RECORDS = (
+    sa_select(
+        col(PackageRecords.package_id),
+        col(PackageRecords.version),
+        col(PackageRecords.sealed),
+        col(Package.kek_id),
+        col(Package.wrapped_key),
+    )
+    .join(Package, col(Package.id) == col(PackageRecords.package_id))
+    .where(col(PackageRecords.package_id).in_(bindparam("ids", expanding=True)))
+)
+
+
+class SeizureService:
+    """Crossing points, and statistics over the seizure records the caller may read."""
+
+    def __init__(self, core: Core, access: Access) -> None:
+        self.core = core
+        self.access = access
+        self._lock = threading.Lock()
+        self._totals: OrderedDict[tuple[str, int], tuple[DayTotals, ...]] = OrderedDict()
+        self._statements: dict[tuple[str, str, str], Any] = {}
+
+    # --- crossing points ----------------------------------------------------------------------
+
+    @records_refusals("manage")
+    def add_crossing_point(
+        self, principal: Principal, code: str, *, country: str, name: str, blo_opened: dt.date
+    ) -> int:
+        """Register a crossing point of an existing country and the date its BLO opened;
+        returns the ledger receipt. Conflict if the code is taken."""
+        code, country = check_crossing_point(code), check_country(country)
+        name = check_text(name.strip(), "name") if isinstance(name, str) else ""
+        if not 1 <= len(name) <= 200:
+            raise InvalidInput("names are 1-200 characters")
+        if not isinstance(blo_opened, dt.date) or not 1990 <= blo_opened.year <= 2100:
+            raise InvalidInput("the BLO opening date must be a date between 1990 and 2100")
+        subject = f"crossing_point:{code}"
+        self.core.require_global(principal, "manage", subject=subject)
+        try:
+            with self.core.tx() as session:
+                if session.get(Country, country) is None:
+                    raise InvalidInput(f"unknown country {country}")
+                if session.get(CrossingPoint, code) is not None:
+                    raise Conflict(f"crossing point {code} exists already")
+                session.add(
+                    CrossingPoint(code=code, country_code=country, name=name, blo_opened=blo_opened)
+                )
+                session.flush()
+                return self.core.record_in(
+                    session,
+                    actor=principal.actor,
+                    action="manage",
+                    decision=ALLOW,
+                    reason="created",
+                    subject=subject,
+                )
+        except DBIntegrityError:  # a concurrent add of the same code
+            raise Conflict(f"crossing point {code} exists already") from None
+
+    def crossing_points(self, principal: Principal) -> list[CrossingPointInfo]:
+        """Every registered crossing point, by code (reference data, like countries: any
+        signed-in caller may list them)."""
+        with self.core.lookup() as connection:
+            rows = connection.execute(
+                sa_select(CrossingPoint).order_by(col(CrossingPoint.code))
+            ).all()
+        return [
+            CrossingPointInfo(
+                code=r.code, country=r.country_code, name=r.name, blo_opened=r.blo_opened
+            )
+            for r in rows
+        ]
+
+    # --- statistics ---------------------------------------------------------------------------
+
+    @records_refusals(STATS_ACTION)
+    def seizure_stats(
+        self,
+        principal: Principal,
+        *,
+        by: Sequence[str],
+        date_from: dt.date | None = None,
+        date_to: dt.date | None = None,
+    ) -> tuple[SeizureStats, int]:
+        """Totals of the records the caller may read, grouped by ``by`` (GROUP_KEYS), between
+        two dates inclusive; and the ledger receipt of the read."""
+        keys = aggregate.check_by(by)
+        if date_from and date_to and date_from > date_to:
+            raise InvalidInput("'from' must not be after 'to'")
+        self._require_stats(principal)
+        parts = self._readable_totals(principal)
+        countries = {p.code: p.country for p in self.crossing_points(principal)}
+        rows = aggregate.group(parts, keys, countries, date_from=date_from, date_to=date_to)
+        span = f" from:{date_from or ''} to:{date_to or ''}" if date_from or date_to else ""
+        receipt = self._record_read(principal, f"by:{','.join(keys) or '-'}{span}")
+        return SeizureStats(by=keys, date_from=date_from, date_to=date_to, rows=rows), receipt
+
+    @records_refusals(STATS_ACTION)
+    def seizure_before_after(
+        self,
+        principal: Principal,
+        *,
+        crossing_point: str | None = None,
+        window_days: int | None = None,
+    ) -> tuple[list[BeforeAfter], int]:
+        """Totals of the readable records in equal windows before and from each crossing
+        point's BLO opening (or one point's); window_days defaults to the days since the
+        opening, capped at MAX_WINDOW_DAYS. NotFound for an unregistered point."""
+        if window_days is not None and not 1 <= window_days <= aggregate.MAX_WINDOW_DAYS:
+            raise InvalidInput(f"window_days must be 1-{aggregate.MAX_WINDOW_DAYS}")
+        code = check_crossing_point(crossing_point) if crossing_point is not None else None
+        self._require_stats(principal)
+        points = self.crossing_points(principal)
+        if code is not None:
+            points = [p for p in points if p.code == code]
+            if not points:
+                raise NotFound("crossing point not found")
+        parts = self._readable_totals(principal)
+        figures = aggregate.before_after(
+            parts, points, window_days=window_days, today=utcnow().date()
+        )
+        receipt = self._record_read(
+            principal, f"before-after:{code or '*'} window:{window_days or 'default'}"
+        )
+        return figures, receipt
+
+    def _require_stats(self, principal: Principal) -> None:
+        """Statistics are for whoever may list packages (they summarise the same packages);
+        a refusal is recorded as a stats read refused and raised as AccessDenied."""
+        facts = Facts(
+            role=principal.role.value,
+            relations=frozenset({NONE}),
+            cleared=True,
+            handling="*",
+            acknowledged=False,
+            action="list",
+        )
+        if not self.core.authz.allows(facts):
+            raise self.core.record_refusal(
+                AccessDenied("your role may not read statistics"),
+                principal.actor,
+                STATS_ACTION,
+                "role_not_permitted",
+            )
+
+    def _record_read(self, principal: Principal, subject: str) -> int:
+        # No count in the entry: a figure of what the caller may not read must not appear
+        # anywhere they could see it, the ledger included.
+        return self.core.record(
+            actor=principal.actor,
+            action=STATS_ACTION,
+            decision=ALLOW,
+            reason="ok",
+            subject=subject,
+        )
+
+    # --- the readable packages' totals --------------------------------------------------------
+
+    def _readable_statement(self, principal: Principal) -> Any:
+        """Ids and records versions of the packages with records the caller may read: the
+        listing's readable clause, built once per (role, clearance, policy)."""
+        key = (principal.role.value, principal.clearance.value, self.core.authz.policy_hash)
+        statement = self._statements.get(key)
+        if statement is None:
+            statement = (
+                sa_select(col(PackageRecords.package_id), col(PackageRecords.version))
+                .join(Package, col(Package.id) == col(PackageRecords.package_id))
+                .join(Agency, col(Agency.code) == col(Package.agency_code))
+                .where(col(Package.purged_at).is_(None), self.access.readable_clause(principal))
+            )
+            if len(self._statements) >= 256:  # old policy versions: start afresh
+                self._statements.clear()
+            self._statements[key] = statement
+        return statement
+
+    def _readable_totals(self, principal: Principal) -> list[tuple[DayTotals, ...]]:
+        """The day totals of every package the caller may read now (opened where not cached)."""
+        params = {"now": utcnow(), "agency": principal.agency, "country": principal.country}
+        with self.core.tx(readonly=True) as session:
+            connection = session.connection()
+            readable = connection.execute(self._readable_statement(principal), params).all()
+            found: dict[tuple[str, int], tuple[DayTotals, ...]] = {}
+            with self._lock:
+                for pid, version in readable:
+                    totals = self._totals.get((pid, version))
+                    if totals is not None:
+                        self._totals.move_to_end((pid, version))
+                        found[(pid, version)] = totals
+            missing = [pid for pid, version in readable if (pid, version) not in found]
+            opened: dict[tuple[str, int], tuple[DayTotals, ...]] = {}
+            for start in range(0, len(missing), _MISS_BATCH):
+                batch = missing[start : start + _MISS_BATCH]
+                for row in connection.execute(_SEALED_RECORDS, {"ids": batch}):
+                    opened[(row.package_id, row.version)] = self._open(row)
+        if opened:
+            with self._lock:
+                self._totals.update(opened)
+                while len(self._totals) > CACHE_PACKAGES:
+                    self._totals.popitem(last=False)
+            found |= opened
+        # Only the versions the readable query returned count (a row changed in between is
+        # left out rather than counted in another version).
+        return [found[(pid, version)] for pid, version in readable if (pid, version) in found]
+
+    def _open(self, row: Any) -> tuple[DayTotals, ...]:
+        identity = package_identity(row.package_id)
+        key = self.core.keys.keyring.unwrap(
+            crypto.WrappedKey(row.kek_id, row.wrapped_key), context=identity
+        )
+        return open_day_totals(key, row.package_id, row.sealed)
