@@ -11,7 +11,7 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from blo_vault.api.web import audit, errors, pages
+from blo_vault.api.web import audit, errors, pages, stats
 from blo_vault.api.web.context import PREFIX, STATIC_PREFIX, Web
 from blo_vault.api.web.pages import UPLOAD_PATH
 from blo_vault.api.web.security import PageSecurityMiddleware
@@ -28,6 +28,7 @@ def install(app: FastAPI) -> None:
     app.state.web = Web.build(app.state.vault)
     app.include_router(pages.router)
     app.include_router(audit.router)
+    app.include_router(stats.router)
     app.mount(STATIC_PREFIX, StaticFiles(directory=STATIC_DIR), name="static")
     errors.install(app)
     app.add_middleware(PageSecurityMiddleware, prefix=PREFIX, static_prefix=STATIC_PREFIX)

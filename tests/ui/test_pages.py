@@ -210,6 +210,7 @@ def _pages(world: World) -> dict[str, list[str]]:
             f"/ui/packages/{'0' * 32}",
             "/ui/upload",
             "/ui/account",
+            "/ui/stats?by=month,commodity,crossing_point,country,direction",
         ],
         "uz.supervisor": ["/ui/inbox"],
         "uz.auditor": [
