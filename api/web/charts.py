@@ -42,6 +42,7 @@ LEFT, RIGHT, TOP = 72, 16, 16
 X_LABELS = 56  # room under the plot for the category labels and the axis title
 LEGEND_ROW = 20
 LEGEND_COLUMN = 176
+MAX_BAR = 48
 _CHART_ID = re.compile(r"[a-z][a-z0-9-]{0,40}")
 
 
@@ -181,12 +182,14 @@ def _grouped_bars(
     colours = {s: colour for s, _, colour in series}
     parts = _axes(ticks, scale, text, number)
     group_width = (WIDTH - LEFT - RIGHT) / len(categories)
-    bar_width = max(group_width * 0.8 / len(series), 0.5)
+    # Bars no wider than MAX_BAR, so one month or one crossing point is not one slab.
+    bar_width = min(max(group_width * 0.8 / len(series), 0.5), MAX_BAR)
+    inset = (group_width - bar_width * len(series)) / 2
     every = max(1, math.ceil(len(categories) * 48 / (WIDTH - LEFT - RIGHT)))
     for index, (category, tooltip, group) in enumerate(
         zip(categories, tooltips, bars, strict=True)
     ):
-        left = LEFT + index * group_width + group_width * 0.1
+        left = LEFT + index * group_width + inset
         for position, (key, value) in enumerate(group):
             if value <= 0:
                 continue
