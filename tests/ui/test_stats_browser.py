@@ -88,8 +88,8 @@ def shown_monthly(driver: WebDriver, language: str) -> dict[str, dict[tuple[str,
     return found
 
 
-def shown_before_after(driver: WebDriver, language: str) -> dict[str, tuple[int, float, ...]]:
-    found: dict[str, tuple[int, float, ...]] = {}
+def shown_before_after(driver: WebDriver, language: str) -> dict[str, tuple[float, ...]]:
+    found: dict[str, tuple[float, ...]] = {}
     point, window = "", 0
     for row in cells(driver, "table-before-after")[1:]:
         if len(row) == 8:
@@ -119,7 +119,7 @@ def test_statistics_page_shows_exactly_the_released_figures(
         before_after_figures = shown_before_after(kz, language)
         assert set(before_after_figures) == {"OYBEK", "BEKABAD"}
         for point, (window, *shown) in before_after_figures.items():
-            expected = before_after(RELEASED, point, window)
+            expected = before_after(RELEASED, point, int(window))
             assert shown == pytest.approx(list(expected)), point
         # The hostile name is on the page as the text it is, and ran nothing.
         assert HOSTILE in kz.find_element(By.ID, "table-before-after").text
