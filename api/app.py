@@ -258,6 +258,12 @@ def list_packages(
                                 "type": "string",
                                 "description": "JSON of NewPackage; must be the first part",
                             },
+                            "records": {
+                                "type": "string",
+                                "description": "optional, second: a JSON list of seizure "
+                                "records (date, crossing_point, direction, commodity, "
+                                "quantity, unit, concealment, transport, detained)",
+                            },
                             "file": {
                                 "type": "array",
                                 "items": {"type": "string", "format": "binary"},
@@ -275,7 +281,8 @@ async def upload_package(
     response: Response,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> UploadResult:
-    """Upload a package: a ``metadata`` JSON part, then one ``file`` part per file, streamed."""
+    """Upload a package: a ``metadata`` JSON part, optionally a ``records`` JSON part (seizure
+    records), then one ``file`` part per file, streamed."""
     vault: Vault = request.app.state.vault
     principal = await anyio.to_thread.run_sync(current_principal, request, vault, credentials)
     body = MultipartUpload(
@@ -287,7 +294,8 @@ async def upload_package(
 
     def run() -> UploadResult:
         meta = body.metadata()
-        return vault.upload(principal, meta, body.files())
+        records, files = body.records_then_files()
+        return vault.upload(principal, meta, files, records=records)
 
     result = await anyio.to_thread.run_sync(run)
     _receipt(response, result.receipt)
@@ -553,6 +561,9 @@ def create_app(settings: Settings | None = None, *, vault: Vault | None = None) 
     publisher = service.witness_publisher()
     api_errors.install(app)
     app.include_router(router)
+    from blo_vault.api import seizures  # its routes use this module's dependencies
+
+    app.include_router(seizures.router)
     web.install(app)  # the pages (api/web): their routes, static files and security headers
     metrics = Metrics(service)
 

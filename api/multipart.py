@@ -21,6 +21,7 @@ from starlette.requests import ClientDisconnect
 
 from vault.errors import InvalidInput, RequestTimeout, TooLarge
 from vault.schemas import NewPackage
+from vault.seizures.schema import SeizureRecord, validate_records
 from vault.service import IncomingFile
 
 __all__ = [
@@ -40,6 +41,10 @@ def boundary_of(content_type: str | None) -> bytes:
     if kind != b"multipart/form-data" or not boundary or len(boundary) > 200:
         raise InvalidInput("upload must be multipart/form-data with a boundary")
     return boundary
+
+
+# The records part of an upload: some 50,000 records of JSON (vault.seizures.MAX_RECORDS).
+MAX_RECORDS_BYTES = 16 * 1024 * 1024
 
 
 class MultipartUpload:
@@ -165,6 +170,28 @@ class MultipartUpload:
     def files(self) -> Iterator[IncomingFile]:
         """Each following part as an IncomingFile; the service must read one before the next."""
         yield from self._files_from(self._expect_part())
+
+    def records_then_files(self) -> tuple[list[SeizureRecord], Iterator[IncomingFile]]:
+        """An optional ``records`` part (a JSON list of seizure records, right after the
+        metadata), every record checked by the one schema; then the files as :meth:`files`.
+        InvalidInput naming every bad record and field."""
+        headers = self._expect_part()
+        if headers is None or _disposition(headers) != ("records", None):
+            return [], self._files_from(headers)
+        raw = bytearray()
+        while (event := self._next_event())[0] == "data":
+            raw += event[1]
+            if len(raw) > MAX_RECORDS_BYTES:
+                raise TooLarge(f"the records part is larger than {MAX_RECORDS_BYTES} bytes")
+        if event[0] != "part_end":
+            raise InvalidInput("malformed multipart body")
+        try:
+            rows = json.loads(bytes(raw).decode("utf-8"))
+        except (ValueError, RecursionError):
+            raise InvalidInput("the records part must be a JSON list of records") from None
+        if not isinstance(rows, list):
+            raise InvalidInput("the records part must be a JSON list of records")
+        return validate_records(rows), self._files_from(self._expect_part())
 
     def form(self) -> tuple[dict[str, str], Iterator[IncomingFile]]:
         """An HTML form's text fields, which must come first (at most ``max_metadata_bytes``

@@ -257,8 +257,10 @@ class ApiClient:
         handling: str = "H0",
         handling_note: str = "",
         progress: Progress | None = None,
+        records: list[dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
-        """POST /packages: one package of ``paths``, each file streamed from disk."""
+        """POST /packages: one package of ``paths``, each file streamed from disk, and the
+        seizure ``records`` (JSON objects of SeizureRecord) when given."""
         metadata = {
             "title": title,
             "description": description,
@@ -271,6 +273,9 @@ class ApiClient:
             parts: list[tuple[str, Any]] = [
                 ("metadata", (None, json.dumps(metadata).encode(), "application/json"))
             ]
+            if records:
+                body = json.dumps(records, ensure_ascii=False).encode()
+                parts.append(("records", (None, body, "application/json")))
             for path in paths:
                 handle = stack.enter_context(open(path, "rb"))
                 parts.append(
@@ -286,6 +291,34 @@ class ApiClient:
                 files=parts,
                 timeout=httpx.Timeout(None, connect=10.0),
             )
+
+    def add_crossing_point(
+        self, code: str, *, country: str, name: str, blo_opened: str
+    ) -> dict[str, Any]:
+        """POST /crossing-points (admins)."""
+        body = {"code": code, "country": country, "name": name, "blo_opened": blo_opened}
+        return self._reply("POST", "/crossing-points", json=body)
+
+    def crossing_points(self) -> list[dict[str, Any]]:
+        """GET /crossing-points."""
+        result: list[dict[str, Any]] = self._request("GET", "/crossing-points")
+        return result
+
+    def seizure_stats(
+        self, *, by: str, date_from: str | None = None, date_to: str | None = None
+    ) -> dict[str, Any]:
+        """GET /stats/seizures: totals of the records the caller may read, grouped."""
+        params = {"by": by, "from": date_from, "to": date_to}
+        return self._reply("GET", "/stats/seizures", params={k: v for k, v in params.items() if v})
+
+    def seizure_before_after(
+        self, *, crossing_point: str | None = None, window_days: int | None = None
+    ) -> dict[str, Any]:
+        """GET /stats/before-after: equal windows around each BLO opening date."""
+        params = {"crossing_point": crossing_point, "window_days": window_days}
+        return self._reply(
+            "GET", "/stats/before-after", params={k: v for k, v in params.items() if v}
+        )
 
     def download(
         self,

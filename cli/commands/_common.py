@@ -7,7 +7,7 @@ import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Annotated
 
 import typer
@@ -83,6 +83,16 @@ def entry_counter(label: str, total: int | None) -> Iterator[Callable[[int], Non
 # "+90m", "+12h", "+1d", "+2w": from now, so a release window can be given without a calendar.
 _RELATIVE = re.compile(r"\+(\d{1,6})([mhdw])")
 _UNIT = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_day(value: str | None, what: str) -> date | None:
+    """``value`` as a calendar day (YYYY-MM-DD); InvalidInput naming ``what`` otherwise."""
+    if value is None:
+        return None
+    try:
+        return date.fromisoformat(value.strip())
+    except ValueError:
+        raise InvalidInput(f"{what}: use a date such as 2014-05-01 (YYYY-MM-DD)") from None
 
 
 def parse_time(value: str | None, what: str) -> datetime | None:

@@ -6,14 +6,14 @@ uses, so each is authorised and recorded like any other door.
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from blo_vault.cli import render
-from blo_vault.cli.commands._common import JsonOpt, local_vault, read_password
+from blo_vault.cli.commands._common import JsonOpt, local_vault, parse_day, read_password
 from blo_vault.cli.render import err, out, print_json
 from vault.config import load_settings
 from vault.models import Classification, Role
@@ -77,6 +77,25 @@ def gen_keys(
 
     for env_name, path in generate_key_files(out_dir).items():
         out.print(f"{env_name}={path}", markup=False, soft_wrap=True)
+
+
+@app.command("add-crossing-point")
+def add_crossing_point(
+    code: Annotated[str, typer.Argument(help="Crossing point code, e.g. OYBEK.")],
+    country: Annotated[str, typer.Option(help="ISO 3166-1 alpha-2 code of its country.")],
+    name: Annotated[str, typer.Option(help="Its name.")],
+    blo_opened: Annotated[str, typer.Option(help="Date its BLO opened (YYYY-MM-DD).")],
+) -> None:
+    """Register a border-crossing point and the date its BLO opened."""
+    with local_vault() as vault:
+        receipt = vault.add_crossing_point(
+            local_operator(),
+            code,
+            country=country,
+            name=name,
+            blo_opened=parse_day(blo_opened, "--blo-opened") or date.min,
+        )
+    err.print(render.line(f"crossing point {code.upper()} added (ledger #{receipt})"))
 
 
 @app.command("add-country")

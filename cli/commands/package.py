@@ -15,6 +15,7 @@ from blo_vault.cli.commands import audit, release
 from blo_vault.cli.commands._common import JsonOpt, api_client, transfer_progress
 from blo_vault.cli.render import err, out, print_json
 from vault.models import Classification, Handling
+from vault.seizures.importer import read_records
 
 app = typer.Typer(help="Upload, list, show, download and release packages.", no_args_is_help=True)
 
@@ -39,10 +40,24 @@ def package_upload(
     ] = Classification.UNCLASSIFIED,
     handling: Annotated[Handling, typer.Option(help="Handling code.")] = Handling.H0,
     handling_note: Annotated[str, typer.Option(help="H3 restrictions, in words.")] = "",
+    records: Annotated[
+        Path | None,
+        typer.Option(
+            help="Seizure records (.csv or .xlsx) to store with the package; every row is "
+            "checked first, nothing is uploaded if any is bad.",
+            exists=True,
+            dir_okay=False,
+            readable=True,
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Upload files as one package."""
+    """Upload files as one package (with its seizure records, if given)."""
     total = sum(p.stat().st_size for p in paths)
+    seizures = None
+    if records is not None:
+        # Checked here, before a byte is sent, by the same schema the server checks again.
+        seizures = [r.model_dump(mode="json") for r in read_records(records)]
     with api_client() as client, transfer_progress(total, "uploading") as advance:
         result = client.upload(
             paths,
@@ -52,6 +67,7 @@ def package_upload(
             handling=handling.value,
             handling_note=handling_note,
             progress=advance,
+            records=seizures,
         )
     if as_json:
         print_json({"id": result["package"]["id"], **result})

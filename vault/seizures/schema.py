@@ -27,7 +27,9 @@ __all__ = [
     "CrossingPointInfo",
     "SeizureRecord",
     "check_crossing_point",
+    "check_rows",
     "normalise_commodity",
+    "refuse_if_any",
     "validate_records",
 ]
 
@@ -253,6 +255,15 @@ def validate_records(
     and column ("row 3, column quantity: ...") if any is bad, so nothing is stored.
 
     ``first_row`` is the number the first row is reported as (2 for a file with a header)."""
+    records, problems = check_rows(rows, first_row=first_row)
+    refuse_if_any(problems)
+    return records
+
+
+def check_rows(
+    rows: Sequence[Mapping[str, object]], *, first_row: int = 1
+) -> tuple[list[SeizureRecord], list[str]]:
+    """The valid records, and a message for each bad row and column."""
     if len(rows) > MAX_RECORDS:
         raise InvalidInput(f"at most {MAX_RECORDS} seizure records a package")
     records: list[SeizureRecord] = []
@@ -265,6 +276,11 @@ def validate_records(
             records.append(SeizureRecord.model_validate(dict(row)))
         except ValidationError as exc:
             problems.extend(_row_problems(number, exc))
+    return records, problems
+
+
+def refuse_if_any(problems: Sequence[str]) -> None:
+    """InvalidInput listing ``problems`` (the first hundred), if there are any."""
     if problems:
         shown = problems[:_MAX_ERRORS_SHOWN]
         more = len(problems) - len(shown)
@@ -273,7 +289,6 @@ def validate_records(
             + "; ".join(shown)
             + (f"; and {more} more" if more else "")
         )
-    return records
 
 
 def _row_problems(number: int, exc: ValidationError) -> list[str]:

@@ -1,0 +1,93 @@
+"""``blovault stats``: seizure statistics over exactly the records released to you."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from blo_vault.cli import render
+from blo_vault.cli.commands._common import JsonOpt, api_client, parse_day
+from blo_vault.cli.render import out, print_json
+from vault.seizures.figures import GROUP_KEYS
+
+app = typer.Typer(
+    help="Seizure statistics: only records released to you count, in every figure.",
+    no_args_is_help=True,
+)
+
+_TOTALS = ("records", "quantity_kg", "quantity_l", "quantity_units")
+
+
+def _number(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+@app.command("seizures")
+def stats_seizures(
+    by: Annotated[
+        str, typer.Option(help=f"Comma-separated grouping keys: {','.join(GROUP_KEYS)}.")
+    ] = "month,commodity",
+    date_from: Annotated[str | None, typer.Option("--from", help="First day (YYYY-MM-DD).")] = None,
+    date_to: Annotated[
+        str | None, typer.Option("--to", help="Last day, included (YYYY-MM-DD).")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Totals of the seizure records you may read, grouped; quantities per unit family
+    (kg for g and kg, l, units for tablets and units)."""
+    first, last = parse_day(date_from, "--from"), parse_day(date_to, "--to")
+    with api_client() as client:
+        result = client.seizure_stats(
+            by=by,
+            date_from=first.isoformat() if first else None,
+            date_to=last.isoformat() if last else None,
+        )
+    if as_json:
+        print_json(result["rows"])
+        return
+    keys = list(result["by"])
+    table = Table(*keys, *_TOTALS)
+    for row in result["rows"]:
+        table.add_row(*render.cells(*(row[k] for k in keys), *(_number(row[t]) for t in _TOTALS)))
+    out.print(table)
+    out.print(render.line(f"ledger #{result['receipt']}"))
+
+
+@app.command("before-after")
+def stats_before_after(
+    crossing_point: Annotated[
+        str | None, typer.Option(help="One crossing point (default: all).")
+    ] = None,
+    window_days: Annotated[
+        int | None,
+        typer.Option(min=1, max=730, help="Days each side (default: since opening, <= 730)."),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Seizures you may read in equal windows before and after each BLO opened."""
+    with api_client() as client:
+        result = client.seizure_before_after(crossing_point=crossing_point, window_days=window_days)
+    if as_json:
+        print_json(result["figures"])
+        return
+    table = Table("crossing point", "opened", "days", "figure", "before", "after", "change")
+    for f in result["figures"]:
+        for total in _TOTALS:
+            change = f["change"][total]
+            relative = change["relative"]
+            table.add_row(
+                *render.cells(
+                    f"{f['crossing_point']} ({f['country']})",
+                    f["blo_opened"],
+                    f["window_days"],
+                    total,
+                    _number(f["before"][total]),
+                    _number(f["after"][total]),
+                    _number(change["absolute"])
+                    + ("" if relative is None else f" ({relative:+.0%})"),
+                )
+            )
+    out.print(table)
+    out.print(render.line(f"ledger #{result['receipt']}"))
