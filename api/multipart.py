@@ -196,6 +196,35 @@ class MultipartUpload:
     def form(self) -> tuple[dict[str, str], Iterator[IncomingFile]]:
         """An HTML form's text fields, which must come first (at most ``max_metadata_bytes``
         in all), and then its file parts as :meth:`files` gives them (the web upload)."""
+        fields, headers = self._form_fields()
+        return fields, self._files_from(headers)
+
+    def form_with_records_file(
+        self, *, check: Callable[[dict[str, str]], None], max_records_bytes: int
+    ) -> tuple[dict[str, str], tuple[str, bytes] | None, Iterator[IncomingFile]]:
+        """The web upload with a seizure-records file: the form's text fields (passed to
+        ``check`` before a byte of any file is read), then an optional ``records`` file part
+        (its filename and bytes, at most ``max_records_bytes``; None when the field was left
+        empty), then the files as :meth:`files` gives them."""
+        fields, headers = self._form_fields()
+        check(fields)
+        records = None
+        if headers is not None and _disposition(headers)[0] == "records":
+            filename = _disposition(headers)[1] or ""
+            raw = bytearray()
+            while (event := self._next_event())[0] == "data":
+                raw += event[1]
+                if len(raw) > max_records_bytes:
+                    raise TooLarge(f"the records file is larger than {max_records_bytes} bytes")
+            if event[0] != "part_end":
+                raise InvalidInput("malformed multipart body")
+            # A browser sends an empty part (no name, no bytes) for a file field left empty.
+            records = (filename, bytes(raw)) if filename or raw else None
+            headers = self._expect_part()
+        return fields, records, self._files_from(headers)
+
+    def _form_fields(self) -> tuple[dict[str, str], dict[bytes, bytes] | None]:
+        """The form's text fields and the headers of the first file part (None if none)."""
         fields: dict[str, str] = {}
         size = 0
         while (headers := self._expect_part()) is not None:
@@ -214,7 +243,7 @@ class MultipartUpload:
                 fields[name] = bytes(raw).decode("utf-8")
             except UnicodeDecodeError:
                 raise InvalidInput("form fields must be valid UTF-8") from None
-        return fields, self._files_from(headers)
+        return fields, headers
 
     def _files_from(self, headers: dict[bytes, bytes] | None) -> Iterator[IncomingFile]:
         while headers is not None:

@@ -29,8 +29,16 @@ from vault.errors import AuthenticationFailed, InvalidInput, RateLimited
 from vault.listing import PackageFilter
 from vault.models import Classification, Handling, Role
 from vault.schemas import NewPackage
+from vault.seizures.importer import MAX_IMPORT_BYTES, records_from_bytes
 
 router = APIRouter(include_in_schema=False)
+
+
+class RecordsRefused(InvalidInput):
+    """The seizure-records file of a web upload was refused, every bad row and column listed
+    in the message; nothing was stored."""
+
+
 UPLOAD_PATH = PREFIX + "/upload"
 HOME = {Role.ADMIN: PREFIX + "/admin", Role.AUDITOR: PREFIX + "/audit/ledger"}
 PackageId = Annotated[str, "package id"]
@@ -268,7 +276,10 @@ def decide(release_id: str, decision: str, current: PostedSignedIn) -> Response:
 def upload_form(current: SignedIn) -> Response:
     """The upload form."""
     return current.render(
-        "upload.html", classifications=list(Classification), handlings=list(Handling)
+        "upload.html",
+        classifications=list(Classification),
+        handlings=list(Handling),
+        records_problems="",
     )
 
 
@@ -287,8 +298,10 @@ async def upload(request: Request) -> Response:
     )
 
     def run() -> str:
-        fields, files = body.form()
-        check_csrf(current, fields.get("csrf", ""))
+        fields, records_file, files = body.form_with_records_file(
+            check=lambda fields: check_csrf(current, fields.get("csrf", "")),
+            max_records_bytes=MAX_IMPORT_BYTES,
+        )
         try:
             meta = NewPackage(
                 title=fields.get("title", ""),
@@ -300,7 +313,23 @@ async def upload(request: Request) -> Response:
             )
         except ValidationError:
             raise InvalidInput("invalid package details") from None
-        return vault.upload(principal, meta, files).package.id
+        try:
+            records = (
+                records_from_bytes(records_file[1], name=records_file[0]) if records_file else []
+            )
+        except InvalidInput as exc:
+            raise RecordsRefused(exc.message) from None
+        return vault.upload(principal, meta, files, records=records).package.id
 
-    package_id = await anyio.to_thread.run_sync(run)
+    try:
+        package_id = await anyio.to_thread.run_sync(run)
+    except RecordsRefused as exc:
+        # The import's own list of rows and columns, so the file can be put right.
+        return current.render(
+            "upload.html",
+            status=422,
+            classifications=list(Classification),
+            handlings=list(Handling),
+            records_problems=exc.message,
+        )
     return current.redirect(f"{PREFIX}/packages/{package_id}")

@@ -9,6 +9,7 @@ import csv
 import io
 import re
 
+import httpx
 import pytest
 from openpyxl import load_workbook
 
@@ -196,3 +197,77 @@ def test_signed_out_reader_is_sent_to_sign_in(browser: Browser) -> None:
         answer = browser.client.get(path, follow_redirects=False)
         assert answer.status_code == 303, path
         assert answer.headers["location"] == "/ui/signin"
+
+
+# --- the upload form's records file -------------------------------------------------------
+
+RECORDS_CSV = (
+    "\ufeffdate,crossing_point,direction,commodity,quantity,unit,concealment\n"
+    "2024-01-20,OYBEK,entry,героин,1500,г,тайник в бензобаке\n"
+    "2024-01-22,OYBEK,exit,cash,12000,units,\n"
+)
+
+
+def send_upload(browser: Browser, records: tuple[str, bytes, str] | None) -> httpx.Response:
+    files = [("records", records or ("", b"", "application/octet-stream"))]
+    files.append(("file", ("report.txt", b"monthly seizures", "text/plain")))
+    answer: httpx.Response = browser.client.post(
+        "/ui/upload",
+        data={"csrf": browser.csrf("/ui/upload"), "title": "Oybek, January"},
+        files=files,
+        follow_redirects=False,
+    )
+    return answer
+
+
+def test_upload_form_takes_a_records_file_and_the_page_counts_it(
+    world: World, browser: Browser
+) -> None:
+    build(world)
+    browser.sign_in("tj.officer")  # nothing released to TJ: its own records are all it sees
+    assert shown_monthly(browser.client.get("/ui/stats").text, ENGLISH) == {}
+    answer = send_upload(browser, ("january.csv", RECORDS_CSV.encode("utf-8"), "text/csv"))
+    assert answer.status_code == 303, answer.text
+    assert shown_monthly(browser.client.get("/ui/stats").text, ENGLISH) == {
+        "quantity_kg": {("2024-01", "heroin"): 1.5},  # "героин", 1500 "г"
+        "quantity_units": {("2024-01", "cash"): 12000},
+    }
+
+
+def test_upload_form_without_records_stores_none(world: World, browser: Browser) -> None:
+    build(world)
+    browser.sign_in("tj.officer")
+    answer = send_upload(browser, None)
+    assert answer.status_code == 303
+    assert shown_monthly(browser.client.get("/ui/stats").text, ENGLISH) == {}
+
+
+@pytest.mark.parametrize("language", ["en", "ru"])
+def test_a_bad_records_file_lists_every_bad_row_and_stores_nothing(
+    world: World, browser: Browser, language: str
+) -> None:
+    build(world)
+    browser.client.headers["Accept-Language"] = language
+    browser.sign_in("tj.officer")
+    bad = (
+        "date,crossing_point,direction,commodity,quantity,unit\n"
+        "2024-01-20,OYBEK,entry,heroin,-3,kg\n"
+        "2024-13-01,OYBEK,entry,heroin,3,kg\n"
+        "2024-01-21,OYBEK,entry,salt,3,parsecs\n"
+        "2024-01-21,OYBEK,entry,heroin,3,kg\n"
+    )
+    size = world.vault.ledger_size()
+    answer = send_upload(browser, ("bad.csv", bad.encode(), "text/csv"))
+    assert answer.status_code == 422
+    text = answer.text
+    for row in ("row 2", "row 3", "row 4"):
+        assert row in text, row
+    assert "row 5" not in text
+    assert 'id="records-problems"' in text
+    assert ("nothing was stored" if language == "en" else "ничего не сохранено") in text
+    # Refused before the service was asked to store anything: no upload entry, no package.
+    assert world.vault.ledger_size() == size
+    assert world.vault.list_packages(world["tj.officer"]).items == []
+    wrong = send_upload(browser, ("records.txt", b"date\n", "text/plain"))
+    assert wrong.status_code == 422
+    assert ".csv or .xlsx" in wrong.text
