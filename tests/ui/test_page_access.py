@@ -282,3 +282,39 @@ def test_upload_page_answers_as_the_route_does(grid: Grid, username: str) -> Non
         page_entry = _entry(grid.vault, int(web_receipt.group(1)))
         route_entry = _entry(grid.vault, api.json()["error"]["receipt"])
         assert (page_entry.action, page_entry.reason) == (route_entry.action, route_entry.reason)
+
+
+# The statistics pages (issue 16) against the routes giving the same figures: allowed, and
+# refused with the same ledger entry, exactly where the route is.
+STATS_PAGES = (
+    ("/ui/stats", "/stats/seizures?by=month,commodity"),
+    ("/ui/stats?by=country,direction&from=2024-01-01", "/stats/seizures?by=country,direction"),
+    ("/ui/stats/seizures.csv?by=commodity", "/stats/seizures?by=commodity"),
+    ("/ui/stats/seizures.xlsx", "/stats/seizures"),
+    ("/ui/stats/before-after.csv", "/stats/before-after"),
+    ("/ui/stats/before-after.xlsx", "/stats/before-after"),
+)
+STATS_EXPECTED = {"uz.officer": "done", "kz.officer": "done", "uz.auditor": "forbidden"}
+
+
+@pytest.mark.parametrize("username", list(USERS))
+def test_stats_pages_answer_as_the_routes_do(grid: Grid, username: str) -> None:
+    client = grid.browsers[username].client
+    for page_path, route_path in STATS_PAGES:
+        size = grid.vault.ledger_size()
+        web = client.get(page_path, follow_redirects=False)
+        page_entries = [_entry(grid.vault, seq) for seq in range(size, grid.vault.ledger_size())]
+        size = grid.vault.ledger_size()
+        api = client.get(route_path, headers=grid.bearer[username])
+        route_entries = [_entry(grid.vault, seq) for seq in range(size, grid.vault.ledger_size())]
+        cell = (username, page_path, web.status_code, api.status_code)
+        assert _outcome(web.status_code) == _outcome(api.status_code), cell
+        assert STATS_EXPECTED.get(username, _outcome(api.status_code)) == _outcome(
+            api.status_code
+        ), cell
+        # Every read and every refusal is in the ledger, as the route's are.
+        assert page_entries, cell
+        assert route_entries, cell
+        assert {(e.action, e.decision, e.reason, e.actor_user) for e in page_entries} == {
+            (e.action, e.decision, e.reason, e.actor_user) for e in route_entries
+        }, cell
