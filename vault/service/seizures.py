@@ -58,11 +58,30 @@ class _Cached:
     all dates). A crossing point never changes country, so a grouping by country stays true.
     """
 
-    __slots__ = ("days", "grouped")
+    __slots__ = ("days", "first", "grouped", "last")
 
     def __init__(self, days: tuple[DayTotals, ...]) -> None:
         self.days = days
+        self.first = min((t.day for t in days), default=0)
+        self.last = max((t.day for t in days), default=0)
         self.grouped: dict[tuple[str, ...], aggregate.Projected] = {}
+
+    def within(
+        self,
+        keys: tuple[str, ...],
+        countries: dict[str, str],
+        date_from: dt.date | None,
+        date_to: dt.date | None,
+    ) -> aggregate.Projected:
+        """The grouping over the days between two dates: the kept one when every record is
+        inside them, nothing when none is, else grouped afresh."""
+        low = date_from.toordinal() if date_from else self.first
+        high = date_to.toordinal() if date_to else self.last
+        if low <= self.first and self.last <= high:
+            return self.by(keys, countries)
+        if self.last < low or high < self.first:
+            return ()
+        return aggregate.project(self.days, keys, countries, date_from=date_from, date_to=date_to)
 
     def by(self, keys: tuple[str, ...], countries: dict[str, str]) -> aggregate.Projected:
         found = self.grouped.get(keys)
@@ -151,13 +170,9 @@ class SeizureService:
         self._require_stats(principal)
         parts = self._readable_totals(principal)
         countries = {p.code: p.country for p in self.crossing_points(principal)}
-        if date_from is None and date_to is None:
-            # Over all dates each package's grouping is kept: a request merges those only.
-            rows = aggregate.merge((c.by(keys, countries) for c in parts), keys)
-        else:
-            rows = aggregate.group(
-                (c.days for c in parts), keys, countries, date_from=date_from, date_to=date_to
-            )
+        # Each package's grouping over all its dates is kept: a request merges those, and
+        # regroups only the packages a date range cuts through.
+        rows = aggregate.merge((c.within(keys, countries, date_from, date_to) for c in parts), keys)
         span = f" from:{date_from or ''} to:{date_to or ''}" if date_from or date_to else ""
         receipt = self._record_read(principal, f"by:{','.join(keys) or '-'}{span}")
         return SeizureStats(by=keys, date_from=date_from, date_to=date_to, rows=rows), receipt
