@@ -759,3 +759,93 @@ def test_ledger_doors_follow_the_signed_checkpoint(door: str, role: str, mw: Mat
     entry = ledger_entry(mw.vault, reply.json()["error"]["receipt"])
     assert (entry.actor_user, entry.action, entry.decision) == (user, "ledger", "deny")
     assert entry.reason == ("not_found" if like.status_code == 200 else "role_not_permitted")
+
+
+# --- seizure statistics (issue 16): the figures follow the same matrix as the listing ---------
+
+STATS_POINT = "MATRIX-BCP"
+
+
+@pytest.fixture(scope="module")
+def seizure_packages(mw: MatrixWorld) -> dict[PackageKey, int]:
+    """One package per key with one record of 2**i units, released as its key says: a total
+    of units then names exactly the set of packages that counted."""
+    from datetime import date, datetime
+
+    from vault.seizures.schema import SeizureRecord
+
+    mw.vault.add_crossing_point(
+        local_operator(), STATS_POINT, country="UZ", name="Matrix", blo_opened=date(2015, 1, 1)
+    )
+    weights = {}
+    for i, key in enumerate(PACKAGE_KEYS):
+        meta = NewPackage(
+            title="with records",
+            classification=key.classification,
+            handling=key.handling,  # type: ignore[arg-type]
+            handling_note="Not for court use" if key.handling == "H3" else "",
+        )
+        record = SeizureRecord(
+            date=datetime(2015, 1, 1 + i % 28),
+            crossing_point=STATS_POINT,
+            direction="entry",
+            commodity="heroin",
+            quantity=float(2**i),
+            unit="units",
+        )
+        result = mw.vault.upload(
+            mw.users["uz.officer"],
+            meta,
+            [IncomingFile("note.txt", io.BytesIO(b"small"))],
+            records=[record],
+        )
+        _release_for(mw.vault, mw.users, Pkg(key=key, id=result.package.id, file_id=""))
+        weights[key] = 2**i
+    return weights
+
+
+@pytest.mark.parametrize(
+    "user", [username(*u) for u in USERS], ids=[username(*u)[2:] for u in USERS]
+)
+def test_seizure_stats_count_exactly_the_readable_packages(
+    user: str, mw: MatrixWorld, seizure_packages: dict[PackageKey, int]
+) -> None:
+    principal = mw.users[user]
+    for path in ("/stats/seizures", "/stats/before-after"):
+        reply = mw.client.get(path, headers=mw.headers[user])
+        if "list" not in GLOBAL_GRANTS.get(principal.role.value, set()):
+            assert reply.status_code == 403, reply.text
+            entry = ledger_entry(mw.vault, reply.json()["error"]["receipt"])
+            assert (entry.decision, entry.action, entry.actor_user) == ("deny", "stats.read", user)
+            continue
+        assert reply.status_code == 200, reply.text
+        entry = ledger_entry(mw.vault, int(reply.headers["X-Vault-Receipt"]))
+        assert (entry.decision, entry.action, entry.actor_user) == ("allow", "stats.read", user)
+    if "list" not in GLOBAL_GRANTS.get(principal.role.value, set()):
+        return
+    readable = [k for k in seizure_packages if expect(principal, k, "show").allowed]
+    reply = mw.client.get("/stats/seizures", params={"by": ""}, headers=mw.headers[user])
+    rows = reply.json()["rows"]
+    units = sum(seizure_packages[k] for k in readable)
+    assert rows == ([{"records": len(readable), "quantity_kg": 0.0, "quantity_l": 0.0}
+                     | {"quantity_units": float(units)}] if readable else [])  # fmt: skip
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_crossing_points_are_added_by_admins_only(role: str, mw: MatrixWorld) -> None:
+    user = username(ORIGIN_AGENCY, role, Classification.SECRET)
+    code = f"M-{role.upper()}"
+    body = {"code": code, "country": "UZ", "name": "Matrix", "blo_opened": "2015-01-01"}
+    reply = mw.client.post("/crossing-points", json=body, headers=mw.headers[user])
+    assert reply.status_code == (201 if role == "admin" else 403), reply.text
+    receipt = reply.json()["receipt"] if role == "admin" else reply.json()["error"]["receipt"]
+    entry = ledger_entry(mw.vault, receipt)
+    assert (entry.action, entry.actor_user, entry.subject) == (
+        "manage",
+        user,
+        f"crossing_point:{code}",
+    )
+    assert entry.decision == ("allow" if role == "admin" else "deny")
+    listed = mw.client.get("/crossing-points", headers=mw.headers[user])
+    assert listed.status_code == 200
+    assert (code in {p["code"] for p in listed.json()}) == (role == "admin")

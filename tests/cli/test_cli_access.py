@@ -529,3 +529,23 @@ def test_a_download_reads_the_package_once(
     downloaded_ok(cli, "uz.officer", package_id, tmp_path / "out")
     assert len(ledger(cli, package=package_id, action="read")) == reads_before + 1
     assert len(ledger(cli, package=package_id, action="download")) == 1
+
+
+# --- seizure statistics (issue 16) --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("user", "code"), [("uz.officer", 0), ("uz.supervisor", 0), ("uz.auditor", 5), ("uz.admin", 5)]
+)
+def test_stats_commands_follow_the_listing(
+    cli: CliRunner, logged_in: LoggedIn, user: str, code: int
+) -> None:
+    """Whoever may list packages may read statistics over them; auditors and admins, who
+    never see package contents, are refused (exit 5) and the refusal recorded."""
+    logged_in(user)
+    for args in (["stats", "seizures", "--json"], ["stats", "before-after", "--json"]):
+        result = cli(*args, user=user)
+        if code:
+            assert "may not read statistics" in refused(result, code)
+        else:
+            assert ok_json(result) == []

@@ -14,7 +14,16 @@ from vault.seizures.figures import GROUP_KEYS, BeforeAfter, StatsRow, Totals
 from vault.seizures.schema import CrossingPointInfo
 from vault.seizures.store import DayTotals
 
-__all__ = ["MAX_WINDOW_DAYS", "before_after", "check_by", "default_window", "group"]
+__all__ = [
+    "MAX_WINDOW_DAYS",
+    "Projected",
+    "before_after",
+    "check_by",
+    "default_window",
+    "group",
+    "merge",
+    "project",
+]
 
 # The longest window either side of an opening date; also the default's cap, so a BLO open
 # for ten years is compared over the two years either side, not over decades of other change.
@@ -51,6 +60,58 @@ _PICKERS: dict[str, _Picker] = {
 }
 
 
+# One package's totals grouped: (key values, records, kg, l, units) a group.
+Projected = tuple[tuple[tuple[str, ...], int, float, float, float], ...]
+
+
+def project(
+    days: Sequence[DayTotals],
+    by: tuple[str, ...],
+    countries: Mapping[str, str],
+    *,
+    date_from: dt.date | None = None,
+    date_to: dt.date | None = None,
+) -> Projected:
+    """One package's day totals grouped by ``by`` (checked keys, GROUP_KEYS order), over the
+    days between ``date_from`` and ``date_to`` inclusive."""
+    low = date_from.toordinal() if date_from else None
+    high = date_to.toordinal() if date_to else None
+    pick = [_PICKERS[key] for key in by]
+    groups: dict[tuple[str, ...], list[float]] = {}
+    for t in days:
+        if (low is not None and t.day < low) or (high is not None and t.day > high):
+            continue
+        key = tuple(p(t, countries) for p in pick)
+        sums = groups.get(key)
+        if sums is None:
+            groups[key] = [t.records, t.quantity_kg, t.quantity_l, t.quantity_units]
+        else:
+            sums[0] += t.records
+            sums[1] += t.quantity_kg
+            sums[2] += t.quantity_l
+            sums[3] += t.quantity_units
+    return tuple((k, int(s[0]), s[1], s[2], s[3]) for k, s in groups.items())
+
+
+def merge(projections: Iterable[Projected], by: tuple[str, ...]) -> list[StatsRow]:
+    """The packages' grouped totals added up, one row a group, sorted by their keys."""
+    groups: dict[tuple[str, ...], list[float]] = {}
+    for projected in projections:
+        for key, records, kg, litres, units in projected:
+            sums = groups.get(key)
+            if sums is None:
+                groups[key] = [records, kg, litres, units]
+            else:
+                sums[0] += records
+                sums[1] += kg
+                sums[2] += litres
+                sums[3] += units
+    return [
+        StatsRow(keys=dict(zip(by, key, strict=True)), totals=_totals(sums))
+        for key, sums in sorted(groups.items())
+    ]
+
+
 def group(
     parts: Iterable[Sequence[DayTotals]],
     by: tuple[str, ...],
@@ -59,29 +120,11 @@ def group(
     date_from: dt.date | None = None,
     date_to: dt.date | None = None,
 ) -> list[StatsRow]:
-    """Rows of totals grouped by ``by`` (checked keys, GROUP_KEYS order), over the day totals
-    between ``date_from`` and ``date_to`` inclusive, sorted by their keys."""
-    low = date_from.toordinal() if date_from else None
-    high = date_to.toordinal() if date_to else None
-    pick = [_PICKERS[key] for key in by]
-    groups: dict[tuple[str, ...], list[float]] = {}
-    for part in parts:
-        for t in part:
-            if (low is not None and t.day < low) or (high is not None and t.day > high):
-                continue
-            key = tuple(p(t, countries) for p in pick)
-            sums = groups.get(key)
-            if sums is None:
-                groups[key] = [t.records, t.quantity_kg, t.quantity_l, t.quantity_units]
-            else:
-                sums[0] += t.records
-                sums[1] += t.quantity_kg
-                sums[2] += t.quantity_l
-                sums[3] += t.quantity_units
-    return [
-        StatsRow(keys=dict(zip(by, key, strict=True)), totals=_totals(sums))
-        for key, sums in sorted(groups.items())
-    ]
+    """Rows of totals grouped by ``by`` over the day totals of every part (package) between
+    ``date_from`` and ``date_to`` inclusive, sorted by their keys."""
+    return merge(
+        (project(p, by, countries, date_from=date_from, date_to=date_to) for p in parts), by
+    )
 
 
 def default_window(opened: dt.date, today: dt.date) -> int:

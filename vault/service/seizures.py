@@ -53,6 +53,43 @@ _SEALED_RECORDS = (
 )
 
 
+class _Cached:
+    """One package's day totals, and their groupings by each ``by`` asked for so far (over
+    all dates). A crossing point never changes country, so a grouping by country stays true.
+    """
+
+    __slots__ = ("days", "first", "grouped", "last")
+
+    def __init__(self, days: tuple[DayTotals, ...]) -> None:
+        self.days = days
+        self.first = min((t.day for t in days), default=0)
+        self.last = max((t.day for t in days), default=0)
+        self.grouped: dict[tuple[str, ...], aggregate.Projected] = {}
+
+    def within(
+        self,
+        keys: tuple[str, ...],
+        countries: dict[str, str],
+        date_from: dt.date | None,
+        date_to: dt.date | None,
+    ) -> aggregate.Projected:
+        """The grouping over the days between two dates: the kept one when every record is
+        inside them, nothing when none is, else grouped afresh."""
+        low = date_from.toordinal() if date_from else self.first
+        high = date_to.toordinal() if date_to else self.last
+        if low <= self.first and self.last <= high:
+            return self.by(keys, countries)
+        if self.last < low or high < self.first:
+            return ()
+        return aggregate.project(self.days, keys, countries, date_from=date_from, date_to=date_to)
+
+    def by(self, keys: tuple[str, ...], countries: dict[str, str]) -> aggregate.Projected:
+        found = self.grouped.get(keys)
+        if found is None:
+            found = self.grouped[keys] = aggregate.project(self.days, keys, countries)
+        return found
+
+
 class SeizureService:
     """Crossing points, and statistics over the seizure records the caller may read."""
 
@@ -60,7 +97,7 @@ class SeizureService:
         self.core = core
         self.access = access
         self._lock = threading.Lock()
-        self._totals: OrderedDict[tuple[str, int], tuple[DayTotals, ...]] = OrderedDict()
+        self._totals: OrderedDict[tuple[str, int], _Cached] = OrderedDict()
         self._statements: dict[tuple[str, str, str], Any] = {}
 
     # --- crossing points ----------------------------------------------------------------------
@@ -133,7 +170,9 @@ class SeizureService:
         self._require_stats(principal)
         parts = self._readable_totals(principal)
         countries = {p.code: p.country for p in self.crossing_points(principal)}
-        rows = aggregate.group(parts, keys, countries, date_from=date_from, date_to=date_to)
+        # Each package's grouping over all its dates is kept: a request merges those, and
+        # regroups only the packages a date range cuts through.
+        rows = aggregate.merge((c.within(keys, countries, date_from, date_to) for c in parts), keys)
         span = f" from:{date_from or ''} to:{date_to or ''}" if date_from or date_to else ""
         receipt = self._record_read(principal, f"by:{','.join(keys) or '-'}{span}")
         return SeizureStats(by=keys, date_from=date_from, date_to=date_to, rows=rows), receipt
@@ -160,7 +199,7 @@ class SeizureService:
                 raise NotFound("crossing point not found")
         parts = self._readable_totals(principal)
         figures = aggregate.before_after(
-            parts, points, window_days=window_days, today=utcnow().date()
+            (c.days for c in parts), points, window_days=window_days, today=utcnow().date()
         )
         receipt = self._record_read(
             principal, f"before-after:{code or '*'} window:{window_days or 'default'}"
@@ -216,13 +255,13 @@ class SeizureService:
             self._statements[key] = statement
         return statement
 
-    def _readable_totals(self, principal: Principal) -> list[tuple[DayTotals, ...]]:
+    def _readable_totals(self, principal: Principal) -> list[_Cached]:
         """The day totals of every package the caller may read now (opened where not cached)."""
         params = {"now": utcnow(), "agency": principal.agency, "country": principal.country}
         with self.core.tx(readonly=True) as session:
             connection = session.connection()
             readable = connection.execute(self._readable_statement(principal), params).all()
-            found: dict[tuple[str, int], tuple[DayTotals, ...]] = {}
+            found: dict[tuple[str, int], _Cached] = {}
             with self._lock:
                 for pid, version in readable:
                     totals = self._totals.get((pid, version))
@@ -230,11 +269,11 @@ class SeizureService:
                         self._totals.move_to_end((pid, version))
                         found[(pid, version)] = totals
             missing = [pid for pid, version in readable if (pid, version) not in found]
-            opened: dict[tuple[str, int], tuple[DayTotals, ...]] = {}
+            opened: dict[tuple[str, int], _Cached] = {}
             for start in range(0, len(missing), _MISS_BATCH):
                 batch = missing[start : start + _MISS_BATCH]
                 for row in connection.execute(_SEALED_RECORDS, {"ids": batch}):
-                    opened[(row.package_id, row.version)] = self._open(row)
+                    opened[(row.package_id, row.version)] = _Cached(self._open(row))
         if opened:
             with self._lock:
                 self._totals.update(opened)

@@ -311,3 +311,23 @@ def test_no_record_field_is_stored_in_clear(world: World, two_countries: dict[st
     dates = [r.date.isoformat(timespec="minutes") for r in two_countries["data"]["uz_a"]]
     for needle in ["под запасным колесом", "methamphetamine", "cannabis resin", *dates]:
         assert needle.encode() not in raw, needle
+
+
+def test_date_ranges_that_hold_or_miss_whole_packages(
+    world: World, two_countries: dict[str, Any]
+) -> None:
+    """A range holding every record of a package takes its kept grouping, one missing all of
+    them skips it, one cutting through regroups it: all three agree with the records."""
+    data, by = two_countries["data"], ("month", "commodity")
+    records = data["kz_c"] + data["kz_d"] + data["uz_a"]
+    v, kz = world.vault, world["kz.officer"]
+    for span in (
+        {"date_from": date(1990, 1, 1), "date_to": date(2100, 1, 1)},
+        {"date_from": date(2019, 1, 1)},
+        {"date_to": date(2012, 12, 31)},
+        {"date_from": date(2015, 1, 1)},
+        {"date_to": date(2015, 1, 1)},
+    ):
+        stats, _ = v.seizure_stats(kz, by=by, **span)
+        assert_same(figures(stats), expected(records, by, **span))
+    assert v.seizure_stats(kz, by=by, date_from=date(2019, 1, 1))[0].rows == []
