@@ -128,3 +128,44 @@ def test_statistics_page_shows_exactly_the_released_figures(
         assert len(charts) >= 4  # kg, l, units by month; records and kg before/after
         assert all(chart.size["width"] > 300 for chart in charts)
         shot(kz, screenshots / language, "stats")
+
+
+def test_records_file_through_the_upload_form_is_counted(
+    world: World, browsers: Browsers, tmp_path: Path
+) -> None:
+    """The upload form (sent by upload.js) with a records file: TJ, to whom nothing was
+    released, sees exactly its own records' figures; a bad file is refused row by row."""
+    build(world)
+    records = tmp_path / "tj-january.csv"
+    records.write_text(
+        "date,crossing_point,direction,commodity,quantity,unit\n"
+        "2024-01-20,OYBEK,entry,героин,1500,г\n"
+        "2024-01-22,OYBEK,exit,cash,12000,units\n",
+        encoding="utf-8-sig",
+    )
+    bad = tmp_path / "bad.csv"
+    bad.write_text(
+        "date,crossing_point,direction,commodity,quantity,unit\n2024-01-20,OYBEK,entry,heroin,-1,kg\n"
+    )
+    report = tmp_path / "report.txt"
+    report.write_bytes(b"January at Oybek\n")
+    with running_server(world.vault) as base:
+        tj = browsers("en")
+        sign_in(tj, base, "tj.officer")
+        for path in (bad, records):
+            tj.get(base + "/ui/upload")
+            tj.find_element(By.ID, "title").send_keys("January")
+            tj.find_element(By.ID, "records").send_keys(str(path))
+            tj.find_element(By.ID, "file").send_keys(str(report))
+            tj.find_element(By.ID, "submit").click()
+            if path is bad:
+                problems = until(tj, lambda d: d.find_elements(By.ID, "records-problems"))
+                assert "row 2" in problems[0].text
+                assert world.vault.list_packages(world["tj.officer"]).items == []
+        until(tj, lambda d: "/ui/packages/" in d.current_url)
+        tj.get(base + "/ui/stats")
+        assert shown_monthly(tj, "en") == {
+            "quantity_kg": {("2024-01", "heroin"): 1.5},
+            "quantity_units": {("2024-01", "cash"): 12000},
+        }
+        no_dialog(tj)
