@@ -287,7 +287,7 @@ async def upload_package(
 
     def run() -> UploadResult:
         meta = body.metadata()
-        return vault.upload(principal, meta, body.files())
+        return vault.upload(principal, meta, body.files(), body.signature)
 
     result = await anyio.to_thread.run_sync(run)
     _receipt(response, result.receipt)
@@ -553,6 +553,10 @@ def create_app(settings: Settings | None = None, *, vault: Vault | None = None) 
     publisher = service.witness_publisher()
     api_errors.install(app)
     app.include_router(router)
+    # Imported here: the keys routes use this module's dependencies (issue 13).
+    from blo_vault.api.keys import router as keys_router
+
+    app.include_router(keys_router)
     web.install(app)  # the pages (api/web): their routes, static files and security headers
     metrics = Metrics(service)
 
