@@ -25,9 +25,16 @@ from typing import Any
 from vault import manifest
 from vault.errors import IntegrityError, InvalidInput
 from vault.ledger import merkle, note
-from vault.ledger.entry import decode
+from vault.ledger.entry import Entry, decode
 
-__all__ = ["bundle", "check_files_on_disk", "check_key_proof", "check_package", "check_signed"]
+__all__ = [
+    "bundle",
+    "check_files_on_disk",
+    "check_inclusion",
+    "check_key_proof",
+    "check_package",
+    "check_signed",
+]
 
 
 def _b64(text: object, what: str) -> bytes:
@@ -37,9 +44,9 @@ def _b64(text: object, what: str) -> bytes:
         raise IntegrityError(f"{what} is not valid base64") from None
 
 
-def check_key_proof(signature: dict[str, Any], proof: dict[str, Any], vkey: str) -> None:
-    """IntegrityError unless ``proof`` proves, up to a checkpoint ``vkey`` signed, the
-    ledger entry registering ``signature``'s key for its signer and agency."""
+def check_inclusion(proof: dict[str, Any], vkey: str) -> Entry:
+    """The ledger entry ``proof`` proves, up to a checkpoint ``vkey`` signed; IntegrityError
+    unless the proof holds (InvalidInput for a malformed ``vkey``)."""
     try:
         verifier = note.parse_verifier_key(vkey)
     except note.NoteError as exc:
@@ -57,14 +64,23 @@ def check_key_proof(signature: dict[str, Any], proof: dict[str, Any], vkey: str)
         )
         entry = decode(data)
     except (note.NoteError, merkle.ProofError, KeyError, TypeError, ValueError) as exc:
-        raise IntegrityError(f"the signer's key registration is not proved: {exc}") from None
+        raise IntegrityError(f"the ledger entry is not proved: {exc}") from None
+    if entry.seq != int(proof["leaf_index"]):
+        raise IntegrityError("the ledger entry proved is not at the position claimed")
+    return entry
+
+
+def check_key_proof(signature: dict[str, Any], proof: dict[str, Any], vkey: str) -> None:
+    """IntegrityError unless ``proof`` proves, up to a checkpoint ``vkey`` signed, the
+    ledger entry registering ``signature``'s key for its signer and agency."""
+    entry = check_inclusion(proof, vkey)
     expected = f"ed25519 {signature['key_id']} {signature['public_key']} {signature['agency']}"
     if (entry.action, entry.decision, entry.subject, entry.reason) != (
         "key.register",
         "allow",
         signature["signer"],
         expected,
-    ) or int(proof["leaf_index"]) != int(signature["registered_seq"]):
+    ) or entry.seq != int(signature["registered_seq"]):
         raise IntegrityError("the ledger entry proved is not this key's registration")
 
 

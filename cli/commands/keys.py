@@ -14,7 +14,7 @@ from blo_vault.cli import render
 from blo_vault.cli import session as stored
 from blo_vault.cli.commands._common import JsonOpt, api_client, read_password
 from blo_vault.cli.render import err, out, print_json
-from blo_vault.cli.verify import check_key_proof
+from blo_vault.cli.verify import check_inclusion
 from vault.errors import ConfigError, IntegrityError
 from vault.ledger.entry import decode
 
@@ -121,24 +121,17 @@ def keys_revoke(
 
 
 def _audit_rows(history: dict[str, Any], vkey: str | None, mine: set[str] | None) -> list[Any]:
-    """One row per key entry; proofs checked with ``vkey`` when given."""
+    """One row per key entry; every entry's inclusion proof checked with ``vkey`` if given."""
     rows = []
     for proof in history["entries"]:
-        entry = decode(base64.b64decode(proof["entry"]))
+        if vkey is not None:
+            entry = check_inclusion(proof, vkey)
+        else:
+            entry = decode(base64.b64decode(proof["entry"]))
+        if not entry.action.startswith("key.") or entry.subject != history["username"]:
+            raise IntegrityError(f"ledger entry {entry.seq} is not a key entry of this user")
         parts = entry.reason.split(" ")
         key_id = parts[1] if len(parts) == 4 else "?"
-        if vkey is not None and entry.action == "key.register":
-            check_key_proof(
-                {
-                    "key_id": key_id,
-                    "public_key": parts[2],
-                    "agency": parts[3],
-                    "signer": entry.subject,
-                    "registered_seq": entry.seq,
-                },
-                proof,
-                vkey,
-            )
         foreign = mine is not None and entry.action == "key.register" and key_id not in mine
         rows.append(
             {
