@@ -295,7 +295,7 @@ async def upload_package(
     def run() -> UploadResult:
         meta = body.metadata()
         records, files = body.records_then_files()
-        return vault.upload(principal, meta, files, records=records)
+        return vault.upload(principal, meta, files, body.signature, records=records)
 
     result = await anyio.to_thread.run_sync(run)
     _receipt(response, result.receipt)
@@ -564,6 +564,10 @@ def create_app(settings: Settings | None = None, *, vault: Vault | None = None) 
     from blo_vault.api import seizures  # its routes use this module's dependencies
 
     app.include_router(seizures.router)
+    # Imported here: the keys routes use this module's dependencies (issue 13).
+    from blo_vault.api.keys import router as keys_router
+
+    app.include_router(keys_router)
     web.install(app)  # the pages (api/web): their routes, static files and security headers
     metrics = Metrics(service)
 

@@ -23,6 +23,7 @@ from vault.errors import InvalidInput, RequestTimeout, TooLarge
 from vault.schemas import NewPackage
 from vault.seizures.schema import SeizureRecord, validate_records
 from vault.service import IncomingFile
+from vault.service.signatures import MAX_SIGNATURE_PART, SignedManifest, parse_part
 
 __all__ = [
     "MultipartUpload",
@@ -68,6 +69,7 @@ class MultipartUpload:
         self._value = b""
         self._max_metadata = max_metadata_bytes
         self._finished = False
+        self._signature_seen = False
         self._parser = MultipartParser(
             boundary,
             callbacks={
@@ -150,13 +152,7 @@ class MultipartUpload:
         headers = self._expect_part()
         if headers is None or _disposition(headers)[0] != "metadata":
             raise InvalidInput("the first part of an upload must be 'metadata' (JSON)")
-        raw = bytearray()
-        while (event := self._next_event())[0] == "data":
-            raw += event[1]
-            if len(raw) > self._max_metadata:
-                raise TooLarge("package metadata is too large")
-        if event[0] != "part_end":
-            raise InvalidInput("malformed multipart body")
+        raw = self._part_bytes(self._max_metadata, "package metadata is too large")
         try:
             return NewPackage.model_validate(json.loads(bytes(raw).decode("utf-8")))
         except (ValueError, ValidationError, RecursionError) as exc:  # deep nesting too
@@ -166,6 +162,27 @@ class MultipartUpload:
                     sorted({".".join(str(p) for p in e["loc"]) for e in exc.errors()})
                 )
             raise InvalidInput("invalid package metadata" + fields) from None
+
+    def _part_bytes(self, limit: int, too_large: str) -> bytes:
+        """The rest of the current part, at most ``limit`` bytes (TooLarge beyond)."""
+        raw = bytearray()
+        while (event := self._next_event())[0] == "data":
+            raw += event[1]
+            if len(raw) > limit:
+                raise TooLarge(too_large)
+        if event[0] != "part_end":
+            raise InvalidInput("malformed multipart body")
+        return bytes(raw)
+
+    def signature(self) -> SignedManifest | None:
+        """After the files: the ``signature`` part's signed manifest, or None if the body
+        ended without one. Nothing may follow it."""
+        if not self._signature_seen:
+            return None
+        signed = parse_part(self._part_bytes(MAX_SIGNATURE_PART, "signature part is too large"))
+        if self._expect_part() is not None:
+            raise InvalidInput("nothing may follow the 'signature' part")
+        return signed
 
     def files(self) -> Iterator[IncomingFile]:
         """Each following part as an IncomingFile; the service must read one before the next."""
@@ -178,15 +195,11 @@ class MultipartUpload:
         headers = self._expect_part()
         if headers is None or _disposition(headers) != ("records", None):
             return [], self._files_from(headers)
-        raw = bytearray()
-        while (event := self._next_event())[0] == "data":
-            raw += event[1]
-            if len(raw) > MAX_RECORDS_BYTES:
-                raise TooLarge(f"the records part is larger than {MAX_RECORDS_BYTES} bytes")
-        if event[0] != "part_end":
-            raise InvalidInput("malformed multipart body")
+        raw = self._part_bytes(
+            MAX_RECORDS_BYTES, f"the records part is larger than {MAX_RECORDS_BYTES} bytes"
+        )
         try:
-            rows = json.loads(bytes(raw).decode("utf-8"))
+            rows = json.loads(raw.decode("utf-8"))
         except (ValueError, RecursionError):
             raise InvalidInput("the records part must be a JSON list of records") from None
         if not isinstance(rows, list):
@@ -211,15 +224,11 @@ class MultipartUpload:
         records = None
         if headers is not None and _disposition(headers)[0] == "records":
             filename = _disposition(headers)[1] or ""
-            raw = bytearray()
-            while (event := self._next_event())[0] == "data":
-                raw += event[1]
-                if len(raw) > max_records_bytes:
-                    raise TooLarge(f"the records file is larger than {max_records_bytes} bytes")
-            if event[0] != "part_end":
-                raise InvalidInput("malformed multipart body")
+            raw = self._part_bytes(
+                max_records_bytes, f"the records file is larger than {max_records_bytes} bytes"
+            )
             # A browser sends an empty part (no name, no bytes) for a file field left empty.
-            records = (filename, bytes(raw)) if filename or raw else None
+            records = (filename, raw) if filename or raw else None
             headers = self._expect_part()
         return fields, records, self._files_from(headers)
 
@@ -248,6 +257,9 @@ class MultipartUpload:
     def _files_from(self, headers: dict[bytes, bytes] | None) -> Iterator[IncomingFile]:
         while headers is not None:
             name, filename = _disposition(headers)
+            if name == "signature" and filename is None:
+                self._signature_seen = True  # the trailing signed manifest (issue 13)
+                return
             if name != "file" or filename is None:
                 raise InvalidInput("after 'metadata', every part must be a 'file' with a filename")
             reader = _PartReader(self._next_event)

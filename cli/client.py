@@ -18,6 +18,7 @@ import httpx
 
 from blo_vault.cli import session as stored
 from blo_vault.cli.errors import BY_CODE
+from blo_vault.cli.keys import UploadSigner
 from vault.crypto import constant_time_equal
 from vault.errors import (
     AuthenticationFailed,
@@ -258,9 +259,11 @@ class ApiClient:
         handling_note: str = "",
         progress: Progress | None = None,
         records: list[dict[str, Any]] | None = None,
+        signer: UploadSigner | None = None,
     ) -> dict[str, Any]:
         """POST /packages: one package of ``paths``, each file streamed from disk, and the
-        seizure ``records`` (JSON objects of SeizureRecord) when given."""
+        seizure ``records`` (JSON objects of SeizureRecord) when given; with ``signer``, hashed
+        as it goes and followed by the signed manifest (issue 13)."""
         metadata = {
             "title": title,
             "description": description,
@@ -268,6 +271,8 @@ class ApiClient:
             "handling": handling,
             "handling_note": handling_note,
         }
+        if signer is not None:
+            metadata["package_id"] = signer.package_id
         self._renew_if_expiring()
         with contextlib.ExitStack() as stack:
             parts: list[tuple[str, Any]] = [
@@ -277,13 +282,12 @@ class ApiClient:
                 body = json.dumps(records, ensure_ascii=False).encode()
                 parts.append(("records", (None, body, "application/json")))
             for path in paths:
-                handle = stack.enter_context(open(path, "rb"))
-                parts.append(
-                    (
-                        "file",
-                        (path.name, _CountingReader(handle, progress), "application/octet-stream"),
-                    )
-                )
+                handle: Any = _CountingReader(stack.enter_context(open(path, "rb")), progress)
+                if signer is not None:
+                    handle = signer.wrap(path.name, handle)
+                parts.append(("file", (path.name, handle, "application/octet-stream")))
+            if signer is not None:
+                parts.append(("signature", (None, signer.trailer(metadata), "application/json")))
             return self._reply(
                 "POST",
                 "/packages",
@@ -328,6 +332,7 @@ class ApiClient:
         force: bool = False,
         progress: Progress | None = None,
         detail: dict[str, Any] | None = None,
+        before_keeping: Callable[[], None] | None = None,
     ) -> list[Path]:
         """Download every file of a package into ``dest``, all or nothing.
 
@@ -337,6 +342,8 @@ class ApiClient:
         Each file streams into a private temp file beside its destination and is checked
         against its size and SHA-256; only when every file checked out are they renamed into
         place. On any failure every temp file is removed, so nothing partial is left.
+        ``before_keeping`` runs once every file checked out, before any is renamed: its error
+        too leaves nothing (the signature check, issue 13).
         """
         if detail is None:
             detail = self.show(package_id)
@@ -354,6 +361,8 @@ class ApiClient:
             for item, target in targets:
                 tmp = self._fetch(package_id, item, dest, progress)
                 staged.append((tmp, target))
+            if before_keeping is not None:
+                before_keeping()
             for tmp, target in staged:
                 os.replace(tmp, target)
         finally:
@@ -384,6 +393,23 @@ class ApiClient:
             tmp.unlink(missing_ok=True)
             raise
         return tmp
+
+    def register_key(self, public_key: str) -> dict[str, Any]:
+        """POST /keys: register the caller's signing key."""
+        return self._reply("POST", "/keys", json={"public_key": public_key})
+
+    def revoke_key(self, key_id: str) -> dict[str, Any]:
+        """POST /keys/{id}/revoke."""
+        return self._reply("POST", f"/keys/{_segment(key_id)}/revoke")
+
+    def show_key(self, key_id: str) -> dict[str, Any]:
+        """GET /keys/{id}: a key, with the inclusion proof of its registration."""
+        return self._reply("GET", f"/keys/{_segment(key_id)}")
+
+    def key_history(self, user: str | None = None) -> dict[str, Any]:
+        """GET /keys/history: a user's key entries in the ledger, with inclusion proofs."""
+        params = {"user": user} if user is not None else None
+        return self._reply("GET", "/keys/history", params=params)
 
     def file_chunks(self, package_id: str, file_id: str) -> Iterator[bytes]:
         """GET /packages/{id}/files/{file_id}: the file's plaintext, in chunks as they arrive."""

@@ -14,7 +14,17 @@ import click
 import typer
 
 from blo_vault.cli import render
-from blo_vault.cli.commands import admin, audit, auth, ledger, package, server, stats, witness
+from blo_vault.cli.commands import (
+    admin,
+    audit,
+    auth,
+    keys,
+    ledger,
+    package,
+    server,
+    stats,
+    witness,
+)
 from blo_vault.cli.errors import exit_code_for
 from blo_vault.cli.render import err, out
 from vault.errors import VaultError
@@ -35,6 +45,7 @@ app.add_typer(server.app)
 app.add_typer(auth.app)
 app.add_typer(admin.app, name="admin")
 app.add_typer(package.app, name="package")
+app.add_typer(keys.app, name="keys")
 app.add_typer(ledger.app, name="ledger")
 app.add_typer(stats.app, name="stats")
 app.add_typer(audit.authz_app, name="authz")

@@ -30,6 +30,7 @@ __all__ = [
     "delete",
     "from_tokens",
     "load",
+    "private_dir",
     "rotate",
     "save",
 ]
@@ -94,6 +95,11 @@ def _check_private(path: Path, info: os.stat_result, mode: int) -> None:
         )
     if info.st_uid != os.getuid():
         _warn(f"{path} belongs to another user (uid {info.st_uid}); log in again")
+
+
+def private_dir(folder: Path) -> None:
+    """Make ``folder`` private (0700) as the session's folder is (see ``_private_dir``)."""
+    _private_dir(folder)
 
 
 def _private_dir(folder: Path) -> None:

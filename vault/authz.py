@@ -69,6 +69,9 @@ ACTIONS = (
     "explain",
     "ledger",
     "manage",
+    "key.register",
+    "key.revoke",
+    "key.read",
 )
 HANDLINGS = ("H0", "H1", "H2", "H3")
 # Separation of duties: admins and auditors never see a package's content, title,

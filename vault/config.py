@@ -126,6 +126,10 @@ class Settings(BaseSettings):
     # person (a supervisor of the originating agency who is not the requester) to approve.
     four_eyes_from: Literal["UNCLASSIFIED", "RESTRICTED", "CONFIDENTIAL", "SECRET"] = "CONFIDENTIAL"
 
+    # Originator-signed packages (issue 13): whether an upload must carry a signed manifest.
+    # Unset: required in production, optional in development (README "Signed packages").
+    require_signatures: bool | None = None
+
     # Casbin model and policy; the packaged copy when unset.
     policy_dir: Path | None = None
 
@@ -146,6 +150,13 @@ class Settings(BaseSettings):
         if not isinstance(value, list):
             return value
         return [str(ipaddress.ip_network(str(item).strip(), strict=False)) for item in value]
+
+    @property
+    def signatures_required(self) -> bool:
+        """Whether unsigned uploads are refused (``require_signatures``, else production)."""
+        if self.require_signatures is not None:
+            return self.require_signatures
+        return self.env == "production"
 
     @property
     def resolved_database_url(self) -> str:

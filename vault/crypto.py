@@ -35,7 +35,7 @@ from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from cryptography.exceptions import InvalidTag
+from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -60,10 +60,13 @@ __all__ = [
     "ed25519_public_bytes",
     "ed25519_public_key",
     "ed25519_seed",
+    "ed25519_verify",
     "keyed_digest",
+    "load_officer_key_pem",
     "new_data_key",
     "new_ed25519_private_key",
     "new_token_signing_key_pem",
+    "officer_key_pem",
     "open_bytes",
     "open_stream",
     "random_bytes",
@@ -566,3 +569,31 @@ def ed25519_public_key(raw: bytes) -> ed25519.Ed25519PublicKey:
 def ed25519_public_bytes(key: ed25519.Ed25519PublicKey) -> bytes:
     """The 32 raw bytes of an Ed25519 public key."""
     return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+# --- officers' signing keys (originator-signed packages, vault/manifest.py) --------------------
+def ed25519_verify(public_raw: bytes, signature: bytes, message: bytes) -> bool:
+    """Whether ``signature`` signs ``message`` under ``public_raw`` (False if malformed)."""
+    try:
+        ed25519_public_key(public_raw).verify(signature, message)
+    except (ValueError, InvalidSignature):
+        return False
+    return True
+
+
+def officer_key_pem(key: ed25519.Ed25519PrivateKey, passphrase: bytes | None) -> bytes:
+    """PKCS#8 PEM of an officer's key, encrypted under ``passphrase`` when one is given."""
+    enc = serialization.BestAvailableEncryption(passphrase) if passphrase else None
+    fmt = serialization.PrivateFormat.PKCS8
+    return key.private_bytes(serialization.Encoding.PEM, fmt, enc or serialization.NoEncryption())
+
+
+def load_officer_key_pem(pem: bytes, passphrase: bytes | None) -> ed25519.Ed25519PrivateKey:
+    """An officer's key from :func:`officer_key_pem`; ConfigError if unreadable or wrong."""
+    try:
+        key = serialization.load_pem_private_key(pem, password=passphrase or None)
+    except (ValueError, TypeError):
+        raise ConfigError("cannot open the signing key (wrong passphrase, or not a key)") from None
+    if not isinstance(key, ed25519.Ed25519PrivateKey):
+        raise ConfigError("the signing key is not an Ed25519 key")
+    return key

@@ -13,7 +13,16 @@ import enum
 from datetime import UTC, date, datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Column, DateTime, Index, Integer, LargeBinary, UniqueConstraint
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    LargeBinary,
+    UniqueConstraint,
+    text,
+)
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
@@ -28,6 +37,7 @@ __all__ = [
     "LedgerEntry",
     "LedgerNode",
     "LoginThrottle",
+    "OfficerKey",
     "Package",
     "PackageFile",
     "PackageRecords",
@@ -267,6 +277,34 @@ class WebSession(SQLModel, table=True):
     version: int = 0
     created: float
     last_seen: float = Field(index=True)
+
+
+class OfficerKey(SQLModel, table=True):
+    """An officer's Ed25519 signing key, registered for signed packages (issue 13).
+
+    Public keys are not secret: each registration and revocation is also a ledger entry
+    (actions ``key.register`` and ``key.revoke``), so a key the vault slips in shows up to
+    whoever audits the ledger. At most one active (unrevoked) key per user, by a partial
+    unique index, so two registrations racing can't both win.
+    """
+
+    __table_args__ = (
+        Index(
+            "ix_officerkey_one_active",
+            "user_id",
+            unique=True,
+            sqlite_where=text("revoked_at IS NULL"),
+            postgresql_where=text("revoked_at IS NULL"),
+        ),
+    )
+
+    id: str = Field(primary_key=True, max_length=32)  # vault.manifest.key_id of the key
+    user_id: str = Field(foreign_key="user.id", index=True, max_length=32)
+    public_key: bytes = Field(sa_column=Column(LargeBinary(32), nullable=False))
+    created_at: datetime = _time()
+    registered_seq: int = Field(sa_column=Column(BigInteger, nullable=False))
+    revoked_at: datetime | None = _time(nullable=True)
+    revoked_seq: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
 
 
 class PolicyRule(SQLModel, table=True):

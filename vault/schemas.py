@@ -21,14 +21,17 @@ __all__ = [
     "Explanation",
     "FileInfo",
     "InclusionProof",
+    "KeyHistory",
     "LedgerEntries",
     "LedgerReport",
     "LoginResult",
     "MultiLineText",
     "NewPackage",
+    "OfficerKeyInfo",
     "OneLineText",
     "PackageDetail",
     "PackageList",
+    "PackageSignature",
     "PackageSummary",
     "Receipt",
     "ReleaseInfo",
@@ -214,6 +217,9 @@ class NewPackage(BaseModel):
     handling: Handling = Handling.H0
     handling_note: MultiLineText = Field(default="", max_length=2_000)
     fields: dict[OneLineText, OneLineText] = Field(default_factory=dict, max_length=50)
+    # Chosen by a signing client (a fresh random id), so that it can sign a manifest naming
+    # the package before the server has seen it (issue 13); assigned by the server if absent.
+    package_id: str | None = Field(default=None, pattern=r"^[0-9a-f]{32}$")
 
     @field_validator("fields")
     @classmethod
@@ -264,6 +270,20 @@ class PackageSummary(_Out):
     file_count: int
 
 
+class PackageSignature(_Out):
+    """The originating officer's signature of a package's manifest (vault.manifest), as the
+    server checked it at upload. A client that does not trust the server checks it again."""
+
+    key_id: str
+    signer: str
+    agency: str
+    public_key: str  # base64 of the 32-byte Ed25519 key
+    manifest: str  # base64 of the canonical manifest bytes
+    signature: str  # base64 of the 64-byte signature
+    registered_seq: int  # the key's key.register ledger entry
+    key_revoked: bool
+
+
 class PackageDetail(PackageSummary):
     """A package with its description, files and (for the originator) its releases."""
 
@@ -274,6 +294,8 @@ class PackageDetail(PackageSummary):
     creator: str
     files: list[FileInfo]
     releases: list[ReleaseInfo]
+    # None: uploaded unsigned (the web pages, or a vault where signatures are optional).
+    signature: PackageSignature | None = None
 
 
 class Receipt(_Out):
@@ -448,4 +470,29 @@ class LedgerEntries(_Out):
     start: int
     entries: list[str]
     # Ledger entry recording this read (absent when the server signed on its own).
+    receipt: int | None = None
+
+
+class OfficerKeyInfo(_Out):
+    """A registered officer key and, when asked for, the inclusion proof of its registration
+    entry up to a signed checkpoint."""
+
+    id: str
+    username: str
+    agency: str
+    public_key: str
+    created_at: datetime
+    registered_seq: int
+    revoked_at: datetime | None = None
+    revoked_seq: int | None = None
+    proof: InclusionProof | None = None
+    receipt: int | None = None
+
+
+class KeyHistory(_Out):
+    """Every key.register / key.revoke ledger entry naming one user, each with its inclusion
+    proof, for the user (or their agency's auditor) to compare with the keys they made."""
+
+    username: str
+    entries: list[InclusionProof]
     receipt: int | None = None

@@ -36,6 +36,9 @@ ACTIONS = {
     "end-session": N_("end session"),
     "gc": N_("collect garbage"),
     "request": N_("request"),
+    "key.register": N_("register signing key"),
+    "key.revoke": N_("revoke signing key"),
+    "key.read": N_("look up signing keys"),
 }
 
 REASONS = {

@@ -11,8 +11,9 @@ import typer
 from rich.table import Table
 
 from blo_vault.cli import render
-from blo_vault.cli.commands import audit, release
+from blo_vault.cli.commands import audit, release, signing
 from blo_vault.cli.commands._common import JsonOpt, api_client, transfer_progress
+from blo_vault.cli.commands.keys import VkeyOpt
 from blo_vault.cli.render import err, out, print_json
 from vault.models import Classification, Handling
 from vault.seizures.importer import read_records
@@ -50,14 +51,19 @@ def package_upload(
             readable=True,
         ),
     ] = None,
+    unsigned: Annotated[
+        bool, typer.Option("--unsigned", help="Do not sign, even with a registered key.")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Upload files as one package (with its seizure records, if given)."""
+    """Upload files as one package (with its seizure records, if given), signed with your
+    registered key if you have one."""
     total = sum(p.stat().st_size for p in paths)
     seizures = None
     if records is not None:
         # Checked here, before a byte is sent, by the same schema the server checks again.
         seizures = [r.model_dump(mode="json") for r in read_records(records)]
+    signer = None if unsigned else signing.upload_signer()
     with api_client() as client, transfer_progress(total, "uploading") as advance:
         result = client.upload(
             paths,
@@ -68,6 +74,7 @@ def package_upload(
             handling_note=handling_note,
             progress=advance,
             records=seizures,
+            signer=signer,
         )
     if as_json:
         print_json({"id": result["package"]["id"], **result})
@@ -135,6 +142,7 @@ def package_show(package_id: str, as_json: JsonOpt = False) -> None:
         out.print(render.text(detail["description"], multiline=True))
     for key, value in (detail.get("fields") or {}).items():
         out.print(render.line(f"{key}: {value}"))
+    out.print(render.line(signing.signature_line(detail.get("signature"))))
     files = Table("file id", "name", "size", "sha256")
     for f in detail["files"]:
         files.add_row(*render.cells(f["id"], f["name"], f["size"], f["sha256"]))
@@ -160,15 +168,27 @@ def package_download(
     package_id: str,
     output: Annotated[Path, typer.Option("-o", "--output", help="Destination folder.")] = Path("."),
     force: Annotated[bool, typer.Option(help="Replace existing files.")] = False,
+    vkey: VkeyOpt = None,
+    manifest: Annotated[
+        Path | None,
+        typer.Option(help="Save the signature and its proofs here, for 'package verify'."),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Download every file of a package; each is checked against its digest before it is kept."""
+    """Download every file of a package; each is checked against its digest, and a signed
+    package against its originator's signature, before anything is kept."""
     with api_client() as client:
         detail = client.show(package_id)
+        check = signing.download_check(client, detail, vkey, manifest)
         total = sum(f["size"] for f in detail["files"])
         with transfer_progress(total, "downloading") as advance:
             written = client.download(
-                package_id, output, force=force, progress=advance, detail=detail
+                package_id,
+                output,
+                force=force,
+                progress=advance,
+                detail=detail,
+                before_keeping=check,
             )
     notice = HANDLING_NOTICE.get(detail["handling"], "")
     if as_json:
@@ -178,9 +198,12 @@ def package_download(
     else:
         if notice:
             err.print(render.text(notice, style="bold yellow"))
+        err.print(render.line(signing.signature_line(detail.get("signature"), checked=True)))
         for path in written:
             out.print(render.line(f"saved {path}"))
 
+
+app.command("verify")(signing.package_verify)
 
 # Merged after the commands above: the help lists them in this order.
 app.add_typer(release.app)

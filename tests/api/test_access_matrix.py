@@ -849,3 +849,76 @@ def test_crossing_points_are_added_by_admins_only(role: str, mw: MatrixWorld) ->
     listed = mw.client.get("/crossing-points", headers=mw.headers[user])
     assert listed.status_code == 200
     assert (code in {p["code"] for p in listed.json()}) == (role == "admin")
+
+
+# --- officers' signing keys (issue 13): policy actions key.register, key.revoke, key.read -----
+
+KEY_GRANTS = {
+    "officer": {"key.register", "key.revoke", "key.read"},
+    "supervisor": {"key.register", "key.revoke", "key.read"},
+    "auditor": {"key.read"},
+    "admin": {"key.read"},
+}
+
+
+def _fresh_public_key() -> str:
+    import base64
+
+    from vault import crypto
+
+    key = crypto.new_ed25519_private_key()
+    return base64.b64encode(crypto.ed25519_public_bytes(key.public_key())).decode()
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_key_doors_by_role(role: str, mw: MatrixWorld) -> None:
+    user = username(ORIGIN_AGENCY, role, Classification.SECRET)
+    headers = mw.headers[user]
+    grants = KEY_GRANTS[role]
+    made = mw.client.post("/keys", json={"public_key": _fresh_public_key()}, headers=headers)
+    if "key.register" in grants:
+        assert made.status_code in (201, 409), made.text  # 409: a second run of the cell
+    else:
+        assert made.status_code == 403, made.text
+        entry = ledger_entry(mw.vault, made.json()["error"]["receipt"])
+        assert (entry.action, entry.decision, entry.actor_user) == ("key.register", "deny", user)
+    history = mw.client.get("/keys/history", headers=headers)
+    assert history.status_code == 200, history.text
+    # Another agency's officer's key history: hidden like a missing user, for every role.
+    other = username("TJ-CUSTOMS", "officer", Classification.SECRET)
+    hidden = mw.client.get("/keys/history", params={"user": other}, headers=headers)
+    missing = mw.client.get("/keys/history", params={"user": "no.such.user"}, headers=headers)
+    assert hidden.status_code == missing.status_code == 404
+    assert hidden.json()["error"]["message"] == missing.json()["error"]["message"]
+    # Same agency: only its auditor sees an officer's key history.
+    colleague = username(ORIGIN_AGENCY, "officer", Classification.SECRET)
+    seen = mw.client.get("/keys/history", params={"user": colleague}, headers=headers)
+    assert seen.status_code == (200 if role in ("auditor", "officer") else 404), seen.text
+    registered = mw.client.post(
+        "/keys", json={"public_key": _fresh_public_key()}, headers=mw.headers[colleague]
+    )
+    # The colleague's key: registered now, or by an earlier cell (one active key each).
+    key_id = (
+        registered.json()["id"] if registered.status_code == 201 else _colleague_key(mw, colleague)
+    )
+    shown = mw.client.get(f"/keys/{key_id}", headers=headers)
+    assert shown.status_code == 200, shown.text
+    assert shown.json()["proof"]["leaf_index"] == shown.json()["registered_seq"]
+    if role != "officer":
+        revoke = mw.client.post(f"/keys/{key_id}/revoke", headers=headers)
+        assert revoke.status_code == (404 if "key.revoke" in grants else 403), revoke.text
+
+
+def _colleague_key(mw: MatrixWorld, colleague: str) -> str:
+    from sqlmodel import select
+
+    from vault.models import OfficerKey
+
+    with Session(mw.vault.engine) as session:
+        row = session.exec(
+            select(OfficerKey).where(
+                OfficerKey.user_id == mw.users[colleague].user_id,
+                OfficerKey.revoked_at == None,  # noqa: E711 - SQL IS NULL
+            )
+        ).one()
+    return row.id

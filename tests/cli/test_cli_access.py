@@ -549,3 +549,26 @@ def test_stats_commands_follow_the_listing(
             assert "may not read statistics" in refused(result, code)
         else:
             assert ok_json(result) == []
+
+
+def test_keys_commands_follow_roles_and_agencies(
+    cli: CliRunner, logged_in: LoggedIn, world: World
+) -> None:
+    """Issue 13: officers register and revoke their own keys; an auditor reads the key history
+    of their own agency's officers only; everyone else's is hidden like a missing user."""
+    for user in ("uz.officer", "uz.auditor", "kz.officer"):
+        logged_in(user)
+        ok_json(cli("keys", "init", "--no-passphrase", "--json", user=user))
+    mine = ok_json(cli("keys", "register", "--json", user="uz.officer"))
+    assert "role may not" in refused(cli("keys", "register", user="uz.auditor"), 5)
+    audited = ok_json(cli("keys", "audit", "--user", "uz.officer", "--json", user="uz.auditor"))
+    assert [e["key_id"] for e in audited["entries"]] == [mine["id"]]
+    assert all(e["created_here"] is None for e in audited["entries"])
+    assert "not found" in refused(
+        cli("keys", "audit", "--user", "uz.officer", user="kz.officer"), 4
+    )
+    assert "not found" in refused(cli("keys", "revoke", mine["id"], user="kz.officer"), 4)
+    own = ok_json(cli("keys", "audit", "--json", user="uz.officer"))
+    assert [e["flag"] for e in own["entries"]] == [""]
+    ok_json(cli("keys", "revoke", "--json", user="uz.officer"))
+    assert "already revoked" in refused(cli("keys", "revoke", mine["id"], user="uz.officer"), 8)

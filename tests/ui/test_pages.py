@@ -535,3 +535,43 @@ def test_request_release_reject_and_revoke_through_the_pages(world: World) -> No
         )
         assert revoked.status_code == 303
         assert kz.client.get(f"/ui/packages/{package_id}").status_code == 404
+
+
+def test_the_package_page_says_whether_a_package_is_signed(world: World, browser: Browser) -> None:
+    """Issue 13: an unsigned package says so; a signed one names its signer, as the server
+    checked it, and points to the command line's check for one that does not trust it."""
+    import base64
+    import io
+
+    from vault import crypto
+    from vault import manifest as m
+    from vault.schemas import NewPackage
+    from vault.service import IncomingFile
+    from vault.service.signatures import SignedManifest
+
+    unsigned = upload(world, title="plain")
+    officer = world["uz.officer"]
+    key = crypto.new_ed25519_private_key()
+    public = base64.b64encode(crypto.ed25519_public_bytes(key.public_key())).decode()
+    info = world.vault.register_key(officer, public)
+    signed = m.Manifest(
+        package_id="c" * 32,
+        agency="UZ-CUSTOMS",
+        classification="UNCLASSIFIED",
+        handling="H0",
+        handling_note="",
+        title_sha256=m.sha256_text("signed"),
+        description_sha256=m.sha256_text(""),
+        files=(m.ManifestFile("a.txt", 1, m.sha256_text("a")),),
+    )
+    world.vault.upload(
+        officer,
+        NewPackage(title="signed", package_id="c" * 32),
+        [IncomingFile(name="a.txt", reader=io.BytesIO(b"a"))],
+        lambda: SignedManifest(info.id, signed.encode(), m.sign(key, signed)),
+    )
+    browser.sign_in("uz.officer")
+    assert "Unsigned: nothing proves" in browser.client.get(f"/ui/packages/{unsigned}").text
+    page = browser.client.get(f"/ui/packages/{'c' * 32}").text
+    assert f"Signed by uz.officer (UZ-CUSTOMS), key {info.id}" in page
+    assert "does not trust the server" in page

@@ -12,6 +12,13 @@ An entry is stored as exactly the bytes that are hashed. Layout, all integers bi
 64 zeros for the first entry, so the entries form a hash chain and the leaves of an RFC 6962
 Merkle tree at once. Empty strings stand for "not applicable". No title, description,
 filename or content ever goes into an entry.
+
+Conventions of particular actions:
+
+- ``key.register`` / ``key.revoke`` (officers' signing keys, issue 13): ``subject`` is the
+  key owner's username; ``reason`` is ``"ed25519 KEYID PUBLICKEY AGENCY"`` (the key id, the
+  base64 of the 32-byte public key, "-" in a revocation, and the owner's agency, which may
+  differ from ``actor_agency`` when the operator acted). Every field stays in clear.
 """
 
 from __future__ import annotations

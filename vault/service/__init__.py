@@ -33,10 +33,12 @@ from vault.schemas import (
     ConsistencyProof,
     Explanation,
     InclusionProof,
+    KeyHistory,
     LedgerEntries,
     LedgerReport,
     LoginResult,
     NewPackage,
+    OfficerKeyInfo,
     PackageDetail,
     PackageList,
     ReleaseInfo,
@@ -63,10 +65,12 @@ from vault.service.admin import AdminService
 from vault.service.audit import AuditService
 from vault.service.identity import IdentityService
 from vault.service.ledger_ops import MAX_LEDGER_PAGE, LedgerService
+from vault.service.officer_keys import OfficerKeyService
 from vault.service.packages import MAX_PAGE, Download, IncomingFile, PackageService
 from vault.service.releases import ReleaseService
 from vault.service.seizures import SeizureService
 from vault.service.sessions import Sessions
+from vault.service.signatures import SignedManifest
 from vault.storage import ObjectStore
 from vault.tokens import TokenService
 from vault.websessions import WebSessionStore
@@ -168,6 +172,7 @@ class Vault:
         self.audit = AuditService(core, self.access)
         self.ledger = LedgerService(core)
         self.seizures = SeizureService(core, self.access)
+        self.officer_keys = OfficerKeyService(core, self.ledger)
 
     def close(self) -> None:
         """Finish pending ledger appends and release database connections."""
@@ -312,6 +317,28 @@ class Vault:
         """Delete stray objects; returns (objects removed, temp files removed, receipt)."""
         return self.admin.gc(principal, grace=grace)
 
+    # --- officers' signing keys (issue 13) ------------------------------------------------------
+
+    def register_key(
+        self, principal: Principal, public_key: str, *, owner: str | None = None
+    ) -> OfficerKeyInfo:
+        """Register an officer's Ed25519 public key (base64); a key.register ledger entry."""
+        return self.officer_keys.register(principal, public_key, owner=owner)
+
+    def revoke_key(
+        self, principal: Principal, key_id: str, *, owner: str | None = None
+    ) -> OfficerKeyInfo:
+        """Revoke an officer's key; a key.revoke ledger entry."""
+        return self.officer_keys.revoke(principal, key_id, owner=owner)
+
+    def show_key(self, principal: Principal, key_id: str) -> OfficerKeyInfo:
+        """A registered key with the inclusion proof of its registration."""
+        return self.officer_keys.show(principal, key_id)
+
+    def key_history(self, principal: Principal, username: str | None = None) -> KeyHistory:
+        """Every key entry of a user in the ledger, with inclusion proofs."""
+        return self.officer_keys.history(principal, username)
+
     # --- packages -------------------------------------------------------------------------------
 
     def upload(
@@ -319,12 +346,14 @@ class Vault:
         principal: Principal,
         meta: NewPackage,
         files: Iterable[IncomingFile],
+        signature: Callable[[], SignedManifest | None] | None = None,
         *,
         records: Sequence[SeizureRecord] = (),
     ) -> UploadResult:
         """Seal and store every file (and the seizure records), then record the package: all
-        of it or nothing."""
-        return self.packages.upload(principal, meta, files, records=records)
+        of it or nothing. ``signature`` gives the originator's signed manifest after the files
+        (issue 13)."""
+        return self.packages.upload(principal, meta, files, signature, records=records)
 
     def list_packages(
         self,

@@ -17,6 +17,7 @@ from vault import crypto
 from vault.authz import NONE, ORIGINATOR, Facts
 from vault.errors import (
     AccessDenied,
+    Conflict,
     IntegrityError,
     InvalidInput,
     NotFound,
@@ -31,6 +32,7 @@ from vault.schemas import (
     NewPackage,
     PackageDetail,
     PackageList,
+    PackageSignature,
     PackageSummary,
     UploadResult,
     check_filename,
@@ -39,7 +41,7 @@ from vault.schemas import (
 )
 from vault.seizures.schema import SeizureRecord
 from vault.seizures.store import records_row
-from vault.service import sealed
+from vault.service import sealed, signatures
 from vault.service._core import (
     ALLOW,
     DENY,
@@ -138,24 +140,35 @@ class PackageService:
         principal: Principal,
         meta: NewPackage,
         files: Iterable[IncomingFile],
+        signature: Callable[[], signatures.SignedManifest | None] | None = None,
         *,
         records: Sequence[SeizureRecord] = (),
     ) -> UploadResult:
         """Seal and store every file, then record the package and its ledger entry at once.
 
         Objects are written before the database row; on any failure they are deleted again,
-        so a package is either wholly visible or not at all. ``records`` (validated seizure
-        records) are sealed under the package key in the same transaction.
+        so a package is either wholly visible or not at all. ``signature`` gives the
+        originator's signed manifest once the files are read (None: unsigned), checked
+        before the package is committed (vault.service.signatures). ``records`` (validated
+        seizure records) are sealed under the package key in the same transaction.
         """
         self._check_upload(principal, meta)
-        sealing = _Sealing(package_id=new_id(), package_key=crypto.new_data_key())
+        sealing = _Sealing(
+            package_id=self._fresh_id(meta.package_id), package_key=crypto.new_data_key()
+        )
         try:
             for position, incoming in enumerate(files):
                 self._seal_file(sealing, position, incoming)
             if not sealing.rows:
                 raise InvalidInput("a package needs at least one file")
-            package, digest = self._sealed_package(principal, meta, sealing)
+            signed = self._signed(signature)
+            package, digest = self._sealed_package(principal, meta, sealing, signed)
             with self.core.tx() as session:
+                if signed is not None:
+                    received = signatures.received(
+                        package.id, principal.agency, meta, sealing.infos
+                    )
+                    signatures.check_upload(session, principal, signed, received)
                 session.add(package)
                 session.flush()
                 session.add_all(sealing.rows)
@@ -183,8 +196,37 @@ class PackageService:
             creator=principal.username,
             files=sealing.infos,
             releases=[],
+            signature=self._signature_of(signed.sealed_form() if signed else None),
         )
         return UploadResult(package=detail, receipt=receipt)
+
+    def _fresh_id(self, chosen: str | None) -> str:
+        """The client's chosen package id if unused (Conflict otherwise), else a new one."""
+        if chosen is None:
+            return new_id()
+        with self.core.tx(readonly=True) as session:
+            if session.get(Package, chosen) is not None:
+                raise Conflict("this package id is already in use; choose a fresh one")
+        return chosen
+
+    def _signed(
+        self, signature: Callable[[], signatures.SignedManifest | None] | None
+    ) -> signatures.SignedManifest | None:
+        """The upload's signed manifest; AccessDenied when one is required and absent."""
+        signed = signature() if signature is not None else None
+        if signed is None and self.core.settings.signatures_required:
+            raise AccessDenied(
+                "this vault accepts only signed packages: upload with 'blovault package "
+                "upload' after 'blovault keys init' and 'blovault keys register'"
+            )
+        return signed
+
+    def _signature_of(self, sealed_form: object) -> PackageSignature | None:
+        """The signature a package's details show (None for an unsigned package)."""
+        if sealed_form is None:
+            return None
+        with self.core.tx(readonly=True) as session:
+            return signatures.shown(session, sealed_form)
 
     def _check_upload(self, principal: Principal, meta: NewPackage) -> None:
         """Refuse (and record) an upload the caller may not make, before a byte is stored."""
@@ -269,7 +311,11 @@ class PackageService:
         sealing.total += size
 
     def _sealed_package(
-        self, principal: Principal, meta: NewPackage, sealing: _Sealing
+        self,
+        principal: Principal,
+        meta: NewPackage,
+        sealing: _Sealing,
+        signed: signatures.SignedManifest | None,
     ) -> tuple[Package, str]:
         """The package row, its metadata sealed under the package key; and its digest."""
         digest = sealed.package_digest(sealing.infos)
@@ -284,6 +330,8 @@ class PackageService:
                     "handling_note": meta.handling_note,
                     "fields": meta.fields,
                     "digest": digest,
+                    # Sealed like the rest: the manifest holds the names and digests.
+                    "signature": signed.sealed_form() if signed is not None else None,
                 }
             ).encode(),
             context=identity,
@@ -392,6 +440,7 @@ class PackageService:
             creator=creator or "",
             files=[sealed.file_info(opened.key, cast(FileRow, row)) for row in files],
             releases=[release_info(r) for r in releases],
+            signature=self._signature_of(meta.get("signature")),
         )
         return detail, receipt
 

@@ -1,0 +1,165 @@
+"""The recipient's check of an originator-signed package, trusting nothing the server says
+(issue 13).
+
+Three links, each checked here with the vault's ledger key (``vkey``, obtained out of band)
+as the only thing trusted:
+
+1. the signer's key was registered in the ledger: its ``key.register`` entry (owner, agency,
+   key id, public key) is proved by an inclusion proof up to a checkpoint signed by ``vkey``;
+2. the manifest's signature verifies with that key;
+3. the files received (names, sizes and SHA-256 computed here) and the package's fields match
+   the signed manifest.
+
+The bundle :func:`bundle` makes (``package download --manifest FILE``) holds the signature
+and the key's proof, so that ``package verify`` can redo all of it later, offline.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from vault import manifest
+from vault.errors import IntegrityError, InvalidInput
+from vault.ledger import merkle, note
+from vault.ledger.entry import Entry, decode
+
+__all__ = [
+    "bundle",
+    "check_files_on_disk",
+    "check_inclusion",
+    "check_key_proof",
+    "check_package",
+    "check_signed",
+]
+
+
+def _b64(text: object, what: str) -> bytes:
+    try:
+        return base64.b64decode(str(text), validate=True)
+    except (binascii.Error, ValueError):
+        raise IntegrityError(f"{what} is not valid base64") from None
+
+
+def check_inclusion(proof: dict[str, Any], vkey: str) -> Entry:
+    """The ledger entry ``proof`` proves, up to a checkpoint ``vkey`` signed; IntegrityError
+    unless the proof holds (InvalidInput for a malformed ``vkey``)."""
+    try:
+        verifier = note.parse_verifier_key(vkey)
+    except note.NoteError as exc:
+        raise InvalidInput(f"--vkey is not a verifier key: {exc}") from None
+    try:
+        checkpoint = note.open_checkpoint(str(proof["checkpoint"]), [verifier])
+        data = _b64(proof["entry"], "ledger entry")
+        hashes = [_b64(h, "proof hash") for h in proof["hashes"]]
+        merkle.verify_inclusion(
+            merkle.leaf_hash(data),
+            int(proof["leaf_index"]),
+            checkpoint.size,
+            hashes,
+            checkpoint.root_hash,
+        )
+        entry = decode(data)
+    except (note.NoteError, merkle.ProofError, KeyError, TypeError, ValueError) as exc:
+        raise IntegrityError(f"the ledger entry is not proved: {exc}") from None
+    if entry.seq != int(proof["leaf_index"]):
+        raise IntegrityError("the ledger entry proved is not at the position claimed")
+    return entry
+
+
+def check_key_proof(signature: dict[str, Any], proof: dict[str, Any], vkey: str) -> None:
+    """IntegrityError unless ``proof`` proves, up to a checkpoint ``vkey`` signed, the
+    ledger entry registering ``signature``'s key for its signer and agency."""
+    entry = check_inclusion(proof, vkey)
+    expected = f"ed25519 {signature['key_id']} {signature['public_key']} {signature['agency']}"
+    if (entry.action, entry.decision, entry.subject, entry.reason) != (
+        "key.register",
+        "allow",
+        signature["signer"],
+        expected,
+    ) or entry.seq != int(signature["registered_seq"]):
+        raise IntegrityError("the ledger entry proved is not this key's registration")
+
+
+def check_signed(signature: dict[str, Any]) -> manifest.Manifest:
+    """The signed manifest, once its signature verified with the key named (IntegrityError)."""
+    public = _b64(signature["public_key"], "public key")
+    if manifest.key_id(public) != signature["key_id"]:
+        raise IntegrityError("the signer's key does not match its key id")
+    raw = _b64(signature["manifest"], "manifest")
+    manifest.check_signature(public, raw, _b64(signature["signature"], "signature"))
+    try:
+        return manifest.decode(raw)
+    except InvalidInput as exc:
+        raise IntegrityError(f"signed manifest: {exc.message}") from None
+
+
+def check_package(detail: dict[str, Any], proof: dict[str, Any], vkey: str) -> None:
+    """Check a downloaded package (``detail``, whose files' sizes and digests the download
+    checked on the bytes it wrote) against its signature; IntegrityError on any mismatch."""
+    signature = detail["signature"]
+    check_key_proof(signature, proof, vkey)
+    signed = check_signed(signature)
+    received = manifest.Manifest(
+        package_id=detail["id"],
+        agency=detail["agency"],
+        classification=detail["classification"],
+        handling=detail["handling"],
+        handling_note=detail["handling_note"],
+        title_sha256=manifest.sha256_text(detail["title"]),
+        description_sha256=manifest.sha256_text(detail["description"]),
+        files=tuple(
+            manifest.ManifestFile(f["name"], int(f["size"]), f["sha256"]) for f in detail["files"]
+        ),
+    )
+    if signature["agency"] != detail["agency"]:
+        raise IntegrityError("the signer is not of the package's originating agency")
+    try:
+        manifest.check_matches(signed, received)
+    except InvalidInput as exc:
+        raise IntegrityError(f"the package does not match its signed manifest: {exc}") from None
+
+
+def bundle(detail: dict[str, Any], proof: dict[str, Any]) -> dict[str, Any]:
+    """What ``package verify`` needs later, offline: the signature and the key's proof."""
+    return {
+        "format": "blo-vault signed package v1",
+        "signature": detail["signature"],
+        "proof": proof,
+    }
+
+
+def _file_digest(path: Path) -> tuple[int, str]:
+    digest, size = hashlib.sha256(), 0
+    with path.open("rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+            size += len(block)
+    return size, digest.hexdigest()
+
+
+def check_files_on_disk(
+    saved: dict[str, Any], folder: Path, vkey: str, local_names: list[str]
+) -> manifest.Manifest:
+    """Re-check files saved in ``folder`` (named ``local_names``, in manifest order) against
+    a bundle; IntegrityError on any mismatch. Returns the signed manifest."""
+    if saved.get("format") != "blo-vault signed package v1":
+        raise InvalidInput("not a blo-vault signed package bundle")
+    signature, proof = saved["signature"], saved["proof"]
+    check_key_proof(signature, proof, vkey)
+    signed = check_signed(signature)
+    files = []
+    for item, name in zip(signed.files, local_names, strict=True):
+        path = folder / name
+        if not path.is_file():
+            raise IntegrityError(f"{name}: missing")
+        size, sha = _file_digest(path)
+        files.append(manifest.ManifestFile(item.name, size, sha))
+    try:
+        manifest.check_files(signed, files)
+    except InvalidInput as exc:
+        raise IntegrityError(f"the files do not match the signed manifest: {exc}") from None
+    return signed

@@ -1,0 +1,249 @@
+"""Originator-signed packages through the ``blovault`` command line against a live server
+(issue 13): keys init/register/revoke/audit, signed upload, the recipient's check on
+download, ``package verify``, and the operator attacks the signatures exist to expose."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from sqlmodel import Session, select
+
+from tests.cli.test_cli_roundtrip import assert_one_line_error, make_file, ok_json, sha256_of
+from tests.conftest import CliRunner, World
+from vault import crypto
+from vault import manifest as m
+from vault.ledger.entry import decode
+from vault.models import OfficerKey, Package, PackageFile
+from vault.schemas import NewPackage
+from vault.service import IncomingFile, local_operator
+from vault.service import sealed as sealed_meta
+from vault.service.signatures import SignedManifest
+
+LoggedIn = Callable[[str], None]
+
+
+def _officer_with_key(cli: CliRunner, logged_in: LoggedIn, user: str) -> str:
+    logged_in(user)
+    made = ok_json(cli("keys", "init", "--no-passphrase", "--json", user=user))
+    registered = ok_json(cli("keys", "register", "--json", user=user))
+    assert registered["id"] == made["key_id"]
+    return str(made["key_id"])
+
+
+def _signed_package(
+    cli: CliRunner, logged_in: LoggedIn, world: World, tmp_path: Path
+) -> tuple[str, dict[str, str]]:
+    """uz.officer uploads two files, signed, and releases them to KZ."""
+    _officer_with_key(cli, logged_in, "uz.officer")
+    src = tmp_path / "src"
+    src.mkdir()
+    sums = {
+        name: make_file(src / name, size, seed=i)
+        for i, (name, size) in enumerate(
+            {"report.pdf": 70_000, "photo.jpg": 3 * 1024 * 1024 + 5}.items()
+        )
+    }
+    result = ok_json(
+        cli(
+            "package",
+            "upload",
+            src / "report.pdf",
+            src / "photo.jpg",
+            "--title",
+            "Oybek seizure",
+            "--classification",
+            "RESTRICTED",
+            "--handling",
+            "H1",
+            "--json",
+            user="uz.officer",
+        )
+    )
+    package_id = str(result["id"])
+    assert result["package"]["signature"]["signer"] == "uz.officer"
+    ok_json(cli("package", "release", package_id, "--country", "KZ", "--json", user="uz.officer"))
+    return package_id, sums
+
+
+def test_signed_round_trip_and_offline_verify(
+    cli: CliRunner, logged_in: LoggedIn, world: World, tmp_path: Path
+) -> None:
+    package_id, sums = _signed_package(cli, logged_in, world, tmp_path)
+    vkey = world.vault.ledger_vkey
+    logged_in("kz.officer")
+    shown = cli("package", "show", package_id, user="kz.officer")
+    assert "signed by uz.officer (UZ-CUSTOMS)" in shown.stdout
+
+    out_dir, bundle = tmp_path / "kz", tmp_path / "package.signed.json"
+    no_key = cli("package", "download", package_id, "-o", out_dir, user="kz.officer")
+    assert_one_line_error(no_key, 2)
+    assert "--vkey" in no_key.stderr
+    done = cli(
+        "package",
+        "download",
+        package_id,
+        "-o",
+        out_dir,
+        "--vkey",
+        vkey,
+        "--manifest",
+        bundle,
+        user="kz.officer",
+    )
+    assert done.code == 0, done.stderr
+    assert "checked here against the ledger" in done.stderr
+    assert {p.name: sha256_of(p) for p in out_dir.iterdir()} == sums
+
+    checked = cli("package", "verify", out_dir, "--manifest", bundle, "--vkey", vkey)
+    assert checked.code == 0, checked.stderr
+    (out_dir / "report.pdf").write_bytes(b"not the report")
+    changed = cli("package", "verify", out_dir, "--manifest", bundle, "--vkey", vkey)
+    assert_one_line_error(changed, 6)
+    assert "do not match the signed manifest" in changed.stderr
+    # Another vault's key proves nothing.
+    _, other_vkey = crypto_vkey_pair()
+    foreign = cli("package", "verify", out_dir, "--manifest", bundle, "--vkey", other_vkey)
+    assert_one_line_error(foreign, 6)
+
+
+def crypto_vkey_pair() -> tuple[str, str]:
+    from vault.ledger import note
+
+    return note.generate_signer_key("other.example/vault")
+
+
+def test_operator_swapping_content_is_caught_and_nothing_kept(
+    cli: CliRunner, logged_in: LoggedIn, world: World, tmp_path: Path
+) -> None:
+    """The operator holds the KEK and the database: it seals other content under a fresh
+    data key and rewrites the stored name, digest and size. The server serves it as
+    genuine; the recipient's CLI refuses it and keeps nothing."""
+    package_id, _ = _signed_package(cli, logged_in, world, tmp_path)
+    vault = world.vault
+    forged = b"a different report, sealed correctly"
+    with Session(vault.engine) as session:
+        package = session.get(Package, package_id)
+        assert package is not None
+        row = session.exec(
+            select(PackageFile).where(
+                PackageFile.package_id == package_id, PackageFile.position == 0
+            )
+        ).one()
+        opened = sealed_meta.open_meta(vault.keys, package)
+        identity = sealed_meta.file_identity(package_id, row.id)
+        data_key = crypto.new_data_key()
+        reader = crypto.SealingReader(io.BytesIO(forged), data_key, identity=identity)
+        vault.store.put(row.id, reader)
+        digest = reader.sha256_hex()
+        reader.close()
+        wrapped = vault.keys.keyring.wrap(data_key, context=identity)
+        row.kek_id, row.wrapped_key = wrapped.kek_id, wrapped.blob
+        row.sealed_meta = crypto.seal_bytes(
+            opened.key,
+            json.dumps({"name": "report.pdf", "sha256": digest}).encode(),
+            context=identity,
+        )
+        row.size = len(forged)
+        session.add(row)
+        session.commit()
+    logged_in("kz.officer")
+    out_dir = tmp_path / "kz-forged"
+    refused = cli(
+        "package",
+        "download",
+        package_id,
+        "-o",
+        out_dir,
+        "--vkey",
+        vault.ledger_vkey,
+        user="kz.officer",
+    )
+    assert_one_line_error(refused, 6)
+    assert "does not match its signed manifest" in refused.stderr
+    assert not out_dir.exists() or list(out_dir.iterdir()) == []
+
+
+def test_a_key_the_operator_registers_is_flagged_by_keys_audit(
+    cli: CliRunner, logged_in: LoggedIn, world: World, tmp_path: Path
+) -> None:
+    vault, op = world.vault, local_operator()
+    own = _officer_with_key(cli, logged_in, "uz.officer")
+    clean = cli("keys", "audit", "--vkey", vault.ledger_vkey, "--json", user="uz.officer")
+    assert clean.code == 0, clean.stderr
+    # The operator revokes the officer's key and registers one of its own for them...
+    vault.revoke_key(op, own, owner="uz.officer")
+    foreign_key = crypto.new_ed25519_private_key()
+    public = crypto.ed25519_public_bytes(foreign_key.public_key())
+    info = vault.register_key(op, base64.b64encode(public).decode(), owner="uz.officer")
+    # ...and signs a package with it, as the officer: the server accepts it.
+    officer = world["uz.officer"]
+    meta = NewPackage(title="planted", package_id="ab" * 16)
+    content = b"planted evidence"
+    signed = m.Manifest(
+        package_id=meta.package_id or "",
+        agency="UZ-CUSTOMS",
+        classification="UNCLASSIFIED",
+        handling="H0",
+        handling_note="",
+        title_sha256=m.sha256_text("planted"),
+        description_sha256=m.sha256_text(""),
+        files=(m.ManifestFile("note.txt", len(content), m.sha256_text("planted evidence")),),
+    )
+    result = vault.upload(
+        officer,
+        meta,
+        [IncomingFile(name="note.txt", reader=io.BytesIO(content))],
+        lambda: SignedManifest(info.id, signed.encode(), m.sign(foreign_key, signed)),
+    )
+    assert result.package.signature is not None
+    assert result.package.signature.key_id == info.id
+
+    audit = cli("keys", "audit", "--vkey", vault.ledger_vkey, "--json", user="uz.officer")
+    assert audit.code == 6, audit.stderr
+    rows = json.loads(audit.stdout)["entries"]
+    flagged = [r for r in rows if r["flag"]]
+    assert [r["key_id"] for r in flagged] == [info.id]
+    assert flagged[0]["by"] == op.username
+    assert "were not created here" in audit.stderr
+    # The registration is in the ledger export for every auditor to see.
+    exported = io.StringIO()
+    vault.export_ledger(op, exported)
+    entries = [decode(base64.b64decode(e)) for e in json.loads(exported.getvalue())["entries"]]
+    registrations = [e for e in entries if e.action == "key.register"]
+    assert [e.reason.split(" ")[1] for e in registrations] == [own, info.id]
+    assert registrations[1].subject == "uz.officer"
+    assert registrations[1].reason.endswith(" UZ-CUSTOMS")
+
+
+def test_keys_commands_refuse_clearly(
+    cli: CliRunner, logged_in: LoggedIn, world: World, tmp_path: Path
+) -> None:
+    logged_in("uz.officer")
+    assert_one_line_error(cli("keys", "register", user="uz.officer"), 9)
+    ok_json(cli("keys", "init", "--passphrase-stdin", "--json", user="uz.officer", stdin="pw\n"))
+    key_file = next((tmp_path / "config" / "uz.officer" / "signing-keys").glob("*.pem"))
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    assert b"ENCRYPTED" in key_file.read_bytes()
+    ok_json(cli("keys", "register", "--json", user="uz.officer"))
+    again = cli("keys", "register", user="uz.officer")
+    assert_one_line_error(again, 8)
+    ok_json(cli("keys", "init", "--no-passphrase", "--json", user="uz.officer"))
+    second = cli("keys", "register", user="uz.officer")
+    assert_one_line_error(second, 8)
+    assert "revoke it first" in second.stderr
+    with Session(world.vault.engine) as session:
+        first = session.exec(select(OfficerKey)).one()
+    ok_json(cli("keys", "revoke", first.id, "--json", user="uz.officer"))
+    ok_json(cli("keys", "register", "--json", user="uz.officer"))
+
+
+@pytest.fixture(autouse=True)
+def _optional_signatures(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI's local operator opens the vault with the same settings as the world."""
+    monkeypatch.delenv("VAULT_LEDGER_VKEY", raising=False)
+    monkeypatch.delenv("VAULT_SIGNING_PASSPHRASE", raising=False)
