@@ -17,6 +17,8 @@ from vault.seizures.jsonshape import before_after_json, stats_json
 __all__ = ["router"]
 
 CROSSING_POINT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{1,31}$"
+_KEY = "(" + "|".join(GROUP_KEYS) + ")"
+BY_PATTERN = f"^({_KEY}(,{_KEY})*)?$"
 
 
 # create_app includes this router (importing this module only then), so the shared
@@ -31,8 +33,8 @@ class NewCrossingPoint(BaseModel):
 
     code: str = Field(pattern=CROSSING_POINT_PATTERN)
     country: str = Field(min_length=2, max_length=2, pattern=r"^[A-Z]{2}$")
-    name: OneLineText = Field(min_length=1, max_length=200)
-    blo_opened: date
+    name: OneLineText = Field(min_length=1, max_length=200, pattern=r"\S")
+    blo_opened: date = Field(ge=date(1990, 1, 1), le=date(2100, 12, 31))
 
 
 class CrossingPointOut(BaseModel):
@@ -74,6 +76,7 @@ def seizure_stats(
         str,
         Query(
             max_length=100,
+            pattern=BY_PATTERN,
             description=f"comma-separated grouping keys: {', '.join(GROUP_KEYS)}",
         ),
     ] = "month,commodity",

@@ -123,8 +123,8 @@ def test_a_bad_records_part_stores_nothing(api: Api, records: Any, expected: str
 
 @pytest.mark.parametrize(
     "params",
-    [{"by": "year"}, {"by": "month,month"}, {"from": "2014-02-01", "to": "2014-01-01"},
-     {"from": "not-a-date"}, {"group": "month"}],
+    [{"by": "year"}, {"by": "month,,commodity"}, {"by": "month, commodity"},
+     {"from": "2014-02-01", "to": "2014-01-01"}, {"from": "not-a-date"}, {"group": "month"}],
 )  # fmt: skip
 def test_bad_statistics_requests_are_refused_and_recorded(api: Api, params: Any) -> None:
     reply = api.get("uz.officer", "/stats/seizures", **params)

@@ -13,6 +13,7 @@ import httpx
 import pytest
 from openpyxl import load_workbook
 
+from blo_vault.api.web.security import CSP
 from tests.conftest import World
 from tests.ui.conftest import Browser
 from tests.ui.stats_world import (
@@ -28,6 +29,7 @@ from tests.ui.stats_world import (
     tables,
     upload_records,
 )
+from tests.ui.test_pages import INLINE
 
 ENGLISH = {
     "Heroin": "heroin",
@@ -118,8 +120,11 @@ def test_a_record_one_may_not_read_changes_not_a_byte(world: World, browser: Bro
 def test_a_hostile_crossing_point_name_stays_text(world: World, browser: Browser) -> None:
     build(world)
     browser.sign_in("kz.officer")
-    page = browser.client.get("/ui/stats").text
+    answer = browser.client.get("/ui/stats")
+    page = answer.text
     assert "<script>alert" not in page
+    assert not INLINE.search(page)  # charts and all: nothing the CSP would have to refuse
+    assert answer.headers["content-security-policy"] == CSP
     assert "&lt;script&gt;alert(&#34;cp&#34;)&lt;/script&gt; &amp; Bekabad" in page
     exported = browser.client.get("/ui/stats/before-after.csv").content.decode("utf-8-sig")
     names = [row["name"] for row in csv.DictReader(io.StringIO(exported))]
