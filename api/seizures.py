@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from blo_vault.api import errors as api_errors
 from blo_vault.api.app import PrincipalDep, VaultDep, known_query_only
+from vault.errors import InvalidInput
 from vault.schemas import OneLineText, Receipt
 from vault.seizures.figures import GROUP_KEYS
 from vault.seizures.jsonshape import before_after_json, stats_json
@@ -19,6 +20,17 @@ __all__ = ["router"]
 CROSSING_POINT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{1,31}$"
 _KEY = "(" + "|".join(GROUP_KEYS) + ")"
 BY_PATTERN = f"^({_KEY}(,{_KEY})*)?$"
+# Days as YYYY-MM-DD only: pydantic's lax date would also take "0" as a Unix timestamp.
+DAY_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
+
+
+def _day(value: str | None) -> date | None:
+    if value is None:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise InvalidInput("dates are YYYY-MM-DD, e.g. 2014-05-01") from None
 
 
 # create_app includes this router (importing this module only then), so the shared
@@ -80,12 +92,13 @@ def seizure_stats(
             description=f"comma-separated grouping keys: {', '.join(GROUP_KEYS)}",
         ),
     ] = "month,commodity",
-    date_from: Annotated[date | None, Query(alias="from")] = None,
-    date_to: Annotated[date | None, Query(alias="to")] = None,
+    date_from: Annotated[str | None, Query(alias="from", pattern=DAY_PATTERN)] = None,
+    date_to: Annotated[str | None, Query(alias="to", pattern=DAY_PATTERN)] = None,
 ) -> dict[str, Any]:
-    """Totals of the seizure records the caller may read, grouped; nothing else counts."""
+    """Totals of the seizure records the caller may read, grouped; nothing else counts.
+    ``from`` and ``to`` (YYYY-MM-DD) are inclusive."""
     stats, receipt = vault.seizure_stats(
-        principal, by=by.split(","), date_from=date_from, date_to=date_to
+        principal, by=by.split(","), date_from=_day(date_from), date_to=_day(date_to)
     )
     response.headers[api_errors.RECEIPT_HEADER] = str(receipt)
     return {**stats_json(stats), "receipt": receipt}

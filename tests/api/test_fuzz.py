@@ -104,7 +104,7 @@ SEMANTIC_422 = {
     ("POST", "/ledger/proof/consistency"): "the checkpoint must verify with the log's key",
     ("POST", "/auth/password"): "the new password must differ from the current one",
     ("POST", "/crossing-points"): "its country must exist",
-    ("GET", "/stats/seizures"): "'from' must not be after 'to'",
+    ("GET", "/stats/seizures"): "'from' must not be after 'to', and each must be a real day",
 }
 
 # Operations that end the session they are called with: each case runs in a session of its own,
