@@ -253,6 +253,9 @@ def test_vault_runs_as_app_role(databases: Databases, tmp_path: Path) -> None:
         kek_file=keys["VAULT_KEK_FILE"],
         jwt_key_file=keys["VAULT_JWT_KEY_FILE"],
         ledger_key_file=keys["VAULT_LEDGER_KEY_FILE"],
+        # Production requires signed packages by default (issue 13); what this test checks is
+        # the database role, with a plain upload.
+        require_signatures=False,
         **FAST_ARGON2,
     )
     vault = Vault.open(settings)
