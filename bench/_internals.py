@@ -55,6 +55,14 @@ def listing_params(principal: Principal, *, limit: int, offset: int) -> dict[str
     return _access.listing_params(principal, limit=limit, offset=offset)
 
 
+def listing_query(
+    vault: Vault, connection: Any, principal: Principal, *, limit: int, offset: int
+) -> tuple[Any, dict[str, Any]]:
+    """The statement and bind parameters ``Vault.list_packages`` runs for one page: the
+    caller's plan chosen by the service's probe, run on ``connection``."""
+    return vault.access.listing_query(connection, principal, limit=limit, offset=offset)
+
+
 def listing_rows(
     vault: Vault, principal: Principal, *, limit: int, filters: PackageFilter | None = None
 ) -> int:
