@@ -16,6 +16,7 @@ from typing import Any
 from sqlmodel import Session
 
 from vault.authz import Authorizer, Facts
+from vault.listing import PackageFilter
 from vault.models import Package
 from vault.schemas import PackageSummary
 from vault.service import Principal, Vault
@@ -52,6 +53,27 @@ def listing_statement(vault: Vault, principal: Principal) -> Any:
 def listing_params(principal: Principal, *, limit: int, offset: int) -> dict[str, Any]:
     """The bind parameters of :func:`listing_statement`."""
     return _access.listing_params(principal, limit=limit, offset=offset)
+
+
+def listing_query(
+    vault: Vault, connection: Any, principal: Principal, *, limit: int, offset: int
+) -> tuple[Any, dict[str, Any]]:
+    """The statement and bind parameters ``Vault.list_packages`` runs for one page: the
+    caller's plan chosen by the service's probe, run on ``connection``."""
+    return vault.access.listing_query(connection, principal, limit=limit, offset=offset)
+
+
+def listing_rows(
+    vault: Vault, principal: Principal, *, limit: int, filters: PackageFilter | None = None
+) -> int:
+    """The database part of ``Vault.list_packages`` alone: in one read transaction, the probe
+    that picks the plan and the page's query (no ledger entry, no titles opened); how many
+    rows the first page has."""
+    with vault.core.lookup() as connection:
+        statement, params = vault.access.listing_query(
+            connection, principal, limit=limit, offset=0, filters=filters
+        )
+        return len(connection.execute(statement, params).all())
 
 
 def readable_clause(vault: Vault, principal: Principal) -> Any:

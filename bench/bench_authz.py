@@ -34,7 +34,8 @@ c) baseline         a plain ``casbin.Enforcer`` with a classic RBAC-with-resourc
                     with ``casbin.FastEnforcer(cache_key_order=[1, 2])`` (index on obj, act)
 d) listing          first page (50) of ``Vault.list_packages`` for officers of each country, as
                     the service runs it, and a replica of it timed piece by piece: checkout +
-                    BEGIN, getting the statement (built once per caller class), the query, the
+                    BEGIN, getting the statement (built once per caller class; since issue 14
+                    with the probe that picks its plan), the query, the
                     SQL alone (same
                     statement and parameters on the raw DBAPI cursor), the ledger entry (through
                     the service's group commit, as reads record), decrypting the 50 titles; plus
@@ -825,13 +826,12 @@ def list_replica(
     with internals.transaction(vault, readonly=True) as session:
         session.connection()  # the service connects lazily at its first query; same work
         t1 = pc()
-        query = internals.listing_statement(vault, principal)
-        t2 = pc()
-        found = (
-            session.connection()
-            .execute(query, internals.listing_params(principal, limit=PAGE, offset=0))
-            .all()
+        # The plan, chosen by the service's probe (a query of its own since issue 14).
+        query, params = internals.listing_query(
+            vault, session.connection(), principal, limit=PAGE, offset=0
         )
+        t2 = pc()
+        found = session.connection().execute(query, params).all()
         t3 = pc()
         if ledger:
             internals.record_read(
@@ -879,11 +879,11 @@ def capture_listings(
     per_officer: dict[str, dict[str, Any]] = {}
     with StatementCapture(vault.engine) as cap, session_scope(vault.engine) as session:
         for name in officers:
-            params = internals.listing_params(principals[name], limit=PAGE, offset=0)
+            query, params = internals.listing_query(
+                vault, session.connection(), principals[name], limit=PAGE, offset=0
+            )
             cap.on = True
-            rows = session.execute(
-                internals.listing_statement(vault, principals[name]), params
-            ).all()
+            rows = session.execute(query, params).all()
             cap.on = False
             assert cap.last is not None
             captured[name] = cap.last

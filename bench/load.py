@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -32,7 +33,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,7 @@ from bench.harness import (
     free_port,
     open_vault,
     parse_arguments,
+    pg_schema,
     print_table,
     seconds_ms,
     workdir,
@@ -325,10 +327,42 @@ async def drive(args: argparse.Namespace, bases: list[str], pids: list[int]) -> 
     summary["driver_cpu_cores"] = round(driver_cpu / wall, 2)
     summary["server_cpu_ms_per_request"] = round(server_cpu / max(total, 1) * 1000, 3)
     summary["server_rss_kib"] = memory
+    summary |= against_baseline(summary)
     return summary
 
 
+def against_baseline(summary: dict[str, Any]) -> dict[str, float]:
+    """The issue's figures (14): audited metadata reads/s over the same run's /healthz/s, their
+    p99 over /healthz's p99, and server RSS growth over the last 4 minutes (or the last 80%
+    of a shorter run), in percent."""
+    out: dict[str, float] = {}
+    base, reads = summary.get("baseline_healthz"), summary.get("metadata_reads")
+    if isinstance(base, dict) and isinstance(reads, dict) and base["per_second"]:
+        out["reads_vs_healthz_rate"] = round(
+            summary["metadata_reads_per_second"] / base["per_second"], 3
+        )
+        out["reads_vs_healthz_p99"] = round(reads["p99_ms"] / max(base["p99_ms"], 1e-6), 2)
+    rss: list[tuple[float, int]] = summary["server_rss_kib"]
+    if len(rss) >= 2:
+        end = rss[-1][0]
+        start = max(end - 240.0, end * 0.2)
+        first = next(kib for at, kib in rss if at >= start)
+        out["rss_growth_last_minutes_percent"] = round((rss[-1][1] - first) / first * 100, 2)
+    return out
+
+
 Server = tuple[subprocess.Popen[bytes], str]
+
+
+@contextlib.contextmanager
+def fresh_schema(url: str | None) -> Iterator[str | None]:
+    """None for SQLite; for a PostgreSQL server, the URL of a fresh schema on it (dropped
+    afterwards), so a run never meets another's tables."""
+    if url is None:
+        yield None
+        return
+    with pg_schema(url) as (schema_url, _):
+        yield schema_url
 
 
 def start_servers(args: argparse.Namespace, env: dict[str, str]) -> list[Server]:
@@ -377,6 +411,9 @@ def print_report(summary: dict[str, Any]) -> None:
         f"{summary['server_cpu_cores']} cores, {summary['server_cpu_ms_per_request']} ms/request;"
         f" driver CPU {summary['driver_cpu_cores']} cores"
     )
+    for key in ("reads_vs_healthz_rate", "reads_vs_healthz_p99", "rss_growth_last_minutes_percent"):
+        if key in summary:
+            print(f"{key}: {summary[key]}")
     rss = summary["server_rss_kib"]
     if rss:
         print(
@@ -398,7 +435,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--servers", type=int, default=2, help="server processes, own ports")
     parser.add_argument("--workers", type=int, default=1, help="uvicorn workers per server")
-    parser.add_argument("--database-url", default=None, help="PostgreSQL URL (default SQLite)")
+    parser.add_argument(
+        "--database",
+        "--database-url",
+        dest="database_url",
+        default=None,
+        help="PostgreSQL server URL (default SQLite); the run gets a fresh schema on it, "
+        "dropped afterwards",
+    )
     parser.add_argument("--packages", type=int, default=20, help="packages seeded (20)")
     parser.add_argument("--w-list", type=int, default=3)
     parser.add_argument("--w-show", type=int, default=5)
@@ -406,7 +450,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--w-upload", type=int, default=1)
     add_common_arguments(parser, out="load.json")
     args = parse_arguments(parser, argv, QUICK)
-    with workdir("vault-load-") as tmp:
+    with workdir("vault-load-") as tmp, fresh_schema(args.database_url) as database_url:
+        args.database_url = database_url
         env = {k: v for k, v in os.environ.items() if not k.startswith("VAULT_")}
         env |= {
             "VAULT_DATA_DIR": f"{tmp}/data",

@@ -40,6 +40,7 @@ from tests.servers import Served, spawn, wait_healthy
 from vault.config import Settings, load_settings
 from vault.crypto import SEGMENT_SIZE
 from vault.ledger.entry import decode
+from vault.models import Classification, Role
 from vault.service import Vault, local_operator
 
 pytestmark = requires_postgres
@@ -376,3 +377,68 @@ def test_admin_rule_is_enforced_by_both_processes_within_a_second(cluster: Clust
         assert RULE in vault.rules(local_operator())
     finally:
         vault.close()
+
+
+def _reads(cluster: Cluster, headers: Headers, package_id: str) -> list[tuple[int, bool]]:
+    """On each server: the status of showing the package, and whether the listing has it."""
+    out = []
+    for url in cluster.urls:
+        shown = httpx.get(f"{url}/packages/{package_id}", headers=headers, timeout=TIMEOUT)
+        listing = httpx.get(f"{url}/packages?limit=200", headers=headers, timeout=TIMEOUT)
+        listed = listing.status_code == 200 and any(
+            item["id"] == package_id for item in listing.json()["items"]
+        )
+        out.append((shown.status_code, listed))
+    return out
+
+
+@pytest.mark.parametrize(
+    ("change", "after"),
+    [
+        ({"disabled": True}, None),
+        ({"clearance": Classification.UNCLASSIFIED}, [(404, False), (404, False)]),
+        ({"role": Role.AUDITOR}, None),
+    ],
+)
+def test_user_changes_take_effect_on_the_next_request_in_both_processes(
+    cluster: Cluster, change: dict[str, Any], after: list[tuple[int, bool]] | None
+) -> None:
+    """Disabling a user, lowering their clearance or changing their role (in a third process)
+    refuses their very next read on either server -- no process keeps a stale view of the
+    caller (the listing's plans are cached by role and clearance, read afresh each request) --
+    and a new session reads under the new attributes."""
+    uz = login(cluster.a.url, "uz.officer")
+    parts: MultipartFiles = [
+        (
+            "metadata",
+            (None, b'{"title": "restricted", "classification": "RESTRICTED"}', "application/json"),
+        ),
+        ("file", ("s.txt", b"secret content", "application/octet-stream")),
+    ]
+    reply = httpx.post(cluster.a.url + "/packages", files=parts, headers=uz, timeout=TIMEOUT)
+    assert reply.status_code == 201, reply.text
+    package_id = reply.json()["package"]["id"]
+    released = httpx.post(
+        f"{cluster.a.url}/packages/{package_id}/releases",
+        json={"country": "KZ"},
+        headers=uz,
+        timeout=TIMEOUT,
+    )
+    assert released.status_code == 201, released.text
+    kz = login(cluster.b.url, "kz.interior")
+    assert _reads(cluster, kz, package_id) == [(200, True), (200, True)]
+    vault = Vault.open(cluster.settings)
+    try:
+        vault.set_user(local_operator(), "kz.interior", **change)
+        assert {status for status, _ in _reads(cluster, kz, package_id)} == {401}
+        if after is not None:
+            assert _reads(cluster, login(cluster.b.url, "kz.interior"), package_id) == after
+    finally:
+        restore: dict[str, Any] = {
+            "disabled": False,
+            "clearance": Classification.SECRET,
+            "role": Role.OFFICER,
+        }
+        vault.set_user(local_operator(), "kz.interior", **{k: restore[k] for k in change})
+        vault.close()
+    assert _reads(cluster, login(cluster.a.url, "kz.interior"), package_id) == [(200, True)] * 2

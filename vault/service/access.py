@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from sqlalchemy import String, and_, bindparam, exists, false, or_
+from sqlalchemy import Connection, String, and_, bindparam, exists, false, or_
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
@@ -20,6 +20,7 @@ from vault.authz import (
     Facts,
 )
 from vault.errors import AccessDenied, NotFound, VaultError
+from vault.listing import PackageFilter, no_index
 from vault.models import (
     Acknowledgement,
     Agency,
@@ -33,6 +34,7 @@ from vault.models import (
 )
 from vault.schemas import check_id
 from vault.service._core import Core, Principal
+from vault.service.listing_plan import ListingPlan, candidates, probe, use_indexed
 
 # Statements built once: SQLAlchemy then reuses their compiled form, and a request pays only
 # for running them. "now" and the caller's ids are bound per request.
@@ -136,6 +138,15 @@ def package_facts(
         action=action,
     )
     return package, facts
+
+
+def _paged(statement: Any) -> Any:
+    """``statement`` newest first, one page of it (``offset`` and ``limit`` bound)."""
+    return (
+        statement.order_by(col(Package.created_at).desc(), col(Package.id))
+        .offset(bindparam("offset"))
+        .limit(bindparam("limit"))
+    )
 
 
 def listing_params(principal: Principal, *, limit: int, offset: int) -> dict[str, Any]:
@@ -244,26 +255,55 @@ class Access:
         return [(rid, agency) for rid, agency in rows]
 
     def listing_statement(self, principal: Principal) -> Any:
-        """The listing query for ``principal``'s role and clearance under the current policy,
+        """The listing query for ``principal``'s role and clearance under the current policy
+        that walks the packages newest first (the *scan* plan of :meth:`listing_plan`)."""
+        return self.listing_plan(principal).scan
+
+    def listing_plan(self, principal: Principal) -> ListingPlan:
+        """The listing queries for ``principal``'s role and clearance under the current policy,
         with the caller's agency and country, the time and the page as bind parameters
-        (:func:`listing_params`). Built once per (role, clearance, policy): building it took
-        longer than running it."""
+        (:func:`listing_params`), and the probe that picks one (see
+        :mod:`vault.service.listing_plan`). Built once per (role, clearance, policy): building
+        them took longer than running them."""
         listings = self.core.listings
         key = (principal.role.value, principal.clearance.value, self.core.authz.policy_hash)
-        statement = listings.get(key)
-        if statement is None:
-            statement = (
+        plan = listings.get(key)
+        if plan is None:
+            readable, relations = self._readable(principal)
+            page = (
                 sa_select(*_SUMMARY_COLUMNS)
                 .join(Agency, col(Agency.code) == col(Package.agency_code))
-                .where(col(Package.purged_at).is_(None), self.readable_clause(principal))
-                .order_by(col(Package.created_at).desc(), col(Package.id))
-                .offset(bindparam("offset"))
-                .limit(bindparam("limit"))
+                .where(col(Package.purged_at).is_(None), readable)
+            )
+            found = candidates(relations)
+            plan = ListingPlan(
+                scan=_paged(page),
+                indexed=None if found is None else _paged(page.where(col(Package.id).in_(found))),
+                probe=None if found is None else probe(found),
             )
             if len(listings) >= 256:  # old policy versions: start afresh
                 listings.clear()
-            listings[key] = statement
-        return statement
+            listings[key] = plan
+        return plan
+
+    def listing_query(
+        self,
+        connection: Connection,
+        principal: Principal,
+        *,
+        limit: int,
+        offset: int,
+        filters: PackageFilter | None = None,
+    ) -> tuple[Any, dict[str, Any]]:
+        """The statement and parameters of one page of ``principal``'s listing, the plan
+        chosen by probing the candidates on ``connection`` (in the caller's transaction)."""
+        plan = self.listing_plan(principal)
+        params = listing_params(principal, limit=limit, offset=offset)
+        indexed = plan.probe is not None and use_indexed(
+            connection.execute(plan.probe, params).scalar_one()
+        )
+        statement, narrowing = plan.page(indexed, filters)
+        return statement, params | narrowing
 
     def readable_clause(self, principal: Principal) -> Any:
         """SQL for "the caller may read this package", derived from the policy's classes.
@@ -271,6 +311,10 @@ class Access:
         Depends on the caller's role and clearance only; their agency and country are the bind
         parameters ``agency`` and ``country``, the time ``now``.
         """
+        return self._readable(principal)[0]
+
+    def _readable(self, principal: Principal) -> tuple[Any, frozenset[str]]:
+        """:meth:`readable_clause`, and the relations it lets the caller read through."""
         cleared = frozenset(c.value for c in Classification if c.rank <= principal.clearance.rank)
         classes = self.core.authz.readable_classes(
             role=principal.role.value,
@@ -293,10 +337,13 @@ class Access:
                 by_class.setdefault(cls, []).append(hnd)
             class_sql = or_(
                 *(
-                    and_(col(Package.classification) == cls, col(Package.handling).in_(hnds))
+                    and_(
+                        no_index(col(Package.classification)) == cls,
+                        col(Package.handling).in_(hnds),
+                    )
                     for cls, hnds in by_class.items()
                 )
             )
             rel = relation_sql[relation]
             clauses.append(class_sql if rel is None else and_(rel, class_sql))
-        return or_(*clauses) if clauses else false()
+        return (or_(*clauses) if clauses else false()), frozenset(classes)

@@ -6,7 +6,7 @@ import contextlib
 import json
 from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import cast
 
 from sqlalchemy import bindparam
 from sqlalchemy import select as sa_select
@@ -52,7 +52,7 @@ from vault.service._core import (
     new_id,
     records_refusals,
 )
-from vault.service.access import Access, listing_params
+from vault.service.access import Access
 from vault.service.releases import release_info
 from vault.service.sealed import FileRow, OpenedMeta, SealedRow, SummaryRow
 
@@ -381,18 +381,12 @@ class PackageService:
         if not 1 <= limit <= MAX_PAGE or offset < 0:
             raise InvalidInput(f"limit must be 1-{MAX_PAGE} and offset >= 0")
         self.core.require_global(principal, "list")
-        statement, narrowing = self.access.listing_statement(principal), dict[str, Any]()
-        if filters is not None:
-            statement, narrowing = filters.apply(statement)
         with self.core.tx(readonly=True) as session:
-            found = (
-                session.connection()
-                .execute(
-                    statement,
-                    listing_params(principal, limit=limit, offset=offset) | narrowing,
-                )
-                .all()
+            connection = session.connection()
+            statement, params = self.access.listing_query(
+                connection, principal, limit=limit, offset=offset, filters=filters
             )
+            found = connection.execute(statement, params).all()
             receipt = self.core.record(
                 actor=principal.actor,
                 action="list",

@@ -1,0 +1,110 @@
+"""How a listing finds the caller's packages: from the release index when they are few, by
+walking the packages newest first when they are many.
+
+The readable clause (:meth:`vault.service.access.Access.readable_clause`) stays the one source
+of truth for what a caller may read; both plans apply it in full. What differs is where the
+database starts:
+
+- *scan*: the packages newest first (index on ``created_at``), the clause tested row by row,
+  stopping at the end of the page. Cheap when the caller may read many packages; a caller who
+  may read 20 of 100,000 would make it test all 100,000.
+- *indexed*: only the packages some relation could give the caller -- its agency's own, the
+  packages of its country's agencies, those with an active release to its agency or country --
+  read from the package and release indexes, then the clause, then the sort. Cheap when they
+  are few; sorting 50,000 candidates for a page of 50 is not.
+
+A *probe* counts the candidates up to :data:`INDEXED_UP_TO` (index entries only) and picks the
+plan. The candidates are a superset of what the caller may read (an active release outside its
+window, a class the caller may not read, a purged package are all still candidates), so the
+indexed plan's answer is the scan's answer. A policy that lets some role read without any
+relation (``none``) has no candidate set: it always scans.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import String, bindparam, func, union_all
+from sqlalchemy import select as sa_select
+from sqlmodel import col
+
+from vault.authz import NONE, ORIGINATOR, RELEASED_AGENCY, RELEASED_COUNTRY, SAME_COUNTRY
+from vault.listing import PackageFilter
+from vault.models import Agency, Package, Release, ReleaseStatus
+
+# Up to this many candidates the indexed plan is used. Either plan touches about
+# sqrt(packages x page) rows at the switch (about 2,200 at 100,000 packages and a page of
+# 50), so this keeps both cheap there; measured with bench.bench_listing.
+INDEXED_UP_TO = 2000
+
+
+@dataclass(frozen=True)
+class ListingPlan:
+    """The two statements of one caller class's listing, and the probe that chooses."""
+
+    scan: Any
+    indexed: Any | None
+    probe: Any | None
+    # Each plan narrowed by a filter, by which filter fields are set: the values are bind
+    # parameters, so one statement serves every filter of that shape (and SQLAlchemy's cache
+    # key for it is computed once, not per request: a tenth of a millisecond or more).
+    narrowed: dict[tuple[bool, tuple[bool, ...]], Any] = field(default_factory=dict)
+
+    def page(self, indexed: bool, filters: PackageFilter | None) -> tuple[Any, dict[str, Any]]:
+        """The statement of one plan narrowed by ``filters``, and the filter's parameters."""
+        statement = self.indexed if indexed else self.scan
+        if filters is None:
+            return statement, {}
+        key = (indexed, filters.shape())
+        narrowed, params = filters.apply(statement)
+        return self.narrowed.setdefault(key, narrowed), params
+
+
+def candidates(relations: frozenset[str]) -> Any | None:
+    """The ids of every package one of ``relations`` could hold for the caller (``agency``
+    and ``country`` bound), with repeats; None when the relations don't bound it (``none``)."""
+    if NONE in relations or not relations:
+        return None
+    agency, country = bindparam("agency", type_=String()), bindparam("country", type_=String())
+    active = col(Release.status) == ReleaseStatus.ACTIVE
+    branches = []
+    if ORIGINATOR in relations:
+        branches.append(sa_select(col(Package.id)).where(col(Package.agency_code) == agency))
+    if SAME_COUNTRY in relations:
+        branches.append(
+            sa_select(col(Package.id))
+            .join(Agency, col(Agency.code) == col(Package.agency_code))
+            .where(col(Agency.country_code) == country)
+        )
+    if RELEASED_AGENCY in relations:
+        branches.append(
+            sa_select(col(Release.package_id)).where(col(Release.agency_code) == agency, active)
+        )
+    if RELEASED_COUNTRY in relations:
+        # Not narrowed to country-wide releases: the index (country, status, package) then
+        # answers alone, and the readable clause tells the two apart afterwards.
+        branches.append(
+            sa_select(col(Release.package_id)).where(col(Release.country_code) == country, active)
+        )
+    return union_all(*branches) if len(branches) > 1 else branches[0]
+
+
+def probe(found: Any) -> Any:
+    """SQL: how many candidates there are, counting no further than one past the switch."""
+    capped = found.limit(INDEXED_UP_TO + 1).subquery()
+    return sa_select(func.count()).select_from(capped)
+
+
+def use_indexed(count: int) -> bool:
+    """Whether a probe's count chooses the indexed plan."""
+    return count <= INDEXED_UP_TO
+
+
+__all__ = [
+    "INDEXED_UP_TO",
+    "ListingPlan",
+    "candidates",
+    "probe",
+    "use_indexed",
+]
