@@ -289,7 +289,7 @@ async def upload_package(
         meta = body.metadata()
         return vault.upload(principal, meta, body.files())
 
-    result = await anyio.to_thread.run_sync(run)
+    result = await body.run(run)
     _receipt(response, result.receipt)
     return result
 

@@ -302,5 +302,5 @@ async def upload(request: Request) -> Response:
             raise InvalidInput("invalid package details") from None
         return vault.upload(principal, meta, files).package.id
 
-    package_id = await anyio.to_thread.run_sync(run)
+    package_id = await body.run(run)
     return current.redirect(f"{PREFIX}/packages/{package_id}")
