@@ -27,7 +27,7 @@ from vault.errors import (
     StorageUnavailable,
     VaultError,
 )
-from vault.schemas import MAX_FILENAME_BYTES, check_filename, filename_key, unsafe_char
+from vault.text import MAX_FILENAME_BYTES, check_filename, filename_key, unsafe_char
 
 __all__ = [
     "ApiClient",
