@@ -103,8 +103,14 @@ def start_server(env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
     raise SystemExit("the server did not answer /healthz")
 
 
-def timed_run(command: list[str], env: dict[str, str]) -> tuple[float, int, bytes]:
-    """Run ``command``; (wall seconds from start to exit, its own peak RSS KiB, stdout)."""
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def timed_run(command: list[str], env: dict[str, str]) -> tuple[float, Any, bytes]:
+    """Run ``command``; (wall seconds from start to exit, its rusage, stdout)."""
     out_path = Path(env["VAULT_CONFIG_DIR"]) / "stdout"
     with open(out_path, "wb") as out:
         started = time.perf_counter()
@@ -115,7 +121,7 @@ def timed_run(command: list[str], env: dict[str, str]) -> tuple[float, int, byte
     stderr = proc.stderr.read() if proc.stderr else b""
     if proc.returncode != 0:
         raise SystemExit(f"{command[:3]} failed ({proc.returncode}): {stderr.decode()[-2000:]}")
-    return wall, usage.ru_maxrss, out_path.read_bytes()
+    return wall, usage, out_path.read_bytes()
 
 
 class Bench:
@@ -142,7 +148,8 @@ class Bench:
             check=True,
             capture_output=True,
         )
-        _, self.client_base_kib, _ = timed_run([BLOVAULT, "package", "list", "--json"], self.env)
+        _, usage, _ = timed_run([BLOVAULT, "package", "list", "--json"], self.env)
+        self.client_base_kib = usage.ru_maxrss
 
     def phase(self, name: str, command: list[str], repeat: int) -> bytes:
         """Run one timed phase after settling; record wall time, CPU of others, RSS growth."""
@@ -152,8 +159,11 @@ class Bench:
         warm(self.src)
         reset = _reset_hwm(self.server_pid)
         server_before = _status_kib(self.server_pid, "VmRSS:")
+        server_cpu = _cpu_s(self.server_pid)
         with CpuMeter() as meter:
-            wall, client_kib, stdout = timed_run(command, self.env)
+            wall, usage, stdout = timed_run(command, self.env)
+        client_kib = usage.ru_maxrss
+        server_cpu = _cpu_s(self.server_pid) - server_cpu
         server_peak = _status_kib(self.server_pid, "VmHWM:") if reset else 0
         row: dict[str, Any] = {
             "phase": name,
@@ -162,6 +172,9 @@ class Bench:
             "MB_s": round(self.args.size_mib * MiB / wall / 1e6, 1),
             # Includes the server and the CLI (other processes than this driver).
             "busy_cores": round(meter.others_cores, 2),
+            # CPU seconds: on a shared machine these say more than the wall time.
+            "command_cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
+            "server_cpu_s": round(server_cpu, 2),
             "others_before": idle,
             "server_rss_growth_mib": round((server_peak - server_before) / 1024, 1)
             if reset
@@ -172,7 +185,8 @@ class Bench:
             row["client_rss_growth_mib"] = round((client_kib - self.client_base_kib) / 1024, 1)
         self.rows.append(row)
         print(
-            f"  [{name} #{repeat}: {wall:.2f} s, busy {meter.others_cores:.2f} cores, "
+            f"  [{name} #{repeat}: {wall:.2f} s, busy {meter.others_cores:.2f} cores, CPU "
+            f"{row['command_cpu_s']} s + server {row['server_cpu_s']} s, "
             f"server +{row['server_rss_growth_mib']} MiB, client +"
             f"{row.get('client_rss_growth_mib')} MiB]",
             flush=True,
@@ -230,6 +244,14 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "raw_median_s": round(statistics.median(raw), 3),
             "ratio": round(statistics.median(cli) / statistics.median(raw), 2),
             "ratios_per_repeat": [round(c / r, 2) for c, r in zip(cli, raw, strict=True)],
+            "cli_cpu_s_median": statistics.median(
+                r["command_cpu_s"] + r["server_cpu_s"]
+                for r in rows
+                if r["phase"] == f"cli {direction}"
+            ),
+            "raw_cpu_s_median": statistics.median(
+                r["command_cpu_s"] for r in rows if r["phase"] == raw_name
+            ),
             "server_rss_growth_mib_max": max(
                 (r["server_rss_growth_mib"] or 0.0)
                 for r in rows
@@ -274,7 +296,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary = summarise(bench.rows)
     print(f"\n{machine_line(machine)}; {args.size_mib} MiB, {args.repeat} repeat(s)")
     print_table(
-        ("direction", "cli s", "raw dd s", "ratio", "per repeat", "server +MiB", "client +MiB"),
+        (
+            "direction",
+            "cli s",
+            "raw dd s",
+            "ratio",
+            "per repeat",
+            "CPU s cli+server",
+            "CPU s dd",
+            "server +MiB",
+            "client +MiB",
+        ),
         [
             (
                 d,
@@ -282,6 +314,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 s["raw_median_s"],
                 s["ratio"],
                 " ".join(map(str, s["ratios_per_repeat"])),
+                s["cli_cpu_s_median"],
+                s["raw_cpu_s_median"],
                 s["server_rss_growth_mib_max"],
                 s["client_rss_growth_mib_max"],
             )
