@@ -37,7 +37,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -230,6 +230,10 @@ class Bench:
                         self.download(repeat)
 
 
+def _median2(values: Iterable[float]) -> float:
+    return round(statistics.median(values), 2)
+
+
 def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Median wall per phase, the ratio per direction (and per repeat), worst RSS growth."""
 
@@ -244,12 +248,12 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "raw_median_s": round(statistics.median(raw), 3),
             "ratio": round(statistics.median(cli) / statistics.median(raw), 2),
             "ratios_per_repeat": [round(c / r, 2) for c, r in zip(cli, raw, strict=True)],
-            "cli_cpu_s_median": statistics.median(
+            "cli_cpu_s_median": _median2(
                 r["command_cpu_s"] + r["server_cpu_s"]
                 for r in rows
                 if r["phase"] == f"cli {direction}"
             ),
-            "raw_cpu_s_median": statistics.median(
+            "raw_cpu_s_median": _median2(
                 r["command_cpu_s"] for r in rows if r["phase"] == raw_name
             ),
             "server_rss_growth_mib_max": max(
