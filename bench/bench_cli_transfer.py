@@ -19,8 +19,10 @@ before each phase, after waiting (``--wait-idle``) for a quiet machine.
 
 Memory: the server's peak RSS growth per phase from its VmHWM, reset through
 ``/proc/PID/clear_refs`` before the phase (growth = VmHWM after - VmRSS before); the client's
-from ``wait4``'s ``ru_maxrss`` (that process alone) minus the ``ru_maxrss`` of a
-``blovault package list`` run the same way (the CLI's own start-up footprint).
+peak RSS (GNU time's ``%M``, that process alone) minus that of a ``blovault package list`` run
+the same way (the CLI's own start-up footprint). CPU seconds per phase: the command's
+(``wait4``) and the server's (``/proc/PID/stat``); on a shared machine they say more than wall
+times.
 
 The vault is a throw-away one (SQLite + local store in a temp folder under ``--dir``), with
 one officer; the CLI's session lives in its own config folder there. The server is stopped at
@@ -62,6 +64,7 @@ from bench.harness import (
 )
 
 MiB = 1024 * 1024
+TIME = "/usr/bin/time"  # GNU time, for the command's own peak RSS
 TARGET_RATIO = 1.5
 TARGET_RSS_MIB = 64.0
 QUICK = {"size_mib": 16, "repeat": 1, "wait_idle": 0.0, "settle": 0.0}
@@ -109,19 +112,29 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def timed_run(command: list[str], env: dict[str, str]) -> tuple[float, Any, bytes]:
-    """Run ``command``; (wall seconds from start to exit, its rusage, stdout)."""
-    out_path = Path(env["VAULT_CONFIG_DIR"]) / "stdout"
+def timed_run(command: list[str], env: dict[str, str]) -> tuple[float, Any, int, bytes]:
+    """Run ``command``; (wall seconds from start to exit, rusage, its peak RSS KiB, stdout).
+
+    The peak RSS comes from GNU time wrapped around the command: ``wait4``'s ``ru_maxrss`` of a
+    child forked from this (large) process counts the parent's pages copied at the fork.
+    """
+    folder = Path(env["VAULT_CONFIG_DIR"])
+    out_path, rss_path = folder / "stdout", folder / "maxrss"
     with open(out_path, "wb") as out:
         started = time.perf_counter()
-        proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            [TIME, "-f", "%M", "-o", str(rss_path), *command],
+            env=env,
+            stdout=out,
+            stderr=subprocess.PIPE,
+        )
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - started
     proc.returncode = os.waitstatus_to_exitcode(status)
     stderr = proc.stderr.read() if proc.stderr else b""
     if proc.returncode != 0:
         raise SystemExit(f"{command[:3]} failed ({proc.returncode}): {stderr.decode()[-2000:]}")
-    return wall, usage, out_path.read_bytes()
+    return wall, usage, int(rss_path.read_text().split()[-1]), out_path.read_bytes()
 
 
 class Bench:
@@ -148,8 +161,7 @@ class Bench:
             check=True,
             capture_output=True,
         )
-        _, usage, _ = timed_run([BLOVAULT, "package", "list", "--json"], self.env)
-        self.client_base_kib = usage.ru_maxrss
+        _, _, self.client_base_kib, _ = timed_run([BLOVAULT, "package", "list", "--json"], self.env)
 
     def phase(self, name: str, command: list[str], repeat: int) -> bytes:
         """Run one timed phase after settling; record wall time, CPU of others, RSS growth."""
@@ -161,8 +173,7 @@ class Bench:
         server_before = _status_kib(self.server_pid, "VmRSS:")
         server_cpu = _cpu_s(self.server_pid)
         with CpuMeter() as meter:
-            wall, usage, stdout = timed_run(command, self.env)
-        client_kib = usage.ru_maxrss
+            wall, usage, client_kib, stdout = timed_run(command, self.env)
         server_cpu = _cpu_s(self.server_pid) - server_cpu
         server_peak = _status_kib(self.server_pid, "VmHWM:") if reset else 0
         row: dict[str, Any] = {
