@@ -297,7 +297,7 @@ async def upload_package(
         records, files = body.records_then_files()
         return vault.upload(principal, meta, files, body.signature, records=records)
 
-    result = await anyio.to_thread.run_sync(run)
+    result = await body.run(run)
     _receipt(response, result.receipt)
     return result
 

@@ -1,25 +1,33 @@
 """Streaming multipart parsing for uploads: nothing is buffered whole or spooled to disk.
 
 FastAPI's ``UploadFile`` spools bodies to a temporary file, which would put plaintext on disk.
-Instead the upload runs in a worker thread that pulls the request body through
-``anyio.from_thread`` and feeds python-multipart's push parser; each file part becomes a
-reader the service seals as it reads.
+Instead the upload runs in a worker thread (:meth:`MultipartUpload.run`) that feeds
+python-multipart's push parser; each file part becomes a reader the service seals as it reads.
+
+The metadata or form fields are pulled from the event loop one body chunk at a time, so nothing
+beyond them is received before they are checked. Once the files start, a task on the event loop
+(:class:`_BodyPump`) keeps receiving while the thread parses, hashes, seals and writes, at most
+``_PUMP_BYTES`` ahead: pulling each chunk through ``anyio.from_thread`` instead stalled the
+socket for a thread round trip per chunk (uvicorn stops reading past 64 KiB until the app takes
+it), which made a large upload wait on the network and the disk in turn.
 """
 
 from __future__ import annotations
 
 import collections
 import json
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
+import anyio.abc
 import anyio.from_thread
 from pydantic import ValidationError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect
 
-from vault.errors import InvalidInput, RequestTimeout, TooLarge
+from vault.errors import InvalidInput, RequestTimeout, TooLarge, VaultError
 from vault.schemas import NewPackage
 from vault.seizures.schema import SeizureRecord, validate_records
 from vault.service import IncomingFile
@@ -31,6 +39,9 @@ __all__ = [
 ]
 
 _END = object()
+# How far the body pump may run ahead of the thread that seals: bounded memory per upload.
+_PUMP_BYTES = 8 * 1024 * 1024
+T = TypeVar("T")
 
 
 def boundary_of(content_type: str | None) -> bytes:
@@ -46,6 +57,71 @@ def boundary_of(content_type: str | None) -> bytes:
 
 # The records part of an upload: some 50,000 records of JSON (vault.seizures.MAX_RECORDS).
 MAX_RECORDS_BYTES = 16 * 1024 * 1024
+
+
+class _BodyPump:
+    """Receives the body on the event loop into a bounded buffer the worker thread drains.
+
+    The loop side (:meth:`run`) stops receiving while ``limit`` bytes wait, until the thread
+    has taken them; errors (timeout, client gone) and the end travel through the buffer, so the
+    thread sees them in order. :meth:`stop` (on the loop) wakes a waiting thread for good.
+    """
+
+    def __init__(self, receive: Callable[[], Any], limit: int = _PUMP_BYTES) -> None:
+        self._receive = receive  # the loop-side coroutine function giving the next chunk
+        self._limit = limit
+        self._items: collections.deque[object] = collections.deque()
+        self._buffered = 0
+        self._cond = threading.Condition()
+        self._room: anyio.Event | None = None
+        self._stopped = False
+
+    def _put(self, item: object) -> anyio.Event | None:
+        """Queue ``item``; the event to wait on when the buffer is now full."""
+        with self._cond:
+            self._items.append(item)
+            if isinstance(item, bytes):
+                self._buffered += len(item)
+            self._cond.notify()
+            if self._buffered >= self._limit:
+                self._room = anyio.Event()
+            return self._room
+
+    async def run(self) -> None:
+        """Receive until the end of the body or the first error (loop side)."""
+        try:
+            while True:
+                chunk = await self._receive()
+                if chunk is _END:
+                    self._put(_END)
+                    return
+                if chunk and (room := self._put(chunk)) is not None:
+                    await room.wait()
+        except VaultError as exc:
+            self._put(exc)
+        finally:
+            self.stop()  # also when cancelled: the thread must never wait for nothing
+
+    def stop(self) -> None:
+        """The upload is over (loop side): a thread still waiting gets an error, not a hang."""
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
+
+    def take(self) -> list[object]:
+        """Everything received so far, waiting for at least one item (thread side)."""
+        with self._cond:
+            while not self._items:
+                if self._stopped:
+                    raise InvalidInput("the client went away before the upload was complete")
+                self._cond.wait()
+            items = list(self._items)
+            self._items.clear()
+            self._buffered = 0
+            room, self._room = self._room, None
+        if room is not None:
+            anyio.from_thread.run_sync(room.set)
+        return items
 
 
 class MultipartUpload:
@@ -70,6 +146,8 @@ class MultipartUpload:
         self._max_metadata = max_metadata_bytes
         self._finished = False
         self._signature_seen = False
+        self._pump: _BodyPump | None = None
+        self._task_group: anyio.abc.TaskGroup | None = None
         self._parser = MultipartParser(
             boundary,
             callbacks={
@@ -124,18 +202,52 @@ class MultipartUpload:
         except TimeoutError:
             raise RequestTimeout("request body too slow: nothing received in time") from None
 
+    async def run(self, work: Callable[[], T]) -> T:
+        """Run ``work`` (which reads this upload) in a worker thread; its result or error.
+
+        The body pump, once the files start, runs in a task group here; it is stopped when
+        ``work`` ends, however it ends.
+        """
+        outcome: T | BaseException
+        async with anyio.create_task_group() as group:
+            self._task_group = group
+            try:
+                outcome = await anyio.to_thread.run_sync(work)
+            except Exception as exc:  # noqa: BLE001 - re-raised below, outside the task group
+                outcome = exc
+            finally:
+                group.cancel_scope.cancel()
+                if self._pump is not None:
+                    self._pump.stop()
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    def _start_pump(self) -> None:
+        """From now on receive ahead of the parser (thread side; only inside :meth:`run`)."""
+        if self._pump is None and self._task_group is not None and not self._finished:
+            self._pump = _BodyPump(self._next_body_chunk)
+            self._pull(lambda: _start_soon(self._task_group, self._pump))
+
+    def _chunks(self) -> list[object]:
+        if self._pump is not None:
+            return self._pump.take()
+        return [self._pull(self._next_body_chunk)]
+
     def _next_event(self) -> tuple[str, Any]:
         while not self._events:
             if self._finished:
                 raise InvalidInput("multipart body is truncated")
-            chunk = self._pull(self._next_body_chunk)
-            if chunk is _END:
-                self._finished = True
-                continue
-            try:
-                self._parser.write(chunk)
-            except Exception:  # noqa: BLE001 - python-multipart raises several types here
-                raise InvalidInput("malformed multipart body") from None
+            for chunk in self._chunks():
+                if isinstance(chunk, VaultError):
+                    raise chunk
+                if not isinstance(chunk, bytes):  # _END
+                    self._finished = True
+                    break
+                try:
+                    self._parser.write(chunk)
+                except Exception:  # noqa: BLE001 - python-multipart raises several types here
+                    raise InvalidInput("malformed multipart body") from None
         return self._events.popleft()
 
     def _expect_part(self) -> dict[bytes, bytes] | None:
@@ -255,6 +367,8 @@ class MultipartUpload:
         return fields, headers
 
     def _files_from(self, headers: dict[bytes, bytes] | None) -> Iterator[IncomingFile]:
+        # The fields before the files have been checked by now: receive ahead from here on.
+        self._start_pump()
         while headers is not None:
             name, filename = _disposition(headers)
             if name == "signature" and filename is None:
@@ -269,6 +383,11 @@ class MultipartUpload:
         if not self._finished:
             # Anything after the closing boundary is ignored by the parser; nothing to read.
             return
+
+
+async def _start_soon(group: anyio.abc.TaskGroup | None, pump: _BodyPump | None) -> None:
+    if group is not None and pump is not None:
+        group.start_soon(pump.run)
 
 
 class _PartReader:

@@ -16,7 +16,12 @@ The clients use aiohttp (its C HTTP parser costs a third of httpx's CPU per requ
 driver shares the machine's cores with the servers); uploading the seed packages uses httpx.
 
     python -m bench.load --clients 50 --seconds 300 --servers 2
+    python -m bench.load --store minio-moto    # objects in S3: moto's server, own process
     python -m bench.load --quick    # 4 clients, 1 server, 2 s (CI)
+
+With ``--store minio-moto`` the vault keeps its objects through the MinIO store in an S3
+endpoint: ``moto_server`` started as its own process on loopback (so its CPU is counted apart
+from the driver's), stopped at the end. Downloads then stream from S3 over HTTP.
 
 Loopback only; the server is stopped at the end. Bounded in time and request count.
 """
@@ -60,10 +65,10 @@ from vault.service import local_operator
 QUICK = {"clients": 4, "seconds": 2.0, "baseline_seconds": 0.5, "servers": 1, "packages": 5}
 
 
-def seed(data_dir: Path, database_url: str | None) -> None:
+def seed(data_dir: Path, database_url: str | None, store: dict[str, Any] | None = None) -> None:
     """Two countries, an agency and an officer in each, through the service (in this
     process: seven CLI processes took longer than a quick run's load)."""
-    vault = open_vault(data_dir, database_url=database_url)
+    vault = open_vault(data_dir, database_url=database_url, **(store or {}))
     try:
         op = local_operator()
         for code, name in (("UZ", "Uzbekistan"), ("KZ", "Kazakhstan")):
@@ -81,6 +86,48 @@ def seed(data_dir: Path, database_url: str | None) -> None:
             )
     finally:
         vault.close()
+
+
+# moto checks no signatures; any pair works (throw-away endpoint on loopback).
+MOTO_KEYS = {"s3_access_key": "bench-access", "s3_secret_key": "bench-secret-not-a-secret"}
+
+
+@contextlib.contextmanager
+def moto_store() -> Iterator[dict[str, Any]]:
+    """``moto_server`` on a free loopback port; the settings that point the vault at it."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        for _ in range(300):
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/", timeout=1)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        yield {
+            "store": "minio",
+            "s3_endpoint": f"127.0.0.1:{port}",
+            "s3_secure": False,
+            "s3_region": "us-east-1",
+            "s3_bucket": "bench-load",
+            **MOTO_KEYS,
+        }
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+def store_env(settings: dict[str, Any]) -> dict[str, str]:
+    """The same settings as VAULT_* variables, for the servers."""
+    return {
+        f"VAULT_{k.upper()}": str(v).lower() if isinstance(v, bool) else str(v)
+        for k, v in settings.items()
+    }
 
 
 def rss_kib(pids: list[int]) -> int:
@@ -271,6 +318,7 @@ async def drive(args: argparse.Namespace, bases: list[str], pids: list[int]) -> 
         "servers": args.servers,
         "workers_per_server": args.workers,
         "database": "postgresql" if args.database_url else "sqlite",
+        "store": args.store,
         "driver": f"aiohttp {aiohttp.__version__}",
     }
     if args.baseline_seconds > 0:
@@ -444,14 +492,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         "dropped afterwards",
     )
     parser.add_argument("--packages", type=int, default=20, help="packages seeded (20)")
+    parser.add_argument(
+        "--store",
+        choices=("local", "minio-moto"),
+        default="local",
+        help="object store: the local folder, or the MinIO store on moto_server (S3)",
+    )
     parser.add_argument("--w-list", type=int, default=3)
     parser.add_argument("--w-show", type=int, default=5)
     parser.add_argument("--w-download", type=int, default=2)
     parser.add_argument("--w-upload", type=int, default=1)
     add_common_arguments(parser, out="load.json")
     args = parse_arguments(parser, argv, QUICK)
-    with workdir("vault-load-") as tmp, fresh_schema(args.database_url) as database_url:
+    with (
+        workdir("vault-load-") as tmp,
+        fresh_schema(args.database_url) as database_url,
+        contextlib.ExitStack() as stack,
+    ):
         args.database_url = database_url
+        store = stack.enter_context(moto_store()) if args.store == "minio-moto" else None
         env = {k: v for k, v in os.environ.items() if not k.startswith("VAULT_")}
         env |= {
             "VAULT_DATA_DIR": f"{tmp}/data",
@@ -462,7 +521,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
         if args.database_url:
             env["VAULT_DATABASE_URL"] = args.database_url
-        seed(tmp / "data", args.database_url)
+        if store:
+            env |= store_env(store)
+        seed(tmp / "data", args.database_url, store)
         servers = start_servers(args, env)
         try:
             summary = asyncio.run(

@@ -8,54 +8,72 @@ this module assembles them and turns every error into one line and an exit code.
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import click
 import typer
 
 from blo_vault.cli import render
-from blo_vault.cli.commands import (
-    admin,
-    audit,
-    auth,
-    keys,
-    ledger,
-    package,
-    server,
-    stats,
-    witness,
-)
 from blo_vault.cli.errors import exit_code_for
 from blo_vault.cli.render import err, out
 from vault.errors import VaultError
 
 # ``out`` and ``err`` are the consoles of blo_vault.cli.render, named here for callers that
 # size them.
-__all__ = ["app", "err", "main", "out", "run"]
+__all__ = ["build_app", "err", "main", "out", "run"]  # and ``app``, built on first use
 
-app = typer.Typer(
-    name="blovault",
-    help="BLO Vault: encrypted, access-controlled, audited exchange between BLOs.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
+# Each command group: its module under blo_vault.cli.commands, the Typer app in it and the name
+# it is added under (None: its commands are top-level), in the order the help lists them.
+# A command line naming a group imports only that group's module: the admin, ledger and server
+# modules import the whole service layer (SQLAlchemy, the policy engine, migrations: over a
+# second on a small machine), which an upload or download over HTTP has no use for.
+_GROUPS: tuple[tuple[str, str, str | None], ...] = (
+    ("server", "app", None),
+    ("auth", "app", None),
+    ("admin", "app", "admin"),
+    ("package", "app", "package"),
+    ("keys", "app", "keys"),
+    ("ledger", "app", "ledger"),
+    ("stats", "app", "stats"),
+    ("audit", "authz_app", "authz"),
+    ("witness", "witness_app", "witness"),
 )
-# In the order the help lists them: top-level commands first, then the groups.
-app.add_typer(server.app)
-app.add_typer(auth.app)
-app.add_typer(admin.app, name="admin")
-app.add_typer(package.app, name="package")
-app.add_typer(keys.app, name="keys")
-app.add_typer(ledger.app, name="ledger")
-app.add_typer(stats.app, name="stats")
-app.add_typer(audit.authz_app, name="authz")
-app.add_typer(witness.witness_app, name="witness")
+
+
+def build_app(only: str | None = None) -> typer.Typer:
+    """The command line; with ``only`` a group's name, just that group (same commands, same
+    help for them)."""
+    root = typer.Typer(
+        name="blovault",
+        help="BLO Vault: encrypted, access-controlled, audited exchange between BLOs.",
+        no_args_is_help=True,
+        pretty_exceptions_enable=False,
+        add_completion=False,
+    )
+    for module, attribute, name in _GROUPS:
+        if only is None or name == only:
+            group = getattr(importlib.import_module(f"blo_vault.cli.commands.{module}"), attribute)
+            if name:
+                root.add_typer(group, name=name)
+            else:
+                root.add_typer(group)
+    return root
+
+
+def __getattr__(name: str) -> typer.Typer:
+    """``app``: the whole command line, built on first use."""
+    if name == "app":
+        return build_app()
+    raise AttributeError(name)
 
 
 def run(argv: list[str]) -> int:
     """Run the command line with ``argv`` and return the exit code; errors are one line."""
+    groups = {name for _, _, name in _GROUPS if name}
+    cli = build_app(argv[0] if argv and argv[0] in groups else None)
     try:
-        result = app(args=argv, prog_name="blovault", standalone_mode=False)
+        result = cli(args=argv, prog_name="blovault", standalone_mode=False)
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except click.exceptions.Abort:

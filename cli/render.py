@@ -19,7 +19,7 @@ from typing import Any
 from rich.console import Console
 from rich.text import Text
 
-from vault.schemas import unsafe_char
+from vault.text import unsafe_char
 
 # soft_wrap: messages stay one line whatever the terminal width (scripts grep them).
 __all__ = [

@@ -26,6 +26,9 @@ from sqlalchemy import (
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
+# The kinds live in vault.kinds (light to import: the command line uses them); named here too.
+from vault.kinds import Classification, Handling, ReleaseStatus, Role
+
 __all__ = [
     "Acknowledgement",
     "Agency",
@@ -51,50 +54,6 @@ __all__ = [
     "UserSession",
     "utcnow",
 ]
-
-
-class Role(enum.StrEnum):
-    """What a user does; see policies/ for what each may do."""
-
-    OFFICER = "officer"
-    SUPERVISOR = "supervisor"
-    AUDITOR = "auditor"
-    ADMIN = "admin"
-
-
-class Classification(enum.StrEnum):
-    """Package classification and user clearance, in increasing order."""
-
-    UNCLASSIFIED = "UNCLASSIFIED"
-    RESTRICTED = "RESTRICTED"
-    CONFIDENTIAL = "CONFIDENTIAL"
-    SECRET = "SECRET"
-
-    @property
-    def rank(self) -> int:
-        """Position in the order UNCLASSIFIED < RESTRICTED < CONFIDENTIAL < SECRET."""
-        return list(Classification).index(self)
-
-
-class Handling(enum.StrEnum):
-    """Europol-style handling codes."""
-
-    H0 = "H0"
-    H1 = "H1"
-    H2 = "H2"
-    H3 = "H3"
-
-
-class ReleaseStatus(enum.StrEnum):
-    """Life of a release: pending approval, in force, refused, or withdrawn.
-
-    Whether an active release is *in force* also depends on its not-before and expiry times.
-    """
-
-    PENDING = "pending"
-    ACTIVE = "active"
-    REJECTED = "rejected"
-    REVOKED = "revoked"
 
 
 def utcnow() -> datetime:

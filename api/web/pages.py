@@ -322,7 +322,7 @@ async def upload(request: Request) -> Response:
         return vault.upload(principal, meta, files, records=records).package.id
 
     try:
-        package_id = await anyio.to_thread.run_sync(run)
+        package_id = await body.run(run)
     except RecordsRefused as exc:
         # The import's own list of rows and columns, so the file can be put right.
         return current.render(

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
@@ -16,9 +16,10 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColu
 from blo_vault.cli import session as stored
 from blo_vault.cli.client import ApiClient
 from blo_vault.cli.render import err
-from vault.config import load_settings
 from vault.errors import InvalidInput
-from vault.service import Vault
+
+if TYPE_CHECKING:
+    from vault.service import Vault
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 
@@ -29,6 +30,11 @@ def local_vault(
 ) -> Iterator[Vault]:
     """The vault the settings point at. Only ``admin init`` may create one; ``ledger verify``
     passes ``repair=False`` so that the database it inspects is left exactly as it was."""
+    # Imported here: the service (SQLAlchemy, the policy engine, migrations) takes a second to
+    # import, which a command that only talks HTTP (package upload/download) need not pay.
+    from vault.config import load_settings
+    from vault.service import Vault
+
     vault = Vault.open(load_settings(), create=create, repair=repair, require_guard=require_guard)
     try:
         yield vault

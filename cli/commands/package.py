@@ -15,7 +15,7 @@ from blo_vault.cli.commands import audit, release, signing
 from blo_vault.cli.commands._common import JsonOpt, api_client, transfer_progress
 from blo_vault.cli.commands.keys import VkeyOpt
 from blo_vault.cli.render import err, out, print_json
-from vault.models import Classification, Handling
+from vault.kinds import Classification, Handling
 from vault.seizures.importer import read_records
 
 app = typer.Typer(help="Upload, list, show, download and release packages.", no_args_is_help=True)

@@ -21,6 +21,9 @@ if TYPE_CHECKING:
     from vault.crypto import Readable
 
 _COPY_CHUNK = 1024 * 1024
+# Every this many bytes a write asks the kernel to start writing back what it has, so the disk
+# works while the upload still arrives and the fsync at the end has little left to wait for.
+_WRITEBACK_BYTES = 32 * _COPY_CHUNK
 
 
 class LocalDiskStore:
@@ -51,9 +54,14 @@ class LocalDiskStore:
         fd, tmp_name = tempfile.mkstemp(dir=self._tmp, prefix="put-")
         try:
             with os.fdopen(fd, "wb") as out:
+                written_back = 0
                 while chunk := source.read(_COPY_CHUNK):
                     out.write(chunk)
                     size += len(chunk)
+                    if size - written_back >= _WRITEBACK_BYTES:
+                        out.flush()
+                        _start_writeback(out.fileno(), written_back, size)
+                        written_back = size
                 out.flush()
                 os.fsync(out.fileno())
             final.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -125,6 +133,16 @@ class LocalDiskStore:
         """The folder must exist and be writable."""
         if not os.access(self.root, os.W_OK | os.X_OK):
             raise StorageUnavailable("object folder is not writable")
+
+
+def _start_writeback(fd: int, start: int, end: int) -> None:
+    """Start writing ``[start, end)`` of ``fd`` to disk without waiting for it.
+
+    ``POSIX_FADV_DONTNEED`` starts writeback of the dirty pages (and drops clean ones from the
+    page cache: a large object is rarely read back soon); it promises nothing, the fsync does.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        os.posix_fadvise(fd, start, end - start, os.POSIX_FADV_DONTNEED)
 
 
 def _fsync_dir(path: Path) -> None:
