@@ -65,11 +65,17 @@ class _CountingReader:
     def __init__(self, handle: IO[bytes], progress: Progress | None) -> None:
         self._handle = handle
         self._progress = progress
+        self._unreported = 0
 
     def read(self, size: int = -1) -> bytes:
         data = self._handle.read(size)
-        if self._progress and data:
-            self._progress(len(data))
+        if self._progress:
+            # Reported per MiB (and at the end): httpx reads 64 KiB at a time, and a progress
+            # update per read cost more than the read.
+            self._unreported += len(data)
+            if self._unreported >= _CHUNK or (not data and self._unreported):
+                self._progress(self._unreported)
+                self._unreported = 0
         return data
 
     def fileno(self) -> int:
