@@ -294,6 +294,24 @@ class LedgerEntry(SQLModel, table=True):
     entry: bytes = _blob()
 
 
+class LedgerOpening(SQLModel, table=True):
+    """The sealed opening (salts and values) of one committed (v2) ledger entry.
+
+    Kept apart from the entry so it can be destroyed (purge, retention) while the entry, and
+    every proof over it, stays. ``package`` and ``countries`` (" UZ KZ ") say whom it concerns,
+    for purge and for scoping reads; the values themselves are only in ``sealed``, under a
+    per-entry key wrapped by the KEK.
+    """
+
+    seq: int = _position()
+    package: str = Field(default="", max_length=32, index=True)
+    countries: str = Field(default="", max_length=64)
+    created_at: datetime = _time(index=True)
+    kek_id: str = Field(max_length=64)
+    wrapped_key: bytes = _blob()
+    sealed: bytes = _blob()
+
+
 class LedgerNode(SQLModel, table=True):
     """A complete node of the ledger's Merkle tree (level 0 = leaf hashes); written once."""
 
