@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
 
@@ -447,5 +447,8 @@ class LedgerEntries(_Out):
 
     start: int
     entries: list[str]
+    # Openings of the committed entries in the range that the caller may see (README "What
+    # the log reveals"): {"seq": n, "fields": {name: [salt base64, value]}}.
+    openings: list[dict[str, Any]] = []
     # Ledger entry recording this read (absent when the server signed on its own).
     receipt: int | None = None
