@@ -306,7 +306,8 @@ class LedgerOpening(SQLModel, table=True):
     seq: int = _position()
     package: str = Field(default="", max_length=32, index=True)
     countries: str = Field(default="", max_length=64)
-    created_at: datetime = _time(index=True)
+    # Not indexed: only retention reads it, rarely, and every index costs each append a page.
+    created_at: datetime = _time()
     kek_id: str = Field(max_length=64)
     wrapped_key: bytes = _blob()
     sealed: bytes = _blob()

@@ -6,15 +6,20 @@ Layout, all integers big endian::
     u64 seq | u64 time (µs since the Unix epoch, UTC)
     u8 form                               0x00 committed, 0x01 open
     3 strings (u32 length || UTF-8): action, decision, policy       (always public)
-    form 0x00: 9 commitments of 32 bytes, one per sensitive field, in SENSITIVE order
+    form 0x00: 32 bytes, the fields digest (below)
     form 0x01: 9 strings (u32 length || UTF-8), the sensitive fields in the clear
     u32 64 || prev                        lowercase hex link, as in version 1 (it ends the entry)
 
-A commitment is SHA-256(TAG || name || 0x00 || u64 seq || salt || value), with a fresh 16-byte
-salt per field and entry. The field name and the sequence number are inside the hash, so an
-opening can't be moved to another field or another entry; the salt (128 bits) means knowing
-every possible value (all agencies, users, package ids) does not tell which one was committed.
-Every sensitive field is committed, empty ones too, so an entry does not show which fields apply.
+Each sensitive field has its commitment c = SHA-256(TAG || name || 0x00 || u64 seq || salt ||
+value), with a fresh 16-byte salt per field and entry. The field name and the sequence number
+are inside the hash, so an opening can't be moved to another field or another entry; the salt
+(128 bits) means knowing every possible value (all agencies, users, package ids) does not tell
+which one was committed. Every sensitive field is committed, empty ones too, so an entry does
+not show which fields apply. The entry carries the fields digest SHA-256(ROOT_TAG || u64 seq ||
+c_1 || ... || c_9) (SENSITIVE order) rather than the nine commitments: it binds exactly the
+same, and a committed entry stays smaller than a version 1 entry, so hashing and verifying
+the log costs no more than before. (A field can still be disclosed alone: its salt and value,
+with the other eight commitments, recompute the digest.)
 
 The open form is for entries that exist to be checked by everyone: public-key registrations
 and revocations (actions ``key.*``) and witness/checkpoint records. Every other action,
@@ -26,7 +31,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import json
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -44,6 +48,7 @@ __all__ = [
     "OpeningError",
     "commitment",
     "encode",
+    "fields_digest",
     "is_public_action",
     "verify_opening",
 ]
@@ -54,6 +59,7 @@ FORM_OPEN = 1
 SALT_SIZE = 16
 DIGEST_SIZE = 32
 TAG = b"blo-vault/ledger/commit/v2\x00"
+ROOT_TAG = b"blo-vault/ledger/fields/v2\x00"
 PUBLIC = ("action", "decision", "policy")
 SENSITIVE = (
     "actor_user",
@@ -94,6 +100,13 @@ def commitment(seq: int, name: str, salt: bytes, value: str) -> bytes:
     ).digest()
 
 
+def fields_digest(seq: int, commitments: tuple[bytes, ...] | list[bytes]) -> bytes:
+    """The digest a committed entry carries: over its nine field commitments, in order."""
+    if len(commitments) != len(SENSITIVE):
+        raise ValueError("one commitment per sensitive field")
+    return hashlib.sha256(ROOT_TAG + _U64.pack(seq) + b"".join(commitments)).digest()
+
+
 @dataclass(frozen=True)
 class Opening:
     """The salts and values of one committed entry: what reveals it, kept apart from it."""
@@ -117,8 +130,9 @@ class Opening:
         }
 
     def to_bytes(self) -> bytes:
-        """Canonical JSON (what is sealed at rest)."""
-        return json.dumps(self.to_json(), sort_keys=True, separators=(",", ":")).encode()
+        """Compact canonical bytes (what is sealed at rest): u64 seq, the 9 salts, then the 9
+        values as u32 length || UTF-8."""
+        return b"".join([_U64.pack(self.seq), *self.salts, *(_string(v) for v in self.values)])
 
     @classmethod
     def from_json(cls, doc: object) -> Opening:
@@ -147,11 +161,28 @@ class Opening:
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> Opening:
-        """Parse what :meth:`to_bytes` wrote."""
-        try:
-            return cls.from_json(json.loads(raw))
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise OpeningError(f"malformed opening: {exc}") from None
+        """Parse what :meth:`to_bytes` wrote, strictly."""
+        head = 8 + SALT_SIZE * len(SENSITIVE)
+        if len(raw) < head:
+            raise OpeningError("malformed opening: too short")
+        seq = _U64.unpack_from(raw)[0]
+        salts = tuple(raw[p : p + SALT_SIZE] for p in range(8, head, SALT_SIZE))
+        values, pos = [], head
+        for _ in SENSITIVE:
+            if pos + 4 > len(raw):
+                raise OpeningError("malformed opening: truncated")
+            (length,) = _U32.unpack_from(raw, pos)
+            pos += 4
+            if length > _MAX_STRING or pos + length > len(raw):
+                raise OpeningError("malformed opening: truncated value")
+            try:
+                values.append(raw[pos : pos + length].decode("utf-8"))
+            except UnicodeDecodeError:
+                raise OpeningError("malformed opening: invalid UTF-8") from None
+            pos += length
+        if pos != len(raw):
+            raise OpeningError("malformed opening: trailing bytes")
+        return cls(seq, salts, tuple(values))
 
 
 def _string(value: str) -> bytes:
@@ -188,9 +219,11 @@ def encode(
         if len(pool) != SALT_SIZE * len(SENSITIVE):
             raise ValueError("wrong number of salt bytes")
         cut = tuple(pool[i * SALT_SIZE : (i + 1) * SALT_SIZE] for i in range(len(SENSITIVE)))
+        digests = []
         for name, salt, value in zip(SENSITIVE, cut, values, strict=True):
             _string(value)  # the same length limit as the open form
-            out.append(commitment(seq, name, salt, value))
+            digests.append(commitment(seq, name, salt, value))
+        out.append(fields_digest(seq, digests))
         opening = Opening(seq, cut, values)
     out.append(_string(prev))
     return b"".join(out), opening
@@ -198,13 +231,13 @@ def encode(
 
 @dataclass(frozen=True)
 class Decoded:
-    """The parts of a v2 entry: public fields, and either commitments or clear values."""
+    """The parts of a v2 entry: public fields, and either the fields digest or clear values."""
 
     seq: int
     time_us: int
     form: int
     public: tuple[str, str, str]
-    commitments: tuple[bytes, ...]
+    digest: bytes
     values: tuple[str, ...]
     prev: str
 
@@ -234,22 +267,21 @@ def decode(data: bytes) -> Decoded:
         return text
 
     action, decision, policy = string(), string(), string()
-    commitments: tuple[bytes, ...] = ()
+    digest = b""
     values: tuple[str, ...] = ()
     if form == FORM_OPEN:
         values = tuple(string() for _ in SENSITIVE)
     else:
-        end = pos + DIGEST_SIZE * len(SENSITIVE)
-        if end > len(data):
-            raise ValueError("truncated commitments")
-        commitments = tuple(data[p : p + DIGEST_SIZE] for p in range(pos, end, DIGEST_SIZE))
-        pos = end
+        if pos + DIGEST_SIZE > len(data):
+            raise ValueError("truncated fields digest")
+        digest = data[pos : pos + DIGEST_SIZE]
+        pos += DIGEST_SIZE
     prev = string()
     if pos != len(data):
         raise ValueError("trailing bytes")
     if len(prev) != 64:
         raise ValueError("malformed link")
-    return Decoded(seq, time_us, form, (action, decision, policy), commitments, values, prev)
+    return Decoded(seq, time_us, form, (action, decision, policy), digest, values, prev)
 
 
 def verify_opening(data: bytes, opening: Opening) -> dict[str, str]:
@@ -264,11 +296,12 @@ def verify_opening(data: bytes, opening: Opening) -> dict[str, str]:
         raise OpeningError(f"entry {parts.seq} is public: it has nothing to open")
     if parts.seq != opening.seq:
         raise OpeningError(f"the opening of entry {opening.seq} was given for entry {parts.seq}")
-    for name, salt, value, digest in zip(
-        SENSITIVE, opening.salts, opening.values, parts.commitments, strict=True
-    ):
-        if not crypto.constant_time_equal(commitment(parts.seq, name, salt, value), digest):
-            raise OpeningError(f"entry {parts.seq}: the opening of {name} does not match")
+    digests = [
+        commitment(parts.seq, name, salt, value)
+        for name, salt, value in zip(SENSITIVE, opening.salts, opening.values, strict=True)
+    ]
+    if not crypto.constant_time_equal(fields_digest(parts.seq, digests), parts.digest):
+        raise OpeningError(f"entry {parts.seq}: the opening does not match its commitments")
     return opening.fields()
 
 

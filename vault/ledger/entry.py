@@ -65,7 +65,7 @@ class Entry:
     policy: str
     prev: str
     version: int = VERSION
-    # Field name and commitment of each committed field not opened (v2 only).
+    # ("fields", the fields digest) of a committed entry not opened (v2 only; see commit).
     commitments: tuple[tuple[str, bytes], ...] = ()
 
     @property
@@ -162,7 +162,7 @@ def _decode_v2(data: bytes, fail: Callable[[str], LedgerCorrupt]) -> Entry:
         policy=policy,
         prev=parts.prev,
         version=commit.VERSION,
-        commitments=tuple(zip(commit.SENSITIVE, parts.commitments, strict=False)),
+        commitments=(("fields", parts.digest),) if parts.digest else (),
     )
     return _with_sensitive(bare, dict(zip(commit.SENSITIVE, values, strict=True)))
 

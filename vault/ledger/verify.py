@@ -128,7 +128,7 @@ class NodeSource(Protocol):
 _GENESIS = GENESIS_PREV.encode()
 _sha256 = hashlib.sha256
 _LINK_MARK = b"\x00\x00\x00\x40"  # u32 length 64 before the hex link, which ends every entry
-_MIN_LEN = 17 + 13 * 4 + 64  # the shortest of either version (v2's is 18 + 12 + 9 * 4 + 68)
+_MIN_LEN = 18 + 3 * 4 + 32 + 68  # the shortest entry of either version (v1: 17 + 13 * 4 + 64)
 _VERSIONS = frozenset({VERSION, commit.VERSION})
 # Entries are checked in aligned blocks of 2**BLOCK_LEVEL: the per-entry checks become list
 # operations that run in C, and every stored node inside a block is compared to the one

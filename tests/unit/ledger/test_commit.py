@@ -49,15 +49,21 @@ def test_commitment_known_answer() -> None:
 def test_committed_entry_known_answer() -> None:
     data, opening = commit.encode(7, TIME, PUBLIC, SENSITIVE, PREV, salts=SALTS)
     layout = [struct.pack(">BQQB", 2, 7, TIME, 0), s("download"), s("allow"), s("p" * 8)]
-    for i, name in enumerate(commit.SENSITIVE):
-        salt = SALTS[16 * i : 16 * (i + 1)]
-        layout.append(commit.commitment(7, name, salt, SENSITIVE.get(name, "")))
+    digests = b"".join(
+        commit.commitment(7, name, SALTS[16 * i : 16 * (i + 1)], SENSITIVE.get(name, ""))
+        for i, name in enumerate(commit.SENSITIVE)
+    )
+    layout.append(
+        hashlib.sha256(
+            b"blo-vault/ledger/fields/v2\x00" + (7).to_bytes(8, "big") + digests
+        ).digest()
+    )
     layout.append(s(PREV))
     assert data == b"".join(layout)
     assert hashlib.sha256(data).hexdigest() == (
-        "b88876cc1f9a66bdb6df355889194111ff96a796ccdd6f80a38e4e9bdc0f61df"
+        "0117b57c5f3f443ec64b60b20593d3bb80521f6c5ba130c976088848315c4814"
     )
-    assert len(data) == 407
+    assert len(data) == 151
     assert opening is not None
     assert opening.fields()["actor_agency"] == "KZ-CUSTOMS"
     # Nothing sensitive is in the bytes.
@@ -119,8 +125,8 @@ def test_openings_are_bound_to_field_entry_and_value() -> None:
     other, other_opening = commit.encode(8, TIME, PUBLIC, SENSITIVE, PREV, salts=SALTS)
     assert opening is not None
     assert other_opening is not None
-    # Same values, same salts, another entry: the commitments differ (seq is inside).
-    assert data[18 + 30 :] != other[18 + 30 :]
+    # Same values, same salts, another entry: the digests differ (seq is inside).
+    assert decode(data).commitments != decode(other).commitments
     with pytest.raises(commit.OpeningError):
         commit.verify_opening(other, opening)  # swapped between entries
     moved = commit.Opening(8, opening.salts, opening.values)
@@ -223,11 +229,17 @@ def test_dictionary_attack_finds_nothing() -> None:
     datas, openings = committed_chain(8)
     candidates = {v for o in openings for v in o.values} | {"UZ", "KZ", "TJ", "uz.officer"}
     digests = {c for d in datas for _, c in decode(d).commitments}
+    assert len(digests) == 8
+    # The attacker knows each entry's true values (even which field holds which) but not the
+    # salts: guessed salts give other digests.
+    for seq, opening in enumerate(openings):
+        for guess in (bytes(16), b"\xff" * 16):
+            fields = [
+                commit.commitment(seq, name, guess, value)
+                for name, value in zip(commit.SENSITIVE, opening.values, strict=True)
+            ]
+            assert commit.fields_digest(seq, fields) not in digests
     for value in candidates:
-        for seq in range(8):
-            for name in commit.SENSITIVE:
-                guess = commit.commitment(seq, name, bytes(16), value)
-                assert guess not in digests
         assert hashlib.sha256(value.encode()).digest() not in digests
     # And no value appears in the bytes (two-letter codes may occur by chance in random hashes).
     for data in datas:

@@ -37,13 +37,9 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("ledgeropening", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_ledgeropening_package"), ["package"], unique=False)
-        batch_op.create_index(
-            batch_op.f("ix_ledgeropening_created_at"), ["created_at"], unique=False
-        )
 
 
 def downgrade() -> None:
     with op.batch_alter_table("ledgeropening", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_ledgeropening_created_at"))
         batch_op.drop_index(batch_op.f("ix_ledgeropening_package"))
     op.drop_table("ledgeropening")
