@@ -247,3 +247,54 @@ def test_retention_expires_old_openings(
     assert verify_export(document, document["vkey"]).ok
     # Only the export's own read entry, written after the expiry, may still open.
     assert len(document["openings"]) <= 1
+
+
+def test_a_ledger_switching_from_v1_to_v2_verifies(
+    tmp_path: Path, database_url: str | None
+) -> None:
+    """Entries written before version 2 stay as they are; the log verifies across the switch,
+    in the database and exported."""
+    common: dict[str, Any] = {
+        "data_dir": tmp_path / "vault-data",
+        "database_url": database_url,
+        "metrics_token": METRICS_TOKEN,
+        **FAST_ARGON2,
+    }
+    old = Vault.open(load_settings(ledger_entry_version=1, **common))
+    try:
+        seed(old)
+    finally:
+        old.close()
+    vault = Vault.open(load_settings(ledger_entry_version=2, **common), create=False)
+    try:
+        uz = vault.authenticate(vault.login("uz.auditor", PASSWORD).access_token)
+        list(vault.ledger_show(uz))
+        report = vault.verify_ledger(local_operator())
+        assert report.ok, report.problem
+        _, document = export(vault, uz, scoped=True)
+    finally:
+        vault.close()
+    versions = [base64.b64decode(e)[0] for e in document["entries"]]
+    assert versions[0] == 1
+    assert versions[-1] == 2
+    assert verify_export(document, document["vkey"]).ok
+    # The v1 entries reveal what they always did, to anyone.
+    assert decode(base64.b64decode(document["entries"][0])).actor_user.startswith("local:")
+
+
+def test_web_ledger_page_follows_the_scope(world: World, exchange: Exchange) -> None:
+    from tests.ui.conftest import Browser
+
+    pages = {}
+    for user in ("tj.auditor", "uz.auditor"):
+        with TestClient(create_app(vault=world.vault)) as client:
+            browser = Browser(client)
+            browser.sign_in(user)
+            pages[user] = [
+                client.get("/ui/audit/ledger").content,  # one page of entries
+                client.get("/ui/audit/ledger", params={"decision": "allow"}).content,  # filtered
+            ]
+    for page in pages["tj.auditor"]:
+        assert_absent(page, exchange.secrets(), "the TJ auditor's web ledger page")
+    for page in pages["uz.auditor"]:
+        assert b"kz.officer" in page
