@@ -304,9 +304,10 @@ class LedgerOpening(SQLModel, table=True):
     """
 
     seq: int = _position()
-    package: str = Field(default="", max_length=32, index=True)
+    # Not indexed either: each index costs every append another page written and synced, and
+    # only purge looks rows up by package (a scan, on a rare administrative command).
+    package: str = Field(default="", max_length=32)
     countries: str = Field(default="", max_length=64)
-    # Not indexed: only retention reads it, rarely, and every index costs each append a page.
     created_at: datetime = _time()
     kek_id: str = Field(max_length=64)
     wrapped_key: bytes = _blob()

@@ -35,11 +35,9 @@ def upgrade() -> None:
         sa.Column("sealed", sa.LargeBinary(), nullable=False),
         sa.PrimaryKeyConstraint("seq"),
     )
-    with op.batch_alter_table("ledgeropening", schema=None) as batch_op:
-        batch_op.create_index(batch_op.f("ix_ledgeropening_package"), ["package"], unique=False)
+    # No secondary index: each would cost every append one more page written and synced;
+    # purge and retention, which look rows up by package and time, are rare and scan.
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("ledgeropening", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_ledgeropening_package"))
     op.drop_table("ledgeropening")
