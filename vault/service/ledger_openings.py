@@ -45,7 +45,7 @@ class Openings:
         # Packages never change agency, agencies never change country, and releases never
         # change target: what an entry concerns can be cached for the life of the process.
         self._package_country: dict[str, str] = {}
-        self._release_countries: dict[str, tuple[str, str]] = {}
+        self._release_countries: dict[str, tuple[str, str, str]] = {}
 
     # --- writing ------------------------------------------------------------------------------
 
@@ -53,9 +53,12 @@ class Openings:
         identity = opening_identity(opening.seq)
         key = crypto.new_data_key()
         wrapped = self._keys.keyring.wrap(key, context=identity)
+        package = record.package
+        if not package and record.release:  # a refusal naming only a release: its package's
+            package = self._release(session, record.release)[2]
         return {
             "seq": opening.seq,
-            "package": record.package,
+            "package": package,
             "countries": self._countries(session, record),
             "created_at": utcnow(),
             "kek_id": wrapped.kek_id,
@@ -68,7 +71,7 @@ class Openings:
         if record.package:
             found.add(self._origin_country(session, record.package))
         if record.release:
-            found.update(self._release(session, record.release))
+            found.update(self._release(session, record.release)[:2])
         found.discard("")
         return "".join(f" {c}" for c in sorted(found)) + " " if found else ""
 
@@ -85,15 +88,16 @@ class Openings:
             country = self._package_country[package_id] = row
         return country
 
-    def _release(self, session: Session, release_id: str) -> tuple[str, str]:
+    def _release(self, session: Session, release_id: str) -> tuple[str, str, str]:
+        """(target country, originating country, package) of a release."""
         found = self._release_countries.get(release_id)
         if found is None:
             row = session.exec(
                 select(Release.country_code, Release.package_id).where(Release.id == release_id)
             ).first()
             if row is None:
-                return ("", "")
-            found = (row[0], self._origin_country(session, row[1]))
+                return ("", "", "")
+            found = (row[0], self._origin_country(session, row[1]), row[1])
             self._release_countries[release_id] = found
         return found
 
@@ -104,7 +108,7 @@ class Openings:
         """Whether ``principal`` may see the opening of an entry with these concerns."""
         if principal.role == Role.AUDITOR:
             return bool(principal.country) and f" {principal.country} " in countries
-        if principal.role == Role.ADMIN:
+        if principal.role == Role.ADMIN:  # ``package`` is also set for entries about a release
             return not package
         return False
 
