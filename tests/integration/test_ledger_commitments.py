@@ -25,7 +25,7 @@ from sqlmodel import Session, col, select
 from blo_vault.api.app import create_app
 from tests.conftest import FAST_ARGON2, METRICS_TOKEN, PASSWORD, World, seed
 from vault.config import Settings, load_settings
-from vault.errors import NotFound
+from vault.errors import IntegrityError, NotFound
 from vault.ledger import note
 from vault.ledger.entry import decode
 from vault.ledger.verify import verify_export
@@ -298,3 +298,20 @@ def test_web_ledger_page_follows_the_scope(world: World, exchange: Exchange) -> 
         assert_absent(page, exchange.secrets(), "the TJ auditor's web ledger page")
     for page in pages["uz.auditor"]:
         assert b"kz.officer" in page
+
+
+def test_a_sealed_opening_moved_to_another_entry_does_not_open(
+    world: World, exchange: Exchange
+) -> None:
+    vault = world.vault
+    with Session(vault.engine) as session:
+        rows = session.exec(
+            select(LedgerOpening).where(col(LedgerOpening.package) == exchange.package)
+        ).all()
+        first, second = rows[0], rows[1]
+        first.sealed, second.sealed = second.sealed, first.sealed
+        first.wrapped_key, second.wrapped_key = second.wrapped_key, first.wrapped_key
+        session.add_all([first, second])
+        session.commit()
+    with pytest.raises(IntegrityError):
+        list(vault.ledger_show(world["uz.auditor"]))

@@ -41,6 +41,14 @@ def _b64(raw: bytes) -> str:
     return base64.b64encode(raw).decode()
 
 
+def _opened(data: bytes, opening: commit.Opening) -> Entry:
+    """The entry opened; LedgerCorrupt if its stored opening does not match it."""
+    try:
+        return opened(data, opening)
+    except commit.OpeningError as exc:
+        raise LedgerCorrupt(f"stored opening does not match: {exc}", seq=opening.seq) from None
+
+
 class LedgerService:
     """What auditors and counterparts do with the ledger; every read of it is recorded."""
 
@@ -315,7 +323,7 @@ class LedgerService:
                     upto = seq + _OPENING_BATCH
                     scoped = self.core.openings.scoped(session, principal, seq, upto)
                 opening = scoped.get(seq)
-                yield decode(data, seq_hint=seq) if opening is None else opened(data, opening)
+                yield decode(data, seq_hint=seq) if opening is None else _opened(data, opening)
 
     # --- health -------------------------------------------------------------------------------
 
