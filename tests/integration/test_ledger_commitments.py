@@ -315,3 +315,45 @@ def test_a_sealed_opening_moved_to_another_entry_does_not_open(
         session.commit()
     with pytest.raises(IntegrityError):
         list(vault.ledger_show(world["uz.auditor"]))
+
+
+# Who opens what through GET /ledger/entries: (status, countries whose entries open, whether
+# entries about the package open).
+LEDGER_SCOPE = {
+    "uz.officer": (403, None, False),
+    "kz.officer": (403, None, False),
+    "uz.auditor": (200, "UZ", True),
+    "kz.auditor": (200, "KZ", True),
+    "tj.auditor": (200, "TJ", False),
+    "uz.admin": (200, None, False),
+}
+
+
+@pytest.mark.parametrize("user", sorted(LEDGER_SCOPE))
+def test_ledger_entries_scope_by_role_and_country(
+    user: str, world: World, exchange: Exchange
+) -> None:
+    status, country, sees_package = LEDGER_SCOPE[user]
+    who = world[user]
+    token = world.vault.tokens.issue(who.user_id, session_id=who.session_id)
+    with TestClient(create_app(vault=world.vault)) as client:
+        reply = client.get(
+            "/ledger/entries",
+            params={"start": 0, "end": 1000},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+    assert reply.status_code == status, reply.text
+    if status != 200:
+        assert_absent(reply.content, exchange.secrets(), f"{user}'s refusal")
+        return
+    openings = reply.json()["openings"]
+    assert openings
+    about_package = [o for o in openings if o["fields"]["package"][1] == exchange.package]
+    assert bool(about_package) == sees_package
+    if country is None:  # the admin: only entries about no package
+        assert all(o["fields"]["package"][1] == "" for o in openings)
+    else:
+        concerned = {
+            o["fields"]["actor_country"][1] for o in openings if not o["fields"]["package"][1]
+        }
+        assert concerned <= {country}
