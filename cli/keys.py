@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from blo_vault.cli.session import config_dir, private_dir
 from vault import crypto, manifest
 from vault.errors import ConfigError
-from vault.schemas import check_filename
+from vault.text import check_filename
 
 __all__ = [
     "PASSPHRASE_ENV",

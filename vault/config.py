@@ -74,6 +74,11 @@ class Settings(BaseSettings):
     # Ledger checkpoints: C2SP origin line and signing cadence.
     ledger_origin: str = "blo-vault.local/ledger"
     checkpoint_interval_seconds: int = Field(default=60, ge=1)
+    # Entry version written from now on: 2 commits to the sensitive fields and keeps their
+    # openings sealed apart (README "What the log reveals"); 1 writes them in the clear.
+    ledger_entry_version: Literal[1, 2] = 1
+    # Destroy the openings of entries older than this many days (None: keep them).
+    ledger_opening_retention_days: int | None = Field(default=None, ge=1)
 
     # Witnesses (c2sp.org/tlog-witness): a C2SP tlog-policy file naming this log, the
     # counterparts' witnesses with their URLs, and the quorum. When set, the server sends each

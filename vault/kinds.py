@@ -12,6 +12,7 @@ import enum
 __all__ = [
     "Classification",
     "Handling",
+    "ReleaseKind",
     "ReleaseStatus",
     "Role",
 ]
@@ -59,3 +60,11 @@ class ReleaseStatus(enum.StrEnum):
     ACTIVE = "active"
     REJECTED = "rejected"
     REVOKED = "revoked"
+
+
+class ReleaseKind(enum.StrEnum):
+    """Why a release exists: released directly, awaiting a second person, or asked for."""
+
+    DIRECT = "direct"
+    FOUR_EYES = "four-eyes"
+    ONWARD_REQUEST = "onward-request"

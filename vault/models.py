@@ -9,7 +9,6 @@ by the KEK. Table models never leave the service layer; callers get the dataclas
 
 from __future__ import annotations
 
-import enum
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -27,7 +26,7 @@ from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
 # The kinds live in vault.kinds (light to import: the command line uses them); named here too.
-from vault.kinds import Classification, Handling, ReleaseStatus, Role
+from vault.kinds import Classification, Handling, ReleaseKind, ReleaseStatus, Role
 
 __all__ = [
     "Acknowledgement",
@@ -147,14 +146,6 @@ class PackageFile(SQLModel, table=True):
     kek_id: str = Field(max_length=64)
     wrapped_key: bytes = _blob()
     sealed_meta: bytes = _blob()
-
-
-class ReleaseKind(enum.StrEnum):
-    """Why a release exists: released directly, awaiting a second person, or asked for."""
-
-    DIRECT = "direct"
-    FOUR_EYES = "four-eyes"
-    ONWARD_REQUEST = "onward-request"
 
 
 class Release(SQLModel, table=True):
@@ -291,6 +282,26 @@ class LedgerEntry(SQLModel, table=True):
     # Unique so two writers that read the same head cannot both commit: the chain can't fork.
     prev_hash: bytes = Field(sa_column=Column(LargeBinary(32), nullable=False, unique=True))
     entry: bytes = _blob()
+
+
+class LedgerOpening(SQLModel, table=True):
+    """The sealed opening (salts and values) of one committed (v2) ledger entry.
+
+    Kept apart from the entry so it can be destroyed (purge, retention) while the entry, and
+    every proof over it, stays. ``package`` and ``countries`` (" UZ KZ ") say whom it concerns,
+    for purge and for scoping reads; the values themselves are only in ``sealed``, under a
+    per-entry key wrapped by the KEK.
+    """
+
+    seq: int = _position()
+    # Not indexed either: each index costs every append another page written and synced, and
+    # only purge looks rows up by package (a scan, on a rare administrative command).
+    package: str = Field(default="", max_length=32)
+    countries: str = Field(default="", max_length=64)
+    created_at: datetime = _time()
+    kek_id: str = Field(max_length=64)
+    wrapped_key: bytes = _blob()
+    sealed: bytes = _blob()
 
 
 class LedgerNode(SQLModel, table=True):

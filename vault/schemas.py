@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
 
 from vault.errors import InvalidInput
-from vault.models import Classification, Handling, ReleaseKind, ReleaseStatus, Role
+from vault.kinds import Classification, Handling, ReleaseKind, ReleaseStatus, Role
 
 # The text checks live in vault.text (light to import: the CLI uses them); named here too.
 from vault.text import MAX_FILENAME_BYTES, check_filename, check_text, filename_key, unsafe_char
@@ -374,6 +374,9 @@ class LedgerEntries(_Out):
 
     start: int
     entries: list[str]
+    # Openings of the committed entries in the range that the caller may see (README "What
+    # the log reveals"): {"seq": n, "fields": {name: [salt base64, value]}}.
+    openings: list[dict[str, Any]] = []
     # Ledger entry recording this read (absent when the server signed on its own).
     receipt: int | None = None
 

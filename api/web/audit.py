@@ -11,7 +11,8 @@ from fastapi import APIRouter, Query, Response
 from blo_vault.api.web.context import PREFIX, SignedIn, Visit
 from blo_vault.api.web.forms import PAGE_SIZE, day_start, optional
 from vault.authz import ACTIONS
-from vault.ledger.entry import Entry, decode
+from vault.ledger import commit
+from vault.ledger.entry import Entry, decode, opened
 
 router = APIRouter(include_in_schema=False)
 DECISIONS = ("allow", "deny", "error")
@@ -49,8 +50,10 @@ def ledger(
         size = upto or current.vault.ledger_size()
         stop = max(0, size - first)
         got = current.vault.ledger_entries(current.user, max(0, stop - PAGE_SIZE), stop)
+        # Committed entries the caller may see come with their openings (issue 18).
+        openings = {o.seq: o for o in map(commit.Opening.from_json, got.openings)}
         entries = [
-            decode(base64.b64decode(raw), seq_hint=got.start + i)
+            _entry(base64.b64decode(raw), got.start + i, openings.get(got.start + i))
             for i, raw in enumerate(got.entries)
         ]
         return _ledger_page(current, entries[::-1], size, page, first + PAGE_SIZE < size, size)
@@ -65,6 +68,10 @@ def ledger(
     more = len(matching) > first + PAGE_SIZE
     shown = matching[first : first + PAGE_SIZE]
     return _ledger_page(current, shown, len(matching), page, more, size)
+
+
+def _entry(data: bytes, seq: int, opening: commit.Opening | None) -> Entry:
+    return decode(data, seq_hint=seq) if opening is None else opened(data, opening)
 
 
 def _ledger_page(

@@ -122,9 +122,13 @@ def ledger_verify(
 @app.command("export")
 def ledger_export(
     output: Annotated[Path, typer.Option("-o", "--output", help="File to write.")],
+    scoped: Annotated[
+        bool, typer.Option("--scoped", help="Add the openings this operator may see.")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Write the ledger and its latest signed checkpoint as one JSON document."""
+    """Write the ledger and its latest signed checkpoint as one JSON document (the public
+    export; --scoped adds the openings of the committed entries the caller may see)."""
     tmp = output.with_name(f".{output.name}.part")
     with local_vault() as vault:
         total = vault.ledger_size()
@@ -133,7 +137,9 @@ def ledger_export(
                 tmp.open("w", encoding="utf-8") as handle,
                 entry_counter("exporting", total) as advance,
             ):
-                info = vault.export_ledger(local_operator(), handle, progress=advance)
+                info = vault.export_ledger(
+                    local_operator(), handle, progress=advance, scoped=scoped
+                )
             tmp.replace(output)
         finally:
             tmp.unlink(missing_ok=True)
@@ -298,7 +304,10 @@ def ledger_show(
     with local_vault() as vault:
         for entry in filter(keep, vault.ledger_show(local_operator())):
             if as_json:
-                print_json_line({**entry.__dict__, "time": entry.time.isoformat()})
+                commitments = {name: digest.hex() for name, digest in entry.commitments}
+                print_json_line(
+                    {**entry.__dict__, "time": entry.time.isoformat(), "commitments": commitments}
+                )
             else:
                 table.add_row(*_entry_row(entry))
     if not as_json:

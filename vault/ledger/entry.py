@@ -13,22 +13,29 @@ An entry is stored as exactly the bytes that are hashed. Layout, all integers bi
 Merkle tree at once. Empty strings stand for "not applicable". No title, description,
 filename or content ever goes into an entry.
 
+Version 2 (vault.ledger.commit) commits to the sensitive fields instead of carrying them;
+:func:`decode` reads both versions. A decoded v2 entry that was not opened carries empty
+strings in its committed fields and the commitments in ``commitments``.
+
 Conventions of particular actions:
 
 - ``key.register`` / ``key.revoke`` (officers' signing keys, issue 13): ``subject`` is the
   key owner's username; ``reason`` is ``"ed25519 KEYID PUBLICKEY AGENCY"`` (the key id, the
   base64 of the 32-byte public key, "-" in a revocation, and the owner's agency, which may
-  differ from ``actor_agency`` when the operator acted). Every field stays in clear.
+  differ from ``actor_agency`` when the operator acted). Every field stays in clear, in
+  version 2 too (vault.ledger.commit keeps ``key.*`` public).
 """
 
 from __future__ import annotations
 
 import hashlib
 import struct
-from dataclasses import dataclass, fields
+from collections.abc import Callable
+from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
 
 from vault.errors import LedgerCorrupt
+from vault.ledger import commit
 
 __all__ = [
     "GENESIS_PREV",
@@ -36,6 +43,7 @@ __all__ = [
     "Entry",
     "decode",
     "leaf_hash",
+    "opened",
 ]
 
 VERSION = 1
@@ -64,6 +72,14 @@ class Entry:
     handling: str
     policy: str
     prev: str
+    version: int = VERSION
+    # ("fields", the fields digest) of a committed entry not opened (v2 only; see commit).
+    commitments: tuple[tuple[str, bytes], ...] = ()
+
+    @property
+    def hidden(self) -> bool:
+        """Whether this entry's sensitive fields are commitments this reader can't open."""
+        return bool(self.commitments)
 
     @property
     def time(self) -> datetime:
@@ -71,7 +87,7 @@ class Entry:
         return datetime.fromtimestamp(self.time_us / 1_000_000, tz=UTC)
 
     def encode(self) -> bytes:
-        """The canonical bytes of this entry."""
+        """The canonical version 1 bytes of this entry."""
         out = [_HEAD.pack(VERSION, self.seq, self.time_us)]
         # Field order is the declaration order above (dataclasses.astuple would deep-copy).
         for name in _STRING_NAMES:
@@ -83,7 +99,7 @@ class Entry:
         return b"".join(out)
 
 
-_STRING_NAMES = tuple(f.name for f in fields(Entry))[2:]
+_STRING_NAMES = tuple(f.name for f in fields(Entry))[2:15]
 _STRING_FIELDS = len(_STRING_NAMES)
 _HEAD = struct.Struct(">BQQ")
 
@@ -100,6 +116,8 @@ def decode(data: bytes, *, seq_hint: int | None = None) -> Entry:
     def fail(why: str) -> LedgerCorrupt:
         return LedgerCorrupt(f"entry is malformed: {why}", seq=bad)
 
+    if data[:1] == bytes([commit.VERSION]):
+        return _decode_v2(data, fail)
     if len(data) < 17 or data[0] != VERSION:
         raise fail("unknown version or too short")
     seq = _U64.unpack_from(data, 1)[0]
@@ -120,4 +138,61 @@ def decode(data: bytes, *, seq_hint: int | None = None) -> Entry:
         pos += length
     if pos != len(data):
         raise fail("trailing bytes")
-    return Entry(seq, time_us, *strings)
+    a_user, a_agency, a_country, action, package, file, release, subject = strings[:8]
+    decision, reason, handling, policy, prev = strings[8:]
+    return Entry(
+        seq, time_us, a_user, a_agency, a_country, action, package, file, release, subject,
+        decision, reason, handling, policy, prev,
+    )  # fmt: skip
+
+
+def _decode_v2(data: bytes, fail: Callable[[str], LedgerCorrupt]) -> Entry:
+    try:
+        parts = commit.decode(data)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    action, decision, policy = parts.public
+    values = parts.values or ("",) * len(commit.SENSITIVE)
+    bare = Entry(
+        seq=parts.seq,
+        time_us=parts.time_us,
+        actor_user="",
+        actor_agency="",
+        actor_country="",
+        action=action,
+        package="",
+        file="",
+        release="",
+        subject="",
+        decision=decision,
+        reason="",
+        handling="",
+        policy=policy,
+        prev=parts.prev,
+        version=commit.VERSION,
+        commitments=(("fields", parts.digest),) if parts.digest else (),
+    )
+    return _with_sensitive(bare, dict(zip(commit.SENSITIVE, values, strict=True)))
+
+
+def _with_sensitive(entry: Entry, values: dict[str, str]) -> Entry:
+    """``entry`` with the sensitive fields in ``values`` set (other keys are ignored)."""
+    return replace(
+        entry,
+        actor_user=values["actor_user"],
+        actor_agency=values["actor_agency"],
+        actor_country=values["actor_country"],
+        package=values["package"],
+        file=values["file"],
+        release=values["release"],
+        subject=values["subject"],
+        reason=values["reason"],
+        handling=values["handling"],
+    )
+
+
+def opened(data: bytes, opening: commit.Opening) -> Entry:
+    """Entry ``data`` with its committed fields filled from ``opening``, once each opening
+    matches its commitment (OpeningError if one does not)."""
+    revealed = commit.verify_opening(data, opening)
+    return replace(_with_sensitive(decode(data), revealed), commitments=())

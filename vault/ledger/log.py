@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import Engine, and_, bindparam, func, insert, or_, text
@@ -27,13 +27,14 @@ from sqlmodel import Session, col, select
 
 from vault.db import session_scope
 from vault.errors import InvalidInput, LedgerCorrupt, StorageUnavailable
-from vault.ledger import merkle, note
+from vault.ledger import commit, merkle, note
 from vault.ledger.entry import GENESIS_PREV, Entry, leaf_hash
-from vault.models import LedgerCheckpoint, LedgerEntry, LedgerNode, utcnow
+from vault.models import LedgerCheckpoint, LedgerEntry, LedgerNode, LedgerOpening, utcnow
 
 __all__ = [
     "Actor",
     "GroupAppender",
+    "OpeningSink",
     "Record",
     "append",
     "append_many",
@@ -154,6 +155,57 @@ class Record:
     handling: str = ""
 
 
+class OpeningSink(Protocol):
+    """Turns the opening of a committed entry into its ``LedgerOpening`` row (sealed), in the
+    transaction that appends the entry."""
+
+    def __call__(
+        self, session: Session, record: Record, opening: commit.Opening
+    ) -> dict[str, Any]: ...
+
+
+def _encode(
+    record: Record, seq: int, now_us: int, prev: str, sink: OpeningSink | None
+) -> tuple[bytes, commit.Opening | None]:
+    """The entry's bytes: version 1 without a sink, else version 2 and its opening."""
+    if sink is None:
+        return _encode_v1(record, seq, now_us, prev), None
+    sensitive = {
+        "actor_user": record.actor.user,
+        "actor_agency": record.actor.agency,
+        "actor_country": record.actor.country,
+        "package": record.package,
+        "file": record.file,
+        "release": record.release,
+        "subject": record.subject,
+        "reason": record.reason,
+        "handling": record.handling,
+    }
+    public = {"action": record.action, "decision": record.decision, "policy": record.policy}
+    return commit.encode(seq, now_us, public, sensitive, prev)
+
+
+def _encode_v1(record: Record, seq: int, now_us: int, prev: str) -> bytes:
+    entry = Entry(
+        seq=seq,
+        time_us=now_us,
+        actor_user=record.actor.user,
+        actor_agency=record.actor.agency,
+        actor_country=record.actor.country,
+        action=record.action,
+        package=record.package,
+        file=record.file,
+        release=record.release,
+        subject=record.subject,
+        decision=record.decision,
+        reason=record.reason,
+        handling=record.handling,
+        policy=record.policy,
+        prev=prev,
+    )
+    return entry.encode()
+
+
 def append(session: Session, **fields: Any) -> int:
     """Append one entry (see :class:`Record` for the fields) in the session's transaction."""
     return append_many(session, [Record(**fields)])[0]
@@ -161,6 +213,7 @@ def append(session: Session, **fields: Any) -> int:
 
 _INSERT_ENTRY = insert(LedgerEntry.__table__)  # type: ignore[attr-defined]
 _INSERT_NODE = insert(LedgerNode.__table__)  # type: ignore[attr-defined]
+_INSERT_OPENING = insert(LedgerOpening.__table__)  # type: ignore[attr-defined]
 # The head entry; built once (building it cost more than running it, per batch).
 _HEAD = (
     sa_select(col(LedgerEntry.seq), col(LedgerEntry.entry))
@@ -169,8 +222,13 @@ _HEAD = (
 )
 
 
-def append_many(session: Session, records: Sequence[Record]) -> list[int]:
+def append_many(
+    session: Session, records: Sequence[Record], *, sink: OpeningSink | None = None
+) -> list[int]:
     """Append entries (and their new tree nodes) in the session's transaction; return seqs.
+
+    With a ``sink`` the entries are version 2 (vault.ledger.commit), and the sink's rows of
+    their openings are inserted in the same transaction.
 
     Reads the head entry and the tree's frontier once (O(log n) nodes), then builds every
     entry, link and node in memory and inserts them together, so a batch costs little more
@@ -186,27 +244,14 @@ def append_many(session: Session, records: Sequence[Record]) -> list[int]:
     frontier = _frontier(session, size_now, head_leaf)
     entries: list[dict[str, Any]] = []
     nodes: list[dict[str, Any]] = []
+    openings: list[dict[str, Any]] = []
     seqs: list[int] = []
     now_us = time.time_ns() // 1000
     for offset, record in enumerate(records):
         seq = size_now + offset
-        data = Entry(
-            seq=seq,
-            time_us=now_us,
-            actor_user=record.actor.user,
-            actor_agency=record.actor.agency,
-            actor_country=record.actor.country,
-            action=record.action,
-            package=record.package,
-            file=record.file,
-            release=record.release,
-            subject=record.subject,
-            decision=record.decision,
-            reason=record.reason,
-            handling=record.handling,
-            policy=record.policy,
-            prev=prev,
-        ).encode()
+        data, opening = _encode(record, seq, now_us, prev, sink)
+        if opening is not None and sink is not None:
+            openings.append(sink(session, record, opening))
         leaf = leaf_hash(data)
         entries.append({"seq": seq, "prev_hash": bytes.fromhex(prev), "entry": data})
         nodes.extend(
@@ -220,6 +265,8 @@ def append_many(session: Session, records: Sequence[Record]) -> list[int]:
         connection = session.connection()
         connection.execute(_INSERT_ENTRY, entries)
         connection.execute(_INSERT_NODE, nodes)
+        if openings:
+            connection.execute(_INSERT_OPENING, openings)
         _FRONTIERS[_database_key(session)] = (frontier.size, bytes.fromhex(prev), frontier)
     return seqs
 
@@ -350,8 +397,11 @@ class GroupAppender:
     in their own transaction, atomically with the change.
     """
 
-    def __init__(self, engine: Engine, *, max_batch: int = 1000) -> None:
+    def __init__(
+        self, engine: Engine, *, max_batch: int = 1000, sink: OpeningSink | None = None
+    ) -> None:
         self._engine = engine
+        self._sink = sink
         self._max_batch = max_batch
         self._queue: list[tuple[Record, Future[int]]] = []
         self._cond = threading.Condition()
@@ -399,7 +449,7 @@ class GroupAppender:
                 del self._queue[: self._max_batch]
             try:
                 with session_scope(self._engine) as session:
-                    seqs = append_many(session, [record for record, _ in batch])
+                    seqs = append_many(session, [record for record, _ in batch], sink=self._sink)
             except OperationalError as exc:
                 failure: BaseException = StorageUnavailable(
                     "the database is unavailable; nothing was recorded"

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from vault.ledger import merkle, note
+from vault.ledger import commit, merkle, note
 from vault.ledger.entry import GENESIS_PREV, VERSION
 
 __all__ = [
@@ -128,7 +128,8 @@ class NodeSource(Protocol):
 _GENESIS = GENESIS_PREV.encode()
 _sha256 = hashlib.sha256
 _LINK_MARK = b"\x00\x00\x00\x40"  # u32 length 64 before the hex link, which ends every entry
-_MIN_LEN = 17 + 13 * 4 + 64
+_MIN_LEN = 18 + 3 * 4 + 32 + 68  # the shortest entry of either version (v1: 17 + 13 * 4 + 64)
+_VERSIONS = frozenset({VERSION, commit.VERSION})
 # Entries are checked in aligned blocks of 2**BLOCK_LEVEL: the per-entry checks become list
 # operations that run in C, and every stored node inside a block is compared to the one
 # computed from its entries. A block that fails any check is walked entry by entry to name
@@ -244,7 +245,7 @@ class _Walk:
         n = len(datas)
         if min(map(len, datas)) < _MIN_LEN:
             return False
-        if [d[0] for d in datas] != [VERSION] * n:
+        if not {d[0] for d in datas} <= _VERSIONS:
             return False
         if [d[-68:-64] for d in datas] != [_LINK_MARK] * n:
             return False
@@ -272,7 +273,7 @@ class _Walk:
                     f"entry {expected} is missing (next stored is {seq})",
                     checked=expected,
                 )
-            if len(data) < _MIN_LEN or data[0] != VERSION or data[-68:-64] != _LINK_MARK:
+            if len(data) < _MIN_LEN or data[0] not in _VERSIONS or data[-68:-64] != _LINK_MARK:
                 raise _Bad(seq, f"entry {seq} is malformed", checked=expected)
             claimed = int.from_bytes(data[1:9], "big")
             if claimed != seq:
@@ -502,6 +503,18 @@ def verify_export(
             problem=f"the export holds {result.size} entries beyond the checkpoint's "
             f"{checkpoint.size}",
         )
+    if result.ok and "openings" in document:
+        # A scoped export: every opening must match the commitments of the entry it names.
+        bad = commit.verify_openings([_decode(e) for e in entries], document["openings"])
+        if bad is not None:
+            return VerifyResult(
+                ok=False,
+                size=result.size,
+                root="",
+                checkpoint_size=checkpoint.size,
+                first_bad_seq=bad[0],
+                problem=f"an opening does not verify: {bad[1]}",
+            )
     return result
 
 

@@ -517,10 +517,16 @@ class Vault:
         return self.ledger.consistency_proof(principal, old_checkpoint)
 
     def export_ledger(
-        self, principal: Principal, out: TextIO, progress: Callable[[int], None] | None = None
+        self,
+        principal: Principal,
+        out: TextIO,
+        progress: Callable[[int], None] | None = None,
+        *,
+        scoped: bool = False,
     ) -> CheckpointInfo:
-        """Write the export document to ``out``, streamed."""
-        return self.ledger.export_ledger(principal, out, progress)
+        """Write the export document to ``out``, streamed (``scoped``: with the openings the
+        caller may see)."""
+        return self.ledger.export_ledger(principal, out, progress, scoped=scoped)
 
     def ledger_show(self, principal: Principal) -> Iterator[Entry]:
         """Every entry, decoded, in order; the read is recorded first."""

@@ -52,6 +52,7 @@ from vault.ledger.log import Actor
 from vault.models import Agency, Classification, Package, PolicyRule, Role, User
 from vault.passwords import Passwords
 from vault.schemas import check_id
+from vault.service.ledger_openings import Openings
 from vault.storage import ObjectStore, open_store
 from vault.tokens import TokenService
 
@@ -232,7 +233,10 @@ class Core:
         self._agency_country: dict[str, str] = {}
         # Listing statements by (role, clearance, policy hash): built once, then only bound.
         self.listings: dict[tuple[str, str, str], Any] = {}
-        self._appender = ledger.GroupAppender(engine)
+        # Version 2 entries: the sink seals each entry's opening in the entry's transaction.
+        self.openings = Openings(keys)
+        self._sink = self.openings if settings.ledger_entry_version == 2 else None
+        self._appender = ledger.GroupAppender(engine, sink=self._sink)
         self._counts_lock = threading.Lock()
         self._decisions: dict[str, int] = {}
 
@@ -403,7 +407,7 @@ class Core:
         """The one place entries are written: in ``session``'s transaction, or (None) through
         group commit. Counted for metrics."""
         if session is not None:
-            seq = ledger.append_many(session, [record])[0]
+            seq = ledger.append_many(session, [record], sink=self._sink)[0]
         else:
             seq = self._appender.append(record)
         self._count_decision(record.decision)

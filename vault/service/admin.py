@@ -315,6 +315,9 @@ class AdminService:
             package.wrapped_key = b""
             package.sealed_meta = b""
             package.purged_at = utcnow()
+            # What the ledger's entries about it said goes with the keys; the entries stay,
+            # so the log still verifies (README "What the log reveals").
+            self.core.openings.destroy_package(session, package_id)
             session.add(package)
             for row in files:
                 row.wrapped_key = b""
@@ -354,10 +357,23 @@ class AdminService:
         if batch:
             removed += self._delete_strays(batch, cutoff)
         temp = core.store.sweep_incomplete(cutoff)
-        receipt = core.record_decision(
-            principal.actor, "gc", ALLOW, "ok", subject=f"objects:{removed} temp:{temp}"
-        )
+        expired = self.expire_openings()
+        subject = f"objects:{removed} temp:{temp}" + (f" openings:{expired}" if expired else "")
+        receipt = core.record_decision(principal.actor, "gc", ALLOW, "ok", subject=subject)
         return removed, temp, receipt
+
+    def expire_openings(self, *, now: datetime | None = None) -> int:
+        """Destroy the ledger openings older than VAULT_LEDGER_OPENING_RETENTION_DAYS (none
+        when unset); how many. Run by ``gc``."""
+        days = self.core.settings.ledger_opening_retention_days
+        if days is None:
+            return 0
+        cutoff = (now or utcnow()) - timedelta(days=days)
+        with self.core.tx() as session:
+            count = self.core.openings.destroy_before(session, cutoff)
+        if count:
+            self._compact_database()
+        return count
 
     def _delete_strays(self, batch: list[str], cutoff: datetime) -> int:
         """Delete the objects of ``batch`` no live package file refers to, last modified
@@ -386,7 +402,7 @@ class AdminService:
         if is_postgres(engine):
             with engine.connect() as conn:
                 conn = conn.execution_options(isolation_level="AUTOCOMMIT")
-                for table in ("package", "packagefile"):
+                for table in ("package", "packagefile", "ledgeropening"):
                     conn.exec_driver_sql(f"VACUUM {table}")
             return
         raw = engine.raw_connection()

@@ -7,7 +7,7 @@ from sqlmodel import col, select
 
 from vault.authz import ACTIONS, NONE, Decision, Facts
 from vault.errors import AccessDenied, InvalidInput, NotFound
-from vault.models import Package, PackageFile, Release, User
+from vault.models import Package, PackageFile, Release, Role, User
 from vault.schemas import AuditView, Explanation, check_id, check_username
 from vault.service._core import ALLOW, Core, Principal, records_refusals
 from vault.service.access import Access, package_facts
@@ -67,7 +67,14 @@ class AuditService:
                 size=package.size,
                 file_count=package.file_count,
                 file_ids=list(files),
-                releases=[release_info(r) for r in releases],
+                releases=[
+                    release_info(r)
+                    for r in releases
+                    # Another country's auditor sees only the releases to their own country:
+                    # where else a package went is the originator's business (issue 18).
+                    if principal.role != Role.AUDITOR
+                    or principal.country in (country, r.country_code)
+                ],
             )
         return view, receipt
 

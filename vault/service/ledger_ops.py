@@ -13,9 +13,9 @@ from sqlmodel import Session, col, select
 
 from vault.errors import InvalidInput, LedgerCorrupt, NotFound
 from vault.ledger import check as ledger_check
+from vault.ledger import commit, merkle, note
 from vault.ledger import log as ledger
-from vault.ledger import merkle, note
-from vault.ledger.entry import Entry, decode
+from vault.ledger.entry import Entry, decode, opened
 from vault.models import LedgerEntry, Package, utcnow
 from vault.schemas import (
     CheckpointInfo,
@@ -33,10 +33,20 @@ from vault.witness.running import PublishingThread
 _T = TypeVar("_T")
 
 MAX_LEDGER_PAGE = 1000
+# Openings are read (and scoped) for this many entries at a time.
+_OPENING_BATCH = 5000
 
 
 def _b64(raw: bytes) -> str:
     return base64.b64encode(raw).decode()
+
+
+def _opened(data: bytes, opening: commit.Opening) -> Entry:
+    """The entry opened; LedgerCorrupt if its stored opening does not match it."""
+    try:
+        return opened(data, opening)
+    except commit.OpeningError as exc:
+        raise LedgerCorrupt(f"stored opening does not match: {exc}", seq=opening.seq) from None
 
 
 class LedgerService:
@@ -127,7 +137,13 @@ class LedgerService:
         receipt = self.record_read(principal, f"entries:{start}-{end}")
         with self.core.tx(readonly=True) as session:
             items = [_b64(data) for _, data in ledger.iter_entries(session, start=start, stop=end)]
-        return LedgerEntries(start=start, entries=items, receipt=receipt)
+            scoped = self.core.openings.scoped(session, principal, start, end)
+        return LedgerEntries(
+            start=start,
+            entries=items,
+            openings=[o.to_json() for _, o in sorted(scoped.items())],
+            receipt=receipt,
+        )
 
     @records_refusals("ledger")
     def inclusion_proof(self, principal: Principal, seq: int) -> InclusionProof:
@@ -201,10 +217,16 @@ class LedgerService:
 
     @records_refusals("ledger")
     def export_ledger(
-        self, principal: Principal, out: TextIO, progress: Callable[[int], None] | None = None
+        self,
+        principal: Principal,
+        out: TextIO,
+        progress: Callable[[int], None] | None = None,
+        *,
+        scoped: bool = False,
     ) -> CheckpointInfo:
-        """Write the export document (README: "Ledger export format") to ``out``, streamed."""
-        self.record_read(principal, "export")
+        """Write the export document (README: "Ledger export format") to ``out``, streamed:
+        the public export, or with ``scoped`` also the openings ``principal`` may see."""
+        self.record_read(principal, "export:scoped" if scoped else "export")
         info = self.checkpoint()
         witnessed = self._witnessed_note(info.size)
         out.write("{\n")
@@ -218,8 +240,27 @@ class LedgerService:
                 out.write(("\n    " if seq == 0 else ",\n    ") + '"' + _b64(data) + '"')
                 if progress and seq % 4096 == 0:
                     progress(seq)
-        out.write("\n  ]\n}\n")
+            out.write("\n  ]")
+            if scoped:
+                self._write_openings(session, principal, out, info.size)
+        out.write("\n}\n")
         return info
+
+    def _write_openings(
+        self, session: Session, principal: Principal, out: TextIO, size: int
+    ) -> None:
+        """The ``openings`` member of a scoped export: those ``principal`` may see."""
+        out.write(',\n  "openings": [')
+        first = True
+        for lo in range(0, size, _OPENING_BATCH):
+            found = self.core.openings.scoped(
+                session, principal, lo, min(size, lo + _OPENING_BATCH)
+            )
+            for _, opening in sorted(found.items()):
+                text = json.dumps(opening.to_json(), sort_keys=True, separators=(",", ":"))
+                out.write(("\n    " if first else ",\n    ") + text)
+                first = False
+        out.write("\n  ]")
 
     # --- witnesses: the witnessed checkpoint, its proofs, the server's publisher -----------
 
@@ -275,11 +316,19 @@ class LedgerService:
             return published.witness_status(session, now=utcnow())
 
     def ledger_show(self, principal: Principal) -> Iterator[Entry]:
-        """Every entry, decoded, in order (callers filter); the read is recorded first."""
+        """Every entry, decoded, in order (callers filter); the read is recorded first.
+        Committed entries come opened when ``principal`` may see their openings, else with
+        their sensitive fields empty and ``hidden``."""
         self.record_read(principal, "show")
         with self.core.tx(readonly=True) as session:
+            scoped: dict[int, commit.Opening] = {}
+            upto = 0
             for seq, data in ledger.iter_entries(session):
-                yield decode(data, seq_hint=seq)
+                if seq >= upto:
+                    upto = seq + _OPENING_BATCH
+                    scoped = self.core.openings.scoped(session, principal, seq, upto)
+                opening = scoped.get(seq)
+                yield decode(data, seq_hint=seq) if opening is None else _opened(data, opening)
 
     # --- health -------------------------------------------------------------------------------
 
