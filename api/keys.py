@@ -31,7 +31,14 @@ class KeyRegistration(BaseModel):
     """The public half of an officer's new Ed25519 key."""
 
     model_config = ConfigDict(extra="forbid")
-    public_key: str = Field(min_length=44, max_length=44, description="base64 of 32 raw bytes")
+    # Exactly the canonical base64 of 32 bytes (the last character before "=" carries only
+    # 4 bits), so the schema admits no string the service refuses.
+    public_key: str = Field(
+        min_length=44,
+        max_length=44,
+        pattern=r"^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$",
+        description="base64 of the 32 raw bytes of an Ed25519 public key",
+    )
 
 
 def _receipt(response: Response, receipt: int | None) -> None:
