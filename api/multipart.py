@@ -298,7 +298,7 @@ class MultipartUpload:
 
     def files(self) -> Iterator[IncomingFile]:
         """Each following part as an IncomingFile; the service must read one before the next."""
-        yield from self._files_from(self._expect_part())
+        yield from self._files_from(self._expect_part(), signed=True)
 
     def records_then_files(self) -> tuple[list[SeizureRecord], Iterator[IncomingFile]]:
         """An optional ``records`` part (a JSON list of seizure records, right after the
@@ -306,7 +306,7 @@ class MultipartUpload:
         InvalidInput naming every bad record and field."""
         headers = self._expect_part()
         if headers is None or _disposition(headers) != ("records", None):
-            return [], self._files_from(headers)
+            return [], self._files_from(headers, signed=True)
         raw = self._part_bytes(
             MAX_RECORDS_BYTES, f"the records part is larger than {MAX_RECORDS_BYTES} bytes"
         )
@@ -316,7 +316,7 @@ class MultipartUpload:
             raise InvalidInput("the records part must be a JSON list of records") from None
         if not isinstance(rows, list):
             raise InvalidInput("the records part must be a JSON list of records")
-        return validate_records(rows), self._files_from(self._expect_part())
+        return validate_records(rows), self._files_from(self._expect_part(), signed=True)
 
     def form(self) -> tuple[dict[str, str], Iterator[IncomingFile]]:
         """An HTML form's text fields, which must come first (at most ``max_metadata_bytes``
@@ -366,12 +366,17 @@ class MultipartUpload:
                 raise InvalidInput("form fields must be valid UTF-8") from None
         return fields, headers
 
-    def _files_from(self, headers: dict[bytes, bytes] | None) -> Iterator[IncomingFile]:
+    def _files_from(
+        self, headers: dict[bytes, bytes] | None, *, signed: bool = False
+    ) -> Iterator[IncomingFile]:
+        """The file parts from ``headers`` on. With ``signed`` (the API's upload), a
+        ``signature`` part ends them; a form (the web upload) has none, so there it is refused
+        like any other stray part instead of quietly ending the file list."""
         # The fields before the files have been checked by now: receive ahead from here on.
         self._start_pump()
         while headers is not None:
             name, filename = _disposition(headers)
-            if name == "signature" and filename is None:
+            if signed and name == "signature" and filename is None:
                 self._signature_seen = True  # the trailing signed manifest (issue 13)
                 return
             if name != "file" or filename is None:

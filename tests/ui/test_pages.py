@@ -78,6 +78,48 @@ def test_upload_without_csrf_token_stores_nothing(world: World, browser: Browser
     assert world.vault.list_packages(world["uz.officer"]).items == []
 
 
+def test_web_upload_refuses_a_signature_part_after_the_files(
+    world: World, browser: Browser
+) -> None:
+    """Web uploads are unsigned: a trailing ``signature`` part (which ends the file list of an
+    API upload) is a stray part in a form, refused, not a quiet end of the files after which
+    the rest of the body is ignored."""
+    browser.sign_in("uz.officer")
+    token = browser.csrf("/ui/upload")
+    boundary = "b0undary"
+
+    def part(name: str, value: bytes, filename: str | None = None) -> bytes:
+        disposition = f'form-data; name="{name}"' + (
+            f'; filename="{filename}"' if filename else ""
+        )
+        return (
+            f"--{boundary}\r\nContent-Disposition: {disposition}\r\n\r\n".encode()
+            + value
+            + b"\r\n"
+        )
+
+    body = b"".join(
+        [
+            part("csrf", token.encode()),
+            part("title", b"stray signature"),
+            part("classification", b"UNCLASSIFIED"),
+            part("handling", b"H0"),
+            part("file", b"abc", "a.txt"),
+            part("signature", b"{}"),
+            part("file", b"def", "b.txt"),
+            f"--{boundary}--\r\n".encode(),
+        ]
+    )
+    answer = browser.client.post(
+        "/ui/upload",
+        content=body,
+        headers={"content-type": f"multipart/form-data; boundary={boundary}"},
+        follow_redirects=False,
+    )
+    assert answer.status_code == 422, answer.text
+    assert world.vault.list_packages(world["uz.officer"]).items == []
+
+
 def test_sign_in_needs_the_session_csrf_token(world: World, browser: Browser) -> None:
     answer = browser.client.post(
         "/ui/signin",
