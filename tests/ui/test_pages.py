@@ -89,13 +89,9 @@ def test_web_upload_refuses_a_signature_part_after_the_files(
     boundary = "b0undary"
 
     def part(name: str, value: bytes, filename: str | None = None) -> bytes:
-        disposition = f'form-data; name="{name}"' + (
-            f'; filename="{filename}"' if filename else ""
-        )
+        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
         return (
-            f"--{boundary}\r\nContent-Disposition: {disposition}\r\n\r\n".encode()
-            + value
-            + b"\r\n"
+            f"--{boundary}\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + value + b"\r\n"
         )
 
     body = b"".join(
