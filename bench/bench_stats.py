@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import random
 import secrets
-import statistics
 import time
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -238,11 +237,7 @@ def measure(vault: Vault, kz: Principal, requests: int) -> dict[str, Any]:
                 times[kind].append((time.perf_counter() - t0) * 1000)
     out: dict[str, Any] = {"cold_first_request_ms": cold_ms, "groups": len(first)}
     for kind, values in times.items():
-        out[kind] = {
-            "p50_ms": statistics.median(values),
-            "p99_ms": harness.percentile(values, 99),
-            "n": len(values),
-        }
+        out[kind] = harness.p50_p99_ms(values)
     out["ratio_p50"] = out["service"]["p50_ms"] / out["baseline"]["p50_ms"]
     out["ratio_p99"] = out["service"]["p99_ms"] / out["baseline"]["p99_ms"]
     return out

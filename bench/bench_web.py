@@ -23,7 +23,6 @@ import argparse
 import json
 import re
 import secrets
-import statistics
 import threading
 import time
 from datetime import timedelta
@@ -151,11 +150,7 @@ def measure(base: str, requests: int, page: int) -> dict[str, Any]:
         assert web.get("/ui/packages").text.count('class="title"') == page
     out: dict[str, Any] = {"bytes": sizes}
     for kind, values in times.items():
-        out[kind] = {
-            "p50_ms": statistics.median(values),
-            "p99_ms": harness.percentile(values, 99),
-            "n": len(values),
-        }
+        out[kind] = harness.p50_p99_ms(values)
     out["ratio_p50"] = out["page"]["p50_ms"] / out["json"]["p50_ms"]
     out["ratio_p99"] = out["page"]["p99_ms"] / out["json"]["p99_ms"]
     return out

@@ -349,6 +349,11 @@ def summarise(values: Sequence[float], unit: str, scale: float) -> dict[str, flo
     return out
 
 
+def p50_p99_ms(ms: Sequence[float]) -> dict[str, float]:
+    """Median and p99 of timings already in milliseconds, with their count."""
+    return {"p50_ms": statistics.median(ms), "p99_ms": percentile(ms, 99), "n": len(ms)}
+
+
 def summary_us(ns: Sequence[int]) -> dict[str, float]:
     """Nanosecond timings summarised in microseconds."""
     return summarise(ns, "us", 1e-3)
