@@ -7,11 +7,12 @@ as the only thing trusted:
 1. the signer's key was registered in the ledger: its ``key.register`` entry (owner, agency,
    key id, public key) is proved by an inclusion proof up to a checkpoint signed by ``vkey``;
 2. the manifest's signature verifies with that key;
-3. the files received (names, sizes and SHA-256 computed here) and the package's fields match
+3. the files received (names, sizes and SHA-256 computed here), the package's fields and its
+   seizure records (as the package's details return them, validated and hashed here) match
    the signed manifest.
 
-The bundle :func:`bundle` makes (``package download --manifest FILE``) holds the signature
-and the key's proof, so that ``package verify`` can redo all of it later, offline.
+The bundle :func:`bundle` makes (``package download --manifest FILE``) holds the signature,
+the key's proof and the records, so that ``package verify`` can redo all of it later, offline.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from vault import manifest
 from vault.errors import IntegrityError, InvalidInput
 from vault.ledger import merkle, note
 from vault.ledger.entry import Entry, decode
+from vault.seizures.digest import records_sha256
+from vault.seizures.schema import validate_records
 
 __all__ = [
     "bundle",
@@ -97,6 +100,17 @@ def check_signed(signature: dict[str, Any]) -> manifest.Manifest:
         raise IntegrityError(f"signed manifest: {exc.message}") from None
 
 
+def records_digest(records: object) -> str:
+    """The digest of seizure records as a package's details return them; IntegrityError if
+    they are not a list of valid records (the server, not the signer, sent those)."""
+    if not isinstance(records, list):
+        raise IntegrityError("the package's seizure records are not a list")
+    try:
+        return records_sha256(validate_records(records))
+    except InvalidInput as exc:
+        raise IntegrityError(f"the package's seizure records are malformed: {exc}") from None
+
+
 def check_package(detail: dict[str, Any], proof: dict[str, Any], vkey: str) -> None:
     """Check a downloaded package (``detail``, whose files' sizes and digests the download
     checked on the bytes it wrote) against its signature; IntegrityError on any mismatch."""
@@ -111,6 +125,7 @@ def check_package(detail: dict[str, Any], proof: dict[str, Any], vkey: str) -> N
         handling_note=detail["handling_note"],
         title_sha256=manifest.sha256_text(detail["title"]),
         description_sha256=manifest.sha256_text(detail["description"]),
+        records_sha256=records_digest(detail.get("records", [])),
         files=tuple(
             manifest.ManifestFile(f["name"], int(f["size"]), f["sha256"]) for f in detail["files"]
         ),
@@ -124,11 +139,13 @@ def check_package(detail: dict[str, Any], proof: dict[str, Any], vkey: str) -> N
 
 
 def bundle(detail: dict[str, Any], proof: dict[str, Any]) -> dict[str, Any]:
-    """What ``package verify`` needs later, offline: the signature and the key's proof."""
+    """What ``package verify`` needs later, offline: the signature, the key's proof and the
+    seizure records (checked against the signed manifest there too)."""
     return {
         "format": "blo-vault signed package v1",
         "signature": detail["signature"],
         "proof": proof,
+        "records": detail.get("records", []),
     }
 
 
@@ -151,6 +168,8 @@ def check_files_on_disk(
     signature, proof = saved["signature"], saved["proof"]
     check_key_proof(signature, proof, vkey)
     signed = check_signed(signature)
+    if records_digest(saved.get("records", [])) != signed.records_sha256:
+        raise IntegrityError("the saved seizure records do not match the signed manifest")
     files = []
     for item, name in zip(signed.files, local_names, strict=True):
         path = folder / name
