@@ -20,15 +20,18 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import time
 from pathlib import Path
 from typing import Any
 
 from vault import manifest
-from vault.errors import IntegrityError, InvalidInput
+from vault.errors import IntegrityError, InvalidInput, LedgerCorrupt
 from vault.ledger import merkle, note
 from vault.ledger.entry import Entry, decode
 from vault.seizures.digest import records_sha256
 from vault.seizures.schema import validate_records
+from vault.witness.policy import Policy, WitnessedCheckpoint
+from vault.witness.proof import verify_tlog_proof
 
 __all__ = [
     "bundle",
@@ -37,6 +40,8 @@ __all__ = [
     "check_key_proof",
     "check_package",
     "check_signed",
+    "check_witnessed_key",
+    "records_digest",
 ]
 
 
@@ -85,6 +90,29 @@ def check_key_proof(signature: dict[str, Any], proof: dict[str, Any], vkey: str)
         expected,
     ) or entry.seq != int(signature["registered_seq"]):
         raise IntegrityError("the ledger entry proved is not this key's registration")
+
+
+def check_witnessed_key(
+    signature: dict[str, Any], proof: dict[str, Any], bundle: object, policy: Policy
+) -> WitnessedCheckpoint:
+    """IntegrityError unless ``bundle`` (C2SP tlog-proof) proves the key's registration entry
+    (``proof``'s entry, which :func:`check_key_proof` matched to the key) at its position in a
+    checkpoint that meets ``policy``: cosigned by a quorum of the witnesses it names."""
+    if not isinstance(bundle, str):
+        raise IntegrityError(
+            "the signer's key registration is not yet in a witnessed checkpoint (the witnesses "
+            "have not cosigned it); try again later, or check without --policy"
+        )
+    entry = _b64(proof.get("entry"), "ledger entry")
+    try:
+        parsed, witnessed = verify_tlog_proof(bundle, entry, policy, now=int(time.time()))
+    except (InvalidInput, LedgerCorrupt) as exc:
+        raise IntegrityError(
+            f"the key's registration is not proved up to a witnessed checkpoint: {exc.message}"
+        ) from None
+    if parsed.index != int(signature["registered_seq"]):
+        raise IntegrityError("the witnessed proof is not of this key's registration entry")
+    return witnessed
 
 
 def check_signed(signature: dict[str, Any]) -> manifest.Manifest:
@@ -138,13 +166,16 @@ def check_package(detail: dict[str, Any], proof: dict[str, Any], vkey: str) -> N
         raise IntegrityError(f"the package does not match its signed manifest: {exc}") from None
 
 
-def bundle(detail: dict[str, Any], proof: dict[str, Any]) -> dict[str, Any]:
-    """What ``package verify`` needs later, offline: the signature, the key's proof and the
-    seizure records (checked against the signed manifest there too)."""
+def bundle(
+    detail: dict[str, Any], proof: dict[str, Any], witnessed: str | None = None
+) -> dict[str, Any]:
+    """What ``package verify`` needs later, offline: the signature, the key's proof (and its
+    witnessed tlog-proof, when there is one) and the seizure records."""
     return {
         "format": "blo-vault signed package v1",
         "signature": detail["signature"],
         "proof": proof,
+        "witnessed_proof": witnessed,
         "records": detail.get("records", []),
     }
 

@@ -398,6 +398,9 @@ class OfficerKeyInfo(_Out):
     revoked_at: datetime | None = None
     revoked_seq: int | None = None
     proof: InclusionProof | None = None
+    # The registration entry's C2SP tlog-proof bundle up to the newest witnessed checkpoint
+    # (None: no witnessed checkpoint covers it yet), for recipients holding a witness policy.
+    witnessed_proof: str | None = None
     receipt: int | None = None
 
 

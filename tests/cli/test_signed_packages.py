@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 from sqlmodel import Session, select
 
+from tests.cli import test_ledger_witnessed_cli as witnessed_log
 from tests.cli.test_cli_roundtrip import assert_one_line_error, make_file, ok_json, sha256_of
+from tests.cli.test_ledger_witnessed_cli import Witnessed
 from tests.conftest import CliRunner, World
 from vault import crypto
 from vault import manifest as m
@@ -28,6 +30,8 @@ from vault.service import sealed as sealed_meta
 from vault.service.signatures import SignedManifest
 
 LoggedIn = Callable[[str], None]
+# Two witness servers under a 2-of-2 policy and the vault's publishing round, as there.
+witnessed = witnessed_log.witnessed
 
 
 def _officer_with_key(cli: CliRunner, logged_in: LoggedIn, user: str) -> str:
@@ -317,3 +321,53 @@ def test_records_the_operator_alters_are_caught_by_the_recipient(
     assert_one_line_error(refused, 6)
     assert "seizure records digest differs from the signed manifest" in refused.stderr
     assert not out_forged.exists() or list(out_forged.iterdir()) == []
+
+
+def test_key_proofs_up_to_a_witnessed_checkpoint_with_a_policy(
+    cli: CliRunner, logged_in: LoggedIn, world: World, tmp_path: Path, witnessed: Witnessed
+) -> None:
+    """With --policy, download and verify require the signer's key registration in a
+    checkpoint cosigned by the policy's quorum (2 of 2 here), not only signed by the vault."""
+    package_id, sums = _signed_package(cli, logged_in, world, tmp_path)
+    vkey, policy = world.vault.ledger_vkey, witnessed.policy_file
+    logged_in("kz.officer")
+    early = tmp_path / "early"
+    refused = cli(
+        "package", "download", package_id, "-o", early, "--vkey", vkey, "--policy", policy,
+        user="kz.officer",
+    )  # fmt: skip
+    assert_one_line_error(refused, 6)
+    assert "not yet in a witnessed checkpoint" in refused.stderr
+    assert not early.exists() or list(early.iterdir()) == []
+
+    assert witnessed.publishing.round() is not None
+    out_dir, bundle = tmp_path / "kz", tmp_path / "package.signed.json"
+    done = cli(
+        "package", "download", package_id, "-o", out_dir, "--vkey", vkey, "--policy", policy,
+        "--manifest", bundle, user="kz.officer",
+    )  # fmt: skip
+    assert done.code == 0, done.stderr
+    assert "checkpoint the policy accepts" in done.stderr
+    assert {p.name: sha256_of(p) for p in out_dir.iterdir()} == sums
+    checked = cli(
+        "package", "verify", out_dir, "--manifest", bundle, "--vkey", vkey, "--policy", policy,
+        "--json",
+    )  # fmt: skip
+    assert ok_json(checked)["witnessed_by"] == ["KZ", "TJ"]
+
+    saved = json.loads(bundle.read_text("utf-8"))
+    proof_text: str = saved["witnessed_proof"]
+    # One cosignature short of the 2-of-2 quorum: refused offline.
+    kept = [ln for ln in proof_text.splitlines(keepends=True) if not ln.startswith("— witness.kz")]
+    assert len(kept) == len(proof_text.splitlines()) - 1
+    for label, forged in (("quorum", "".join(kept)), ("not yet in a witnessed", None)):
+        bundle.write_text(json.dumps(saved | {"witnessed_proof": forged}), encoding="utf-8")
+        result = cli(
+            "package", "verify", out_dir, "--manifest", bundle, "--vkey", vkey,
+            "--policy", policy,
+        )  # fmt: skip
+        assert_one_line_error(result, 6)
+        assert label in result.stderr
+    # Without --policy the same bundle checks against the ledger key alone.
+    plain = cli("package", "verify", out_dir, "--manifest", bundle, "--vkey", vkey)
+    assert plain.code == 0, plain.stderr
