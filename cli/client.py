@@ -281,6 +281,7 @@ class ApiClient:
         }
         if signer is not None:
             metadata["package_id"] = signer.package_id
+            signer.cover_records(records or [])
         self._renew_if_expiring()
         with contextlib.ExitStack() as stack:
             parts: list[tuple[str, Any]] = [

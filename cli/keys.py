@@ -156,7 +156,18 @@ class UploadSigner:
     key_id: str
     agency: str
     package_id: str = field(default_factory=lambda: secrets.token_hex(16))
+    # The digest of the seizure records sent (set by cover_records; none sent: the empty list's).
+    records_sha256: str = ""
     _files: list[tuple[str, _HashingReader]] = field(default_factory=list)
+
+    def cover_records(self, records: list[dict[str, Any]]) -> None:
+        """State the digest of ``records`` (as sent) in the manifest: validated here as the
+        server validates them, so both hash the same records (vault.seizures.digest)."""
+        # Imported here: pydantic models are only needed by uploads, not at start-up.
+        from vault.seizures.digest import records_sha256
+        from vault.seizures.schema import validate_records
+
+        self.records_sha256 = records_sha256(validate_records(records))
 
     def wrap(self, name: str, handle: Any) -> _HashingReader:
         """Hash ``handle`` (the file called ``name``) as the upload reads it."""
@@ -180,6 +191,7 @@ class UploadSigner:
             handling_note=meta["handling_note"],
             title_sha256=manifest.sha256_text(meta["title"]),
             description_sha256=manifest.sha256_text(meta["description"]),
+            records_sha256=self.records_sha256,
             files=files,
         )
 

@@ -7,11 +7,12 @@ as the only thing trusted:
 1. the signer's key was registered in the ledger: its ``key.register`` entry (owner, agency,
    key id, public key) is proved by an inclusion proof up to a checkpoint signed by ``vkey``;
 2. the manifest's signature verifies with that key;
-3. the files received (names, sizes and SHA-256 computed here) and the package's fields match
+3. the files received (names, sizes and SHA-256 computed here), the package's fields and its
+   seizure records (as the package's details return them, validated and hashed here) match
    the signed manifest.
 
-The bundle :func:`bundle` makes (``package download --manifest FILE``) holds the signature
-and the key's proof, so that ``package verify`` can redo all of it later, offline.
+The bundle :func:`bundle` makes (``package download --manifest FILE``) holds the signature,
+the key's proof and the records, so that ``package verify`` can redo all of it later, offline.
 """
 
 from __future__ import annotations
@@ -19,13 +20,18 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import time
 from pathlib import Path
 from typing import Any
 
 from vault import manifest
-from vault.errors import IntegrityError, InvalidInput
+from vault.errors import IntegrityError, InvalidInput, LedgerCorrupt
 from vault.ledger import merkle, note
 from vault.ledger.entry import Entry, decode
+from vault.seizures.digest import records_sha256
+from vault.seizures.schema import validate_records
+from vault.witness.policy import Policy, WitnessedCheckpoint
+from vault.witness.proof import verify_tlog_proof
 
 __all__ = [
     "bundle",
@@ -34,6 +40,8 @@ __all__ = [
     "check_key_proof",
     "check_package",
     "check_signed",
+    "check_witnessed_key",
+    "records_digest",
 ]
 
 
@@ -84,6 +92,29 @@ def check_key_proof(signature: dict[str, Any], proof: dict[str, Any], vkey: str)
         raise IntegrityError("the ledger entry proved is not this key's registration")
 
 
+def check_witnessed_key(
+    signature: dict[str, Any], proof: dict[str, Any], bundle: object, policy: Policy
+) -> WitnessedCheckpoint:
+    """IntegrityError unless ``bundle`` (C2SP tlog-proof) proves the key's registration entry
+    (``proof``'s entry, which :func:`check_key_proof` matched to the key) at its position in a
+    checkpoint that meets ``policy``: cosigned by a quorum of the witnesses it names."""
+    if not isinstance(bundle, str):
+        raise IntegrityError(
+            "the signer's key registration is not yet in a witnessed checkpoint (the witnesses "
+            "have not cosigned it); try again later, or check without --policy"
+        )
+    entry = _b64(proof.get("entry"), "ledger entry")
+    try:
+        parsed, witnessed = verify_tlog_proof(bundle, entry, policy, now=int(time.time()))
+    except (InvalidInput, LedgerCorrupt) as exc:
+        raise IntegrityError(
+            f"the key's registration is not proved up to a witnessed checkpoint: {exc.message}"
+        ) from None
+    if parsed.index != int(signature["registered_seq"]):
+        raise IntegrityError("the witnessed proof is not of this key's registration entry")
+    return witnessed
+
+
 def check_signed(signature: dict[str, Any]) -> manifest.Manifest:
     """The signed manifest, once its signature verified with the key named (IntegrityError)."""
     public = _b64(signature["public_key"], "public key")
@@ -95,6 +126,17 @@ def check_signed(signature: dict[str, Any]) -> manifest.Manifest:
         return manifest.decode(raw)
     except InvalidInput as exc:
         raise IntegrityError(f"signed manifest: {exc.message}") from None
+
+
+def records_digest(records: object) -> str:
+    """The digest of seizure records as a package's details return them; IntegrityError if
+    they are not a list of valid records (the server, not the signer, sent those)."""
+    if not isinstance(records, list):
+        raise IntegrityError("the package's seizure records are not a list")
+    try:
+        return records_sha256(validate_records(records))
+    except InvalidInput as exc:
+        raise IntegrityError(f"the package's seizure records are malformed: {exc}") from None
 
 
 def check_package(detail: dict[str, Any], proof: dict[str, Any], vkey: str) -> None:
@@ -111,6 +153,7 @@ def check_package(detail: dict[str, Any], proof: dict[str, Any], vkey: str) -> N
         handling_note=detail["handling_note"],
         title_sha256=manifest.sha256_text(detail["title"]),
         description_sha256=manifest.sha256_text(detail["description"]),
+        records_sha256=records_digest(detail.get("records", [])),
         files=tuple(
             manifest.ManifestFile(f["name"], int(f["size"]), f["sha256"]) for f in detail["files"]
         ),
@@ -123,12 +166,17 @@ def check_package(detail: dict[str, Any], proof: dict[str, Any], vkey: str) -> N
         raise IntegrityError(f"the package does not match its signed manifest: {exc}") from None
 
 
-def bundle(detail: dict[str, Any], proof: dict[str, Any]) -> dict[str, Any]:
-    """What ``package verify`` needs later, offline: the signature and the key's proof."""
+def bundle(
+    detail: dict[str, Any], proof: dict[str, Any], witnessed: str | None = None
+) -> dict[str, Any]:
+    """What ``package verify`` needs later, offline: the signature, the key's proof (and its
+    witnessed tlog-proof, when there is one) and the seizure records."""
     return {
         "format": "blo-vault signed package v1",
         "signature": detail["signature"],
         "proof": proof,
+        "witnessed_proof": witnessed,
+        "records": detail.get("records", []),
     }
 
 
@@ -151,6 +199,8 @@ def check_files_on_disk(
     signature, proof = saved["signature"], saved["proof"]
     check_key_proof(signature, proof, vkey)
     signed = check_signed(signature)
+    if records_digest(saved.get("records", [])) != signed.records_sha256:
+        raise IntegrityError("the saved seizure records do not match the signed manifest")
     files = []
     for item, name in zip(signed.files, local_names, strict=True):
         path = folder / name

@@ -1,20 +1,21 @@
 """Signed package manifests (issue 13): the canonical bytes an officer signs for a package.
 
 A manifest states what the originating officer sent: the package id, the originating agency,
-classification, handling code and note, the SHA-256 of the title and of the description, and
-for each file, in upload order, its name, size and SHA-256. Encoding, version 1, all integers
+classification, handling code and note, the SHA-256 of the title, of the description and of
+the package's seizure records (vault.seizures.digest; the empty list's when it has none), and
+for each file, in upload order, its name, size and SHA-256. Encoding, version 2, all integers
 big endian::
 
-    "blo-vault manifest v1" 0x00                      domain separation and format version
+    "blo-vault manifest v2" 0x00                      domain separation and format version
     str package_id | str agency | str classification | str handling | str handling_note
-    str title_sha256 | str description_sha256         lowercase hex
+    str title_sha256 | str description_sha256 | str records_sha256     lowercase hex
     u32 file count, then per file: str name | u64 size | str sha256 (lowercase hex)
 
 where ``str`` is u32 length || UTF-8 bytes. The encoding is deterministic and decoding is
 strict (the bytes must re-encode to themselves), so one manifest has one byte string and a
 signature over it (Ed25519, RFC 8032) covers exactly the fields above. The signature proves
 who signed those bytes; it says nothing of releases, of who may read the package, or of when
-it was signed.
+it was signed. Version 1 (the same without ``records_sha256``) was never released: refused.
 
 An officer's key id is the first 32 hex characters of SHA-256("blo-vault officer key" 0x00
 || the 32-byte public key), so a key id names one key and fits wherever an id goes.
@@ -49,7 +50,7 @@ __all__ = [
     "sign",
 ]
 
-DOMAIN = b"blo-vault manifest v1\x00"
+DOMAIN = b"blo-vault manifest v2\x00"
 SIGNATURE_SIZE = 64
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
@@ -79,6 +80,7 @@ class Manifest:
     handling_note: str
     title_sha256: str
     description_sha256: str
+    records_sha256: str
     files: tuple[ManifestFile, ...]
 
     def encode(self) -> bytes:
@@ -92,6 +94,7 @@ class Manifest:
             self.handling_note,
             self.title_sha256,
             self.description_sha256,
+            self.records_sha256,
         ):
             out.append(_string(text))
         out.append(_U32.pack(len(self.files)))
@@ -143,10 +146,10 @@ class _Reader:
 def decode(data: bytes) -> Manifest:
     """Parse canonical manifest bytes; InvalidInput unless they are exactly one manifest."""
     if not data.startswith(DOMAIN):
-        raise InvalidInput("not a blo-vault manifest (version 1)")
+        raise InvalidInput("not a blo-vault manifest (version 2)")
     reader = _Reader(data)
     reader.take(len(DOMAIN))
-    head = [reader.string() for _ in range(7)]
+    head = [reader.string() for _ in range(8)]
     (count,) = _U32.unpack(reader.take(4))
     if count > _MAX_FILES:
         raise InvalidInput("manifest lists too many files")
@@ -163,6 +166,7 @@ def decode(data: bytes) -> Manifest:
         handling_note=head[4],
         title_sha256=head[5],
         description_sha256=head[6],
+        records_sha256=head[7],
         files=tuple(files),
     )
     if reader.pos != len(data) or manifest.encode() != data:
@@ -226,6 +230,7 @@ def check_matches(signed: Manifest, actual: Manifest) -> None:
         ("handling note", "handling_note"),
         ("title", "title_sha256"),
         ("description", "description_sha256"),
+        ("seizure records digest", "records_sha256"),
     ):
         if getattr(signed, name) != getattr(actual, name):
             raise InvalidInput(f"the {label} differs from the signed manifest")

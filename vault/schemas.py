@@ -10,6 +10,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationIn
 
 from vault.errors import InvalidInput
 from vault.kinds import Classification, Handling, ReleaseKind, ReleaseStatus, Role
+from vault.seizures.schema import SeizureRecord
 
 # The text checks live in vault.text (light to import: the CLI uses them); named here too.
 from vault.text import MAX_FILENAME_BYTES, check_filename, check_text, filename_key, unsafe_char
@@ -201,6 +202,9 @@ class PackageDetail(PackageSummary):
     releases: list[ReleaseInfo]
     # None: uploaded unsigned (the web pages, or a vault where signatures are optional).
     signature: PackageSignature | None = None
+    # The package's seizure records, validated, in upload order: shown to whoever may read
+    # the package, so a recipient can check them against the signed manifest's digest.
+    records: list[SeizureRecord] = Field(default_factory=list)
 
 
 class Receipt(_Out):
@@ -394,6 +398,9 @@ class OfficerKeyInfo(_Out):
     revoked_at: datetime | None = None
     revoked_seq: int | None = None
     proof: InclusionProof | None = None
+    # The registration entry's C2SP tlog-proof bundle up to the newest witnessed checkpoint
+    # (None: no witnessed checkpoint covers it yet), for recipients holding a witness policy.
+    witnessed_proof: str | None = None
     receipt: int | None = None
 
 

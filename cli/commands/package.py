@@ -173,13 +173,14 @@ def package_download(
         Path | None,
         typer.Option(help="Save the signature and its proofs here, for 'package verify'."),
     ] = None,
+    policy: signing.PolicyOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Download every file of a package; each is checked against its digest, and a signed
     package against its originator's signature, before anything is kept."""
     with api_client() as client:
         detail = client.show(package_id)
-        check = signing.download_check(client, detail, vkey, manifest)
+        check = signing.download_check(client, detail, vkey, manifest, policy)
         total = sum(f["size"] for f in detail["files"])
         with transfer_progress(total, "downloading") as advance:
             written = client.download(
@@ -199,6 +200,8 @@ def package_download(
         if notice:
             err.print(render.text(notice, style="bold yellow"))
         err.print(render.line(signing.signature_line(detail.get("signature"), checked=True)))
+        if policy is not None:
+            err.print(render.line("the key's registration is in a checkpoint the policy accepts"))
         for path in written:
             out.print(render.line(f"saved {path}"))
 

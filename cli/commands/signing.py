@@ -18,8 +18,16 @@ from blo_vault.cli.commands._common import JsonOpt
 from blo_vault.cli.commands.keys import VkeyOpt, passphrase_for
 from blo_vault.cli.render import out, print_json
 from vault.errors import InvalidInput
+from vault.witness.policy import WitnessedCheckpoint, load_policy
 
-__all__ = ["download_check", "package_verify", "signature_line", "upload_signer"]
+__all__ = [
+    "PolicyOpt",
+    "download_check",
+    "package_verify",
+    "signature_line",
+    "upload_signer",
+    "witnessed_line",
+]
 
 
 def upload_signer() -> local.UploadSigner | None:
@@ -37,6 +45,14 @@ def upload_signer() -> local.UploadSigner | None:
     )
 
 
+def witnessed_line(witnessed: WitnessedCheckpoint) -> str:
+    """What a passing --policy check adds to the signature line."""
+    return (
+        f"the key's registration is in a checkpoint of {witnessed.checkpoint.size} entries "
+        "cosigned by " + ", ".join(sorted(witnessed.cosigned_at))
+    )
+
+
 def signature_line(signature: dict[str, Any] | None, *, checked: bool = False) -> str:
     """How a package's signature is described to the person at the terminal."""
     if signature is None:
@@ -48,29 +64,51 @@ def signature_line(signature: dict[str, Any] | None, *, checked: bool = False) -
     return who + revoked + " (as the server checked; 'package download' checks it again)"
 
 
+PolicyOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--policy",
+        help="Witness policy file (c2sp.org/tlog-policy): also require the signer's key "
+        "registration to be in a checkpoint cosigned by a quorum of its witnesses.",
+        exists=True,
+        dir_okay=False,
+        readable=True,
+    ),
+]
+
+
 def download_check(
-    client: ApiClient, detail: dict[str, Any], vkey: str | None, save: Path | None
+    client: ApiClient,
+    detail: dict[str, Any],
+    vkey: str | None,
+    save: Path | None,
+    policy: Path | None = None,
 ) -> Callable[[], None] | None:
     """The check to run once a signed package's files are downloaded, before any is kept
-    (None for an unsigned package). Asks for the key's proof now, so a refusal comes before
-    the transfer."""
+    (None for an unsigned package). Asks for the key's proofs now, so a refusal comes before
+    the transfer; with ``policy``, the registration must be in a witnessed checkpoint."""
     signature = detail.get("signature")
     if signature is None:
-        if save is not None:
-            raise InvalidInput("--manifest: the package is unsigned")
+        if save is not None or policy is not None:
+            raise InvalidInput("--manifest and --policy: the package is unsigned")
         return None
     if not vkey:
         raise InvalidInput(
             "a signed package is checked against the ledger: give --vkey (or VAULT_LEDGER_VKEY), "
             "the ledger's verifier key obtained out of band"
         )
-    proof = client.show_key(signature["key_id"])["proof"]
+    rules = load_policy(policy) if policy is not None else None
+    key = client.show_key(signature["key_id"])
+    proof, witnessed = key["proof"], key.get("witnessed_proof")
     verify.check_key_proof(signature, proof, vkey)
+    if rules is not None:
+        verify.check_witnessed_key(signature, proof, witnessed, rules)
 
     def check() -> None:
         verify.check_package(detail, proof, vkey)
         if save is not None:
-            save.write_text(json.dumps(verify.bundle(detail, proof), indent=1), encoding="utf-8")
+            saved = verify.bundle(detail, proof, witnessed)
+            save.write_text(json.dumps(saved, indent=1), encoding="utf-8")
 
     return check
 
@@ -79,9 +117,11 @@ def package_verify(
     folder: Annotated[Path, typer.Argument(help="Where the package's files were saved.")],
     manifest: Annotated[Path, typer.Option(help="The file 'package download --manifest' saved.")],
     vkey: VkeyOpt = None,
+    policy: PolicyOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Re-check saved files against their signed manifest, offline (only the ledger's key)."""
+    """Re-check saved files against their signed manifest, offline (only the ledger's key,
+    and the witness policy with --policy)."""
     if not vkey:
         raise InvalidInput("give --vkey (or VAULT_LEDGER_VKEY): the ledger's verifier key")
     try:
@@ -94,8 +134,22 @@ def package_verify(
     names = local_names([f.name for f in signed.files])
     verify.check_files_on_disk(saved, folder, vkey, names)
     signature = saved["signature"]
+    witnessed = None
+    if policy is not None:
+        witnessed = verify.check_witnessed_key(
+            signature, saved["proof"], saved.get("witnessed_proof"), load_policy(policy)
+        )
     if as_json:
-        print_json({"id": signed.package_id, "files": names, "signer": signature["signer"]})
+        print_json(
+            {
+                "id": signed.package_id,
+                "files": names,
+                "signer": signature["signer"],
+                "witnessed_by": sorted(witnessed.cosigned_at) if witnessed else None,
+            }
+        )
         return
     out.print(render.line(f"ok: {len(names)} files match package {signed.package_id}"))
     out.print(render.line(signature_line(signature, checked=True)))
+    if witnessed is not None:
+        out.print(render.line(witnessed_line(witnessed)))

@@ -8,6 +8,7 @@ import base64
 import dataclasses
 import json
 from collections.abc import Iterator
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +23,11 @@ from vault import manifest as m
 from vault.config import load_settings
 from vault.errors import AccessDenied
 from vault.ledger.entry import decode
-from vault.models import LedgerEntry, Package
+from vault.models import LedgerEntry, Package, PackageRecords
 from vault.schemas import NewPackage
-from vault.service import IncomingFile, Vault
+from vault.seizures.digest import records_sha256
+from vault.seizures.schema import validate_records
+from vault.service import IncomingFile, Vault, local_operator
 
 FILES = [("report.pdf", b"first file"), ("photo.jpg", b"second, longer file" * 100)]
 META: dict[str, Any] = {
@@ -60,7 +63,12 @@ def api(world: World) -> Iterator[Api]:
         yield Api(http=http, world=world, headers={})
 
 
-def manifest_for(package_id: str, files: list[tuple[str, bytes]], **meta: str) -> m.Manifest:
+def manifest_for(
+    package_id: str,
+    files: list[tuple[str, bytes]],
+    records: list[dict[str, Any]] | None = None,
+    **meta: str,
+) -> m.Manifest:
     fields = META | meta
     return m.Manifest(
         package_id=package_id,
@@ -70,6 +78,7 @@ def manifest_for(package_id: str, files: list[tuple[str, bytes]], **meta: str) -
         handling_note=fields["handling_note"],
         title_sha256=m.sha256_text(fields["title"]),
         description_sha256=m.sha256_text(fields["description"]),
+        records_sha256=records_sha256(validate_records(records or [])),
         files=tuple(
             m.ManifestFile(name, len(data), m.sha256_text(data.decode())) for name, data in files
         ),
@@ -92,10 +101,13 @@ def post(
     signature: bytes | None,
     files: list[tuple[str, bytes]] = FILES,
     trailing: bool = False,
+    records: list[dict[str, Any]] | None = None,
 ) -> httpx.Response:
     parts: list[tuple[str, Any]] = [
         ("metadata", (None, json.dumps(META | {"package_id": package_id}), "application/json"))
     ]
+    if records is not None:
+        parts.append(("records", (None, json.dumps(records), "application/json")))
     parts += [("file", (name, data, "application/octet-stream")) for name, data in files]
     if signature is not None:
         parts.append(("signature", (None, signature, "application/json")))
@@ -224,6 +236,55 @@ def test_bad_signatures_are_refused_and_nothing_stored(api: Api) -> None:
     assert late.status_code == 422
     assert "nothing may follow" in late.text
     assert stored(api) == before
+
+
+RECORDS: list[dict[str, Any]] = [
+    {"date": "2014-03-12 06:40", "crossing_point": "OYBEK", "direction": "entry",
+     "commodity": "heroin", "quantity": 14.8, "unit": "kg", "detained": 2},
+    {"date": "12.03.2014", "crossing_point": "oybek", "direction": "выезд",
+     "commodity": "Гашиш", "quantity": "500", "unit": "g", "concealment": "в колесе"},
+]  # fmt: skip
+
+
+def test_the_signed_manifest_covers_the_seizure_records(api: Api) -> None:
+    """Records differing from the ones the manifest's digest states (changed, added, left
+    out) are refused, nothing stored; the signed records are then returned as uploaded."""
+    api.world.vault.add_crossing_point(
+        local_operator(), "OYBEK", country="UZ", name="Oybek", blo_opened=date(2014, 5, 1)
+    )
+    key, key_id = api.keyed("uz.officer")
+    pid = "5" * 32
+    signed = part(key_id, manifest_for(pid, FILES, RECORDS), key)
+    changed = [RECORDS[0] | {"quantity": 1.48}, RECORDS[1]]
+
+    def records_stored() -> int:
+        with Session(api.world.vault.engine) as session:
+            return session.exec(select(func.count()).select_from(PackageRecords)).one()
+
+    before = stored(api)
+    for label, records in (("changed", changed), ("one left out", RECORDS[:1]), ("none", None)):
+        reply = post(api, "uz.officer", pid, signed, records=records)
+        assert reply.status_code == 422, (label, reply.text)
+        assert "seizure records digest differs from the signed manifest" in reply.text, label
+        assert stored(api) == before, label
+        assert records_stored() == 0, label
+        assert last_entry(api).decision == "deny"
+    # Records the manifest does not cover: a manifest stating no records, records sent.
+    unsigned_records = part(key_id, manifest_for(pid, FILES), key)
+    reply = post(api, "uz.officer", pid, unsigned_records, records=RECORDS)
+    assert reply.status_code == 422
+    assert "seizure records" in reply.text
+    assert stored(api) == before
+    assert records_stored() == 0
+
+    reply = post(api, "uz.officer", pid, signed, records=RECORDS)
+    assert reply.status_code == 201, reply.text
+    shown = api.http.get(f"/packages/{pid}", headers=api.auth("uz.officer")).json()
+    assert shown["records"] == reply.json()["package"]["records"]
+    assert [r["commodity"] for r in shown["records"]] == ["heroin", "cannabis resin"]
+    assert records_sha256(validate_records(shown["records"])) == (
+        manifest_for(pid, FILES, RECORDS).records_sha256
+    )
 
 
 def test_keys_of_others_or_revoked_are_refused(api: Api) -> None:

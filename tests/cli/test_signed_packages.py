@@ -8,23 +8,30 @@ import base64
 import io
 import json
 from collections.abc import Callable
+from datetime import date
 from pathlib import Path
 
 import pytest
 from sqlmodel import Session, select
 
+from tests.cli import test_ledger_witnessed_cli as witnessed_log
 from tests.cli.test_cli_roundtrip import assert_one_line_error, make_file, ok_json, sha256_of
+from tests.cli.test_ledger_witnessed_cli import Witnessed
 from tests.conftest import CliRunner, World
 from vault import crypto
 from vault import manifest as m
 from vault.ledger.entry import decode
-from vault.models import OfficerKey, Package, PackageFile
+from vault.models import OfficerKey, Package, PackageFile, PackageRecords
 from vault.schemas import NewPackage
+from vault.seizures.digest import records_sha256
+from vault.seizures.store import open_records, records_row
 from vault.service import IncomingFile, local_operator
 from vault.service import sealed as sealed_meta
 from vault.service.signatures import SignedManifest
 
 LoggedIn = Callable[[str], None]
+# Two witness servers under a 2-of-2 policy and the vault's publishing round, as there.
+witnessed = witnessed_log.witnessed
 
 
 def _officer_with_key(cli: CliRunner, logged_in: LoggedIn, user: str) -> str:
@@ -192,6 +199,7 @@ def test_a_key_the_operator_registers_is_flagged_by_keys_audit(
         handling_note="",
         title_sha256=m.sha256_text("planted"),
         description_sha256=m.sha256_text(""),
+        records_sha256=records_sha256([]),
         files=(m.ManifestFile("note.txt", len(content), m.sha256_text("planted evidence")),),
     )
     result = vault.upload(
@@ -247,3 +255,119 @@ def _optional_signatures(monkeypatch: pytest.MonkeyPatch) -> None:
     """The CLI's local operator opens the vault with the same settings as the world."""
     monkeypatch.delenv("VAULT_LEDGER_VKEY", raising=False)
     monkeypatch.delenv("VAULT_SIGNING_PASSPHRASE", raising=False)
+
+
+def test_records_the_operator_alters_are_caught_by_the_recipient(
+    cli: CliRunner, logged_in: LoggedIn, world: World, tmp_path: Path
+) -> None:
+    """The signed manifest covers the seizure records: the recipient gets them with the
+    package's details and checks them; records the operator re-seals with other figures
+    (it holds the KEK) make the download fail, nothing kept; a saved bundle's records are
+    checked again by ``package verify``."""
+    vault = world.vault
+    vault.add_crossing_point(
+        local_operator(), "OYBEK", country="UZ", name="Oybek", blo_opened=date(2014, 5, 1)
+    )
+    _officer_with_key(cli, logged_in, "uz.officer")
+    src, records = tmp_path / "src", tmp_path / "records.csv"
+    src.mkdir()
+    make_file(src / "report.pdf", 5000, seed=1)
+    records.write_text(
+        "date,crossing_point,direction,commodity,quantity,unit,detained\n"
+        "2014-03-12 06:40,OYBEK,entry,heroin,14.8,kg,2\n"
+        "12.03.2014,oybek,выезд,Гашиш,500,г,0\n",
+        encoding="utf-8",
+    )
+    uploaded = ok_json(
+        cli(
+            "package", "upload", src / "report.pdf", "--title", "Oybek seizures",
+            "--records", records, "--json", user="uz.officer",
+        )
+    )  # fmt: skip
+    package_id = str(uploaded["id"])
+    ok_json(cli("package", "release", package_id, "--country", "KZ", "--json", user="uz.officer"))
+    logged_in("kz.officer")
+    out_dir, bundle = tmp_path / "kz", tmp_path / "package.signed.json"
+    done = cli(
+        "package", "download", package_id, "-o", out_dir, "--vkey", vault.ledger_vkey,
+        "--manifest", bundle, user="kz.officer",
+    )  # fmt: skip
+    assert done.code == 0, done.stderr
+    saved = json.loads(bundle.read_text("utf-8"))
+    assert [r["commodity"] for r in saved["records"]] == ["heroin", "cannabis resin"]
+    checked = cli("package", "verify", out_dir, "--manifest", bundle, "--vkey", vault.ledger_vkey)
+    assert checked.code == 0, checked.stderr
+    saved["records"][0]["quantity"] = 1.48
+    bundle.write_text(json.dumps(saved), encoding="utf-8")
+    changed = cli("package", "verify", out_dir, "--manifest", bundle, "--vkey", vault.ledger_vkey)
+    assert_one_line_error(changed, 6)
+    assert "seizure records do not match the signed manifest" in changed.stderr
+
+    with Session(vault.engine) as session:
+        package, row = session.get(Package, package_id), session.get(PackageRecords, package_id)
+        assert package is not None
+        assert row is not None
+        key = sealed_meta.open_meta(vault.keys, package).key
+        genuine = open_records(key, package_id, row.sealed)
+        forged = [genuine[0].model_copy(update={"quantity": 1.48}), genuine[1]]
+        row.sealed = records_row(session, package_id, key, forged).sealed
+        session.add(row)
+        session.commit()
+    out_forged = tmp_path / "kz-forged"
+    refused = cli(
+        "package", "download", package_id, "-o", out_forged, "--vkey", vault.ledger_vkey,
+        user="kz.officer",
+    )  # fmt: skip
+    assert_one_line_error(refused, 6)
+    assert "seizure records digest differs from the signed manifest" in refused.stderr
+    assert not out_forged.exists() or list(out_forged.iterdir()) == []
+
+
+def test_key_proofs_up_to_a_witnessed_checkpoint_with_a_policy(
+    cli: CliRunner, logged_in: LoggedIn, world: World, tmp_path: Path, witnessed: Witnessed
+) -> None:
+    """With --policy, download and verify require the signer's key registration in a
+    checkpoint cosigned by the policy's quorum (2 of 2 here), not only signed by the vault."""
+    package_id, sums = _signed_package(cli, logged_in, world, tmp_path)
+    vkey, policy = world.vault.ledger_vkey, witnessed.policy_file
+    logged_in("kz.officer")
+    early = tmp_path / "early"
+    refused = cli(
+        "package", "download", package_id, "-o", early, "--vkey", vkey, "--policy", policy,
+        user="kz.officer",
+    )  # fmt: skip
+    assert_one_line_error(refused, 6)
+    assert "not yet in a witnessed checkpoint" in refused.stderr
+    assert not early.exists() or list(early.iterdir()) == []
+
+    assert witnessed.publishing.round() is not None
+    out_dir, bundle = tmp_path / "kz", tmp_path / "package.signed.json"
+    done = cli(
+        "package", "download", package_id, "-o", out_dir, "--vkey", vkey, "--policy", policy,
+        "--manifest", bundle, user="kz.officer",
+    )  # fmt: skip
+    assert done.code == 0, done.stderr
+    assert "checkpoint the policy accepts" in done.stderr
+    assert {p.name: sha256_of(p) for p in out_dir.iterdir()} == sums
+    checked = cli(
+        "package", "verify", out_dir, "--manifest", bundle, "--vkey", vkey, "--policy", policy,
+        "--json",
+    )  # fmt: skip
+    assert ok_json(checked)["witnessed_by"] == ["KZ", "TJ"]
+
+    saved = json.loads(bundle.read_text("utf-8"))
+    proof_text: str = saved["witnessed_proof"]
+    # One cosignature short of the 2-of-2 quorum: refused offline.
+    kept = [ln for ln in proof_text.splitlines(keepends=True) if not ln.startswith("— witness.kz")]
+    assert len(kept) == len(proof_text.splitlines()) - 1
+    for label, forged in (("quorum", "".join(kept)), ("not yet in a witnessed", None)):
+        bundle.write_text(json.dumps(saved | {"witnessed_proof": forged}), encoding="utf-8")
+        result = cli(
+            "package", "verify", out_dir, "--manifest", bundle, "--vkey", vkey,
+            "--policy", policy,
+        )  # fmt: skip
+        assert_one_line_error(result, 6)
+        assert label in result.stderr
+    # Without --policy the same bundle checks against the ledger key alone.
+    plain = cli("package", "verify", out_dir, "--manifest", bundle, "--vkey", vkey)
+    assert plain.code == 0, plain.stderr

@@ -584,6 +584,7 @@ def test_the_package_page_says_whether_a_package_is_signed(world: World, browser
     from vault import crypto
     from vault import manifest as m
     from vault.schemas import NewPackage
+    from vault.seizures.digest import records_sha256
     from vault.service import IncomingFile
     from vault.service.signatures import SignedManifest
 
@@ -600,6 +601,7 @@ def test_the_package_page_says_whether_a_package_is_signed(world: World, browser
         handling_note="",
         title_sha256=m.sha256_text("signed"),
         description_sha256=m.sha256_text(""),
+        records_sha256=records_sha256([]),
         files=(m.ManifestFile("a.txt", 1, m.sha256_text("a")),),
     )
     world.vault.upload(

@@ -11,8 +11,29 @@ import pytest
 from vault import crypto
 from vault import manifest as m
 from vault.errors import IntegrityError, InvalidInput
+from vault.seizures.digest import canonical_records, records_sha256
+from vault.seizures.schema import validate_records
 
 SEED = bytes(range(32))
+# One record as an officer types it (Russian names, a local date, a decimal comma), its
+# canonical encoding once validated, and the digest the KAT manifest states.
+KAT_RECORD_INPUT = {
+    "date": "01.05.2024 14:30",
+    "crossing_point": "oybek",
+    "direction": "въезд",
+    "commodity": "героин",
+    "quantity": "1 234,5",
+    "unit": "г",
+    "concealment": "fuel tank",
+    "transport": "truck",
+    "detained": "2",
+}
+KAT_RECORDS_CANONICAL = (
+    b"blo-vault seizure records v1\x00"
+    b'[["2024-05-01T14:30:00","OYBEK","entry","heroin",1234.5,"g","fuel tank","truck",2]]'
+)
+KAT_RECORDS_SHA256 = "cef2a547df54f5c227fb3ad25a414ae628ad3de4aaf989bcca25e297d635423d"
+EMPTY_RECORDS_SHA256 = "34f08a9b3979e003711287f850fb92bef644e484bde6fb846824afed920f91ea"
 KAT_MANIFEST = m.Manifest(
     package_id="0123456789abcdef0123456789abcdef",
     agency="UZ-CUSTOMS",
@@ -21,26 +42,29 @@ KAT_MANIFEST = m.Manifest(
     handling_note="",
     title_sha256=m.sha256_text("Oybek seizure"),
     description_sha256=m.sha256_text(""),
+    records_sha256=KAT_RECORDS_SHA256,
     files=(
         m.ManifestFile("report.pdf", 3, "ab" * 32),
         m.ManifestFile("фото.jpg", 0, m.sha256_text("")),
     ),
 )
 KAT_BYTES = bytes.fromhex(
-    "626c6f2d7661756c74206d616e6966657374207631000000002030313233343536373839616263646566"
+    "626c6f2d7661756c74206d616e6966657374207632000000002030313233343536373839616263646566"
     "303132333435363738396162636465660000000a555a2d435553544f4d530000000a5245535452494354"
-    "45440000000248310000000000000040626466663535626638373333336135363263313263393134653164"
-    "346366346635616361376262613866356237323532393164666336663732633666336265650000004065"
-    "336230633434323938666331633134396166626634633839393666623932343237616534316534363439"
-    "623933346361343935393931623738353262383535000000020000000a7265706f72742e706466000000"
-    "000000000300000040616261626162616261626162616261626162616261626162616261626162616261"
-    "626162616261626162616261626162616261626162616261626162616261620000000cd184d0bed182d0"
-    "be2e6a70670000000000000000000000406533623063343432393866633163313439616662663463383939"
-    "3666623932343237616534316534363439623933346361343935393931623738353262383535"
+    "454400000002483100000000000000406264666635356266383733333361353632633132633931346531"
+    "643463663466356163613762626138663562373235323931646663366637326336663362656500000040"
+    "653362306334343239386663316331343961666266346338393936666239323432376165343165343634"
+    "396239333463613439353939316237383532623835350000004063656632613534376466353466356332"
+    "323766623361643235613431346165363238616433646534616166393839626363613235653239376436"
+    "333534323364000000020000000a7265706f72742e706466000000000000000300000040616261626162"
+    "616261626162616261626162616261626162616261626162616261626162616261626162616261626162"
+    "616261626162616261626162616261620000000cd184d0bed182d0be2e6a706700000000000000000000"
+    "004065336230633434323938666331633134396166626634633839393666623932343237616534316534"
+    "363439623933346361343935393931623738353262383535"
 )
 KAT_SIGNATURE = bytes.fromhex(
-    "13a5ae6d2f7a05c0f251d281c389651508074e21973ebc9cb267b73d1682f22b"
-    "196e74cf7ee0c5ba792d2cbd293d8de370b8f6b5a8db4fcf1b34dbef02f1d70e"
+    "1a01caf05c994d06349582ca5153493d7adb66c9985610a92be4a3a3f972b49f"
+    "877533149f1ea04e294d2491aaa1ca5f3846323dce20fd2bb2e57a99473ed20c"
 )
 KAT_PUBLIC = bytes.fromhex("03a107bff3ce10be1d70dd18e74bc09967e4d6309ba50d5f1ddc8664125531b8")
 KAT_KEY_ID = "4312c0d20d7a718be6930f0246c98561"
@@ -49,6 +73,19 @@ KAT_KEY_ID = "4312c0d20d7a718be6930f0246c98561"
 def test_encoding_known_answer() -> None:
     assert KAT_MANIFEST.encode() == KAT_BYTES
     assert m.decode(KAT_BYTES) == KAT_MANIFEST
+
+
+def test_records_digest_known_answer() -> None:
+    records = validate_records([KAT_RECORD_INPUT])
+    assert canonical_records(records) == KAT_RECORDS_CANONICAL
+    assert records_sha256(records) == KAT_RECORDS_SHA256
+    # What the server returns (the validated record as JSON) hashes the same once re-validated.
+    again = validate_records([records[0].model_dump(mode="json")])
+    assert records_sha256(again) == KAT_RECORDS_SHA256
+    assert records_sha256([]) == EMPTY_RECORDS_SHA256
+    assert records_sha256(validate_records([{**KAT_RECORD_INPUT, "detained": "3"}])) != (
+        KAT_RECORDS_SHA256
+    )
 
 
 def test_signature_known_answer() -> None:
@@ -92,6 +129,7 @@ def test_another_key_or_changed_bytes_fail() -> None:
     [
         b"",
         b"blo-vault manifest v2\x00",
+        KAT_BYTES.replace(b"manifest v2", b"manifest v1"),
         KAT_BYTES[:-1],
         KAT_BYTES + b"\x00",
         KAT_BYTES[: len(m.DOMAIN) + 3],
@@ -104,7 +142,14 @@ def test_malformed_manifests_are_refused(data: bytes) -> None:
 
 def test_every_field_is_covered() -> None:
     # A change to any one field changes the bytes, so the signature no longer verifies.
-    for name in ("package_id", "agency", "classification", "handling", "handling_note"):
+    for name in (
+        "package_id",
+        "agency",
+        "classification",
+        "handling",
+        "handling_note",
+        "records_sha256",
+    ):
         changed = dataclasses.replace(KAT_MANIFEST, **{name: "x"})  # type: ignore[arg-type]
         with pytest.raises(IntegrityError):
             m.check_signature(KAT_PUBLIC, changed.encode(), KAT_SIGNATURE)
@@ -121,6 +166,7 @@ def test_check_matches_names_the_difference() -> None:
         (dataclasses.replace(KAT_MANIFEST, package_id="f" * 32), "another package id"),
         (dataclasses.replace(KAT_MANIFEST, agency="KZ-BGS"), "originating agency"),
         (dataclasses.replace(KAT_MANIFEST, title_sha256="0" * 64), "title"),
+        (dataclasses.replace(KAT_MANIFEST, records_sha256="0" * 64), "seizure records"),
         (_files(b, a), "position 2"),
         (_files(a), "lists 2 files; 1 were sent"),
         (_files(a, b, m.ManifestFile("extra.txt", 1, "00" * 32)), "file 3 is not in"),

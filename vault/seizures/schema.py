@@ -13,10 +13,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from vault.errors import InvalidInput
-from vault.schemas import OneLineText
+from vault.text import check_text
 
 __all__ = [
     "COMMODITIES",
@@ -192,6 +200,15 @@ def _detained(value: object) -> int:
     if not 0 <= number <= 100_000:
         raise ValueError("detained must be a whole number from 0 to 100000")
     return number
+
+
+def _one_line(value: object, info: ValidationInfo) -> object:
+    # vault.schemas.OneLineText's check, defined here because vault.schemas shows records
+    # (PackageDetail) and so imports this module.
+    return check_text(value, info.field_name or "text") if isinstance(value, str) else value
+
+
+OneLineText = Annotated[str, BeforeValidator(_one_line)]
 
 
 def _optional_text(value: object) -> Any:

@@ -25,6 +25,7 @@ from vault.models import OfficerKey, Role, User, utcnow
 from vault.schemas import InclusionProof, KeyHistory, OfficerKeyInfo, check_id
 from vault.service._core import ALLOW, Core, Principal, records_refusals
 from vault.service.ledger_ops import LedgerService
+from vault.witness import published
 
 __all__ = ["OfficerKeyService", "active_key", "key_entry_reason"]
 
@@ -158,7 +159,22 @@ class OfficerKeyService:
             principal.actor, "key.read", ALLOW, "ok", subject=f"key:{key_id}"
         )
         proof = self.ledger.prove_entry(row.registered_seq)
-        return _info(row, user).model_copy(update={"proof": proof, "receipt": receipt})
+        witnessed = self._witnessed_proof(row.registered_seq)
+        return _info(row, user).model_copy(
+            update={"proof": proof, "witnessed_proof": witnessed, "receipt": receipt}
+        )
+
+    def _witnessed_proof(self, seq: int) -> str | None:
+        """Entry ``seq``'s tlog-proof bundle up to the newest witnessed checkpoint; None while
+        nothing witnessed covers it (the key's show is recorded already: no entry of its own)."""
+        with self.core.tx(readonly=True) as session:
+            try:
+                bundle, _ = published.tlog_proof(
+                    session, seq, self.ledger.verifier, self.core.settings.ledger_origin
+                )
+            except NotFound:
+                return None
+        return bundle
 
     @records_refusals("key.read")
     def history(self, principal: Principal, username: str | None = None) -> KeyHistory:

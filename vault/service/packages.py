@@ -26,7 +26,7 @@ from vault.errors import (
     VaultError,
 )
 from vault.listing import PackageFilter
-from vault.models import Package, PackageFile, Release, User, utcnow
+from vault.models import Package, PackageFile, PackageRecords, Release, User, utcnow
 from vault.schemas import (
     FileInfo,
     NewPackage,
@@ -40,7 +40,7 @@ from vault.schemas import (
     filename_key,
 )
 from vault.seizures.schema import SeizureRecord
-from vault.seizures.store import records_row
+from vault.seizures.store import open_records, records_row
 from vault.service import sealed, signatures
 from vault.service._core import (
     ALLOW,
@@ -166,7 +166,7 @@ class PackageService:
             with self.core.tx() as session:
                 if signed is not None:
                     received = signatures.received(
-                        package.id, principal.agency, meta, sealing.infos
+                        package.id, principal.agency, meta, sealing.infos, records
                     )
                     signatures.check_upload(session, principal, signed, received)
                 session.add(package)
@@ -197,6 +197,7 @@ class PackageService:
             files=sealing.infos,
             releases=[],
             signature=self._signature_of(signed.sealed_form() if signed else None),
+            records=list(records),
         )
         return UploadResult(package=detail, receipt=receipt)
 
@@ -414,6 +415,7 @@ class PackageService:
                 .execute(_USERNAME, {"uid": package.creator_id})
                 .scalar_one_or_none()
             )
+            stored_records = session.get(PackageRecords, package.id)
             receipt = self.core.record_allowed(principal, "read", package)
         opened = self.open_meta(package)
         meta = opened.meta
@@ -435,6 +437,11 @@ class PackageService:
             files=[sealed.file_info(opened.key, cast(FileRow, row)) for row in files],
             releases=[release_info(r) for r in releases],
             signature=self._signature_of(meta.get("signature")),
+            records=(
+                open_records(opened.key, package.id, stored_records.sealed)
+                if stored_records is not None
+                else []
+            ),
         )
         return detail, receipt
 

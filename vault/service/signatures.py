@@ -3,7 +3,8 @@ package's details show.
 
 The client sends, after the files, a ``signature`` part: JSON ``{"key_id", "manifest",
 "signature"}`` (manifest and signature in base64). The server rebuilds the manifest from what
-it received (metadata, and each file's name, size and SHA-256 as it sealed it), names the
+it received (metadata, the digest of the validated seizure records, and each file's name, size
+and SHA-256 as it sealed it), names the
 first difference from the signed one, and verifies the signature against the uploader's
 active registered key, inside the transaction that commits the package: an upload that fails
 any check stores nothing.
@@ -14,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +25,8 @@ from vault import manifest
 from vault.errors import AccessDenied, IntegrityError, InvalidInput
 from vault.models import OfficerKey, User
 from vault.schemas import FileInfo, NewPackage, PackageSignature, check_id
+from vault.seizures.digest import records_sha256
+from vault.seizures.schema import SeizureRecord
 from vault.service._core import Principal
 
 __all__ = ["MAX_SIGNATURE_PART", "SignedManifest", "check_upload", "parse_part", "shown"]
@@ -76,9 +80,13 @@ def parse_part(raw: bytes) -> SignedManifest:
 
 
 def received(
-    package_id: str, agency: str, meta: NewPackage, files: list[FileInfo]
+    package_id: str,
+    agency: str,
+    meta: NewPackage,
+    files: list[FileInfo],
+    records: Sequence[SeizureRecord],
 ) -> manifest.Manifest:
-    """The manifest of what the server received."""
+    """The manifest of what the server received (``records`` as validated)."""
     return manifest.Manifest(
         package_id=package_id,
         agency=agency,
@@ -87,6 +95,7 @@ def received(
         handling_note=meta.handling_note,
         title_sha256=manifest.sha256_text(meta.title),
         description_sha256=manifest.sha256_text(meta.description),
+        records_sha256=records_sha256(records),
         files=tuple(manifest.ManifestFile(f.name, f.size, f.sha256) for f in files),
     )
 
