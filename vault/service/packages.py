@@ -408,12 +408,7 @@ class PackageService:
                 if ORIGINATOR in facts.relations
                 else []
             )
-            country = self.core.country_of(session, package.agency_code)
-            creator = (
-                session.connection()
-                .execute(_USERNAME, {"uid": package.creator_id})
-                .scalar_one_or_none()
-            )
+            country, creator = package.country_code, package.creator
             receipt = self.core.record_allowed(principal, "read", package)
         opened = self.open_meta(package)
         meta = opened.meta
