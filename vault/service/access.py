@@ -3,11 +3,21 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from datetime import datetime
 from typing import Any, Protocol, cast
 
-from sqlalchemy import Connection, String, and_, bindparam, exists, false, or_
+from sqlalchemy import (
+    Connection,
+    String,
+    and_,
+    bindparam,
+    exists,
+    false,
+    literal_column,
+    or_,
+)
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
@@ -50,6 +60,19 @@ def _in_force() -> Any:
         or_(col(Release.not_before).is_(None), col(Release.not_before) <= _NOW),
         or_(col(Release.expires_at).is_(None), col(Release.expires_at) > _NOW),
     )
+
+
+_CODE = re.compile(r"[A-Z0-9_]{1,32}")
+
+
+def _inline(code: str) -> Any:
+    """A classification or handling code as an SQL literal rather than a bind parameter: a
+    list of bound values in IN is an "expanding" parameter, re-rendered into the SQL text on
+    every execution (about a millisecond per listing); literals keep the compiled statement
+    whole. Codes come from the enums (checked here), never from a request."""
+    if not _CODE.fullmatch(code):
+        raise ValueError(f"not a policy code: {code!r}")
+    return literal_column(f"'{code}'")
 
 
 def _released_to_agency(agency: Any) -> Any:
@@ -384,8 +407,8 @@ class Access:
             class_sql = or_(
                 *(
                     and_(
-                        no_index(col(Package.classification)) == cls,
-                        col(Package.handling).in_(hnds),
+                        no_index(col(Package.classification)) == _inline(cls),
+                        col(Package.handling).in_([_inline(h) for h in hnds]),
                     )
                     for cls, hnds in by_class.items()
                 )
