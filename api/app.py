@@ -139,9 +139,14 @@ def _declared_query(dependant: Any) -> Iterator[str]:
         yield from _declared_query(sub)
 
 
-def known_query_only(request: Request) -> None:
+async def known_query_only(request: Request) -> None:
     """InvalidInput (422) for a query parameter the route does not declare: default deny, so
-    the schema's parameter list is the whole of what a route reads. Names are not echoed."""
+    the schema's parameter list is the whole of what a route reads. Names are not echoed.
+
+    Async on purpose: it only reads the request, and a plain ``def`` dependency would cost
+    every request of every route a trip through the thread pool."""
+    if not request.query_params:
+        return
     route = request.scope.get("route")
     declared = set(_declared_query(getattr(route, "dependant", None)))
     if any(name not in declared for name in request.query_params):

@@ -101,7 +101,7 @@ def package_identity(package_id: str) -> bytes:
 
 def package_facts(
     session: Session, principal: Principal, package_id: str, action: str
-) -> tuple[Package, Facts] | None:
+) -> tuple[_access.PackageRow, Facts] | None:
     """The package and the decision facts, from the service's one query (what enforcement and
     explain use)."""
     return _access.package_facts(session, principal, package_id, action)

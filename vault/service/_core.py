@@ -49,7 +49,7 @@ from vault.errors import (
 from vault.keys import KeyMaterial, load_keys
 from vault.ledger import log as ledger
 from vault.ledger.log import Actor
-from vault.models import Agency, Classification, Package, PolicyRule, Role, User
+from vault.models import Agency, Classification, Handling, PolicyRule, Role, User
 from vault.passwords import Passwords
 from vault.schemas import check_id
 from vault.service.ledger_openings import Openings
@@ -423,7 +423,7 @@ class Core:
         self,
         principal: Principal,
         action: str,
-        package: Package,
+        package: PackageRef,
         *,
         session: Session | None = None,
         reason: str = "ok",
@@ -500,6 +500,15 @@ class Core:
     def principal_for(self, session: Session, user: User) -> Principal:
         """The principal ``user`` is (without a session)."""
         return principal_of(user, self.country_of(session, user.agency_code))
+
+
+class PackageRef(Protocol):
+    """What an allowed action's entry names of its package: an ORM Package or a plain row."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def handling(self) -> Handling: ...
 
 
 def utc_seconds_until(moment: datetime, now: datetime) -> int:

@@ -3,10 +3,21 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
-from typing import Any
+from datetime import datetime
+from typing import Any, Protocol, cast
 
-from sqlalchemy import Connection, String, and_, bindparam, exists, false, or_
+from sqlalchemy import (
+    Connection,
+    String,
+    and_,
+    bindparam,
+    exists,
+    false,
+    literal_column,
+    or_,
+)
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
@@ -29,6 +40,7 @@ from vault.models import (
     Package,
     Release,
     ReleaseStatus,
+    User,
     UTCDateTime,
     utcnow,
 )
@@ -50,6 +62,19 @@ def _in_force() -> Any:
     )
 
 
+_CODE = re.compile(r"[A-Z0-9_]{1,32}")
+
+
+def _inline(code: str) -> Any:
+    """A classification or handling code as an SQL literal rather than a bind parameter: a
+    list of bound values in IN is an "expanding" parameter, re-rendered into the SQL text on
+    every execution (about a millisecond per listing); literals keep the compiled statement
+    whole. Codes come from the enums (checked here), never from a request."""
+    if not _CODE.fullmatch(code):
+        raise ValueError(f"not a policy code: {code!r}")
+    return literal_column(f"'{code}'")
+
+
 def _released_to_agency(agency: Any) -> Any:
     return exists().where(
         col(Release.package_id) == col(Package.id), col(Release.agency_code) == agency, _in_force()
@@ -65,13 +90,53 @@ def _released_to_country(country: Any) -> Any:
     )
 
 
-# One query for everything a decision about one package needs: the package, its
-# originator's country, and whether a release to the caller's agency or country is in force
-# and the caller acknowledged it (H3).
+class PackageRow(Protocol):
+    """A package as the access checks load it: its columns as a plain row (no ORM object, so
+    no identity map or attribute instrumentation per read), its originator's country and its
+    creator's username. Read-only: changing a package goes through ``session.get``."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def agency_code(self) -> str: ...
+    @property
+    def creator_id(self) -> str: ...
+    @property
+    def created_at(self) -> datetime: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def file_count(self) -> int: ...
+    @property
+    def classification(self) -> Classification: ...
+    @property
+    def handling(self) -> Handling: ...
+    @property
+    def kek_id(self) -> str: ...
+    @property
+    def wrapped_key(self) -> bytes: ...
+    @property
+    def sealed_meta(self) -> bytes: ...
+    @property
+    def purged_at(self) -> datetime | None: ...
+    @property
+    def country_code(self) -> str: ...
+    @property
+    def creator(self) -> str | None: ...
+
+
+# One query for everything a decision about one package needs: the package's columns, its
+# originator's country, its creator's name (what a show displays: no second round trip),
+# and whether a release to the caller's agency or country is in force and the caller
+# acknowledged it (H3).
 _PACKAGE_FACTS = (
     sa_select(
-        Package,
+        *Package.__table__.columns,  # type: ignore[attr-defined]
         col(Agency.country_code),
+        sa_select(col(User.username))
+        .where(col(User.id) == col(Package.creator_id))
+        .scalar_subquery()
+        .label("creator"),
         _released_to_agency(bindparam("agency")).label("to_agency"),
         _released_to_country(bindparam("country")).label("to_country"),
         exists()
@@ -103,38 +168,42 @@ _SUMMARY_COLUMNS = (
 
 def package_facts(
     session: Session, principal: Principal, package_id: str, action: str
-) -> tuple[Package, Facts] | None:
-    """The package and the facts a decision about ``principal`` doing ``action`` to it rests
-    on, from one query; None if there is no such package. The only place facts are derived:
-    enforcement and ``explain`` both use it, so they can't disagree."""
-    row = session.execute(
-        _PACKAGE_FACTS,
-        {
-            "pid": package_id,
-            "now": utcnow(),
-            "agency": principal.agency,
-            "country": principal.country,
-            "uid": principal.user_id,
-        },
-    ).first()
+) -> tuple[PackageRow, Facts] | None:
+    """The package (a plain row) and the facts a decision about ``principal`` doing ``action``
+    to it rests on, from one query; None if there is no such package. The only place facts
+    are derived: enforcement and ``explain`` both use it, so they can't disagree."""
+    row = (
+        session.connection()
+        .execute(
+            _PACKAGE_FACTS,
+            {
+                "pid": package_id,
+                "now": utcnow(),
+                "agency": principal.agency,
+                "country": principal.country,
+                "uid": principal.user_id,
+            },
+        )
+        .first()
+    )
     if row is None:
         return None
-    package, origin_country, to_agency, to_country, acknowledged = row
+    package = cast(PackageRow, row)
     relations = {NONE}
     if package.agency_code == principal.agency:
         relations.add(ORIGINATOR)
-    elif origin_country == principal.country:
+    elif package.country_code == principal.country:
         relations.add(SAME_COUNTRY)
-    if to_agency:
+    if row.to_agency:
         relations.add(RELEASED_AGENCY)
-    if to_country:
+    if row.to_country:
         relations.add(RELEASED_COUNTRY)
     facts = Facts(
         role=principal.role.value,
         relations=frozenset(relations),
         cleared=principal.clearance.rank >= package.classification.rank,
         handling=package.handling.value,
-        acknowledged=bool(acknowledged) and package.handling == Handling.H3,
+        acknowledged=bool(row.acknowledged) and package.handling == Handling.H3,
         action=action,
     )
     return package, facts
@@ -204,7 +273,7 @@ class Access:
         action: str,
         *,
         record_as: str | None = None,
-    ) -> tuple[Package, Facts]:
+    ) -> tuple[PackageRow, Facts]:
         """The package and its facts if ``action`` is allowed; otherwise a refusal, recorded
         under ``record_as`` (default: ``action``) and raised: NotFound for a caller who may not
         even read (or, for auditors, audit) the package, as for a missing one; AccessDenied
@@ -338,8 +407,8 @@ class Access:
             class_sql = or_(
                 *(
                     and_(
-                        no_index(col(Package.classification)) == cls,
-                        col(Package.handling).in_(hnds),
+                        no_index(col(Package.classification)) == _inline(cls),
+                        col(Package.handling).in_([_inline(h) for h in hnds]),
                     )
                     for cls, hnds in by_class.items()
                 )

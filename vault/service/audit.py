@@ -7,10 +7,10 @@ from sqlmodel import col, select
 
 from vault.authz import ACTIONS, NONE, Decision, Facts
 from vault.errors import AccessDenied, InvalidInput, NotFound
-from vault.models import Package, PackageFile, Release, Role, User
+from vault.models import PackageFile, Release, Role, User
 from vault.schemas import AuditView, Explanation, check_id, check_username
 from vault.service._core import ALLOW, Core, Principal, records_refusals
-from vault.service.access import Access, package_facts
+from vault.service.access import Access, PackageRow, package_facts
 from vault.service.releases import release_info
 
 
@@ -147,7 +147,7 @@ class AuditService:
         facts: Facts,
         subject: Principal,
         user: User,
-        package: Package,
+        package: PackageRow,
         grants: list[str],
     ) -> Explanation:
         """The explanation auditors and admins get: facts, rules, grants and notes."""

@@ -6,7 +6,7 @@ import contextlib
 import json
 from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Protocol, cast
 
 from sqlalchemy import bindparam
 from sqlalchemy import select as sa_select
@@ -26,7 +26,7 @@ from vault.errors import (
     VaultError,
 )
 from vault.listing import PackageFilter
-from vault.models import Package, PackageFile, PackageRecords, Release, User, utcnow
+from vault.models import Package, PackageFile, PackageRecords, Release, utcnow
 from vault.schemas import (
     FileInfo,
     NewPackage,
@@ -78,7 +78,19 @@ _PACKAGE_RELEASES = (
     .order_by(col(Release.created_at))
 )
 
-_USERNAME = sa_select(col(User.username)).where(col(User.id) == bindparam("uid"))
+# A download's file as a plain row (no ORM object), only if it belongs to the package.
+_PACKAGE_FILE = sa_select(*PackageFile.__table__.columns).where(  # type: ignore[attr-defined]
+    col(PackageFile.id) == bindparam("fid"), col(PackageFile.package_id) == bindparam("pid")
+)
+
+
+class StoredFileRow(FileRow, Protocol):
+    """A file as a download opens it: its details and its wrapped data key."""
+
+    @property
+    def kek_id(self) -> str: ...
+    @property
+    def wrapped_key(self) -> bytes: ...
 
 
 @dataclass
@@ -409,12 +421,7 @@ class PackageService:
                 if ORIGINATOR in facts.relations
                 else []
             )
-            country = self.core.country_of(session, package.agency_code)
-            creator = (
-                session.connection()
-                .execute(_USERNAME, {"uid": package.creator_id})
-                .scalar_one_or_none()
-            )
+            country, creator = package.country_code, package.creator
             stored_records = session.get(PackageRecords, package.id)
             receipt = self.core.record_allowed(principal, "read", package)
         opened = self.open_meta(package)
@@ -455,9 +462,14 @@ class PackageService:
         check_id(file_id, "file id")
         with self.core.tx(readonly=True) as session:
             package, _ = self.access.load_package_for(session, principal, package_id, "download")
-            row = session.get(PackageFile, file_id)
-            if row is None or row.package_id != package.id:
+            found = (
+                session.connection()
+                .execute(_PACKAGE_FILE, {"fid": file_id, "pid": package.id})
+                .first()
+            )
+            if found is None:
                 raise NotFound("file not found")
+            row = cast(StoredFileRow, found)
             receipt = self.core.record_allowed(principal, "download", package, file=file_id)
 
         def record_failure(exc: VaultError) -> None:
@@ -491,7 +503,7 @@ class PackageService:
 
     def _plaintext(
         self,
-        row: PackageFile,
+        row: StoredFileRow,
         data_key: bytes,
         info: FileInfo,
         record_failure: Callable[[VaultError], None],

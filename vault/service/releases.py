@@ -23,7 +23,7 @@ from vault.models import (
 )
 from vault.schemas import ReleaseInfo, ReleaseResult, check_agency, check_country, check_id
 from vault.service._core import ALLOW, Core, Principal, new_id, records_refusals
-from vault.service.access import Access
+from vault.service.access import Access, PackageRow
 
 
 def release_info(r: Release) -> ReleaseInfo:
@@ -79,7 +79,7 @@ class ReleaseService:
         self.core = core
         self.access = access
 
-    def _needs_second_person(self, session: Session, package: Package, country: str) -> bool:
+    def _needs_second_person(self, session: Session, package: PackageRow, country: str) -> bool:
         """Four-eyes: a sensitive package going to another country than its originator's."""
         threshold = Classification(self.core.settings.four_eyes_from)
         origin_country = self.core.country_of(session, package.agency_code)
@@ -150,7 +150,7 @@ class ReleaseService:
         self,
         session: Session,
         principal: Principal,
-        package: Package,
+        package: PackageRow,
         release: Release,
         action: str,
     ) -> int:
@@ -179,7 +179,7 @@ class ReleaseService:
         release_id: str,
         action: str,
         package_id: str | None = None,
-    ) -> tuple[Release, Package]:
+    ) -> tuple[Release, PackageRow]:
         """The release and its package if ``action`` on the package is allowed; otherwise a
         recorded refusal, worded for a release."""
         check_id(release_id, "release id")
