@@ -59,10 +59,9 @@ from sqlmodel import Session
 from tests.conftest import AGENCIES, FAST_ARGON2, PASSWORD, seed
 from vault.config import load_settings
 from vault.errors import InvalidInput, NotFound
-from vault.ledger.entry import Entry, decode
+from vault.ledger.entry import Entry
 from vault.models import (
     Classification,
-    LedgerEntry,
     Release,
     ReleaseKind,
     ReleaseStatus,
@@ -458,10 +457,9 @@ def _missing_bodies(mw: MatrixWorld) -> dict[str, dict[str, Any]]:
 
 
 def ledger_entry(vault: Vault, seq: int) -> Entry:
-    with Session(vault.engine) as session:
-        row = session.get(LedgerEntry, seq)
-        assert row is not None, f"no ledger entry #{seq}"
-        return decode(row.entry, seq_hint=seq)
+    found = vault.unscoped_entries(seq, seq + 1)
+    assert found, f"no ledger entry #{seq}"
+    return found[0]
 
 
 def relations_of(agency: str, pkg: PackageKey) -> set[str]:
