@@ -578,3 +578,32 @@ def test_keys_commands_follow_roles_and_agencies(
     assert [e["flag"] for e in own["entries"]] == [""]
     ok_json(cli("keys", "revoke", "--json", user="uz.officer"))
     assert "already revoked" in refused(cli("keys", "revoke", mine["id"], user="uz.officer"), 8)
+
+
+def test_ledger_export_remote_is_the_callers_scoped_export(
+    cli: CliRunner, logged_in: LoggedIn, world: World, tmp_path: Path
+) -> None:
+    """``ledger export --remote --scoped`` is GET /ledger/export as the logged-in user: an
+    auditor gets their country's openings, an admin none about a package (both verifiable
+    offline); an officer is refused, and no file is left."""
+    for user in ("uz.officer", "uz.auditor", "uz.admin"):
+        logged_in(user)
+    package_id = upload(cli, "uz.officer", write_source(tmp_path), classification="RESTRICTED")
+    release(cli, "uz.officer", package_id, "--country", "KZ")
+    vkey = world.vault.ledger_vkey
+    for user, sees in (("uz.auditor", True), ("uz.admin", False)):
+        path = tmp_path / f"{user}.json"
+        args = ("ledger", "export", "-o", path, "--remote", "--scoped", "--json")
+        done = ok_json(cli(*args, user=user))
+        assert (done["file"], done["vkey"]) == (str(path), vkey)
+        document = json.loads(path.read_text("utf-8"))
+        assert (package_id in path.read_text("utf-8")) == sees
+        assert document["openings"]
+        verified = cli("ledger", "verify", "--export", path, "--vkey", vkey)
+        assert verified.code == 0, verified.stdout + verified.stderr
+    path = tmp_path / "officer.json"
+    refused(cli("ledger", "export", "-o", path, "--remote", "--scoped", user="uz.officer"), 5)
+    assert not path.exists()
+    assert not path.with_name(f".{path.name}.part").exists()
+    [entry] = ledger(world, action="ledger", decision="deny")
+    assert (entry["actor_user"], entry["subject"]) == ("uz.officer", "export:scoped")
