@@ -566,13 +566,11 @@ def create_app(settings: Settings | None = None, *, vault: Vault | None = None) 
     publisher = service.witness_publisher()
     api_errors.install(app)
     app.include_router(router)
-    from blo_vault.api import seizures  # its routes use this module's dependencies
+    # Imported here: these routes use this module's dependencies (issues 16, 13 and 18).
+    from blo_vault.api import keys, ledger_export, seizures
 
-    app.include_router(seizures.router)
-    # Imported here: the keys routes use this module's dependencies (issue 13).
-    from blo_vault.api.keys import router as keys_router
-
-    app.include_router(keys_router)
+    for extra in (seizures.router, keys.router, ledger_export.router):
+        app.include_router(extra)
     web.install(app)  # the pages (api/web): their routes, static files and security headers
     metrics = Metrics(service)
 

@@ -435,6 +435,10 @@ class ApiClient:
         """GET /packages/{id}/files/{file_id}: the file's plaintext, in chunks as they arrive."""
         return self._stream(f"/packages/{_segment(package_id)}/files/{_segment(file_id)}")
 
+    def ledger_export_chunks(self, *, scoped: bool = False) -> Iterator[bytes]:
+        """GET /ledger/export: the export document (``scoped``: with the caller's openings)."""
+        return self._stream("/ledger/export?scoped=true" if scoped else "/ledger/export")
+
     def _stream(self, url: str) -> Iterator[bytes]:
         try:
             for attempt in (1, 2):

@@ -75,8 +75,9 @@ class Settings(BaseSettings):
     ledger_origin: str = "blo-vault.local/ledger"
     checkpoint_interval_seconds: int = Field(default=60, ge=1)
     # Entry version written from now on: 2 commits to the sensitive fields and keeps their
-    # openings sealed apart (README "What the log reveals"); 1 writes them in the clear.
-    ledger_entry_version: Literal[1, 2] = 1
+    # openings sealed apart (README "What the log reveals"); 1 (the old format, still
+    # selectable for deployments whose tooling reads entries) writes them in the clear.
+    ledger_entry_version: Literal[1, 2] = 2
     # Destroy the openings of entries older than this many days (None: keep them).
     ledger_opening_retention_days: int | None = Field(default=None, ge=1)
 

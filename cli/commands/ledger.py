@@ -19,7 +19,13 @@ from rich.text import Text
 
 from blo_vault.cli import render
 from blo_vault.cli.commands import ledger_witness
-from blo_vault.cli.commands._common import JsonOpt, entry_counter, local_vault, parse_time
+from blo_vault.cli.commands._common import (
+    JsonOpt,
+    api_client,
+    entry_counter,
+    local_vault,
+    parse_time,
+)
 from blo_vault.cli.render import err, out, print_json, print_json_line, print_verbatim
 from vault.errors import InvalidInput
 from vault.ledger.entry import Entry
@@ -123,12 +129,23 @@ def ledger_verify(
 def ledger_export(
     output: Annotated[Path, typer.Option("-o", "--output", help="File to write.")],
     scoped: Annotated[
-        bool, typer.Option("--scoped", help="Add the openings this operator may see.")
+        bool, typer.Option("--scoped", help="Add the openings the caller may see.")
+    ] = False,
+    remote: Annotated[
+        bool,
+        typer.Option(
+            "--remote",
+            help="Ask the server of the logged-in session (scoped: your own openings).",
+        ),
     ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Write the ledger and its latest signed checkpoint as one JSON document (the public
-    export; --scoped adds the openings of the committed entries the caller may see)."""
+    export; --scoped adds the openings of the committed entries the caller may see: with
+    --remote the logged-in user, else this server's operator)."""
+    if remote:
+        _remote_export(output, scoped, as_json)
+        return
     tmp = output.with_name(f".{output.name}.part")
     with local_vault() as vault:
         total = vault.ledger_size()
@@ -148,6 +165,28 @@ def ledger_export(
     else:
         out.print(f"exported {info.size} entries to {output}", soft_wrap=True)
         out.print(f"verifier key: {info.vkey}", soft_wrap=True)
+
+
+def _remote_export(output: Path, scoped: bool, as_json: bool) -> None:
+    """``ledger export --remote``: GET /ledger/export into ``output``, all or nothing."""
+    tmp = output.with_name(f".{output.name}.part")
+    try:
+        with api_client() as client, tmp.open("wb") as handle:
+            for chunk in client.ledger_export_chunks(scoped=scoped):
+                handle.write(chunk)
+        try:
+            document = json.loads(tmp.read_text(encoding="utf-8"))
+            size, vkey = len(document["entries"]), str(document["vkey"])
+        except (ValueError, KeyError, TypeError):
+            raise InvalidInput("the server's answer is not a ledger export") from None
+        tmp.replace(output)
+    finally:
+        tmp.unlink(missing_ok=True)
+    if as_json:
+        print_json({"file": str(output), "size": size, "vkey": vkey})
+    else:
+        out.print(f"exported {size} entries to {output}", soft_wrap=True)
+        out.print(render.line("verifier key: ", render.text(vkey)), soft_wrap=True)
 
 
 @app.command("checkpoint")

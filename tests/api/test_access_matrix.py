@@ -59,10 +59,9 @@ from sqlmodel import Session
 from tests.conftest import AGENCIES, FAST_ARGON2, PASSWORD, seed
 from vault.config import load_settings
 from vault.errors import InvalidInput, NotFound
-from vault.ledger.entry import Entry, decode
+from vault.ledger.entry import Entry
 from vault.models import (
     Classification,
-    LedgerEntry,
     Release,
     ReleaseKind,
     ReleaseStatus,
@@ -458,10 +457,9 @@ def _missing_bodies(mw: MatrixWorld) -> dict[str, dict[str, Any]]:
 
 
 def ledger_entry(vault: Vault, seq: int) -> Entry:
-    with Session(vault.engine) as session:
-        row = session.get(LedgerEntry, seq)
-        assert row is not None, f"no ledger entry #{seq}"
-        return decode(row.entry, seq_hint=seq)
+    found = vault.unscoped_entries(seq, seq + 1)
+    assert found, f"no ledger entry #{seq}"
+    return found[0]
 
 
 def relations_of(agency: str, pkg: PackageKey) -> set[str]:
@@ -759,6 +757,30 @@ def test_ledger_doors_follow_the_signed_checkpoint(door: str, role: str, mw: Mat
     entry = ledger_entry(mw.vault, reply.json()["error"]["receipt"])
     assert (entry.actor_user, entry.action, entry.decision) == (user, "ledger", "deny")
     assert entry.reason == ("not_found" if like.status_code == 200 else "role_not_permitted")
+
+
+# The ledger export over HTTP (issue 18): public and scoped, a ledger read like the signed
+# checkpoint; refused exactly where it is, and the refusal recorded.
+EXPORT_DOORS = ("/ledger/export", "/ledger/export?scoped=true")
+
+
+@pytest.mark.parametrize("role", ROLES)
+@pytest.mark.parametrize("door", EXPORT_DOORS)
+def test_ledger_export_follows_the_signed_checkpoint(door: str, role: str, mw: MatrixWorld) -> None:
+    user = username(ORIGIN_AGENCY, role, Classification.SECRET)
+    like = mw.client.get("/ledger/checkpoint", headers=mw.headers[user])
+    reply = mw.client.get(door, headers=mw.headers[user])
+    assert like.status_code in (200, 403), like.text
+    assert reply.status_code == like.status_code, reply.text
+    if reply.status_code == 403:
+        entry = ledger_entry(mw.vault, reply.json()["error"]["receipt"])
+        assert (entry.actor_user, entry.action, entry.decision) == (user, "ledger", "deny")
+        assert entry.reason == "role_not_permitted"
+        return
+    document = reply.json()
+    assert document["vkey"] == like.json()["vkey"]
+    assert len(document["entries"]) >= like.json()["size"]
+    assert ("openings" in document) == door.endswith("scoped=true")
 
 
 # --- seizure statistics (issue 16): the figures follow the same matrix as the listing ---------

@@ -40,8 +40,8 @@ from tests.conftest import (
     seed,
 )
 from vault.config import load_settings
-from vault.ledger.entry import Entry, decode
-from vault.models import LedgerEntry, LoginThrottle
+from vault.ledger.entry import Entry
+from vault.models import LoginThrottle
 from vault.service import Vault, local_operator
 
 WRONG = "not the right password"
@@ -83,10 +83,9 @@ def served(base: Path, **overrides: Any) -> Iterator[Served]:
 
 
 def entry(world: World, seq: int) -> Entry:
-    with Session(world.vault.engine) as session:
-        row = session.get(LedgerEntry, seq)
-        assert row is not None, f"no ledger entry {seq}"
-        return decode(row.entry, seq_hint=seq)
+    found = world.vault.unscoped_entries(seq, seq + 1)
+    assert found, f"no ledger entry {seq}"
+    return found[0]
 
 
 def refused(

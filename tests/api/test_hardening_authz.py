@@ -21,13 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlmodel import Session, col, select
+from sqlmodel import Session, select
 
 from tests.conftest import FAST_ARGON2, PASSWORD, CliRunner, World
 from vault.config import default_policy_dir, load_settings
 from vault.errors import AccessDenied, AuthenticationFailed, ConfigError
-from vault.ledger.entry import Entry, decode
-from vault.models import Classification, LedgerEntry, PolicyRule, Role, utcnow
+from vault.ledger.entry import Entry
+from vault.models import Classification, PolicyRule, Role, utcnow
 from vault.schemas import NewPackage
 from vault.service import IncomingFile, Principal, Vault, local_operator
 
@@ -105,16 +105,13 @@ def upload(
 
 
 def entry_at(vault: Vault, seq: int) -> Entry:
-    with Session(vault.engine) as session:
-        row = session.get(LedgerEntry, seq)
-        assert row is not None, f"no ledger entry #{seq}"
-        return decode(row.entry, seq_hint=seq)
+    found = vault.unscoped_entries(seq, seq + 1)
+    assert found, f"no ledger entry #{seq}"
+    return found[0]
 
 
 def all_entries(vault: Vault) -> list[Entry]:
-    with Session(vault.engine) as session:
-        rows = session.exec(select(LedgerEntry).order_by(col(LedgerEntry.seq))).all()
-        return [decode(row.entry, seq_hint=row.seq) for row in rows]
+    return vault.unscoped_entries()
 
 
 def refusal(reply: Any, status: int) -> dict[str, Any]:

@@ -32,7 +32,7 @@ from urllib.parse import quote
 
 import httpx
 import pytest
-from sqlmodel import Session, col, func, select
+from sqlmodel import Session, func, select
 
 from tests.conftest import (
     FAST_ARGON2,
@@ -47,8 +47,7 @@ from tests.conftest import (
 )
 from vault.config import load_settings
 from vault.errors import AuthenticationFailed
-from vault.ledger.entry import decode
-from vault.models import LedgerEntry, Package, PackageFile, Release
+from vault.models import Package, PackageFile, Release
 from vault.service import Vault
 
 KiB, MiB = 1024, 1024**2
@@ -173,8 +172,7 @@ def stored(world: World) -> Stored:
         packages = session.exec(select(func.count()).select_from(Package)).one()
         files = session.exec(select(func.count()).select_from(PackageFile)).one()
         releases = session.exec(select(func.count()).select_from(Release)).one()
-        rows = session.exec(select(LedgerEntry.entry).order_by(col(LedgerEntry.seq))).all()
-    entries = [decode(row) for row in rows]
+    entries = world.vault.unscoped_entries()
     root = world.settings.resolved_store_dir
     objects = tuple(
         sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())

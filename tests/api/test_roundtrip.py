@@ -23,7 +23,7 @@ from urllib.parse import unquote
 
 import httpx
 import pytest
-from sqlmodel import Session, col, func, select
+from sqlmodel import Session, func, select
 
 from tests.conftest import (
     FAST_ARGON2,
@@ -37,8 +37,8 @@ from tests.conftest import (
 )
 from vault.config import load_settings
 from vault.crypto import SEGMENT_SIZE, sealed_size
-from vault.ledger.entry import Entry, decode
-from vault.models import LedgerEntry, Package, PackageFile
+from vault.ledger.entry import Entry
+from vault.models import Package, PackageFile
 from vault.service import Vault
 from vault.storage.local import LocalDiskStore
 
@@ -173,9 +173,7 @@ def stream_digest(
 
 
 def ledger_entries(world: World) -> list[Entry]:
-    with Session(world.vault.engine) as session:
-        rows = session.exec(select(LedgerEntry).order_by(col(LedgerEntry.seq))).all()
-        entries = [decode(row.entry, seq_hint=row.seq) for row in rows]
+    entries = world.vault.unscoped_entries()
     assert [e.seq for e in entries] == list(range(len(entries)))
     return entries
 

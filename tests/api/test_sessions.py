@@ -21,7 +21,6 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import MetaData
-from sqlmodel import Session, col, select
 
 from tests.conftest import (
     FAST_ARGON2,
@@ -34,8 +33,8 @@ from tests.conftest import (
 from tests.servers import spawn, wait_healthy
 from vault.config import load_settings
 from vault.errors import AuthenticationFailed
-from vault.ledger.entry import Entry, decode
-from vault.models import LedgerEntry, utcnow
+from vault.ledger.entry import Entry
+from vault.models import utcnow
 from vault.service import Vault
 from vault.tokens import session_reference
 
@@ -68,11 +67,7 @@ def claims_of(access_token: str) -> dict[str, Any]:
 
 
 def entries(vault: Vault) -> list[Entry]:
-    with Session(vault.engine) as session:
-        rows = session.exec(
-            select(LedgerEntry.seq, LedgerEntry.entry).order_by(col(LedgerEntry.seq))
-        ).all()
-    return [decode(bytes(entry), seq_hint=seq) for seq, entry in rows]
+    return vault.unscoped_entries()
 
 
 def entry(vault: Vault, seq: int) -> Entry:

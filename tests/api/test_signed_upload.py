@@ -22,8 +22,7 @@ from vault import crypto
 from vault import manifest as m
 from vault.config import load_settings
 from vault.errors import AccessDenied
-from vault.ledger.entry import decode
-from vault.models import LedgerEntry, Package, PackageRecords
+from vault.models import Package, PackageRecords
 from vault.schemas import NewPackage
 from vault.seizures.digest import records_sha256
 from vault.seizures.schema import validate_records
@@ -125,9 +124,7 @@ def stored(api: Api) -> tuple[int, int]:
 
 
 def last_entry(api: Api) -> Any:
-    with Session(api.world.vault.engine) as session:
-        row = session.exec(select(LedgerEntry).order_by(LedgerEntry.seq.desc()).limit(1)).one()  # type: ignore[attr-defined]
-    return decode(row.entry)
+    return api.world.vault.unscoped_entries()[-1]
 
 
 def test_a_signed_upload_is_accepted_and_shown(api: Api) -> None:

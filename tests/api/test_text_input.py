@@ -22,7 +22,7 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from sqlmodel import Session, col, func, select
+from sqlmodel import Session, func, select
 
 from blo_vault.cli.client import ApiClient
 from tests.conftest import (
@@ -36,8 +36,7 @@ from tests.conftest import (
     seed,
 )
 from vault.config import load_settings
-from vault.ledger.entry import decode
-from vault.models import LedgerEntry, Package, PackageFile
+from vault.models import Package, PackageFile
 from vault.service import Vault
 
 TIMEOUT = httpx.Timeout(60.0, connect=10.0)
@@ -139,14 +138,14 @@ def snapshot(world: World) -> Snapshot:
     with Session(world.vault.engine) as session:
         packages = session.exec(select(func.count()).select_from(Package)).one()
         files = session.exec(select(func.count()).select_from(PackageFile)).one()
-        rows = session.exec(select(LedgerEntry.entry).order_by(col(LedgerEntry.seq))).all()
+    rows = world.vault.unscoped_entries()
     root = world.settings.resolved_store_dir
     objects = tuple(
         sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
         if root.exists()
         else ()
     )
-    entries = tuple((e.action, e.decision, e.reason) for e in (decode(r) for r in rows))
+    entries = tuple((e.action, e.decision, e.reason) for e in rows)
     return Snapshot(int(packages), int(files), objects, entries)
 
 

@@ -25,12 +25,11 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from jose import jwt
-from sqlmodel import Session
 
 from tests.conftest import FAST_ARGON2, PASSWORD, World, seed
 from vault.config import load_settings
-from vault.ledger.entry import Entry, decode
-from vault.models import LedgerEntry, Role
+from vault.ledger.entry import Entry
+from vault.models import Role
 from vault.service import Vault, local_operator
 from vault.tokens import key_id
 
@@ -280,10 +279,9 @@ CASES = [
 
 
 def ledger_entry(vault: Vault, seq: int) -> Entry:
-    with Session(vault.engine) as session:
-        row = session.get(LedgerEntry, seq)
-        assert row is not None, f"no ledger entry #{seq}"
-        return decode(row.entry, seq_hint=seq)
+    found = vault.unscoped_entries(seq, seq + 1)
+    assert found, f"no ledger entry #{seq}"
+    return found[0]
 
 
 def assert_401(reply: Any) -> dict[str, Any]:

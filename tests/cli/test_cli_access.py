@@ -101,14 +101,20 @@ def downloaded_ok(
     assert (dest / name).read_bytes() == CONTENT
 
 
-def ledger(cli: CliRunner, **filters: str) -> list[dict[str, Any]]:
-    """``blovault ledger show`` (local, as the operator) with filters, as dicts."""
-    args = ["ledger", "show", "--json"]
-    for key, value in filters.items():
-        args += [f"--{key}", value]
-    result = cli(*args)
-    assert result.code == 0, result.stderr
-    return [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+def ledger(world: World, **filters: str) -> list[dict[str, Any]]:
+    """What the ledger recorded, every entry opened (the server-side operator's unscoped view,
+    not a user's), filtered like ``ledger show`` (actor, package, action, decision), as dicts."""
+    fields = {
+        "actor": "actor_user",
+        "package": "package",
+        "action": "action",
+        "decision": "decision",
+    }
+    return [
+        entry.__dict__
+        for entry in world.vault.unscoped_entries()
+        if all(getattr(entry, fields[k]) == v for k, v in filters.items())
+    ]
 
 
 def iso(moment: datetime) -> str:
@@ -119,7 +125,7 @@ def iso(moment: datetime) -> str:
 
 
 def test_h2_onward_release_needs_the_originators_consent(
-    cli: CliRunner, logged_in: LoggedIn, tmp_path: Path
+    cli: CliRunner, logged_in: LoggedIn, tmp_path: Path, world: World
 ) -> None:
     for user in ("uz.officer", "uz.supervisor", "kz.officer", "tj.officer"):
         logged_in(user)
@@ -135,7 +141,7 @@ def test_h2_onward_release_needs_the_originators_consent(
     message = refused(onward, 5)
     assert "H2" in message
     assert "request-release" in message
-    [entry] = [e for e in ledger(cli, package=package_id, action="release", decision="deny")]
+    [entry] = [e for e in ledger(world, package=package_id, action="release", decision="deny")]
     assert (entry["actor_user"], entry["reason"]) == ("kz.officer", "h2_onward_release")
     refused(cli("package", "show", package_id, user="tj.officer"), 4)
 
@@ -217,7 +223,7 @@ def test_four_eyes_a_supervisor_cannot_approve_their_own_release(
     message = refused(cli("package", "approve", pending["id"], user="uz.supervisor"), 5)
     assert "four-eyes" in message
     refused(cli("package", "reject", pending["id"], user="uz.supervisor"), 5)
-    denials = ledger(cli, package=package_id, action="approve", decision="deny")
+    denials = ledger(world, package=package_id, action="approve", decision="deny")
     assert [(e["actor_user"], e["reason"], e["release"]) for e in denials] == [
         ("uz.supervisor", "four_eyes_same_person", pending["id"])
     ] * 2
@@ -232,7 +238,7 @@ def test_four_eyes_a_supervisor_cannot_approve_their_own_release(
 
 
 def test_h3_download_needs_an_acknowledgement_first(
-    cli: CliRunner, logged_in: LoggedIn, tmp_path: Path
+    cli: CliRunner, logged_in: LoggedIn, tmp_path: Path, world: World
 ) -> None:
     for user in ("uz.officer", "kz.officer", "kz.interior"):
         logged_in(user)
@@ -255,14 +261,14 @@ def test_h3_download_needs_an_acknowledgement_first(
     # The acknowledgement is personal: a colleague in the same country still has to give one.
     refused(download(cli, "kz.interior", package_id, tmp_path / "kzi"), 5)
 
-    [entry] = ledger(cli, package=package_id, action="acknowledge")
+    [entry] = ledger(world, package=package_id, action="acknowledge")
     assert (entry["actor_user"], entry["decision"], entry["reason"], entry["handling"]) == (
         "kz.officer",
         "allow",
         "ok",
         "H3",
     )
-    downloads = ledger(cli, package=package_id, action="download", actor="kz.officer")
+    downloads = ledger(world, package=package_id, action="download", actor="kz.officer")
     assert [(e["decision"], e["reason"]) for e in downloads] == [
         ("deny", "h3_not_acknowledged"),
         ("allow", "ok"),
@@ -462,7 +468,7 @@ def test_authz_explain_for_auditors_and_not_for_officers(
         5,
     )
     assert "auditors and admins" in message
-    [entry] = ledger(cli, action="explain", decision="deny")
+    [entry] = ledger(world, action="explain", decision="deny")
     assert (entry["actor_user"], entry["subject"]) == ("uz.officer", "user:kz.officer")
     # ... only about themselves, and then gets the bare answer without facts or rules.
     own = ok_json(
@@ -488,7 +494,7 @@ def test_authz_explain_for_auditors_and_not_for_officers(
 
 
 def test_disabling_a_user_invalidates_their_existing_token(
-    cli: CliRunner, logged_in: LoggedIn, live_server: str
+    cli: CliRunner, logged_in: LoggedIn, live_server: str, world: World
 ) -> None:
     logged_in("kz.officer")
     assert cli("package", "list", user="kz.officer").code == 0
@@ -497,7 +503,7 @@ def test_disabling_a_user_invalidates_their_existing_token(
     assert ok_json(changed)["disabled"] is True
     message = refused(cli("package", "list", user="kz.officer"), 3)
     assert "invalid or expired token" in message
-    [entry] = [e for e in ledger(cli, action="authenticate") if e["reason"] == "user_disabled"]
+    [entry] = [e for e in ledger(world, action="authenticate") if e["reason"] == "user_disabled"]
     assert (entry["actor_user"], entry["decision"]) == ("kz.officer", "deny")
     # Logging in again doesn't help while disabled ...
     again = cli(
@@ -519,16 +525,16 @@ def test_disabling_a_user_invalidates_their_existing_token(
 
 
 def test_a_download_reads_the_package_once(
-    cli: CliRunner, logged_in: Callable[[str], None], tmp_path: Path
+    cli: CliRunner, logged_in: Callable[[str], None], tmp_path: Path, world: World
 ) -> None:
     """One download is one read of the package's details and one entry per file: the ledger
     must say what happened, not what the client happened to ask twice."""
     logged_in("uz.officer")
     package_id = upload(cli, "uz.officer", write_source(tmp_path))
-    reads_before = len(ledger(cli, package=package_id, action="read"))
+    reads_before = len(ledger(world, package=package_id, action="read"))
     downloaded_ok(cli, "uz.officer", package_id, tmp_path / "out")
-    assert len(ledger(cli, package=package_id, action="read")) == reads_before + 1
-    assert len(ledger(cli, package=package_id, action="download")) == 1
+    assert len(ledger(world, package=package_id, action="read")) == reads_before + 1
+    assert len(ledger(world, package=package_id, action="download")) == 1
 
 
 # --- seizure statistics (issue 16) --------------------------------------------------------------
@@ -572,3 +578,32 @@ def test_keys_commands_follow_roles_and_agencies(
     assert [e["flag"] for e in own["entries"]] == [""]
     ok_json(cli("keys", "revoke", "--json", user="uz.officer"))
     assert "already revoked" in refused(cli("keys", "revoke", mine["id"], user="uz.officer"), 8)
+
+
+def test_ledger_export_remote_is_the_callers_scoped_export(
+    cli: CliRunner, logged_in: LoggedIn, world: World, tmp_path: Path
+) -> None:
+    """``ledger export --remote --scoped`` is GET /ledger/export as the logged-in user: an
+    auditor gets their country's openings, an admin none about a package (both verifiable
+    offline); an officer is refused, and no file is left."""
+    for user in ("uz.officer", "uz.auditor", "uz.admin"):
+        logged_in(user)
+    package_id = upload(cli, "uz.officer", write_source(tmp_path), classification="RESTRICTED")
+    release(cli, "uz.officer", package_id, "--country", "KZ")
+    vkey = world.vault.ledger_vkey
+    for user, sees in (("uz.auditor", True), ("uz.admin", False)):
+        path = tmp_path / f"{user}.json"
+        args = ("ledger", "export", "-o", path, "--remote", "--scoped", "--json")
+        done = ok_json(cli(*args, user=user))
+        assert (done["file"], done["vkey"]) == (str(path), vkey)
+        document = json.loads(path.read_text("utf-8"))
+        assert (package_id in path.read_text("utf-8")) == sees
+        assert document["openings"]
+        verified = cli("ledger", "verify", "--export", path, "--vkey", vkey)
+        assert verified.code == 0, verified.stdout + verified.stderr
+    path = tmp_path / "officer.json"
+    refused(cli("ledger", "export", "-o", path, "--remote", "--scoped", user="uz.officer"), 5)
+    assert not path.exists()
+    assert not path.with_name(f".{path.name}.part").exists()
+    [entry] = ledger(world, action="ledger", decision="deny")
+    assert (entry["actor_user"], entry["subject"]) == ("uz.officer", "export:scoped")

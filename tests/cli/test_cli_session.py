@@ -19,11 +19,9 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlmodel import Session, col, select
 
 from tests.conftest import PASSWORD, CliRunner, World, free_port
-from vault.ledger.entry import Entry, decode
-from vault.models import LedgerEntry
+from vault.ledger.entry import Entry
 
 LoggedIn = Callable[[str], None]
 NEW_PASSWORD = "a brand new passphrase for the night shift"
@@ -58,13 +56,7 @@ def expired_token(world: World, user: str, access_token: str) -> str:
 
 
 def entries_after(world: World, seq: int) -> list[Entry]:
-    with Session(world.vault.engine) as session:
-        rows = session.exec(
-            select(LedgerEntry.seq, LedgerEntry.entry)
-            .where(col(LedgerEntry.seq) > seq)
-            .order_by(col(LedgerEntry.seq))
-        ).all()
-    return [decode(bytes(data), seq_hint=s) for s, data in rows]
+    return world.vault.unscoped_entries(seq + 1)
 
 
 def ledger_head(world: World) -> int:

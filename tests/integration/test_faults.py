@@ -55,7 +55,7 @@ from vault.db import READ_ONLY, make_engine
 from vault.errors import IntegrityError, StorageUnavailable, VaultError
 from vault.ledger.entry import Entry
 from vault.schemas import NewPackage, PackageDetail
-from vault.service import IncomingFile, Principal, Vault, local_operator
+from vault.service import IncomingFile, Principal, Vault
 from vault.storage.local import LocalDiskStore
 
 MiB = 1024 * 1024
@@ -70,7 +70,7 @@ def _data(size: int, seed_value: int = 7) -> bytes:
 
 
 def _ledger(vault: Vault) -> list[Entry]:
-    return list(vault.ledger_show(local_operator()))
+    return vault.unscoped_entries()
 
 
 def _uploads(entries: list[Entry], decision: str) -> list[Entry]:

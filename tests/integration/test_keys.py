@@ -40,7 +40,7 @@ from vault.config import Settings, load_settings
 from vault.db import make_engine, migrate
 from vault.errors import ConfigError, IntegrityError, NotFound
 from vault.keys import DEV_KEY_DIR, generate_key_files, read_kek
-from vault.models import Classification, Package, PackageFile
+from vault.models import Classification, LedgerOpening, Package, PackageFile
 from vault.schemas import NewPackage, PackageDetail
 from vault.service import IncomingFile, Principal, Vault, local_operator
 from vault.storage.local import LocalDiskStore
@@ -104,11 +104,15 @@ def file_identity(package_id: str, file_id: str) -> bytes:
     return f"blo-vault/file/v1\x00{package_id}\x00{file_id}".encode()
 
 
-def key_rows(engine: Engine) -> list[tuple[str, str, bytes]]:
-    """(table, kek_id, wrapped_key) of every package and file row."""
+def key_rows(engine: Engine, *, openings: bool = False) -> list[tuple[str, str, bytes]]:
+    """(table, kek_id, wrapped_key) of every package and file row (``openings``: and of every
+    ledger opening, each under its own wrapped key too)."""
     with Session(engine) as session:
         rows = [("package", p.kek_id, p.wrapped_key) for p in session.exec(select(Package))]
         rows += [("file", f.kek_id, f.wrapped_key) for f in session.exec(select(PackageFile))]
+        if openings:
+            found = session.exec(select(LedgerOpening)).all()
+            rows += [("opening", o.kek_id, o.wrapped_key) for o in found]
     return rows
 
 
@@ -195,7 +199,14 @@ def test_kek_rotation_end_to_end(
     finally:
         vault.close()
 
-    # Rotate: B current, A old.
+    # Rotate: B current, A old. The ledger openings written under A are re-wrapped too.
+    vault = Vault.open(settings(kek_file=kek_b, kek_old_files=[kek_a]))
+    try:
+        under_a = [r for r in key_rows(vault.engine, openings=True) if r[1] == id_a]
+    finally:
+        vault.close()
+    assert len(under_a) > n_keys
+    n_keys = len(under_a)
     if via == "service":
         vault = Vault.open(settings(kek_file=kek_b, kek_old_files=[kek_a]))
         try:
@@ -221,8 +232,8 @@ def test_kek_rotation_end_to_end(
     # Only B from now on: every row is under B, and everything opens, byte-identical.
     vault = Vault.open(settings(kek_file=kek_b))
     try:
+        assert {kek for _, kek, _ in key_rows(vault.engine, openings=True)} == {id_b}
         after = key_rows(vault.engine)
-        assert {kek for _, kek, _ in after} == {id_b}
         assert all(len(w) == len(b[2]) for w, b in zip((r[2] for r in after), before, strict=True))
         for title, (detail, files) in packages.items():
             shown, _ = vault.get_package(officer, detail.id)
@@ -236,7 +247,7 @@ def test_kek_rotation_end_to_end(
         assert listed == {d.id for d, _ in packages.values()}
         rotated = [
             e
-            for e in vault.ledger_show(local_operator())
+            for e in vault.unscoped_entries()
             if e.action == "manage" and e.reason == "kek rotated"
         ]
         assert len(rotated) == (2 if via == "service" else 1)
@@ -382,9 +393,7 @@ def test_purge_destroys_keys_then_objects(
 
         # The purge is in the ledger, which still verifies.
         purges = [
-            e
-            for e in vault.ledger_show(local_operator())
-            if e.action == "purge" and e.package == doomed.id
+            e for e in vault.unscoped_entries() if e.action == "purge" and e.package == doomed.id
         ]
         assert [(e.seq, e.decision) for e in purges] == [
             (receipt, "allow"),

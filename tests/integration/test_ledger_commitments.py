@@ -357,3 +357,37 @@ def test_ledger_entries_scope_by_role_and_country(
             o["fields"]["actor_country"][1] for o in openings if not o["fields"]["package"][1]
         }
         assert concerned <= {country}
+
+
+def http_export(world: World, user: str, *, scoped: bool) -> tuple[bytes, dict[str, Any]]:
+    """``GET /ledger/export`` as ``user`` (the route ``blovault ledger export --remote`` asks)."""
+    who = world[user]
+    token = world.vault.tokens.issue(who.user_id, session_id=who.session_id)
+    with TestClient(create_app(vault=world.vault)) as client:
+        reply = client.get(
+            "/ledger/export",
+            params={"scoped": "true"} if scoped else {},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+    assert reply.status_code == 200, reply.text
+    return reply.content, reply.json()
+
+
+def test_scoped_export_over_http_follows_the_scope(world: World, exchange: Exchange) -> None:
+    """Every byte of the TJ auditor's scoped export over HTTP is free of the UZ-KZ exchange;
+    the UZ auditor's opens it and verifies; the public one carries no opening."""
+    raw, document = http_export(world, "tj.auditor", scoped=True)
+    assert_absent(raw, exchange.secrets(), "the TJ auditor's HTTP scoped export")
+    assert verify_export(document, document["vkey"]).ok
+    assert document["openings"]
+    assert all(o["fields"]["actor_country"][1] == "TJ" for o in document["openings"])
+    _, document = http_export(world, "uz.auditor", scoped=True)
+    result = verify_export(document, document["vkey"])
+    assert result.ok, result.problem
+    opened = {o["seq"]: o["fields"] for o in document["openings"]}
+    assert exchange.package in {f["package"][1] for f in opened.values()}
+    assert exchange.release in {f["release"][1] for f in opened.values()}
+    raw, document = http_export(world, "uz.auditor", scoped=False)
+    assert "openings" not in document
+    assert_absent(raw, exchange.secrets(), "the public HTTP export")
+    assert verify_export(document, document["vkey"]).ok

@@ -22,7 +22,6 @@ from typing import Any
 import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlmodel import Session
 
 from tests.conftest import (
     FAST_ARGON2,
@@ -42,7 +41,7 @@ from tests.integration.test_ledger_tamper import (
 from vault.config import load_settings
 from vault.errors import LedgerCorrupt, VaultError
 from vault.keys import DEV_KEY_DIR
-from vault.ledger import log, merkle, note
+from vault.ledger import merkle, note
 from vault.ledger.entry import GENESIS_PREV, Entry, decode, leaf_hash
 from vault.service import Vault
 
@@ -163,8 +162,10 @@ def test_consistency_over_1000_actions_and_inclusion_proofs(
 
 
 def roll_back(conn: sqlite3.Connection, new_size: int, *, checkpoints: bool) -> None:
-    """Delete entries from ``new_size`` on, with the Merkle nodes covering them (consistently)."""
+    """Delete entries from ``new_size`` on, with the Merkle nodes covering them and their
+    openings (consistently: the vault goes on appending at ``new_size``)."""
     conn.execute("DELETE FROM ledgerentry WHERE seq >= ?", (new_size,))
+    conn.execute("DELETE FROM ledgeropening WHERE seq >= ?", (new_size,))
     conn.execute("DELETE FROM ledgernode WHERE ((idx + 1) << level) > ?", (new_size,))
     if checkpoints:
         conn.execute("DELETE FROM ledgercheckpoint WHERE size > ?", (new_size,))
@@ -465,7 +466,8 @@ def test_export_names_the_altered_entry(world: World, cli: CliRunner, tmp_path: 
     for k in (5, 17, len(doc["entries"]) - 2):
         copy = json.loads(json.dumps(doc))
         entry = decode(b64d(copy["entries"][k]))
-        copy["entries"][k] = b64(dataclasses.replace(entry, reason=entry.reason + "!").encode())
+        # The action is public in every entry version (a committed reason is not re-encoded).
+        copy["entries"][k] = b64(dataclasses.replace(entry, action=entry.action + "!").encode())
         result = verify_export(copy, vkey)
         assert not result.ok
         assert result.first_bad_seq == k, (k, result)
@@ -490,9 +492,10 @@ def login(client: httpx.Client, user: str) -> tuple[dict[str, str], int]:
 
 
 def entry_of(world: World, seq: int) -> Entry:
-    """Entry ``seq`` as stored (read through the vault's engine, any backend)."""
-    with Session(world.vault.engine) as session:
-        return decode(log.entry_bytes(session, seq), seq_hint=seq)
+    """Entry ``seq`` as stored, opened (read through the vault's engine, any backend)."""
+    found = world.vault.unscoped_entries(seq, seq + 1)
+    assert found, f"no ledger entry #{seq}"
+    return found[0]
 
 
 def test_api_ledger_routes_for_auditor_and_officer(world: World, live_server: str) -> None:

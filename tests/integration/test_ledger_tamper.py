@@ -450,14 +450,15 @@ def test_one_field_changed(world: World, cli: CliRunner, where: str, leaf_too: b
 
 
 def test_one_byte_flipped_in_place(world: World, cli: CliRunner) -> None:
-    """Same length, no re-encoding: one byte of the reason string changed on disk."""
+    """Same length, no re-encoding: one byte of the decision string changed on disk (public
+    in every entry version; a committed entry has no reason in the clear)."""
     built = build_ledger(world)
     k = built.release_seq + 1
     with tampering(world.settings) as conn:
         (data,) = conn.execute("SELECT entry FROM ledgerentry WHERE seq = ?", (k,)).fetchone()
         data = bytearray(data)
-        pos = bytes(data).index(b"\x00\x00\x00\x02ok") + 4
-        data[pos] ^= 0x20  # "ok" -> "Ok"
+        pos = bytes(data).index(b"\x00\x00\x00\x05allow") + 4
+        data[pos] ^= 0x20  # "allow" -> "Allow"
         conn.execute("UPDATE ledgerentry SET entry = ? WHERE seq = ?", (bytes(data), k))
     assert_bad(world, cli, k)
 

@@ -24,7 +24,7 @@ from tests.conftest import FAST_ARGON2, PASSWORD, running_server, seed
 from vault.config import load_settings
 from vault.db import make_engine
 from vault.ledger import log as ledger
-from vault.ledger.entry import Entry, decode
+from vault.ledger.entry import Entry, decode, opened
 from vault.schemas import NewPackage
 from vault.service import IncomingFile, Vault
 
@@ -78,12 +78,19 @@ def client(
     return out
 
 
-def ledger_entries(url: str) -> dict[int, Entry]:
-    """Every entry in the ledger, by sequence number (a fresh connection)."""
+def ledger_entries(url: str, vault: Vault) -> dict[int, Entry]:
+    """Every entry in the ledger, by sequence number, opened with the vault's keys (a fresh
+    connection: the vault's own pool saw the crash)."""
     engine = make_engine(url)
     try:
         with Session(engine) as session:
-            return {seq: decode(data, seq_hint=seq) for seq, data in ledger.iter_entries(session)}
+            found = vault.core.openings.unscoped(session, 0, None)
+            return {
+                seq: decode(data, seq_hint=seq)
+                if (o := found.get(seq)) is None
+                else opened(data, o)
+                for seq, data in ledger.iter_entries(session)
+            }
     finally:
         engine.dispose()
 
@@ -128,7 +135,7 @@ def test_no_read_is_answered_without_its_entry_when_the_database_stops(tmp_path:
                 for thread in threads:
                     thread.join(timeout=60)
             cluster.start()
-            entries = ledger_entries(cluster.url)
+            entries = ledger_entries(cluster.url, vault)
         finally:
             vault.close()
     answered = [a for r in results for a in r.answered]

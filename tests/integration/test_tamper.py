@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from sqlmodel import Session, col, select
 
 from tests.conftest import (
     FAST_ARGON2,
@@ -40,8 +39,6 @@ from tests.conftest import (
 from vault.config import load_settings
 from vault.crypto import HEADER_SIZE, SEGMENT_SIZE, TAG_SIZE, sealed_size
 from vault.errors import IntegrityError
-from vault.ledger.entry import Entry, decode
-from vault.models import LedgerEntry
 from vault.schemas import NewPackage
 from vault.service import IncomingFile, Principal, Vault
 
@@ -233,19 +230,20 @@ TAMPERS: dict[str, Tamper] = {
 # --- checks -------------------------------------------------------------------------------------
 
 
-def ledger_entries(world: World) -> list[Entry]:
-    with Session(world.vault.engine) as session:
-        rows = session.exec(select(LedgerEntry).order_by(col(LedgerEntry.seq))).all()
-        return [decode(row.entry, seq_hint=row.seq) for row in rows]
-
-
 def assert_error_recorded(
-    world: World, package_id: str, file_ids: list[str], after: int, *, missing: bool = False
+    world: World,
+    package_id: str,
+    file_ids: list[str],
+    after: int,
+    *,
+    missing: bool = False,
+    reader: Vault | None = None,
 ) -> None:
-    """After seq ``after`` the ledger holds an 'error' download entry for one of ``file_ids``."""
+    """After seq ``after`` the ledger holds an 'error' download entry for one of ``file_ids``
+    (opened by ``reader``: the vault whose KEK sealed those entries' openings)."""
     errors = [
         e
-        for e in ledger_entries(world)[after:]
+        for e in (reader or world.vault).unscoped_entries(after)
         if e.action == "download" and e.decision == "error" and e.package == package_id
     ]
     assert errors, "no error entry was recorded for the failed download"
@@ -279,7 +277,7 @@ def test_untampered_downloads_succeed(world: World, victim: Victim) -> None:
 @pytest.mark.parametrize("tamper", TAMPERS.values(), ids=TAMPERS.keys())
 def test_service_download_refused(tamper: Tamper, world: World, victim: Victim) -> None:
     damaged = tamper(world, victim)
-    seq_before = len(ledger_entries(world))
+    seq_before = world.vault.ledger_size()
     for file_id in damaged:
         download = world.vault.download(world[USER], victim.package_id, file_id)
         got: list[bytes] = []
@@ -348,10 +346,13 @@ def test_wrong_kek_failure_is_recorded_as_error(
 ) -> None:
     """A download that fails because its keys can't be unwrapped is a failed download too: the
     ledger must not end with an 'allow' for it and no 'error'."""
-    seq_before = len(ledger_entries(world))
-    with vault_with_other_kek(world, tmp_path) as other, pytest.raises(IntegrityError):
-        drain(other, world[USER], victim.package_id, victim.file_ids[1])
-    assert_error_recorded(world, victim.package_id, [victim.file_ids[1]], seq_before)
+    seq_before = world.vault.ledger_size()
+    with vault_with_other_kek(world, tmp_path) as other:
+        with pytest.raises(IntegrityError):
+            drain(other, world[USER], victim.package_id, victim.file_ids[1])
+        assert_error_recorded(
+            world, victim.package_id, [victim.file_ids[1]], seq_before, reader=other
+        )
 
 
 # --- through the CLI and the live server --------------------------------------------------------
@@ -417,7 +418,7 @@ def test_cli_download_refused_and_nothing_kept(
     out_dir = tmp_path / "downloads"
     out_dir.mkdir()
     (out_dir / "already-here.txt").write_bytes(b"untouched")
-    seq_before = len(ledger_entries(world))
+    seq_before = world.vault.ledger_size()
 
     result = cli("package", "download", victim.package_id, "-o", out_dir, user=USER)
 

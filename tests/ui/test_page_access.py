@@ -36,8 +36,8 @@ from tests.conftest import (
 )
 from tests.ui.conftest import Browser
 from vault.config import load_settings
-from vault.ledger.entry import Entry, decode
-from vault.models import Acknowledgement, Classification, Handling, LedgerEntry, Release
+from vault.ledger.entry import Entry
+from vault.models import Acknowledgement, Classification, Handling, Release
 from vault.schemas import NewPackage
 from vault.service import IncomingFile, Principal, Vault
 
@@ -166,10 +166,9 @@ def _state(vault: Vault, package: str) -> list[tuple[str, ...]]:
 
 
 def _entry(vault: Vault, seq: int) -> Entry:
-    with Session(vault.engine) as session:
-        row = session.get(LedgerEntry, seq)
-        assert row is not None, f"no ledger entry #{seq}"
-        return decode(row.entry, seq_hint=seq)
+    found = vault.unscoped_entries(seq, seq + 1)
+    assert found, f"no ledger entry #{seq}"
+    return found[0]
 
 
 def _outcome(status: int) -> str:

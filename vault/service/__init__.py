@@ -532,6 +532,11 @@ class Vault:
         """Every entry, decoded, in order; the read is recorded first."""
         return self.ledger.ledger_show(principal)
 
+    def unscoped_entries(self, start: int = 0, stop: int | None = None) -> list[Entry]:
+        """Entries ``[start, stop)``, every committed one opened, unrecorded: the server-side
+        operator's (and tests') view, which no route or command exposes."""
+        return self.ledger.unscoped_entries(start, stop)
+
     # --- the web interface's browser sessions -------------------------------------------------
 
     def web_sessions(self) -> WebSessionStore:

@@ -21,6 +21,7 @@ from vault.models import (
     Agency,
     Classification,
     Country,
+    LedgerOpening,
     Package,
     PackageFile,
     PackageRecords,
@@ -38,6 +39,7 @@ from vault.schemas import (
     check_username,
 )
 from vault.service._core import ALLOW, Core, Principal, load_rules, new_id, records_refusals
+from vault.service.ledger_openings import opening_identity
 from vault.service.sealed import file_identity, package_identity
 from vault.service.sessions import Sessions
 
@@ -254,7 +256,8 @@ class AdminService:
         self.core.require_global(principal, "manage", subject="kek")
         current = self.core.keys.keyring.current.id
         done = 0
-        for table in (Package, PackageFile):
+        # Ledger openings too: each is under its own key wrapped by the KEK (issue 18).
+        for table in (Package, PackageFile, LedgerOpening):
             while True:
                 rewrapped = self._rewrap_batch(table, current, batch)
                 done += rewrapped
@@ -272,23 +275,26 @@ class AdminService:
         self._compact_database()
         return done
 
-    def _rewrap_batch(self, table: type[Package | PackageFile], current: str, batch: int) -> int:
+    def _rewrap_batch(
+        self, table: type[Package | PackageFile | LedgerOpening], current: str, batch: int
+    ) -> int:
         """Re-wrap up to ``batch`` keys of ``table`` not under KEK ``current``, in one
         transaction; returns how many."""
         keyring = self.core.keys.keyring
         with self.core.tx() as session:
-            rows: Sequence[Package | PackageFile] = session.exec(  # type: ignore[assignment]
+            rows: Sequence[Package | PackageFile | LedgerOpening] = session.exec(  # type: ignore[assignment]
                 select(table)
                 .where(col(table.kek_id) != current)
                 .where(func.length(col(table.wrapped_key)) > 0)
                 .limit(batch)
             ).all()
             for row in rows:
-                context = (
-                    package_identity(row.id)
-                    if isinstance(row, Package)
-                    else file_identity(row.package_id, row.id)
-                )
+                if isinstance(row, LedgerOpening):
+                    context = opening_identity(row.seq)
+                elif isinstance(row, Package):
+                    context = package_identity(row.id)
+                else:
+                    context = file_identity(row.package_id, row.id)
                 fresh = keyring.rewrap(
                     crypto.WrappedKey(row.kek_id, row.wrapped_key), context=context
                 )

@@ -330,6 +330,19 @@ class LedgerService:
                 opening = scoped.get(seq)
                 yield decode(data, seq_hint=seq) if opening is None else _opened(data, opening)
 
+    def unscoped_entries(self, start: int = 0, stop: int | None = None) -> list[Entry]:
+        """Entries ``[start, stop)`` decoded, each committed one opened whatever its scope
+        (purged ones stay committed). Not recorded and not scoped: for the operator's tooling
+        and tests on the server itself, which hold the KEK and the database anyway; no route
+        or command reaches it."""
+        with self.core.tx(readonly=True) as session:
+            found = self.core.openings.unscoped(session, start, stop)
+            rows = ledger.iter_entries(session, start=start, stop=stop)
+            return [
+                decode(data, seq_hint=seq) if (o := found.get(seq)) is None else _opened(data, o)
+                for seq, data in rows
+            ]
+
     # --- health -------------------------------------------------------------------------------
 
     def ledger_size(self) -> int:

@@ -12,13 +12,13 @@ from sqlmodel import select
 from tests.conftest import PASSWORD
 from vault.config import Settings
 from vault.errors import AccessDenied, AuthenticationFailed, InvalidInput, NotFound
-from vault.ledger import log as ledger
-from vault.ledger.entry import Entry, decode
+from vault.ledger.entry import Entry
 from vault.ledger.log import Actor
 from vault.models import Agency, Classification, Role
 from vault.service import Core, Principal, local_operator
 from vault.service.admin import AdminService
 from vault.service.identity import IdentityService
+from vault.service.ledger_ops import LedgerService
 from vault.service.sessions import Sessions
 
 
@@ -37,8 +37,7 @@ def admin(core: Core) -> AdminService:
 
 
 def entries(core: Core) -> list[Entry]:
-    with core.tx(readonly=True) as session:
-        return [decode(data, seq_hint=seq) for seq, data in ledger.iter_entries(session)]
+    return LedgerService(core).unscoped_entries()
 
 
 def officer() -> Principal:
