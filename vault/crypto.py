@@ -25,6 +25,7 @@ every failure to open is one :class:`~vault.errors.IntegrityError`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import hmac
 import os
@@ -130,8 +131,8 @@ class Kek:
         if len(self.key) != KEY_SIZE:
             raise ConfigError("a KEK must be exactly 32 bytes")
 
-    @property
-    def id(self) -> str:
+    @functools.cached_property  # every wrap names its KEK: hashing the key each time showed
+    def id(self) -> str:  # up in the ledger's append profile (one wrap per committed entry)
         """Stable identifier stored beside every key wrapped under this KEK."""
         return "kek-" + hashlib.sha256(b"blo-vault kek id\x00" + self.key).hexdigest()[:16]
 

@@ -4,7 +4,9 @@ Every SQLite connection gets WAL, foreign keys, ``recursive_triggers`` (without 
 REPLACE`` deletes a ledger row without firing the delete trigger) and ``BEGIN IMMEDIATE``
 transactions, so writers queue for the lock instead of failing mid-transaction. Ledger tables
 are append-only in the database itself: triggers abort UPDATE, DELETE (and on PostgreSQL
-TRUNCATE).
+TRUNCATE). The one exception is a ledger entry's sealed opening (``LedgerEntry.opening_*``),
+which purge and retention must be able to destroy: an UPDATE is refused when it sets any
+column the ledger's proofs rest on, and allowed when it touches only those.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, create_engine
 
-from vault import models  # noqa: F401  (registers the tables on SQLModel.metadata)
+from vault import models  # also registers the tables on SQLModel.metadata
 from vault.errors import ConfigError, StorageUnavailable, VaultMissing
 
 __all__ = [
@@ -57,11 +59,29 @@ APPEND_ONLY_TABLES = ("ledgerentry", "ledgernode", "ledgercheckpoint")
 # Execution option marking a transaction that only reads (see session_scope).
 READ_ONLY = "vault_read_only"
 
+# The columns of each ledger table an UPDATE may not set: all of them but a ledger entry's
+# sealed opening (see the module docstring).
+_FIXED_COLUMNS = {
+    "ledgerentry": ("seq", "prev_hash", "entry"),
+    "ledgernode": (),
+    "ledgercheckpoint": (),
+}
+assert set(_FIXED_COLUMNS) == set(APPEND_ONLY_TABLES)
+assert set(models.LEDGER_OPENING_COLUMNS).isdisjoint(_FIXED_COLUMNS["ledgerentry"])
+
+
+def _update_of(table: str) -> str:
+    """``UPDATE`` or ``UPDATE OF <fixed columns>``: what the guard's update trigger fires on."""
+    fixed = _FIXED_COLUMNS[table]
+    return f"UPDATE OF {', '.join(fixed)}" if fixed else "UPDATE"
+
+
 # The guard, by trigger name. Stored as written (SQLite keeps the CREATE text, minus
 # IF NOT EXISTS), which is how append_only_problems recognises an altered one.
 _SQLITE_GUARD = {
     f"{table}_no_{op.lower()}": (
-        f"CREATE TRIGGER IF NOT EXISTS {table}_no_{op.lower()} BEFORE {op} ON {table}"
+        f"CREATE TRIGGER IF NOT EXISTS {table}_no_{op.lower()}"
+        f" BEFORE {_update_of(table) if op == 'UPDATE' else op} ON {table}"
         f" BEGIN SELECT RAISE(ABORT, '{table} is append-only'); END"
     )
     for table in APPEND_ONLY_TABLES
@@ -74,10 +94,14 @@ _SQLITE_TRIGGERS = [
 ]
 
 _PG_GUARD_BODY = "BEGIN RAISE EXCEPTION '% is append-only', TG_TABLE_NAME; END"
-# pg_trigger.tgtype bits: ROW 1, BEFORE 2, DELETE 8, UPDATE 16, TRUNCATE 32.
+# pg_trigger.tgtype bits: ROW 1, BEFORE 2, DELETE 8, UPDATE 16, TRUNCATE 32; and the columns
+# an UPDATE trigger is limited to ("" for all).
 _PG_GUARD = {
-    **{f"{table}_append_only": (table, 1 | 2 | 8 | 16) for table in APPEND_ONLY_TABLES},
-    **{f"{table}_no_truncate": (table, 2 | 32) for table in APPEND_ONLY_TABLES},
+    **{
+        f"{table}_append_only": (table, 1 | 2 | 8 | 16, ",".join(sorted(_FIXED_COLUMNS[table])))
+        for table in APPEND_ONLY_TABLES
+    },
+    **{f"{table}_no_truncate": (table, 2 | 32, "") for table in APPEND_ONLY_TABLES},
 }
 _PG_TRIGGERS = [
     f"""CREATE OR REPLACE FUNCTION vault_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -87,8 +111,8 @@ _PG_TRIGGERS = [
         for table in APPEND_ONLY_TABLES
         for stmt in (
             f"DROP TRIGGER IF EXISTS {table}_append_only ON {table}",
-            f"""CREATE TRIGGER {table}_append_only BEFORE UPDATE OR DELETE ON {table}
-                FOR EACH ROW EXECUTE FUNCTION vault_append_only()""",
+            f"""CREATE TRIGGER {table}_append_only BEFORE {_update_of(table)} OR DELETE
+                ON {table} FOR EACH ROW EXECUTE FUNCTION vault_append_only()""",
             f"DROP TRIGGER IF EXISTS {table}_no_truncate ON {table}",
             f"""CREATE TRIGGER {table}_no_truncate BEFORE TRUNCATE ON {table}
                 FOR EACH STATEMENT EXECUTE FUNCTION vault_append_only()""",
@@ -290,7 +314,8 @@ def append_only_problems(connection: Connection) -> list[str]:
 # round trip.
 _PG_GUARD_TRIGGERS = text(
     "SELECT c.relname, t.tgname, t.tgtype, t.tgenabled, t.tgqual IS NULL AS unconditional,"
-    " t.tgattr::text = '' AS all_columns,"
+    " (SELECT coalesce(string_agg(a.attname, ',' ORDER BY a.attname), '') FROM pg_attribute a"
+    "  WHERE a.attrelid = c.oid AND a.attnum = ANY(t.tgattr::int2[])) AS columns,"
     " t.tgfoid = to_regprocedure('vault_append_only()') AS guard_function"
     " FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid"
     " WHERE c.relname IN :tables AND pg_table_is_visible(c.oid)"
@@ -305,14 +330,17 @@ def _pg_guard_problems(connection: Connection) -> list[str]:
     if body is None or _words(body) != _words(_PG_GUARD_BODY):
         problems.append("function vault_append_only() is missing or altered")
     found = {(row.relname, row.tgname): row for row in connection.execute(_PG_GUARD_TRIGGERS)}
-    for name, (table, kind) in _PG_GUARD.items():
+    for name, (table, kind, columns) in _PG_GUARD.items():
         row = found.get((table, name))
         if row is None:
             problems.append(f"trigger {name} is missing")
         elif row.tgenabled not in ("O", "A"):
             problems.append(f"trigger {name} is disabled")
         elif not (
-            row.tgtype == kind and row.unconditional and row.all_columns and row.guard_function
+            row.tgtype == kind
+            and row.unconditional
+            and row.columns == columns
+            and row.guard_function
         ):
             problems.append(f"trigger {name} was altered")
     return problems
@@ -421,8 +449,9 @@ def grant_app_role(engine: Engine, role: str) -> None:
     """PostgreSQL: let ``role`` run the service but never change or delete ledger rows.
 
     The role gets SELECT, INSERT, UPDATE and DELETE on the vault's other tables and only
-    SELECT and INSERT on the ledger tables; the triggers stop even the owner from rewriting
-    history, and this stops the service's own credentials from disabling them.
+    SELECT and INSERT on the ledger tables (and UPDATE of a ledger entry's sealed opening); the
+    triggers stop even the owner from rewriting history, and this stops the service's own
+    credentials from disabling them.
     """
     if not is_postgres(engine):
         raise ConfigError("database roles exist on PostgreSQL only")
@@ -442,6 +471,9 @@ def grant_app_role(engine: Engine, role: str) -> None:
             if table in APPEND_ONLY_TABLES:
                 conn.exec_driver_sql(f'REVOKE ALL ON "{table}" FROM {role}')
                 conn.exec_driver_sql(f'GRANT SELECT, INSERT ON "{table}" TO {role}')
+                if table == "ledgerentry":  # purge and retention destroy sealed openings
+                    opening = ", ".join(models.LEDGER_OPENING_COLUMNS)
+                    conn.exec_driver_sql(f'GRANT UPDATE ({opening}) ON "{table}" TO {role}')
             elif table == "alembic_version":
                 conn.exec_driver_sql(f'REVOKE ALL ON "{table}" FROM {role}')
                 conn.exec_driver_sql(f'GRANT SELECT ON "{table}" TO {role}')

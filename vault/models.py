@@ -29,6 +29,7 @@ from sqlmodel import Field, SQLModel
 from vault.kinds import Classification, Handling, ReleaseKind, ReleaseStatus, Role
 
 __all__ = [
+    "LEDGER_OPENING_COLUMNS",
     "Acknowledgement",
     "Agency",
     "Classification",
@@ -276,32 +277,43 @@ def _position(primary_key: bool = True) -> Any:
 
 
 class LedgerEntry(SQLModel, table=True):
-    """One ledger record: exactly the canonical bytes that are hashed (see vault.ledger)."""
+    """One ledger record: exactly the canonical bytes that are hashed (see vault.ledger).
+
+    ``seq``, ``prev_hash`` and ``entry`` never change (the database's append-only guard). The
+    ``opening_*`` columns hold the sealed opening (salts and values) of a committed (v2) entry:
+    in the entry's own row because a second table cost every append another statement and
+    another page written and synced (issue 18's benchmark); they are the only columns the
+    guard lets change, so that purge and retention can destroy an opening (set to NULL) and
+    ``rotate-kek`` re-wrap its key, while the entry, and every proof over it, stays.
+    ``opening_package`` and ``opening_countries`` (" UZ KZ ") say whom it concerns, for purge
+    and for scoping reads; the values themselves are only in ``opening_sealed``, under a
+    per-entry key wrapped by the KEK. NULL throughout for v1 entries, public entries and
+    destroyed openings.
+    """
 
     seq: int = _position()
     # Unique so two writers that read the same head cannot both commit: the chain can't fork.
     prev_hash: bytes = Field(sa_column=Column(LargeBinary(32), nullable=False, unique=True))
     entry: bytes = _blob()
+    # Not indexed: each index costs every append another page written and synced, and only
+    # purge and retention look rows up by package or time (a scan, on a rare command).
+    opening_package: str | None = Field(default=None, max_length=32, nullable=True)
+    opening_countries: str | None = Field(default=None, max_length=64, nullable=True)
+    opening_at: datetime | None = _time(nullable=True)
+    opening_kek_id: str | None = Field(default=None, max_length=64, nullable=True)
+    opening_key: bytes | None = _blob(nullable=True)
+    opening_sealed: bytes | None = _blob(nullable=True)
 
 
-class LedgerOpening(SQLModel, table=True):
-    """The sealed opening (salts and values) of one committed (v2) ledger entry.
-
-    Kept apart from the entry so it can be destroyed (purge, retention) while the entry, and
-    every proof over it, stays. ``package`` and ``countries`` (" UZ KZ ") say whom it concerns,
-    for purge and for scoping reads; the values themselves are only in ``sealed``, under a
-    per-entry key wrapped by the KEK.
-    """
-
-    seq: int = _position()
-    # Not indexed either: each index costs every append another page written and synced, and
-    # only purge looks rows up by package (a scan, on a rare administrative command).
-    package: str = Field(default="", max_length=32)
-    countries: str = Field(default="", max_length=64)
-    created_at: datetime = _time()
-    kek_id: str = Field(max_length=64)
-    wrapped_key: bytes = _blob()
-    sealed: bytes = _blob()
+# The columns of LedgerEntry that the append-only guard lets change (see LedgerEntry).
+LEDGER_OPENING_COLUMNS = (
+    "opening_package",
+    "opening_countries",
+    "opening_at",
+    "opening_kek_id",
+    "opening_key",
+    "opening_sealed",
+)
 
 
 class LedgerNode(SQLModel, table=True):

@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import Engine, text
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from blo_vault.cli.main import run
 from tests.conftest import (
@@ -40,7 +40,7 @@ from vault.config import Settings, load_settings
 from vault.db import make_engine, migrate
 from vault.errors import ConfigError, IntegrityError, NotFound
 from vault.keys import DEV_KEY_DIR, generate_key_files, read_kek
-from vault.models import Classification, LedgerOpening, Package, PackageFile
+from vault.models import Classification, LedgerEntry, Package, PackageFile
 from vault.schemas import NewPackage, PackageDetail
 from vault.service import IncomingFile, Principal, Vault, local_operator
 from vault.storage.local import LocalDiskStore
@@ -111,8 +111,10 @@ def key_rows(engine: Engine, *, openings: bool = False) -> list[tuple[str, str, 
         rows = [("package", p.kek_id, p.wrapped_key) for p in session.exec(select(Package))]
         rows += [("file", f.kek_id, f.wrapped_key) for f in session.exec(select(PackageFile))]
         if openings:
-            found = session.exec(select(LedgerOpening)).all()
-            rows += [("opening", o.kek_id, o.wrapped_key) for o in found]
+            found = session.exec(
+                select(LedgerEntry).where(col(LedgerEntry.opening_key).is_not(None))
+            ).all()
+            rows += [("opening", o.opening_kek_id or "", o.opening_key or b"") for o in found]
     return rows
 
 

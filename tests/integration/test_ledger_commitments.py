@@ -29,7 +29,7 @@ from vault.errors import IntegrityError, NotFound
 from vault.ledger import note
 from vault.ledger.entry import decode
 from vault.ledger.verify import verify_export
-from vault.models import Classification, LedgerEntry, LedgerOpening, Role, utcnow
+from vault.models import Classification, LedgerEntry, Role, utcnow
 from vault.schemas import NewPackage
 from vault.service import IncomingFile, Principal, Vault, local_operator
 
@@ -116,7 +116,7 @@ def test_entries_are_committed_and_verify(world: World, exchange: Exchange) -> N
     assert report.ok, report.problem
     # Openings are sealed at rest: no secret in their rows either.
     with Session(vault.engine) as session:
-        sealed = b"".join(r.sealed for r in session.exec(select(LedgerOpening)).all())
+        sealed = b"".join(r.opening_sealed or b"" for r in session.exec(select(LedgerEntry)).all())
     assert_absent(sealed, exchange.secrets()[3:], "the sealed openings")
 
 
@@ -212,9 +212,11 @@ def test_purge_destroys_openings_and_the_log_still_verifies(
     old = note.open_checkpoint(before.note, [vault.ledger.verifier], before.origin)
     with Session(vault.engine) as session:
         rows = session.exec(
-            select(LedgerOpening).where(col(LedgerOpening.package) == exchange.package)
+            select(LedgerEntry).where(col(LedgerEntry.opening_package) == exchange.package)
         ).all()
-        destroyed = [(r.seq, bytes(r.sealed), bytes(r.wrapped_key)) for r in rows]
+        destroyed = [
+            (r.seq, bytes(r.opening_sealed or b""), bytes(r.opening_key or b"")) for r in rows
+        ]
     assert len(destroyed) >= 4
     vault.purge(local_operator(), exchange.package)
     _, document = export(vault, uz, scoped=True)
@@ -306,11 +308,11 @@ def test_a_sealed_opening_moved_to_another_entry_does_not_open(
     vault = world.vault
     with Session(vault.engine) as session:
         rows = session.exec(
-            select(LedgerOpening).where(col(LedgerOpening.package) == exchange.package)
+            select(LedgerEntry).where(col(LedgerEntry.opening_package) == exchange.package)
         ).all()
         first, second = rows[0], rows[1]
-        first.sealed, second.sealed = second.sealed, first.sealed
-        first.wrapped_key, second.wrapped_key = second.wrapped_key, first.wrapped_key
+        first.opening_sealed, second.opening_sealed = second.opening_sealed, first.opening_sealed
+        first.opening_key, second.opening_key = second.opening_key, first.opening_key
         session.add_all([first, second])
         session.commit()
     with pytest.raises(IntegrityError):

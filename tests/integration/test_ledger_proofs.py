@@ -162,10 +162,9 @@ def test_consistency_over_1000_actions_and_inclusion_proofs(
 
 
 def roll_back(conn: sqlite3.Connection, new_size: int, *, checkpoints: bool) -> None:
-    """Delete entries from ``new_size`` on, with the Merkle nodes covering them and their
-    openings (consistently: the vault goes on appending at ``new_size``)."""
+    """Delete entries from ``new_size`` on (their openings with them), with the Merkle nodes
+    covering them (consistently: the vault goes on appending at ``new_size``)."""
     conn.execute("DELETE FROM ledgerentry WHERE seq >= ?", (new_size,))
-    conn.execute("DELETE FROM ledgeropening WHERE seq >= ?", (new_size,))
     conn.execute("DELETE FROM ledgernode WHERE ((idx + 1) << level) > ?", (new_size,))
     if checkpoints:
         conn.execute("DELETE FROM ledgercheckpoint WHERE size > ?", (new_size,))

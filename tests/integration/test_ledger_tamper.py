@@ -360,6 +360,30 @@ def test_triggers_block_update_delete_and_replace(world: World, table: str) -> N
     assert after == before
 
 
+def test_only_an_entrys_opening_columns_may_change(world: World) -> None:
+    """The guard's one opening: purge and retention NULL a committed entry's opening. Setting
+    any column the proofs rest on, alone or beside the opening, is still refused."""
+    build_ledger(world, total=20)
+    with raw_db(world.settings) as conn:
+        seq, entry = conn.execute(
+            "SELECT seq, entry FROM ledgerentry WHERE opening_sealed IS NOT NULL LIMIT 1"
+        ).fetchone()
+        for assignment in ("entry = x'00'", "prev_hash = zeroblob(32)", "seq = seq + 1000"):
+            with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+                conn.execute(
+                    f"UPDATE ledgerentry SET opening_sealed = NULL, {assignment} WHERE seq = ?",
+                    (seq,),
+                )
+        conn.execute(
+            "UPDATE ledgerentry SET opening_sealed = NULL, opening_key = NULL WHERE seq = ?",
+            (seq,),
+        )
+        after = conn.execute(
+            "SELECT entry, opening_sealed FROM ledgerentry WHERE seq = ?", (seq,)
+        ).fetchone()
+    assert after == (entry, None)
+
+
 def test_vault_connections_block_insert_or_replace(world: World) -> None:
     """The engine's own connections have recursive_triggers on: REPLACE can't sneak past."""
     from sqlalchemy import exc as sa_exc

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from alembic import command
+from alembic.config import Config
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
@@ -32,7 +34,14 @@ from tests.conftest import (
 )
 from vault.config import load_settings
 from vault.crypto import SEGMENT_SIZE
-from vault.db import APPEND_ONLY_TABLES, check_schema, grant_app_role, make_engine, migrate
+from vault.db import (
+    APPEND_ONLY_TABLES,
+    MIGRATIONS,
+    check_schema,
+    grant_app_role,
+    make_engine,
+    migrate,
+)
 from vault.errors import ConfigError
 from vault.keys import generate_key_files
 from vault.service import Vault, local_operator
@@ -306,3 +315,38 @@ def test_vault_runs_as_app_role(databases: Databases, tmp_path: Path) -> None:
             text("SELECT length(wrapped_key) FROM package WHERE id = :i"), {"i": package["id"]}
         ).scalar_one()
     assert wrapped == 0
+
+
+def test_only_a_ledger_entrys_opening_may_be_destroyed(databases: Databases) -> None:
+    """Purge and retention set an entry's opening columns to NULL: the app role may do that,
+    and only that; an UPDATE that also sets the entry is refused, by the grant for the app role
+    and by the trigger for the owner."""
+    with databases.owner.begin() as conn:
+        conn.execute(text(ROWS["ledgerentry"]), _params(0))
+        conn.execute(text("UPDATE ledgerentry SET opening_sealed = :s"), {"s": b"sealed"})
+    with databases.app.begin() as conn:
+        conn.execute(text("UPDATE ledgerentry SET opening_sealed = NULL, opening_key = NULL"))
+    both = "UPDATE ledgerentry SET opening_sealed = NULL, entry = :b"
+    assert _sqlstate(_refused(databases.app, both, _params(1))) == "42501"
+    assert "ledgerentry is append-only" in str(_refused(databases.owner, both, _params(1)).orig)
+    with databases.owner.connect() as conn:
+        entry, sealed = conn.execute(text("SELECT entry, opening_sealed FROM ledgerentry")).one()
+    assert (bytes(entry), sealed) == (b"entry-0", None)
+
+
+def test_upgrading_to_openings_in_entries_grants_the_app_role(databases: Databases) -> None:
+    """A deployment granted before 0008 (INSERT on the ledger, no column grants) keeps working:
+    the migration grants every role that may append UPDATE of the opening columns."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with databases.owner.begin() as conn:
+        config.attributes["connection"] = conn
+        command.downgrade(config, "0007")  # drops the columns, and their grants with them
+    migrate(databases.owner)
+    with databases.owner.begin() as conn:
+        conn.execute(text(ROWS["ledgerentry"]), _params(0))
+        conn.execute(text("UPDATE ledgerentry SET opening_sealed = :s"), {"s": b"sealed"})
+    with databases.app.begin() as conn:
+        conn.execute(text("UPDATE ledgerentry SET opening_sealed = NULL"))
+    with databases.owner.connect() as conn:
+        assert conn.execute(text("SELECT opening_sealed FROM ledgerentry")).scalar_one() is None

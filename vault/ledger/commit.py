@@ -77,6 +77,8 @@ _PUBLIC_ACTIONS = frozenset({"witness", "checkpoint"})
 _MAX_STRING = 4096
 _HEAD = struct.Struct(">BQQB")
 _U32 = struct.Struct(">I")
+# What commitment() hashes before the sequence number, per sensitive field, in order.
+_COMMIT_PREFIXES = tuple(TAG + name.encode() + b"\x00" for name in SENSITIVE)
 _U64 = struct.Struct(">Q")
 
 
@@ -219,11 +221,16 @@ def encode(
         if len(pool) != SALT_SIZE * len(SENSITIVE):
             raise ValueError("wrong number of salt bytes")
         cut = tuple(pool[i * SALT_SIZE : (i + 1) * SALT_SIZE] for i in range(len(SENSITIVE)))
+        # commitment() inlined, each value encoded once: this runs on every append, and the
+        # checks it repeats per field are settled here once (names fixed, salts cut to size).
+        packed_seq = _U64.pack(seq)
         digests = []
-        for name, salt, value in zip(SENSITIVE, cut, values, strict=True):
-            _string(value)  # the same length limit as the open form
-            digests.append(commitment(seq, name, salt, value))
-        out.append(fields_digest(seq, digests))
+        for prefix, salt, value in zip(_COMMIT_PREFIXES, cut, values, strict=True):
+            raw = value.encode("utf-8")
+            if len(raw) > _MAX_STRING:  # the same length limit as the open form
+                raise ValueError("ledger entry field too long")
+            digests.append(hashlib.sha256(prefix + packed_seq + salt + raw).digest())
+        out.append(hashlib.sha256(ROOT_TAG + packed_seq + b"".join(digests)).digest())
         opening = Opening(seq, cut, values)
     out.append(_string(prev))
     return b"".join(out), opening

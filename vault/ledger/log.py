@@ -29,7 +29,13 @@ from vault.db import session_scope
 from vault.errors import InvalidInput, LedgerCorrupt, StorageUnavailable
 from vault.ledger import commit, merkle, note
 from vault.ledger.entry import GENESIS_PREV, Entry, leaf_hash
-from vault.models import LedgerCheckpoint, LedgerEntry, LedgerNode, LedgerOpening, utcnow
+from vault.models import (
+    LEDGER_OPENING_COLUMNS,
+    LedgerCheckpoint,
+    LedgerEntry,
+    LedgerNode,
+    utcnow,
+)
 
 __all__ = [
     "Actor",
@@ -156,8 +162,8 @@ class Record:
 
 
 class OpeningSink(Protocol):
-    """Turns the opening of a committed entry into its ``LedgerOpening`` row (sealed), in the
-    transaction that appends the entry."""
+    """Turns the opening of a committed entry into the values of its row's ``opening_*``
+    columns (sealed), in the transaction that appends the entry."""
 
     def __call__(
         self, session: Session, record: Record, opening: commit.Opening
@@ -213,7 +219,9 @@ def append(session: Session, **fields: Any) -> int:
 
 _INSERT_ENTRY = insert(LedgerEntry.__table__)  # type: ignore[attr-defined]
 _INSERT_NODE = insert(LedgerNode.__table__)  # type: ignore[attr-defined]
-_INSERT_OPENING = insert(LedgerOpening.__table__)  # type: ignore[attr-defined]
+# The opening columns of an entry that has none (a public entry in a version 2 batch): every
+# row of one insert must name the same columns.
+_NO_OPENING: dict[str, Any] = dict.fromkeys(LEDGER_OPENING_COLUMNS)
 # The head entry; built once (building it cost more than running it, per batch).
 _HEAD = (
     sa_select(col(LedgerEntry.seq), col(LedgerEntry.entry))
@@ -227,8 +235,8 @@ def append_many(
 ) -> list[int]:
     """Append entries (and their new tree nodes) in the session's transaction; return seqs.
 
-    With a ``sink`` the entries are version 2 (vault.ledger.commit), and the sink's rows of
-    their openings are inserted in the same transaction.
+    With a ``sink`` the entries are version 2 (vault.ledger.commit), stored with the sink's
+    sealed openings in their own rows.
 
     Reads the head entry and the tree's frontier once (O(log n) nodes), then builds every
     entry, link and node in memory and inserts them together, so a batch costs little more
@@ -244,16 +252,16 @@ def append_many(
     frontier = _frontier(session, size_now, head_leaf)
     entries: list[dict[str, Any]] = []
     nodes: list[dict[str, Any]] = []
-    openings: list[dict[str, Any]] = []
     seqs: list[int] = []
     now_us = time.time_ns() // 1000
     for offset, record in enumerate(records):
         seq = size_now + offset
         data, opening = _encode(record, seq, now_us, prev, sink)
-        if opening is not None and sink is not None:
-            openings.append(sink(session, record, opening))
         leaf = leaf_hash(data)
-        entries.append({"seq": seq, "prev_hash": bytes.fromhex(prev), "entry": data})
+        row = {"seq": seq, "prev_hash": bytes.fromhex(prev), "entry": data}
+        if sink is not None:
+            row.update(_NO_OPENING if opening is None else sink(session, record, opening))
+        entries.append(row)
         nodes.extend(
             {"level": n.level, "idx": n.idx, "hash": n.hash} for n in frontier.append(leaf)
         )
@@ -265,8 +273,6 @@ def append_many(
         connection = session.connection()
         connection.execute(_INSERT_ENTRY, entries)
         connection.execute(_INSERT_NODE, nodes)
-        if openings:
-            connection.execute(_INSERT_OPENING, openings)
         _FRONTIERS[_database_key(session)] = (frontier.size, bytes.fromhex(prev), frontier)
     return seqs
 

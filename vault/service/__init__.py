@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import date, datetime, timedelta
-from typing import TextIO
 
 from sqlalchemy import Engine
 
@@ -64,7 +63,7 @@ from vault.service.access import Access, listing_params, package_facts
 from vault.service.admin import AdminService
 from vault.service.audit import AuditService
 from vault.service.identity import IdentityService
-from vault.service.ledger_ops import MAX_LEDGER_PAGE, LedgerService
+from vault.service.ledger_ops import MAX_LEDGER_PAGE, LedgerService, TextOut
 from vault.service.officer_keys import OfficerKeyService
 from vault.service.packages import MAX_PAGE, Download, IncomingFile, PackageService
 from vault.service.releases import ReleaseService
@@ -519,7 +518,7 @@ class Vault:
     def export_ledger(
         self,
         principal: Principal,
-        out: TextIO,
+        out: TextOut,
         progress: Callable[[int], None] | None = None,
         *,
         scoped: bool = False,

@@ -21,7 +21,6 @@ from vault.models import (
     Agency,
     Classification,
     Country,
-    LedgerOpening,
     Package,
     PackageFile,
     PackageRecords,
@@ -39,7 +38,6 @@ from vault.schemas import (
     check_username,
 )
 from vault.service._core import ALLOW, Core, Principal, load_rules, new_id, records_refusals
-from vault.service.ledger_openings import opening_identity
 from vault.service.sealed import file_identity, package_identity
 from vault.service.sessions import Sessions
 
@@ -256,13 +254,19 @@ class AdminService:
         self.core.require_global(principal, "manage", subject="kek")
         current = self.core.keys.keyring.current.id
         done = 0
-        # Ledger openings too: each is under its own key wrapped by the KEK (issue 18).
-        for table in (Package, PackageFile, LedgerOpening):
+        for table in (Package, PackageFile):
             while True:
                 rewrapped = self._rewrap_batch(table, current, batch)
                 done += rewrapped
                 if rewrapped < batch:
                     break
+        # Ledger openings too: each is under its own key wrapped by the KEK (issue 18).
+        while True:
+            with self.core.tx() as session:
+                rewrapped = self.core.openings.rewrap(session, current, batch)
+            done += rewrapped
+            if rewrapped < batch:
+                break
         with self.core.tx() as session:
             self.core.record_in(
                 session,
@@ -275,23 +279,19 @@ class AdminService:
         self._compact_database()
         return done
 
-    def _rewrap_batch(
-        self, table: type[Package | PackageFile | LedgerOpening], current: str, batch: int
-    ) -> int:
+    def _rewrap_batch(self, table: type[Package | PackageFile], current: str, batch: int) -> int:
         """Re-wrap up to ``batch`` keys of ``table`` not under KEK ``current``, in one
         transaction; returns how many."""
         keyring = self.core.keys.keyring
         with self.core.tx() as session:
-            rows: Sequence[Package | PackageFile | LedgerOpening] = session.exec(  # type: ignore[assignment]
+            rows: Sequence[Package | PackageFile] = session.exec(  # type: ignore[assignment]
                 select(table)
                 .where(col(table.kek_id) != current)
                 .where(func.length(col(table.wrapped_key)) > 0)
                 .limit(batch)
             ).all()
             for row in rows:
-                if isinstance(row, LedgerOpening):
-                    context = opening_identity(row.seq)
-                elif isinstance(row, Package):
+                if isinstance(row, Package):
                     context = package_identity(row.id)
                 else:
                     context = file_identity(row.package_id, row.id)
@@ -408,7 +408,7 @@ class AdminService:
         if is_postgres(engine):
             with engine.connect() as conn:
                 conn = conn.execution_options(isolation_level="AUTOCOMMIT")
-                for table in ("package", "packagefile", "ledgeropening"):
+                for table in ("package", "packagefile", "ledgerentry"):
                     conn.exec_driver_sql(f"VACUUM {table}")
             return
         raw = engine.raw_connection()

@@ -3,8 +3,9 @@ destroyed by purge and retention.
 
 Each opening is sealed under a fresh per-entry key wrapped by the KEK (the same pattern as a
 package's metadata), bound to the entry's sequence number, so a sealed opening moved to another
-row does not open. Destroying an opening deletes its row (wrapped key and all); with SQLite's
-secure_delete and a WAL checkpoint (PostgreSQL: VACUUM) nothing of it stays in the files.
+row does not open. It is stored in the entry's own row (``LedgerEntry.opening_*``). Destroying
+an opening sets those columns to NULL (wrapped key and all); with SQLite's secure_delete and a
+WAL checkpoint (PostgreSQL: VACUUM) nothing of it stays in the files.
 
 Whom an entry concerns is decided when it is written, from what the vault itself knows: the
 actor's country, the country of the package's originating agency, and the release's target
@@ -14,17 +15,26 @@ that concern no package or release; nobody else any (default deny).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import delete
+from sqlalchemy import update
 from sqlmodel import Session, col, select
 
 from vault import crypto
 from vault.keys import KeyMaterial
 from vault.ledger import commit
 from vault.ledger.log import Record
-from vault.models import Agency, LedgerOpening, Package, Release, Role, utcnow
+from vault.models import (
+    LEDGER_OPENING_COLUMNS,
+    Agency,
+    LedgerEntry,
+    Package,
+    Release,
+    Role,
+    utcnow,
+)
 
 if TYPE_CHECKING:  # _core builds the sink from this module
     from vault.service._core import Principal
@@ -57,13 +67,12 @@ class Openings:
         if not package and record.release:  # a refusal naming only a release: its package's
             package = self._release(session, record.release)[2]
         return {
-            "seq": opening.seq,
-            "package": package,
-            "countries": self._countries(session, record),
-            "created_at": utcnow(),
-            "kek_id": wrapped.kek_id,
-            "wrapped_key": wrapped.blob,
-            "sealed": crypto.seal_bytes(key, opening.to_bytes(), context=identity),
+            "opening_package": package,
+            "opening_countries": self._countries(session, record),
+            "opening_at": utcnow(),
+            "opening_kek_id": wrapped.kek_id,
+            "opening_key": wrapped.blob,
+            "opening_sealed": crypto.seal_bytes(key, opening.to_bytes(), context=identity),
         }
 
     def _countries(self, session: Session, record: Record) -> str:
@@ -112,13 +121,17 @@ class Openings:
             return not package
         return False
 
-    def open_row(self, row: LedgerOpening) -> commit.Opening:
-        """Unseal one stored opening; IntegrityError if it was tampered with or moved."""
+    def open_row(self, row: LedgerEntry) -> commit.Opening:
+        """Unseal the opening stored in one entry's row; IntegrityError if it was tampered
+        with or moved."""
+        if row.opening_kek_id is None or row.opening_key is None or row.opening_sealed is None:
+            raise commit.OpeningError(f"entry {row.seq} has no stored opening")
         identity = opening_identity(row.seq)
         key = self._keys.keyring.unwrap(
-            crypto.WrappedKey(row.kek_id, row.wrapped_key), context=identity
+            crypto.WrappedKey(row.opening_kek_id, row.opening_key), context=identity
         )
-        opening = commit.Opening.from_bytes(crypto.open_bytes(key, row.sealed, context=identity))
+        sealed = crypto.open_bytes(key, row.opening_sealed, context=identity)
+        opening = commit.Opening.from_bytes(sealed)
         if opening.seq != row.seq:
             raise commit.OpeningError(f"the opening stored for entry {row.seq} is another's")
         return opening
@@ -127,36 +140,66 @@ class Openings:
         self, session: Session, principal: Principal, start: int, stop: int | None
     ) -> dict[int, commit.Opening]:
         """The openings of entries ``[start, stop)`` that ``principal`` may see."""
-        query = select(LedgerOpening).where(col(LedgerOpening.seq) >= start)
-        if stop is not None:
-            query = query.where(col(LedgerOpening.seq) < stop)
         return {
             row.seq: self.open_row(row)
-            for row in session.exec(query)
-            if self.may_open(principal, row.package, row.countries)
+            for row in _stored(session, start, stop)
+            if self.may_open(principal, row.opening_package or "", row.opening_countries or "")
         }
 
     def unscoped(self, session: Session, start: int, stop: int | None) -> dict[int, commit.Opening]:
         """Every stored opening of entries ``[start, stop)``, whoever asks: for the operator's
         own tooling on the server (it holds the KEK anyway), never for a route."""
-        query = select(LedgerOpening).where(col(LedgerOpening.seq) >= start)
-        if stop is not None:
-            query = query.where(col(LedgerOpening.seq) < stop)
-        return {row.seq: self.open_row(row) for row in session.exec(query)}
+        return {row.seq: self.open_row(row) for row in _stored(session, start, stop)}
+
+    def rewrap(self, session: Session, current: str, batch: int) -> int:
+        """Re-wrap up to ``batch`` opening keys not under KEK ``current``; how many."""
+        rows = session.exec(
+            select(LedgerEntry)
+            .where(col(LedgerEntry.opening_kek_id) != current)
+            .where(col(LedgerEntry.opening_key).is_not(None))
+            .limit(batch)
+        ).all()
+        for row in rows:
+            if row.opening_kek_id is None or row.opening_key is None:
+                continue  # the query picked rows with a key; a kek id is written with it
+            fresh = self._keys.keyring.rewrap(
+                crypto.WrappedKey(row.opening_kek_id, row.opening_key),
+                context=opening_identity(row.seq),
+            )
+            # Only the opening columns change: the append-only guard refuses anything else.
+            row.opening_kek_id, row.opening_key = fresh.kek_id, fresh.blob
+            session.add(row)
+        return len(rows)
 
     # --- destroying ---------------------------------------------------------------------------
 
     @staticmethod
     def destroy_package(session: Session, package_id: str) -> int:
-        """Delete the openings of every entry about ``package_id``; how many."""
-        return _delete(session, col(LedgerOpening.package) == package_id)
+        """Destroy the openings of every entry about ``package_id``; how many."""
+        return _destroy(session, col(LedgerEntry.opening_package) == package_id)
 
     @staticmethod
     def destroy_before(session: Session, cutoff: datetime) -> int:
-        """Delete the openings of entries written before ``cutoff``; how many."""
-        return _delete(session, col(LedgerOpening.created_at) < cutoff)
+        """Destroy the openings of entries written before ``cutoff``; how many."""
+        return _destroy(session, col(LedgerEntry.opening_at) < cutoff)
 
 
-def _delete(session: Session, where: Any) -> int:
-    result = session.execute(delete(LedgerOpening).where(where))
+def _stored(session: Session, start: int, stop: int | None) -> Iterator[LedgerEntry]:
+    """The rows of entries ``[start, stop)`` that hold an opening."""
+    query = select(LedgerEntry).where(
+        col(LedgerEntry.seq) >= start, col(LedgerEntry.opening_sealed).is_not(None)
+    )
+    if stop is not None:
+        query = query.where(col(LedgerEntry.seq) < stop)
+    return iter(session.exec(query))
+
+
+def _destroy(session: Session, where: Any) -> int:
+    """NULL the opening columns of the rows ``where`` picks: the only UPDATE the ledger's
+    append-only guard allows."""
+    result = session.execute(
+        update(LedgerEntry)
+        .where(where, col(LedgerEntry.opening_sealed).is_not(None))
+        .values(dict.fromkeys(LEDGER_OPENING_COLUMNS))
+    )
     return int(result.rowcount or 0)  # type: ignore[attr-defined]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Callable, Iterator
-from typing import TextIO, TypeVar
+from typing import Protocol, TypeVar
 
 from sqlalchemy import func
 from sqlmodel import Session, col, select
@@ -35,6 +35,12 @@ _T = TypeVar("_T")
 MAX_LEDGER_PAGE = 1000
 # Openings are read (and scoped) for this many entries at a time.
 _OPENING_BATCH = 5000
+
+
+class TextOut(Protocol):
+    """Where an export is written: a text file, or a SealedSpool (vault.spool)."""
+
+    def write(self, text: str, /) -> int: ...
 
 
 def _b64(raw: bytes) -> str:
@@ -219,7 +225,7 @@ class LedgerService:
     def export_ledger(
         self,
         principal: Principal,
-        out: TextIO,
+        out: TextOut,
         progress: Callable[[int], None] | None = None,
         *,
         scoped: bool = False,
@@ -247,7 +253,7 @@ class LedgerService:
         return info
 
     def _write_openings(
-        self, session: Session, principal: Principal, out: TextIO, size: int
+        self, session: Session, principal: Principal, out: TextOut, size: int
     ) -> None:
         """The ``openings`` member of a scoped export: those ``principal`` may see."""
         out.write(',\n  "openings": [')
