@@ -1,9 +1,11 @@
 """ASGI entry point for servers (``uvicorn blo_vault.api.asgi:app``); settings from the env."""
 
+from blo_vault.api import heapdump
 from blo_vault.api.app import create_app
 
 __all__ = [
     "app",
 ]
 
+heapdump.install_from_environment()  # a diagnostic, off unless VAULT_HEAP_SNAPSHOT_DIR is set
 app = create_app()

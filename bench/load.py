@@ -18,6 +18,7 @@ driver shares the machine's cores with the servers); uploading the seed packages
     python -m bench.load --clients 50 --seconds 300 --servers 2
     python -m bench.load --store minio-moto    # objects in S3: moto's server, own process
     python -m bench.load --quick    # 4 clients, 1 server, 2 s (CI)
+    python -m bench.load --heap-snapshots    # explain RSS growth (api/heapdump.py)
 
 With ``--store minio-moto`` the vault keeps its objects through the MinIO store in an S3
 endpoint: ``moto_server`` started as its own process on loopback (so its CPU is counted apart
@@ -38,6 +39,7 @@ import signal
 import subprocess
 import sys
 import time
+import tracemalloc
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -59,6 +61,7 @@ from bench.harness import (
     workdir,
     write_json,
 )
+from blo_vault.api import heapdump
 from vault.models import Classification, Role
 from vault.service import local_operator
 
@@ -342,8 +345,14 @@ async def drive(args: argparse.Namespace, bases: list[str], pids: list[int]) -> 
             memory.append((round(time.monotonic() - started, 1), rss_kib(every)))
             await asyncio.sleep(min(5.0, args.seconds / 2))
 
+    async def first_heap_snapshot() -> None:
+        if args.heap_dir is not None:  # when the RSS growth figure's window opens
+            await asyncio.sleep(args.seconds - growth_window(args.seconds))
+            await asyncio.to_thread(heap_snapshots, args.heap_dir, pids, 1)
+
     await asyncio.gather(
         sample_memory(),
+        first_heap_snapshot(),
         *(
             client_loop(i, bases, tokens, package_ids, deadline, results, errors, mix)
             for i in range(args.clients)
@@ -351,6 +360,8 @@ async def drive(args: argparse.Namespace, bases: list[str], pids: list[int]) -> 
     )
     wall = time.monotonic() - started
     server_cpu, driver_cpu = cpu_seconds(every) - server_cpu, driver_cpu_seconds() - driver_cpu
+    if args.heap_dir is not None:
+        summary["heap_growth"] = compare_heaps(heap_snapshots(args.heap_dir, pids, 2))
     summary |= {
         "seconds": round(wall, 1),
         "errors": len(errors),
@@ -393,13 +404,57 @@ def against_baseline(summary: dict[str, Any]) -> dict[str, float]:
     rss: list[tuple[float, int]] = summary["server_rss_kib"]
     if len(rss) >= 2:
         end = rss[-1][0]
-        start = max(end - 240.0, end * 0.2)
+        start = end - growth_window(end)
         first = next(kib for at, kib in rss if at >= start)
         out["rss_growth_last_minutes_percent"] = round((rss[-1][1] - first) / first * 100, 2)
     return out
 
 
 Server = tuple[subprocess.Popen[bytes], str]
+
+
+def growth_window(seconds: float) -> float:
+    """The span RSS growth is judged over: the last 4 minutes, or the last 80 % of a shorter
+    run."""
+    return min(240.0, seconds * 0.8)
+
+
+def heap_snapshots(folder: Path, pids: list[int], n: int) -> dict[int, Path]:
+    """Ask every server process for its ``n``-th heap snapshot (api/heapdump.py: SIGUSR2) and
+    wait until each is written; pid to file."""
+    paths = {pid: folder / f"heap-{pid}-{n}.snapshot" for pid in pids}
+    for pid in pids:
+        os.kill(pid, signal.SIGUSR2)
+    deadline = time.monotonic() + 120
+    while not all(path.exists() for path in paths.values()):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no heap snapshot from the servers in {folder}")
+        time.sleep(0.2)
+    return paths
+
+
+def compare_heaps(last: dict[int, Path]) -> dict[str, Any]:
+    """Per server process: traced memory at the two snapshots and the source lines whose
+    allocations grew most between them (what the RSS growth is made of: a bounded cache
+    levels off, a leak keeps growing with requests served)."""
+    out: dict[str, Any] = {}
+    for pid, path in last.items():
+        before = tracemalloc.Snapshot.load(str(path.with_name(f"heap-{pid}-1.snapshot")))
+        after = tracemalloc.Snapshot.load(str(path))
+        grew = after.compare_to(before, "lineno")
+        out[str(pid)] = {
+            "traced_kib_first": sum(s.size for s in before.statistics("filename")) // 1024,
+            "traced_kib_last": sum(s.size for s in after.statistics("filename")) // 1024,
+            "top": [
+                {
+                    "where": str(stat.traceback),
+                    "size_diff_kib": round(stat.size_diff / 1024, 1),
+                    "count_diff": stat.count_diff,
+                }
+                for stat in grew[:12]
+            ],
+        }
+    return out
 
 
 @contextlib.contextmanager
@@ -462,6 +517,10 @@ def print_report(summary: dict[str, Any]) -> None:
     for key in ("reads_vs_healthz_rate", "reads_vs_healthz_p99", "rss_growth_last_minutes_percent"):
         if key in summary:
             print(f"{key}: {summary[key]}")
+    for pid, heap in summary.get("heap_growth", {}).items():
+        print(f"server {pid}: traced {heap['traced_kib_first']} -> {heap['traced_kib_last']} KiB")
+        for stat in heap["top"][:5]:
+            print(f"  {stat['size_diff_kib']:+10.1f} KiB {stat['count_diff']:+7d}  {stat['where']}")
     rss = summary["server_rss_kib"]
     if rss:
         print(
@@ -498,12 +557,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="local",
         help="object store: the local folder, or the MinIO store on moto_server (S3)",
     )
+    parser.add_argument(
+        "--heap-snapshots",
+        action="store_true",
+        help="trace the servers' allocations and compare heap snapshots taken when the RSS "
+        "growth window opens and at the end (slows the servers: explain with it, measure "
+        "without)",
+    )
     parser.add_argument("--w-list", type=int, default=3)
     parser.add_argument("--w-show", type=int, default=5)
     parser.add_argument("--w-download", type=int, default=2)
     parser.add_argument("--w-upload", type=int, default=1)
     add_common_arguments(parser, out="load.json")
     args = parse_arguments(parser, argv, QUICK)
+    if args.heap_snapshots and args.workers != 1:
+        # Only the processes serving the app answer SIGUSR2 with a snapshot; for any other
+        # (uvicorn's supervisor, multiprocessing's helpers) the signal's default is to exit.
+        parser.error("--heap-snapshots needs --workers 1")
     with (
         workdir("vault-load-") as tmp,
         fresh_schema(args.database_url) as database_url,
@@ -521,6 +591,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
         if args.database_url:
             env["VAULT_DATABASE_URL"] = args.database_url
+        args.heap_dir = tmp / "heap" if args.heap_snapshots else None
+        if args.heap_dir is not None:
+            env[heapdump.ENV] = str(args.heap_dir)
         if store:
             env |= store_env(store)
         seed(tmp / "data", args.database_url, store)
