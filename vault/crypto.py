@@ -151,6 +151,7 @@ class Keyring:
     def __init__(self, *, current: Kek, previous: tuple[Kek, ...] = ()) -> None:
         self.current = current
         self._by_id = {k.id: k for k in (*previous, current)}
+        self._subkeys: dict[tuple[str, bytes], bytes] = {}
 
     @property
     def ids(self) -> frozenset[str]:
@@ -185,6 +186,21 @@ class Keyring:
             )
         except InvalidTag:
             raise IntegrityError("stored key failed authentication") from None
+
+    def subkey(self, kek_id: str, purpose: bytes) -> bytes:
+        """The key for ``purpose`` derived from KEK ``kek_id`` (derive_key), computed once.
+
+        For small records written so often that a data key of their own, wrapped, would be
+        most of their cost (ledger openings: one per committed entry). Records sealed under
+        it with random 96-bit nonces: rotate the KEK well before 2^32 of them.
+        """
+        found = self._subkeys.get((kek_id, purpose))
+        if found is None:
+            kek = self._by_id.get(kek_id)
+            if kek is None:
+                raise IntegrityError("the key needed to open this item is not available")
+            found = self._subkeys[(kek_id, purpose)] = derive_key(kek.key, purpose=purpose)
+        return found
 
     def rewrap(self, wrapped: WrappedKey, *, context: bytes) -> WrappedKey:
         """Re-seal a wrapped key under the current KEK without touching the content it protects."""

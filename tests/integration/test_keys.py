@@ -105,14 +105,14 @@ def file_identity(package_id: str, file_id: str) -> bytes:
 
 
 def key_rows(engine: Engine, *, openings: bool = False) -> list[tuple[str, str, bytes]]:
-    """(table, kek_id, wrapped_key) of every package and file row (``openings``: and of every
-    ledger opening, each under its own wrapped key too)."""
+    """(table, kek_id, wrapped_key) of every package and file row (``openings``: and the KEK of
+    every ledger opening, sealed under a key derived from it; no wrapped key)."""
     with Session(engine) as session:
         rows = [("package", p.kek_id, p.wrapped_key) for p in session.exec(select(Package))]
         rows += [("file", f.kek_id, f.wrapped_key) for f in session.exec(select(PackageFile))]
         if openings:
             found = session.exec(
-                select(LedgerEntry).where(col(LedgerEntry.opening_key).is_not(None))
+                select(LedgerEntry).where(col(LedgerEntry.opening_sealed).is_not(None))
             ).all()
             rows += [("opening", o.opening_kek_id or "", o.opening_key or b"") for o in found]
     return rows

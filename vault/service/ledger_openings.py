@@ -1,11 +1,15 @@
 """The openings of committed (version 2) ledger entries: sealed at rest, scoped on read,
 destroyed by purge and retention.
 
-Each opening is sealed under a fresh per-entry key wrapped by the KEK (the same pattern as a
-package's metadata), bound to the entry's sequence number, so a sealed opening moved to another
-row does not open. It is stored in the entry's own row (``LedgerEntry.opening_*``). Destroying
-an opening sets those columns to NULL (wrapped key and all); with SQLite's secure_delete and a
-WAL checkpoint (PostgreSQL: VACUUM) nothing of it stays in the files.
+Each opening is sealed (AES-256-GCM) under a key derived from the KEK for this one purpose
+(``Keyring.subkey``), bound to the entry's sequence number, so a sealed opening moved to another
+row does not open. Not under a data key of its own, wrapped, like a package's metadata: one
+opening is written per committed entry, and a wrap per append was most of what sealing cost
+(issue 18's append benchmark). Openings moved from the ``ledgeropening`` table (revision 0007)
+keep their per-entry wrapped key (``opening_key``) until ``rotate-kek`` re-seals them. It is
+stored in the entry's own row (``LedgerEntry.opening_*``). Destroying an opening sets those
+columns to NULL; with SQLite's secure_delete and a WAL checkpoint (PostgreSQL: VACUUM) nothing
+of it stays in the files.
 
 Whom an entry concerns is decided when it is written, from what the vault itself knows: the
 actor's country, the country of the package's originating agency, and the release's target
@@ -42,6 +46,10 @@ if TYPE_CHECKING:  # _core builds the sink from this module
 __all__ = ["Openings", "opening_identity"]
 
 
+# What Keyring.subkey derives the openings' key for.
+_PURPOSE = b"blo-vault/ledger-openings/v1"
+
+
 def opening_identity(seq: int) -> bytes:
     """The context an entry's opening and its key are bound to."""
     return f"blo-vault/ledger-opening/v1\x00{seq}".encode()
@@ -60,9 +68,6 @@ class Openings:
     # --- writing ------------------------------------------------------------------------------
 
     def __call__(self, session: Session, record: Record, opening: commit.Opening) -> dict[str, Any]:
-        identity = opening_identity(opening.seq)
-        key = crypto.new_data_key()
-        wrapped = self._keys.keyring.wrap(key, context=identity)
         package = record.package
         if not package and record.release:  # a refusal naming only a release: its package's
             package = self._release(session, record.release)[2]
@@ -70,10 +75,15 @@ class Openings:
             "opening_package": package,
             "opening_countries": self._countries(session, record),
             "opening_at": utcnow(),
-            "opening_kek_id": wrapped.kek_id,
-            "opening_key": wrapped.blob,
-            "opening_sealed": crypto.seal_bytes(key, opening.to_bytes(), context=identity),
+            **self._seal(opening),
         }
+
+    def _seal(self, opening: commit.Opening) -> dict[str, Any]:
+        """The opening's key and sealed columns, under the current KEK."""
+        kek_id = self._keys.keyring.current.id
+        key = self._keys.keyring.subkey(kek_id, _PURPOSE)
+        sealed = crypto.seal_bytes(key, opening.to_bytes(), context=opening_identity(opening.seq))
+        return {"opening_kek_id": kek_id, "opening_key": None, "opening_sealed": sealed}
 
     def _countries(self, session: Session, record: Record) -> str:
         found = {record.actor.country}
@@ -124,12 +134,16 @@ class Openings:
     def open_row(self, row: LedgerEntry) -> commit.Opening:
         """Unseal the opening stored in one entry's row; IntegrityError if it was tampered
         with or moved."""
-        if row.opening_kek_id is None or row.opening_key is None or row.opening_sealed is None:
+        if row.opening_kek_id is None or row.opening_sealed is None:
             raise commit.OpeningError(f"entry {row.seq} has no stored opening")
         identity = opening_identity(row.seq)
-        key = self._keys.keyring.unwrap(
-            crypto.WrappedKey(row.opening_kek_id, row.opening_key), context=identity
-        )
+        keyring = self._keys.keyring
+        if row.opening_key is None:
+            key = keyring.subkey(row.opening_kek_id, _PURPOSE)
+        else:  # moved from revision 0007's table: a per-entry key, wrapped
+            key = keyring.unwrap(
+                crypto.WrappedKey(row.opening_kek_id, row.opening_key), context=identity
+            )
         sealed = crypto.open_bytes(key, row.opening_sealed, context=identity)
         opening = commit.Opening.from_bytes(sealed)
         if opening.seq != row.seq:
@@ -152,22 +166,18 @@ class Openings:
         return {row.seq: self.open_row(row) for row in _stored(session, start, stop)}
 
     def rewrap(self, session: Session, current: str, batch: int) -> int:
-        """Re-wrap up to ``batch`` opening keys not under KEK ``current``; how many."""
+        """Re-seal up to ``batch`` openings not under KEK ``current``; how many."""
         rows = session.exec(
             select(LedgerEntry)
             .where(col(LedgerEntry.opening_kek_id) != current)
-            .where(col(LedgerEntry.opening_key).is_not(None))
+            .where(col(LedgerEntry.opening_sealed).is_not(None))
             .limit(batch)
         ).all()
         for row in rows:
-            if row.opening_kek_id is None or row.opening_key is None:
-                continue  # the query picked rows with a key; a kek id is written with it
-            fresh = self._keys.keyring.rewrap(
-                crypto.WrappedKey(row.opening_kek_id, row.opening_key),
-                context=opening_identity(row.seq),
-            )
+            fresh = self._seal(self.open_row(row))
             # Only the opening columns change: the append-only guard refuses anything else.
-            row.opening_kek_id, row.opening_key = fresh.kek_id, fresh.blob
+            row.opening_kek_id, row.opening_key = fresh["opening_kek_id"], None
+            row.opening_sealed = fresh["opening_sealed"]
             session.add(row)
         return len(rows)
 

@@ -11,6 +11,10 @@ append-only guard refuses an UPDATE only when it sets one of the columns the led
 rest on (``seq``, ``prev_hash``, ``entry``), so purge and retention can still destroy an
 opening. On PostgreSQL every role that may append to the ledger is also granted UPDATE of the
 opening columns (what ``admin grant-app-role`` now grants), so an app role keeps working.
+
+The moved openings keep their per-entry wrapped keys (``opening_key``); new ones are sealed
+under a key derived from the KEK (vault.service.ledger_openings). The downgrade moves the first
+kind back and refuses while any of the second kind exists.
 """
 
 from __future__ import annotations
@@ -78,6 +82,17 @@ def _grant_opening_updates() -> None:
 
 
 def downgrade() -> None:
+    # Openings written since this revision are sealed under a key derived from the KEK, with
+    # no wrapped key of their own; revision 0007's table has no way to hold them, and this
+    # migration has no KEK to re-seal them with. Refuse rather than drop them.
+    derived = op.get_bind().exec_driver_sql(
+        "SELECT count(*) FROM ledgerentry WHERE opening_sealed IS NOT NULL AND opening_key IS NULL"
+    )
+    if count := derived.scalar_one():
+        raise RuntimeError(
+            f"{count} ledger openings are sealed under the KEK's derived key, which revision"
+            " 0007 cannot hold: downgrading would lose them"
+        )
     op.create_table(
         "ledgeropening",
         sa.Column("seq", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
