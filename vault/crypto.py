@@ -24,7 +24,6 @@ every failure to open is one :class:`~vault.errors.IntegrityError`.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import hmac
@@ -34,7 +33,6 @@ import struct
 import threading
 from collections.abc import Generator
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
@@ -43,6 +41,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from vault.errors import ConfigError, IntegrityError
+from vault.streams import Readable, ReadAhead, read_full
 
 __all__ = [
     "HEADER_SIZE",
@@ -93,12 +92,6 @@ _MAX_SEGMENTS = 2**32
 _WRAP_VERSION = 1
 _SMALL_VERSION = 1
 _NONCE_SIZE = 12
-
-
-class Readable(Protocol):
-    """Anything with a blocking ``read(n)`` that returns ``b""`` at end of stream."""
-
-    def read(self, size: int = -1, /) -> bytes: ...
 
 
 def random_bytes(size: int) -> bytes:
@@ -261,22 +254,6 @@ def _nonce(prefix: bytes, counter: int, last: bool) -> bytes:
     return prefix + counter.to_bytes(4, "big") + (b"\x01" if last else b"\x00")
 
 
-def _read_full(source: Readable, size: int) -> bytes:
-    """Read exactly ``size`` bytes unless the stream ends first (short reads are retried)."""
-    first = source.read(size)
-    if len(first) == size or not first:
-        return first
-    parts = [first]
-    got = len(first)
-    while got < size:
-        more = source.read(size - got)
-        if not more:
-            break
-        parts.append(more)
-        got += len(more)
-    return b"".join(parts)
-
-
 class BackgroundDigest:
     """SHA-256 computed on a second thread while the caller reads, seals or opens.
 
@@ -370,7 +347,7 @@ class SealingReader:
         self._done = False
 
     def _next_plain(self) -> bytes:
-        chunk = _read_full(self._source, self._segment_size)
+        chunk = read_full(self._source, self._segment_size)
         self.plaintext_size += len(chunk)
         if self._max_size is not None and self.plaintext_size > self._max_size:
             raise self._limit_error or ValueError("source exceeds the size limit")
@@ -423,51 +400,6 @@ class SealingReader:
         self._digest.close()
 
 
-class _ReadAhead:
-    """Reads ``size``-byte blocks from ``source`` on a thread, at most ``depth`` blocks ahead.
-
-    Reading (a page-cache refill from disk, or a socket) releases the GIL, so it runs on one
-    core while the caller decrypts on the other, instead of the two taking turns. A short block
-    is the end; the thread stops there, or at the first error, which :meth:`next` re-raises.
-    :meth:`close` stops and joins the thread, so once it returns nothing touches ``source``
-    again and the caller may close it.
-    """
-
-    def __init__(self, source: Readable, size: int, *, depth: int = 4) -> None:
-        self._queue: queue.Queue[bytes | Exception] = queue.Queue(maxsize=depth)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(
-            target=self._run, args=(source, size), name="read-ahead", daemon=True
-        )
-        self._thread.start()
-
-    def _run(self, source: Readable, size: int) -> None:
-        try:
-            while not self._stop.is_set():
-                block = _read_full(source, size)
-                self._queue.put(block)
-                if len(block) < size:
-                    return
-        except Exception as exc:  # noqa: BLE001 - next() re-raises it to the consumer
-            self._queue.put(exc)
-
-    def next(self) -> bytes:
-        """The next block (shorter than ``size`` only at the end)."""
-        item = self._queue.get()
-        if isinstance(item, Exception):
-            raise item
-        return item
-
-    def close(self) -> None:
-        """Stop reading and wait for the thread; safe to call at any point, and twice."""
-        self._stop.set()
-        while self._thread.is_alive():
-            # The thread may be blocked handing over a block: take it so the thread sees _stop.
-            with contextlib.suppress(queue.Empty):
-                self._queue.get(timeout=0.05)
-        self._thread.join()
-
-
 def open_stream(source: Readable, key: bytes, *, identity: bytes) -> Generator[bytes, None, None]:
     """Yield the plaintext of a sealed stream, one authenticated segment at a time.
 
@@ -479,7 +411,7 @@ def open_stream(source: Readable, key: bytes, *, identity: bytes) -> Generator[b
     Segments are read ahead on a second thread. Close the generator (``contextlib.closing``)
     before closing ``source``: closing it stops and joins that thread.
     """
-    header = _read_full(source, HEADER_SIZE)
+    header = read_full(source, HEADER_SIZE)
     if len(header) != HEADER_SIZE:
         raise IntegrityError("sealed object is truncated")
     magic, version, segment_size, prefix = _HEADER.unpack(header)
@@ -488,7 +420,7 @@ def open_stream(source: Readable, key: bytes, *, identity: bytes) -> Generator[b
     aead = AESGCM(key)
     aad = header + identity
     sealed_segment = segment_size + TAG_SIZE
-    ahead = _ReadAhead(source, sealed_segment)
+    ahead = ReadAhead(source, sealed_segment)
     try:
         # Whether a segment is the last depends on whether another follows, so the next one
         # is taken before the current one is opened.
