@@ -13,6 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
+import httpcore
 import httpx
 
 from blo_vault.cli import session as stored
@@ -44,6 +45,10 @@ _WRITEBACK_BYTES = 32 * _CHUNK
 # it has less than this left (a large upload authenticates once, at its start).
 _RENEW_BEFORE_STREAM_SECONDS = 60
 _WINDOWS_ILLEGAL = '<>:"|?*\\/'
+# httpcore reads a response 64 KiB at a time, each read an h11 event and an httpx chunk: a
+# download of 1 GiB took some 16,000 of them. Larger reads take what the socket holds in one
+# go (this process only talks to the vault server, so the setting is the CLI's own).
+httpcore.HTTP11Connection.READ_NUM_BYTES = _CHUNK
 
 
 def _raise_for(response: httpx.Response) -> None:
