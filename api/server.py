@@ -7,7 +7,7 @@ happen here, in a small subclass of uvicorn's h11 protocol:
 * a deadline for the request *headers* (uvicorn has none: headers trickled a byte every few
   seconds would hold a connection forever); the body's pace is checked by the app
   (``blo_vault.api.limits``), which sees it as it arrives;
-* a request body is received in larger pieces than uvicorn's (see :class:`_BodyFlow`);
+* a large request body is received in larger pieces than uvicorn's (see :class:`_BodyFlow`);
 * the refusals the server sends before or beside the app (a bad request line, headers too
   large, a malformed chunked body, headers too slow) carry the API's one JSON error shape
   instead of uvicorn's plain text, and a refusal in the middle of a request's body is handed
@@ -90,10 +90,6 @@ class VaultH11Protocol(H11Protocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self.flow = _BodyFlow(transport, self)
-        if isinstance(getattr(transport, "max_size", None), int):
-            # asyncio's selector transport reads at most max_size per recv; an upload arrives
-            # in fewer, larger pieces with less work per byte on the event loop.
-            transport.max_size = max(transport.max_size, RECV_BYTES)  # type: ignore[attr-defined]
         self._sync_header_timer()
 
     def handle_events(self) -> None:
@@ -152,17 +148,21 @@ class VaultH11Protocol(H11Protocol):
 
 
 class _BodyFlow(FlowControl):
-    """uvicorn's flow control, but a request body pauses reading only past BODY_HIGH_WATER.
+    """uvicorn's flow control, but a request body pauses reading only past BODY_HIGH_WATER,
+    and a connection that has sent a large body is read RECV_BYTES at a time.
 
     uvicorn pauses reading as soon as more than 64 KiB of body wait for the app, and resumes
     when the app takes them: during an upload that is two ``epoll_ctl`` calls per socket read,
     a fifth of the event loop's time (py-spy). Pausing still happens, at a larger bound, so an
-    app that stops reading still stops the client.
+    app that stops reading still stops the client. The larger reads are kept to connections
+    that have sent a large body (small requests keep asyncio's reads).
     """
 
     def __init__(self, transport: asyncio.Transport, protocol: VaultH11Protocol) -> None:
         super().__init__(transport)
         self._protocol = protocol
+        self._reader = transport
+        self._large_reads = False
 
     def pause_reading(self) -> None:
         protocol = self._protocol
@@ -174,5 +174,14 @@ class _BodyFlow(FlowControl):
             and cycle is not None
             and len(cycle.body) <= BODY_HIGH_WATER
         ):
+            self._read_large()
             return
         super().pause_reading()
+
+    def _read_large(self) -> None:
+        transport = self._reader
+        if not self._large_reads and isinstance(getattr(transport, "max_size", None), int):
+            # asyncio's selector transport reads at most max_size per recv (256 KiB): the
+            # rest of the upload arrives in fewer pieces, with less work per byte on the loop.
+            transport.max_size = max(transport.max_size, RECV_BYTES)  # type: ignore[attr-defined]
+        self._large_reads = True

@@ -1,6 +1,7 @@
 """The server's receive path for request bodies (blo_vault.api.server): reading from the socket
-pauses only when more than BODY_HIGH_WATER bytes of body wait for the app, and a read takes up
-to RECV_BYTES. Driven through VaultH11Protocol itself with an in-memory transport."""
+pauses only when more than BODY_HIGH_WATER bytes of body wait for the app, and once a large
+body arrives a read takes up to RECV_BYTES. Driven through VaultH11Protocol itself with an
+in-memory transport."""
 
 from __future__ import annotations
 
@@ -111,5 +112,9 @@ def test_an_app_that_stops_reading_stops_the_socket(tmp_path: Path) -> None:
     assert seen["reading"] == [True, True, True, True, False, False]
 
 
-def test_the_socket_is_read_in_pieces_of_recv_bytes(tmp_path: Path) -> None:
-    assert run_with_body(tmp_path, [10], app_reads=1)["max_size"] == RECV_BYTES
+def test_a_large_body_is_read_in_pieces_of_recv_bytes(tmp_path: Path) -> None:
+    assert run_with_body(tmp_path, [MiB], app_reads=1)["max_size"] == RECV_BYTES
+
+
+def test_small_requests_keep_asyncios_read_size(tmp_path: Path) -> None:
+    assert run_with_body(tmp_path, [10, 60_000], app_reads=2)["max_size"] == Transport.max_size
