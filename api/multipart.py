@@ -396,29 +396,46 @@ async def _start_soon(group: anyio.abc.TaskGroup | None, pump: _BodyPump | None)
 
 
 class _PartReader:
-    """``read(n)`` over the data events of one part."""
+    """``read(n)`` over the data events of one part.
+
+    The pieces received are kept as they are (a piece split by a read as views of it) and
+    joined once per read: a ``read`` of a sealing segment is one copy of the bytes, not three
+    (append, slice, bytes) as through a bytearray, and a piece that is exactly what was asked
+    for is handed on without any.
+    """
 
     def __init__(self, next_event: Callable[[], tuple[str, Any]]) -> None:
         self._next_event = next_event
-        self._buffer = bytearray()
+        self._pieces: collections.deque[bytes | memoryview] = collections.deque()
+        self._buffered = 0
         self._done = False
 
     def read(self, size: int = -1, /) -> bytes:
-        while not self._done and (size < 0 or len(self._buffer) < size):
+        while not self._done and (size < 0 or self._buffered < size):
             kind, value = self._next_event()
             if kind == "data":
-                self._buffer += value
+                self._pieces.append(value)
+                self._buffered += len(value)
             elif kind == "part_end":
                 self._done = True
             else:
                 raise InvalidInput("malformed multipart body")
-        if size < 0 or size >= len(self._buffer):
-            out = bytes(self._buffer)
-            self._buffer.clear()
-            return out
-        out = bytes(self._buffer[:size])
-        del self._buffer[:size]
-        return out
+        if size < 0 or size >= self._buffered:
+            size = self._buffered
+        taken: list[bytes | memoryview] = []
+        need = size
+        while need:
+            piece = self._pieces.popleft()
+            if len(piece) > need:
+                view = memoryview(piece)
+                self._pieces.appendleft(view[need:])
+                piece = view[:need]
+            taken.append(piece)
+            need -= len(piece)
+        self._buffered -= size
+        if len(taken) == 1 and isinstance(taken[0], bytes):
+            return taken[0]
+        return b"".join(taken)
 
     def drain(self) -> None:
         """Skip whatever the consumer left unread (it stops only on error)."""

@@ -7,6 +7,7 @@ happen here, in a small subclass of uvicorn's h11 protocol:
 * a deadline for the request *headers* (uvicorn has none: headers trickled a byte every few
   seconds would hold a connection forever); the body's pace is checked by the app
   (``blo_vault.api.limits``), which sees it as it arrives;
+* a large request body is received in larger pieces than uvicorn's (see :class:`_BodyFlow`);
 * the refusals the server sends before or beside the app (a bad request line, headers too
   large, a malformed chunked body, headers too slow) carry the API's one JSON error shape
   instead of uvicorn's plain text, and a refusal in the middle of a request's body is handed
@@ -25,6 +26,7 @@ import logging
 from typing import Any
 
 import h11
+from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from blo_vault.api.errors import error_json
@@ -40,6 +42,11 @@ __all__ = [
 log = logging.getLogger("vault.api")
 
 MAX_HEADER_BYTES = 16 * 1024
+# How much of a request body may wait for the app before reading from the socket pauses
+# (uvicorn's own limit is 64 KiB), and the most one read from the socket takes (asyncio's is
+# 256 KiB). Memory per connection stays bounded by their sum.
+BODY_HIGH_WATER = 2 * 1024 * 1024
+RECV_BYTES = 1024 * 1024
 
 
 def server_options(settings: Settings) -> dict[str, Any]:
@@ -82,6 +89,7 @@ class VaultH11Protocol(H11Protocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self.flow = _BodyFlow(transport, self)
         self._sync_header_timer()
 
     def handle_events(self) -> None:
@@ -137,3 +145,43 @@ class VaultH11Protocol(H11Protocol):
         log.warning("refused by the HTTP layer", extra={"status": status, "code": code})
         self.transport.write(head + b"\r\n" + body)
         self.transport.close()
+
+
+class _BodyFlow(FlowControl):
+    """uvicorn's flow control, but a request body pauses reading only past BODY_HIGH_WATER,
+    and a connection that has sent a large body is read RECV_BYTES at a time.
+
+    uvicorn pauses reading as soon as more than 64 KiB of body wait for the app, and resumes
+    when the app takes them: during an upload that is two ``epoll_ctl`` calls per socket read,
+    a fifth of the event loop's time (py-spy). Pausing still happens, at a larger bound, so an
+    app that stops reading still stops the client. The larger reads are kept to connections
+    that have sent a large body (small requests keep asyncio's reads).
+    """
+
+    def __init__(self, transport: asyncio.Transport, protocol: VaultH11Protocol) -> None:
+        super().__init__(transport)
+        self._protocol = protocol
+        self._reader = transport
+        self._large_reads = False
+
+    def pause_reading(self) -> None:
+        protocol = self._protocol
+        cycle = protocol.cycle
+        if (
+            # uvicorn pauses mid-body only because of its 64 KiB limit (pipelining pauses
+            # happen between requests, when the client's state is no longer SEND_BODY).
+            protocol.conn.their_state is h11.SEND_BODY
+            and cycle is not None
+            and len(cycle.body) <= BODY_HIGH_WATER
+        ):
+            self._read_large()
+            return
+        super().pause_reading()
+
+    def _read_large(self) -> None:
+        transport = self._reader
+        if not self._large_reads and isinstance(getattr(transport, "max_size", None), int):
+            # asyncio's selector transport reads at most max_size per recv (256 KiB): the
+            # rest of the upload arrives in fewer pieces, with less work per byte on the loop.
+            transport.max_size = max(transport.max_size, RECV_BYTES)  # type: ignore[attr-defined]
+        self._large_reads = True

@@ -13,6 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
+import httpcore
 import httpx
 
 from blo_vault.cli import session as stored
@@ -44,6 +45,12 @@ _WRITEBACK_BYTES = 32 * _CHUNK
 # it has less than this left (a large upload authenticates once, at its start).
 _RENEW_BEFORE_STREAM_SECONDS = 60
 _WINDOWS_ILLEGAL = '<>:"|?*\\/'
+_READ_BYTES = 256 * 1024
+# httpcore reads a response 64 KiB at a time, each read an h11 event and an httpx chunk. 256 KiB
+# reads took 10-15 % less of the CLI's user CPU on a 1 GiB download; 1 MiB reads took some
+# 2 s more system time (measured, cause not traced; probably a fresh 1 MiB buffer per read).
+# This process only talks to the vault server, so the setting is the CLI's own.
+httpcore.HTTP11Connection.READ_NUM_BYTES = _READ_BYTES
 
 
 def _raise_for(response: httpx.Response) -> None:

@@ -114,3 +114,42 @@ def test_truncated_body_is_refused() -> None:
     data = body_bytes([("a.bin", b"y" * (3 * 1024 * 1024))])
     with pytest.raises(InvalidInput, match="truncated"):
         run_upload(Body(data[: len(data) // 2]))
+
+
+def part_reader(pieces: list[bytes]) -> multipart._PartReader:
+    events = [("data", piece) for piece in pieces] + [("part_end", None)]
+    return multipart._PartReader(iter(events).__next__)
+
+
+@pytest.mark.parametrize("size", [1, 7, 100, 256, 1000, 4096])
+def test_part_reader_gives_the_part_in_order_whatever_the_read_size(size: int) -> None:
+    pieces = [bytes([i]) * n for i, n in enumerate([300, 1, 0, 2048, 77, 1024])]
+    reader = part_reader(pieces)
+    out = []
+    while data := reader.read(size):
+        assert len(data) <= size
+        assert isinstance(data, bytes)
+        out.append(data)
+    assert b"".join(out) == b"".join(pieces)
+    assert all(len(x) == size for x in out[:-1])  # short only at the end
+    assert reader.read(size) == b""
+
+
+def test_part_reader_reads_all_and_nothing() -> None:
+    reader = part_reader([b"ab", b"cd", b"e"])
+    assert reader.read(0) == b""
+    assert reader.read(3) == b"abc"
+    assert reader.read() == b"de"
+    assert reader.read() == b""
+
+
+def test_part_reader_hands_on_a_piece_of_the_asked_size_without_copying() -> None:
+    piece = b"s" * 1024
+    reader = part_reader([piece, piece])
+    assert reader.read(1024) is piece
+
+
+def test_part_reader_refuses_a_part_cut_by_another() -> None:
+    reader = multipart._PartReader(iter([("data", b"x"), ("part", {})]).__next__)
+    with pytest.raises(InvalidInput):
+        reader.read(10)

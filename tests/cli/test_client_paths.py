@@ -50,3 +50,12 @@ def test_a_plain_id_is_sent(client: ApiClient, call: Callable[[ApiClient, str], 
     # The control: the same call with a plain id does reach the network (and finds no server).
     with client, pytest.raises(StorageUnavailable):
         call(client, PLAIN)
+
+
+def test_the_client_reads_responses_in_pieces_of_256_kib() -> None:
+    """httpcore's 64 KiB reads made a 1 GiB download some 16,000 reads and h11 events."""
+    import httpcore
+
+    import blo_vault.cli.client  # noqa: F401 - sets the read size on import
+
+    assert httpcore.HTTP11Connection.READ_NUM_BYTES == 256 * 1024
