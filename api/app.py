@@ -6,9 +6,9 @@ import contextlib
 import hmac
 import logging
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -131,6 +131,58 @@ def current_principal(
 PrincipalDep = Annotated[Principal, Depends(current_principal)]
 
 
+async def bearer_token(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> str:
+    """The caller's bearer token, its signature and times checked (401 if they fail), for the
+    read routes, which look the caller up in the same thread trip and database transaction as
+    the read itself (:func:`_read_as`).
+
+    Async: the check is remembered per token (vault.tokens), so it costs no thread-pool trip;
+    a token that fails it goes through ``authenticate`` to have its refusal recorded."""
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise AuthenticationFailed("a bearer token is required")
+    vault: Vault = request.app.state.vault
+    token = credentials.credentials
+    try:
+        vault.tokens.verify(token)
+    except AuthenticationFailed:
+        await anyio.to_thread.run_sync(vault.authenticate, token)
+        raise
+    return token
+
+
+BearerDep = Annotated[str, Depends(bearer_token)]
+_Read = TypeVar("_Read")
+
+
+async def _read_as(request: Request, token: str, read: Callable[[Principal], _Read]) -> _Read:
+    """``read`` as the caller ``token`` speaks for: the caller's lookup (session alive, user
+    enabled, role and clearance as they are now) and the read in one trip to the thread pool
+    and one read-only transaction."""
+    vault: Vault = request.app.state.vault
+
+    def run() -> _Read:
+        with vault.reading_as(token) as principal:
+            # For a refusal raised later in the request (see current_principal).
+            request.state.principal = principal
+            return read(principal)
+
+    return await anyio.to_thread.run_sync(run)
+
+
+def _json(model: BaseModel, receipt: int) -> Response:
+    """A read's answer serialised once, by pydantic: returned as a Response, so FastAPI does
+    not dump, re-validate and re-encode the model (the route's ``response_model`` still
+    documents it)."""
+    return Response(
+        model.model_dump_json(),
+        media_type="application/json",
+        headers={RECEIPT: str(receipt)},
+    )
+
+
 def _declared_query(dependant: Any) -> Iterator[str]:
     """Names of the query parameters a route (or any of its dependencies) declares."""
     for field in getattr(dependant, "query_params", ()):
@@ -232,18 +284,19 @@ def _no_store(response: Response) -> None:
     response.headers["Cache-Control"] = "no-store"
 
 
-@router.get("/packages", tags=["packages"])
-def list_packages(
-    vault: VaultDep,
-    principal: PrincipalDep,
-    response: Response,
+@router.get("/packages", tags=["packages"], response_model=PackageList)
+async def list_packages(
+    request: Request,
+    token: BearerDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
-) -> PackageList:
+) -> Response:
     """The packages the caller may read, newest first."""
-    result = vault.list_packages(principal, limit=limit, offset=offset)
-    _receipt(response, result.receipt)
-    return result
+    vault: Vault = request.app.state.vault
+    result = await _read_as(
+        request, token, lambda caller: vault.list_packages(caller, limit=limit, offset=offset)
+    )
+    return _json(result, result.receipt)
 
 
 @router.post(
@@ -307,14 +360,14 @@ async def upload_package(
     return result
 
 
-@router.get("/packages/{package_id}", tags=["packages"])
-def show_package(
-    package_id: PackageId, vault: VaultDep, principal: PrincipalDep, response: Response
-) -> PackageDetail:
+@router.get("/packages/{package_id}", tags=["packages"], response_model=PackageDetail)
+async def show_package(package_id: PackageId, request: Request, token: BearerDep) -> Response:
     """One package the caller may read; 404 if it does not exist or may not be known."""
-    detail, receipt = vault.get_package(principal, package_id)
-    _receipt(response, receipt)
-    return detail
+    vault: Vault = request.app.state.vault
+    detail, receipt = await _read_as(
+        request, token, lambda caller: vault.get_package(caller, package_id)
+    )
+    return _json(detail, receipt)
 
 
 @router.get(
@@ -323,11 +376,20 @@ def show_package(
     response_class=StreamingResponse,
     responses={200: {"content": {"application/octet-stream": {}}}},
 )
-def download_file(
-    package_id: PackageId, file_id: FileId, vault: VaultDep, principal: PrincipalDep
+async def download_file(
+    package_id: PackageId, file_id: FileId, request: Request, token: BearerDep
 ) -> StreamingResponse:
     """Stream one file's plaintext; ``X-Content-SHA256`` carries the digest to check."""
-    return download_response(vault.download(principal, package_id, file_id))
+    vault: Vault = request.app.state.vault
+
+    def run() -> StreamingResponse:
+        with vault.reading_as(token) as principal:
+            request.state.principal = principal
+            download = vault.download(principal, package_id, file_id)
+        # Reads the first segment: in the same trip, after the transaction has ended.
+        return download_response(download)
+
+    return await anyio.to_thread.run_sync(run)
 
 
 @router.post("/packages/{package_id}/releases", status_code=201, tags=["releases"])

@@ -2,8 +2,9 @@
 
 What bounds ``bench.load`` before any web framework: how many authenticated, authorised and
 recorded reads one process does, in 1 and in several threads. Each operation is what one API
-request does: ``Vault.authenticate(token)``, then ``get_package`` (show) or ``list_packages``
-(first page of 50), each recorded in the ledger before it returns.
+request does: ``Vault.reading_as(token)`` (the caller's lookup), then in its transaction
+``get_package`` (show) or ``list_packages`` (first page of 50), each recorded in the ledger
+before it returns.
 
 The raw baseline, in the same process and on the same database file: the SELECTs the service
 sent for one show, captured and replayed on a plain ``sqlite3`` connection, plus one INSERT
@@ -125,11 +126,14 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         ]
         target = packages[len(packages) // 2]
 
+        # As the API's read routes do: the caller's lookup and the read in one transaction.
         def show() -> object:
-            return vault.get_package(vault.authenticate(token), target)
+            with vault.reading_as(token) as caller:
+                return vault.get_package(caller, target)
 
         def listing() -> object:
-            return vault.list_packages(vault.authenticate(token), limit=50)
+            with vault.reading_as(token) as caller:
+                return vault.list_packages(caller, limit=50)
 
         for _ in range(50):  # warm: statement caches, pool, page cache
             show()

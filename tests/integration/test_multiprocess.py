@@ -442,3 +442,33 @@ def test_user_changes_take_effect_on_the_next_request_in_both_processes(
         vault.set_user(local_operator(), "kz.interior", **{k: restore[k] for k in change})
         vault.close()
     assert _reads(cluster, login(cluster.a.url, "kz.interior"), package_id) == [(200, True)] * 2
+
+
+def _read_statuses(cluster: Cluster, headers: Headers, package_id: str, file_id: str) -> list[int]:
+    """On each server, the status of each read route: list, show and download."""
+    return [
+        httpx.get(url + path, headers=headers, timeout=TIMEOUT).status_code
+        for url in cluster.urls
+        for path in (
+            "/packages?limit=5",
+            f"/packages/{package_id}",
+            f"/packages/{package_id}/files/{file_id}",
+        )
+    ]
+
+
+def test_a_session_ended_in_one_process_is_refused_by_both_on_the_next_read(
+    cluster: Cluster,
+) -> None:
+    """The read routes look their caller up in the read's own transaction: a logout on one
+    server refuses that token's very next list, show and download on either server, while
+    another session of the same officer reads on."""
+    uz = login(cluster.a.url, "uz.officer")
+    package = upload(cluster.a.url, uz, "session-ended", {"s.txt": b"session content"})
+    package_id, file_id = package["id"], package["files"][0]["id"]
+    ending, other = login(cluster.b.url, "uz.officer"), login(cluster.a.url, "uz.officer")
+    assert _read_statuses(cluster, ending, package_id, file_id) == [200] * 6
+    out = httpx.post(cluster.b.url + "/auth/logout", headers=ending, timeout=TIMEOUT)
+    assert out.status_code == 200, out.text
+    assert _read_statuses(cluster, ending, package_id, file_id) == [401] * 6
+    assert _read_statuses(cluster, other, package_id, file_id) == [200] * 6

@@ -13,6 +13,7 @@ in the service of its domain (``identity``, ``admin``, ``packages``, ``releases`
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import date, datetime, timedelta
 
@@ -235,6 +236,11 @@ class Vault:
     def authenticate(self, token: str, *, now: datetime | None = None) -> Principal:
         """The caller a token speaks for; AuthenticationFailed otherwise."""
         return self.identity.authenticate(token, now=now)
+
+    def reading_as(self, token: str) -> contextlib.AbstractContextManager[Principal]:
+        """The caller a token speaks for, with one read-only transaction held open for the
+        reads made in the block in this thread (see IdentityService.reading_as)."""
+        return self.identity.reading_as(token)
 
     def refresh(self, refresh_token: str, *, now: datetime | None = None) -> LoginResult:
         """New tokens for a live session; the refresh token presented is spent."""

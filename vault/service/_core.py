@@ -362,7 +362,7 @@ class Core:
                 self._refresh_policy()
         self._local.depth = depth + 1
         try:
-            with session_scope(self.engine, readonly=readonly) as session:
+            with self._session(readonly) as session:
                 yield session
         except OperationalError as exc:
             raise unavailable(exc) from None
@@ -379,8 +379,32 @@ class Core:
             self._local.depth = depth
 
     @contextlib.contextmanager
+    def _session(self, readonly: bool) -> Iterator[Session]:
+        """A new session, or, for a read-only one inside another read-only one of this thread,
+        the outer one: a request that authenticates and then reads (Vault.reading_as) pays for
+        one transaction, not one per step. Writers always get their own."""
+        shared: Session | None = getattr(self._local, "reading", None)
+        if readonly and shared is not None:
+            yield shared
+            return
+        with session_scope(self.engine, readonly=readonly) as session:
+            if not readonly:
+                yield session
+                return
+            self._local.reading = session
+            try:
+                yield session
+            finally:
+                self._local.reading = None
+
+    @contextlib.contextmanager
     def lookup(self) -> Iterator[Connection]:
-        """A read-only transaction without an ORM session, for the per-request lookups."""
+        """A read-only transaction without an ORM session, for the per-request lookups (the
+        read-only transaction already open in this thread, if there is one)."""
+        shared: Session | None = getattr(self._local, "reading", None)
+        if shared is not None:
+            yield shared.connection()
+            return
         try:
             with read_scope(self.engine) as connection:
                 yield connection

@@ -3,7 +3,9 @@ password changes. Every attempt, allowed or refused, is in the ledger; no passwo
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import cast
 
@@ -241,6 +243,15 @@ class IdentityService:
                 subject=session_reference(claims.session_id),
             )
         return principal_of(cast(UserRow, user), user.country_code, claims.session_id)
+
+    @contextlib.contextmanager
+    def reading_as(self, token: str) -> Iterator[Principal]:
+        """Authenticate ``token`` in a read-only transaction that the reads made inside the
+        block, in this thread, share (Core.tx): a request's lookup of its caller and its read
+        then cost one transaction, and see one snapshot. Refusals raised inside are recorded
+        once it has ended, as for any transaction."""
+        with self.core.tx(readonly=True):
+            yield self.authenticate(token)
 
     def refresh(self, refresh_token: str, *, now: datetime | None = None) -> LoginResult:
         """A new access token and a new refresh token for a live session; the one presented

@@ -53,7 +53,7 @@ from vault.service._core import (
     records_refusals,
 )
 from vault.service.access import Access
-from vault.service.releases import release_info
+from vault.service.releases import ReleaseRow, release_info
 from vault.service.sealed import FileRow, OpenedMeta, SealedRow, SummaryRow
 
 MAX_PAGE = 200
@@ -71,11 +71,16 @@ _PACKAGE_FILES = (
     .order_by(col(PackageFile.position))
 )
 
-# A package's releases, oldest first (shown to its originator).
+# A package's releases, oldest first (shown to its originator), as plain rows.
 _PACKAGE_RELEASES = (
-    sa_select(Release)
+    sa_select(*Release.__table__.columns)  # type: ignore[attr-defined]
     .where(col(Release.package_id) == bindparam("pid"))
     .order_by(col(Release.created_at))
+)
+
+# A package's sealed seizure records, if it has any.
+_PACKAGE_RECORDS = sa_select(col(PackageRecords.sealed)).where(
+    col(PackageRecords.package_id) == bindparam("pid")
 )
 
 # A download's file as a plain row (no ORM object), only if it belongs to the package.
@@ -415,14 +420,15 @@ class PackageService:
         """Details of one package the caller may read, and the ledger receipt."""
         with self.core.tx(readonly=True) as session:
             package, facts = self.access.load_package_for(session, principal, package_id, "read")
-            files = session.connection().execute(_PACKAGE_FILES, {"pid": package.id}).all()
+            connection, pid = session.connection(), {"pid": package.id}
+            files = connection.execute(_PACKAGE_FILES, pid).all()
             releases = (
-                session.scalars(_PACKAGE_RELEASES, {"pid": package.id}).all()
+                connection.execute(_PACKAGE_RELEASES, pid).all()
                 if ORIGINATOR in facts.relations
                 else []
             )
             country, creator = package.country_code, package.creator
-            stored_records = session.get(PackageRecords, package.id)
+            stored_records = connection.execute(_PACKAGE_RECORDS, pid).scalar_one_or_none()
             receipt = self.core.record_allowed(principal, "read", package)
         opened = self.open_meta(package)
         meta = opened.meta
@@ -442,10 +448,10 @@ class PackageService:
             digest=meta["digest"],
             creator=creator or "",
             files=[sealed.file_info(opened.key, cast(FileRow, row)) for row in files],
-            releases=[release_info(r) for r in releases],
+            releases=[release_info(cast(ReleaseRow, r)) for r in releases],
             signature=self._signature_of(meta.get("signature")),
             records=(
-                open_records(opened.key, package.id, stored_records.sealed)
+                open_records(opened.key, package.id, stored_records)
                 if stored_records is not None
                 else []
             ),

@@ -4,6 +4,7 @@ requests (H2), decisions, revocation, and acknowledging H3 restrictions."""
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Protocol
 
 from sqlmodel import Session, col, select
 
@@ -26,7 +27,34 @@ from vault.service._core import ALLOW, Core, Principal, new_id, records_refusals
 from vault.service.access import Access, PackageRow
 
 
-def release_info(r: Release) -> ReleaseInfo:
+class ReleaseRow(Protocol):
+    """What a release's details show: a Release, or a row of its columns."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def package_id(self) -> str: ...
+    @property
+    def country_code(self) -> str: ...
+    @property
+    def agency_code(self) -> str | None: ...
+    @property
+    def status(self) -> ReleaseStatus: ...
+    @property
+    def kind(self) -> ReleaseKind: ...
+    @property
+    def not_before(self) -> datetime | None: ...
+    @property
+    def expires_at(self) -> datetime | None: ...
+    @property
+    def created_at(self) -> datetime: ...
+    @property
+    def requested_by(self) -> str: ...
+    @property
+    def decided_by(self) -> str | None: ...
+
+
+def release_info(r: ReleaseRow) -> ReleaseInfo:
     """What callers see of a release, with whether it grants access now."""
     now = utcnow()
     in_force = (
