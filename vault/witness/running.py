@@ -1,7 +1,8 @@
 """The server's witness publisher: :class:`~vault.witness.publisher.Publisher` rounds on a
 thread of their own, their results kept in the vault's database.
 
-Started and stopped with the server (``VAULT_WITNESS_POLICY``). Each round signs a checkpoint
+Started and stopped with the server (``VAULT_WITNESS_POLICY``); of several server processes
+on one vault, only the holder of the publisher lease publishes. Each round signs a checkpoint
 if the ledger grew, asks every witness of the policy, stores the cosigned checkpoint when the
 quorum is met (:func:`vault.witness.published.store_witnessed`), and stores each witness's lag
 when it changed. Appends never wait for any of it: the thread shares nothing with them but
@@ -24,6 +25,7 @@ from vault.config import Settings
 from vault.db import session_scope
 from vault.errors import ConfigError, VaultError
 from vault.ledger.note import NoteError, Verifier, parse_checkpoint, parse_note
+from vault.witness.lease import PublisherLease
 from vault.witness.ledger_source import LedgerSource
 from vault.witness.policy import Policy, load_policy
 from vault.witness.published import record_lags, store_witnessed
@@ -126,14 +128,21 @@ class PublishingThread:
         return published
 
     def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.round()
-            except (VaultError, NoteError) as exc:
-                log.error("witness publishing round failed: %s", exc)
-            except Exception as exc:  # noqa: BLE001  (the thread must outlive any bad round)
-                log.error("witness publishing round failed: %s", type(exc).__name__)
-            self._stop.wait(self._cadence)
+        # Only one process of the vault publishes (see vault.witness.lease); the others keep
+        # asking, and take over when it stops.
+        lease = PublisherLease(self._engine)
+        try:
+            while not self._stop.is_set():
+                try:
+                    if lease.held():
+                        self.round()
+                except (VaultError, NoteError) as exc:
+                    log.error("witness publishing round failed: %s", exc)
+                except Exception as exc:  # noqa: BLE001  (the thread must outlive any bad round)
+                    log.error("witness publishing round failed: %s", type(exc).__name__)
+                self._stop.wait(self._cadence)
+        finally:
+            lease.release()
 
     def start(self) -> None:
         """Start publishing on a background thread (the first round runs at once)."""
