@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import update
 from sqlmodel import Session, col, select
@@ -46,6 +46,7 @@ if TYPE_CHECKING:  # _core builds the sink from this module
 __all__ = ["Openings", "opening_identity"]
 
 
+_V = TypeVar("_V")
 # What Keyring.subkey derives the openings' key for.
 _PURPOSE = b"blo-vault/ledger-openings/v1"
 
@@ -62,6 +63,8 @@ class Openings:
         self._keys = keys
         # Packages never change agency, agencies never change country, and releases never
         # change target: what an entry concerns can be cached for the life of the process.
+        # Bounded (oldest first out): unbounded, they grew with every package uploaded (a heap
+        # snapshot comparison under bench.load showed it).
         self._package_country: dict[str, str] = {}
         self._release_countries: dict[str, tuple[str, str, str]] = {}
 
@@ -104,7 +107,7 @@ class Openings:
             ).first()
             if row is None:  # a refusal naming an id that is no package: concerns no country
                 return ""
-            country = self._package_country[package_id] = row
+            country = _remember(self._package_country, package_id, row)
         return country
 
     def _release(self, session: Session, release_id: str) -> tuple[str, str, str]:
@@ -117,7 +120,7 @@ class Openings:
             if row is None:
                 return ("", "", "")
             found = (row[0], self._origin_country(session, row[1]), row[1])
-            self._release_countries[release_id] = found
+            _remember(self._release_countries, release_id, found)
         return found
 
     # --- reading ------------------------------------------------------------------------------
@@ -192,6 +195,17 @@ class Openings:
     def destroy_before(session: Session, cutoff: datetime) -> int:
         """Destroy the openings of entries written before ``cutoff``; how many."""
         return _destroy(session, col(LedgerEntry.opening_at) < cutoff)
+
+
+_CACHED = 4096  # entries per cache: the packages and releases being worked on now
+
+
+def _remember(cache: dict[str, _V], key: str, value: _V) -> _V:
+    """Put ``value`` in ``cache``, dropping the oldest entry beyond _CACHED; returns it."""
+    cache[key] = value
+    if len(cache) > _CACHED:
+        del cache[next(iter(cache))]
+    return value
 
 
 def _stored(session: Session, start: int, stop: int | None) -> Iterator[LedgerEntry]:
