@@ -322,6 +322,7 @@ async def drive(args: argparse.Namespace, bases: list[str], pids: list[int]) -> 
         "workers_per_server": args.workers,
         "database": "postgresql" if args.database_url else "sqlite",
         "store": args.store,
+        "server_malloc": "glibc defaults" if args.default_malloc else SERVER_MALLOC,
         "driver": f"aiohttp {aiohttp.__version__}",
     }
     if args.baseline_seconds > 0:
@@ -411,6 +412,9 @@ def against_baseline(summary: dict[str, Any]) -> dict[str, float]:
 
 
 Server = tuple[subprocess.Popen[bytes], str]
+# The servers run with the allocator settings the Dockerfile sets (see there and BENCHMARKS.md,
+# "Memory under sustained load"); --default-malloc runs them with glibc's defaults instead.
+SERVER_MALLOC = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": "131072"}
 
 
 def growth_window(seconds: float) -> float:
@@ -564,6 +568,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "growth window opens and at the end (slows the servers: explain with it, measure "
         "without)",
     )
+    parser.add_argument(
+        "--default-malloc",
+        action="store_true",
+        help="run the servers with glibc's default allocator settings, not the Dockerfile's",
+    )
     parser.add_argument("--w-list", type=int, default=3)
     parser.add_argument("--w-show", type=int, default=5)
     parser.add_argument("--w-download", type=int, default=2)
@@ -582,6 +591,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.database_url = database_url
         store = stack.enter_context(moto_store()) if args.store == "minio-moto" else None
         env = {k: v for k, v in os.environ.items() if not k.startswith("VAULT_")}
+        if not args.default_malloc:
+            env |= SERVER_MALLOC
         env |= {
             "VAULT_DATA_DIR": f"{tmp}/data",
             "VAULT_ARGON2_TIME_COST": "1",
