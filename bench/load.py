@@ -533,8 +533,8 @@ def print_report(summary: dict[str, Any]) -> None:
         )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the load test from the command line."""
+def build_parser() -> argparse.ArgumentParser:
+    """The command line's options."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=300)
@@ -578,6 +578,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--w-download", type=int, default=2)
     parser.add_argument("--w-upload", type=int, default=1)
     add_common_arguments(parser, out="load.json")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the load test from the command line."""
+    parser = build_parser()
     args = parse_arguments(parser, argv, QUICK)
     if args.heap_snapshots and args.workers != 1:
         # Only the processes serving the app answer SIGUSR2 with a snapshot; for any other
