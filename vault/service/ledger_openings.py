@@ -19,6 +19,7 @@ that concern no package or release; nobody else any (default deny).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -198,13 +199,17 @@ class Openings:
 
 
 _CACHED = 4096  # entries per cache: the packages and releases being worked on now
+# Appends run on request threads and the group committer at once: without it, two evictions
+# could pick the same oldest key, or an insert land between iter() and next().
+_CACHE_LOCK = threading.Lock()
 
 
 def _remember(cache: dict[str, _V], key: str, value: _V) -> _V:
-    """Put ``value`` in ``cache``, dropping the oldest entry beyond _CACHED; returns it."""
-    cache[key] = value
-    if len(cache) > _CACHED:
-        del cache[next(iter(cache))]
+    """Put ``value`` in ``cache``, dropping the oldest entries beyond _CACHED; returns it."""
+    with _CACHE_LOCK:
+        cache[key] = value
+        while len(cache) > _CACHED:
+            del cache[next(iter(cache))]
     return value
 
 
