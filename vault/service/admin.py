@@ -247,9 +247,11 @@ class AdminService:
 
     @records_refusals("manage")
     def rotate_kek(self, principal: Principal, *, batch: int = 500) -> int:
-        """Re-wrap every data key not under the current KEK; content is not re-encrypted.
+        """Re-wrap every data key not under the current KEK (content is not re-encrypted),
+        and re-seal the ledger openings sealed under an old KEK's derived key.
 
-        Afterwards the old KEKs are no longer needed. Returns how many keys were re-wrapped.
+        Afterwards the old KEKs are no longer needed. Returns how many keys were re-wrapped
+        plus how many openings were re-sealed.
         """
         self.core.require_global(principal, "manage", subject="kek")
         current = self.core.keys.keyring.current.id
@@ -260,7 +262,7 @@ class AdminService:
                 done += rewrapped
                 if rewrapped < batch:
                     break
-        # Ledger openings too: each is under its own key wrapped by the KEK (issue 18).
+        # Ledger openings too: sealed under a key derived from the KEK, so re-sealed (small).
         while True:
             with self.core.tx() as session:
                 rewrapped = self.core.openings.rewrap(session, current, batch)
