@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import sys
 import time
 from collections.abc import Sequence
@@ -34,12 +33,11 @@ from bench.harness import (
     open_world,
     parse_arguments,
     print_table,
+    seed_packages,
     workdir,
     write_json,
 )
 from blo_vault.api.app import create_app
-from vault.schemas import NewPackage
-from vault.service import IncomingFile
 
 QUICK = {"requests": 50, "packages": 5}
 WARM = 50
@@ -101,14 +99,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     vault, officer = open_world(work / "vault-data")
     try:
         token = vault.login("uz.officer", PASSWORD).access_token
-        ids = [
-            vault.upload(
-                officer,
-                NewPackage(title=f"seed {i}", description="bench"),
-                [IncomingFile(name="a.txt", reader=io.BytesIO(b"x" * 1000))],
-            ).package.id
-            for i in range(args.packages)
-        ]
+        ids = seed_packages(vault, officer, args.packages)
         app = create_app(vault=vault)
         routes = {
             "healthz": ("/healthz", b"", None),

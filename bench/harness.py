@@ -40,7 +40,8 @@ from vault import db
 from vault.config import load_settings
 from vault.ledger import log
 from vault.models import Classification, Role
-from vault.service import Principal, Vault, local_operator
+from vault.schemas import NewPackage
+from vault.service import IncomingFile, Principal, Vault, local_operator
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT_DIR = ROOT / "bench" / "out"
@@ -498,3 +499,16 @@ def open_world(data_dir: Path) -> tuple[Vault, Principal]:
     )
     principal = vault.authenticate(vault.login("uz.officer", PASSWORD).access_token)
     return vault, principal
+
+
+def seed_packages(vault: Vault, officer: Principal, count: int) -> list[str]:
+    """``count`` small packages (one 1,000-byte file each) uploaded by ``officer``; their ids,
+    oldest first."""
+    return [
+        vault.upload(
+            officer,
+            NewPackage(title=f"seed {i}", description="bench"),
+            [IncomingFile(name="a.txt", reader=io.BytesIO(b"x" * 1000))],
+        ).package.id
+        for i in range(count)
+    ]

@@ -20,7 +20,6 @@ Writes bench/out/service_reads.json. SQLite only (the embedded default).
 from __future__ import annotations
 
 import argparse
-import io
 import sqlite3
 import sys
 import time
@@ -40,11 +39,11 @@ from bench.harness import (
     open_world,
     parse_arguments,
     print_table,
+    seed_packages,
     workdir,
     write_json,
 )
-from vault.schemas import NewPackage
-from vault.service import IncomingFile, Vault
+from vault.service import Vault
 
 QUICK = {"seconds": 0.5, "packages": 20, "threads": [1, 2]}
 
@@ -116,14 +115,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     vault, officer = open_world(work / "vault-data")
     try:
         token = vault.login("uz.officer", PASSWORD).access_token
-        packages = [
-            vault.upload(
-                officer,
-                NewPackage(title=f"seed {i}", description="bench"),
-                [IncomingFile(name="a.txt", reader=io.BytesIO(b"x" * 1000))],
-            ).package.id
-            for i in range(args.packages)
-        ]
+        packages = seed_packages(vault, officer, args.packages)
         target = packages[len(packages) // 2]
 
         # As the API's read routes do: the caller's lookup and the read in one transaction.
