@@ -52,6 +52,7 @@ __all__ = [
     "Kek",
     "Keyring",
     "Readable",
+    "RecordSealer",
     "SealingReader",
     "WrappedKey",
     "constant_time_equal",
@@ -216,6 +217,33 @@ def _wrap_aad(kek_id: str, context: bytes) -> bytes:
 # --- small records (titles, descriptions, filenames) -----------------------------------------
 
 
+class RecordSealer:
+    """Seals and opens small records under one key (AES-256-GCM, bound to a context), with the
+    cipher's key schedule built once: for records sealed on every append (ledger openings),
+    where building it per record was most of what sealing cost."""
+
+    def __init__(self, key: bytes) -> None:
+        self._aead = AESGCM(key)
+
+    def seal(
+        self, plaintext: bytes, *, context: bytes, unsafe_fixed_nonce: bytes | None = None
+    ) -> bytes:
+        """``unsafe_fixed_nonce`` is for known-answer tests only (see :meth:`Keyring.wrap`)."""
+        nonce = _nonce_or_random(unsafe_fixed_nonce, _NONCE_SIZE)
+        aad = b"blo-vault/record/v1\x00" + context
+        return bytes([_SMALL_VERSION]) + nonce + self._aead.encrypt(nonce, plaintext, aad)
+
+    def open(self, sealed: bytes, *, context: bytes) -> bytes:
+        """The record :meth:`seal` sealed under this key; IntegrityError on any failure."""
+        if len(sealed) < 1 + _NONCE_SIZE + TAG_SIZE or sealed[0] != _SMALL_VERSION:
+            raise IntegrityError("sealed record is malformed")
+        aad = b"blo-vault/record/v1\x00" + context
+        try:
+            return self._aead.decrypt(sealed[1 : 1 + _NONCE_SIZE], sealed[1 + _NONCE_SIZE :], aad)
+        except InvalidTag:
+            raise IntegrityError("sealed record failed authentication") from None
+
+
 def seal_bytes(
     key: bytes, plaintext: bytes, *, context: bytes, unsafe_fixed_nonce: bytes | None = None
 ) -> bytes:
@@ -223,20 +251,12 @@ def seal_bytes(
 
     ``unsafe_fixed_nonce`` is for known-answer tests only (see :meth:`Keyring.wrap`).
     """
-    nonce = _nonce_or_random(unsafe_fixed_nonce, _NONCE_SIZE)
-    aad = b"blo-vault/record/v1\x00" + context
-    return bytes([_SMALL_VERSION]) + nonce + AESGCM(key).encrypt(nonce, plaintext, aad)
+    return RecordSealer(key).seal(plaintext, context=context, unsafe_fixed_nonce=unsafe_fixed_nonce)
 
 
 def open_bytes(key: bytes, sealed: bytes, *, context: bytes) -> bytes:
     """Open a record sealed by :func:`seal_bytes`; IntegrityError on any failure."""
-    if len(sealed) < 1 + _NONCE_SIZE + TAG_SIZE or sealed[0] != _SMALL_VERSION:
-        raise IntegrityError("sealed record is malformed")
-    aad = b"blo-vault/record/v1\x00" + context
-    try:
-        return AESGCM(key).decrypt(sealed[1 : 1 + _NONCE_SIZE], sealed[1 + _NONCE_SIZE :], aad)
-    except InvalidTag:
-        raise IntegrityError("sealed record failed authentication") from None
+    return RecordSealer(key).open(sealed, context=context)
 
 
 # --- streams ----------------------------------------------------------------------------------

@@ -392,3 +392,32 @@ def test_scoped_export_over_http_follows_the_scope(world: World, exchange: Excha
     assert "openings" not in document
     assert_absent(raw, exchange.secrets(), "the public HTTP export")
     assert verify_export(document, document["vkey"]).ok
+
+
+def test_an_id_refused_before_it_was_a_package_concerns_its_country_once_it_is(
+    world: World,
+) -> None:
+    """Package ids are chosen by their uploader. A refusal that names an id before it is a
+    package concerns no originating country; once UZ uploads a package with that id, the
+    entries about it concern UZ (whatever was remembered of the earlier refusal)."""
+    vault, tj, uz = world.vault, world["tj.officer"], world["uz.officer"]
+    package_id = "ab" * 16
+
+    def tj_reads_it() -> None:
+        with pytest.raises(NotFound):
+            vault.get_package(tj, package_id)
+
+    def uz_auditor_opens_tj_reading_it() -> bool:
+        return any(
+            not e.hidden and e.actor_user == "tj.officer" and e.package == package_id
+            for e in vault.ledger_show(world["uz.auditor"])
+        )
+
+    tj_reads_it()
+    assert not uz_auditor_opens_tj_reading_it()
+    meta = NewPackage(
+        title="Seizure", classification=Classification.RESTRICTED, package_id=package_id
+    )
+    vault.upload(uz, meta, [IncomingFile("n.txt", io.BytesIO(b"x"))])
+    tj_reads_it()
+    assert uz_auditor_opens_tj_reading_it()

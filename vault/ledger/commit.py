@@ -33,7 +33,7 @@ import binascii
 import hashlib
 import struct
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from vault import crypto
 
@@ -48,6 +48,7 @@ __all__ = [
     "OpeningError",
     "commitment",
     "encode",
+    "encode_values",
     "fields_digest",
     "is_public_action",
     "verify_opening",
@@ -80,6 +81,8 @@ _U32 = struct.Struct(">I")
 # What commitment() hashes before the sequence number, per sensitive field, in order.
 _COMMIT_PREFIXES = tuple(TAG + name.encode() + b"\x00" for name in SENSITIVE)
 _U64 = struct.Struct(">Q")
+_SALTS_SIZE = SALT_SIZE * len(SENSITIVE)
+_SALT_OFFSETS = tuple(range(0, _SALTS_SIZE, SALT_SIZE))
 
 
 class OpeningError(ValueError):
@@ -116,6 +119,9 @@ class Opening:
     seq: int
     salts: tuple[bytes, ...]
     values: tuple[str, ...]
+    # to_bytes(), when encode() made this opening: it has each value's UTF-8 at hand, and the
+    # sealing of every committed append is what reads it (issue 18's append budget).
+    packed: bytes | None = field(default=None, repr=False, compare=False)
 
     def fields(self) -> dict[str, str]:
         """Field name to value."""
@@ -134,6 +140,8 @@ class Opening:
     def to_bytes(self) -> bytes:
         """Compact canonical bytes (what is sealed at rest): u64 seq, the 9 salts, then the 9
         values as u32 length || UTF-8."""
+        if self.packed is not None:
+            return self.packed
         return b"".join([_U64.pack(self.seq), *self.salts, *(_string(v) for v in self.values)])
 
     @classmethod
@@ -208,30 +216,52 @@ def encode(
     ``salts`` (9 x 16 bytes) is for known-answer tests only; otherwise they are drawn from
     the operating system's CSPRNG in one call.
     """
-    action = public["action"]
-    open_form = is_public_action(action)
-    out = [_HEAD.pack(VERSION, seq, time_us, FORM_OPEN if open_form else FORM_COMMITTED)]
-    out.extend(_string(public[name]) for name in PUBLIC)
     values = tuple(sensitive.get(name, "") for name in SENSITIVE)
+    head = (public["action"], public["decision"], public["policy"])
+    return encode_values(seq, time_us, head, values, prev, salts=salts)
+
+
+def encode_values(
+    seq: int,
+    time_us: int,
+    public: tuple[str, str, str],
+    values: tuple[str, ...],
+    prev: str,
+    *,
+    salts: bytes | None = None,
+) -> tuple[bytes, Opening | None]:
+    """:func:`encode` with the public fields and the sensitive values (every one, empty
+    ones too) as tuples in PUBLIC and SENSITIVE order: what the log appends with."""
+    if len(values) != len(SENSITIVE):
+        raise ValueError("one value per sensitive field")
+    open_form = is_public_action(public[0])
+    out = [_HEAD.pack(VERSION, seq, time_us, FORM_OPEN if open_form else FORM_COMMITTED)]
+    out.extend(_string(value) for value in public)
+    # Each value encoded and length-prefixed once: the entry (open form) or the opening's
+    # bytes (committed form) reuse them. This runs on every append.
+    raws = [value.encode("utf-8") for value in values]
+    if max(map(len, raws)) > _MAX_STRING:  # the same length limit as _string
+        raise ValueError("ledger entry field too long")
+    strings = [part for raw in raws for part in (_U32.pack(len(raw)), raw)]
     opening = None
     if open_form:
-        out.extend(_string(v) for v in values)
+        out.extend(strings)
     else:
-        pool = salts if salts is not None else crypto.random_bytes(SALT_SIZE * len(SENSITIVE))
-        if len(pool) != SALT_SIZE * len(SENSITIVE):
+        pool = salts if salts is not None else crypto.random_bytes(_SALTS_SIZE)
+        if len(pool) != _SALTS_SIZE:
             raise ValueError("wrong number of salt bytes")
-        cut = tuple(pool[i * SALT_SIZE : (i + 1) * SALT_SIZE] for i in range(len(SENSITIVE)))
-        # commitment() inlined, each value encoded once: this runs on every append, and the
-        # checks it repeats per field are settled here once (names fixed, salts cut to size).
+        cut = tuple(pool[i : i + SALT_SIZE] for i in _SALT_OFFSETS)
         packed_seq = _U64.pack(seq)
-        digests = []
-        for prefix, salt, value in zip(_COMMIT_PREFIXES, cut, values, strict=True):
-            raw = value.encode("utf-8")
-            if len(raw) > _MAX_STRING:  # the same length limit as the open form
-                raise ValueError("ledger entry field too long")
-            digests.append(hashlib.sha256(prefix + packed_seq + salt + raw).digest())
-        out.append(hashlib.sha256(ROOT_TAG + packed_seq + b"".join(digests)).digest())
-        opening = Opening(seq, cut, values)
+        # commitment() inlined: its checks are settled here once (names fixed, salts cut to
+        # size, lengths checked above).
+        digests = b"".join(
+            [
+                hashlib.sha256(prefix + packed_seq + salt + raw).digest()
+                for prefix, salt, raw in zip(_COMMIT_PREFIXES, cut, raws, strict=True)
+            ]
+        )
+        out.append(hashlib.sha256(ROOT_TAG + packed_seq + digests).digest())
+        opening = Opening(seq, cut, values, b"".join([packed_seq, pool, *strings]))
     out.append(_string(prev))
     return b"".join(out), opening
 

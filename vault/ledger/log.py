@@ -176,19 +176,25 @@ def _encode(
     """The entry's bytes: version 1 without a sink, else version 2 and its opening."""
     if sink is None:
         return _encode_v1(record, seq, now_us, prev), None
-    sensitive = {
-        "actor_user": record.actor.user,
-        "actor_agency": record.actor.agency,
-        "actor_country": record.actor.country,
-        "package": record.package,
-        "file": record.file,
-        "release": record.release,
-        "subject": record.subject,
-        "reason": record.reason,
-        "handling": record.handling,
-    }
-    public = {"action": record.action, "decision": record.decision, "policy": record.policy}
-    return commit.encode(seq, now_us, public, sensitive, prev)
+    actor = record.actor
+    return commit.encode_values(
+        seq,
+        now_us,
+        (record.action, record.decision, record.policy),
+        # commit.SENSITIVE's order
+        (
+            actor.user,
+            actor.agency,
+            actor.country,
+            record.package,
+            record.file,
+            record.release,
+            record.subject,
+            record.reason,
+            record.handling,
+        ),
+        prev,
+    )
 
 
 def _encode_v1(record: Record, seq: int, now_us: int, prev: str) -> bytes:
@@ -220,8 +226,9 @@ def append(session: Session, **fields: Any) -> int:
 _INSERT_ENTRY = insert(LedgerEntry.__table__)  # type: ignore[attr-defined]
 _INSERT_NODE = insert(LedgerNode.__table__)  # type: ignore[attr-defined]
 # The opening columns of an entry that has none (a public entry in a version 2 batch): every
-# row of one insert must name the same columns.
-_NO_OPENING: dict[str, Any] = dict.fromkeys(LEDGER_OPENING_COLUMNS)
+# row of one insert must name the same columns, the ones a sink writes. opening_key is not one:
+# only openings moved from revision 0007 have a key of their own.
+_NO_OPENING: dict[str, Any] = dict.fromkeys(c for c in LEDGER_OPENING_COLUMNS if c != "opening_key")
 # The head entry; built once (building it cost more than running it, per batch).
 _HEAD = (
     sa_select(col(LedgerEntry.seq), col(LedgerEntry.entry))

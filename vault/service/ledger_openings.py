@@ -47,6 +47,7 @@ if TYPE_CHECKING:  # _core builds the sink from this module
 __all__ = ["Openings", "opening_identity"]
 
 
+_K = TypeVar("_K")
 _V = TypeVar("_V")
 # What Keyring.subkey derives the openings' key for.
 _PURPOSE = b"blo-vault/ledger-openings/v1"
@@ -68,6 +69,10 @@ class Openings:
         # snapshot comparison under bench.load showed it).
         self._package_country: dict[str, str] = {}
         self._release_countries: dict[str, tuple[str, str, str]] = {}
+        self._concerns: dict[tuple[str, str, str], str] = {}  # (country, package, release)
+        # One sealer per KEK (a handful at most): an AES-GCM key schedule per append cost more
+        # than the sealing itself.
+        self._sealers: dict[str, crypto.RecordSealer] = {}
 
     # --- writing ------------------------------------------------------------------------------
 
@@ -85,18 +90,41 @@ class Openings:
     def _seal(self, opening: commit.Opening) -> dict[str, Any]:
         """The opening's key and sealed columns, under the current KEK."""
         kek_id = self._keys.keyring.current.id
-        key = self._keys.keyring.subkey(kek_id, _PURPOSE)
-        sealed = crypto.seal_bytes(key, opening.to_bytes(), context=opening_identity(opening.seq))
-        return {"opening_kek_id": kek_id, "opening_key": None, "opening_sealed": sealed}
+        sealed = self._sealer(kek_id).seal(
+            opening.to_bytes(), context=opening_identity(opening.seq)
+        )
+        # No opening_key: only openings moved from revision 0007 have a key of their own.
+        return {"opening_kek_id": kek_id, "opening_sealed": sealed}
+
+    def _sealer(self, kek_id: str) -> crypto.RecordSealer:
+        """The sealer of openings under KEK ``kek_id``; IntegrityError if it is not loaded."""
+        sealer = self._sealers.get(kek_id)
+        if sealer is None:
+            key = self._keys.keyring.subkey(kek_id, _PURPOSE)
+            sealer = self._sealers[kek_id] = crypto.RecordSealer(key)
+        return sealer
 
     def _countries(self, session: Session, record: Record) -> str:
-        found = {record.actor.country}
+        """The countries the entry concerns, sorted, each between spaces (" KZ UZ ")."""
+        key = (record.actor.country, record.package, record.release)
+        cached = self._concerns.get(key)
+        if cached is not None:
+            return cached
+        found, known = {record.actor.country}, True
         if record.package:
-            found.add(self._origin_country(session, record.package))
+            origin = self._origin_country(session, record.package)
+            found.add(origin)
+            known = bool(origin)
         if record.release:
-            found.update(self._release(session, record.release)[:2])
+            target, origin, _ = self._release(session, record.release)
+            found.update((target, origin))
+            known = known and bool(target)
         found.discard("")
-        return "".join(f" {c}" for c in sorted(found)) + " " if found else ""
+        countries = "".join(f" {c}" for c in sorted(found)) + " " if found else ""
+        # Not remembered when an id named no package or release: package ids are chosen by
+        # their uploader, so one refused today may be a package tomorrow, and its entries must
+        # then concern its country.
+        return _remember(self._concerns, key, countries) if known else countries
 
     def _origin_country(self, session: Session, package_id: str) -> str:
         country = self._package_country.get(package_id)
@@ -141,14 +169,12 @@ class Openings:
         if row.opening_kek_id is None or row.opening_sealed is None:
             raise commit.OpeningError(f"entry {row.seq} has no stored opening")
         identity = opening_identity(row.seq)
-        keyring = self._keys.keyring
         if row.opening_key is None:
-            key = keyring.subkey(row.opening_kek_id, _PURPOSE)
+            sealer = self._sealer(row.opening_kek_id)
         else:  # moved from revision 0007's table: a per-entry key, wrapped
-            key = keyring.unwrap(
-                crypto.WrappedKey(row.opening_kek_id, row.opening_key), context=identity
-            )
-        sealed = crypto.open_bytes(key, row.opening_sealed, context=identity)
+            wrapped = crypto.WrappedKey(row.opening_kek_id, row.opening_key)
+            sealer = crypto.RecordSealer(self._keys.keyring.unwrap(wrapped, context=identity))
+        sealed = sealer.open(row.opening_sealed, context=identity)
         opening = commit.Opening.from_bytes(sealed)
         if opening.seq != row.seq:
             raise commit.OpeningError(f"the opening stored for entry {row.seq} is another's")
@@ -204,7 +230,7 @@ _CACHED = 4096  # entries per cache: the packages and releases being worked on n
 _CACHE_LOCK = threading.Lock()
 
 
-def _remember(cache: dict[str, _V], key: str, value: _V) -> _V:
+def _remember(cache: dict[_K, _V], key: _K, value: _V) -> _V:
     """Put ``value`` in ``cache``, dropping the oldest entries beyond _CACHED; returns it."""
     with _CACHE_LOCK:
         cache[key] = value

@@ -13,6 +13,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from vault.errors import LedgerCorrupt
 from vault.ledger import commit, merkle, note
 from vault.ledger.entry import Entry, decode, leaf_hash, opened
+from vault.ledger.log import Actor, Record
+from vault.ledger.log import _encode as log_encode
 from vault.ledger.verify import verify_export
 
 SALTS = bytes(range(144))
@@ -110,6 +112,8 @@ def test_decode_hides_and_opening_reveals() -> None:
     assert not full.hidden
     assert (full.actor_user, full.package, full.handling) == ("kz.officer", "a" * 32, "H2")
     assert commit.Opening.from_bytes(opening.to_bytes()) == opening
+    # The bytes encode() packed as it went are the canonical ones.
+    assert opening.packed == commit.Opening(opening.seq, opening.salts, opening.values).to_bytes()
 
 
 def test_strict_decoding() -> None:
@@ -244,3 +248,22 @@ def test_dictionary_attack_finds_nothing() -> None:
     # And no value appears in the bytes (two-letter codes may occur by chance in random hashes).
     for data in datas:
         assert not any(v.encode() in data for v in candidates if len(v) >= 6)
+
+
+def test_the_log_commits_each_record_field_under_its_own_name() -> None:
+    """The log hands commit.encode_values a tuple in SENSITIVE order: a field out of place would
+    commit (and scope, and open) one value under another's name."""
+    record = Record(
+        actor=Actor("the-user", "the-agency", "CC"), action="download", decision="allow",
+        reason="the-reason", policy="the-policy", package="the-package", file="the-file",
+        release="the-release", subject="the-subject", handling="the-handling",
+    )  # fmt: skip
+    data, opening = log_encode(record, 3, TIME, PREV, sink=lambda *_: {})
+    assert opening is not None
+    expected = {
+        "actor_user": "the-user", "actor_agency": "the-agency", "actor_country": "CC",
+        "package": "the-package", "file": "the-file", "release": "the-release",
+        "subject": "the-subject", "reason": "the-reason", "handling": "the-handling",
+    }  # fmt: skip
+    assert commit.verify_opening(data, opening) == expected
+    assert decode(data).policy == "the-policy"
