@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from vault import errors
+from vault.service import Vault
 
 __all__ = [
     "ERROR_RESPONSES",
@@ -138,7 +139,11 @@ def _allowed_methods(request: Request) -> list[str]:
 
 async def _record_refusal(request: Request, reason: str) -> int | None:
     """Record a refusal of an authenticated caller's request that no operation recorded; None
-    for an anonymous request or a bad token (whose refusal authentication records)."""
+    for an anonymous request or a token that is not the vault's (its refusal recorded by
+    authentication). A token of the vault's that speaks for nobody now (session ended, user
+    disabled) raises authentication's error: that is the answer, as it would have been had the
+    route looked the caller up before reading the request (the read routes look up the caller
+    with the read, after FastAPI has validated the parameters)."""
     vault = request.app.state.vault
     principal = getattr(request.state, "principal", None)
     if principal is None:
@@ -149,8 +154,10 @@ async def _record_refusal(request: Request, reason: str) -> int | None:
             return None
         try:
             principal = await run_in_threadpool(vault.authenticate, token.strip())
-        except errors.VaultError:  # a bad token: its refusal is recorded by authenticate
-            return None
+        except errors.VaultError:
+            if not _signed_by_the_vault(vault, token.strip()):
+                return None
+            raise
     route = f"{request.method} {getattr(request.scope.get('route'), 'path', request.url.path)}"
     package_id = request.path_params.get("package_id")
     # The entry is committed before the answer goes out; the wait is not the event loop's.
@@ -164,6 +171,15 @@ async def _record_refusal(request: Request, reason: str) -> int | None:
     return receipt
 
 
+def _signed_by_the_vault(vault: Vault, token: str) -> bool:
+    """Whether ``token`` is an unexpired access token the vault signed."""
+    try:
+        vault.tokens.verify(token)
+    except errors.VaultError:
+        return False
+    return True
+
+
 def install(app: FastAPI) -> None:
     """Register the handlers on ``app``."""
 
@@ -173,7 +189,10 @@ def install(app: FastAPI) -> None:
         if exc.receipt is None and 400 <= status < 500 and status not in (401, 429):
             # Refused by the API itself (multipart framing, an unknown query parameter),
             # after the caller was known: recorded like the service's own refusals.
-            exc.receipt = await _record_refusal(request, exc.code)
+            try:
+                exc.receipt = await _record_refusal(request, exc.code)
+            except errors.VaultError as unauthenticated:
+                return await _vault_error(request, unauthenticated)
         if status >= 500:
             log.error("request failed: %s (%s)", exc.code, type(exc).__name__)
         response = error_response(status, exc.code, exc.message, exc.receipt)
@@ -189,7 +208,10 @@ def install(app: FastAPI) -> None:
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         # Name the fields but never echo the submitted values back.
         where = sorted({".".join(str(p) for p in err.get("loc", ())) for err in exc.errors()})
-        receipt = await _record_refusal(request, errors.InvalidInput.code)
+        try:
+            receipt = await _record_refusal(request, errors.InvalidInput.code)
+        except errors.VaultError as unauthenticated:
+            return await _vault_error(request, unauthenticated)
         return error_response(422, "invalid_input", "invalid request: " + ", ".join(where), receipt)
 
     @app.exception_handler(StarletteHTTPException)

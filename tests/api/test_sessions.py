@@ -216,6 +216,27 @@ def test_logout_refuses_the_access_token_on_the_next_request(
     assert client.get("/packages", headers=bearer(other)).status_code == 200
 
 
+@pytest.mark.parametrize(
+    ("path", "params"),
+    [
+        ("/packages", {"limit": "many"}),  # a value the schema refuses
+        ("/packages", {"colour": "red"}),  # a parameter the route does not declare
+        (f"/packages/{'0' * 32}", {"colour": "red"}),
+    ],
+    ids=["list-bad-value", "list-unknown-parameter", "show-unknown-parameter"],
+)
+def test_an_ended_session_is_refused_before_its_request_is_read(
+    world: World, client: httpx.Client, path: str, params: dict[str, str]
+) -> None:
+    """The read routes look the caller up with the read, after the parameters are validated;
+    a token of an ended session is still answered 401, not 422, and its refusal recorded."""
+    tokens = login(client, "kz.officer")
+    assert client.get(path, params=params, headers=bearer(tokens)).status_code == 422
+    assert client.post("/auth/logout", headers=bearer(tokens)).status_code == 200
+    error = refused(client.get(path, params=params, headers=bearer(tokens)))
+    assert entry(world.vault, error["receipt"]).reason == "session_revoked"
+
+
 def test_a_token_without_a_session_is_refused(world: World, client: httpx.Client) -> None:
     """A token from before sessions (no sid) could never be revoked: it is refused."""
     from jose import jwt
