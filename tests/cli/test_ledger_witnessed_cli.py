@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import io
 import json
 import time
 from collections.abc import Iterator
@@ -24,6 +25,9 @@ from tests.api.test_witnessed_ledger import witness_server
 from tests.conftest import CliRunner, World
 from tests.witness_log import Tree
 from vault.ledger.entry import leaf_hash
+from vault.models import Classification
+from vault.schemas import NewPackage
+from vault.service import IncomingFile, local_operator
 from vault.ledger.note import Checkpoint, parse_note, sign_checkpoint
 from vault.witness.core import Witness, init_witness
 from vault.witness.ledger_source import LedgerSource
@@ -248,3 +252,37 @@ def test_tlog_proof_bundle_and_consistency_with_the_policy(
     assert "quorum" in unwitnessed.stderr
     # Without --policy the same saved checkpoint is only checked against the log's key.
     assert cli("ledger", "consistency", "--old", plain).code == 0
+
+
+def test_a_purge_leaves_the_log_verifying_against_the_witnessed_checkpoint(
+    world: World, cli: CliRunner, witnessed: Witnessed, tmp_path: Path
+) -> None:
+    """Issue 18: purging a package destroys its entries' openings, and the log still verifies
+    against the checkpoint the witnesses cosigned before the purge."""
+    vault, uz = world.vault, world["uz.officer"]
+    meta = NewPackage(title="Seizure", classification=Classification.RESTRICTED)
+    package = vault.upload(uz, meta, [IncomingFile("n.txt", io.BytesIO(b"x"))]).package.id
+    vault.get_package(uz, package)
+
+    def scoped_export(name: str) -> tuple[Path, set[int]]:
+        """The UZ auditor's scoped export, and the entries whose openings name the package."""
+        path = tmp_path / name
+        with path.open("w") as out:
+            vault.export_ledger(world["uz.auditor"], out, scoped=True)
+        document = json.loads(path.read_text())
+        return path, {o["seq"] for o in document["openings"] if package in json.dumps(o)}
+
+    assert witnessed.publishing.round() is not None
+    before, about = scoped_export("before.json")
+    assert len(about) >= 2  # the upload and the read
+    vault.purge(local_operator(), package)
+    after, about_after = scoped_export("after.json")
+    # Only the purge's own entry still names the package (kept: the originating country's
+    # auditor sees that it was purged, and by whom).
+    assert not about & about_after
+    assert len(about_after) == 1
+    witnessed_before = json.loads(before.read_text())["witnessed_checkpoint"]
+    assert json.loads(after.read_text())["witnessed_checkpoint"] == witnessed_before
+    checked = cli("ledger", "verify", "--export", after, "--policy", witnessed.policy_file)
+    assert checked.code == 0, checked.stderr
+    assert "cosigned by KZ, TJ" in checked.stdout
