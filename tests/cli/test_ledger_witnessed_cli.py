@@ -25,10 +25,10 @@ from tests.api.test_witnessed_ledger import witness_server
 from tests.conftest import CliRunner, World
 from tests.witness_log import Tree
 from vault.ledger.entry import leaf_hash
+from vault.ledger.note import Checkpoint, parse_note, sign_checkpoint
 from vault.models import Classification
 from vault.schemas import NewPackage
 from vault.service import IncomingFile, local_operator
-from vault.ledger.note import Checkpoint, parse_note, sign_checkpoint
 from vault.witness.core import Witness, init_witness
 from vault.witness.ledger_source import LedgerSource
 from vault.witness.policy import Policy, parse_policy
