@@ -22,14 +22,14 @@ RUN pip install --no-cache-dir --require-hashes -r /tmp/requirements.lock && rm 
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir --no-deps /wheels/*.whl && rm -rf /wheels
 USER vault
-# The two MALLOC_ settings keep glibc from holding on to the transfers' freed 1 MiB buffers
-# in per-thread arenas: under 300 s of load the servers' RSS then stopped creeping (growth over
-# the last 4 minutes 8.7 % -> 2.2 %; BENCHMARKS.md, "Memory under sustained load").
+# Two arenas rather than one per thread: less of the transfers' freed 1 MiB buffers is held
+# per thread; the server hands the rest back itself (VAULT_MALLOC_TRIM_SECONDS, api/memory.py).
+# Not MALLOC_MMAP_THRESHOLD_: it stopped the creep too, but cost transfers 1.6-2.2x the
+# server's CPU (BENCHMARKS.md, "Memory under sustained load").
 ENV VAULT_ENV=production \
     VAULT_DATA_DIR=/var/lib/blo-vault \
     PYTHONUNBUFFERED=1 \
-    MALLOC_ARENA_MAX=2 \
-    MALLOC_MMAP_THRESHOLD_=131072
+    MALLOC_ARENA_MAX=2
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --retries=5 \
   CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=2)"

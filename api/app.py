@@ -19,7 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
 from blo_vault.api import errors as api_errors
-from blo_vault.api import web
+from blo_vault.api import memory, web
 from blo_vault.api.downloads import download_response
 from blo_vault.api.limits import BodyLimitMiddleware
 from blo_vault.api.multipart import MultipartUpload, boundary_of
@@ -606,6 +606,7 @@ def create_app(settings: Settings | None = None, *, vault: Vault | None = None) 
             publisher.start()
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(_checkpoint_cadence, service)
+            tasks.start_soon(memory.trim_every, service.settings.malloc_trim_seconds, trim)
             try:
                 yield
             finally:
@@ -626,6 +627,7 @@ def create_app(settings: Settings | None = None, *, vault: Vault | None = None) 
     app.state.vault = service
     # Built here, not in the lifespan, so a bad VAULT_WITNESS_POLICY stops the start at once.
     publisher = service.witness_publisher()
+    trim = memory.glibc_trim()
     api_errors.install(app)
     app.include_router(router)
     # Imported here: these routes use this module's dependencies (issues 16, 13 and 18).

@@ -414,7 +414,7 @@ def against_baseline(summary: dict[str, Any]) -> dict[str, float]:
 Server = tuple[subprocess.Popen[bytes], str]
 # The servers run with the allocator settings the Dockerfile sets (see there and BENCHMARKS.md,
 # "Memory under sustained load"); --default-malloc runs them with glibc's defaults instead.
-SERVER_MALLOC = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": "131072"}
+SERVER_MALLOC = {"MALLOC_ARENA_MAX": "2"}
 
 
 def growth_window(seconds: float) -> float:

@@ -90,6 +90,10 @@ class Settings(BaseSettings):
     # Per request to a witness (connect, send, answer): a slow witness only delays publication.
     witness_timeout_seconds: float = Field(default=5.0, gt=0, le=300)
 
+    # The server hands memory that transfers freed back to the system this often (glibc's
+    # malloc_trim; api/memory.py says why); 0 never.
+    malloc_trim_seconds: float = Field(default=10.0, ge=0, le=3600)
+
     # Limits.
     max_file_size: int = Field(default=10 * GiB, ge=1)
     max_package_size: int = Field(default=20 * GiB, ge=1)
