@@ -53,6 +53,7 @@ from vault.models import Agency, Classification, Handling, PolicyRule, Role, Use
 from vault.passwords import Passwords
 from vault.schemas import check_id
 from vault.service.ledger_openings import Openings
+from vault.service.titles import Titles
 from vault.storage import ObjectStore, open_store
 from vault.tokens import TokenService
 
@@ -233,6 +234,8 @@ class Core:
         self._agency_country: dict[str, str] = {}
         # Listing statements by (role, clearance, policy hash): built once, then only bound.
         self.listings: dict[tuple[str, str, str], Any] = {}
+        # Opened titles of listed packages (bounded; purge forgets): vault.service.titles.
+        self.titles = Titles()
         # Version 2 entries: the sink seals each entry's opening in the entry's transaction.
         self.openings = Openings(keys)
         self._sink = self.openings if settings.ledger_entry_version == 2 else None

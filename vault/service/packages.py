@@ -146,8 +146,14 @@ class PackageService:
         return sealed.open_meta(self.core.keys, package)
 
     def summary(self, package: SummaryRow, country: str) -> PackageSummary:
-        """A package as a listing shows it (title opened); ``country`` is its originator's."""
-        return sealed.summary(self.core.keys, package, country)
+        """A package as a listing shows it (title opened, or remembered from an earlier
+        opening of the same sealed bytes: vault.service.titles); ``country`` is its
+        originator's."""
+        keys = self.core.keys
+        title = self.core.titles.title(
+            package, lambda: sealed.open_meta(keys, package).meta["title"]
+        )
+        return sealed.summary(keys, package, country, title)
 
     # --- upload -------------------------------------------------------------------------------
 
