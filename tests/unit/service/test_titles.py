@@ -117,3 +117,20 @@ def test_the_cache_is_bounded_and_expires() -> None:
     clock.now += 11
     assert titles.title(Row(9), lambda: "t9") == "t9"
     assert len(titles) == 1  # the expired ones went at that use
+
+
+def test_a_remembered_title_does_not_outlive_a_revoked_release(world: World) -> None:
+    """The cache only spares opening rows the listing query returned: a release revoked in
+    one process hides the package from the next listing in another that remembers its title."""
+    vault = world.vault
+    other = Vault.open(world.settings, create=False)  # a second server over the same database
+    try:
+        package_id = _upload(vault, world, "released")
+        released = vault.release(world["uz.officer"], package_id, country="KZ")
+        kz = world["kz.officer"]
+        assert [i.title for i in other.list_packages(kz, limit=50).items] == ["released"]
+        assert package_id in other.core.titles
+        vault.revoke_release(world["uz.officer"], package_id, released.release.id)
+        assert other.list_packages(kz, limit=50).items == []
+    finally:
+        other.close()
