@@ -28,7 +28,9 @@ from collections.abc import Callable
 
 from vault.service.sealed import SealedRow
 
-LIMIT = 20_000
+# About 2.5 MiB at a typical title's length, 25 MiB at most (500-character titles of 4-byte
+# characters); pages of a listing are 200 at most, so this holds many callers' working sets.
+LIMIT = 10_000
 TTL_SECONDS = 60.0
 
 
