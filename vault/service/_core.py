@@ -53,6 +53,7 @@ from vault.models import Agency, Classification, Handling, PolicyRule, Role, Use
 from vault.passwords import Passwords
 from vault.schemas import check_id
 from vault.service.ledger_openings import Openings
+from vault.service.titles import Titles
 from vault.storage import ObjectStore, open_store
 from vault.tokens import TokenService
 
@@ -233,6 +234,8 @@ class Core:
         self._agency_country: dict[str, str] = {}
         # Listing statements by (role, clearance, policy hash): built once, then only bound.
         self.listings: dict[tuple[str, str, str], Any] = {}
+        # Opened titles of listed packages (bounded; purge forgets): vault.service.titles.
+        self.titles = Titles()
         # Version 2 entries: the sink seals each entry's opening in the entry's transaction.
         self.openings = Openings(keys)
         self._sink = self.openings if settings.ledger_entry_version == 2 else None
@@ -356,14 +359,29 @@ class Core:
         ``readonly`` transactions must not write (on SQLite they don't queue for the lock).
         Transactions nest (per thread): only the outermost one records refusals.
         """
+        with self._transaction(), self._session(readonly) as session:
+            yield session
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A read-only transaction on a plain connection, without an ORM session (the read
+        routes' hot path: a session costs each request about as much again as the
+        transaction), shared by the read-only transactions opened inside it in this thread
+        (Vault.reading_as). Refusals are recorded as for :meth:`tx`."""
+        with self._transaction(), self._connection() as connection:
+            yield connection
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """What every transaction shares: the policy picked up before the outermost one, the
+        database's failures as StorageUnavailable, and refusals recorded after rollback."""
         depth = getattr(self._local, "depth", 0)
         if depth == 0:
             with contextlib.suppress(OperationalError):  # the transaction below reports it
                 self._refresh_policy()
         self._local.depth = depth + 1
         try:
-            with self._session(readonly) as session:
-                yield session
+            yield
         except OperationalError as exc:
             raise unavailable(exc) from None
         except VaultError as exc:
@@ -380,20 +398,46 @@ class Core:
 
     @contextlib.contextmanager
     def _session(self, readonly: bool) -> Iterator[Session]:
-        """A new session, or, for a read-only one inside another read-only one of this thread,
-        the outer one: a request that authenticates and then reads (Vault.reading_as) pays for
-        one transaction, not one per step. Writers always get their own."""
-        shared: Session | None = getattr(self._local, "reading", None)
+        """A new session; for a read-only one inside a read-only transaction of this thread,
+        one that joins it: a request that authenticates and then reads (Vault.reading_as)
+        pays for one transaction, not one per step. Writers always get their own."""
+        shared: Connection | None = getattr(self._local, "reading", None)
         if readonly and shared is not None:
-            yield shared
+            outer: Session | None = getattr(self._local, "reading_session", None)
+            if outer is not None:
+                yield outer
+                return
+            # Joins the connection's transaction: its commit or close leaves that alone.
+            with Session(bind=shared, expire_on_commit=False) as joined:
+                self._local.reading_session = joined
+                try:
+                    yield joined
+                finally:
+                    self._local.reading_session = None
             return
         with session_scope(self.engine, readonly=readonly) as session:
             if not readonly:
                 yield session
                 return
-            self._local.reading = session
+            self._local.reading = session.connection()
+            self._local.reading_session = session
             try:
                 yield session
+            finally:
+                self._local.reading = self._local.reading_session = None
+
+    @contextlib.contextmanager
+    def _connection(self) -> Iterator[Connection]:
+        """The read-only transaction already open in this thread, or a new one on a plain
+        connection (shared with those opened inside it until it ends)."""
+        shared: Connection | None = getattr(self._local, "reading", None)
+        if shared is not None:
+            yield shared
+            return
+        with read_scope(self.engine) as connection:
+            self._local.reading = connection
+            try:
+                yield connection
             finally:
                 self._local.reading = None
 
@@ -401,12 +445,8 @@ class Core:
     def lookup(self) -> Iterator[Connection]:
         """A read-only transaction without an ORM session, for the per-request lookups (the
         read-only transaction already open in this thread, if there is one)."""
-        shared: Session | None = getattr(self._local, "reading", None)
-        if shared is not None:
-            yield shared.connection()
-            return
         try:
-            with read_scope(self.engine) as connection:
+            with self._connection() as connection:
                 yield connection
         except OperationalError as exc:
             raise unavailable(exc) from None

@@ -167,25 +167,22 @@ _SUMMARY_COLUMNS = (
 
 
 def package_facts(
-    session: Session, principal: Principal, package_id: str, action: str
+    session: Session | Connection, principal: Principal, package_id: str, action: str
 ) -> tuple[PackageRow, Facts] | None:
     """The package (a plain row) and the facts a decision about ``principal`` doing ``action``
     to it rests on, from one query; None if there is no such package. The only place facts
     are derived: enforcement and ``explain`` both use it, so they can't disagree."""
-    row = (
-        session.connection()
-        .execute(
-            _PACKAGE_FACTS,
-            {
-                "pid": package_id,
-                "now": utcnow(),
-                "agency": principal.agency,
-                "country": principal.country,
-                "uid": principal.user_id,
-            },
-        )
-        .first()
-    )
+    connection = session if isinstance(session, Connection) else session.connection()
+    row = connection.execute(
+        _PACKAGE_FACTS,
+        {
+            "pid": package_id,
+            "now": utcnow(),
+            "agency": principal.agency,
+            "country": principal.country,
+            "uid": principal.user_id,
+        },
+    ).first()
     if row is None:
         return None
     package = cast(PackageRow, row)
@@ -267,7 +264,7 @@ class Access:
 
     def load_package_for(
         self,
-        session: Session,
+        session: Session | Connection,
         principal: Principal,
         package_id: str,
         action: str,

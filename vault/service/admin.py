@@ -336,6 +336,10 @@ class AdminService:
                 delete(PackageRecords).where(col(PackageRecords.package_id) == package_id)
             )
             receipt = self.core.record_allowed(principal, "purge", package, session=session)
+        # Its keys are gone: so goes its opened title. (A listing that read the row before
+        # the commit may still remember it, under the destroyed bytes' digest: never found
+        # again, and dropped within vault.service.titles.TTL_SECONDS, as in other processes.)
+        self.core.titles.forget(package_id)
         for row in files:
             with contextlib.suppress(StorageUnavailable):
                 self.core.store.delete(row.id)  # leftovers are unreadable; `admin gc` retries

@@ -247,10 +247,11 @@ class IdentityService:
     @contextlib.contextmanager
     def reading_as(self, token: str) -> Iterator[Principal]:
         """Authenticate ``token`` in a read-only transaction that the reads made inside the
-        block, in this thread, share (Core.tx): a request's lookup of its caller and its read
-        then cost one transaction, and see one snapshot. Refusals raised inside are recorded
-        once it has ended, as for any transaction."""
-        with self.core.tx(readonly=True):
+        block, in this thread, share (Core.read; Core.tx joins it): a request's lookup of its
+        caller and its read then cost one transaction, and see one snapshot, on a plain
+        connection (no ORM session). Refusals raised inside are recorded once it has ended,
+        as for any transaction."""
+        with self.core.read():
             yield self.authenticate(token)
 
     def refresh(self, refresh_token: str, *, now: datetime | None = None) -> LoginResult:

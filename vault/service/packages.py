@@ -146,8 +146,14 @@ class PackageService:
         return sealed.open_meta(self.core.keys, package)
 
     def summary(self, package: SummaryRow, country: str) -> PackageSummary:
-        """A package as a listing shows it (title opened); ``country`` is its originator's."""
-        return sealed.summary(self.core.keys, package, country)
+        """A package as a listing shows it (title opened, or remembered from an earlier
+        opening of the same sealed bytes: vault.service.titles); ``country`` is its
+        originator's."""
+        keys = self.core.keys
+        title = self.core.titles.title(
+            package, lambda: sealed.open_meta(keys, package).meta["title"]
+        )
+        return sealed.summary(keys, package, country, title)
 
     # --- upload -------------------------------------------------------------------------------
 
@@ -399,8 +405,7 @@ class PackageService:
         if not 1 <= limit <= MAX_PAGE or offset < 0:
             raise InvalidInput(f"limit must be 1-{MAX_PAGE} and offset >= 0")
         self.core.require_global(principal, "list")
-        with self.core.tx(readonly=True) as session:
-            connection = session.connection()
+        with self.core.read() as connection:
             statement, params = self.access.listing_query(
                 connection, principal, limit=limit, offset=offset, filters=filters
             )
@@ -418,9 +423,9 @@ class PackageService:
     @records_refusals("read")
     def get_package(self, principal: Principal, package_id: str) -> tuple[PackageDetail, int]:
         """Details of one package the caller may read, and the ledger receipt."""
-        with self.core.tx(readonly=True) as session:
-            package, facts = self.access.load_package_for(session, principal, package_id, "read")
-            connection, pid = session.connection(), {"pid": package.id}
+        with self.core.read() as connection:
+            package, facts = self.access.load_package_for(connection, principal, package_id, "read")
+            pid = {"pid": package.id}
             files = connection.execute(_PACKAGE_FILES, pid).all()
             releases = (
                 connection.execute(_PACKAGE_RELEASES, pid).all()
@@ -466,13 +471,9 @@ class PackageService:
         or its digest; the caller must then discard everything it received.
         """
         check_id(file_id, "file id")
-        with self.core.tx(readonly=True) as session:
-            package, _ = self.access.load_package_for(session, principal, package_id, "download")
-            found = (
-                session.connection()
-                .execute(_PACKAGE_FILE, {"fid": file_id, "pid": package.id})
-                .first()
-            )
+        with self.core.read() as connection:
+            package, _ = self.access.load_package_for(connection, principal, package_id, "download")
+            found = connection.execute(_PACKAGE_FILE, {"fid": file_id, "pid": package.id}).first()
             if found is None:
                 raise NotFound("file not found")
             row = cast(StoredFileRow, found)

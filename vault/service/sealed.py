@@ -88,12 +88,14 @@ def open_meta(keys: KeyMaterial, package: SealedRow) -> OpenedMeta:
     return OpenedMeta(meta=meta, key=key)
 
 
-def summary(keys: KeyMaterial, package: SummaryRow, country: str) -> PackageSummary:
-    """A package as a listing shows it (its title opened); IntegrityError as for open_meta."""
-    meta = open_meta(keys, package).meta
+def summary(
+    keys: KeyMaterial, package: SummaryRow, country: str, title: str | None = None
+) -> PackageSummary:
+    """A package as a listing shows it: its title (opened here unless given: IntegrityError
+    as for open_meta)."""
     return PackageSummary(
         id=package.id,
-        title=meta["title"],
+        title=open_meta(keys, package).meta["title"] if title is None else title,
         classification=package.classification,
         handling=package.handling,
         agency=package.agency_code,

@@ -15,6 +15,7 @@ from sqlalchemy import event
 
 from tests.conftest import PASSWORD, World
 from vault.errors import AuthenticationFailed, NotFound
+from vault.models import Package
 from vault.schemas import NewPackage
 from vault.service import IncomingFile, Vault, local_operator
 from vault.service import _core as core_module
@@ -104,3 +105,23 @@ def test_a_refused_read_inside_is_recorded_once_after_the_transaction(world: Wor
         ("read", "deny", "not_found", missing)
     ]
     assert raised.value.receipt == written[0].seq
+
+
+def test_sessions_opened_inside_join_the_plain_read_transaction(
+    world: World, begins: list[int]
+) -> None:
+    """reading_as holds a plain connection, not an ORM session; a read-only session opened
+    inside (services that read through the ORM) joins its transaction, and leaving that
+    session neither commits nor ends it."""
+    vault: Vault = world.vault
+    package_id = _package(world)
+    token = vault.login("uz.officer", PASSWORD).access_token
+    begins.clear()
+    with vault.reading_as(token) as caller:
+        with vault.core.tx(readonly=True) as session:
+            assert session.get(Package, package_id) is not None
+            with vault.core.tx(readonly=True) as inner:
+                assert inner is session
+        detail, _ = vault.get_package(caller, package_id)
+    assert detail.title == "shared transaction"
+    assert len(begins) == 1
