@@ -30,7 +30,6 @@ from vault.errors import InvalidInput, LedgerCorrupt, StorageUnavailable
 from vault.ledger import commit, merkle, note
 from vault.ledger.entry import GENESIS_PREV, Entry, leaf_hash
 from vault.models import (
-    LEDGER_OPENING_COLUMNS,
     LedgerCheckpoint,
     LedgerEntry,
     LedgerNode,
@@ -163,7 +162,9 @@ class Record:
 
 class OpeningSink(Protocol):
     """Turns the opening of a committed entry into the values of its row's ``opening_*``
-    columns (sealed), in the transaction that appends the entry."""
+    columns (sealed), in the transaction that appends the entry; all but ``opening_at``, which
+    the insert takes from the database's clock, and ``opening_key`` (only openings moved from
+    revision 0007 have a key of their own)."""
 
     def __call__(
         self, session: Session, record: Record, opening: commit.Opening
@@ -224,11 +225,10 @@ def append(session: Session, **fields: Any) -> int:
 
 
 _INSERT_ENTRY = insert(LedgerEntry.__table__)  # type: ignore[attr-defined]
+# A committed entry's row, with its opening: the opening's time comes from the database's clock
+# rather than a bound datetime, which SQLAlchemy converts and formats in Python on every append.
+_INSERT_COMMITTED = _INSERT_ENTRY.values(opening_at=func.now())
 _INSERT_NODE = insert(LedgerNode.__table__)  # type: ignore[attr-defined]
-# The opening columns of an entry that has none (a public entry in a version 2 batch): every
-# row of one insert must name the same columns, the ones a sink writes. opening_key is not one:
-# only openings moved from revision 0007 have a key of their own.
-_NO_OPENING: dict[str, Any] = dict.fromkeys(c for c in LEDGER_OPENING_COLUMNS if c != "opening_key")
 # The head entry; built once (building it cost more than running it, per batch).
 _HEAD = (
     sa_select(col(LedgerEntry.seq), col(LedgerEntry.entry))
@@ -257,7 +257,8 @@ def append_many(
         size_now, head_leaf = head[0] + 1, leaf_hash(bytes(head[1]))
         prev = head_leaf.hex()
     frontier = _frontier(session, size_now, head_leaf)
-    entries: list[dict[str, Any]] = []
+    entries: list[dict[str, Any]] = []  # without an opening (version 1, or public)
+    committed: list[dict[str, Any]] = []  # with one
     nodes: list[dict[str, Any]] = []
     seqs: list[int] = []
     now_us = time.time_ns() // 1000
@@ -266,19 +267,22 @@ def append_many(
         data, opening = _encode(record, seq, now_us, prev, sink)
         leaf = leaf_hash(data)
         row = {"seq": seq, "prev_hash": bytes.fromhex(prev), "entry": data}
-        if sink is not None:
-            row.update(_NO_OPENING if opening is None else sink(session, record, opening))
-        entries.append(row)
+        if opening is None or sink is None:
+            entries.append(row)
+        else:
+            committed.append(row | sink(session, record, opening))
         nodes.extend(
             {"level": n.level, "idx": n.idx, "hash": n.hash} for n in frontier.append(leaf)
         )
         prev = leaf.hex()
         seqs.append(seq)
-    if entries:
+    if nodes:  # every entry adds a leaf
         # Core inserts on the session's connection: the ORM's bulk path costs more than the
-        # commit's fsync at these batch sizes.
+        # commit's fsync at these batch sizes. (Each statement's rows name the same columns.)
         connection = session.connection()
-        connection.execute(_INSERT_ENTRY, entries)
+        for statement, rows in ((_INSERT_ENTRY, entries), (_INSERT_COMMITTED, committed)):
+            if rows:
+                connection.execute(statement, rows)
         connection.execute(_INSERT_NODE, nodes)
         _FRONTIERS[_database_key(session)] = (frontier.size, bytes.fromhex(prev), frontier)
     return seqs

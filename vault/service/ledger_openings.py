@@ -38,7 +38,6 @@ from vault.models import (
     Package,
     Release,
     Role,
-    utcnow,
 )
 
 if TYPE_CHECKING:  # _core builds the sink from this module
@@ -83,7 +82,6 @@ class Openings:
         return {
             "opening_package": package,
             "opening_countries": self._countries(session, record),
-            "opening_at": utcnow(),
             **self._seal(opening),
         }
 
