@@ -323,6 +323,7 @@ async def drive(args: argparse.Namespace, bases: list[str], pids: list[int]) -> 
         "database": "postgresql" if args.database_url else "sqlite",
         "store": args.store,
         "server_malloc": "glibc defaults" if args.default_malloc else SERVER_MALLOC,
+        "server_malloc_trim_seconds": args.malloc_trim_seconds,
         "driver": f"aiohttp {aiohttp.__version__}",
     }
     if args.baseline_seconds > 0:
@@ -573,6 +574,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run the servers with glibc's default allocator settings, not the Dockerfile's",
     )
+    parser.add_argument(
+        "--malloc-trim-seconds",
+        type=float,
+        default=None,
+        help="the servers' VAULT_MALLOC_TRIM_SECONDS (default: the server's own, 10; 0: never)",
+    )
     parser.add_argument("--w-list", type=int, default=3)
     parser.add_argument("--w-show", type=int, default=5)
     parser.add_argument("--w-download", type=int, default=2)
@@ -608,6 +615,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
         if args.database_url:
             env["VAULT_DATABASE_URL"] = args.database_url
+        if args.malloc_trim_seconds is not None:
+            env["VAULT_MALLOC_TRIM_SECONDS"] = str(args.malloc_trim_seconds)
         args.heap_dir = tmp / "heap" if args.heap_snapshots else None
         if args.heap_dir is not None:
             env[heapdump.ENV] = str(args.heap_dir)
