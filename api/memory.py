@@ -8,6 +8,8 @@ creep, but every buffer then became a fresh mapping faulted in and zeroed page b
 server spent 1.6–2.2× the CPU per transfer. Instead, the server calls ``malloc_trim(0)`` every
 ``VAULT_MALLOC_TRIM_SECONDS``: glibc returns the whole free pages of every arena to the system,
 and allocation keeps the speed of its defaults. Where the C library is not glibc, nothing runs.
+(It is not all of the creep: under ``bench.load`` on SQLite the servers' RSS still grew 5.6–6.2 %
+over the last 4 minutes, every 10 s or every 2 s alike; see BENCHMARKS.md.)
 """
 
 from __future__ import annotations
