@@ -24,8 +24,8 @@ RUN pip install --no-cache-dir --no-deps /wheels/*.whl && rm -rf /wheels
 USER vault
 # Two arenas rather than one per thread: less of the transfers' freed 1 MiB buffers is held
 # per thread; the server hands the rest back itself (VAULT_MALLOC_TRIM_SECONDS, api/memory.py).
-# Not MALLOC_MMAP_THRESHOLD_: it stopped the creep too, but cost transfers 1.6-2.2x the
-# server's CPU (BENCHMARKS.md, "Memory under sustained load").
+# Not MALLOC_MMAP_THRESHOLD_: it curbs the creep more, but cost transfers 1.6-2.2x the
+# server's CPU (BENCHMARKS.md, "Issue 14, 2026-12-06 05:45-07:15 UTC").
 ENV VAULT_ENV=production \
     VAULT_DATA_DIR=/var/lib/blo-vault \
     PYTHONUNBUFFERED=1 \

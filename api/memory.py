@@ -3,13 +3,14 @@
 Transfers allocate and free 1 MiB buffers on several threads. glibc keeps freed chunks in the
 arena of the thread that freed them, so under sustained load a server's RSS creeps up while its
 Python heap stays flat (BENCHMARKS.md, "Memory under sustained load"). Forcing such buffers onto
-their own mappings (``MALLOC_MMAP_THRESHOLD_=131072``, this image's earlier setting) stopped the
+their own mappings (``MALLOC_MMAP_THRESHOLD_=131072``, this image's earlier setting) curbed the
 creep, but every buffer then became a fresh mapping faulted in and zeroed page by page: the
 server spent 1.6–2.2× the CPU per transfer. Instead, the server calls ``malloc_trim(0)`` every
 ``VAULT_MALLOC_TRIM_SECONDS``: glibc returns the whole free pages of every arena to the system,
 and allocation keeps the speed of its defaults. Where the C library is not glibc, nothing runs.
-(It is not all of the creep: under ``bench.load`` on SQLite the servers' RSS still grew 5.6–6.2 %
-over the last 4 minutes, every 10 s or every 2 s alike; see BENCHMARKS.md.)
+(It is not all of the creep: under ``bench.load`` on SQLite with the local store the servers'
+RSS still grew 5.6–6.2 % over the last 4 minutes, every 10 s or every 2 s alike, against 4.0 %
+with the mmap threshold; see BENCHMARKS.md.)
 """
 
 from __future__ import annotations
