@@ -6,7 +6,10 @@ socket, and long-lived client connections then pile onto whichever worker accept
 seeds a small world, then runs ``--clients`` asyncio clients, spread over the servers, for
 ``--seconds``, each looping over a weighted mix of list, show, download and upload. Prints and
 writes (bench/out/load.json) requests per second, p50/p99 latency per kind, errors, CPU per
-request of the servers and of the driver, and the servers' RSS over time.
+request of the servers and of the driver, and the servers' RSS over time: in all, in its
+anonymous, file and shared parts (with the SQLite database's, log's and index's sizes beside
+them), and its growth over the last 4 minutes by kind of mapping (malloc heap, other
+anonymous mappings, SQLite's files, libraries), which says where growth comes from.
 
 Before the mix, the same clients hammer ``/healthz`` (no authentication, no database) for
 ``--baseline-seconds``: the ceiling of the HTTP stack and the driver on this machine, which the
@@ -133,16 +136,101 @@ def store_env(settings: dict[str, Any]) -> dict[str, str]:
     }
 
 
-def rss_kib(pids: list[int]) -> int:
-    total = 0
+# What a process's resident memory is made of (/proc/PID/status): anonymous pages (the
+# malloc heaps, Python's and SQLite's caches, thread stacks), pages of mapped files (code,
+# shared libraries, SQLite's -shm index) and shared memory. Which of them grows says where to
+# look for a run's RSS growth.
+RSS_PARTS = {"RssAnon:": "anon", "RssFile:": "file", "RssShmem:": "shmem"}
+
+
+def rss_parts_kib(pids: list[int]) -> dict[str, int]:
+    """The processes' resident memory in KiB: ``total`` and its anon, file and shmem parts."""
+    parts = dict.fromkeys(("total", *RSS_PARTS.values()), 0)
     for pid in pids:
         try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
+            lines = Path(f"/proc/{pid}/status").read_text().splitlines()
         except OSError:
-            pass
-    return total
+            continue
+        for line in lines:
+            key, _, value = line.partition("\t")
+            if key == "VmRSS:":
+                parts["total"] += int(value.split()[0])
+            elif key in RSS_PARTS:
+                parts[RSS_PARTS[key]] += int(value.split()[0])
+    return parts
+
+
+def sqlite_files_kib(data_dir: Path) -> dict[str, int]:
+    """Sizes of the SQLite database, its write-ahead log and its -shm index (mapped by every
+    connection, so resident in the servers as file pages), in KiB."""
+    sizes = {}
+    for database in data_dir.glob("*.db"):
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(OSError):
+                sizes[f"sqlite{suffix}"] = database.with_name(database.name + suffix).stat().st_size
+    return {name: size // 1024 for name, size in sizes.items()}
+
+
+def mapped_kib(pids: list[int]) -> dict[str, int]:
+    """The processes' resident KiB by kind of mapping (/proc/PID/smaps): the main malloc heap
+    (``[heap]``), other anonymous mappings (glibc's per-thread arenas, large allocations,
+    thread stacks), SQLite's files, shared libraries and other files."""
+    kinds: dict[str, int] = {}
+    for pid in pids:
+        try:
+            text = Path(f"/proc/{pid}/smaps").read_text()
+        except OSError:
+            continue
+        kind = ""
+        for line in text.splitlines():
+            head = line.split(maxsplit=5)
+            if len(head) >= 5 and "-" in head[0] and ":" not in head[0]:  # a mapping's line
+                name = head[5] if len(head) == 6 else ""
+                kind = (
+                    name
+                    if name.startswith("[")
+                    else "anonymous"
+                    if not name
+                    else "sqlite files"
+                    if ".db" in name
+                    else "libraries"
+                    if ".so" in name
+                    else "other files"
+                )
+            elif line.startswith("Rss:"):
+                kinds[kind] = kinds.get(kind, 0) + int(line.split()[1])
+    return kinds
+
+
+class MemoryWatch:
+    """The servers' memory through the mix: RSS and its parts every few seconds, and RSS by
+    kind of mapping when the growth window opens."""
+
+    def __init__(self, pids: list[int], data_dir: Path) -> None:
+        self.pids, self.data_dir = pids, data_dir
+        self.memory: list[tuple[float, int]] = []
+        self.parts: list[dict[str, float]] = []
+        self.mappings: dict[str, int] = {}
+
+    async def sample(self, started: float, deadline: float, every: float) -> None:
+        while time.monotonic() < deadline:
+            at, parts = round(time.monotonic() - started, 1), rss_parts_kib(self.pids)
+            self.memory.append((at, parts["total"]))
+            self.parts.append({"at": at, **parts, **sqlite_files_kib(self.data_dir)})
+            await asyncio.sleep(every)
+
+    def window_opens(self) -> None:
+        self.mappings = mapped_kib(self.pids)
+
+
+def mapping_growth(first: dict[str, int], last: dict[str, int]) -> dict[str, int]:
+    """Growth in KiB per kind of mapping, largest first (kinds that did not change left out)."""
+    growth = {k: last.get(k, 0) - first.get(k, 0) for k in first.keys() | last.keys()}
+    return dict(sorted(((k, v) for k, v in growth.items() if v), key=lambda kv: -abs(kv[1])))
+
+
+def rss_kib(pids: list[int]) -> int:
+    return rss_parts_kib(pids)["total"]
 
 
 def server_pids(root_pid: int) -> list[int]:
@@ -337,23 +425,20 @@ async def drive(args: argparse.Namespace, bases: list[str], pids: list[int]) -> 
     )
     results: dict[str, list[float]] = {k: [] for k in ("list", "show", "download", "upload")}
     errors: list[str] = []
-    memory: list[tuple[float, int]] = []
+    watch = MemoryWatch(every, args.data_dir)
     server_cpu, driver_cpu = cpu_seconds(every), driver_cpu_seconds()
     started = time.monotonic()
     deadline = started + args.seconds
 
-    async def sample_memory() -> None:
-        while time.monotonic() < deadline:
-            memory.append((round(time.monotonic() - started, 1), rss_kib(every)))
-            await asyncio.sleep(min(5.0, args.seconds / 2))
-
     async def first_heap_snapshot() -> None:
-        if args.heap_dir is not None:  # when the RSS growth figure's window opens
-            await asyncio.sleep(args.seconds - growth_window(args.seconds))
+        # When the RSS growth figure's window opens.
+        await asyncio.sleep(args.seconds - growth_window(args.seconds))
+        watch.window_opens()
+        if args.heap_dir is not None:
             await asyncio.to_thread(heap_snapshots, args.heap_dir, pids, 1)
 
     await asyncio.gather(
-        sample_memory(),
+        watch.sample(started, deadline, min(5.0, args.seconds / 2)),
         first_heap_snapshot(),
         *(
             client_loop(i, bases, tokens, package_ids, deadline, results, errors, mix)
@@ -362,6 +447,8 @@ async def drive(args: argparse.Namespace, bases: list[str], pids: list[int]) -> 
     )
     wall = time.monotonic() - started
     server_cpu, driver_cpu = cpu_seconds(every) - server_cpu, driver_cpu_seconds() - driver_cpu
+    if watch.mappings:
+        summary["rss_growth_by_mapping_kib"] = mapping_growth(watch.mappings, mapped_kib(every))
     if args.heap_dir is not None:
         summary["heap_growth"] = compare_heaps(heap_snapshots(args.heap_dir, pids, 2))
     summary |= {
@@ -387,16 +474,17 @@ async def drive(args: argparse.Namespace, bases: list[str], pids: list[int]) -> 
     summary["server_cpu_cores"] = round(server_cpu / wall, 2)
     summary["driver_cpu_cores"] = round(driver_cpu / wall, 2)
     summary["server_cpu_ms_per_request"] = round(server_cpu / max(total, 1) * 1000, 3)
-    summary["server_rss_kib"] = memory
+    summary["server_rss_kib"] = watch.memory
+    summary["server_rss_parts_kib"] = watch.parts
     summary |= against_baseline(summary)
     return summary
 
 
-def against_baseline(summary: dict[str, Any]) -> dict[str, float]:
+def against_baseline(summary: dict[str, Any]) -> dict[str, Any]:
     """The issue's figures (14): audited metadata reads/s over the same run's /healthz/s, their
     p99 over /healthz's p99, and server RSS growth over the last 4 minutes (or the last 80%
     of a shorter run), in percent."""
-    out: dict[str, float] = {}
+    out: dict[str, Any] = {}
     base, reads = summary.get("baseline_healthz"), summary.get("metadata_reads")
     if isinstance(base, dict) and isinstance(reads, dict) and base["per_second"]:
         out["reads_vs_healthz_rate"] = round(
@@ -409,6 +497,12 @@ def against_baseline(summary: dict[str, Any]) -> dict[str, float]:
         start = end - growth_window(end)
         first = next(kib for at, kib in rss if at >= start)
         out["rss_growth_last_minutes_percent"] = round((rss[-1][1] - first) / first * 100, 2)
+        parts: list[dict[str, float]] = summary.get("server_rss_parts_kib", [])
+        if parts:
+            opened = next(p for p in parts if p["at"] >= start)
+            out["rss_growth_last_minutes_kib"] = {
+                k: parts[-1][k] - opened[k] for k in ("total", *RSS_PARTS.values())
+            }
     return out
 
 
@@ -519,7 +613,13 @@ def print_report(summary: dict[str, Any]) -> None:
         f"{summary['server_cpu_cores']} cores, {summary['server_cpu_ms_per_request']} ms/request;"
         f" driver CPU {summary['driver_cpu_cores']} cores"
     )
-    for key in ("reads_vs_healthz_rate", "reads_vs_healthz_p99", "rss_growth_last_minutes_percent"):
+    for key in (
+        "reads_vs_healthz_rate",
+        "reads_vs_healthz_p99",
+        "rss_growth_last_minutes_percent",
+        "rss_growth_last_minutes_kib",
+        "rss_growth_by_mapping_kib",
+    ):
         if key in summary:
             print(f"{key}: {summary[key]}")
     for pid, heap in summary.get("heap_growth", {}).items():
@@ -617,6 +717,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             env["VAULT_DATABASE_URL"] = args.database_url
         if args.malloc_trim_seconds is not None:
             env["VAULT_MALLOC_TRIM_SECONDS"] = str(args.malloc_trim_seconds)
+        args.data_dir = tmp / "data"
         args.heap_dir = tmp / "heap" if args.heap_snapshots else None
         if args.heap_dir is not None:
             env[heapdump.ENV] = str(args.heap_dir)

@@ -183,3 +183,85 @@ def test_two_write_transactions_on_one_checkout_keep_their_turn(
         thread.join()
         assert not lock_is_free(lock)
     assert lock_is_free(lock)
+
+
+def grow_log_under_reads(engine: Engine, wal: Path, *, writes: int = 300) -> int:
+    """Write ``writes`` 8 KiB rows while two threads keep a read transaction open at every
+    moment (their snapshots overlap); the largest the write-ahead log got."""
+    with session_scope(engine) as session:
+        session.execute(text("CREATE TABLE IF NOT EXISTS blobs (b BLOB)"))
+    stop = threading.Event()
+
+    def read_forever(offset: float) -> None:
+        stop.wait(offset)
+        while not stop.is_set():
+            with read_scope(engine) as connection:
+                connection.execute(text("SELECT count(*) FROM blobs")).scalar_one()
+                stop.wait(0.004)
+
+    readers = [threading.Thread(target=read_forever, args=(d,)) for d in (0.0, 0.002)]
+    for reader in readers:
+        reader.start()
+    largest = 0
+    try:
+        for _ in range(writes):
+            with session_scope(engine) as session:
+                session.execute(text("INSERT INTO blobs VALUES (:b)"), {"b": os.urandom(8192)})
+            largest = max(largest, wal.stat().st_size)
+    finally:
+        stop.set()
+        for reader in readers:
+            reader.join()
+    return largest
+
+
+def test_a_log_under_constant_reads_grows_without_the_checkpoint(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The condition the keeper is for: SQLite's own checkpoints never start the log over.
+    monkeypatch.setattr(db, "WAL_CHECKPOINT_BYTES", 1 << 40)
+    largest = grow_log_under_reads(engine, tmp_path / "db.sqlite-wal")
+    assert largest > 2 * 1024 * 1024  # 300 writes of 8 KiB, all still in the log
+
+
+def test_a_log_under_constant_reads_is_emptied_past_its_limit(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(db, "WAL_CHECKPOINT_BYTES", 256 * 1024)
+    # A checkpoint can lose its race with the readers (then it gives up after
+    # WAL_CHECKPOINT_WAIT_MS); here the next writer tries again at once.
+    monkeypatch.setattr(db, "WAL_CHECKPOINT_RETRY_SECONDS", 0.0)
+    largest = grow_log_under_reads(engine, tmp_path / "db.sqlite-wal")
+    # The limit, plus the few writes that land while a checkpoint that lost its race waits.
+    assert largest < 256 * 1024 + 256 * 1024
+    with read_scope(engine) as connection:
+        assert connection.execute(text("SELECT count(*) FROM blobs")).scalar_one() == 300
+
+
+def test_a_checkpoint_blocked_by_a_long_reader_gives_up_and_waits_to_retry(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(db, "WAL_CHECKPOINT_BYTES", 64 * 1024)
+    tried: list[bool] = []
+    checkpoint = db._WalKeeper._checkpoint
+
+    def counted(dbapi_conn: object) -> bool:
+        tried.append(checkpoint(dbapi_conn))
+        return tried[-1]
+
+    monkeypatch.setattr(db._WalKeeper, "_checkpoint", staticmethod(counted))
+    with session_scope(engine) as session:
+        session.execute(text("CREATE TABLE blobs (b BLOB)"))
+    with read_scope(engine) as long_reader:  # an export, say: holds its snapshot throughout
+        long_reader.execute(text("SELECT count(*) FROM t")).scalar_one()
+        for _ in range(20):
+            with session_scope(engine) as session:
+                session.execute(text("INSERT INTO blobs VALUES (:b)"), {"b": os.urandom(8192)})
+        wal_size = (tmp_path / "db.sqlite-wal").stat().st_size
+    # It tried once, gave up (the reader's snapshot needs the log) and did not try again for
+    # the writers after it; the writes all went through.
+    assert tried == [False]
+    assert wal_size > 20 * 8192
+    with session_scope(engine) as session:  # the reader is gone, but the retry is not due
+        session.execute(text("INSERT INTO blobs VALUES (x'00')"))
+    assert tried == [False]

@@ -473,9 +473,28 @@ class Core:
         if session is not None:
             seq = ledger.append_many(session, [record], sink=self._sink)[0]
         else:
+            self._end_snapshot()
             seq = self._appender.append(record)
         self._count_decision(record.decision)
         return seq
+
+    def _end_snapshot(self) -> None:
+        """End the read-only transaction this thread holds on a plain connection (Core.read),
+        before waiting for a group commit; a statement after it begins a new one.
+
+        A reader waiting for its entry inside its transaction would pin its snapshot of the
+        database for the commit's whole wait, and on SQLite that is what keeps the
+        write-ahead log from ever being started over under load (vault.db._WalKeeper: the
+        checkpoint that empties it waits for such readers while holding writers back, and
+        the group commit those readers wait for is one of those writers). The reads it served
+        are done; the entry records them."""
+        shared: Connection | None = getattr(self._local, "reading", None)
+        if (
+            shared is not None
+            and getattr(self._local, "reading_session", None) is None  # not an ORM session's
+            and shared.in_transaction()
+        ):
+            shared.commit()
 
     def record_decision(
         self, actor: Actor, action: str, decision: str, reason: str, **target: str
