@@ -216,7 +216,14 @@ class MemoryWatch:
         while time.monotonic() < deadline:
             at, parts = round(time.monotonic() - started, 1), rss_parts_kib(self.pids)
             self.memory.append((at, parts["total"]))
-            self.parts.append({"at": at, **parts, **sqlite_files_kib(self.data_dir)})
+            self.parts.append(
+                {
+                    "at": at,
+                    **parts,
+                    **sqlite_files_kib(self.data_dir),
+                    "sqlite_connections": sqlite_connections(self.pids),
+                }
+            )
             await asyncio.sleep(every)
 
     def window_opens(self) -> None:
@@ -227,6 +234,18 @@ def mapping_growth(first: dict[str, int], last: dict[str, int]) -> dict[str, int
     """Growth in KiB per kind of mapping, largest first (kinds that did not change left out)."""
     growth = {k: last.get(k, 0) - first.get(k, 0) for k in first.keys() | last.keys()}
     return dict(sorted(((k, v) for k, v in growth.items() if v), key=lambda kv: -abs(kv[1])))
+
+
+def sqlite_connections(pids: list[int]) -> int:
+    """SQLite connections the processes hold open: their descriptors on a ``*.db`` file (each
+    connection keeps its own, and with it its page cache and prepared statements)."""
+    count = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                with contextlib.suppress(OSError):
+                    count += os.readlink(fd).endswith(".db")
+    return count
 
 
 def rss_kib(pids: list[int]) -> int:
@@ -541,7 +560,13 @@ def compare_heaps(last: dict[int, Path]) -> dict[str, Any]:
         before = tracemalloc.Snapshot.load(str(path.with_name(f"heap-{pid}-1.snapshot")))
         after = tracemalloc.Snapshot.load(str(path))
         grew = after.compare_to(before, "lineno")
+        native = [
+            json.loads(path.with_name(f"heap-{pid}-{n}.native.json").read_text()) for n in (1, 2)
+        ]
         out[str(pid)] = {
+            # Outside the Python heap (api/heapdump.py): allocator totals and SQLite's memory.
+            "native_first": native[0],
+            "native_last": native[1],
             "traced_kib_first": sum(s.size for s in before.statistics("filename")) // 1024,
             "traced_kib_last": sum(s.size for s in after.statistics("filename")) // 1024,
             "top": [
@@ -624,6 +649,9 @@ def print_report(summary: dict[str, Any]) -> None:
             print(f"{key}: {summary[key]}")
     for pid, heap in summary.get("heap_growth", {}).items():
         print(f"server {pid}: traced {heap['traced_kib_first']} -> {heap['traced_kib_last']} KiB")
+        for key, first in heap["native_first"].items():
+            last = heap["native_last"].get(key, first)
+            print(f"  {key}: {first / 2**20:.1f} -> {last / 2**20:.1f} MiB")
         for stat in heap["top"][:5]:
             print(f"  {stat['size_diff_kib']:+10.1f} KiB {stat['count_diff']:+7d}  {stat['where']}")
     rss = summary["server_rss_kib"]

@@ -245,14 +245,16 @@ class _WalKeeper:
     """Keeps the write-ahead log of a database under constant reads from growing for ever.
 
     SQLite's automatic checkpoints (PASSIVE) copy the log into the database file but only start
-    the log over when no reader is using it, which under sustained load never happens: in five
-    minutes of ``bench.load`` the log reached 0.9 GB, and its ``-shm`` index, mapped into every
-    server, grew with it. So after a write, while the writer still holds the writers' queue
-    (``_WriterQueue``), a log past WAL_CHECKPOINT_BYTES gets a TRUNCATE checkpoint: it waits
-    up to WAL_CHECKPOINT_WAIT_MS for the readers of older snapshots (new readers go to the
-    database file once the log is copied), then empties the log. One that has to give up is
-    not tried again for WAL_CHECKPOINT_RETRY_SECONDS, so a long reader costs writers one
-    short wait, not one each.
+    the log over when no reader is using it. When some reader always holds an older snapshot,
+    that never happens: with reads that waited for their ledger entry inside their
+    transaction, five minutes of ``bench.load`` took the log to 0.9 GB, and its ``-shm`` index,
+    mapped into every server, grew with it. Reads no longer do that (Core._end_snapshot); this
+    is the backstop for readers we don't control (a long export, another tool). After a write,
+    while the writer still holds the writers' queue (``_WriterQueue``), a log past
+    WAL_CHECKPOINT_BYTES gets a TRUNCATE checkpoint: it waits up to WAL_CHECKPOINT_WAIT_MS for
+    the readers of older snapshots (new readers go to the database file once the log is
+    copied), then empties the log. One that has to give up is not tried again for
+    WAL_CHECKPOINT_RETRY_SECONDS, so a long reader costs writers one short wait, not one each.
     """
 
     def __init__(self, wal_path: str) -> None:
