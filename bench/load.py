@@ -185,21 +185,20 @@ def mapped_kib(pids: list[int]) -> dict[str, int]:
         for line in text.splitlines():
             head = line.split(maxsplit=5)
             if len(head) >= 5 and "-" in head[0] and ":" not in head[0]:  # a mapping's line
-                name = head[5] if len(head) == 6 else ""
-                kind = (
-                    name
-                    if name.startswith("[")
-                    else "anonymous"
-                    if not name
-                    else "sqlite files"
-                    if ".db" in name
-                    else "libraries"
-                    if ".so" in name
-                    else "other files"
-                )
+                kind = _mapping_kind(head[5] if len(head) == 6 else "")
             elif line.startswith("Rss:"):
                 kinds[kind] = kinds.get(kind, 0) + int(line.split()[1])
     return kinds
+
+
+def _mapping_kind(name: str) -> str:
+    if not name:
+        return "anonymous"
+    if name.startswith("["):
+        return name  # [heap], [stack], ...
+    if ".db" in name:
+        return "sqlite files"
+    return "libraries" if ".so" in name else "other files"
 
 
 class MemoryWatch:
@@ -208,14 +207,12 @@ class MemoryWatch:
 
     def __init__(self, pids: list[int], data_dir: Path) -> None:
         self.pids, self.data_dir = pids, data_dir
-        self.memory: list[tuple[float, int]] = []
         self.parts: list[dict[str, float]] = []
         self.mappings: dict[str, int] = {}
 
     async def sample(self, started: float, deadline: float, every: float) -> None:
         while time.monotonic() < deadline:
             at, parts = round(time.monotonic() - started, 1), rss_parts_kib(self.pids)
-            self.memory.append((at, parts["total"]))
             self.parts.append(
                 {
                     "at": at,
@@ -493,7 +490,7 @@ async def drive(args: argparse.Namespace, bases: list[str], pids: list[int]) -> 
     summary["server_cpu_cores"] = round(server_cpu / wall, 2)
     summary["driver_cpu_cores"] = round(driver_cpu / wall, 2)
     summary["server_cpu_ms_per_request"] = round(server_cpu / max(total, 1) * 1000, 3)
-    summary["server_rss_kib"] = watch.memory
+    summary["server_rss_kib"] = [(p["at"], p["total"]) for p in watch.parts]
     summary["server_rss_parts_kib"] = watch.parts
     summary |= against_baseline(summary)
     return summary
