@@ -273,7 +273,7 @@ class _WalKeeper:
         if not self._busy.acquire(blocking=False):
             return
         try:
-            done = self._checkpoint(dbapi_conn)
+            done = empty_wal(dbapi_conn, wait_ms=WAL_CHECKPOINT_WAIT_MS)
         except sqlite3.Error as exc:
             log.warning("write-ahead log checkpoint failed: %s", type(exc).__name__)
             done = False
@@ -282,18 +282,25 @@ class _WalKeeper:
         if not done:
             self._not_before = time.monotonic() + WAL_CHECKPOINT_RETRY_SECONDS
 
-    @staticmethod
-    def _checkpoint(dbapi_conn: Any) -> bool:
-        cursor = dbapi_conn.cursor()
+
+def empty_wal(dbapi_conn: Any, *, wait_ms: int) -> bool:
+    """Copy the write-ahead log into the database file and empty it (a TRUNCATE checkpoint)
+    through ``dbapi_conn``, outside any transaction; False if a reader of an older snapshot
+    still held the log after ``wait_ms``, and some of it stays.
+
+    Until it returns True, the old versions of pages a change overwrote (destroyed keys, say)
+    may still be in the log, and in the database file until the log's copies replace them.
+    """
+    cursor = dbapi_conn.cursor()
+    try:
+        cursor.execute(f"PRAGMA busy_timeout={int(wait_ms)}")
         try:
-            cursor.execute(f"PRAGMA busy_timeout={WAL_CHECKPOINT_WAIT_MS}")
-            try:
-                busy, _, _ = cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-            finally:
-                cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            busy, _, _ = cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
         finally:
-            cursor.close()
-        return not busy
+            cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    finally:
+        cursor.close()
+    return not busy
 
 
 _QUEUED = "vault_writer_lock"

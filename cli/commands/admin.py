@@ -191,8 +191,14 @@ def purge(
     if not yes:
         typer.confirm(f"Destroy package {package_id} irreversibly?", abort=True)
     with local_vault() as vault:
-        receipt = vault.purge(local_operator(), package_id)
-    err.print(f"package {package_id} purged (ledger #{receipt})")
+        purged = vault.purge(local_operator(), package_id)
+    err.print(f"package {package_id} purged (ledger #{purged.receipt})")
+    if not purged.log_emptied:
+        err.print(
+            "warning: a reader held the database's write-ahead log, so old copies of the "
+            "destroyed keys are still in the database's files; run 'blovault admin gc' when "
+            "the vault is quieter to empty the log"
+        )
 
 
 @app.command("gc")

@@ -15,7 +15,9 @@ import json
 import logging
 import os
 import random
+import sqlite3
 import stat
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -334,7 +336,9 @@ def test_purge_destroys_keys_then_objects(
         assert plain == blob(2 * S + 3, 7)
         del data_key
 
-        receipt = vault.purge(local_operator(), doomed.id)
+        purged = vault.purge(local_operator(), doomed.id)
+        receipt = purged.receipt
+        assert purged.log_emptied
 
         # Objects gone from the store; the other package's stay.
         left = stored_keys(vault)
@@ -413,6 +417,68 @@ def test_purge_destroys_keys_then_objects(
     if backend_url is None:  # and after the last connection closed
         raw = sqlite_bytes(settings.data_dir)
         assert not any(secret in raw for secret in secrets_before)
+
+
+def _hold_snapshot(data_dir: Path) -> sqlite3.Connection:
+    """A reader of the database as it is now (a long export, say), holding that snapshot."""
+    reader = sqlite3.connect(data_dir / "vault.db", isolation_level=None, check_same_thread=False)
+    reader.execute("BEGIN")
+    assert reader.execute("SELECT count(*) FROM package").fetchone()[0] > 0
+    return reader
+
+
+def test_purge_beside_a_long_reader_says_the_log_kept_the_keys_and_gc_empties_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data_dir = tmp_path / "data"
+    vault = Vault.open(load_settings(data_dir=data_dir, **FAST_ARGON2))
+    try:
+        doomed = put(vault, seed(vault)["uz.officer"], "Doomed", {"a.txt": b"gone"})
+        with Session(vault.engine) as session:
+            pkg = session.get(Package, doomed.id)
+            assert pkg is not None
+            secrets = [pkg.wrapped_key, pkg.sealed_meta]
+    finally:
+        vault.close()
+    monkeypatch.setenv("VAULT_DATA_DIR", str(data_dir))
+    for key, value in FAST_ARGON2.items():
+        monkeypatch.setenv(f"VAULT_{key.upper()}", str(value))
+    monkeypatch.setattr("vault.service.admin.COMPACT_WAIT_MS", 300)
+    reader = _hold_snapshot(data_dir)
+    try:
+        capsys.readouterr()
+        assert run(["admin", "purge", doomed.id, "--yes"]) == 0
+        err = capsys.readouterr().err
+        assert f"package {doomed.id} purged" in err
+        assert "old copies of the destroyed keys are still" in " ".join(err.split())
+        # What the warning is about: the reader's snapshot still needs the old pages.
+        assert all(secret in sqlite_bytes(data_dir) for secret in secrets)
+    finally:
+        reader.close()
+    assert run(["admin", "gc", "--grace-minutes", "0"]) == 0
+    assert not any(secret in sqlite_bytes(data_dir) for secret in secrets)
+
+
+def test_purge_waits_for_a_reader_that_finishes(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    vault = Vault.open(load_settings(data_dir=data_dir, **FAST_ARGON2))
+    try:
+        doomed = put(vault, seed(vault)["uz.officer"], "Doomed", {"a.txt": b"gone"})
+        with Session(vault.engine) as session:
+            pkg = session.get(Package, doomed.id)
+            assert pkg is not None
+            secret = pkg.wrapped_key
+        reader = _hold_snapshot(data_dir)
+        finishing = threading.Timer(0.3, reader.close)
+        finishing.start()
+        try:
+            purged = vault.purge(local_operator(), doomed.id)
+        finally:
+            finishing.join()
+        assert purged.log_emptied
+        assert secret not in sqlite_bytes(data_dir)
+    finally:
+        vault.close()
 
 
 # --- production mode ------------------------------------------------------------------------------

@@ -243,13 +243,13 @@ def test_a_checkpoint_blocked_by_a_long_reader_gives_up_and_waits_to_retry(
 ) -> None:
     monkeypatch.setattr(db, "WAL_CHECKPOINT_BYTES", 64 * 1024)
     tried: list[bool] = []
-    checkpoint = db._WalKeeper._checkpoint
+    checkpoint = db.empty_wal
 
-    def counted(dbapi_conn: object) -> bool:
-        tried.append(checkpoint(dbapi_conn))
+    def counted(dbapi_conn: object, *, wait_ms: int) -> bool:
+        tried.append(checkpoint(dbapi_conn, wait_ms=wait_ms))
         return tried[-1]
 
-    monkeypatch.setattr(db._WalKeeper, "_checkpoint", staticmethod(counted))
+    monkeypatch.setattr(db, "empty_wal", counted)
     with session_scope(engine) as session:
         session.execute(text("CREATE TABLE blobs (b BLOB)"))
     with read_scope(engine) as long_reader:  # an export, say: holds its snapshot throughout

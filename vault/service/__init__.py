@@ -61,7 +61,7 @@ from vault.service._core import (
     new_id,
 )
 from vault.service.access import Access, listing_params, package_facts
-from vault.service.admin import AdminService
+from vault.service.admin import AdminService, Purged
 from vault.service.audit import AuditService
 from vault.service.identity import IdentityService
 from vault.service.ledger_ops import MAX_LEDGER_PAGE, LedgerService, TextOut
@@ -87,6 +87,7 @@ __all__ = [
     "Download",
     "IncomingFile",
     "Principal",
+    "Purged",
     "Vault",
     "listing_params",
     "local_operator",
@@ -312,8 +313,8 @@ class Vault:
         """Re-wrap every data key not under the current KEK; returns how many."""
         return self.admin.rotate_kek(principal, batch=batch)
 
-    def purge(self, principal: Principal, package_id: str) -> int:
-        """Crypto-shred a package; returns the ledger receipt."""
+    def purge(self, principal: Principal, package_id: str) -> Purged:
+        """Crypto-shred a package; its ledger receipt, and whether the log was emptied."""
         return self.admin.purge(principal, package_id)
 
     def gc(

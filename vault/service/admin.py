@@ -5,7 +5,9 @@ they never read content."""
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -15,7 +17,7 @@ from sqlmodel import col, select
 
 from vault import crypto
 from vault.authz import SEPARATION_OF_DUTIES, Authorizer, parse_rule, rule_line
-from vault.db import is_postgres
+from vault.db import empty_wal, is_postgres
 from vault.errors import AccessDenied, Conflict, InvalidInput, NotFound, StorageUnavailable
 from vault.models import (
     Agency,
@@ -47,6 +49,22 @@ _SESSION_ENDINGS = (
     ("role=", "role_changed"),
     ("clearance=", "clearance_changed"),
 )
+
+log = logging.getLogger("vault.service")
+
+# How long purge, KEK rotation and gc wait for readers of older snapshots to finish before
+# the write-ahead log they hold can be emptied; a long export may hold it longer.
+COMPACT_WAIT_MS = 10_000
+
+
+@dataclass(frozen=True)
+class Purged:
+    """What a purge did: its ledger receipt, and whether SQLite's write-ahead log could be
+    emptied afterwards (always True on PostgreSQL). While it could not, old copies of the
+    destroyed keys stay in the log until the next checkpoint that completes."""
+
+    receipt: int
+    log_emptied: bool
 
 
 def _check_name(name: str) -> str:
@@ -305,7 +323,7 @@ class AdminService:
             return len(rows)
 
     @records_refusals("purge")
-    def purge(self, principal: Principal, package_id: str) -> int:
+    def purge(self, principal: Principal, package_id: str) -> Purged:
         """Crypto-shred a package: destroy its wrapped keys, then delete its objects.
 
         Once the keys are gone, even a copy of the ciphertext together with the KEK can't be
@@ -343,8 +361,7 @@ class AdminService:
         for row in files:
             with contextlib.suppress(StorageUnavailable):
                 self.core.store.delete(row.id)  # leftovers are unreadable; `admin gc` retries
-        self._compact_database()
-        return receipt
+        return Purged(receipt=receipt, log_emptied=self._compact_database())
 
     @records_refusals("gc")
     def gc(
@@ -370,21 +387,21 @@ class AdminService:
             removed += self._delete_strays(batch, cutoff)
         temp = core.store.sweep_incomplete(cutoff)
         expired = self.expire_openings()
+        # Also a later chance for a purge's or rotation's log that a reader held.
+        self._compact_database()
         subject = f"objects:{removed} temp:{temp}" + (f" openings:{expired}" if expired else "")
         receipt = core.record_decision(principal.actor, "gc", ALLOW, "ok", subject=subject)
         return removed, temp, receipt
 
     def expire_openings(self, *, now: datetime | None = None) -> int:
         """Destroy the ledger openings older than VAULT_LEDGER_OPENING_RETENTION_DAYS (none
-        when unset); how many. Run by ``gc``."""
+        when unset); how many. Run by ``gc``, which then empties SQLite's log of them."""
         days = self.core.settings.ledger_opening_retention_days
         if days is None:
             return 0
         cutoff = (now or utcnow()) - timedelta(days=days)
         with self.core.tx() as session:
             count = self.core.openings.destroy_before(session, cutoff)
-        if count:
-            self._compact_database()
         return count
 
     def _delete_strays(self, batch: list[str], cutoff: datetime) -> int:
@@ -408,20 +425,28 @@ class AdminService:
                         count += 1
         return count
 
-    def _compact_database(self) -> None:
-        """Push destroyed key material out of the WAL (SQLite) or dead tuples (PostgreSQL)."""
+    def _compact_database(self) -> bool:
+        """Push destroyed key material out of the WAL (SQLite) or dead tuples (PostgreSQL);
+        False if a reader still held SQLite's log after COMPACT_WAIT_MS (logged)."""
         engine = self.core.engine
         if is_postgres(engine):
             with engine.connect() as conn:
                 conn = conn.execution_options(isolation_level="AUTOCOMMIT")
                 for table in ("package", "packagefile", "ledgerentry"):
                     conn.exec_driver_sql(f"VACUUM {table}")
-            return
+            return True
         raw = engine.raw_connection()
         try:  # outside any transaction: pysqlite runs in autocommit mode here (see vault.db)
-            raw.cursor().execute("PRAGMA wal_checkpoint(TRUNCATE)").close()
+            emptied = empty_wal(raw, wait_ms=COMPACT_WAIT_MS)
         finally:
             raw.close()
+        if not emptied:
+            log.warning(
+                "the write-ahead log could not be emptied: a reader held it for %d ms; "
+                "'blovault admin gc' tries again",
+                COMPACT_WAIT_MS,
+            )
+        return emptied
 
     def _create(self, principal: Principal, row: Any, *, subject: str) -> int:
         try:
