@@ -162,6 +162,44 @@ def test_a_writer_waits_its_turn_then_goes_ahead(
         assert connection.execute(text("SELECT count(*) FROM t")).scalar_one() == 3
 
 
+def test_writers_of_one_process_wait_in_turn_and_one_polls_the_file_lock(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While another process holds the file lock, a process's waiting writers sleep on its own
+    lock: one thread polls the file (20 polling threads cost more CPU than the writes did)."""
+    lock = tmp_path / "db.sqlite.writer-lock"
+    with session_scope(engine) as session:  # creates the lock file
+        session.execute(text("INSERT INTO t VALUES (0)"))
+    pollers: set[int] = set()
+    flock = fcntl.flock
+
+    def counted(fd: int, operation: int) -> None:
+        pollers.add(threading.get_ident())
+        flock(fd, operation)
+
+    monkeypatch.setattr(fcntl, "flock", counted)
+    holder = os.open(lock, os.O_RDWR)
+    flock(holder, fcntl.LOCK_EX)  # another process's writer, say
+
+    def writer(value: int) -> None:
+        with session_scope(engine) as session:
+            session.execute(text("INSERT INTO t VALUES (:v)"), {"v": value})
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(1, 9)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(0.3 / len(threads))
+        assert len(pollers) == 1, f"{len(pollers)} threads polled the file lock"
+    finally:
+        os.close(holder)
+    for thread in threads:
+        thread.join(10)
+    with read_scope(engine) as connection:
+        assert connection.execute(text("SELECT count(*) FROM t")).scalar_one() == 9
+
+
 def test_two_write_transactions_on_one_checkout_keep_their_turn(
     engine: Engine, tmp_path: Path
 ) -> None:
