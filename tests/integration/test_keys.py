@@ -427,17 +427,22 @@ def _hold_snapshot(data_dir: Path) -> sqlite3.Connection:
     return reader
 
 
+def _doomed(vault: Vault) -> tuple[PackageDetail, list[bytes]]:
+    """A package to purge, and its wrapped key and sealed metadata as stored."""
+    doomed = put(vault, seed(vault)["uz.officer"], "Doomed", {"a.txt": b"gone"})
+    with Session(vault.engine) as session:
+        pkg = session.get(Package, doomed.id)
+        assert pkg is not None
+        return doomed, [pkg.wrapped_key, pkg.sealed_meta]
+
+
 def test_purge_beside_a_long_reader_says_the_log_kept_the_keys_and_gc_empties_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     data_dir = tmp_path / "data"
     vault = Vault.open(load_settings(data_dir=data_dir, **FAST_ARGON2))
     try:
-        doomed = put(vault, seed(vault)["uz.officer"], "Doomed", {"a.txt": b"gone"})
-        with Session(vault.engine) as session:
-            pkg = session.get(Package, doomed.id)
-            assert pkg is not None
-            secrets = [pkg.wrapped_key, pkg.sealed_meta]
+        doomed, secrets = _doomed(vault)
     finally:
         vault.close()
     monkeypatch.setenv("VAULT_DATA_DIR", str(data_dir))
@@ -463,11 +468,7 @@ def test_purge_waits_for_a_reader_that_finishes(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     vault = Vault.open(load_settings(data_dir=data_dir, **FAST_ARGON2))
     try:
-        doomed = put(vault, seed(vault)["uz.officer"], "Doomed", {"a.txt": b"gone"})
-        with Session(vault.engine) as session:
-            pkg = session.get(Package, doomed.id)
-            assert pkg is not None
-            secret = pkg.wrapped_key
+        doomed, secrets = _doomed(vault)
         reader = _hold_snapshot(data_dir)
         finishing = threading.Timer(0.3, reader.close)
         finishing.start()
@@ -476,7 +477,7 @@ def test_purge_waits_for_a_reader_that_finishes(tmp_path: Path) -> None:
         finally:
             finishing.join()
         assert purged.log_emptied
-        assert secret not in sqlite_bytes(data_dir)
+        assert not any(secret in sqlite_bytes(data_dir) for secret in secrets)
     finally:
         vault.close()
 
