@@ -25,6 +25,8 @@ import tracemalloc
 from pathlib import Path
 from types import FrameType
 
+from blo_vault.api.memory import glibc_function
+
 __all__ = ["ENV", "install_from_environment", "native_heap"]
 
 ENV = "VAULT_HEAP_SNAPSHOT_DIR"
@@ -74,11 +76,8 @@ def native_heap() -> dict[str, int]:
     """Allocator and SQLite memory of this process, in bytes (what is available here: glibc's
     ``mallinfo2`` on glibc 2.33 and later, SQLite's memory statistics when it keeps them)."""
     out: dict[str, int] = {}
-    try:
-        mallinfo2 = ctypes.CDLL("libc.so.6").mallinfo2
-    except (OSError, AttributeError):
-        pass
-    else:
+    mallinfo2 = glibc_function("mallinfo2")
+    if mallinfo2 is not None:
         mallinfo2.restype = _MallInfo2
         info = mallinfo2()
         out |= {

@@ -18,19 +18,28 @@ from __future__ import annotations
 import ctypes
 import sys
 from collections.abc import Callable
+from typing import Any
 
 import anyio
 
-__all__ = ["glibc_trim", "trim_every"]
+__all__ = ["glibc_function", "glibc_trim", "trim_every"]
+
+
+def glibc_function(name: str) -> Any | None:
+    """The C function ``name`` of the process's C library if it is glibc's and has it (a
+    ctypes function to give its types to), else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return getattr(ctypes.CDLL("libc.so.6"), name)
+    except (OSError, AttributeError):  # musl (Alpine) has no libc.so.6, or an older glibc
+        return None
 
 
 def glibc_trim() -> Callable[[], int] | None:
     """``malloc_trim(0)`` of the process's C library if it is glibc's, else None."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        trim = ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):  # musl (Alpine) has no libc.so.6 or no malloc_trim
+    trim = glibc_function("malloc_trim")
+    if trim is None:
         return None
     trim.argtypes = [ctypes.c_size_t]
     trim.restype = ctypes.c_int

@@ -245,10 +245,6 @@ def sqlite_connections(pids: list[int]) -> int:
     return count
 
 
-def rss_kib(pids: list[int]) -> int:
-    return rss_parts_kib(pids)["total"]
-
-
 def server_pids(root_pid: int) -> list[int]:
     pids = [root_pid]
     for child in Path("/proc").iterdir():
