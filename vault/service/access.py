@@ -44,6 +44,7 @@ from vault.models import (
     UTCDateTime,
     utcnow,
 )
+from vault.prepared import Prepared
 from vault.schemas import check_id
 from vault.service._core import Core, Principal
 from vault.service.listing_plan import ListingPlan, candidates, probe, use_indexed
@@ -129,7 +130,7 @@ class PackageRow(Protocol):
 # originator's country, its creator's name (what a show displays: no second round trip),
 # and whether a release to the caller's agency or country is in force and the caller
 # acknowledged it (H3).
-_PACKAGE_FACTS = (
+_PACKAGE_FACTS = Prepared(
     sa_select(
         *Package.__table__.columns,  # type: ignore[attr-defined]
         col(Agency.country_code),
@@ -173,8 +174,8 @@ def package_facts(
     to it rests on, from one query; None if there is no such package. The only place facts
     are derived: enforcement and ``explain`` both use it, so they can't disagree."""
     connection = session if isinstance(session, Connection) else session.connection()
-    row = connection.execute(
-        _PACKAGE_FACTS,
+    row = _PACKAGE_FACTS.first(
+        connection,
         {
             "pid": package_id,
             "now": utcnow(),
@@ -182,7 +183,7 @@ def package_facts(
             "country": principal.country,
             "uid": principal.user_id,
         },
-    ).first()
+    )
     if row is None:
         return None
     package = cast(PackageRow, row)
@@ -366,7 +367,7 @@ class Access:
         plan = self.listing_plan(principal)
         params = listing_params(principal, limit=limit, offset=offset)
         indexed = plan.probe is not None and use_indexed(
-            connection.execute(plan.probe, params).scalar_one()
+            Prepared.of(plan.probe).scalar(connection, params)
         )
         statement, narrowing = plan.page(indexed, filters)
         return statement, params | narrowing

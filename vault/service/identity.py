@@ -18,6 +18,7 @@ from vault.errors import AccessDenied, AuthenticationFailed, InvalidInput, RateL
 from vault.ledger.log import Actor
 from vault.models import Agency, LoginThrottle, User, UserSession, utcnow
 from vault.passwords import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
+from vault.prepared import Prepared
 from vault.schemas import USERNAME, LoginResult
 from vault.service._core import (
     ALLOW,
@@ -40,7 +41,7 @@ from vault.tokens import (
 # request in one round trip, so disabling a user, changing their role or clearance, or ending
 # their session takes effect at once. The session columns are NULL when the token's session
 # does not exist or belongs to someone else.
-_PRINCIPAL = (
+_PRINCIPAL = Prepared(
     sa_select(
         col(User.id),
         col(User.username),
@@ -221,9 +222,7 @@ class IdentityService:
         except AuthenticationFailed as exc:
             raise core.record_refusal(exc, Actor(user=""), "authenticate", "bad_token") from None
         with core.lookup() as connection:
-            user = connection.execute(
-                _PRINCIPAL, {"uid": claims.subject, "sid": claims.session_id}
-            ).first()
+            user = _PRINCIPAL.first(connection, {"uid": claims.subject, "sid": claims.session_id})
         if user is None or user.disabled:
             raise core.record_refusal(
                 AuthenticationFailed("invalid or expired token"),

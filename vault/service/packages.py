@@ -27,6 +27,7 @@ from vault.errors import (
 )
 from vault.listing import PackageFilter
 from vault.models import Package, PackageFile, PackageRecords, Release, utcnow
+from vault.prepared import Prepared
 from vault.schemas import (
     FileInfo,
     NewPackage,
@@ -60,7 +61,7 @@ MAX_PAGE = 200
 
 # A package's files, in order, as the columns its details show (no ORM entities: reads are
 # the hot path).
-_PACKAGE_FILES = (
+_PACKAGE_FILES = Prepared(
     sa_select(
         col(PackageFile.id),
         col(PackageFile.package_id),
@@ -72,20 +73,22 @@ _PACKAGE_FILES = (
 )
 
 # A package's releases, oldest first (shown to its originator), as plain rows.
-_PACKAGE_RELEASES = (
+_PACKAGE_RELEASES = Prepared(
     sa_select(*Release.__table__.columns)  # type: ignore[attr-defined]
     .where(col(Release.package_id) == bindparam("pid"))
     .order_by(col(Release.created_at))
 )
 
 # A package's sealed seizure records, if it has any.
-_PACKAGE_RECORDS = sa_select(col(PackageRecords.sealed)).where(
-    col(PackageRecords.package_id) == bindparam("pid")
+_PACKAGE_RECORDS = Prepared(
+    sa_select(col(PackageRecords.sealed)).where(col(PackageRecords.package_id) == bindparam("pid"))
 )
 
 # A download's file as a plain row (no ORM object), only if it belongs to the package.
-_PACKAGE_FILE = sa_select(*PackageFile.__table__.columns).where(  # type: ignore[attr-defined]
-    col(PackageFile.id) == bindparam("fid"), col(PackageFile.package_id) == bindparam("pid")
+_PACKAGE_FILE = Prepared(
+    sa_select(*PackageFile.__table__.columns).where(  # type: ignore[attr-defined]
+        col(PackageFile.id) == bindparam("fid"), col(PackageFile.package_id) == bindparam("pid")
+    )
 )
 
 
@@ -409,7 +412,7 @@ class PackageService:
             statement, params = self.access.listing_query(
                 connection, principal, limit=limit, offset=offset, filters=filters
             )
-            found = connection.execute(statement, params).all()
+            found = Prepared.of(statement).all(connection, params)
             receipt = self.core.record(
                 actor=principal.actor,
                 action="list",
@@ -426,14 +429,12 @@ class PackageService:
         with self.core.read() as connection:
             package, facts = self.access.load_package_for(connection, principal, package_id, "read")
             pid = {"pid": package.id}
-            files = connection.execute(_PACKAGE_FILES, pid).all()
+            files = _PACKAGE_FILES.all(connection, pid)
             releases = (
-                connection.execute(_PACKAGE_RELEASES, pid).all()
-                if ORIGINATOR in facts.relations
-                else []
+                _PACKAGE_RELEASES.all(connection, pid) if ORIGINATOR in facts.relations else []
             )
             country, creator = package.country_code, package.creator
-            stored_records = connection.execute(_PACKAGE_RECORDS, pid).scalar_one_or_none()
+            stored_records = _PACKAGE_RECORDS.scalar(connection, pid)
             receipt = self.core.record_allowed(principal, "read", package)
         opened = self.open_meta(package)
         meta = opened.meta
@@ -473,7 +474,7 @@ class PackageService:
         check_id(file_id, "file id")
         with self.core.read() as connection:
             package, _ = self.access.load_package_for(connection, principal, package_id, "download")
-            found = connection.execute(_PACKAGE_FILE, {"fid": file_id, "pid": package.id}).first()
+            found = _PACKAGE_FILE.first(connection, {"fid": file_id, "pid": package.id})
             if found is None:
                 raise NotFound("file not found")
             row = cast(StoredFileRow, found)
