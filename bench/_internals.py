@@ -70,10 +70,9 @@ def listing_rows(
     that picks the plan and the page's query (no ledger entry, no titles opened); how many
     rows the first page has."""
     with vault.core.lookup() as connection:
-        statement, params = vault.access.listing_query(
-            connection, principal, limit=limit, offset=0, filters=filters
+        return len(
+            vault.access.listing_page(connection, principal, limit=limit, offset=0, filters=filters)
         )
-        return len(connection.execute(statement, params).all())
 
 
 def readable_clause(vault: Vault, principal: Principal) -> Any:

@@ -372,6 +372,22 @@ class Access:
         statement, narrowing = plan.page(indexed, filters)
         return statement, params | narrowing
 
+    def listing_page(
+        self,
+        connection: Connection,
+        principal: Principal,
+        *,
+        limit: int,
+        offset: int,
+        filters: PackageFilter | None = None,
+    ) -> list[Any]:
+        """The rows of one page of ``principal``'s listing (:meth:`listing_query`, run on the
+        driver's cursor), in the caller's transaction on ``connection``."""
+        statement, params = self.listing_query(
+            connection, principal, limit=limit, offset=offset, filters=filters
+        )
+        return Prepared.of(statement).all(connection, params)
+
     def readable_clause(self, principal: Principal) -> Any:
         """SQL for "the caller may read this package", derived from the policy's classes.
 

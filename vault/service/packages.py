@@ -409,10 +409,9 @@ class PackageService:
             raise InvalidInput(f"limit must be 1-{MAX_PAGE} and offset >= 0")
         self.core.require_global(principal, "list")
         with self.core.read() as connection:
-            statement, params = self.access.listing_query(
+            found = self.access.listing_page(
                 connection, principal, limit=limit, offset=offset, filters=filters
             )
-            found = Prepared.of(statement).all(connection, params)
             receipt = self.core.record(
                 actor=principal.actor,
                 action="list",
