@@ -378,15 +378,16 @@ async def show_package(package_id: PackageId, request: Request, token: BearerDep
 )
 async def download_file(
     package_id: PackageId, file_id: FileId, request: Request, token: BearerDep
-) -> StreamingResponse:
+) -> Response:
     """Stream one file's plaintext; ``X-Content-SHA256`` carries the digest to check."""
     vault: Vault = request.app.state.vault
 
-    def run() -> StreamingResponse:
+    def run() -> Response:
         with vault.reading_as(token) as principal:
             request.state.principal = principal
             download = vault.download(principal, package_id, file_id)
-        # Reads the first segment: in the same trip, after the transaction has ended.
+        # Reads the first segments (a small file whole): in the same trip, after the
+        # transaction has ended.
         return download_response(download)
 
     return await anyio.to_thread.run_sync(run)

@@ -280,6 +280,10 @@ class BackgroundDigest:
     hashlib releases the GIL for large updates, so on two cores hashing overlaps the rest of a
     transfer instead of adding to it (SHA-256 is the slowest step: about 1.6 GB/s here, against
     7 GB/s for AES-GCM). At most ``depth`` pending chunks are held, so memory stays bounded.
+
+    The thread starts with the first full batch: less data than that (a small file's whole
+    transfer) is hashed on the caller's thread by :meth:`hexdigest`, since starting a thread
+    and handing over cost more than hashing it (under load, several times more).
     """
 
     # Chunks are handed over in batches of about this many bytes: a queue hand-off costs tens
@@ -288,16 +292,16 @@ class BackgroundDigest:
 
     def __init__(self, *, depth: int = 8) -> None:
         self._hash = hashlib.sha256()
-        self._queue: queue.Queue[list[bytes]] = queue.Queue(maxsize=depth)
+        self._depth = depth
+        self._queue: queue.Queue[list[bytes]] | None = None
+        self._thread: threading.Thread | None = None
         self._batch: list[bytes] = []
         self._batched = 0
-        self._thread = threading.Thread(target=self._run, name="sha256", daemon=True)
-        self._thread.start()
         self._result: str | None = None
 
-    def _run(self) -> None:
+    def _run(self, batches: queue.Queue[list[bytes]]) -> None:
         update = self._hash.update
-        while batch := self._queue.get():
+        while batch := batches.get():
             for chunk in batch:
                 update(chunk)
 
@@ -307,17 +311,30 @@ class BackgroundDigest:
             self._batch.append(chunk)
             self._batched += len(chunk)
             if self._batched >= self._BATCH_BYTES:
-                self._queue.put(self._batch)
-                self._batch, self._batched = [], 0
+                self._hand_over()
+
+    def _hand_over(self) -> None:
+        if self._queue is None:
+            self._queue = queue.Queue(maxsize=self._depth)
+            self._thread = threading.Thread(
+                target=self._run, args=(self._queue,), name="sha256", daemon=True
+            )
+            self._thread.start()
+        self._queue.put(self._batch)
+        self._batch, self._batched = [], 0
 
     def hexdigest(self) -> str:
         """Wait for everything queued and return the hex digest (further updates are errors)."""
         if self._result is None:
-            if self._batch:
-                self._queue.put(self._batch)
-                self._batch = []
-            self._queue.put([])  # the end
-            self._thread.join()
+            if self._queue is None or self._thread is None:  # never a full batch: hash here
+                for chunk in self._batch:
+                    self._hash.update(chunk)
+            else:
+                if self._batch:
+                    self._queue.put(self._batch)
+                self._queue.put([])  # the end
+                self._thread.join()
+            self._batch = []
             self._result = self._hash.hexdigest()
         return self._result
 
@@ -428,8 +445,11 @@ def open_stream(source: Readable, key: bytes, *, identity: bytes) -> Generator[b
     authentic, but the caller must discard the whole result on error. Errors from reading
     ``source`` are raised as they are.
 
-    Segments are read ahead on a second thread. Close the generator (``contextlib.closing``)
-    before closing ``source``: closing it stops and joins that thread.
+    Segments after the first are read ahead on a second thread, started only when a second
+    segment may follow: a stream of one segment (a file under the segment size, as most
+    documents and photos are) is opened without it, since starting a thread costs more than
+    such a file's whole read. Close the generator (``contextlib.closing``) before closing
+    ``source``: closing it stops and joins that thread.
     """
     header = read_full(source, HEADER_SIZE)
     if len(header) != HEADER_SIZE:
@@ -440,14 +460,16 @@ def open_stream(source: Readable, key: bytes, *, identity: bytes) -> Generator[b
     aead = AESGCM(key)
     aad = header + identity
     sealed_segment = segment_size + TAG_SIZE
-    ahead = ReadAhead(source, sealed_segment)
+    current = read_full(source, sealed_segment)
+    ahead = ReadAhead(source, sealed_segment) if len(current) == sealed_segment else None
     try:
         # Whether a segment is the last depends on whether another follows, so the next one
-        # is taken before the current one is opened.
-        current = ahead.next()
+        # is taken before the current one is opened (a short segment is the end).
         counter = 0
         while True:
-            following = ahead.next() if len(current) == sealed_segment else b""
+            following = (
+                ahead.next() if ahead is not None and len(current) == sealed_segment else b""
+            )
             last = not following
             if len(current) < TAG_SIZE:
                 raise IntegrityError("sealed object is truncated")
@@ -465,7 +487,8 @@ def open_stream(source: Readable, key: bytes, *, identity: bytes) -> Generator[b
             counter += 1
             current = following
     finally:
-        ahead.close()
+        if ahead is not None:
+            ahead.close()
 
 
 # --- derived keys and keyed digests ----------------------------------------------------------

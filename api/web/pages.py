@@ -8,7 +8,6 @@ from typing import Annotated
 
 import anyio.to_thread
 from fastapi import APIRouter, Form, Query, Request, Response
-from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
 from blo_vault.api.downloads import download_response
@@ -202,7 +201,7 @@ def package(package_id: str, current: SignedIn) -> Response:
 
 
 @router.get(PREFIX + "/packages/{package_id}/files/{file_id}")
-def download(package_id: str, file_id: str, current: SignedIn) -> StreamingResponse:
+def download(package_id: str, file_id: str, current: SignedIn) -> Response:
     """Stream one file exactly as the API does (H1 stamped, safe Content-Disposition)."""
     return download_response(current.vault.download(current.user, package_id, file_id))
 

@@ -306,7 +306,7 @@ def test_size_limit_error_of_the_source_propagates(store: ObjectStore) -> None:
         max_size=5 * MiB + 100,
         limit_error=limit,
     )
-    with pytest.raises(TooLarge) as caught:
+    with pytest.raises(TooLarge) as caught, contextlib.closing(sealer):
         store.put(key, sealer)
     assert caught.value is limit
     assert key not in set(store.keys())

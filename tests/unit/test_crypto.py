@@ -14,6 +14,7 @@ import random
 import struct
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -36,6 +37,7 @@ from vault.crypto import (
     sealed_size,
 )
 from vault.errors import ConfigError, IntegrityError, StorageUnavailable, TooLarge
+from vault.streams import ReadAhead
 
 S = SEGMENT_SIZE
 SEALED_SEGMENT = S + TAG_SIZE
@@ -474,6 +476,61 @@ def test_read_error_reaches_the_caller_unchanged(
     assert b"".join(got) == content(MANY * SMALL_SEGMENT, seed=9)[: len(b"".join(got))]
     assert len(got) < MANY
     assert read_ahead_threads() == []
+
+
+@pytest.mark.parametrize(
+    ("size", "threads"),
+    [(0, 0), (1, 0), (SMALL_SEGMENT - 1, 0), (SMALL_SEGMENT, 1), (3 * SMALL_SEGMENT + 1, 1)],
+)
+def test_the_read_ahead_thread_starts_only_when_a_second_segment_may_follow(
+    size: int, threads: int, key: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stream of one short segment is opened on the caller's thread alone (a thread would
+    cost more than the read); a full first segment may have others behind it."""
+    started: list[int] = []
+
+    def counting(*args: Any, **kwargs: Any) -> ReadAhead:
+        started.append(1)
+        return ReadAhead(*args, **kwargs)
+
+    monkeypatch.setattr(crypto, "ReadAhead", counting)
+    plaintext = content(size, seed=4)
+    sealed = SealingReader(
+        io.BytesIO(plaintext), key, identity=IDENTITY, segment_size=SMALL_SEGMENT
+    ).read()
+    assert b"".join(open_stream(CountingReader(sealed), key, identity=IDENTITY)) == plaintext
+    assert len(started) == threads
+    assert read_ahead_threads() == []
+
+
+def sha256_threads() -> int:
+    return sum(t.name == "sha256" for t in threading.enumerate())
+
+
+@pytest.mark.parametrize(
+    ("sizes", "threaded"),
+    [
+        ([], False),
+        ([1], False),
+        ([1 << 19, (1 << 19) - 1], False),  # one byte short of a batch
+        ([1 << 20], True),
+        ([3 << 19, 5, 1 << 21], True),
+    ],
+)
+def test_background_digest_hashes_less_than_a_batch_on_the_callers_thread(
+    sizes: list[int], threaded: bool
+) -> None:
+    before = sha256_threads()
+    digest = crypto.BackgroundDigest()
+    expected = hashlib.sha256()
+    for seed, size in enumerate(sizes):
+        chunk = content(size, seed=seed)
+        digest.update(chunk)
+        expected.update(chunk)
+    assert sha256_threads() - before == (1 if threaded else 0)
+    assert digest.hexdigest() == expected.hexdigest()
+    assert digest.hexdigest() == expected.hexdigest()  # asked twice: the same answer
+    assert sha256_threads() == before
 
 
 # --- limits -------------------------------------------------------------------------------------

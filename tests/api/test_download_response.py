@@ -1,0 +1,154 @@
+"""How a download becomes an HTTP answer (api/downloads.py): a file of one segment is read,
+opened and checked whole before the answer starts, and answered in one piece; a longer one is
+streamed. Both close what they opened."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import threading
+from collections.abc import Generator, Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from fastapi.responses import Response, StreamingResponse
+
+from blo_vault.api.downloads import download_response
+from tests.conftest import World
+from vault import crypto
+from vault.errors import IntegrityError
+from vault.schemas import FileInfo, NewPackage
+from vault.service import Download, IncomingFile
+from vault.storage.local import LocalDiskStore
+from vault.streams import ReadAhead
+
+MiB = 1024 * 1024
+
+
+def open_files_under(root: Path) -> list[str]:
+    """Files this process holds open below ``root`` (from /proc/self/fd)."""
+    held = []
+    for fd in Path("/proc/self/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith(f"{root}{os.sep}"):
+                held.append(target)
+    return held
+
+
+def helper_threads() -> int:
+    """Read-ahead and hashing threads alive in this process (other tests' included)."""
+    return sum(t.name in ("read-ahead", "sha256") for t in threading.enumerate())
+
+
+@pytest.fixture
+def read_aheads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """One entry per read-ahead thread open_stream starts."""
+    started: list[int] = []
+
+    def counting(*args: Any, **kwargs: Any) -> ReadAhead:
+        started.append(1)
+        return ReadAhead(*args, **kwargs)
+
+    monkeypatch.setattr(crypto, "ReadAhead", counting)
+    return started
+
+
+def download_of(world: World, content: bytes) -> Download:
+    officer = world["uz.officer"]
+    package = world.vault.upload(
+        officer, NewPackage(title="answer"), [IncomingFile("a.bin", io.BytesIO(content))]
+    ).package
+    return world.vault.download(officer, package.id, package.files[0].id)
+
+
+def body_of(response: StreamingResponse) -> bytes:
+    async def collect() -> bytes:
+        chunks = [chunk async for chunk in response.body_iterator]
+        return b"".join(c.encode() if isinstance(c, str) else bytes(c) for c in chunks)
+
+    return anyio.run(collect)
+
+
+@pytest.mark.parametrize("size", [0, 1, 64 * 1024, crypto.SEGMENT_SIZE - 1])
+def test_a_file_of_one_segment_is_answered_whole(
+    world: World, read_aheads: list[int], size: int
+) -> None:
+    content = os.urandom(size)
+    store = world.vault.store
+    assert isinstance(store, LocalDiskStore)
+    download = download_of(world, content)
+    threads_before = helper_threads()
+
+    response = download_response(download)
+
+    assert type(response) is Response
+    assert response.body == content
+    assert response.headers["Content-Length"] == str(size)
+    assert response.headers["X-Content-SHA256"] == download.file.sha256
+    # Read without a second thread, and the object already closed: nothing left to clean up.
+    assert read_aheads == []
+    assert helper_threads() == threads_before
+    assert open_files_under(store.root) == []
+
+
+def test_a_longer_file_is_streamed_and_closed(world: World, read_aheads: list[int]) -> None:
+    content = os.urandom(2 * crypto.SEGMENT_SIZE + 5)
+    store = world.vault.store
+    assert isinstance(store, LocalDiskStore)
+    download = download_of(world, content)
+    threads_before = helper_threads()
+    response = download_response(download)
+
+    assert isinstance(response, StreamingResponse)
+    assert read_aheads == [1]
+    assert len(open_files_under(store.root)) == 1  # still reading
+    assert body_of(response) == content
+    assert open_files_under(store.root) == []
+    assert helper_threads() == threads_before
+
+
+def failing_at_the_end(data: bytes, closed: list[bool]) -> Generator[bytes, None, None]:
+    """Chunks whose final check fails after the data, as a digest mismatch does."""
+    try:
+        yield data
+        raise IntegrityError("downloaded content does not match its recorded digest")
+    finally:
+        closed.append(True)
+
+
+def test_a_failed_final_check_of_one_segment_comes_before_any_answer() -> None:
+    """Such a file used to be answered 200 and then cut off; now the caller gets the error
+    before a status or header is sent, and the route answers it with an error status."""
+    closed: list[bool] = []
+    info = FileInfo(id="f" * 32, name="a.bin", size=4, sha256="0" * 64)
+    download = Download(
+        file=info,
+        package_id="p" * 32,
+        handling="H1",
+        receipt=1,
+        chunks=failing_at_the_end(b"data", closed),
+    )
+    with pytest.raises(IntegrityError, match="digest"):
+        download_response(download)
+    assert closed == [True]
+
+
+def test_the_stream_still_cuts_off_on_a_late_failure() -> None:
+    """After the answer has started, a failure can only cut the connection (the body raises)."""
+
+    def chunks() -> Iterator[bytes]:
+        yield b"one"
+        yield b"two"
+        raise IntegrityError("sealed object failed authentication")
+
+    generator: Generator[bytes, None, None] = (chunk for chunk in chunks())
+    info = FileInfo(id="f" * 32, name="a.bin", size=9, sha256="0" * 64)
+    download = Download(file=info, package_id="p" * 32, handling="H1", receipt=1, chunks=generator)
+    response = download_response(download)
+    assert isinstance(response, StreamingResponse)
+    with pytest.raises(Exception, match="integrity_error"):
+        body_of(response)
