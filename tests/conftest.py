@@ -181,6 +181,17 @@ def world(settings: Settings) -> Iterator[World]:
         vault.close()
 
 
+def open_files_under(root: Path) -> list[str]:
+    """Files this process holds open below ``root`` (from /proc/self/fd)."""
+    held = []
+    for fd in Path("/proc/self/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith(f"{root}{os.sep}"):
+                held.append(target)
+    return held
+
+
 def free_port() -> int:
     """A free TCP port on 127.0.0.1."""
     with socket.socket() as s:

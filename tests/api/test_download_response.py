@@ -4,12 +4,10 @@ streamed. Both close what they opened."""
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 import threading
 from collections.abc import Generator, Iterator
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -17,7 +15,7 @@ import pytest
 from fastapi.responses import Response, StreamingResponse
 
 from blo_vault.api.downloads import download_response
-from tests.conftest import World
+from tests.conftest import World, open_files_under
 from vault import crypto
 from vault.errors import IntegrityError
 from vault.schemas import FileInfo, NewPackage
@@ -26,17 +24,6 @@ from vault.storage.local import LocalDiskStore
 from vault.streams import ReadAhead
 
 MiB = 1024 * 1024
-
-
-def open_files_under(root: Path) -> list[str]:
-    """Files this process holds open below ``root`` (from /proc/self/fd)."""
-    held = []
-    for fd in Path("/proc/self/fd").iterdir():
-        with contextlib.suppress(OSError):
-            target = os.readlink(fd)
-            if target.startswith(f"{root}{os.sep}"):
-                held.append(target)
-    return held
 
 
 def helper_threads() -> int:

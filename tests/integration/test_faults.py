@@ -43,6 +43,7 @@ from tests.conftest import (
     PASSWORD,
     World,
     free_port,
+    open_files_under,
     postgres_schema_url,
     requires_postgres,
     running_server,
@@ -321,17 +322,6 @@ def test_object_store_unreachable_mid_download_cli_keeps_nothing(
                 again.close()
 
 
-def _open_files_under(root: Path) -> list[str]:
-    """Files this process holds open below ``root`` (from /proc/self/fd)."""
-    held = []
-    for fd in Path("/proc/self/fd").iterdir():
-        with contextlib.suppress(OSError):
-            target = os.readlink(fd)
-            if target.startswith(f"{root}{os.sep}"):
-                held.append(target)
-    return held
-
-
 def test_abandoned_download_stops_reading_and_closes_the_object(world: World) -> None:
     """A client that goes away mid-download: the API closes ``chunks``. By the time that
     returns, the read-ahead thread is joined and the object file closed."""
@@ -346,10 +336,10 @@ def test_abandoned_download_stops_reading_and_closes_the_object(world: World) ->
     first = next(download.chunks)
     assert first == content[: len(first)]
     assert [t.name for t in threading.enumerate()].count("read-ahead") == 1
-    assert len(_open_files_under(store.root)) == 1
+    assert len(open_files_under(store.root)) == 1
     download.chunks.close()
     assert [t.name for t in threading.enumerate()].count("read-ahead") == 0
-    assert _open_files_under(store.root) == []
+    assert open_files_under(store.root) == []
     again = world.vault.download(officer, package.id, package.files[0].id)
     assert b"".join(again.chunks) == content
 
