@@ -155,7 +155,8 @@ def _postgres_engine(url: URL) -> Engine:
     dialect = engine.dialect
 
     def _used(_dbapi_conn: Any, record: Any) -> None:
-        record.info[_LAST_USED] = time.monotonic()
+        if record is not None:  # None: a connection detached from the pool
+            record.info[_LAST_USED] = time.monotonic()
 
     def _checkout(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
         last = record.info.get(_LAST_USED)

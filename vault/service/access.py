@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import math
 import re
+import time
 from dataclasses import replace
 from datetime import datetime
 from typing import Any, Protocol, cast
@@ -47,7 +49,14 @@ from vault.models import (
 from vault.prepared import Prepared
 from vault.schemas import check_id
 from vault.service._core import Core, Principal
-from vault.service.listing_plan import ListingPlan, candidates, probe, use_indexed
+from vault.service.listing_plan import (
+    ListingPlan,
+    candidates,
+    package_estimate,
+    probe,
+    switch_point,
+    use_indexed,
+)
 
 # Statements built once: SQLAlchemy then reuses their compiled form, and a request pays only
 # for running them. "now" and the caller's ids are bound per request.
@@ -64,6 +73,8 @@ def _in_force() -> Any:
 
 
 _CODE = re.compile(r"[A-Z0-9_]{1,32}")
+# How long a process goes on using its estimate of the vault's size (Access._vault_size).
+SIZE_SECONDS = 10.0
 
 
 def _inline(code: str) -> Any:
@@ -262,6 +273,8 @@ class Access:
 
     def __init__(self, core: Core) -> None:
         self.core = core
+        # (when read, value) of the vault's estimated size, for the listing's plan switch.
+        self._size: tuple[float, int | None] = (-math.inf, None)
 
     def load_package_for(
         self,
@@ -367,10 +380,21 @@ class Access:
         plan = self.listing_plan(principal)
         params = listing_params(principal, limit=limit, offset=offset)
         indexed = plan.probe is not None and use_indexed(
-            Prepared.of(plan.probe).scalar(connection, params)
+            Prepared.of(plan.probe).scalar(connection, params),
+            switch_point(self._vault_size(connection), limit + offset),
         )
         statement, narrowing = plan.page(indexed, filters)
         return statement, params | narrowing
+
+    def _vault_size(self, connection: Connection) -> int | None:
+        """About how many packages the vault holds, read at most every SIZE_SECONDS: it only
+        moves the listing's plan switch, and both plans list the same packages."""
+        read_at, size = self._size
+        now = time.monotonic()
+        if now - read_at >= SIZE_SECONDS:
+            size = package_estimate(connection)
+            self._size = (now, size)
+        return size
 
     def listing_page(
         self,

@@ -14,18 +14,20 @@ database starts:
   are few; sorting 50,000 candidates for a page of 50 is not.
 
 A *probe* counts the candidates up to :data:`INDEXED_UP_TO` (index entries only) and picks the
-plan. The candidates are a superset of what the caller may read (an active release outside its
-window, a class the caller may not read, a purged package are all still candidates), so the
-indexed plan's answer is the scan's answer. A policy that lets some role read without any
-relation (``none``) has no candidate set: it always scans.
+plan, switching where both would touch about as many rows (:func:`switch_point`, from an
+estimate of the vault's size). The candidates are a superset of what the caller may read (an
+active release outside its window, a class the caller may not read, a purged package are all
+still candidates), so the indexed plan's answer is the scan's answer. A policy that lets some
+role read without any relation (``none``) has no candidate set: it always scans.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import String, bindparam, func, union_all
+from sqlalchemy import Connection, String, bindparam, func, text, union_all
 from sqlalchemy import select as sa_select
 from sqlmodel import col
 
@@ -33,9 +35,10 @@ from vault.authz import NONE, ORIGINATOR, RELEASED_AGENCY, RELEASED_COUNTRY, SAM
 from vault.listing import PackageFilter
 from vault.models import Agency, Package, Release, ReleaseStatus
 
-# Up to this many candidates the indexed plan is used. Either plan touches about
+# The most candidates the indexed plan is ever used for. Either plan touches about
 # sqrt(packages x page) rows at the switch (about 2,200 at 100,000 packages and a page of
-# 50), so this keeps both cheap there; measured with bench.bench_listing.
+# 50), so this keeps both cheap there; measured with bench.bench_listing. Smaller vaults
+# switch sooner (switch_point).
 INDEXED_UP_TO = 2000
 
 
@@ -96,15 +99,51 @@ def probe(found: Any) -> Any:
     return sa_select(func.count()).select_from(capped)
 
 
-def use_indexed(count: int) -> bool:
-    """Whether a probe's count chooses the indexed plan."""
-    return count <= INDEXED_UP_TO
+def use_indexed(count: int, switch: int | None = None) -> bool:
+    """Whether a probe's count chooses the indexed plan (up to ``switch`` candidates, by
+    default :data:`INDEXED_UP_TO`)."""
+    return count <= (INDEXED_UP_TO if switch is None else switch)
+
+
+def switch_point(packages: int | None, page_end: int) -> int:
+    """The most candidates the indexed plan should be used for, in a vault of about
+    ``packages`` packages, for a page that ends at row ``page_end`` (offset + limit).
+
+    Where both plans touch about as many rows: the indexed plan reads every candidate, the
+    scan walks about ``page_end x packages / candidates`` packages when the caller's are
+    spread over time, so they meet at sqrt(packages x page_end). Never above
+    :data:`INDEXED_UP_TO` (the probe counts no further), never below the page itself. Without
+    an estimate (None), :data:`INDEXED_UP_TO`. A vault's first months matter here: at 4,000
+    packages a caller with 2,000 candidates was read through all 2,000 and sorted, where the
+    scan finds a page of 50 in about 100 rows.
+    """
+    if packages is None:
+        return INDEXED_UP_TO
+    return min(INDEXED_UP_TO, max(page_end, math.isqrt(packages * page_end)))
+
+
+# About how many packages a vault holds, read without counting them: on SQLite the largest
+# rowid (every package ever stored, purged ones too), on PostgreSQL the planner's statistic
+# (kept by autovacuum; -1 before the table's first ANALYZE).
+_ESTIMATES = {
+    "sqlite": text("SELECT max(rowid) FROM package"),
+    "postgresql": text("SELECT reltuples::bigint FROM pg_class WHERE oid = to_regclass('package')"),
+}
+
+
+def package_estimate(connection: Connection) -> int | None:
+    """About how many packages there are (None when the database can't say cheaply)."""
+    statement = _ESTIMATES.get(connection.dialect.name)
+    value = None if statement is None else connection.execute(statement).scalar()
+    return int(value) if value is not None and value > 0 else None
 
 
 __all__ = [
     "INDEXED_UP_TO",
     "ListingPlan",
     "candidates",
+    "package_estimate",
     "probe",
+    "switch_point",
     "use_indexed",
 ]

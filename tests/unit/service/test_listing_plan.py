@@ -14,7 +14,7 @@ from vault.errors import AccessDenied, NotFound
 from vault.listing import PackageFilter
 from vault.models import Classification, Handling, Role, utcnow
 from vault.schemas import NewPackage
-from vault.service import IncomingFile, Principal, Vault, listing_plan, local_operator
+from vault.service import IncomingFile, Principal, Vault, access, listing_plan, local_operator
 from vault.service.access import listing_params
 
 C, H = Classification, Handling
@@ -124,18 +124,60 @@ def test_the_indexed_plan_is_chosen_for_few_candidates_and_the_scan_for_many(
     plan = vault.access.listing_plan(kz)
     assert plan.probe is not None
     with vault.engine.connect() as connection:
-        count = connection.execute(plan.probe, listing_params(kz, limit=1, offset=0)).scalar()
-        statement, _ = vault.access.listing_query(connection, kz, limit=1, offset=0)
+        count = connection.execute(plan.probe, listing_params(kz, limit=50, offset=0)).scalar()
+        statement, _ = vault.access.listing_query(connection, kz, limit=50, offset=0)
     assert count is not None
-    assert 0 < count <= listing_plan.INDEXED_UP_TO
+    assert 1 < count <= 50
     assert statement is plan.indexed
     # With a switch below the candidates' count, the scan answers: the same listing.
     before = listed(vault, kz)
     monkeypatch.setattr(listing_plan, "INDEXED_UP_TO", 1)
     with vault.engine.connect() as connection:
-        statement, _ = vault.access.listing_query(connection, kz, limit=1, offset=0)
+        statement, _ = vault.access.listing_query(connection, kz, limit=50, offset=0)
     assert statement is plan.scan
     assert listed(vault, kz) == before
+
+
+@pytest.mark.parametrize(
+    ("packages", "page_end", "switch"),
+    [
+        (None, 50, listing_plan.INDEXED_UP_TO),  # no estimate: the fixed switch
+        (100_000, 50, listing_plan.INDEXED_UP_TO),  # sqrt 2,236: capped
+        (4_000, 50, 447),
+        (10, 50, 50),  # never below the page itself
+        (1_000, 1, 31),
+    ],
+)
+def test_the_switch_lies_where_both_plans_touch_as_many_rows(
+    packages: int | None, page_end: int, switch: int
+) -> None:
+    assert listing_plan.switch_point(packages, page_end) == switch
+
+
+def test_the_vault_size_moves_the_switch(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A caller with a few candidates in a small vault is listed by the scan, the same caller
+    in a large one from the index; the estimate is read again after SIZE_SECONDS."""
+    callers = build(world)
+    vault, kz = world.vault, callers["kz.officer"]
+    plan = vault.access.listing_plan(kz)
+    before = listed(vault, kz)
+    monkeypatch.setattr(access, "SIZE_SECONDS", 0.0)
+    for size, chosen in ((1, plan.scan), (100_000, plan.indexed), (None, plan.indexed)):
+        monkeypatch.setattr(access, "package_estimate", lambda _connection, n=size: n)
+        with vault.engine.connect() as connection:
+            statement, _ = vault.access.listing_query(connection, kz, limit=1, offset=0)
+        assert statement is chosen, size
+        assert listed(vault, kz) == before
+
+
+def test_the_size_estimate_is_the_number_of_packages(world: World) -> None:
+    build(world)
+    with world.vault.engine.connect() as connection:
+        if connection.dialect.name == "postgresql":  # the planner's statistic, made current
+            connection.exec_driver_sql("ANALYZE package")
+        stored = connection.exec_driver_sql("SELECT count(*) FROM package").scalar()
+        assert stored is not None and stored > 10
+        assert listing_plan.package_estimate(connection) == stored
 
 
 def test_filters_narrow_both_plans_alike(world: World) -> None:
