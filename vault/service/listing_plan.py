@@ -99,10 +99,10 @@ def probe(found: Any) -> Any:
     return sa_select(func.count()).select_from(capped)
 
 
-def use_indexed(count: int, switch: int | None = None) -> bool:
-    """Whether a probe's count chooses the indexed plan (up to ``switch`` candidates, by
-    default :data:`INDEXED_UP_TO`)."""
-    return count <= (INDEXED_UP_TO if switch is None else switch)
+def use_indexed(count: int, switch: int) -> bool:
+    """Whether a probe's count chooses the indexed plan (up to ``switch`` candidates, see
+    :func:`switch_point`)."""
+    return count <= switch
 
 
 def switch_point(packages: int | None, page_end: int) -> int:

@@ -176,7 +176,8 @@ def test_the_size_estimate_is_the_number_of_packages(world: World) -> None:
         if connection.dialect.name == "postgresql":  # the planner's statistic, made current
             connection.exec_driver_sql("ANALYZE package")
         stored = connection.exec_driver_sql("SELECT count(*) FROM package").scalar()
-        assert stored is not None and stored > 10
+        assert stored is not None
+        assert stored > 10
         assert listing_plan.package_estimate(connection) == stored
 
 
