@@ -15,7 +15,7 @@ from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import OperationalError
 
 from tests.conftest import PG_URL, postgres_schema_url, requires_postgres
-from vault import db
+from vault import pgpool
 from vault.db import make_engine, read_scope, session_scope
 
 pytestmark = requires_postgres
@@ -91,7 +91,7 @@ def test_a_connection_used_a_moment_ago_is_handed_out_without_a_ping(
     assert _backend_pid(engine) == first
     assert pings == []
     # The same connection, idle past the limit, is pinged once before it is handed out.
-    monkeypatch.setattr(db, "PG_IDLE_PING_SECONDS", 0.0)
+    monkeypatch.setattr(pgpool, "PG_IDLE_PING_SECONDS", 0.0)
     assert _backend_pid(engine) == first
     assert len(pings) == 1
 
@@ -101,7 +101,7 @@ def test_an_idle_connection_the_server_closed_is_replaced_before_use(
 ) -> None:
     dead = _backend_pid(engine)
     _kill(dead)
-    monkeypatch.setattr(db, "PG_IDLE_PING_SECONDS", 0.0)
+    monkeypatch.setattr(pgpool, "PG_IDLE_PING_SECONDS", 0.0)
     with read_scope(engine) as connection:
         # No error: the ping found the connection closed and the pool handed out a new one.
         pid = connection.execute(text("SELECT pg_backend_pid()")).scalar_one()
