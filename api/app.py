@@ -15,6 +15,7 @@ import anyio.to_thread
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Response
 from fastapi.responses import PlainTextResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.telemetry import TelemetryConfig
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -596,48 +597,8 @@ async def _checkpoint_cadence(vault: Vault) -> None:
             log.error("checkpoint not signed: %s", exc.message)
 
 
-def create_app(settings: Settings | None = None, *, vault: Vault | None = None) -> FastAPI:
-    """Build the app around a service instance (opened from settings when not given)."""
-    owned = vault is None
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        service: Vault = app.state.vault
-        if publisher is not None:
-            publisher.start()
-        async with anyio.create_task_group() as tasks:
-            tasks.start_soon(_checkpoint_cadence, service)
-            tasks.start_soon(memory.trim_every, service.settings.malloc_trim_seconds, trim)
-            try:
-                yield
-            finally:
-                tasks.cancel_scope.cancel()
-                if publisher is not None:
-                    await anyio.to_thread.run_sync(publisher.stop)
-        if owned:
-            service.close()
-
-    app = FastAPI(
-        title="BLO Vault",
-        version=__version__,
-        description="Encrypted, access-controlled, audited exchange between Border Liaison Offices",
-        lifespan=lifespan,
-    )
-    # The server never creates a vault: 'blovault admin init' does, once.
-    service = vault if vault is not None else Vault.open(settings or load_settings(), create=False)
-    app.state.vault = service
-    # Built here, not in the lifespan, so a bad VAULT_WITNESS_POLICY stops the start at once.
-    publisher = service.witness_publisher()
-    trim = memory.glibc_trim()
-    api_errors.install(app)
-    app.include_router(router)
-    # Imported here: these routes use this module's dependencies (issues 16, 13 and 18).
-    from blo_vault.api import keys, ledger_export, seizures
-
-    for extra in (seizures.router, keys.router, ledger_export.router):
-        app.include_router(extra)
-    web.install(app)  # the pages (api/web): their routes, static files and security headers
-    metrics = Metrics(service)
+def _metrics_route(app: FastAPI, service: Vault, metrics: Metrics) -> None:
+    """``GET /metrics``: this process's Prometheus metrics, behind the metrics token."""
 
     @app.get(
         "/metrics",
@@ -666,6 +627,58 @@ def create_app(settings: Settings | None = None, *, vault: Vault | None = None) 
             raise AuthenticationFailed("the metrics token is required")
         return PlainTextResponse(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+
+# FastAPI's native OpenTelemetry follows any provider configured in the process and would
+# export every request's path and query string (package ids, search terms). The vault's record
+# of requests is its ledger and its own metrics; and with it off, no request pays for looking
+# the providers up.
+NO_TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
+
+
+def create_app(settings: Settings | None = None, *, vault: Vault | None = None) -> FastAPI:
+    """Build the app around a service instance (opened from settings when not given)."""
+    owned = vault is None
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        service: Vault = app.state.vault
+        if publisher is not None:
+            publisher.start()
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(_checkpoint_cadence, service)
+            tasks.start_soon(memory.trim_every, service.settings.malloc_trim_seconds, trim)
+            try:
+                yield
+            finally:
+                tasks.cancel_scope.cancel()
+                if publisher is not None:
+                    await anyio.to_thread.run_sync(publisher.stop)
+        if owned:
+            service.close()
+
+    app = FastAPI(
+        title="BLO Vault",
+        version=__version__,
+        description="Encrypted, access-controlled, audited exchange between Border Liaison Offices",
+        lifespan=lifespan,
+        telemetry=NO_TELEMETRY,
+    )
+    # The server never creates a vault: 'blovault admin init' does, once.
+    service = vault if vault is not None else Vault.open(settings or load_settings(), create=False)
+    app.state.vault = service
+    # Built here, not in the lifespan, so a bad VAULT_WITNESS_POLICY stops the start at once.
+    publisher = service.witness_publisher()
+    trim = memory.glibc_trim()
+    api_errors.install(app)
+    app.include_router(router)
+    # Imported here: these routes use this module's dependencies (issues 16, 13 and 18).
+    from blo_vault.api import keys, ledger_export, seizures
+
+    for extra in (seizures.router, keys.router, ledger_export.router):
+        app.include_router(extra)
+    web.install(app)  # the pages (api/web): their routes, static files and security headers
+    metrics = Metrics(service)
+    _metrics_route(app, service, metrics)
     app.add_middleware(
         BodyLimitMiddleware,
         max_json_bytes=service.settings.max_json_bytes,
