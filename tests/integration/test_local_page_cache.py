@@ -1,0 +1,116 @@
+"""The local store's reads leave a large object out of the page cache and a small one in it
+(vault/storage/local.py, _DropBehindReader): a download is read once, front to back.
+
+Which pages are cached is asked of the kernel itself (mincore(2) on a read-only mapping of the
+object file), after the object was written and fsynced, so every page starts out cached.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import mmap
+import os
+from pathlib import Path
+
+import pytest
+
+from vault.storage.local import LocalDiskStore
+
+MiB = 1024 * 1024
+PAGE = mmap.PAGESIZE
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = [
+    ctypes.c_void_p,
+    ctypes.c_size_t,
+    ctypes.c_int,
+    ctypes.c_int,
+    ctypes.c_int,
+    ctypes.c_long,
+]
+_libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+
+
+def cached_bytes(path: Path) -> int:
+    """How many bytes of ``path`` are in the page cache (mincore on a shared mapping; mapping
+    a file reads none of it)."""
+    size = path.stat().st_size
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        address = _libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        if address in (None, ctypes.c_void_p(-1).value):
+            raise OSError(ctypes.get_errno(), "mmap failed")
+        try:
+            pages = (size + PAGE - 1) // PAGE
+            vector = ctypes.create_string_buffer(pages)
+            if _libc.mincore(address, size, vector) != 0:
+                raise OSError(ctypes.get_errno(), "mincore failed")
+            return sum(byte & 1 for byte in vector.raw) * PAGE
+        finally:
+            _libc.munmap(address, size)
+    finally:
+        os.close(fd)
+
+
+def stored(tmp_path: Path, size: int) -> tuple[LocalDiskStore, str, Path]:
+    store = LocalDiskStore(root=tmp_path / "objects")
+    key = "ab" * 16
+    source = tmp_path / "source"
+    source.write_bytes(os.urandom(size))
+    with source.open("rb") as reader:
+        store.put(key, reader)
+    path = store._path(key)
+    with path.open("rb") as warm:  # writing a large object drops it (_start_writeback)
+        while warm.read(MiB):
+            pass
+    if cached_bytes(path) < size * 0.9:
+        pytest.skip("the kernel does not keep this file in its page cache (memory pressure?)")
+    return store, key, path
+
+
+def read_through(store: LocalDiskStore, key: str, chunk: int) -> int:
+    total = 0
+    with store.open(key) as reader:
+        while block := reader.read(chunk):
+            total += len(block)
+    return total
+
+
+@pytest.mark.skipif(not hasattr(os, "posix_fadvise"), reason="no posix_fadvise on this system")
+def test_a_large_object_read_to_its_end_is_no_longer_cached(tmp_path: Path) -> None:
+    size = 40 * MiB + 123
+    store, key, path = stored(tmp_path, size)
+    probe = tmp_path / "probe"
+    probe.write_bytes(os.urandom(MiB))
+    fd = os.open(probe, os.O_RDONLY)
+    os.fsync(fd)
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    os.close(fd)
+    if cached_bytes(probe) > MiB // 2:
+        pytest.skip("this filesystem keeps pages cached regardless of posix_fadvise (tmpfs)")
+    # Segment-sized reads, as a download makes them (1 MiB and its tag).
+    assert read_through(store, key, MiB + 16) == size
+    # At most a few MiB the kernel had not yet let go of (pages still being read in).
+    assert cached_bytes(path) < 8 * MiB
+
+
+@pytest.mark.skipif(not hasattr(os, "posix_fadvise"), reason="no posix_fadvise on this system")
+def test_a_large_object_is_dropped_behind_while_it_is_read(tmp_path: Path) -> None:
+    size = 40 * MiB
+    store, key, path = stored(tmp_path, size)
+    with store.open(key) as reader:
+        for _ in range(24):
+            assert len(reader.read(MiB)) == MiB
+        # 24 MiB read: all of it dropped, the 16 MiB ahead untouched (kernel read-ahead
+        # only adds to what is cached there).
+        assert cached_bytes(path) <= 16 * MiB + 64 * PAGE
+
+
+def test_a_small_object_stays_cached(tmp_path: Path) -> None:
+    size = 3 * MiB
+    store, key, path = stored(tmp_path, size)
+    assert read_through(store, key, MiB + 16) == size
+    assert cached_bytes(path) >= size * 0.9
