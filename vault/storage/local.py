@@ -32,7 +32,7 @@ _WRITEBACK_BYTES = 32 * _COPY_CHUNK
 # again, and of the rest when it is closed. The kernel then reuses those pages for the next
 # ones instead of taking fresh pages for the whole object, which on a VM whose free memory the
 # host takes back (a balloon) cost a fault in the host each: there a cold read of 512 MiB took
-# 0.31-0.43 s every time instead of 0.4-1.1 s (BENCHMARKS.md, issue 14). Smaller objects, the
+# 0.35-0.41 s every time instead of 0.33-1.4 s (BENCHMARKS.md, issue 14). Smaller objects, the
 # documents and photos read again, stay cached.
 _DROP_BEHIND_BYTES = 8 * _COPY_CHUNK
 
