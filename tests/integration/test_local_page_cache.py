@@ -114,3 +114,19 @@ def test_a_small_object_stays_cached(tmp_path: Path) -> None:
     store, key, path = stored(tmp_path, size)
     assert read_through(store, key, MiB + 16) == size
     assert cached_bytes(path) >= size * 0.9
+
+
+@pytest.mark.skipif(not hasattr(os, "posix_fadvise"), reason="no posix_fadvise on this system")
+def test_a_refused_drop_fails_no_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The drop is advice: where the filesystem refuses it, the object still reads whole."""
+    size = 20 * MiB + 5
+    store, key, _ = stored(tmp_path, size)
+    refused: list[int] = []
+
+    def refuse(fd: int, offset: int, length: int, advice: int) -> None:
+        refused.append(advice)
+        raise OSError(22, "Invalid argument")
+
+    monkeypatch.setattr(os, "posix_fadvise", refuse)
+    assert read_through(store, key, MiB + 16) == size
+    assert refused  # the store did ask, and carried on

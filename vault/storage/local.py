@@ -52,17 +52,20 @@ class _DropBehindReader:
         chunk = self._handle.read(size)
         self._read += len(chunk)
         if self._read - self._dropped >= _DROP_BEHIND_BYTES:
-            os.posix_fadvise(
-                self._fd, self._dropped, self._read - self._dropped, os.POSIX_FADV_DONTNEED
-            )
+            self._drop(self._read - self._dropped)
             self._dropped = self._read
         return chunk
 
     def close(self) -> None:
         if self._read >= _DROP_BEHIND_BYTES and not self._handle.closed:
-            # The tail since the last drop, and what the kernel read ahead (0: to the end).
-            os.posix_fadvise(self._fd, self._dropped, 0, os.POSIX_FADV_DONTNEED)
+            self._drop(0)  # the tail since the last drop, and what the kernel read ahead
         self._handle.close()
+
+    def _drop(self, length: int) -> None:
+        """Drop ``length`` bytes from the last drop on (0: to the end of the file). Only
+        advice: a filesystem that refuses it fails no download."""
+        with contextlib.suppress(OSError):
+            os.posix_fadvise(self._fd, self._dropped, length, os.POSIX_FADV_DONTNEED)
 
 
 class LocalDiskStore:
