@@ -44,13 +44,29 @@ class Answers:
     failed: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
+    def add(self, kind: str, user: str, receipt: int) -> None:
+        with self.lock:
+            self.answered.append((kind, user, receipt))
+
+    def fail(self) -> None:
+        with self.lock:
+            self.failed += 1
+
+    def count(self) -> int:
+        with self.lock:
+            return len(self.answered)
+
 
 def client(
-    url: str, tokens: dict[str, str], files: list[tuple[str, str]], seed_: int, stop: object
-) -> Answers:
-    """Reads (list, show, download start) in a loop until ``stop`` is set."""
-    assert isinstance(stop, threading.Event)
-    rng, out = random.Random(seed_), Answers()
+    url: str,
+    tokens: dict[str, str],
+    files: list[tuple[str, str]],
+    seed_: int,
+    stop: threading.Event,
+    out: Answers,
+) -> None:
+    """Reads (list, show, download start) in a loop until ``stop`` is set, into ``out``."""
+    rng = random.Random(seed_)
     with httpx.Client(base_url=url, timeout=30) as http:
         while not stop.is_set():
             kind, user = rng.choice(list(ACTION)), rng.choice(USERS)
@@ -68,14 +84,13 @@ def client(
                     if status == 200:
                         reply.read()
             except httpx.HTTPError:
-                out.failed += 1
+                out.fail()
                 continue
             if status == 200:
                 assert receipt is not None
-                out.answered.append((kind, user, int(receipt)))
+                out.add(kind, user, int(receipt))
             else:
-                out.failed += 1
-    return out
+                out.fail()
 
 
 def ledger_entries(url: str, vault: Vault) -> dict[int, Entry]:
@@ -118,17 +133,17 @@ def test_no_read_is_answered_without_its_entry_when_the_database_stops(tmp_path:
         vault, tokens, files = loaded_vault(cluster.url, tmp_path / "data")
         try:
             with running_server(vault) as url:
-                stop = threading.Event()
-                results: list[Answers] = []
+                stop, results = threading.Event(), Answers()
                 threads = [
-                    threading.Thread(
-                        target=lambda i=i: results.append(client(url, tokens, files, i, stop))
-                    )
+                    threading.Thread(target=client, args=(url, tokens, files, i, stop, results))
                     for i in range(4)
                 ]
                 for thread in threads:
                     thread.start()
-                time.sleep(1.5)
+                # Under load (answers coming), however slowly a busy machine serves them.
+                deadline = time.monotonic() + 60
+                while results.count() <= 20 and time.monotonic() < deadline:
+                    time.sleep(0.05)
                 cluster.crash()  # mid-load: requests are in flight, some mid-commit
                 time.sleep(1.0)
                 stop.set()
@@ -138,8 +153,7 @@ def test_no_read_is_answered_without_its_entry_when_the_database_stops(tmp_path:
             entries = ledger_entries(cluster.url, vault)
         finally:
             vault.close()
-    answered = [a for r in results for a in r.answered]
-    failed = sum(r.failed for r in results)
+    answered, failed = results.answered, results.failed
     # The load ran on both sides of the stop: reads were answered, and reads failed.
     assert len(answered) > 20
     assert failed > 0
