@@ -63,7 +63,7 @@ def stored(tmp_path: Path, size: int) -> tuple[LocalDiskStore, str, Path]:
     with source.open("rb") as reader:
         store.put(key, reader)
     path = store._path(key)
-    with path.open("rb") as warm:  # writing a large object drops it (_start_writeback)
+    with path.open("rb") as warm:  # writing a large object drops it (LocalDiskStore.put)
         while warm.read(MiB):
             pass
     if cached_bytes(path) < size * 0.9:

@@ -27,9 +27,9 @@ _WRITEBACK_BYTES = 32 * _COPY_CHUNK
 
 
 # A download reads its object once, front to back: in the page cache it would only push out
-# what the server does read again (as writes already do: _start_writeback). Past this many
-# bytes a reader lets go of what it has read (posix_fadvise DONTNEED), every as many bytes
-# again, and of the rest when it is closed. The kernel then reuses those pages for the next
+# what the server does read again (put drops what it writes for the same reason). Past this
+# many bytes a reader lets go of what it has read (posix_fadvise DONTNEED), every as many
+# bytes again, and of the rest when it is closed. The kernel then reuses those pages for the next
 # ones instead of taking fresh pages for the whole object, which on a VM whose free memory the
 # host takes back (a balloon) cost a fault in the host each: there a cold read of 512 MiB took
 # 0.35-0.41 s every time instead of 0.33-1.4 s (BENCHMARKS.md, issue 14). Smaller objects, the
@@ -52,20 +52,15 @@ class _DropBehindReader:
         chunk = self._handle.read(size)
         self._read += len(chunk)
         if self._read - self._dropped >= _DROP_BEHIND_BYTES:
-            self._drop(self._read - self._dropped)
+            _dont_need(self._fd, self._dropped, self._read - self._dropped)
             self._dropped = self._read
         return chunk
 
     def close(self) -> None:
         if self._read >= _DROP_BEHIND_BYTES and not self._handle.closed:
-            self._drop(0)  # the tail since the last drop, and what the kernel read ahead
+            # The tail since the last drop, and what the kernel read ahead (0: to the end).
+            _dont_need(self._fd, self._dropped, 0)
         self._handle.close()
-
-    def _drop(self, length: int) -> None:
-        """Drop ``length`` bytes from the last drop on (0: to the end of the file). Only
-        advice: a filesystem that refuses it fails no download."""
-        with contextlib.suppress(OSError):
-            os.posix_fadvise(self._fd, self._dropped, length, os.POSIX_FADV_DONTNEED)
 
 
 class LocalDiskStore:
@@ -102,7 +97,9 @@ class LocalDiskStore:
                     size += len(chunk)
                     if size - written_back >= _WRITEBACK_BYTES:
                         out.flush()
-                        _start_writeback(out.fileno(), written_back, size)
+                        # Starts writeback of the dirty pages, and drops clean ones: a
+                        # large object is rarely read back soon. The fsync promises.
+                        _dont_need(out.fileno(), written_back, size - written_back)
                         written_back = size
                 out.flush()
                 os.fsync(out.fileno())
@@ -122,10 +119,6 @@ class LocalDiskStore:
             handle = open(self._path(key), "rb")  # noqa: SIM115 - closed below
         except FileNotFoundError:
             raise NotFound("object not found") from None
-        if not hasattr(os, "posix_fadvise"):  # not on every platform
-            with handle:
-                yield handle
-            return
         reader = _DropBehindReader(handle)
         try:
             yield reader
@@ -182,14 +175,12 @@ class LocalDiskStore:
             raise StorageUnavailable("object folder is not writable")
 
 
-def _start_writeback(fd: int, start: int, end: int) -> None:
-    """Start writing ``[start, end)`` of ``fd`` to disk without waiting for it.
-
-    ``POSIX_FADV_DONTNEED`` starts writeback of the dirty pages (and drops clean ones from the
-    page cache: a large object is rarely read back soon); it promises nothing, the fsync does.
-    """
+def _dont_need(fd: int, offset: int, length: int) -> None:
+    """``posix_fadvise(DONTNEED)`` on ``length`` bytes of ``fd`` from ``offset`` (0: to the
+    end): dirty pages start being written back, clean ones leave the page cache. Only advice:
+    a filesystem (or a platform) that refuses it fails no transfer."""
     with contextlib.suppress(OSError, AttributeError):
-        os.posix_fadvise(fd, start, end - start, os.POSIX_FADV_DONTNEED)
+        os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
 
 
 def _fsync_dir(path: Path) -> None:
