@@ -13,13 +13,23 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import InvalidatePoolError
 from sqlmodel import create_engine
 
-__all__ = ["PG_IDLE_PING_SECONDS", "postgres_engine"]
+__all__ = ["PG_IDLE_PING_SECONDS", "POOL_OVERFLOW", "POOL_SIZE", "postgres_engine"]
 
 # A pooled PostgreSQL connection that has not been used for longer than this is checked with a
 # round trip before it is handed out: a restart of the server, or its idle timeout, may have
 # closed it meanwhile. One used more recently is handed out as it is.
 PG_IDLE_PING_SECONDS = 5.0
 _LAST_USED = "vault_last_used"
+
+# Connections kept open a process: one for each request thread the API runs at once (AnyIO's
+# default limit, 40), so the pool keeps every connection its load has needed. SQLAlchemy closes
+# a connection opened beyond the pool's size when it is returned: with 20, every request past
+# the 20th concurrent one forked a PostgreSQL backend and closed it again (1,017 sessions in a
+# 30 s read load, 58 with 40; reads/s +30 %, BENCHMARKS.md, issue 14).
+POOL_SIZE = 40
+# And a few more, opened and closed as needed, for the ledger's committer and other background
+# threads when every request thread holds one.
+POOL_OVERFLOW = 10
 
 
 def postgres_engine(url: URL) -> Engine:
@@ -31,7 +41,7 @@ def postgres_engine(url: URL) -> Engine:
     then invalidates every connection pooled before it, so a restart costs the requests in
     flight, not every one after it.
     """
-    engine = create_engine(url, pool_size=20, max_overflow=20)
+    engine = create_engine(url, pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW)
     dialect = engine.dialect
 
     def _used(_dbapi_conn: Any, record: Any) -> None:

@@ -5,6 +5,7 @@ Against the test server (VAULT_TEST_DATABASE_URL), each test in a schema of its 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -124,3 +125,31 @@ def test_a_busy_connection_the_server_closed_fails_one_statement_then_is_replace
         pid = connection.execute(text("SELECT pg_backend_pid()")).scalar_one()
     assert pid != dead
     assert pings == []
+
+
+def test_connections_a_busy_moment_opened_are_kept_for_the_next(engine: Engine) -> None:
+    """As many concurrent requests as the API runs threads, twice: the second time reuses the
+    first time's connections, so PostgreSQL forks no backend for it (each fork cost more CPU
+    than a read: BENCHMARKS.md, issue 14)."""
+    threads = 30  # under the API's 40 request threads, over the old pool of 20
+    assert threads <= pgpool.POOL_SIZE
+
+    def busy_moment() -> set[int]:
+        together = threading.Barrier(threads)
+        pids: list[int] = []
+
+        def hold() -> None:
+            with read_scope(engine) as connection:
+                pids.append(int(connection.execute(text("SELECT pg_backend_pid()")).scalar_one()))
+                together.wait(timeout=30)  # every thread holds its connection at once
+
+        workers = [threading.Thread(target=hold) for _ in range(threads)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        assert len(set(pids)) == threads
+        return set(pids)
+
+    first = busy_moment()
+    assert busy_moment() == first
