@@ -9,7 +9,10 @@ writes (bench/out/load.json) requests per second, p50/p99 latency per kind, erro
 request of the servers and of the driver, and the servers' RSS over time: in all, in its
 anonymous, file and shared parts (with the SQLite database's, log's and index's sizes beside
 them), and its growth over the last 4 minutes by kind of mapping (malloc heap, other
-anonymous mappings, SQLite's files, libraries), which says where growth comes from.
+anonymous mappings, SQLite's files, libraries), which says where growth comes from. Beside the
+servers' CPU it gives the whole machine's busy cores over the mix and, on PostgreSQL, the
+sessions the servers opened: the database's own CPU is in the first, and a new session forks a
+backend.
 
 Before the mix, the same clients hammer ``/healthz`` (no authentication, no database) for
 ``--baseline-seconds``: the ceiling of the HTTP stack and the driver on this machine, which the
@@ -59,6 +62,7 @@ from bench.harness import (
     open_vault,
     parse_arguments,
     pg_schema,
+    plain_pg_url,
     print_table,
     seconds_ms,
     workdir,
@@ -270,6 +274,49 @@ def cpu_seconds(pids: list[int]) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+class OutsideServers:
+    """What the servers' CPU figure leaves out, from a start to :meth:`figures`: the busy cores
+    of the whole machine (``/proc/stat``), and for PostgreSQL the sessions it opened. Each new
+    connection forks a backend, whose CPU no process left at the end shows: with a pool too
+    small for the load, that was half a core in a read load, and reads/s 30 % lower
+    (BENCHMARKS.md, issue 14)."""
+
+    def __init__(self, database_url: str | None) -> None:
+        self._url = plain_pg_url(database_url) if database_url else None
+        self._ticks = self._machine_ticks()
+        self._sessions = self._database_sessions()
+
+    @staticmethod
+    def _machine_ticks() -> tuple[int, int]:
+        """(busy, all) ticks of every core so far: all but idle and iowait are busy."""
+        fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        every = sum(fields[:8])  # guest time is already counted in user
+        return every - fields[3] - fields[4], every
+
+    def _database_sessions(self) -> int | None:
+        if self._url is None:
+            return None
+        import psycopg
+
+        with psycopg.connect(self._url, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT sessions FROM pg_stat_database WHERE datname = current_database()"
+            ).fetchone()
+        return int(row[0]) if row else None
+
+    def figures(self) -> dict[str, Any]:
+        busy, every = self._machine_ticks()
+        out: dict[str, Any] = {
+            "machine_busy_cores": round(
+                (busy - self._ticks[0]) / max(every - self._ticks[1], 1) * (os.cpu_count() or 1), 2
+            )
+        }
+        sessions = self._database_sessions()
+        if sessions is not None and self._sessions is not None:
+            out["database_sessions_opened"] = sessions - self._sessions - 1  # not this probe's
+        return out
+
+
 def driver_cpu_seconds() -> float:
     times = os.times()
     return times.user + times.system
@@ -438,6 +485,7 @@ async def drive(args: argparse.Namespace, bases: list[str], pids: list[int]) -> 
     results: dict[str, list[float]] = {k: [] for k in ("list", "show", "download", "upload")}
     errors: list[str] = []
     watch = MemoryWatch(every, args.data_dir)
+    outside = OutsideServers(args.database_url)
     server_cpu, driver_cpu = cpu_seconds(every), driver_cpu_seconds()
     started = time.monotonic()
     deadline = started + args.seconds
@@ -459,6 +507,7 @@ async def drive(args: argparse.Namespace, bases: list[str], pids: list[int]) -> 
     )
     wall = time.monotonic() - started
     server_cpu, driver_cpu = cpu_seconds(every) - server_cpu, driver_cpu_seconds() - driver_cpu
+    summary |= outside.figures()
     if watch.mappings:
         summary["rss_growth_by_mapping_kib"] = mapping_growth(watch.mappings, mapped_kib(every))
     if args.heap_dir is not None:
@@ -629,8 +678,11 @@ def print_report(summary: dict[str, Any]) -> None:
         f"{summary['requests_per_second']} requests/s over {summary['seconds']} s, "
         f"{summary['errors']} errors {summary['error_kinds']}; server CPU "
         f"{summary['server_cpu_cores']} cores, {summary['server_cpu_ms_per_request']} ms/request;"
-        f" driver CPU {summary['driver_cpu_cores']} cores"
+        f" driver CPU {summary['driver_cpu_cores']} cores; machine busy"
+        f" {summary['machine_busy_cores']} of {os.cpu_count()} cores"
     )
+    if "database_sessions_opened" in summary:
+        print(f"PostgreSQL sessions opened during the mix: {summary['database_sessions_opened']}")
     for key in (
         "reads_vs_healthz_rate",
         "reads_vs_healthz_p99",
