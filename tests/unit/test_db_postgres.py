@@ -140,8 +140,9 @@ def test_connections_a_busy_moment_opened_are_kept_for_the_next(engine: Engine) 
 
         def hold() -> None:
             with read_scope(engine) as connection:
-                pids.append(int(connection.execute(text("SELECT pg_backend_pid()")).scalar_one()))
+                pid = int(connection.execute(text("SELECT pg_backend_pid()")).scalar_one())
                 together.wait(timeout=30)  # every thread holds its connection at once
+                pids.append(pid)  # only once they all did (a broken barrier raises)
 
         workers = [threading.Thread(target=hold) for _ in range(threads)]
         for worker in workers:
