@@ -41,7 +41,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from vault.errors import ConfigError, IntegrityError
-from vault.streams import Readable, ReadAhead, read_full
+from vault.streams import Readable, read_full
 
 __all__ = [
     "HEADER_SIZE",
@@ -445,11 +445,11 @@ def open_stream(source: Readable, key: bytes, *, identity: bytes) -> Generator[b
     authentic, but the caller must discard the whole result on error. Errors from reading
     ``source`` are raised as they are.
 
-    Segments after the first are read ahead on a second thread, started only when a second
-    segment may follow: a stream of one segment (a file under the segment size, as most
-    documents and photos are) is opened without it, since starting a thread costs more than
-    such a file's whole read. Close the generator (``contextlib.closing``) before closing
-    ``source``: closing it stops and joins that thread.
+    Segments are read on the caller's thread. A read-ahead thread used to overlap reading with
+    decryption and the download's SHA-256; with the reads kept aligned (the local store's
+    reader) and no digest, decryption (over 7 GB/s) is too little to hide, and handing
+    segments between threads cost more than it saved (BENCHMARKS.md, issue 14). The kernel
+    still reads the file ahead, and a socket's buffer fills while a segment is decrypted.
     """
     header = read_full(source, HEADER_SIZE)
     if len(header) != HEADER_SIZE:
@@ -461,34 +461,27 @@ def open_stream(source: Readable, key: bytes, *, identity: bytes) -> Generator[b
     aad = header + identity
     sealed_segment = segment_size + TAG_SIZE
     current = read_full(source, sealed_segment)
-    ahead = ReadAhead(source, sealed_segment) if len(current) == sealed_segment else None
-    try:
+    counter = 0
+    while True:
         # Whether a segment is the last depends on whether another follows, so the next one
-        # is taken before the current one is opened (a short segment is the end).
-        counter = 0
-        while True:
-            following = (
-                ahead.next() if ahead is not None and len(current) == sealed_segment else b""
-            )
-            last = not following
-            if len(current) < TAG_SIZE:
-                raise IntegrityError("sealed object is truncated")
-            try:
-                plain = aead.decrypt(_nonce(prefix, counter, last), current, aad)
-            except InvalidTag:
-                raise IntegrityError("sealed object failed authentication") from None
-            if last:
-                if not plain and counter > 0:
-                    # An empty final segment only exists for an empty plaintext.
-                    raise IntegrityError("sealed object has a malformed final segment")
-                yield plain
-                return
+        # is read before the current one is opened (a short segment is the end).
+        following = read_full(source, sealed_segment) if len(current) == sealed_segment else b""
+        last = not following
+        if len(current) < TAG_SIZE:
+            raise IntegrityError("sealed object is truncated")
+        try:
+            plain = aead.decrypt(_nonce(prefix, counter, last), current, aad)
+        except InvalidTag:
+            raise IntegrityError("sealed object failed authentication") from None
+        if last:
+            if not plain and counter > 0:
+                # An empty final segment only exists for an empty plaintext.
+                raise IntegrityError("sealed object has a malformed final segment")
             yield plain
-            counter += 1
-            current = following
-    finally:
-        if ahead is not None:
-            ahead.close()
+            return
+        yield plain
+        counter += 1
+        current = following
 
 
 # --- derived keys and keyed digests ----------------------------------------------------------

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
 from tests.conftest import (
     FAST_ARGON2,
@@ -291,6 +292,26 @@ def test_service_download_refused(tamper: Tamper, world: World, victim: Victim) 
         assert_error_recorded(
             world, victim.package_id, [file_id], seq_before, missing=tamper is delete_object
         )
+
+
+def test_a_recorded_size_that_differs_is_refused_after_the_data(
+    world: World, victim: Victim
+) -> None:
+    """The check the service adds to the sealed stream's own: the plaintext's length against
+    the size the database records (the Content-Length the answer promised). An edited size
+    column gets a refused download and an error in the ledger, not a file of the wrong length."""
+    file_id = victim.file_ids[1]
+    with world.vault.engine.begin() as connection:
+        connection.execute(
+            text("UPDATE packagefile SET size = size + 1 WHERE id = :id"), {"id": file_id}
+        )
+    seq_before = world.vault.ledger_size()
+    got: list[bytes] = []
+    with pytest.raises(IntegrityError, match="recorded size"):
+        collect(world.vault.download(world[USER], victim.package_id, file_id).chunks, got)
+    # Every byte was authentic, but the download as a whole is refused: the caller discards it.
+    assert b"".join(got) == victim.plaintexts[1]
+    assert_error_recorded(world, victim.package_id, [file_id], seq_before)
 
 
 def test_swapped_objects_fail_on_both_sides(world: World, victim: Victim) -> None:

@@ -6,7 +6,6 @@ and every tamper the module's docstring promises to catch (each one an Integrity
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import itertools
@@ -14,7 +13,6 @@ import random
 import struct
 import threading
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -37,7 +35,6 @@ from vault.crypto import (
     sealed_size,
 )
 from vault.errors import ConfigError, IntegrityError, StorageUnavailable, TooLarge
-from vault.streams import ReadAhead
 
 S = SEGMENT_SIZE
 SEALED_SEGMENT = S + TAG_SIZE
@@ -398,10 +395,11 @@ def test_failure_surfaces_after_authentic_segments(four_segments: bytes, key: by
     assert b"".join(got) == plain[: len(b"".join(got))]
 
 
-# --- read-ahead ---------------------------------------------------------------------------------
-# open_stream reads segments on a second thread. These pin down what its callers rely on: the
-# thread is gone once the generator is closed (so the store may close the object), it never runs
-# more than a few segments ahead (memory), and a read error reaches the caller as it was raised.
+# --- reading the source ------------------------------------------------------------------------
+# open_stream reads its source on the caller's thread, one segment ahead of the one it opens.
+# These pin down what its callers rely on: closing it mid-stream leaves nothing reading the
+# source (so the store may close the object), it holds at most two segments (memory), and a
+# read error reaches the caller as it was raised.
 
 
 class CountingReader:
@@ -423,12 +421,8 @@ class CountingReader:
         return chunk
 
 
-def read_ahead_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == "read-ahead"]
-
-
 SMALL_SEGMENT = 1024
-MANY = 64  # segments; far more than the read-ahead may hold
+MANY = 64  # segments
 
 
 @pytest.fixture
@@ -438,31 +432,33 @@ def many_segments(key: bytes) -> bytes:
     return reader.read()
 
 
-def test_closing_mid_stream_joins_the_reader_before_returning(
+def test_a_stream_reads_one_segment_ahead_on_the_callers_thread(
     many_segments: bytes, key: bytes
 ) -> None:
+    threads = threading.active_count()
     source = CountingReader(many_segments)
     opened = open_stream(source, key, identity=IDENTITY)
-    first = next(opened)
-    assert len(first) == SMALL_SEGMENT
+    for n in range(1, 4):
+        assert len(next(opened)) == SMALL_SEGMENT
+        assert threading.active_count() == threads
+        # The header, the segments handed out and the one read to know whether it was the last.
+        assert source.delivered == HEADER_SIZE + (n + 1) * (SMALL_SEGMENT + TAG_SIZE)
     opened.close()
-    assert read_ahead_threads() == []
-    # Bounded: the header, the two segments in hand and at most five more (four queued, one
-    # waiting to be queued), however long the stream.
-    assert source.delivered <= HEADER_SIZE + 7 * (SMALL_SEGMENT + TAG_SIZE) < len(many_segments)
-    source.closed = True  # what the store does next; the reader must not touch it again
-    with contextlib.closing(open_stream(CountingReader(many_segments), key, identity=IDENTITY)):
-        pass  # never started: no thread to stop
-    assert read_ahead_threads() == []
+    source.closed = True  # what the store does next; the stream must not touch it again
+    with pytest.raises(StopIteration):
+        next(opened)
 
 
-def test_reader_is_gone_after_an_integrity_error(many_segments: bytes, key: bytes) -> None:
+def test_an_integrity_error_stops_at_the_segment_that_failed(
+    many_segments: bytes, key: bytes
+) -> None:
     tampered = flip(many_segments, HEADER_SIZE + 3 * (SMALL_SEGMENT + TAG_SIZE) + 5)
+    source = CountingReader(tampered)
     got: list[bytes] = []
     with pytest.raises(IntegrityError):
-        collect(open_stream(CountingReader(tampered), key, identity=IDENTITY), got)
+        collect(open_stream(source, key, identity=IDENTITY), got)
     assert len(got) == 3
-    assert read_ahead_threads() == []
+    assert source.delivered == HEADER_SIZE + 5 * (SMALL_SEGMENT + TAG_SIZE)
 
 
 @pytest.mark.parametrize("fail_after", [HEADER_SIZE, HEADER_SIZE + 1, HEADER_SIZE + 10 * 1040])
@@ -475,32 +471,6 @@ def test_read_error_reaches_the_caller_unchanged(
         collect(open_stream(source, key, identity=IDENTITY), got)
     assert b"".join(got) == content(MANY * SMALL_SEGMENT, seed=9)[: len(b"".join(got))]
     assert len(got) < MANY
-    assert read_ahead_threads() == []
-
-
-@pytest.mark.parametrize(
-    ("size", "threads"),
-    [(0, 0), (1, 0), (SMALL_SEGMENT - 1, 0), (SMALL_SEGMENT, 1), (3 * SMALL_SEGMENT + 1, 1)],
-)
-def test_the_read_ahead_thread_starts_only_when_a_second_segment_may_follow(
-    size: int, threads: int, key: bytes, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A stream of one short segment is opened on the caller's thread alone (a thread would
-    cost more than the read); a full first segment may have others behind it."""
-    started: list[int] = []
-
-    def counting(*args: Any, **kwargs: Any) -> ReadAhead:
-        started.append(1)
-        return ReadAhead(*args, **kwargs)
-
-    monkeypatch.setattr(crypto, "ReadAhead", counting)
-    plaintext = content(size, seed=4)
-    sealed = SealingReader(
-        io.BytesIO(plaintext), key, identity=IDENTITY, segment_size=SMALL_SEGMENT
-    ).read()
-    assert b"".join(open_stream(CountingReader(sealed), key, identity=IDENTITY)) == plaintext
-    assert len(started) == threads
-    assert read_ahead_threads() == []
 
 
 def sha256_threads() -> int:
