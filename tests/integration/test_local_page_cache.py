@@ -57,14 +57,20 @@ def cached_bytes(path: Path) -> int:
         os.close(fd)
 
 
-def stored(tmp_path: Path, size: int) -> tuple[LocalDiskStore, str, Path]:
+def put_object(tmp_path: Path, size: int) -> tuple[LocalDiskStore, str, Path]:
+    """A stored object of ``size`` random bytes, and its file."""
     store = LocalDiskStore(root=tmp_path / "objects")
     key = "ab" * 16
     source = tmp_path / "source"
     source.write_bytes(os.urandom(size))
     with source.open("rb") as reader:
         store.put(key, reader)
-    path = store._path(key)
+    return store, key, store._path(key)
+
+
+def stored(tmp_path: Path, size: int) -> tuple[LocalDiskStore, str, Path]:
+    """As put_object, with the whole file in the page cache (or the test skipped)."""
+    store, key, path = put_object(tmp_path, size)
     with path.open("rb") as warm:  # writing a large object drops it (LocalDiskStore.put)
         while warm.read(MiB):
             pass
@@ -179,7 +185,7 @@ def test_any_sizes_asked_read_the_file_in_aligned_blocks(tmp_path: Path, sizes: 
     every read of the file would start off a page boundary, which on the benchmark VMs made
     the kernel's copy eight times as costly. The bytes must come out the same either way."""
     size = 6 * MiB + 123
-    _, _, path = stored(tmp_path, size)
+    _, _, path = put_object(tmp_path, size)
     expected = path.read_bytes()
     reader, handle = recorded(path)
     got: list[bytes] = []
@@ -199,7 +205,7 @@ def test_any_sizes_asked_read_the_file_in_aligned_blocks(tmp_path: Path, sizes: 
 
 
 def test_a_block_asked_for_whole_is_handed_over_without_a_copy(tmp_path: Path) -> None:
-    _, _, path = stored(tmp_path, 3 * MiB)
+    _, _, path = put_object(tmp_path, 3 * MiB)
     reader, handle = recorded(path)
     first = reader.read(MiB)
     assert first is handle.returned[0]
