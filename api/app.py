@@ -49,6 +49,8 @@ from vault.schemas import (
     WitnessedCheckpointInfo,
 )
 from vault.service import Principal, Vault
+from vault.service.pending import PendingRead
+from vault.service.reads import AuditedReads
 
 __all__ = [
     "PrincipalDep",
@@ -158,19 +160,33 @@ BearerDep = Annotated[str, Depends(bearer_token)]
 _Read = TypeVar("_Read")
 
 
-async def _read_as(request: Request, token: str, read: Callable[[Principal], _Read]) -> _Read:
-    """``read`` as the caller ``token`` speaks for: the caller's lookup (session alive, user
-    enabled, role and clearance as they are now) and the read in one trip to the thread pool
-    and one read-only transaction."""
+def _reads(request: Request) -> AuditedReads:
     vault: Vault = request.app.state.vault
+    return vault.reads
 
-    def run() -> _Read:
-        with vault.reading_as(token) as principal:
-            # For a refusal raised later in the request (see current_principal).
-            request.state.principal = principal
-            return read(principal)
 
-    return await anyio.to_thread.run_sync(run)
+async def _read_as(
+    request: Request, token: str, read: Callable[[Principal], PendingRead[_Read]]
+) -> PendingRead[_Read]:
+    """``read`` as the caller ``token`` speaks for: the caller's lookup (session alive, user
+    enabled, role and clearance as they are now) and the read in one read-only transaction,
+    on the loop's thread or in one trip to the thread pool (AuditedReads.inline). What comes
+    back still needs its ledger entry (AuditedReads.finish or .receipt); a refusal is raised
+    here only once its own entry is committed."""
+    reads = _reads(request)
+
+    def remember(caller: Principal) -> None:
+        # For a refusal raised later in the request (see current_principal).
+        request.state.principal = caller
+
+    def run() -> PendingRead[_Read]:
+        return reads.prepare(token, read, remember)
+
+    try:
+        return run() if reads.inline else await anyio.to_thread.run_sync(run)
+    except VaultError as exc:
+        await reads.settle(exc)
+        raise
 
 
 def _json(model: BaseModel, receipt: int) -> Response:
@@ -293,10 +309,11 @@ async def list_packages(
     offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
 ) -> Response:
     """The packages the caller may read, newest first."""
-    vault: Vault = request.app.state.vault
-    result = await _read_as(
-        request, token, lambda caller: vault.list_packages(caller, limit=limit, offset=offset)
+    reads = _reads(request)
+    pending = await _read_as(
+        request, token, lambda caller: reads.listing(caller, limit=limit, offset=offset)
     )
+    result = await reads.finish(pending)
     return _json(result, result.receipt)
 
 
@@ -364,10 +381,9 @@ async def upload_package(
 @router.get("/packages/{package_id}", tags=["packages"], response_model=PackageDetail)
 async def show_package(package_id: PackageId, request: Request, token: BearerDep) -> Response:
     """One package the caller may read; 404 if it does not exist or may not be known."""
-    vault: Vault = request.app.state.vault
-    detail, receipt = await _read_as(
-        request, token, lambda caller: vault.get_package(caller, package_id)
-    )
+    reads = _reads(request)
+    pending = await _read_as(request, token, lambda caller: reads.package(caller, package_id))
+    detail, receipt = await reads.finish(pending)
     return _json(detail, receipt)
 
 
@@ -381,17 +397,14 @@ async def download_file(
     package_id: PackageId, file_id: FileId, request: Request, token: BearerDep
 ) -> Response:
     """Stream one file's plaintext; ``X-Content-SHA256`` carries the digest to check."""
-    vault: Vault = request.app.state.vault
-
-    def run() -> Response:
-        with vault.reading_as(token) as principal:
-            request.state.principal = principal
-            download = vault.download(principal, package_id, file_id)
-        # Reads the first segments (a small file whole): in the same trip, after the
-        # transaction has ended.
-        return download_response(download)
-
-    return await anyio.to_thread.run_sync(run)
+    reads = _reads(request)
+    pending = await _read_as(
+        request, token, lambda caller: reads.start_download(caller, package_id, file_id)
+    )
+    receipt = await reads.receipt(pending)
+    # The key is unwrapped and the first segments read (a small file whole) in one trip to
+    # the thread pool: the store may be across a network (MinIO).
+    return await anyio.to_thread.run_sync(lambda: download_response(pending.answer(receipt)))
 
 
 @router.post("/packages/{package_id}/releases", status_code=201, tags=["releases"])

@@ -16,13 +16,20 @@ with the mmap threshold; see BENCHMARKS.md.)
 from __future__ import annotations
 
 import ctypes
+import gc
 import sys
 from collections.abc import Callable
 from typing import Any
 
 import anyio
 
-__all__ = ["glibc_function", "glibc_trim", "trim_every"]
+__all__ = [
+    "GC_YOUNG_THRESHOLD",
+    "glibc_function",
+    "glibc_trim",
+    "settle_startup_objects",
+    "trim_every",
+]
 
 
 def glibc_function(name: str) -> Any | None:
@@ -60,3 +67,25 @@ async def trim_every(seconds: float, trim: Callable[[], int] | None) -> None:
     while True:
         await anyio.sleep(seconds)
         await anyio.to_thread.run_sync(trim)
+
+
+# Container objects allocated (less those freed) before the cyclic collector looks at the
+# youngest generation; Python's default is 700.
+GC_YOUNG_THRESHOLD = 20_000
+
+
+def settle_startup_objects() -> None:
+    """Take what the server built before its first request (modules, the app and its routes,
+    the database engine, the policy) out of the cyclic garbage collector's sight, and let it
+    look at the young generation less often.
+
+    With Python's defaults a server under load spent 4–9 % of its CPU in the collector
+    (``perf``), mostly walking those long-lived objects again in each older-generation pass,
+    and collected every 16 requests or so. Requests make few objects that outlive them, and
+    garbage held in reference cycles waits at most one young-generation pass longer; what
+    these settings keep is bounded (BENCHMARKS.md, "Issue 14, 2026-12-07 04:10"). Servers
+    only: called where ``blovault serve`` and uvicorn load the app (blo_vault.api.asgi), not
+    by processes that build apps as they go (the tests)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])

@@ -309,7 +309,7 @@ def test_unexpected_error_is_a_bare_500_with_headers_and_no_detail(
     def broken(*_args: object, **_kwargs: object) -> None:
         raise RuntimeError(f"bug while reading {secret}")
 
-    monkeypatch.setattr(world.vault, "list_packages", broken)
+    monkeypatch.setattr(world.vault.reads, "listing", broken)
     reply = client.get("/packages", headers=uz)
     assert reply.status_code == 500
     assert reply.json() == {

@@ -404,6 +404,10 @@ def leaf_count(session: Session) -> int:
     )
 
 
+# How long a reader waits for its entry's group commit before giving up (StorageUnavailable).
+WAIT_SECONDS = 60.0
+
+
 class GroupAppender:
     """Group commit for entries that record reads and refusals.
 
@@ -425,12 +429,26 @@ class GroupAppender:
         self._closed = False
         self._thread: threading.Thread | None = None
 
-    def append(self, record: Record, *, timeout: float = 60.0) -> int:
+    def append(self, record: Record, *, timeout: float = WAIT_SECONDS) -> int:
         """Queue one record and wait until it is committed; return its seq.
 
         Raises StorageUnavailable if the database could not take it.
         """
+        try:
+            return self.submit(record).result(timeout=timeout)
+        except FutureTimeout:
+            raise StorageUnavailable("the ledger did not answer in time") from None
+
+    def submit(self, record: Record) -> Future[int]:
+        """Queue one record; the future gives its seq once it is committed (or
+        StorageUnavailable if the database could not take it). For a caller that waits
+        elsewhere than on a thread of its own (an event loop): it must not act on the record's
+        behalf before the future is done.
+
+        The future is already running, so it can't be cancelled: the record is committed (or
+        fails) with its batch whoever still waits for it."""
         future: Future[int] = Future()
+        future.set_running_or_notify_cancel()
         with self._cond:
             if self._closed:
                 raise StorageUnavailable("the ledger is closed")
@@ -441,10 +459,7 @@ class GroupAppender:
                 self._thread.start()
             self._queue.append((record, future))
             self._cond.notify()
-        try:
-            return future.result(timeout=timeout)
-        except FutureTimeout:
-            raise StorageUnavailable("the ledger did not answer in time") from None
+        return future
 
     def close(self) -> None:
         """Finish what is queued and stop the thread."""

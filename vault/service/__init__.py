@@ -67,6 +67,7 @@ from vault.service.identity import IdentityService
 from vault.service.ledger_ops import MAX_LEDGER_PAGE, LedgerService, TextOut
 from vault.service.officer_keys import OfficerKeyService
 from vault.service.packages import MAX_PAGE, Download, IncomingFile, PackageService
+from vault.service.reads import AuditedReads
 from vault.service.releases import ReleaseService
 from vault.service.seizures import SeizureService
 from vault.service.sessions import Sessions
@@ -174,6 +175,8 @@ class Vault:
         self.ledger = LedgerService(core)
         self.seizures = SeizureService(core, self.access)
         self.officer_keys = OfficerKeyService(core, self.ledger)
+        # The API's hot path for reads: the same operations, their entries awaited on a loop.
+        self.reads = AuditedReads(core, self.identity, self.packages)
 
     def close(self) -> None:
         """Finish pending ledger appends and release database connections."""

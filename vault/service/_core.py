@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import getpass
 import inspect
 import logging
 import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, TypeVar, cast
@@ -49,10 +49,15 @@ from vault.errors import (
 from vault.keys import KeyMaterial, load_keys
 from vault.ledger import log as ledger
 from vault.ledger.log import Actor
-from vault.models import Agency, Classification, Handling, PolicyRule, Role, User
+from vault.models import Agency, Handling, PolicyRule, User
 from vault.passwords import Passwords
 from vault.schemas import check_id
 from vault.service.ledger_openings import Openings
+from vault.service.pending import PendingRead
+from vault.service.principal import Principal as Principal
+from vault.service.principal import UserRow as UserRow
+from vault.service.principal import local_operator as local_operator
+from vault.service.principal import principal_of as principal_of
 from vault.service.titles import Titles
 from vault.storage import ObjectStore, open_store
 from vault.tokens import TokenService
@@ -64,6 +69,8 @@ ALLOW, DENY, ERROR = "allow", "deny", "error"
 POLICY_REFRESH_SECONDS = 0.5
 
 _PENDING = "_vault_pending_refusal"
+# On a refusal raised under Core.deferring_refusals: the future of its queued entry.
+UNCOMMITTED = "_vault_uncommitted_refusal"
 
 # What an authenticated caller did wrong or may not do: each is a refusal and goes in the
 # ledger. Failures of ours (IntegrityError, StorageUnavailable, ...) are not refusals; the
@@ -72,65 +79,7 @@ REFUSALS = (InvalidInput, NotFound, Conflict, AccessDenied)
 # Arguments of an operation that name what it was about, and the ledger field for each.
 _TARGET_ARGUMENTS = (("package_id", "package"), ("release_id", "release"), ("file_id", "file"))
 _Operation = TypeVar("_Operation", bound=Callable[..., Any])
-
-
-@dataclass(frozen=True)
-class Principal:
-    """An authenticated caller."""
-
-    user_id: str
-    username: str
-    agency: str
-    country: str
-    role: Role
-    clearance: Classification
-    # The session the caller's access token belongs to (empty for the local operator).
-    session_id: str = ""
-
-    @property
-    def actor(self) -> Actor:
-        """The ledger's view of this caller."""
-        return Actor(user=self.username, agency=self.agency, country=self.country)
-
-
-def local_operator() -> Principal:
-    """The operator running admin commands on the server itself (bootstrap, no login)."""
-    return Principal(
-        user_id="",
-        username=f"local:{getpass.getuser()}",
-        agency="",
-        country="",
-        role=Role.ADMIN,
-        clearance=Classification.UNCLASSIFIED,
-    )
-
-
-class UserRow(Protocol):
-    """What a principal is made of: a User, or a row of its columns."""
-
-    @property
-    def id(self) -> str: ...
-    @property
-    def username(self) -> str: ...
-    @property
-    def agency_code(self) -> str: ...
-    @property
-    def role(self) -> Role: ...
-    @property
-    def clearance(self) -> Classification: ...
-
-
-def principal_of(user: UserRow, country: str, session_id: str = "") -> Principal:
-    """The principal ``user`` of an agency in ``country`` is."""
-    return Principal(
-        user_id=user.id,
-        username=user.username,
-        agency=user.agency_code,
-        country=country,
-        role=user.role,
-        clearance=user.clearance,
-        session_id=session_id,
-    )
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -389,9 +338,17 @@ class Core:
             if pending is not None and depth == 0:
                 delattr(exc, _PENDING)
                 self._local.depth = 0
-                exc.receipt = self.record_decision(
-                    pending.actor, pending.action, DENY, pending.reason, **pending.target
+                record = self.entry(
+                    actor=pending.actor,
+                    action=pending.action,
+                    decision=DENY,
+                    reason=pending.reason,
+                    **pending.target,
                 )
+                if getattr(self._local, "deferring", False):
+                    setattr(exc, UNCOMMITTED, self.submit(record))
+                else:
+                    exc.receipt = self._write(record, None)
             raise
         finally:
             self._local.depth = depth
@@ -457,15 +414,12 @@ class Core:
         """Write a ledger entry in ``session``'s transaction (it commits or rolls back with the
         action), stamped with the policy version in force (or ``policy``, for a change of
         policy that takes effect with this transaction); returns its sequence number."""
-        return self._write(self._stamped(fields, policy), session)
+        return self._write(self.entry(policy, **fields), session)
 
     def record(self, **fields: Any) -> int:
         """Write a ledger entry for an access that changes nothing (reads, refusals) through
         group commit; returns once it is committed, so nothing reaches a caller unrecorded."""
-        return self._write(self._stamped(fields), None)
-
-    def _stamped(self, fields: dict[str, Any], policy: str | None = None) -> ledger.Record:
-        return ledger.Record(policy=policy or self._authz.policy_hash, **fields)
+        return self._write(self.entry(**fields), None)
 
     def _write(self, record: ledger.Record, session: Session | None) -> int:
         """The one place entries are written: in ``session``'s transaction, or (None) through
@@ -477,6 +431,34 @@ class Core:
             seq = self._appender.append(record)
         self._count_decision(record.decision)
         return seq
+
+    def submit(self, record: ledger.Record) -> Future[int]:
+        """Queue ``record`` for group commit without waiting (AuditedReads): the future gives
+        its receipt. Whoever submits must not answer for the record before it is done."""
+        self._end_snapshot()
+        future = self._appender.submit(record)
+
+        def count(done: Future[int]) -> None:
+            if done.exception() is None:
+                self._count_decision(record.decision)
+
+        future.add_done_callback(count)
+        return future
+
+    def finish(self, pending: PendingRead[_T]) -> _T:
+        """``pending``'s answer, once its entry is committed (waiting on this thread)."""
+        return pending.answer(self._write(pending.record, None))
+
+    @contextlib.contextmanager
+    def deferring_refusals(self) -> Iterator[None]:
+        """Refusals raised in this block, in this thread, are queued for group commit with
+        the exception (its ``UNCOMMITTED`` attribute) instead of being waited for here: the
+        caller waits for them elsewhere before answering (AuditedReads.settle)."""
+        self._local.deferring = True
+        try:
+            yield
+        finally:
+            self._local.deferring = False
 
     def _end_snapshot(self) -> None:
         """End the read-only transaction this thread holds on a plain connection (Core.read),
@@ -515,6 +497,19 @@ class Core:
         """Write the entry of an allowed action on a package, stamped with its handling code:
         inside ``session``'s transaction when the action changes state, else through group
         commit. Returns the receipt."""
+        entry = self.allowed_entry(principal, action, package, reason=reason, **target)
+        return self._write(entry, session)
+
+    def allowed_entry(
+        self,
+        principal: Principal,
+        action: str,
+        package: PackageRef,
+        *,
+        reason: str = "ok",
+        **target: str,
+    ) -> ledger.Record:
+        """The entry of an allowed action on a package (see :meth:`record_allowed`)."""
         fields: dict[str, Any] = {
             "actor": principal.actor,
             "action": action,
@@ -524,7 +519,12 @@ class Core:
             "handling": package.handling.value,
             **target,
         }
-        return self._write(self._stamped(fields), session)
+        return self.entry(**fields)
+
+    def entry(self, policy: str | None = None, **fields: Any) -> ledger.Record:
+        """An entry (see :class:`~vault.ledger.log.Record`) stamped with ``policy``, by
+        default the policy in force."""
+        return ledger.Record(policy=policy or self._authz.policy_hash, **fields)
 
     def record_refusal(
         self, exc: VaultError, actor: Actor, action: str, reason: str, **target: str

@@ -54,6 +54,7 @@ from vault.service._core import (
     records_refusals,
 )
 from vault.service.access import Access
+from vault.service.pending import PendingRead
 from vault.service.releases import ReleaseRow, release_info
 from vault.service.sealed import FileRow, OpenedMeta, SealedRow, SummaryRow
 
@@ -394,7 +395,6 @@ class PackageService:
 
     # --- reading ------------------------------------------------------------------------------
 
-    @records_refusals("list")
     def list_packages(
         self,
         principal: Principal,
@@ -405,6 +405,20 @@ class PackageService:
     ) -> PackageList:
         """One page of the packages the caller may read, newest first (narrowed by
         ``filters``: the web interface's list)."""
+        return self.core.finish(
+            self.listing(principal, limit=limit, offset=offset, filters=filters)
+        )
+
+    @records_refusals("list")
+    def listing(
+        self,
+        principal: Principal,
+        *,
+        limit: int = 50,
+        offset: int = 0,
+        filters: PackageFilter | None = None,
+    ) -> PendingRead[PackageList]:
+        """:meth:`list_packages`, short of its ledger entry (see PendingRead)."""
         if not 1 <= limit <= MAX_PAGE or offset < 0:
             raise InvalidInput(f"limit must be 1-{MAX_PAGE} and offset >= 0")
         self.core.require_global(principal, "list")
@@ -412,19 +426,29 @@ class PackageService:
             found = self.access.listing_page(
                 connection, principal, limit=limit, offset=offset, filters=filters
             )
-            receipt = self.core.record(
-                actor=principal.actor,
-                action="list",
-                decision=ALLOW,
-                reason="ok",
-                subject=f"count:{len(found)}",
-            )
-        items = [self.summary(cast(SummaryRow, row), row.country_code) for row in found]
-        return PackageList(items=items, limit=limit, offset=offset, receipt=receipt)
+        entry = self.core.entry(
+            actor=principal.actor,
+            action="list",
+            decision=ALLOW,
+            reason="ok",
+            subject=f"count:{len(found)}",
+        )
 
-    @records_refusals("read")
+        def answer(receipt: int) -> PackageList:
+            items = [self.summary(cast(SummaryRow, row), row.country_code) for row in found]
+            return PackageList(items=items, limit=limit, offset=offset, receipt=receipt)
+
+        return PendingRead(entry, answer)
+
     def get_package(self, principal: Principal, package_id: str) -> tuple[PackageDetail, int]:
         """Details of one package the caller may read, and the ledger receipt."""
+        return self.core.finish(self.package(principal, package_id))
+
+    @records_refusals("read")
+    def package(
+        self, principal: Principal, package_id: str
+    ) -> PendingRead[tuple[PackageDetail, int]]:
+        """:meth:`get_package`, short of its ledger entry (see PendingRead)."""
         with self.core.read() as connection:
             package, facts = self.access.load_package_for(connection, principal, package_id, "read")
             pid = {"pid": package.id}
@@ -432,44 +456,52 @@ class PackageService:
             releases = (
                 _PACKAGE_RELEASES.all(connection, pid) if ORIGINATOR in facts.relations else []
             )
-            country, creator = package.country_code, package.creator
             stored_records = _PACKAGE_RECORDS.scalar(connection, pid)
-            receipt = self.core.record_allowed(principal, "read", package)
-        opened = self.open_meta(package)
-        meta = opened.meta
-        detail = PackageDetail(
-            id=package.id,
-            title=meta["title"],
-            classification=package.classification,
-            handling=package.handling,
-            agency=package.agency_code,
-            country=country,
-            created_at=package.created_at,
-            size=package.size,
-            file_count=package.file_count,
-            description=meta["description"],
-            handling_note=meta["handling_note"],
-            fields=meta["fields"],
-            digest=meta["digest"],
-            creator=creator or "",
-            files=[sealed.file_info(opened.key, cast(FileRow, row)) for row in files],
-            releases=[release_info(cast(ReleaseRow, r)) for r in releases],
-            signature=self._signature_of(meta.get("signature")),
-            records=(
-                open_records(opened.key, package.id, stored_records)
-                if stored_records is not None
-                else []
-            ),
-        )
-        return detail, receipt
 
-    @records_refusals("download")
+        def answer(receipt: int) -> tuple[PackageDetail, int]:
+            opened = self.open_meta(package)
+            meta = opened.meta
+            detail = PackageDetail(
+                id=package.id,
+                title=meta["title"],
+                classification=package.classification,
+                handling=package.handling,
+                agency=package.agency_code,
+                country=package.country_code,
+                created_at=package.created_at,
+                size=package.size,
+                file_count=package.file_count,
+                description=meta["description"],
+                handling_note=meta["handling_note"],
+                fields=meta["fields"],
+                digest=meta["digest"],
+                creator=package.creator or "",
+                files=[sealed.file_info(opened.key, cast(FileRow, row)) for row in files],
+                releases=[release_info(cast(ReleaseRow, r)) for r in releases],
+                signature=self._signature_of(meta.get("signature")),
+                records=(
+                    open_records(opened.key, package.id, stored_records)
+                    if stored_records is not None
+                    else []
+                ),
+            )
+            return detail, receipt
+
+        return PendingRead(self.core.allowed_entry(principal, "read", package), answer)
+
     def download(self, principal: Principal, package_id: str, file_id: str) -> Download:
         """Authorise and record a download, then stream plaintext checked segment by segment.
 
         The returned iterator raises IntegrityError if the stored object fails authentication
         or its recorded size; the caller must then discard everything it received.
         """
+        return self.core.finish(self.start_download(principal, package_id, file_id))
+
+    @records_refusals("download")
+    def start_download(
+        self, principal: Principal, package_id: str, file_id: str
+    ) -> PendingRead[Download]:
+        """:meth:`download`, short of its ledger entry (see PendingRead)."""
         check_id(file_id, "file id")
         with self.core.read() as connection:
             package, _ = self.access.load_package_for(connection, principal, package_id, "download")
@@ -477,7 +509,6 @@ class PackageService:
             if found is None:
                 raise NotFound("file not found")
             row = cast(StoredFileRow, found)
-            receipt = self.core.record_allowed(principal, "download", package, file=file_id)
 
         def record_failure(exc: VaultError) -> None:
             with contextlib.suppress(VaultError, OperationalError):
@@ -491,22 +522,26 @@ class PackageService:
                     handling=package.handling.value,
                 )
 
-        try:
-            info = sealed.file_info(self.open_meta(package).key, row)
-            data_key = self.core.keys.keyring.unwrap(
-                crypto.WrappedKey(row.kek_id, row.wrapped_key),
-                context=sealed.file_identity(package.id, row.id),
+        def answer(receipt: int) -> Download:
+            try:
+                info = sealed.file_info(self.open_meta(package).key, row)
+                data_key = self.core.keys.keyring.unwrap(
+                    crypto.WrappedKey(row.kek_id, row.wrapped_key),
+                    context=sealed.file_identity(package.id, row.id),
+                )
+            except IntegrityError as exc:
+                record_failure(exc)
+                raise
+            return Download(
+                file=info,
+                package_id=package.id,
+                handling=package.handling.value,
+                receipt=receipt,
+                chunks=self._plaintext(row, data_key, info, record_failure),
             )
-        except IntegrityError as exc:
-            record_failure(exc)
-            raise
-        return Download(
-            file=info,
-            package_id=package.id,
-            handling=package.handling.value,
-            receipt=receipt,
-            chunks=self._plaintext(row, data_key, info, record_failure),
-        )
+
+        entry = self.core.allowed_entry(principal, "download", package, file=file_id)
+        return PendingRead(entry, answer)
 
     def _plaintext(
         self,
