@@ -11,7 +11,6 @@ column the ledger's proofs rest on, and allowed when it touches only those.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import re
@@ -35,12 +34,13 @@ from sqlmodel import Session, create_engine
 from vault import models  # also registers the tables on SQLModel.metadata
 from vault.errors import ConfigError, StorageUnavailable, VaultMissing
 from vault.pgpool import postgres_engine
+from vault.sqlite_writers import WriterQueue
 
 __all__ = [
     "APPEND_ONLY_TABLES",
     "MIGRATIONS",
     "READ_ONLY",
-    "WRITER_QUEUE_SECONDS",
+    "WRITER_FIRST",
     "append_only_problems",
     "append_only_statements",
     "check_schema",
@@ -61,6 +61,9 @@ log = logging.getLogger("vault.db")
 APPEND_ONLY_TABLES = ("ledgerentry", "ledgernode", "ledgercheckpoint")
 # Execution option marking a transaction that only reads (see session_scope).
 READ_ONLY = "vault_read_only"
+# Execution option marking a writer that goes before the others of its process on SQLite
+# (the ledger's group commit; see vault.sqlite_writers).
+WRITER_FIRST = "vault_writer_first"
 
 # The columns of each ledger table an UPDATE may not set: all of them but a ledger entry's
 # sealed opening (see the module docstring).
@@ -199,19 +202,20 @@ def _sqlite_engine(url: str) -> Engine:
 
     queue = keeper = None
     if database and database != ":memory:":
-        queue = _WriterQueue(os.path.abspath(database) + ".writer-lock")
+        queue = WriterQueue(os.path.abspath(database) + ".writer-lock")
         keeper = _WalKeeper(os.path.abspath(database) + "-wal")
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
         # Writers take the write lock up front, so two of them never deadlock upgrading a
         # read lock; read-only transactions (READ_ONLY) take no lock at all and run beside them.
-        readonly = conn.get_execution_options().get(READ_ONLY, False)
+        options = conn.get_execution_options()
+        readonly = options.get(READ_ONLY, False)
         if not readonly and queue is not None and conn.info.get(_QUEUED) is None:
             # Held until the connection goes back to the pool (every write path of the vault
             # returns it right after its COMMIT); a second transaction on the same checkout
             # keeps the turn it has instead of queueing behind itself.
-            conn.info[_QUEUED] = queue.enter()
+            conn.info[_QUEUED] = queue.enter(first=options.get(WRITER_FIRST, False))
         conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
 
     def _leave(_dbapi_conn: Any, record: Any, *_rest: Any) -> None:
@@ -251,11 +255,12 @@ class _WalKeeper:
     transaction, five minutes of ``bench.load`` took the log to 0.9 GB, and its ``-shm`` index,
     mapped into every server, grew with it. Reads no longer do that (Core._end_snapshot); this
     is the backstop for readers we don't control (a long export, another tool). After a write,
-    while the writer still holds the writers' queue (``_WriterQueue``), a log past
-    WAL_CHECKPOINT_BYTES gets a TRUNCATE checkpoint: it waits up to WAL_CHECKPOINT_WAIT_MS for
-    the readers of older snapshots (new readers go to the database file once the log is
-    copied), then empties the log. One that has to give up is not tried again for
-    WAL_CHECKPOINT_RETRY_SECONDS, so a long reader costs writers one short wait, not one each.
+    while the writer still holds the writers' queue (vault.sqlite_writers.WriterQueue), a log
+    past WAL_CHECKPOINT_BYTES gets a TRUNCATE checkpoint: it waits up to
+    WAL_CHECKPOINT_WAIT_MS for the readers of older snapshots (new readers go to the database
+    file once the log is copied), then empties the log. One that has to give up is not tried
+    again for WAL_CHECKPOINT_RETRY_SECONDS, so a long reader costs writers one short wait, not
+    one each.
     """
 
     def __init__(self, wal_path: str) -> None:
@@ -305,63 +310,6 @@ def empty_wal(dbapi_conn: Any, *, wait_ms: int) -> bool:
 
 
 _QUEUED = "vault_writer_lock"
-# How long a writer queues before going ahead to SQLite's own lock wait (busy_timeout).
-WRITER_QUEUE_SECONDS = 30.0
-
-
-class _WriterQueue:
-    """Writers of one SQLite file, across threads and processes, queue on an OS file lock.
-
-    SQLite lets one writer in at a time, and one that finds the lock taken polls for it with
-    sleeps growing to 100 ms, so it can sleep long after the lock came free: under load, every
-    read waiting on a ledger commit waited with it (p99 over a second with two server
-    processes). A writer here takes an exclusive ``flock`` on ``<database>.writer-lock`` just
-    before BEGIN IMMEDIATE and lets go when its connection returns to the pool, so the next
-    one starts as soon as the lock is released.
-
-    Threads of one process first queue on a lock of their own, which sleeps in the kernel
-    until it is free, so only one thread a process polls the file lock: with every waiting
-    thread polling it, 20 concurrent uploads spent more CPU polling than writing.
-
-    Only an aid to fairness: SQLite's lock still guards the data. A writer that can't queue
-    within WRITER_QUEUE_SECONDS goes ahead to SQLite's own wait, which ends in its usual
-    "database is locked" error, so a stuck holder can't hang anyone for good.
-    """
-
-    def __init__(self, path: str) -> None:
-        self._path = path
-        self._ours = threading.Lock()  # this process's turn
-
-    def enter(self) -> int | None:
-        """Wait for our turn; the descriptor that holds it (None if we went ahead without).
-        Give it back with :meth:`leave`."""
-        deadline = time.monotonic() + WRITER_QUEUE_SECONDS
-        if not self._ours.acquire(timeout=WRITER_QUEUE_SECONDS):
-            return None
-        try:
-            fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        except BaseException:
-            self._ours.release()
-            raise
-        pause = 0.00005
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return fd
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    self.leave(fd)
-                    return None
-                # Short, bounded pauses: the holder's transaction is a few milliseconds.
-                time.sleep(pause)
-                pause = min(pause * 2, 0.001)
-
-    def leave(self, fd: int) -> None:
-        """Give back the turn :meth:`enter` gave (closing ``fd`` releases the file lock)."""
-        try:
-            os.close(fd)
-        finally:
-            self._ours.release()
 
 
 def is_postgres(engine: Engine) -> bool:
@@ -514,18 +462,24 @@ def check_schema(engine: Engine, *, require_guard: bool = True) -> None:
 
 
 @contextmanager
-def session_scope(engine: Engine, *, readonly: bool = False) -> Iterator[Session]:
+def session_scope(
+    engine: Engine, *, readonly: bool = False, writer_first: bool = False
+) -> Iterator[Session]:
     """A session whose transaction commits on success and rolls back on any error.
 
-    ``readonly`` sessions must not write: on SQLite they take no write lock.
+    ``readonly`` sessions must not write: on SQLite they take no write lock. A
+    ``writer_first`` session's transaction takes the process's turn to write on SQLite before
+    the other writers waiting for it (see vault.sqlite_writers).
     """
     with Session(engine, expire_on_commit=False) as session:
         try:
-            if readonly:
+            if readonly or writer_first:
                 # Marked on the connection before its BEGIN (see _on_begin). Not through an
                 # engine.execution_options() copy: every event on such a copy goes through
                 # joined dispatchers, which cost every statement of every read.
-                session.connection(execution_options={READ_ONLY: True})
+                session.connection(
+                    execution_options={READ_ONLY: True} if readonly else {WRITER_FIRST: True}
+                )
             yield session
             session.commit()
         except BaseException:

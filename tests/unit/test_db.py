@@ -6,13 +6,14 @@ from __future__ import annotations
 import fcntl
 import os
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, event, text
 
-from vault import db
+from vault import db, sqlite_writers
 from vault.db import make_engine, read_scope, session_scope
 
 
@@ -153,7 +154,7 @@ def test_a_writer_waits_its_turn_then_goes_ahead(
     stuck = os.open(lock, os.O_RDWR)
     fcntl.flock(stuck, fcntl.LOCK_EX)
     try:
-        monkeypatch.setattr(db, "WRITER_QUEUE_SECONDS", 0.2)
+        monkeypatch.setattr(sqlite_writers, "WRITER_QUEUE_SECONDS", 0.2)
         with session_scope(engine) as session:
             session.execute(text("INSERT INTO t VALUES (3)"))
     finally:
@@ -198,6 +199,90 @@ def test_writers_of_one_process_wait_in_turn_and_one_polls_the_file_lock(
         thread.join(10)
     with read_scope(engine) as connection:
         assert connection.execute(text("SELECT count(*) FROM t")).scalar_one() == 9
+
+
+def test_the_ledgers_group_commit_writes_before_the_writers_queued_ahead_of_it(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """While another process holds the file lock, three writers of this process queue; a
+    ``writer_first`` transaction that comes after them is the next to write once it is free."""
+    lock = tmp_path / "db.sqlite.writer-lock"
+    with session_scope(engine) as session:  # creates the lock file
+        session.execute(text("INSERT INTO t VALUES (0)"))
+    holder = os.open(lock, os.O_RDWR)
+    fcntl.flock(holder, fcntl.LOCK_EX)  # another process's writer, say
+
+    def writer(value: int, *, first: bool = False) -> None:
+        with session_scope(engine, writer_first=first) as session:
+            session.execute(text("INSERT INTO t VALUES (:v)"), {"v": value})
+
+    queued = [threading.Thread(target=writer, args=(n,)) for n in (1, 2, 3)]
+    ahead = threading.Thread(target=writer, args=(100,), kwargs={"first": True})
+    try:
+        for thread in queued:
+            thread.start()
+        time.sleep(0.5)  # one of them polls the file lock, the other two wait their turn
+        ahead.start()
+        time.sleep(0.5)
+    finally:
+        os.close(holder)
+    for thread in [*queued, ahead]:
+        thread.join(10)
+    with read_scope(engine) as connection:
+        order = connection.execute(text("SELECT n FROM t ORDER BY rowid")).scalars().all()
+    # The poller already had the process's turn; the group commit is next.
+    assert order[:2] == [0, order[1]], order
+    assert order[1] in (1, 2, 3), order
+    assert order[2] == 100, order
+    assert sorted(order) == [0, 1, 2, 3, 100]
+
+
+def _wait_until(condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + 10
+    while not condition():
+        assert time.monotonic() < deadline, "the threads never queued"
+        time.sleep(0.005)
+
+
+def test_a_turn_goes_to_a_first_thread_but_not_twice_while_another_waits() -> None:
+    """The process's turn to write: a first thread (the group commit) goes before the others
+    waiting, but when first threads keep coming the others still get every other turn."""
+    turn = sqlite_writers.Turn()
+    holders: list[str] = []
+    guard = threading.Lock()
+
+    def take(name: str, first: bool) -> None:
+        assert turn.acquire(first=first, timeout=10)
+        with guard:
+            holders.append(name)
+        turn.release()
+
+    assert turn.acquire(first=False, timeout=1)  # held by this test
+    threads = [threading.Thread(target=take, args=(f"other{n}", False)) for n in (1, 2)]
+    threads += [threading.Thread(target=take, args=(f"first{n}", True)) for n in (1, 2)]
+    for thread in threads[:2]:
+        thread.start()
+    _wait_until(lambda: turn._waiting[False] == 2)
+    for thread in threads[2:]:
+        thread.start()
+    _wait_until(lambda: turn._waiting[True] == 2)
+    turn.release()
+    for thread in threads:
+        thread.join(10)
+    kinds = [name.rstrip("12") for name in holders]
+    # Came last, went first; then the kinds take turns while both wait.
+    assert kinds == ["first", "other", "first", "other"], holders
+
+
+def test_a_turn_not_given_within_the_timeout_is_refused() -> None:
+    turn = sqlite_writers.Turn()
+    assert turn.acquire(first=False, timeout=1)
+    assert not turn.acquire(first=True, timeout=0.05)
+    assert not turn.acquire(first=False, timeout=0.05)
+    turn.release()
+    # A first waiter that gave up left nothing behind: the next taker gets the turn at once.
+    assert turn.acquire(first=False, timeout=0.05)
+    turn.release()
 
 
 def test_two_write_transactions_on_one_checkout_keep_their_turn(

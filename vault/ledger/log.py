@@ -480,7 +480,9 @@ class GroupAppender:
                 batch = self._queue[: self._max_batch]
                 del self._queue[: self._max_batch]
             try:
-                with session_scope(self._engine) as session:
+                # Ahead of the other writers of this process: each waiter in the batch is a
+                # request held until it is committed.
+                with session_scope(self._engine, writer_first=True) as session:
                     seqs = append_many(session, [record for record, _ in batch], sink=self._sink)
             except OperationalError as exc:
                 failure: BaseException = StorageUnavailable(
