@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import event
 from sqlmodel import Session, col, select
 
 from blo_vault.api.app import create_app
@@ -421,3 +422,67 @@ def test_an_id_refused_before_it_was_a_package_concerns_its_country_once_it_is(
     vault.upload(uz, meta, [IncomingFile("n.txt", io.BytesIO(b"x"))])
     tj_reads_it()
     assert uz_auditor_opens_tj_reading_it()
+
+
+def test_an_upload_finds_its_country_without_a_query(world: World) -> None:
+    """An upload's entry concerns its package's country, taken from the package its own
+    transaction adds: no SELECT of the package's agency inside the write lock."""
+    vault, uz = world.vault, world["uz.officer"]
+    statements: list[str] = []
+
+    def grab(_conn: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
+        statements.append(statement.lower())
+
+    event.listen(vault.core.engine, "before_cursor_execute", grab)
+    try:
+        meta = NewPackage(title="Seizure", classification=Classification.RESTRICTED)
+        package = vault.upload(uz, meta, [IncomingFile("n.txt", io.BytesIO(b"x"))]).package
+    finally:
+        event.remove(vault.core.engine, "before_cursor_execute", grab)
+    assert any(s.startswith("insert into ledgerentry") for s in statements)
+    assert not [s for s in statements if "join package" in s or "join agency" in s]
+    uploads = [
+        e for e in vault.ledger_show(world["uz.auditor"])
+        if e.action == "upload" and e.package == package.id
+    ]  # fmt: skip
+    assert len(uploads) == 1
+    assert not uploads[0].hidden
+
+
+def test_an_upload_rolled_back_leaves_no_country_behind(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A TJ upload whose transaction rolls back after its entry was built leaves nothing
+    remembered of its id: once UZ uploads a package with that id, the entries about it
+    concern UZ, and the TJ auditor opens only TJ's own."""
+    vault, tj, uz = world.vault, world["tj.officer"], world["uz.officer"]
+    package_id = "cd" * 16
+    meta = NewPackage(
+        title="Seizure", classification=Classification.RESTRICTED, package_id=package_id
+    )
+    core, record_allowed = vault.core, vault.core.record_allowed
+
+    def then_fail(*args: Any, **kwargs: Any) -> int:
+        record_allowed(*args, **kwargs)
+        raise OSError("the disk failed")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(core, "record_allowed", then_fail)
+        with pytest.raises(OSError, match="the disk failed"):
+            vault.upload(tj, meta, [IncomingFile("n.txt", io.BytesIO(b"x"))])
+    vault.upload(uz, meta, [IncomingFile("n.txt", io.BytesIO(b"x"))])
+    vault.get_package(uz, package_id)
+    with pytest.raises(NotFound):
+        vault.get_package(tj, package_id)
+    seen = {
+        (e.action, e.actor_user)
+        for e in vault.ledger_show(world["tj.auditor"])
+        if e.package == package_id and not e.hidden
+    }
+    assert seen == {("read", "tj.officer")}  # its own read; UZ's entries concern UZ alone
+    opened = {
+        (e.action, e.actor_user)
+        for e in vault.ledger_show(world["uz.auditor"])
+        if e.package == package_id and not e.hidden
+    }
+    assert {("upload", "uz.officer"), ("read", "uz.officer"), ("read", "tj.officer")} <= opened

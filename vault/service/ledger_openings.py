@@ -25,6 +25,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import update
+from sqlalchemy.orm.util import identity_key
 from sqlmodel import Session, col, select
 
 from vault import crypto
@@ -69,6 +70,7 @@ class Openings:
         self._package_country: dict[str, str] = {}
         self._release_countries: dict[str, tuple[str, str, str]] = {}
         self._concerns: dict[tuple[str, str, str], str] = {}  # (country, package, release)
+        self._agency_country: dict[str, str] = {}  # a few dozen agencies
         # One sealer per KEK (a handful at most): an AES-GCM key schedule per append cost more
         # than the sealing itself.
         self._sealers: dict[str, crypto.RecordSealer] = {}
@@ -108,33 +110,55 @@ class Openings:
         cached = self._concerns.get(key)
         if cached is not None:
             return cached
-        found, known = {record.actor.country}, True
+        found, lasting = {record.actor.country}, True
         if record.package:
-            origin = self._origin_country(session, record.package)
+            origin, lasting = self._origin(session, record.package)
             found.add(origin)
-            known = bool(origin)
         if record.release:
             target, origin, _ = self._release(session, record.release)
             found.update((target, origin))
-            known = known and bool(target)
+            lasting = lasting and bool(target)
         found.discard("")
         countries = "".join(f" {c}" for c in sorted(found)) + " " if found else ""
-        # Not remembered when an id named no package or release: package ids are chosen by
-        # their uploader, so one refused today may be a package tomorrow, and its entries must
-        # then concern its country.
-        return _remember(self._concerns, key, countries) if known else countries
+        return _remember(self._concerns, key, countries) if lasting else countries
 
-    def _origin_country(self, session: Session, package_id: str) -> str:
+    def _origin(self, session: Session, package_id: str) -> tuple[str, bool]:
+        """The country of a package's originating agency ("" for an id that is no package),
+        and whether what follows from it may be remembered.
+
+        Not when the id named no package: package ids are chosen by their uploader, so one
+        refused today may be a package tomorrow, and its entries must then concern its
+        country. Nor when the package is this transaction's own (an upload), which may yet
+        roll back and leave its id to another uploader: its country is then known without
+        the join, which was a quarter of an upload's hold on SQLite's write lock (BENCHMARKS.md,
+        "Issue 14, 2026-12-07 09:10"), and :meth:`uploaded` remembers it once committed.
+        """
         country = self._package_country.get(package_id)
+        if country is not None:
+            return country, True
+        if (added := _in_session(session, package_id)) is not None:
+            return self._agency(session, added.agency_code), False
+        row = session.exec(
+            select(Agency.country_code)
+            .join(Package, col(Package.agency_code) == col(Agency.code))
+            .where(Package.id == package_id)
+        ).first()
+        if row is None:
+            return "", False
+        return _remember(self._package_country, package_id, row), True
+
+    def uploaded(self, package_id: str, country: str) -> None:
+        """Remember the country of a package whose upload has committed."""
+        _remember(self._package_country, package_id, country)
+
+    def _agency(self, session: Session, code: str) -> str:
+        """An agency's country ("" for no agency). Agencies never change country."""
+        country = self._agency_country.get(code)
         if country is None:
-            row = session.exec(
-                select(Agency.country_code)
-                .join(Package, col(Package.agency_code) == col(Agency.code))
-                .where(Package.id == package_id)
-            ).first()
-            if row is None:  # a refusal naming an id that is no package: concerns no country
+            row = session.exec(select(Agency.country_code).where(Agency.code == code)).first()
+            if row is None:
                 return ""
-            country = _remember(self._package_country, package_id, row)
+            country = _remember(self._agency_country, code, row)
         return country
 
     def _release(self, session: Session, release_id: str) -> tuple[str, str, str]:
@@ -146,8 +170,10 @@ class Openings:
             ).first()
             if row is None:
                 return ("", "", "")
-            found = (row[0], self._origin_country(session, row[1]), row[1])
-            _remember(self._release_countries, release_id, found)
+            origin, lasting = self._origin(session, row[1])
+            found = (row[0], origin, row[1])
+            if lasting:
+                _remember(self._release_countries, release_id, found)
         return found
 
     # --- reading ------------------------------------------------------------------------------
@@ -235,6 +261,12 @@ def _remember(cache: dict[_K, _V], key: _K, value: _V) -> _V:
         while len(cache) > _CACHED:
             del cache[next(iter(cache))]
     return value
+
+
+def _in_session(session: Session, package_id: str) -> Package | None:
+    """The package ``package_id`` if this session holds it already (no query)."""
+    found = session.identity_map.get(identity_key(Package, package_id))
+    return found if isinstance(found, Package) else None
 
 
 def _stored(session: Session, start: int, stop: int | None) -> Iterator[LedgerEntry]:

@@ -206,6 +206,7 @@ class PackageService:
         except BaseException as exc:
             self._undo_upload(principal, sealing, exc)
             raise
+        self.core.openings.uploaded(package.id, principal.country)
         detail = PackageDetail(
             id=package.id,
             title=meta.title,
