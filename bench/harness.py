@@ -28,7 +28,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -434,6 +434,25 @@ def workdir(prefix: str, parent: Path | str | None = None, *, keep: bool = False
             print(f"kept {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def run_in_workdir(
+    module: str,
+    parser: argparse.ArgumentParser,
+    argv: Sequence[str] | None,
+    quick: dict[str, Any],
+    run: Callable[[argparse.Namespace, Path], dict[str, Any]],
+    report: Callable[[dict[str, Any]], None],
+) -> int:
+    """A benchmark's main: parse ``argv``, ``run`` in a fresh temp folder, then ``report`` the
+    result (with its command line) and write it to ``--out``."""
+    args = parse_arguments(parser, argv, quick)
+    with workdir(f"blo-{module.rsplit('.', 1)[-1]}-") as work:
+        result = run(args, work)
+    result["command"] = command_line(module, argv)
+    report(result)
+    write_json(args.out, result)
+    return 0
 
 
 def plain_pg_url(url: str) -> str:

@@ -33,15 +33,12 @@ from sqlalchemy import event
 from bench.harness import (
     PASSWORD,
     add_common_arguments,
-    command_line,
     machine_info,
     machine_line,
     open_world,
-    parse_arguments,
     print_table,
+    run_in_workdir,
     seed_packages,
-    workdir,
-    write_json,
 )
 from vault.service import Vault
 
@@ -175,13 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="thread counts, comma-separated (1,8)",
     )
     add_common_arguments(parser, out="service_reads.json")
-    args = parse_arguments(parser, argv, QUICK)
-    with workdir("blo-reads-") as work:
-        result = run(args, work)
-    result["command"] = command_line("bench.service_reads", argv)
-    print_report(result)
-    write_json(args.out, result)
-    return 0
+    return run_in_workdir("bench.service_reads", parser, argv, QUICK, run, print_report)
 
 
 if __name__ == "__main__":

@@ -41,16 +41,13 @@ from sqlalchemy import event
 
 from bench.harness import (
     add_common_arguments,
-    command_line,
     machine_info,
     machine_line,
     open_world,
-    parse_arguments,
     print_table,
+    run_in_workdir,
     seed_packages,
     summary_ms,
-    workdir,
-    write_json,
 )
 from vault.db import READ_ONLY, WRITER_FIRST
 from vault.schemas import NewPackage
@@ -207,13 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10, help="per phase (10)")
     parser.add_argument("--threads", type=int, default=8, help="threads showing (8)")
     add_common_arguments(parser, out="write_holds.json")
-    args = parse_arguments(parser, argv, QUICK)
-    with workdir("blo-holds-") as work:
-        result = run(args, work)
-    result["command"] = command_line("bench.write_holds", argv)
-    print_report(result)
-    write_json(args.out, result)
-    return 0
+    return run_in_workdir("bench.write_holds", parser, argv, QUICK, run, print_report)
 
 
 if __name__ == "__main__":
