@@ -186,7 +186,7 @@ class Core:
         # Opened titles of listed packages (bounded; purge forgets): vault.service.titles.
         self.titles = Titles()
         # Version 2 entries: the sink seals each entry's opening in the entry's transaction.
-        self.openings = Openings(keys)
+        self.openings = Openings(keys, self.country_of)
         self._sink = self.openings if settings.ledger_entry_version == 2 else None
         self._appender = ledger.GroupAppender(engine, sink=self._sink)
         self._counts_lock = threading.Lock()

@@ -20,7 +20,7 @@ that concern no package or release; nobody else any (default deny).
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -61,8 +61,9 @@ def opening_identity(seq: int) -> bytes:
 class Openings:
     """Seals openings as entries are appended (an OpeningSink), and opens them in scope."""
 
-    def __init__(self, keys: KeyMaterial) -> None:
+    def __init__(self, keys: KeyMaterial, country_of: Callable[[Session, str], str]) -> None:
         self._keys = keys
+        self._country_of = country_of  # an agency's country (Core.country_of, cached)
         # Packages never change agency, agencies never change country, and releases never
         # change target: what an entry concerns can be cached for the life of the process.
         # Bounded (oldest first out): unbounded, they grew with every package uploaded (a heap
@@ -70,7 +71,6 @@ class Openings:
         self._package_country: dict[str, str] = {}
         self._release_countries: dict[str, tuple[str, str, str]] = {}
         self._concerns: dict[tuple[str, str, str], str] = {}  # (country, package, release)
-        self._agency_country: dict[str, str] = {}  # a few dozen agencies
         # One sealer per KEK (a handful at most): an AES-GCM key schedule per append cost more
         # than the sealing itself.
         self._sealers: dict[str, crypto.RecordSealer] = {}
@@ -131,13 +131,13 @@ class Openings:
         country. Nor when the package is this transaction's own (an upload), which may yet
         roll back and leave its id to another uploader: its country is then known without
         the join, which was a quarter of an upload's hold on SQLite's write lock (BENCHMARKS.md,
-        "Issue 14, 2026-12-07 09:10"), and :meth:`uploaded` remembers it once committed.
+        "Issue 14, 2026-12-07 09:15"), and :meth:`uploaded` remembers it once committed.
         """
         country = self._package_country.get(package_id)
         if country is not None:
             return country, True
         if (added := _in_session(session, package_id)) is not None:
-            return self._agency(session, added.agency_code), False
+            return self._country_of(session, added.agency_code), False
         row = session.exec(
             select(Agency.country_code)
             .join(Package, col(Package.agency_code) == col(Agency.code))
@@ -150,16 +150,6 @@ class Openings:
     def uploaded(self, package_id: str, country: str) -> None:
         """Remember the country of a package whose upload has committed."""
         _remember(self._package_country, package_id, country)
-
-    def _agency(self, session: Session, code: str) -> str:
-        """An agency's country ("" for no agency). Agencies never change country."""
-        country = self._agency_country.get(code)
-        if country is None:
-            row = session.exec(select(Agency.country_code).where(Agency.code == code)).first()
-            if row is None:
-                return ""
-            country = _remember(self._agency_country, code, row)
-        return country
 
     def _release(self, session: Session, release_id: str) -> tuple[str, str, str]:
         """(target country, originating country, package) of a release."""
