@@ -68,6 +68,7 @@ from bench.harness import (
     workdir,
     write_json,
 )
+from bench.pg_analyze import AnalyzeAsAutovacuum
 from blo_vault.api import heapdump
 from vault.models import Classification, Role
 from vault.service import local_operator
@@ -460,6 +461,16 @@ async def healthz_baseline(
     }
 
 
+def weighted_mix(args: argparse.Namespace) -> list[str]:
+    """One cycle of a client's requests, by the ``--w-*`` weights."""
+    return (
+        ["list"] * args.w_list
+        + ["show"] * args.w_show
+        + ["download"] * args.w_download
+        + ["upload"] * args.w_upload
+    )
+
+
 async def drive(args: argparse.Namespace, bases: list[str], pids: list[int]) -> dict[str, Any]:
     """The baseline, then the weighted mix from every client; the summary document."""
     every = [p for pid in pids for p in server_pids(pid)]
@@ -476,16 +487,12 @@ async def drive(args: argparse.Namespace, bases: list[str], pids: list[int]) -> 
     if args.baseline_seconds > 0:
         summary["baseline_healthz"] = await healthz_baseline(args, bases, every)
     tokens, package_ids = await seed_packages(bases[0], args.packages)
-    mix = (
-        ["list"] * args.w_list
-        + ["show"] * args.w_show
-        + ["download"] * args.w_download
-        + ["upload"] * args.w_upload
-    )
+    mix = weighted_mix(args)
     results: dict[str, list[float]] = {k: [] for k in ("list", "show", "download", "upload")}
     errors: list[str] = []
     watch = MemoryWatch(every, args.data_dir)
     outside = OutsideServers(args.database_url)
+    analyzer = AnalyzeAsAutovacuum(args.database_url, stand_in=not args.no_analyze)
     server_cpu, driver_cpu = cpu_seconds(every), driver_cpu_seconds()
     started = time.monotonic()
     deadline = started + args.seconds
@@ -500,6 +507,7 @@ async def drive(args: argparse.Namespace, bases: list[str], pids: list[int]) -> 
     await asyncio.gather(
         watch.sample(started, deadline, min(5.0, args.seconds / 2)),
         first_heap_snapshot(),
+        analyzer.run(deadline),
         *(
             client_loop(i, bases, tokens, package_ids, deadline, results, errors, mix)
             for i in range(args.clients)
@@ -507,7 +515,7 @@ async def drive(args: argparse.Namespace, bases: list[str], pids: list[int]) -> 
     )
     wall = time.monotonic() - started
     server_cpu, driver_cpu = cpu_seconds(every) - server_cpu, driver_cpu_seconds() - driver_cpu
-    summary |= outside.figures()
+    summary |= outside.figures() | analyzer.figures()
     if watch.mappings:
         summary["rss_growth_by_mapping_kib"] = mapping_growth(watch.mappings, mapped_kib(every))
     if args.heap_dir is not None:
@@ -683,6 +691,16 @@ def print_report(summary: dict[str, Any]) -> None:
     )
     if "database_sessions_opened" in summary:
         print(f"PostgreSQL sessions opened during the mix: {summary['database_sessions_opened']}")
+    if summary.get("postgresql_autovacuum") == "off":
+        analyses = summary["analyses_in_autovacuums_stead"]
+        print(
+            "PostgreSQL's autovacuum is off: "
+            + (
+                "nothing ANALYZEd (--no-analyze)"
+                if analyses is None
+                else f"{analyses} ANALYZEs run in its stead"
+            )
+        )
     for key in (
         "reads_vs_healthz_rate",
         "reads_vs_healthz_p99",
@@ -741,6 +759,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="trace the servers' allocations and compare heap snapshots taken when the RSS "
         "growth window opens and at the end (slows the servers: explain with it, measure "
         "without)",
+    )
+    parser.add_argument(
+        "--no-analyze",
+        action="store_true",
+        help="on a PostgreSQL server with autovacuum off, don't ANALYZE in its stead "
+        "(bench.pg_analyze): the server as it is set",
     )
     parser.add_argument(
         "--default-malloc",
