@@ -54,6 +54,7 @@ from vault.service.listing_plan import (
     candidates,
     package_estimate,
     probe,
+    probe_params,
     switch_point,
     use_indexed,
 )
@@ -379,10 +380,11 @@ class Access:
         chosen by probing the candidates on ``connection`` (in the caller's transaction)."""
         plan = self.listing_plan(principal)
         params = listing_params(principal, limit=limit, offset=offset)
-        indexed = plan.probe is not None and use_indexed(
-            Prepared.of(plan.probe).scalar(connection, params),
-            switch_point(self._vault_size(connection), limit + offset),
-        )
+        indexed = False
+        if plan.probe is not None:
+            switch = switch_point(self._vault_size(connection), limit + offset)
+            counted = Prepared.of(plan.probe).scalar(connection, params | probe_params(switch))
+            indexed = use_indexed(counted, switch)
         statement, narrowing = plan.page(indexed, filters)
         return statement, params | narrowing
 

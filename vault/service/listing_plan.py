@@ -13,12 +13,16 @@ database starts:
   read from the package and release indexes, then the clause, then the sort. Cheap when they
   are few; sorting 50,000 candidates for a page of 50 is not.
 
-A *probe* counts the candidates up to :data:`INDEXED_UP_TO` (index entries only) and picks the
-plan, switching where both would touch about as many rows (:func:`switch_point`, from an
-estimate of the vault's size). The candidates are a superset of what the caller may read (an
-active release outside its window, a class the caller may not read, a purged package are all
-still candidates), so the indexed plan's answer is the scan's answer. A policy that lets some
-role read without any relation (``none``) has no candidate set: it always scans.
+A *probe* counts the candidates (index entries only), no further than one past the switch, and
+picks the plan, switching where both would touch about as many rows (:func:`switch_point`, from
+an estimate of the vault's size, never above :data:`INDEXED_UP_TO`). The candidates are a
+superset of what the caller may read (an active release outside its window, a class the
+caller may not read, a purged package are all still candidates), so the indexed plan's answer
+is the scan's answer. A policy that lets some role read without any relation (``none``) has
+no candidate set: it always scans.
+
+On PostgreSQL both plans are the planner's to carry out, and it plans them well only with the
+statistics of a current ANALYZE: autovacuum, which must be on (its default).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, String, bindparam, func, text, union_all
+from sqlalchemy import Connection, Integer, String, bindparam, func, text, union_all
 from sqlalchemy import select as sa_select
 from sqlmodel import col
 
@@ -94,9 +98,17 @@ def candidates(relations: frozenset[str]) -> Any | None:
 
 
 def probe(found: Any) -> Any:
-    """SQL: how many candidates there are, counting no further than one past the switch."""
-    capped = found.limit(INDEXED_UP_TO + 1).subquery()
+    """SQL: how many candidates there are, counting no further than ``candidates_up_to``
+    (bound to one past the switch, :func:`probe_params`). A caller with thousands of
+    candidates in a vault of a few thousand packages is past a switch of a few hundred: the
+    probe need not count on to :data:`INDEXED_UP_TO` on every listing."""
+    capped = found.limit(bindparam("candidates_up_to", type_=Integer())).subquery()
     return sa_select(func.count()).select_from(capped)
+
+
+def probe_params(switch: int) -> dict[str, int]:
+    """The probe's own bind parameter for a switch at ``switch`` candidates."""
+    return {"candidates_up_to": switch + 1}
 
 
 def use_indexed(count: int, switch: int) -> bool:
@@ -123,11 +135,18 @@ def switch_point(packages: int | None, page_end: int) -> int:
 
 
 # About how many packages a vault holds, read without counting them: on SQLite the largest
-# rowid (every package ever stored, purged ones too), on PostgreSQL the planner's statistic
-# (kept by autovacuum; -1 before the table's first ANALYZE).
+# rowid (every package ever stored, purged ones too). On PostgreSQL the larger of the planner's
+# statistic (kept by ANALYZE, so by autovacuum; -1 before the table's first ANALYZE) and the
+# live rows of the cumulative statistics (kept by every insert and delete, without ANALYZE):
+# the first alone left a growing vault on "no estimate" for its first minute, and for ever on
+# a server with autovacuum off, and so listed callers with up to 2,000 candidates from the
+# index where the scan would have read a hundred rows (BENCHMARKS.md, issue 14, 2026-12-07).
 _ESTIMATES = {
     "sqlite": text("SELECT max(rowid) FROM package"),
-    "postgresql": text("SELECT reltuples::bigint FROM pg_class WHERE oid = to_regclass('package')"),
+    "postgresql": text(
+        "SELECT greatest(reltuples::bigint, pg_stat_get_live_tuples(oid)) FROM pg_class"
+        " WHERE oid = to_regclass('package')"
+    ),
 }
 
 
@@ -144,6 +163,7 @@ __all__ = [
     "candidates",
     "package_estimate",
     "probe",
+    "probe_params",
     "switch_point",
     "use_indexed",
 ]

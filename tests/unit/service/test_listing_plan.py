@@ -5,6 +5,7 @@ plan only chooses where the database starts."""
 from __future__ import annotations
 
 import io
+import time
 from datetime import timedelta
 
 import pytest
@@ -124,7 +125,9 @@ def test_the_indexed_plan_is_chosen_for_few_candidates_and_the_scan_for_many(
     plan = vault.access.listing_plan(kz)
     assert plan.probe is not None
     with vault.engine.connect() as connection:
-        count = connection.execute(plan.probe, listing_params(kz, limit=50, offset=0)).scalar()
+        params = listing_params(kz, limit=50, offset=0)
+        counting = params | listing_plan.probe_params(listing_plan.INDEXED_UP_TO)
+        count = connection.execute(plan.probe, counting).scalar()
         statement, _ = vault.access.listing_query(connection, kz, limit=50, offset=0)
     assert count is not None
     assert 1 < count <= 50
@@ -179,6 +182,55 @@ def test_the_size_estimate_is_the_number_of_packages(world: World) -> None:
         assert stored is not None
         assert stored > 10
         assert listing_plan.package_estimate(connection) == stored
+
+
+def test_the_probe_counts_no_further_than_one_past_the_switch(world: World) -> None:
+    """Past the switch the count makes no difference, so the probe stops there: a caller with
+    thousands of candidates in a vault of a few thousand packages is not counted to 2,000 on
+    every listing."""
+    callers = build(world)
+    kz = callers["kz.officer"]
+    plan = world.vault.access.listing_plan(kz)
+    assert plan.probe is not None
+    params = listing_params(kz, limit=50, offset=0)
+    with world.vault.engine.connect() as connection:
+        every = connection.execute(
+            plan.probe, params | listing_plan.probe_params(listing_plan.INDEXED_UP_TO)
+        ).scalar()
+        capped = connection.execute(plan.probe, params | listing_plan.probe_params(2)).scalar()
+    assert every is not None
+    assert every > 3
+    assert capped == 3
+    assert listing_plan.use_indexed(capped, 2) is listing_plan.use_indexed(every, 2) is False
+
+
+def test_without_planner_statistics_the_estimate_counts_live_rows(world: World) -> None:
+    """PostgreSQL before the package table's first ANALYZE (a new vault's first minute, or a
+    server with autovacuum off): the estimate is still the number of packages, from the
+    cumulative statistics, not "unknown"."""
+    engine = world.vault.engine
+    if engine.dialect.name != "postgresql":
+        pytest.skip("PostgreSQL's planner statistics; SQLite's estimate is its largest rowid")
+    # Uploads only: a purge VACUUMs, which sets both statistics itself (and may count rows
+    # whose inserts other backends have not reported yet twice, until ANALYZE).
+    for cls in C:
+        for hnd in (H.H0, H.H2, H.H3):
+            upload(world.vault, world["uz.officer"], cls, hnd)
+    with engine.connect() as connection:
+        stored = connection.exec_driver_sql("SELECT count(*) FROM package").scalar()
+    assert stored is not None
+    assert stored > 10
+    # The pool's backends report what they wrote when they end.
+    engine.dispose()
+    estimate = None
+    for _ in range(100):
+        with engine.connect() as connection:
+            estimate = listing_plan.package_estimate(connection)
+        if estimate == stored:
+            break
+        engine.dispose()
+        time.sleep(0.05)
+    assert estimate == stored
 
 
 def test_filters_narrow_both_plans_alike(world: World) -> None:
