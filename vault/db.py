@@ -45,6 +45,7 @@ __all__ = [
     "append_only_statements",
     "check_schema",
     "current_revision",
+    "deployment_warnings",
     "grant_app_role",
     "head_revision",
     "is_postgres",
@@ -459,6 +460,26 @@ def check_schema(engine: Engine, *, require_guard: bool = True) -> None:
         if require_guard:
             raise ConfigError(message)
         log.warning("%s", message)
+
+
+def deployment_warnings(engine: Engine) -> list[str]:
+    """What about the database its operator should fix, though the vault runs on it."""
+    if not is_postgres(engine):
+        return []
+    try:
+        with engine.connect() as connection:
+            autovacuum = connection.execute(text("SELECT current_setting('autovacuum')")).scalar()
+    except OperationalError as exc:
+        raise StorageUnavailable(f"database unavailable: {type(exc.orig).__name__}") from None
+    if autovacuum == "on":
+        return []
+    # The listing's plans are the planner's, made for the table sizes of the last ANALYZE:
+    # without autovacuum a growing vault is planned as the small one it was (README,
+    # "Production").
+    return [
+        "PostgreSQL's autovacuum is off: listings are planned for the table sizes of the last "
+        "ANALYZE and slow down as the vault grows; turn it on, or ANALYZE as the vault grows"
+    ]
 
 
 @contextmanager

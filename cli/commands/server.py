@@ -37,7 +37,12 @@ def serve(
     settings = load_settings()
     # Open once here so configuration errors (e.g. development keys in production) stop us
     # before the server binds, with a clear message.
-    Vault.open(settings, create=False).close()
+    vault = Vault.open(settings, create=False)
+    try:
+        for warning in vault.deployment_warnings():
+            err.print(f"warning: {warning}")
+    finally:
+        vault.close()
     if os.environ.get("FORWARDED_ALLOW_IPS") and not settings.trusted_proxies:
         err.print("FORWARDED_ALLOW_IPS is ignored: set VAULT_TRUSTED_PROXIES to trust a proxy")
     err.print(f"BLO Vault listening on {'https' if tls_cert else 'http'}://{host}:{port}")

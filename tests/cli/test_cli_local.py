@@ -144,6 +144,27 @@ def test_serve_does_not_create_a_vault(tmp_path: Path) -> None:
     assert list(folder.iterdir()) == []
 
 
+def test_serve_warns_of_what_the_database_lacks(
+    cli: CliRunner, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A PostgreSQL server with autovacuum off is named before the server starts (listings
+    slow down as the vault grows); SQLite, or autovacuum on, gets no warning."""
+    import uvicorn
+
+    started: list[str] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **_: started.append(app))
+    result = cli("serve", "--port", free_port())
+    assert result.code == 0, result.stderr
+    assert started == ["blo_vault.api.asgi:app"]
+    engine = world.vault.engine
+    off = False
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as connection:
+            setting = connection.execute(text("SELECT current_setting('autovacuum')")).scalar()
+        off = setting == "off"
+    assert ("warning: PostgreSQL's autovacuum is off" in result.stderr) is off, result.stderr
+
+
 @requires_postgres
 def test_empty_postgres_database_is_missing_not_created(
     bare_cli: BareCli, monkeypatch: pytest.MonkeyPatch

@@ -21,6 +21,7 @@ from sqlalchemy import Engine
 
 from vault.authz import Authorizer
 from vault.config import Settings
+from vault.db import deployment_warnings
 from vault.keys import KeyMaterial
 from vault.ledger import note
 from vault.ledger.entry import Entry
@@ -181,6 +182,11 @@ class Vault:
     def close(self) -> None:
         """Finish pending ledger appends and release database connections."""
         self.core.close()
+
+    def deployment_warnings(self) -> list[str]:
+        """What about its database the operator should fix, though the vault runs (``serve``
+        prints them)."""
+        return deployment_warnings(self.core.engine)
 
     # --- what the vault is built from -----------------------------------------------------------
 
