@@ -18,6 +18,7 @@ from sqlmodel import Session
 from vault.authz import Authorizer, Facts
 from vault.listing import PackageFilter
 from vault.models import Package
+from vault.prepared import Prepared
 from vault.schemas import PackageSummary
 from vault.service import Principal, Vault
 from vault.service import access as _access
@@ -61,6 +62,13 @@ def listing_query(
     """The statement and bind parameters ``Vault.list_packages`` runs for one page: the
     caller's plan chosen by the service's probe, run on ``connection``."""
     return vault.access.listing_query(connection, principal, limit=limit, offset=offset)
+
+
+def driver_sql(vault: Vault, statement: Any) -> str:
+    """The SQL text the service sends to the driver for ``statement`` (a listing plan's), as
+    it runs it: compiled once by ``vault.prepared.Prepared``, on the driver's cursor, which
+    SQLAlchemy's cursor events don't see."""
+    return Prepared.of(statement).sql(vault.engine.dialect)
 
 
 def listing_rows(

@@ -872,16 +872,19 @@ def _dbapi_connection(engine: Any) -> Any:
 
 def capture_listings(
     vault: Vault, principals: dict[str, Principal], officers: list[str]
-) -> tuple[dict[str, tuple[str, Any]], dict[str, dict[str, Any]]]:
-    """Untimed: each officer's listing SQL and parameters as sent to the driver, and how many
-    rows their first page has and how many packages they may read at all."""
+) -> tuple[dict[str, tuple[str, Any]], dict[str, dict[str, Any]], dict[str, Any]]:
+    """Untimed: each officer's listing SQL and parameters as sent to the driver, how many rows
+    their first page has and how many packages they may read at all, and the statement the
+    service's probe chose for them."""
     captured: dict[str, tuple[str, Any]] = {}
     per_officer: dict[str, dict[str, Any]] = {}
+    chosen: dict[str, Any] = {}
     with StatementCapture(vault.engine) as cap, session_scope(vault.engine) as session:
         for name in officers:
             query, params = internals.listing_query(
                 vault, session.connection(), principals[name], limit=PAGE, offset=0
             )
+            chosen[name] = query
             cap.on = True
             rows = session.execute(query, params).all()
             cap.on = False
@@ -898,23 +901,13 @@ def capture_listings(
                 params,
             ).scalar_one()
             per_officer[name] = {"first_page_rows": len(rows), "readable_total": int(readable)}
-    return captured, per_officer
+    return captured, per_officer, chosen
 
 
-def replica_matches(vault: Vault, principal: Principal, sql: str) -> bool:
-    """Whether ``sql`` (the replica's) is what Vault.list_packages sends for ``principal``."""
-    seen: list[str] = []
-
-    def grab(conn: Any, cursor: Any, statement: str, *rest: Any) -> None:
-        if statement.lstrip().upper().startswith("SELECT PACKAGE."):
-            seen.append(statement)
-
-    event.listen(vault.engine, "before_cursor_execute", grab)
-    try:
-        vault.list_packages(principal, limit=PAGE)
-    finally:
-        event.remove(vault.engine, "before_cursor_execute", grab)
-    if bool(seen) and seen[0] == sql:
+def replica_matches(vault: Vault, statement: Any, sql: str) -> bool:
+    """Whether ``sql`` (the replica's) is what Vault.list_packages sends to the driver for
+    ``statement`` (the plan the service chose)."""
+    if internals.driver_sql(vault, statement) == sql:
         return True
     print(
         "  WARNING: the replica's listing SQL differs from Vault.list_packages' SQL "
@@ -978,8 +971,9 @@ def measure_listing(
 ) -> dict[str, Any]:
     """d): the first page as the service serves it, its replica piece by piece, without the
     ledger part, and its SQL alone; overall and per officer."""
-    captured, per_officer = capture_listings(vault, principals, officers)
-    matches = replica_matches(vault, principals[officers[0]], captured[officers[0]][0])
+    captured, per_officer, chosen = capture_listings(vault, principals, officers)
+    first = officers[0]
+    matches = replica_matches(vault, chosen[first], captured[first][0])
     plans = query_plans(vault.engine, captured)
     order = [officers[i % len(officers)] for i in range(calls)]
     # 1. The service call itself.

@@ -94,13 +94,21 @@ class Prepared:
         row = self.first(connection, params)
         return None if row is None else row[0]
 
+    def sql(self, dialect: Dialect) -> str:
+        """The SQL text this sends to ``dialect``'s driver."""
+        return self._for(dialect).sql
+
+    def _for(self, dialect: Dialect) -> _Compiled:
+        compiled = self._compiled.get(dialect)
+        if compiled is None:
+            compiled = self._compiled[dialect] = self._compile(dialect)
+        return compiled
+
     def _run(
         self, connection: Connection, params: Mapping[str, Any], limit: int | None
     ) -> list[Any]:
         dialect = connection.dialect
-        compiled = self._compiled.get(dialect)
-        if compiled is None:
-            compiled = self._compiled[dialect] = self._compile(dialect)
+        compiled = self._for(dialect)
         if not connection.in_transaction():
             # Through SQLAlchemy, so its begin events run (SQLite's BEGIN, the writers' queue)
             # and the connection's commit or rollback ends what the cursor reads in.

@@ -7,7 +7,7 @@ import io
 from datetime import datetime
 
 import pytest
-from sqlalchemy import bindparam, column, literal, select, table, text
+from sqlalchemy import bindparam, column, event, literal, select, table, text
 from sqlalchemy.exc import DBAPIError, OperationalError, PendingRollbackError
 from sqlalchemy.sql.expression import BindParameter
 from sqlmodel import col
@@ -62,6 +62,30 @@ def test_rows_carry_the_values_and_types_sqlalchemy_gives(world: World) -> None:
     assert caller.username == "uz.officer"
     assert caller.expires_at.tzinfo is not None
     assert package.creator == "uz.officer"
+
+
+def test_its_sql_is_the_text_sqlalchemy_would_send(world: World) -> None:
+    """What benchmarks compare their replicas with (bench._internals.driver_sql): SQLAlchemy's
+    cursor events never see a statement run on the driver's cursor."""
+    package_id = _package(world)
+    engine = world.vault.engine
+    params = {"pid": package_id, "now": datetime.now().astimezone(), "agency": "UZ-CUSTOMS"}
+    params |= {"country": "UZ", "uid": world["uz.officer"].user_id}
+    sent: list[str] = []
+
+    def seen(_conn: object, _cursor: object, statement: str, *_rest: object) -> None:
+        sent.append(statement)
+
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        with read_scope(engine) as connection:
+            connection.execute(_PACKAGE_FACTS.statement, params).all()
+            assert _PACKAGE_FACTS.first(connection, params) is not None
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    assert sent
+    assert _PACKAGE_FACTS.sql(engine.dialect) == sent[-1]
+    assert sent[-1].lstrip().upper().startswith("SELECT")
 
 
 def test_bound_literals_and_missing_rows(world: World) -> None:
