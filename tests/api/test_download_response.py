@@ -64,14 +64,20 @@ def test_a_longer_file_is_streamed_and_closed(world: World) -> None:
     store = world.vault.store
     assert isinstance(store, LocalDiskStore)
     download = download_of(world, content)
-    threads_before = threading.active_count()
+    threads_before = set(threading.enumerate())
     response = download_response(download)
 
     assert isinstance(response, StreamingResponse)
     assert len(open_files_under(store.root)) == 1  # still reading
     assert body_of(response) == content
     assert open_files_under(store.root) == []
-    assert threading.active_count() == threads_before
+    # Every thread the answer started has ended. A worker thread of body_of's event loop may
+    # still be on its way out when anyio.run returns (seen once in CI's PostgreSQL pass), so
+    # each is given a moment to end; one that never ends still fails the test.
+    started = set(threading.enumerate()) - threads_before
+    for thread in started:
+        thread.join(timeout=5)
+    assert [thread.name for thread in started if thread.is_alive()] == []
 
 
 def failing_at_the_end(data: bytes, closed: list[bool]) -> Generator[bytes, None, None]:
