@@ -73,13 +73,14 @@ class AnalyzeAsAutovacuum:
 
     def _round(self) -> None:
         import psycopg
+        from psycopg import sql
 
         assert self._url is not None
         _, threshold, scale = self._rule
         with psycopg.connect(self._url, autocommit=True) as conn:
             due = [name for (name,) in conn.execute(_DUE, (threshold, scale)).fetchall()]
             for name in due:
-                conn.execute(f'ANALYZE "{name}"')
+                conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(name)))
         self.analyses += len(due)
 
     def figures(self) -> dict[str, Any]:
