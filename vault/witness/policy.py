@@ -114,6 +114,10 @@ def parse_policy(data: bytes | str) -> Policy:
     groups: dict[str, Group] = {}
     quorum: str | None = None
     seen_keys: set[bytes] = set()
+    # Names already listed as a member of some group: the spec lets a name be a member of
+    # one group only, so that no witness counts towards the quorum along two paths (listed
+    # in a "uz" and a "kz" group, one witness would meet "all uz kz" alone).
+    members_listed: set[str] = set()
     # The spec terminates every line with a newline; a missing final one is tolerated, as
     # policies often arrive through environment variables or editors that drop it.
     for lineno, line in enumerate(text.split("\n"), start=1):
@@ -157,6 +161,9 @@ def parse_policy(data: bytes | str) -> Policy:
             for member in members:
                 if member not in witnesses and member not in groups:
                     raise _fail(lineno, f"member {member!r} is not defined on an earlier line")
+                if member in members_listed:
+                    raise _fail(lineno, f"{member!r} is already a member of another group")
+            members_listed.update(members)
             if k_text == "all":
                 k = len(members)
             elif k_text == "any":

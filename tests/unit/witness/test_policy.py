@@ -74,6 +74,10 @@ def test_whitespace_comments_urls_and_quorum_none() -> None:
         "witness A {w0}\ngroup G 1 A B\nquorum G\n",  # B undefined
         "group G 1 A\nwitness A {w0}\nquorum G\n",  # forward reference
         "witness A {w0}\ngroup G 1 A A\nquorum G\n",
+        # a member of two groups would count twice towards "all U K" (tlog-policy: a name
+        # is listed as a group member at most once)
+        "witness A {w0}\nwitness B {w1}\ngroup U any A\ngroup K any A B\ngroup Q all U K\n"
+        "quorum Q\n",
         "witness A {w0}\ngroup G 0 A\nquorum G\n",
         "witness A {w0}\ngroup G 2 A\nquorum G\n",
         "witness A {w0}\ngroup G 01 A\nquorum G\n",
