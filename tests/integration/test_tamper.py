@@ -19,6 +19,7 @@ import logging
 import os
 import random
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -325,6 +326,84 @@ def test_swapped_objects_fail_on_both_sides(world: World, victim: Victim) -> Non
         drain(world.vault, world[USER], victim.package_id, victim.file_ids[0])
         == (victim.plaintexts[0])
     )
+
+
+# --- the file rows: which files a package has -------------------------------------------------
+# Plain database rows, unlike the blobs: their list, order and sizes are checked against the
+# digest sealed with the package's metadata at upload.
+
+
+def drop_second_file_row(world: World, v: Victim) -> None:
+    with world.vault.engine.begin() as connection:
+        connection.execute(text("DELETE FROM packagefile WHERE id = :id"), {"id": v.file_ids[1]})
+
+
+def swap_file_positions(world: World, v: Victim) -> None:
+    first, second = v.file_ids
+    with world.vault.engine.begin() as connection:
+        for file_id, position in ((first, 1000), (second, 0), (first, 1)):
+            connection.execute(
+                text("UPDATE packagefile SET position = :p WHERE id = :id"),
+                {"p": position, "id": file_id},
+            )
+
+
+def grow_first_file_size(world: World, v: Victim) -> None:
+    with world.vault.engine.begin() as connection:
+        connection.execute(
+            text("UPDATE packagefile SET size = size + 1 WHERE id = :id"), {"id": v.file_ids[0]}
+        )
+
+
+ROW_TAMPERS: dict[str, Callable[[World, Victim], None]] = {
+    "drop-a-file-row": drop_second_file_row,
+    "swap-file-positions": swap_file_positions,
+    "grow-a-file-size": grow_first_file_size,
+}
+
+
+def read_error_entries(world: World, package_id: str, after: int) -> list[str]:
+    """The reasons of 'error' read entries of ``package_id`` after seq ``after``, waiting a
+    few seconds for them: the failure's entry is queued for group commit, not waited for."""
+    deadline = time.monotonic() + 10
+    while True:
+        reasons = [
+            e.reason
+            for e in world.vault.unscoped_entries(after)
+            if e.action == "read" and e.decision == "error" and e.package == package_id
+        ]
+        if reasons or time.monotonic() > deadline:
+            return reasons
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("tamper", ROW_TAMPERS.values(), ids=ROW_TAMPERS.keys())
+def test_edited_file_rows_fail_the_details(
+    tamper: Callable[[World, Victim], None], world: World, victim: Victim
+) -> None:
+    """Someone who can edit the database but holds no key drops, reorders or resizes a
+    package's files (say, an exculpatory annex): its details are refused, not served short,
+    and the failure is in the ledger after the read's own entry."""
+    world.vault.get_package(world[USER], victim.package_id)  # untouched, it opens
+    seq_before = world.vault.ledger_size()
+    tamper(world, victim)
+    with pytest.raises(IntegrityError, match="sealed digest"):
+        world.vault.get_package(world[USER], victim.package_id)
+    assert read_error_entries(world, victim.package_id, seq_before) == ["integrity_error"]
+    # The neighbour is untouched.
+    assert len(world.vault.get_package(world[USER], victim.other_package_id)[0].files) == 2
+
+
+def test_cli_download_of_a_package_missing_a_file_row(
+    world: World, victim: Victim, cli: CliRunner, tmp_path: Path
+) -> None:
+    """Through the server: the details are answered 500 integrity_error, the CLI exits 6 and
+    keeps nothing, rather than downloading the files that are left as if they were all."""
+    drop_second_file_row(world, victim)
+    out_dir = tmp_path / "out"
+    result = cli("package", "download", victim.package_id, "-o", out_dir, user=USER)
+    assert_integrity_exit(result)
+    assert not out_dir.exists() or list(out_dir.iterdir()) == []
 
 
 def write_kek(path: Path) -> Path:

@@ -460,7 +460,23 @@ class PackageService:
             stored_records = _PACKAGE_RECORDS.scalar(connection, pid)
 
         def answer(receipt: int) -> tuple[PackageDetail, int]:
-            opened = self.open_meta(package)
+            try:
+                opened = self.open_meta(package)
+                infos = [sealed.file_info(opened.key, cast(FileRow, row)) for row in files]
+                sealed.check_package_digest(opened.meta["digest"], infos)
+            except IntegrityError as exc:
+                # Queued, not waited for: this may run on the server's event loop, and the
+                # read's own entry is already committed.
+                failed = self.core.entry(
+                    actor=principal.actor,
+                    action="read",
+                    decision=ERROR,
+                    reason=exc.code,
+                    package=package.id,
+                    handling=package.handling.value,
+                )
+                self.core.submit(failed)
+                raise
             meta = opened.meta
             detail = PackageDetail(
                 id=package.id,
@@ -477,7 +493,7 @@ class PackageService:
                 fields=meta["fields"],
                 digest=meta["digest"],
                 creator=package.creator or "",
-                files=[sealed.file_info(opened.key, cast(FileRow, row)) for row in files],
+                files=infos,
                 releases=[release_info(cast(ReleaseRow, r)) for r in releases],
                 signature=self._signature_of(meta.get("signature")),
                 records=(

@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from vault import crypto
+from vault.errors import IntegrityError
 from vault.keys import KeyMaterial
 from vault.models import Classification, Handling
 from vault.schemas import FileInfo, PackageSummary
@@ -122,3 +123,13 @@ def package_digest(files: list[FileInfo]) -> str:
     for f in files:
         h.update(f"{f.sha256}\x00{f.name}\x00{f.size}\n".encode())
     return h.hexdigest()
+
+
+def check_package_digest(recorded: str, files: list[FileInfo]) -> None:
+    """IntegrityError unless ``files``, in order, are those whose digest was sealed with the
+    package's metadata at upload. Each file's blob and sealed name are bound to their package,
+    but which files a package has lives in plain database rows: without this, anyone able to
+    edit the database, keys or no keys, could drop a file (say, an exculpatory annex) from a
+    package, or reorder or resize them, unnoticed."""
+    if not crypto.constant_time_equal(package_digest(files), recorded):
+        raise IntegrityError("the package's files do not match its sealed digest")
