@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import secrets
 import socket
@@ -26,11 +27,13 @@ import hypothesis
 import pytest
 import uvicorn
 from sqlalchemy import create_engine, text
+from sqlmodel import Session, col, select
 from starlette.applications import Starlette
 
+from vault import crypto
 from vault.config import Settings, load_settings
-from vault.models import Classification, Role
-from vault.service import Principal, Vault, local_operator
+from vault.models import Classification, Package, PackageFile, Role
+from vault.service import Principal, Vault, local_operator, sealed
 
 # CI runs the property tests on a fixed seed, so a submission's verdict doesn't depend on the
 # draw; developers' runs explore new examples each time (HYPOTHESIS_PROFILE=ci to reproduce CI).
@@ -179,6 +182,28 @@ def world(settings: Settings) -> Iterator[World]:
         yield World(vault=vault, settings=settings, users=seed(vault))
     finally:
         vault.close()
+
+
+def reseal_package_digest(vault: Vault, session: Session, package_id: str) -> None:
+    """Seal a package's digest anew over its file rows as they are in ``session`` now, as the
+    host's operator (who holds the KEK) would after rewriting them: the server then serves
+    the rows as genuine, and only what the recipient checks can catch the forgery."""
+    package = session.get(Package, package_id)
+    assert package is not None
+    opened = sealed.open_meta(vault.keys, package)
+    rows = session.exec(
+        select(PackageFile)
+        .where(PackageFile.package_id == package_id)
+        .order_by(col(PackageFile.position))
+    ).all()
+    meta = {
+        **opened.meta,
+        "digest": sealed.package_digest([sealed.file_info(opened.key, row) for row in rows]),
+    }
+    package.sealed_meta = crypto.seal_bytes(
+        opened.key, json.dumps(meta).encode(), context=sealed.package_identity(package_id)
+    )
+    session.add(package)
 
 
 def open_files_under(root: Path) -> list[str]:

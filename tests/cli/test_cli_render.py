@@ -29,7 +29,7 @@ from sqlmodel import Session, col, select
 
 from blo_vault.cli import render
 from blo_vault.cli.client import local_names
-from tests.conftest import PASSWORD, CliResult, CliRunner, World
+from tests.conftest import PASSWORD, CliResult, CliRunner, World, reseal_package_digest
 from vault import crypto
 from vault.errors import AuthenticationFailed, InvalidInput
 from vault.ledger.log import Actor
@@ -268,6 +268,7 @@ def rename_stored_files(world: World, package_id: str, names: list[str]) -> None
             meta["name"] = name
             row.sealed_meta = crypto.seal_bytes(key, json.dumps(meta).encode(), context=identity)
             session.add(row)
+        reseal_package_digest(vault, session, package_id)
         session.commit()
 
 

@@ -17,7 +17,7 @@ from sqlmodel import Session, select
 from tests.cli import test_ledger_witnessed_cli as witnessed_log
 from tests.cli.test_cli_roundtrip import assert_one_line_error, make_file, ok_json, sha256_of
 from tests.cli.test_ledger_witnessed_cli import Witnessed
-from tests.conftest import CliRunner, World
+from tests.conftest import CliRunner, World, reseal_package_digest
 from vault import crypto
 from vault import manifest as m
 from vault.ledger.entry import decode
@@ -157,6 +157,7 @@ def test_operator_swapping_content_is_caught_and_nothing_kept(
         )
         row.size = len(forged)
         session.add(row)
+        reseal_package_digest(vault, session, package_id)
         session.commit()
     logged_in("kz.officer")
     out_dir = tmp_path / "kz-forged"

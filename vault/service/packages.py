@@ -49,6 +49,7 @@ from vault.service._core import (
     ERROR,
     REFUSALS,
     Core,
+    PackageRef,
     Principal,
     new_id,
     records_refusals,
@@ -467,15 +468,7 @@ class PackageService:
             except IntegrityError as exc:
                 # Queued, not waited for: this may run on the server's event loop, and the
                 # read's own entry is already committed.
-                failed = self.core.entry(
-                    actor=principal.actor,
-                    action="read",
-                    decision=ERROR,
-                    reason=exc.code,
-                    package=package.id,
-                    handling=package.handling.value,
-                )
-                self.core.submit(failed)
+                self.core.submit(self.core.entry(**_failed(principal, "read", package, exc)))
                 raise
             meta = opened.meta
             detail = PackageDetail(
@@ -529,15 +522,7 @@ class PackageService:
 
         def record_failure(exc: VaultError) -> None:
             with contextlib.suppress(VaultError, OperationalError):
-                self.core.record_decision(
-                    principal.actor,
-                    "download",
-                    ERROR,
-                    exc.code,
-                    package=package.id,
-                    file=row.id,
-                    handling=package.handling.value,
-                )
+                self.core.record(**_failed(principal, "download", package, exc, file=row.id))
 
         def answer(receipt: int) -> Download:
             try:
@@ -570,13 +555,10 @@ class PackageService:
         """The file's plaintext, checked segment by segment and, at the end, against its size;
         a failure is recorded and raised as IntegrityError.
 
-        The whole-file SHA-256 is not computed again here. The sealed stream's authentication
-        already proves that these bytes are, whole and in order, the ones sealed at upload,
-        whose digest was computed from them then; anyone able to seal other bytes holds the key
-        that seals the recorded digest as well, so a second hash here would stop no one the
-        AEAD lets through. The digest is checked where it proves something: by the recipient
-        (the CLI, against the officer's signed manifest) on the bytes it keeps. On one core it
-        was the slowest part of a download, twice a raw read (README, "Security model").
+        Not hashed again: the sealed stream's authentication proves these are, whole and in
+        order, the bytes whose SHA-256 was sealed at upload, and whoever could seal others
+        holds the key to that digest too. The recipient checks the digest, against the
+        officer's signed manifest, where it proves something (README, "Security model").
         """
         identity = sealed.file_identity(row.package_id, row.id)
         size = 0
@@ -599,3 +581,19 @@ class PackageService:
             if isinstance(exc, NotFound):
                 raise IntegrityError("stored object is missing") from None
             raise
+
+
+def _failed(
+    principal: Principal, action: str, package: PackageRef, exc: VaultError, **target: str
+) -> dict[str, object]:
+    """The entry of an allowed read of ``package`` that failed after its own entry was
+    committed: its stored data did not verify, or the store did not answer."""
+    return {
+        "actor": principal.actor,
+        "action": action,
+        "decision": ERROR,
+        "reason": exc.code,
+        "package": package.id,
+        "handling": package.handling.value,
+        **target,
+    }

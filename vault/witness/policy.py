@@ -151,28 +151,8 @@ def parse_policy(data: bytes | str) -> Policy:
             seen_keys.add(cosigner.public_key)
             witnesses[name] = PolicyWitness(name, cosigner, args[2] if len(args) == 3 else None)
         elif keyword == "group":
-            if len(args) < 3:
-                raise _fail(lineno, "expected 'group <name> all|any|<k> <name>...'")
-            name, k_text, members = args[0], args[1], tuple(args[2:])
-            if name == NONE or name in witnesses or name in groups:
-                raise _fail(lineno, f"name {name!r} is reserved or already defined")
-            if len(set(members)) != len(members):
-                raise _fail(lineno, "a member is listed twice")
-            for member in members:
-                if member not in witnesses and member not in groups:
-                    raise _fail(lineno, f"member {member!r} is not defined on an earlier line")
-                if member in members_listed:
-                    raise _fail(lineno, f"{member!r} is already a member of another group")
-            members_listed.update(members)
-            if k_text == "all":
-                k = len(members)
-            elif k_text == "any":
-                k = 1
-            elif _K.fullmatch(k_text) and int(k_text) <= len(members):
-                k = int(k_text)
-            else:
-                raise _fail(lineno, f"threshold must be all, any or 1..{len(members)}")
-            groups[name] = Group(name, k, members)
+            group = _parse_group(lineno, args, witnesses, groups, members_listed)
+            groups[group.name] = group
         elif keyword == "quorum":
             if len(args) != 1:
                 raise _fail(lineno, "expected 'quorum <name>'")
@@ -188,6 +168,39 @@ def parse_policy(data: bytes | str) -> Policy:
     if quorum is None:
         raise InvalidInput("witness policy has no quorum line")
     return Policy(tuple(logs), witnesses, groups, quorum)
+
+
+def _parse_group(
+    lineno: int,
+    args: list[str],
+    witnesses: dict[str, PolicyWitness],
+    groups: dict[str, Group],
+    members_listed: set[str],
+) -> Group:
+    """A ``group`` line's group (its members added to ``members_listed``); InvalidInput for
+    anything the spec forbids."""
+    if len(args) < 3:
+        raise _fail(lineno, "expected 'group <name> all|any|<k> <name>...'")
+    name, k_text, members = args[0], args[1], tuple(args[2:])
+    if name == NONE or name in witnesses or name in groups:
+        raise _fail(lineno, f"name {name!r} is reserved or already defined")
+    if len(set(members)) != len(members):
+        raise _fail(lineno, "a member is listed twice")
+    for member in members:
+        if member not in witnesses and member not in groups:
+            raise _fail(lineno, f"member {member!r} is not defined on an earlier line")
+        if member in members_listed:
+            raise _fail(lineno, f"{member!r} is already a member of another group")
+    members_listed.update(members)
+    if k_text == "all":
+        k = len(members)
+    elif k_text == "any":
+        k = 1
+    elif _K.fullmatch(k_text) and int(k_text) <= len(members):
+        k = int(k_text)
+    else:
+        raise _fail(lineno, f"threshold must be all, any or 1..{len(members)}")
+    return Group(name, k, members)
 
 
 def load_policy(path: Path) -> Policy:
