@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, inspect, text
+from sqlalchemy import Connection, Engine, inspect, text
 from sqlmodel import Session, col, select
 
-from tests.conftest import World
+from tests.conftest import World, postgres_schema_url, requires_postgres
 from vault import crypto
-from vault.db import MIGRATIONS, migrate
+from vault.db import MIGRATIONS, append_only_problems, make_engine, migrate
 from vault.models import LEDGER_OPENING_COLUMNS, Classification, Handling, LedgerEntry
 from vault.schemas import NewPackage
 from vault.service import IncomingFile, Vault, local_operator
@@ -138,3 +138,41 @@ def _any_package(world: World) -> str:
         NewPackage(title="p", classification=Classification.UNCLASSIFIED, handling=Handling.H0),
         [IncomingFile(name="p.txt", reader=io.BytesIO(b"p"))],
     ).package.id
+
+
+# What a schema holds besides rows: its relations (tables, indexes, sequences, views), the types
+# other than a relation's row type and arrays (enums, domains: an array type goes with its
+# element) and its functions.
+_SCHEMA_OBJECTS = text(
+    "SELECT 'relation ' || relname FROM pg_class"
+    " WHERE relnamespace = current_schema()::regnamespace"
+    " UNION ALL SELECT 'type ' || typname FROM pg_type"
+    " WHERE typnamespace = current_schema()::regnamespace AND typrelid = 0"
+    " AND typcategory <> 'A'"
+    " UNION ALL SELECT 'function ' || proname FROM pg_proc"
+    " WHERE pronamespace = current_schema()::regnamespace"
+)
+
+
+def _schema_objects(connection: Connection) -> set[str]:
+    return set(connection.execute(_SCHEMA_OBJECTS).scalars())
+
+
+@requires_postgres
+def test_postgres_downgrade_to_base_and_upgrade_again() -> None:
+    """``downgrade base`` removes everything the revisions created on PostgreSQL, the enum
+    types and the append-only guard's function included, so ``upgrade head`` runs again."""
+    with postgres_schema_url() as url:
+        engine = make_engine(url)
+        try:
+            migrate(engine)
+            _downgrade(engine, "base")
+            with engine.connect() as connection:
+                left = _schema_objects(connection)
+            assert left == {"relation alembic_version", "relation alembic_version_pkc"}
+            migrate(engine)
+            with engine.connect() as connection:
+                assert append_only_problems(connection) == []
+                assert "type role" in _schema_objects(connection)  # the types are back
+        finally:
+            engine.dispose()

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, cast
 
-from vault.errors import NotFound, StorageUnavailable
+from vault.errors import InvalidInput, NotFound, StorageUnavailable
 from vault.storage import ObjectReader, check_key
 
 __all__ = [
@@ -138,7 +138,8 @@ class LocalDiskStore:
                         written_back = size
                 out.flush()
                 os.fsync(out.fileno())
-            final.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if not final.parent.is_dir():
+                _make_shard_folders(final.parent)
             os.replace(tmp_name, final)
             _fsync_dir(final.parent)
         except BaseException:
@@ -175,13 +176,28 @@ class LocalDiskStore:
             _fsync_dir(path.parent)
 
     def keys(self) -> Iterator[str]:
-        """Walk the shard folders; temp files are not objects."""
-        for first in sorted(self.root.iterdir()):
-            if first.name == ".tmp" or not first.is_dir():
+        """Walk the shard folders for object files; anything else found there is skipped."""
+        # Listed is only what put could have written: a regular file named by an id, in the
+        # shard folders that id names (where _path looks for it). A shared folder collects
+        # other things (an NFS client's .nfsXXXX files, an editor's or a backup tool's
+        # leftovers, a subfolder), and gc, which stats every key listed and deletes the strays,
+        # must neither stop at them nor delete them: like MinioStore.keys, skip them. Symlinks
+        # are skipped, not followed: _path resolves them, so gc would stat, and delete, the
+        # file a symlink points at (or be refused, when it points outside the root).
+        for first in _entries(self.root):
+            if first.name == ".tmp" or not first.is_dir(follow_symlinks=False):
                 continue
-            for second in sorted(first.iterdir()):
-                for path in sorted(second.iterdir()):
-                    yield path.name
+            for second in _entries(first.path):
+                if not second.is_dir(follow_symlinks=False):
+                    continue
+                for entry in _entries(second.path):
+                    name = entry.name
+                    if (
+                        _is_key(name)
+                        and (name[:2], name[2:4]) == (first.name, second.name)
+                        and entry.is_file(follow_symlinks=False)
+                    ):
+                        yield name
 
     def stray_temp_files(self) -> list[Path]:
         """Temp files left by writes that were killed mid-way."""
@@ -216,6 +232,36 @@ def _dont_need(fd: int, offset: int, length: int) -> None:
     a filesystem (or a platform) that refuses it fails no transfer."""
     with contextlib.suppress(OSError, AttributeError):
         os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
+
+
+def _is_key(name: str) -> bool:
+    try:
+        check_key(name)
+    except InvalidInput:
+        return False
+    return True
+
+
+def _entries(folder: str | Path) -> list[os.DirEntry[str]]:
+    """The entries of ``folder`` by name (not followed: callers ask about symlinks)."""
+    with os.scandir(folder) as entries:
+        return sorted(entries, key=lambda entry: entry.name)
+
+
+def _make_shard_folders(folder: Path) -> None:
+    """Create ``folder`` (``root/ab/cd``) and its parent if missing, and fsync the parent of
+    each one that was missing."""
+    # A new folder is an entry in its parent, durable only once the parent is fsynced: without
+    # that, a crash after put returned could lose the folder and the object renamed into it.
+    # A put that finds a folder missing but loses the race to create it fsyncs the parent too,
+    # so that it does not return before the folder is durable. Folders already there (nearly
+    # every put) cost no fsync; put's caller checks for that first.
+    for level in (folder.parent, folder):
+        if level.is_dir():
+            continue
+        with contextlib.suppress(FileExistsError):
+            level.mkdir(mode=0o700)
+        _fsync_dir(level.parent)
 
 
 def _fsync_dir(path: Path) -> None:

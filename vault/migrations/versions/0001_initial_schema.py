@@ -17,6 +17,9 @@ from vault.models import UTCDateTime
 # 64-bit ledger positions; INTEGER on SQLite so ledgerentry.seq stays the rowid.
 _POSITION = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
+# The enum types the columns below create on PostgreSQL (the downgrade drops them).
+_POSTGRES_ENUMS = ("role", "classification", "handling", "releasestatus", "releasekind")
+
 revision = "0001"
 down_revision = None
 branch_labels = None
@@ -282,3 +285,10 @@ def downgrade() -> None:
     op.drop_table("ledgercheckpoint")
     op.drop_table("country")
     # ### end Alembic commands ###
+    # On PostgreSQL the upgrade also created the enum types of the columns above (dropping
+    # a table leaves its types behind) and the append-only guard's function (its triggers went
+    # with the tables): left behind, they make the next upgrade fail on "already exists".
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute("DROP FUNCTION IF EXISTS vault_append_only()")
+        for enum in _POSTGRES_ENUMS:
+            op.execute(f"DROP TYPE IF EXISTS {enum}")
