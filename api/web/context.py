@@ -160,6 +160,19 @@ def cookie_name(secure: bool) -> str:
 def visit(request: Request) -> Visit:
     """The page request's session (started if the browser has none), language and, when the
     session is signed in, its principal, authenticated by the service on every request."""
+    current = _visit(request, start=True)
+    assert current is not None
+    return current
+
+
+def existing_visit(request: Request) -> Visit | None:
+    """As :func:`visit`, but None, starting nothing, if the browser has no live session: for
+    an error page, which must not store a session for every request that a junk cookie or
+    none at all makes."""
+    return _visit(request, start=False)
+
+
+def _visit(request: Request, *, start: bool) -> Visit | None:
     web: Web = request.app.state.web
     vault: Vault = request.app.state.vault
     secure = request.url.scheme == "https" or vault.settings.env == "production"
@@ -167,6 +180,8 @@ def visit(request: Request) -> Visit:
     session = web.sessions.get(cookie)
     new = session is None
     if session is None:
+        if not start:
+            return None
         cookie, session = web.sessions.new()
     accept = request.headers.get("accept-language", "")
     current = Visit(

@@ -10,10 +10,11 @@ from typing import Any, cast
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import RedirectResponse, Response
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from blo_vault.api.errors import status_for
-from blo_vault.api.web.context import PREFIX, SignInRequired, Visit, visit
+from blo_vault.api.web.context import PREFIX, SignInRequired, Visit, existing_visit, visit
 from blo_vault.api.web.i18n import N_
 from blo_vault.api.web.security import is_page
 from vault import errors
@@ -54,6 +55,52 @@ def error_page(
     )
 
 
+def record_refusal(current: Visit, exc: errors.VaultError) -> None:
+    """Record, as the API records its own, a refusal the pages made of a signed-in user's
+    request that nothing recorded (a forged or missing CSRF token, a bad filter or form):
+    ``exc.receipt`` is then its ledger entry. Anonymous visits are not recorded (failed
+    sign-ins are, by the service's login). Raises the service's error if recording fails.
+    """
+    status = status_for(exc)
+    if exc.receipt is not None or current.principal is None:
+        return
+    # As the API: not an authentication failure or a lockout (the service records those),
+    # nor a server error.
+    if not 400 <= status < 500 or status in (401, 429):
+        return
+    request = current.request
+    template = getattr(request.scope.get("route"), "path", None)
+    if not isinstance(template, str):
+        # Only the route's template enters the append-only ledger, never the path as typed.
+        return
+    package_id = request.path_params.get("package_id")
+    exc.receipt = current.vault.record_refused_request(
+        current.principal,
+        route=f"{request.method} {template}",
+        reason=exc.code,
+        # The service keeps it only if well-formed.
+        package_id=package_id if isinstance(package_id, str) else None,
+    )
+
+
+async def _refused_page(request: Request, exc: errors.VaultError) -> Response:
+    """The error page for a refusal, recorded first if the pages made it (see
+    :func:`record_refusal`); a failure to record is answered instead."""
+    current: Visit | None = getattr(request.state, "visit", None)
+    if current is None:
+        # Refused before the page's own dependencies ran: who is asking is still known
+        # from the browser's session, if it has one (the database, so not on the event loop).
+        current = await run_in_threadpool(existing_visit, request)
+    if current is not None:
+        try:
+            await run_in_threadpool(record_refusal, current, exc)
+        except errors.VaultError as failure:
+            # Fail closed, as the API does: a refusal that can't be recorded answers with why.
+            exc = failure
+    values = {"seconds": exc.retry_after} if isinstance(exc, errors.RateLimited) else {}
+    return error_page(request, status_for(exc), exc.code, exc.receipt, **values)
+
+
 async def _delegate(handler: Any, request: Request, exc: Exception) -> Response:
     """Answer through the API's own handler (sync or async)."""
     result = handler(request, exc)
@@ -75,13 +122,13 @@ def install(app: FastAPI) -> None:
         assert isinstance(exc, errors.VaultError)
         if not on_page(request):
             return await _delegate(api_vault_error, request, exc)
-        values = {"seconds": exc.retry_after} if isinstance(exc, errors.RateLimited) else {}
-        return error_page(request, status_for(exc), exc.code, exc.receipt, **values)
+        return await _refused_page(request, exc)
 
     async def invalid(request: Request, exc: Exception) -> Response:
         if not on_page(request):
             return await _delegate(api_invalid, request, exc)
-        return error_page(request, 422, "invalid_input", None)
+        # Which field, and what was typed there, stays out of the ledger and the page.
+        return await _refused_page(request, errors.InvalidInput("invalid form or query"))
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)

@@ -12,6 +12,7 @@ from vault.errors import InvalidInput
 
 E = TypeVar("E", bound=enum.Enum)
 PAGE_SIZE = 25
+OUT_OF_RANGE = "the date is too near year 1 or year 9999 to be read in UTC"
 
 
 def choice(kind: type[E], value: str | None) -> E | None:
@@ -33,9 +34,14 @@ def day_start(value: str | None, zone: str, *, after: bool = False) -> datetime 
         day = date.fromisoformat(value)
     except ValueError:
         raise InvalidInput("dates are YYYY-MM-DD") from None
-    if after:
-        day += timedelta(days=1)
-    return datetime.combine(day, time(), tzinfo=ZoneInfo(zone)).astimezone(UTC)
+    try:
+        if after:
+            day += timedelta(days=1)
+        return datetime.combine(day, time(), tzinfo=ZoneInfo(zone)).astimezone(UTC)
+    except OverflowError:
+        # The first and last days of the calendar: the next day, or the day's start in UTC,
+        # is off it. A refusal like any other bad date, not a server error.
+        raise InvalidInput(OUT_OF_RANGE) from None
 
 
 def local_time(value: str | None, zone: str) -> datetime | None:
@@ -48,7 +54,11 @@ def local_time(value: str | None, zone: str) -> datetime | None:
         raise InvalidInput("times are YYYY-MM-DDTHH:MM") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=ZoneInfo(zone))
-    return moment.astimezone(UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        # 0001-01-01T00:00 east of UTC is before year 1 in UTC.
+        raise InvalidInput(OUT_OF_RANGE) from None
 
 
 def optional(value: str | None) -> str | None:

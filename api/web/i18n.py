@@ -11,7 +11,7 @@ from __future__ import annotations
 import gettext
 import io
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -102,10 +102,22 @@ class Language:
         return text % {"n": format_decimal(n, locale=self.code), **values}
 
     def datetime(self, moment: datetime | None, zone: str) -> str:
-        """A time in ``zone``, in this language's usual form; empty for None."""
+        """A time in ``zone``, in this language's usual form; empty for None. Never raises:
+        a time the zone can't express is shown in UTC, labelled so."""
         if moment is None:
             return ""
-        return str(format_datetime(moment, "medium", tzinfo=ZoneInfo(zone), locale=self.code))
+        # At the ends of the calendar (a release valid "until 9999-12-31T23:59:59Z") the
+        # reader's zone runs past year 9999 or before year 1. Such times may already be stored,
+        # and the page that shows them is the one where the release is revoked, so it must
+        # render: then the same moment in UTC, which the calendar holds, labelled so.
+        for tzinfo, label in ((ZoneInfo(zone), ""), (UTC, " UTC")):
+            try:
+                text = format_datetime(moment, "medium", tzinfo=tzinfo, locale=self.code)
+            except (OverflowError, ValueError):
+                continue
+            return str(text) + label
+        # Only an aware time whose own offset puts it off the calendar in UTC gets here.
+        return moment.isoformat()
 
 
 class Languages:

@@ -22,6 +22,7 @@ from blo_vault.api.web.context import (
     check_csrf,
     visit,
 )
+from blo_vault.api.web.errors import record_refusal
 from blo_vault.api.web.forms import PAGE_SIZE, choice, day_start, local_time, optional
 from blo_vault.api.web.i18n import ZONES
 from vault.errors import AuthenticationFailed, InvalidInput, RateLimited
@@ -323,7 +324,10 @@ async def upload(request: Request) -> Response:
     try:
         package_id = await body.run(run)
     except RecordsRefused as exc:
-        # The import's own list of rows and columns, so the file can be put right.
+        # Refused before the service saw the upload, so recorded here like any refusal the
+        # pages make; then the import's own list of rows and columns, so the file can be put
+        # right (the list stays out of the ledger: only the route and the reason go in).
+        await anyio.to_thread.run_sync(record_refusal, current, exc)
         return current.render(
             "upload.html",
             status=422,

@@ -270,8 +270,12 @@ def test_a_bad_records_file_lists_every_bad_row_and_stores_nothing(
     assert "row 5" not in text
     assert 'id="records-problems"' in text
     assert ("nothing was stored" if language == "en" else "ничего не сохранено") in text
-    # Refused before the service was asked to store anything: no upload entry, no package.
-    assert world.vault.ledger_size() == size
+    # Refused before the service was asked to store anything: no upload entry, no package;
+    # the page's refusal is recorded (the route and the reason, never the rows).
+    refused = world.vault.unscoped_entries(size, world.vault.ledger_size())
+    assert [(e.action, e.decision, e.reason) for e in refused] == [
+        ("request", "deny", "invalid_input")
+    ]
     assert world.vault.list_packages(world["tj.officer"]).items == []
     wrong = send_upload(browser, ("records.txt", b"date\n", "text/plain"))
     assert wrong.status_code == 422
