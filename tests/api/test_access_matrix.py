@@ -540,12 +540,25 @@ def check_reply(
     receipt = body["error"]["receipt"]
     assert isinstance(receipt, int), f"{where}: refusal without a ledger receipt"
     entry = ledger_entry(mw.vault, receipt)
-    assert (entry.decision, entry.action, entry.actor_user, entry.package) == (
+    assert (entry.decision, entry.action, entry.actor_user) == (
         "deny",
         exp.action,
         user.username,
-        pkg.id,
     ), where
+    if exp.may_see:
+        assert (entry.package, entry.handling) == (pkg.id, pkg.key.handling), where
+        return
+    # Recorded as a missing id is: the entry concerns the caller's country, whose auditor
+    # must not tell the two apart either (the same reason, no handling code, and a release
+    # route names the release, never its package).
+    gone = ledger_entry(mw.vault, mw.missing[route]["error"]["receipt"])
+    assert (entry.reason, entry.handling, bool(entry.package), bool(entry.release)) == (
+        gone.reason,
+        gone.handling,
+        bool(gone.package),
+        bool(gone.release),
+    ), where
+    assert entry.package in ("", pkg.id), where
 
 
 def check_explanation(
@@ -681,7 +694,8 @@ def test_hidden_release_refusals_are_recorded_like_missing_ones(
 ) -> None:
     user = username("TJ-CUSTOMS", "supervisor", Classification.SECRET)
     pkg = mw.packages[PackageKey(MAIN_CLASS, "H0", "active", "country")]
-    reply = request(mw, route, user, pkg.id, release_id=fresh_release(mw, pkg))
+    rid = fresh_release(mw, pkg)
+    reply = request(mw, route, user, pkg.id, release_id=rid)
     assert reply.status_code == 404
     body, missing = reply.json()["error"], mw.missing[route]["error"]
     assert (body["code"], body["message"]) == (missing["code"], missing["message"])
@@ -691,6 +705,13 @@ def test_hidden_release_refusals_are_recorded_like_missing_ones(
         "deny",
         ROUTES[route][0],
         user,
+    )
+    # As for a missing release: the release id typed, not the package it belongs to.
+    assert (entry.reason, entry.release, entry.package, entry.handling) == (
+        "not_found",
+        rid,
+        "",
+        "",
     )
 
 

@@ -178,6 +178,39 @@ def test_explain_follows_the_audit_scope_when_the_package_is_released(api: Api) 
             )
 
 
+def test_explain_tells_another_countrys_auditor_nothing_of_a_third_countrys_users(
+    api: Api,
+) -> None:
+    """Released to KZ and TJ: the KZ auditor's audit view shows only the release to KZ, so
+    explain must not answer about TJ's officer either (it would tell where else the package
+    went, and that the user exists): the same 404 as for no such user. About KZ's own officer
+    it answers, with KZ's release only; the originator's auditor may ask about anyone."""
+    uz = api.user("uz.officer")
+    package, _ = upload(api.vault, uz)
+    to_kz = api.vault.release(uz, package, country="KZ").release.id
+    api.vault.release(uz, package, country="TJ")
+    view = api.client.get(f"/packages/{package}/audit", headers=api.headers["kz.auditor"])
+    assert [r["country"] for r in view.json()["releases"]] == ["KZ"]
+    hidden = refusal(explain(api, "kz.auditor", "tj.officer", package), 404)
+    missing = refusal(explain(api, "kz.auditor", "no.such.user", package), 404)
+    assert (hidden["code"], hidden["message"]) == (
+        missing["code"],
+        missing["message"].replace("no.such.user", "tj.officer"),
+    )
+    recorded = entry_at(api.vault, hidden["receipt"])
+    assert (recorded.actor_user, recorded.action, recorded.decision) == (
+        "kz.auditor",
+        "explain",
+        "deny",
+    )
+    own = explain(api, "kz.auditor", "kz.officer", package)
+    assert own.status_code == 200, own.text
+    assert own.json()["grants"] == [to_kz]
+    origin = explain(api, "uz.auditor", "tj.officer", package)
+    assert origin.status_code == 200, origin.text
+    assert origin.json()["relation"] == "released-country"
+
+
 def test_explain_about_oneself_keeps_the_read_visibility(api: Api) -> None:
     package, _ = upload(api.vault, api.user("uz.officer"))
     assert explain(api, "uz.officer", "uz.officer", package).json()["allowed"] is True
@@ -185,6 +218,51 @@ def test_explain_about_oneself_keeps_the_read_visibility(api: Api) -> None:
     missing = refusal(explain(api, "kz.officer", "kz.officer", secrets.token_hex(16)), 404)
     assert (hidden["code"], hidden["message"]) == (missing["code"], missing["message"])
     assert entry_at(api.vault, hidden["receipt"]).action == "explain"
+
+
+# --- 2b. release times a page can show ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "times",
+    [
+        {"expires_at": "9999-12-31T23:59:59Z"},  # past year 9999 in Tashkent: pages failed
+        {"expires_at": "9999-12-31T23:59:59-05:00"},  # off the calendar in UTC: the INSERT failed
+        {"not_before": "0001-01-01T00:00:00+05:00"},
+        {"not_before": "1999-12-31T23:59:59Z"},
+        {"expires_at": "+11y"},  # more than ten years ahead
+        {"not_before": "+11y"},
+    ],
+)
+def test_release_times_beyond_the_horizon_are_refused_and_recorded(
+    api: Api, times: dict[str, str]
+) -> None:
+    package, _ = upload(api.vault, api.user("uz.officer"))
+    later = (utcnow() + timedelta(days=11 * 366)).isoformat()
+    body = {k: later if v == "+11y" else v for k, v in times.items()}
+    reply = api.client.post(
+        f"/packages/{package}/releases",
+        json={"country": "KZ", **body},
+        headers=api.headers["uz.officer"],
+    )
+    error = refusal(reply, 422)
+    assert error["code"] == "invalid_input"
+    recorded = entry_at(api.vault, error["receipt"])
+    assert (recorded.action, recorded.decision, recorded.reason) == (
+        "release",
+        "deny",
+        "invalid_input",
+    )
+    detail, _ = api.vault.get_package(api.user("uz.officer"), package)
+    assert detail.releases == []
+    # Nine years ahead is a plan, and allowed.
+    nine = (utcnow() + timedelta(days=9 * 365)).isoformat()
+    ok = api.client.post(
+        f"/packages/{package}/releases",
+        json={"country": "KZ", "expires_at": nine},
+        headers=api.headers["uz.officer"],
+    )
+    assert ok.status_code == 201, ok.text
 
 
 # --- 3. no upload above one's own clearance ----------------------------------------------------

@@ -247,7 +247,7 @@ def _refusal_for(authz: Authorizer, facts: Facts, action: str) -> tuple[str, Vau
     """
     may_see = any(authz.allows(replace(facts, action=seen)) for seen in ("read", "audit"))
     if not may_see:
-        return "policy_denied", NotFound("package not found")
+        return "not_found", NotFound("package not found")
     if (
         facts.handling == "H3"
         and not facts.acknowledged
@@ -285,27 +285,34 @@ class Access:
         action: str,
         *,
         record_as: str | None = None,
+        hidden_target: dict[str, str] | None = None,
     ) -> tuple[PackageRow, Facts]:
         """The package and its facts if ``action`` is allowed; otherwise a refusal, recorded
         under ``record_as`` (default: ``action``) and raised: NotFound for a caller who may not
         even read (or, for auditors, audit) the package, as for a missing one; AccessDenied
-        saying why for a caller who may see it but not do ``action``."""
+        saying why for a caller who may see it but not do ``action``.
+
+        A NotFound is recorded exactly as a missing id is, naming ``hidden_target`` (default:
+        the package id): a caller who reached the package through a release id must get the
+        entry of a missing release, which names no package."""
         check_id(package_id, "package id")
         recorded = record_as or action
+        hidden = hidden_target if hidden_target is not None else {"package": package_id}
         found = package_facts(session, principal, package_id, action)
         if found is None or found[0].purged_at is not None:
             raise self.core.record_refusal(
-                NotFound("package not found"),
-                principal.actor,
-                recorded,
-                "not_found",
-                package=package_id,
+                NotFound("package not found"), principal.actor, recorded, "not_found", **hidden
             )
         package, facts = found
         authz = self.core.authz
         if authz.allows(facts):
             return package, facts
         reason, exc = _refusal_for(authz, facts, action)
+        if isinstance(exc, NotFound):
+            # Recorded as for a missing id: the entry concerns the caller's country, whose
+            # auditor would otherwise learn from a finer reason or a handling code that the
+            # id is a package. The originator's auditor, who knows its packages, loses nothing.
+            raise self.core.record_refusal(exc, principal.actor, recorded, reason, **hidden)
         raise self.core.record_refusal(
             exc,
             principal.actor,

@@ -109,13 +109,21 @@ class AuditService:
             # The package first, whoever is asked about: one the caller may not know exists
             # answers exactly like a missing id. Auditors and admins see what the audit view
             # shows them (its very check); anyone else what they may read.
-            self.access.load_package_for(
+            shown, _ = self.access.load_package_for(
                 session, principal, package_id, "audit" if full else "read", record_as="explain"
             )
             user = session.exec(select(User).where(User.username == username)).first()
             if user is None:
                 raise NotFound(f"unknown user {username}")
             subject = core.principal_for(session, user)
+            if principal.role == Role.AUDITOR and principal.country not in (
+                shown.country_code,
+                subject.country,
+            ):
+                # Another country's auditor sees only the releases to their own country (the
+                # audit view, above); an answer about a third country's user would tell where
+                # else the package went, and that the user exists: answered as for no user.
+                raise NotFound(f"unknown user {username}")
             found = package_facts(session, subject, package_id, action)
             if found is None:  # loaded just above, in this transaction
                 raise NotFound("package not found")

@@ -6,7 +6,7 @@ import contextlib
 import json
 from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, cast
+from typing import Any, Protocol, cast
 
 from sqlalchemy import bindparam
 from sqlalchemy import select as sa_select
@@ -585,7 +585,7 @@ class PackageService:
 
 def _failed(
     principal: Principal, action: str, package: PackageRef, exc: VaultError, **target: str
-) -> dict[str, object]:
+) -> dict[str, Any]:
     """The entry of an allowed read of ``package`` that failed after its own entry was
     committed: its stored data did not verify, or the store did not answer."""
     return {

@@ -3,7 +3,7 @@ requests (H2), decisions, revocation, and acknowledging H3 restrictions."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from sqlmodel import Session, col, select
@@ -78,10 +78,20 @@ def release_info(r: ReleaseRow) -> ReleaseInfo:
     )
 
 
+# How far a release's times may lie from today. Beyond them is a typing slip, not a plan (no
+# expiry is written as none), and at the calendar's edges a time can't even be converted to
+# another zone: 9999-12-31 in Tashkent overflowed every page that showed it.
+EARLIEST_RELEASE_TIME = datetime(2000, 1, 1, tzinfo=UTC)
+RELEASE_HORIZON = timedelta(days=3653)  # ten years
+
+
 def _check_window(not_before: datetime | None, expires_at: datetime | None) -> None:
+    latest = utcnow() + RELEASE_HORIZON
     for moment in (not_before, expires_at):
         if moment is not None and moment.tzinfo is None:
             raise InvalidInput("release times must carry a time zone")
+        if moment is not None and not EARLIEST_RELEASE_TIME <= moment <= latest:
+            raise InvalidInput("release times must lie between 2000 and ten years from now")
     if not_before and expires_at and expires_at <= not_before:
         raise InvalidInput("a release must expire after it starts")
     if expires_at is not None and expires_at <= utcnow():
@@ -211,7 +221,10 @@ class ReleaseService:
         """The release and its package if ``action`` on the package is allowed; otherwise a
         recorded refusal, worded for a release."""
         check_id(release_id, "release id")
-        release = session.get(Release, release_id)
+        # Locked until the decision or revocation commits: two of them at once on PostgreSQL
+        # (READ COMMITTED) could otherwise both see "pending", and an approval committed after
+        # a revocation would put the release back in force. SQLite's writers are serial anyway.
+        release = session.get(Release, release_id, with_for_update=True)
         if release is None or (package_id is not None and release.package_id != package_id):
             raise self.core.record_refusal(
                 NotFound("release not found"),
@@ -222,7 +235,11 @@ class ReleaseService:
             )
         try:
             package, _ = self.access.load_package_for(
-                session, principal, release.package_id, action
+                session,
+                principal,
+                release.package_id,
+                action,
+                hidden_target={"release": release_id},
             )
         except NotFound as exc:
             # The same exception (its refusal is recorded on the way out), worded for a

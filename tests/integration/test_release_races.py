@@ -1,0 +1,102 @@
+"""Two decisions on one release at once, on PostgreSQL.
+
+Under READ COMMITTED, two transactions that read a release before either writes it both see
+it as it was: a supervisor's approval committed after the originator's revocation put the
+release back in force, and the ledger then said "revoked" before "approved". The release row
+is now locked from its read to the commit. SQLite's writers are serial, so only PostgreSQL is
+tested here.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import FAST_ARGON2, World, postgres_schema_url, requires_postgres, seed
+from vault.config import load_settings
+from vault.errors import Conflict, NotFound
+from vault.models import Classification, ReleaseStatus
+from vault.schemas import NewPackage
+from vault.service import IncomingFile, Vault
+from vault.service.releases import ReleaseService
+
+pytestmark = requires_postgres
+
+# How long the revocation holds its transaction open after reading the release: long enough
+# for the approval to read the release too, had nothing locked it.
+HOLD_SECONDS = 0.5
+
+
+@pytest.fixture
+def pg_world(tmp_path: Path) -> Iterator[World]:
+    with postgres_schema_url() as url:
+        settings = load_settings(data_dir=tmp_path / "vault-data", database_url=url, **FAST_ARGON2)
+        vault = Vault.open(settings)
+        try:
+            yield World(vault=vault, settings=settings, users=seed(vault))
+        finally:
+            vault.close()
+
+
+def test_an_approval_racing_a_revocation_never_puts_the_release_back(
+    pg_world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    vault, officer = pg_world.vault, pg_world["uz.officer"]
+    package = vault.upload(
+        officer,
+        NewPackage(title="seizure report", classification=Classification.CONFIDENTIAL),
+        [IncomingFile("report.txt", io.BytesIO(b"report"))],
+    ).package.id
+    release = vault.release(officer, package, country="KZ").release
+    assert release.status == ReleaseStatus.PENDING  # four-eyes: a supervisor must approve
+
+    revocation_read = threading.Event()
+    load = ReleaseService._load_release_for
+
+    def revoker_holds(self: ReleaseService, *args: Any, **kwargs: Any) -> Any:
+        found = load(self, *args, **kwargs)
+        if args[1].username == "uz.officer":
+            revocation_read.set()
+            time.sleep(HOLD_SECONDS)  # the revocation's transaction stays open
+        return found
+
+    monkeypatch.setattr(ReleaseService, "_load_release_for", revoker_holds)
+    outcome: dict[str, object] = {}
+
+    def revoke() -> None:
+        outcome["revoke"] = vault.revoke_release(officer, package, release.id).release.status
+
+    def approve() -> None:
+        assert revocation_read.wait(10)
+        try:
+            decided = vault.decide_release(pg_world["uz.supervisor"], release.id, approve=True)
+            outcome["approve"] = decided.release.status
+        except Conflict as exc:
+            outcome["approve"] = exc
+
+    threads = [threading.Thread(target=revoke), threading.Thread(target=approve)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    monkeypatch.undo()
+
+    assert outcome["revoke"] == ReleaseStatus.REVOKED
+    # The approval waited for the revocation's commit, then found nothing pending.
+    assert isinstance(outcome["approve"], Conflict), outcome
+    detail, _ = vault.get_package(officer, package)
+    assert [(r.status, r.in_force) for r in detail.releases] == [(ReleaseStatus.REVOKED, False)]
+    with pytest.raises(NotFound):
+        vault.get_package(pg_world["kz.officer"], package)
+    decisions = [
+        (e.action, e.decision)
+        for e in vault.unscoped_entries()
+        if e.release == release.id and e.action in ("revoke", "approve")
+    ]
+    assert decisions == [("revoke", "allow"), ("approve", "deny")]
