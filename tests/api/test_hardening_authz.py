@@ -265,6 +265,21 @@ def test_release_times_beyond_the_horizon_are_refused_and_recorded(
     assert ok.status_code == 201, ok.text
 
 
+# --- 2c. allowed reads of reference data are recorded too -------------------------------------
+
+
+def test_reading_the_rules_and_the_crossing_points_is_recorded(api: Api) -> None:
+    size = api.vault.ledger_size()
+    assert api.vault.rules(local_operator()) == []
+    reply = api.client.get("/crossing-points", headers=api.headers["kz.officer"])
+    assert reply.status_code == 200, reply.text
+    entries = api.vault.unscoped_entries(size)
+    assert [(e.actor_user, e.action, e.decision, e.subject) for e in entries] == [
+        ("local:root", "manage", "allow", "rules"),
+        ("kz.officer", "list", "allow", f"crossing-points:{len(reply.json())}"),
+    ]
+
+
 # --- 3. no upload above one's own clearance ----------------------------------------------------
 
 

@@ -206,9 +206,11 @@ class AdminService:
 
     @records_refusals("manage")
     def rules(self, principal: Principal) -> list[str]:
-        """Rules admins added on top of the policy file."""
+        """Rules admins added on top of the policy file (the look recorded, like any read)."""
         self.core.require_global(principal, "manage", subject="rules")
-        return [rule_line(r) for r in self.core.authz.extra_rules]
+        lines = [rule_line(r) for r in self.core.authz.extra_rules]
+        self.core.record_decision(principal.actor, "manage", ALLOW, "ok", subject="rules")
+        return lines
 
     @records_refusals("manage")
     def change_rule(self, principal: Principal, line: str, *, add: bool) -> str:

@@ -139,7 +139,15 @@ class SeizureService:
 
     def crossing_points(self, principal: Principal) -> list[CrossingPointInfo]:
         """Every registered crossing point, by code (reference data, like countries: any
-        signed-in caller may list them)."""
+        signed-in caller may list them; the look is recorded, like any read)."""
+        points = self._points()
+        self.core.record_decision(
+            principal.actor, "list", ALLOW, "ok", subject=f"crossing-points:{len(points)}"
+        )
+        return points
+
+    def _points(self) -> list[CrossingPointInfo]:
+        """The crossing points, for a read that records itself."""
         with self.core.lookup() as connection:
             rows = connection.execute(
                 sa_select(CrossingPoint).order_by(col(CrossingPoint.code))
@@ -169,7 +177,7 @@ class SeizureService:
             raise InvalidInput("'from' must not be after 'to'")
         self._require_stats(principal)
         parts = self._readable_totals(principal)
-        countries = {p.code: p.country for p in self.crossing_points(principal)}
+        countries = {p.code: p.country for p in self._points()}
         # Each package's grouping over all its dates is kept: a request merges those, and
         # regroups only the packages a date range cuts through.
         rows = aggregate.merge((c.within(keys, countries, date_from, date_to) for c in parts), keys)
@@ -192,7 +200,7 @@ class SeizureService:
             raise InvalidInput(f"window_days must be 1-{aggregate.MAX_WINDOW_DAYS}")
         code = check_crossing_point(crossing_point) if crossing_point is not None else None
         self._require_stats(principal)
-        points = self.crossing_points(principal)
+        points = self._points()
         if code is not None:
             points = [p for p in points if p.code == code]
             if not points:
