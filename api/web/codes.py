@@ -94,6 +94,7 @@ REASONS = {
     "vault_missing": N_("vault missing"),
     "vault_error": N_("vault error"),
     "io_error": N_("input/output error"),
+    "internal_error": N_("internal error of the vault"),
     "csrf_refused": N_("form token refused"),
 }
 # A release's state change is recorded as ``status:<state>``.

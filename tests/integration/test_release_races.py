@@ -1,4 +1,4 @@
-"""Two decisions on one release at once, on PostgreSQL.
+"""Two decisions on one release at once, and two acknowledgements, on PostgreSQL.
 
 Under READ COMMITTED, two transactions that read a release before either writes it both see
 it as it was: a supervisor's approval committed after the originator's revocation put the
@@ -21,9 +21,10 @@ import pytest
 from tests.conftest import FAST_ARGON2, World, postgres_schema_url, requires_postgres, seed
 from vault.config import load_settings
 from vault.errors import Conflict, NotFound
-from vault.models import Classification, ReleaseStatus
+from vault.models import Classification, Handling, ReleaseStatus
 from vault.schemas import NewPackage
 from vault.service import IncomingFile, Vault
+from vault.service.access import Access
 from vault.service.releases import ReleaseService
 
 pytestmark = requires_postgres
@@ -100,3 +101,49 @@ def test_an_approval_racing_a_revocation_never_puts_the_release_back(
         if e.release == release.id and e.action in ("revoke", "approve")
     ]
     assert decisions == [("revoke", "allow"), ("approve", "deny")]
+
+
+def test_two_acknowledgements_at_once_are_one_and_both_recorded(
+    pg_world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A double click: both requests find no acknowledgement before either stores one. The
+    second used to fail on the primary key (a 500, unrecorded); now it is "already"."""
+    vault, officer, reader = pg_world.vault, pg_world["uz.officer"], pg_world["kz.officer"]
+    package = vault.upload(
+        officer,
+        NewPackage(title="report", handling=Handling.H3, handling_note="not for court"),
+        [IncomingFile("report.txt", io.BytesIO(b"report"))],
+    ).package.id
+    vault.release(officer, package, country="KZ")
+    both_looked = threading.Barrier(2)
+    load = Access.load_package_for
+
+    def looks_together(self: Access, *args: Any, **kwargs: Any) -> Any:
+        found = load(self, *args, **kwargs)
+        if args[3] == "acknowledge":
+            both_looked.wait(10)
+        return found
+
+    monkeypatch.setattr(Access, "load_package_for", looks_together)
+    receipts: list[object] = []
+
+    def acknowledge() -> None:
+        try:
+            receipts.append(vault.acknowledge(reader, package))
+        except Exception as exc:  # the failure this test is about
+            receipts.append(exc)
+
+    threads = [threading.Thread(target=acknowledge) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    monkeypatch.undo()
+
+    assert all(isinstance(r, int) for r in receipts), receipts
+    reasons = sorted(
+        e.reason
+        for e in vault.unscoped_entries()
+        if e.action == "acknowledge" and e.package == package
+    )
+    assert reasons == ["already", "ok"]

@@ -8,10 +8,8 @@ from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
-from sqlalchemy import bindparam
-from sqlalchemy import select as sa_select
+from sqlalchemy.exc import IntegrityError as DBIntegrityError
 from sqlalchemy.exc import OperationalError
-from sqlmodel import col
 
 from vault import crypto
 from vault.authz import NONE, ORIGINATOR, Facts
@@ -26,8 +24,7 @@ from vault.errors import (
     VaultError,
 )
 from vault.listing import PackageFilter
-from vault.models import Package, PackageFile, PackageRecords, Release, utcnow
-from vault.prepared import Prepared
+from vault.models import Package, PackageFile, utcnow
 from vault.schemas import (
     FileInfo,
     NewPackage,
@@ -55,43 +52,18 @@ from vault.service._core import (
     records_refusals,
 )
 from vault.service.access import Access
+from vault.service.package_reads import (
+    PACKAGE_FILE,
+    PACKAGE_FILES,
+    PACKAGE_RECORDS,
+    PACKAGE_RELEASES,
+)
 from vault.service.pending import PendingRead
 from vault.service.releases import ReleaseRow, release_info
 from vault.service.sealed import FileRow, OpenedMeta, SealedRow, SummaryRow
 
 MAX_PAGE = 200
-
-# A package's files, in order, as the columns its details show (no ORM entities: reads are
-# the hot path).
-_PACKAGE_FILES = Prepared(
-    sa_select(
-        col(PackageFile.id),
-        col(PackageFile.package_id),
-        col(PackageFile.size),
-        col(PackageFile.sealed_meta),
-    )
-    .where(col(PackageFile.package_id) == bindparam("pid"))
-    .order_by(col(PackageFile.position))
-)
-
-# A package's releases, oldest first (shown to its originator), as plain rows.
-_PACKAGE_RELEASES = Prepared(
-    sa_select(*Release.__table__.columns)  # type: ignore[attr-defined]
-    .where(col(Release.package_id) == bindparam("pid"))
-    .order_by(col(Release.created_at))
-)
-
-# A package's sealed seizure records, if it has any.
-_PACKAGE_RECORDS = Prepared(
-    sa_select(col(PackageRecords.sealed)).where(col(PackageRecords.package_id) == bindparam("pid"))
-)
-
-# A download's file as a plain row (no ORM object), only if it belongs to the package.
-_PACKAGE_FILE = Prepared(
-    sa_select(*PackageFile.__table__.columns).where(  # type: ignore[attr-defined]
-        col(PackageFile.id) == bindparam("fid"), col(PackageFile.package_id) == bindparam("pid")
-    )
-)
+_ID_IN_USE = "this package id is already in use; choose a fresh one"
 
 
 class StoredFileRow(FileRow, Protocol):
@@ -198,7 +170,11 @@ class PackageService:
                     )
                     signatures.check_upload(session, principal, signed, received)
                 session.add(package)
-                session.flush()
+                try:
+                    session.flush()
+                except DBIntegrityError:
+                    # A chosen id that another upload took after _fresh_id looked.
+                    raise Conflict(_ID_IN_USE) from None
                 session.add_all(sealing.rows)
                 if records:
                     session.add(records_row(session, package.id, sealing.package_key, records))
@@ -236,7 +212,7 @@ class PackageService:
             return new_id()
         with self.core.tx(readonly=True) as session:
             if session.get(Package, chosen) is not None:
-                raise Conflict("this package id is already in use; choose a fresh one")
+                raise Conflict(_ID_IN_USE)
         return chosen
 
     def _signed(
@@ -386,9 +362,16 @@ class PackageService:
         for key in sealing.written:
             with contextlib.suppress(Exception):
                 self.core.store.delete(key)
-        if isinstance(exc, VaultError | OSError):
-            reason = exc.code if isinstance(exc, VaultError) else "io_error"
-            # Bad input (no file, too large, a bad name) is refused; the rest failed.
+        if isinstance(exc, Exception):  # not an interpreter's exit or a task's cancellation
+            reason = (
+                exc.code
+                if isinstance(exc, VaultError)
+                else "io_error"
+                if isinstance(exc, OSError)
+                else "internal_error"  # a fault of the vault's, recorded all the same
+            )
+            # Bad input (no file, too large, a bad name, an id in use) is refused; the rest
+            # failed.
             decision = DENY if isinstance(exc, REFUSALS) else ERROR
             with contextlib.suppress(VaultError, OperationalError):
                 receipt = self.core.record_decision(principal.actor, "upload", decision, reason)
@@ -454,11 +437,11 @@ class PackageService:
         with self.core.read() as connection:
             package, facts = self.access.load_package_for(connection, principal, package_id, "read")
             pid = {"pid": package.id}
-            files = _PACKAGE_FILES.all(connection, pid)
+            files = PACKAGE_FILES.all(connection, pid)
             releases = (
-                _PACKAGE_RELEASES.all(connection, pid) if ORIGINATOR in facts.relations else []
+                PACKAGE_RELEASES.all(connection, pid) if ORIGINATOR in facts.relations else []
             )
-            stored_records = _PACKAGE_RECORDS.scalar(connection, pid)
+            stored_records = PACKAGE_RECORDS.scalar(connection, pid)
 
         def answer(receipt: int) -> tuple[PackageDetail, int]:
             try:
@@ -515,7 +498,7 @@ class PackageService:
         check_id(file_id, "file id")
         with self.core.read() as connection:
             package, _ = self.access.load_package_for(connection, principal, package_id, "download")
-            found = _PACKAGE_FILE.first(connection, {"fid": file_id, "pid": package.id})
+            found = PACKAGE_FILE.first(connection, {"fid": file_id, "pid": package.id})
             if found is None:
                 raise NotFound("file not found")
             row = cast(StoredFileRow, found)

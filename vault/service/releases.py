@@ -6,6 +6,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session, col, select
 
 from vault.authz import ORIGINATOR, Facts
@@ -108,6 +110,24 @@ def _check_target(session: Session, country: str, agency: str | None) -> tuple[s
         if agency_row is None or agency_row.country_code != country:
             raise InvalidInput(f"agency {agency} is not an agency of {country}")
     return country, agency
+
+
+def _acknowledged_now(session: Session, package: PackageRow, principal: Principal) -> bool:
+    """Store ``principal``'s acknowledgement of ``package``; False if one is there already.
+
+    An insert that ignores a duplicate, not a check then an insert: two acknowledgements of
+    one user at once (a double click) both saw none on PostgreSQL, and the second insert
+    failed on the primary key, a server error left out of the ledger."""
+    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    values = {"package_id": package.id, "user_id": principal.user_id, "created_at": utcnow()}
+    statement = (
+        insert(Acknowledgement)
+        .values(**values)
+        .on_conflict_do_nothing()
+        # A row back only if inserted (the drivers' rowcount is -1 here on PostgreSQL).
+        .returning(col(Acknowledgement.user_id))
+    )
+    return session.connection().execute(statement).first() is not None
 
 
 class ReleaseService:
@@ -323,19 +343,13 @@ class ReleaseService:
             )
             if package.handling != Handling.H3:
                 raise InvalidInput("only H3 packages carry restrictions to acknowledge")
-            if not facts.acknowledged:
-                session.add(
-                    Acknowledgement(
-                        package_id=package.id, user_id=principal.user_id, created_at=utcnow()
-                    )
-                )
-                session.flush()
+            added = not facts.acknowledged and _acknowledged_now(session, package, principal)
             return self.core.record_allowed(
                 principal,
                 "acknowledge",
                 package,
                 session=session,
-                reason="ok" if not facts.acknowledged else "already",
+                reason="ok" if added else "already",
             )
 
     @records_refusals("list")
