@@ -8,7 +8,7 @@ import os
 import tempfile
 import time
 import unicodedata
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
@@ -17,7 +17,7 @@ import httpcore
 import httpx
 
 from blo_vault.cli import session as stored
-from blo_vault.cli.errors import BY_CODE
+from blo_vault.cli.errors import BY_CODE, BadServerReply, count, field, obj, objects
 from blo_vault.cli.keys import UploadSigner
 from vault.crypto import BackgroundDigest, constant_time_equal
 from vault.errors import (
@@ -33,6 +33,7 @@ from vault.text import MAX_FILENAME_BYTES, check_filename, filename_key, unsafe_
 __all__ = [
     "ApiClient",
     "Progress",
+    "file_list",
     "local_names",
 ]
 
@@ -61,7 +62,7 @@ def _raise_for(response: httpx.Response) -> None:
         cls = BY_CODE.get(str(error["code"]), VaultError)
         exc = cls(str(error["message"]))
         exc.receipt = error.get("receipt")
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
         exc = VaultError(f"server answered HTTP {response.status_code}")
     raise exc
 
@@ -110,12 +111,15 @@ class ApiClient:
         if session is not None:
             token = session.token
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._http = httpx.Client(
-            base_url=server.rstrip("/"),
-            headers=headers,
-            verify=verify,
-            timeout=httpx.Timeout(timeout, connect=10.0),
-        )
+        try:
+            self._http = httpx.Client(
+                base_url=server.rstrip("/"),
+                headers=headers,
+                verify=verify,
+                timeout=httpx.Timeout(timeout, connect=10.0),
+            )
+        except httpx.InvalidURL as exc:
+            raise InvalidInput(f"not a valid server URL: {server} ({exc})") from None
 
     def close(self) -> None:
         """Close the connection pool."""
@@ -130,10 +134,8 @@ class ApiClient:
     def _send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         try:
             return self._http.request(method, url, **kwargs)
-        except httpx.TransportError as exc:
-            raise StorageUnavailable(
-                f"cannot reach the vault server: {type(exc).__name__}"
-            ) from None
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            raise _http_error(exc) from None
 
     def _request(self, method: str, url: str, *, replayable: bool = True, **kwargs: Any) -> Any:
         response = self._send(method, url, **kwargs)
@@ -142,12 +144,17 @@ class ApiClient:
         if response.status_code == 401 and replayable and self._renew():
             response = self._send(method, url, **kwargs)
         _raise_for(response)
-        return response.json()
+        try:
+            return response.json()
+        except (ValueError, RecursionError):
+            # Not JSON (a proxy's HTML page), not UTF-8, or nested past the parser's depth.
+            raise BadServerReply(
+                f"the server's reply to {method} {url.split('?', 1)[0]} is not JSON"
+            ) from None
 
     def _reply(self, method: str, url: str, **kwargs: Any) -> dict[str, Any]:
-        """A route's JSON object (see ``_request``)."""
-        result: dict[str, Any] = self._request(method, url, **kwargs)
-        return result
+        """A route's JSON object (see ``_request``); BadServerReply if it is not an object."""
+        return obj(self._request(method, url, **kwargs), f"reply to {method} {url}")
 
     def _renew(self) -> bool:
         """Renew the access token with the session's refresh token; False without one.
@@ -321,8 +328,10 @@ class ApiClient:
 
     def crossing_points(self) -> list[dict[str, Any]]:
         """GET /crossing-points."""
-        result: list[dict[str, Any]] = self._request("GET", "/crossing-points")
-        return result
+        result = self._request("GET", "/crossing-points")
+        if not isinstance(result, list):
+            raise BadServerReply("the server's list of crossing points is not a list")
+        return [obj(item, "crossing point") for item in result]
 
     def seizure_stats(
         self, *, by: str, date_from: str | None = None, date_to: str | None = None
@@ -363,11 +372,12 @@ class ApiClient:
         """
         if detail is None:
             detail = self.show(package_id)
+        files = file_list(detail)
         dest.mkdir(parents=True, exist_ok=True)
         targets = []
         # Names come from the server: made safe and distinct, each a plain name in ``dest``.
-        names = local_names([f["name"] for f in detail["files"]])
-        for item, name in zip(detail["files"], names, strict=True):
+        names = local_names([f["name"] for f in files])
+        for item, name in zip(files, names, strict=True):
             target = dest / name
             if target.exists() and not force:
                 raise Conflict(f"{target} exists (use --force to replace it)")
@@ -389,14 +399,26 @@ class ApiClient:
     def _fetch(
         self, package_id: str, item: dict[str, Any], dest: Path, progress: Progress | None
     ) -> Path:
+        # Checked before a byte is written: the size bounds what this file may take on disk.
+        announced = count(item, "size", "file entry")
         fd, name = tempfile.mkstemp(dir=dest, prefix=".blovault-", suffix=".part")
         tmp = Path(name)
         # SHA-256 on a second thread (hashlib releases the GIL): this one receives and writes.
         digest = BackgroundDigest()
         try:
-            with os.fdopen(fd, "wb") as out:
+            with (
+                os.fdopen(fd, "wb") as out,
+                contextlib.closing(self.file_chunks(package_id, item["id"])) as chunks,
+            ):
                 size = unreported = written_back = 0
-                for chunk in self.file_chunks(package_id, item["id"]):
+                for chunk in chunks:
+                    # A server that keeps sending past the size it announced would fill the
+                    # disk: stop at the first byte too many (closing the stream), keep nothing.
+                    if size + len(chunk) > announced:
+                        raise IntegrityError(
+                            f"the server sent more than the file's announced {announced} "
+                            "bytes; nothing kept"
+                        )
                     out.write(chunk)
                     digest.update(chunk)
                     size += len(chunk)
@@ -412,7 +434,7 @@ class ApiClient:
                     progress(unreported)
                 out.flush()
                 os.fsync(out.fileno())
-            if size != item["size"] or not constant_time_equal(digest.hexdigest(), item["sha256"]):
+            if size != announced or not constant_time_equal(digest.hexdigest(), item["sha256"]):
                 raise IntegrityError("downloaded file does not match its recorded digest")
         except BaseException:
             tmp.unlink(missing_ok=True)
@@ -438,15 +460,15 @@ class ApiClient:
         params = {"user": user} if user is not None else None
         return self._reply("GET", "/keys/history", params=params)
 
-    def file_chunks(self, package_id: str, file_id: str) -> Iterator[bytes]:
+    def file_chunks(self, package_id: str, file_id: str) -> Generator[bytes]:
         """GET /packages/{id}/files/{file_id}: the file's plaintext, in chunks as they arrive."""
         return self._stream(f"/packages/{_segment(package_id)}/files/{_segment(file_id)}")
 
-    def ledger_export_chunks(self, *, scoped: bool = False) -> Iterator[bytes]:
+    def ledger_export_chunks(self, *, scoped: bool = False) -> Generator[bytes]:
         """GET /ledger/export: the export document (``scoped``: with the caller's openings)."""
         return self._stream("/ledger/export?scoped=true" if scoped else "/ledger/export")
 
-    def _stream(self, url: str) -> Iterator[bytes]:
+    def _stream(self, url: str) -> Generator[bytes]:
         try:
             for attempt in (1, 2):
                 with self._http.stream(
@@ -465,10 +487,28 @@ class ApiClient:
             raise IntegrityError(
                 f"download was cut off ({type(exc).__name__}); nothing kept"
             ) from None
-        except httpx.TransportError as exc:
-            raise StorageUnavailable(
-                f"cannot reach the vault server: {type(exc).__name__}"
-            ) from None
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            raise _http_error(exc) from None
+
+
+def _http_error(exc: httpx.HTTPError | httpx.InvalidURL) -> VaultError:
+    """The CLI's error for an httpx failure: a body that can't be decoded (a bad gzip
+    Content-Encoding) is a bad reply, anything else means the server can't be used."""
+    if isinstance(exc, httpx.DecodingError):
+        return BadServerReply(f"the server's reply could not be decoded: {exc}")
+    return StorageUnavailable(f"cannot reach the vault server: {type(exc).__name__}")
+
+
+def file_list(detail: dict[str, Any]) -> list[dict[str, Any]]:
+    """The ``files`` of a package's details, each checked to carry an id, a name, a
+    non-negative integer size and a SHA-256 string; BadServerReply otherwise."""
+    files = objects(detail, "files", "package details")
+    for item in files:
+        field(item, "id", str, "file entry")
+        field(item, "name", object, "file entry")
+        count(item, "size", "file entry")
+        field(item, "sha256", str, "file entry")
+    return files
 
 
 def _start_writeback(fd: int, start: int, end: int) -> None:

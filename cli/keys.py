@@ -14,14 +14,13 @@ import base64
 import json
 import os
 import secrets
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, cast
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from blo_vault.cli.session import config_dir, private_dir
+from blo_vault.cli.session import config_dir, private_dir, write_private
 from vault import crypto, manifest
 from vault.errors import ConfigError
 from vault.text import check_filename
@@ -44,21 +43,6 @@ PASSPHRASE_ENV = "VAULT_SIGNING_PASSPHRASE"
 def keys_dir() -> Path:
     """Where this machine's signing keys are kept."""
     return config_dir() / "signing-keys"
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically, mode 0600 whatever the umask."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".key-")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @dataclass(frozen=True)
@@ -88,9 +72,9 @@ def create_key(passphrase: bytes | None) -> LocalKey:
     public = crypto.ed25519_public_bytes(key.public_key())
     key_id = manifest.key_id(public)
     public_b64 = base64.b64encode(public).decode()
-    _write_private(folder / f"{key_id}.pem", crypto.officer_key_pem(key, passphrase))
-    _write_private(folder / f"{key_id}.pub", public_b64.encode())
-    _write_private(folder / "current", key_id.encode())
+    write_private(folder / f"{key_id}.pem", crypto.officer_key_pem(key, passphrase))
+    write_private(folder / f"{key_id}.pub", public_b64.encode())
+    write_private(folder / "current", key_id.encode())
     return LocalKey(key_id=key_id, public_key=public_b64, registration=None)
 
 
@@ -118,7 +102,7 @@ def current_key() -> LocalKey | None:
 
 def mark_registered(key: LocalKey, registration: dict[str, Any]) -> None:
     """Remember whose key the server registered ``key`` as (username, agency, server)."""
-    _write_private(keys_dir() / f"{key.key_id}.json", json.dumps(registration).encode())
+    write_private(keys_dir() / f"{key.key_id}.json", json.dumps(registration).encode())
 
 
 def known_key_ids() -> set[str]:

@@ -8,8 +8,12 @@ this module assembles them and turns every error into one line and an exit code.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import signal
 import sys
+from collections.abc import Iterator
+from types import FrameType
 
 import click
 import typer
@@ -90,11 +94,65 @@ def run(argv: list[str]) -> int:
         err.print("interrupted")
         return 130
     except OSError as exc:
-        err.print(render.line(f"error: {exc.strerror or exc}"))
+        err.print(render.line(f"error: {_os_error(exc)}"))
+        return 1
+    except Exception as exc:  # noqa: BLE001 - the last resort: one line, never a traceback
+        # Every failure should arrive as a VaultError; one that does not is a bug here or a
+        # reply nothing checked. Its text may hold what a server sent: render.line cleans it.
+        err.print(render.line(f"error: unexpected {type(exc).__name__}: {exc}"))
         return 1
     return result if isinstance(result, int) else 0
 
 
+def _os_error(exc: OSError) -> str:
+    """An OSError as the user can act on it: which file, and what went wrong with it."""
+    reason = exc.strerror or str(exc)
+    names = [str(n) for n in (exc.filename, exc.filename2) if n is not None]
+    return f"{' -> '.join(names)}: {reason}" if names else reason
+
+
+class Terminated(SystemExit):
+    """SIGTERM or SIGHUP arrived: raised in the main thread so that every ``finally`` and
+    ``except BaseException`` on the way out runs (a download removes its partial plaintext).
+    Its exit code is the shell's for a signal, 128 + its number."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(128 + signum)
+        self.signal_name = signal.Signals(signum).name
+
+
+def _terminate(signum: int, _frame: FrameType | None) -> None:
+    raise Terminated(signum)
+
+
+@contextlib.contextmanager
+def _terminate_on_signals() -> Iterator[None]:
+    """While the block runs, SIGTERM and SIGHUP (timeout(1), systemd, a closed SSH session)
+    raise :class:`Terminated` instead of killing the process outright, which would leave a
+    download's partial plaintext behind. The previous handlers come back afterwards."""
+    previous = {sig: signal.signal(sig, _terminate) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+# Commands that run a server keep the handlers they found: uvicorn handles SIGTERM itself (a
+# graceful shutdown), then raises it again under the handler it found, so that the process
+# ends "killed by SIGTERM" as service managers expect; a server has no partial file to remove.
+_SERVERS = (["serve"], ["witness", "serve"])
+
+
 def main() -> None:
-    """Console-script entry point."""
-    sys.exit(run(sys.argv[1:]))
+    """Console-script entry point: ``run`` with SIGTERM and SIGHUP turned into a clean exit
+    (128 + the signal's number, nothing partial kept), except for the servers."""
+    argv = sys.argv[1:]
+    serving = any(argv[: len(command)] == command for command in _SERVERS)
+    try:
+        with contextlib.nullcontext() if serving else _terminate_on_signals():
+            code = run(argv)
+    except Terminated as exc:
+        err.print(render.line(f"terminated ({exc.signal_name})"))
+        raise
+    sys.exit(code)

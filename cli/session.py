@@ -5,6 +5,9 @@ The file holds the session's refresh token, which gets new access tokens for the
 shift: whoever can read it can act as the officer until the session ends. So the folder and
 the file are made private whatever the umask, and a file or folder found open to other users
 is warned about, with the command that fixes it.
+
+:func:`private_file` is that way of writing, for every file the CLI saves that others must
+not read (signing keys, signed bundles with their seizure records, scoped ledger exports).
 """
 
 from __future__ import annotations
@@ -20,8 +23,9 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
+from blo_vault.cli.errors import field
 from vault.errors import AuthenticationFailed
 
 __all__ = [
@@ -31,8 +35,10 @@ __all__ = [
     "from_tokens",
     "load",
     "private_dir",
+    "private_file",
     "rotate",
     "save",
+    "write_private",
 ]
 
 _NOT_LOGGED_IN = "not logged in: run 'blovault login' first"
@@ -64,7 +70,7 @@ def from_tokens(server: str, username: str, result: dict[str, Any]) -> StoredSes
     return StoredSession(
         server=server,
         username=username,
-        token=str(result["access_token"]),
+        token=field(result, "access_token", str, "token reply"),
         refresh_token=str(result.get("refresh_token", "")),
         access_expires_at=time.time() + _seconds(result.get("expires_in")),
     )
@@ -123,23 +129,40 @@ def _private_dir(folder: Path) -> None:
         _check_private(folder, folder.stat(), 0o700)
 
 
+@contextlib.contextmanager
+def private_file(path: Path) -> Iterator[IO[bytes]]:
+    """A binary handle (readable too, to check what was written) whose content becomes
+    ``path``, mode 0600, when the block ends without an error; on any exception, including
+    SystemExit from a signal, the temp file is removed and ``path`` left as it was."""
+    try:
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=".blovault-", suffix=".part")
+    except OSError as exc:
+        # mkstemp names its random temp file; the user knows only the path they gave.
+        raise type(exc)(exc.errno, exc.strerror, str(path)) from None
+    tmp = Path(name)
+    try:
+        with os.fdopen(fd, "w+b") as handle:
+            # mkstemp creates 0600 already; said again so the mode never rests on its defaults.
+            os.fchmod(handle.fileno(), 0o600)
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically, mode 0600 whatever the umask."""
+    with private_file(path) as handle:
+        handle.write(data)
+
+
 def save(session: StoredSession) -> Path:
     """Write the session atomically, readable by the owner only, in a private folder."""
-    folder = config_dir()
-    _private_dir(folder)
-    # mkstemp creates the file 0600 whatever the umask; the rename replaces any older file,
-    # whatever its mode, so the result is always 0600.
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".session-")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w") as out:
-            json.dump(asdict(session), out)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, _path())
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    _private_dir(config_dir())
+    write_private(_path(), json.dumps(asdict(session)).encode())
     return _path()
 
 

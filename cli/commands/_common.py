@@ -1,13 +1,16 @@
 """What several command groups share: the ``--json`` option, the way to the vault (local or
-over HTTP), password input, progress bars and the time syntax of ``--since``/``--expires``."""
+over HTTP), password input, reading input files, progress bars and the time syntax of
+``--since``/``--expires``."""
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -55,6 +58,30 @@ def read_password(from_stdin: bool, *, confirm: bool = False) -> str:
         return line[:-1] if line.endswith("\n") else line
     value: str = typer.prompt("Password", hide_input=True, confirmation_prompt=confirm)
     return value
+
+
+def read_text(path: Path, what: str) -> str:
+    """``path`` as UTF-8 text; InvalidInput naming ``what`` and the file when it can't be
+    read or is not UTF-8 (never a traceback)."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(f"cannot read {what} {path}: not UTF-8 (byte {exc.start})") from None
+
+
+def read_json(path: Path, what: str) -> object:
+    """``path`` parsed as JSON; InvalidInput naming ``what`` and the file when it can't be
+    read, is not UTF-8, is not JSON, or nests too deeply for the parser."""
+    text = read_text(path, what)
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise InvalidInput(f"cannot read {what} {path}: not JSON ({exc})") from None
+    except RecursionError:
+        # The parser recurses once per nesting level: "[" * 100000 exhausts the stack.
+        raise InvalidInput(f"cannot read {what} {path}: JSON nested too deeply") from None
 
 
 @contextmanager

@@ -33,11 +33,13 @@ def login(
     with ApiClient(server) as client:
         result = client.login(username, password)
     path = stored.save(stored.from_tokens(server, username, result))
+    # Only shown: a lifetime the reply lacks is printed as "?" (from_tokens checked the token).
+    lifetime = result.get("expires_in", "?")
     err.print(
         render.line(
             f"logged in as {username}; session kept in {path} (ends after "
-            f"{result.get('refresh_expires_in', result['expires_in'])} s idle, at most "
-            f"{result.get('session_expires_in', result['expires_in'])} s)"
+            f"{result.get('refresh_expires_in', lifetime)} s idle, at most "
+            f"{result.get('session_expires_in', lifetime)} s)"
         )
     )
 
@@ -88,6 +90,6 @@ def passwd(
     err.print(
         render.line(
             f"password changed for {saved.username}; every other session of yours has ended "
-            f"(ledger #{result['receipt']})"
+            f"(ledger #{result.get('receipt')})"
         )
     )

@@ -6,6 +6,7 @@ it, so a new option or command goes in next to its kin.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from blo_vault.cli import render
+from blo_vault.cli import session as stored
 from blo_vault.cli.commands import ledger_witness
 from blo_vault.cli.commands._common import (
     JsonOpt,
@@ -25,7 +27,10 @@ from blo_vault.cli.commands._common import (
     entry_counter,
     local_vault,
     parse_time,
+    read_json,
+    read_text,
 )
+from blo_vault.cli.errors import BadServerReply
 from blo_vault.cli.render import err, out, print_json, print_json_line, print_verbatim
 from vault.errors import InvalidInput
 from vault.ledger.entry import Entry
@@ -66,10 +71,7 @@ def _verify_export_file(export: Path, vkey: str | None, policy: Path | None, as_
 
     if not vkey and policy is None:
         raise InvalidInput("--export needs --vkey: the key you trust, obtained out of band")
-    try:
-        document = json.loads(export.read_text("utf-8"))
-    except (OSError, ValueError) as exc:
-        raise InvalidInput(f"cannot read export file: {exc}") from None
+    document = read_json(export, "export file")
     if not isinstance(document, dict):
         raise InvalidInput("export file is not a JSON object")
     total = len(document.get("entries") or [])
@@ -146,20 +148,13 @@ def ledger_export(
     if remote:
         _remote_export(output, scoped, as_json)
         return
-    tmp = output.with_name(f".{output.name}.part")
     with local_vault() as vault:
         total = vault.ledger_size()
-        try:
-            with (
-                tmp.open("w", encoding="utf-8") as handle,
-                entry_counter("exporting", total) as advance,
-            ):
-                info = vault.export_ledger(
-                    local_operator(), handle, progress=advance, scoped=scoped
-                )
-            tmp.replace(output)
-        finally:
-            tmp.unlink(missing_ok=True)
+        # Private whatever --scoped: a public export is the caller's to publish, not ours.
+        with stored.private_file(output) as raw, entry_counter("exporting", total) as advance:
+            handle = io.TextIOWrapper(raw, encoding="utf-8")
+            info = vault.export_ledger(local_operator(), handle, progress=advance, scoped=scoped)
+            handle.detach()  # flushed into ``raw``, which private_file fsyncs and renames
     if as_json:
         print_json({"file": str(output), "size": info.size, "vkey": info.vkey})
     else:
@@ -168,20 +163,16 @@ def ledger_export(
 
 
 def _remote_export(output: Path, scoped: bool, as_json: bool) -> None:
-    """``ledger export --remote``: GET /ledger/export into ``output``, all or nothing."""
-    tmp = output.with_name(f".{output.name}.part")
-    try:
-        with api_client() as client, tmp.open("wb") as handle:
-            for chunk in client.ledger_export_chunks(scoped=scoped):
-                handle.write(chunk)
+    """``ledger export --remote``: GET /ledger/export into ``output`` (0600), all or nothing."""
+    with api_client() as client, stored.private_file(output) as handle:
+        for chunk in client.ledger_export_chunks(scoped=scoped):
+            handle.write(chunk)
+        handle.seek(0)
         try:
-            document = json.loads(tmp.read_text(encoding="utf-8"))
+            document = json.load(handle)
             size, vkey = len(document["entries"]), str(document["vkey"])
-        except (ValueError, KeyError, TypeError):
-            raise InvalidInput("the server's answer is not a ledger export") from None
-        tmp.replace(output)
-    finally:
-        tmp.unlink(missing_ok=True)
+        except (ValueError, KeyError, TypeError, RecursionError):
+            raise BadServerReply("the server's answer is not a ledger export") from None
     if as_json:
         print_json({"file": str(output), "size": size, "vkey": vkey})
     else:
@@ -257,10 +248,7 @@ def ledger_consistency(
     ] = None,
 ) -> None:
     """Prove the ledger extends a saved checkpoint; exit 1 if it was rolled back or forked."""
-    try:
-        old_text = old.read_text("utf-8")
-    except OSError as exc:
-        raise InvalidInput(f"cannot read {old}: {exc.strerror}") from None
+    old_text = read_text(old, "checkpoint")
     if policy is not None:
         ledger_witness.check_witnessed(old_text, policy)
     with local_vault() as vault:

@@ -11,9 +11,11 @@ import typer
 from rich.table import Table
 
 from blo_vault.cli import render
+from blo_vault.cli.client import file_list
 from blo_vault.cli.commands import audit, release, signing
 from blo_vault.cli.commands._common import JsonOpt, api_client, transfer_progress
 from blo_vault.cli.commands.keys import VkeyOpt
+from blo_vault.cli.errors import field, obj, objects
 from blo_vault.cli.render import err, out, print_json
 from vault.kinds import Classification, Handling
 from vault.seizures.importer import read_records
@@ -88,6 +90,30 @@ def package_upload(
         )
 
 
+# The columns of ``package list``, in order, as the server names them.
+_SUMMARY_FIELDS = (
+    "id",
+    "title",
+    "agency",
+    "classification",
+    "handling",
+    "file_count",
+    "size",
+    "created_at",
+)
+# What ``package show`` prints of a package's details (each checked present before printing).
+_DETAIL_FIELDS = (
+    "id",
+    "title",
+    "agency",
+    "country",
+    "classification",
+    "handling",
+    "handling_note",
+    "description",
+)
+
+
 @app.command("list")
 def package_list(
     limit: Annotated[int, typer.Option(min=1, max=200)] = 50,
@@ -101,19 +127,10 @@ def package_list(
         print_json(result)
         return
     table = Table("id", "title", "from", "class.", "handling", "files", "size", "created")
-    for p in result["items"]:
-        table.add_row(
-            *render.cells(
-                p["id"],
-                p["title"],
-                p["agency"],
-                p["classification"],
-                p["handling"],
-                p["file_count"],
-                p["size"],
-                str(p["created_at"])[:19],
-            )
-        )
+    for p in objects(result, "items", "package list"):
+        values = [field(p, name, object, "package summary") for name in _SUMMARY_FIELDS]
+        values[-1] = str(values[-1])[:19]  # created_at, to the second
+        table.add_row(*render.cells(*values))
     out.print(table)
 
 
@@ -125,6 +142,9 @@ def package_show(package_id: str, as_json: JsonOpt = False) -> None:
     if as_json:
         print_json(detail)
         return
+    for name in _DETAIL_FIELDS:
+        field(detail, name, object, "package details")
+    files = file_list(detail)
     out.print(render.line(render.text(detail["title"], style="bold"), f"  ({detail['id']})"))
     out.print(
         render.line(
@@ -132,32 +152,33 @@ def package_show(package_id: str, as_json: JsonOpt = False) -> None:
             f"{detail['classification']}, {detail['handling']}"
         )
     )
-    if HANDLING_NOTICE.get(detail["handling"]):
-        out.print(render.text(HANDLING_NOTICE[detail["handling"]], style="bold yellow"))
+    notice = HANDLING_NOTICE.get(detail["handling"]) if isinstance(detail["handling"], str) else ""
+    if notice:
+        out.print(render.text(notice, style="bold yellow"))
     if detail["handling_note"]:
         out.print(
             render.line("restrictions: ", render.text(detail["handling_note"], multiline=True))
         )
     if detail["description"]:
         out.print(render.text(detail["description"], multiline=True))
-    for key, value in (detail.get("fields") or {}).items():
+    for key, value in obj(detail.get("fields") or {}, "package fields").items():
         out.print(render.line(f"{key}: {value}"))
-    out.print(render.line(signing.signature_line(detail.get("signature"))))
-    files = Table("file id", "name", "size", "sha256")
-    for f in detail["files"]:
-        files.add_row(*render.cells(f["id"], f["name"], f["size"], f["sha256"]))
-    out.print(files)
-    if detail["releases"]:
+    out.print(render.line(signing.signature_line(signing.signature_of(detail))))
+    table = Table("file id", "name", "size", "sha256")
+    for f in files:
+        table.add_row(*render.cells(f["id"], f["name"], f["size"], f["sha256"]))
+    out.print(table)
+    releases = objects(detail, "releases", "package details") if detail.get("releases") else []
+    if releases:
         rel = Table("release id", "country", "agency", "status", "not before", "expires")
-        for r in detail["releases"]:
+        for r in releases:
             rel.add_row(
                 *render.cells(
-                    r["id"],
-                    r["country"],
-                    r["agency"] or "(all)",
-                    r["status"],
-                    r["not_before"] or "",
-                    r["expires_at"] or "",
+                    *(field(r, name, object, "release") for name in ("id", "country")),
+                    r.get("agency") or "(all)",
+                    field(r, "status", object, "release"),
+                    r.get("not_before") or "",
+                    r.get("expires_at") or "",
                 )
             )
         out.print(rel)
@@ -181,7 +202,7 @@ def package_download(
     with api_client() as client:
         detail = client.show(package_id)
         check = signing.download_check(client, detail, vkey, manifest, policy)
-        total = sum(f["size"] for f in detail["files"])
+        total = sum(f["size"] for f in file_list(detail))
         with transfer_progress(total, "downloading") as advance:
             written = client.download(
                 package_id,
@@ -191,15 +212,22 @@ def package_download(
                 detail=detail,
                 before_keeping=check,
             )
-    notice = HANDLING_NOTICE.get(detail["handling"], "")
+    handling = detail.get("handling")
+    notice = HANDLING_NOTICE.get(handling, "") if isinstance(handling, str) else ""
+    signature = signing.signature_of(detail)
     if as_json:
         print_json(
-            {"id": package_id, "handling": detail["handling"], "files": [str(p) for p in written]}
+            {
+                "id": package_id,
+                "handling": handling,
+                "files": [str(p) for p in written],
+                "signature": signing.signature_json(signature),
+            }
         )
     else:
         if notice:
             err.print(render.text(notice, style="bold yellow"))
-        err.print(render.line(signing.signature_line(detail.get("signature"), checked=True)))
+        err.print(render.line(signing.signature_line(signature, checked=True)))
         if policy is not None:
             err.print(render.line("the key's registration is in a checkpoint the policy accepts"))
         for path in written:

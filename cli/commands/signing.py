@@ -14,8 +14,9 @@ from blo_vault.cli import keys as local
 from blo_vault.cli import render, verify
 from blo_vault.cli import session as stored
 from blo_vault.cli.client import ApiClient, local_names
-from blo_vault.cli.commands._common import JsonOpt
+from blo_vault.cli.commands._common import JsonOpt, read_json
 from blo_vault.cli.commands.keys import VkeyOpt, passphrase_for
+from blo_vault.cli.errors import BadServerReply, field
 from blo_vault.cli.render import out, print_json
 from vault.errors import InvalidInput
 from vault.witness.policy import WitnessedCheckpoint, load_policy
@@ -24,7 +25,9 @@ __all__ = [
     "PolicyOpt",
     "download_check",
     "package_verify",
+    "signature_json",
     "signature_line",
+    "signature_of",
     "upload_signer",
     "witnessed_line",
 ]
@@ -53,15 +56,40 @@ def witnessed_line(witnessed: WitnessedCheckpoint) -> str:
     )
 
 
+def signature_of(detail: dict[str, Any]) -> dict[str, Any] | None:
+    """A package's ``signature`` (None: unsigned); BadServerReply if it is something else."""
+    signature = detail.get("signature")
+    if signature is not None and not isinstance(signature, dict):
+        raise BadServerReply("the server's package signature is not a JSON object")
+    return signature
+
+
 def signature_line(signature: dict[str, Any] | None, *, checked: bool = False) -> str:
     """How a package's signature is described to the person at the terminal."""
     if signature is None:
         return "unsigned: nothing proves who sent this package"
     who = f"signed by {signature['signer']} ({signature['agency']}), key {signature['key_id']}"
+    # The ledger proof shows the key was registered, not that it is still good: a revocation
+    # the server reports is kept in view after the check too (a server can hide it, not fake
+    # a registration).
+    revoked = " [key since revoked]" if signature.get("key_revoked") is True else ""
     if checked:
-        return who + " (checked here against the ledger, without trusting the server)"
-    revoked = " [key since revoked]" if signature.get("key_revoked") else ""
+        return who + revoked + " (checked here against the ledger, without trusting the server)"
     return who + revoked + " (as the server checked; 'package download' checks it again)"
+
+
+def signature_json(signature: dict[str, Any] | None) -> dict[str, Any]:
+    """A downloaded package's signature status for ``--json``: ``verified`` (checked here
+    against the ledger before anything was kept) or ``unsigned``; ``key_revoked`` is what the
+    server reported."""
+    if signature is None:
+        return {"status": "unsigned", "signer": None, "key_id": None, "key_revoked": None}
+    return {
+        "status": "verified",
+        "signer": signature["signer"],
+        "key_id": signature["key_id"],
+        "key_revoked": signature.get("key_revoked") is True,
+    }
 
 
 PolicyOpt = Annotated[
@@ -87,7 +115,7 @@ def download_check(
     """The check to run once a signed package's files are downloaded, before any is kept
     (None for an unsigned package). Asks for the key's proofs now, so a refusal comes before
     the transfer; with ``policy``, the registration must be in a witnessed checkpoint."""
-    signature = detail.get("signature")
+    signature = signature_of(detail)
     if signature is None:
         if save is not None or policy is not None:
             raise InvalidInput("--manifest and --policy: the package is unsigned")
@@ -98,8 +126,8 @@ def download_check(
             "the ledger's verifier key obtained out of band"
         )
     rules = load_policy(policy) if policy is not None else None
-    key = client.show_key(signature["key_id"])
-    proof, witnessed = key["proof"], key.get("witnessed_proof")
+    key = client.show_key(field(signature, "key_id", str, "package signature"))
+    proof, witnessed = field(key, "proof", dict, "key reply"), key.get("witnessed_proof")
     verify.check_key_proof(signature, proof, vkey)
     if rules is not None:
         verify.check_witnessed_key(signature, proof, witnessed, rules)
@@ -108,7 +136,8 @@ def download_check(
         verify.check_package(detail, proof, vkey)
         if save is not None:
             saved = verify.bundle(detail, proof, witnessed)
-            save.write_text(json.dumps(saved, indent=1), encoding="utf-8")
+            # The bundle holds the package's seizure records: private to its owner.
+            stored.write_private(save, json.dumps(saved, indent=1).encode())
 
     return check
 
@@ -124,10 +153,7 @@ def package_verify(
     and the witness policy with --policy)."""
     if not vkey:
         raise InvalidInput("give --vkey (or VAULT_LEDGER_VKEY): the ledger's verifier key")
-    try:
-        saved = json.loads(manifest.read_text("utf-8"))
-    except (OSError, ValueError) as exc:
-        raise InvalidInput(f"cannot read {manifest}: {exc}") from None
+    saved = read_json(manifest, "bundle")
     if not isinstance(saved, dict) or not isinstance(saved.get("signature"), dict):
         raise InvalidInput("not a blo-vault signed package bundle")
     signed = verify.check_signed(saved["signature"])

@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
+from rich.table import Column, Table
 
 from blo_vault.cli import render
 from blo_vault.cli.commands._common import JsonOpt, api_client, parse_day
+from blo_vault.cli.errors import BadServerReply, field, objects
 from blo_vault.cli.render import out, print_json
 from vault.seizures.figures import GROUP_KEYS
 
@@ -44,15 +45,31 @@ def stats_seizures(
             date_from=first.isoformat() if first else None,
             date_to=last.isoformat() if last else None,
         )
+    keys = _grouping(by, result)
+    rows = objects(result, "rows", "statistics")
     if as_json:
-        print_json(result["rows"])
+        print_json(rows)
         return
-    keys = list(result["by"])
-    table = Table(*keys, *_TOTALS)
-    for row in result["rows"]:
-        table.add_row(*render.cells(*(row[k] for k in keys), *(_number(row[t]) for t in _TOTALS)))
+    # Headers as Text, like every cell: a header string would be read as rich markup.
+    table = Table(*(Column(header=h) for h in render.cells(*keys, *_TOTALS)))
+    for row in rows:
+        values = [field(row, k, object, "statistics row") for k in (*keys, *_TOTALS)]
+        table.add_row(*render.cells(*values[: len(keys)], *map(_number, values[len(keys) :])))
     out.print(table)
-    out.print(render.line(f"ledger #{result['receipt']}"))
+    out.print(render.line(f"ledger #{result.get('receipt')}"))
+
+
+def _grouping(asked: str, result: dict[str, Any]) -> list[str]:
+    """The grouping keys of the reply, which must be those asked for, in GROUP_KEYS order, as
+    the server orders them; BadServerReply otherwise (they become the table's headers)."""
+    wanted = {key.strip() for key in asked.split(",") if key.strip()}
+    expected = [key for key in GROUP_KEYS if key in wanted]
+    if field(result, "by", list, "statistics") != expected:
+        raise BadServerReply(
+            f"the server's statistics are not grouped by {','.join(expected) or 'nothing'}, "
+            "as asked"
+        )
+    return expected
 
 
 @app.command("before-after")

@@ -18,6 +18,7 @@ from typing import Annotated
 import typer
 
 from blo_vault.cli import render
+from blo_vault.cli.commands._common import read_text
 from vault.errors import InvalidInput, StorageUnavailable
 from vault.witness.core import Witness, init_witness
 from vault.witness.policy import load_policy, verify_witnessed
@@ -246,7 +247,7 @@ def prove(
     from vault.service import Vault
     from vault.witness.proof import format_tlog_proof
 
-    note = checkpoint.read_text(encoding="utf-8")
+    note = read_text(checkpoint, "checkpoint")
     settings = load_settings()
     vault = Vault.open(settings, create=False)
     try:

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from vault.errors import InvalidInput
 from vault.ledger import commit, merkle, note
 from vault.ledger.entry import GENESIS_PREV, VERSION
 
@@ -469,9 +470,13 @@ def verify_export(
     """Verify an export document (see README, "Ledger export format") against ``vkey`` only.
 
     ``extra`` checkpoints, already verified by the caller (a witnessed one), must match the
-    entries too: each one's root is checked at its size."""
+    entries too: each one's root is checked at its size. InvalidInput for a malformed
+    ``vkey``: a bad key is the caller's mistake, not a sign the export was tampered with."""
     try:
         verifier = note.parse_verifier_key(vkey)
+    except note.NoteError as exc:
+        raise InvalidInput(f"--vkey is not a verifier key: {exc}") from None
+    try:
         origin = document["origin"]
         checkpoint_text = document["checkpoint"]
         entries = document["entries"]
