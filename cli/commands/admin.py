@@ -204,8 +204,12 @@ def purge(
 @app.command("gc")
 def admin_gc(
     grace_minutes: Annotated[
-        int, typer.Option(min=0, help="Spare objects younger than this (uploads in flight).")
-    ] = 60,
+        int,
+        typer.Option(
+            min=0,
+            help="Spare objects younger than this (uploads in flight; longer than any upload).",
+        ),
+    ] = 24 * 60,
     as_json: JsonOpt = False,
 ) -> None:
     """Remove stray objects and interrupted writes no package refers to (recorded in the ledger)."""

@@ -367,13 +367,17 @@ class AdminService:
 
     @records_refusals("gc")
     def gc(
-        self, principal: Principal, *, grace: timedelta = timedelta(hours=1)
+        self, principal: Principal, *, grace: timedelta = timedelta(hours=24)
     ) -> tuple[int, int, int]:
         """Delete stray objects: those no live package file refers to, older than ``grace``.
 
         Strays come from uploads cut off between storing objects and committing the package,
         from processes killed mid-write, and from purges whose deletes failed. ``grace``
-        spares uploads still in flight. Returns (objects removed, temp files removed, receipt).
+        spares uploads still in flight: an upload's rows are committed only once its last
+        file is stored, so its first file is a stray to gc until then. A day by default, as
+        a stray costs only disk; an upload that lost a file to gc fails at its commit
+        (PackageService._check_still_stored). Returns (objects removed, temp files removed,
+        receipt).
         """
         core = self.core
         core.require_global(principal, "manage", subject="gc")

@@ -179,6 +179,7 @@ class PackageService:
                 if records:
                     session.add(records_row(session, package.id, sealing.package_key, records))
                 session.flush()
+                self._check_still_stored(sealing)
                 receipt = self.core.record_allowed(principal, "upload", package, session=session)
         except BaseException as exc:
             self._undo_upload(principal, sealing, exc)
@@ -205,6 +206,20 @@ class PackageService:
             records=list(records),
         )
         return UploadResult(package=detail, receipt=receipt)
+
+    def _check_still_stored(self, sealing: _Sealing) -> None:
+        """StorageUnavailable if an object this upload stored is gone. Its rows are not
+        committed yet, so ``admin gc`` takes an object stored longer ago than its grace for a
+        stray (a small file sent first, then a large one over a slow link): failing here
+        beats committing a package with a file missing."""
+        for key in sealing.written:
+            try:
+                self.core.store.modified(key)
+            except NotFound:
+                raise StorageUnavailable(
+                    "a file of this upload was removed from the store before the upload was "
+                    "committed (admin gc with a grace shorter than the upload?); upload again"
+                ) from None
 
     def _fresh_id(self, chosen: str | None) -> str:
         """The client's chosen package id if unused (Conflict otherwise), else a new one."""
