@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Annotated
 
+import httpx
 import typer
 
 from blo_vault.cli import render
@@ -15,6 +17,24 @@ from vault.errors import AuthenticationFailed, StorageUnavailable
 
 # Unnamed: ``blo_vault.cli.main`` merges its commands into the top level.
 app = typer.Typer()
+
+
+def cleartext_to_another_host(server: str) -> bool:
+    """Whether ``server`` is a plain-HTTP URL of a host other than this machine (loopback is
+    fine: nothing crosses a network)."""
+    try:
+        url = httpx.URL(server)
+    except httpx.InvalidURL:
+        return False  # the client refuses it, with the reason
+    if url.scheme != "http":
+        return False
+    host = url.host
+    if host == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a name: it may resolve anywhere
+        return True
 
 
 @app.command()
@@ -30,6 +50,15 @@ def login(
     Kept in the config directory (mode 0600); 'blovault logout' ends it.
     """
     password = read_password(password_stdin)
+    if cleartext_to_another_host(server):
+        err.print(
+            render.line(
+                "warning: ",
+                render.text(server),
+                " is plain HTTP to another machine: your password and tokens cross the network "
+                "readable by anyone on the way (use https://, e.g. behind a TLS proxy)",
+            )
+        )
     with ApiClient(server) as client:
         result = client.login(username, password)
     path = stored.save(stored.from_tokens(server, username, result))

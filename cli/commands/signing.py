@@ -17,7 +17,7 @@ from blo_vault.cli.client import ApiClient, local_names
 from blo_vault.cli.commands._common import JsonOpt, read_json
 from blo_vault.cli.commands.keys import VkeyOpt, passphrase_for
 from blo_vault.cli.errors import BadServerReply, field
-from blo_vault.cli.render import out, print_json
+from blo_vault.cli.render import err, out, print_json
 from vault.errors import InvalidInput
 from vault.witness.policy import WitnessedCheckpoint, load_policy
 
@@ -37,11 +37,22 @@ def upload_signer() -> local.UploadSigner | None:
     """A signer for the next upload: this machine's current key, if it is registered for the
     user of the stored session on its server; None (unsigned) without one."""
     key = local.current_key()
-    if key is None or key.registration is None:
+    if key is None:
         return None
     saved = stored.load()
-    reg = key.registration
+    reg = key.registration or {}
     if (reg.get("username"), reg.get("server")) != (saved.username, saved.server):
+        # An officer who made a key expects signed packages: say so rather than send this
+        # one unsigned without a word (--unsigned says it on purpose, and skips this).
+        err.print(
+            render.line(
+                "warning: this machine's key ",
+                render.text(key.key_id),
+                " is not registered for ",
+                render.text(saved.username),
+                " on this server, so this package goes unsigned (blovault keys register)",
+            )
+        )
         return None
     return local.UploadSigner(
         key=key.private_key(passphrase_for(key)), key_id=key.key_id, agency=str(reg["agency"])

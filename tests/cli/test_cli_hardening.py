@@ -599,3 +599,22 @@ def test_signed_download_reports_its_signature_and_a_later_revocation(
     shown = cli(*download, "-o", tmp_path / "c", user="kz.officer")
     assert shown.code == 0, shown.stderr
     assert "[key since revoked] (checked here against the ledger" in shown.stderr
+
+
+@pytest.mark.parametrize(
+    ("server", "warned"),
+    [
+        ("http://127.0.0.1:8000", False),
+        ("http://[::1]:8000", False),
+        ("http://localhost:8000", False),
+        ("https://vault.example:8443", False),
+        ("http://vault.example:8000", True),
+        ("http://10.0.0.5:8000", True),
+        ("http://[2001:db8::1]", True),
+    ],
+)
+def test_plain_http_to_another_machine_is_warned_of(server: str, warned: bool) -> None:
+    """Only the check: a test may reach nothing but loopback."""
+    from blo_vault.cli.commands.auth import cleartext_to_another_host
+
+    assert cleartext_to_another_host(server) is warned

@@ -251,6 +251,26 @@ def test_keys_commands_refuse_clearly(
     ok_json(cli("keys", "register", "--json", user="uz.officer"))
 
 
+def test_a_key_not_registered_warns_that_the_upload_goes_unsigned(
+    cli: CliRunner, logged_in: LoggedIn, tmp_path: Path
+) -> None:
+    logged_in("uz.officer")
+    made = ok_json(cli("keys", "init", "--no-passphrase", "--json", user="uz.officer"))
+    source = tmp_path / "report.txt"
+    make_file(source, 100, seed=1)
+    upload = cli("package", "upload", source, "--title", "t", "--json", user="uz.officer")
+    uploaded = ok_json(upload)
+    assert uploaded["package"]["signature"] is None
+    assert f"key {made['key_id']} is not registered" in upload.stderr
+    assert "goes unsigned" in upload.stderr
+    # Said on purpose: no warning.
+    quiet = cli(
+        "package", "upload", source, "--title", "t", "--unsigned", "--json", user="uz.officer"
+    )
+    ok_json(quiet)
+    assert "warning" not in quiet.stderr
+
+
 @pytest.fixture(autouse=True)
 def _optional_signatures(monkeypatch: pytest.MonkeyPatch) -> None:
     """The CLI's local operator opens the vault with the same settings as the world."""
