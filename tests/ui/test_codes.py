@@ -106,10 +106,8 @@ def _error_codes() -> set[str]:
         kind = pending.pop()
         # The product's errors only: a test module may define its own subclass. The CLI's own
         # (a reply that is not a vault's) happen in the client and never reach the ledger.
-        module = kind.__module__
-        if module.split(".")[0] in ("vault", "blo_vault") and not module.startswith(
-            "blo_vault.cli"
-        ):
+        home = kind.__module__
+        if home.split(".")[0] in ("vault", "blo_vault") and not home.startswith("blo_vault.cli"):
             found.add(kind.code)
         pending.extend(kind.__subclasses__())
     return found
