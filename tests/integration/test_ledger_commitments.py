@@ -234,6 +234,33 @@ def test_purge_destroys_openings_and_the_log_still_verifies(
             assert sealed[-32:] not in blob, f"the end of entry {seq}'s sealed opening survived"
 
 
+def test_a_read_recorded_just_after_a_purge_loses_its_opening_at_the_next_gc(
+    world: World, exchange: Exchange
+) -> None:
+    """A read authorised before the purge, its entry committed after it (group commit): the
+    purge could not destroy that opening yet, and gc does. The purge's own opening (who
+    purged) stays."""
+    vault, kz = world.vault, world["kz.officer"]
+    pending = vault.packages.package(kz, exchange.package)  # authorised and done
+    purge_receipt = vault.purge(local_operator(), exchange.package).receipt
+    _, late = vault.core.finish(pending)  # recorded after the purge committed
+
+    def about_the_package() -> set[int]:
+        with Session(vault.engine) as session:
+            return set(
+                session.exec(
+                    select(LedgerEntry.seq).where(
+                        col(LedgerEntry.opening_package) == exchange.package,
+                        col(LedgerEntry.opening_sealed).is_not(None),
+                    )
+                ).all()
+            )
+
+    assert about_the_package() == {purge_receipt, late}
+    vault.gc(local_operator())
+    assert about_the_package() == {purge_receipt}
+
+
 def test_retention_expires_old_openings(
     world: World, exchange: Exchange, settings: Settings
 ) -> None:

@@ -393,6 +393,8 @@ class AdminService:
             removed += self._delete_strays(batch, cutoff)
         temp = core.store.sweep_incomplete(cutoff)
         expired = self.expire_openings()
+        with core.tx() as session:
+            expired += core.openings.destroy_purged(session)
         # Also a later chance for a purge's or rotation's log that a reader held.
         self._compact_database()
         subject = f"objects:{removed} temp:{temp}" + (f" openings:{expired}" if expired else "")

@@ -31,6 +31,7 @@ from sqlmodel import Session, col, select
 from vault import crypto
 from vault.keys import KeyMaterial
 from vault.ledger import commit
+from vault.ledger.entry import decode
 from vault.ledger.log import Record
 from vault.models import (
     LEDGER_OPENING_COLUMNS,
@@ -231,6 +232,22 @@ class Openings:
     def destroy_package(session: Session, package_id: str) -> int:
         """Destroy the openings of every entry about ``package_id``; how many."""
         return _destroy(session, col(LedgerEntry.opening_package) == package_id)
+
+    @staticmethod
+    def destroy_purged(session: Session) -> int:
+        """Destroy what openings remain of entries about purged packages, but for each purge's
+        own (it says who purged); how many. A read authorised just before a purge can have its
+        entry committed just after it (group commit, maybe in another server process), with
+        an opening that the purge's own destroying came too early for."""
+        rows = session.exec(
+            select(LedgerEntry.seq, LedgerEntry.entry)
+            .join(Package, col(Package.id) == col(LedgerEntry.opening_package))
+            .where(
+                col(Package.purged_at).is_not(None), col(LedgerEntry.opening_sealed).is_not(None)
+            )
+        ).all()
+        late = [seq for seq, data in rows if decode(data).action != "purge"]
+        return _destroy(session, col(LedgerEntry.seq).in_(late)) if late else 0
 
     @staticmethod
     def destroy_before(session: Session, cutoff: datetime) -> int:
