@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -122,6 +123,16 @@ def error_response(
     )
 
 
+_FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}")
+
+
+def _loc_part(part: object) -> str:
+    """One step of a validation error's location, if it is an index or a plain field name."""
+    if isinstance(part, int) or (isinstance(part, str) and _FIELD_NAME.fullmatch(part)):
+        return str(part)
+    return "?"
+
+
 def internal_error() -> JSONResponse:
     """The answer to an error no handler knew: nothing about it leaves the server."""
     return error_response(500, "internal_error", "internal error")
@@ -206,8 +217,10 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        # Name the fields but never echo the submitted values back.
-        where = sorted({".".join(str(p) for p in err.get("loc", ())) for err in exc.errors()})
+        # Name the fields but never echo the submitted values back; nor a name the client
+        # made up (an unexpected key of a JSON body), which could carry anything, control
+        # and bidi characters included: such a part is shown as "?".
+        where = sorted({".".join(_loc_part(p) for p in err.get("loc", ())) for err in exc.errors()})
         try:
             receipt = await _record_refusal(request, errors.InvalidInput.code)
         except errors.VaultError as unauthenticated:

@@ -570,3 +570,20 @@ def test_rate_limited_logins_of_unknown_users_are_hashed_too(
         assert failed_login(vault, typed).actor_user == pseudonym
     finally:
         vault.close()
+
+
+def test_a_validation_error_names_known_fields_but_echoes_no_made_up_name(api: Api) -> None:
+    package, _ = upload(api.vault, api.user("uz.officer"))
+    made_up = "evil\u202e\x1b]0;title\x07"
+    reply = api.client.post(
+        f"/packages/{package}/releases",
+        json={"country": "KZ", made_up: 1},
+        headers=api.headers["uz.officer"],
+    )
+    message = refusal(reply, 422)["message"]
+    assert "evil" not in message and "\u202e" not in message and "\x1b" not in message
+    assert message == "invalid request: body.?"
+    missing = api.client.post(
+        f"/packages/{package}/releases", json={}, headers=api.headers["uz.officer"]
+    )
+    assert refusal(missing, 422)["message"] == "invalid request: body.country"
