@@ -20,8 +20,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from blo_vault.api.routing import route_template
 from vault import errors
-from vault.service import Vault
+from vault.service import Principal, Vault
 
 __all__ = [
     "ERROR_RESPONSES",
@@ -126,11 +127,17 @@ def error_response(
 _FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}")
 
 
-def _loc_part(part: object) -> str:
-    """One step of a validation error's location, if it is an index or a plain field name."""
-    if isinstance(part, int) or (isinstance(part, str) and _FIELD_NAME.fullmatch(part)):
-        return str(part)
-    return "?"
+def _location(error: Any) -> str:
+    """Where a validation error is, as the schema names it: the key of an unexpected field
+    (``extra_forbidden``) is the client's own, shown as "?", as is any part that is not an
+    index or a plain name."""
+    parts = list(error.get("loc", ()))
+    if error.get("type") == "extra_forbidden" and parts:
+        parts[-1] = "?"
+    return ".".join(
+        str(p) if isinstance(p, int) or (isinstance(p, str) and _FIELD_NAME.fullmatch(p)) else "?"
+        for p in parts
+    )
 
 
 def internal_error() -> JSONResponse:
@@ -155,8 +162,8 @@ async def _record_refusal(request: Request, reason: str) -> int | None:
     disabled) raises authentication's error: that is the answer, as it would have been had the
     route looked the caller up before reading the request (the read routes look up the caller
     with the read, after FastAPI has validated the parameters)."""
-    vault = request.app.state.vault
-    principal = getattr(request.state, "principal", None)
+    vault: Vault = request.app.state.vault
+    principal: Principal | None = getattr(request.state, "principal", None)
     if principal is None:
         # Refused before the route authenticated (a router-wide check such as unknown query
         # parameters): who asked is still known from the token, if it is a valid one.
@@ -169,17 +176,31 @@ async def _record_refusal(request: Request, reason: str) -> int | None:
             if not _signed_by_the_vault(vault, token.strip()):
                 return None
             raise
-    route = f"{request.method} {getattr(request.scope.get('route'), 'path', request.url.path)}"
-    package_id = request.path_params.get("package_id")
     # The entry is committed before the answer goes out; the wait is not the event loop's.
-    receipt: int = await run_in_threadpool(
-        vault.record_refused_request,
+    return await run_in_threadpool(record_refused_request, vault, principal, request, reason)
+
+
+def records_refusal(exc: errors.VaultError) -> bool:
+    """Whether a refusal the API or the pages made themselves is theirs to record: one that
+    nothing recorded, and not an authentication failure or a lockout (the service records
+    those) nor a server error."""
+    status = status_for(exc)
+    return exc.receipt is None and 400 <= status < 500 and status not in (401, 429)
+
+
+def record_refused_request(
+    vault: Vault, principal: Principal, request: Request, reason: str
+) -> int:
+    """Record ``principal``'s refused ``request`` under its route's template ("unmatched" for
+    none): only a template may enter the append-only ledger, never the path as typed (and the
+    service keeps a package id only if it is well-formed)."""
+    package_id = request.path_params.get("package_id")
+    return vault.record_refused_request(
         principal,
-        route=route,
+        route=f"{request.method} {route_template(request.scope)}",
         reason=reason,
         package_id=package_id if isinstance(package_id, str) else None,
     )
-    return receipt
 
 
 def _signed_by_the_vault(vault: Vault, token: str) -> bool:
@@ -197,7 +218,7 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(errors.VaultError)
     async def _vault_error(request: Request, exc: errors.VaultError) -> JSONResponse:
         status = status_for(exc)
-        if exc.receipt is None and 400 <= status < 500 and status not in (401, 429):
+        if records_refusal(exc):
             # Refused by the API itself (multipart framing, an unknown query parameter),
             # after the caller was known: recorded like the service's own refusals.
             try:
@@ -218,9 +239,9 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         # Name the fields but never echo the submitted values back; nor a name the client
-        # made up (an unexpected key of a JSON body), which could carry anything, control
-        # and bidi characters included: such a part is shown as "?".
-        where = sorted({".".join(_loc_part(p) for p in err.get("loc", ())) for err in exc.errors()})
+        # made up (an unexpected key of a JSON body), which could carry anything (a name,
+        # control and bidi characters): such a part is shown as "?".
+        where = sorted({_location(err) for err in exc.errors()})
         try:
             receipt = await _record_refusal(request, errors.InvalidInput.code)
         except errors.VaultError as unauthenticated:

@@ -17,10 +17,10 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from blo_vault.api.errors import internal_error
+from blo_vault.api.routing import route_template
 from vault.service import Vault
 
 __all__ = [
@@ -149,37 +149,6 @@ def _witness_metrics(vault: Vault) -> Iterator[Metric]:
     yield from families.values()
 
 
-def _flat_routes(routes: Iterable[Any]) -> Iterator[Any]:
-    """The app's routes with included routers opened up (FastAPI >= 0.16x keeps an included
-    router as one entry that matches without naming the route; its ``original_router`` holds
-    them). Without that attribute a route is taken as it is."""
-    for route in routes:
-        inner = getattr(route, "original_router", None)
-        if inner is not None:
-            yield from _flat_routes(inner.routes)
-        else:
-            yield route
-
-
-def _route_template(scope: Scope) -> str:
-    """The matched route's path template (the router records the route in the scope)."""
-    route = scope.get("route")
-    if route is None:
-        # Refused before routing (a body too slow, malformed or cut short): look it up, so
-        # the refusal counts against the route it was for.
-        app = scope.get("app")
-        route = next(
-            (
-                r
-                for r in _flat_routes(getattr(app, "routes", ()))
-                if r.matches(scope)[0] is Match.FULL
-            ),
-            None,
-        )
-    path = getattr(route, "path", None)
-    return path if isinstance(path, str) else "unmatched"
-
-
 class ObservabilityMiddleware:
     """Adds a request id, security headers and no-store caching; logs and measures each request."""
 
@@ -245,7 +214,7 @@ class ObservabilityMiddleware:
                 status = answered
             elif gone_unanswered:
                 status = CLIENT_CLOSED_REQUEST
-            route = _route_template(scope)
+            route = route_template(scope)
             method = scope.get("method", "")
             self.metrics.requests.labels(method, route, str(status)).inc()
             self.metrics.latency.labels(method, route).observe(elapsed)

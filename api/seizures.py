@@ -71,11 +71,15 @@ def add_crossing_point(
 
 
 @router.get("/crossing-points", tags=["seizures"])
-def crossing_points(vault: VaultDep, principal: PrincipalDep) -> list[CrossingPointOut]:
+def crossing_points(
+    vault: VaultDep, principal: PrincipalDep, response: Response
+) -> list[CrossingPointOut]:
     """Every registered crossing point, by code."""
+    points, receipt = vault.crossing_points(principal)
+    response.headers[api_errors.RECEIPT_HEADER] = str(receipt)
     return [
         CrossingPointOut(code=p.code, country=p.country, name=p.name, blo_opened=p.blo_opened)
-        for p in vault.crossing_points(principal)
+        for p in points
     ]
 
 

@@ -337,8 +337,11 @@ class ApiClient:
         self, *, by: str, date_from: str | None = None, date_to: str | None = None
     ) -> dict[str, Any]:
         """GET /stats/seizures: totals of the records the caller may read, grouped."""
+        # ``by`` is sent even empty: no grouping at all is a grouping the server takes.
         params = {"by": by, "from": date_from, "to": date_to}
-        return self._reply("GET", "/stats/seizures", params={k: v for k, v in params.items() if v})
+        return self._reply(
+            "GET", "/stats/seizures", params={k: v for k, v in params.items() if v is not None}
+        )
 
     def seizure_before_after(
         self, *, crossing_point: str | None = None, window_days: int | None = None

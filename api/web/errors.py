@@ -13,7 +13,7 @@ from fastapi.responses import RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from blo_vault.api.errors import status_for
+from blo_vault.api.errors import record_refused_request, records_refusal, status_for
 from blo_vault.api.web.context import PREFIX, SignInRequired, Visit, existing_visit, visit
 from blo_vault.api.web.i18n import N_
 from blo_vault.api.web.security import is_page
@@ -61,26 +61,10 @@ def record_refusal(current: Visit, exc: errors.VaultError) -> None:
     ``exc.receipt`` is then its ledger entry. Anonymous visits are not recorded (failed
     sign-ins are, by the service's login). Raises the service's error if recording fails.
     """
-    status = status_for(exc)
-    if exc.receipt is not None or current.principal is None:
-        return
-    # As the API: not an authentication failure or a lockout (the service records those),
-    # nor a server error.
-    if not 400 <= status < 500 or status in (401, 429):
-        return
-    request = current.request
-    template = getattr(request.scope.get("route"), "path", None)
-    if not isinstance(template, str):
-        # Only the route's template enters the append-only ledger, never the path as typed.
-        return
-    package_id = request.path_params.get("package_id")
-    exc.receipt = current.vault.record_refused_request(
-        current.principal,
-        route=f"{request.method} {template}",
-        reason=exc.code,
-        # The service keeps it only if well-formed.
-        package_id=package_id if isinstance(package_id, str) else None,
-    )
+    if current.principal is not None and records_refusal(exc):
+        exc.receipt = record_refused_request(
+            current.vault, current.principal, current.request, exc.code
+        )
 
 
 async def _refused_page(request: Request, exc: errors.VaultError) -> Response:

@@ -18,6 +18,7 @@ from blo_vault.cli.render import err, out, print_json
 from vault.config import load_settings
 from vault.models import Classification, Role
 from vault.service import local_operator
+from vault.service.admin import GC_GRACE
 
 app = typer.Typer(
     help="Bootstrap and manage countries, agencies and users (on this server).",
@@ -209,7 +210,7 @@ def admin_gc(
             min=0,
             help="Spare objects younger than this (uploads in flight; longer than any upload).",
         ),
-    ] = 24 * 60,
+    ] = int(GC_GRACE.total_seconds()) // 60,
     as_json: JsonOpt = False,
 ) -> None:
     """Remove stray objects and interrupted writes no package refers to (recorded in the ledger)."""

@@ -70,8 +70,12 @@ def witnessed_line(witnessed: WitnessedCheckpoint) -> str:
 def signature_of(detail: dict[str, Any]) -> dict[str, Any] | None:
     """A package's ``signature`` (None: unsigned); BadServerReply if it is something else."""
     signature = detail.get("signature")
-    if signature is not None and not isinstance(signature, dict):
+    if signature is None:
+        return None
+    if not isinstance(signature, dict):
         raise BadServerReply("the server's package signature is not a JSON object")
+    for name in ("signer", "agency", "key_id"):  # what every description of it shows
+        field(signature, name, str, "package signature")
     return signature
 
 

@@ -618,3 +618,28 @@ def test_plain_http_to_another_machine_is_warned_of(server: str, warned: bool) -
     from blo_vault.cli.commands.auth import cleartext_to_another_host
 
     assert cleartext_to_another_host(server) is warned
+
+
+def test_stats_with_no_grouping_asks_for_none(run: Run, scripted: Scripted) -> None:
+    """``--by ""``: totals over everything, which the server gives when asked for no keys
+    (leaving ``by`` out would get its default grouping instead)."""
+    asked: list[str] = []
+
+    def route(handler: Any) -> Any:
+        asked.append(handler.path)
+        return reply(stats_reply([], {}))(handler)
+
+    scripted.routes["GET", "/stats/seizures"] = route
+    result = run("stats", "seizures", "--by", "")
+    assert result.code == 0, result.stderr
+    assert asked == ["/stats/seizures?by="]
+
+
+@pytest.mark.parametrize(
+    "signature", [{"key_id": "k"}, {"signer": 1, "agency": "A", "key_id": "k"}]
+)
+def test_a_signature_without_its_fields_is_a_bad_reply(
+    signature: dict[str, Any], run: Run, scripted: Scripted
+) -> None:
+    scripted.routes["GET", f"/packages/{PID}"] = reply(detail(signature=signature))
+    assert_one_line_error(run("package", "show", PID), 7)

@@ -239,7 +239,7 @@ def test_a_read_recorded_just_after_a_purge_loses_its_opening_at_the_next_gc(
 ) -> None:
     """A read authorised before the purge, its entry committed after it (group commit): the
     purge could not destroy that opening yet, and gc does. The purge's own opening (who
-    purged) stays."""
+    purged) stays, and so does a later refusal's."""
     vault, kz = world.vault, world["kz.officer"]
     pending = vault.packages.package(kz, exchange.package)  # authorised and done
     purge_receipt = vault.purge(local_operator(), exchange.package).receipt
@@ -256,9 +256,12 @@ def test_a_read_recorded_just_after_a_purge_loses_its_opening_at_the_next_gc(
                 ).all()
             )
 
-    assert about_the_package() == {purge_receipt, late}
+    # A later attempt on the purged id is a new event: its refusal keeps its opening.
+    with pytest.raises(NotFound) as refused:
+        vault.get_package(kz, exchange.package)
+    assert about_the_package() == {purge_receipt, late, refused.value.receipt}
     vault.gc(local_operator())
-    assert about_the_package() == {purge_receipt}
+    assert about_the_package() == {purge_receipt, refused.value.receipt}
 
 
 def test_retention_expires_old_openings(

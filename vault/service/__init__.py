@@ -62,7 +62,7 @@ from vault.service._core import (
     new_id,
 )
 from vault.service.access import Access, listing_params, package_facts
-from vault.service.admin import AdminService, Purged
+from vault.service.admin import GC_GRACE, AdminService, Purged
 from vault.service.audit import AuditService
 from vault.service.identity import IdentityService
 from vault.service.ledger_ops import MAX_LEDGER_PAGE, LedgerService, TextOut
@@ -326,9 +326,7 @@ class Vault:
         """Crypto-shred a package; its ledger receipt, and whether the log was emptied."""
         return self.admin.purge(principal, package_id)
 
-    def gc(
-        self, principal: Principal, *, grace: timedelta = timedelta(hours=1)
-    ) -> tuple[int, int, int]:
+    def gc(self, principal: Principal, *, grace: timedelta = GC_GRACE) -> tuple[int, int, int]:
         """Delete stray objects; returns (objects removed, temp files removed, receipt)."""
         return self.admin.gc(principal, grace=grace)
 
@@ -462,7 +460,7 @@ class Vault:
             principal, code, country=country, name=name, blo_opened=blo_opened
         )
 
-    def crossing_points(self, principal: Principal) -> list[CrossingPointInfo]:
+    def crossing_points(self, principal: Principal) -> tuple[list[CrossingPointInfo], int]:
         """Every registered crossing point (code, country, name, blo_opened), by code."""
         return self.seizures.crossing_points(principal)
 

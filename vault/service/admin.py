@@ -57,6 +57,11 @@ log = logging.getLogger("vault.service")
 COMPACT_WAIT_MS = 10_000
 
 
+# How long gc spares an object no package refers to (see AdminService.gc): a stray costs only
+# disk, and an upload's first file is one until the upload commits.
+GC_GRACE = timedelta(hours=24)
+
+
 @dataclass(frozen=True)
 class Purged:
     """What a purge did: its ledger receipt, and whether SQLite's write-ahead log could be
@@ -366,9 +371,7 @@ class AdminService:
         return Purged(receipt=receipt, log_emptied=self._compact_database())
 
     @records_refusals("gc")
-    def gc(
-        self, principal: Principal, *, grace: timedelta = timedelta(hours=24)
-    ) -> tuple[int, int, int]:
+    def gc(self, principal: Principal, *, grace: timedelta = GC_GRACE) -> tuple[int, int, int]:
         """Delete stray objects: those no live package file refers to, older than ``grace``.
 
         Strays come from uploads cut off between storing objects and committing the package,

@@ -235,10 +235,11 @@ class Openings:
 
     @staticmethod
     def destroy_purged(session: Session) -> int:
-        """Destroy what openings remain of entries about purged packages, but for each purge's
-        own (it says who purged); how many. A read authorised just before a purge can have its
-        entry committed just after it (group commit, maybe in another server process), with
-        an opening that the purge's own destroying came too early for."""
+        """Destroy the openings of allowed entries about purged packages but each purge's own
+        (it says who purged); how many. Such an entry is a read authorised just before a purge
+        and committed just after it (group commit, maybe in another server process), whose
+        opening the purge's own destroying came too early for. Refusals naming a purged id
+        later are new events, and keep theirs."""
         rows = session.exec(
             select(LedgerEntry.seq, LedgerEntry.entry)
             .join(Package, col(Package.id) == col(LedgerEntry.opening_package))
@@ -246,7 +247,11 @@ class Openings:
                 col(Package.purged_at).is_not(None), col(LedgerEntry.opening_sealed).is_not(None)
             )
         ).all()
-        late = [seq for seq, data in rows if decode(data).action != "purge"]
+        late = [
+            seq
+            for seq, data in rows
+            if (entry := decode(data)).decision == "allow" and entry.action != "purge"
+        ]
         return _destroy(session, col(LedgerEntry.seq).in_(late)) if late else 0
 
     @staticmethod

@@ -137,14 +137,14 @@ class SeizureService:
         except DBIntegrityError:  # a concurrent add of the same code
             raise Conflict(f"crossing point {code} exists already") from None
 
-    def crossing_points(self, principal: Principal) -> list[CrossingPointInfo]:
+    def crossing_points(self, principal: Principal) -> tuple[list[CrossingPointInfo], int]:
         """Every registered crossing point, by code (reference data, like countries: any
-        signed-in caller may list them; the look is recorded, like any read)."""
+        signed-in caller may list them), and the receipt of the look, recorded like any read."""
         points = self._points()
-        self.core.record_decision(
+        receipt = self.core.record_decision(
             principal.actor, "list", ALLOW, "ok", subject=f"crossing-points:{len(points)}"
         )
-        return points
+        return points, receipt
 
     def _points(self) -> list[CrossingPointInfo]:
         """The crossing points, for a read that records itself."""
