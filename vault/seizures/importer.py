@@ -24,7 +24,14 @@ __all__ = ["COLUMNS", "MAX_IMPORT_BYTES", "REQUIRED", "read_records", "records_f
 # 20 MiB holds some 200,000 rows of CSV: a package's worth many times over. XLSX is a zip: its
 # parts may inflate to at most MAX_XLSX_INFLATED bytes (a zip bomb stops there).
 MAX_IMPORT_BYTES = 20 * 1024 * 1024
-MAX_XLSX_INFLATED = 200 * 1024 * 1024
+# The largest sheet of MAX_RECORDS rows inflates to some 20 MiB; more is a bomb, and its
+# shared strings, which openpyxl reads whole into memory, have a cap of their own (a 470 KB
+# file of 11 million one-letter strings once took 1.7 GiB and 81 s of CPU).
+MAX_XLSX_INFLATED = 64 * 1024 * 1024
+MAX_XLSX_SHARED_STRINGS = 16 * 1024 * 1024
+# Cells a row may have: every column and some slack for blank ones. Each cell beyond the
+# header used to become a field of its own (a 2 MiB CSV row of ",x" cost 1.3 GiB).
+MAX_CELLS = 64
 REQUIRED = ("date", "crossing_point", "direction", "commodity", "quantity", "unit")
 COLUMNS = (*REQUIRED, "concealment", "transport", "detained")
 
@@ -96,10 +103,12 @@ def _header(cells: list[Any]) -> tuple[list[str | None], list[str]]:
 
 def _mapped(names: list[str | None], cells: list[Any]) -> dict[str, Any]:
     row: dict[str, Any] = {}
+    stray = False
     for position, value in enumerate(cells):
         if position >= len(names) or names[position] is None:
-            if value not in (None, ""):
-                row[str(position + 1)] = value  # data under no header: refused
+            if value not in (None, "") and not stray:
+                row[str(position + 1)] = value  # data under no header: the row is refused
+                stray = True  # for the first such cell: one is enough to say why
             continue
         if isinstance(value, str):
             value = value.strip()
@@ -140,6 +149,8 @@ def _table_rows(rows: Iterator[tuple[list[Any], int]]) -> list[tuple[int, Mappin
             names, problems = _header(cells)
             refuse_if_any(problems)
             continue
+        if len(cells) > MAX_CELLS:
+            raise InvalidInput(f"row {number} has more than {MAX_CELLS} cells")
         if _blank(cells):
             continue
         if len(out) >= MAX_RECORDS:
@@ -155,8 +166,13 @@ def _xlsx_rows(data: bytes) -> tuple[list[tuple[int, Mapping[str, Any]]], list[s
 
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            if sum(info.file_size for info in archive.infolist()) > MAX_XLSX_INFLATED:
-                raise TooLarge("the XLSX file inflates to more than 200 MiB")
+            parts = archive.infolist()
+            if sum(info.file_size for info in parts) > MAX_XLSX_INFLATED or any(
+                info.filename.lower().endswith("sharedstrings.xml")
+                and info.file_size > MAX_XLSX_SHARED_STRINGS
+                for info in parts
+            ):
+                raise TooLarge("the XLSX file inflates to more than a records file can hold")
         book = load_workbook(io.BytesIO(data), read_only=True, data_only=False)
     except (zipfile.BadZipFile, KeyError, ValueError, OSError, SyntaxError):
         # SyntaxError: the XML parser's ParseError, for a damaged part
@@ -169,6 +185,9 @@ def _xlsx_rows(data: bytes) -> tuple[list[tuple[int, Mapping[str, Any]]], list[s
             for number, row in enumerate(sheet.iter_rows(), start=1):
                 values: list[Any] = []
                 for position, cell in enumerate(row, start=1):
+                    if position > MAX_CELLS:  # refused by _table_rows: read no further
+                        values.append(None)
+                        break
                     if getattr(cell, "data_type", None) == "f":
                         # A formula's value is whatever the last program to save it computed,
                         # or nothing: only typed values are accepted.

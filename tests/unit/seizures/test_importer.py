@@ -4,6 +4,7 @@ malformed ones refused with every bad row and column named."""
 from __future__ import annotations
 
 import io
+import zipfile
 from datetime import datetime
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from openpyxl import Workbook
 
 from vault.errors import InvalidInput, TooLarge
 from vault.seizures.importer import MAX_IMPORT_BYTES, read_records, records_from_bytes
+from vault.seizures.schema import check_rows
 
 EXAMPLE = Path(__file__).parents[3] / "docs" / "seizure-records-example.csv"
 HEADER = "date,crossing_point,direction,commodity,quantity,unit"
@@ -155,3 +157,39 @@ def test_a_100_mb_file_is_refused_before_it_is_read(tmp_path: Path) -> None:
 )
 def test_unreadable_files_are_refused_clearly(data: bytes, name: str, expected: str) -> None:
     assert expected in refused(data, name)
+
+
+# --- files made to cost the server memory and CPU ----------------------------------------------
+
+
+def test_a_row_of_endless_cells_is_refused_at_once() -> None:
+    """A 2 MiB row of ",x" cells: each used to become a field of its own for pydantic to
+    refuse one by one (1.3 GiB). Now the row is refused by its count of cells."""
+    wide = HEADER + "\n2024-03-12,OYBEK,entry,heroin,1,kg" + ",x" * 1_000_000 + "\n"
+    assert refused(wide.encode()) == "row 2 has more than 64 cells"
+
+
+def test_data_beyond_the_header_is_named_once() -> None:
+    message = refused((HEADER + "\n2024-03-12,OYBEK,entry,heroin,1,kg,x,y,z\n").encode())
+    assert message.count("row 2") == 1
+    assert "row 2, column 7: unknown column" in message
+
+
+def test_a_record_of_many_made_up_keys_is_counted_not_validated() -> None:
+    record = {"date": "2024-03-12", "crossing_point": "OYBEK", "direction": "entry"}
+    record |= {f"k{i}": 1 for i in range(200_000)}
+    records, problems = check_rows([record])
+    assert records == []
+    assert problems == ["row 1: 200000 unknown columns"]
+
+
+def test_an_xlsx_of_endless_shared_strings_is_refused_before_it_is_read() -> None:
+    """A few hundred KB that openpyxl would inflate into millions of strings in memory."""
+    strings = "".join(f"<si><t>{i % 10}</t></si>" for i in range(1_200_000))
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("[Content_Types].xml", "<Types/>")
+        archive.writestr("xl/sharedStrings.xml", f'<sst xmlns="x" count="1200000">{strings}</sst>')
+    assert len(out.getvalue()) < 1024 * 1024
+    with pytest.raises(TooLarge, match="inflates to more"):
+        records_from_bytes(out.getvalue(), name="r.xlsx")
