@@ -410,6 +410,20 @@ def test_metrics_need_the_metrics_token(
         assert "vault_" not in reply.text
 
 
+def test_made_up_methods_add_no_series_to_the_metrics(limited: Served) -> None:
+    """The method is a label of every series: made up by anonymous clients, each one used to
+    add series that stayed for the life of the process."""
+    made_up = [f"X{i}{'Y' * 200}" for i in range(40)]
+    for method in made_up:
+        sock = connect(limited)
+        with contextlib.closing(sock):
+            sock.sendall(f"{method} /healthz HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            sock.recv(4096)
+    text = httpx.get(limited.url + "/metrics", headers=METRICS_AUTH, timeout=TIMEOUT).text
+    assert not any(method in text for method in made_up)
+    assert 'method="OTHER"' in text
+
+
 def test_a_users_token_is_not_a_metrics_token(limited: Served) -> None:
     reply = httpx.get(limited.url + "/metrics", headers=limited.auth("uz.admin"), timeout=TIMEOUT)
     assert_error(reply, 401, code="authentication_failed")
