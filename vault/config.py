@@ -150,6 +150,13 @@ class Settings(BaseSettings):
             raise ValueError("ledger_origin must be one non-empty line without outer spaces")
         return value
 
+    @field_validator("metrics_token", mode="before")
+    @classmethod
+    def _empty_token_is_none(cls, value: object) -> object:
+        # Empty is unset: a compose file passes ``${VAULT_METRICS_TOKEN:-}`` whether or not
+        # .env sets it, and an empty token must mean no /metrics, not a refused start.
+        return None if value == "" else value
+
     @field_validator("trusted_proxies", mode="before")
     @classmethod
     def _proxies_are_networks(cls, value: object) -> object:

@@ -127,6 +127,25 @@ def _dev_key(settings: Settings, name: str, make: Callable[[], bytes], *, create
     return path
 
 
+def key_file_warnings(settings: Settings) -> list[str]:
+    """A warning for each configured key file that users other than its owner may read: the
+    vault still runs (a secrets mount may not let it be fixed from inside), but the KEK, the
+    token key or the ledger key must be the vault's alone."""
+    warnings = []
+    for path in (settings.kek_file, settings.jwt_key_file, settings.ledger_key_file):
+        if path is None:
+            continue
+        try:
+            mode = path.stat().st_mode & 0o777
+        except OSError:
+            continue  # load_keys says why it can't be read
+        if mode & 0o077:
+            warnings.append(
+                f"key file {path} may be read by other users (mode {mode:04o}): chmod 600 it"
+            )
+    return warnings
+
+
 def load_keys(settings: Settings, *, create: bool = True) -> KeyMaterial:
     """Load configured keys; generate development keys for those unset, unless in production
     or unless ``create`` is False (then a missing development key is VaultMissing)."""

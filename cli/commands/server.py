@@ -45,6 +45,13 @@ def serve(
         vault.close()
     if os.environ.get("FORWARDED_ALLOW_IPS") and not settings.trusted_proxies:
         err.print("FORWARDED_ALLOW_IPS is ignored: set VAULT_TRUSTED_PROXIES to trust a proxy")
+    elif settings.env == "production" and not tls_cert and not settings.trusted_proxies:
+        # Production without TLS here means a TLS proxy in front: untrusted, it is every
+        # client's address, and one password guesser locks out everyone.
+        err.print(
+            "warning: no VAULT_TRUSTED_PROXIES: behind a TLS proxy every client has the "
+            "proxy's address, so one password guesser locks out every user"
+        )
     err.print(f"BLO Vault listening on {'https' if tls_cert else 'http'}://{host}:{port}")
     uvicorn.run(
         "blo_vault.api.asgi:app",

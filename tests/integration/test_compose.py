@@ -125,6 +125,10 @@ def test_api_runs_as_app_role_in_production(compose: dict[str, Any]) -> None:
     assert api["VAULT_STORE"] == "minio"
     for key in ("VAULT_KEK_FILE", "VAULT_JWT_KEY_FILE", "VAULT_LEDGER_KEY_FILE"):
         assert api[key].startswith("/run/secrets/"), key
+    # Set in .env, they must reach the container: behind the TLS proxy, without the first,
+    # every client has the proxy's address (one password guesser locks out everyone).
+    for key in ("VAULT_TRUSTED_PROXIES", "VAULT_METRICS_TOKEN"):
+        assert api[key] == f"${{{key}:-}}", key
 
 
 def test_setup_migrates_as_owner_and_grants_app_role(compose: dict[str, Any]) -> None:

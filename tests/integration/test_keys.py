@@ -41,7 +41,7 @@ from vault import crypto
 from vault.config import Settings, load_settings
 from vault.db import make_engine, migrate
 from vault.errors import ConfigError, IntegrityError, NotFound
-from vault.keys import DEV_KEY_DIR, generate_key_files, read_kek
+from vault.keys import DEV_KEY_DIR, generate_key_files, key_file_warnings, read_kek
 from vault.models import Classification, LedgerEntry, Package, PackageFile
 from vault.schemas import NewPackage, PackageDetail
 from vault.service import IncomingFile, Principal, Vault, local_operator
@@ -508,6 +508,25 @@ def test_production_without_key_files_refuses(tmp_path: Path) -> None:
 
 
 KEY_NAMES = ["VAULT_KEK_FILE", "VAULT_JWT_KEY_FILE", "VAULT_LEDGER_KEY_FILE"]
+
+
+def test_key_files_others_may_read_are_warned_of(tmp_path: Path) -> None:
+    keys = generate_key_files(tmp_path / "secrets")
+    settings = prod_settings(tmp_path / "data", keys)
+    assert key_file_warnings(settings) == []  # gen-keys writes them 0600
+    keys["VAULT_JWT_KEY_FILE"].chmod(0o644)
+    keys["VAULT_KEK_FILE"].chmod(0o640)
+    warned = key_file_warnings(settings)
+    assert len(warned) == 2
+    assert all("chmod 600" in line for line in warned)
+    assert any(str(keys["VAULT_KEK_FILE"]) in line and "0640" in line for line in warned)
+
+
+def test_an_empty_metrics_token_is_none() -> None:
+    """A compose file passes ${VAULT_METRICS_TOKEN:-}: empty must mean no /metrics."""
+    assert load_settings(metrics_token="").metrics_token is None
+    with pytest.raises(ConfigError):
+        load_settings(metrics_token="too short")
 
 
 @pytest.mark.parametrize("missing", KEY_NAMES)

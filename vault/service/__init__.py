@@ -22,7 +22,7 @@ from sqlalchemy import Engine
 from vault.authz import Authorizer
 from vault.config import Settings
 from vault.db import deployment_warnings
-from vault.keys import KeyMaterial
+from vault.keys import KeyMaterial, key_file_warnings
 from vault.ledger import note
 from vault.ledger.entry import Entry
 from vault.listing import PackageFilter
@@ -184,9 +184,9 @@ class Vault:
         self.core.close()
 
     def deployment_warnings(self) -> list[str]:
-        """What about its database the operator should fix, though the vault runs (``serve``
-        prints them)."""
-        return deployment_warnings(self.core.engine)
+        """What about its database and key files the operator should fix, though the vault
+        runs (``serve`` prints them)."""
+        return deployment_warnings(self.core.engine) + key_file_warnings(self.core.settings)
 
     # --- what the vault is built from -----------------------------------------------------------
 
