@@ -176,7 +176,11 @@ def test_data_beyond_the_header_is_named_once() -> None:
 
 
 def test_a_record_of_many_made_up_keys_is_counted_not_validated() -> None:
-    record = {"date": "2024-03-12", "crossing_point": "OYBEK", "direction": "entry"}
+    record: dict[str, object] = {
+        "date": "2024-03-12",
+        "crossing_point": "OYBEK",
+        "direction": "entry",
+    }
     record |= {f"k{i}": 1 for i in range(200_000)}
     records, problems = check_rows([record])
     assert records == []
