@@ -1,7 +1,8 @@
 """The HTTP server around the app: uvicorn's h11 protocol, configured from the settings.
 
 ``blovault serve`` and the tests' servers both take their uvicorn options from
-:func:`server_options`, so what is tested is what runs. Two things the app can't do itself
+:func:`server_options`, so what is tested is what runs; ``blovault witness serve`` takes the
+same protocol and limits from :func:`protocol_options`. Two things the app can't do itself
 happen here, in a small subclass of uvicorn's h11 protocol:
 
 * a deadline for the request *headers* (uvicorn has none: headers trickled a byte every few
@@ -36,6 +37,7 @@ from vault.config import Settings
 __all__ = [
     "MAX_HEADER_BYTES",
     "VaultH11Protocol",
+    "protocol_options",
     "server_options",
 ]
 
@@ -52,11 +54,29 @@ RECV_BYTES = 1024 * 1024
 def server_options(settings: Settings) -> dict[str, Any]:
     """uvicorn options for serving the vault: protocol, proxies, limits and timeouts."""
     return {
-        "http": functools.partial(VaultH11Protocol, header_timeout=settings.header_timeout_seconds),
+        **protocol_options(header_timeout=settings.header_timeout_seconds),
         # Forwarded headers only from configured proxies; with none, uvicorn's proxy layer is
         # off altogether (FORWARDED_ALLOW_IPS in the environment is then ignored too).
         "proxy_headers": bool(settings.trusted_proxies),
         "forwarded_allow_ips": list(settings.trusted_proxies) or None,
+    }
+
+
+def protocol_options(
+    *,
+    header_timeout: float,
+    protocol: type[VaultH11Protocol] | None = None,
+    **protocol_kwargs: Any,
+) -> dict[str, Any]:
+    """uvicorn options every server of ours takes (the vault's, a witness's): the protocol
+    with its header deadline, keep-alive and header size limits, no Server header.
+
+    ``protocol`` (a VaultH11Protocol subclass) and ``protocol_kwargs`` let another server add
+    its own limits on top without copying these."""
+    return {
+        "http": functools.partial(
+            protocol or VaultH11Protocol, header_timeout=header_timeout, **protocol_kwargs
+        ),
         "server_header": False,
         "timeout_keep_alive": 5,
         "h11_max_incomplete_event_size": MAX_HEADER_BYTES,

@@ -65,26 +65,61 @@ def serve(
     directory: DirOpt = _DEFAULT_DIR,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8380,
+    header_timeout: Annotated[
+        float,
+        typer.Option(
+            min=0.001,
+            envvar="VAULT_WITNESS_HEADER_TIMEOUT_SECONDS",
+            help="Seconds a client has to send a request's headers (408 after).",
+        ),
+    ] = 10.0,
+    body_timeout: Annotated[
+        float,
+        typer.Option(
+            min=0.001,
+            envvar="VAULT_WITNESS_BODY_TIMEOUT_SECONDS",
+            help="Seconds a client has to send a whole request body (408 after).",
+        ),
+    ] = 10.0,
+    max_connections: Annotated[
+        int,
+        typer.Option(
+            min=4,
+            envvar="VAULT_WITNESS_MAX_CONNECTIONS",
+            help="Connections open at once (a quarter per client address); more are refused.",
+        ),
+    ] = 256,
 ) -> None:
-    """Serve POST /add-checkpoint (c2sp.org/tlog-witness) until interrupted."""
+    """Serve POST /add-checkpoint (c2sp.org/tlog-witness) until interrupted.
+
+    With the vault server's HTTP limits: deadlines for headers and body, and a cap on open
+    connections kept below the file descriptor limit, so idle or half-sent requests can't stop
+    the witness answering."""
     import uvicorn
 
-    from blo_vault.api.witness import create_witness_app
+    from blo_vault.api.witness import connection_cap, create_witness_app, witness_server_options
 
     # Open before binding, so a missing directory or an unsafe key stops us with its message.
     witness = Witness.open(directory)
+    cap = connection_cap(max_connections)
+    if cap < max_connections:
+        _err.print(
+            f"warning: the open file limit allows {cap} connections, not {max_connections}",
+            highlight=False,
+            markup=False,
+        )
     _err.print(
         f"witness {witness.cosigner.name} listening on http://{host}:{port}",
         highlight=False,
         markup=False,
     )
     uvicorn.run(
-        create_witness_app(witness),
+        create_witness_app(witness, body_timeout=body_timeout),
         host=host,
         port=port,
-        server_header=False,
         access_log=False,
         log_level="warning",
+        **witness_server_options(header_timeout=header_timeout, max_connections=cap),
     )
 
 

@@ -84,6 +84,12 @@ SQLite INTEGER (signed 64-bit), and the issue asks for sizes over 2^63 to be ref
 MAX_BODY_BYTES = 64 * 1024
 """Largest request body: 63 proof lines and a checkpoint with 100 signatures fit easily."""
 
+_KEY_TMP = KEY_FILE + ".tmp"
+# What an init that stopped before writing the key can leave: its state database (SQLite's
+# files) and the key's temporary file.
+_INIT_LEFTOVERS = frozenset(
+    {STATE_FILE, STATE_FILE + "-journal", STATE_FILE + "-wal", STATE_FILE + "-shm", _KEY_TMP}
+)
 _DECIMAL = re.compile(r"0|[1-9][0-9]{0,19}")
 _BUSY_TIMEOUT_S = 30.0
 
@@ -234,6 +240,9 @@ def init_witness(directory: Path, *, name: str, log_vkeys: Iterable[str]) -> Cos
     """Create a witness in ``directory`` (mode 0700): a fresh key (0600) and a state database
     following the logs of ``log_vkeys`` (type 0x01 vkeys whose names are the log origins).
 
+    The key is written last, in one rename: a folder without it holds no witness yet (nothing
+    was ever cosigned from it), so init run again after a crash finishes the job.
+
     Raises Conflict if a witness already lives there, InvalidInput for a bad name or vkey."""
     verifiers = [_log_verifier(v) for v in log_vkeys]
     if not verifiers:
@@ -244,21 +253,8 @@ def init_witness(directory: Path, *, name: str, log_vkeys: Iterable[str]) -> Cos
         cosigner = Cosigner.generate(name)
     except NoteError as exc:
         raise InvalidInput(f"witness name: {exc}") from None
-    key_path, db_path = directory / KEY_FILE, directory / STATE_FILE
-    if key_path.exists() or db_path.exists():
-        raise Conflict(f"a witness already exists in {directory}")
-    # Only a new or empty directory: init tightens its mode to 0700, which must never happen
-    # to a home or project folder given by mistake.
-    if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
-        raise Conflict(f"{directory} exists and is not an empty directory")
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(directory, 0o700)  # mkdir's mode is masked by the umask
-    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as out:
-        out.write(cosigner.skey() + "\n")
-        out.flush()
-        os.fsync(out.fileno())
-    with closing(_connect(db_path)) as conn:
+    _prepare_directory(directory)
+    with closing(_connect(directory / STATE_FILE)) as conn:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.executescript(_SCHEMA)
         conn.execute("BEGIN IMMEDIATE")
@@ -267,7 +263,74 @@ def init_witness(directory: Path, *, name: str, log_vkeys: Iterable[str]) -> Cos
             [(v.name, v.vkey()) for v in verifiers],
         )
         conn.execute("COMMIT")
+    _fsync_dir(directory)  # the state's name is on disk before the key's can be
+    _write_key(directory, cosigner)
     return cosigner
+
+
+def _prepare_directory(directory: Path) -> None:
+    """Make ``directory`` (0700) ready for a new witness: it must be new, empty, or hold only
+    what an interrupted init left (a state that never cosigned, no key). Raises Conflict."""
+    if (directory / KEY_FILE).exists():
+        if directory.is_dir() and not (directory / STATE_FILE).exists():
+            raise Conflict(
+                f"{directory} holds a witness key but no state: restore {STATE_FILE} from its "
+                "backup (a fresh state would cosign a log rolled back behind the old one)"
+            )
+        raise Conflict(f"a witness already exists in {directory}")
+    # Only a new or empty directory: init tightens its mode to 0700, which must never happen
+    # to a home or project folder given by mistake.
+    if directory.exists() and (
+        not directory.is_dir() or any(p.name not in _INIT_LEFTOVERS for p in directory.iterdir())
+    ):
+        raise Conflict(f"{directory} exists and is not an empty directory")
+    if (directory / STATE_FILE).exists() and _has_cosigned(directory / STATE_FILE):
+        raise Conflict(
+            f"{directory} holds a witness's state but not its key: restore {KEY_FILE} from "
+            "its backup (init would start a new witness from nothing)"
+        )
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(directory, 0o700)  # mkdir's mode is masked by the umask
+    for leftover in _INIT_LEFTOVERS:
+        (directory / leftover).unlink(missing_ok=True)
+
+
+def _has_cosigned(db_path: Path) -> bool:
+    """Whether a state database without a key ever recorded a cosigned checkpoint; True when
+    it can't be read, so only a state known to be unused is discarded."""
+    try:
+        with closing(_connect(db_path)) as conn:
+            if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'heads'").fetchone():
+                return False  # the crash came before the schema was whole
+            return conn.execute("SELECT 1 FROM heads LIMIT 1").fetchone() is not None
+    except sqlite3.Error:
+        return True
+
+
+def _write_key(directory: Path, cosigner: Cosigner) -> None:
+    """Write the key under a temporary name (0600, synced), then link it into place: it
+    appears whole or not at all, and never replaces a key another init put there."""
+    tmp = directory / _KEY_TMP
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(cosigner.skey() + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+        os.link(tmp, directory / KEY_FILE)
+    except FileExistsError:
+        raise Conflict(f"a witness already exists in {directory}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(directory)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _load_key(key_path: Path) -> Cosigner:
@@ -299,11 +362,23 @@ class Witness:
     def open(cls, directory: Path, *, clock: Callable[[], float] = time.time) -> Witness:
         """Open the witness in ``directory``; VaultMissing if there is none, ConfigError if its
         key file is unsafe or malformed."""
-        if not (directory / STATE_FILE).is_file():
+        state, key = directory / STATE_FILE, directory / KEY_FILE
+        if not state.is_file():
+            if key.exists():
+                # A fresh state would let this key cosign from size 0 again: a log rolled
+                # back behind what it cosigned before would pass. Never made by init (it
+                # writes the key last), so the state was lost: only its backup will do.
+                raise VaultMissing(
+                    f"no witness state at {state} beside its key: restore {STATE_FILE} "
+                    "from its backup"
+                )
+            raise VaultMissing(f"no witness state at {state} (run 'blovault witness init')")
+        if not key.exists():
             raise VaultMissing(
-                f"no witness state at {directory / STATE_FILE} (run 'blovault witness init')"
+                f"no witness key at {key} (an interrupted init: run 'blovault witness init' "
+                "again; a lost key: restore it from its backup)"
             )
-        return cls(directory=directory, cosigner=_load_key(directory / KEY_FILE), clock=clock)
+        return cls(directory=directory, cosigner=_load_key(key), clock=clock)
 
     @contextmanager
     def _immediate(self) -> Iterator[sqlite3.Connection]:

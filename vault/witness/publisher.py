@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import socket
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import httpx
 
@@ -27,6 +28,8 @@ from vault.witness.policy import Policy, PolicyWitness, QuorumNotMet, verify_wit
 
 __all__ = [
     "DEFAULT_CADENCE_S",
+    "MAX_REPLY_BYTES",
+    "BadReply",
     "CheckpointSource",
     "Post",
     "Publisher",
@@ -37,8 +40,12 @@ __all__ = [
 DEFAULT_CADENCE_S = 10.0
 _SIZE_TYPE = "text/x.tlog.size"
 
+MAX_REPLY_BYTES = 64 * 1024
+"""Most of a witness's reply read. A cosignature reply is a line or two (~100 bytes each)."""
+
 Post = Callable[[str, bytes], tuple[int, str, str]]
-"""POST ``body`` to a URL; return (status, content type, text). Raises httpx.HTTPError."""
+"""POST ``body`` to a URL; return (status, content type, text). Raises httpx.HTTPError or
+BadReply."""
 
 
 class CheckpointSource(Protocol):
@@ -68,16 +75,133 @@ def _printable(text: str) -> str:
     return "".join(ch if ch.isprintable() else "?" for ch in text.strip()[:200])
 
 
+class BadReply(Exception):
+    """A witness's reply the publisher gave up on: longer than MAX_REPLY_BYTES, compressed,
+    or not whole by the exchange's deadline. The witness failed this round, as on any other
+    bad reply."""
+
+
+def _longest(timeout: httpx.Timeout, fallback: float) -> float:
+    finite = [t for t in (timeout.connect, timeout.read, timeout.write, timeout.pool) if t]
+    return max(finite, default=fallback)
+
+
 def http_post(timeout: float = 5.0, *, client: httpx.Client | None = None) -> Post:
-    """A Post over httpx with a bounded ``timeout`` (seconds) for connect, read and write;
-    on ``client`` if given (its owner closes it), else on a client of its own."""
-    client = client if client is not None else httpx.Client(timeout=timeout)
+    """A Post over httpx on ``client`` if given (its owner closes it), else on a client of its
+    own with a ``timeout`` (seconds) for connect, read and write.
+
+    Each exchange, from connecting to the reply's last byte, ends within ``timeout`` (with
+    ``client``: its longest timeout), and no more than MAX_REPLY_BYTES of a reply are read;
+    past either, BadReply. Witness URLs may be plain http: whoever answers is not trusted to
+    be brief or quick."""
+    if client is None:
+        client = httpx.Client(timeout=timeout)
+    else:
+        timeout = _longest(client.timeout, timeout)
+    http = client  # narrowed for the closure
 
     def post(url: str, body: bytes) -> tuple[int, str, str]:
-        reply = client.post(url, content=body)
-        return reply.status_code, reply.headers.get("content-type", ""), reply.text
+        return _exchange(http, url, body, deadline=timeout)
 
     return post
+
+
+def _exchange(
+    client: httpx.Client, url: str, body: bytes, *, deadline: float
+) -> tuple[int, str, str]:
+    watchdog = _Watchdog(deadline)
+    request = client.build_request(
+        "POST",
+        url,
+        content=body,
+        # identity: a compressed reply could inflate far past the cap from a few bytes read.
+        # close: a fresh connection per exchange, so the watchdog always learns its socket.
+        headers={"accept-encoding": "identity", "connection": "close"},
+        extensions={"trace": watchdog.trace},
+    )
+    response: httpx.Response | None = None
+    try:
+        with watchdog:
+            try:
+                response = client.send(request, stream=True)
+                reply = _read_reply(response)
+            except httpx.HTTPError:
+                if not watchdog.expired:
+                    raise
+            # Also after a reply that looked whole: a body that ends with the connection ends
+            # when the watchdog shuts it down.
+            if watchdog.expired:
+                raise BadReply(f"no whole reply within {deadline:g} s")
+            return reply
+    finally:
+        if response is not None:
+            response.close()
+
+
+def _read_reply(response: httpx.Response) -> tuple[int, str, str]:
+    content_type = response.headers.get("content-type", "")
+    if response.headers.get("content-encoding", "identity").strip().lower() != "identity":
+        raise BadReply("reply is compressed")
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_REPLY_BYTES:
+        raise BadReply(f"reply longer than {MAX_REPLY_BYTES} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    for chunk in response.iter_raw():  # raw: nothing decoded, each chunk one socket read
+        size += len(chunk)
+        if size > MAX_REPLY_BYTES:
+            raise BadReply(f"reply longer than {MAX_REPLY_BYTES} bytes")
+        chunks.append(chunk)
+    return response.status_code, content_type, b"".join(chunks).decode("utf-8", "replace")
+
+
+class _Watchdog:
+    """Cuts an exchange off at its deadline, in whatever phase it is.
+
+    httpx's timeouts bound each read, not the exchange: a witness trickling a byte every few
+    seconds would hold the publisher, and every witness asked after it, for as long as it
+    liked. At the deadline the connection's socket is shut down (not closed, so its descriptor
+    can't be reused under httpx), which ends any read or write in progress."""
+
+    def __init__(self, seconds: float) -> None:
+        self.expired = False
+        self._lock = threading.Lock()
+        self._socket: socket.socket | None = None
+        self._finished = False
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def trace(self, event: str, info: dict[str, Any]) -> None:
+        """httpcore's trace hook: keep the socket of the connection just made (TLS: wrapped)."""
+        if event in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
+            sock = info["return_value"].get_extra_info("socket")
+            with self._lock:
+                self._socket = sock
+                if self.expired:
+                    self._shut()
+
+    def _expire(self) -> None:
+        with self._lock:
+            if not self._finished:
+                self.expired = True
+                self._shut()
+
+    def _shut(self) -> None:
+        if self._socket is not None:
+            with contextlib.suppress(OSError):
+                # socket.socket's own shutdown, also for an SSLSocket: its override would drop
+                # the TLS state under the thread still reading.
+                socket.socket.shutdown(self._socket, socket.SHUT_RDWR)
+
+    def __enter__(self) -> _Watchdog:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        # Before the response is closed and its socket freed: never shut a reused descriptor.
+        with self._lock:
+            self._finished = True
+        self._timer.cancel()
 
 
 class Publisher:
@@ -163,6 +287,9 @@ class Publisher:
                 status, content_type, reply = self._post(url, (body + "\n" + note).encode())
             except httpx.HTTPError as exc:
                 self._record(witness.name, error=f"unreachable: {type(exc).__name__}")
+                return []
+            except BadReply as exc:
+                self._record(witness.name, error=f"bad reply: {exc}")
                 return []
             if status == 409 and content_type.split(";")[0].strip() == _SIZE_TYPE:
                 try:
