@@ -15,6 +15,7 @@ from vault.storage import ObjectReader, check_key
 
 __all__ = [
     "LocalDiskStore",
+    "fsync_dir",
 ]
 
 if TYPE_CHECKING:
@@ -141,7 +142,7 @@ class LocalDiskStore:
             if not final.parent.is_dir():
                 _make_shard_folders(final.parent)
             os.replace(tmp_name, final)
-            _fsync_dir(final.parent)
+            fsync_dir(final.parent)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp_name)
@@ -173,7 +174,7 @@ class LocalDiskStore:
         path = self._path(key)
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
 
     def keys(self) -> Iterator[str]:
         """Walk the shard folders for object files; anything else found there is skipped."""
@@ -261,10 +262,11 @@ def _make_shard_folders(folder: Path) -> None:
             continue
         with contextlib.suppress(FileExistsError):
             level.mkdir(mode=0o700)
-        _fsync_dir(level.parent)
+        fsync_dir(level.parent)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make the entries of folder ``path`` (files created, renamed or removed) durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

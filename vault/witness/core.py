@@ -55,6 +55,7 @@ from vault.ledger.note import (
     parse_note,
     parse_verifier_key,
 )
+from vault.storage.local import fsync_dir
 from vault.witness.cosignature import Cosigner, parse_cosigner_key
 
 __all__ = [
@@ -263,7 +264,7 @@ def init_witness(directory: Path, *, name: str, log_vkeys: Iterable[str]) -> Cos
             [(v.name, v.vkey()) for v in verifiers],
         )
         conn.execute("COMMIT")
-    _fsync_dir(directory)  # the state's name is on disk before the key's can be
+    fsync_dir(directory)  # the state's name is on disk before the key's can be
     _write_key(directory, cosigner)
     return cosigner
 
@@ -322,15 +323,7 @@ def _write_key(directory: Path, cosigner: Cosigner) -> None:
         raise Conflict(f"a witness already exists in {directory}") from None
     finally:
         tmp.unlink(missing_ok=True)
-    _fsync_dir(directory)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(directory)
 
 
 def _load_key(key_path: Path) -> Cosigner:
