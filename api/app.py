@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hmac
 import logging
 import re
@@ -25,6 +26,7 @@ from blo_vault.api.downloads import download_response
 from blo_vault.api.limits import BodyLimitMiddleware
 from blo_vault.api.multipart import MultipartUpload, boundary_of
 from blo_vault.api.observability import Metrics, ObservabilityMiddleware
+from blo_vault.api.routing import client_address
 from vault import __version__
 from vault.authz import ACTIONS
 from vault.config import Settings, load_settings
@@ -126,7 +128,7 @@ def current_principal(
     """
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise AuthenticationFailed("a bearer token is required")
-    principal = vault.authenticate(credentials.credentials)
+    principal = vault.authenticate(credentials.credentials, client=client_address(request))
     request.state.principal = principal
     return principal
 
@@ -151,7 +153,9 @@ async def bearer_token(
     try:
         vault.tokens.verify(token)
     except AuthenticationFailed:
-        await anyio.to_thread.run_sync(vault.authenticate, token)
+        await anyio.to_thread.run_sync(
+            functools.partial(vault.authenticate, token, client=client_address(request))
+        )
         raise
     return token
 
@@ -180,7 +184,7 @@ async def _read_as(
         request.state.principal = caller
 
     def run() -> PendingRead[_Read]:
-        return reads.prepare(token, read, remember)
+        return reads.prepare(token, read, remember, client=client_address(request))
 
     try:
         return run() if reads.inline else await anyio.to_thread.run_sync(run)
@@ -245,8 +249,7 @@ def readyz(vault: VaultDep) -> dict[str, str]:
 @router.post("/auth/login", tags=["auth"])
 def login(body: LoginRequest, request: Request, vault: VaultDep, response: Response) -> LoginResult:
     """Start a session: a short-lived bearer token and a refresh token (rate-limited)."""
-    client = request.client.host if request.client else ""
-    result = vault.login(body.username, body.password, client=client)
+    result = vault.login(body.username, body.password, client=client_address(request))
     _receipt(response, result.receipt)
     _no_store(response)
     return result
@@ -260,10 +263,12 @@ class RefreshRequest(BaseModel):
 
 
 @router.post("/auth/refresh", tags=["auth"])
-def refresh(body: RefreshRequest, vault: VaultDep, response: Response) -> LoginResult:
+def refresh(
+    body: RefreshRequest, request: Request, vault: VaultDep, response: Response
+) -> LoginResult:
     """A new bearer token and a new refresh token; the one sent is spent. Sending a spent one
     again ends the whole session (it was copied)."""
-    result = vault.refresh(body.refresh_token)
+    result = vault.refresh(body.refresh_token, client=client_address(request))
     _receipt(response, result.receipt)
     _no_store(response)
     return result

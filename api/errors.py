@@ -20,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from blo_vault.api.routing import route_template
+from blo_vault.api.routing import client_address, route_template
 from vault import errors
 from vault.service import Principal, Vault
 
@@ -171,7 +171,9 @@ async def _record_refusal(request: Request, reason: str) -> int | None:
         if scheme.lower() != "bearer" or not token:
             return None
         try:
-            principal = await run_in_threadpool(vault.authenticate, token.strip())
+            principal = await run_in_threadpool(
+                vault.authenticate, token.strip(), client=client_address(request)
+            )
         except errors.VaultError:
             if not _signed_by_the_vault(vault, token.strip()):
                 return None

@@ -93,6 +93,12 @@ class _VaultCollector(Collector):
             decisions.add_metric([decision], count)
         yield decisions
         yield GaugeMetricFamily(
+            "vault_refusals_summarised",
+            "Refusals of callers not authenticated that this process counted into a summary"
+            " entry instead of an entry each (over the budget of VAULT_REFUSAL_ENTRIES_*)",
+            value=self._vault.refusals_summarised(),
+        )
+        yield GaugeMetricFamily(
             "vault_ledger_entries", "Entries in the ledger", value=stats["ledger_entries"]
         )
         yield GaugeMetricFamily(

@@ -1,15 +1,22 @@
 """Which route a request was for, by its path template: what metrics count and the ledger
-records, never the path as typed."""
+records, never the path as typed; and which address it came from."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from starlette.requests import HTTPConnection
 from starlette.routing import Match
 from starlette.types import Scope
 
-__all__ = ["flat_routes", "route_template"]
+__all__ = ["client_address", "flat_routes", "route_template"]
+
+
+def client_address(request: HTTPConnection) -> str:
+    """The address a request came from: the peer's, or the one a trusted proxy named
+    (uvicorn's proxy headers, VAULT_TRUSTED_PROXIES); "" if the server does not know."""
+    return request.client.host if request.client else ""
 
 
 def flat_routes(routes: Iterable[Any]) -> Iterator[Any]:

@@ -106,6 +106,13 @@ class Settings(BaseSettings):
     login_failures_per_address: int = Field(default=20, ge=1)
     lockout_base_seconds: int = Field(default=30, ge=1)
     lockout_max_seconds: int = Field(default=3600, ge=1)
+    # Refusals of callers not authenticated (bad tokens, failed logins) each get an entry up
+    # to this many a minute from one client address, and from all of them in one process;
+    # beyond, they are counted and recorded as one summary entry refusal_summary_seconds
+    # later (vault.service.refusals: a client must not be able to grow the ledger at will).
+    refusal_entries_per_address: int = Field(default=60, ge=1)
+    refusal_entries_total: int = Field(default=600, ge=1)
+    refusal_summary_seconds: float = Field(default=60.0, gt=0, le=3600)
 
     # A request body that sends nothing for this long is cut off (slow-body attacks).
     body_timeout_seconds: float = Field(default=30.0, gt=0)

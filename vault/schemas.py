@@ -64,6 +64,11 @@ def check_id(value: str, what: str = "id") -> str:
     return value
 
 
+def is_id(value: object) -> bool:
+    """Whether ``value`` is a well-formed id (only those may enter the ledger as targets)."""
+    return isinstance(value, str) and _ID.fullmatch(value) is not None
+
+
 def check_country(value: str) -> str:
     """An ISO 3166-1 alpha-2 code, upper case."""
     if not isinstance(value, str) or not _COUNTRY.fullmatch(value):

@@ -4,6 +4,7 @@ language and time zone; the dependencies that establish them; and the one way a 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -12,6 +13,7 @@ from fastapi import Depends, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
+from blo_vault.api.routing import client_address
 from blo_vault.api.web import codes
 from blo_vault.api.web.i18n import Language, Languages, zone_for
 from blo_vault.api.web.sessions import SessionStore, WebSession
@@ -190,7 +192,9 @@ def _visit(request: Request, *, start: bool) -> Visit | None:
     current.new_cookie = new
     if session.signed_in:
         try:
-            current.principal = vault.authenticate(session.access(vault.refresh))
+            client = client_address(request)
+            refresh = functools.partial(vault.refresh, client=client)
+            current.principal = vault.authenticate(session.access(refresh), client=client)
         except AuthenticationFailed:
             # The service session ended (sign-out elsewhere, password changed, user disabled,
             # role changed, timed out): so does this one.

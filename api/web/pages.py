@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from blo_vault.api.downloads import download_response
 from blo_vault.api.errors import status_for
 from blo_vault.api.multipart import MultipartUpload, boundary_of
+from blo_vault.api.routing import client_address
 from blo_vault.api.web.context import (
     PREFIX,
     Posted,
@@ -70,9 +71,8 @@ def signin(
     password: Annotated[str, Form(max_length=1024)] = "",
 ) -> Response:
     """Sign in through the service's login (same lockout and ledger records as the API)."""
-    client = request.client.host if request.client else ""
     try:
-        tokens = current.vault.login(username, password, client=client)
+        tokens = current.vault.login(username, password, client=client_address(request))
     except AuthenticationFailed as exc:
         # The form again, with the reason in the reader's language (and 401 or 429).
         seconds = exc.retry_after if isinstance(exc, RateLimited) else 0
@@ -80,7 +80,9 @@ def signin(
             "signin.html", status=status_for(exc), refused=exc.code, seconds=seconds
         )
     current.restart().hold(tokens)
-    current.principal = current.vault.authenticate(tokens.access_token)
+    current.principal = current.vault.authenticate(
+        tokens.access_token, client=client_address(request)
+    )
     return current.redirect(_home(current.principal.role))
 
 

@@ -24,6 +24,9 @@ Conventions of particular actions:
   base64 of the 32-byte public key, "-" in a revocation, and the owner's agency, which may
   differ from ``actor_agency`` when the operator acted). Every field stays in clear, in
   version 2 too (vault.ledger.commit keeps ``key.*`` public).
+- Summary entries (vault.service.refusals): refusals of callers not authenticated beyond
+  their budget of entries are counted, then recorded as one ``deny`` entry per actor,
+  action and reason whose ``subject`` is ``"suppressed:COUNT"``, COUNT refusals in all.
 """
 
 from __future__ import annotations

@@ -229,6 +229,10 @@ class Vault:
         """Ledger entries this process wrote, by decision (for metrics)."""
         return self.core.decision_counts()
 
+    def refusals_summarised(self) -> int:
+        """Refusals this process counted into summary entries (vault.service.refusals)."""
+        return self.core.refusals.suppressed.total
+
     def record_refused_request(
         self, principal: Principal, *, route: str, reason: str, package_id: str | None = None
     ) -> int:
@@ -243,18 +247,21 @@ class Vault:
         """Check a password and start a session (see IdentityService.login)."""
         return self.identity.login(username, password, client=client)
 
-    def authenticate(self, token: str, *, now: datetime | None = None) -> Principal:
+    def authenticate(
+        self, token: str, *, client: str = "", now: datetime | None = None
+    ) -> Principal:
         """The caller a token speaks for; AuthenticationFailed otherwise."""
-        return self.identity.authenticate(token, now=now)
+        return self.identity.authenticate(token, client=client, now=now)
 
     def reading_as(self, token: str) -> contextlib.AbstractContextManager[Principal]:
-        """The caller a token speaks for, with one read-only transaction held open for the
-        reads made in the block in this thread (see IdentityService.reading_as)."""
+        """The caller a token speaks for, its reads sharing one transaction (see identity)."""
         return self.identity.reading_as(token)
 
-    def refresh(self, refresh_token: str, *, now: datetime | None = None) -> LoginResult:
+    def refresh(
+        self, refresh_token: str, *, client: str = "", now: datetime | None = None
+    ) -> LoginResult:
         """New tokens for a live session; the refresh token presented is spent."""
-        return self.identity.refresh(refresh_token, now=now)
+        return self.identity.refresh(refresh_token, client=client, now=now)
 
     def logout(self, principal: Principal) -> int:
         """End the caller's session; returns the ledger receipt."""
@@ -363,9 +370,8 @@ class Vault:
         *,
         records: Sequence[SeizureRecord] = (),
     ) -> UploadResult:
-        """Seal and store every file (and the seizure records), then record the package: all
-        of it or nothing. ``signature`` gives the originator's signed manifest after the files
-        (issue 13)."""
+        """Seal and store every file (and seizure records), then record the package: all of it
+        or nothing. ``signature`` gives the officer's signed manifest after the files."""
         return self.packages.upload(principal, meta, files, signature, records=records)
 
     def list_packages(
@@ -376,8 +382,7 @@ class Vault:
         offset: int = 0,
         filters: PackageFilter | None = None,
     ) -> PackageList:
-        """One page of the packages the caller may read, newest first (narrowed by
-        ``filters``)."""
+        """One page of the packages the caller may read, newest first, within ``filters``."""
         return self.packages.list_packages(principal, limit=limit, offset=offset, filters=filters)
 
     def get_package(self, principal: Principal, package_id: str) -> tuple[PackageDetail, int]:

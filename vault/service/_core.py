@@ -10,17 +10,15 @@ own transaction still holds the database.
 from __future__ import annotations
 
 import contextlib
-import functools
-import inspect
 import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol, TypeVar, cast
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import OperationalError
@@ -39,8 +37,6 @@ from vault.db import (
 )
 from vault.errors import (
     AccessDenied,
-    Conflict,
-    InvalidInput,
     NotFound,
     StorageUnavailable,
     VaultError,
@@ -51,13 +47,14 @@ from vault.ledger import log as ledger
 from vault.ledger.log import Actor
 from vault.models import Agency, Handling, PolicyRule, User
 from vault.passwords import Passwords
-from vault.schemas import check_id
+from vault.schemas import is_id
 from vault.service.ledger_openings import Openings
 from vault.service.pending import PendingRead
 from vault.service.principal import Principal as Principal
 from vault.service.principal import UserRow as UserRow
 from vault.service.principal import local_operator as local_operator
 from vault.service.principal import principal_of as principal_of
+from vault.service.refusals import PENDING, Refusals
 from vault.service.titles import Titles
 from vault.storage import ObjectStore, open_store
 from vault.tokens import TokenService
@@ -68,17 +65,9 @@ ALLOW, DENY, ERROR = "allow", "deny", "error"
 # Rules added by admins in one process are enforced by every other within this many seconds.
 POLICY_REFRESH_SECONDS = 0.5
 
-_PENDING = "_vault_pending_refusal"
 # On a refusal raised under Core.deferring_refusals: the future of its queued entry.
 UNCOMMITTED = "_vault_uncommitted_refusal"
 
-# What an authenticated caller did wrong or may not do: each is a refusal and goes in the
-# ledger. Failures of ours (IntegrityError, StorageUnavailable, ...) are not refusals; the
-# operations that meet them record them as errors where they happen.
-REFUSALS = (InvalidInput, NotFound, Conflict, AccessDenied)
-# Arguments of an operation that name what it was about, and the ledger field for each.
-_TARGET_ARGUMENTS = (("package_id", "package"), ("release_id", "release"), ("file_id", "file"))
-_Operation = TypeVar("_Operation", bound=Callable[..., Any])
 _T = TypeVar("_T")
 
 
@@ -97,15 +86,6 @@ def new_id() -> str:
     return secrets.token_hex(16)
 
 
-def is_id(value: object) -> bool:
-    """Whether ``value`` is a well-formed id (only those may enter the ledger as targets)."""
-    try:
-        check_id(value)  # type: ignore[arg-type]
-    except InvalidInput:
-        return False
-    return True
-
-
 def unavailable(exc: OperationalError) -> StorageUnavailable:
     """The error for a database that failed us; the driver's first line goes to the log only."""
     log.warning("database unavailable: %s", (str(exc.orig) or "?").splitlines()[0][:200])
@@ -116,43 +96,6 @@ def load_rules(session: Session) -> tuple[tuple[str, ...], ...]:
     """The rules admins added, parsed and sorted (the authorizer's ``extra_rules``)."""
     rows = session.exec(select(PolicyRule.rule)).all()
     return tuple(sorted(parse_rule(r) for r in rows))
-
-
-class _HasCore(Protocol):
-    core: Core
-
-
-def records_refusals(action: str) -> Callable[[_Operation], _Operation]:
-    """Make a service operation (principal first) record each refusal it raises that nothing
-    recorded yet: a ``deny`` entry for ``action``, the error's code as reason, and its receipt
-    on the error. One place, so no 409 or 422 of an operation can go unrecorded, and refusals
-    recorded with a finer reason where they were raised are not recorded twice.
-
-    Only ids that are well-formed go into the entry: whatever else a caller typed there (a
-    password, a title) must not land in an append-only log.
-    """
-
-    def decorate(operation: _Operation) -> _Operation:
-        signature = inspect.signature(operation)
-
-        @functools.wraps(operation)
-        def run(self: _HasCore, principal: Principal, /, *args: Any, **kwargs: Any) -> Any:
-            try:
-                return operation(self, principal, *args, **kwargs)
-            except REFUSALS as exc:
-                if exc.receipt is None and getattr(exc, _PENDING, None) is None:
-                    arguments = signature.bind_partial(self, principal, *args, **kwargs).arguments
-                    target = {
-                        field: arguments[name]
-                        for name, field in _TARGET_ARGUMENTS
-                        if is_id(arguments.get(name))
-                    }
-                    self.core.record_refusal(exc, principal.actor, action, exc.code, **target)
-                raise
-
-        return cast(_Operation, run)
-
-    return decorate
 
 
 class Core:
@@ -191,6 +134,16 @@ class Core:
         self._appender = ledger.GroupAppender(engine, sink=self._sink)
         self._counts_lock = threading.Lock()
         self._decisions: dict[str, int] = {}
+        # Refusals of callers not authenticated: an entry each within a budget (refusals.py).
+        self.refusals = Refusals(
+            per_address=settings.refusal_entries_per_address,
+            total=settings.refusal_entries_total,
+            interval=settings.refusal_summary_seconds,
+            record=self.record_refusal,
+            write=lambda actor, action, reason, subject: self.record_decision(
+                actor, action, DENY, reason, subject=subject
+            ),
+        )
 
     @classmethod
     def open(
@@ -296,6 +249,7 @@ class Core:
 
     def close(self) -> None:
         """Finish pending ledger appends and release database connections."""
+        self.refusals.close()
         self._appender.close()
         self.engine.dispose()
 
@@ -334,9 +288,9 @@ class Core:
         except OperationalError as exc:
             raise unavailable(exc) from None
         except VaultError as exc:
-            pending: _Refusal | None = getattr(exc, _PENDING, None)
+            pending: _Refusal | None = getattr(exc, PENDING, None)
             if pending is not None and depth == 0:
-                delattr(exc, _PENDING)
+                delattr(exc, PENDING)
                 self._local.depth = 0
                 record = self.entry(
                     actor=pending.actor,
@@ -538,7 +492,7 @@ class Core:
         """
         if getattr(self._local, "depth", 0):
             # Travels with the exception itself, so it can't be lost or reach another caller.
-            setattr(exc, _PENDING, _Refusal(actor, action, reason, target))
+            setattr(exc, PENDING, _Refusal(actor, action, reason, target))
         else:
             exc.receipt = self.record_decision(actor, action, DENY, reason, **target)
         return exc

@@ -39,7 +39,8 @@ from vault.schemas import (
     check_text,
     check_username,
 )
-from vault.service._core import ALLOW, Core, Principal, load_rules, new_id, records_refusals
+from vault.service._core import ALLOW, Core, Principal, load_rules, new_id
+from vault.service.refusals import records_refusals
 from vault.service.sealed import file_identity, package_identity
 from vault.service.sessions import Sessions
 

@@ -9,8 +9,9 @@ from vault.authz import ACTIONS, NONE, Decision, Facts
 from vault.errors import AccessDenied, InvalidInput, NotFound
 from vault.models import PackageFile, Release, Role, User
 from vault.schemas import AuditView, Explanation, check_id, check_username
-from vault.service._core import ALLOW, Core, Principal, records_refusals
+from vault.service._core import ALLOW, Core, Principal
 from vault.service.access import Access, PackageRow, package_facts
+from vault.service.refusals import records_refusals
 from vault.service.releases import release_info
 
 

@@ -149,16 +149,22 @@ class IdentityService:
         actor = Actor(user=name if user is not None else self._pseudonym(name))
         if locks:
             wait = utc_seconds_until(max(locks), now)
-            raise core.record_refusal(
+            raise core.refusals.refuse(
                 RateLimited(f"too many failed logins; try again in {wait} s", retry_after=wait),
                 actor,
                 "login",
                 "rate_limited",
+                client=client,
             )
         ok = core.passwords.verify(user.password_hash if user else None, password)
         if user is None or not ok or user.disabled:
-            receipt = core.record_decision(actor, "login", DENY, "bad_credentials")
-            raise AuthenticationFailed("unknown user or wrong password", receipt=receipt)
+            raise core.refusals.refuse(
+                AuthenticationFailed("unknown user or wrong password"),
+                actor,
+                "login",
+                "bad_credentials",
+                client=client,
+            )
         with core.tx() as session:
             principal = core.principal_for(session, user)
             started, refresh_token = self.sessions.start(session, user.id, utcnow())
@@ -212,48 +218,57 @@ class IdentityService:
                 row.locked_until = now + timedelta(seconds=seconds)
             session.add(row)
 
-    def authenticate(self, token: str, *, now: datetime | None = None) -> Principal:
+    def authenticate(
+        self, token: str, *, client: str = "", now: datetime | None = None
+    ) -> Principal:
         """The caller a token speaks for; AuthenticationFailed if the token is invalid, its
         user gone or disabled, or its session ended (logout, revocation, idle or absolute
-        timeout). ``now`` is for tests; the token's own times are checked against the clock."""
+        timeout). ``client`` is the caller's address, for the budget of refusals' entries.
+        ``now`` is for tests; the token's own times are checked against the clock."""
         core = self.core
         try:
             claims = core.tokens.verify(token)
         except AuthenticationFailed as exc:
-            raise core.record_refusal(exc, Actor(user=""), "authenticate", "bad_token") from None
+            raise core.refusals.refuse(
+                exc, Actor(user=""), "authenticate", "bad_token", client=client
+            ) from None
         with core.lookup() as connection:
             user = _PRINCIPAL.first(connection, {"uid": claims.subject, "sid": claims.session_id})
         if user is None or user.disabled:
-            raise core.record_refusal(
+            raise core.refusals.refuse(
                 AuthenticationFailed("invalid or expired token"),
                 Actor(user=user.username if user else ""),
                 "authenticate",
                 "user_disabled" if user else "user_unknown",
+                client=client,
             )
         problem = _session_problem(
             user.revoked_at, user.idle_expires_at, user.expires_at, now or utcnow()
         )
         if problem is not None:
-            raise core.record_refusal(
+            raise core.refusals.refuse(
                 AuthenticationFailed("invalid or expired token"),
                 Actor(user=user.username, agency=user.agency_code, country=user.country_code),
                 "authenticate",
                 problem,
+                client=client,
                 subject=session_reference(claims.session_id),
             )
         return principal_of(cast(UserRow, user), user.country_code, claims.session_id)
 
     @contextlib.contextmanager
-    def reading_as(self, token: str) -> Iterator[Principal]:
+    def reading_as(self, token: str, *, client: str = "") -> Iterator[Principal]:
         """Authenticate ``token`` in a read-only transaction that the reads made inside the
         block, in this thread, share (Core.read; Core.tx joins it): a request's lookup of its
         caller and its read then cost one transaction, and see one snapshot, on a plain
         connection (no ORM session). Refusals raised inside are recorded once it has ended,
         as for any transaction."""
         with self.core.read():
-            yield self.authenticate(token)
+            yield self.authenticate(token, client=client)
 
-    def refresh(self, refresh_token: str, *, now: datetime | None = None) -> LoginResult:
+    def refresh(
+        self, refresh_token: str, *, client: str = "", now: datetime | None = None
+    ) -> LoginResult:
         """A new access token and a new refresh token for a live session; the one presented
         is spent.
 
@@ -261,15 +276,19 @@ class IdentityService:
         has ended, timed out (idle or absolute) or its user was disabled. Presenting a
         refresh token that was already spent is taken as theft (RFC 9700, section 4.14.2):
         one of two holders is not the officer, so the whole session ends, for both.
-        ``now`` is for tests.
+        ``client`` is the caller's address (see :meth:`authenticate`); ``now`` is for tests.
         """
         core = self.core
         now = now or utcnow()
         refused = "invalid or expired refresh token; log in again"
         session_id = refresh_session_id(refresh_token)
         if session_id is None:
-            raise core.record_refusal(
-                AuthenticationFailed(refused), Actor(user=""), "refresh", "bad_refresh_token"
+            raise core.refusals.refuse(
+                AuthenticationFailed(refused),
+                Actor(user=""),
+                "refresh",
+                "bad_refresh_token",
+                client=client,
             )
         reference = session_reference(session_id)
         presented = refresh_token_hash(refresh_token)
@@ -307,9 +326,16 @@ class IdentityService:
                 if problem is None:
                     return self._renew(session, row, actor, reference, now)
         assert problem is not None  # the one way through without a problem returned above
-        if receipt is None:
-            receipt = core.record_decision(actor, "refresh", DENY, problem, subject=reference)
-        raise AuthenticationFailed(refused, receipt=receipt)
+        if receipt is not None:  # a spent token: recorded with the session's end
+            raise AuthenticationFailed(refused, receipt=receipt)
+        raise core.refusals.refuse(
+            AuthenticationFailed(refused),
+            actor,
+            "refresh",
+            problem,
+            client=client,
+            subject=reference,
+        )
 
     def _renew(
         self, session: Session, row: UserSession, actor: Actor, reference: str, now: datetime

@@ -26,7 +26,8 @@ from vault.schemas import (
     WitnessedCheckpointInfo,
     WitnessStatus,
 )
-from vault.service._core import ALLOW, Core, Principal, records_refusals
+from vault.service._core import ALLOW, Core, Principal
+from vault.service.refusals import records_refusals
 from vault.witness import published
 from vault.witness.running import PublishingThread
 

@@ -23,8 +23,9 @@ from vault.ledger import log as ledger
 from vault.ledger.entry import decode
 from vault.models import OfficerKey, Role, User, utcnow
 from vault.schemas import InclusionProof, KeyHistory, OfficerKeyInfo, check_id
-from vault.service._core import ALLOW, Core, Principal, records_refusals
+from vault.service._core import ALLOW, Core, Principal
 from vault.service.ledger_ops import LedgerService
+from vault.service.refusals import records_refusals
 from vault.witness import published
 
 __all__ = ["OfficerKeyService", "active_key", "key_entry_reason"]

@@ -40,17 +40,7 @@ from vault.schemas import (
 from vault.seizures.schema import SeizureRecord
 from vault.seizures.store import open_records, records_row
 from vault.service import sealed, signatures
-from vault.service._core import (
-    ALLOW,
-    DENY,
-    ERROR,
-    REFUSALS,
-    Core,
-    PackageRef,
-    Principal,
-    new_id,
-    records_refusals,
-)
+from vault.service._core import ALLOW, DENY, ERROR, Core, PackageRef, Principal, new_id
 from vault.service.access import Access
 from vault.service.package_reads import (
     PACKAGE_FILE,
@@ -59,6 +49,7 @@ from vault.service.package_reads import (
     PACKAGE_RELEASES,
 )
 from vault.service.pending import PendingRead
+from vault.service.refusals import REFUSALS, records_refusals
 from vault.service.releases import ReleaseRow, release_info
 from vault.service.sealed import FileRow, OpenedMeta, SealedRow, SummaryRow
 

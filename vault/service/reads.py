@@ -54,11 +54,15 @@ class AuditedReads:
         token: str,
         read: Callable[[Principal], PendingRead[_T]],
         caller: Callable[[Principal], None] = lambda _: None,
+        *,
+        client: str = "",
     ) -> PendingRead[_T]:
         """``read`` as the caller ``token`` speaks for (told to ``caller`` first), the lookup
         and the read in one read-only transaction. A refusal is raised with its entry queued,
-        not committed: pass it to :meth:`settle` before answering."""
-        with self._core.deferring_refusals(), self._identity.reading_as(token) as principal:
+        not committed: pass it to :meth:`settle` before answering. ``client`` is the caller's
+        address (IdentityService.authenticate)."""
+        core, identity = self._core, self._identity
+        with core.deferring_refusals(), identity.reading_as(token, client=client) as principal:
             caller(principal)
             return read(principal)
 

@@ -25,8 +25,9 @@ from vault.models import (
     utcnow,
 )
 from vault.schemas import ReleaseInfo, ReleaseResult, check_agency, check_country, check_id
-from vault.service._core import ALLOW, Core, Principal, new_id, records_refusals
+from vault.service._core import ALLOW, Core, Principal, new_id
 from vault.service.access import Access, PackageRow
+from vault.service.refusals import records_refusals
 
 
 class ReleaseRow(Protocol):

@@ -29,8 +29,9 @@ from vault.seizures import aggregate
 from vault.seizures.figures import BeforeAfter, SeizureStats
 from vault.seizures.schema import CrossingPointInfo, check_crossing_point
 from vault.seizures.store import DayTotals, open_day_totals
-from vault.service._core import ALLOW, Core, Principal, records_refusals
+from vault.service._core import ALLOW, Core, Principal
 from vault.service.access import Access
+from vault.service.refusals import records_refusals
 from vault.service.sealed import package_identity
 
 STATS_ACTION = "stats.read"
