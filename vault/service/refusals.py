@@ -185,6 +185,9 @@ class Suppressed:
         self._write = write
         self._interval = interval
         self._lock = threading.Lock()
+        # Held through a whole flush: close() waits for the timer's flush to be written before
+        # the vault closes the ledger under it.
+        self._flushing = threading.Lock()
         self._counts: dict[tuple[Actor, str, str], int] = {}
         self._timer: threading.Timer | None = None
         self._closed = False
@@ -217,6 +220,10 @@ class Suppressed:
     def flush(self) -> None:
         """Write a summary entry for each actor, action and reason counted so far. Counts
         whose entry could not be written (the database down) are kept for the next one."""
+        with self._flushing:
+            self._flush()
+
+    def _flush(self) -> None:
         with self._lock:
             counts, self._counts = self._counts, {}
             self._timer = None

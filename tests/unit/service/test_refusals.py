@@ -157,6 +157,29 @@ def test_the_summary_is_written_on_a_timer() -> None:
     assert len(written) == 1  # nothing left for close to write
 
 
+def test_close_waits_for_a_summary_being_written() -> None:
+    """The vault closes its ledger right after: a summary the timer is writing must be done."""
+    started, release = threading.Event(), threading.Event()
+    written: list[object] = []
+
+    def write(*entry: object) -> None:
+        started.set()
+        release.wait(10)
+        written.append(entry)
+
+    suppressed = Suppressed(write, interval=0.01)
+    suppressed.count(Actor(user=""), "authenticate", "bad_token")
+    assert started.wait(10), "no summary started"
+    closer = threading.Thread(target=suppressed.close)
+    closer.start()
+    closer.join(0.3)
+    assert closer.is_alive(), "close returned while the summary was being written"
+    release.set()
+    closer.join(10)
+    assert not closer.is_alive()
+    assert len(written) == 1
+
+
 # --- through the service, on a real vault ---------------------------------------------------
 
 
