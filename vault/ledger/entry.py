@@ -26,7 +26,8 @@ Conventions of particular actions:
   version 2 too (vault.ledger.commit keeps ``key.*`` public).
 - Summary entries (vault.service.refusals): refusals of callers not authenticated beyond
   their budget of entries are counted, then recorded as one ``deny`` entry per actor,
-  action and reason whose ``subject`` is ``"suppressed:COUNT"``, COUNT refusals in all.
+  action, reason and ended session whose ``subject`` is ``"suppressed:COUNT"``, COUNT
+  refusals in all, followed by a space and the session's reference if they concerned one.
 """
 
 from __future__ import annotations

@@ -140,8 +140,10 @@ class Core:
             total=settings.refusal_entries_total,
             interval=settings.refusal_summary_seconds,
             record=self.record_refusal,
-            write=lambda actor, action, reason, subject: self.record_decision(
-                actor, action, DENY, reason, subject=subject
+            submit=lambda actor, action, reason, subject: self.submit(
+                self.entry(
+                    actor=actor, action=action, decision=DENY, reason=reason, subject=subject
+                )
             ),
         )
 

@@ -9,9 +9,10 @@ witnesses cosign. The doors open to callers who have not proved who they are (be
 authentication, refresh and login) therefore write one entry per refusal only within a
 budget: a token bucket per client address and one for the whole process. Beyond it the
 answer is the same (401, 429), but the refusal is counted instead, and its count goes into
-the ledger as one summary entry per actor, action and reason a little later: nothing is lost,
-only the time of each refusal. Refusals of authenticated callers are never summarised: they
-are attributable to an account, which an administrator can disable.
+the ledger a little later, in one summary entry per actor, action, reason and ended session
+(:class:`Suppressed`): what is lost is the time of each refusal. Refusals of authenticated
+callers are never summarised: they are attributable to an account, which an administrator
+can disable.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from concurrent import futures
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
@@ -172,88 +175,144 @@ class RefusalBudget:
             return True
 
 
-# Writes a summary entry: (actor, action, reason, subject); raises if it could not.
-Write = Callable[[Actor, str, str, str], object]
+# Queues a summary entry, (actor, action, reason, subject), for group commit: the future
+# fails if it could not be written. May raise at once (the ledger closed).
+Submit = Callable[[Actor, str, str, str], "Future[int]"]
+# What a summary is counted under: actor, action, reason and subject.
+_Key = tuple[Actor, str, str, str]
+
+
+def _named(actor: Actor) -> bool:
+    """Whether ``actor`` is an account of this vault (not empty, not the pseudonym of a name
+    no account has): such actors are few, as many as the accounts, so each keeps its own
+    summary; the others, as many as an attacker cares to invent, are capped."""
+    return bool(actor.user) and not actor.user.startswith("unknown:")
 
 
 class Suppressed:
-    """Refusals counted instead of recorded, and their summary entries: written through
-    ``write`` ``interval`` seconds after the first refusal counted since the last summary
-    (on a timer thread), and on :meth:`close` for whatever is still counted."""
+    """Refusals counted instead of recorded, and their summary entries: queued through
+    ``submit`` ``interval`` seconds after the first refusal counted since the last summary
+    (on a timer thread), and on :meth:`close` for whatever is still counted.
 
-    def __init__(self, write: Write, *, interval: float) -> None:
-        self._write = write
+    A summary names what the refusals it counts had in common: the actor, action and reason,
+    and for an account of this vault the subject too (the session, for a token whose session
+    ended). Anonymous and pseudonymous actors share at most MAX_SUMMARIES summaries an
+    interval (the rest under the empty actor). A summary that fails to commit is counted
+    again for the next one; one that only commits late is not, so nothing is counted twice.
+    """
+
+    def __init__(self, submit: Submit, *, interval: float) -> None:
+        self._submit = submit
         self._interval = interval
         self._lock = threading.Lock()
-        # Held through a whole flush: close() waits for the timer's flush to be written before
-        # the vault closes the ledger under it.
+        # Held through a whole flush: close() waits for the timer's flush to have queued its
+        # summaries before the vault closes the ledger under it.
         self._flushing = threading.Lock()
-        self._counts: dict[tuple[Actor, str, str], int] = {}
+        self._counts: dict[_Key, int] = {}
+        self._unnamed = 0  # keys in _counts whose actor is not an account
         self._timer: threading.Timer | None = None
         self._closed = False
         self.total = 0  # refusals counted by this process since it started (for metrics)
 
-    def count(self, actor: Actor, action: str, reason: str) -> None:
+    def count(self, actor: Actor, action: str, reason: str, subject: str = "") -> None:
         """Count one refusal for the next summary."""
+        key = (actor, action, reason, subject)
         with self._lock:
-            key = (actor, action, reason)
-            if key not in self._counts and len(self._counts) >= MAX_SUMMARIES:
-                key = (_ANONYMOUS, action, reason)
-            self._counts[key] = self._counts.get(key, 0) + 1
             self.total += 1
-            self._arm()
+            if not self._closed:
+                self._add(key, 1)
+                self._arm()
+                return
+        self._failed(key, 1, RuntimeError("the vault closed"))  # logged: no summary follows
+
+    def _add(self, key: _Key, n: int) -> None:
+        """Count ``n`` under ``key``, or under the empty actor past the cap (under the lock)."""
+        actor, action, reason, _ = key
+        if not _named(actor):
+            key = (actor, action, reason, "")  # an invented session id is no one's
+            if key not in self._counts:
+                if self._unnamed >= MAX_SUMMARIES:
+                    key = (_ANONYMOUS, action, reason, "")
+                self._unnamed += key not in self._counts
+        self._counts[key] = self._counts.get(key, 0) + n
 
     def _arm(self) -> None:
         """Start the timer of the next summary, unless one runs or the vault closed (under
         the lock)."""
-        if self._timer is None and not self._closed:
+        if self._timer is None and not self._closed and self._counts:
             self._timer = threading.Timer(self._interval, self.flush)
             self._timer.name = "vault-refusal-summary"
             self._timer.daemon = True
             self._timer.start()
 
     def pending(self) -> int:
-        """Refusals counted and not yet in a summary entry."""
+        """Refusals counted and not yet queued in a summary entry."""
         with self._lock:
             return sum(self._counts.values())
 
-    def flush(self) -> None:
-        """Write a summary entry for each actor, action and reason counted so far. Counts
-        whose entry could not be written (the database down) are kept for the next one."""
+    def flush(self) -> list[Future[int]]:
+        """Queue a summary entry for each key counted so far; their futures."""
         with self._flushing:
-            self._flush()
+            return self._flush()
 
-    def _flush(self) -> None:
+    def _flush(self) -> list[Future[int]]:
         with self._lock:
-            counts, self._counts = self._counts, {}
+            counts, self._counts, self._unnamed = self._counts, {}, 0
             self._timer = None
-        unwritten: dict[tuple[Actor, str, str], int] = {}
-        for (actor, action, reason), n in counts.items():
+        queued = []
+        for key, n in counts.items():
+            actor, action, reason, subject = key
+            summary = f"{SUMMARY_PREFIX}{n}" + (f" {subject}" if subject else "")
             try:
-                self._write(actor, action, reason, f"{SUMMARY_PREFIX}{n}")
-            except Exception:
-                logger.exception("could not record a summary of %d refused %s requests", n, action)
-                unwritten[(actor, action, reason)] = n
-        if unwritten:
-            with self._lock:
-                for key, n in unwritten.items():
-                    self._counts[key] = self._counts.get(key, 0) + n
-                self._arm()
+                future = self._submit(actor, action, reason, summary)
+            except VaultError as exc:  # the ledger closed
+                self._failed(key, n, exc)
+            else:
+                future.add_done_callback(functools.partial(self._settled, key, n))
+                queued.append(future)
+        return queued
 
-    def close(self) -> None:
-        """Write what is still counted; no timer is started after this."""
+    def _settled(self, key: _Key, n: int, future: Future[int]) -> None:
+        if (exc := future.exception()) is not None:
+            self._failed(key, n, exc)
+
+    def _failed(self, key: _Key, n: int, exc: BaseException) -> None:
+        """A summary that could not be written: counted again for the next one, or, once the
+        vault has closed, logged (the only record left of those refusals)."""
+        actor, action, reason, _ = key
         with self._lock:
-            self._closed = True
+            if not self._closed:
+                self._add(key, n)
+                self._arm()
+                return
+        logger.error(
+            "%d refused %s requests (%s, actor %r) could not be recorded: %s",
+            n,
+            action,
+            reason,
+            actor.user,
+            exc,
+        )
+
+    def close(self, timeout: float = 60.0) -> None:
+        """Write what is still counted, waiting up to ``timeout`` s for it to be committed;
+        no timer is started after this. What could not be written is logged."""
+        with self._lock:
             timer, self._timer = self._timer, None
         if timer is not None:
             timer.cancel()
-        self.flush()
+        futures.wait(self.flush(), timeout=timeout)
+        with self._lock:
+            self._closed = True
+            late, self._counts = self._counts, {}
+        for key, n in late.items():  # counted by a flush that failed in between
+            self._failed(key, n, RuntimeError("the vault closed"))
 
 
 class Refusals:
     """The budget and the counts of one process (Core.refusals): :meth:`refuse` records a
     refusal of a caller not authenticated through ``record`` (Core.record_refusal), or counts
-    it when over budget; summaries are written through ``write``."""
+    it when over budget; summaries are queued through ``submit``."""
 
     def __init__(
         self,
@@ -262,10 +321,10 @@ class Refusals:
         total: int,
         interval: float,
         record: Callable[..., VaultError],
-        write: Write,
+        submit: Submit,
     ) -> None:
         self.budget = RefusalBudget(per_address=per_address, total=total)
-        self.suppressed = Suppressed(write, interval=interval)
+        self.suppressed = Suppressed(submit, interval=interval)
         self._record = record
 
     def refuse(
@@ -282,7 +341,7 @@ class Refusals:
         counted for a summary (and then without a receipt)."""
         if self.budget.admit(client):
             return self._record(exc, actor, action, reason, **target)
-        self.suppressed.count(actor, action, reason)
+        self.suppressed.count(actor, action, reason, target.get("subject", ""))
         return exc
 
     def close(self) -> None:

@@ -11,18 +11,21 @@ from __future__ import annotations
 import io
 import threading
 from collections.abc import Iterator
+from concurrent.futures import Future
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.conftest import FAST_ARGON2, PASSWORD, World, seed
 from vault.config import load_settings
-from vault.errors import AuthenticationFailed, NotFound, RateLimited
+from vault.errors import AuthenticationFailed, NotFound, RateLimited, StorageUnavailable
 from vault.ledger.entry import Entry
 from vault.ledger.log import Actor
 from vault.schemas import NewPackage
 from vault.service import IncomingFile, Vault, local_operator
 from vault.service.refusals import MAX_SUMMARIES, RefusalBudget, Suppressed, client_key
+from vault.tokens import session_reference
 
 ATTACKER = "192.0.2.7"
 OTHER = "198.51.100.4"
@@ -92,92 +95,157 @@ def test_addresses_remembered_are_bounded(monkeypatch: pytest.MonkeyPatch) -> No
     assert not budget.admit("192.0.2.9")  # still remembered: over its budget
 
 
-def test_summaries_by_actor_action_and_reason() -> None:
-    written: list[tuple[Actor, str, str, str]] = []
-    suppressed = Suppressed(lambda *entry: written.append(entry), interval=3600)
-    someone = Actor(user="uz.officer", agency="UZ-CUSTOMS", country="UZ")
+class Queue:
+    """What Suppressed submits to: group commit's queue, reduced to the futures it hands out.
+    Each future is done at once (``ok``), failed (``down``) or left for the test to settle."""
+
+    def __init__(self, mode: str = "ok") -> None:
+        self.mode = mode
+        self.submitted: list[tuple[Actor, str, str, str]] = []
+        self.futures: list[Future[int]] = []
+
+    def __call__(self, actor: Actor, action: str, reason: str, subject: str) -> Future[int]:
+        self.submitted.append((actor, action, reason, subject))
+        future: Future[int] = Future()
+        self.futures.append(future)
+        if self.mode == "ok":
+            future.set_result(len(self.submitted))
+        elif self.mode == "down":
+            future.set_exception(StorageUnavailable("the database is unavailable"))
+        return future
+
+
+SOMEONE = Actor(user="uz.officer", agency="UZ-CUSTOMS", country="UZ")
+
+
+def test_summaries_by_actor_action_reason_and_session() -> None:
+    queue = Queue()
+    suppressed = Suppressed(queue, interval=3600)
     for _ in range(3):
         suppressed.count(Actor(user=""), "authenticate", "bad_token")
-    suppressed.count(someone, "authenticate", "session_revoked")
-    suppressed.count(someone, "authenticate", "session_revoked")
-    assert suppressed.pending() == 5
+    suppressed.count(SOMEONE, "authenticate", "session_revoked", "session:aa")
+    suppressed.count(SOMEONE, "authenticate", "session_revoked", "session:aa")
+    suppressed.count(SOMEONE, "authenticate", "session_revoked", "session:bb")
+    # A session id no account has is the caller's invention: not kept.
+    suppressed.count(Actor(user=""), "refresh", "session_unknown", "session:made-up")
+    assert suppressed.pending() == 7
     suppressed.close()
-    assert sorted(written, key=lambda e: e[2]) == [
-        (Actor(user=""), "authenticate", "bad_token", "suppressed:3"),
-        (someone, "authenticate", "session_revoked", "suppressed:2"),
-    ]
+    assert sorted(queue.submitted, key=str) == sorted(
+        [
+            (Actor(user=""), "authenticate", "bad_token", "suppressed:3"),
+            (SOMEONE, "authenticate", "session_revoked", "suppressed:2 session:aa"),
+            (SOMEONE, "authenticate", "session_revoked", "suppressed:1 session:bb"),
+            (Actor(user=""), "refresh", "session_unknown", "suppressed:1"),
+        ],
+        key=str,
+    )
     assert suppressed.pending() == 0
-    assert suppressed.total == 5
+    assert suppressed.total == 7
 
 
-def test_distinct_summaries_are_bounded() -> None:
-    written: list[tuple[Actor, str, str, str]] = []
-    suppressed = Suppressed(lambda *entry: written.append(entry), interval=3600)
+def test_only_invented_actors_are_capped() -> None:
+    queue = Queue()
+    suppressed = Suppressed(queue, interval=3600)
     for n in range(MAX_SUMMARIES + 10):
         suppressed.count(Actor(user=f"unknown:{n}"), "login", "bad_credentials")
+    for n in range(MAX_SUMMARIES + 10):  # accounts of the vault: never lumped together
+        suppressed.count(Actor(user=f"user{n}", agency="UZ-CUSTOMS"), "login", "rate_limited")
     suppressed.close()
-    assert len(written) == MAX_SUMMARIES + 1
-    assert (Actor(user=""), "login", "bad_credentials", "suppressed:10") in written
-    assert sum(int(e[3].split(":")[1]) for e in written) == MAX_SUMMARIES + 10
+    invented = [e for e in queue.submitted if e[2] == "bad_credentials"]
+    named = [e for e in queue.submitted if e[2] == "rate_limited"]
+    assert len(invented) == MAX_SUMMARIES + 1
+    assert (Actor(user=""), "login", "bad_credentials", "suppressed:10") in invented
+    assert sum(int(e[3].split(":")[1]) for e in invented) == MAX_SUMMARIES + 10
+    assert len(named) == MAX_SUMMARIES + 10
+    assert {e[0].user for e in named} == {f"user{n}" for n in range(MAX_SUMMARIES + 10)}
 
 
-def test_a_summary_that_could_not_be_written_is_kept() -> None:
-    written: list[tuple[Actor, str, str, str]] = []
-    down = True
-
-    def write(*entry: object) -> None:
-        if down:
-            raise OSError("database down")
-        written.append(entry)  # type: ignore[arg-type]
-
-    suppressed = Suppressed(write, interval=3600)
+def test_a_summary_that_failed_is_counted_again() -> None:
+    queue = Queue("down")
+    suppressed = Suppressed(queue, interval=3600)
     suppressed.count(Actor(user=""), "refresh", "bad_refresh_token")
     suppressed.flush()
-    assert written == []
-    assert suppressed.pending() == 1
+    assert suppressed.pending() == 1  # the future failed: counted again
     suppressed.count(Actor(user=""), "refresh", "bad_refresh_token")
-    down = False
+    queue.mode = "ok"
     suppressed.close()
-    assert written == [(Actor(user=""), "refresh", "bad_refresh_token", "suppressed:2")]
+    assert queue.submitted[-1] == (Actor(user=""), "refresh", "bad_refresh_token", "suppressed:2")
+
+
+def test_a_summary_that_commits_late_is_not_counted_twice() -> None:
+    queue = Queue("pending")
+    suppressed = Suppressed(queue, interval=3600)
+    for _ in range(5):
+        suppressed.count(Actor(user=""), "authenticate", "bad_token")
+    suppressed.flush()
+    assert suppressed.pending() == 0  # queued, not yet committed: not counted again
+    queue.futures[0].set_result(42)  # committed, however late
+    assert suppressed.pending() == 0
+    suppressed.count(Actor(user=""), "authenticate", "bad_token")
+    suppressed.flush()
+    queue.futures[1].set_exception(StorageUnavailable("down"))  # this one failed
+    assert suppressed.pending() == 1
+    queue.mode = "ok"
+    suppressed.close()
+    assert queue.submitted[-1][3] == "suppressed:1"
+
+
+def test_what_could_not_be_written_by_the_close_is_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    queue = Queue("pending")
+    suppressed = Suppressed(queue, interval=3600)
+    for _ in range(4):
+        suppressed.count(SOMEONE, "login", "rate_limited")
+    suppressed.close(timeout=0.01)  # the database does not answer
+    queue.futures[0].set_exception(StorageUnavailable("the database is unavailable"))
+    assert suppressed.pending() == 0
+    suppressed.count(SOMEONE, "login", "bad_credentials")  # after the close: logged at once
+    assert suppressed.pending() == 0
+    lost = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(lost) == 2
+    assert "4 refused login requests (rate_limited, actor 'uz.officer')" in lost[0]
+    assert "1 refused login requests (bad_credentials, actor 'uz.officer')" in lost[1]
 
 
 def test_the_summary_is_written_on_a_timer() -> None:
     done = threading.Event()
-    written: list[tuple[Actor, str, str, str]] = []
+    queue = Queue()
 
-    def write(*entry: object) -> None:
-        written.append(entry)  # type: ignore[arg-type]
+    def submit(*entry: Any) -> Future[int]:
+        future = queue(*entry)
         done.set()
+        return future
 
-    suppressed = Suppressed(write, interval=0.05)
+    suppressed = Suppressed(submit, interval=0.05)
     suppressed.count(Actor(user=""), "authenticate", "bad_token")
     assert done.wait(10), "no summary written"
-    assert written == [(Actor(user=""), "authenticate", "bad_token", "suppressed:1")]
+    assert queue.submitted == [(Actor(user=""), "authenticate", "bad_token", "suppressed:1")]
     suppressed.close()
-    assert len(written) == 1  # nothing left for close to write
+    assert len(queue.submitted) == 1  # nothing left for close to write
 
 
-def test_close_waits_for_a_summary_being_written() -> None:
-    """The vault closes its ledger right after: a summary the timer is writing must be done."""
+def test_close_waits_for_a_summary_being_queued() -> None:
+    """The vault closes its ledger right after: a summary the timer is queueing must be in."""
     started, release = threading.Event(), threading.Event()
-    written: list[object] = []
+    queue = Queue()
 
-    def write(*entry: object) -> None:
+    def submit(*entry: Any) -> Future[int]:
         started.set()
         release.wait(10)
-        written.append(entry)
+        return queue(*entry)
 
-    suppressed = Suppressed(write, interval=0.01)
+    suppressed = Suppressed(submit, interval=0.01)
     suppressed.count(Actor(user=""), "authenticate", "bad_token")
     assert started.wait(10), "no summary started"
     closer = threading.Thread(target=suppressed.close)
     closer.start()
     closer.join(0.3)
-    assert closer.is_alive(), "close returned while the summary was being written"
+    assert closer.is_alive(), "close returned while the summary was being queued"
     release.set()
     closer.join(10)
     assert not closer.is_alive()
-    assert len(written) == 1
+    assert len(queue.submitted) == 1
 
 
 # --- through the service, on a real vault ---------------------------------------------------
@@ -285,3 +353,52 @@ def test_refusals_of_authenticated_callers_are_never_summarised(small: World) ->
         with pytest.raises(NotFound) as raised:
             vault.get_package(officer, package)
         assert isinstance(raised.value.receipt, int)
+
+
+def test_a_drained_budget_does_not_hide_which_account_was_attacked(
+    tmp_path: Path, database_url: str | None
+) -> None:
+    """Others can drain the process's budget and fill the summaries of invented names; a
+    guess at a real account, or an ended session's token, is then counted without an entry
+    of its own, but its summary still names the account and the session."""
+    settings = load_settings(
+        data_dir=tmp_path / "vault-data",
+        database_url=database_url,
+        refusal_entries_total=3,
+        refusal_summary_seconds=3600,
+        **FAST_ARGON2,
+    )
+    vault = Vault.open(settings)
+    try:
+        seed(vault)
+        tokens = vault.login("uz.supervisor", PASSWORD)
+        vault.logout(vault.authenticate(tokens.access_token))
+        start = vault.ledger_size()
+        for n in range(3):  # the process's budget, spent from three addresses
+            with pytest.raises(AuthenticationFailed):
+                vault.authenticate("junk", client=f"192.0.2.{n}")
+        for n in range(MAX_SUMMARIES):  # every summary of an invented name taken
+            with pytest.raises(AuthenticationFailed):
+                vault.login(f"invented{n}", "guess", client=ATTACKER)
+        with pytest.raises(AuthenticationFailed) as guess:
+            vault.login("uz.officer", "guess", client="203.0.113.9")
+        with pytest.raises(AuthenticationFailed) as ended:
+            vault.authenticate(tokens.access_token, client="203.0.113.10")
+        assert guess.value.receipt is None
+        assert ended.value.receipt is None
+        vault.core.refusals.close()
+        summaries = {
+            (e.actor_user, e.action, e.reason, e.subject)
+            for e in vault.unscoped_entries(start)
+            if e.subject.startswith("suppressed:")
+        }
+        assert ("uz.officer", "login", "bad_credentials", "suppressed:1") in summaries
+        session = session_reference(vault.tokens.verify(tokens.access_token).session_id)
+        assert (
+            "uz.supervisor",
+            "authenticate",
+            "session_revoked",
+            f"suppressed:1 {session}",
+        ) in summaries
+    finally:
+        vault.close()
