@@ -1,18 +1,18 @@
 """How refusals reach the ledger: every refusal of an operation (:func:`records_refusals`),
 and, for callers not authenticated, within a budget (:class:`Refusals`).
 
-Every refusal is in the ledger, and the ledger keeps everything forever: an entry per refused
-request let anyone who could reach the port grow it without bound. A client sending a junk
-bearer token in a loop wrote 797 entries a second (722 bytes each in SQLite: 50 GB a day;
-``python -m bench.refusal_flood --no-budget``) into a log that can't be pruned, that every
-auditor verifies in full and that witnesses cosign. The doors open to callers who have not proved who they are (bearer-token
-authentication, refresh and login) therefore write one entry per refusal only within a
-budget: a token bucket per client address and one for the whole process. Beyond it the
-answer is the same (401, 429), but the refusal is counted instead, and its count goes into
-the ledger a little later, in one summary entry per actor, action, reason and ended session
-(:class:`Suppressed`): what is lost is the time of each refusal. Refusals of authenticated
-callers are never summarised: they are attributable to an account, which an administrator
-can disable.
+Every refusal is in the ledger, and the ledger keeps everything forever: an entry per
+refused request let anyone who could reach the port grow it without bound. A client sending
+a junk bearer token in a loop wrote 797 entries a second (722 bytes each in SQLite: 50 GB a
+day; ``python -m bench.refusal_flood --no-budget``) into a log that can't be pruned, that
+every auditor verifies in full and that witnesses cosign. The doors open to callers who have
+not proved who they are (bearer-token authentication, refresh and login) therefore write one
+entry per refusal only within a budget: a token bucket per client address and one for the
+whole process. Beyond it the answer is the same (401, 429), but the refusal is counted
+instead, and its count goes into the ledger a little later, in one summary entry per actor,
+action, reason and ended session (:class:`Suppressed`): what is lost is the time of each
+refusal. Refusals of authenticated callers are never summarised: they are attributable to an
+account, which an administrator can disable.
 """
 
 from __future__ import annotations
