@@ -258,7 +258,9 @@ class Suppressed:
     def _flush(self) -> list[Future[int]]:
         with self._lock:
             counts, self._counts, self._unnamed = self._counts, {}, 0
-            self._timer = None
+            timer, self._timer = self._timer, None
+        if timer is not None and timer is not threading.current_thread():
+            timer.cancel()  # flushed early (close, tests): its timer has nothing left to do
         queued = []
         for key, n in counts.items():
             actor, action, reason, subject = key

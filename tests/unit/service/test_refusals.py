@@ -8,6 +8,7 @@ longer grow it at will. Refusals of authenticated callers are never summarised.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import threading
 from collections.abc import Iterator
@@ -20,7 +21,6 @@ import pytest
 from tests.conftest import FAST_ARGON2, PASSWORD, World, seed
 from vault.config import load_settings
 from vault.errors import AuthenticationFailed, NotFound, RateLimited, StorageUnavailable
-from vault.ledger.entry import Entry
 from vault.ledger.log import Actor
 from vault.schemas import NewPackage
 from vault.service import IncomingFile, Vault, local_operator
@@ -251,15 +251,14 @@ def test_close_waits_for_a_summary_being_queued() -> None:
 # --- through the service, on a real vault ---------------------------------------------------
 
 
-@pytest.fixture
-def small(tmp_path: Path, database_url: str | None) -> Iterator[World]:
-    """A seeded vault whose budget is 4 entries a minute per address; summaries on close."""
+@contextlib.contextmanager
+def seeded(tmp_path: Path, database_url: str | None, **budget: Any) -> Iterator[World]:
+    """A seeded vault with ``budget`` settings; summaries only on close."""
     settings = load_settings(
         data_dir=tmp_path / "vault-data",
         database_url=database_url,
-        refusal_entries_per_address=4,
         refusal_summary_seconds=3600,
-        lockout_base_seconds=3600,
+        **budget,
         **FAST_ARGON2,
     )
     vault = Vault.open(settings)
@@ -269,8 +268,13 @@ def small(tmp_path: Path, database_url: str | None) -> Iterator[World]:
         vault.close()
 
 
-def _new_entries(vault: Vault, since: int) -> list[Entry]:
-    return vault.unscoped_entries(since)
+@pytest.fixture
+def small(tmp_path: Path, database_url: str | None) -> Iterator[World]:
+    """A seeded vault whose budget is 4 entries a minute per address."""
+    with seeded(
+        tmp_path, database_url, refusal_entries_per_address=4, lockout_base_seconds=3600
+    ) as world:
+        yield world
 
 
 def test_junk_tokens_over_budget_are_summarised(small: World) -> None:
@@ -287,12 +291,12 @@ def test_junk_tokens_over_budget_are_summarised(small: World) -> None:
     with pytest.raises(AuthenticationFailed) as raised:
         vault.authenticate("junk", client=OTHER)
     assert isinstance(raised.value.receipt, int)
-    entries = _new_entries(vault, start)
+    entries = vault.unscoped_entries(start)
     assert [(e.action, e.reason, e.subject) for e in entries] == [
         ("authenticate", "bad_token", "")
     ] * 5
     vault.core.refusals.close()  # what vault.close() does first
-    summary = _new_entries(vault, start + 5)
+    summary = vault.unscoped_entries(start + 5)
     assert [(e.action, e.decision, e.reason, e.subject, e.actor_user) for e in summary] == [
         ("authenticate", "deny", "bad_token", "suppressed:6", "")
     ]
@@ -313,7 +317,7 @@ def test_failed_logins_over_budget_still_lock_out(small: World) -> None:
     with pytest.raises(RateLimited):
         vault.login("uz.officer", PASSWORD, client=OTHER)  # the right password: still locked
     vault.core.refusals.close()
-    entries = _new_entries(vault, start)
+    entries = vault.unscoped_entries(start)
     summaries = {(e.reason, e.subject) for e in entries if e.subject.startswith("suppressed:")}
     assert summaries == {("bad_credentials", "suppressed:1"), ("rate_limited", "suppressed:3")}
     assert all(e.actor_user == "uz.officer" for e in entries)
@@ -332,7 +336,7 @@ def test_refresh_refusals_share_the_address_budget(small: World) -> None:
         receipts.append(raised.value.receipt)
     assert [r is not None for r in receipts] == [True, False, False]
     vault.core.refusals.close()
-    assert [(e.action, e.subject) for e in _new_entries(vault, start)][-1] == (
+    assert [(e.action, e.subject) for e in vault.unscoped_entries(start)][-1] == (
         "refresh",
         "suppressed:2",
     )
@@ -361,16 +365,8 @@ def test_a_drained_budget_does_not_hide_which_account_was_attacked(
     """Others can drain the process's budget and fill the summaries of invented names; a
     guess at a real account, or an ended session's token, is then counted without an entry
     of its own, but its summary still names the account and the session."""
-    settings = load_settings(
-        data_dir=tmp_path / "vault-data",
-        database_url=database_url,
-        refusal_entries_total=3,
-        refusal_summary_seconds=3600,
-        **FAST_ARGON2,
-    )
-    vault = Vault.open(settings)
-    try:
-        seed(vault)
+    with seeded(tmp_path, database_url, refusal_entries_total=3) as world:
+        vault = world.vault
         tokens = vault.login("uz.supervisor", PASSWORD)
         vault.logout(vault.authenticate(tokens.access_token))
         start = vault.ledger_size()
@@ -400,5 +396,3 @@ def test_a_drained_budget_does_not_hide_which_account_was_attacked(
             "session_revoked",
             f"suppressed:1 {session}",
         ) in summaries
-    finally:
-        vault.close()
