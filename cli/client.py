@@ -212,8 +212,16 @@ class ApiClient:
         return self._reply("GET", "/packages", params={"limit": limit, "offset": offset})
 
     def show(self, package_id: str) -> dict[str, Any]:
-        """GET /packages/{id}."""
-        return self._reply("GET", f"/packages/{_segment(package_id)}")
+        """GET /packages/{id}; IntegrityError if the server answers about another package.
+
+        A signed package proves who wrote it, not which package was asked for: without this
+        check a host could serve another genuinely signed package released to the caller
+        (an older report, say) in place of the one requested, and it would verify.
+        """
+        detail: dict[str, Any] = self._reply("GET", f"/packages/{_segment(package_id)}")
+        if detail.get("id") != package_id:
+            raise IntegrityError("the server answered with another package than the one asked for")
+        return detail
 
     def release(
         self,

@@ -10,7 +10,9 @@ import json
 from collections.abc import Callable
 from datetime import date
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 from sqlmodel import Session, select
 
@@ -174,6 +176,50 @@ def test_operator_swapping_content_is_caught_and_nothing_kept(
     assert_one_line_error(refused, 6)
     assert "does not match its signed manifest" in refused.stderr
     assert not out_dir.exists() or list(out_dir.iterdir()) == []
+
+
+def test_another_signed_package_served_in_place_of_the_one_asked_for_is_refused(
+    cli: CliRunner,
+    logged_in: LoggedIn,
+    world: World,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A host answers every request for package X as if it named package Y, another package
+    genuinely signed by the same officer and released to the caller: Y's signature verifies,
+    so only the id asked for can tell. The download is refused and nothing is kept."""
+    wanted, _ = _signed_package(cli, logged_in, world, tmp_path)
+    make_file(tmp_path / "src" / "old-report.pdf", 5_000, seed=9)
+    other = str(
+        ok_json(
+            cli(
+                "package",
+                "upload",
+                tmp_path / "src" / "old-report.pdf",
+                "--title",
+                "Old",
+                "--json",
+                user="uz.officer",
+            )
+        )["id"]
+    )
+    ok_json(cli("package", "release", other, "--country", "KZ", "--json", user="uz.officer"))
+    logged_in("kz.officer")
+    send = httpx.Client.send
+
+    def lying_send(self: httpx.Client, request: httpx.Request, **kwargs: Any) -> httpx.Response:
+        request.url = request.url.copy_with(path=request.url.path.replace(wanted, other))
+        return send(self, request, **kwargs)
+
+    monkeypatch.setattr(httpx.Client, "send", lying_send)
+    out_dir = tmp_path / "kz"
+    args = ("-o", out_dir, "--vkey", world.vault.ledger_vkey)
+    refused = cli("package", "download", wanted, *args, user="kz.officer")
+    assert_one_line_error(refused, 6)
+    assert "another package than the one asked for" in refused.stderr
+    assert not out_dir.exists() or list(out_dir.iterdir()) == []
+    # The same server answering honestly for Y itself is fine: the check is on the id asked.
+    ok_json(cli("package", "download", other, *args, "--json", user="kz.officer"))
 
 
 def test_a_key_the_operator_registers_is_flagged_by_keys_audit(
