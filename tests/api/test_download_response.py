@@ -10,13 +10,16 @@ import threading
 from collections.abc import Generator, Iterator
 
 import anyio
+import httpx
 import pytest
 from fastapi.responses import Response, StreamingResponse
+from sqlmodel import Session
 
 from blo_vault.api.downloads import download_response
-from tests.conftest import World, open_files_under
+from tests.conftest import PASSWORD, World, open_files_under, running_server
 from vault import crypto
 from vault.errors import IntegrityError
+from vault.models import PackageFile
 from vault.schemas import FileInfo, NewPackage
 from vault.service import Download, IncomingFile
 from vault.storage.local import LocalDiskStore
@@ -121,3 +124,72 @@ def test_the_stream_still_cuts_off_on_a_late_failure() -> None:
     assert isinstance(response, StreamingResponse)
     with pytest.raises(Exception, match="integrity_error"):
         body_of(response)
+
+
+def _drain(chunks: Iterator[bytes], into: bytearray) -> None:
+    for chunk in chunks:
+        into += chunk
+
+
+def _with_recorded_size(world: World, file_id: str, size: int) -> None:
+    """What someone able to write the database, holding no key, can do to a file's size."""
+    with Session(world.vault.engine) as session:
+        row = session.get(PackageFile, file_id)
+        assert row is not None
+        row.size = size
+        session.add(row)
+        session.commit()
+
+
+@pytest.mark.parametrize("segments", [1, 2], ids=["one-segment-short", "two-segments-short"])
+def test_a_size_edited_short_never_completes_the_answer(world: World, segments: int) -> None:
+    """The recorded size cut to a segment boundary: the declared length is never reached, so
+    no client can take a prefix of the file for the whole of it, and the failure is recorded.
+    (Held back only at the end, the bytes up to the declared length were all sent first.)"""
+    content = os.urandom(3 * crypto.SEGMENT_SIZE + 1000)
+    officer = world["uz.officer"]
+    package = world.vault.upload(
+        officer, NewPackage(title="cut"), [IncomingFile("a.bin", io.BytesIO(content))]
+    ).package
+    file_id = package.files[0].id
+    declared = segments * crypto.SEGMENT_SIZE
+    _with_recorded_size(world, file_id, declared)
+    download = world.vault.download(officer, package.id, file_id)
+    assert download.file.size == declared
+    received = bytearray()
+    with pytest.raises(IntegrityError, match="recorded size"):
+        _drain(download.chunks, received)
+    assert len(received) < declared
+    with running_server(world.vault) as url:
+        token = world.vault.login("uz.officer", PASSWORD).access_token
+        headers = {"Authorization": f"Bearer {token}"}
+        with (
+            httpx.Client(base_url=url, headers=headers) as client,
+            client.stream("GET", f"/packages/{package.id}/files/{file_id}") as response,
+        ):
+            try:
+                body: bytes | None = response.read()
+            except httpx.TransportError:
+                body = None  # cut off before the declared length: the client knows
+    if body is not None:  # a whole answer: then it must be the error, not the file
+        assert response.status_code != 200
+        assert response.json()["error"]["code"] == "integrity_error"
+    reasons = [
+        (e.decision, e.reason) for e in world.vault.unscoped_entries() if e.action == "download"
+    ]
+    assert reasons.count(("error", "integrity_error")) == 2, reasons
+
+
+def test_a_size_edited_long_never_completes_the_answer(world: World) -> None:
+    """And recorded larger than the file: the stream ends short of it and says so."""
+    content = os.urandom(2 * crypto.SEGMENT_SIZE)
+    officer = world["uz.officer"]
+    package = world.vault.upload(
+        officer, NewPackage(title="long"), [IncomingFile("a.bin", io.BytesIO(content))]
+    ).package
+    _with_recorded_size(world, package.files[0].id, len(content) + 1)
+    download = world.vault.download(officer, package.id, package.files[0].id)
+    received = bytearray()
+    with pytest.raises(IntegrityError, match="recorded size"):
+        _drain(download.chunks, received)
+    assert len(received) < len(content)

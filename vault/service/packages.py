@@ -551,6 +551,10 @@ class PackageService:
         """
         identity = sealed.file_identity(row.package_id, row.id)
         size = 0
+        # A segment is held back until the next one, or the stream's authenticated end, has
+        # checked out: the size is a plain column (the answer's Content-Length), and a database
+        # edit shrinking it must not let a client get a prefix of the file as a whole answer.
+        held: bytes | None = None
         try:
             # The plaintext stream is closed before the object is: the nesting order of this
             # with-statement.
@@ -562,9 +566,15 @@ class PackageService:
             ):
                 for plain in plains:
                     size += len(plain)
-                    yield plain
+                    if size > info.size:
+                        break
+                    if held is not None:
+                        yield held
+                    held = plain
             if size != info.size:
                 raise IntegrityError("downloaded content does not match its recorded size")
+            if held is not None:
+                yield held
         except (IntegrityError, StorageUnavailable, NotFound) as exc:
             record_failure(exc)
             if isinstance(exc, NotFound):
