@@ -22,6 +22,7 @@ from vault.ledger.note import NoteError, Verifier, open_checkpoint
 from vault.models import WitnessedCheckpointRecord, WitnessLagRecord
 from vault.schemas import WitnessedCheckpointInfo, WitnessLag, WitnessStatus
 from vault.witness import publisher
+from vault.witness.core import MAX_SIZE
 from vault.witness.proof import format_tlog_proof
 
 __all__ = [
@@ -110,17 +111,30 @@ def tlog_proof(session: Session, seq: int, verifier: Verifier, origin: str) -> t
 
 
 def record_lags(session: Session, lags: Sequence[publisher.WitnessLag], *, now: datetime) -> None:
-    """Store what the publisher knows of each witness (one row per witness of the policy)."""
+    """Store what the publisher knows of each witness (one row per witness of the policy).
+
+    Sizes and times come from the witnesses: they are brought into what the columns hold, so
+    no value a witness sends can fail the transaction (and with it the witnessed checkpoint
+    stored in the same round)."""
     for lag in lags:
         row = session.get(WitnessLagRecord, lag.name) or WitnessLagRecord(name=lag.name)
-        row.size = lag.size
-        row.cosigned_at = (
-            None if lag.cosigned_at is None else datetime.fromtimestamp(lag.cosigned_at, UTC)
-        )
+        row.size = min(max(lag.size, 0), MAX_SIZE)  # a signed 64-bit INTEGER
+        row.cosigned_at = _time_of(lag.cosigned_at)
         row.error = None if lag.error is None else lag.error[:_MAX_ERROR]
         row.checked_at = now
         session.add(row)
     session.flush()
+
+
+def _time_of(timestamp: int | None) -> datetime | None:
+    """``timestamp`` (Unix seconds) as a time, None if none or past what a datetime holds
+    (year 9999; the publisher drops cosignatures dated in the future anyway)."""
+    if timestamp is None:
+        return None
+    try:
+        return datetime.fromtimestamp(timestamp, UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
 
 
 def witness_status(session: Session, *, now: datetime) -> WitnessStatus:

@@ -4,15 +4,18 @@ A :class:`Publisher` takes the newest signed checkpoint from a :class:`Checkpoin
 it to every policy witness that has a URL with a consistency proof from the size that witness
 last cosigned (as far as the publisher knows; 0 at first), retries from the size a witness
 names in a ``409 text/x.tlog.size`` reply, keeps only cosignatures that verify against that
-witness's key, and publishes the merged checkpoint only when :func:`verify_witnessed` says the
-policy's quorum is met. It runs on its own thread and cadence; appends never wait for it, so a
-witness that is down or slow only delays publication.
+witness's key (and are not dated in the future), and publishes the merged checkpoint only when
+:func:`verify_witnessed` says the policy's quorum is met. It runs on its own thread and cadence;
+appends never wait for it, so a witness that is down or slow only delays publication. Whatever
+one witness answers fails that witness's round alone: the others' cosignatures still count.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import logging
+import re
 import socket
 import threading
 import time
@@ -24,7 +27,14 @@ import httpx
 
 from vault.errors import InvalidInput
 from vault.ledger.note import Checkpoint, NoteError, NoteSignature, parse_checkpoint, parse_note
-from vault.witness.policy import Policy, PolicyWitness, QuorumNotMet, verify_witnessed
+from vault.witness.core import MAX_SIZE
+from vault.witness.policy import (
+    DEFAULT_MAX_SKEW_S,
+    Policy,
+    PolicyWitness,
+    QuorumNotMet,
+    verify_witnessed,
+)
 
 __all__ = [
     "DEFAULT_CADENCE_S",
@@ -39,6 +49,9 @@ __all__ = [
 
 DEFAULT_CADENCE_S = 10.0
 _SIZE_TYPE = "text/x.tlog.size"
+_DECIMAL = re.compile(r"[0-9]{1,19}")  # ASCII digits only: int() would take "+5", "1_0", "٥"
+
+log = logging.getLogger("vault.witness")
 
 MAX_REPLY_BYTES = 64 * 1024
 """Most of a witness's reply read. A cosignature reply is a line or two (~100 bytes each)."""
@@ -73,6 +86,16 @@ class WitnessLag:
 def _printable(text: str) -> str:
     """A witness's reply text made safe to log or print: short, no control characters."""
     return "".join(ch if ch.isprintable() else "?" for ch in text.strip()[:200])
+
+
+def _named_size(reply: str) -> int | None:
+    """The size in a ``409 text/x.tlog.size`` reply; None unless a decimal a tree can have
+    (the next request asks the log for a proof from it, and the lag stores it)."""
+    text = reply.strip()
+    if not _DECIMAL.fullmatch(text):
+        return None
+    size = int(text)
+    return size if size <= MAX_SIZE else None
 
 
 class BadReply(Exception):
@@ -254,10 +277,14 @@ class Publisher:
         lines = []
         for witness in self._policy.witnesses.values():
             if witness.url:
-                lines.extend(self._ask(witness, note, text, checkpoint))
+                lines.extend(self._ask_safely(witness, note, text, checkpoint))
         merged = note + "".join(lines)
         try:
-            verify_witnessed(merged, self._policy, now=int(self._clock()))
+            # The same skew as _verified_lines used, so no line kept there fails here (unless
+            # the clock stepped back meanwhile: then this round is lost, not the next).
+            verify_witnessed(
+                merged, self._policy, now=int(self._clock()), max_skew=DEFAULT_MAX_SKEW_S
+            )
         except QuorumNotMet:
             return None
         with self._lock:
@@ -268,6 +295,21 @@ class Publisher:
         with self._lock:
             for key, value in changes.items():
                 setattr(self._lag[name], key, value)
+
+    def _ask_safely(
+        self, witness: PolicyWitness, note: str, text: str, checkpoint: Checkpoint
+    ) -> list[str]:
+        """_ask; a failure it did not foresee (a bug, the source failing) becomes this
+        witness's error for the round, and is logged, instead of losing every witness's
+        cosignature with the round."""
+        try:
+            return self._ask(witness, note, text, checkpoint)
+        except Exception as exc:  # one witness must never abort the round
+            log.exception("asking witness %s failed", witness.name)
+            self._record(
+                witness.name, error=f"internal error: {type(exc).__name__}: {_printable(str(exc))}"
+            )
+            return []
 
     def _ask(
         self, witness: PolicyWitness, note: str, text: str, checkpoint: Checkpoint
@@ -292,41 +334,53 @@ class Publisher:
                 self._record(witness.name, error=f"bad reply: {exc}")
                 return []
             if status == 409 and content_type.split(";")[0].strip() == _SIZE_TYPE:
-                try:
-                    old = int(reply.strip())
-                except ValueError:
-                    break
+                named = _named_size(reply)
+                if named is None:
+                    self._record(witness.name, error=f"bad size in 409 reply: {_printable(reply)}")
+                    return []
+                old = named
                 self._record(witness.name, size=old)
                 continue  # tlog-witness: retry from the size the witness names
             if status != 200:
                 self._record(witness.name, error=f"HTTP {status}: {_printable(reply)}")
                 return []
-            good = self._verified_lines(witness, text, reply)
+            good, error = self._verified_lines(witness, text, reply)
             if not good:
-                self._record(witness.name, error="reply has no valid cosignature")
+                self._record(witness.name, error=error)
                 return []
-            timestamp = max(witness.verifier.verify(text, sig) for sig in good)
-            self._record(witness.name, size=checkpoint.size, cosigned_at=timestamp, error=None)
-            return [sig.line() for sig in good]
+            newest = max(timestamp for _, timestamp in good)
+            self._record(witness.name, size=checkpoint.size, cosigned_at=newest, error=None)
+            return [sig.line() for sig, _ in good]
         self._record(witness.name, error="size conflicts did not settle")
         return []
 
-    @staticmethod
-    def _verified_lines(witness: PolicyWitness, text: str, reply: str) -> list[NoteSignature]:
-        """Lines of ``reply`` that are valid cosignatures by ``witness``; others are ignored."""
+    def _verified_lines(
+        self, witness: PolicyWitness, text: str, reply: str
+    ) -> tuple[list[tuple[NoteSignature, int]], str]:
+        """Lines of ``reply`` that are valid cosignatures by ``witness``, each with its
+        timestamp, and why there are none if so. Other lines are ignored."""
         try:
             sigs = parse_note(text + "\n" + reply).signatures
         except NoteError:
-            return []
-        good = []
+            return [], "reply has no valid cosignature"
+        # verify_witnessed rejects the whole checkpoint for one cosignature dated past the
+        # skew: kept, a lying or fast-clocked witness would block the quorum the others met.
+        latest = int(self._clock()) + DEFAULT_MAX_SKEW_S
+        good: list[tuple[NoteSignature, int]] = []
+        future: int | None = None
         for sig in sigs:
             if witness.verifier.matches(sig):
                 try:
-                    witness.verifier.verify(text, sig)
+                    timestamp = witness.verifier.verify(text, sig)
                 except NoteError:
                     continue
-                good.append(sig)
-        return good
+                if timestamp > latest:
+                    future = timestamp
+                    continue
+                good.append((sig, timestamp))
+        if not good and future is not None:
+            return [], f"cosignature dated in the future ({future})"
+        return good, "reply has no valid cosignature"
 
     def run(self, stop: threading.Event, cadence: float = DEFAULT_CADENCE_S) -> None:
         """Publish every ``cadence`` seconds until ``stop`` is set (for a background thread)."""

@@ -14,8 +14,10 @@ from vault.db import session_scope
 from vault.errors import ConfigError
 from vault.models import utcnow
 from vault.service import Vault
-from vault.witness.cosignature import Cosigner
-from vault.witness.published import latest_witnessed, store_witnessed
+from vault.witness.core import MAX_SIZE
+from vault.witness.cosignature import MAX_TIMESTAMP, Cosigner
+from vault.witness.published import latest_witnessed, record_lags, store_witnessed, witness_status
+from vault.witness.publisher import WitnessLag
 
 
 def test_the_witnessed_checkpoint_never_moves_backwards(world: World) -> None:
@@ -36,6 +38,30 @@ def test_the_witnessed_checkpoint_never_moves_backwards(world: World) -> None:
         row = latest_witnessed(session)
         assert row is not None
         assert (row.size, row.note) == (12, "note at 12, three")
+
+
+def test_lags_no_column_holds_are_stored_within_range(world: World) -> None:
+    """Sizes and times come from witnesses: one out of range must not fail the round's
+    transaction, which holds the witnessed checkpoint too."""
+    engine = world.vault.engine
+    now = utcnow()
+    lags = [
+        WitnessLag("HUGE", size=10**30, cosigned_at=MAX_TIMESTAMP, error="x" * 1000),
+        WitnessLag("NEGATIVE", size=-1, cosigned_at=-(10**30)),
+        WitnessLag("FINE", size=7, cosigned_at=1_700_000_000),
+    ]
+    with session_scope(engine) as session:
+        assert store_witnessed(session, "note at 7", 7, now=now)
+        record_lags(session, lags, now=now)
+    with Session(engine) as session:
+        assert latest_witnessed(session) is not None
+        stored = {lag.name: lag for lag in witness_status(session, now=now).witnesses}
+    assert (stored["HUGE"].size, stored["HUGE"].cosigned_at) == (MAX_SIZE, None)
+    assert stored["HUGE"].error == "x" * 300
+    assert (stored["NEGATIVE"].size, stored["NEGATIVE"].cosigned_at) == (0, None)
+    assert stored["FINE"].size == 7
+    assert stored["FINE"].cosigned_at is not None
+    assert stored["FINE"].cosigned_at.timestamp() == 1_700_000_000
 
 
 def test_cadence_defaults_to_ten_seconds() -> None:
