@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
 from sqlmodel import Session
@@ -116,8 +117,9 @@ def package_facts(
 
 def grants_in_force(
     vault: Vault, session: Session, principal: Principal, package_id: str
-) -> list[tuple[str, str | None]]:
-    """Releases of the package in force for the caller, ``(release id, agency or None)``."""
+) -> list[tuple[str, str | None, datetime | None]]:
+    """Releases of the package in force for the caller, ``(release id, agency or None, end
+    or None)``."""
     return vault.access.grants_in_force(session, principal, package_id)
 
 

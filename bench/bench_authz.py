@@ -620,7 +620,7 @@ def reference_facts(
     relations = {NONE}
     if package.agency_code == principal.agency:
         relations.add(ORIGINATOR)
-    for _, agency in internals.grants_in_force(vault, session, principal, package.id):
+    for _, agency, _ in internals.grants_in_force(vault, session, principal, package.id):
         relations.add(RELEASED_COUNTRY if agency is None else RELEASED_AGENCY)
     if (
         ORIGINATOR not in relations

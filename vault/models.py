@@ -171,6 +171,12 @@ class Release(SQLModel, table=True):
     decided_at: datetime | None = _time(nullable=True)
     revoked_by: str | None = Field(default=None, foreign_key="user.id", max_length=32)
     revoked_at: datetime | None = _time(nullable=True)
+    # A recipient's onward release: the release that let its maker read the package. Revoking
+    # that one revokes this one too, so a recipient can't keep, or pass on, access that the
+    # originator withdrew.
+    derived_from: str | None = Field(
+        default=None, foreign_key="release.id", index=True, max_length=32
+    )
 
 
 class Acknowledgement(SQLModel, table=True):

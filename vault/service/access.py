@@ -324,10 +324,11 @@ class Access:
 
     def grants_in_force(
         self, session: Session, principal: Principal, package_id: str
-    ) -> list[tuple[str, str | None]]:
-        """Releases of the package in force for the caller: ``(release id, agency or None)``."""
+    ) -> list[tuple[str, str | None, datetime | None]]:
+        """Releases of the package in force for the caller: ``(release id, agency or None,
+        end or None)``."""
         rows = session.exec(
-            select(Release.id, Release.agency_code).where(
+            select(Release.id, Release.agency_code, Release.expires_at).where(
                 col(Release.package_id) == package_id,
                 _in_force(),
                 or_(
@@ -340,7 +341,7 @@ class Access:
             ),
             params={"now": utcnow()},
         ).all()
-        return [(rid, agency) for rid, agency in rows]
+        return [(rid, agency, ends) for rid, agency, ends in rows]
 
     def listing_statement(self, principal: Principal) -> Any:
         """The listing query for ``principal``'s role and clearance under the current policy

@@ -130,7 +130,9 @@ class AuditService:
                 raise NotFound("package not found")
             package, facts = found
             decision = core.authz.decide(facts)
-            grants = [rid for rid, _ in self.access.grants_in_force(session, subject, package.id)]
+            grants = [
+                rid for rid, _, _ in self.access.grants_in_force(session, subject, package.id)
+            ]
             receipt = core.record(
                 actor=principal.actor,
                 action="explain",

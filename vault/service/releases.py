@@ -131,6 +131,14 @@ def _acknowledged_now(session: Session, package: PackageRow, principal: Principa
     return session.connection().execute(statement).first() is not None
 
 
+def _revoked(session: Session, release: Release, principal: Principal) -> None:
+    release.status = ReleaseStatus.REVOKED
+    release.revoked_by = principal.user_id
+    release.revoked_at = utcnow()
+    session.add(release)
+    session.flush()
+
+
 class ReleaseService:
     """Release, request, decide, revoke; acknowledge H3 restrictions."""
 
@@ -143,6 +151,42 @@ class ReleaseService:
         threshold = Classification(self.core.settings.four_eyes_from)
         origin_country = self.core.country_of(session, package.agency_code)
         return package.classification.rank >= threshold.rank and country != origin_country
+
+    def _onward(
+        self,
+        session: Session,
+        principal: Principal,
+        package: PackageRow,
+        country: str,
+        agency: str | None,
+        expires_at: datetime | None,
+    ) -> tuple[str, datetime | None]:
+        """A recipient's onward release: the release it derives from (the caller's grant that
+        lasts longest) and its end, no later than that grant's. Refused (and recorded) if it
+        would reach the caller's own agency: a recipient who could release to itself would
+        keep reading after the originator revoked its release or the release ran out."""
+        if country == principal.country and agency in (None, principal.agency):
+            raise self.core.record_refusal(
+                AccessDenied("an onward release can't include your own agency"),
+                principal.actor,
+                "release",
+                "onward_to_self",
+                package=package.id,
+                handling=package.handling.value,
+            )
+        grants = self.access.grants_in_force(session, principal, package.id)
+        # load_package_for allowed the release, so the caller holds a grant in force now.
+        parent, _, parent_ends = max(grants, key=lambda g: g[2] or datetime.max.replace(tzinfo=UTC))
+        if parent_ends is None:
+            return parent, expires_at
+        if expires_at is None:
+            return parent, parent_ends  # passed on for as long as the caller holds it
+        if expires_at > parent_ends:
+            raise InvalidInput(
+                "an onward release can't outlast the release it comes from, which ends "
+                f"at {parent_ends.isoformat()}"
+            )
+        return parent, expires_at
 
     @records_refusals("release")
     def release(
@@ -162,8 +206,13 @@ class ReleaseService:
         """
         _check_window(not_before, expires_at)
         with self.core.tx() as session:
-            package, _ = self.access.load_package_for(session, principal, package_id, "release")
+            package, facts = self.access.load_package_for(session, principal, package_id, "release")
             country, agency = _check_target(session, country, agency)
+            parent = None
+            if ORIGINATOR not in facts.relations:
+                parent, expires_at = self._onward(
+                    session, principal, package, country, agency, expires_at
+                )
             pending = self._needs_second_person(session, package, country)
             release = Release(
                 id=new_id(),
@@ -178,6 +227,7 @@ class ReleaseService:
                 created_at=utcnow(),
                 decided_by=None if pending else principal.user_id,
                 decided_at=None if pending else utcnow(),
+                derived_from=parent,
             )
             receipt = self._store_release(session, principal, package, release, "release")
         return ReleaseResult(release=release_info(release), receipt=receipt)
@@ -325,15 +375,39 @@ class ReleaseService:
             )
             if release.status in (ReleaseStatus.REVOKED, ReleaseStatus.REJECTED):
                 raise Conflict(f"release is already {release.status.value}")
-            release.status = ReleaseStatus.REVOKED
-            release.revoked_by = principal.user_id
-            release.revoked_at = utcnow()
-            session.add(release)
-            session.flush()
+            _revoked(session, release, principal)
             receipt = self.core.record_allowed(
                 principal, "revoke", package, session=session, release=release.id
             )
+            self._revoke_derived(session, principal, package, release.id)
         return ReleaseResult(release=release_info(release), receipt=receipt)
+
+    def _revoke_derived(
+        self, session: Session, principal: Principal, package: PackageRow, release_id: str
+    ) -> None:
+        """Revoke, in the same transaction, every onward release passed on from ``release_id``
+        and from those in turn, each with its own entry (reason ``derived``)."""
+        parents = [release_id]
+        while parents:
+            derived = session.exec(
+                select(Release)
+                .where(
+                    col(Release.derived_from).in_(parents),
+                    col(Release.status).in_([ReleaseStatus.ACTIVE, ReleaseStatus.PENDING]),
+                )
+                .with_for_update()
+            ).all()
+            for release in derived:
+                _revoked(session, release, principal)
+                self.core.record_allowed(
+                    principal,
+                    "revoke",
+                    package,
+                    session=session,
+                    reason="derived",
+                    release=release.id,
+                )
+            parents = [release.id for release in derived]
 
     @records_refusals("acknowledge")
     def acknowledge(self, principal: Principal, package_id: str) -> int:
