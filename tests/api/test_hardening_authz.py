@@ -594,3 +594,31 @@ def test_a_validation_error_names_known_fields_but_echoes_no_made_up_name(api: A
         f"/packages/{package}/releases", json={}, headers=api.headers["uz.officer"]
     )
     assert refusal(missing, 422)["message"] == "invalid request: body.country"
+
+
+def test_a_rule_another_process_added_decides_the_next_request_before_any_transaction(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`blovault admin add-rule` runs in another process. An upload's role check comes before
+    its first transaction, where the rules used to be picked up: the first upload after the
+    rule was allowed, and its entry stamped with the policy that forbade it."""
+    from vault.service import _core
+
+    monkeypatch.setattr(_core, "POLICY_REFRESH_SECONDS", 0.0)  # "half a second has passed"
+    server = world.vault
+    other = Vault.open(world.settings)
+    try:
+        digest = other.change_rule(
+            local_operator(), "p, officer, none, *, *, *, upload, deny", add=True
+        )
+        before = len(other.unscoped_entries())  # not the server's: a read would refresh it
+    finally:
+        other.close()
+    with pytest.raises(AccessDenied):
+        server.upload(
+            world["uz.officer"],
+            NewPackage(title="t"),
+            [IncomingFile("a.txt", io.BytesIO(b"x"))],
+        )
+    (refusal,) = server.unscoped_entries()[before:]
+    assert (refusal.action, refusal.decision, refusal.policy) == ("upload", "deny", digest)

@@ -217,7 +217,10 @@ class Core:
         self._authz = authz
 
     def _refresh_policy(self) -> None:
-        """Pick up rules another process added or removed; called outside transactions."""
+        """Pick up rules another process added or removed; outside transactions only (a
+        database failure is left for the transaction that follows to report)."""
+        if getattr(self._local, "depth", 0):
+            return
         now = time.monotonic()
         if now - self._authz_checked < POLICY_REFRESH_SECONDS:
             return
@@ -240,6 +243,11 @@ class Core:
             acknowledged=False,
             action=action,
         )
+        # Most callers decide this before their first transaction, which is where the rules
+        # are picked up: without this, the first request after a quiet moment was decided
+        # (and its entry stamped) under rules another process had already changed.
+        with contextlib.suppress(OperationalError):
+            self._refresh_policy()
         if not self.authz.allows(facts):
             raise self.record_refusal(
                 AccessDenied(f"your role may not {action}"),
@@ -281,9 +289,8 @@ class Core:
         """What every transaction shares: the policy picked up before the outermost one, the
         database's failures as StorageUnavailable, and refusals recorded after rollback."""
         depth = getattr(self._local, "depth", 0)
-        if depth == 0:
-            with contextlib.suppress(OperationalError):  # the transaction below reports it
-                self._refresh_policy()
+        with contextlib.suppress(OperationalError):  # the transaction below reports it
+            self._refresh_policy()
         self._local.depth = depth + 1
         try:
             yield
