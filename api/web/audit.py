@@ -13,6 +13,7 @@ from blo_vault.api.web.forms import PAGE_SIZE, day_start, optional
 from vault.authz import ACTIONS
 from vault.ledger import commit
 from vault.ledger.entry import Entry, decode, opened
+from vault.service.ledger_ops import LedgerSearch
 
 router = APIRouter(include_in_schema=False)
 DECISIONS = ("allow", "deny", "error")
@@ -31,7 +32,9 @@ def ledger(
 ) -> Response:
     """Ledger entries, newest first, filtered by decision, actor, package and day; pages count
     back from ``upto`` (the ledger's size when page 1 was shown), so the entries recorded
-    meanwhile, such as these reads, don't shift them."""
+    meanwhile, such as these reads, don't shift them. With a filter there are no page
+    numbers: each request searches a bounded stretch below ``upto`` and links to the search
+    below the oldest entry it looked at (``page`` is then ignored)."""
     start, end = day_start(since, current.zone), day_start(until, current.zone, after=True)
     wanted_actor, wanted_package = optional(actor), optional(package)
 
@@ -57,17 +60,16 @@ def ledger(
             for i, raw in enumerate(got.entries)
         ]
         return _ledger_page(current, entries[::-1], size, page, first + PAGE_SIZE < size, size)
-    # Filtered: the service records the read and streams every entry; the filter is ours.
-    size = upto or current.vault.ledger_size()
-    matching = [
-        entry
-        for entry in current.vault.ledger_show(current.user)
-        if entry.seq < size and keep(entry)
-    ]
-    matching.reverse()
-    more = len(matching) > first + PAGE_SIZE
-    shown = matching[first : first + PAGE_SIZE]
-    return _ledger_page(current, shown, len(matching), page, more, size)
+    # Filtered: the service records the read and searches a bounded stretch of the ledger,
+    # newest first, below ``upto``; the filter is ours. What it did not reach, the page links
+    # to: the same search below the oldest entry it looked at (a cursor, not a page number,
+    # so no request reads more than a bounded number of entries however old the matches).
+    # Called on the ledger service itself: the Vault facade has no room left for a wrapper.
+    found = current.vault.ledger.ledger_search(
+        current.user, keep, limit=PAGE_SIZE, below=upto or None
+    )
+    more = found.low > 0
+    return _ledger_page(current, found.entries, len(found.entries), 1, more, found.low, found)
 
 
 def _entry(data: bytes, seq: int, opening: commit.Opening | None) -> Entry:
@@ -75,7 +77,13 @@ def _entry(data: bytes, seq: int, opening: commit.Opening | None) -> Entry:
 
 
 def _ledger_page(
-    current: Visit, entries: list[Entry], total: int, page: int, more: bool, upto: int
+    current: Visit,
+    entries: list[Entry],
+    total: int,
+    page: int,
+    more: bool,
+    upto: int,
+    search: LedgerSearch | None = None,
 ) -> Response:
     query = current.request.query_params
     names = ("decision", "actor", "package", "since", "until")
@@ -88,6 +96,7 @@ def _ledger_page(
         more=more,
         query=wanted,
         decisions=DECISIONS,
+        search=search,
     )
 
 

@@ -72,6 +72,8 @@ REASONS = {
     "clearance_below_classification": N_("clearance below classification"),
     "four_eyes_same_person": N_("four-eyes: same person"),
     "h2_onward_release": N_("H2: no onward release"),
+    "onward_to_self": N_("onward release to own agency"),
+    "derived": N_("revoked with its parent release"),
     "h3_not_acknowledged": N_("H3: restrictions not acknowledged"),
     "quorum_not_met": N_("quorum not met"),
     "unknown_log": N_("unknown log"),

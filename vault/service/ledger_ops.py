@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 from sqlalchemy import func
@@ -36,6 +37,15 @@ _T = TypeVar("_T")
 MAX_LEDGER_PAGE = 1000
 # Openings are read (and scoped) for this many entries at a time.
 _OPENING_BATCH = 5000
+# The most entries one search (ledger_search) reads, decodes and opens, whatever the ledger's
+# size: searching the whole ledger on every request let any auditor keep the server busy for
+# seconds a request, and minutes on a ledger of millions. The caller continues below what
+# was searched instead. A few times a page of /ledger/entries (MAX_LEDGER_PAGE), so a filter
+# most entries pass fills its page in one request.
+SEARCH_BUDGET = 2000
+# A search's first batch: a filter most entries pass fills a page from it alone. Batches then
+# double, so a rare match costs few queries.
+_SEARCH_FIRST_BATCH = 100
 
 
 class TextOut(Protocol):
@@ -54,6 +64,18 @@ def _opened(data: bytes, opening: commit.Opening) -> Entry:
         return opened(data, opening)
     except commit.OpeningError as exc:
         raise LedgerCorrupt(f"stored opening does not match: {exc}", seq=opening.seq) from None
+
+
+@dataclass(frozen=True)
+class LedgerSearch:
+    """What :meth:`LedgerService.ledger_search` found: ``entries``, newest first, among the
+    entries ``[low, high)``; those below ``low`` were not looked at (none are left if ``low``
+    is 0); ``receipt``: the search's own ledger entry."""
+
+    entries: list[Entry]
+    low: int
+    high: int
+    receipt: int
 
 
 class LedgerService:
@@ -328,14 +350,56 @@ class LedgerService:
         their sensitive fields empty and ``hidden``."""
         self.record_read(principal, "show")
         with self.core.tx(readonly=True) as session:
-            scoped: dict[int, commit.Opening] = {}
-            upto = 0
-            for seq, data in ledger.iter_entries(session):
-                if seq >= upto:
-                    upto = seq + _OPENING_BATCH
-                    scoped = self.core.openings.scoped(session, principal, seq, upto)
-                opening = scoped.get(seq)
-                yield decode(data, seq_hint=seq) if opening is None else _opened(data, opening)
+            start = 0
+            while batch := self._scoped_entries(session, principal, start, start + _OPENING_BATCH):
+                yield from batch
+                start += _OPENING_BATCH
+
+    @records_refusals("ledger")
+    def ledger_search(
+        self,
+        principal: Principal,
+        keep: Callable[[Entry], bool],
+        *,
+        limit: int,
+        below: int | None = None,
+    ) -> LedgerSearch:
+        """Up to ``limit`` entries for which ``keep`` holds, newest first, among at most
+        SEARCH_BUDGET entries below ``below`` (by default the ledger's size, so not this
+        search's own entry); the read is recorded first. ``keep`` sees each entry as
+        :meth:`ledger_show` gives it: opened only if ``principal`` may see its opening.
+        Search on below ``LedgerSearch.low`` for older ones."""
+        size = self.ledger_size()
+        high = size if below is None else max(0, min(below, size))
+        floor = max(0, high - SEARCH_BUDGET)
+        receipt = self.record_read(principal, f"search:{floor}-{high}")
+        found: list[Entry] = []
+        low, batch = high, _SEARCH_FIRST_BATCH
+        with self.core.tx(readonly=True) as session:
+            while low > floor and len(found) < limit:
+                start = max(floor, low - batch)
+                entries = self._scoped_entries(session, principal, start, low)
+                low = start
+                for entry in reversed(entries):
+                    if keep(entry):
+                        found.append(entry)
+                        if len(found) == limit:
+                            # The page is full: the next search starts just below it.
+                            low = entry.seq
+                            break
+                batch = min(2 * batch, _OPENING_BATCH)
+        return LedgerSearch(entries=found, low=low, high=high, receipt=receipt)
+
+    def _scoped_entries(
+        self, session: Session, principal: Principal, start: int, stop: int
+    ) -> list[Entry]:
+        """Entries ``[start, stop)`` decoded, in order; each committed one opened if
+        ``principal`` may see its opening (the one scoping of every reader's view)."""
+        scoped = self.core.openings.scoped(session, principal, start, stop)
+        return [
+            decode(data, seq_hint=seq) if (o := scoped.get(seq)) is None else _opened(data, o)
+            for seq, data in ledger.iter_entries(session, start=start, stop=stop)
+        ]
 
     def unscoped_entries(self, start: int = 0, stop: int | None = None) -> list[Entry]:
         """Entries ``[start, stop)`` decoded, each committed one opened whatever its scope
