@@ -6,14 +6,31 @@ import re
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+    ValidationInfo,
+    field_validator,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 from vault.errors import InvalidInput
 from vault.kinds import Classification, Handling, ReleaseKind, ReleaseStatus, Role
 from vault.seizures.schema import SeizureRecord
 
 # The text checks live in vault.text (light to import: the CLI uses them); named here too.
-from vault.text import MAX_FILENAME_BYTES, check_filename, check_text, filename_key, unsafe_char
+from vault.text import (
+    MAX_FILENAME_BYTES,
+    check_filename,
+    check_text,
+    filename_key,
+    safe_text_pattern,
+    unsafe_char,
+)
 
 __all__ = [
     "MAX_FILENAME_BYTES",
@@ -104,10 +121,27 @@ def _lines(value: object, info: ValidationInfo) -> object:
     return check_text(value, info.field_name or "text", multiline=True)
 
 
-OneLineText = Annotated[str, BeforeValidator(_one_line)]
+class _SafeTextSchema:
+    """States in the JSON schema what the text check refuses, as a pattern (combined with a
+    field's own, which must then match somewhere in the text)."""
+
+    def __init__(self, *, multiline: bool) -> None:
+        self.multiline = multiline
+
+    def __get_pydantic_json_schema__(
+        self, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        schema = handler(core_schema)
+        safe = safe_text_pattern(multiline=self.multiline)
+        own = schema.get("pattern")
+        schema["pattern"] = safe if own is None else f"^(?=[\\s\\S]*?(?:{own})){safe[1:]}"
+        return schema
+
+
+OneLineText = Annotated[str, BeforeValidator(_one_line), _SafeTextSchema(multiline=False)]
 """Text on one line: refused if it holds anything :func:`unsafe_char` names, LF and TAB too."""
 
-MultiLineText = Annotated[str, BeforeValidator(_lines)]
+MultiLineText = Annotated[str, BeforeValidator(_lines), _SafeTextSchema(multiline=True)]
 """Text that may hold LF and TAB (CRLF taken as LF); otherwise as :data:`OneLineText`."""
 
 

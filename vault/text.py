@@ -6,6 +6,8 @@ the same checks without importing pydantic models and the database models at sta
 
 from __future__ import annotations
 
+import functools
+import sys
 import unicodedata
 
 from vault.errors import InvalidInput
@@ -15,6 +17,7 @@ __all__ = [
     "check_filename",
     "check_text",
     "filename_key",
+    "safe_text_pattern",
     "unsafe_char",
 ]
 
@@ -47,6 +50,33 @@ def unsafe_char(ch: str, *, multiline: bool = False) -> bool:
     if category in _KINDS:
         return ch not in _JOINERS
     return _noncharacter(ord(ch))
+
+
+@functools.cache
+def safe_text_pattern(*, multiline: bool = False) -> str:
+    """A regular expression matching text with nothing :func:`unsafe_char` names, read
+    alike by ECMA-262 and Python's re: the JSON schema states the check with it, so a client
+    generating requests from the schema (a fuzzer, say) sends only what is accepted. Built
+    from this Python's Unicode database (a few tenths of a second: when a schema is first
+    made, not on import)."""
+    ranges: list[tuple[int, int]] = []
+    for cp in range(sys.maxunicode + 1):
+        # Not surrogates: a pattern can't name them (Rust's regex, which JSON schema
+        # validators use, refuses \ud800), and no text a JSON decoder makes whole holds one.
+        if not 0xD800 <= cp <= 0xDFFF and unsafe_char(chr(cp), multiline=multiline):
+            if ranges and ranges[-1][1] == cp - 1:
+                ranges[-1] = (ranges[-1][0], cp)
+            else:
+                ranges.append((cp, cp))
+
+    def escape(cp: int) -> str:
+        # ECMA-262 (the dialect of JSON schema patterns) has no escape for a code point past
+        # U+FFFF without its "u" flag, and Python's re none in ECMA's spelling: such a code
+        # point is written as itself, which both read as one character.
+        return f"\\u{cp:04x}" if cp <= 0xFFFF else chr(cp)
+
+    refused = "".join(escape(a) if a == b else f"{escape(a)}-{escape(b)}" for a, b in ranges)
+    return f"^[^{refused}]*$"
 
 
 def _noncharacter(cp: int) -> bool:
@@ -87,9 +117,10 @@ _WINDOWS_ILLEGAL = frozenset('<>:"|?*\\/')
 
 
 def check_filename(name: str) -> str:
-    """A safe base filename, NFC-normalised: no path parts, nothing :func:`unsafe_char` names
-    (nor any format character), at most 255 bytes, and a name Windows can hold too (no
-    reserved device name, none of ``<>:"|?*\\/``, no trailing dot or space)."""
+    """A safe base filename, NFC-normalised: no path parts, not hidden (a leading dot),
+    nothing :func:`unsafe_char` names (nor any format character), at most 255 bytes, and a
+    name Windows can hold too (no reserved device name, none of ``<>:"|?*\\/``, no
+    trailing dot or space)."""
     if not isinstance(name, str):
         raise InvalidInput("filename must be text")
     name = unicodedata.normalize("NFC", name)
@@ -102,6 +133,10 @@ def check_filename(name: str) -> str:
         raise InvalidInput(f"filenames are at most {MAX_FILENAME_BYTES} bytes")
     if name != name.strip() or name.startswith("-"):
         raise InvalidInput("filenames must not start with '-' or have outer spaces")
+    if name.startswith("."):
+        # A hidden file lands unseen, and some run: a package saved into a home folder
+        # could plant a .bash_profile or .bashrc.
+        raise InvalidInput("filenames must not start with '.' (hidden files)")
     if any(ch in _WINDOWS_ILLEGAL for ch in name):
         raise InvalidInput('filenames must not contain any of < > : " | ? * \\ /')
     if name.endswith("."):

@@ -157,6 +157,22 @@ def test_local_names_number_casefold_duplicates() -> None:
     ]
 
 
+def test_hidden_names_are_neither_stored_nor_saved_hidden() -> None:
+    """A package saved into a home folder (``-o .`` is the default) must not plant a
+    ``.bash_profile``: such names are refused at upload, and one a server sends anyway (stored
+    before, or a hostile host) is saved visible."""
+    for name in (".bash_profile", ".bashrc", "..x", ".env"):
+        with pytest.raises(InvalidInput, match="hidden"):
+            check_filename(name)
+    assert local_names([".bash_profile", ".bashrc", ".bashrc", "...", "a.txt"]) == [
+        "bash_profile",
+        "bashrc",
+        "bashrc (2)",
+        "file-4",
+        "a.txt",
+    ]
+
+
 # --- a real server, the worst text it accepts ---------------------------------------------------
 
 WORST = {
