@@ -29,7 +29,7 @@ from starlette.requests import ClientDisconnect
 
 from vault.errors import InvalidInput, RequestTimeout, TooLarge, VaultError
 from vault.schemas import NewPackage
-from vault.seizures.schema import SeizureRecord, validate_records
+from vault.seizures.schema import MAX_RECORDS, SeizureRecord, validate_records
 from vault.service import IncomingFile
 from vault.service.signatures import MAX_SIGNATURE_PART, SignedManifest, parse_part
 
@@ -41,6 +41,10 @@ __all__ = [
 _END = object()
 # How far the body pump may run ahead of the thread that seals: bounded memory per upload.
 _PUMP_BYTES = 8 * 1024 * 1024
+# Before the files, a chunk goes to the parser this much at a time, as its events are taken:
+# however large a chunk the server hands over, its many small parts are checked one by one
+# (and the first one too many refused), never all turned into queued events at once.
+_PARSE_STEP = 64 * 1024
 T = TypeVar("T")
 
 
@@ -57,6 +61,18 @@ def boundary_of(content_type: str | None) -> bytes:
 
 # The records part of an upload: some 50,000 records of JSON (vault.seizures.MAX_RECORDS).
 MAX_RECORDS_BYTES = 16 * 1024 * 1024
+# What a records part of MAX_RECORDS real records holds at most, counted before it is parsed:
+# no lists, and every field a key and a string value (four quotes); each record is allowed two
+# brackets and four quotes more inside its text, where a count in the bytes sees them too.
+_RECORD_FIELDS = len(SeizureRecord.model_fields)
+_MAX_RECORD_BRACKETS = 2 * MAX_RECORDS
+_MAX_RECORD_QUOTES = (4 * _RECORD_FIELDS + 4) * MAX_RECORDS
+_TOO_MANY_RECORDS = f"at most {MAX_RECORDS} seizure records a package, each a flat JSON object"
+
+# The web upload form's text fields are csrf, title, description, classification, handling and
+# handling_note (api/web/templates/upload.html); this leaves room for a few more, and is far too
+# few for a body of many small parts to cost the server anything.
+MAX_FORM_FIELDS = 16
 
 
 class _BodyPump:
@@ -145,6 +161,8 @@ class MultipartUpload:
         self._value = b""
         self._max_metadata = max_metadata_bytes
         self._finished = False
+        self._held = b""  # a chunk received before the files, fed on in steps from _held_at
+        self._held_at = 0
         self._signature_seen = False
         self._pump: _BodyPump | None = None
         self._task_group: anyio.abc.TaskGroup | None = None
@@ -236,6 +254,15 @@ class MultipartUpload:
 
     def _next_event(self) -> tuple[str, Any]:
         while not self._events:
+            if self._held:
+                start = self._held_at
+                self._held_at += _PARSE_STEP
+                if self._held_at >= len(self._held):
+                    piece, self._held, self._held_at = self._held[start:], b"", 0
+                else:
+                    piece = self._held[start : self._held_at]
+                self._write(piece)
+                continue
             if self._finished:
                 raise InvalidInput("multipart body is truncated")
             for chunk in self._chunks():
@@ -244,11 +271,17 @@ class MultipartUpload:
                 if not isinstance(chunk, bytes):  # _END
                     self._finished = True
                     break
-                try:
-                    self._parser.write(chunk)
-                except Exception:  # noqa: BLE001 - python-multipart raises several types here
-                    raise InvalidInput("malformed multipart body") from None
+                if self._pump is None:
+                    self._held = chunk  # the only chunk: pulled one at a time until the files
+                else:
+                    self._write(chunk)
         return self._events.popleft()
+
+    def _write(self, data: bytes) -> None:
+        try:
+            self._parser.write(data)
+        except Exception:  # noqa: BLE001 - python-multipart raises several types here
+            raise InvalidInput("malformed multipart body") from None
 
     def _expect_part(self) -> dict[bytes, bytes] | None:
         kind, value = self._next_event()
@@ -311,7 +344,7 @@ class MultipartUpload:
             MAX_RECORDS_BYTES, f"the records part is larger than {MAX_RECORDS_BYTES} bytes"
         )
         try:
-            rows = json.loads(raw.decode("utf-8"))
+            rows = _load_records(raw)
         except (ValueError, RecursionError):
             raise InvalidInput("the records part must be a JSON list of records") from None
         if not isinstance(rows, list):
@@ -319,8 +352,9 @@ class MultipartUpload:
         return validate_records(rows), self._files_from(self._expect_part(), signed=True)
 
     def form(self) -> tuple[dict[str, str], Iterator[IncomingFile]]:
-        """An HTML form's text fields, which must come first (at most ``max_metadata_bytes``
-        in all), and then its file parts as :meth:`files` gives them (the web upload)."""
+        """An HTML form's text fields, which must come first (at most ``MAX_FORM_FIELDS`` of
+        them, with their headers at most ``max_metadata_bytes`` in all), and then its file
+        parts as :meth:`files` gives them (the web upload)."""
         fields, headers = self._form_fields()
         return fields, self._files_from(headers)
 
@@ -328,11 +362,11 @@ class MultipartUpload:
         self, *, check: Callable[[dict[str, str]], None], max_records_bytes: int
     ) -> tuple[dict[str, str], tuple[str, bytes] | None, Iterator[IncomingFile]]:
         """The web upload with a seizure-records file: the form's text fields (passed to
-        ``check`` before a byte of any file is read), then an optional ``records`` file part
-        (its filename and bytes, at most ``max_records_bytes``; None when the field was left
+        ``check`` as soon as the ``csrf`` field is in, else after the last field; in any case
+        before a byte of any file is read), then an optional ``records`` file part (its
+        filename and bytes, at most ``max_records_bytes``; None when the field was left
         empty), then the files as :meth:`files` gives them."""
-        fields, headers = self._form_fields()
-        check(fields)
+        fields, headers = self._form_fields(check)
         records = None
         if headers is not None and _disposition(headers)[0] == "records":
             filename = _disposition(headers)[1] or ""
@@ -344,26 +378,42 @@ class MultipartUpload:
             headers = self._expect_part()
         return fields, records, self._files_from(headers)
 
-    def _form_fields(self) -> tuple[dict[str, str], dict[bytes, bytes] | None]:
-        """The form's text fields and the headers of the first file part (None if none)."""
+    def _form_fields(
+        self, check: Callable[[dict[str, str]], None] | None = None
+    ) -> tuple[dict[str, str], dict[bytes, bytes] | None]:
+        """The form's text fields and the headers of the first file part (None if none).
+
+        Whatever is kept while they are read counts: each part's headers (its name among them)
+        as well as its value, all within ``max_metadata_bytes``, and at most MAX_FORM_FIELDS
+        parts; counting only the values let a body of empty parts with long names grow the
+        heap with its size. ``check`` runs once the ``csrf`` field is in (a form with none gets
+        it after the last field), so a forged form is refused before the rest is read.
+        """
         fields: dict[str, str] = {}
         size = 0
+        too_large = "the form's fields are too large"
         while (headers := self._expect_part()) is not None:
             name, filename = _disposition(headers)
             if filename is not None:
                 break
-            raw = bytearray()
-            while (event := self._next_event())[0] == "data":
-                raw += event[1]
-                size += len(event[1])
-                if size > self._max_metadata:
-                    raise TooLarge("package metadata is too large")
-            if event[0] != "part_end" or name in fields:
+            if len(fields) == MAX_FORM_FIELDS:
+                raise TooLarge(f"a form has at most {MAX_FORM_FIELDS} fields")
+            size += sum(len(key) + len(value) for key, value in headers.items())
+            if size > self._max_metadata:
+                raise TooLarge(too_large)
+            raw = self._part_bytes(self._max_metadata - size, too_large)
+            size += len(raw)
+            if name in fields:
                 raise InvalidInput("malformed form")
             try:
-                fields[name] = bytes(raw).decode("utf-8")
+                fields[name] = raw.decode("utf-8")
             except UnicodeDecodeError:
                 raise InvalidInput("form fields must be valid UTF-8") from None
+            if name == "csrf" and check is not None:
+                check(fields)
+                check = None
+        if check is not None:
+            check(fields)
         return fields, headers
 
     def _files_from(
@@ -388,6 +438,39 @@ class MultipartUpload:
         if not self._finished:
             # Anything after the closing boundary is ignored by the parser; nothing to read.
             return
+
+
+def _load_records(raw: bytes) -> Any:
+    """The records part's JSON; InvalidInput once it holds more than MAX_RECORDS flat records
+    could, before the parser builds the rest.
+
+    check_rows counts the records only after json.loads has built them all: 16 MiB of
+    ``[{},{},...]`` became 5.6 million dicts, 26 times the bytes (``[],``, ``"ab",`` and
+    ``1.5,`` cost 8 to 21 times theirs). Objects and numbers are counted by the parser's hooks,
+    which stop it at the first one too many. It has none for lists and strings, so their
+    brackets and quotes are counted in the bytes first: an upper bound, as one inside a string
+    counts too (hence the room for some in _MAX_RECORD_BRACKETS and _MAX_RECORD_QUOTES).
+    """
+    if raw.count(b"[") > _MAX_RECORD_BRACKETS or raw.count(b'"') > _MAX_RECORD_QUOTES:
+        raise InvalidInput(_TOO_MANY_RECORDS)
+    left = {"objects": MAX_RECORDS, "numbers": _RECORD_FIELDS * MAX_RECORDS}
+
+    def counted(kind: str, make: Callable[[Any], object]) -> Callable[[Any], object]:
+        def hook(value: Any) -> object:
+            left[kind] -= 1
+            if left[kind] < 0:
+                raise InvalidInput(_TOO_MANY_RECORDS)
+            return make(value)
+
+        return hook
+
+    return json.loads(
+        raw.decode("utf-8"),
+        object_hook=counted("objects", lambda record: record),
+        parse_int=counted("numbers", int),
+        parse_float=counted("numbers", float),
+        parse_constant=counted("numbers", float),
+    )
 
 
 async def _start_soon(group: anyio.abc.TaskGroup | None, pump: _BodyPump | None) -> None:

@@ -126,11 +126,6 @@ class WebSessionStore:
         sealed = crypto.seal_bytes(_seal_key(cookie), state, context=key)
         return self._bump(key, version, sealed=sealed, signed_in=signed_in)
 
-    def claim(self, cookie: str, version: int) -> bool:
-        """Take the right to change the session at ``version`` (its version moves on); False
-        if another request took it first."""
-        return self._bump(row_key(cookie), version)
-
     def _bump(self, key: bytes, version: int, **values: object) -> bool:
         """Move the session at ``version`` on to the next, writing ``values`` with it."""
         with session_scope(self._engine) as db:
@@ -141,11 +136,18 @@ class WebSessionStore:
             )
             return done.rowcount == 1
 
-    def drop(self, cookie: str) -> None:
-        """Forget a session (sign-out, or its service session ended)."""
-        if cookie:
-            with session_scope(self._engine) as db:
-                db.execute(delete(WebSession).where(col(WebSession.key) == row_key(cookie)))
+    def drop(self, cookie: str, *, version: int | None = None) -> bool:
+        """Forget a session (sign-out, or its service session ended); with ``version``, only
+        if it is still at that version: a request must not delete a session that another
+        changed since it read it (renewed its tokens, say). Whether a row was deleted."""
+        if not cookie:
+            return False
+        query = delete(WebSession).where(col(WebSession.key) == row_key(cookie))
+        if version is not None:
+            query = query.where(col(WebSession.version) == version)
+        with session_scope(self._engine) as db:
+            done = db.connection().execute(query)
+            return done.rowcount == 1
 
     def _prune(self, connection: Connection, now: float) -> None:
         """Delete a bounded batch of ended sessions, then of the excess over ``max_sessions``

@@ -24,6 +24,10 @@ from vault.service import Principal, Vault
 PREFIX = "/ui"
 STATIC_PREFIX = PREFIX + "/static"
 TEMPLATES = Path(__file__).parent / "templates"
+# Tries to authenticate a session that other requests keep changing meanwhile (see _principal):
+# bounded, so a request never loops; one that runs out is answered as signed out, and the
+# browser's next request tries again with the session as it is then.
+_AUTHENTICATIONS = 2
 
 
 class SignInRequired(Exception):
@@ -93,9 +97,23 @@ class Visit:
 
     def restart(self) -> WebSession:
         """Replace the session by a fresh one under a new cookie (at sign-in and password
-        change: a cookie known before can't ride into the new session)."""
+        change: a cookie known before can't ride into the new session). The old row is deleted
+        only as this request read it: one another request changed meanwhile (renewing its
+        tokens) is that request's to answer, and ends by itself (idle, or its service session
+        ended) if no other request uses it."""
+        self.web.sessions.drop(self.cookie, version=self.session.version)
+        return self._fresh()
+
+    def end(self) -> bool:
+        """As :meth:`restart`, for a session whose service session ended; False, changing
+        nothing, if the row is gone or another request changed it since this one read it."""
+        if not self.web.sessions.drop(self.cookie, version=self.session.version):
+            return False
+        self._fresh()
+        return True
+
+    def _fresh(self) -> WebSession:
         old = self.session
-        self.web.sessions.drop(self.cookie)
         self.cookie, self.session = self.web.sessions.new(lang=old.lang, tz=old.tz)
         self.new_cookie = True
         return self.session
@@ -174,6 +192,16 @@ def existing_visit(request: Request) -> Visit | None:
     return _visit(request, start=False)
 
 
+def passing_visit(request: Request) -> Visit:
+    """A visit, for an error page, by a browser without a live session: its language from
+    Accept-Language, and nothing stored, no cookie set and no CSRF token (the error page has
+    no form; anything posted without a token is refused)."""
+    web: Web = request.app.state.web
+    accept = request.headers.get("accept-language", "")
+    language = web.languages.choose(None, accept)
+    return Visit(request, web, request.app.state.vault, "", WebSession(csrf=""), language)
+
+
 def _visit(request: Request, *, start: bool) -> Visit | None:
     web: Web = request.app.state.web
     vault: Vault = request.app.state.vault
@@ -191,16 +219,34 @@ def _visit(request: Request, *, start: bool) -> Visit | None:
     )
     current.new_cookie = new
     if session.signed_in:
-        try:
-            client = client_address(request)
-            refresh = functools.partial(vault.refresh, client=client)
-            current.principal = vault.authenticate(session.access(refresh), client=client)
-        except AuthenticationFailed:
-            # The service session ended (sign-out elsewhere, password changed, user disabled,
-            # role changed, timed out): so does this one.
-            current.restart()
+        current.principal = _principal(current)
     request.state.visit = current
     return current
+
+
+def _principal(current: Visit) -> Principal | None:
+    """Whom the session's tokens speak for, authenticated by the service. None, and the
+    session replaced by a fresh one, if its service session ended (sign-out elsewhere,
+    password changed, user disabled, role changed, timed out): so does this one. None, the
+    session left as it is, if other requests kept changing it (see _AUTHENTICATIONS)."""
+    client = client_address(current.request)
+    refresh = functools.partial(current.vault.refresh, client=client)
+    for _ in range(_AUTHENTICATIONS):
+        try:
+            return current.vault.authenticate(current.session.access(refresh), client=client)
+        except AuthenticationFailed:
+            if current.end():
+                return None
+        # Another request changed the session since this one read it: most likely it renewed
+        # the tokens this one found expired, so those it holds now may be good.
+        latest = current.web.sessions.get(current.cookie)
+        if latest is None:  # gone meanwhile (signed out)
+            current.restart()
+            return None
+        current.session = latest
+        if not latest.signed_in:
+            return None
+    return None
 
 
 VisitDep = Annotated[Visit, Depends(visit)]

@@ -14,7 +14,13 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from blo_vault.api.errors import record_refused_request, records_refusal, status_for
-from blo_vault.api.web.context import PREFIX, SignInRequired, Visit, existing_visit, visit
+from blo_vault.api.web.context import (
+    PREFIX,
+    SignInRequired,
+    Visit,
+    existing_visit,
+    passing_visit,
+)
 from blo_vault.api.web.i18n import N_
 from blo_vault.api.web.security import is_page
 from vault import errors
@@ -39,10 +45,9 @@ MESSAGES = {
 
 
 def error_page(
-    request: Request, status: int, code: str, receipt: int | None, **values: Any
+    current: Visit, status: int, code: str, receipt: int | None, **values: Any
 ) -> Response:
     """The error page for ``code`` in the reader's language."""
-    current: Visit = getattr(request.state, "visit", None) or visit(request)
     message = MESSAGES.get(
         code, MESSAGES["invalid_input"] if status < 500 else MESSAGES["storage_unavailable"]
     )
@@ -67,14 +72,22 @@ def record_refusal(current: Visit, exc: errors.VaultError) -> None:
         )
 
 
+async def _visitor(request: Request) -> Visit | None:
+    """Who is asking, for an error page: the page's own visit, or, if the request failed
+    before the page's dependencies ran, the browser's session if it has a live one. Never a
+    new session: an error page must not store one for every request a junk cookie or none at
+    all makes (see :func:`passing_visit`)."""
+    current: Visit | None = getattr(request.state, "visit", None)
+    if current is None:
+        # The database, so not on the event loop.
+        current = await run_in_threadpool(existing_visit, request)
+    return current
+
+
 async def _refused_page(request: Request, exc: errors.VaultError) -> Response:
     """The error page for a refusal, recorded first if the pages made it (see
     :func:`record_refusal`); a failure to record is answered instead."""
-    current: Visit | None = getattr(request.state, "visit", None)
-    if current is None:
-        # Refused before the page's own dependencies ran: who is asking is still known
-        # from the browser's session, if it has one (the database, so not on the event loop).
-        current = await run_in_threadpool(existing_visit, request)
+    current = await _visitor(request)
     if current is not None:
         try:
             await run_in_threadpool(record_refusal, current, exc)
@@ -82,7 +95,8 @@ async def _refused_page(request: Request, exc: errors.VaultError) -> Response:
             # Fail closed, as the API does: a refusal that can't be recorded answers with why.
             exc = failure
     values = {"seconds": exc.retry_after} if isinstance(exc, errors.RateLimited) else {}
-    return error_page(request, status_for(exc), exc.code, exc.receipt, **values)
+    page = current or passing_visit(request)
+    return error_page(page, status_for(exc), exc.code, exc.receipt, **values)
 
 
 async def _delegate(handler: Any, request: Request, exc: Exception) -> Response:
@@ -118,8 +132,9 @@ def install(app: FastAPI) -> None:
         assert isinstance(exc, StarletteHTTPException)
         if not on_page(request):
             return await _delegate(api_http, request, exc)
+        current = await _visitor(request)
         return error_page(
-            request,
+            current or passing_visit(request),
             exc.status_code,
             "not_found" if exc.status_code == 404 else "invalid_input",
             None,

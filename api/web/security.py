@@ -28,9 +28,17 @@ def is_page(path: str, prefix: str) -> bool:
     return path == "/" or path == prefix or path.startswith(prefix + "/")
 
 
+def cache_control(static: bool, status: int) -> str:
+    """The ``Cache-Control`` of a page's answer: public only for a static file served (2xx, or
+    304 "not modified"). Anything else under the static prefix is an error page, rendered with
+    the visitor's session (name, agency, CSRF token): a shared cache must not keep it."""
+    served = 200 <= status < 300 or status == 304
+    return "public, max-age=3600" if static and served else "no-store"
+
+
 class PageSecurityMiddleware:
     """Adds :data:`PAGE_HEADERS` to every response of the pages; ``Cache-Control: no-store``
-    to all of them but the static files (which hold no package data)."""
+    to all of them but the static files served (which hold no package data)."""
 
     def __init__(self, app: ASGIApp, *, prefix: str, static_prefix: str) -> None:
         self.app = app
@@ -49,7 +57,7 @@ class PageSecurityMiddleware:
                 headers = MutableHeaders(scope=message)
                 for name, value in PAGE_HEADERS.items():
                     headers[name] = value
-                headers["Cache-Control"] = "public, max-age=3600" if static else "no-store"
+                headers["Cache-Control"] = cache_control(static, int(message["status"]))
             await send(message)
 
         await self.app(scope, receive, send_with_headers)

@@ -24,6 +24,15 @@ from vault.websessions import Held, WebSessionStore
 
 # Refresh the access token this long before it expires, so no request carries a dead one.
 _REFRESH_MARGIN_SECONDS = 30
+# A request that finds another renewing tokens that have already expired re-reads the row
+# this many times at most, this far apart, for the new ones: long enough for a renewal (a
+# database transaction), bounded so that a worker that died mid-renewal costs a sign-in
+# page, never a hung request. The wait is in the database, so it works across workers.
+_RENEWAL_CHECKS = 30
+_RENEWAL_PAUSE_SECONDS = 0.1
+# A claim to renew older than this was abandoned (its worker died or failed): another request
+# may claim the session again. Well beyond the wait above, so a live renewal is never doubled.
+_CLAIM_SECONDS = 10.0
 
 
 @dataclass
@@ -37,6 +46,7 @@ class WebSession:
     access_token: str = ""
     refresh_token: str = ""
     access_expires: float = 0.0  # seconds since the epoch
+    renewing: float = 0.0  # when a request claimed the renewal of the tokens, 0 if none is
     store: SessionStore | None = field(default=None, repr=False, compare=False)
     cookie: str = field(default="", repr=False, compare=False)
     version: int = field(default=0, repr=False, compare=False)
@@ -54,31 +64,50 @@ class WebSession:
         """The current access token, renewed through ``refresh`` (``Vault.refresh``) when it
         is about to expire. Two requests (in any worker) must not both spend the same refresh
         token, which the service takes as theft and ends the session: the one that claims the
-        row renews; the other goes on with the token it has, valid for the margin still."""
+        row renews; the other goes on with the token it has, valid for the margin still, or,
+        if that has expired already (the reader came back after the token's lifetime), waits
+        for the renewing request's tokens."""
         assert self.store is not None
-        if self.store.clock() < self.access_expires - _REFRESH_MARGIN_SECONDS:
+        now = self.store.clock()
+        if now < self.access_expires - _REFRESH_MARGIN_SECONDS:
             return self.access_token
-        if self.store.claim(self):
+        # A claim stands in the row until the new tokens replace it: a request that read the
+        # row after another claimed it must not claim (and spend the refresh token) again.
+        if now - self.renewing >= _CLAIM_SECONDS and self.store.claim(self):
             self.hold(refresh(self.refresh_token))
         else:
-            latest = self.store.get(self.cookie)
-            if latest is not None and latest.signed_in:
-                self.adopt(latest)
+            self._await_renewal()
         return self.access_token
+
+    def _await_renewal(self) -> None:
+        """Take the tokens another request is renewing: those stored now if they are still
+        valid, else the new ones once stored (bounded: see _RENEWAL_CHECKS)."""
+        assert self.store is not None
+        for check in range(_RENEWAL_CHECKS):
+            if check:
+                self.store.pause()
+            latest = self.store.get(self.cookie)
+            if latest is None or not latest.signed_in:
+                return  # ended meanwhile (signed out): what this request holds fails, rightly
+            self.adopt(latest)
+            if self.store.clock() < self.access_expires:
+                return
 
     def adopt(self, other: WebSession) -> None:
         """Take the tokens another request stored."""
         self.access_token = other.access_token
         self.refresh_token = other.refresh_token
         self.access_expires = other.access_expires
+        self.renewing = other.renewing
         self.version = other.version
 
     def hold(self, tokens: LoginResult) -> None:
-        """Keep a service session's tokens."""
+        """Keep a service session's tokens (ending a claim to renew them)."""
         assert self.store is not None
         self.access_token = tokens.access_token
         self.refresh_token = tokens.refresh_token
         self.access_expires = self.store.clock() + tokens.expires_in
+        self.renewing = 0.0
         self.store.save(self)
 
     def remember(self, *, lang: str | None = None, tz: str | None = None) -> None:
@@ -98,6 +127,7 @@ class WebSession:
                 "access": self.access_token,
                 "refresh": self.refresh_token,
                 "expires": self.access_expires,
+                "renewing": self.renewing,
             }
         ).encode()
 
@@ -140,6 +170,8 @@ class SessionStore:
                 access_token=str(state["access"]),
                 refresh_token=str(state["refresh"]),
                 access_expires=float(state["expires"]),
+                # Absent from sessions stored before claims were kept in the row.
+                renewing=float(state.get("renewing", 0.0)),
                 store=self,
                 cookie=cookie,
                 version=held.version,
@@ -156,13 +188,25 @@ class SessionStore:
             session.version += 1
 
     def claim(self, session: WebSession) -> bool:
-        """Take the right to renew a session's tokens (see WebSession.access)."""
-        if self.rows.claim(session.cookie, session.version):
+        """Take the right to renew a session's tokens (see WebSession.access): marked in the
+        stored state, so that a request reading it meanwhile waits instead of claiming."""
+        unclaimed = session.renewing
+        session.renewing = self.clock()
+        if self.rows.save(
+            session.cookie, session.state(), signed_in=session.signed_in, version=session.version
+        ):
             session.version += 1
             return True
+        session.renewing = unclaimed
         return False
 
-    def drop(self, cookie: str | None) -> None:
-        """Forget a session (sign-out, or its service session ended)."""
-        if cookie:
-            self.rows.drop(cookie)
+    def pause(self) -> None:
+        """Wait a little before reading again a session another request is renewing."""
+        time.sleep(_RENEWAL_PAUSE_SECONDS)
+
+    def drop(self, cookie: str | None, *, version: int | None = None) -> bool:
+        """Forget a session (sign-out, or its service session ended); with ``version``, only
+        if no other request changed it since (see WebSessionStore.drop). Whether it was."""
+        if not cookie:
+            return False
+        return self.rows.drop(cookie, version=version)

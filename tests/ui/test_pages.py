@@ -291,6 +291,27 @@ def test_security_headers_and_no_inline_code_on_every_page(world: World) -> None
         )
 
 
+def test_only_static_files_served_are_cacheable(browser: Browser) -> None:
+    # The stylesheet (and its "not modified") may be kept by any cache: it holds no data.
+    served = browser.client.get("/ui/static/vault.css")
+    assert served.status_code == 200
+    assert served.headers["cache-control"] == "public, max-age=3600"
+    etag = served.headers["etag"]
+    again = browser.client.get("/ui/static/vault.css", headers={"If-None-Match": etag})
+    assert again.status_code == 304
+    assert again.headers["cache-control"] == "public, max-age=3600"
+    # A missing file under the static path gets the error page, rendered with the signed-in
+    # reader's name, agency and CSRF token: no shared cache may keep it.
+    browser.sign_in("uz.officer")
+    csrf = browser.csrf("/ui/account")
+    for method in ("GET", "POST"):
+        missing = browser.client.request(method, "/ui/static/does-not-exist.css")
+        assert missing.status_code in (404, 405), method
+        assert "uz.officer" in missing.text
+        assert csrf in missing.text
+        assert missing.headers["cache-control"] == "no-store", method
+
+
 def test_every_form_control_has_a_label(world: World) -> None:
     from blo_vault.api.app import create_app
 
@@ -354,6 +375,43 @@ def test_not_found_page_is_the_same_for_a_forbidden_and_a_random_id(
     forbidden_file = browser.client.get(f"/ui/packages/{package_id}/files/{'1' * 32}")
     assert forbidden_file.status_code == 404
     assert normalised(forbidden_file.text) == normalised(random.text)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", "/ui/no-such-page", 404),
+        ("GET", "/ui/static/nothing.css", 404),
+        ("POST", "/ui/packages", 405),
+    ],
+)
+def test_error_pages_start_no_session_for_a_visitor_without_one(
+    world: World, browser: Browser, method: str, path: str, status: int
+) -> None:
+    rows = world.vault.web_sessions()
+    before = rows.count()
+    browser.client.headers["Accept-Language"] = "ru"
+    # No cookie at all, and one that names no session (a junk or ended one).
+    for cookie in ("", secrets.token_urlsafe(32)):
+        browser.client.cookies.clear()
+        if cookie:
+            browser.client.cookies.set("vault_session", cookie)
+        answer = browser.client.request(method, path, follow_redirects=False)
+        assert answer.status_code == status, answer.text
+        assert "set-cookie" not in answer.headers
+        assert answer.headers["content-type"].startswith("text/html")
+        assert '<html lang="ru">' in answer.text  # the reader's language, from the header
+        assert 'name="csrf"' not in answer.text
+        assert rows.count() == before
+    # A signed-in reader's error page is still theirs (and starts nothing new either).
+    browser.client.cookies.clear()
+    browser.sign_in("uz.officer")
+    signed_in = rows.count()
+    answer = browser.client.request(method, path, follow_redirects=False)
+    assert answer.status_code == status
+    assert "uz.officer" in answer.text
+    assert "set-cookie" not in answer.headers
+    assert rows.count() == signed_in
 
 
 # --- languages ----------------------------------------------------------------------------
