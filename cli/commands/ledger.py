@@ -65,16 +65,50 @@ def _report_verify(report: dict[str, Any], as_json: bool) -> None:
         raise typer.Exit(1)
 
 
+# The members of an export document (README, "Export format"): JSON types, what to call them,
+# whether required. vkey is informational only: the key that verifies is the auditor's own.
+_EXPORT_MEMBERS: tuple[tuple[str, tuple[type, ...], str, bool], ...] = (
+    ("origin", (str,), "a string", True),
+    ("checkpoint", (str,), "a string", True),
+    ("entries", (list,), "a list", True),
+    ("vkey", (str,), "a string", False),
+    ("witnessed_checkpoint", (str, type(None)), "a string or null", False),
+    ("openings", (list,), "a list", False),
+)
+
+
+def _export_document(document: object) -> dict[str, Any]:
+    """``document`` if it has the shape of a ledger export, InvalidInput naming the member
+    missing or of the wrong JSON type otherwise. The file may come from a hostile host, and
+    the verifier indexes what it is given: a wrong shape must end as this one error, never a
+    crash. Whether the values verify (base64, signatures, openings) is the verdict's part."""
+
+    def wrong(why: str) -> InvalidInput:
+        return InvalidInput(f"export file is not a ledger export: {why}")
+
+    if not isinstance(document, dict):
+        raise wrong("not a JSON object")
+    for name, kinds, what, required in _EXPORT_MEMBERS:
+        if name not in document:
+            if required:
+                raise wrong(f"it has no {name!r}")
+        elif not isinstance(document[name], kinds):
+            raise wrong(f"{name!r} is not {what}")
+    for name, kind, what in (("entries", str, "a string"), ("openings", dict, "an object")):
+        for i, item in enumerate(document.get(name, ())):
+            if not isinstance(item, kind):
+                raise wrong(f"{name!r} item {i} is not {what}")
+    return document
+
+
 def _verify_export_file(export: Path, vkey: str | None, policy: Path | None, as_json: bool) -> None:
     """``ledger verify --export``: check an export file offline, with a key or a policy."""
     from vault.ledger.verify import verify_export
 
     if not vkey and policy is None:
         raise InvalidInput("--export needs --vkey: the key you trust, obtained out of band")
-    document = read_json(export, "export file")
-    if not isinstance(document, dict):
-        raise InvalidInput("export file is not a JSON object")
-    total = len(document.get("entries") or [])
+    document = _export_document(read_json(export, "export file"))
+    total = len(document["entries"])
     if policy is not None:
         with entry_counter("verifying", total) as advance:
             checked = ledger_witness.verify_export(document, policy, vkey, advance)

@@ -168,6 +168,12 @@ class Opening:
                 raise OpeningError(f"entry {seq}: field {name} has a malformed salt") from None
             if len(salt) != SALT_SIZE:
                 raise OpeningError(f"entry {seq}: field {name} has a malformed salt")
+            try:
+                # JSON can spell a lone surrogate ("\ud800"), which no committed value
+                # holds: refused here, not left to raise in commitment() as a crash.
+                pair[1].encode("utf-8")
+            except UnicodeEncodeError:
+                raise OpeningError(f"entry {seq}: field {name}'s value is not UTF-8 text") from None
             salts.append(salt)
             values.append(pair[1])
         return cls(seq, tuple(salts), tuple(values))
