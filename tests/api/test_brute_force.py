@@ -39,7 +39,9 @@ from tests.conftest import (
     running_server,
     seed,
 )
+from vault import crypto
 from vault.config import load_settings
+from vault.errors import AuthenticationFailed
 from vault.ledger.entry import Entry
 from vault.models import LoginThrottle
 from vault.service import Vault, local_operator
@@ -123,9 +125,9 @@ def locked(reply: httpx.Response, world: World, username: str) -> int:
 
 def lockout(world: World, key: str) -> timedelta | None:
     """How long ``key`` (``user:NAME`` or ``addr:IP``) was last locked for."""
-    if key.startswith("user:"):  # stored as a hash of the name (any string, no NUL problems)
-        name = key[len("user:") :]
-        key = "user:" + hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    if key.startswith("user:"):  # stored as a keyed hash of the name (any string, no NUL)
+        name = key[len("user:") :].encode("utf-8", "surrogatepass")
+        key = "user:" + crypto.keyed_digest(world.vault.core.keys.pseudonym_key, name)[:32]
     with Session(world.vault.engine) as session:
         row = session.exec(select(LoginThrottle).where(LoginThrottle.key == key)).first()
     if row is None or row.locked_until is None or row.last_failure is None:
@@ -359,3 +361,21 @@ def test_concurrent_guesses_do_not_exceed_the_threshold(tmp_path: Path) -> None:
         assert set(statuses) <= {200, 401, 429}, statuses
         assert checked <= threshold, f"{checked} passwords checked in a burst: {statuses}"
         assert s.login("kz.officer", PASSWORD).status_code == 429
+
+
+def test_a_password_typed_as_the_name_is_not_kept_in_a_hash_anyone_can_test(
+    world: World,
+) -> None:
+    """The throttle row of a failed login outlives it (until that name signs in): with a plain
+    SHA-256 of the name, a stolen backup gave a password typed into the name field to a
+    dictionary. The key is the ledger pseudonyms' keyed hash."""
+    typed = "Oybek-2026!"
+    with pytest.raises(AuthenticationFailed):
+        world.vault.login(typed, "whatever")
+    with Session(world.vault.engine) as session:
+        keys = {row.key for row in session.exec(select(LoginThrottle)).all()}
+    plain = hashlib.sha256(typed.encode()).hexdigest()[:32]
+    assert f"user:{plain}" not in keys
+    assert lockout(world, f"user:{typed}") is None  # counted, not locked: the row is there
+    keyed = crypto.keyed_digest(world.vault.core.keys.pseudonym_key, typed.encode())[:32]
+    assert f"user:{keyed}" in keys

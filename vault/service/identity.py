@@ -4,7 +4,6 @@ password changes. Every attempt, allowed or refused, is in the ledger; no passwo
 from __future__ import annotations
 
 import contextlib
-import hashlib
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import cast
@@ -95,12 +94,6 @@ def _lock_throttle(session: Session) -> None:
         )
 
 
-def _user_throttle_key(username: str) -> str:
-    """The lockout key of a username. Throttle keys hash the name: any string works
-    (PostgreSQL text refuses NUL), and the table holds no usernames."""
-    name = username[:64]
-    digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:32]
-    return f"user:{digest}"
 
 
 def _active_locks(session: Session, keys: list[str], now: datetime) -> list[datetime]:
@@ -131,7 +124,7 @@ class IdentityService:
         """
         core = self.core
         name = username[:64] if isinstance(username, str) else ""
-        keys = [_user_throttle_key(name)] + ([f"addr:{client[:64]}"] if client else [])
+        keys = [self._user_throttle_key(name)] + ([f"addr:{client[:64]}"] if client else [])
         now = utcnow()
         with core.tx() as session:
             # The attempt counts as a failure before the password is checked (a success
@@ -184,8 +177,18 @@ class IdentityService:
 
     def _pseudonym(self, name: str) -> str:
         """How the ledger names a username that no account has."""
+        return "unknown:" + self._name_digest(name)
+
+    def _user_throttle_key(self, username: str) -> str:
+        """The lockout key of a username: any string works (PostgreSQL text refuses NUL), and
+        the table holds no usernames. Keyed, as the ledger's pseudonyms are: a password typed
+        into the name field stays there until that name signs in, and an unkeyed hash of it
+        in a stolen backup falls to a dictionary."""
+        return "user:" + self._name_digest(username[:64])
+
+    def _name_digest(self, name: str) -> str:
         raw = name.encode("utf-8", "surrogatepass")
-        return "unknown:" + crypto.keyed_digest(self.core.keys.pseudonym_key, raw)[:32]
+        return crypto.keyed_digest(self.core.keys.pseudonym_key, raw)[:32]
 
     def _count_attempt(self, session: Session, keys: list[str], now: datetime) -> list[datetime]:
         """Until when each of ``keys`` is locked out now; if none is, count this attempt as a
@@ -420,7 +423,7 @@ class IdentityService:
         while the username is locked out."""
         core = self.core
         actor, subject = principal.actor, f"user:{principal.username}"
-        key = _user_throttle_key(principal.username)
+        key = self._user_throttle_key(principal.username)
         now = utcnow()
         with core.tx() as session:
             # As in login: counted as a failure before the check, under the lock.
@@ -461,7 +464,7 @@ class IdentityService:
                 )
             user.password_hash = new_hash
             session.add(user)
-            throttle = session.get(LoginThrottle, _user_throttle_key(principal.username))
+            throttle = session.get(LoginThrottle, self._user_throttle_key(principal.username))
             if throttle is not None:
                 session.delete(throttle)
             core.record_in(
