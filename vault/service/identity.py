@@ -94,8 +94,6 @@ def _lock_throttle(session: Session) -> None:
         )
 
 
-
-
 def _active_locks(session: Session, keys: list[str], now: datetime) -> list[datetime]:
     """Until when each of ``keys`` that is locked out now stays locked."""
     return [
