@@ -525,9 +525,14 @@ def explain(
 
 
 @router.get("/ledger/verify", tags=["ledger"])
-def verify_ledger(vault: VaultDep, principal: PrincipalDep) -> LedgerReport:
-    """Verify chain, Merkle tree and signed checkpoints (auditors and admins)."""
-    return vault.verify_ledger(principal)
+def verify_ledger(vault: VaultDep, principal: PrincipalDep, response: Response) -> LedgerReport:
+    """Verify chain, Merkle tree and signed checkpoints (auditors and admins); recorded."""
+    # On the ledger service itself: the facade's verify (the CLI's) records nothing, so that
+    # it can run on a copy of a suspect database, and the facade has no room for a variant.
+    report = vault.ledger.verify_ledger(principal, recorded=True)
+    if report.receipt is not None:
+        _receipt(response, report.receipt)
+    return report
 
 
 @router.get("/ledger/checkpoint", tags=["ledger"])

@@ -342,6 +342,7 @@ class LedgerReport(_Out):
     checkpoint_size: int | None
     first_bad_seq: int | None = None
     problem: str | None = None
+    receipt: int | None = None  # the check's own ledger entry (over the API)
 
 
 class CheckpointInfo(_Out):

@@ -586,6 +586,8 @@ def test_ledger_reads_over_the_api_carry_their_receipt(world: World, live_server
             ("GET", "/ledger/entries?start=0&end=3", {}),
             ("GET", "/ledger/proof/inclusion/1", {}),
             ("POST", "/ledger/proof/consistency", {"json": {"checkpoint": cp}}),
+            # Used to read the whole ledger unrecorded (review of 2026-12-07).
+            ("GET", "/ledger/verify", {}),
         ]
         for method, url, kwargs in calls:
             size_before = world.vault.ledger_size()

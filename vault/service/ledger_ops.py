@@ -108,14 +108,21 @@ class LedgerService:
         progress: Callable[[int], None] | None = None,
         *,
         workers: int = 1,
+        recorded: bool = False,
     ) -> LedgerReport:
         """Verify chain, tree and every signed checkpoint; report the first bad entry.
 
-        Reads nothing but the database and the log's public key, and writes nothing, so it
-        is safe to run against a copy of a suspect database. ``workers`` > 1 forks processes
-        for a large ledger: only for a command-line process, never inside the server.
+        Reads nothing but the database and the log's public key, and writes nothing unless
+        ``recorded``, so it is safe to run against a copy of a suspect database. The server
+        records it (a read of the whole ledger by a caller, like every other), with its
+        receipt in the report. ``workers`` > 1 forks processes for a large ledger: only for
+        a command-line process, never inside the server.
         """
-        self.core.require_global(principal, "ledger", subject="verify")
+        receipt = None
+        if recorded:
+            receipt = self.record_read(principal, "verify")
+        else:
+            self.core.require_global(principal, "ledger", subject="verify")
         with self.core.tx(readonly=True) as session:
             result = ledger_check.verify_database(
                 session,
@@ -124,7 +131,7 @@ class LedgerService:
                 progress=progress,
                 workers=workers,
             )
-        return LedgerReport.model_validate(result.as_dict())
+        return LedgerReport.model_validate({**result.as_dict(), "receipt": receipt})
 
     def checkpoint(self) -> CheckpointInfo:
         """Sign a checkpoint of the current tree (or return the latest if nothing changed)."""
