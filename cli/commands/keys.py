@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -12,6 +13,7 @@ from rich.table import Table
 from blo_vault.cli import keys as local
 from blo_vault.cli import render
 from blo_vault.cli import session as stored
+from blo_vault.cli.commands import ledger
 from blo_vault.cli.commands._common import JsonOpt, api_client, read_password
 from blo_vault.cli.render import err, out, print_json
 from blo_vault.cli.verify import check_inclusion
@@ -148,22 +150,53 @@ def _audit_rows(history: dict[str, Any], vkey: str | None, mine: set[str] | None
     return rows
 
 
+def _export_history(export: Path, vkey: str | None, policy: Path | None, user: str) -> list[Any]:
+    """Every key entry of ``user`` in a verified export, as proofs _audit_rows can read (the
+    entries themselves: the export's verification proved them all, and that none is missing
+    up to its checkpoint)."""
+    document = ledger.verified_export(export, vkey, policy)
+    history = []
+    for data in document["entries"]:
+        raw = base64.b64decode(data)
+        entry = decode(raw)
+        if entry.action.startswith("key.") and entry.subject == user:
+            history.append({"entry": base64.b64encode(raw).decode()})
+    return history
+
+
 @app.command("audit")
 def keys_audit(
     user: Annotated[
         str | None, typer.Option(help="Another user of your agency (auditors).")
     ] = None,
     vkey: VkeyOpt = None,
+    export: Annotated[
+        Path | None,
+        typer.Option(
+            help="Read the key entries from this ledger export, verified offline, instead of "
+            "asking the server: the server's list proves each entry, not that none is left out."
+        ),
+    ] = None,
+    policy: Annotated[
+        Path | None,
+        typer.Option(help="With --export: a witness policy its checkpoint must meet."),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """List every key the ledger says was registered for you, and flag any not made here.
 
     Exit code 6 when a key was registered for you that this machine did not create."""
     saved = stored.load()
-    with api_client() as client:
-        history = client.key_history(user)
+    username = user or saved.username
+    if export is not None:
+        history = {"username": username, "entries": _export_history(export, vkey, policy, username)}
+    else:
+        with api_client() as client:
+            history = client.key_history(user)
     own = user is None or user == saved.username
-    rows = _audit_rows(history, vkey, local.known_key_ids() if own else None)
+    # From an export, each entry was proved with the whole export: none needs its own proof.
+    proofs_by = None if export is not None else vkey
+    rows = _audit_rows(history, proofs_by, local.known_key_ids() if own else None)
     if as_json:
         print_json({"username": history["username"], "entries": rows})
     else:
@@ -181,8 +214,10 @@ def keys_audit(
                 )
             )
         out.print(table)
-        if vkey is None:
+        if vkey is None and export is None:
             err.print("note: proofs not checked (give --vkey, the ledger's verifier key)")
+        elif export is None:
+            err.print("note: the server chose this list; --export checks that none is missing")
     foreign = sorted({r["key_id"] for r in rows if r["flag"]})
     if foreign:
         raise IntegrityError(

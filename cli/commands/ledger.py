@@ -32,7 +32,7 @@ from blo_vault.cli.commands._common import (
 )
 from blo_vault.cli.errors import BadServerReply
 from blo_vault.cli.render import err, out, print_json, print_json_line, print_verbatim
-from vault.errors import InvalidInput
+from vault.errors import InvalidInput, LedgerCorrupt
 from vault.ledger.entry import Entry
 from vault.service import local_operator
 
@@ -119,6 +119,25 @@ def _verify_export_file(export: Path, vkey: str | None, policy: Path | None, as_
     with entry_counter("verifying", total) as advance:
         result = verify_export(document, vkey, progress=advance)
     _report_verify(result.as_dict(), as_json)
+
+
+def verified_export(export: Path, vkey: str | None, policy: Path | None) -> dict[str, Any]:
+    """An export file's document once it verified, offline, with ``vkey`` or ``policy`` (and
+    ``vkey`` if given); LedgerCorrupt naming the problem otherwise. For commands that read
+    the entries of an export (``keys audit --export``), not just judge it."""
+    from vault.ledger.verify import verify_export
+
+    if not vkey and policy is None:
+        raise InvalidInput("--export needs --vkey: the key you trust, obtained out of band")
+    document = _export_document(read_json(export, "export file"))
+    if policy is not None:
+        result = ledger_witness.verify_export(document, policy, vkey).result
+    else:
+        assert vkey is not None
+        result = verify_export(document, vkey)
+    if not result.ok:
+        raise LedgerCorrupt(f"the export does not verify: {result.problem}")
+    return document
 
 
 @app.command("verify")

@@ -16,6 +16,7 @@ import httpx
 import pytest
 from sqlmodel import Session, select
 
+from blo_vault.cli.client import ApiClient
 from tests.cli import test_ledger_witnessed_cli as witnessed_log
 from tests.cli.test_cli_roundtrip import assert_one_line_error, make_file, ok_json, sha256_of
 from tests.cli.test_ledger_witnessed_cli import Witnessed
@@ -273,6 +274,43 @@ def test_a_key_the_operator_registers_is_flagged_by_keys_audit(
     assert [e.reason.split(" ")[1] for e in registrations] == [own, info.id]
     assert registrations[1].subject == "uz.officer"
     assert registrations[1].reason.endswith(" UZ-CUSTOMS")
+    _hidden_from_the_list_but_not_from_an_export(cli, world, tmp_path, own, info.id, exported)
+
+
+def _hidden_from_the_list_but_not_from_an_export(
+    cli: CliRunner, world: World, tmp_path: Path, own: str, planted: str, exported: io.StringIO
+) -> None:
+    """The server proves each entry it lists, not that it listed them all: an operator that
+    leaves its planted key (and the revocation) out of GET /keys/history passes the audit.
+    A verified export of the ledger can't leave anything out up to its checkpoint."""
+    vault = world.vault
+    with pytest.MonkeyPatch.context() as patch:
+        listed = ApiClient.key_history
+
+        def omitting(self: ApiClient, user: str | None = None) -> dict[str, Any]:
+            history = listed(self, user)
+            history["entries"] = history["entries"][:1]  # only the officer's own registration
+            return history
+
+        patch.setattr(ApiClient, "key_history", omitting)
+        fooled = cli("keys", "audit", "--vkey", vault.ledger_vkey, "--json", user="uz.officer")
+        assert fooled.code == 0, fooled.stderr  # what --export is for
+    path = tmp_path / "export.json"
+    path.write_text(exported.getvalue())
+    args = ("keys", "audit", "--export", path, "--vkey", vault.ledger_vkey, "--json")
+    audit = cli(*args, user="uz.officer")
+    assert audit.code == 6, audit.stderr
+    rows = json.loads(audit.stdout)["entries"]
+    assert [(r["action"], r["key_id"], bool(r["flag"])) for r in rows] == [
+        ("key.register", own, False),
+        ("key.revoke", own, False),
+        ("key.register", planted, True),
+    ]
+    # An export that does not verify is refused, not read.
+    document = json.loads(exported.getvalue())
+    document["entries"][0] = document["entries"][1]
+    path.write_text(json.dumps(document))
+    assert_one_line_error(cli(*args, user="uz.officer"), 1)  # as ledger verify: not intact
 
 
 def test_keys_commands_refuse_clearly(
