@@ -147,3 +147,47 @@ def test_two_acknowledgements_at_once_are_one_and_both_recorded(
         if e.action == "acknowledge" and e.package == package
     )
     assert reasons == ["already", "ok"]
+
+
+def test_an_onward_release_racing_its_parents_revocation_is_not_left_in_force(
+    pg_world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A recipient passes a package on while the originator revokes the recipient's release:
+    the onward release read the release in force before the revocation committed. Without a
+    lock it committed after it, derived from a revoked release the cascade had not seen."""
+    vault = pg_world.vault
+    package = vault.upload(
+        pg_world["uz.officer"],
+        NewPackage(title="seizure report", classification=Classification.RESTRICTED),
+        [IncomingFile("report.txt", io.BytesIO(b"report"))],
+    ).package.id
+    granted = vault.release(pg_world["uz.officer"], package, country="KZ").release
+    grants_read, revoked = threading.Event(), threading.Event()
+    read_grants = Access.grants_in_force
+
+    def onward_waits(self: Access, *args: Any, **kwargs: Any) -> Any:
+        found = read_grants(self, *args, **kwargs)
+        grants_read.set()
+        assert revoked.wait(10)  # the revocation commits while this transaction is open
+        return found
+
+    monkeypatch.setattr(Access, "grants_in_force", onward_waits)
+    outcome: dict[str, object] = {}
+
+    def onward() -> None:
+        try:
+            outcome["onward"] = vault.release(pg_world["kz.officer"], package, country="TJ")
+        except Conflict as exc:
+            outcome["onward"] = exc
+
+    thread = threading.Thread(target=onward)
+    thread.start()
+    assert grants_read.wait(10)
+    vault.revoke_release(pg_world["uz.officer"], package, granted.id)
+    revoked.set()
+    thread.join(30)
+    monkeypatch.undo()
+
+    assert isinstance(outcome["onward"], Conflict), outcome
+    with pytest.raises(NotFound):
+        vault.get_package(pg_world["tj.officer"], package)

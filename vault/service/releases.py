@@ -177,6 +177,11 @@ class ReleaseService:
         grants = self.access.grants_in_force(session, principal, package.id)
         # load_package_for allowed the release, so the caller holds a grant in force now.
         parent, _, parent_ends = max(grants, key=lambda g: g[2] or datetime.max.replace(tzinfo=UTC))
+        # Locked, and read again, until this release commits: a revocation of the parent
+        # committing meanwhile (PostgreSQL, READ COMMITTED) would miss this one in its cascade.
+        held = session.get(Release, parent, with_for_update=True, populate_existing=True)
+        if held is None or held.status != ReleaseStatus.ACTIVE:
+            raise Conflict("the release you hold was revoked meanwhile")
         if parent_ends is None:
             return parent, expires_at
         if expires_at is None:
