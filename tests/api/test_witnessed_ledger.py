@@ -17,6 +17,7 @@ import pytest
 from blo_vault.api.witness import create_witness_app
 from tests.conftest import World, serving
 from vault.ledger.note import open_checkpoint, parse_note
+from vault.service import Vault
 from vault.witness.core import Witness, init_witness
 from vault.witness.cosignature import MAX_TIMESTAMP, Cosigner
 from vault.witness.ledger_source import LedgerSource
@@ -26,6 +27,13 @@ from vault.witness.running import PublishingThread
 
 FAR_FUTURE = 2**40
 Reply = tuple[int, str, str]
+
+
+def ledger_source(vault: Vault) -> LedgerSource:
+    """What the vault's publisher reads checkpoints and proofs from."""
+    return LedgerSource(
+        engine=vault.engine, origin=vault.settings.ledger_origin, key=vault.keys.ledger_key
+    )
 
 
 @contextlib.contextmanager
@@ -47,9 +55,7 @@ def test_vault_ledger_is_published_only_with_both_cosignatures(
             tmp_path / country, name=f"witness.{country}.example/blo", log_vkeys=[log_vkey]
         )
         witnesses.append(Witness.open(tmp_path / country))
-    source = LedgerSource(
-        engine=vault.engine, origin=vault.settings.ledger_origin, key=vault.keys.ledger_key
-    )
+    source = ledger_source(vault)
     with witness_server(witnesses[0]) as kz_url, witness_server(witnesses[1]) as tj_url:
         policy = parse_policy(
             f"log {log_vkey}\n"
@@ -103,9 +109,7 @@ def test_appends_never_wait_for_a_witness_that_hangs(world: World) -> None:
             f"log {vault.ledger_vkey}\n"
             f"witness HANG {hanging.vkey()} http://127.0.0.1:{port}\nquorum HANG\n"
         )
-        source = LedgerSource(
-            engine=vault.engine, origin=vault.settings.ledger_origin, key=vault.keys.ledger_key
-        )
+        source = ledger_source(vault)
         with httpx.Client(timeout=120) as client:
             publishing = PublishingThread(
                 engine=vault.engine,
@@ -194,9 +198,7 @@ def test_one_bad_witness_only_loses_its_own_cosignature(
         # The bad witness's answer to this very checkpoint, as its HTTP reply would arrive.
         return answer(bad, parse_note(body.decode().split("\n\n", 1)[1]).text)
 
-    source = LedgerSource(
-        engine=vault.engine, origin=vault.settings.ledger_origin, key=vault.keys.ledger_key
-    )
+    source = ledger_source(vault)
     with witness_server(honest[0]) as kz_url, witness_server(honest[1]) as tj_url:
         policy = parse_policy(
             f"log {vault.ledger_vkey}\n"
