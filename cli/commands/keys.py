@@ -13,7 +13,6 @@ from rich.table import Table
 from blo_vault.cli import keys as local
 from blo_vault.cli import render
 from blo_vault.cli import session as stored
-from blo_vault.cli.commands import ledger
 from blo_vault.cli.commands._common import JsonOpt, api_client, read_password
 from blo_vault.cli.render import err, out, print_json
 from blo_vault.cli.verify import check_inclusion
@@ -154,6 +153,10 @@ def _export_history(export: Path, vkey: str | None, policy: Path | None, user: s
     """Every key entry of ``user`` in a verified export, as proofs _audit_rows can read (the
     entries themselves: the export's verification proved them all, and that none is missing
     up to its checkpoint)."""
+    # Here, not at the top: `ledger` imports the service layer, which the commands that talk
+    # to a server never load (tests/cli/test_cli_startup.py).
+    from blo_vault.cli.commands import ledger
+
     document = ledger.verified_export(export, vkey, policy)
     history = []
     for data in document["entries"]:
