@@ -295,14 +295,12 @@ def test_service_download_refused(tamper: Tamper, world: World, victim: Victim) 
         )
 
 
-def test_a_recorded_size_that_differs_is_refused_before_the_last_segment(
+def test_a_recorded_size_that_differs_is_refused_after_the_data(
     world: World, victim: Victim
 ) -> None:
     """The check the service adds to the sealed stream's own: the plaintext's length against
     the size the database records (the Content-Length the answer promised). An edited size
-    column gets a refused download and an error in the ledger, not a file of the wrong length;
-    the last segment is held back until the stream has ended and matched the size, so no
-    answer ever reaches the length it promised (tests/api/test_download_response.py)."""
+    column gets a refused download and an error in the ledger, not a file of the wrong length."""
     file_id = victim.file_ids[1]
     with world.vault.engine.begin() as connection:
         connection.execute(
@@ -312,9 +310,8 @@ def test_a_recorded_size_that_differs_is_refused_before_the_last_segment(
     got: list[bytes] = []
     with pytest.raises(IntegrityError, match="recorded size"):
         collect(world.vault.download(world[USER], victim.package_id, file_id).chunks, got)
-    # Every byte sent was authentic, but the download as a whole is refused.
-    assert len(b"".join(got)) < len(victim.plaintexts[1])
-    assert victim.plaintexts[1].startswith(b"".join(got))
+    # Every byte was authentic, but the download as a whole is refused: the caller discards it.
+    assert b"".join(got) == victim.plaintexts[1]
     assert_error_recorded(world, victim.package_id, [file_id], seq_before)
 
 

@@ -551,9 +551,9 @@ class PackageService:
         """
         identity = sealed.file_identity(row.package_id, row.id)
         size = 0
-        # A segment is held back until the next one, or the stream's authenticated end, has
-        # checked out: the size is a plain column (the answer's Content-Length), and a database
-        # edit shrinking it must not let a client get a prefix of the file as a whole answer.
+        # The segment that reaches the recorded size (a plain column: the answer's
+        # Content-Length) goes out only once the stream is seen to end with it: a database edit
+        # shrinking the size must not let a client get a prefix of the file as a whole answer.
         held: bytes | None = None
         try:
             # The plaintext stream is closed before the object is: the nesting order of this
@@ -566,11 +566,11 @@ class PackageService:
             ):
                 for plain in plains:
                     size += len(plain)
-                    if size > info.size:
+                    if size >= info.size:
+                        held = plain
+                        size += sum(len(rest) for rest in plains)  # to the stream's checked end
                         break
-                    if held is not None:
-                        yield held
-                    held = plain
+                    yield plain
             if size != info.size:
                 raise IntegrityError("downloaded content does not match its recorded size")
             if held is not None:
