@@ -160,7 +160,7 @@ class ReleaseService:
         country: str,
         agency: str | None,
         expires_at: datetime | None,
-    ) -> tuple[str, datetime | None]:
+    ) -> tuple[str | None, datetime | None]:
         """A recipient's onward release: the release it derives from (the caller's grant that
         lasts longest) and its end, no later than that grant's. Refused (and recorded) if it
         would reach the caller's own agency: a recipient who could release to itself would
@@ -175,7 +175,8 @@ class ReleaseService:
                 handling=package.handling.value,
             )
         grants = self.access.grants_in_force(session, principal, package.id)
-        # load_package_for allowed the release, so the caller holds a grant in force now.
+        if not grants:  # allowed by an admin's rule, not through a release: none to derive from
+            return None, expires_at
         parent, _, parent_ends = max(grants, key=lambda g: g[2] or datetime.max.replace(tzinfo=UTC))
         # Locked, and read again, until this release commits: a revocation of the parent
         # committing meanwhile (PostgreSQL, READ COMMITTED) would miss this one in its cascade.

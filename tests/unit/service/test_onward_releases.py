@@ -106,3 +106,17 @@ def test_a_pending_onward_release_is_revoked_with_its_parent(world: World) -> No
     world.vault.revoke_release(world["uz.officer"], package_id, granted.release.id)
     pending, _ = world.vault.pending_releases(world["uz.supervisor"])
     assert asked.release.id not in {r.id for r in pending}
+
+
+def test_a_release_a_rule_allows_without_a_release_derives_from_none(world: World) -> None:
+    """An admin's rule may let officers of the same country release (no release behind it):
+    such a release has no parent to end with, and is made, not a server error."""
+    from vault.service import local_operator
+
+    world.vault.change_rule(
+        local_operator(), "p, officer, same-country, *, *, *, release, allow", add=True
+    )
+    package_id = _package(world)
+    made = world.vault.release(world["uz.border"], package_id, country="TJ")
+    assert made.release.status == ReleaseStatus.ACTIVE
+    assert made.release.expires_at is None
