@@ -160,10 +160,9 @@ def _export_history(export: Path, vkey: str | None, policy: Path | None, user: s
     document = ledger.verified_export(export, vkey, policy)
     history = []
     for data in document["entries"]:
-        raw = base64.b64decode(data)
-        entry = decode(raw)
+        entry = decode(base64.b64decode(data))
         if entry.action.startswith("key.") and entry.subject == user:
-            history.append({"entry": base64.b64encode(raw).decode()})
+            history.append({"entry": data})
     return history
 
 

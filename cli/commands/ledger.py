@@ -34,7 +34,9 @@ from blo_vault.cli.errors import BadServerReply
 from blo_vault.cli.render import err, out, print_json, print_json_line, print_verbatim
 from vault.errors import InvalidInput, LedgerCorrupt
 from vault.ledger.entry import Entry
+from vault.ledger.verify import VerifyResult, verify_export
 from vault.service import local_operator
+from vault.witness.export import WitnessedExport
 
 app = typer.Typer(help="Verify and inspect the access ledger (compliance).", no_args_is_help=True)
 # The witnessed-checkpoint commands (status, verify-proof) come first in the help, as before.
@@ -101,40 +103,35 @@ def _export_document(document: object) -> dict[str, Any]:
     return document
 
 
-def _verify_export_file(export: Path, vkey: str | None, policy: Path | None, as_json: bool) -> None:
-    """``ledger verify --export``: check an export file offline, with a key or a policy."""
-    from vault.ledger.verify import verify_export
-
+def _checked_export(
+    export: Path, vkey: str | None, policy: Path | None
+) -> tuple[dict[str, Any], WitnessedExport | VerifyResult]:
+    """An export file's document and its offline check, with ``vkey`` or a witness ``policy``
+    (and ``vkey`` if given); InvalidInput if neither is given or the file is no export."""
     if not vkey and policy is None:
         raise InvalidInput("--export needs --vkey: the key you trust, obtained out of band")
     document = _export_document(read_json(export, "export file"))
-    total = len(document["entries"])
-    if policy is not None:
-        with entry_counter("verifying", total) as advance:
-            checked = ledger_witness.verify_export(document, policy, vkey, advance)
-        _report_verify(checked.as_dict(), as_json)
+    with entry_counter("verifying", len(document["entries"])) as advance:
+        if policy is not None:
+            return document, ledger_witness.verify_export(document, policy, vkey, advance)
+        assert vkey is not None
+        return document, verify_export(document, vkey, progress=advance)
+
+
+def _verify_export_file(export: Path, vkey: str | None, policy: Path | None, as_json: bool) -> None:
+    """``ledger verify --export``: check an export file offline, with a key or a policy."""
+    _, checked = _checked_export(export, vkey, policy)
+    _report_verify(checked.as_dict(), as_json)
+    if isinstance(checked, WitnessedExport):
         ledger_witness.report_witnessed(checked, as_json)
-        return
-    assert vkey is not None
-    with entry_counter("verifying", total) as advance:
-        result = verify_export(document, vkey, progress=advance)
-    _report_verify(result.as_dict(), as_json)
 
 
 def verified_export(export: Path, vkey: str | None, policy: Path | None) -> dict[str, Any]:
-    """An export file's document once it verified, offline, with ``vkey`` or ``policy`` (and
-    ``vkey`` if given); LedgerCorrupt naming the problem otherwise. For commands that read
-    the entries of an export (``keys audit --export``), not just judge it."""
-    from vault.ledger.verify import verify_export
-
-    if not vkey and policy is None:
-        raise InvalidInput("--export needs --vkey: the key you trust, obtained out of band")
-    document = _export_document(read_json(export, "export file"))
-    if policy is not None:
-        result = ledger_witness.verify_export(document, policy, vkey).result
-    else:
-        assert vkey is not None
-        result = verify_export(document, vkey)
+    """An export file's document once it verified (see _checked_export); LedgerCorrupt naming
+    the problem otherwise. For commands that read the entries of an export (``keys audit
+    --export``), not just judge it."""
+    document, checked = _checked_export(export, vkey, policy)
+    result = checked.result if isinstance(checked, WitnessedExport) else checked
     if not result.ok:
         raise LedgerCorrupt(f"the export does not verify: {result.problem}")
     return document
