@@ -225,8 +225,11 @@ class Core:
         if now - self._authz_checked < POLICY_REFRESH_SECONDS:
             return
         self._authz_checked = now
-        with session_scope(self.engine, readonly=True) as session:
-            rules = load_rules(session)
+        try:
+            with session_scope(self.engine, readonly=True) as session:
+                rules = load_rules(session)
+        except OperationalError:
+            return
         if rules != self._authz.stored_rules:
             self._authz = Authorizer(
                 policy_dir=self.settings.resolved_policy_dir, extra_rules=rules
@@ -246,8 +249,7 @@ class Core:
         # Most callers decide this before their first transaction, which is where the rules
         # are picked up: without this, the first request after a quiet moment was decided
         # (and its entry stamped) under rules another process had already changed.
-        with contextlib.suppress(OperationalError):
-            self._refresh_policy()
+        self._refresh_policy()
         if not self.authz.allows(facts):
             raise self.record_refusal(
                 AccessDenied(f"your role may not {action}"),
@@ -289,8 +291,7 @@ class Core:
         """What every transaction shares: the policy picked up before the outermost one, the
         database's failures as StorageUnavailable, and refusals recorded after rollback."""
         depth = getattr(self._local, "depth", 0)
-        with contextlib.suppress(OperationalError):  # the transaction below reports it
-            self._refresh_policy()
+        self._refresh_policy()
         self._local.depth = depth + 1
         try:
             yield
