@@ -106,6 +106,10 @@ class Settings(BaseSettings):
     login_failures_per_address: int = Field(default=20, ge=1)
     lockout_base_seconds: int = Field(default=30, ge=1)
     lockout_max_seconds: int = Field(default=3600, ge=1)
+    # Failures older than this, with no lockout still running, are forgotten (and their rows
+    # pruned): a typo a month ago must not count towards today's lockout, and names sprayed
+    # once must not fill the table for ever.
+    login_failure_window_seconds: int = Field(default=86400, ge=60)
     # Refusals of callers not authenticated (bad tokens, failed logins) each get an entry up
     # to this many a minute from one client address, and from all of them in one process;
     # beyond, they are counted and recorded as one summary entry refusal_summary_seconds

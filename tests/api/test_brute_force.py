@@ -43,7 +43,7 @@ from vault import crypto
 from vault.config import load_settings
 from vault.errors import AuthenticationFailed
 from vault.ledger.entry import Entry
-from vault.models import LoginThrottle
+from vault.models import LoginThrottle, utcnow
 from vault.service import Vault, local_operator
 
 WRONG = "not the right password"
@@ -123,13 +123,19 @@ def locked(reply: httpx.Response, world: World, username: str) -> int:
     return seconds
 
 
-def lockout(world: World, key: str) -> timedelta | None:
-    """How long ``key`` (``user:NAME`` or ``addr:IP``) was last locked for."""
+def stored_key(world: World, key: str) -> str:
+    """The throttle table's key for ``key`` (``user:NAME`` or ``addr:IP``)."""
     if key.startswith("user:"):  # stored as a keyed hash of the name (any string, no NUL)
         name = key[len("user:") :].encode("utf-8", "surrogatepass")
         key = "user:" + crypto.keyed_digest(world.vault.core.keys.pseudonym_key, name)[:32]
+    return key
+
+
+def lockout(world: World, key: str) -> timedelta | None:
+    """How long ``key`` (``user:NAME`` or ``addr:IP``) was last locked for."""
     with Session(world.vault.engine) as session:
-        row = session.exec(select(LoginThrottle).where(LoginThrottle.key == key)).first()
+        found = select(LoginThrottle).where(LoginThrottle.key == stored_key(world, key))
+        row = session.exec(found).first()
     if row is None or row.locked_until is None or row.last_failure is None:
         return None
     return row.locked_until - row.last_failure
@@ -176,6 +182,52 @@ def test_user_lockout_doubles_and_a_success_resets_it(tmp_path: Path) -> None:
         for _ in range(2):  # under the threshold again: plain 401s, no lock
             refused(s.login(user, WRONG), 401, "authentication_failed", world, user)
         assert s.login(user, PASSWORD).status_code == 200
+
+
+def test_old_failures_are_forgotten_and_their_rows_pruned(tmp_path: Path) -> None:
+    """Failures older than ``login_failure_window_seconds``, with no lockout still running,
+    no longer count: four old typos and a new one don't lock a name out at five. The next
+    attempt prunes such rows; a row whose lockout still runs, or with a recent failure,
+    stays."""
+    user = "kz.officer"
+    with served(
+        tmp_path,
+        login_failures_per_user=5,
+        login_failures_per_address=1000,
+        login_failure_window_seconds=3600,
+    ) as s:
+        world = s.world
+        now = utcnow()
+        old = now - timedelta(hours=2)
+        rows = {
+            stored_key(world, f"user:{user}"): (4, old, None),
+            "addr:192.0.2.7": (3, old, None),
+            "addr:192.0.2.8": (30, old, now + timedelta(hours=1)),
+            "addr:192.0.2.9": (3, now - timedelta(minutes=5), None),
+        }
+        with Session(world.vault.engine) as session:
+            for key, (failures, last, until) in rows.items():
+                session.add(
+                    LoginThrottle(key=key, failures=failures, last_failure=last, locked_until=until)
+                )
+            session.commit()
+        # Seeding signed in, which pruned; the next prune is due a minute later. Make it due
+        # now, as in a process that has just started.
+        world.vault.identity._next_prune = utcnow() - timedelta(seconds=1)
+
+        refused(s.login(user, WRONG), 401, "authentication_failed", world, user)
+        with Session(world.vault.engine) as session:
+            kept = {row.key: row.failures for row in session.exec(select(LoginThrottle))}
+        assert kept == {
+            stored_key(world, f"user:{user}"): 1,
+            "addr:127.0.0.1": 1,
+            "addr:192.0.2.8": 30,
+            "addr:192.0.2.9": 3,
+        }
+        # Recent failures still count: four more make five, and the name is locked.
+        for _ in range(4):
+            refused(s.login(user, WRONG), 401, "authentication_failed", world, user)
+        locked(s.login(user, PASSWORD), world, user)
 
 
 def test_address_lockout_spans_usernames(tmp_path: Path) -> None:

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import cast
 
-from sqlalchemy import and_, bindparam, text
+from sqlalchemy import and_, bindparam, delete, or_, text
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
@@ -105,12 +105,38 @@ def _active_locks(session: Session, keys: list[str], now: datetime) -> list[date
     ]
 
 
+def _forgotten(row: LoginThrottle, now: datetime, window: timedelta) -> bool:
+    """Whether ``row``'s failures are older than the window, with no lockout of it running."""
+    return (row.last_failure is None or row.last_failure <= now - window) and (
+        row.locked_until is None or row.locked_until <= now
+    )
+
+
+def _prune_throttle(session: Session, now: datetime, window: timedelta) -> None:
+    """Drop the rows :func:`_forgotten` would ignore anyway."""
+    session.execute(
+        delete(LoginThrottle).where(
+            or_(
+                col(LoginThrottle.last_failure).is_(None),
+                col(LoginThrottle.last_failure) <= now - window,
+            ),
+            or_(col(LoginThrottle.locked_until).is_(None), col(LoginThrottle.locked_until) <= now),
+        )
+    )
+
+
+# How often one process prunes the throttle table: each prune scans it (no index on the
+# times; pruning keeps it to about one window's names).
+_PRUNE_EVERY = timedelta(minutes=1)
+
+
 class IdentityService:
     """Login, authentication, refresh, logout and password changes."""
 
     def __init__(self, core: Core, sessions: Sessions) -> None:
         self.core = core
         self.sessions = sessions
+        self._next_prune = datetime.min.replace(tzinfo=UTC)
 
     def login(self, username: str, password: str, *, client: str = "") -> LoginResult:
         """Check a password and start a session: an access token and a refresh token.
@@ -173,6 +199,10 @@ class IdentityService:
                     session.delete(row)
         return self.sessions.tokens_for(started, refresh_token, receipt)
 
+    @property
+    def _failure_window(self) -> timedelta:
+        return timedelta(seconds=self.core.settings.login_failure_window_seconds)
+
     def _pseudonym(self, name: str) -> str:
         """How the ledger names a username that no account has."""
         return "unknown:" + self._name_digest(name)
@@ -193,6 +223,9 @@ class IdentityService:
         failure of each. Under the throttle lock, so concurrent guesses can't all slip in
         before the first failure is on record."""
         _lock_throttle(session)
+        if now >= self._next_prune:
+            self._next_prune = now + _PRUNE_EVERY
+            _prune_throttle(session, now, self._failure_window)
         locks = _active_locks(session, keys, now)
         if not locks:
             self._count_failure(session, keys, now)
@@ -209,6 +242,8 @@ class IdentityService:
                 else settings.login_failures_per_address
             )
             row = session.get(LoginThrottle, key) or LoginThrottle(key=key, failures=0)
+            if _forgotten(row, now, self._failure_window):
+                row.failures, row.locked_until = 0, None
             row.failures += 1
             row.last_failure = now
             if row.failures >= threshold:
