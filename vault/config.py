@@ -142,6 +142,8 @@ class Settings(BaseSettings):
     argon2_time_cost: int = Field(default=3, ge=1)
     argon2_memory_kib: int = Field(default=64 * 1024, ge=8)
     argon2_parallelism: int = Field(default=4, ge=1)
+    # At most this many hashes or checks at once per process (each holds argon2_memory_kib).
+    argon2_max_concurrent: int = Field(default=4, ge=1)
 
     # Releases of packages classified at or above this to another country need a second
     # person (a supervisor of the originating agency who is not the requester) to approve.

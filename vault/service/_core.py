@@ -195,6 +195,7 @@ class Core:
                 time_cost=settings.argon2_time_cost,
                 memory_kib=settings.argon2_memory_kib,
                 parallelism=settings.argon2_parallelism,
+                max_concurrent=settings.argon2_max_concurrent,
             ),
             tokens=TokenService(
                 private_pem=keys.token_private_pem,
