@@ -171,10 +171,12 @@ def _breaks(cosigner: Cosigner, text: str) -> Reply:
         # A size no tree has: no proof can start there, and no column holds the second.
         (_size_conflict("-1"), "bad size in 409 reply: -1"),
         (_size_conflict("1" + "0" * 30), "bad size in 409 reply: 1000"),
+        # A size above the log's: a rollback, a split view, or a lie; not taken as its size.
+        (_size_conflict("1" + "0" * 15), "witness is ahead, at size 1000000000000000 (log"),
         # Whatever else goes wrong asking one witness stays that witness's failure.
         (_breaks, "internal error: RuntimeError: the transport broke its contract"),
     ],
-    ids=["future", "max-timestamp", "size-negative", "size-huge", "raises"],
+    ids=["future", "max-timestamp", "size-negative", "size-huge", "size-ahead", "raises"],
 )
 def test_one_bad_witness_only_loses_its_own_cosignature(
     world: World, tmp_path: Path, answer: Callable[[Cosigner, str], Reply], error: str

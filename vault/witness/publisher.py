@@ -321,7 +321,17 @@ class Publisher:
             old = self._lag[witness.name].size
         for _ in range(self._max_attempts):
             if old > checkpoint.size:
-                self._record(witness.name, size=old, error=f"witness is ahead, at size {old}")
+                # It has cosigned a larger tree of this log than the log has: a rollback or a
+                # split view, or a lie. Not remembered as its size: kept, this witness would
+                # look caught up and never be asked again; asked each round, it is flagged
+                # each round, and counts again once it answers for the log's real tree.
+                log.error(
+                    "witness %s claims size %d; the log has %d", witness.name, old, checkpoint.size
+                )
+                self._record(
+                    witness.name,
+                    error=f"witness is ahead, at size {old} (log size {checkpoint.size})",
+                )
                 return []
             proof = self._source.consistency_proof(old, checkpoint.size) if old else []
             body = f"old {old}\n" + "".join(base64.b64encode(h).decode() + "\n" for h in proof)
@@ -339,7 +349,8 @@ class Publisher:
                     self._record(witness.name, error=f"bad size in 409 reply: {_printable(reply)}")
                     return []
                 old = named
-                self._record(witness.name, size=old)
+                if named <= checkpoint.size:
+                    self._record(witness.name, size=named)
                 continue  # tlog-witness: retry from the size the witness names
             if status != 200:
                 self._record(witness.name, error=f"HTTP {status}: {_printable(reply)}")

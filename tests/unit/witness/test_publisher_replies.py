@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from tests.witness_log import LogOperator, Tree
+from vault.ledger.note import parse_note
 from vault.witness.cosignature import Cosigner
 from vault.witness.policy import parse_policy
 from vault.witness.publisher import MAX_REPLY_BYTES, BadReply, Publisher, http_post
@@ -180,3 +181,37 @@ def test_a_witness_with_an_endless_reply_fails_its_round() -> None:
     (lag,) = publisher.lag()
     assert lag.error == f"bad reply: reply longer than {MAX_REPLY_BYTES} bytes"
     assert lag.size == 0
+
+
+def test_a_witness_claiming_a_larger_tree_is_flagged_and_asked_again() -> None:
+    """A 409 naming a size above the log's (a rollback, a split view, or a lie) fails that
+    witness's round, and is not taken as its size: the next round asks it again, from the
+    size it really cosigned, and once it answers for the log's tree it counts again."""
+    log = LogOperator()
+    witness = Cosigner.generate("witness.kz.example/blo")
+    tree = Tree([b"a", b"b", b"c"])
+    asked: list[bytes] = []
+    claims = ["1000", "1000"]
+
+    def post(url: str, body: bytes) -> tuple[int, str, str]:
+        asked.append(body)
+        if claims:
+            return 409, "text/x.tlog.size", claims.pop(0) + "\n"
+        text = parse_note(body.decode().split("\n\n", 1)[1]).text
+        return 200, "text/plain", witness.cosign(text, int(time.time())).line()
+
+    policy = parse_policy(
+        f"log {log.vkey}\nwitness KZ {witness.vkey()} http://witness.kz.invalid\n"
+        "group countries 1 KZ\nquorum countries\n"
+    )
+    publisher = Publisher(policy=policy, source=_Source(log, tree), post=post)
+    for round_ in (1, 2):
+        assert publisher.publish_once() is None
+        assert len(asked) == round_
+        (lag,) = publisher.lag()
+        assert lag.error == "witness is ahead, at size 1000 (log size 3)"
+        assert (lag.size, lag.cosigned_at) == (0, None)
+    assert all(body.startswith(b"old 0\n") for body in asked)
+    assert publisher.publish_once() is not None
+    (lag,) = publisher.lag()
+    assert (lag.size, lag.error) == (3, None)
