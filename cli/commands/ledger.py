@@ -34,6 +34,7 @@ from blo_vault.cli.errors import BadServerReply
 from blo_vault.cli.render import err, out, print_json, print_json_line, print_verbatim
 from vault.errors import InvalidInput, LedgerCorrupt
 from vault.ledger.entry import Entry
+from vault.ledger.note import parse_checkpoint, parse_note
 from vault.ledger.verify import VerifyResult, verify_export
 from vault.service import local_operator
 from vault.witness.export import WitnessedExport
@@ -104,26 +105,37 @@ def _export_document(document: object) -> dict[str, Any]:
 
 
 def _checked_export(
-    export: Path, vkey: str | None, policy: Path | None
+    export: Path, vkey: str | None, policy: Path | None, saved: str | None = None
 ) -> tuple[dict[str, Any], WitnessedExport | VerifyResult]:
     """An export file's document and its offline check, with ``vkey`` or a witness ``policy``
-    (and ``vkey`` if given); InvalidInput if neither is given or the file is no export."""
+    (and ``vkey`` if given), extending the ``saved`` checkpoint if given; InvalidInput if
+    neither key nor policy is given or the file is no export."""
     if not vkey and policy is None:
         raise InvalidInput("--export needs --vkey: the key you trust, obtained out of band")
     document = _export_document(read_json(export, "export file"))
     with entry_counter("verifying", len(document["entries"])) as advance:
         if policy is not None:
-            return document, ledger_witness.verify_export(document, policy, vkey, advance)
+            return document, ledger_witness.verify_export(document, policy, vkey, advance, saved)
         assert vkey is not None
-        return document, verify_export(document, vkey, progress=advance)
+        return document, verify_export(document, vkey, progress=advance, saved=saved)
 
 
-def _verify_export_file(export: Path, vkey: str | None, policy: Path | None, as_json: bool) -> None:
-    """``ledger verify --export``: check an export file offline, with a key or a policy."""
-    _, checked = _checked_export(export, vkey, policy)
-    _report_verify(checked.as_dict(), as_json)
+def _verify_export_file(
+    export: Path, vkey: str | None, policy: Path | None, old: Path | None, as_json: bool
+) -> None:
+    """``ledger verify --export``: check an export file offline, with a key or a policy, and
+    that it extends a checkpoint saved earlier (``old``)."""
+    saved = read_text(old, "checkpoint") if old is not None else None
+    _, checked = _checked_export(export, vkey, policy, saved)
+    report = checked.as_dict()
+    if saved is not None and report["ok"]:
+        # It verified against the log's key inside the check, so it parses.
+        report["extends_saved_size"] = parse_checkpoint(parse_note(saved).text).size
+    _report_verify(report, as_json)
     if isinstance(checked, WitnessedExport):
         ledger_witness.report_witnessed(checked, as_json)
+    if "extends_saved_size" in report and not as_json:
+        out.print(f"extends the saved checkpoint of {report['extends_saved_size']} entries")
 
 
 def verified_export(export: Path, vkey: str | None, policy: Path | None) -> dict[str, Any]:
@@ -152,6 +164,13 @@ def ledger_verify(
             "must meet its quorum, and the log key is taken from it."
         ),
     ] = None,
+    old: Annotated[
+        Path | None,
+        typer.Option(
+            help="A checkpoint saved earlier (signed note file): the export must extend it "
+            "(with --export; for the database, see 'ledger consistency')."
+        ),
+    ] = None,
     jobs: Annotated[
         int,
         typer.Option(
@@ -164,10 +183,15 @@ def ledger_verify(
 ) -> None:
     """Verify chain, Merkle tree and signed checkpoints; exit 1 naming the first bad entry."""
     if export is not None:
-        _verify_export_file(export, vkey, policy, as_json)
+        _verify_export_file(export, vkey, policy, old, as_json)
         return
     if policy is not None:
         raise InvalidInput("--policy checks an export: give --export FILE too")
+    if old is not None:
+        raise InvalidInput(
+            "--old checks an export: give --export FILE too "
+            "(for this host's database: blovault ledger consistency --old FILE)"
+        )
     # A production ledger whose append-only guard was removed still gets verified (with a
     # warning): that is when an auditor most needs to see what was done to it.
     with local_vault(repair=False, require_guard=False) as vault:

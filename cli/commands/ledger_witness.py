@@ -93,10 +93,16 @@ def verify_export(
     policy: Path,
     vkey: str | None,
     progress: Callable[[int], None] | None = None,
+    saved: str | None = None,
 ) -> WitnessedExport:
     """``ledger verify --export --policy``: the export and its witnessed checkpoint."""
     return verify_export_with_policy(
-        document, load_policy(policy), now=int(time.time()), vkey=vkey, progress=progress
+        document,
+        load_policy(policy),
+        now=int(time.time()),
+        vkey=vkey,
+        progress=progress,
+        saved=saved,
     )
 
 

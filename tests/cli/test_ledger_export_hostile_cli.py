@@ -228,3 +228,78 @@ def test_fuzzed_exports_get_a_verdict_or_one_error(document: object, policy: boo
         path.write_text(f"log {VKEY}\nquorum none\n")
         result = verify(document, *(("--policy", str(path)) if policy else ()))
     assert_clean(result)
+
+
+# --- --old: the export must extend a checkpoint the auditor saved earlier -------------------
+
+
+def uploaded(seq: int, prev: str) -> bytes:
+    """Another entry than ``committed`` at the same place: a rewritten history."""
+    public = {"action": "upload", "decision": "allow", "policy": "1"}
+    data, _ = commit.encode(
+        seq, 1_700_000_000_000_000 + seq, public, {"actor_user": "uz.officer"}, prev, salts=SALTS
+    )
+    return data
+
+
+def verify_old(document: object, saved: str, *args: str) -> CliResult:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "saved.checkpoint"
+        path.write_text(saved, encoding="utf-8")
+        return verify(document, "--old", str(path), *args)
+
+
+def test_an_export_that_extends_the_saved_checkpoint() -> None:
+    saved = export([committed] * 3)["checkpoint"]
+    result = verify_old(export([committed] * 5), saved)
+    assert result.code == 0, result
+    assert result.stdout.startswith("ledger intact: 5 entries")
+    assert "extends the saved checkpoint of 3 entries" in result.stdout
+    result = verify_old(export([committed] * 5), saved, "--json")
+    assert result.code == 0, result
+    assert json.loads(result.stdout)["extends_saved_size"] == 3
+    # The saved checkpoint may be of the export's own size.
+    assert verify_old(export([committed] * 3), saved).code == 0
+
+
+@pytest.mark.parametrize(
+    ("bodies", "problem"),
+    [
+        # The host rewrote entry 1 after the auditor saved the checkpoint of 3: a fork.
+        (
+            [committed, uploaded, committed, committed, committed],
+            "entries 0..2 do not match the signed checkpoint of size 3",
+        ),
+        # The host hands over an export from before the saved checkpoint, or rolled back.
+        ([committed] * 2, "entries from 2 are missing: a signed checkpoint covers 3 entries"),
+    ],
+    ids=["forked", "rolled-back"],
+)
+def test_an_export_that_does_not_extend_it_is_not_intact(bodies: list[Body], problem: str) -> None:
+    saved = export([committed] * 3)["checkpoint"]
+    result = verify_old(export(bodies), saved)
+    assert result.code == 1, result
+    assert "ledger NOT intact" in result.stderr
+    assert problem in result.stderr
+    assert "extends" not in result.stdout
+
+
+def test_a_saved_checkpoint_not_signed_by_the_log_key() -> None:
+    other = Ed25519PrivateKey.from_private_bytes(bytes(range(1, 33)))
+    root = merkle.root_from_leaf_hashes(
+        [merkle.leaf_hash(base64.b64decode(e)) for e in export([committed] * 3)["entries"]]
+    )
+    forged = note.sign_checkpoint(note.Checkpoint(ORIGIN, 3, root), ORIGIN, other)
+    result = verify_old(export([committed] * 5), forged)
+    assert result.code == 1, result
+    assert "the saved checkpoint is not one this log's key signed" in result.stderr
+
+
+def test_old_without_an_export_is_a_usage_error(tmp_path: Path) -> None:
+    saved = tmp_path / "saved.checkpoint"
+    saved.write_text(export([committed] * 3)["checkpoint"], encoding="utf-8")
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = run(["ledger", "verify", "--old", str(saved)])
+    assert code == 2, err.getvalue()
+    assert "--old checks an export" in err.getvalue()

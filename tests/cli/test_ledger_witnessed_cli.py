@@ -197,20 +197,43 @@ def _rewritten_history(document: dict[str, object], world: World) -> dict[str, o
     }
 
 
-def test_a_rewritten_history_passes_the_log_key_but_not_the_policy(
+def test_a_rewritten_history_passes_the_log_key_but_not_the_policy_or_a_saved_checkpoint(
     world: World, cli: CliRunner, witnessed: Witnessed, tmp_path: Path
 ) -> None:
     assert witnessed.publishing.round() is not None
-    forged = _rewritten_history(_export(cli, tmp_path / "export.json"), world)
+    real = _export(cli, tmp_path / "export.json")
+    forged = _rewritten_history(real, world)
     path = tmp_path / "forged.json"
     path.write_text(json.dumps(forged))
     # The log key alone vouches for the operator's other history: this is the split view.
-    alone = cli("ledger", "verify", "--export", path, "--vkey", world.vault.ledger_vkey)
+    vkey = world.vault.ledger_vkey
+    alone = cli("ledger", "verify", "--export", path, "--vkey", vkey)
     assert alone.code == 0, alone.stderr
     # The witnesses cosigned the real tree: with the policy the rewrite is caught.
     checked = cli("ledger", "verify", "--export", path, "--policy", witnessed.policy_file)
     assert checked.code == 1
     assert "do not match the signed checkpoint" in checked.stderr
+    # So is it, with the log key alone, by an auditor who saved a checkpoint of the real tree
+    # earlier (here the real export's own, log-signed only; or the witnessed one).
+    for saved in (real["checkpoint"], real["witnessed_checkpoint"]):
+        assert isinstance(saved, str)
+        old = tmp_path / "saved.checkpoint"
+        old.write_text(saved)
+        kept = cli("ledger", "verify", "--export", path, "--vkey", vkey, "--old", old)
+        assert kept.code == 1
+        assert "do not match the signed checkpoint" in kept.stderr
+        honest = cli(
+            "ledger",
+            "verify",
+            "--export",
+            tmp_path / "export.json",
+            "--old",
+            old,
+            "--policy",
+            witnessed.policy_file,
+        )
+        assert honest.code == 0, honest.stderr
+        assert "extends the saved checkpoint" in honest.stdout
 
 
 def test_tlog_proof_bundle_and_consistency_with_the_policy(

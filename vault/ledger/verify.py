@@ -466,12 +466,16 @@ def verify_export(
     progress: Callable[[int], None] | None = None,
     *,
     extra: Sequence[note.Checkpoint] = (),
+    saved: str | None = None,
 ) -> VerifyResult:
     """Verify an export document (see README, "Ledger export format") against ``vkey`` only.
 
     ``extra`` checkpoints, already verified by the caller (a witnessed one), must match the
-    entries too: each one's root is checked at its size. InvalidInput for a malformed
-    ``vkey``: a bad key is the caller's mistake, not a sign the export was tampered with."""
+    entries too: each one's root is checked at its size. So must ``saved``, a checkpoint note
+    the auditor kept from earlier, which must be signed by ``vkey`` for the same origin: an
+    export that does not extend it was rolled back or forked since. InvalidInput for a
+    malformed ``vkey``: a bad key is the caller's mistake, not a sign the export was tampered
+    with."""
     try:
         verifier = note.parse_verifier_key(vkey)
     except note.NoteError as exc:
@@ -494,6 +498,17 @@ def verify_export(
             first_bad_seq=None,
             problem=f"export or checkpoint rejected: {exc}",
         )
+    if saved is not None:
+        try:
+            extra = [*extra, note.open_checkpoint(saved, [verifier], origin=origin)]
+        except note.NoteError as exc:
+            return VerifyResult(
+                ok=False,
+                size=0,
+                root="",
+                checkpoint_size=checkpoint.size,
+                problem=f"the saved checkpoint is not one this log's key signed: {exc}",
+            )
 
     result = verify_entries(
         _ExportSource(entries), checkpoints=[checkpoint, *extra], progress=progress

@@ -48,9 +48,11 @@ def verify_export_with_policy(
     vkey: str | None = None,
     max_skew: int = DEFAULT_MAX_SKEW_S,
     progress: Callable[[int], None] | None = None,
+    saved: str | None = None,
 ) -> WitnessedExport:
     """Verify ``document`` with the log key of ``policy`` (or ``vkey``, if given, which must
-    then be one of the policy's logs) and require its witnessed checkpoint to meet the quorum."""
+    then be one of the policy's logs) and require its witnessed checkpoint to meet the quorum.
+    The entries must extend ``saved`` too, if given (see verify_export)."""
     origin = document.get("origin")
     logs = {v.vkey(): v for v, _ in policy.logs if v.name == origin}
     if not logs:
@@ -67,6 +69,6 @@ def verify_export_with_policy(
     if witnessed.checkpoint.origin != origin:
         return _rejected("the witnessed checkpoint is of another log")
     result = verify_export(
-        document, vkey or next(iter(logs)), progress, extra=[witnessed.checkpoint]
+        document, vkey or next(iter(logs)), progress, extra=[witnessed.checkpoint], saved=saved
     )
     return WitnessedExport(result, witnessed if result.ok else None)
