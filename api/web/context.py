@@ -262,14 +262,23 @@ def signed_in(current: VisitDep) -> Visit:
 SignedIn = Annotated[Visit, Depends(signed_in)]
 
 
+_STALE_FORM = "the form is stale or came from elsewhere; nothing was changed"
+
+
 def check_csrf(current: Visit, given: str) -> None:
     """CsrfRefused unless ``given`` is the session's CSRF token."""
     if not given or not current.session.csrf_ok(given):
-        raise CsrfRefused("the form is stale or came from elsewhere; nothing was changed")
+        raise CsrfRefused(_STALE_FORM)
 
 
-def posted(current: VisitDep, csrf: Annotated[str, Form()] = "") -> Visit:
-    """A visit posting a form: refused (403, nothing done) without the session's CSRF token."""
+def posted(request: Request, csrf: Annotated[str, Form()] = "") -> Visit:
+    """A visit posting a form: refused (403, nothing done) without the session's CSRF token.
+
+    A browser without a live session holds no token that could match: refused without
+    starting one, so that posts from nowhere store nothing."""
+    current = existing_visit(request)
+    if current is None:
+        raise CsrfRefused(_STALE_FORM)
     check_csrf(current, csrf)
     return current
 

@@ -383,6 +383,9 @@ def test_not_found_page_is_the_same_for_a_forbidden_and_a_random_id(
         ("GET", "/ui/no-such-page", 404),
         ("GET", "/ui/static/nothing.css", 404),
         ("POST", "/ui/packages", 405),
+        # A form posted without a session: no token could match, and none is started.
+        ("POST", "/ui/signin", 403),
+        ("POST", "/ui/signout", 403),
     ],
 )
 def test_error_pages_start_no_session_for_a_visitor_without_one(
