@@ -110,6 +110,9 @@ def test_records_part_then_statistics(api: Api) -> None:
         ([{**RECORDS[0], "crossing_point": "NOWHERE"}], "not registered"),
         ({"not": "a list"}, "JSON list of records"),
         ([{**RECORDS[0], "extra": 1}], "row 1, column extra: unknown column"),
+        # Too large for a float or an int: was a 500 with no entry (OverflowError).
+        ([{**RECORDS[0], "quantity": 10**400}], "row 1, column quantity"),
+        ([{**RECORDS[0], "detained": 10**400}], "row 1, column detained"),
     ],
 )
 def test_a_bad_records_part_stores_nothing(api: Api, records: Any, expected: str) -> None:

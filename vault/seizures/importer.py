@@ -32,6 +32,8 @@ MAX_XLSX_SHARED_STRINGS = 16 * 1024 * 1024
 # Cells a row may have: every column and some slack for blank ones. Each cell beyond the
 # header used to become a field of its own (a 2 MiB CSV row of ",x" cost 1.3 GiB).
 MAX_CELLS = 64
+# Rows read in all, header and blank ones included: room for every record and as many blanks.
+MAX_ROWS = 2 * MAX_RECORDS + 1
 REQUIRED = ("date", "crossing_point", "direction", "commodity", "quantity", "unit")
 COLUMNS = (*REQUIRED, "concealment", "transport", "detained")
 
@@ -151,6 +153,9 @@ def _table_rows(rows: Iterator[tuple[list[Any], int]]) -> list[tuple[int, Mappin
             continue
         if len(cells) > MAX_CELLS:
             raise InvalidInput(f"row {number} has more than {MAX_CELLS} cells")
+        if number > MAX_ROWS:
+            # Blank rows cost parsing too: a file of line breaks must not run to its end.
+            raise InvalidInput(f"at most {MAX_ROWS} rows, blank ones included")
         if _blank(cells):
             continue
         if len(out) >= MAX_RECORDS:
@@ -179,6 +184,10 @@ def _xlsx_rows(data: bytes) -> tuple[list[tuple[int, Mapping[str, Any]]], list[s
         raise InvalidInput("not a readable XLSX file") from None
     try:
         sheet = book.worksheets[0]
+        # Read-only mode stops at the sheet's declared <dimension>, which some writers leave
+        # stale: rows below it would be dropped without a word. Walk the rows the XML holds.
+        if hasattr(sheet, "reset_dimensions"):
+            sheet.reset_dimensions()
         formulas: list[str] = []
 
         def cells() -> Iterator[tuple[list[Any], int]]:

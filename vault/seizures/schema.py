@@ -177,9 +177,13 @@ def _quantity(value: object) -> float:
         number = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         raise ValueError("quantity must be a number") from None
-    if not math.isfinite(number) or number <= 0:
+    except OverflowError:  # an integer too large for a float
+        raise ValueError(f"quantity must be at most {_MAX_QUANTITY:.0f}") from None
+    if math.isnan(number):
+        raise ValueError("quantity must be a number")
+    if number <= 0:
         raise ValueError("quantity must be greater than 0")
-    if number > _MAX_QUANTITY:
+    if number > _MAX_QUANTITY:  # infinity too
         raise ValueError(f"quantity must be at most {_MAX_QUANTITY:.0f}")
     return number
 
@@ -189,13 +193,15 @@ def _detained(value: object) -> int:
         return 0
     if isinstance(value, bool):
         raise ValueError("detained must be a whole number >= 0")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("detained must be a whole number from 0 to 100000")
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, str):
         value = value.strip()
     try:
         number: int = int(value)  # type: ignore[call-overload]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ValueError("detained must be a whole number >= 0") from None
     if not 0 <= number <= 100_000:
         raise ValueError("detained must be a whole number from 0 to 100000")
