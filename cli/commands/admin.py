@@ -180,7 +180,11 @@ def rotate_kek() -> None:
     with local_vault() as vault:
         count = vault.rotate_kek(local_operator())
         current = vault.keys.keyring.current.id
-    err.print(f"{count} keys re-wrapped under {current}; the old KEK files are no longer needed")
+    err.print(
+        f"{count} keys re-wrapped under {current}; the old KEK files are no longer needed "
+        "if every server process already runs with this KEK (one still on the old KEK keeps "
+        "writing under it: restart it and run rotate-kek again)"
+    )
 
 
 @app.command("purge")

@@ -282,19 +282,18 @@ class AdminService:
         self.core.require_global(principal, "manage", subject="kek")
         current = self.core.keys.keyring.current.id
         done = 0
+        # Until a batch finds none: a short batch is not the end, as rows a purge emptied
+        # while the batch waited for their lock drop out of it.
         for table in (Package, PackageFile):
-            while True:
-                rewrapped = self._rewrap_batch(table, current, batch)
+            while rewrapped := self._rewrap_batch(table, current, batch):
                 done += rewrapped
-                if rewrapped < batch:
-                    break
         # Ledger openings too: sealed under a key derived from the KEK, so re-sealed (small).
         while True:
             with self.core.tx() as session:
                 rewrapped = self.core.openings.rewrap(session, current, batch)
-            done += rewrapped
-            if rewrapped < batch:
+            if not rewrapped:
                 break
+            done += rewrapped
         with self.core.tx() as session:
             self.core.record_in(
                 session,
@@ -309,7 +308,12 @@ class AdminService:
 
     def _rewrap_batch(self, table: type[Package | PackageFile], current: str, batch: int) -> int:
         """Re-wrap up to ``batch`` keys of ``table`` not under KEK ``current``, in one
-        transaction; returns how many."""
+        transaction; returns how many.
+
+        The rows are locked as they are read (PostgreSQL; SQLite's writer holds the whole
+        database): a purge committing between the read and the write would otherwise have
+        its destroyed key written back, re-wrapped, and the ciphertext readable again. A
+        purge in progress is waited for, and its emptied rows no longer match."""
         keyring = self.core.keys.keyring
         with self.core.tx() as session:
             rows: Sequence[Package | PackageFile] = session.exec(  # type: ignore[assignment]
@@ -317,6 +321,7 @@ class AdminService:
                 .where(col(table.kek_id) != current)
                 .where(func.length(col(table.wrapped_key)) > 0)
                 .limit(batch)
+                .with_for_update()
             ).all()
             for row in rows:
                 if isinstance(row, Package):

@@ -211,12 +211,15 @@ class Openings:
         return {row.seq: self.open_row(row) for row in _stored(session, start, stop)}
 
     def rewrap(self, session: Session, current: str, batch: int) -> int:
-        """Re-seal up to ``batch`` openings not under KEK ``current``; how many."""
+        """Re-seal up to ``batch`` openings not under KEK ``current``; how many. Locked as
+        read, as AdminService._rewrap_batch's keys are: a purge destroying openings between
+        the read and the write would otherwise have them written back."""
         rows = session.exec(
             select(LedgerEntry)
             .where(col(LedgerEntry.opening_kek_id) != current)
             .where(col(LedgerEntry.opening_sealed).is_not(None))
             .limit(batch)
+            .with_for_update()
         ).all()
         for row in rows:
             fresh = self._seal(self.open_row(row))
