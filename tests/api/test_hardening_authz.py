@@ -371,6 +371,33 @@ def test_a_rule_giving_admins_or_auditors_content_is_refused(line: str, api: Api
         assert session.exec(select(PolicyRule)).all() == []
 
 
+LOCKOUT_RULES = [
+    "p, admin, none, *, *, *, manage, deny",
+    "p, *, none, *, *, *, manage, deny",
+    "p, admin, *, *, *, *, manage, deny",
+]
+
+
+@pytest.mark.parametrize("line", LOCKOUT_RULES)
+def test_a_rule_locking_every_admin_out_of_administration_is_refused(line: str, api: Api) -> None:
+    """Accepted, it refused every admin command from then on, removing it included: only an
+    edit of the database by hand undid it."""
+    vault = api.vault
+    before = vault.authz.policy_hash
+    with pytest.raises(AccessDenied) as info:
+        vault.change_rule(local_operator(), line, add=True)
+    assert "no administrator able to manage" in info.value.message
+    assert info.value.receipt is not None
+    recorded = entry_at(vault, info.value.receipt)
+    assert (recorded.action, recorded.decision, recorded.reason) == (
+        "manage",
+        "deny",
+        "locks_out_admins",
+    )
+    assert vault.authz.policy_hash == before
+    assert vault.rules(local_operator()) == []  # and admins still manage
+
+
 @pytest.mark.parametrize("line", HARMLESS_RULES)
 def test_rules_that_give_no_content_to_admins_or_auditors_still_work(line: str, api: Api) -> None:
     vault = api.vault

@@ -16,7 +16,7 @@ from sqlalchemy.exc import IntegrityError as DBIntegrityError
 from sqlmodel import col, select
 
 from vault import crypto
-from vault.authz import SEPARATION_OF_DUTIES, Authorizer, parse_rule, rule_line
+from vault.authz import NONE, SEPARATION_OF_DUTIES, Authorizer, Facts, parse_rule, rule_line
 from vault.db import empty_wal, is_postgres
 from vault.errors import AccessDenied, Conflict, InvalidInput, NotFound, StorageUnavailable
 from vault.models import (
@@ -61,6 +61,27 @@ COMPACT_WAIT_MS = 10_000
 # How long gc spares an object no package refers to (see AdminService.gc): a stray costs only
 # disk, and an upload's first file is one until the upload commits.
 GC_GRACE = timedelta(hours=24)
+
+
+# What require_global asks of an administrator's "manage" (no package, no relation).
+_ADMIN_MANAGES = Facts(
+    role="admin",
+    relations=frozenset({NONE}),
+    cleared=True,
+    handling="*",
+    acknowledged=False,
+    action="manage",
+)
+
+
+def _admins_may_manage(core: Core, rule: tuple[str, ...], *, add: bool) -> bool:
+    """Whether admins may still manage once ``rule`` is added (or removed)."""
+    rules = set(core.authz.extra_rules)
+    rules = rules | {rule} if add else rules - {rule}
+    trial = Authorizer(
+        policy_dir=core.settings.resolved_policy_dir, extra_rules=tuple(sorted(rules))
+    )
+    return trial.allows(_ADMIN_MANAGES)
 
 
 @dataclass(frozen=True)
@@ -232,6 +253,15 @@ class AdminService:
                 principal.actor,
                 "manage",
                 "separation_of_duties",
+                subject=f"rule:{canonical}",
+            )
+        if not _admins_may_manage(core, rule, add=add):
+            # Every admin command, removing this rule included, would be refused from then on.
+            raise core.record_refusal(
+                AccessDenied("that change would leave no administrator able to manage the vault"),
+                principal.actor,
+                "manage",
+                "locks_out_admins",
                 subject=f"rule:{canonical}",
             )
         with core.tx() as session:
