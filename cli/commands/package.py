@@ -161,9 +161,14 @@ def package_show(package_id: str, as_json: JsonOpt = False) -> None:
         )
     if detail["description"]:
         out.print(render.text(detail["description"], multiline=True))
-    for key, value in obj(detail.get("fields") or {}, "package fields").items():
+    signature = signing.signature_of(detail)
+    fields = obj(detail.get("fields") or {}, "package fields")
+    if fields and signature is not None:
+        # The manifest covers title, description, records and files, not these.
+        out.print(render.line("fields (not covered by the signature):"))
+    for key, value in fields.items():
         out.print(render.line(f"{key}: {value}"))
-    out.print(render.line(signing.signature_line(signing.signature_of(detail))))
+    out.print(render.line(signing.signature_line(signature)))
     table = Table("file id", "name", "size", "sha256")
     for f in files:
         table.add_row(*render.cells(f["id"], f["name"], f["size"], f["sha256"]))
@@ -195,13 +200,16 @@ def package_download(
         typer.Option(help="Save the signature and its proofs here, for 'package verify'."),
     ] = None,
     policy: signing.PolicyOpt = None,
+    require_signed: signing.RequireSignedOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Download every file of a package; each is checked against its digest, and a signed
     package against its originator's signature, before anything is kept."""
     with api_client() as client:
         detail = client.show(package_id)
-        check = signing.download_check(client, detail, vkey, manifest, policy)
+        check = signing.download_check(
+            client, detail, vkey, manifest, policy, require_signed=require_signed
+        )
         total = sum(f["size"] for f in file_list(detail))
         with transfer_progress(total, "downloading") as advance:
             written = client.download(

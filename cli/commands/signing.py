@@ -18,7 +18,7 @@ from blo_vault.cli.commands._common import JsonOpt, read_json
 from blo_vault.cli.commands.keys import VkeyOpt, passphrase_for
 from blo_vault.cli.errors import BadServerReply, field
 from blo_vault.cli.render import err, out, print_json
-from vault.errors import InvalidInput
+from vault.errors import IntegrityError, InvalidInput
 from vault.witness.policy import WitnessedCheckpoint, load_policy
 
 __all__ = [
@@ -120,18 +120,36 @@ PolicyOpt = Annotated[
 ]
 
 
+RequireSignedOpt = Annotated[
+    bool,
+    typer.Option(
+        "--require-signed",
+        envvar="VAULT_REQUIRE_SIGNED",
+        help="Refuse (exit 6, nothing kept) a package that carries no signature: a host "
+        "could otherwise strip one and serve other files as unsigned.",
+    ),
+]
+
+
 def download_check(
     client: ApiClient,
     detail: dict[str, Any],
     vkey: str | None,
     save: Path | None,
     policy: Path | None = None,
+    *,
+    require_signed: bool = False,
 ) -> Callable[[], None] | None:
     """The check to run once a signed package's files are downloaded, before any is kept
-    (None for an unsigned package). Asks for the key's proofs now, so a refusal comes before
-    the transfer; with ``policy``, the registration must be in a witnessed checkpoint."""
+    (None for an unsigned package, unless ``require_signed`` refuses it). Asks for the key's
+    proofs now, so a refusal comes before the transfer; with ``policy``, the registration
+    must be in a witnessed checkpoint."""
     signature = signature_of(detail)
     if signature is None:
+        if require_signed:
+            raise IntegrityError(
+                "the package carries no signature: nothing proves who sent it (--require-signed)"
+            )
         if save is not None or policy is not None:
             raise InvalidInput("--manifest and --policy: the package is unsigned")
         return None

@@ -476,3 +476,72 @@ def test_key_proofs_up_to_a_witnessed_checkpoint_with_a_policy(
     # Without --policy the same bundle checks against the ledger key alone.
     plain = cli("package", "verify", out_dir, "--manifest", bundle, "--vkey", vkey)
     assert plain.code == 0, plain.stderr
+
+
+def _host_rewrites_details(
+    monkeypatch: pytest.MonkeyPatch, change: Callable[[dict[str, Any]], None]
+) -> None:
+    """The host answers GET /packages/{id} with details ``change`` rewrote."""
+    show = ApiClient.show
+
+    def lying_show(self: ApiClient, package_id: str) -> dict[str, Any]:
+        detail = show(self, package_id)
+        change(detail)
+        return detail
+
+    monkeypatch.setattr(ApiClient, "show", lying_show)
+
+
+def test_a_stripped_signature_is_refused_with_require_signed(
+    cli: CliRunner,
+    logged_in: LoggedIn,
+    world: World,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A host can't forge a signature, but it can drop one and serve the package as unsigned.
+    Without --require-signed that passes, with the "unsigned" line; with it (or
+    VAULT_REQUIRE_SIGNED) the download is refused before any transfer, and nothing kept."""
+    package_id, _ = _signed_package(cli, logged_in, world, tmp_path)
+    logged_in("kz.officer")
+    _host_rewrites_details(monkeypatch, lambda detail: detail.update(signature=None))
+    args = ("--vkey", world.vault.ledger_vkey)
+    for how in ("option", "environment"):
+        out_dir = tmp_path / f"kz-{how}"
+        if how == "environment":
+            monkeypatch.setenv("VAULT_REQUIRE_SIGNED", "1")
+            extra: tuple[str, ...] = ()
+        else:
+            extra = ("--require-signed",)
+        refused = cli(
+            "package", "download", package_id, "-o", out_dir, *args, *extra, user="kz.officer"
+        )
+        assert_one_line_error(refused, 6)
+        assert "carries no signature" in refused.stderr
+        assert not out_dir.exists() or list(out_dir.iterdir()) == []
+    monkeypatch.delenv("VAULT_REQUIRE_SIGNED")
+    allowed = cli(
+        "package", "download", package_id, "-o", tmp_path / "kz", *args, user="kz.officer"
+    )
+    assert allowed.code == 0, allowed.stderr
+    assert "unsigned: nothing proves who sent this package" in allowed.stderr
+
+
+def test_fields_are_shown_as_not_covered_by_the_signature(
+    cli: CliRunner,
+    logged_in: LoggedIn,
+    world: World,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The manifest covers title, description, records and files, not a package's free-form
+    fields: a host that writes some in must not have them read as the officer's."""
+    package_id, _ = _signed_package(cli, logged_in, world, tmp_path)
+    logged_in("kz.officer")
+    _host_rewrites_details(monkeypatch, lambda detail: detail.update(fields={"quantity_kg": 150}))
+    shown = cli("package", "show", package_id, user="kz.officer")
+    assert shown.code == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    heading = lines.index("fields (not covered by the signature):")
+    assert lines[heading + 1] == "quantity_kg: 150"
+    assert any(line.startswith("signed by uz.officer") for line in lines[heading + 2 :])
