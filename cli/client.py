@@ -52,6 +52,46 @@ _READ_BYTES = 256 * 1024
 # 2 s more system time (measured, cause not traced; probably a fresh 1 MiB buffer per read).
 # This process only talks to the vault server, so the setting is the CLI's own.
 httpcore.HTTP11Connection.READ_NUM_BYTES = _READ_BYTES
+# A reply read whole (JSON, or an error's body) may be at most this large, decoded, and take
+# at most this long in all: the largest the vault sends (a package with 50,000 seizure
+# records) is some 10 MiB, and a hostile server must not fill the CLI's memory or hold it
+# for ever one byte a minute (the timeout counts per read).
+_MAX_REPLY_BYTES = 64 * _CHUNK
+_MAX_ERROR_BYTES = _CHUNK
+_REPLY_SECONDS = 600.0
+# Only for the replies themselves: how the headers are kept when the body is read here.
+_BODY_HEADERS = frozenset({"content-encoding", "content-length", "transfer-encoding"})
+
+
+def _check_encoding(response: httpx.Response, what: str) -> None:
+    """BadServerReply for a compressed body: the CLI asks for none (``identity``), and one
+    chunk of gzip can inflate a thousandfold before any count of its bytes could stop it."""
+    encoding = response.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise BadServerReply(
+            f"the server's reply to {what} is compressed ({encoding[:40]!r}), "
+            "which was not asked for"
+        )
+
+
+def _read_bounded(response: httpx.Response, limit: int, what: str) -> httpx.Response:
+    """``response`` (streamed) read to its end, as a response holding its body;
+    BadServerReply if it is compressed, over ``limit`` bytes, or takes over _REPLY_SECONDS."""
+    _check_encoding(response, what)
+    deadline = time.monotonic() + _REPLY_SECONDS
+    parts: list[bytes] = []
+    size = 0
+    for chunk in response.iter_bytes():
+        size += len(chunk)
+        if size > limit:
+            raise BadServerReply(f"the server's reply to {what} is over {limit // _CHUNK} MiB")
+        if time.monotonic() > deadline:
+            raise BadServerReply(f"the server's reply to {what} took over {_REPLY_SECONDS:.0f} s")
+        parts.append(chunk)
+    headers = [(k, v) for k, v in response.headers.multi_items() if k.lower() not in _BODY_HEADERS]
+    return httpx.Response(
+        response.status_code, headers=headers, content=b"".join(parts), request=response.request
+    )
 
 
 def _raise_for(response: httpx.Response) -> None:
@@ -110,7 +150,9 @@ class ApiClient:
         self._session = session
         if session is not None:
             token = session.token
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        headers = {"Accept-Encoding": "identity"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
         try:
             self._http = httpx.Client(
                 base_url=server.rstrip("/"),
@@ -132,8 +174,10 @@ class ApiClient:
         self.close()
 
     def _send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        what = f"{method} {url.split('?', 1)[0]}"
         try:
-            return self._http.request(method, url, **kwargs)
+            with self._http.stream(method, url, **kwargs) as response:
+                return _read_bounded(response, _MAX_REPLY_BYTES, what)
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise _http_error(exc) from None
 
@@ -488,8 +532,8 @@ class ApiClient:
                     if response.status_code == 401 and attempt == 1 and self._renew():
                         continue  # nothing was received yet: ask again with the new token
                     if not response.is_success:
-                        response.read()
-                        _raise_for(response)
+                        _raise_for(_read_bounded(response, _MAX_ERROR_BYTES, f"GET {url}"))
+                    _check_encoding(response, f"GET {url}")
                     # As received (64 KiB reads): re-chunking to a fixed size only copies.
                     yield from response.iter_bytes()
                     return

@@ -9,6 +9,7 @@ written 0600 whatever the umask.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
@@ -27,6 +28,7 @@ from typing import Any
 
 import pytest
 
+from blo_vault.cli import client as client_module
 from blo_vault.cli import session as stored
 from tests.cli.test_cli_render import assert_inert, wide_console
 from tests.cli.test_cli_roundtrip import assert_one_line_error, ok_json
@@ -386,6 +388,40 @@ def test_a_reply_that_is_not_a_vaults_is_one_error_line(
     result = run(*command)
     assert_one_line_error(result, 7)
     assert "the server's" in result.stderr
+
+
+def _trickle(scripted: Scripted) -> Iterable[bytes]:
+    """A JSON body a byte at a time, each well within the per-read timeout, without end."""
+    yield b"{"
+    while not scripted.done.wait(0.05):
+        yield b" "
+
+
+@pytest.mark.parametrize("kind", ["large", "compressed", "trickled"])
+def test_a_reply_too_large_compressed_or_endless_is_refused(
+    kind: str, run: Run, scripted: Scripted, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Replies read whole are bounded in size (64 MiB) and time (600 s in all, however each
+    byte keeps the per-read timeout), and never inflated: a 200 MiB list took the CLI's heap
+    to 670 MB, 299 KiB of gzip to 686 MB, and a trickle held it for as long as it went on."""
+    monkeypatch.chdir(tmp_path)
+    if kind == "large":
+        route = raw(b" " * (64 * 1024 * 1024 + 1), **{"Content-Type": "application/json"})
+        expected = "is over 64 MiB"
+    elif kind == "compressed":
+        body = gzip.compress(json.dumps({"items": [], "total": 0}).encode())
+        route = raw(body, **{"Content-Type": "application/json", "Content-Encoding": "gzip"})
+        expected = "is compressed ('gzip'), which was not asked for"
+    else:
+        monkeypatch.setattr(client_module, "_REPLY_SECONDS", 1.0)
+        route = lambda _request: (200, {"Content-Type": "application/json"}, _trickle(scripted))  # noqa: E731
+        expected = "took over 1 s"
+    scripted.routes["GET", "/packages"] = route
+    started = time.monotonic()
+    result = run("package", "list")
+    assert_one_line_error(result, 7)
+    assert f"the server's reply to GET /packages {expected}" in result.stderr
+    assert time.monotonic() - started < 30
 
 
 def test_login_reply_without_a_token_is_one_error_line(
