@@ -90,6 +90,10 @@ class Settings(BaseSettings):
     # Per request to a witness (connect, send, answer): a slow witness only delays publication.
     witness_timeout_seconds: float = Field(default=5.0, gt=0, le=300)
 
+    # Seizure statistics keep each package's opened day totals (and their groupings) in the
+    # server process, least recently used dropped past this many rows (about 300 bytes each).
+    stats_cache_rows: int = Field(default=500_000, ge=0)
+
     # The server hands memory that transfers freed back to the system this often (glibc's
     # malloc_trim; api/memory.py says why); 0 never.
     malloc_trim_seconds: float = Field(default=10.0, ge=0, le=3600)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy import bindparam
@@ -35,9 +35,6 @@ from vault.service.refusals import records_refusals
 from vault.service.sealed import package_identity
 
 STATS_ACTION = "stats.read"
-# Day totals of this many packages are kept (least recently used dropped first): 20,000
-# packages of 100 records take about 100 MB at most.
-CACHE_PACKAGES = 20_000
 _MISS_BATCH = 500
 
 # The sealed records and package keys of the packages whose totals are not cached yet.
@@ -57,15 +54,20 @@ _SEALED_RECORDS = (
 class _Cached:
     """One package's day totals, and their groupings by each ``by`` asked for so far (over
     all dates). A crossing point never changes country, so a grouping by country stays true.
+    ``rows`` counts what it holds; ``kept`` is told of each grouping it adds (the cache's
+    count), and ``cached`` says whether the cache still holds it.
     """
 
-    __slots__ = ("days", "first", "grouped", "last")
+    __slots__ = ("cached", "days", "first", "grouped", "kept", "last", "rows")
 
-    def __init__(self, days: tuple[DayTotals, ...]) -> None:
+    def __init__(self, days: tuple[DayTotals, ...], kept: Callable[[_Cached, int], None]) -> None:
         self.days = days
         self.first = min((t.day for t in days), default=0)
         self.last = max((t.day for t in days), default=0)
         self.grouped: dict[tuple[str, ...], aggregate.Projected] = {}
+        self.rows = len(days)
+        self.kept = kept
+        self.cached = False
 
     def within(
         self,
@@ -87,7 +89,9 @@ class _Cached:
     def by(self, keys: tuple[str, ...], countries: dict[str, str]) -> aggregate.Projected:
         found = self.grouped.get(keys)
         if found is None:
-            found = self.grouped[keys] = aggregate.project(self.days, keys, countries)
+            found = aggregate.project(self.days, keys, countries)
+            if self.grouped.setdefault(keys, found) is found:  # not another thread's first
+                self.kept(self, len(found))
         return found
 
 
@@ -99,6 +103,11 @@ class SeizureService:
         self.access = access
         self._lock = threading.Lock()
         self._totals: OrderedDict[tuple[str, int], _Cached] = OrderedDict()
+        self._rows = 0  # what the cached entries hold, in rows
+        # Counted in rows, not packages: one package of 50,000 records in distinct cells,
+        # grouped all 31 ways, held 178,000 rows (54 MiB), and a bound by package count let
+        # any officer fill the server's memory with their own uploads.
+        self._max_rows = core.settings.stats_cache_rows
         self._statements: dict[tuple[str, str, str], Any] = {}
 
     # --- crossing points ----------------------------------------------------------------------
@@ -282,16 +291,38 @@ class SeizureService:
             for start in range(0, len(missing), _MISS_BATCH):
                 batch = missing[start : start + _MISS_BATCH]
                 for row in connection.execute(_SEALED_RECORDS, {"ids": batch}):
-                    opened[(row.package_id, row.version)] = _Cached(self._open(row))
+                    opened[(row.package_id, row.version)] = _Cached(self._open(row), self._grew)
         if opened:
             with self._lock:
-                self._totals.update(opened)
-                while len(self._totals) > CACHE_PACKAGES:
-                    self._totals.popitem(last=False)
+                for key, entry in opened.items():
+                    if (old := self._totals.pop(key, None)) is not None:
+                        self._forget(old)
+                    self._totals[key] = entry
+                    entry.cached = True
+                    self._rows += entry.rows
+                self._evict()
             found |= opened
         # Only the versions the readable query returned count (a row changed in between is
         # left out rather than counted in another version).
         return [found[(pid, version)] for pid, version in readable if (pid, version) in found]
+
+    def _grew(self, entry: _Cached, rows: int) -> None:
+        """A cached package kept another grouping of ``rows`` rows."""
+        with self._lock:
+            entry.rows += rows
+            if entry.cached:
+                self._rows += rows
+                self._evict()
+
+    def _forget(self, entry: _Cached) -> None:
+        entry.cached = False
+        self._rows -= entry.rows
+
+    def _evict(self) -> None:
+        """Drop least recently used packages until the cache is within its bound in rows
+        (the newest stays, even alone above it: it is in use). Under the lock."""
+        while self._rows > self._max_rows and len(self._totals) > 1:
+            self._forget(self._totals.popitem(last=False)[1])
 
     def _open(self, row: Any) -> tuple[DayTotals, ...]:
         identity = package_identity(row.package_id)

@@ -329,3 +329,40 @@ def test_date_ranges_that_hold_or_miss_whole_packages(
         stats, _ = v.seizure_stats(kz, by=by, **span)
         assert_same(figures(stats), expected(records, by, **span))
     assert v.seizure_stats(kz, by=by, date_from=date(2019, 1, 1))[0].rows == []
+
+
+def test_the_cache_is_bounded_by_the_rows_it_holds(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cache counts rows (day totals and the groupings made of them), not packages: one
+    officer's own uploads of 50,000 records each could hold 55 MiB a package for good. Past
+    the bound the least recently used packages go; figures are the same either way."""
+    register_points(world)
+    rng = random.Random(7)
+    uploads = [make_records(rng, list(POINTS), 300) for _ in range(4)]
+    for records in uploads:
+        upload(world, "uz.officer", records)
+    every = [r for records in uploads for r in records]
+    service = world.vault.seizures
+    groupings = [("month",), ("month", "commodity"), ("crossing_point", "direction"), ()]
+
+    def held() -> int:
+        return sum(entry.rows for entry in service._totals.values())
+
+    # Unbounded enough: every package stays, and the count matches what they hold.
+    for by in groupings:
+        stats, _ = world.vault.seizure_stats(world["uz.officer"], by=by)
+        assert_same(figures(stats), expected(every, by))
+    assert len(service._totals) == 4
+    assert service._rows == held()
+    whole = service._rows
+
+    # A bound of about two packages' worth: once the cache grows again (groupings not asked
+    # yet), the least recently used are dropped.
+    monkeypatch.setattr(service, "_max_rows", whole // 2)
+    for by in [("commodity",), ("direction",), ("month", "country"), ("month",)]:
+        stats, _ = world.vault.seizure_stats(world["uz.officer"], by=by)
+        assert_same(figures(stats), expected(every, by))
+        assert service._rows == held()
+        assert service._rows <= whole // 2 or len(service._totals) == 1
+    assert len(service._totals) < 4
