@@ -16,6 +16,7 @@ from blo_vault.cli import render
 from blo_vault.cli.commands._common import JsonOpt, local_vault, parse_day, read_password
 from blo_vault.cli.render import err, out, print_json
 from vault.config import load_settings
+from vault.db import is_postgres
 from vault.models import Classification, Role
 from vault.service import local_operator
 from vault.service.admin import GC_GRACE
@@ -197,8 +198,20 @@ def purge(
         typer.confirm(f"Destroy package {package_id} irreversibly?", abort=True)
     with local_vault() as vault:
         purged = vault.purge(local_operator(), package_id)
+        postgres = is_postgres(vault.engine)
     err.print(f"package {package_id} purged (ledger #{purged.receipt})")
-    if not purged.log_emptied:
+    if postgres:
+        if not purged.log_emptied:
+            err.print(
+                "warning: this database role does not own the vault's tables, so the VACUUM "
+                "was skipped; run 'blovault admin gc' as the owner role"
+            )
+        err.print(
+            "note: PostgreSQL keeps the destroyed keys' old bytes in its table files and WAL "
+            "until they are overwritten; 'VACUUM FULL package, packagefile, ledgerentry' as the "
+            "owner rewrites the tables (it locks them), and WAL archives and backups keep theirs"
+        )
+    elif not purged.log_emptied:
         err.print(
             "warning: a reader held the database's write-ahead log, so old copies of the "
             "destroyed keys are still in the database's files; run 'blovault admin gc' when "

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func
+from sqlalchemy import delete, func, text
 from sqlalchemy.exc import IntegrityError as DBIntegrityError
 from sqlmodel import col, select
 
@@ -62,6 +62,9 @@ COMPACT_WAIT_MS = 10_000
 # disk, and an upload's first file is one until the upload commits.
 GC_GRACE = timedelta(hours=24)
 
+
+# The tables whose rows held destroyed keys and openings (see _compact_database).
+_COMPACTED = ("package", "packagefile", "ledgerentry")
 
 # What require_global asks of an administrator's "manage" (no package, no relation).
 _ADMIN_MANAGES = Facts(
@@ -474,12 +477,30 @@ class AdminService:
 
     def _compact_database(self) -> bool:
         """Push destroyed key material out of the WAL (SQLite) or dead tuples (PostgreSQL);
-        False if a reader still held SQLite's log after COMPACT_WAIT_MS (logged)."""
+        False if a reader still held SQLite's log after COMPACT_WAIT_MS, or if this
+        PostgreSQL role does not own the tables and so can't VACUUM them (logged)."""
         engine = self.core.engine
         if is_postgres(engine):
             with engine.connect() as conn:
                 conn = conn.execution_options(isolation_level="AUTOCOMMIT")
-                for table in ("package", "packagefile", "ledgerentry"):
+                # PostgreSQL skips a VACUUM of another role's table with only a notice: the
+                # service's own role (as `docker compose exec api blovault admin ...` runs)
+                # owns none, and purge said all was well while nothing ran.
+                owned = conn.execute(
+                    text(
+                        "SELECT count(*) FROM pg_tables WHERE schemaname = current_schema() "
+                        "AND tablename = ANY(:tables) "
+                        "AND pg_has_role(current_user, tableowner, 'USAGE')"
+                    ),
+                    {"tables": list(_COMPACTED)},
+                ).scalar_one()
+                if owned != len(_COMPACTED):
+                    log.warning(
+                        "VACUUM skipped: this database role does not own the vault's tables; "
+                        "run 'blovault admin gc' as the owner role"
+                    )
+                    return False
+                for table in _COMPACTED:
                     conn.exec_driver_sql(f"VACUUM {table}")
             return True
         raw = engine.raw_connection()
