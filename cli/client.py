@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 import tempfile
 import time
 import unicodedata
@@ -17,7 +18,7 @@ import httpcore
 import httpx
 
 from blo_vault.cli import session as stored
-from blo_vault.cli.errors import BY_CODE, BadServerReply, count, field, obj, objects
+from blo_vault.cli.errors import BY_CODE, BadServerReply, Reply, count, field, obj, objects
 from blo_vault.cli.keys import UploadSigner
 from vault.crypto import BackgroundDigest, constant_time_equal
 from vault.errors import (
@@ -189,7 +190,7 @@ class ApiClient:
             response = self._send(method, url, **kwargs)
         _raise_for(response)
         try:
-            return response.json()
+            return response.json(object_hook=Reply)
         except (ValueError, RecursionError):
             # Not JSON (a proxy's HTML page), not UTF-8, or nested past the parser's depth.
             raise BadServerReply(
@@ -434,8 +435,14 @@ class ApiClient:
         names = local_names([f["name"] for f in files])
         for item, name in zip(files, names, strict=True):
             target = dest / name
-            if target.exists() and not force:
-                raise Conflict(f"{target} exists (use --force to replace it)")
+            # lexists: a dangling symlink is something there too. And whatever --force says,
+            # only a regular file is replaced: a folder (or anything else) in the way would
+            # fail its rename after earlier files were already replaced, all-or-nothing lost.
+            if os.path.lexists(target):
+                if not force:
+                    raise Conflict(f"{target} exists (use --force to replace it)")
+                if not stat.S_ISREG(target.lstat().st_mode):
+                    raise Conflict(f"{target} exists and is not a regular file: not replaced")
             targets.append((item, target))
         staged: list[tuple[Path, Path]] = []
         try:

@@ -12,6 +12,8 @@ __all__ = [
     "BY_CODE",
     "EXIT_CODES",
     "BadServerReply",
+    "MissingMember",
+    "Reply",
     "count",
     "exit_code_for",
     "field",
@@ -27,6 +29,22 @@ class BadServerReply(errors.VaultError):
     login page), undecodable, or JSON without the fields the route always sends."""
 
     code = "bad_server_reply"
+
+
+class MissingMember(BadServerReply, KeyError):
+    """A member a route always sends is missing from its reply (still a KeyError, for code
+    that asks and handles its absence)."""
+
+    def __str__(self) -> str:  # KeyError's would quote the message
+        return self.message
+
+
+class Reply(dict[str, Any]):
+    """A JSON object of a server's reply: a member read that is not there is a bad reply
+    (exit 7, one line), not a crash of whatever command read it."""
+
+    def __missing__(self, key: str) -> Any:
+        raise MissingMember(f"the server's reply has no {key!r}")
 
 
 EXIT_CODES: dict[type[errors.VaultError], int] = {

@@ -16,6 +16,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import stat
 import sys
 import tempfile
@@ -25,7 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from blo_vault.cli.errors import field
+from blo_vault.cli.errors import BadServerReply, field
 from vault.errors import AuthenticationFailed
 
 __all__ = [
@@ -66,14 +67,24 @@ class StoredSession:
 
 
 def from_tokens(server: str, username: str, result: dict[str, Any]) -> StoredSession:
-    """The session a login, refresh or password change answered with."""
+    """The session a login, refresh or password change answered with; BadServerReply for a
+    token that can't go in an Authorization header (saved, it failed every later command)."""
+    token = field(result, "access_token", str, "token reply")
+    refresh = result.get("refresh_token", "")
+    for value in (token, refresh):
+        if not isinstance(value, str) or (value and not _B64TOKEN.fullmatch(value)):
+            raise BadServerReply("the server's token reply holds a token no header can carry")
     return StoredSession(
         server=server,
         username=username,
-        token=field(result, "access_token", str, "token reply"),
-        refresh_token=str(result.get("refresh_token", "")),
+        token=token,
+        refresh_token=refresh,
         access_expires_at=time.time() + _seconds(result.get("expires_in")),
     )
+
+
+# RFC 6750, 2.1: b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
+_B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 
 
 def _seconds(value: Any) -> float:

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
@@ -71,12 +71,15 @@ def read_text(path: Path, what: str) -> str:
         raise InvalidInput(f"cannot read {what} {path}: not UTF-8 (byte {exc.start})") from None
 
 
-def read_json(path: Path, what: str) -> object:
-    """``path`` parsed as JSON; InvalidInput naming ``what`` and the file when it can't be
-    read, is not UTF-8, is not JSON, or nests too deeply for the parser."""
+def read_json(
+    path: Path, what: str, *, object_hook: Callable[[dict[str, Any]], Any] | None = None
+) -> object:
+    """``path`` parsed as JSON (each object through ``object_hook``, if given); InvalidInput
+    naming ``what`` and the file when it can't be read, is not UTF-8, is not JSON, or nests
+    too deeply for the parser."""
     text = read_text(path, what)
     try:
-        return json.loads(text)
+        return json.loads(text, object_hook=object_hook)
     except ValueError as exc:
         raise InvalidInput(f"cannot read {what} {path}: not JSON ({exc})") from None
     except RecursionError:

@@ -135,7 +135,10 @@ def _verify_export_file(
     if isinstance(checked, WitnessedExport):
         ledger_witness.report_witnessed(checked, as_json)
     if "extends_saved_size" in report and not as_json:
-        out.print(f"extends the saved checkpoint of {report['extends_saved_size']} entries")
+        out.print(
+            f"extends the saved checkpoint of {report['extends_saved_size']} entries",
+            markup=False,
+        )
 
 
 def verified_export(export: Path, vkey: str | None, policy: Path | None) -> dict[str, Any]:
@@ -233,7 +236,7 @@ def ledger_export(
     if as_json:
         print_json({"file": str(output), "size": info.size, "vkey": info.vkey})
     else:
-        out.print(f"exported {info.size} entries to {output}", soft_wrap=True)
+        out.print(render.line(f"exported {info.size} entries to {output}"), soft_wrap=True)
         out.print(f"verifier key: {info.vkey}", soft_wrap=True)
 
 
@@ -251,7 +254,7 @@ def _remote_export(output: Path, scoped: bool, as_json: bool) -> None:
     if as_json:
         print_json({"file": str(output), "size": size, "vkey": vkey})
     else:
-        out.print(f"exported {size} entries to {output}", soft_wrap=True)
+        out.print(render.line(f"exported {size} entries to {output}"), soft_wrap=True)
         out.print(render.line("verifier key: ", render.text(vkey)), soft_wrap=True)
 
 

@@ -120,6 +120,14 @@ PolicyOpt = Annotated[
 ]
 
 
+class _BundleObject(dict[str, Any]):
+    """A JSON object of a saved bundle: a member it lacks makes it no bundle (exit 2), not a
+    crash of the check that read it."""
+
+    def __missing__(self, key: str) -> Any:
+        raise InvalidInput(f"not a blo-vault signed package bundle: it has no {key!r}")
+
+
 RequireSignedOpt = Annotated[
     bool,
     typer.Option(
@@ -186,7 +194,7 @@ def package_verify(
     and the witness policy with --policy)."""
     if not vkey:
         raise InvalidInput("give --vkey (or VAULT_LEDGER_VKEY): the ledger's verifier key")
-    saved = read_json(manifest, "bundle")
+    saved = read_json(manifest, "bundle", object_hook=_BundleObject)
     if not isinstance(saved, dict) or not isinstance(saved.get("signature"), dict):
         raise InvalidInput("not a blo-vault signed package bundle")
     signed = verify.check_signed(saved["signature"])

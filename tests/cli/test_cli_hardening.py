@@ -679,3 +679,115 @@ def test_a_signature_without_its_fields_is_a_bad_reply(
 ) -> None:
     scripted.routes["GET", f"/packages/{PID}"] = reply(detail(signature=signature))
     assert_one_line_error(run("package", "show", PID), 7)
+
+
+# --- 5. a second review: what a hostile server's replies, and the folder, may hold -----------
+
+
+def _two_files(scripted: Scripted) -> None:
+    """Package PID with a.txt and b.txt, served honestly."""
+    items = []
+    for fid, name, content in (("f1", "a.txt", b"new a\n"), ("f2", "b.txt", b"new b\n")):
+        items.append(
+            {
+                "id": fid,
+                "name": name,
+                "size": len(content),
+                "sha256": hashlib.sha256(content).hexdigest(),
+            }
+        )
+        scripted.routes["GET", f"/packages/{PID}/files/{fid}"] = raw(content)
+    scripted.routes["GET", f"/packages/{PID}"] = reply(detail(*items))
+
+
+def test_a_dangling_symlink_in_the_way_is_not_replaced_without_force(
+    run: Run, scripted: Scripted, tmp_path: Path
+) -> None:
+    _two_files(scripted)
+    dest = tmp_path / "inbox"
+    dest.mkdir()
+    (dest / "a.txt").symlink_to(tmp_path / "nowhere")
+    result = run("package", "download", PID, "-o", dest)
+    assert_one_line_error(result, 8)
+    assert "exists (use --force to replace it)" in result.stderr
+    assert (dest / "a.txt").is_symlink()
+
+
+def test_force_replaces_nothing_when_a_target_is_not_a_regular_file(
+    run: Run, scripted: Scripted, tmp_path: Path
+) -> None:
+    """A folder named like the second file failed its rename after the first file had
+    replaced the user's: all or nothing, with the user's file already gone."""
+    _two_files(scripted)
+    dest = tmp_path / "inbox"
+    dest.mkdir()
+    (dest / "a.txt").write_bytes(b"the user's own a\n")
+    (dest / "b.txt").mkdir()
+    result = run("package", "download", PID, "-o", dest, "--force")
+    assert_one_line_error(result, 8)
+    assert "is not a regular file" in result.stderr
+    assert (dest / "a.txt").read_bytes() == b"the user's own a\n"
+    assert leftovers(dest) == ["a.txt", "b.txt"]
+    assert not any(seen.startswith(f"GET /packages/{PID}/files") for seen in scripted.seen)
+
+
+@pytest.mark.parametrize(
+    ("command", "route", "member"),
+    [
+        (
+            ("package", "release", PID, "--country", "KZ"),
+            ("POST", f"/packages/{PID}/releases"),
+            "release",
+        ),
+        (("keys", "revoke", "ab" * 16), ("POST", f"/keys/{'ab' * 16}/revoke"), "id"),
+    ],
+)
+def test_a_reply_without_a_member_its_route_always_sends_is_a_bad_reply(
+    command: tuple[str, ...], route: tuple[str, str], member: str, run: Run, scripted: Scripted
+) -> None:
+    scripted.routes[route] = reply({"receipt": 1})
+    result = run(*command)
+    assert_one_line_error(result, 7)
+    assert f"the server's reply has no {member!r}" in result.stderr
+
+
+@pytest.mark.parametrize("token", ["tokén", "tok\r\nX-Injected: 1", "two words"])
+def test_a_token_no_header_can_carry_is_not_saved(
+    token: str, run: Run, scripted: Scripted, tmp_path: Path
+) -> None:
+    """Saved, it failed every later command ("unexpected UnicodeEncodeError", or a misleading
+    "cannot reach the vault server")."""
+    before = stored.load()
+    scripted.routes["POST", "/auth/login"] = reply(
+        {"access_token": token, "refresh_token": "r", "expires_in": 900}
+    )
+    login = ("login", "--server", scripted.url, "--username", "u", "--password-stdin")
+    result = run(*login, stdin="pw\n")
+    assert_one_line_error(result, 7)
+    assert "token no header can carry" in result.stderr
+    assert stored.load() == before
+
+
+def test_a_bundle_without_a_member_is_no_bundle(run: Run, tmp_path: Path) -> None:
+    bundle = tmp_path / "saved.json"
+    bundle.write_text(
+        json.dumps({"format": "blo-vault signed package v1", "signature": {}, "proof": {}})
+    )
+    result = run("package", "verify", tmp_path, "--manifest", bundle, "--vkey", "k+1+AAAA")
+    assert_one_line_error(result, 2)
+    assert "not a blo-vault signed package bundle: it has no" in result.stderr
+
+
+def test_an_export_path_with_brackets_is_printed_as_it_is(
+    run: Run, scripted: Scripted, tmp_path: Path
+) -> None:
+    """Printed as markup, "[/b]" in the path failed the command after the file was written."""
+    scripted.routes["GET", "/ledger/export"] = raw(
+        json.dumps({"origin": "o", "checkpoint": "c", "entries": [], "vkey": "v"}).encode()
+    )
+    (tmp_path / "a[").mkdir()
+    target = tmp_path / "a[" / "b]x[red].json"  # the path holds "[/b]" and "[red]"
+    result = run("ledger", "export", "--remote", "-o", target)
+    assert result.code == 0, result.stderr
+    assert str(target) in result.stdout.replace("\n", "")
+    assert target.exists()
