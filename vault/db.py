@@ -28,7 +28,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, bindparam, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlmodel import Session, create_engine
 
 from vault import models  # also registers the tables on SQLModel.metadata
@@ -405,14 +405,24 @@ def migrate(engine: Engine) -> str:
     try:
         with engine.begin() as connection:
             command.upgrade(_alembic_config(connection), "head")
+            if is_postgres(engine):
+                # A deployment granted at an older revision lacked every table added since
+                # (web sessions, officer keys, seizure records...) and failed at run time.
+                for role in _app_roles(connection):
+                    _grant(connection, role)
             problems = append_only_problems(connection)
             if problems:
                 log.warning("restoring the ledger's append-only guard: %s", "; ".join(problems))
                 for statement in append_only_statements(connection.dialect.name):
                     connection.execute(text(statement))
             return current_revision(connection) or ""
-    except OperationalError as exc:
-        raise StorageUnavailable(f"database unavailable: {type(exc.orig).__name__}") from None
+    except DBAPIError as exc:  # OperationalError on SQLite, ProgrammingError etc. on PostgreSQL
+        # What failed, for the operator to act on (a statement of a migration, or the
+        # connection): schema names and SQL errors, never a row's content. Rolled back.
+        reason = str(exc.orig).strip().splitlines()[0][:300] if str(exc.orig).strip() else ""
+        raise StorageUnavailable(
+            f"database migration failed, nothing changed: {type(exc.orig).__name__}: {reason}"
+        ) from None
 
 
 def current_revision(connection: Connection) -> str | None:
@@ -548,24 +558,43 @@ def grant_app_role(engine: Engine, role: str) -> None:
     if not _ROLE.fullmatch(role):
         raise ConfigError("role names are lowercase letters, digits and '_'")
     with engine.begin() as conn:
-        schema = conn.exec_driver_sql("SELECT current_schema()").scalar_one()
-        tables = [
-            row[0]
-            for row in conn.exec_driver_sql(
-                "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
-            )
-        ]
-        conn.exec_driver_sql(f'GRANT USAGE ON SCHEMA "{schema}" TO {role}')
-        conn.exec_driver_sql(f'GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA "{schema}" TO {role}')
-        for table in tables:
-            if table in APPEND_ONLY_TABLES:
-                conn.exec_driver_sql(f'REVOKE ALL ON "{table}" FROM {role}')
-                conn.exec_driver_sql(f'GRANT SELECT, INSERT ON "{table}" TO {role}')
-                if table == "ledgerentry":  # purge and retention destroy sealed openings
-                    opening = ", ".join(models.LEDGER_OPENING_COLUMNS)
-                    conn.exec_driver_sql(f'GRANT UPDATE ({opening}) ON "{table}" TO {role}')
-            elif table == "alembic_version":
-                conn.exec_driver_sql(f'REVOKE ALL ON "{table}" FROM {role}')
-                conn.exec_driver_sql(f'GRANT SELECT ON "{table}" TO {role}')
-            else:
-                conn.exec_driver_sql(f'GRANT SELECT, INSERT, UPDATE, DELETE ON "{table}" TO {role}')
+        _grant(conn, role)
+
+
+def _app_roles(conn: Connection) -> list[str]:
+    """The roles granted as the service before (they may append to the ledger), the owner
+    aside: a migration grants them the tables it adds."""
+    return [
+        row[0]
+        for row in conn.exec_driver_sql(
+            "SELECT DISTINCT grantee FROM information_schema.role_table_grants "
+            "WHERE table_schema = current_schema() AND table_name = 'ledgerentry' "
+            "AND privilege_type = 'INSERT' AND grantee <> current_user AND grantee <> 'PUBLIC'"
+        )
+        if _ROLE.fullmatch(row[0])
+    ]
+
+
+def _grant(conn: Connection, role: str) -> None:
+    """grant_app_role's grants, in ``conn``'s transaction."""
+    schema = conn.exec_driver_sql("SELECT current_schema()").scalar_one()
+    tables = [
+        row[0]
+        for row in conn.exec_driver_sql(
+            "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
+        )
+    ]
+    conn.exec_driver_sql(f'GRANT USAGE ON SCHEMA "{schema}" TO {role}')
+    conn.exec_driver_sql(f'GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA "{schema}" TO {role}')
+    for table in tables:
+        if table in APPEND_ONLY_TABLES:
+            conn.exec_driver_sql(f'REVOKE ALL ON "{table}" FROM {role}')
+            conn.exec_driver_sql(f'GRANT SELECT, INSERT ON "{table}" TO {role}')
+            if table == "ledgerentry":  # purge and retention destroy sealed openings
+                opening = ", ".join(models.LEDGER_OPENING_COLUMNS)
+                conn.exec_driver_sql(f'GRANT UPDATE ({opening}) ON "{table}" TO {role}')
+        elif table == "alembic_version":
+            conn.exec_driver_sql(f'REVOKE ALL ON "{table}" FROM {role}')
+            conn.exec_driver_sql(f'GRANT SELECT ON "{table}" TO {role}')
+        else:
+            conn.exec_driver_sql(f'GRANT SELECT, INSERT, UPDATE, DELETE ON "{table}" TO {role}')

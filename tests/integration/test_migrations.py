@@ -22,7 +22,8 @@ from sqlmodel import Session, col, select
 
 from tests.conftest import World, postgres_schema_url, requires_postgres
 from vault import crypto
-from vault.db import MIGRATIONS, append_only_problems, make_engine, migrate
+from vault.db import MIGRATIONS, append_only_problems, make_engine, migrate, schema_revision
+from vault.errors import StorageUnavailable
 from vault.models import LEDGER_OPENING_COLUMNS, Classification, Handling, LedgerEntry
 from vault.schemas import NewPackage
 from vault.service import IncomingFile, Vault, local_operator
@@ -176,3 +177,17 @@ def test_postgres_downgrade_to_base_and_upgrade_again() -> None:
                 assert "type role" in _schema_objects(connection)  # the types are back
         finally:
             engine.dispose()
+
+
+def test_a_migration_that_fails_says_why_and_changes_nothing(world: World) -> None:
+    """It said only "database unavailable: OperationalError": nothing to act on."""
+    engine = world.vault.engine
+    _downgrade(engine, "0008")
+    with engine.begin() as conn:  # in the way of what 0009 creates
+        conn.execute(text("CREATE TABLE _in_the_way (x INTEGER)"))
+        conn.execute(text("CREATE INDEX ix_release_derived_from ON _in_the_way (x)"))
+    with pytest.raises(StorageUnavailable) as failed:
+        migrate(engine)
+    assert "migration failed, nothing changed" in failed.value.message
+    assert "ix_release_derived_from" in failed.value.message
+    assert schema_revision(engine) == "0008_openings_in_entries"

@@ -353,3 +353,31 @@ def test_upgrading_to_openings_in_entries_grants_the_app_role(databases: Databas
         conn.execute(text("UPDATE ledgerentry SET opening_sealed = NULL"))
     with databases.owner.connect() as conn:
         assert conn.execute(text("SELECT opening_sealed FROM ledgerentry")).scalar_one() is None
+
+
+def test_an_upgrade_grants_the_app_role_the_tables_it_adds(databases: Databases) -> None:
+    """A deployment granted at 0002 and upgraded with `admin migrate` alone: the service's
+    role had no right at all on the tables added since (web sessions, officer keys, seizure
+    records, crossing points, witnesses) and failed at run time. The migration now grants
+    every role already granted as the service."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with databases.owner.begin() as conn:
+        config.attributes["connection"] = conn
+        command.downgrade(config, "0002")  # drops the later tables, and their grants
+    migrate(databases.owner)
+    added = ("websession", "officerkey", "packagerecords", "crossingpoint", "witnesslag")
+    with databases.owner.connect() as conn:
+        rights = {
+            table: conn.execute(
+                text("SELECT has_table_privilege(:role, :table, 'INSERT')"),
+                {"role": databases.role, "table": table},
+            ).scalar_one()
+            for table in (*added, "ledgerentry")
+        }
+        ledger_update = conn.execute(
+            text("SELECT has_table_privilege(:role, 'ledgerentry', 'UPDATE')"),
+            {"role": databases.role},
+        ).scalar_one()
+    assert rights == dict.fromkeys((*added, "ledgerentry"), True)
+    assert not ledger_update  # the ledger stays append-only for it
