@@ -161,3 +161,45 @@ def test_every_image_is_pinned_to_a_tag_other_than_latest(compose: dict[str, Any
         _, _, tag = image.rpartition("/")[2].partition(":")
         assert tag not in ("", "latest"), f"{name} runs {image}: pin a release tag"
     assert images["minio"].split(":", 1)[1].startswith("RELEASE.")
+
+
+@pytest.mark.skipif(
+    shutil.which("psql") is None or not os.environ.get("VAULT_TEST_DATABASE_URL"),
+    reason="needs psql and VAULT_TEST_DATABASE_URL (a PostgreSQL server to create a role on)",
+)
+def test_postgres_init_takes_a_password_with_quotes() -> None:
+    """The script pasted the password into its SQL: one holding a quote broke the statement
+    (and psql printed it), leaving the volume without the service's role."""
+    url = make_url(os.environ["VAULT_TEST_DATABASE_URL"])
+    env = {
+        **os.environ,
+        "PGHOST": url.host or "127.0.0.1",
+        "PGPORT": str(url.port or 5432),
+        "POSTGRES_USER": url.username or "postgres",
+        "POSTGRES_DB": url.database or "test",
+        "VAULT_APP_DB_PASSWORD": "it's a 'quoted' pass\\word; DROP ROLE x; --",
+    }
+
+    def psql(sql: str) -> str:
+        command = ["psql", "-v", "ON_ERROR_STOP=1", "-Atc", sql, "-U", env["POSTGRES_USER"]]
+        done = subprocess.run(
+            [*command, env["POSTGRES_DB"]], env=env, capture_output=True, text=True, check=True
+        )
+        return done.stdout.strip()
+
+    if psql("SELECT count(*) FROM pg_roles WHERE rolname = 'vault_app'") != "0":
+        pytest.skip("a vault_app role exists on this server already")
+    try:
+        ran = subprocess.run(
+            ["sh", str(ROOT / "deploy" / "postgres-init.sh")],
+            env=env, capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        assert ran.returncode == 0, ran.stderr
+        assert "quoted" not in ran.stdout + ran.stderr
+        assert psql("SELECT rolcanlogin FROM pg_roles WHERE rolname = 'vault_app'") == "t"
+    finally:
+        psql(
+            "DO $$BEGIN IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'vault_app') THEN "
+            f"EXECUTE 'REVOKE CONNECT ON DATABASE \"{env['POSTGRES_DB']}\" FROM vault_app'; "
+            "DROP ROLE vault_app; END IF; END$$"
+        )
