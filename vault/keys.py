@@ -129,10 +129,12 @@ def _dev_key(settings: Settings, name: str, make: Callable[[], bytes], *, create
 
 def key_file_warnings(settings: Settings) -> list[str]:
     """A warning for each configured key file that users other than its owner may read: the
-    vault still runs (a secrets mount may not let it be fixed from inside), but the KEK, the
-    token key or the ledger key must be the vault's alone."""
+    vault still runs (a secrets mount may not let it be fixed from inside), but the KEKs (old
+    ones too: they open every key not yet re-wrapped), the token key or the ledger key must
+    be the vault's alone."""
     warnings = []
-    for path in (settings.kek_file, settings.jwt_key_file, settings.ledger_key_file):
+    paths = (settings.kek_file, *settings.kek_old_files, settings.jwt_key_file)
+    for path in (*paths, settings.ledger_key_file):
         if path is None:
             continue
         try:
@@ -163,6 +165,10 @@ def load_keys(settings: Settings, *, create: bool = True) -> KeyMaterial:
         return resolved
 
     kek_secret = os.environ.get("VAULT_KEK")
+    if kek_secret and settings.kek_file is not None:
+        # One would silently win: a rotation with the new KEK in VAULT_KEK_FILE while an old
+        # VAULT_KEK was still exported re-wrapped nothing and said the old KEK was not needed.
+        raise ConfigError("both VAULT_KEK and VAULT_KEK_FILE are set: set only one")
     if kek_secret:
         current = crypto.Kek(_decode_32(kek_secret.encode(), what="VAULT_KEK"))
     else:

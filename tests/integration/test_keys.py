@@ -522,6 +522,29 @@ def test_key_files_others_may_read_are_warned_of(tmp_path: Path) -> None:
     assert any(str(keys["VAULT_KEK_FILE"]) in line and "0640" in line for line in warned)
 
 
+def test_an_old_kek_others_may_read_is_warned_of(tmp_path: Path) -> None:
+    """Until rotate-kek ran, an old KEK opens every key not yet re-wrapped."""
+    keys = generate_key_files(tmp_path / "secrets")
+    old = write_kek(tmp_path / "secrets" / "kek-old.b64")
+    settings = prod_settings(tmp_path / "data", keys).model_copy(update={"kek_old_files": [old]})
+    assert key_file_warnings(settings) == []
+    old.chmod(0o644)
+    (warned,) = key_file_warnings(settings)
+    assert str(old) in warned
+    assert "0644" in warned
+
+
+def test_vault_kek_and_vault_kek_file_together_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One silently won: a rotation with the new KEK in VAULT_KEK_FILE, an old VAULT_KEK still
+    exported, re-wrapped nothing and said the old KEK was no longer needed."""
+    keys = generate_key_files(tmp_path / "secrets")
+    monkeypatch.setenv("VAULT_KEK", base64.b64encode(os.urandom(32)).decode())
+    with pytest.raises(ConfigError, match="both VAULT_KEK and VAULT_KEK_FILE"):
+        Vault.open(prod_settings(tmp_path / "data", keys))
+
+
 def test_an_empty_metrics_token_is_none() -> None:
     """A compose file passes ${VAULT_METRICS_TOKEN:-}: empty must mean no /metrics."""
     assert load_settings(metrics_token="").metrics_token is None
