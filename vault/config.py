@@ -7,12 +7,15 @@ mode (``VAULT_ENV=production``) refuses development keys; see :mod:`vault.keys`.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from vault.errors import ConfigError
 
@@ -185,6 +188,25 @@ class Settings(BaseSettings):
             return value
         return [str(ipaddress.ip_network(str(item).strip(), strict=False)) for item in value]
 
+    @model_validator(mode="after")
+    def _no_placeholder_secrets(self) -> Settings:
+        """Production refuses the ``change-me-...`` secrets of .env.example, which the compose
+        file only checks are not empty."""
+        if self.env != "production":
+            return self
+        secrets = {
+            "VAULT_S3_SECRET_KEY": self.s3_secret_key and self.s3_secret_key.get_secret_value()
+        }
+        if self.database_url:
+            # A malformed URL is refused where the database is opened, with its own message.
+            with contextlib.suppress(ArgumentError):
+                secrets["the database URL's password"] = make_url(self.database_url).password
+        for name, value in secrets.items():
+            if isinstance(value, str) and value.lower().startswith("change-me"):
+                # Not a ValueError: pydantic would quote the whole input, secrets and all.
+                raise ConfigError(f"{name} is still the .env.example placeholder: set a secret")
+        return self
+
     @property
     def signatures_required(self) -> bool:
         """Whether unsigned uploads are refused (``require_signatures``, else production)."""
@@ -225,5 +247,12 @@ def load_settings(**overrides: object) -> Settings:
     """Build settings from the environment, with explicit overrides winning (used by tests)."""
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        # Each field and why, never the value given: it may be a secret (a token, a password).
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc']) or 'settings'}: {error['msg']}"
+            for error in exc.errors(include_url=False, include_input=False)
+        )
+        raise ConfigError(f"invalid settings: {problems}") from None
     except ValueError as exc:
         raise ConfigError(f"invalid settings: {exc}") from None

@@ -545,6 +545,28 @@ def test_vault_kek_and_vault_kek_file_together_are_refused(
         Vault.open(prod_settings(tmp_path / "data", keys))
 
 
+@pytest.mark.parametrize(
+    "setting",
+    [
+        {"s3_secret_key": "change-me-minio-secret"},
+        {"database_url": "postgresql://vault_app:change-me-app@127.0.0.1/vault"},
+    ],
+)
+def test_production_refuses_the_placeholder_secrets_of_env_example(setting: dict[str, str]) -> None:
+    with pytest.raises(ConfigError, match=r"still the \.env\.example placeholder"):
+        load_settings(env="production", **setting)
+    load_settings(env="development", **setting)  # a trial stack may keep them
+
+
+def test_a_bad_setting_is_named_without_its_value() -> None:
+    """The message said what was given: a token or a password, in a log or on a terminal."""
+    secret = "s3cr3t-t0ken-x"  # 14 characters: too short for a metrics token
+    with pytest.raises(ConfigError) as refused:
+        load_settings(metrics_token=secret)
+    assert "metrics_token" in refused.value.message
+    assert secret not in refused.value.message
+
+
 def test_an_empty_metrics_token_is_none() -> None:
     """A compose file passes ${VAULT_METRICS_TOKEN:-}: empty must mean no /metrics."""
     assert load_settings(metrics_token="").metrics_token is None
