@@ -82,6 +82,7 @@ REASONS = {
     "root_conflict": N_("checkpoint root conflict"),
     "inconsistent_proof": N_("inconsistent proof"),
     "separation_of_duties": N_("separation of duties"),
+    "locks_out_admins": N_("would lock administrators out"),
     "not_found": N_("not found"),
     "access_denied": N_("access denied"),
     "invalid_input": N_("invalid input"),
