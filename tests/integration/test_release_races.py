@@ -12,18 +12,15 @@ from __future__ import annotations
 import io
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import FAST_ARGON2, World, postgres_schema_url, requires_postgres, seed
-from vault.config import load_settings
+from tests.conftest import World, requires_postgres
 from vault.errors import Conflict, NotFound
 from vault.models import Classification, Handling, ReleaseStatus
 from vault.schemas import NewPackage
-from vault.service import IncomingFile, Vault
+from vault.service import IncomingFile
 from vault.service.access import Access
 from vault.service.releases import ReleaseService
 
@@ -32,17 +29,6 @@ pytestmark = requires_postgres
 # How long the revocation holds its transaction open after reading the release: long enough
 # for the approval to read the release too, had nothing locked it.
 HOLD_SECONDS = 0.5
-
-
-@pytest.fixture
-def pg_world(tmp_path: Path) -> Iterator[World]:
-    with postgres_schema_url() as url:
-        settings = load_settings(data_dir=tmp_path / "vault-data", database_url=url, **FAST_ARGON2)
-        vault = Vault.open(settings)
-        try:
-            yield World(vault=vault, settings=settings, users=seed(vault))
-        finally:
-            vault.close()
 
 
 def test_an_approval_racing_a_revocation_never_puts_the_release_back(

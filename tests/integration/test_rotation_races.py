@@ -14,16 +14,14 @@ import base64
 import io
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 from sqlmodel import Session, col, select
 
-from tests.conftest import FAST_ARGON2, World, postgres_schema_url, requires_postgres, seed
+from tests.conftest import World, requires_postgres
 from vault import crypto
-from vault.config import load_settings
 from vault.models import LedgerEntry, Package, PackageFile
 from vault.schemas import NewPackage
 from vault.service import IncomingFile, Vault, local_operator
@@ -36,17 +34,6 @@ PURGE_SECONDS = 1.0
 
 # Wraps a step of the rotation so that it holds the rotation's batch open.
 Wrap = Callable[[Callable[..., Any]], Callable[..., Any]]
-
-
-@pytest.fixture
-def pg_world(tmp_path: Path) -> Iterator[World]:
-    with postgres_schema_url() as url:
-        settings = load_settings(data_dir=tmp_path / "vault-data", database_url=url, **FAST_ARGON2)
-        vault = Vault.open(settings)
-        try:
-            yield World(vault=vault, settings=settings, users=seed(vault))
-        finally:
-            vault.close()
 
 
 def _upload(world: World, title: str) -> str:
