@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
 from blo_vault.cli import render
 from blo_vault.cli.commands._common import JsonOpt, api_client
+from blo_vault.cli.errors import field
 from blo_vault.cli.render import out, print_json
 
 # Unnamed: ``blo_vault.cli.commands.package`` merges its command into the package group.
@@ -70,12 +71,19 @@ def authz_explain(
     )
     out.print(render.line(f"policy version {result['policy_hash']}"))
     if result.get("facts") is not None:
-        for key, value in result["facts"].items():
+        for key, value in field(result, "facts", dict, "explanation").items():
             out.print(render.line(f"  {key}: {value}"))
         out.print(render.line(f"  deciding relation: {result['relation'] or '(none)'}"))
-        for rule in result["rules"] or []:
+        for rule in _listed(result, "rules"):
+            rule = rule if isinstance(rule, list) else [rule]
             out.print(render.line(f"  rule: p, {', '.join(str(r) for r in rule)}"))
-        for grant in result["grants"] or []:
+        for grant in _listed(result, "grants"):
             out.print(render.line(f"  release in force: {grant}"))
-        for n in result["notes"] or []:
+        for n in _listed(result, "notes"):
             out.print(render.line(f"  note: {n}"))
+
+
+def _listed(result: dict[str, Any], name: str) -> list[Any]:
+    """``result[name]`` as a list (null as none); BadServerReply for anything else."""
+    value = result.get(name)
+    return [] if value is None else field(result, name, list, "explanation")

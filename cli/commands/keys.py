@@ -14,9 +14,10 @@ from blo_vault.cli import keys as local
 from blo_vault.cli import render
 from blo_vault.cli import session as stored
 from blo_vault.cli.commands._common import JsonOpt, api_client, read_password
+from blo_vault.cli.errors import BadServerReply, field, objects
 from blo_vault.cli.render import err, out, print_json
 from blo_vault.cli.verify import check_inclusion
-from vault.errors import ConfigError, IntegrityError
+from vault.errors import ConfigError, IntegrityError, LedgerCorrupt
 from vault.ledger.entry import decode
 
 app = typer.Typer(
@@ -124,11 +125,17 @@ def keys_revoke(
 def _audit_rows(history: dict[str, Any], vkey: str | None, mine: set[str] | None) -> list[Any]:
     """One row per key entry; every entry's inclusion proof checked with ``vkey`` if given."""
     rows = []
-    for proof in history["entries"]:
+    for proof in objects(history, "entries", "key history"):
         if vkey is not None:
             entry = check_inclusion(proof, vkey)
         else:
-            entry = decode(base64.b64decode(proof["entry"]))
+            try:
+                data = base64.b64decode(field(proof, "entry", str, "key entry"), validate=True)
+                entry = decode(data)
+            except (ValueError, LedgerCorrupt):  # binascii.Error is a ValueError
+                raise BadServerReply(
+                    "the server's key history holds an entry that is not one"
+                ) from None
         if not entry.action.startswith("key.") or entry.subject != history["username"]:
             raise IntegrityError(f"ledger entry {entry.seq} is not a key entry of this user")
         parts = entry.reason.split(" ")

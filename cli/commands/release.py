@@ -9,6 +9,7 @@ import typer
 
 from blo_vault.cli import render
 from blo_vault.cli.commands._common import JsonOpt, api_client, parse_time
+from blo_vault.cli.errors import field
 from blo_vault.cli.render import out, print_json
 
 # Unnamed: ``blo_vault.cli.commands.package`` merges these commands into its group.
@@ -37,19 +38,19 @@ def package_release(
         result = client.release(
             package_id, country=country, agency=agency, not_before=starts, expires_at=ends
         )
+    release = field(result, "release", dict, "release reply")
     if as_json:
-        print_json({"id": result["release"]["id"], **result})
+        print_json({"id": release["id"], **result})
     else:
         out.print(
             render.line(
-                f"release {result['release']['id']} ({result['release']['status']}) "
-                f"(ledger #{result['receipt']})"
+                f"release {release['id']} ({release['status']}) (ledger #{result['receipt']})"
             )
         )
 
 
 def _print_release(result: dict[str, Any], as_json: bool) -> None:
-    release = result["release"]
+    release = field(result, "release", dict, "release reply")
     if as_json:
         print_json({"id": release["id"], **result})
         return

@@ -90,10 +90,14 @@ def stats_before_after(
         print_json(result["figures"])
         return
     table = Table("crossing point", "opened", "days", "figure", "before", "after", "change")
-    for f in result["figures"]:
+    for f in objects(result, "figures", "before-and-after reply"):
         for total in _TOTALS:
-            change = f["change"][total]
+            change = field(field(f, "change", dict, "figure"), total, dict, "figure's change")
             relative = change["relative"]
+            if relative is not None and (
+                not isinstance(relative, int | float) or isinstance(relative, bool)
+            ):
+                raise BadServerReply("the server's figure: a relative change is not a number")
             table.add_row(
                 *render.cells(
                     f"{f['crossing_point']} ({f['country']})",

@@ -343,6 +343,7 @@ def test_local_scoped_export_is_private(cli: CliRunner, world: World, tmp_path: 
 # --- 4. replies that are not a vault's ---------------------------------------------------------
 
 DEEP = b"[" * 100_000 + b"]" * 100_000
+TOTALS = ("records", "quantity_kg", "quantity_l", "quantity_units")
 MALFORMED: dict[str, tuple[dict[tuple[str, str], Route], tuple[str, ...]]] = {
     "list: HTML, not JSON": (
         {("GET", "/packages"): raw(b"<html>proxy login</html>", **{"Content-Type": "text/html"})},
@@ -377,7 +378,35 @@ MALFORMED: dict[str, tuple[dict[tuple[str, str], Route], tuple[str, ...]]] = {
         {("GET", f"/packages/{PID}"): reply({"id": PID, "handling": "H0", "signature": None})},
         ("package", "download", PID),
     ),
-}
+    # A second review: each of these ended as "unexpected ..." (exit 1).
+    "approve: release a list": (
+        {("POST", "/releases/r1/approve"): reply({"release": ["r1"], "receipt": 1})},
+        ("package", "approve", "r1"),
+    ),
+    "explain: facts a list": (
+        {("GET", "/authz/explain"): reply(
+            {"allowed": True, "user": "u", "action": "read", "package": PID,
+             "policy_hash": "h", "facts": ["x"], "relation": "", "rules": [], "grants": [],
+             "notes": []}
+        )},
+        ("authz", "explain", "--user", "u", "--package", PID, "--action", "read"),
+    ),
+    "before-after: relative not a number": (
+        {("GET", "/stats/before-after"): reply(
+            {"receipt": 1, "figures": [
+                {"crossing_point": "OYBEK", "country": "UZ", "blo_opened": "2014-05-01",
+                 "window_days": 1, "before": dict.fromkeys(TOTALS, 1),
+                 "after": dict.fromkeys(TOTALS, 2),
+                 "change": {t: {"absolute": 1, "relative": "%"} for t in TOTALS}}
+            ]}
+        )},
+        ("stats", "before-after"),
+    ),
+    "keys audit: entry not base64": (
+        {("GET", "/keys/history"): reply({"username": "kz.officer", "entries": [{"entry": "%%"}]})},
+        ("keys", "audit"),
+    ),
+}  # fmt: skip
 
 
 @pytest.mark.parametrize(("routes", "command"), MALFORMED.values(), ids=MALFORMED.keys())
