@@ -99,6 +99,19 @@ class Facts:
     acknowledged: bool
     action: str
 
+    @classmethod
+    def global_action(cls, role: str, action: str) -> Facts:
+        """The facts of an action that concerns no package (upload, list, manage, ledger):
+        no relation, nothing to be cleared for or acknowledged."""
+        return cls(
+            role=role,
+            relations=frozenset({NONE}),
+            cleared=True,
+            handling="*",
+            acknowledged=False,
+            action=action,
+        )
+
     def key(self, relation: str) -> Key:
         """The Casbin request for one relation."""
         return (

@@ -24,7 +24,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, select
 
-from vault.authz import NONE, Authorizer, Facts, parse_rule
+from vault.authz import Authorizer, Facts, parse_rule
 from vault.config import Settings
 from vault.db import (
     check_schema,
@@ -239,14 +239,7 @@ class Core:
     def require_global(self, principal: Principal, action: str, **target: str) -> None:
         """Authorise an action that concerns no package (upload, list, manage, ledger); a
         refusal is recorded and raised as AccessDenied."""
-        facts = Facts(
-            role=principal.role.value,
-            relations=frozenset({NONE}),
-            cleared=True,
-            handling="*",
-            acknowledged=False,
-            action=action,
-        )
+        facts = Facts.global_action(principal.role.value, action)
         # Most callers decide this before their first transaction, which is where the rules
         # are picked up: without this, the first request after a quiet moment was decided
         # (and its entry stamped) under rules another process had already changed.

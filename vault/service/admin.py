@@ -16,7 +16,7 @@ from sqlalchemy.exc import IntegrityError as DBIntegrityError
 from sqlmodel import col, select
 
 from vault import crypto
-from vault.authz import NONE, SEPARATION_OF_DUTIES, Authorizer, Facts, parse_rule, rule_line
+from vault.authz import SEPARATION_OF_DUTIES, Authorizer, Facts, parse_rule, rule_line
 from vault.db import empty_wal, is_postgres
 from vault.errors import AccessDenied, Conflict, InvalidInput, NotFound, StorageUnavailable
 from vault.models import (
@@ -66,15 +66,8 @@ GC_GRACE = timedelta(hours=24)
 # The tables whose rows held destroyed keys and openings (see _compact_database).
 _COMPACTED = ("package", "packagefile", "ledgerentry")
 
-# What require_global asks of an administrator's "manage" (no package, no relation).
-_ADMIN_MANAGES = Facts(
-    role="admin",
-    relations=frozenset({NONE}),
-    cleared=True,
-    handling="*",
-    acknowledged=False,
-    action="manage",
-)
+# What require_global asks of an administrator's "manage".
+_ADMIN_MANAGES = Facts.global_action("admin", "manage")
 
 
 def _admins_may_manage(core: Core, rule: tuple[str, ...], *, add: bool) -> bool:

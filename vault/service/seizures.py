@@ -21,7 +21,7 @@ from sqlalchemy.exc import IntegrityError as DBIntegrityError
 from sqlmodel import col
 
 from vault import crypto
-from vault.authz import NONE, Facts
+from vault.authz import Facts
 from vault.errors import AccessDenied, Conflict, InvalidInput, NotFound
 from vault.models import Agency, Country, CrossingPoint, Package, PackageRecords, utcnow
 from vault.schemas import check_country, check_text
@@ -227,14 +227,7 @@ class SeizureService:
     def _require_stats(self, principal: Principal) -> None:
         """Statistics are for whoever may list packages (they summarise the same packages);
         a refusal is recorded as a stats read refused and raised as AccessDenied."""
-        facts = Facts(
-            role=principal.role.value,
-            relations=frozenset({NONE}),
-            cleared=True,
-            handling="*",
-            acknowledged=False,
-            action="list",
-        )
+        facts = Facts.global_action(principal.role.value, "list")
         if not self.core.authz.allows(facts):
             raise self.core.record_refusal(
                 AccessDenied("your role may not read statistics"),
